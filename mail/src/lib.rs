@@ -1,0 +1,6 @@
+//! The pure mail core of `email_accounts`.
+//!
+//! Everything here is plain Rust: no PostgreSQL, no pgrx. The extension calls
+//! into it; `cargo test -p email_accounts_mail` tests it without a server.
+
+pub mod address;

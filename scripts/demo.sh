@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# `make demo`: a throwaway PostgreSQL 15 cluster with email_accounts, plus
+# local Dovecot (IMAP/POP3) and Postfix (SMTP) on 127.0.0.1, all under
+# .demo/ in the checkout. `make demo-stop` tears everything down.
+#
+# Usage: demo.sh start|stop
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+services="$top/scripts/services"
+demo="$top/.demo"
+
+# Fixed ports so the printed commands stay valid; override through the environment.
+PG_PORT=${PG_PORT:-55432}
+IMAP_PORT=${IMAP_PORT:-10143}; IMAPS_PORT=${IMAPS_PORT:-10993}
+POP3_PORT=${POP3_PORT:-10110}; POP3S_PORT=${POP3S_PORT:-10995}
+LMTP_PORT=${LMTP_PORT:-10024}
+SMTP_PORT=${SMTP_PORT:-10025}; SMTPS_PORT=${SMTPS_PORT:-10465}
+
+stop() {
+  bash "$services/postgres.sh" stop "$demo/postgres" fast
+  bash "$services/postfix.sh" stop "$demo/postfix"
+  bash "$services/dovecot.sh" stop "$demo/dovecot"
+  rm -rf "$demo"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+case "${1:-}" in
+  stop)
+    stop
+    echo "demo stopped and removed"
+    exit 0 ;;
+  start) ;;
+  *) echo "usage: demo.sh start|stop" >&2; exit 2 ;;
+esac
+
+if [ -d "$demo" ]; then
+  echo "==> a previous demo is still here; stopping it first"
+  stop
+fi
+for port in $PG_PORT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $LMTP_PORT $SMTP_PORT $SMTPS_PORT; do
+  if port_in_use "$port"; then
+    echo "port $port on 127.0.0.1 is in use; set PG_PORT/IMAP_PORT/... to free ones" >&2
+    exit 1
+  fi
+done
+
+mkdir -p "$demo"
+chmod 0755 "$demo"
+trap 'echo "demo failed; cleaning up" >&2; stop' ERR
+
+echo "==> certificates (a throwaway CA)"
+bash "$services/certificates.sh" "$demo/certificates"
+echo "==> Dovecot: IMAP $IMAP_PORT, IMAPS $IMAPS_PORT, POP3 $POP3_PORT, POP3S $POP3S_PORT, LMTP $LMTP_PORT"
+bash "$services/dovecot.sh" start "$demo/dovecot" "$demo/certificates" \
+  "$IMAP_PORT" "$IMAPS_PORT" "$POP3_PORT" "$POP3S_PORT" "$LMTP_PORT"
+echo "==> Postfix: SMTP $SMTP_PORT (STARTTLS), SMTPS $SMTPS_PORT"
+bash "$services/postfix.sh" start "$demo/postfix" "$demo/certificates" "$demo/dovecot" \
+  "$SMTP_PORT" "$SMTPS_PORT" "$LMTP_PORT"
+echo "==> PostgreSQL 15 on port $PG_PORT with email_accounts preloaded"
+bash "$services/postgres.sh" start "$demo/postgres" "$PG_PORT" "email_accounts.fallback_poll_interval = '1s'"
+
+psql=(psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
+"${psql[@]}" -c "CREATE EXTENSION email_accounts"
+echo "==> waiting for the background workers to pick up the extension"
+for _ in $(seq 1 100); do
+  idle=$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.worker_status() WHERE state = 'idle'")
+  [ "$idle" = 2 ] && break
+  sleep 0.1
+done
+"${psql[@]}" -P pager=off -c "SELECT role, pid, state, started_at FROM email_accounts.worker_status()"
+trap - ERR
+
+cat <<TEXT
+The demo is running. Look around with:
+
+  psql -h 127.0.0.1 -p $PG_PORT -U postgres postgres
+
+  postgres=# \\dx+ email_accounts
+  postgres=# SELECT * FROM email_accounts.worker_status();
+  postgres=# SELECT email_accounts.is_valid_address('Ann <ann@example.test>');
+
+Mail servers on 127.0.0.1 (users and passwords in scripts/services/mail-users.txt,
+TLS certificates signed by $demo/certificates/ca.pem):
+  SMTP $SMTP_PORT (STARTTLS) / $SMTPS_PORT (TLS)   IMAP $IMAP_PORT / $IMAPS_PORT   POP3 $POP3_PORT / $POP3S_PORT
+
+Stop and remove it all with: make demo-stop
+TEXT

@@ -1,0 +1,48 @@
+//! `email_accounts`: a PostgreSQL extension that makes the database the mail
+//! gateway. See README.md for the tour and ../DESIGN for the layers:
+//! `api` (SQL functions) → `store` (the only SPI code) ← `worker` (loops),
+//! with the pure mail core in the `email_accounts_mail` crate.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+pub mod api;
+pub mod settings;
+pub mod store;
+pub mod worker;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // Shared memory and static workers only exist when the postmaster loads
+    // the library; anything else would half-work, so refuse.
+    if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "email_accounts must be loaded via shared_preload_libraries",
+            "_PG_init",
+        )
+        .set_hint("Add email_accounts to shared_preload_libraries in postgresql.conf and restart the server.")
+        .report(PgLogLevel::ERROR);
+        return;
+    }
+    settings::register();
+    worker::board::initialize_shared_memory();
+    worker::register_static_workers();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        // The workers connect to the default database `postgres`, where the
+        // extension is not created during #[pg_test]s: they wait quietly.
+        vec!["shared_preload_libraries = 'email_accounts'"]
+    }
+}

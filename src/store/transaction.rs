@@ -1,0 +1,46 @@
+//! Transactions for background workers: an error inside one is caught, the
+//! transaction is rolled back, and the worker carries on.
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::PgTryBuilder;
+
+/// A PostgreSQL error raised inside a worker's transaction.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub message: String,
+}
+
+impl From<CaughtError> for StoreError {
+    fn from(error: CaughtError) -> Self {
+        let message = match error {
+            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report.message().to_owned(),
+            CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+        };
+        StoreError { message }
+    }
+}
+
+/// Runs `body` in its own transaction with a snapshot and commits it; on any
+/// error the transaction is aborted and the error returned.
+pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, StoreError> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    PgTryBuilder::new(|| {
+        let result = body();
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(result)
+    })
+    .catch_others(|error| {
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(StoreError::from(error))
+    })
+    .execute()
+}

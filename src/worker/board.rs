@@ -1,0 +1,91 @@
+//! The worker board: one slot per worker role in shared memory, so that SQL
+//! functions can show what each worker is doing (and, later, wake it).
+
+use super::role::Role;
+use pgrx::lwlock::PgLwLock;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+
+/// What a worker is doing right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Never started since the server started.
+    #[default]
+    NotStarted,
+    /// Connected, but `CREATE EXTENSION email_accounts` has not been run in
+    /// its database (or the extension was dropped).
+    WaitingForExtension,
+    /// Connected to a database with the extension; waiting for work.
+    Idle,
+    /// Stopped by SIGTERM; the postmaster restarts it with the server.
+    Stopped,
+}
+
+impl WorkerState {
+    pub fn label(self) -> &'static str {
+        match self {
+            WorkerState::NotStarted => "not started",
+            WorkerState::WaitingForExtension => "waiting for extension",
+            WorkerState::Idle => "idle",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerSlot {
+    pub pid: i32,
+    pub state: WorkerState,
+    /// `pg_sys::TimestampTz` of the worker's start, 0 when never started.
+    pub started_at: i64,
+    /// How many times this worker re-read the configuration after SIGHUP.
+    pub config_reloads: i64,
+    /// The fallback poll interval the worker is using now, in milliseconds.
+    pub fallback_poll_interval_ms: i64,
+    /// Latch wake-ups since the worker started.
+    pub wakeups: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerBoard {
+    slots: [WorkerSlot; Role::ALL.len()],
+}
+
+// SAFETY: plain-old-data with no pointers; it lives in PostgreSQL's shared memory.
+unsafe impl PGRXSharedMemory for WorkerBoard {}
+
+pub static WORKER_BOARD: PgLwLock<WorkerBoard> =
+    // SAFETY: the name is unique to this extension and the lock is initialised in _PG_init.
+    unsafe { PgLwLock::new(c"email_accounts_worker_board") };
+
+pub fn initialize_shared_memory() {
+    pgrx::pg_shmem_init!(WORKER_BOARD);
+}
+
+/// A copy of one role's slot.
+pub fn read(role: Role) -> WorkerSlot {
+    WORKER_BOARD.share().slots[role.index()]
+}
+
+/// Changes one role's slot under the exclusive lock.
+pub fn update(role: Role, change: impl FnOnce(&mut WorkerSlot)) {
+    change(&mut WORKER_BOARD.exclusive().slots[role.index()]);
+}
+
+/// The slot a worker fills in when it starts.
+pub fn started(role: Role, fallback_poll_interval_ms: i64) {
+    let pid = unsafe { pg_sys::MyProcPid };
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    update(role, |slot| {
+        *slot = WorkerSlot {
+            pid,
+            state: WorkerState::WaitingForExtension,
+            started_at: now,
+            config_reloads: 0,
+            fallback_poll_interval_ms,
+            wakeups: 0,
+        }
+    });
+}

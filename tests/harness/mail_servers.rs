@@ -1,0 +1,95 @@
+//! Real mail servers on 127.0.0.1: Dovecot (IMAP, IMAPS, POP3, POP3S, LMTP)
+//! and a private Postfix (SMTP with STARTTLS, SMTPS) delivering into Dovecot.
+
+use super::{free_port, run_directory, run_script};
+use std::path::{Path, PathBuf};
+
+/// A mailbox of `scripts/services/mail-users.txt`.
+#[derive(Debug, Clone)]
+pub struct MailUser {
+    pub address: String,
+    pub password: String,
+}
+
+pub struct MailServers {
+    pub imap: u16,
+    pub imaps: u16,
+    pub pop3: u16,
+    pub pop3s: u16,
+    pub lmtp: u16,
+    pub smtp: u16,
+    pub smtps: u16,
+    pub users: Vec<MailUser>,
+    root: tempfile::TempDir,
+}
+
+impl MailServers {
+    pub fn start() -> MailServers {
+        let root = run_directory("mail");
+        let [imap, imaps, pop3, pop3s, lmtp, smtp, smtps] = std::array::from_fn(|_| free_port());
+        let certificates = text(&root.path().join("certificates"));
+        let dovecot = text(&root.path().join("dovecot"));
+        let postfix = text(&root.path().join("postfix"));
+        run_script("certificates.sh", &[&certificates]);
+        let servers = MailServers { imap, imaps, pop3, pop3s, lmtp, smtp, smtps, users: read_users(), root };
+        run_script(
+            "dovecot.sh",
+            &["start", &dovecot, &certificates, &p(imap), &p(imaps), &p(pop3), &p(pop3s), &p(lmtp)],
+        );
+        run_script("postfix.sh", &["start", &postfix, &certificates, &dovecot, &p(smtp), &p(smtps), &p(lmtp)]);
+        servers
+    }
+
+    /// The CA that signed the servers' certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_path()).expect("CA certificate")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.root.path().join("certificates/ca.pem")
+    }
+
+    pub fn user(&self, address: &str) -> &MailUser {
+        self.users
+            .iter()
+            .find(|user| user.address == address)
+            .unwrap_or_else(|| panic!("{address} is not in mail-users.txt"))
+    }
+
+    /// Postfix's log: one line per accepted, delivered or rejected message.
+    pub fn smtp_log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("postfix/maillog")).unwrap_or_default()
+    }
+
+    pub fn directory(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for MailServers {
+    fn drop(&mut self) {
+        let postfix = text(&self.root.path().join("postfix"));
+        let dovecot = text(&self.root.path().join("dovecot"));
+        let _ = std::process::Command::new("bash").arg(super::script("postfix.sh")).args(["stop", &postfix]).output();
+        let _ = std::process::Command::new("bash").arg(super::script("dovecot.sh")).args(["stop", &dovecot]).output();
+    }
+}
+
+fn read_users() -> Vec<MailUser> {
+    let list = std::fs::read_to_string(super::script("mail-users.txt")).expect("mail-users.txt");
+    list.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some(MailUser { address: fields.next()?.to_owned(), password: fields.next()?.to_owned() })
+        })
+        .collect()
+}
+
+fn p(port: u16) -> String {
+    port.to_string()
+}
+
+fn text(path: &Path) -> String {
+    path.to_str().expect("temp paths are UTF-8").to_owned()
+}

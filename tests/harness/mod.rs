@@ -1,0 +1,58 @@
+//! The integration-test harness: a throwaway PostgreSQL 15 cluster with the
+//! extension preloaded, and real mail servers (Dovecot for IMAP/POP3/LMTP,
+//! Postfix for SMTP) on 127.0.0.1, each on free ports with a per-run CA.
+//! Everything is stopped and removed when the values are dropped, also when a
+//! test panics. The servers are started by `scripts/services/*.sh`, which the
+//! demo uses too.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of it
+
+mod mail_servers;
+mod postgres;
+mod wait;
+
+pub use mail_servers::{MailServers, MailUser};
+pub use postgres::Postgres;
+pub use wait::wait_until;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A directory for one run's servers that the `postgres` and `mail` users can
+/// enter (a plain temp dir is root-only).
+pub fn run_directory(label: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("email_accounts-{label}-"))
+        .tempdir()
+        .expect("cannot create a temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+    dir
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services").join(name)
+}
+
+/// Runs one of the service scripts and panics with its output if it fails.
+fn run_script(name: &str, arguments: &[&str]) {
+    let output = Command::new("bash")
+        .arg(script(name))
+        .args(arguments)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {name}: {error}"));
+    assert!(
+        output.status.success(),
+        "{name} {arguments:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,190 @@
+//! The background workers against a real PostgreSQL 15 cluster: they start,
+//! wait quietly for the extension, survive DROP/CREATE EXTENSION, reload
+//! their configuration on SIGHUP, stop on SIGTERM, come back after a crash,
+//! and never run on a hot standby.
+
+mod harness;
+
+use harness::{wait_until, Postgres};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const FAST_POLL: &str = "email_accounts.fallback_poll_interval = '100ms'";
+
+/// Process ids of the running email_accounts workers, by backend type.
+fn worker_pids(client: &mut postgres::Client) -> Vec<(String, i32)> {
+    client
+        .query(
+            "SELECT backend_type, pid FROM pg_stat_activity
+              WHERE backend_type LIKE 'email_accounts %' ORDER BY backend_type",
+            &[],
+        )
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+fn both_running(client: &mut postgres::Client) -> Option<Vec<(String, i32)>> {
+    let pids = worker_pids(client);
+    (pids.len() == 2).then_some(pids)
+}
+
+fn worker_states(client: &mut postgres::Client) -> Vec<(String, String)> {
+    client
+        .query("SELECT role, state FROM email_accounts.worker_status() ORDER BY role", &[])
+        .expect("worker_status()")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+fn states_are(client: &mut postgres::Client, state: &str) -> Option<()> {
+    let states = worker_states(client);
+    states.iter().all(|(_, current)| current == state).then_some(())
+}
+
+/// Worker lines the server logged at ERROR or worse.
+fn worker_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.contains("email_accounts"))
+        .filter(|line| line.contains("ERROR") || line.contains("FATAL") || line.contains("PANIC"))
+        .collect()
+}
+
+#[test]
+fn workers_wait_for_the_extension_and_survive_drop_and_create() {
+    let cluster = Postgres::start(&[FAST_POLL]);
+    let mut client = cluster.connect("postgres");
+
+    let pids = wait_until("both workers to start", LIMIT, || both_running(&mut client));
+    assert_eq!(
+        pids.iter().map(|(kind, _)| kind.as_str()).collect::<Vec<_>>(),
+        ["email_accounts receiver", "email_accounts sender"]
+    );
+    wait_until("the workers to say they wait for the extension", LIMIT, || {
+        (cluster.server_log().matches("is waiting for CREATE EXTENSION email_accounts").count() >= 2).then_some(())
+    });
+
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    wait_until("both workers to see the extension", LIMIT, || states_are(&mut client, "idle"));
+
+    client.batch_execute("DROP EXTENSION email_accounts").unwrap();
+    wait_until("both workers to notice the extension is gone", LIMIT, || {
+        (cluster.server_log().matches("is waiting for CREATE EXTENSION email_accounts").count() >= 4).then_some(())
+    });
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    wait_until("both workers to see the extension again", LIMIT, || states_are(&mut client, "idle"));
+
+    assert_eq!(worker_pids(&mut client), pids, "the same worker processes carry on");
+    let status_pids: Vec<i32> = client
+        .query("SELECT pid FROM email_accounts.worker_status() ORDER BY role", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(status_pids, pids.iter().map(|(_, pid)| *pid).collect::<Vec<_>>());
+    assert_eq!(worker_errors(&cluster.server_log()), Vec::<&str>::new());
+}
+
+#[test]
+fn workers_reload_configuration_on_sighup_and_stop_on_sigterm() {
+    let cluster = Postgres::start(&[FAST_POLL]);
+    let mut client = cluster.connect("postgres");
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    wait_until("both workers to be idle", LIMIT, || states_are(&mut client, "idle"));
+
+    client.batch_execute("ALTER SYSTEM SET email_accounts.fallback_poll_interval = '250ms'").unwrap();
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until("both workers to reload their configuration", LIMIT, || {
+        let reloaded = client
+            .query_one(
+                "SELECT bool_and(config_reloads >= 1 AND fallback_poll_interval_ms = 250)
+                   FROM email_accounts.worker_status()",
+                &[],
+            )
+            .unwrap()
+            .get::<_, Option<bool>>(0);
+        (reloaded == Some(true)).then_some(())
+    });
+
+    let sender: i32 =
+        client.query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[]).unwrap().get(0);
+    client.execute("SELECT pg_terminate_backend($1)", &[&sender]).unwrap();
+    wait_until("the sender to stop", LIMIT, || {
+        let state: String = client
+            .query_one("SELECT state FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+            .unwrap()
+            .get(0);
+        (state == "stopped" && worker_pids(&mut client).len() == 1).then_some(())
+    });
+    assert!(cluster.server_log().contains("email_accounts sender stopped"));
+    assert_eq!(
+        worker_pids(&mut client).into_iter().map(|(kind, _)| kind).collect::<Vec<_>>(),
+        ["email_accounts receiver"],
+        "SIGTERM stops only the worker it was sent to"
+    );
+    assert_eq!(worker_errors(&cluster.server_log()), Vec::<&str>::new());
+}
+
+#[test]
+fn workers_restart_after_a_crash() {
+    let cluster = Postgres::start(&[FAST_POLL]);
+    let mut client = cluster.connect("postgres");
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    let before = wait_until("both workers to start", LIMIT, || both_running(&mut client));
+    let sender = before.iter().find(|(kind, _)| kind == "email_accounts sender").unwrap().1;
+
+    // SIGKILL is a crash: the postmaster resets every backend and restarts the workers.
+    let killed = std::process::Command::new("kill").args(["-KILL", &sender.to_string()]).status().unwrap();
+    assert!(killed.success());
+    drop(client);
+
+    let mut client = cluster.connect_when_ready("postgres");
+    let after = wait_until("both workers to run again", LIMIT, || {
+        both_running(&mut client).filter(|pids| pids.iter().all(|(_, pid)| *pid != sender))
+    });
+    assert_ne!(after, before);
+    wait_until("the restarted workers to be idle", LIMIT, || states_are(&mut client, "idle"));
+}
+
+#[test]
+fn workers_never_run_on_a_hot_standby() {
+    let primary = Postgres::start(&[FAST_POLL]);
+    let mut client = primary.connect("postgres");
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    wait_until("the primary's workers to be idle", LIMIT, || states_are(&mut client, "idle"));
+
+    let standby = primary.start_standby();
+    let mut replica = standby.connect_when_ready("postgres");
+    let in_recovery: bool = replica.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    assert!(in_recovery);
+    // The extension replicated; its workers were registered but not started.
+    wait_until("the extension to replicate", LIMIT, || {
+        replica.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'email_accounts'", &[]).unwrap().map(|_| ())
+    });
+    assert_eq!(worker_pids(&mut replica), Vec::new());
+    assert_eq!(
+        worker_states(&mut replica),
+        [("receiver".to_owned(), "not started".to_owned()), ("sender".to_owned(), "not started".to_owned())]
+    );
+
+    // Once promoted it is a primary, and its workers start.
+    replica.batch_execute("SELECT pg_promote()").unwrap();
+    wait_until("the promoted server's workers to be idle", LIMIT, || states_are(&mut replica, "idle"));
+    assert_eq!(worker_pids(&mut replica).len(), 2);
+}
+
+#[test]
+fn create_extension_without_preload_is_refused_clearly() {
+    let cluster = Postgres::start(&["shared_preload_libraries = ''"]);
+    let mut client = cluster.connect("postgres");
+    let error = client.batch_execute("CREATE EXTENSION email_accounts").unwrap_err();
+    let database_error = error.as_db_error().expect("a database error");
+    assert_eq!(database_error.code().code(), "55000");
+    assert_eq!(database_error.message(), "email_accounts must be loaded via shared_preload_libraries");
+    assert!(database_error.hint().unwrap_or_default().contains("shared_preload_libraries"));
+    // The session and server carry on.
+    let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+}
