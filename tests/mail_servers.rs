@@ -2,6 +2,8 @@
 //! SMTP (STARTTLS and implicit TLS, with AUTH) arrives in Dovecot and is read
 //! back over IMAP (implicit TLS and STARTTLS) and POP3 (implicit TLS and STLS),
 //! every TLS connection verified against the per-run CA.
+// Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
+#![cfg(not(feature = "pg_test"))]
 
 mod harness;
 

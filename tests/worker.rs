@@ -2,6 +2,8 @@
 //! wait quietly for the extension, survive DROP/CREATE EXTENSION, reload
 //! their configuration on SIGHUP, stop on SIGTERM, come back after a crash,
 //! and never run on a hot standby.
+// Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
+#![cfg(not(feature = "pg_test"))]
 
 mod harness;
 
