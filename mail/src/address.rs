@@ -13,23 +13,26 @@ pub enum AddressError {
     Invalid(String),
 }
 
-/// Parses a bare address (`user@example.com`) or a mailbox with a display
-/// name (`"Ann Smith" <ann@example.com>`).
+/// Parses a mailbox with an optional display name: `"Ann Smith" <ann@example.com>`
+/// or `ann@example.com`.
 pub fn parse_mailbox(text: &str) -> Result<Mailbox, AddressError> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(AddressError::Empty);
-    }
+    let trimmed = non_empty(text)?;
     trimmed.parse::<Mailbox>().map_err(|_| AddressError::Invalid(trimmed.to_owned()))
 }
 
-/// Parses a bare address with no display name.
+/// Parses a bare address with no display name: `ann@example.com`.
 pub fn parse_address(text: &str) -> Result<Address, AddressError> {
+    let trimmed = non_empty(text)?;
+    trimmed.parse::<Address>().map_err(|_| AddressError::Invalid(trimmed.to_owned()))
+}
+
+fn non_empty(text: &str) -> Result<&str, AddressError> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(AddressError::Empty);
+        Err(AddressError::Empty)
+    } else {
+        Ok(trimmed)
     }
-    trimmed.parse::<Address>().map_err(|_| AddressError::Invalid(trimmed.to_owned()))
 }
 
 #[cfg(test)]
@@ -43,6 +46,7 @@ mod tests {
         assert_eq!(named.name.as_deref(), Some("Ann Smith"));
         assert_eq!(named.email.user(), "ann");
         assert!(parse_mailbox("  ann@example.com ").is_ok());
+        assert!(parse_address("ann+tag@sub.example.com").is_ok());
     }
 
     #[test]
@@ -52,9 +56,11 @@ mod tests {
         for bad in ["ann", "ann@", "@example.com", "ann@@example.com", "a b@example.com", "ann@exa mple.com"] {
             assert!(matches!(parse_address(bad), Err(AddressError::Invalid(_))), "{bad:?} should be rejected");
         }
-        // A display name alone is not a mailbox.
+        // A display name alone is not a mailbox, and a bare address has no name.
         assert!(parse_mailbox("Ann Smith").is_err());
+        assert!(parse_address("Ann <ann@example.com>").is_err());
         // Header injection through an address is refused.
         assert!(parse_address("ann@example.com\r\nBcc: eve@example.com").is_err());
+        assert!(parse_mailbox("Ann <ann@example.com>\r\nBcc: eve@example.com").is_err());
     }
 }

@@ -4,3 +4,9 @@
 //! into it; `cargo test -p email_accounts_mail` tests it without a server.
 
 pub mod address;
+pub mod connection;
+pub mod imap_client;
+pub mod pop3;
+pub mod probe;
+pub mod secret;
+pub mod smtp_client;

@@ -1,0 +1,271 @@
+//! Connecting to a mail server: name resolution, TCP with bounded timeouts,
+//! TLS verified against the system roots plus an account's extra CA, and the
+//! classification of what went wrong.
+
+use native_tls::{Certificate, TlsConnector, TlsStream};
+use serde::Serialize;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// How a connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// TLS from the first byte (SMTPS 465, IMAPS 993, POP3S 995).
+    Ssl,
+    /// Plain connection upgraded with STARTTLS / STLS before logging in.
+    Starttls,
+    /// No encryption at all.
+    None,
+}
+
+impl Security {
+    pub fn parse(text: &str) -> Option<Security> {
+        match text {
+            "ssl" => Some(Security::Ssl),
+            "starttls" => Some(Security::Starttls),
+            "none" => Some(Security::None),
+            _ => None,
+        }
+    }
+}
+
+/// Where a server is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    /// Extra trusted CA certificate(s), PEM, for private mail servers.
+    pub extra_ca_pem: Option<String>,
+    /// Bound for connecting and for every read and write.
+    pub timeout: Duration,
+}
+
+/// A login name and password. The password never appears in `Debug` output.
+#[derive(Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+    /// Whether the password may be sent over a connection without TLS.
+    pub allow_plaintext: bool,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish()
+    }
+}
+
+/// The kind of a failure, as shown to DBAs in `test_account()` and sync status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    Dns,
+    Connect,
+    Timeout,
+    Tls,
+    Auth,
+    Protocol,
+}
+
+/// What went wrong talking to a mail server, with the server's own words
+/// where it gave any.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("cannot resolve {host}: {reason}")]
+    Dns { host: String, reason: String },
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("timed out {during}")]
+    Timeout { during: String },
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    #[error("refusing to send the password over an unencrypted connection (the account does not allow plain-text authentication)")]
+    PlaintextRefused,
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl ConnectionError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ConnectionError::Dns { .. } => FailureKind::Dns,
+            ConnectionError::Connect { .. } => FailureKind::Connect,
+            ConnectionError::Timeout { .. } => FailureKind::Timeout,
+            ConnectionError::Tls(_) | ConnectionError::PlaintextRefused => FailureKind::Tls,
+            ConnectionError::Auth(_) => FailureKind::Auth,
+            ConnectionError::Protocol(_) => FailureKind::Protocol,
+        }
+    }
+
+    /// An I/O error in the middle of a conversation.
+    pub fn from_io(error: &io::Error, during: &str) -> ConnectionError {
+        match error.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                ConnectionError::Timeout { during: during.to_owned() }
+            }
+            _ => ConnectionError::Protocol(format!("connection lost {during}: {error}")),
+        }
+    }
+}
+
+/// Resolves the endpoint's host name.
+pub fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, ConnectionError> {
+    let dns_error = |reason: String| ConnectionError::Dns { host: endpoint.host.clone(), reason };
+    let addresses: Vec<SocketAddr> =
+        (endpoint.host.as_str(), endpoint.port).to_socket_addrs().map_err(|error| dns_error(error.to_string()))?.collect();
+    if addresses.is_empty() {
+        return Err(dns_error("no addresses".to_owned()));
+    }
+    Ok(addresses)
+}
+
+/// Opens a TCP connection to the first address that answers, with the
+/// endpoint's timeout on connect, read and write.
+pub fn connect_tcp(endpoint: &Endpoint) -> Result<TcpStream, ConnectionError> {
+    let addresses = resolve(endpoint)?;
+    let mut last_error = None;
+    for address in &addresses {
+        match TcpStream::connect_timeout(address, endpoint.timeout) {
+            Ok(stream) => {
+                let io_error = |error: io::Error| ConnectionError::Connect {
+                    address: address.to_string(),
+                    reason: error.to_string(),
+                };
+                stream.set_read_timeout(Some(endpoint.timeout)).map_err(io_error)?;
+                stream.set_write_timeout(Some(endpoint.timeout)).map_err(io_error)?;
+                stream.set_nodelay(true).map_err(io_error)?;
+                return Ok(stream);
+            }
+            Err(error) => last_error = Some((address, error)),
+        }
+    }
+    let (address, error) = last_error.expect("resolve returns at least one address");
+    Err(match error.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            ConnectionError::Timeout { during: format!("connecting to {address}") }
+        }
+        _ => ConnectionError::Connect { address: address.to_string(), reason: error.to_string() },
+    })
+}
+
+/// A TLS connector that trusts the system roots plus the endpoint's extra CA.
+pub fn tls_connector(endpoint: &Endpoint) -> Result<TlsConnector, ConnectionError> {
+    let mut builder = TlsConnector::builder();
+    if let Some(pem) = endpoint.extra_ca_pem.as_deref().filter(|pem| !pem.trim().is_empty()) {
+        let certificate = Certificate::from_pem(pem.as_bytes())
+            .map_err(|error| ConnectionError::Tls(format!("the extra CA certificate is not valid PEM: {error}")))?;
+        builder.add_root_certificate(certificate);
+    }
+    builder.build().map_err(|error| ConnectionError::Tls(error.to_string()))
+}
+
+/// Performs the TLS handshake over an open TCP stream, verifying the host name.
+pub fn start_tls(endpoint: &Endpoint, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ConnectionError> {
+    tls_connector(endpoint)?.connect(&endpoint.host, tcp).map_err(|error| match error {
+        native_tls::HandshakeError::Failure(error) => ConnectionError::Tls(error.to_string()),
+        native_tls::HandshakeError::WouldBlock(_) => ConnectionError::Timeout { during: "the TLS handshake".to_owned() },
+    })
+}
+
+/// A connection that is either plain or TLS, so protocol clients need one type.
+pub enum MailStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl MailStream {
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self, MailStream::Tls(_))
+    }
+}
+
+impl Read for MailStream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            MailStream::Plain(stream) => stream.read(buffer),
+            MailStream::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for MailStream {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        match self {
+            MailStream::Plain(stream) => stream.write(buffer),
+            MailStream::Tls(stream) => stream.write(buffer),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MailStream::Plain(stream) => stream.flush(),
+            MailStream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Refuses to log in over a plain connection unless the account allows it.
+pub fn check_plaintext(encrypted: bool, login: &Login) -> Result<(), ConnectionError> {
+    if encrypted || login.allow_plaintext {
+        Ok(())
+    } else {
+        Err(ConnectionError::PlaintextRefused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn endpoint(host: &str, port: u16) -> Endpoint {
+        Endpoint { host: host.to_owned(), port, security: Security::None, extra_ca_pem: None, timeout: Duration::from_secs(2) }
+    }
+
+    #[test]
+    fn classifies_dns_and_refused_connections() {
+        let error = connect_tcp(&endpoint("no-such-host.invalid", 25)).unwrap_err();
+        assert_eq!(error.kind(), FailureKind::Dns, "{error}");
+
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let error = connect_tcp(&endpoint("127.0.0.1", port)).unwrap_err();
+        assert_eq!(error.kind(), FailureKind::Connect, "{error}");
+    }
+
+    #[test]
+    fn a_bad_extra_ca_is_a_tls_error() {
+        let mut bad = endpoint("localhost", 1);
+        bad.extra_ca_pem = Some("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_owned());
+        assert_eq!(tls_connector(&bad).err().map(|error| error.kind()), Some(FailureKind::Tls));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output_and_plain_connections() {
+        let login = Login { user: "ann".to_owned(), password: "hunter2".to_owned(), allow_plaintext: false };
+        assert!(!format!("{login:?}").contains("hunter2"));
+        assert_eq!(check_plaintext(false, &login), Err(ConnectionError::PlaintextRefused));
+        assert_eq!(check_plaintext(true, &login), Ok(()));
+        let allowed = Login { allow_plaintext: true, ..login };
+        assert_eq!(check_plaintext(false, &allowed), Ok(()));
+    }
+
+    #[test]
+    fn security_names_round_trip() {
+        for name in ["ssl", "starttls", "none"] {
+            let security = Security::parse(name).unwrap();
+            assert_eq!(serde_json::to_value(security).unwrap(), name);
+        }
+        assert_eq!(Security::parse("tls"), None);
+    }
+}

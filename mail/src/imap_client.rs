@@ -1,0 +1,119 @@
+//! Opening a logged-in IMAP session on an endpoint with the `imap` crate:
+//! implicit TLS, STARTTLS or plain, verified with the account's extra CA.
+//! (The crate's own builder cannot take an extra CA, so the TLS stream is
+//! made here and handed to `imap::Client::new`.)
+
+use crate::connection::{check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security};
+use imap::extensions::idle::SetReadTimeout;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+pub type ImapSession = imap::Session<MailStream>;
+
+/// What the server said before we logged in.
+#[derive(Debug, Clone, Default)]
+pub struct ImapHello {
+    pub greeting: String,
+    pub capabilities: Vec<String>,
+}
+
+impl SetReadTimeout for MailStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> imap::Result<()> {
+        match self {
+            MailStream::Plain(stream) => TcpStream::set_read_timeout(stream, timeout),
+            MailStream::Tls(stream) => TcpStream::set_read_timeout(stream.get_ref(), timeout),
+        }
+        .map_err(imap::Error::Io)
+    }
+}
+
+/// Connects, secures and logs in.
+pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<(ImapSession, ImapHello), ConnectionError> {
+    let tcp = connect_tcp(endpoint)?;
+    let (mut client, greeting) = match endpoint.security {
+        Security::Ssl => {
+            let mut client = imap::Client::new(MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)));
+            let greeting = client.read_greeting().map_err(|error| classify(error, "reading the greeting"))?;
+            (client, greeting)
+        }
+        Security::Starttls => {
+            let greeting = request_starttls(&tcp)?;
+            // No second greeting after STARTTLS.
+            (imap::Client::new(MailStream::Tls(Box::new(start_tls(endpoint, tcp)?))), greeting)
+        }
+        Security::None => {
+            let mut client = imap::Client::new(MailStream::Plain(tcp));
+            let greeting = client.read_greeting().map_err(|error| classify(error, "reading the greeting"))?;
+            (client, greeting)
+        }
+    };
+    let capabilities = client
+        .capabilities()
+        .map_err(|error| classify(error, "asking for capabilities"))?
+        .iter()
+        .map(capability_name)
+        .collect();
+    check_plaintext(endpoint.security != Security::None, login)?;
+    let session = client.login(&login.user, &login.password).map_err(|(error, _)| match error {
+        imap::Error::No(no) => ConnectionError::Auth(no.information),
+        other => classify(other, "logging in"),
+    })?;
+    let greeting = String::from_utf8_lossy(&greeting).trim_end().to_owned();
+    Ok((session, ImapHello { greeting, capabilities }))
+}
+
+/// Reads the greeting and asks for STARTTLS on a plain connection. The
+/// `imap` crate only offers this through its builder, which cannot trust an
+/// account's extra CA; it is two lines of protocol.
+fn request_starttls(tcp: &TcpStream) -> Result<Vec<u8>, ConnectionError> {
+    let mut reader = BufReader::new(tcp);
+    let mut read_line = |during: &str| -> Result<String, ConnectionError> {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => Err(ConnectionError::Protocol(format!("connection closed {during}"))),
+            Ok(_) => Ok(line.trim_end().to_owned()),
+            Err(error) => Err(ConnectionError::from_io(&error, during)),
+        }
+    };
+    let greeting = read_line("reading the greeting")?;
+    if !greeting.starts_with("* OK") {
+        return Err(ConnectionError::Protocol(format!("greeting {greeting:?}")));
+    }
+    let mut writer = tcp;
+    writer.write_all(b"s0 STARTTLS\r\n").map_err(|error| ConnectionError::from_io(&error, "starting TLS"))?;
+    loop {
+        let line = read_line("starting TLS")?;
+        if line.starts_with("* ") {
+            continue;
+        }
+        return match line.strip_prefix("s0 ") {
+            Some(answer) if answer.starts_with("OK") => Ok(greeting.into_bytes()),
+            Some(answer) => Err(ConnectionError::Tls(format!("the server refused STARTTLS: {answer}"))),
+            None => Err(ConnectionError::Protocol(format!("answer to STARTTLS {line:?}"))),
+        };
+    }
+}
+
+fn capability_name(capability: &imap_proto::types::Capability<'_>) -> String {
+    use imap_proto::types::Capability;
+    match capability {
+        Capability::Imap4rev1 => "IMAP4rev1".to_owned(),
+        Capability::Auth(mechanism) => format!("AUTH={mechanism}"),
+        Capability::Atom(atom) => atom.to_string(),
+    }
+}
+
+/// Maps an `imap` error to the kinds DBAs see, keeping the server's words.
+pub fn classify(error: imap::Error, during: &str) -> ConnectionError {
+    match error {
+        imap::Error::Io(error) => ConnectionError::from_io(&error, during),
+        imap::Error::Tls(error) => ConnectionError::Tls(error.to_string()),
+        imap::Error::TlsHandshake(error) => ConnectionError::Tls(error.to_string()),
+        imap::Error::No(no) => ConnectionError::Protocol(format!("NO {} ({during})", no.information)),
+        imap::Error::Bad(bad) => ConnectionError::Protocol(format!("BAD {} ({during})", bad.information)),
+        imap::Error::Bye(bye) => ConnectionError::Protocol(format!("BYE {} ({during})", bye.information)),
+        imap::Error::ConnectionLost => ConnectionError::Protocol(format!("connection lost {during}")),
+        other => ConnectionError::Protocol(format!("{other} ({during})")),
+    }
+}

@@ -1,0 +1,78 @@
+//! `test_account()`'s work: connect and authenticate to each server of an
+//! account and report, per protocol, whether it worked, how long it took,
+//! what the server said and, on failure, a classified error.
+
+use crate::connection::{ConnectionError, Endpoint, FailureKind, Login, Security};
+use crate::{imap_client, pop3, smtp_client};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+/// One protocol's outcome, serialised into `test_account()`'s jsonb.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub protocol: Protocol,
+    pub ok: bool,
+    pub elapsed_ms: u64,
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<String>,
+    pub capabilities: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProbeFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeFailure {
+    pub kind: FailureKind,
+    /// Our description with the server's own words.
+    pub message: String,
+}
+
+/// Connects to one server, logs in (SMTP only when `login` is given), logs out.
+pub fn probe(protocol: Protocol, endpoint: &Endpoint, login: Option<&Login>) -> ProbeReport {
+    let started = Instant::now();
+    let outcome = match protocol {
+        Protocol::Smtp => smtp_client::connect(endpoint, login).map(|(mut connection, hello)| {
+            let _ = connection.quit();
+            (Some(hello.server_name), hello.capabilities)
+        }),
+        Protocol::Imap => required(login).and_then(|login| imap_client::connect(endpoint, login)).map(|(mut session, hello)| {
+            let _ = session.logout();
+            (Some(hello.greeting), hello.capabilities)
+        }),
+        Protocol::Pop3 => required(login).and_then(|login| pop3::connect(endpoint, login)).map(|(mut client, hello)| {
+            let _ = client.quit();
+            (Some(hello.greeting), hello.capabilities)
+        }),
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let (greeting, capabilities, error) = match outcome {
+        Ok((greeting, capabilities)) => (greeting, capabilities, None),
+        Err(error) => (None, Vec::new(), Some(ProbeFailure { kind: error.kind(), message: error.to_string() })),
+    };
+    ProbeReport {
+        protocol,
+        ok: error.is_none(),
+        elapsed_ms,
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        security: endpoint.security,
+        greeting,
+        capabilities,
+        error,
+    }
+}
+
+fn required(login: Option<&Login>) -> Result<&Login, ConnectionError> {
+    login.ok_or_else(|| ConnectionError::Auth("no password is set for this account".to_owned()))
+}
