@@ -5,7 +5,25 @@ COMMENT ON SCHEMA email_accounts IS
   'Email accounts, a transactional outbox delivered over SMTP, and inboxes synced over IMAP/POP3.';
 
 COMMENT ON FUNCTION email_accounts.is_valid_address(text) IS
-  'True when the text is an email address (optionally with a display name) that the SMTP side can deliver to; parsed exactly as the sender parses it.';
+  'True when the text is a bare email address (ann@example.com, no display name) that the SMTP side can deliver to; parsed exactly as the sender parses it.';
 
 COMMENT ON FUNCTION email_accounts.worker_status() IS
   'One row per background worker role (sender, receiver): its process id, what it is doing, when it started, configuration reloads, the fallback poll interval in use and latch wake-ups. Read from shared memory.';
+
+COMMENT ON FUNCTION email_accounts.is_valid_mailbox(text) IS
+  'True when the text is an email address with an optional display name (Ann Smith <ann@example.com>) that the SMTP side can deliver to.';
+
+COMMENT ON FUNCTION email_accounts.is_valid_certificate(text) IS
+  'True when the text is one or more PEM certificates (BEGIN CERTIFICATE blocks) that TLS can trust.';
+
+COMMENT ON FUNCTION email_accounts.set_password(text, text) IS
+  'Stores the password of an account, encrypted with AES-256-GCM under the current key of the key file email_accounts.keys; ends awaiting_password. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members who may see the account''s tenant. Pass the password as a bind parameter so it never appears in query text.';
+
+COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS
+  'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password with it, drops older keys no password needed, and returns the new key id.';
+
+COMMENT ON FUNCTION email_accounts.test_account(text) IS
+  'Connects and logs in to the account''s SMTP server and its IMAP or POP3 server (as enabled), verifying TLS, and returns per protocol: ok, elapsed_ms, host, port, security, greeting, capabilities, and on failure error.kind (dns, connect, timeout, tls, auth, protocol) with error.message in the server''s words. Bounded by email_accounts.connect_timeout.';
+
+COMMENT ON FUNCTION email_accounts.test_all() IS
+  'test_account() for every account with incoming or outgoing enabled that the caller can see.';

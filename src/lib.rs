@@ -9,10 +9,32 @@ use pgrx::prelude::*;
 pub mod api;
 pub mod settings;
 pub mod store;
+mod threads;
 pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
+// The schema a DBA reads, in dependency order.
+pgrx::extension_sql_file!("../sql/providers.sql", name = "providers");
+pgrx::extension_sql_file!("../sql/domains.sql", name = "domains", requires = ["providers", is_valid_certificate]);
+pgrx::extension_sql_file!("../sql/tenants.sql", name = "tenants");
+pgrx::extension_sql_file!(
+    "../sql/accounts.sql",
+    name = "accounts",
+    requires = ["domains", "tenants", is_valid_address, is_valid_certificate]
+);
+pgrx::extension_sql_file!("../sql/secrets.sql", name = "secrets", requires = ["accounts"]);
+pgrx::extension_sql_file!("../sql/account_settings.sql", name = "account_settings", requires = ["accounts"]);
+pgrx::extension_sql_file!(
+    "../sql/account_tests.sql",
+    name = "account_tests",
+    requires = ["account_settings", test_account]
+);
+pgrx::extension_sql_file!(
+    "../sql/security.sql",
+    name = "security",
+    requires = ["account_tests", "secrets", set_password, rotate_encryption_key, worker_status]
+);
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[pg_guard]

@@ -14,6 +14,9 @@ pub static WORKER_RESTART_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// How often an idle worker wakes up without being signalled, in milliseconds.
 pub static FALLBACK_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// Bound on connecting to a mail server and on each read and write, in milliseconds.
+pub static CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"email_accounts.database",
@@ -43,6 +46,16 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"email_accounts.connect_timeout",
+        c"Bound on connecting to a mail server and on each read or write.",
+        c"Used by test_account() and by the workers; a server slower than this counts as a timeout.",
+        &CONNECT_TIMEOUT,
+        100,
+        600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
 }
 
 pub fn database() -> String {
@@ -55,4 +68,8 @@ pub fn worker_restart_interval() -> Duration {
 
 pub fn fallback_poll_interval() -> Duration {
     Duration::from_millis(FALLBACK_POLL_INTERVAL.get().max(10) as u64)
+}
+
+pub fn connect_timeout() -> Duration {
+    Duration::from_millis(CONNECT_TIMEOUT.get().max(100) as u64)
 }

@@ -122,8 +122,10 @@ impl ConnectionError {
 /// Resolves the endpoint's host name.
 pub fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, ConnectionError> {
     let dns_error = |reason: String| ConnectionError::Dns { host: endpoint.host.clone(), reason };
-    let addresses: Vec<SocketAddr> =
-        (endpoint.host.as_str(), endpoint.port).to_socket_addrs().map_err(|error| dns_error(error.to_string()))?.collect();
+    let addresses: Vec<SocketAddr> = (endpoint.host.as_str(), endpoint.port)
+        .to_socket_addrs()
+        .map_err(|error| dns_error(error.to_string()))?
+        .collect();
     if addresses.is_empty() {
         return Err(dns_error("no addresses".to_owned()));
     }
@@ -159,12 +161,41 @@ pub fn connect_tcp(endpoint: &Endpoint) -> Result<TcpStream, ConnectionError> {
     })
 }
 
+/// The `BEGIN CERTIFICATE` blocks of the endpoint's extra CA bundle, each
+/// parsed once to prove it is a certificate; empty when there is no extra CA.
+pub fn extra_ca_blocks(endpoint: &Endpoint) -> Result<Vec<&str>, ConnectionError> {
+    match endpoint.extra_ca_pem.as_deref().filter(|pem| !pem.trim().is_empty()) {
+        Some(pem) => pem_blocks(pem),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Splits a PEM bundle into its certificates, rejecting anything unparsable.
+pub fn pem_blocks(pem: &str) -> Result<Vec<&str>, ConnectionError> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let invalid = |reason: String| ConnectionError::Tls(format!("the extra CA certificate is not valid PEM: {reason}"));
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let length = rest[start..].find(END).ok_or_else(|| invalid("a certificate has no END line".to_owned()))?;
+        let block = &rest[start..start + length + END.len()];
+        Certificate::from_pem(block.as_bytes()).map_err(|error| invalid(error.to_string()))?;
+        blocks.push(block);
+        rest = &rest[start + length + END.len()..];
+    }
+    if blocks.is_empty() {
+        return Err(invalid("no BEGIN CERTIFICATE block".to_owned()));
+    }
+    Ok(blocks)
+}
+
 /// A TLS connector that trusts the system roots plus the endpoint's extra CA.
 pub fn tls_connector(endpoint: &Endpoint) -> Result<TlsConnector, ConnectionError> {
     let mut builder = TlsConnector::builder();
-    if let Some(pem) = endpoint.extra_ca_pem.as_deref().filter(|pem| !pem.trim().is_empty()) {
-        let certificate = Certificate::from_pem(pem.as_bytes())
-            .map_err(|error| ConnectionError::Tls(format!("the extra CA certificate is not valid PEM: {error}")))?;
+    for block in extra_ca_blocks(endpoint)? {
+        let certificate =
+            Certificate::from_pem(block.as_bytes()).map_err(|error| ConnectionError::Tls(error.to_string()))?;
         builder.add_root_certificate(certificate);
     }
     builder.build().map_err(|error| ConnectionError::Tls(error.to_string()))
@@ -174,7 +205,9 @@ pub fn tls_connector(endpoint: &Endpoint) -> Result<TlsConnector, ConnectionErro
 pub fn start_tls(endpoint: &Endpoint, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ConnectionError> {
     tls_connector(endpoint)?.connect(&endpoint.host, tcp).map_err(|error| match error {
         native_tls::HandshakeError::Failure(error) => ConnectionError::Tls(error.to_string()),
-        native_tls::HandshakeError::WouldBlock(_) => ConnectionError::Timeout { during: "the TLS handshake".to_owned() },
+        native_tls::HandshakeError::WouldBlock(_) => {
+            ConnectionError::Timeout { during: "the TLS handshake".to_owned() }
+        }
     })
 }
 
@@ -230,7 +263,13 @@ mod tests {
     use std::net::TcpListener;
 
     fn endpoint(host: &str, port: u16) -> Endpoint {
-        Endpoint { host: host.to_owned(), port, security: Security::None, extra_ca_pem: None, timeout: Duration::from_secs(2) }
+        Endpoint {
+            host: host.to_owned(),
+            port,
+            security: Security::None,
+            extra_ca_pem: None,
+            timeout: Duration::from_secs(2),
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! (The crate's own builder cannot take an extra CA, so the TLS stream is
 //! made here and handed to `imap::Client::new`.)
 
-use crate::connection::{check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security};
+use crate::connection::{
+    check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security,
+};
 use imap::extensions::idle::SetReadTimeout;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

@@ -46,14 +46,18 @@ pub fn probe(protocol: Protocol, endpoint: &Endpoint, login: Option<&Login>) -> 
             let _ = connection.quit();
             (Some(hello.server_name), hello.capabilities)
         }),
-        Protocol::Imap => required(login).and_then(|login| imap_client::connect(endpoint, login)).map(|(mut session, hello)| {
-            let _ = session.logout();
-            (Some(hello.greeting), hello.capabilities)
-        }),
-        Protocol::Pop3 => required(login).and_then(|login| pop3::connect(endpoint, login)).map(|(mut client, hello)| {
-            let _ = client.quit();
-            (Some(hello.greeting), hello.capabilities)
-        }),
+        Protocol::Imap => {
+            required(login).and_then(|login| imap_client::connect(endpoint, login)).map(|(mut session, hello)| {
+                let _ = session.logout();
+                (Some(hello.greeting), hello.capabilities)
+            })
+        }
+        Protocol::Pop3 => {
+            required(login).and_then(|login| pop3::connect(endpoint, login)).map(|(mut client, hello)| {
+                let _ = client.quit();
+                (Some(hello.greeting), hello.capabilities)
+            })
+        }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let (greeting, capabilities, error) = match outcome {

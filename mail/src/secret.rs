@@ -73,7 +73,8 @@ impl KeyRing {
     }
 
     pub fn to_text(&self) -> String {
-        let mut text = String::from("# email_accounts encryption keys: <key id> <key>; the last line seals new passwords.\n");
+        let mut text =
+            String::from("# email_accounts encryption keys: <key id> <key>; the last line seals new passwords.\n");
         for (id, key) in &self.keys {
             text.push_str(&format!("{id} {}\n", hex::encode(key)));
         }

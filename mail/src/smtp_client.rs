@@ -2,7 +2,7 @@
 //! `SmtpConnection`: implicit TLS, STARTTLS or plain, then AUTH unless the
 //! account sends without authentication.
 
-use crate::connection::{check_plaintext, resolve, ConnectionError, Endpoint, Login, Security};
+use crate::connection::{check_plaintext, extra_ca_blocks, resolve, ConnectionError, Endpoint, Login, Security};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::{ClientId, Extension};
@@ -17,9 +17,9 @@ pub struct SmtpHello {
 
 fn tls_parameters(endpoint: &Endpoint) -> Result<TlsParameters, ConnectionError> {
     let mut builder = TlsParameters::builder(endpoint.host.clone());
-    if let Some(pem) = endpoint.extra_ca_pem.as_deref().filter(|pem| !pem.trim().is_empty()) {
-        let certificate = Certificate::from_pem(pem.as_bytes())
-            .map_err(|error| ConnectionError::Tls(format!("the extra CA certificate is not valid PEM: {error}")))?;
+    for block in extra_ca_blocks(endpoint)? {
+        let certificate =
+            Certificate::from_pem(block.as_bytes()).map_err(|error| ConnectionError::Tls(error.to_string()))?;
         builder = builder.add_root_certificate(certificate);
     }
     builder.build_native().map_err(|error| ConnectionError::Tls(error.to_string()))
@@ -34,9 +34,8 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpConnec
         Security::Ssl | Security::Starttls => Some(tls_parameters(endpoint)?),
     };
     let implicit = parameters.as_ref().filter(|_| endpoint.security == Security::Ssl);
-    let mut connection =
-        SmtpConnection::connect(&addresses[..], Some(endpoint.timeout), &hello_name, implicit, None)
-            .map_err(|error| classify(&error, "connecting"))?;
+    let mut connection = SmtpConnection::connect(&addresses[..], Some(endpoint.timeout), &hello_name, implicit, None)
+        .map_err(|error| classify(&error, "connecting"))?;
     if endpoint.security == Security::Starttls {
         if !connection.can_starttls() {
             return Err(ConnectionError::Tls("the server does not offer STARTTLS".to_owned()));
@@ -67,14 +66,18 @@ fn describe(connection: &SmtpConnection) -> SmtpHello {
         (Extension::EightBitMime, "8BITMIME"),
         (Extension::SmtpUtfEight, "SMTPUTF8"),
     ];
-    let mechanisms = [(Mechanism::Plain, "AUTH=PLAIN"), (Mechanism::Login, "AUTH=LOGIN"), (Mechanism::Xoauth2, "AUTH=XOAUTH2")];
+    let mechanisms =
+        [(Mechanism::Plain, "AUTH=PLAIN"), (Mechanism::Login, "AUTH=LOGIN"), (Mechanism::Xoauth2, "AUTH=XOAUTH2")];
     let mut capabilities: Vec<String> = extensions
         .into_iter()
         .filter(|(extension, _)| info.supports_feature(*extension))
         .map(|(_, name)| name.to_owned())
         .collect();
     capabilities.extend(
-        mechanisms.into_iter().filter(|(mechanism, _)| info.supports_auth_mechanism(*mechanism)).map(|(_, name)| name.to_owned()),
+        mechanisms
+            .into_iter()
+            .filter(|(mechanism, _)| info.supports_auth_mechanism(*mechanism))
+            .map(|(_, name)| name.to_owned()),
     );
     SmtpHello { server_name: info.name().to_owned(), capabilities }
 }

@@ -1,4 +1,8 @@
 //! SQL functions (`#[pg_extern]`). Their comments for DBAs live in `sql/`.
 
 pub mod address;
+pub mod certificate;
+mod errors;
+pub mod password;
+pub mod test_account;
 pub mod worker_status;

@@ -1,5 +1,10 @@
-//! The store: every place the extension talks to PostgreSQL from a worker
-//! (SPI statements and catalog look-ups). Nothing here does network I/O.
+//! The store: every place the extension talks to PostgreSQL (SPI statements,
+//! catalog look-ups, the key file in the data directory). Nothing here does
+//! network I/O.
 
+pub mod account_settings;
+pub mod accounts;
 pub mod catalog;
+pub mod key_file;
+pub mod secrets;
 pub mod transaction;

@@ -137,7 +137,10 @@ impl<S: Read + Write> Pop3Client<S> {
         let mut line = Vec::new();
         let read = (&mut self.stream).take(LONGEST_LINE as u64).read_until(b'\n', &mut line)?;
         if read == 0 {
-            return Err(Pop3Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")));
+            return Err(Pop3Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )));
         }
         if !line.ends_with(b"\n") {
             return Err(Pop3Error::Protocol(format!("a line longer than {LONGEST_LINE} bytes")));

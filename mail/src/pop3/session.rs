@@ -2,7 +2,9 @@
 //! plain, then USER/PASS.
 
 use super::client::{Pop3Client, Pop3Error};
-use crate::connection::{check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security};
+use crate::connection::{
+    check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security,
+};
 
 /// What the server said before we logged in.
 #[derive(Debug, Clone, Default)]

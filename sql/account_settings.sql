@@ -1,0 +1,245 @@
+-- The effective settings of every account after provider → domain → account
+-- inheritance, and the rules on them that single-column checks cannot see.
+
+CREATE VIEW email_accounts.account_settings WITH (security_invoker = true) AS
+SELECT
+    account.account_id,
+    account.name,
+    account.tenant,
+    account.address,
+    coalesce(account.login_id, account.address) AS login_id,
+    domain.domain_name AS domain,
+    preset.name AS provider,
+    account.owner_role,
+    account.awaiting_password,
+    account.ascii_encode_password,
+    account.password_set_at IS NOT NULL AS password_is_set,
+    account.allow_plaintext_authentication,
+    coalesce(account.extra_ca_certificate, domain.extra_ca_certificate) AS extra_ca_certificate,
+    account.enable_incoming,
+    incoming.protocol AS incoming_protocol,
+    coalesce(account.incoming_host, domain.incoming_host,
+             CASE incoming.protocol WHEN 'imap' THEN preset.imap_host WHEN 'pop3' THEN preset.pop3_host END) AS incoming_host,
+    coalesce(account.incoming_port, domain.incoming_port,
+             CASE incoming.protocol WHEN 'imap' THEN preset.imap_port WHEN 'pop3' THEN preset.pop3_port END) AS incoming_port,
+    coalesce(account.incoming_security, domain.incoming_security,
+             CASE incoming.protocol WHEN 'imap' THEN preset.imap_security WHEN 'pop3' THEN preset.pop3_security END) AS incoming_security,
+    account.folders,
+    account.sync_option,
+    account.initial_sync_count,
+    account.attachment_size_limit,
+    account.default_incoming,
+    account.pop3_retrieval,
+    account.pop3_delete_after_days,
+    account.poll_interval,
+    account.enable_auto_reply,
+    account.auto_reply_message,
+    account.enable_outgoing,
+    coalesce(account.smtp_host, domain.smtp_host, preset.smtp_host) AS smtp_host,
+    coalesce(account.smtp_port, domain.smtp_port, preset.smtp_port) AS smtp_port,
+    coalesce(account.smtp_security, domain.smtp_security, preset.smtp_security) AS smtp_security,
+    account.no_smtp_authentication,
+    account.add_signature,
+    account.signature,
+    account.default_outgoing,
+    account.always_use_account_address_as_sender,
+    account.always_use_account_name_as_sender_name,
+    account.send_unsubscribe_message,
+    account.track_email_status,
+    account.append_to_sent_folder,
+    account.sent_folder,
+    account.send_limit_per_minute,
+    account.send_limit_per_hour,
+    account.send_limit_per_day,
+    account.created_at,
+    account.updated_at
+FROM email_accounts.account
+LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
+LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
+CROSS JOIN LATERAL (
+    SELECT coalesce(account.incoming_protocol, domain.incoming_protocol, preset.incoming_protocol) AS protocol
+) AS incoming;
+
+COMMENT ON VIEW email_accounts.account_settings IS
+  'Effective settings of each account: its own values, else its domain''s, else its provider''s. Never shows a password (password_is_set only says whether one is stored). Row-level security of account applies.';
+COMMENT ON COLUMN email_accounts.account_settings.login_id IS 'Login name actually used: login_id, else the address.';
+COMMENT ON COLUMN email_accounts.account_settings.domain IS 'The domain row the account inherits from, if any.';
+COMMENT ON COLUMN email_accounts.account_settings.provider IS 'The provider preset in effect: the account''s, else its domain''s.';
+COMMENT ON COLUMN email_accounts.account_settings.password_is_set IS 'Whether set_password() has stored a password.';
+COMMENT ON COLUMN email_accounts.account_settings.incoming_protocol IS 'Effective imap or pop3.';
+COMMENT ON COLUMN email_accounts.account_settings.incoming_host IS 'Effective incoming server (the provider''s IMAP or POP3 host, by protocol).';
+COMMENT ON COLUMN email_accounts.account_settings.incoming_port IS 'Effective incoming port.';
+COMMENT ON COLUMN email_accounts.account_settings.incoming_security IS 'Effective incoming security.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_host IS 'Effective SMTP server.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_port IS 'Effective SMTP port.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_security IS 'Effective SMTP security.';
+COMMENT ON COLUMN email_accounts.account_settings.extra_ca_certificate IS 'Effective extra CA: the account''s, else its domain''s.';
+
+-- What is wrong with a protocol/port/security combination, or NULL. Only the
+-- well-known ports are judged: anything else may be a deliberate choice.
+CREATE FUNCTION email_accounts.port_security_conflict(protocol text, port integer, security text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN protocol = 'smtp' AND security = 'ssl' AND port IN (25, 587)
+        THEN format('port %s expects STARTTLS (or plain SMTP), not ssl (TLS from the first byte); use starttls, or port 465 for ssl', port)
+    WHEN protocol = 'smtp' AND security <> 'ssl' AND port = 465
+        THEN format('port 465 expects ssl (TLS from the first byte), not %s', security)
+    WHEN protocol = 'imap' AND port IN (110, 995)
+        THEN format('port %s is a POP3 port, but the protocol is imap', port)
+    WHEN protocol = 'pop3' AND port IN (143, 993)
+        THEN format('port %s is an IMAP port, but the protocol is pop3', port)
+    WHEN protocol IN ('imap', 'pop3') AND security = 'ssl' AND port IN (143, 110)
+        THEN format('port %s expects STARTTLS (or no TLS), not ssl (TLS from the first byte); use starttls, or port %s for ssl',
+                    port, CASE port WHEN 143 THEN 993 ELSE 995 END)
+    WHEN protocol IN ('imap', 'pop3') AND security <> 'ssl' AND port IN (993, 995)
+        THEN format('port %s expects ssl (TLS from the first byte), not %s', port, security)
+END;
+
+COMMENT ON FUNCTION email_accounts.port_security_conflict(text, integer, text) IS
+  'Why a protocol (smtp, imap, pop3), port and security (ssl, starttls, none) do not go together on a well-known port, or NULL when they do.';
+
+CREATE FUNCTION email_accounts.raise_setting_error(account_name text, field text, problem text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'account %: %', quote_literal(account_name), problem
+        USING ERRCODE = 'check_violation', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = field,
+              HINT = format('Fix %s on the account, or on its domain or provider where it is inherited from.', field);
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.raise_setting_error(text, text, text) IS
+  'Raises check_violation (23514) naming the account and the field; used by check_account_settings().';
+
+-- Checks the effective settings of one account; raises naming the field.
+CREATE FUNCTION email_accounts.check_account_settings(checked_account_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    settings email_accounts.account_settings;
+    conflict text;
+BEGIN
+    SELECT * INTO settings FROM email_accounts.account_settings WHERE account_id = checked_account_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF to_regrole(quote_ident(settings.owner_role)) IS NULL THEN
+        PERFORM email_accounts.raise_setting_error(settings.name, 'owner_role', format('role %I does not exist', settings.owner_role));
+    END IF;
+
+    IF settings.enable_incoming THEN
+        IF settings.incoming_protocol IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_protocol',
+                'enable_incoming is on but no incoming_protocol (imap or pop3) is set on the account, its domain or its provider');
+        END IF;
+        IF settings.incoming_host IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_host',
+                'enable_incoming is on but no incoming_host is set on the account, its domain or its provider');
+        END IF;
+        IF settings.incoming_port IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_port',
+                'enable_incoming is on but no incoming_port is set on the account, its domain or its provider');
+        END IF;
+        IF settings.incoming_security IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_security',
+                'enable_incoming is on but no incoming_security (ssl, starttls or none) is set on the account, its domain or its provider');
+        END IF;
+        conflict := email_accounts.port_security_conflict(settings.incoming_protocol, settings.incoming_port, settings.incoming_security);
+        IF conflict IS NOT NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_security', 'incoming_port and incoming_security conflict: ' || conflict);
+        END IF;
+        IF settings.incoming_protocol = 'pop3' AND cardinality(settings.folders) > 1 THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'folders',
+                'POP3 has a single mailbox, so folders must name one folder, not ' || cardinality(settings.folders));
+        END IF;
+        IF settings.incoming_security = 'none' AND NOT settings.allow_plaintext_authentication THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_security',
+                'incoming_security none would send the password in clear text; use ssl or starttls, or set allow_plaintext_authentication');
+        END IF;
+    END IF;
+
+    IF settings.enable_outgoing THEN
+        IF settings.smtp_host IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_host',
+                'enable_outgoing is on but no smtp_host is set on the account, its domain or its provider');
+        END IF;
+        IF settings.smtp_port IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_port',
+                'enable_outgoing is on but no smtp_port is set on the account, its domain or its provider');
+        END IF;
+        IF settings.smtp_security IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_security',
+                'enable_outgoing is on but no smtp_security (ssl, starttls or none) is set on the account, its domain or its provider');
+        END IF;
+        conflict := email_accounts.port_security_conflict('smtp', settings.smtp_port, settings.smtp_security);
+        IF conflict IS NOT NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_security', 'smtp_port and smtp_security conflict: ' || conflict);
+        END IF;
+        IF settings.smtp_security = 'none' AND NOT settings.no_smtp_authentication AND NOT settings.allow_plaintext_authentication THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_security',
+                'smtp_security none would send the password in clear text; use ssl or starttls, set no_smtp_authentication, or set allow_plaintext_authentication');
+        END IF;
+    END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.check_account_settings(bigint) IS
+  'Checks the effective settings of one account (servers present for enabled sides, ports that fit their security, POP3 with one folder, no clear-text passwords unless allowed, an existing owner role) and raises check_violation naming the field.';
+
+CREATE FUNCTION email_accounts.account_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM email_accounts.check_account_settings(NEW.account_id);
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION email_accounts.account_touched() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END;
+$$;
+
+-- A domain or provider change re-checks every account that inherits from it.
+CREATE FUNCTION email_accounts.inherited_settings_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    affected bigint;
+    changed_names text[];
+BEGIN
+    IF TG_TABLE_NAME = 'domain' THEN
+        changed_names := ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.domain_name END, CASE WHEN TG_OP <> 'DELETE' THEN NEW.domain_name END];
+        FOR affected IN
+            SELECT account_id FROM email_accounts.account WHERE lower(split_part(address, '@', 2)) = ANY (changed_names)
+        LOOP
+            PERFORM email_accounts.check_account_settings(affected);
+        END LOOP;
+    ELSE
+        changed_names := ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.name END, CASE WHEN TG_OP <> 'DELETE' THEN NEW.name END];
+        FOR affected IN
+            SELECT account_settings.account_id FROM email_accounts.account_settings WHERE provider = ANY (changed_names)
+        LOOP
+            PERFORM email_accounts.check_account_settings(affected);
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.account_changed() IS 'Trigger: checks an account''s effective settings after it is inserted or updated.';
+COMMENT ON FUNCTION email_accounts.account_touched() IS 'Trigger: keeps account.updated_at current.';
+COMMENT ON FUNCTION email_accounts.inherited_settings_changed() IS 'Trigger: re-checks the accounts that inherit from a changed domain or provider.';
+
+CREATE TRIGGER check_settings AFTER INSERT OR UPDATE ON email_accounts.account
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.account_changed();
+CREATE TRIGGER touch BEFORE UPDATE ON email_accounts.account
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.account_touched();
+CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON email_accounts.domain
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.inherited_settings_changed();
+CREATE TRIGGER check_inheriting_accounts AFTER UPDATE OR DELETE ON email_accounts.provider
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.inherited_settings_changed();

@@ -1,0 +1,51 @@
+-- Roles, privileges and row-level security. Roles are cluster-wide, so they
+-- are created only if missing and survive DROP EXTENSION.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'email_accounts_admin') THEN
+        CREATE ROLE email_accounts_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'email_accounts_sender') THEN
+        CREATE ROLE email_accounts_sender NOLOGIN;
+    END IF;
+END;
+$$;
+
+COMMENT ON ROLE email_accounts_admin IS 'email_accounts: manages accounts (and, when bound to no tenant, domains and provider presets).';
+COMMENT ON ROLE email_accounts_sender IS 'email_accounts: queues mail and reads its tenant''s accounts, outbox and messages; never credentials.';
+
+GRANT USAGE ON SCHEMA email_accounts TO email_accounts_admin, email_accounts_sender;
+
+GRANT SELECT ON email_accounts.provider, email_accounts.domain, email_accounts.tenant_member,
+                email_accounts.account, email_accounts.account_settings
+    TO email_accounts_admin, email_accounts_sender;
+GRANT INSERT, UPDATE, DELETE ON email_accounts.provider, email_accounts.domain, email_accounts.account
+    TO email_accounts_admin;
+-- account_secret: nothing for anyone (see sql/secrets.sql).
+
+-- Accounts: a role sees and changes only the tenants it is bound to (all, if bound to none).
+ALTER TABLE email_accounts.account ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON email_accounts.account
+    USING (email_accounts.tenant_is_visible(tenant))
+    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+
+-- Domains and presets are shared: everyone reads them, only roles bound to
+-- no tenant change them (a tenant must not rewire another tenant's servers).
+ALTER TABLE email_accounts.domain ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON email_accounts.domain FOR SELECT USING (true);
+CREATE POLICY unbound_roles_change ON email_accounts.domain
+    USING (NOT EXISTS (SELECT FROM email_accounts.tenant_member))
+    WITH CHECK (NOT EXISTS (SELECT FROM email_accounts.tenant_member));
+
+ALTER TABLE email_accounts.provider ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON email_accounts.provider FOR SELECT USING (true);
+CREATE POLICY unbound_roles_change ON email_accounts.provider
+    USING (NOT EXISTS (SELECT FROM email_accounts.tenant_member))
+    WITH CHECK (NOT EXISTS (SELECT FROM email_accounts.tenant_member));
+
+-- Functions that read secrets check the caller themselves (superuser, the
+-- account's owner role, or an admin who may see the account's tenant).
+REVOKE EXECUTE ON FUNCTION email_accounts.rotate_encryption_key() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION email_accounts.inherited_settings_changed() FROM PUBLIC;

@@ -1,0 +1,51 @@
+//! Write-only passwords: `set_password()` and `rotate_encryption_key()`.
+//! Both run as the extension owner (SECURITY DEFINER, pinned search_path)
+//! and check the caller themselves. Passwords are never echoed in errors.
+
+use super::errors::{raise, raise_access, raise_secret};
+use crate::store::{accounts, secrets};
+use pgrx::prelude::*;
+
+/// Stores the account's password, encrypted; ends awaiting_password.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn set_password(account: &str, password: &str) {
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    let managed = accounts::managed_by(account, caller).unwrap_or_else(|error| raise_access(error));
+    if password.is_empty() {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "password must not be empty", None);
+    }
+    if password.contains(['\r', '\n', '\0']) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "password must not contain line breaks or NUL characters (IMAP, POP3 and SMTP logins cannot carry them)",
+            None,
+        );
+    }
+    if managed.ascii_encode_password && !password.is_ascii() {
+        raise(
+            PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            format!("password of account {:?} must be ASCII: the account has ascii_encode_password on", managed.name),
+            Some("Turn ascii_encode_password off to send the password as UTF-8."),
+        );
+    }
+    secrets::store_password(managed.account_id, password).unwrap_or_else(|error| raise_secret(error));
+}
+
+/// Makes a new encryption key current and re-encrypts every stored password
+/// with it; returns the new key's id. Superusers only.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn rotate_encryption_key() -> i32 {
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    if !unsafe { pg_sys::superuser_arg(caller) } {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "only superusers may rotate the email_accounts encryption key",
+            None,
+        );
+    }
+    let (key_id, reencrypted) = secrets::rotate_key().unwrap_or_else(|error| raise_secret(error));
+    notice!("email_accounts: key {key_id} is now current; {reencrypted} password(s) re-encrypted");
+    key_id as i32
+}

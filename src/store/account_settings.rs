@@ -1,0 +1,71 @@
+//! Reading an account's effective settings (view account_settings) into the
+//! values the mail core needs to connect.
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+
+/// One side (incoming or outgoing) of an account: where its server is.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
+    pub protocol: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i32>,
+    pub security: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EffectiveAccount {
+    pub account_id: i64,
+    pub name: String,
+    pub login_id: String,
+    pub awaiting_password: bool,
+    pub password_is_set: bool,
+    pub allow_plaintext_authentication: bool,
+    pub extra_ca_certificate: Option<String>,
+    pub enable_incoming: bool,
+    pub incoming: ServerSettings,
+    pub enable_outgoing: bool,
+    pub outgoing: ServerSettings,
+    pub no_smtp_authentication: bool,
+}
+
+const SETTINGS_QUERY: &str = "
+SELECT account_id, name, login_id, awaiting_password, password_is_set, allow_plaintext_authentication,
+       extra_ca_certificate, enable_incoming, incoming_protocol, incoming_host, incoming_port, incoming_security,
+       enable_outgoing, smtp_host, smtp_port, smtp_security, no_smtp_authentication
+  FROM email_accounts.account_settings
+ WHERE account_id = $1";
+
+pub fn load(account_id: i64) -> Result<Option<EffectiveAccount>, SpiError> {
+    Spi::connect(|client| {
+        let table = client.select(SETTINGS_QUERY, Some(1), &[account_id.into()])?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(Some(EffectiveAccount {
+            account_id: row.get::<i64>(1)?.unwrap_or_default(),
+            name: row.get::<String>(2)?.unwrap_or_default(),
+            login_id: row.get::<String>(3)?.unwrap_or_default(),
+            awaiting_password: row.get::<bool>(4)?.unwrap_or_default(),
+            password_is_set: row.get::<bool>(5)?.unwrap_or_default(),
+            allow_plaintext_authentication: row.get::<bool>(6)?.unwrap_or_default(),
+            extra_ca_certificate: row.get::<String>(7)?,
+            enable_incoming: row.get::<bool>(8)?.unwrap_or_default(),
+            incoming: ServerSettings {
+                protocol: row.get::<String>(9)?,
+                host: row.get::<String>(10)?,
+                port: row.get::<i32>(11)?,
+                security: row.get::<String>(12)?,
+            },
+            enable_outgoing: row.get::<bool>(13)?.unwrap_or_default(),
+            outgoing: ServerSettings {
+                protocol: Some("smtp".to_owned()),
+                host: row.get::<String>(14)?,
+                port: row.get::<i32>(15)?,
+                security: row.get::<String>(16)?,
+            },
+            no_smtp_authentication: row.get::<bool>(17)?.unwrap_or_default(),
+        }))
+    })
+}

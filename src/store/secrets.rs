@@ -1,0 +1,111 @@
+//! Reading and writing encrypted passwords (table account_secret) with the
+//! key ring of `key_file`. Plain passwords exist only in memory.
+
+use super::key_file::{self, KeyFileError, KEY_RING_LOCK};
+use email_accounts_mail::secret::{Sealed, SecretError};
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretStoreError {
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error("cannot decrypt the password of account {account_id}: {source}")]
+    Decrypt { account_id: i64, source: SecretError },
+    #[error("cannot encrypt: {0}")]
+    Encrypt(SecretError),
+    #[error(transparent)]
+    Spi(#[from] SpiError),
+}
+
+fn lock_key_ring() -> Result<(), SpiError> {
+    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[KEY_RING_LOCK.into()])
+}
+
+/// Encrypts and stores `password` for the account, and records that a
+/// password is set (which also ends awaiting_password).
+pub fn store_password(account_id: i64, password: &str) -> Result<(), SecretStoreError> {
+    lock_key_ring()?;
+    let ring = key_file::load_or_create()?;
+    let sealed = ring.seal(account_id, password).map_err(SecretStoreError::Encrypt)?;
+    Spi::run_with_args(
+        "INSERT INTO email_accounts.account_secret AS secret (account_id, key_id, nonce, ciphertext)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (account_id) DO UPDATE
+            SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = now()",
+        &[account_id.into(), (sealed.key_id as i32).into(), sealed.nonce.into(), sealed.ciphertext.into()],
+    )?;
+    Spi::run_with_args(
+        "UPDATE email_accounts.account SET password_set_at = now(), awaiting_password = false WHERE account_id = $1",
+        &[account_id.into()],
+    )?;
+    Ok(())
+}
+
+/// The decrypted password of an account, or `None` if none is stored.
+pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError> {
+    let sealed = Spi::connect(|client| -> Result<Option<Sealed>, SpiError> {
+        let table = client.select(
+            "SELECT key_id, nonce, ciphertext FROM email_accounts.account_secret WHERE account_id = $1",
+            Some(1),
+            &[account_id.into()],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(Some(Sealed {
+            key_id: row.get::<i32>(1)?.unwrap_or_default() as u32,
+            nonce: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
+            ciphertext: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
+        }))
+    })?;
+    let Some(sealed) = sealed else { return Ok(None) };
+    let ring = key_file::load_existing()?;
+    ring.open(account_id, &sealed).map(Some).map_err(|source| SecretStoreError::Decrypt { account_id, source })
+}
+
+/// Adds a new current key, re-encrypts every stored password with it, and
+/// drops older keys that no stored password needed any more. Returns the new
+/// key id and how many passwords were re-encrypted.
+pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
+    lock_key_ring()?;
+    let mut ring = key_file::load_or_create()?;
+    let rows = Spi::connect(|client| -> Result<Vec<(i64, Sealed)>, SpiError> {
+        let table = client.select(
+            "SELECT account_id, key_id, nonce, ciphertext FROM email_accounts.account_secret ORDER BY account_id FOR UPDATE",
+            None,
+            &[],
+        )?;
+        table
+            .map(|row| {
+                Ok((
+                    row.get::<i64>(1)?.unwrap_or_default(),
+                    Sealed {
+                        key_id: row.get::<i32>(2)?.unwrap_or_default() as u32,
+                        nonce: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                        ciphertext: row.get::<Vec<u8>>(4)?.unwrap_or_default(),
+                    },
+                ))
+            })
+            .collect()
+    })?;
+    // Keys no stored password uses are dropped now; those in use stay in the
+    // file until the next rotation, so a rolled-back rotation loses nothing.
+    let in_use: Vec<u32> = rows.iter().map(|(_, sealed)| sealed.key_id).collect();
+    ring.retain_keys(|id| in_use.contains(&id));
+    let new_key = ring.add_new_key().map_err(SecretStoreError::Encrypt)?;
+    key_file::save(&ring)?;
+    for (account_id, sealed) in &rows {
+        let password = ring
+            .open(*account_id, sealed)
+            .map_err(|source| SecretStoreError::Decrypt { account_id: *account_id, source })?;
+        let resealed = ring.seal(*account_id, &password).map_err(SecretStoreError::Encrypt)?;
+        Spi::run_with_args(
+            "UPDATE email_accounts.account_secret SET key_id = $2, nonce = $3, ciphertext = $4, updated_at = now()
+              WHERE account_id = $1",
+            &[(*account_id).into(), (resealed.key_id as i32).into(), resealed.nonce.into(), resealed.ciphertext.into()],
+        )?;
+    }
+    Ok((new_key, rows.len() as i64))
+}
