@@ -9,6 +9,8 @@ use pgrx::prelude::*;
 pub mod api;
 pub mod settings;
 pub mod store;
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
 mod threads;
 pub mod worker;
 

@@ -1,0 +1,163 @@
+//! Passwords are readable by no role, through no table or view; tenants see
+//! and use only their own accounts.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use crate::tests::{assert_fails, assert_ok, outcome_of};
+    use pgrx::prelude::*;
+
+    const PASSWORD: &str = "Zebra-Quartz-1917";
+
+    fn setup_roles_and_accounts() {
+        Spi::run(
+            "CREATE ROLE test_admin_a; CREATE ROLE test_sender_a; CREATE ROLE test_admin_b; CREATE ROLE test_global_admin;
+             GRANT email_accounts_admin TO test_admin_a, test_admin_b, test_global_admin;
+             GRANT email_accounts_sender TO test_sender_a;
+             INSERT INTO email_accounts.tenant_member (role_name, tenant)
+                  VALUES ('test_admin_a', 'a'), ('test_sender_a', 'a'), ('test_admin_b', 'b');
+             INSERT INTO email_accounts.account (name, tenant, address, provider, enable_outgoing)
+                  VALUES ('account a', 'a', 'a@gmail.com', 'gmail', true),
+                         ('account b', 'b', 'b@gmail.com', 'gmail', true),
+                         ('shared', NULL, 'shared@gmail.com', 'gmail', true)",
+        )
+        .unwrap();
+        for account in ["account a", "account b", "shared"] {
+            Spi::run_with_args("SELECT email_accounts.set_password($1, $2)", &[account.into(), PASSWORD.into()])
+                .unwrap();
+        }
+    }
+
+    /// Every table and view of the schema, read as `role` (rows as JSON text,
+    /// or the SQLSTATE when the role may not read it at all).
+    fn everything_visible_to(role: &str) -> Vec<(String, String)> {
+        let relations: Vec<String> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = 'email_accounts' AND c.relkind IN ('r', 'v', 'm', 'p') ORDER BY 1",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|row| row.get::<String>(1).unwrap().unwrap())
+                .collect()
+        });
+        assert!(relations.len() >= 6, "{relations:?}");
+        outcome_of("SELECT 1"); // create the helper before switching roles
+        Spi::run(&format!("SET LOCAL ROLE {role}")).unwrap();
+        let seen = relations
+            .into_iter()
+            .map(|relation| {
+                let query = format!("SELECT string_agg(row_to_json(t)::text, E'\\n') FROM {relation} t");
+                let outcome = outcome_of(&query);
+                let text = if outcome.sqlstate == "ok" {
+                    Spi::get_one::<String>(&query).unwrap().unwrap_or_default()
+                } else {
+                    format!("SQLSTATE {}", outcome.sqlstate)
+                };
+                (relation, text)
+            })
+            .collect();
+        Spi::run("RESET ROLE").unwrap();
+        seen
+    }
+
+    #[pg_test]
+    fn no_role_reads_a_password_or_its_ciphertext() {
+        setup_roles_and_accounts();
+        let ciphertexts: Vec<String> = Spi::connect(|client| {
+            client
+                .select("SELECT encode(ciphertext, 'hex') FROM email_accounts.account_secret", None, &[])
+                .unwrap()
+                .map(|row| row.get::<String>(1).unwrap().unwrap())
+                .collect()
+        });
+        assert_eq!(ciphertexts.len(), 3);
+        for role in
+            ["email_accounts_admin", "email_accounts_sender", "test_admin_a", "test_sender_a", "test_global_admin"]
+        {
+            for (relation, text) in everything_visible_to(role) {
+                assert!(!text.contains(PASSWORD), "{role} reads the password in {relation}");
+                for ciphertext in &ciphertexts {
+                    assert!(!text.contains(&ciphertext[..16]), "{role} reads ciphertext in {relation}");
+                }
+                if relation == "email_accounts.account_secret" {
+                    assert_eq!(text, "SQLSTATE 42501", "{role} may not even query account_secret");
+                }
+            }
+        }
+    }
+
+    #[pg_test]
+    fn tenants_see_and_use_only_their_own_accounts() {
+        setup_roles_and_accounts();
+        let visible = |role: &str| -> String {
+            Spi::run(&format!("SET LOCAL ROLE {role}")).unwrap();
+            let names = Spi::get_one::<String>(
+                "SELECT string_agg(name, ',' ORDER BY name) FROM email_accounts.account_settings",
+            )
+            .unwrap()
+            .unwrap_or_default();
+            Spi::run("RESET ROLE").unwrap();
+            names
+        };
+        assert_eq!(visible("test_admin_a"), "account a");
+        assert_eq!(visible("test_sender_a"), "account a");
+        assert_eq!(visible("test_admin_b"), "account b");
+        assert_eq!(visible("test_global_admin"), "account a,account b,shared");
+
+        outcome_of("SELECT 1"); // create the helper before switching roles
+        Spi::run("SET LOCAL ROLE test_admin_a").unwrap();
+        // B's account cannot be changed, created, used for secrets or tested.
+        assert_ok("UPDATE email_accounts.account SET signature = 'x' WHERE name = 'account b'");
+        assert_fails(
+            "INSERT INTO email_accounts.account (name, tenant, address) VALUES ('sneaky', 'b', 'sneaky@x.com')",
+            "42501",
+            "row-level security",
+        );
+        assert_fails("SELECT email_accounts.set_password('account b', 'x')", "42704", "account b");
+        assert_fails("SELECT email_accounts.test_account('account b')", "42704", "account b");
+        // Shared domains and presets are not theirs to rewire.
+        assert_fails(
+            "INSERT INTO email_accounts.domain (domain_name, smtp_host) VALUES ('b.example', 'evil.example')",
+            "42501",
+            "row-level security",
+        );
+        assert_ok("SELECT email_accounts.set_password('account a', 'new-password')");
+        Spi::run("RESET ROLE").unwrap();
+        let untouched = Spi::get_one::<String>("SELECT signature FROM email_accounts.account WHERE name = 'account b'");
+        assert_eq!(untouched, Ok(None));
+
+        // A sender reads its tenant's accounts but does not manage them.
+        Spi::run("SET LOCAL ROLE test_sender_a").unwrap();
+        assert_fails("UPDATE email_accounts.account SET signature = 'x'", "42501", "account");
+        assert_fails("SELECT email_accounts.set_password('account a', 'x')", "42501", "account a");
+        assert_fails("SELECT email_accounts.rotate_encryption_key()", "42501", "rotate_encryption_key");
+        Spi::run("RESET ROLE").unwrap();
+    }
+
+    #[pg_test]
+    fn rotation_keeps_every_password_readable() {
+        setup_roles_and_accounts();
+        let before = Spi::get_one::<i32>("SELECT max(key_id) FROM email_accounts.account_secret").unwrap().unwrap();
+        let new_key = Spi::get_one::<i32>("SELECT email_accounts.rotate_encryption_key()").unwrap().unwrap();
+        assert!(new_key > before);
+        let keys =
+            Spi::get_one::<String>("SELECT string_agg(DISTINCT key_id::text, ',') FROM email_accounts.account_secret")
+                .unwrap()
+                .unwrap();
+        assert_eq!(keys, new_key.to_string());
+        for account_id in 1..=3i64 {
+            let id = Spi::get_one_with_args::<i64>(
+                "SELECT account_id FROM email_accounts.account ORDER BY account_id OFFSET $1 LIMIT 1",
+                &[(account_id - 1).into()],
+            )
+            .unwrap()
+            .unwrap();
+            let password = crate::store::secrets::read_password(id).unwrap();
+            assert_eq!(password.as_deref(), Some(PASSWORD));
+        }
+    }
+}
