@@ -42,9 +42,9 @@ pub struct ProbeFailure {
 pub fn probe(protocol: Protocol, endpoint: &Endpoint, login: Option<&Login>) -> ProbeReport {
     let started = Instant::now();
     let outcome = match protocol {
-        Protocol::Smtp => smtp_client::connect(endpoint, login).map(|(mut connection, hello)| {
-            let _ = connection.quit();
-            (Some(hello.server_name), hello.capabilities)
+        Protocol::Smtp => smtp_client::connect(endpoint, login).map(|(client, hello)| {
+            client.quit();
+            (Some(hello.greeting), hello.capabilities)
         }),
         Protocol::Imap => {
             required(login).and_then(|login| imap_client::connect(endpoint, login)).map(|(mut session, hello)| {

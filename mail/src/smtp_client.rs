@@ -1,66 +1,174 @@
-//! Opening an authenticated SMTP connection on an endpoint with lettre's
-//! `SmtpConnection`: implicit TLS, STARTTLS or plain, then AUTH unless the
-//! account sends without authentication.
+//! An SMTP client connection: lettre's protocol pieces (commands, response
+//! parser, EHLO parsing, AUTH mechanisms) over our own socket layer.
+//!
+//! Why not lettre's `SmtpConnection`: in lettre 0.11.23 (1) the implicit-TLS
+//! handshake runs before any read timeout is set, so a server that accepts
+//! and stays silent blocks the caller forever (found by this crate's
+//! integration test); (2) TCP_NODELAY is never set and the DATA terminator is
+//! a separate write, which stalls each message ~40 ms on delayed ACKs. Our
+//! `connection` module sets timeouts before TLS and sets TCP_NODELAY.
 
-use crate::connection::{check_plaintext, extra_ca_blocks, resolve, ConnectionError, Endpoint, Login, Security};
+use crate::connection::{
+    check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security,
+};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::{ClientId, Extension};
+use lettre::transport::smtp::commands::{Auth, Ehlo, Quit, Starttls};
+use lettre::transport::smtp::extension::{ClientId, Extension, ServerInfo};
+use lettre::transport::smtp::response::Response;
+use std::fmt::Display;
+use std::io::{BufRead, BufReader, Read, Write};
+
+/// Longest reply line we accept (RFC 5321 allows 512 bytes).
+const LONGEST_LINE: u64 = 64 * 1024;
 
 /// What the server said before we logged in.
 #[derive(Debug, Clone, Default)]
 pub struct SmtpHello {
-    /// The name the server gave in its EHLO answer.
-    pub server_name: String,
+    /// The 220 banner.
+    pub greeting: String,
+    /// Extensions we use that the server offers after EHLO (and STARTTLS).
     pub capabilities: Vec<String>,
 }
 
-fn tls_parameters(endpoint: &Endpoint) -> Result<TlsParameters, ConnectionError> {
-    let mut builder = TlsParameters::builder(endpoint.host.clone());
-    for block in extra_ca_blocks(endpoint)? {
-        let certificate =
-            Certificate::from_pem(block.as_bytes()).map_err(|error| ConnectionError::Tls(error.to_string()))?;
-        builder = builder.add_root_certificate(certificate);
+/// An open, possibly authenticated SMTP connection.
+pub struct SmtpClient {
+    stream: BufReader<MailStream>,
+    server_info: ServerInfo,
+    hello_name: ClientId,
+}
+
+impl SmtpClient {
+    /// Sends one command (lettre's commands end with CRLF) and reads the reply.
+    pub fn command(&mut self, command: impl Display, during: &str) -> Result<Response, ConnectionError> {
+        let text = command.to_string();
+        let stream = self.stream.get_mut();
+        stream.write_all(text.as_bytes()).map_err(|error| ConnectionError::from_io(&error, during))?;
+        stream.flush().map_err(|error| ConnectionError::from_io(&error, during))?;
+        read_response(&mut self.stream, during)
     }
-    builder.build_native().map_err(|error| ConnectionError::Tls(error.to_string()))
+
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.server_info
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.stream.get_ref().is_encrypted()
+    }
+
+    /// QUIT, ignoring what the server does next.
+    pub fn quit(mut self) {
+        let _ = self.command(Quit, "quitting");
+    }
+
+    fn ehlo(&mut self) -> Result<(), ConnectionError> {
+        let response = self.command(Ehlo::new(self.hello_name.clone()), "saying EHLO")?;
+        expect_positive(&response, "EHLO")?;
+        self.server_info = ServerInfo::from_response(&response)
+            .map_err(|error| ConnectionError::Protocol(format!("EHLO answer: {error}")))?;
+        Ok(())
+    }
+
+    fn authenticate(&mut self, login: &Login) -> Result<(), ConnectionError> {
+        let mechanism = self
+            .server_info
+            .get_auth_mechanism(&[Mechanism::Plain, Mechanism::Login])
+            .ok_or_else(|| ConnectionError::Auth("the server offers neither AUTH PLAIN nor AUTH LOGIN".to_owned()))?;
+        let credentials = Credentials::new(login.user.clone(), login.password.clone());
+        let auth_error = |error: lettre::transport::smtp::Error| ConnectionError::Auth(error.to_string());
+        let mut response =
+            self.command(Auth::new(mechanism, credentials.clone(), None).map_err(auth_error)?, "authenticating")?;
+        for _ in 0..10 {
+            if !response.has_code(334) {
+                break;
+            }
+            let next = Auth::new_from_response(mechanism, credentials.clone(), &response).map_err(auth_error)?;
+            response = self.command(next, "authenticating")?;
+        }
+        if response.is_positive() {
+            Ok(())
+        } else {
+            Err(ConnectionError::Auth(reply_text(&response)))
+        }
+    }
+}
+
+/// Reads one (possibly multi-line) reply.
+fn read_response(stream: &mut BufReader<MailStream>, during: &str) -> Result<Response, ConnectionError> {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        let read = stream
+            .by_ref()
+            .take(LONGEST_LINE)
+            .read_line(&mut line)
+            .map_err(|error| ConnectionError::from_io(&error, during))?;
+        if read == 0 {
+            return Err(ConnectionError::Protocol(format!("the server closed the connection {during}")));
+        }
+        if !line.ends_with("\r\n") {
+            return Err(ConnectionError::Protocol(format!("a malformed reply line {during}: {line:?}")));
+        }
+        text.push_str(&line);
+        // The last line of a reply has a space (or nothing) after the code.
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            break;
+        }
+    }
+    text.parse::<Response>()
+        .map_err(|_| ConnectionError::Protocol(format!("unparsable reply {during}: {:?}", text.trim_end())))
+}
+
+/// The reply as the server wrote it: code and text.
+pub fn reply_text(response: &Response) -> String {
+    let lines: Vec<&str> = response.message().collect();
+    format!("{} {}", response.code(), lines.join(" "))
+}
+
+fn expect_positive(response: &Response, what: &str) -> Result<(), ConnectionError> {
+    if response.is_positive() {
+        Ok(())
+    } else {
+        Err(ConnectionError::Protocol(format!("{what} answered {}", reply_text(response))))
+    }
 }
 
 /// Connects, secures and (when `login` is given) authenticates.
-pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpConnection, SmtpHello), ConnectionError> {
-    let addresses = resolve(endpoint)?;
-    let hello_name = ClientId::default();
-    let parameters = match endpoint.security {
-        Security::None => None,
-        Security::Ssl | Security::Starttls => Some(tls_parameters(endpoint)?),
+pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient, SmtpHello), ConnectionError> {
+    let tcp = connect_tcp(endpoint)?;
+    let stream = match endpoint.security {
+        Security::Ssl => MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)),
+        Security::Starttls | Security::None => MailStream::Plain(tcp),
     };
-    let implicit = parameters.as_ref().filter(|_| endpoint.security == Security::Ssl);
-    let mut connection = SmtpConnection::connect(&addresses[..], Some(endpoint.timeout), &hello_name, implicit, None)
-        .map_err(|error| classify(&error, "connecting"))?;
+    let mut client = SmtpClient {
+        stream: BufReader::new(stream),
+        server_info: ServerInfo::default(),
+        hello_name: ClientId::default(),
+    };
+    let banner = read_response(&mut client.stream, "reading the greeting")?;
+    expect_positive(&banner, "the greeting")?;
+    client.ehlo()?;
     if endpoint.security == Security::Starttls {
-        if !connection.can_starttls() {
+        if !client.server_info.supports_feature(Extension::StartTls) {
             return Err(ConnectionError::Tls("the server does not offer STARTTLS".to_owned()));
         }
-        let parameters = parameters.as_ref().expect("made for STARTTLS");
-        connection.starttls(parameters, &hello_name).map_err(|error| classify(&error, "starting TLS"))?;
+        let response = client.command(Starttls, "starting TLS")?;
+        if !response.is_positive() {
+            return Err(ConnectionError::Tls(format!("the server refused STARTTLS: {}", reply_text(&response))));
+        }
+        let MailStream::Plain(tcp) = client.stream.into_inner() else { unreachable!("STARTTLS on a plain stream") };
+        client.stream = BufReader::new(MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)));
+        client.ehlo()?;
     }
-    let hello = describe(&connection);
+    let hello = SmtpHello { greeting: reply_text(&banner), capabilities: capabilities(&client.server_info) };
     if let Some(login) = login {
-        check_plaintext(connection.is_encrypted(), login)?;
-        let credentials = Credentials::new(login.user.clone(), login.password.clone());
-        connection.auth(&[Mechanism::Plain, Mechanism::Login], &credentials).map_err(|error| {
-            if error.is_permanent() || error.is_transient() {
-                ConnectionError::Auth(error.to_string())
-            } else {
-                classify(&error, "authenticating")
-            }
-        })?;
+        check_plaintext(client.is_encrypted(), login)?;
+        client.authenticate(login)?;
     }
-    Ok((connection, hello))
+    Ok((client, hello))
 }
 
-/// The EHLO name and the extensions lettre understands (it keeps no others).
-fn describe(connection: &SmtpConnection) -> SmtpHello {
-    let info = connection.server_info();
+/// The extensions lettre's EHLO parser knows (it keeps no others).
+fn capabilities(info: &ServerInfo) -> Vec<String> {
     let extensions = [
         (Extension::StartTls, "STARTTLS"),
         (Extension::EightBitMime, "8BITMIME"),
@@ -68,32 +176,15 @@ fn describe(connection: &SmtpConnection) -> SmtpHello {
     ];
     let mechanisms =
         [(Mechanism::Plain, "AUTH=PLAIN"), (Mechanism::Login, "AUTH=LOGIN"), (Mechanism::Xoauth2, "AUTH=XOAUTH2")];
-    let mut capabilities: Vec<String> = extensions
+    extensions
         .into_iter()
         .filter(|(extension, _)| info.supports_feature(*extension))
         .map(|(_, name)| name.to_owned())
-        .collect();
-    capabilities.extend(
-        mechanisms
-            .into_iter()
-            .filter(|(mechanism, _)| info.supports_auth_mechanism(*mechanism))
-            .map(|(_, name)| name.to_owned()),
-    );
-    SmtpHello { server_name: info.name().to_owned(), capabilities }
-}
-
-/// Maps a lettre error to the kinds DBAs see, keeping the server's words.
-pub fn classify(error: &lettre::transport::smtp::Error, during: &str) -> ConnectionError {
-    let text = error.to_string();
-    if error.is_timeout() {
-        ConnectionError::Timeout { during: during.to_owned() }
-    } else if error.is_tls() {
-        ConnectionError::Tls(text)
-    } else if error.is_response() || error.is_permanent() || error.is_transient() || error.is_client() {
-        ConnectionError::Protocol(format!("{text} ({during})"))
-    } else if during == "connecting" {
-        ConnectionError::Connect { address: String::new(), reason: text }
-    } else {
-        ConnectionError::Protocol(format!("{text} ({during})"))
-    }
+        .chain(
+            mechanisms
+                .into_iter()
+                .filter(|(mechanism, _)| info.supports_auth_mechanism(*mechanism))
+                .map(|(_, name)| name.to_owned()),
+        )
+        .collect()
 }

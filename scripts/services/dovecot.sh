@@ -33,9 +33,12 @@ mail_uid=$(id -u mail); mail_gid=$(id -g mail)
 
 # passwd-file: address:{PLAIN}password:uid:gid::home
 : > "$dir/users"
-grep -v '^\s*#' "$here/mail-users.txt" | while read -r address password; do
+# A login name that differs from the address is a second entry with the same home.
+grep -v '^\s*#' "$here/mail-users.txt" | while read -r address password login; do
   [ -n "$address" ] || continue
-  printf '%s:{PLAIN}%s:%s:%s::%s\n' "$address" "$password" "$mail_uid" "$mail_gid" "$dir/mail/$address" >> "$dir/users"
+  for name in "$address" ${login:+"$login"}; do
+    printf '%s:{PLAIN}%s:%s:%s::%s\n' "$name" "$password" "$mail_uid" "$mail_gid" "$dir/mail/$address" >> "$dir/users"
+  done
 done
 chown root:dovecot "$dir/users"; chmod 0640 "$dir/users"
 

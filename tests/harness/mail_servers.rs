@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 pub struct MailUser {
     pub address: String,
     pub password: String,
+    /// The login name when it differs from the address.
+    pub login: Option<String>,
 }
 
 pub struct MailServers {
@@ -81,7 +83,11 @@ fn read_users() -> Vec<MailUser> {
         .filter(|line| !line.trim_start().starts_with('#'))
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
-            Some(MailUser { address: fields.next()?.to_owned(), password: fields.next()?.to_owned() })
+            Some(MailUser {
+                address: fields.next()?.to_owned(),
+                password: fields.next()?.to_owned(),
+                login: fields.next().map(str::to_owned),
+            })
         })
         .collect()
 }
