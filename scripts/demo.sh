@@ -69,6 +69,19 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "${psql[@]}" -P pager=off -c "SELECT role, pid, state, started_at FROM email_accounts.worker_status()"
+
+echo "==> an account on the local mail servers, through its domain"
+"${psql[@]}" -v ca="$(cat "$demo/certificates/ca.pem")" <<SQL
+INSERT INTO email_accounts.domain (domain_name, incoming_protocol, incoming_host, incoming_port, incoming_security,
+                                   smtp_host, smtp_port, smtp_security, extra_ca_certificate)
+VALUES ('example.test', 'imap', 'localhost', $IMAPS_PORT, 'ssl', 'localhost', $SMTP_PORT, 'starttls', :'ca');
+INSERT INTO email_accounts.account (name, address, enable_incoming, enable_outgoing, default_incoming, default_outgoing)
+VALUES ('Alice', 'alice@example.test', true, true, true, true);
+SQL
+# A throwaway test password; applications pass it as a bind parameter ($2).
+"${psql[@]}" -c "SELECT email_accounts.set_password('Alice', 'alice-password')"
+"${psql[@]}" -P pager=off -c "SELECT name, address, incoming_host, incoming_port, smtp_port, smtp_security, ready_to_send, ready_to_receive FROM email_accounts.account_settings"
+"${psql[@]}" -P pager=off -c "SELECT jsonb_pretty(email_accounts.test_account('Alice'))"
 trap - ERR
 
 cat <<TEXT
@@ -78,7 +91,9 @@ The demo is running. Look around with:
 
   postgres=# \\dx+ email_accounts
   postgres=# SELECT * FROM email_accounts.worker_status();
-  postgres=# SELECT email_accounts.is_valid_address('Ann <ann@example.test>');
+  postgres=# SELECT * FROM email_accounts.account_settings;
+  postgres=# SELECT * FROM email_accounts.test_all();
+  postgres=# SELECT email_accounts.is_valid_address('ann@example.test');
 
 Mail servers on 127.0.0.1 (users and passwords in scripts/services/mail-users.txt,
 TLS certificates signed by $demo/certificates/ca.pem):

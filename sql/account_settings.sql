@@ -52,7 +52,12 @@ SELECT
     account.send_limit_per_hour,
     account.send_limit_per_day,
     account.created_at,
-    account.updated_at
+    account.updated_at,
+    -- What the workers look at: enabled, not awaiting a password, and a
+    -- password stored unless the side needs none.
+    account.enable_outgoing AND NOT account.awaiting_password
+        AND (account.no_smtp_authentication OR account.password_set_at IS NOT NULL) AS ready_to_send,
+    account.enable_incoming AND NOT account.awaiting_password AND account.password_set_at IS NOT NULL AS ready_to_receive
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
@@ -73,6 +78,10 @@ COMMENT ON COLUMN email_accounts.account_settings.incoming_security IS 'Effectiv
 COMMENT ON COLUMN email_accounts.account_settings.smtp_host IS 'Effective SMTP server.';
 COMMENT ON COLUMN email_accounts.account_settings.smtp_port IS 'Effective SMTP port.';
 COMMENT ON COLUMN email_accounts.account_settings.smtp_security IS 'Effective SMTP security.';
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_send IS
+  'Outgoing is enabled, the account is not awaiting its password, and a password is stored (or SMTP needs none): the sender worker uses only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_receive IS
+  'Incoming is enabled, the account is not awaiting its password, and a password is stored: the receiver worker syncs only such accounts.';
 COMMENT ON COLUMN email_accounts.account_settings.extra_ca_certificate IS 'Effective extra CA: the account''s, else its domain''s.';
 
 -- What is wrong with a protocol/port/security combination, or NULL. Only the

@@ -276,4 +276,22 @@ mod tests {
         .unwrap();
         assert_eq!(state, (Some(false), Some(true)), "set_password ends awaiting_password");
     }
+
+    #[pg_test]
+    fn accounts_awaiting_a_password_are_not_ready_for_the_workers() {
+        assert_ok(&account("r1", ", awaiting_password", ", true"));
+        assert_ok(&account("r2", ", enable_incoming, no_smtp_authentication", ", false, true"));
+        let readiness = |name: &str| {
+            Spi::get_two_with_args::<bool, bool>(
+                "SELECT ready_to_send, ready_to_receive FROM email_accounts.account_settings WHERE name = $1",
+                &[name.into()],
+            )
+            .unwrap()
+        };
+        assert_eq!(readiness("r1"), (Some(false), Some(false)));
+        assert_ok("SELECT email_accounts.set_password('r1', 'secret')");
+        assert_eq!(readiness("r1"), (Some(true), Some(true)));
+        // No password needed to send through a relay without AUTH; nothing to receive.
+        assert_eq!(readiness("r2"), (Some(true), Some(false)));
+    }
 }
