@@ -4,6 +4,7 @@
 //! into it; `cargo test -p email_accounts_mail` tests it without a server.
 
 pub mod address;
+pub mod compose;
 pub mod connection;
 pub mod imap_client;
 pub mod pop3;
