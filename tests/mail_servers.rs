@@ -188,3 +188,83 @@ fn smtp_rejects_wrong_passwords_unknown_recipients_and_untrusted_certificates() 
     let error = untrusted.send(&message("alice@example.test", &["bob@example.test"], "x")).unwrap_err();
     assert!(error.to_string().to_lowercase().contains("certificate"), "{error}");
 }
+
+/// The mail core's own composer and SMTP client through the real Postfix:
+/// To and Cc and Bcc all receive it, Bcc is in no header, an unknown
+/// recipient is rejected on its own with the server's words.
+#[test]
+fn composed_message_reaches_every_recipient_and_unknown_ones_are_rejected_alone() {
+    use email_accounts_mail::compose::{compose, OutgoingMessage};
+    use email_accounts_mail::connection::{Endpoint, Login, Security};
+    use email_accounts_mail::smtp_client::{self, RecipientOutcome};
+
+    let servers = MailServers::start();
+    let alice = servers.user("alice@example.test");
+    let message = OutgoingMessage {
+        message_id: "<composed-1@example.test>".to_owned(),
+        from: "Alice <alice@example.test>".to_owned(),
+        to: vec!["bob@example.test".to_owned(), "nobody@example.test".to_owned()],
+        cc: vec!["carol@example.test".to_owned()],
+        bcc: vec!["dave@other.test".to_owned()],
+        subject: "composed by email_accounts".to_owned(),
+        text_body: Some("Line one\n.line starting with a dot\n".to_owned()),
+        ..OutgoingMessage::default()
+    };
+    let composed = compose(&message).unwrap();
+    let endpoint = Endpoint {
+        host: "localhost".to_owned(),
+        port: servers.smtp,
+        security: Security::Starttls,
+        extra_ca_pem: Some(servers.ca_pem()),
+        timeout: Duration::from_secs(10),
+    };
+    let login = Login { user: alice.address.clone(), password: alice.password.clone(), allow_plaintext: false };
+    let (mut client, _) = smtp_client::connect(&endpoint, Some(&login)).unwrap();
+    let delivery = client.send(&composed.envelope_from, &composed.recipients, &composed.bytes).unwrap();
+    client.quit();
+
+    let outcomes: Vec<(String, bool)> = delivery
+        .recipients
+        .iter()
+        .map(|(address, outcome)| (address.to_string(), *outcome == RecipientOutcome::Accepted))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("bob@example.test".to_owned(), true),
+            ("nobody@example.test".to_owned(), false),
+            ("carol@example.test".to_owned(), true),
+            ("dave@other.test".to_owned(), true)
+        ]
+    );
+    match &delivery.recipients[1].1 {
+        RecipientOutcome::Rejected(text) => assert!(text.starts_with("550") && text.contains("User unknown"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&delivery.data, Some(Ok(reply)) if reply.starts_with("250")), "{:?}", delivery.data);
+
+    for reader in ["bob@example.test", "carol@example.test", "dave@other.test"] {
+        let body = wait_until("the message in every mailbox", Duration::from_secs(30), || {
+            let tcp = TcpStream::connect(("127.0.0.1", servers.imaps)).unwrap();
+            let tls = tls_connector(&servers).connect("localhost", tcp).unwrap();
+            let mut client = imap::Client::new(tls);
+            client.read_greeting().unwrap();
+            let user = servers.user(reader);
+            let mut session = client.login(&user.address, &user.password).map_err(|(error, _)| error).unwrap();
+            let exists = session.examine("INBOX").unwrap().exists;
+            let body = (exists > 0).then(|| {
+                let fetches = session.fetch("1", "BODY.PEEK[]").unwrap();
+                String::from_utf8_lossy(fetches.iter().next().unwrap().body().unwrap()).into_owned()
+            });
+            session.logout().unwrap();
+            body
+        });
+        assert!(body.contains("Message-ID: <composed-1@example.test>"), "{body}");
+        assert!(body.contains("\r\n.line starting with a dot\r\n"), "dot-stuffing undone by the server: {body}");
+        assert!(!body.to_lowercase().contains("\r\nbcc:"), "no Bcc header: {body}");
+        if reader != "dave@other.test" {
+            // Dave's own copy names him in Postfix's Delivered-To; no other copy may.
+            assert!(!body.contains("dave@other.test"), "the Bcc recipient leaks: {body}");
+        }
+    }
+}

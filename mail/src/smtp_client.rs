@@ -12,9 +12,10 @@ use crate::connection::{
     check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security,
 };
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::commands::{Auth, Ehlo, Quit, Starttls};
-use lettre::transport::smtp::extension::{ClientId, Extension, ServerInfo};
+use lettre::transport::smtp::commands::{Auth, Data, Ehlo, Mail, Quit, Rcpt, Rset, Starttls};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo};
 use lettre::transport::smtp::response::Response;
+use lettre::Address;
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Read, Write};
 
@@ -187,4 +188,118 @@ fn capabilities(info: &ServerInfo) -> Vec<String> {
                 .map(|(_, name)| name.to_owned()),
         )
         .collect()
+}
+
+/// What the server said about one recipient (RCPT TO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientOutcome {
+    Accepted,
+    /// 4xx: try this recipient again later.
+    Deferred(String),
+    /// 5xx: this recipient will never accept this message.
+    Rejected(String),
+}
+
+/// The result of one message transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// One outcome per recipient, in the order given.
+    pub recipients: Vec<(Address, RecipientOutcome)>,
+    /// The reply to the end of DATA when at least one recipient was accepted:
+    /// `Ok(reply)` for 2xx, `Err(Deferred | Rejected)` otherwise.
+    pub data: Option<Result<String, RecipientOutcome>>,
+}
+
+fn outcome(response: &Response) -> RecipientOutcome {
+    let text = reply_text(response);
+    if response.is_positive() {
+        RecipientOutcome::Accepted
+    } else if text.starts_with('4') {
+        RecipientOutcome::Deferred(text)
+    } else {
+        RecipientOutcome::Rejected(text)
+    }
+}
+
+impl SmtpClient {
+    /// One message transaction: MAIL FROM, RCPT TO per recipient, DATA. A
+    /// refused MAIL FROM defers or rejects every recipient. The message is
+    /// dot-stuffed and written with its terminator in one write.
+    pub fn send(
+        &mut self,
+        from: &Address,
+        recipients: &[Address],
+        message: &[u8],
+    ) -> Result<Delivery, ConnectionError> {
+        let mut parameters = Vec::new();
+        if !message.is_ascii() && self.server_info.supports_feature(Extension::EightBitMime) {
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mail = self.command(Mail::new(Some(from.clone()), parameters), "sending MAIL FROM")?;
+        if !mail.is_positive() {
+            let refusal = outcome(&mail);
+            return Ok(Delivery {
+                recipients: recipients.iter().map(|to| (to.clone(), refusal.clone())).collect(),
+                data: None,
+            });
+        }
+        let mut results = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            let reply = self.command(Rcpt::new(recipient.clone(), Vec::new()), "sending RCPT TO")?;
+            results.push((recipient.clone(), outcome(&reply)));
+        }
+        if !results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted) {
+            self.command(Rset, "resetting")?;
+            return Ok(Delivery { recipients: results, data: None });
+        }
+        let go_ahead = self.command(Data, "sending DATA")?;
+        if !go_ahead.has_code(354) {
+            return Ok(Delivery { recipients: results, data: Some(Err(outcome(&go_ahead))) });
+        }
+        let payload = dot_stuff(message);
+        let stream = self.stream.get_mut();
+        stream.write_all(&payload).map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
+        stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
+        let end = read_response(&mut self.stream, "waiting for the end-of-data reply")?;
+        let data = if end.is_positive() { Ok(reply_text(&end)) } else { Err(outcome(&end)) };
+        Ok(Delivery { recipients: results, data: Some(data) })
+    }
+}
+
+/// The DATA payload: lines starting with '.' get another '.', bare LF
+/// becomes CRLF, and the terminator is appended, so it goes out in one write.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut previous = 0u8;
+    for &byte in message {
+        if byte == b'\n' && previous != b'\r' {
+            payload.push(b'\r');
+        }
+        if at_line_start && byte == b'.' {
+            payload.push(b'.');
+        }
+        payload.push(byte);
+        at_line_start = byte == b'\n';
+        previous = byte;
+    }
+    if !payload.ends_with(b"\r\n") {
+        payload.extend_from_slice(b"\r\n");
+    }
+    payload.extend_from_slice(b".\r\n");
+    payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_and_terminator() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b".start"), b"..start\r\n.\r\n");
+        assert_eq!(dot_stuff(b"bare\nlf\n.x"), b"bare\r\nlf\r\n..x\r\n.\r\n");
+        assert_eq!(dot_stuff(b"mid.dle\r\n"), b"mid.dle\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
 }
