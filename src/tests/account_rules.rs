@@ -280,7 +280,8 @@ mod tests {
     #[pg_test]
     fn accounts_awaiting_a_password_are_not_ready_for_the_workers() {
         assert_ok(&account("r1", ", awaiting_password", ", true"));
-        assert_ok(&account("r2", ", enable_incoming, no_smtp_authentication", ", false, true"));
+        assert_ok(&account("r2", ", no_smtp_authentication", ", true"));
+        assert_ok("UPDATE email_accounts.account SET enable_incoming = false WHERE name = 'r2'");
         let readiness = |name: &str| {
             Spi::get_two_with_args::<bool, bool>(
                 "SELECT ready_to_send, ready_to_receive FROM email_accounts.account_settings WHERE name = $1",
