@@ -8,7 +8,7 @@ COMMENT ON FUNCTION email_accounts.is_valid_address(text) IS
   'True when the text is a bare email address (ann@example.com, no display name) that the SMTP side can deliver to; parsed exactly as the sender parses it.';
 
 COMMENT ON FUNCTION email_accounts.worker_status() IS
-  'One row per background worker role (sender, receiver): its process id, what it is doing, when it started, configuration reloads, the fallback poll interval in use and latch wake-ups. Read from shared memory.';
+  'One row per background worker role (sender, receiver): its process id, what it is doing, when it started, configuration reloads, the fallback poll interval in use, wake-ups by its latch (commits, flush(), signals) and by timeout. Read from shared memory.';
 
 COMMENT ON FUNCTION email_accounts.is_valid_mailbox(text) IS
   'True when the text is an email address with an optional display name (Ann Smith <ann@example.com>) that the SMTP side can deliver to.';
@@ -27,3 +27,15 @@ COMMENT ON FUNCTION email_accounts.test_account(text) IS
 
 COMMENT ON FUNCTION email_accounts.test_all() IS
   'test_account() for every account with incoming or outgoing enabled that the caller can see.';
+
+COMMENT ON FUNCTION email_accounts.header_problem(text, text) IS
+  'Why a custom header (name, value) cannot be sent — invalid name, a line break, or a header the composer owns — or NULL when it can.';
+
+COMMENT ON FUNCTION email_accounts.mailbox_address(text) IS
+  'The bare address of a mailbox (Ann <ann@example.com> gives ann@example.com), or NULL when it is not a valid mailbox.';
+
+COMMENT ON FUNCTION email_accounts.wake_sender_at_commit() IS
+  'Asks for the sender worker to be woken when the current transaction commits (once per transaction; nothing on rollback). Called by the outbox''s insert trigger.';
+
+COMMENT ON FUNCTION email_accounts.flush() IS
+  'Wakes the sender worker now; false when it is not running.';

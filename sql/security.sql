@@ -35,14 +35,34 @@ CREATE POLICY tenant_rows ON email_accounts.account
 ALTER TABLE email_accounts.domain ENABLE ROW LEVEL SECURITY;
 CREATE POLICY everyone_reads ON email_accounts.domain FOR SELECT USING (true);
 CREATE POLICY unbound_roles_change ON email_accounts.domain
-    USING (NOT EXISTS (SELECT FROM email_accounts.tenant_member))
-    WITH CHECK (NOT EXISTS (SELECT FROM email_accounts.tenant_member));
+    USING (cardinality(email_accounts.current_tenants()) = 0)
+    WITH CHECK (cardinality(email_accounts.current_tenants()) = 0);
 
 ALTER TABLE email_accounts.provider ENABLE ROW LEVEL SECURITY;
 CREATE POLICY everyone_reads ON email_accounts.provider FOR SELECT USING (true);
 CREATE POLICY unbound_roles_change ON email_accounts.provider
-    USING (NOT EXISTS (SELECT FROM email_accounts.tenant_member))
-    WITH CHECK (NOT EXISTS (SELECT FROM email_accounts.tenant_member));
+    USING (cardinality(email_accounts.current_tenants()) = 0)
+    WITH CHECK (cardinality(email_accounts.current_tenants()) = 0);
+
+-- The outbox: senders queue and read their tenant's mail; admins also cancel and retry.
+GRANT SELECT, INSERT ON email_accounts.outbox, email_accounts.outbox_attachment TO email_accounts_sender, email_accounts_admin;
+GRANT UPDATE ON email_accounts.outbox TO email_accounts_admin;
+GRANT SELECT ON email_accounts.outbox_recipient, email_accounts.outbox_status TO email_accounts_sender, email_accounts_admin;
+GRANT UPDATE ON email_accounts.outbox_recipient TO email_accounts_admin;
+REVOKE EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bigint), email_accounts.flush() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bigint), email_accounts.flush() TO email_accounts_admin;
+
+ALTER TABLE email_accounts.outbox ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON email_accounts.outbox
+    USING (email_accounts.tenant_is_visible(tenant))
+    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+ALTER TABLE email_accounts.outbox_recipient ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_visible_mail ON email_accounts.outbox_recipient
+    USING (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_recipient.outbox_id));
+ALTER TABLE email_accounts.outbox_attachment ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_visible_mail ON email_accounts.outbox_attachment
+    USING (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_attachment.outbox_id))
+    WITH CHECK (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_attachment.outbox_id));
 
 -- Functions that read secrets check the caller themselves (superuser, the
 -- account's owner role, or an admin who may see the account's tenant).

@@ -18,11 +18,23 @@ ALTER TABLE email_accounts.tenant_member ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_bindings ON email_accounts.tenant_member
     FOR SELECT USING (pg_catalog.pg_has_role(current_user, role_name, 'MEMBER'));
 
--- Inlined into the row-level security policies of tenant-keyed tables.
+-- The tenants the current role is bound to, evaluated for current_user
+-- explicitly. Superusers are bound to none (pg_has_role would make them
+-- members of every role, and row-level security never applies to them).
+CREATE FUNCTION email_accounts.current_tenants() RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN (SELECT coalesce(array_agg(DISTINCT binding.tenant), '{}')
+          FROM email_accounts.tenant_member AS binding
+         WHERE NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+           AND coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(binding.role_name)), 'MEMBER'), false));
+
+COMMENT ON FUNCTION email_accounts.current_tenants() IS
+  'The tenants the current role is bound to (directly or through role membership); empty when it is bound to none.';
+
+-- Used by the row-level security policies of tenant-keyed tables.
 CREATE FUNCTION email_accounts.tenant_is_visible(tenant text) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
-RETURN NOT EXISTS (SELECT FROM email_accounts.tenant_member)
-    OR tenant IN (SELECT binding.tenant FROM email_accounts.tenant_member AS binding);
+RETURN cardinality(email_accounts.current_tenants()) = 0 OR tenant = ANY (email_accounts.current_tenants());
 
 COMMENT ON FUNCTION email_accounts.tenant_is_visible(text) IS
   'True when the current role may see rows of this tenant: it is bound to it, or it is bound to no tenant at all. Used by row-level security.';

@@ -32,10 +32,17 @@ pgrx::extension_sql_file!(
     name = "account_tests",
     requires = ["account_settings", test_account]
 );
+pgrx::extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["accounts", is_valid_mailbox]);
+pgrx::extension_sql_file!(
+    "../sql/outbox_queue.sql",
+    name = "outbox_queue",
+    requires = ["outbox", header_problem, mailbox_address, wake_sender_at_commit]
+);
+pgrx::extension_sql_file!("../sql/outbox_admin.sql", name = "outbox_admin", requires = ["outbox_queue"]);
 pgrx::extension_sql_file!(
     "../sql/security.sql",
     name = "security",
-    requires = ["account_tests", "secrets", set_password, rotate_encryption_key, worker_status]
+    requires = ["account_tests", "secrets", "outbox_admin", set_password, rotate_encryption_key, worker_status, flush]
 );
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

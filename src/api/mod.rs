@@ -3,6 +3,7 @@
 pub mod address;
 pub mod certificate;
 mod errors;
+pub mod outbox;
 pub mod password;
 pub mod test_account;
 pub mod worker_status;

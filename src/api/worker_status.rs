@@ -16,7 +16,8 @@ fn worker_status() -> TableIterator<
         name!(started_at, Option<TimestampWithTimeZone>),
         name!(config_reloads, i64),
         name!(fallback_poll_interval_ms, i64),
-        name!(wakeups, i64),
+        name!(latch_wakeups, i64),
+        name!(timeouts, i64),
     ),
 > {
     let rows: Vec<_> = Role::ALL
@@ -33,7 +34,8 @@ fn worker_status() -> TableIterator<
                 started_at,
                 slot.config_reloads,
                 slot.fallback_poll_interval_ms,
-                slot.wakeups,
+                slot.latch_wakeups,
+                slot.timeouts,
             )
         })
         .collect();

@@ -44,8 +44,12 @@ pub struct WorkerSlot {
     pub config_reloads: i64,
     /// The fallback poll interval the worker is using now, in milliseconds.
     pub fallback_poll_interval_ms: i64,
-    /// Latch wake-ups since the worker started.
-    pub wakeups: i64,
+    /// Times the worker woke because its latch was set (by a commit, flush() or a signal).
+    pub latch_wakeups: i64,
+    /// Times the worker woke because its fallback poll interval passed.
+    pub timeouts: i64,
+    /// The worker's PGPROC number, so other backends can set its latch.
+    pub process_number: i32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -78,6 +82,7 @@ pub fn update(role: Role, change: impl FnOnce(&mut WorkerSlot)) {
 pub fn started(role: Role, fallback_poll_interval_ms: i64) {
     let pid = unsafe { pg_sys::MyProcPid };
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let process_number = unsafe { (*pg_sys::MyProc).pgprocno };
     update(role, |slot| {
         *slot = WorkerSlot {
             pid,
@@ -85,7 +90,24 @@ pub fn started(role: Role, fallback_poll_interval_ms: i64) {
             started_at: now,
             config_reloads: 0,
             fallback_poll_interval_ms,
-            wakeups: 0,
+            latch_wakeups: 0,
+            timeouts: 0,
+            process_number,
         }
     });
+}
+
+/// Sets the latch of the role's worker, if it runs; true when it was set.
+pub fn wake(role: Role) -> bool {
+    let slot = read(role);
+    if slot.pid == 0 {
+        return false;
+    }
+    // SAFETY: ProcGlobal->allProcs has an entry for every PGPROC number, and
+    // setting a latch of a process that has exited is harmless.
+    unsafe {
+        let process = (*pg_sys::ProcGlobal).allProcs.add(slot.process_number as usize);
+        pg_sys::SetLatch(&mut (*process).procLatch);
+    }
+    true
 }

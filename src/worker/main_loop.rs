@@ -8,6 +8,24 @@ use crate::store::catalog;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
+struct Wakeup {
+    latch: bool,
+    postmaster_died: bool,
+}
+
+/// Sleeps until the latch is set or `timeout` passes, and says which.
+fn wait_for_latch(timeout: std::time::Duration) -> Wakeup {
+    let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
+    let happened = unsafe {
+        let happened =
+            pg_sys::WaitLatch(pg_sys::MyLatch, events as i32, timeout.as_millis() as _, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        happened as u32
+    };
+    pg_sys::check_for_interrupts!();
+    Wakeup { latch: happened & pg_sys::WL_LATCH_SET != 0, postmaster_died: happened & pg_sys::WL_POSTMASTER_DEATH != 0 }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
@@ -45,9 +63,17 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             extension_was_installed = Some(installed);
         }
 
-        if !BackgroundWorker::wait_latch(Some(settings::fallback_poll_interval())) {
+        let woken_by = wait_for_latch(settings::fallback_poll_interval());
+        if woken_by.postmaster_died || BackgroundWorker::sigterm_received() {
             break;
         }
+        board::update(role, |slot| {
+            if woken_by.latch {
+                slot.latch_wakeups += 1;
+            } else {
+                slot.timeouts += 1;
+            }
+        });
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             let interval = settings::fallback_poll_interval().as_millis() as i64;
@@ -56,7 +82,6 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
                 slot.fallback_poll_interval_ms = interval;
             });
         }
-        board::update(role, |slot| slot.wakeups += 1);
     }
 
     board::update(role, |slot| {

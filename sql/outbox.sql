@@ -1,0 +1,126 @@
+-- The transactional outbox: mail queued in the caller's transaction (by
+-- INSERT, a trigger, or send()) and delivered by the sender worker after
+-- commit. A rollback queues nothing.
+
+CREATE TYPE email_accounts.attachment AS (
+    filename     text,
+    content_type text,
+    content      bytea,
+    content_id   text
+);
+
+COMMENT ON TYPE email_accounts.attachment IS
+  'A file for send(): filename, MIME content type (default application/octet-stream), bytes, and a content id for inline images referenced as cid: in the HTML body.';
+
+CREATE TABLE email_accounts.outbox (
+    outbox_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant          text,
+    account         text,
+    account_id      bigint REFERENCES email_accounts.account (account_id) ON DELETE SET NULL,
+    sender          text CONSTRAINT "sender must be a valid mailbox" CHECK (email_accounts.is_valid_mailbox(sender)),
+    to_addresses    text[] NOT NULL DEFAULT '{}',
+    cc_addresses    text[] NOT NULL DEFAULT '{}',
+    bcc_addresses   text[] NOT NULL DEFAULT '{}',
+    reply_to        text[] NOT NULL DEFAULT '{}',
+    subject         text NOT NULL DEFAULT ''
+                    CONSTRAINT "subject must not contain line breaks" CHECK (subject !~ '[\r\n]'),
+    body_text       text,
+    body_html       text,
+    headers         jsonb NOT NULL DEFAULT '{}'
+                    CONSTRAINT "headers must be a JSON object" CHECK (jsonb_typeof(headers) = 'object'),
+    message_id      text NOT NULL UNIQUE,
+    in_reply_to     text CONSTRAINT "in_reply_to must be one <message id>" CHECK (in_reply_to ~ '^<[^<>\s]+>$'),
+    "references"    text[] NOT NULL DEFAULT '{}',
+    priority        smallint NOT NULL DEFAULT 0,
+    send_after      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz,
+    reference_table regclass,
+    reference_id    text,
+    status          text NOT NULL DEFAULT 'queued'
+                    CONSTRAINT "status must be queued, sending, retry, sent, failed, expired, cancelled or error"
+                    CHECK (status IN ('queued', 'sending', 'retry', 'sent', 'failed', 'expired', 'cancelled', 'error')),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    lease_until     timestamptz,
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    sent_at         timestamptz,
+    CONSTRAINT "expires_at must be after send_after" CHECK (expires_at IS NULL OR expires_at > send_after),
+    CONSTRAINT "reference_id needs reference_table" CHECK (reference_id IS NULL OR reference_table IS NOT NULL)
+);
+
+-- What the sender claims next, and how replies find the mail they answer.
+CREATE INDEX outbox_due ON email_accounts.outbox (next_attempt_at, priority DESC)
+    WHERE status IN ('queued', 'retry');
+CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
+CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;
+
+COMMENT ON TABLE email_accounts.outbox IS
+  'Mail to send. Insert rows (or call send()) in your own transaction: the sender worker is woken at commit and delivers them; a rollback sends nothing. Logged, never UNLOGGED: a queued message survives a crash.';
+COMMENT ON COLUMN email_accounts.outbox.outbox_id IS 'Surrogate key, returned by send().';
+COMMENT ON COLUMN email_accounts.outbox.tenant IS 'Tenant the mail belongs to; defaults to the resolved account''s tenant (or the queuing role''s only tenant). Row-level security keys on it.';
+COMMENT ON COLUMN email_accounts.outbox.account IS 'Name of the account to send through, as requested; NULL lets the database choose (see account_id).';
+COMMENT ON COLUMN email_accounts.outbox.account_id IS 'The account chosen at insert: the one named, else the one whose address is the sender, else the tenant''s default outgoing, else the global default outgoing. NULL with status error when none fits.';
+COMMENT ON COLUMN email_accounts.outbox.sender IS 'Requested From mailbox (Name <address>); the account''s own address is used when the account always sends as itself.';
+COMMENT ON COLUMN email_accounts.outbox.to_addresses IS 'To recipients, mailboxes (Name <address> or address).';
+COMMENT ON COLUMN email_accounts.outbox.cc_addresses IS 'Cc recipients.';
+COMMENT ON COLUMN email_accounts.outbox.bcc_addresses IS 'Bcc recipients: in the envelope only, never in a header.';
+COMMENT ON COLUMN email_accounts.outbox.reply_to IS 'Reply-To mailboxes; when empty and the account does not always send as itself, the tenant''s default incoming account.';
+COMMENT ON COLUMN email_accounts.outbox.subject IS 'Subject line; no line breaks.';
+COMMENT ON COLUMN email_accounts.outbox.body_text IS 'Plain-text body; with body_html the message is multipart/alternative.';
+COMMENT ON COLUMN email_accounts.outbox.body_html IS 'HTML body; inline images refer to attachments as cid:content_id.';
+COMMENT ON COLUMN email_accounts.outbox.headers IS 'Extra headers as a JSON object of name → text value; names and values are checked (no line breaks, no headers the composer owns).';
+COMMENT ON COLUMN email_accounts.outbox.message_id IS 'Message-ID, fixed at insert (<random@account domain>) so a resend after a crash carries the same id and replies can be linked back.';
+COMMENT ON COLUMN email_accounts.outbox.in_reply_to IS 'Message-ID this mail answers; sets In-Reply-To (and References when none are given).';
+COMMENT ON COLUMN email_accounts.outbox."references" IS 'Message-IDs of the thread, oldest first, for the References header.';
+COMMENT ON COLUMN email_accounts.outbox.priority IS 'Higher is sent first among due rows.';
+COMMENT ON COLUMN email_accounts.outbox.send_after IS 'Not sent before this time.';
+COMMENT ON COLUMN email_accounts.outbox.expires_at IS 'Not sent after this time: the row becomes expired.';
+COMMENT ON COLUMN email_accounts.outbox.reference_table IS 'The application table this mail is about (e.g. invoices); replies inherit it.';
+COMMENT ON COLUMN email_accounts.outbox.reference_id IS 'The key of the application row this mail is about.';
+COMMENT ON COLUMN email_accounts.outbox.status IS 'queued, sending (claimed by a worker under a lease), retry (after a temporary failure), sent, failed (permanently), expired, cancelled, or error (no account could be chosen).';
+COMMENT ON COLUMN email_accounts.outbox.attempts IS 'Delivery attempts so far.';
+COMMENT ON COLUMN email_accounts.outbox.next_attempt_at IS 'When the row is next due.';
+COMMENT ON COLUMN email_accounts.outbox.lease_until IS 'While sending: when the claim lapses and another worker may take the row again.';
+COMMENT ON COLUMN email_accounts.outbox.last_error IS 'The last failure, in the server''s own words where it gave any.';
+COMMENT ON COLUMN email_accounts.outbox.created_at IS 'When the row was queued.';
+COMMENT ON COLUMN email_accounts.outbox.sent_at IS 'When the server accepted the message for the last recipient.';
+
+CREATE TABLE email_accounts.outbox_recipient (
+    outbox_id  bigint NOT NULL REFERENCES email_accounts.outbox (outbox_id) ON DELETE CASCADE,
+    address    text NOT NULL,
+    kind       text NOT NULL CONSTRAINT "kind must be to, cc or bcc" CHECK (kind IN ('to', 'cc', 'bcc')),
+    status     text NOT NULL DEFAULT 'pending'
+               CONSTRAINT "recipient status must be pending, sent, deferred, failed or suppressed"
+               CHECK (status IN ('pending', 'sent', 'deferred', 'failed', 'suppressed')),
+    reply      text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (outbox_id, address)
+);
+
+COMMENT ON TABLE email_accounts.outbox_recipient IS
+  'One row per distinct recipient address of an outbox row, so a retry never re-sends to recipients the server already accepted.';
+COMMENT ON COLUMN email_accounts.outbox_recipient.outbox_id IS 'The outbox row.';
+COMMENT ON COLUMN email_accounts.outbox_recipient.address IS 'Bare address, lower-cased domain as given.';
+COMMENT ON COLUMN email_accounts.outbox_recipient.kind IS 'to, cc or bcc (the first kind an address appeared under).';
+COMMENT ON COLUMN email_accounts.outbox_recipient.status IS 'pending, sent (accepted by the server), deferred (4xx, retried), failed (5xx), suppressed (unsubscribed).';
+COMMENT ON COLUMN email_accounts.outbox_recipient.reply IS 'The server''s reply for this recipient.';
+COMMENT ON COLUMN email_accounts.outbox_recipient.updated_at IS 'When the status last changed.';
+
+CREATE TABLE email_accounts.outbox_attachment (
+    outbox_id    bigint NOT NULL REFERENCES email_accounts.outbox (outbox_id) ON DELETE CASCADE,
+    position     integer NOT NULL,
+    filename     text NOT NULL CONSTRAINT "attachment filename must not be empty" CHECK (btrim(filename) <> '' AND filename !~ '[\r\n]'),
+    content_type text NOT NULL DEFAULT 'application/octet-stream',
+    content      bytea NOT NULL,
+    content_id   text CONSTRAINT "content_id must not contain <, > or line breaks" CHECK (content_id !~ '[<>\r\n]'),
+    PRIMARY KEY (outbox_id, position)
+);
+
+COMMENT ON TABLE email_accounts.outbox_attachment IS 'Files attached to outbox rows, in order.';
+COMMENT ON COLUMN email_accounts.outbox_attachment.outbox_id IS 'The outbox row.';
+COMMENT ON COLUMN email_accounts.outbox_attachment.position IS 'Order of the attachment in the message, from 1.';
+COMMENT ON COLUMN email_accounts.outbox_attachment.filename IS 'File name shown to the recipient.';
+COMMENT ON COLUMN email_accounts.outbox_attachment.content_type IS 'MIME type, e.g. application/pdf.';
+COMMENT ON COLUMN email_accounts.outbox_attachment.content IS 'The file''s bytes.';
+COMMENT ON COLUMN email_accounts.outbox_attachment.content_id IS 'Content id for an inline part (referenced as cid:content_id in body_html); NULL for an ordinary attachment.';

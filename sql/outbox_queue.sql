@@ -1,0 +1,236 @@
+-- Queueing: every row inserted into the outbox (by send(), a plain INSERT or
+-- an application trigger) is checked, given its account and Message-ID, and
+-- split into per-recipient rows; the sender worker is woken at commit.
+
+CREATE FUNCTION email_accounts.raise_outbox_error(field text, problem text, code text DEFAULT 'check_violation') RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION '%: %', field, problem
+        USING ERRCODE = code, SCHEMA = 'email_accounts', TABLE = 'outbox', COLUMN = field;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.raise_outbox_error(text, text, text) IS
+  'Raises an error about an outbox field (check_violation unless told otherwise), naming the field.';
+
+CREATE FUNCTION email_accounts.check_mailboxes(field text, mailboxes text[]) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    mailbox text;
+BEGIN
+    FOREACH mailbox IN ARRAY coalesce(mailboxes, '{}') LOOP
+        IF mailbox IS NULL OR NOT email_accounts.is_valid_mailbox(mailbox) THEN
+            PERFORM email_accounts.raise_outbox_error(field, format('%s is not a valid email address', coalesce(quote_literal(mailbox), 'NULL')));
+        END IF;
+    END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.check_mailboxes(text, text[]) IS 'Raises check_violation naming the field if any entry is not a valid mailbox.';
+
+-- The global default outgoing account, also for roles bound to a tenant
+-- (who cannot see accounts without tenant).
+CREATE FUNCTION email_accounts.global_default_outgoing() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN (SELECT account_id FROM email_accounts.account WHERE default_outgoing AND tenant IS NULL);
+
+COMMENT ON FUNCTION email_accounts.global_default_outgoing() IS 'The account with default_outgoing among accounts without a tenant, or NULL.';
+
+-- Which account sends: the one named, else the sender's own, else the
+-- tenant's default outgoing, else the global default; NULL when none fits.
+-- Runs as the caller, so row-level security limits it to the caller's tenants.
+CREATE FUNCTION email_accounts.choose_outgoing_account(account_name text, sender text, tenant text) RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chosen email_accounts.account;
+BEGIN
+    IF account_name IS NOT NULL THEN
+        SELECT * INTO chosen FROM email_accounts.account WHERE name = account_name;
+        IF NOT FOUND THEN
+            PERFORM email_accounts.raise_outbox_error('account', format('no account named %s', quote_literal(account_name)), 'foreign_key_violation');
+        END IF;
+        IF NOT chosen.enable_outgoing THEN
+            PERFORM email_accounts.raise_outbox_error('account', format('account %s has enable_outgoing off', quote_literal(account_name)));
+        END IF;
+        RETURN chosen.account_id;
+    END IF;
+    IF sender IS NOT NULL THEN
+        SELECT * INTO chosen FROM email_accounts.account
+         WHERE lower(address) = lower(email_accounts.mailbox_address(sender)) AND enable_outgoing
+         ORDER BY account.tenant IS NOT DISTINCT FROM choose_outgoing_account.tenant DESC
+         LIMIT 1;
+        IF FOUND THEN
+            RETURN chosen.account_id;
+        END IF;
+    END IF;
+    IF tenant IS NOT NULL THEN
+        SELECT * INTO chosen FROM email_accounts.account
+         WHERE default_outgoing AND account.tenant = choose_outgoing_account.tenant;
+        IF FOUND THEN
+            RETURN chosen.account_id;
+        END IF;
+    END IF;
+    RETURN email_accounts.global_default_outgoing();
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.choose_outgoing_account(text, text, text) IS
+  'The account mail is sent through: the one named (error if unknown or not enabled for outgoing), else the enabled account whose address is the sender''s, else the tenant''s default outgoing, else the global default outgoing, else NULL.';
+
+CREATE FUNCTION email_accounts.outbox_before_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    header record;
+    problem text;
+    bound_tenants text[];
+BEGIN
+    PERFORM email_accounts.check_mailboxes('to_addresses', NEW.to_addresses);
+    PERFORM email_accounts.check_mailboxes('cc_addresses', NEW.cc_addresses);
+    PERFORM email_accounts.check_mailboxes('bcc_addresses', NEW.bcc_addresses);
+    PERFORM email_accounts.check_mailboxes('reply_to', NEW.reply_to);
+    IF cardinality(NEW.to_addresses) + cardinality(NEW.cc_addresses) + cardinality(NEW.bcc_addresses) = 0 THEN
+        PERFORM email_accounts.raise_outbox_error('to_addresses', 'the message has no recipients (to, cc and bcc are all empty)');
+    END IF;
+    FOR header IN SELECT key, value FROM jsonb_each(NEW.headers) LOOP
+        IF jsonb_typeof(header.value) <> 'string' THEN
+            PERFORM email_accounts.raise_outbox_error('headers', format('the value of header %s must be a JSON string', quote_literal(header.key)));
+        END IF;
+        problem := email_accounts.header_problem(header.key, header.value #>> '{}');
+        IF problem IS NOT NULL THEN
+            PERFORM email_accounts.raise_outbox_error('headers', problem);
+        END IF;
+    END LOOP;
+
+    IF NEW.tenant IS NULL THEN
+        bound_tenants := email_accounts.current_tenants();
+        IF cardinality(bound_tenants) = 1 THEN
+            NEW.tenant := bound_tenants[1];
+        END IF;
+    END IF;
+    NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
+    IF NEW.account_id IS NOT NULL THEN
+        SELECT name, coalesce(NEW.tenant, tenant) INTO NEW.account, NEW.tenant
+          FROM email_accounts.account WHERE account_id = NEW.account_id;
+    END IF;
+
+    NEW.attempts := 0;
+    NEW.lease_until := NULL;
+    NEW.sent_at := NULL;
+    NEW.next_attempt_at := greatest(NEW.send_after, now());
+    IF NEW.account_id IS NULL THEN
+        NEW.status := 'error';
+        NEW.last_error := 'no account to send through: name one in account, or set default_outgoing on an account of the tenant or on one without tenant; then call email_accounts.retry()';
+    ELSE
+        NEW.status := 'queued';
+        NEW.last_error := NULL;
+    END IF;
+    IF NEW.in_reply_to IS NOT NULL AND cardinality(NEW."references") = 0 THEN
+        NEW."references" := ARRAY[NEW.in_reply_to];
+    END IF;
+    IF NEW.message_id IS NULL THEN
+        NEW.message_id := format('<%s@%s>', replace(gen_random_uuid()::text, '-', ''),
+            coalesce(split_part((SELECT address FROM email_accounts.account WHERE account_id = NEW.account_id), '@', 2),
+                     split_part(email_accounts.mailbox_address(NEW.sender), '@', 2),
+                     'email-accounts.invalid'));
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.outbox_before_insert() IS
+  'Trigger: checks a new outbox row (addresses, recipients, headers, account), chooses its account, and fixes its Message-ID and initial status.';
+
+CREATE FUNCTION email_accounts.outbox_after_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO email_accounts.outbox_recipient (outbox_id, address, kind)
+    SELECT NEW.outbox_id, recipient.address, (array_agg(recipient.kind ORDER BY recipient.rank))[1]
+      FROM (SELECT email_accounts.mailbox_address(mailbox) AS address, kind, rank
+              FROM (SELECT unnest(NEW.to_addresses), 'to', 1
+                    UNION ALL SELECT unnest(NEW.cc_addresses), 'cc', 2
+                    UNION ALL SELECT unnest(NEW.bcc_addresses), 'bcc', 3) AS listed (mailbox, kind, rank)) AS recipient
+     GROUP BY recipient.address;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.outbox_after_insert() IS
+  'Trigger: one outbox_recipient row per distinct address (To before Cc before Bcc).';
+
+CREATE FUNCTION email_accounts.outbox_inserted() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM email_accounts.wake_sender_at_commit();
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.outbox_inserted() IS 'Trigger: asks for the sender worker to be woken when the inserting transaction commits.';
+
+CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_insert();
+CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_after_insert();
+CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.outbox_inserted();
+
+CREATE FUNCTION email_accounts.send(
+    "to"            text[] DEFAULT '{}',
+    subject         text DEFAULT '',
+    body_text       text DEFAULT NULL,
+    body_html       text DEFAULT NULL,
+    cc              text[] DEFAULT '{}',
+    bcc             text[] DEFAULT '{}',
+    reply_to        text[] DEFAULT '{}',
+    attachments     email_accounts.attachment[] DEFAULT '{}',
+    headers         jsonb DEFAULT '{}',
+    account         text DEFAULT NULL,
+    sender          text DEFAULT NULL,
+    priority        smallint DEFAULT 0,
+    send_after      timestamptz DEFAULT now(),
+    expires_at      timestamptz DEFAULT NULL,
+    reference_table regclass DEFAULT NULL,
+    reference_id    text DEFAULT NULL,
+    in_reply_to     text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    queued bigint;
+    file email_accounts.attachment;
+    position integer := 0;
+BEGIN
+    FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
+        position := position + 1;
+        IF file.filename IS NULL OR btrim(file.filename) = '' THEN
+            PERFORM email_accounts.raise_outbox_error('attachments', format('attachment %s has no filename', position));
+        END IF;
+        IF file.content IS NULL THEN
+            PERFORM email_accounts.raise_outbox_error('attachments', format('attachment %s (%s) has no content', position, file.filename));
+        END IF;
+    END LOOP;
+    INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
+                                       headers, account, sender, priority, send_after, expires_at, reference_table,
+                                       reference_id, in_reply_to)
+    VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
+            coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to)
+    RETURNING outbox_id INTO queued;
+    position := 0;
+    FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
+        position := position + 1;
+        INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content_type, content, content_id)
+        VALUES (queued, position, file.filename, coalesce(file.content_type, 'application/octet-stream'), file.content, file.content_id);
+    END LOOP;
+    RETURN queued;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text) IS
+  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…'').';

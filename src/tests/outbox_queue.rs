@@ -1,0 +1,186 @@
+//! Queueing mail: bad input is refused naming the field, every row gets an
+//! account by the documented order (or waits in error), a Message-ID, and
+//! per-recipient rows; tenants queue only through their own accounts.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use crate::tests::{assert_fails, assert_ok, outcome_of};
+    use pgrx::prelude::*;
+
+    const CHECK: &str = "23514";
+
+    fn accounts() {
+        Spi::run(
+            "INSERT INTO email_accounts.account (name, tenant, address, provider, enable_outgoing, default_outgoing) VALUES
+                 ('global default', NULL, 'noreply@example.com', 'gmail', true, true),
+                 ('acme default', 'acme', 'hello@acme.example', 'gmail', true, true),
+                 ('acme billing', 'acme', 'billing@acme.example', 'gmail', true, false),
+                 ('globex default', 'globex', 'hi@globex.example', 'gmail', true, true),
+                 ('incoming only', NULL, 'in@example.com', 'gmail', false, false)",
+        )
+        .unwrap();
+    }
+
+    fn queued(query: &str) -> (String, String, String) {
+        let id = Spi::get_one::<i64>(query).unwrap().unwrap();
+        let row = Spi::get_three_with_args::<String, String, String>(
+            "SELECT coalesce(account, ''), status, message_id FROM email_accounts.outbox WHERE outbox_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        (row.0.unwrap(), row.1.unwrap(), row.2.unwrap())
+    }
+
+    #[pg_test]
+    fn bad_input_is_refused_naming_the_field() {
+        accounts();
+        let send = |arguments: &str| format!("SELECT email_accounts.send({arguments})");
+        assert_fails(&send("\"to\" => '{not an address}'"), CHECK, "to_addresses");
+        assert_fails(&send("\"to\" => '{a@example.com}', cc => '{bad@}'"), CHECK, "cc_addresses");
+        assert_fails(&send("\"to\" => '{a@example.com}', bcc => '{\"\"}'"), CHECK, "bcc_addresses");
+        assert_fails(&send("\"to\" => '{a@example.com}', reply_to => '{x}'"), CHECK, "reply_to");
+        assert_fails(&send("subject => 'nobody'"), CHECK, "to_addresses");
+        assert_fails(
+            &send("\"to\" => '{a@example.com}', subject => E'Hi\\r\\nBcc: eve@example.com'"),
+            CHECK,
+            "subject",
+        );
+        assert_fails(
+            &send("\"to\" => '{a@example.com}', headers => '{\"X-A\": \"1\\r\\nBcc: e@x.com\"}'"),
+            CHECK,
+            "headers",
+        );
+        assert_fails(&send("\"to\" => '{a@example.com}', headers => '{\"Bad Name\": \"1\"}'"), CHECK, "headers");
+        assert_fails(&send("\"to\" => '{a@example.com}', headers => '{\"Message-ID\": \"<x@y>\"}'"), CHECK, "headers");
+        assert_fails(&send("\"to\" => '{a@example.com}', headers => '{\"X-N\": 1}'"), CHECK, "headers");
+        assert_fails(&send("\"to\" => '{a@example.com}', account => 'nope'"), "23503", "account");
+        assert_fails(&send("\"to\" => '{a@example.com}', account => 'incoming only'"), CHECK, "account");
+        assert_fails(&send("\"to\" => '{a@example.com}', sender => 'not a mailbox'"), CHECK, "sender");
+        assert_fails(
+            &send("\"to\" => '{a@example.com}', attachments => ARRAY[ROW('', 'text/plain', 'x'::bytea, NULL)::email_accounts.attachment]"),
+            CHECK,
+            "attachments",
+        );
+        assert_fails(&send("\"to\" => '{a@example.com}', in_reply_to => 'no-brackets'"), CHECK, "in_reply_to");
+        assert_fails(
+            &send("\"to\" => '{a@example.com}', expires_at => now() - interval '1 hour'"),
+            CHECK,
+            "expires_at",
+        );
+        // Nothing else in the queue was touched by the refusals.
+        assert_ok(&send("\"to\" => '{a@example.com}'"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM email_accounts.outbox"), Ok(Some(1)));
+    }
+
+    #[pg_test]
+    fn accounts_are_chosen_in_the_documented_order() {
+        accounts();
+        // 1. The account named.
+        let (account, status, _) =
+            queued("SELECT email_accounts.send(\"to\" => '{a@x.com}', account => 'acme billing')");
+        assert_eq!((account.as_str(), status.as_str()), ("acme billing", "queued"));
+        // 2. The account whose address is the sender.
+        let (account, ..) =
+            queued("SELECT email_accounts.send(\"to\" => '{a@x.com}', sender => 'Billing <billing@acme.example>')");
+        assert_eq!(account, "acme billing");
+        // 3. The tenant's default outgoing.
+        let (account, ..) = queued("INSERT INTO email_accounts.outbox (to_addresses, tenant) VALUES ('{a@x.com}', 'globex') RETURNING outbox_id");
+        assert_eq!(account, "globex default");
+        // 4. The global default outgoing.
+        let (account, _, message_id) =
+            queued("SELECT email_accounts.send(\"to\" => '{a@x.com}', sender => 'stranger@elsewhere.example')");
+        assert_eq!(account, "global default");
+        assert!(message_id.starts_with('<') && message_id.ends_with("@example.com>"), "{message_id}");
+        // 5. Nothing fits: the row waits in error, and retry() picks an account once one fits.
+        Spi::run("UPDATE email_accounts.account SET default_outgoing = false WHERE name = 'global default'").unwrap();
+        let id = Spi::get_one::<i64>("SELECT email_accounts.send(\"to\" => '{a@x.com}')").unwrap().unwrap();
+        let (status, error) = Spi::get_two_with_args::<String, String>(
+            "SELECT status, last_error FROM email_accounts.outbox WHERE outbox_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(status.as_deref(), Some("error"));
+        assert!(error.unwrap().contains("default_outgoing"));
+        Spi::run("UPDATE email_accounts.account SET default_outgoing = true WHERE name = 'global default'").unwrap();
+        assert_eq!(Spi::get_one_with_args::<bool>("SELECT email_accounts.retry($1)", &[id.into()]), Ok(Some(true)));
+        let account = Spi::get_one_with_args::<String>(
+            "SELECT account FROM email_accounts.outbox WHERE outbox_id = $1",
+            &[id.into()],
+        );
+        assert_eq!(account, Ok(Some("global default".to_owned())));
+        // cancel() stops a queued row; a cancelled row cannot be cancelled twice.
+        assert_eq!(Spi::get_one_with_args::<bool>("SELECT email_accounts.cancel($1)", &[id.into()]), Ok(Some(true)));
+        assert_eq!(Spi::get_one_with_args::<bool>("SELECT email_accounts.cancel($1)", &[id.into()]), Ok(Some(false)));
+    }
+
+    #[pg_test]
+    fn rows_get_unique_message_ids_recipients_and_attachments() {
+        accounts();
+        let id = Spi::get_one::<i64>(
+            "SELECT email_accounts.send(\"to\" => '{Ann <ann@example.com>, bob@example.com}', cc => '{ANN@example.com, carol@example.com}',
+                 bcc => '{dave@example.com}', subject => 'Hi', body_text => 'Hello', in_reply_to => '<parent@example.com>',
+                 attachments => ARRAY[ROW('a.pdf', NULL, 'pdf'::bytea, NULL), ROW('logo.png', 'image/png', 'png'::bytea, 'logo')]::email_accounts.attachment[])",
+        )
+        .unwrap()
+        .unwrap();
+        let recipients = Spi::get_one_with_args::<String>(
+            "SELECT string_agg(address || ':' || kind, ',' ORDER BY address) FROM email_accounts.outbox_recipient WHERE outbox_id = $1",
+            &[id.into()],
+        );
+        assert_eq!(
+            recipients,
+            Ok(Some(
+                "ANN@example.com:cc,ann@example.com:to,bob@example.com:to,carol@example.com:cc,dave@example.com:bcc"
+                    .to_owned()
+            ))
+        );
+        let attachments = Spi::get_one_with_args::<String>(
+            "SELECT string_agg(position || ':' || filename || ':' || content_type || ':' || coalesce(content_id, '-'), ',' ORDER BY position)
+               FROM email_accounts.outbox_attachment WHERE outbox_id = $1",
+            &[id.into()],
+        );
+        assert_eq!(attachments, Ok(Some("1:a.pdf:application/octet-stream:-,2:logo.png:image/png:logo".to_owned())));
+        let references = Spi::get_one_with_args::<String>(
+            "SELECT array_to_string(\"references\", ' ') FROM email_accounts.outbox WHERE outbox_id = $1",
+            &[id.into()],
+        );
+        assert_eq!(references, Ok(Some("<parent@example.com>".to_owned())));
+        Spi::run("SELECT email_accounts.send(\"to\" => '{a@x.com}') FROM generate_series(1, 20)").unwrap();
+        let (rows, distinct) =
+            Spi::get_two::<i64, i64>("SELECT count(*), count(DISTINCT message_id) FROM email_accounts.outbox").unwrap();
+        assert_eq!(rows, Some(21));
+        assert_eq!(distinct, Some(21), "every row has its own Message-ID");
+        assert_fails(
+            "INSERT INTO email_accounts.outbox (to_addresses, message_id) SELECT '{a@x.com}', message_id FROM email_accounts.outbox LIMIT 1",
+            "23505",
+            "message_id",
+        );
+    }
+
+    #[pg_test]
+    fn tenants_queue_only_through_their_own_accounts_and_see_only_their_mail() {
+        accounts();
+        Spi::run(
+            "CREATE ROLE test_acme_app; GRANT email_accounts_sender TO test_acme_app;
+             INSERT INTO email_accounts.tenant_member VALUES ('test_acme_app', 'acme');
+             INSERT INTO email_accounts.outbox (to_addresses, account) VALUES ('{secret@globex.example}', 'globex default')",
+        )
+        .unwrap();
+        outcome_of("SELECT 1");
+        Spi::run("SET LOCAL ROLE test_acme_app").unwrap();
+        assert_fails(
+            "SELECT email_accounts.send(\"to\" => '{a@x.com}', account => 'globex default')",
+            "23503",
+            "account",
+        );
+        // Without an account named, the role's own tenant default is used.
+        let (account, status, _) = queued("SELECT email_accounts.send(\"to\" => '{a@x.com}')");
+        assert_eq!((account.as_str(), status.as_str()), ("acme default", "queued"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM email_accounts.outbox"), Ok(Some(1)));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM email_accounts.outbox_recipient"), Ok(Some(1)));
+        assert_fails("SELECT email_accounts.cancel(1)", "42501", "cancel");
+        Spi::run("RESET ROLE").unwrap();
+    }
+}
