@@ -39,3 +39,9 @@ COMMENT ON FUNCTION email_accounts.wake_sender_at_commit() IS
 
 COMMENT ON FUNCTION email_accounts.flush() IS
   'Wakes the sender worker now; false when it is not running.';
+
+COMMENT ON FUNCTION email_accounts.wake_workers_at_commit() IS
+  'Asks for every email_accounts worker to be woken when the current transaction commits; CREATE EXTENSION calls it so the workers start at once.';
+
+-- The workers notice the new extension at commit, not at their next poll.
+SELECT email_accounts.wake_workers_at_commit();

@@ -190,3 +190,59 @@ fn create_extension_without_preload_is_refused_clearly() {
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+fn sender_wakeups(client: &mut postgres::Client) -> (i64, i64) {
+    let row = client
+        .query_one("SELECT latch_wakeups, timeouts FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn the_sender_is_woken_once_per_committed_transaction_and_never_on_rollback() {
+    // A fallback poll of an hour: every wake-up below comes from a commit.
+    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'"]);
+    let mut client = cluster.connect("postgres");
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    wait_until("CREATE EXTENSION to wake both workers", LIMIT, || states_are(&mut client, "idle"));
+    client
+        .batch_execute(
+            "INSERT INTO email_accounts.account (name, address, provider, enable_outgoing, default_outgoing)
+             VALUES ('out', 'out@gmail.com', 'gmail', true, true)",
+        )
+        .unwrap();
+    let before = sender_wakeups(&mut client);
+
+    // Three messages in one transaction: one wake-up, after the commit.
+    let mut transaction = client.transaction().unwrap();
+    for _ in 0..3 {
+        transaction.execute("SELECT email_accounts.send(\"to\" => '{a@example.com}')", &[]).unwrap();
+    }
+    transaction.commit().unwrap();
+    let after_commit = wait_until("the sender to wake", LIMIT, || {
+        let now = sender_wakeups(&mut client);
+        (now.0 > before.0).then_some(now)
+    });
+    assert_eq!(after_commit, (before.0 + 1, before.1));
+
+    // A rolled-back transaction wakes nobody; a later commit shows the
+    // counter moved by exactly one more.
+    let mut transaction = client.transaction().unwrap();
+    transaction.execute("INSERT INTO email_accounts.outbox (to_addresses) VALUES ('{b@example.com}')", &[]).unwrap();
+    transaction.rollback().unwrap();
+    client.execute("SELECT email_accounts.send(\"to\" => '{c@example.com}')", &[]).unwrap();
+    let after_second_commit = wait_until("the sender to wake again", LIMIT, || {
+        let now = sender_wakeups(&mut client);
+        (now.0 > after_commit.0).then_some(now)
+    });
+    assert_eq!(after_second_commit, (after_commit.0 + 1, after_commit.1), "the rollback woke nobody");
+    let queued: i64 = client.query_one("SELECT count(*) FROM email_accounts.outbox", &[]).unwrap().get(0);
+    assert_eq!(queued, 4, "the rolled-back row is not queued");
+
+    // flush() wakes it at once.
+    let flushed: bool = client.query_one("SELECT email_accounts.flush()", &[]).unwrap().get(0);
+    assert!(flushed);
+    wait_until("flush() to wake the sender", LIMIT, || {
+        (sender_wakeups(&mut client).0 == after_second_commit.0 + 1).then_some(())
+    });
+}

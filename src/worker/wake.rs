@@ -1,24 +1,35 @@
-//! Waking the sender worker when a transaction that queued mail commits:
-//! once per transaction, never on rollback. `wake_sender_at_commit()` is
-//! called by the outbox's statement trigger; `flush()` wakes it at once.
+//! Waking workers when a transaction commits: once per transaction, never
+//! on rollback. `wake_sender_at_commit()` is called by the outbox's
+//! statement trigger, `wake_workers_at_commit()` by CREATE EXTENSION (so the
+//! workers start at once); `flush()` wakes the sender immediately.
 
 use super::board;
 use super::role::Role;
 use pgrx::prelude::*;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-// Per backend: whether our callback is registered, and whether the current
-// transaction queued mail.
+// Per backend: whether our callback is registered, and which roles the
+// current transaction wants woken (one bit per role index).
 static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
-static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);
+static WAKE_AT_COMMIT: AtomicU32 = AtomicU32::new(0);
 
-#[pg_extern(volatile, parallel_unsafe)]
-fn wake_sender_at_commit() {
+fn wake_at_commit(roles: &[Role]) {
     if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
         unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
     }
-    WAKE_AT_COMMIT.store(true, Ordering::Relaxed);
+    let bits = roles.iter().fold(0, |bits, role| bits | 1 << role.index());
+    WAKE_AT_COMMIT.fetch_or(bits, Ordering::Relaxed);
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn wake_sender_at_commit() {
+    wake_at_commit(&[Role::Sender]);
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn wake_workers_at_commit() {
+    wake_at_commit(&Role::ALL);
 }
 
 /// Wakes the sender now (e.g. after changing accounts or retrying rows by hand).
@@ -31,14 +42,15 @@ fn flush() -> bool {
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _argument: *mut c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
-            if WAKE_AT_COMMIT.swap(false, Ordering::Relaxed) {
-                board::wake(Role::Sender);
+            let bits = WAKE_AT_COMMIT.swap(0, Ordering::Relaxed);
+            for role in Role::ALL.into_iter().filter(|role| bits & 1 << role.index() != 0) {
+                board::wake(role);
             }
         }
         // A prepared transaction commits elsewhere; the fallback poll finds it.
         pg_sys::XactEvent::XACT_EVENT_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
-        | pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.store(false, Ordering::Relaxed),
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.store(0, Ordering::Relaxed),
         _ => {}
     }
 }
