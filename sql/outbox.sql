@@ -42,6 +42,7 @@ CREATE TABLE email_accounts.outbox (
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     lease_until     timestamptz,
+    claim_token     uuid,
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     sent_at         timestamptz,
@@ -82,6 +83,7 @@ COMMENT ON COLUMN email_accounts.outbox.status IS 'queued, sending (claimed by a
 COMMENT ON COLUMN email_accounts.outbox.attempts IS 'Delivery attempts so far.';
 COMMENT ON COLUMN email_accounts.outbox.next_attempt_at IS 'When the row is next due.';
 COMMENT ON COLUMN email_accounts.outbox.lease_until IS 'While sending: when the claim lapses and another worker may take the row again.';
+COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'While sending: the token of the claim; results are recorded only under the claim that is still current, so a worker whose lease lapsed cannot overwrite another''s.';
 COMMENT ON COLUMN email_accounts.outbox.last_error IS 'The last failure, in the server''s own words where it gave any.';
 COMMENT ON COLUMN email_accounts.outbox.created_at IS 'When the row was queued.';
 COMMENT ON COLUMN email_accounts.outbox.sent_at IS 'When the server accepted the message for the last recipient.';

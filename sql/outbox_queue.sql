@@ -119,6 +119,7 @@ BEGIN
 
     NEW.attempts := 0;
     NEW.lease_until := NULL;
+    NEW.claim_token := NULL;
     NEW.sent_at := NULL;
     NEW.next_attempt_at := greatest(NEW.send_after, now());
     IF NEW.account_id IS NULL THEN

@@ -17,6 +17,15 @@ pub static FALLBACK_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10_0
 /// Bound on connecting to a mail server and on each read and write, in milliseconds.
 pub static CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// Outbox rows a sender claims at once.
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
+/// SMTP connections (accounts in parallel) per sender batch.
+pub static SMTP_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// How long a claim on outbox rows holds, in seconds.
+pub static LEASE_DURATION: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// Delivery attempts before a row is given up as failed.
+pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"email_accounts.database",
@@ -56,6 +65,50 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::UNIT_MS,
     );
+    register_sender();
+}
+
+fn register_sender() {
+    GucRegistry::define_int_guc(
+        c"email_accounts.batch_size",
+        c"Outbox rows the sender claims and sends per batch.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"email_accounts.smtp_connections",
+        c"SMTP connections the sender uses in parallel (one per account at a time).",
+        c"",
+        &SMTP_CONNECTIONS,
+        1,
+        256,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"email_accounts.lease_duration",
+        c"How long the sender's claim on outbox rows holds; after that another sender may take them again.",
+        c"",
+        &LEASE_DURATION,
+        10,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"email_accounts.max_attempts",
+        c"Delivery attempts before an outbox row is given up as failed.",
+        c"",
+        &MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 }
 
 pub fn database() -> String {
@@ -72,4 +125,20 @@ pub fn fallback_poll_interval() -> Duration {
 
 pub fn connect_timeout() -> Duration {
     Duration::from_millis(CONNECT_TIMEOUT.get().max(100) as u64)
+}
+
+pub fn batch_size() -> i64 {
+    BATCH_SIZE.get().max(1) as i64
+}
+
+pub fn smtp_connections() -> usize {
+    SMTP_CONNECTIONS.get().max(1) as usize
+}
+
+pub fn lease_duration_seconds() -> i32 {
+    LEASE_DURATION.get().max(10)
+}
+
+pub fn max_attempts() -> i32 {
+    MAX_ATTEMPTS.get().max(1)
 }

@@ -6,6 +6,8 @@
 pub mod address;
 pub mod compose;
 pub mod connection;
+pub mod delivery;
+pub mod identity;
 pub mod imap_client;
 pub mod pop3;
 pub mod probe;

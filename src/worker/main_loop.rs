@@ -8,6 +8,11 @@ use crate::store::catalog;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
+/// SIGTERM arrived (PostgreSQL's flag, set by the handler and never reset).
+pub fn shutdown_requested() -> bool {
+    unsafe { pg_sys::ShutdownRequestPending != 0 }
+}
+
 struct Wakeup {
     latch: bool,
     postmaster_died: bool,
@@ -63,8 +68,14 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             extension_was_installed = Some(installed);
         }
 
+        if installed && role == Role::Sender {
+            super::sender::drain(role.worker_name());
+        }
+        if shutdown_requested() {
+            break;
+        }
         let woken_by = wait_for_latch(settings::fallback_poll_interval());
-        if woken_by.postmaster_died || BackgroundWorker::sigterm_received() {
+        if woken_by.postmaster_died || shutdown_requested() {
             break;
         }
         board::update(role, |slot| {

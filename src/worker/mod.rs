@@ -5,6 +5,7 @@
 pub mod board;
 mod main_loop;
 pub mod role;
+mod sender;
 mod wake;
 
 use crate::settings;

@@ -1,0 +1,148 @@
+//! Delivering a batch: one SMTP connection per account, reused for all of
+//! its messages, accounts in parallel threads (bounded), every message's
+//! outcome reported per recipient. No PostgreSQL here.
+
+use crate::compose::{compose, OutgoingMessage};
+use crate::connection::{ConnectionError, Endpoint, Login};
+use crate::smtp_client::{self, RecipientOutcome, SmtpClient};
+use lettre::Address;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+/// One message to deliver through an account.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub outbox_id: i64,
+    pub message: OutgoingMessage,
+    /// The envelope sender: the account's own address.
+    pub envelope_from: String,
+    /// Recipients still to deliver to (those already accepted are left out).
+    pub recipients: Vec<String>,
+}
+
+/// An account's server and login, and its messages.
+#[derive(Debug, Clone)]
+pub struct AccountBatch {
+    pub endpoint: Endpoint,
+    pub login: Option<Login>,
+    pub jobs: Vec<Job>,
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The server answered for each recipient (RCPT) and for the message (DATA).
+    Answered { recipients: Vec<(String, RecipientOutcome)>, data: Option<Result<String, RecipientOutcome>> },
+    /// The message could not be composed: it will never go out as stored.
+    Unsendable(String),
+    /// The connection failed before the server answered for this message.
+    NotAttempted(ConnectionError),
+}
+
+/// Delivers every batch, at most `parallel` accounts at a time; returns
+/// (outbox_id, outcome) for every job. `spawn` starts the worker threads
+/// (the extension passes one that blocks signals).
+pub fn deliver(
+    batches: Vec<AccountBatch>,
+    parallel: usize,
+    spawn: impl Fn(Box<dyn FnOnce() + Send>) -> thread::JoinHandle<()>,
+) -> Vec<(i64, JobOutcome)> {
+    let queue = Arc::new(Mutex::new(batches.into_iter().collect::<VecDeque<_>>()));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..parallel.max(1))
+        .map(|_| {
+            let queue = Arc::clone(&queue);
+            let results = Arc::clone(&results);
+            spawn(Box::new(move || loop {
+                let Some(batch) = queue.lock().expect("queue lock").pop_front() else { break };
+                let outcomes = deliver_account(batch);
+                results.lock().expect("results lock").extend(outcomes);
+            }))
+        })
+        .collect();
+    for handle in handles {
+        let _ = handle.join();
+    }
+    Arc::try_unwrap(results).map(|mutex| mutex.into_inner().expect("results lock")).unwrap_or_default()
+}
+
+/// All messages of one account over one connection, reconnecting once after
+/// a broken connection. Once the server cannot be reached, the account's
+/// remaining messages are not attempted (they wait for the next try).
+fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
+    let mut outcomes = Vec::with_capacity(batch.jobs.len());
+    let mut client: Option<SmtpClient> = None;
+    let mut server_down: Option<ConnectionError> = None;
+    let mut reconnects_left = 1;
+    for job in batch.jobs {
+        let prepared = compose(&job.message).map_err(|error| error.to_string()).and_then(|composed| {
+            let (from, recipients) = envelope(&job)?;
+            Ok((composed.bytes, from, recipients))
+        });
+        let (bytes, from, recipients) = match prepared {
+            Ok(prepared) => prepared,
+            Err(problem) => {
+                outcomes.push((job.outbox_id, JobOutcome::Unsendable(problem)));
+                continue;
+            }
+        };
+        if let Some(error) = &server_down {
+            outcomes.push((job.outbox_id, JobOutcome::NotAttempted(error.clone())));
+            continue;
+        }
+        let outcome = loop {
+            let connection = match client.as_mut() {
+                Some(connection) => connection,
+                None => match smtp_client::connect(&batch.endpoint, batch.login.as_ref()) {
+                    Ok((connected, _)) => client.insert(connected),
+                    Err(error) => {
+                        server_down = Some(error.clone());
+                        break JobOutcome::NotAttempted(error);
+                    }
+                },
+            };
+            match connection.send(&from, &recipients, &bytes) {
+                Ok(delivery) => {
+                    break JobOutcome::Answered {
+                        recipients: delivery
+                            .recipients
+                            .into_iter()
+                            .map(|(address, outcome)| (address.to_string(), outcome))
+                            .collect(),
+                        data: delivery.data,
+                    };
+                }
+                Err(error) => {
+                    client = None;
+                    if reconnects_left == 0 {
+                        server_down = Some(error.clone());
+                        break JobOutcome::NotAttempted(error);
+                    }
+                    reconnects_left -= 1;
+                }
+            }
+        };
+        outcomes.push((job.outbox_id, outcome));
+    }
+    if let Some(client) = client {
+        client.quit();
+    }
+    outcomes
+}
+
+fn envelope(job: &Job) -> Result<(Address, Vec<Address>), String> {
+    let from = job
+        .envelope_from
+        .parse::<Address>()
+        .map_err(|_| format!("envelope sender {:?} is not an address", job.envelope_from))?;
+    let recipients = job
+        .recipients
+        .iter()
+        .map(|recipient| recipient.parse::<Address>().map_err(|_| format!("recipient {recipient:?} is not an address")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if recipients.is_empty() {
+        return Err("no recipients left to deliver to".to_owned());
+    }
+    Ok((from, recipients))
+}

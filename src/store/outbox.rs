@@ -1,0 +1,281 @@
+//! The sender's statements: expire and claim due rows under a lease, load
+//! what composing them needs, and record what the servers answered.
+
+use email_accounts_mail::compose::Attachment;
+use email_accounts_mail::delivery::JobOutcome;
+use email_accounts_mail::smtp_client::RecipientOutcome;
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+use std::collections::HashMap;
+
+/// An outbox row claimed for sending.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub outbox_id: i64,
+    pub claim_token: String,
+    pub account_id: i64,
+    pub sender: Option<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Vec<String>,
+    pub subject: String,
+    pub body_text: Option<String>,
+    pub body_html: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub message_id: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    pub created_at_millis: i64,
+    /// Recipients not yet accepted (pending or deferred).
+    pub recipients: Vec<String>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// What sending through an account needs.
+#[derive(Debug, Clone, Default)]
+pub struct SendingSettings {
+    pub account_id: i64,
+    pub name: String,
+    pub address: String,
+    pub login_id: String,
+    pub host: String,
+    pub port: i32,
+    pub security: String,
+    pub extra_ca_certificate: Option<String>,
+    pub allow_plaintext_authentication: bool,
+    pub no_smtp_authentication: bool,
+    pub signature: Option<String>,
+    pub always_use_account_address_as_sender: bool,
+    pub always_use_account_name_as_sender_name: bool,
+    pub default_incoming_address: Option<String>,
+}
+
+const EXPIRE: &str = "
+UPDATE email_accounts.outbox
+   SET status = 'expired', lease_until = NULL, claim_token = NULL,
+       last_error = format('expired at %s before it could be delivered', expires_at)
+ WHERE expires_at <= now()
+   AND (status IN ('queued', 'retry') OR (status = 'sending' AND lease_until < now()))";
+
+const CLAIM: &str = "
+WITH due AS (
+    SELECT outbox.outbox_id
+      FROM email_accounts.outbox
+      JOIN email_accounts.account_settings AS settings USING (account_id)
+     WHERE settings.ready_to_send
+       AND ((outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
+            OR (outbox.status = 'sending' AND outbox.lease_until < now()))
+       AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
+     ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
+     LIMIT $1
+       FOR UPDATE OF outbox SKIP LOCKED
+)
+UPDATE email_accounts.outbox
+   SET status = 'sending', attempts = attempts + 1, claim_token = gen_random_uuid(),
+       lease_until = now() + make_interval(secs => $2)
+  FROM due
+ WHERE outbox.outbox_id = due.outbox_id
+RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.sender, outbox.to_addresses,
+          outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
+          outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
+          (extract(epoch FROM outbox.created_at) * 1000)::bigint";
+
+/// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`.
+pub fn claim(limit: i64, lease_seconds: i32) -> Result<Vec<ClaimedRow>, SpiError> {
+    Spi::run(EXPIRE)?;
+    let mut rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
+        let table = client.update(CLAIM, None, &[limit.into(), (lease_seconds as f64).into()])?;
+        table
+            .map(|row| {
+                let headers: Option<pgrx::JsonB> = row.get(12)?;
+                Ok(ClaimedRow {
+                    outbox_id: row.get(1)?.unwrap_or_default(),
+                    claim_token: row.get(2)?.unwrap_or_default(),
+                    account_id: row.get(3)?.unwrap_or_default(),
+                    sender: row.get(4)?,
+                    to: row.get(5)?.unwrap_or_default(),
+                    cc: row.get(6)?.unwrap_or_default(),
+                    bcc: row.get(7)?.unwrap_or_default(),
+                    reply_to: row.get(8)?.unwrap_or_default(),
+                    subject: row.get(9)?.unwrap_or_default(),
+                    body_text: row.get(10)?,
+                    body_html: row.get(11)?,
+                    headers: headers
+                        .and_then(|headers| headers.0.as_object().cloned())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, value)| (name, value.as_str().unwrap_or_default().to_owned()))
+                        .collect(),
+                    message_id: row.get(13)?.unwrap_or_default(),
+                    in_reply_to: row.get(14)?,
+                    references: row.get(15)?.unwrap_or_default(),
+                    created_at_millis: row.get(16)?.unwrap_or_default(),
+                    recipients: Vec::new(),
+                    attachments: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, SpiError>>()
+    })?;
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
+    let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
+    Spi::connect(|client| -> Result<(), SpiError> {
+        let table = client.select(
+            "SELECT outbox_id, address FROM email_accounts.outbox_recipient
+              WHERE outbox_id = ANY ($1) AND status IN ('pending', 'deferred') ORDER BY outbox_id, address",
+            None,
+            &[ids.clone().into()],
+        )?;
+        for row in table {
+            recipients.entry(row.get(1)?.unwrap_or_default()).or_default().push(row.get(2)?.unwrap_or_default());
+        }
+        let table = client.select(
+            "SELECT outbox_id, filename, content_type, content, content_id FROM email_accounts.outbox_attachment
+              WHERE outbox_id = ANY ($1) ORDER BY outbox_id, position",
+            None,
+            &[ids.into()],
+        )?;
+        for row in table {
+            attachments.entry(row.get(1)?.unwrap_or_default()).or_default().push(Attachment {
+                filename: row.get(2)?.unwrap_or_default(),
+                content_type: row.get(3)?.unwrap_or_default(),
+                content: row.get(4)?.unwrap_or_default(),
+                content_id: row.get(5)?,
+            });
+        }
+        Ok(())
+    })?;
+    for row in &mut rows {
+        row.recipients = recipients.remove(&row.outbox_id).unwrap_or_default();
+        row.attachments = attachments.remove(&row.outbox_id).unwrap_or_default();
+    }
+    Ok(rows)
+}
+
+/// The sending settings of the given accounts.
+pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, SpiError> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT settings.account_id, settings.name, settings.address, settings.login_id, settings.smtp_host,
+                    settings.smtp_port, settings.smtp_security, settings.extra_ca_certificate,
+                    settings.allow_plaintext_authentication, settings.no_smtp_authentication,
+                    CASE WHEN settings.add_signature THEN settings.signature END,
+                    settings.always_use_account_address_as_sender, settings.always_use_account_name_as_sender_name,
+                    (SELECT incoming.address FROM email_accounts.account AS incoming
+                      WHERE incoming.default_incoming AND incoming.tenant IS NOT DISTINCT FROM settings.tenant)
+               FROM email_accounts.account_settings AS settings
+              WHERE settings.account_id = ANY ($1)",
+            None,
+            &[account_ids.to_vec().into()],
+        )?;
+        table
+            .map(|row| {
+                Ok(SendingSettings {
+                    account_id: row.get(1)?.unwrap_or_default(),
+                    name: row.get(2)?.unwrap_or_default(),
+                    address: row.get(3)?.unwrap_or_default(),
+                    login_id: row.get(4)?.unwrap_or_default(),
+                    host: row.get(5)?.unwrap_or_default(),
+                    port: row.get(6)?.unwrap_or_default(),
+                    security: row.get(7)?.unwrap_or_default(),
+                    extra_ca_certificate: row.get(8)?,
+                    allow_plaintext_authentication: row.get(9)?.unwrap_or_default(),
+                    no_smtp_authentication: row.get(10)?.unwrap_or_default(),
+                    signature: row.get(11)?,
+                    always_use_account_address_as_sender: row.get(12)?.unwrap_or_default(),
+                    always_use_account_name_as_sender_name: row.get(13)?.unwrap_or_default(),
+                    default_incoming_address: row.get(14)?,
+                })
+            })
+            .collect()
+    })
+}
+
+/// Records one delivery outcome for a claimed row, if the claim is still
+/// current. Recipients accepted are never sent to again; 4xx answers and
+/// unreachable servers retry with exponential backoff and jitter until
+/// `max_attempts`; 5xx answers fail that recipient.
+pub fn record(outbox_id: i64, claim_token: &str, outcome: &JobOutcome, max_attempts: i32) -> Result<(), SpiError> {
+    let still_ours = Spi::get_one_with_args::<i64>(
+        "SELECT outbox_id FROM email_accounts.outbox WHERE outbox_id = $1 AND claim_token = $2::uuid FOR UPDATE",
+        &[outbox_id.into(), claim_token.into()],
+    )?;
+    if still_ours.is_none() {
+        return Ok(());
+    }
+    let set_recipient = |address: &str, status: &str, reply: &str| {
+        Spi::run_with_args(
+            "UPDATE email_accounts.outbox_recipient SET status = $3, reply = $4, updated_at = now()
+              WHERE outbox_id = $1 AND address = $2",
+            &[outbox_id.into(), address.into(), status.into(), reply.into()],
+        )
+    };
+    let mut last_error: Option<String> = None;
+    match outcome {
+        JobOutcome::Answered { recipients, data } => {
+            for (address, answer) in recipients {
+                let (status, reply) = match (answer, data) {
+                    (RecipientOutcome::Accepted, Some(Ok(reply))) => ("sent", reply.clone()),
+                    (RecipientOutcome::Accepted, Some(Err(RecipientOutcome::Deferred(reply)))) => {
+                        ("deferred", reply.clone())
+                    }
+                    (RecipientOutcome::Accepted, Some(Err(other))) => ("failed", describe(other)),
+                    (RecipientOutcome::Accepted, None) => ("deferred", "the message was not transferred".to_owned()),
+                    (RecipientOutcome::Deferred(reply), _) => ("deferred", reply.clone()),
+                    (RecipientOutcome::Rejected(reply), _) => ("failed", reply.clone()),
+                };
+                if status != "sent" {
+                    last_error = Some(format!("{address}: {reply}"));
+                }
+                set_recipient(address, status, &reply)?;
+            }
+        }
+        JobOutcome::Unsendable(problem) => {
+            Spi::run_with_args(
+                "UPDATE email_accounts.outbox_recipient SET status = 'failed', reply = $2, updated_at = now()
+                  WHERE outbox_id = $1 AND status IN ('pending', 'deferred')",
+                &[outbox_id.into(), problem.as_str().into()],
+            )?;
+            last_error = Some(problem.clone());
+        }
+        JobOutcome::NotAttempted(error) => last_error = Some(error.to_string()),
+    }
+    Spi::run_with_args(
+        "WITH counts AS (
+             SELECT count(*) FILTER (WHERE status IN ('pending', 'deferred')) AS remaining,
+                    count(*) FILTER (WHERE status = 'sent') AS accepted
+               FROM email_accounts.outbox_recipient WHERE outbox_id = $1
+         ), gave_up AS (
+             UPDATE email_accounts.outbox_recipient SET status = 'failed', updated_at = now()
+              WHERE outbox_id = $1 AND status IN ('pending', 'deferred')
+                AND (SELECT attempts FROM email_accounts.outbox WHERE outbox_id = $1) >= $3
+         )
+         UPDATE email_accounts.outbox AS row
+            SET status = CASE
+                    WHEN counts.remaining > 0 AND row.attempts < $3 THEN 'retry'
+                    WHEN counts.remaining > 0 THEN 'failed'
+                    WHEN counts.accepted > 0 THEN 'sent'
+                    ELSE 'failed' END,
+                next_attempt_at = CASE WHEN counts.remaining > 0
+                    THEN now() + make_interval(secs => least(3600, 30 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
+                    ELSE row.next_attempt_at END,
+                sent_at = CASE WHEN counts.remaining = 0 AND counts.accepted > 0 THEN now() END,
+                last_error = $2,
+                lease_until = NULL,
+                claim_token = NULL
+           FROM counts
+          WHERE row.outbox_id = $1",
+        &[outbox_id.into(), last_error.into(), max_attempts.into()],
+    )
+}
+
+fn describe(outcome: &RecipientOutcome) -> String {
+    match outcome {
+        RecipientOutcome::Accepted => "accepted".to_owned(),
+        RecipientOutcome::Deferred(reply) | RecipientOutcome::Rejected(reply) => reply.clone(),
+    }
+}

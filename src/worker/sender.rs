@@ -1,0 +1,167 @@
+//! One round of the sender: claim due outbox rows (a transaction), deliver
+//! them over SMTP on threads with no transaction open, record the results
+//! (another transaction). A failing account or message only affects itself.
+
+use crate::settings;
+use crate::store::outbox::{self, ClaimedRow, SendingSettings};
+use crate::store::secrets;
+use crate::store::transaction::{in_transaction, StoreError};
+use crate::threads;
+use email_accounts_mail::compose::OutgoingMessage;
+use email_accounts_mail::connection::{Endpoint, Login, Security};
+use email_accounts_mail::delivery::{deliver, AccountBatch, Job, JobOutcome};
+use email_accounts_mail::identity::{identity, SendingAccount};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// What one round claimed.
+struct Claim {
+    rows: Vec<ClaimedRow>,
+    accounts: Vec<(SendingSettings, Option<String>)>,
+    /// Accounts whose password could not be read: their rows are not sent.
+    broken_accounts: HashMap<i64, String>,
+}
+
+/// Sends one batch; returns how many rows it handled (0 when none were due).
+pub fn run_once() -> Result<usize, StoreError> {
+    let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
+        let rows = outbox::claim(settings::batch_size(), settings::lease_duration_seconds()).map_err(spi)?;
+        let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
+        account_ids.sort_unstable();
+        account_ids.dedup();
+        let mut accounts = Vec::new();
+        let mut broken_accounts = HashMap::new();
+        if !rows.is_empty() {
+            for account in outbox::sending_settings(&account_ids).map_err(spi)? {
+                if account.no_smtp_authentication {
+                    accounts.push((account, None));
+                    continue;
+                }
+                match secrets::read_password(account.account_id) {
+                    Ok(Some(password)) => accounts.push((account, Some(password))),
+                    Ok(None) => {
+                        broken_accounts.insert(account.account_id, "no password is set for the account".to_owned());
+                    }
+                    Err(error) => {
+                        broken_accounts.insert(account.account_id, error.to_string());
+                    }
+                }
+            }
+        }
+        Ok(Claim { rows, accounts, broken_accounts })
+    }))??;
+    let handled = claim.rows.len();
+    if handled == 0 {
+        return Ok(0);
+    }
+
+    let tokens: HashMap<i64, String> = claim.rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
+    let mut results: Vec<(i64, JobOutcome)> = Vec::new();
+    let mut by_account: HashMap<i64, Vec<ClaimedRow>> = HashMap::new();
+    for row in claim.rows {
+        if let Some(problem) = claim.broken_accounts.get(&row.account_id) {
+            results.push((row.outbox_id, JobOutcome::NotAttempted(account_problem(problem))));
+        } else {
+            by_account.entry(row.account_id).or_default().push(row);
+        }
+    }
+    let batches: Vec<AccountBatch> = claim
+        .accounts
+        .into_iter()
+        .filter_map(|(account, password)| {
+            let rows = by_account.remove(&account.account_id)?;
+            Some(batch(&account, password, rows))
+        })
+        .collect();
+    results.extend(deliver(batches, settings::smtp_connections(), |work| threads::spawn_without_signals(work)));
+
+    let max_attempts = settings::max_attempts();
+    in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
+        for (outbox_id, outcome) in &results {
+            if let Some(token) = tokens.get(outbox_id) {
+                outbox::record(*outbox_id, token, outcome, max_attempts).map_err(spi)?;
+            }
+        }
+        Ok(())
+    }))??;
+    Ok(handled)
+}
+
+fn spi(error: pgrx::spi::SpiError) -> StoreError {
+    StoreError { message: error.to_string() }
+}
+
+fn account_problem(problem: &str) -> email_accounts_mail::connection::ConnectionError {
+    email_accounts_mail::connection::ConnectionError::Auth(problem.to_owned())
+}
+
+/// The SMTP endpoint, login and composed jobs of one account.
+fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedRow>) -> AccountBatch {
+    let endpoint = Endpoint {
+        host: account.host.clone(),
+        port: account.port.clamp(0, u16::MAX as i32) as u16,
+        security: Security::parse(&account.security).unwrap_or(Security::Ssl),
+        extra_ca_pem: account.extra_ca_certificate.clone(),
+        timeout: settings::connect_timeout(),
+    };
+    let login = password.map(|password| Login {
+        user: account.login_id.clone(),
+        password,
+        allow_plaintext: account.allow_plaintext_authentication,
+    });
+    let sending = SendingAccount {
+        name: account.name.clone(),
+        address: account.address.clone(),
+        always_use_account_address_as_sender: account.always_use_account_address_as_sender,
+        always_use_account_name_as_sender_name: account.always_use_account_name_as_sender_name,
+        default_incoming_address: account.default_incoming_address.clone(),
+    };
+    let jobs = rows
+        .into_iter()
+        .map(|row| {
+            let chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
+            Job {
+                outbox_id: row.outbox_id,
+                envelope_from: chosen.envelope_from,
+                recipients: row.recipients,
+                message: OutgoingMessage {
+                    message_id: row.message_id,
+                    from: chosen.from,
+                    reply_to: chosen.reply_to,
+                    to: row.to,
+                    cc: row.cc,
+                    bcc: row.bcc,
+                    subject: row.subject,
+                    text_body: row.body_text,
+                    html_body: row.body_html,
+                    attachments: row.attachments,
+                    headers: row.headers,
+                    in_reply_to: row.in_reply_to,
+                    references: row.references,
+                    date: Some(UNIX_EPOCH + Duration::from_millis(row.created_at_millis.max(0) as u64)),
+                    signature: account.signature.clone(),
+                    unsubscribe_url: None,
+                    tracking_pixel_url: None,
+                },
+            }
+        })
+        .collect();
+    AccountBatch { endpoint, login, jobs }
+}
+
+/// Sends until nothing is due (or the worker is asked to stop).
+pub fn drain(role_name: &str) {
+    loop {
+        match run_once() {
+            Ok(0) => return,
+            Ok(_) if super::main_loop::shutdown_requested() => return,
+            Ok(_) => {}
+            Err(error) => {
+                log!("{role_name}: a sending round failed and will be retried: {error}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The outbox end to end: mail queued from SQL inside a transaction is
+//! delivered by the sender worker through the harness's real Postfix into
+//! Dovecot and read back over IMAP; a rolled-back message never arrives.
+// Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
+#![cfg(not(feature = "pg_test"))]
+
+mod harness;
+
+use harness::{wait_until, MailServers, Postgres};
+use mail_parser::MimeHeaders;
+use std::net::TcpStream;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    servers: MailServers,
+    _cluster: Postgres,
+    client: postgres::Client,
+}
+
+/// A cluster whose sender polls only hourly (every delivery below is woken
+/// by a commit), an outgoing account for alice on the harness's Postfix, and
+/// a default incoming account for replies.
+fn setup() -> Setup {
+    let servers = MailServers::start();
+    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'"]);
+    let mut client = cluster.connect("postgres");
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    let alice = servers.user("alice@example.test").clone();
+    let support = servers.user("support@example.test").clone();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO email_accounts.domain (domain_name, incoming_protocol, incoming_host, incoming_port,
+                     incoming_security, smtp_host, smtp_port, smtp_security, extra_ca_certificate)
+                 VALUES ('example.test', 'imap', 'localhost', {}, 'ssl', 'localhost', {}, 'starttls', $1)",
+                servers.imaps, servers.smtp
+            ),
+            &[&servers.ca_pem()],
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO email_accounts.account (name, address, enable_outgoing, default_outgoing, add_signature, signature)
+             VALUES ('Alice at Example', 'alice@example.test', true, true, true, 'Alice\nExample Ltd');
+             INSERT INTO email_accounts.account (name, address, enable_incoming, default_incoming)
+             VALUES ('Support', 'support@example.test', true, true);",
+        )
+        .unwrap();
+    client.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&alice.password]).unwrap();
+    client.execute("SELECT email_accounts.set_password('Support', $1)", &[&support.password]).unwrap();
+    Setup { servers, _cluster: cluster, client }
+}
+
+/// Every message in a mailbox, raw, read over IMAPS without changing \Seen.
+fn mailbox(servers: &MailServers, address: &str) -> Vec<String> {
+    let ca = native_tls::Certificate::from_pem(servers.ca_pem().as_bytes()).unwrap();
+    let connector = native_tls::TlsConnector::builder().add_root_certificate(ca).build().unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", servers.imaps)).unwrap();
+    let mut client = imap::Client::new(connector.connect("localhost", tcp).unwrap());
+    client.read_greeting().unwrap();
+    let user = servers.user(address);
+    let mut session = client.login(&user.address, &user.password).map_err(|(error, _)| error).unwrap();
+    let exists = session.examine("INBOX").unwrap().exists;
+    let messages = if exists == 0 {
+        Vec::new()
+    } else {
+        session
+            .fetch("1:*", "BODY.PEEK[]")
+            .unwrap()
+            .iter()
+            .map(|fetch| String::from_utf8_lossy(fetch.body().unwrap()).into_owned())
+            .collect()
+    };
+    session.logout().unwrap();
+    messages
+}
+
+fn status_of(client: &mut impl postgres::GenericClient, id: i64) -> (String, Option<String>) {
+    let row =
+        client.query_one("SELECT status, last_error FROM email_accounts.outbox WHERE outbox_id = $1", &[&id]).unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn queued_mail_is_delivered_after_commit_and_rolled_back_mail_never() {
+    let mut setup = setup();
+
+    let mut transaction = setup.client.transaction().unwrap();
+    let rolled_back: i64 = transaction
+        .query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'never')", &[])
+        .unwrap()
+        .get(0);
+    transaction.rollback().unwrap();
+
+    let mut transaction = setup.client.transaction().unwrap();
+    let id: i64 = transaction
+        .query_one(
+            "SELECT email_accounts.send(
+                 \"to\" => '{Bob <bob@example.test>}', cc => '{carol@example.test}', bcc => '{dave@other.test}',
+                 subject => 'Invoice 42', body_text => 'Please find it attached.',
+                 body_html => '<p>Please find it <b>attached</b>.</p>',
+                 sender => 'Billing <billing@example.test>',
+                 headers => '{\"X-Invoice\": \"42\"}',
+                 attachments => ARRAY[ROW('invoice.pdf', 'application/pdf', '%PDF-1.4 test'::bytea, NULL)]::email_accounts.attachment[])",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // Nothing is sent before the commit.
+    assert_eq!(status_of(&mut transaction, id).0, "queued");
+    transaction.commit().unwrap();
+
+    wait_until("the row to be sent", LIMIT, || {
+        let (status, error) = status_of(&mut setup.client, id);
+        assert!(status != "failed" && status != "error", "{status}: {error:?}");
+        (status == "sent").then_some(())
+    });
+    let message_id: String = setup
+        .client
+        .query_one("SELECT message_id FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    let recipients: Vec<(String, String)> = setup
+        .client
+        .query(
+            "SELECT address, status FROM email_accounts.outbox_recipient WHERE outbox_id = $1 ORDER BY address",
+            &[&id],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        recipients,
+        [
+            ("bob@example.test".to_owned(), "sent".to_owned()),
+            ("carol@example.test".to_owned(), "sent".to_owned()),
+            ("dave@other.test".to_owned(), "sent".to_owned())
+        ]
+    );
+
+    for reader in ["bob@example.test", "carol@example.test", "dave@other.test"] {
+        let messages = wait_until("the message in every mailbox", LIMIT, || {
+            let messages = mailbox(&setup.servers, reader);
+            (!messages.is_empty()).then_some(messages)
+        });
+        assert_eq!(messages.len(), 1, "{reader} received only the committed message");
+        let raw = &messages[0];
+        let parsed = mail_parser::MessageParser::default().parse(raw.as_bytes()).unwrap();
+        assert_eq!(parsed.message_id().map(|id| format!("<{id}>")), Some(message_id.clone()));
+        assert_eq!(parsed.subject(), Some("Invoice 42"));
+        let from = parsed.from().and_then(|from| from.first()).unwrap();
+        assert_eq!((from.name(), from.address()), (Some("Billing"), Some("billing@example.test")));
+        let reply_to = parsed.reply_to().and_then(|reply_to| reply_to.first()).unwrap();
+        assert_eq!(reply_to.address(), Some("support@example.test"), "replies go to the default incoming account");
+        assert!(parsed.body_text(0).unwrap().contains("Please find it attached.\r\n\r\n-- \r\nAlice"), "signature");
+        assert!(parsed.body_html(0).unwrap().contains("<b>attached</b>"));
+        assert_eq!(parsed.attachment(0).and_then(|part| part.attachment_name()), Some("invoice.pdf"));
+        assert!(raw.contains("X-Invoice: 42"));
+        assert!(!raw.to_lowercase().contains("\r\nbcc:"), "no Bcc header");
+        if reader != "dave@other.test" {
+            assert!(!raw.contains("dave@other.test"), "the Bcc recipient is hidden from {reader}");
+        }
+    }
+    let never: i64 = setup
+        .client
+        .query_one("SELECT count(*) FROM email_accounts.outbox WHERE outbox_id = $1", &[&rolled_back])
+        .unwrap()
+        .get(0);
+    assert_eq!(never, 0);
+}
+
+#[test]
+fn a_rejected_recipient_fails_alone_with_the_servers_words() {
+    let mut setup = setup();
+    let id: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test, nobody@example.test}', subject => 'partly')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    wait_until("the row to be finished", LIMIT, || {
+        let (status, _) = status_of(&mut setup.client, id);
+        (status == "sent").then_some(())
+    });
+    let rejected: (String, String) = setup
+        .client
+        .query_one(
+            "SELECT status, reply FROM email_accounts.outbox_recipient WHERE outbox_id = $1 AND address = 'nobody@example.test'",
+            &[&id],
+        )
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(rejected.0, "failed");
+    assert!(rejected.1.starts_with("550") && rejected.1.contains("User unknown"), "{}", rejected.1);
+    let (_, last_error) = status_of(&mut setup.client, id);
+    assert!(last_error.unwrap().contains("nobody@example.test: 550"));
+    wait_until("bob's copy", LIMIT, || (!mailbox(&setup.servers, "bob@example.test").is_empty()).then_some(()));
+
+    // A message whose only recipient is rejected fails.
+    let id: i64 = setup
+        .client
+        .query_one("SELECT email_accounts.send(\"to\" => '{nobody@example.test}', subject => 'nobody')", &[])
+        .unwrap()
+        .get(0);
+    wait_until("the row to fail", LIMIT, || (status_of(&mut setup.client, id).0 == "failed").then_some(()));
+}
