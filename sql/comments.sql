@@ -43,5 +43,13 @@ COMMENT ON FUNCTION email_accounts.flush() IS
 COMMENT ON FUNCTION email_accounts.wake_workers_at_commit() IS
   'Asks for every email_accounts worker to be woken when the current transaction commits; CREATE EXTENSION calls it so the workers start at once.';
 
+COMMENT ON FUNCTION email_accounts.unsubscribe(text) IS
+  'For the page behind an unsubscribe link (and RFC 8058 one-click POSTs): checks the token''s signature and adds its recipient to the suppression list of the message''s tenant. True when the address was newly suppressed; an invalid token raises 22023.';
+
+COMMENT ON FUNCTION email_accounts.mark_opened(text) IS
+  'For the URL of the tracking image: checks the token''s signature and counts an open of its message (outbox.opened_at, open_count). An invalid token raises 22023.';
+
+COMMENT ON FUNCTION email_accounts.random_bytes(integer) IS 'That many random bytes from the operating system (at most 1024).';
+
 -- The workers notice the new extension at commit, not at their next poll.
 SELECT email_accounts.wake_workers_at_commit();

@@ -64,6 +64,14 @@ CREATE POLICY rows_of_visible_mail ON email_accounts.outbox_attachment
     USING (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_attachment.outbox_id))
     WITH CHECK (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_attachment.outbox_id));
 
+-- Suppression: senders read their tenant's list, admins maintain it.
+GRANT SELECT ON email_accounts.suppression TO email_accounts_sender, email_accounts_admin;
+GRANT INSERT, UPDATE, DELETE ON email_accounts.suppression TO email_accounts_admin;
+ALTER TABLE email_accounts.suppression ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON email_accounts.suppression
+    USING (email_accounts.tenant_is_visible(tenant))
+    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+
 -- Functions that read secrets check the caller themselves (superuser, the
 -- account's owner role, or an admin who may see the account's tenant).
 REVOKE EXECUTE ON FUNCTION email_accounts.rotate_encryption_key() FROM PUBLIC;

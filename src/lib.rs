@@ -39,10 +39,22 @@ pgrx::extension_sql_file!(
     requires = ["outbox", header_problem, mailbox_address, wake_sender_at_commit]
 );
 pgrx::extension_sql_file!("../sql/outbox_admin.sql", name = "outbox_admin", requires = ["outbox_queue"]);
+pgrx::extension_sql_file!("../sql/suppression.sql", name = "suppression", requires = ["outbox", random_bytes]);
 pgrx::extension_sql_file!(
     "../sql/security.sql",
     name = "security",
-    requires = ["account_tests", "secrets", "outbox_admin", set_password, rotate_encryption_key, worker_status, flush]
+    requires = [
+        "account_tests",
+        "secrets",
+        "outbox_admin",
+        "suppression",
+        set_password,
+        rotate_encryption_key,
+        worker_status,
+        flush,
+        unsubscribe,
+        mark_opened
+    ]
 );
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -17,6 +17,9 @@ pub static FALLBACK_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10_0
 /// Bound on connecting to a mail server and on each read and write, in milliseconds.
 pub static CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// Where the application serves unsubscribe and tracking links.
+pub static PUBLIC_BASE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Outbox rows a sender claims at once.
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
 /// SMTP connections (accounts in parallel) per sender batch.
@@ -69,6 +72,14 @@ pub fn register() {
 }
 
 fn register_sender() {
+    GucRegistry::define_string_guc(
+        c"email_accounts.public_base_url",
+        c"Base URL under which the application serves /unsubscribe?token=… and /open?token=… for outgoing mail.",
+        c"Accounts with send_unsubscribe_message or track_email_status get links only when this is set.",
+        &PUBLIC_BASE_URL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"email_accounts.batch_size",
         c"Outbox rows the sender claims and sends per batch.",
@@ -141,4 +152,11 @@ pub fn lease_duration_seconds() -> i32 {
 
 pub fn max_attempts() -> i32 {
     MAX_ATTEMPTS.get().max(1)
+}
+
+pub fn public_base_url() -> Option<String> {
+    PUBLIC_BASE_URL
+        .get()
+        .map(|url| url.to_string_lossy().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
 }

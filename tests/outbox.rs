@@ -23,8 +23,14 @@ struct Setup {
 /// by a commit), an outgoing account for alice on the harness's Postfix, and
 /// a default incoming account for replies.
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+fn setup_with(settings: &[&str]) -> Setup {
     let servers = MailServers::start();
-    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'"]);
+    let mut all_settings = vec!["email_accounts.fallback_poll_interval = '1h'"];
+    all_settings.extend_from_slice(settings);
+    let cluster = Postgres::start(&all_settings);
     let mut client = cluster.connect("postgres");
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     let alice = servers.user("alice@example.test").clone();
@@ -208,4 +214,98 @@ fn a_rejected_recipient_fails_alone_with_the_servers_words() {
         .unwrap()
         .get(0);
     wait_until("the row to fail", LIMIT, || (status_of(&mut setup.client, id).0 == "failed").then_some(()));
+}
+
+fn header_value(raw: &str, name: &str) -> Option<String> {
+    let parsed = mail_parser::MessageParser::default().parse(raw.as_bytes())?;
+    parsed.header_raw(name).map(|value| value.trim().to_owned())
+}
+
+fn token_in(url: &str) -> String {
+    url.split("token=").nth(1).unwrap().trim_end_matches('>').split(['"', '&']).next().unwrap().to_owned()
+}
+
+#[test]
+fn unsubscribe_links_suppress_later_mail_and_opens_are_counted() {
+    let mut setup = setup_with(&["email_accounts.public_base_url = 'https://app.example.test/mail/'"]);
+    setup
+        .client
+        .batch_execute(
+            "UPDATE email_accounts.account SET send_unsubscribe_message = true, track_email_status = true
+              WHERE name = 'Alice at Example'",
+        )
+        .unwrap();
+    let first: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test, carol@example.test}', subject => 'Newsletter 1',
+                 body_text => 'News', body_html => '<p>News</p>')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    wait_until("the newsletter to be sent", LIMIT, || (status_of(&mut setup.client, first).0 == "sent").then_some(()));
+
+    let bob_copy = wait_until("bob's copy", LIMIT, || mailbox(&setup.servers, "bob@example.test").into_iter().next());
+    let carol_copy =
+        wait_until("carol's copy", LIMIT, || mailbox(&setup.servers, "carol@example.test").into_iter().next());
+    let bob_unsubscribe = header_value(&bob_copy, "List-Unsubscribe").unwrap();
+    let carol_unsubscribe = header_value(&carol_copy, "List-Unsubscribe").unwrap();
+    assert!(bob_unsubscribe.starts_with("<https://app.example.test/mail/unsubscribe?token="), "{bob_unsubscribe}");
+    assert_ne!(bob_unsubscribe, carol_unsubscribe, "each recipient gets a personal link");
+    assert_eq!(header_value(&bob_copy, "List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"));
+    let parsed = mail_parser::MessageParser::default().parse(bob_copy.as_bytes()).unwrap();
+    let html = parsed.body_html(0).unwrap().into_owned();
+    let pixel = html.split("src=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    assert!(pixel.starts_with("https://app.example.test/mail/open?token="), "{html}");
+
+    // The application serving the links calls the functions with the tokens.
+    let opened: bool =
+        setup.client.query_one("SELECT email_accounts.mark_opened($1)", &[&token_in(&pixel)]).unwrap().get(0);
+    assert!(opened);
+    let (open_count, opened_at): (i32, bool) = setup
+        .client
+        .query_one(
+            "SELECT open_count, opened_at IS NOT NULL FROM email_accounts.outbox WHERE outbox_id = $1",
+            &[&first],
+        )
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!((open_count, opened_at), (1, true));
+    let token = token_in(&bob_unsubscribe);
+    let added: bool = setup.client.query_one("SELECT email_accounts.unsubscribe($1)", &[&token]).unwrap().get(0);
+    assert!(added);
+    let again: bool = setup.client.query_one("SELECT email_accounts.unsubscribe($1)", &[&token]).unwrap().get(0);
+    assert!(!again, "already suppressed");
+    let forged = format!("{}x", token);
+    let error = setup.client.query_one("SELECT email_accounts.unsubscribe($1)", &[&forged]).unwrap_err();
+    assert_eq!(error.as_db_error().unwrap().code().code(), "22023");
+    let wrong_purpose = setup.client.query_one("SELECT email_accounts.mark_opened($1)", &[&token]).unwrap_err();
+    assert_eq!(wrong_purpose.as_db_error().unwrap().code().code(), "22023");
+
+    // The next mail skips bob and reaches carol.
+    let second: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test, carol@example.test}', subject => 'Newsletter 2')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    wait_until("the second newsletter to be sent", LIMIT, || {
+        (status_of(&mut setup.client, second).0 == "sent").then_some(())
+    });
+    let bob_status: String = setup
+        .client
+        .query_one(
+            "SELECT status FROM email_accounts.outbox_recipient WHERE outbox_id = $1 AND address = 'bob@example.test'",
+            &[&second],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bob_status, "suppressed");
+    wait_until("carol's second copy", LIMIT, || {
+        (mailbox(&setup.servers, "carol@example.test").len() == 2).then_some(())
+    });
+    assert_eq!(mailbox(&setup.servers, "bob@example.test").len(), 1, "bob received nothing more");
 }

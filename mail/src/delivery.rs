@@ -142,7 +142,120 @@ fn envelope(job: &Job) -> Result<(Address, Vec<Address>), String> {
         .map(|recipient| recipient.parse::<Address>().map_err(|_| format!("recipient {recipient:?} is not an address")))
         .collect::<Result<Vec<_>, _>>()?;
     if recipients.is_empty() {
-        return Err("no recipients left to deliver to".to_owned());
+        return Err("no recipients left to deliver to: every one is on the suppression list".to_owned());
     }
     Ok((from, recipients))
+}
+
+/// Where a recipient stands after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientStatus {
+    Sent,
+    Deferred,
+    Failed,
+}
+
+impl RecipientStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            RecipientStatus::Sent => "sent",
+            RecipientStatus::Deferred => "deferred",
+            RecipientStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Everything one outbox row's jobs came to in a round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowSummary {
+    /// Recipients the servers answered for: address, status, reply.
+    pub recipients: Vec<(String, RecipientStatus, String)>,
+    /// The message can never be sent as stored: every open recipient fails.
+    pub unsendable: Option<String>,
+    /// The last problem, in the server's words, for last_error.
+    pub last_error: Option<String>,
+}
+
+/// Merges the outcomes of a row's jobs (one, or one per recipient when
+/// each recipient gets personal links) into per-recipient statuses.
+pub fn summarize<'a>(outcomes: impl IntoIterator<Item = &'a JobOutcome>) -> RowSummary {
+    let mut summary = RowSummary::default();
+    for outcome in outcomes {
+        match outcome {
+            JobOutcome::Answered { recipients, data } => {
+                for (address, answer) in recipients {
+                    let (status, reply) = match (answer, data) {
+                        (RecipientOutcome::Accepted, Some(Ok(reply))) => (RecipientStatus::Sent, reply.clone()),
+                        (RecipientOutcome::Accepted, Some(Err(RecipientOutcome::Rejected(reply)))) => {
+                            (RecipientStatus::Failed, reply.clone())
+                        }
+                        (RecipientOutcome::Accepted, Some(Err(RecipientOutcome::Deferred(reply)))) => {
+                            (RecipientStatus::Deferred, reply.clone())
+                        }
+                        (RecipientOutcome::Accepted, _) => {
+                            (RecipientStatus::Deferred, "the message was not transferred".to_owned())
+                        }
+                        (RecipientOutcome::Deferred(reply), _) => (RecipientStatus::Deferred, reply.clone()),
+                        (RecipientOutcome::Rejected(reply), _) => (RecipientStatus::Failed, reply.clone()),
+                    };
+                    if status != RecipientStatus::Sent {
+                        summary.last_error = Some(format!("{address}: {reply}"));
+                    }
+                    summary.recipients.push((address.clone(), status, reply));
+                }
+            }
+            JobOutcome::Unsendable(problem) => {
+                summary.unsendable = Some(problem.clone());
+                summary.last_error = Some(problem.clone());
+            }
+            JobOutcome::NotAttempted(error) => summary.last_error = Some(error.to_string()),
+        }
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_recipient_answers_merge_into_one_row() {
+        let first = JobOutcome::Answered {
+            recipients: vec![
+                ("a@x.com".to_owned(), RecipientOutcome::Accepted),
+                ("b@x.com".to_owned(), RecipientOutcome::Rejected("550 5.1.1 unknown".to_owned())),
+                ("c@x.com".to_owned(), RecipientOutcome::Deferred("451 4.3.0 later".to_owned())),
+            ],
+            data: Some(Ok("250 2.0.0 queued".to_owned())),
+        };
+        let second = JobOutcome::Answered {
+            recipients: vec![("d@x.com".to_owned(), RecipientOutcome::Accepted)],
+            data: Some(Err(RecipientOutcome::Deferred("452 4.3.1 full".to_owned()))),
+        };
+        let summary = summarize([&first, &second]);
+        let statuses: Vec<(&str, RecipientStatus)> =
+            summary.recipients.iter().map(|(address, status, _)| (address.as_str(), *status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                ("a@x.com", RecipientStatus::Sent),
+                ("b@x.com", RecipientStatus::Failed),
+                ("c@x.com", RecipientStatus::Deferred),
+                ("d@x.com", RecipientStatus::Deferred)
+            ]
+        );
+        assert_eq!(summary.recipients[0].2, "250 2.0.0 queued");
+        assert_eq!(summary.last_error.as_deref(), Some("d@x.com: 452 4.3.1 full"));
+        assert_eq!(summary.unsendable, None);
+    }
+
+    #[test]
+    fn unsendable_and_unreachable_rows() {
+        let summary = summarize([&JobOutcome::Unsendable("from: bad".to_owned())]);
+        assert_eq!(summary.unsendable.as_deref(), Some("from: bad"));
+        let error = ConnectionError::Connect { address: "h:25".to_owned(), reason: "refused".to_owned() };
+        let summary = summarize([&JobOutcome::NotAttempted(error)]);
+        assert!(summary.recipients.is_empty());
+        assert_eq!(summary.last_error.as_deref(), Some("cannot connect to h:25: refused"));
+    }
 }

@@ -13,3 +13,4 @@ pub mod pop3;
 pub mod probe;
 pub mod secret;
 pub mod smtp_client;
+pub mod token;

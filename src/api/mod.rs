@@ -3,6 +3,7 @@
 pub mod address;
 pub mod certificate;
 mod errors;
+pub mod links;
 pub mod outbox;
 pub mod password;
 pub mod test_account;

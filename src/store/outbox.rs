@@ -2,8 +2,7 @@
 //! what composing them needs, and record what the servers answered.
 
 use email_accounts_mail::compose::Attachment;
-use email_accounts_mail::delivery::JobOutcome;
-use email_accounts_mail::smtp_client::RecipientOutcome;
+use email_accounts_mail::delivery::RowSummary;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 use std::collections::HashMap;
@@ -49,6 +48,8 @@ pub struct SendingSettings {
     pub always_use_account_address_as_sender: bool,
     pub always_use_account_name_as_sender_name: bool,
     pub default_incoming_address: Option<String>,
+    pub send_unsubscribe_message: bool,
+    pub track_email_status: bool,
 }
 
 const EXPIRE: &str = "
@@ -121,6 +122,17 @@ pub fn claim(limit: i64, lease_seconds: i32) -> Result<Vec<ClaimedRow>, SpiError
         return Ok(rows);
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
+    // Unsubscribed addresses are never sent to.
+    Spi::run_with_args(
+        "UPDATE email_accounts.outbox_recipient AS recipient
+            SET status = 'suppressed', reply = 'on the suppression list: ' || suppression.reason, updated_at = now()
+           FROM email_accounts.outbox, email_accounts.suppression
+          WHERE recipient.outbox_id = ANY ($1) AND recipient.status IN ('pending', 'deferred')
+            AND outbox.outbox_id = recipient.outbox_id
+            AND suppression.tenant IS NOT DISTINCT FROM outbox.tenant
+            AND lower(suppression.address) = lower(recipient.address)",
+        &[ids.clone().into()],
+    )?;
     let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
     let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
     Spi::connect(|client| -> Result<(), SpiError> {
@@ -166,7 +178,8 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     CASE WHEN settings.add_signature THEN settings.signature END,
                     settings.always_use_account_address_as_sender, settings.always_use_account_name_as_sender_name,
                     (SELECT incoming.address FROM email_accounts.account AS incoming
-                      WHERE incoming.default_incoming AND incoming.tenant IS NOT DISTINCT FROM settings.tenant)
+                      WHERE incoming.default_incoming AND incoming.tenant IS NOT DISTINCT FROM settings.tenant),
+                    settings.send_unsubscribe_message, settings.track_email_status
                FROM email_accounts.account_settings AS settings
               WHERE settings.account_id = ANY ($1)",
             None,
@@ -189,60 +202,45 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     always_use_account_address_as_sender: row.get(12)?.unwrap_or_default(),
                     always_use_account_name_as_sender_name: row.get(13)?.unwrap_or_default(),
                     default_incoming_address: row.get(14)?,
+                    send_unsubscribe_message: row.get(15)?.unwrap_or_default(),
+                    track_email_status: row.get(16)?.unwrap_or_default(),
                 })
             })
             .collect()
     })
 }
 
-/// Records one delivery outcome for a claimed row, if the claim is still
+/// Records what a round came to for a claimed row, if the claim is still
 /// current. Recipients accepted are never sent to again; 4xx answers and
 /// unreachable servers retry with exponential backoff and jitter until
 /// `max_attempts`; 5xx answers fail that recipient.
-pub fn record(outbox_id: i64, claim_token: &str, outcome: &JobOutcome, max_attempts: i32) -> Result<(), SpiError> {
-    let still_ours = Spi::get_one_with_args::<i64>(
-        "SELECT outbox_id FROM email_accounts.outbox WHERE outbox_id = $1 AND claim_token = $2::uuid FOR UPDATE",
-        &[outbox_id.into(), claim_token.into()],
-    )?;
-    if still_ours.is_none() {
+pub fn record(outbox_id: i64, claim_token: &str, summary: &RowSummary, max_attempts: i32) -> Result<(), SpiError> {
+    // A lapsed lease lets another sender take the row: then its claim, not ours, records.
+    let still_ours = Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT outbox_id FROM email_accounts.outbox WHERE outbox_id = $1 AND claim_token = $2::uuid FOR UPDATE",
+                None,
+                &[outbox_id.into(), claim_token.into()],
+            )
+            .map(|rows| rows.len() > 0)
+    })?;
+    if !still_ours {
         return Ok(());
     }
-    let set_recipient = |address: &str, status: &str, reply: &str| {
+    for (address, status, reply) in &summary.recipients {
         Spi::run_with_args(
             "UPDATE email_accounts.outbox_recipient SET status = $3, reply = $4, updated_at = now()
               WHERE outbox_id = $1 AND address = $2",
-            &[outbox_id.into(), address.into(), status.into(), reply.into()],
-        )
-    };
-    let mut last_error: Option<String> = None;
-    match outcome {
-        JobOutcome::Answered { recipients, data } => {
-            for (address, answer) in recipients {
-                let (status, reply) = match (answer, data) {
-                    (RecipientOutcome::Accepted, Some(Ok(reply))) => ("sent", reply.clone()),
-                    (RecipientOutcome::Accepted, Some(Err(RecipientOutcome::Deferred(reply)))) => {
-                        ("deferred", reply.clone())
-                    }
-                    (RecipientOutcome::Accepted, Some(Err(other))) => ("failed", describe(other)),
-                    (RecipientOutcome::Accepted, None) => ("deferred", "the message was not transferred".to_owned()),
-                    (RecipientOutcome::Deferred(reply), _) => ("deferred", reply.clone()),
-                    (RecipientOutcome::Rejected(reply), _) => ("failed", reply.clone()),
-                };
-                if status != "sent" {
-                    last_error = Some(format!("{address}: {reply}"));
-                }
-                set_recipient(address, status, &reply)?;
-            }
-        }
-        JobOutcome::Unsendable(problem) => {
-            Spi::run_with_args(
-                "UPDATE email_accounts.outbox_recipient SET status = 'failed', reply = $2, updated_at = now()
-                  WHERE outbox_id = $1 AND status IN ('pending', 'deferred')",
-                &[outbox_id.into(), problem.as_str().into()],
-            )?;
-            last_error = Some(problem.clone());
-        }
-        JobOutcome::NotAttempted(error) => last_error = Some(error.to_string()),
+            &[outbox_id.into(), address.as_str().into(), status.label().into(), reply.as_str().into()],
+        )?;
+    }
+    if let Some(problem) = &summary.unsendable {
+        Spi::run_with_args(
+            "UPDATE email_accounts.outbox_recipient SET status = 'failed', reply = $2, updated_at = now()
+              WHERE outbox_id = $1 AND status IN ('pending', 'deferred')",
+            &[outbox_id.into(), problem.as_str().into()],
+        )?;
     }
     Spi::run_with_args(
         "WITH counts AS (
@@ -269,13 +267,6 @@ pub fn record(outbox_id: i64, claim_token: &str, outcome: &JobOutcome, max_attem
                 claim_token = NULL
            FROM counts
           WHERE row.outbox_id = $1",
-        &[outbox_id.into(), last_error.into(), max_attempts.into()],
+        &[outbox_id.into(), summary.last_error.clone().into(), max_attempts.into()],
     )
-}
-
-fn describe(outcome: &RecipientOutcome) -> String {
-    match outcome {
-        RecipientOutcome::Accepted => "accepted".to_owned(),
-        RecipientOutcome::Deferred(reply) | RecipientOutcome::Rejected(reply) => reply.clone(),
-    }
 }

@@ -4,13 +4,14 @@
 
 use crate::settings;
 use crate::store::outbox::{self, ClaimedRow, SendingSettings};
-use crate::store::secrets;
 use crate::store::transaction::{in_transaction, StoreError};
+use crate::store::{links, secrets};
 use crate::threads;
 use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::{Endpoint, Login, Security};
-use email_accounts_mail::delivery::{deliver, AccountBatch, Job, JobOutcome};
+use email_accounts_mail::delivery::{deliver, summarize, AccountBatch, Job, JobOutcome};
 use email_accounts_mail::identity::{identity, SendingAccount};
+use email_accounts_mail::token::{sign, Purpose};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -19,6 +20,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// What one round claimed.
 struct Claim {
     rows: Vec<ClaimedRow>,
+    signing_key: Vec<u8>,
     accounts: Vec<(SendingSettings, Option<String>)>,
     /// Accounts whose password could not be read: their rows are not sent.
     broken_accounts: HashMap<i64, String>,
@@ -50,7 +52,8 @@ pub fn run_once() -> Result<usize, StoreError> {
                 }
             }
         }
-        Ok(Claim { rows, accounts, broken_accounts })
+        let signing_key = if rows.is_empty() { Vec::new() } else { links::signing_key().map_err(spi)? };
+        Ok(Claim { rows, signing_key, accounts, broken_accounts })
     }))??;
     let handled = claim.rows.len();
     if handled == 0 {
@@ -67,21 +70,26 @@ pub fn run_once() -> Result<usize, StoreError> {
             by_account.entry(row.account_id).or_default().push(row);
         }
     }
+    let links = Links { base_url: settings::public_base_url(), key: claim.signing_key };
     let batches: Vec<AccountBatch> = claim
         .accounts
         .into_iter()
         .filter_map(|(account, password)| {
             let rows = by_account.remove(&account.account_id)?;
-            Some(batch(&account, password, rows))
+            Some(batch(&account, password, rows, &links))
         })
         .collect();
     results.extend(deliver(batches, settings::smtp_connections(), |work| threads::spawn_without_signals(work)));
 
     let max_attempts = settings::max_attempts();
     in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
+        let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();
         for (outbox_id, outcome) in &results {
-            if let Some(token) = tokens.get(outbox_id) {
-                outbox::record(*outbox_id, token, outcome, max_attempts).map_err(spi)?;
+            by_row.entry(*outbox_id).or_default().push(outcome);
+        }
+        for (outbox_id, outcomes) in by_row {
+            if let Some(token) = tokens.get(&outbox_id) {
+                outbox::record(outbox_id, token, &summarize(outcomes), max_attempts).map_err(spi)?;
             }
         }
         Ok(())
@@ -97,8 +105,15 @@ fn account_problem(problem: &str) -> email_accounts_mail::connection::Connection
     email_accounts_mail::connection::ConnectionError::Auth(problem.to_owned())
 }
 
-/// The SMTP endpoint, login and composed jobs of one account.
-fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedRow>) -> AccountBatch {
+/// Where personal links point and the key that signs them.
+struct Links {
+    base_url: Option<String>,
+    key: Vec<u8>,
+}
+
+/// The SMTP endpoint, login and composed jobs of one account. With
+/// unsubscribe links or open tracking each recipient gets a personal copy.
+fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedRow>, links: &Links) -> AccountBatch {
     let endpoint = Endpoint {
         host: account.host.clone(),
         port: account.port.clamp(0, u16::MAX as i32) as u16,
@@ -118,36 +133,67 @@ fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedR
         always_use_account_name_as_sender_name: account.always_use_account_name_as_sender_name,
         default_incoming_address: account.default_incoming_address.clone(),
     };
-    let jobs = rows
-        .into_iter()
-        .map(|row| {
-            let chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
-            Job {
+    let personal = links.base_url.as_ref().filter(|_| account.send_unsubscribe_message || account.track_email_status);
+    let mut jobs = Vec::new();
+    for row in rows {
+        let chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
+        let message = OutgoingMessage {
+            message_id: row.message_id.clone(),
+            from: chosen.from,
+            reply_to: chosen.reply_to,
+            to: row.to.clone(),
+            cc: row.cc.clone(),
+            bcc: row.bcc.clone(),
+            subject: row.subject.clone(),
+            text_body: row.body_text.clone(),
+            html_body: row.body_html.clone(),
+            attachments: row.attachments.clone(),
+            headers: row.headers.clone(),
+            in_reply_to: row.in_reply_to.clone(),
+            references: row.references.clone(),
+            date: Some(UNIX_EPOCH + Duration::from_millis(row.created_at_millis.max(0) as u64)),
+            signature: account.signature.clone(),
+            unsubscribe_url: None,
+            tracking_pixel_url: None,
+        };
+        let Some(base_url) = personal else {
+            jobs.push(Job {
                 outbox_id: row.outbox_id,
                 envelope_from: chosen.envelope_from,
                 recipients: row.recipients,
-                message: OutgoingMessage {
-                    message_id: row.message_id,
-                    from: chosen.from,
-                    reply_to: chosen.reply_to,
-                    to: row.to,
-                    cc: row.cc,
-                    bcc: row.bcc,
-                    subject: row.subject,
-                    text_body: row.body_text,
-                    html_body: row.body_html,
-                    attachments: row.attachments,
-                    headers: row.headers,
-                    in_reply_to: row.in_reply_to,
-                    references: row.references,
-                    date: Some(UNIX_EPOCH + Duration::from_millis(row.created_at_millis.max(0) as u64)),
-                    signature: account.signature.clone(),
-                    unsubscribe_url: None,
-                    tracking_pixel_url: None,
-                },
+                message,
+            });
+            continue;
+        };
+        if row.recipients.is_empty() {
+            // Every recipient was suppressed: the job reports it.
+            jobs.push(Job {
+                outbox_id: row.outbox_id,
+                envelope_from: chosen.envelope_from,
+                recipients: Vec::new(),
+                message,
+            });
+            continue;
+        }
+        for recipient in row.recipients {
+            let link = |purpose: Purpose, path: &str| {
+                format!("{base_url}/{path}?token={}", sign(&links.key, purpose, row.outbox_id, &recipient))
+            };
+            let mut copy = message.clone();
+            if account.send_unsubscribe_message {
+                copy.unsubscribe_url = Some(link(Purpose::Unsubscribe, "unsubscribe"));
             }
-        })
-        .collect();
+            if account.track_email_status {
+                copy.tracking_pixel_url = Some(link(Purpose::Open, "open"));
+            }
+            jobs.push(Job {
+                outbox_id: row.outbox_id,
+                envelope_from: chosen.envelope_from.clone(),
+                recipients: vec![recipient],
+                message: copy,
+            });
+        }
+    }
     AccountBatch { endpoint, login, jobs }
 }
 
