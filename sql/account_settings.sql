@@ -200,6 +200,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM email_accounts.check_account_settings(NEW.account_id);
+    -- Mail may have waited for this account (a password, enable_outgoing).
+    PERFORM email_accounts.wake_sender_at_commit();
     RETURN NULL;
 END;
 $$;

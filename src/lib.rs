@@ -26,7 +26,11 @@ pgrx::extension_sql_file!(
     requires = ["domains", "tenants", is_valid_address, is_valid_certificate]
 );
 pgrx::extension_sql_file!("../sql/secrets.sql", name = "secrets", requires = ["accounts"]);
-pgrx::extension_sql_file!("../sql/account_settings.sql", name = "account_settings", requires = ["accounts"]);
+pgrx::extension_sql_file!(
+    "../sql/account_settings.sql",
+    name = "account_settings",
+    requires = ["accounts", wake_sender_at_commit]
+);
 pgrx::extension_sql_file!(
     "../sql/account_tests.sql",
     name = "account_tests",

@@ -26,6 +26,9 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
 pub static SMTP_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// How long a claim on outbox rows holds, in seconds.
 pub static LEASE_DURATION: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// First retry delay in seconds; it doubles with every attempt (capped at an hour).
+pub static RETRY_BASE_DELAY: GucSetting<i32> = GucSetting::<i32>::new(30);
+
 /// Delivery attempts before a row is given up as failed.
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 
@@ -111,6 +114,16 @@ fn register_sender() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
+        c"email_accounts.retry_base_delay",
+        c"Delay before the first retry of a temporarily failed message; it doubles with each attempt, up to an hour, with 20% jitter.",
+        c"",
+        &RETRY_BASE_DELAY,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
         c"email_accounts.max_attempts",
         c"Delivery attempts before an outbox row is given up as failed.",
         c"",
@@ -159,4 +172,8 @@ pub fn public_base_url() -> Option<String> {
         .get()
         .map(|url| url.to_string_lossy().trim_end_matches('/').to_owned())
         .filter(|url| !url.is_empty())
+}
+
+pub fn retry_base_delay_seconds() -> i32 {
+    RETRY_BASE_DELAY.get().max(1)
 }

@@ -309,3 +309,95 @@ fn unsubscribe_links_suppress_later_mail_and_opens_are_counted() {
     });
     assert_eq!(mailbox(&setup.servers, "bob@example.test").len(), 1, "bob received nothing more");
 }
+
+#[test]
+fn a_temporary_failure_is_retried_until_it_succeeds() {
+    let mut setup = setup_with(&["email_accounts.retry_base_delay = '1s'"]);
+    setup.servers.set_recipient_reply("bob@example.test", Some("450 4.2.0 mailbox busy, try later"));
+    let id: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test, carol@example.test}', subject => 'later')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let (attempts, error) = wait_until("the first attempt to be deferred", LIMIT, || {
+        let row = setup
+            .client
+            .query_one("SELECT status, attempts, last_error FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
+            .unwrap();
+        (row.get::<_, String>(0) == "retry").then(|| (row.get::<_, i32>(1), row.get::<_, Option<String>>(2)))
+    });
+    assert_eq!(attempts, 1);
+    let error = error.unwrap();
+    assert!(error.contains("450 4.2.0") && error.contains("mailbox busy"), "the server's own words: {error}");
+    let carol: String = setup
+        .client
+        .query_one(
+            "SELECT status FROM email_accounts.outbox_recipient WHERE outbox_id = $1 AND address = 'carol@example.test'",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(carol, "sent", "the accepted recipient is done");
+
+    // The server accepts again: the retry (due in about a second) delivers to bob only.
+    setup.servers.set_recipient_reply("bob@example.test", None);
+    wait_until("the retry to succeed", LIMIT, || (status_of(&mut setup.client, id).0 == "sent").then_some(()));
+    let attempts: i32 = setup
+        .client
+        .query_one("SELECT attempts FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert!(attempts >= 2);
+    wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
+    assert_eq!(mailbox(&setup.servers, "carol@example.test").len(), 1, "carol was not sent it twice");
+}
+
+#[test]
+fn rows_claimed_by_another_sender_wait_for_its_lease() {
+    let mut setup = setup();
+    // Another sender holds a lease on the row (as after a crash mid-batch).
+    let mut transaction = setup.client.transaction().unwrap();
+    let id: i64 = transaction
+        .query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'leased')", &[])
+        .unwrap()
+        .get(0);
+    transaction
+        .execute(
+            "UPDATE email_accounts.outbox SET status = 'sending', attempts = 1, claim_token = gen_random_uuid(),
+                    lease_until = now() + interval '1 hour' WHERE outbox_id = $1",
+            &[&id],
+        )
+        .unwrap();
+    transaction.commit().unwrap();
+    let other: i64 = setup
+        .client
+        .query_one("SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'free')", &[])
+        .unwrap()
+        .get(0);
+    wait_until("the unleased row to be sent", LIMIT, || {
+        (status_of(&mut setup.client, other).0 == "sent").then_some(())
+    });
+    assert_eq!(status_of(&mut setup.client, id).0, "sending", "a row under someone else's lease is not touched");
+    assert!(mailbox(&setup.servers, "bob@example.test").is_empty());
+
+    // The lease lapses: the row is taken again and sent once.
+    setup
+        .client
+        .execute(
+            "UPDATE email_accounts.outbox SET lease_until = now() - interval '1 second' WHERE outbox_id = $1",
+            &[&id],
+        )
+        .unwrap();
+    setup.client.execute("SELECT email_accounts.flush()", &[]).unwrap();
+    wait_until("the lapsed row to be sent", LIMIT, || (status_of(&mut setup.client, id).0 == "sent").then_some(()));
+    let attempts: i32 = setup
+        .client
+        .query_one("SELECT attempts FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 2);
+    wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
+}

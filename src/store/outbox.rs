@@ -214,7 +214,13 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
 /// current. Recipients accepted are never sent to again; 4xx answers and
 /// unreachable servers retry with exponential backoff and jitter until
 /// `max_attempts`; 5xx answers fail that recipient.
-pub fn record(outbox_id: i64, claim_token: &str, summary: &RowSummary, max_attempts: i32) -> Result<(), SpiError> {
+pub fn record(
+    outbox_id: i64,
+    claim_token: &str,
+    summary: &RowSummary,
+    max_attempts: i32,
+    retry_base_delay_seconds: i32,
+) -> Result<(), SpiError> {
     // A lapsed lease lets another sender take the row: then its claim, not ours, records.
     let still_ours = Spi::connect_mut(|client| {
         client
@@ -259,7 +265,7 @@ pub fn record(outbox_id: i64, claim_token: &str, summary: &RowSummary, max_attem
                     WHEN counts.accepted > 0 THEN 'sent'
                     ELSE 'failed' END,
                 next_attempt_at = CASE WHEN counts.remaining > 0
-                    THEN now() + make_interval(secs => least(3600, 30 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
+                    THEN now() + make_interval(secs => least(3600, $4 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
                     ELSE row.next_attempt_at END,
                 sent_at = CASE WHEN counts.remaining = 0 AND counts.accepted > 0 THEN now() END,
                 last_error = $2,
@@ -267,6 +273,19 @@ pub fn record(outbox_id: i64, claim_token: &str, summary: &RowSummary, max_attem
                 claim_token = NULL
            FROM counts
           WHERE row.outbox_id = $1",
-        &[outbox_id.into(), summary.last_error.clone().into(), max_attempts.into()],
+        &[outbox_id.into(), summary.last_error.clone().into(), max_attempts.into(), (retry_base_delay_seconds as f64).into()],
+    )
+}
+
+/// Seconds until the next row of a ready account becomes due (or a claim
+/// lapses): the sender sleeps until then instead of its fallback poll. Rows
+/// of accounts that are not ready wait for the account change that wakes it.
+pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
+    Spi::get_one::<f64>(
+        "SELECT extract(epoch FROM min(CASE WHEN outbox.status = 'sending' THEN outbox.lease_until
+                                             ELSE outbox.next_attempt_at END) - now())::float8
+           FROM email_accounts.outbox
+           JOIN email_accounts.account_settings AS settings USING (account_id)
+          WHERE settings.ready_to_send AND outbox.status IN ('queued', 'retry', 'sending')",
     )
 }

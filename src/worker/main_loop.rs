@@ -68,13 +68,16 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             extension_was_installed = Some(installed);
         }
 
+        let mut sleep = settings::fallback_poll_interval();
         if installed && role == Role::Sender {
-            super::sender::drain(role.worker_name());
+            if let Some(next_due) = super::sender::drain(role.worker_name()) {
+                sleep = sleep.min(next_due);
+            }
         }
         if shutdown_requested() {
             break;
         }
-        let woken_by = wait_for_latch(settings::fallback_poll_interval());
+        let woken_by = wait_for_latch(sleep);
         if woken_by.postmaster_died || shutdown_requested() {
             break;
         }

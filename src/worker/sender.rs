@@ -82,6 +82,7 @@ pub fn run_once() -> Result<usize, StoreError> {
     results.extend(deliver(batches, settings::smtp_connections(), |work| threads::spawn_without_signals(work)));
 
     let max_attempts = settings::max_attempts();
+    let retry_base_delay = settings::retry_base_delay_seconds();
     in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
         let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();
         for (outbox_id, outcome) in &results {
@@ -89,7 +90,7 @@ pub fn run_once() -> Result<usize, StoreError> {
         }
         for (outbox_id, outcomes) in by_row {
             if let Some(token) = tokens.get(&outbox_id) {
-                outbox::record(outbox_id, token, &summarize(outcomes), max_attempts).map_err(spi)?;
+                outbox::record(outbox_id, token, &summarize(outcomes), max_attempts, retry_base_delay).map_err(spi)?;
             }
         }
         Ok(())
@@ -197,17 +198,25 @@ fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedR
     AccountBatch { endpoint, login, jobs }
 }
 
-/// Sends until nothing is due (or the worker is asked to stop).
-pub fn drain(role_name: &str) {
+/// Sends until nothing is due (or the worker is asked to stop); returns how
+/// long the worker may sleep before the next row is due.
+pub fn drain(role_name: &str) -> Option<Duration> {
     loop {
         match run_once() {
-            Ok(0) => return,
-            Ok(_) if super::main_loop::shutdown_requested() => return,
+            Ok(0) => return next_due(),
+            Ok(_) if super::main_loop::shutdown_requested() => return None,
             Ok(_) => {}
             Err(error) => {
                 log!("{role_name}: a sending round failed and will be retried: {error}");
-                return;
+                return Some(Duration::from_secs(1));
             }
         }
     }
+}
+
+/// Time until the next waiting row is due; rows due now but not claimable
+/// (their account is not ready or at its rate limit) are looked at again in a second.
+fn next_due() -> Option<Duration> {
+    let seconds = in_transaction(outbox::seconds_until_next_due).ok()?.ok()??;
+    Some(Duration::from_secs_f64(seconds.max(1.0)))
 }

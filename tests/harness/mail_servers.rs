@@ -58,6 +58,24 @@ impl MailServers {
             .unwrap_or_else(|| panic!("{address} is not in mail-users.txt"))
     }
 
+    /// Makes Postfix answer RCPT TO for `address` with `reply` (e.g. "450 4.2.0
+    /// try later"), or accept it again with `None`.
+    pub fn set_recipient_reply(&self, address: &str, reply: Option<&str>) {
+        let postfix = self.root.path().join("postfix");
+        let path = postfix.join("recipient_answers");
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.split_whitespace().next() != Some(address))
+            .map(str::to_owned)
+            .collect();
+        if let Some(reply) = reply {
+            lines.push(format!("{address} {reply}"));
+        }
+        std::fs::write(&path, lines.join("\n") + "\n").expect("recipient_answers");
+        run_script("postfix.sh", &["reload", &text(&postfix)]);
+    }
+
     /// Postfix's log: one line per accepted, delivered or rejected message.
     pub fn smtp_log(&self) -> String {
         std::fs::read_to_string(self.root.path().join("postfix/maillog")).unwrap_or_default()
