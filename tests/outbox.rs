@@ -401,3 +401,34 @@ fn rows_claimed_by_another_sender_wait_for_its_lease() {
     assert_eq!(attempts, 2);
     wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
 }
+
+#[test]
+fn sent_mail_is_copied_to_the_sent_folder() {
+    let mut setup = setup();
+    setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET append_to_sent_folder = true WHERE name = 'Alice at Example'")
+        .unwrap();
+    let id: i64 = setup
+        .client
+        .query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'keep a copy')", &[])
+        .unwrap()
+        .get(0);
+    wait_until("the row to be sent", LIMIT, || (status_of(&mut setup.client, id).0 == "sent").then_some(()));
+    let (status, last_error) = status_of(&mut setup.client, id);
+    assert_eq!((status.as_str(), last_error), ("sent", None));
+
+    let ca = native_tls::Certificate::from_pem(setup.servers.ca_pem().as_bytes()).unwrap();
+    let connector = native_tls::TlsConnector::builder().add_root_certificate(ca).build().unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", setup.servers.imaps)).unwrap();
+    let mut client = imap::Client::new(connector.connect("localhost", tcp).unwrap());
+    client.read_greeting().unwrap();
+    let alice = setup.servers.user("alice@example.test");
+    let mut session = client.login(&alice.address, &alice.password).map_err(|(error, _)| error).unwrap();
+    assert_eq!(session.examine("Sent").unwrap().exists, 1);
+    let fetches = session.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])").unwrap();
+    let fetch = fetches.iter().next().unwrap();
+    assert!(fetch.flags().iter().any(|flag| *flag == imap::types::Flag::Seen));
+    assert!(String::from_utf8_lossy(fetch.header().unwrap()).contains("keep a copy"));
+    session.logout().unwrap();
+}

@@ -21,12 +21,22 @@ pub struct Job {
     pub recipients: Vec<String>,
 }
 
+/// Where copies of sent mail go: an IMAP folder of the account.
+#[derive(Debug, Clone)]
+pub struct SentFolder {
+    pub endpoint: Endpoint,
+    pub login: Login,
+    pub folder: String,
+}
+
 /// An account's server and login, and its messages.
 #[derive(Debug, Clone)]
 pub struct AccountBatch {
     pub endpoint: Endpoint,
     pub login: Option<Login>,
     pub jobs: Vec<Job>,
+    /// Append one copy of every sent message here; `Err` says why it cannot be.
+    pub sent_folder: Option<Result<SentFolder, String>>,
 }
 
 /// What happened to one message.
@@ -38,6 +48,8 @@ pub enum JobOutcome {
     Unsendable(String),
     /// The connection failed before the server answered for this message.
     NotAttempted(ConnectionError),
+    /// The message was sent, but its copy could not be put in the Sent folder.
+    SentCopyFailed(String),
 }
 
 /// Delivers every batch, at most `parallel` accounts at a time; returns
@@ -75,6 +87,7 @@ fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
     let mut client: Option<SmtpClient> = None;
     let mut server_down: Option<ConnectionError> = None;
     let mut reconnects_left = 1;
+    let mut sent_copies: Vec<(i64, Vec<u8>)> = Vec::new();
     for job in batch.jobs {
         let prepared = compose(&job.message).map_err(|error| error.to_string()).and_then(|composed| {
             let (from, recipients) = envelope(&job)?;
@@ -104,6 +117,10 @@ fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
             };
             match connection.send(&from, &recipients, &bytes) {
                 Ok(delivery) => {
+                    let accepted = matches!(delivery.data, Some(Ok(_)));
+                    if accepted && !sent_copies.iter().any(|(outbox_id, _)| *outbox_id == job.outbox_id) {
+                        sent_copies.push((job.outbox_id, bytes.clone()));
+                    }
                     break JobOutcome::Answered {
                         recipients: delivery
                             .recipients
@@ -128,6 +145,33 @@ fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
     if let Some(client) = client {
         client.quit();
     }
+    if let Some(sent_folder) = batch.sent_folder.filter(|_| !sent_copies.is_empty()) {
+        outcomes.extend(append_sent_copies(sent_folder, sent_copies));
+    }
+    outcomes
+}
+
+/// Appends the copies over one IMAP session, marked \Seen; failures are
+/// reported per message (the mail itself is sent all the same).
+fn append_sent_copies(sent_folder: Result<SentFolder, String>, copies: Vec<(i64, Vec<u8>)>) -> Vec<(i64, JobOutcome)> {
+    let failed = |problem: String| -> Vec<(i64, JobOutcome)> {
+        copies.iter().map(|(outbox_id, _)| (*outbox_id, JobOutcome::SentCopyFailed(problem.clone()))).collect()
+    };
+    let sent_folder = match sent_folder {
+        Ok(sent_folder) => sent_folder,
+        Err(problem) => return failed(problem),
+    };
+    let mut session = match crate::imap_client::connect(&sent_folder.endpoint, &sent_folder.login) {
+        Ok((session, _)) => session,
+        Err(error) => return failed(format!("copy to {}: {error}", sent_folder.folder)),
+    };
+    let mut outcomes = Vec::new();
+    for (outbox_id, bytes) in &copies {
+        if let Err(error) = session.append(&sent_folder.folder, bytes).flag(imap::types::Flag::Seen).finish() {
+            outcomes.push((*outbox_id, JobOutcome::SentCopyFailed(format!("copy to {}: {error}", sent_folder.folder))));
+        }
+    }
+    let _ = session.logout();
     outcomes
 }
 
@@ -209,6 +253,7 @@ pub fn summarize<'a>(outcomes: impl IntoIterator<Item = &'a JobOutcome>) -> RowS
                 summary.last_error = Some(problem.clone());
             }
             JobOutcome::NotAttempted(error) => summary.last_error = Some(error.to_string()),
+            JobOutcome::SentCopyFailed(problem) => summary.last_error = Some(format!("sent, but {problem}")),
         }
     }
     summary

@@ -50,6 +50,10 @@ pub struct SendingSettings {
     pub default_incoming_address: Option<String>,
     pub send_unsubscribe_message: bool,
     pub track_email_status: bool,
+    /// The folder to copy sent mail to, when the account asks for it.
+    pub sent_folder: Option<String>,
+    /// The account's incoming server when it is IMAP: host, port, security.
+    pub imap_server: Option<(String, i32, String)>,
 }
 
 const EXPIRE: &str = "
@@ -179,7 +183,10 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     settings.always_use_account_address_as_sender, settings.always_use_account_name_as_sender_name,
                     (SELECT incoming.address FROM email_accounts.account AS incoming
                       WHERE incoming.default_incoming AND incoming.tenant IS NOT DISTINCT FROM settings.tenant),
-                    settings.send_unsubscribe_message, settings.track_email_status
+                    settings.send_unsubscribe_message, settings.track_email_status,
+                    CASE WHEN settings.append_to_sent_folder THEN settings.sent_folder END,
+                    CASE WHEN settings.incoming_protocol = 'imap' THEN settings.incoming_host END,
+                    settings.incoming_port, settings.incoming_security
                FROM email_accounts.account_settings AS settings
               WHERE settings.account_id = ANY ($1)",
             None,
@@ -204,6 +211,11 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     default_incoming_address: row.get(14)?,
                     send_unsubscribe_message: row.get(15)?.unwrap_or_default(),
                     track_email_status: row.get(16)?.unwrap_or_default(),
+                    sent_folder: row.get(17)?,
+                    imap_server: match (row.get::<String>(18)?, row.get::<i32>(19)?, row.get::<String>(20)?) {
+                        (Some(host), Some(port), Some(security)) => Some((host, port, security)),
+                        _ => None,
+                    },
                 })
             })
             .collect()

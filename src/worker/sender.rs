@@ -9,7 +9,7 @@ use crate::store::{links, secrets};
 use crate::threads;
 use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::{Endpoint, Login, Security};
-use email_accounts_mail::delivery::{deliver, summarize, AccountBatch, Job, JobOutcome};
+use email_accounts_mail::delivery::{deliver, summarize, AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::token::{sign, Purpose};
 use pgrx::prelude::*;
@@ -195,7 +195,22 @@ fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedR
             });
         }
     }
-    AccountBatch { endpoint, login, jobs }
+    let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap_server, &login) {
+        (Some((host, port, security)), Some(login)) => Ok(SentFolder {
+            endpoint: Endpoint {
+                host: host.clone(),
+                port: (*port).clamp(0, u16::MAX as i32) as u16,
+                security: Security::parse(security).unwrap_or(Security::Ssl),
+                extra_ca_pem: account.extra_ca_certificate.clone(),
+                timeout: settings::connect_timeout(),
+            },
+            login: login.clone(),
+            folder: folder.clone(),
+        }),
+        (None, _) => Err(format!("cannot copy to {folder}: the account has no IMAP incoming server")),
+        (_, None) => Err(format!("cannot copy to {folder}: the account has no password")),
+    });
+    AccountBatch { endpoint, login, jobs, sent_folder }
 }
 
 /// Sends until nothing is due (or the worker is asked to stop); returns how
