@@ -54,6 +54,7 @@ CREATE TABLE email_accounts.outbox (
 CREATE INDEX outbox_due ON email_accounts.outbox (next_attempt_at, priority DESC)
     WHERE status IN ('queued', 'retry');
 CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
+CREATE INDEX outbox_account_sent_at ON email_accounts.outbox (account_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;
 
 COMMENT ON TABLE email_accounts.outbox IS

@@ -432,3 +432,31 @@ fn sent_mail_is_copied_to_the_sent_folder() {
     assert!(String::from_utf8_lossy(fetch.header().unwrap()).contains("keep a copy"));
     session.logout().unwrap();
 }
+
+#[test]
+fn an_account_sends_no_more_than_its_rate_limit() {
+    let mut setup = setup();
+    setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET send_limit_per_minute = 2 WHERE name = 'Alice at Example'")
+        .unwrap();
+    setup
+        .client
+        .batch_execute("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'n' || n) FROM generate_series(1, 5) AS n")
+        .unwrap();
+    let count = |client: &mut postgres::Client, status: &str| -> i64 {
+        client.query_one("SELECT count(*) FROM email_accounts.outbox WHERE status = $1", &[&status]).unwrap().get(0)
+    };
+    wait_until("two messages to be sent", LIMIT, || (count(&mut setup.client, "sent") == 2).then_some(()));
+    // Held-back rows are looked at again every second: let the sender look twice more.
+    let wakeups = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one("SELECT latch_wakeups + timeouts FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+            .unwrap()
+            .get(0)
+    };
+    let seen = wakeups(&mut setup.client);
+    wait_until("the sender to look again", LIMIT, || (wakeups(&mut setup.client) >= seen + 2).then_some(()));
+    assert_eq!(count(&mut setup.client, "sent"), 2, "the limit holds within the minute");
+    assert_eq!(count(&mut setup.client, "queued"), 3);
+}

@@ -63,18 +63,42 @@ UPDATE email_accounts.outbox
  WHERE expires_at <= now()
    AND (status IN ('queued', 'retry') OR (status = 'sending' AND lease_until < now()))";
 
+// Each ready account may send what its rate limits leave: its limit minus
+// the rows it sent (or has in flight) in the last minute, hour and day.
 const CLAIM: &str = "
-WITH due AS (
-    SELECT outbox.outbox_id
-      FROM email_accounts.outbox
-      JOIN email_accounts.account_settings AS settings USING (account_id)
+WITH allowance AS (
+    SELECT settings.account_id,
+           greatest(0, least($1::bigint,
+                             coalesce(settings.send_limit_per_minute - recent.last_minute, $1::bigint),
+                             coalesce(settings.send_limit_per_hour - recent.last_hour, $1::bigint),
+                             coalesce(settings.send_limit_per_day - recent.last_day, $1::bigint))) AS rows
+      FROM email_accounts.account_settings AS settings
+     CROSS JOIN LATERAL (
+         SELECT count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 minute') AS last_minute,
+                count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 hour') AS last_hour,
+                count(*) AS last_day
+           FROM email_accounts.outbox AS sent
+          WHERE sent.account_id = settings.account_id
+            AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
+            AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
+     ) AS recent
      WHERE settings.ready_to_send
-       AND ((outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
-            OR (outbox.status = 'sending' AND outbox.lease_until < now()))
-       AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
-     ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
+), due AS (
+    SELECT picked.outbox_id
+      FROM allowance
+     CROSS JOIN LATERAL (
+         SELECT outbox.outbox_id, outbox.priority, outbox.next_attempt_at
+           FROM email_accounts.outbox
+          WHERE outbox.account_id = allowance.account_id
+            AND ((outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
+                 OR (outbox.status = 'sending' AND outbox.lease_until < now()))
+            AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
+          ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
+          LIMIT allowance.rows
+            FOR UPDATE SKIP LOCKED
+     ) AS picked
+     ORDER BY picked.priority DESC, picked.next_attempt_at, picked.outbox_id
      LIMIT $1
-       FOR UPDATE OF outbox SKIP LOCKED
 )
 UPDATE email_accounts.outbox
    SET status = 'sending', attempts = attempts + 1, claim_token = gen_random_uuid(),
