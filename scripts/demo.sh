@@ -82,6 +82,44 @@ SQL
 "${psql[@]}" -c "SELECT email_accounts.set_password('Alice', 'alice-password')"
 "${psql[@]}" -P pager=off -c "SELECT name, address, incoming_host, incoming_port, smtp_port, smtp_security, ready_to_send, ready_to_receive FROM email_accounts.account_settings"
 "${psql[@]}" -P pager=off -c "SELECT jsonb_pretty(email_accounts.test_account('Alice'))"
+
+echo "==> mail queued from SQL in a transaction, delivered by the sender worker at commit"
+"${psql[@]}" <<'SQL'
+BEGIN;
+SELECT email_accounts.send("to" => '{Bob <bob@example.test>}', cc => '{carol@example.test}',
+                           subject => 'Hello from PostgreSQL', body_text => 'Sent by email_accounts.',
+                           body_html => '<p>Sent by <b>email_accounts</b>.</p>') AS outbox_id;
+SELECT email_accounts.send("to" => '{bob@example.test}', subject => 'Never sent: rolled back');
+ROLLBACK;
+BEGIN;
+SELECT email_accounts.send("to" => '{Bob <bob@example.test>}', cc => '{carol@example.test}',
+                           subject => 'Hello from PostgreSQL', body_text => 'Sent by email_accounts.',
+                           body_html => '<p>Sent by <b>email_accounts</b>.</p>') AS outbox_id;
+COMMIT;
+SQL
+for _ in $(seq 1 100); do
+  sent=$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'")
+  [ "$sent" = 1 ] && break
+  sleep 0.1
+done
+"${psql[@]}" -P pager=off -c "SELECT outbox_id, account, status, attempts, message_id, sent_at - created_at AS took FROM email_accounts.outbox"
+"${psql[@]}" -P pager=off -c "SELECT outbox_id, address, kind, status, reply FROM email_accounts.outbox_recipient"
+echo "==> and it is in bob's Dovecot mailbox (read back over IMAPS):"
+python3 - "$IMAPS_PORT" "$demo/certificates/ca.pem" <<'PYTHON'
+import imaplib, ssl, sys, time
+context = ssl.create_default_context(cafile=sys.argv[2])
+for _ in range(50):
+    imap = imaplib.IMAP4_SSL("localhost", int(sys.argv[1]), ssl_context=context)
+    imap.login("bob@example.test", "bob-password")
+    imap.select("INBOX", readonly=True)
+    _, found = imap.search(None, "ALL")
+    if found[0]:
+        _, data = imap.fetch(found[0].split()[-1], "(BODY.PEEK[HEADER.FIELDS (FROM TO CC SUBJECT MESSAGE-ID)])")
+        print("   " + data[0][1].decode().strip().replace("\r\n", "\n   "))
+        break
+    imap.logout()
+    time.sleep(0.1)
+PYTHON
 trap - ERR
 
 cat <<TEXT
@@ -93,6 +131,8 @@ The demo is running. Look around with:
   postgres=# SELECT * FROM email_accounts.worker_status();
   postgres=# SELECT * FROM email_accounts.account_settings;
   postgres=# SELECT * FROM email_accounts.test_all();
+  postgres=# SELECT email_accounts.send("to" => '{carol@example.test}', subject => 'Hi', body_text => 'Hello');
+  postgres=# SELECT * FROM email_accounts.outbox_status;
   postgres=# SELECT email_accounts.is_valid_address('ann@example.test');
 
 Mail servers on 127.0.0.1 (users and passwords in scripts/services/mail-users.txt,

@@ -12,7 +12,7 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static WORKER_RESTART_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 
 /// How often an idle worker wakes up without being signalled, in milliseconds.
-pub static FALLBACK_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static FALLBACK_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
 /// Bound on connecting to a mail server and on each read and write, in milliseconds.
 pub static CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
