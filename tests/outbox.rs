@@ -59,15 +59,20 @@ fn setup_with(settings: &[&str]) -> Setup {
     Setup { servers, _cluster: cluster, client }
 }
 
-/// Every message in a mailbox, raw, read over IMAPS without changing \Seen.
-fn mailbox(servers: &MailServers, address: &str) -> Vec<String> {
+/// A logged-in IMAPS session of a harness mailbox.
+fn imap_session(servers: &MailServers, address: &str) -> imap::Session<native_tls::TlsStream<TcpStream>> {
     let ca = native_tls::Certificate::from_pem(servers.ca_pem().as_bytes()).unwrap();
     let connector = native_tls::TlsConnector::builder().add_root_certificate(ca).build().unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", servers.imaps)).unwrap();
     let mut client = imap::Client::new(connector.connect("localhost", tcp).unwrap());
     client.read_greeting().unwrap();
     let user = servers.user(address);
-    let mut session = client.login(&user.address, &user.password).map_err(|(error, _)| error).unwrap();
+    client.login(&user.address, &user.password).map_err(|(error, _)| error).unwrap()
+}
+
+/// Every message in a mailbox, raw, read over IMAPS without changing \Seen.
+fn mailbox(servers: &MailServers, address: &str) -> Vec<String> {
+    let mut session = imap_session(servers, address);
     let exists = session.examine("INBOX").unwrap().exists;
     let messages = if exists == 0 {
         Vec::new()
@@ -418,13 +423,7 @@ fn sent_mail_is_copied_to_the_sent_folder() {
     let (status, last_error) = status_of(&mut setup.client, id);
     assert_eq!((status.as_str(), last_error), ("sent", None));
 
-    let ca = native_tls::Certificate::from_pem(setup.servers.ca_pem().as_bytes()).unwrap();
-    let connector = native_tls::TlsConnector::builder().add_root_certificate(ca).build().unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", setup.servers.imaps)).unwrap();
-    let mut client = imap::Client::new(connector.connect("localhost", tcp).unwrap());
-    client.read_greeting().unwrap();
-    let alice = setup.servers.user("alice@example.test");
-    let mut session = client.login(&alice.address, &alice.password).map_err(|(error, _)| error).unwrap();
+    let mut session = imap_session(&setup.servers, "alice@example.test");
     assert_eq!(session.examine("Sent").unwrap().exists, 1);
     let fetches = session.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])").unwrap();
     let fetch = fetches.iter().next().unwrap();
@@ -459,4 +458,118 @@ fn an_account_sends_no_more_than_its_rate_limit() {
     wait_until("the sender to look again", LIMIT, || (wakeups(&mut setup.client) >= seen + 2).then_some(()));
     assert_eq!(count(&mut setup.client, "sent"), 2, "the limit holds within the minute");
     assert_eq!(count(&mut setup.client, "queued"), 3);
+}
+
+#[test]
+fn a_row_that_cannot_be_recorded_does_not_hold_up_the_others() {
+    let mut setup = setup();
+    // Sabotage: recording carol's delivery raises an error.
+    setup
+        .client
+        .batch_execute(
+            "CREATE FUNCTION public.refuse_carol() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.address = 'carol@example.test' AND NEW.status = 'sent' THEN
+                     RAISE EXCEPTION 'sabotaged for the test';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_carol BEFORE UPDATE ON email_accounts.outbox_recipient
+                 FOR EACH ROW EXECUTE FUNCTION public.refuse_carol();",
+        )
+        .unwrap();
+    let mut transaction = setup.client.transaction().unwrap();
+    let poisoned: i64 =
+        transaction.query_one("SELECT email_accounts.send(\"to\" => '{carol@example.test}')", &[]).unwrap().get(0);
+    let healthy: i64 =
+        transaction.query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}')", &[]).unwrap().get(0);
+    transaction.commit().unwrap();
+    wait_until("the healthy row to be recorded", LIMIT, || {
+        (status_of(&mut setup.client, healthy).0 == "sent").then_some(())
+    });
+    assert_eq!(status_of(&mut setup.client, poisoned).0, "sending", "it keeps its lease and is retried when it lapses");
+    let log = setup._cluster.server_log();
+    assert!(
+        log.contains(&format!("cannot record outbox row {poisoned}")) && log.contains("sabotaged for the test"),
+        "{log}"
+    );
+}
+
+#[test]
+fn mail_not_sent_before_expires_at_expires() {
+    let mut setup = setup();
+    // The account waits for its password, so nothing can go out yet.
+    setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'Alice at Example'")
+        .unwrap();
+    let id: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test}', expires_at => now() + interval '1 second')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let alice = setup.servers.user("alice@example.test").password.clone();
+    // Setting the password wakes the sender: the row is past its expiry.
+    setup.client.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&alice]).unwrap();
+    wait_until("the row to expire", LIMIT, || (status_of(&mut setup.client, id).0 == "expired").then_some(()));
+    assert!(status_of(&mut setup.client, id).1.unwrap().contains("expired at"));
+    assert!(mailbox(&setup.servers, "bob@example.test").is_empty());
+}
+
+#[test]
+fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
+    let mut setup = setup_with(&["email_accounts.lease_duration = '20s'", "email_accounts.connect_timeout = '60s'"]);
+    // A server that accepts and never answers keeps the batch in flight.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    setup
+        .client
+        .execute(
+            &format!("UPDATE email_accounts.account SET smtp_port = {silent_port} WHERE name = 'Alice at Example'"),
+            &[],
+        )
+        .unwrap();
+    let id: i64 =
+        setup.client.query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}')", &[]).unwrap().get(0);
+    wait_until("the row to be claimed", LIMIT, || (status_of(&mut setup.client, id).0 == "sending").then_some(()));
+    let _held = silent.accept().unwrap();
+
+    let sender: i32 = setup
+        .client
+        .query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+        .unwrap()
+        .get(0);
+    assert!(std::process::Command::new("kill").args(["-KILL", &sender.to_string()]).status().unwrap().success());
+    let mut client = setup._cluster.connect_when_ready("postgres");
+    client
+        .execute(
+            &format!(
+                "UPDATE email_accounts.account SET smtp_port = {} WHERE name = 'Alice at Example'",
+                setup.servers.smtp
+            ),
+            &[],
+        )
+        .unwrap();
+    wait_until("a new sender", LIMIT, || {
+        let pid: Option<i32> = client
+            .query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+            .unwrap()
+            .get(0);
+        pid.filter(|pid| *pid != sender).map(|_| ())
+    });
+    client.execute("SELECT email_accounts.flush()", &[]).unwrap();
+    assert_eq!(status_of(&mut client, id).0, "sending", "still under the dead sender's lease");
+    assert!(mailbox(&setup.servers, "bob@example.test").is_empty());
+
+    wait_until("the lease to lapse and the row to be sent", LIMIT, || {
+        (status_of(&mut client, id).0 == "sent").then_some(())
+    });
+    let attempts: i32 =
+        client.query_one("SELECT attempts FROM email_accounts.outbox WHERE outbox_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(attempts, 2);
+    wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
 }

@@ -86,6 +86,22 @@ fn workers_wait_for_the_extension_and_survive_drop_and_create() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(status_pids, pids.iter().map(|(_, pid)| *pid).collect::<Vec<_>>());
+
+    // DROP EXTENSION while the sender keeps querying the outbox: the worker
+    // gives way (lock_timeout below deadlock_timeout), the DBA's DDL never fails.
+    for _ in 0..15 {
+        client
+            .batch_execute(
+                "INSERT INTO email_accounts.account (name, address, provider, enable_outgoing, default_outgoing)
+                 VALUES ('out', 'out@gmail.com', 'gmail', true, true);
+                 SELECT email_accounts.send(\"to\" => '{a@example.com}');",
+            )
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        client.batch_execute("DROP EXTENSION email_accounts").unwrap();
+        client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    }
+    assert_eq!(worker_pids(&mut client), pids, "the same worker processes carry on");
     assert_eq!(worker_errors(&cluster.server_log()), Vec::<&str>::new());
 }
 

@@ -44,3 +44,34 @@ pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
     })
     .execute()
 }
+
+/// Runs `body` in a subtransaction of the current transaction: on error only
+/// the subtransaction is rolled back, and the caller carries on (as a
+/// PL/pgSQL exception block does). Used so one bad row never undoes the rest.
+pub fn in_subtransaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, StoreError> {
+    let memory_context = unsafe { pg_sys::CurrentMemoryContext };
+    let resource_owner = unsafe { pg_sys::CurrentResourceOwner };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(memory_context);
+    }
+    PgTryBuilder::new(|| {
+        let result = body();
+        unsafe {
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(memory_context);
+            pg_sys::CurrentResourceOwner = resource_owner;
+        }
+        Ok(result)
+    })
+    .catch_others(|error| {
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(memory_context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(memory_context);
+            pg_sys::CurrentResourceOwner = resource_owner;
+        }
+        Err(StoreError::from(error))
+    })
+    .execute()
+}

@@ -4,7 +4,7 @@
 
 use crate::settings;
 use crate::store::outbox::{self, ClaimedRow, SendingSettings};
-use crate::store::transaction::{in_transaction, StoreError};
+use crate::store::transaction::{in_subtransaction, in_transaction, StoreError};
 use crate::store::{links, secrets};
 use crate::threads;
 use email_accounts_mail::compose::OutgoingMessage;
@@ -89,8 +89,17 @@ pub fn run_once() -> Result<usize, StoreError> {
             by_row.entry(*outbox_id).or_default().push(outcome);
         }
         for (outbox_id, outcomes) in by_row {
-            if let Some(token) = tokens.get(&outbox_id) {
-                outbox::record(outbox_id, token, &summarize(outcomes), max_attempts, retry_base_delay).map_err(spi)?;
+            let Some(token) = tokens.get(&outbox_id) else { continue };
+            let summary = summarize(outcomes);
+            // One row that cannot be recorded keeps its lease (and is retried
+            // when it lapses); the others are recorded all the same.
+            let recorded = in_subtransaction(AssertUnwindSafe(|| {
+                outbox::record(outbox_id, token, &summary, max_attempts, retry_base_delay)
+            }));
+            match recorded {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => warning!("email_accounts sender: cannot record outbox row {outbox_id}: {error}"),
+                Err(error) => warning!("email_accounts sender: cannot record outbox row {outbox_id}: {error}"),
             }
         }
         Ok(())
