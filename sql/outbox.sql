@@ -127,3 +127,8 @@ COMMENT ON COLUMN email_accounts.outbox_attachment.filename IS 'File name shown 
 COMMENT ON COLUMN email_accounts.outbox_attachment.content_type IS 'MIME type, e.g. application/pdf.';
 COMMENT ON COLUMN email_accounts.outbox_attachment.content IS 'The file''s bytes.';
 COMMENT ON COLUMN email_accounts.outbox_attachment.content_id IS 'Content id for an inline part (referenced as cid:content_id in body_html); NULL for an ordinary attachment.';
+
+-- pg_dump keeps the queue: extension tables are otherwise dumped empty.
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_recipient', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_attachment', '');

@@ -573,3 +573,28 @@ fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
     assert_eq!(attempts, 2);
     wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
 }
+
+#[test]
+fn pg_dump_keeps_accounts_secrets_and_the_queue() {
+    let setup = setup();
+    let mut client = setup._cluster.connect("postgres");
+    client
+        .execute("SELECT email_accounts.send(\"to\" => '{nobody-yet@example.test}', subject => 'in the dump')", &[])
+        .unwrap();
+    let output = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_dump", "-h", "127.0.0.1", "-p"])
+        .arg(setup._cluster.port.to_string())
+        .args(["-U", "postgres", "--data-only", "postgres"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let dump = String::from_utf8_lossy(&output.stdout);
+    for table in ["account", "account_secret", "domain", "outbox", "outbox_recipient", "link_signing_key"] {
+        assert!(dump.contains(&format!("COPY email_accounts.{table} ")), "{table} is not in the dump");
+    }
+    assert!(dump.contains("in the dump"));
+    assert!(
+        !dump.contains("COPY email_accounts.provider (") || !dump.contains("imap.gmail.com"),
+        "built-in presets are not dumped"
+    );
+}

@@ -221,13 +221,19 @@ fn the_sender_is_woken_once_per_committed_transaction_and_never_on_rollback() {
     let mut client = cluster.connect("postgres");
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     wait_until("CREATE EXTENSION to wake both workers", LIMIT, || states_are(&mut client, "idle"));
+    // Adding an account wakes the sender too (mail may have waited for it):
+    // take the baseline once that wake-up has happened.
+    let before_account = sender_wakeups(&mut client);
     client
         .batch_execute(
             "INSERT INTO email_accounts.account (name, address, provider, enable_outgoing, default_outgoing)
              VALUES ('out', 'out@gmail.com', 'gmail', true, true)",
         )
         .unwrap();
-    let before = sender_wakeups(&mut client);
+    let before = wait_until("the account change to wake the sender", LIMIT, || {
+        let now = sender_wakeups(&mut client);
+        (now.0 == before_account.0 + 1).then_some(now)
+    });
 
     // Three messages in one transaction: one wake-up, after the commit.
     let mut transaction = client.transaction().unwrap();
