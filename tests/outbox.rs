@@ -544,7 +544,12 @@ fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
         .unwrap()
         .get(0);
     assert!(std::process::Command::new("kill").args(["-KILL", &sender.to_string()]).status().unwrap().success());
-    let mut client = setup._cluster.connect_when_ready("postgres");
+    // Restarted once a new sender shows in the (reinitialised) shared memory.
+    let (mut client, _) = setup._cluster.reconnect_until("a new sender after the crash", |client| {
+        let pid: Option<i32> =
+            client.query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])?.get(0);
+        Ok(pid.filter(|pid| *pid != sender))
+    });
     client
         .execute(
             &format!(
@@ -554,13 +559,6 @@ fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
             &[],
         )
         .unwrap();
-    wait_until("a new sender", LIMIT, || {
-        let pid: Option<i32> = client
-            .query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
-            .unwrap()
-            .get(0);
-        pid.filter(|pid| *pid != sender).map(|_| ())
-    });
     client.execute("SELECT email_accounts.flush()", &[]).unwrap();
     assert_eq!(status_of(&mut client, id).0, "sending", "still under the dead sender's lease");
     assert!(mailbox(&setup.servers, "bob@example.test").is_empty());
@@ -596,4 +594,50 @@ fn pg_dump_keeps_accounts_secrets_and_the_queue() {
     // Only presets someone added are dumped; the built-in ones come with CREATE EXTENSION.
     let presets = dump.split("COPY email_accounts.provider ").nth(1).and_then(|rest| rest.split("\\.\n").next());
     assert!(!presets.unwrap_or_default().contains("imap.gmail.com"), "built-in presets are dumped: {presets:?}");
+}
+
+/// Scans of the outbox so far (the sender's statements show up here).
+fn outbox_scans(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables
+              WHERE schemaname = 'email_accounts' AND relname = 'outbox'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn sender_timeouts(client: &mut postgres::Client) -> i64 {
+    client.query_one("SELECT timeouts FROM email_accounts.worker_status() WHERE role = 'sender'", &[]).unwrap().get(0)
+}
+
+#[test]
+fn an_idle_sender_runs_no_statements_but_its_poll_still_finds_rows_that_did_not_wake_it() {
+    let mut setup = setup_with(&["email_accounts.fallback_poll_interval = '200ms'"]);
+    // This session's own statistics (CREATE EXTENSION, setup) reach shared
+    // memory lazily; flush them first so they do not land in the window.
+    setup.client.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+    // Let the sender settle: a few polls after setup.
+    let settled = sender_timeouts(&mut setup.client);
+    wait_until("the sender to poll a few times", LIMIT, || {
+        (sender_timeouts(&mut setup.client) >= settled + 3).then_some(())
+    });
+    let scans = outbox_scans(&mut setup.client);
+    let polls = sender_timeouts(&mut setup.client);
+    wait_until("five more polls", LIMIT, || (sender_timeouts(&mut setup.client) >= polls + 5).then_some(()));
+    assert_eq!(outbox_scans(&mut setup.client), scans, "an idle sender does not query the outbox");
+
+    // A row that arrives without waking the sender (its trigger disabled, as
+    // a restore or a replication apply would) is found by the poll.
+    setup.client.batch_execute("ALTER TABLE email_accounts.outbox DISABLE TRIGGER wake_sender").unwrap();
+    let id: i64 = setup
+        .client
+        .query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'no wake-up')", &[])
+        .unwrap()
+        .get(0);
+    setup.client.batch_execute("ALTER TABLE email_accounts.outbox ENABLE TRIGGER wake_sender").unwrap();
+    wait_until("the poll to find and send the row", LIMIT, || {
+        (status_of(&mut setup.client, id).0 == "sent").then_some(())
+    });
 }

@@ -15,16 +15,19 @@ const FAST_POLL: &str = "email_accounts.fallback_poll_interval = '100ms'";
 
 /// Process ids of the running email_accounts workers, by backend type.
 fn worker_pids(client: &mut postgres::Client) -> Vec<(String, i32)> {
-    client
+    worker_pids_checked(client).expect("pg_stat_activity")
+}
+
+fn worker_pids_checked(client: &mut postgres::Client) -> Result<Vec<(String, i32)>, postgres::Error> {
+    Ok(client
         .query(
             "SELECT backend_type, pid FROM pg_stat_activity
               WHERE backend_type LIKE 'email_accounts %' ORDER BY backend_type",
             &[],
-        )
-        .expect("pg_stat_activity")
+        )?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
-        .collect()
+        .collect())
 }
 
 fn both_running(client: &mut postgres::Client) -> Option<Vec<(String, i32)>> {
@@ -158,9 +161,9 @@ fn workers_restart_after_a_crash() {
     assert!(killed.success());
     drop(client);
 
-    let mut client = cluster.connect_when_ready("postgres");
-    let after = wait_until("both workers to run again", LIMIT, || {
-        both_running(&mut client).filter(|pids| pids.iter().all(|(_, pid)| *pid != sender))
+    let (mut client, after) = cluster.reconnect_until("both workers to run again", |client| {
+        let pids = worker_pids_checked(client)?;
+        Ok(Some(pids).filter(|pids| pids.len() == 2 && pids.iter().all(|(_, pid)| *pid != sender)))
     });
     assert_ne!(after, before);
     wait_until("the restarted workers to be idle", LIMIT, || states_are(&mut client, "idle"));

@@ -47,6 +47,11 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     log!("{} started in database \"{}\"", role.worker_name(), database);
 
     let mut extension_was_installed = None;
+    // The sender's idle state: the outbox change count when a drain last
+    // found nothing waiting. A timeout wake-up skips the drain (and so runs
+    // no statement) while the count stays the same; a latch wake-up never does.
+    let mut idle_at_changes: Option<i64> = None;
+    let mut woken_by_latch = true;
     loop {
         let installed = match catalog::extension_installed() {
             Ok(installed) => installed,
@@ -70,8 +75,18 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
 
         let mut sleep = settings::fallback_poll_interval();
         if installed && role == Role::Sender {
-            if let Some(next_due) = super::sender::drain(role.worker_name()) {
-                sleep = sleep.min(next_due);
+            let changes = catalog::outbox_changes().ok().flatten();
+            let nothing_new = !woken_by_latch && idle_at_changes.is_some() && changes == idle_at_changes;
+            if !nothing_new {
+                match super::sender::drain(role.worker_name()) {
+                    Some(next_due) => {
+                        sleep = sleep.min(next_due);
+                        idle_at_changes = None;
+                    }
+                    None => idle_at_changes = changes,
+                }
+                // Background workers flush their statistics themselves.
+                unsafe { pg_sys::pgstat_report_stat(true) };
             }
         }
         if shutdown_requested() {
@@ -81,6 +96,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         if woken_by.postmaster_died || shutdown_requested() {
             break;
         }
+        woken_by_latch = woken_by.latch;
         board::update(role, |slot| {
             if woken_by.latch {
                 slot.latch_wakeups += 1;

@@ -240,7 +240,11 @@ pub fn drain(role_name: &str) -> Option<Duration> {
 
 /// Time until the next waiting row is due; rows due now but not claimable
 /// (their account is not ready or at its rate limit) are looked at again in a second.
+/// `None` means nothing is waiting; a failed look-up is tried again in a second.
 fn next_due() -> Option<Duration> {
-    let seconds = in_transaction(outbox::seconds_until_next_due).ok()?.ok()??;
-    Some(Duration::from_secs_f64(seconds.max(1.0)))
+    match in_transaction(outbox::seconds_until_next_due) {
+        Ok(Ok(None)) => None,
+        Ok(Ok(Some(seconds))) => Some(Duration::from_secs_f64(seconds.max(1.0))),
+        Ok(Err(_)) | Err(_) => Some(Duration::from_secs(1)),
+    }
 }

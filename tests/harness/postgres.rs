@@ -50,6 +50,20 @@ impl Postgres {
         })
     }
 
+    /// After a crash: connects (again and again, as the server may still be
+    /// resetting) until `check` answers `Some`; returns that connection too.
+    pub fn reconnect_until<T>(
+        &self,
+        what: &str,
+        mut check: impl FnMut(&mut postgres::Client) -> Result<Option<T>, postgres::Error>,
+    ) -> (postgres::Client, T) {
+        wait_until(what, Duration::from_secs(60), || {
+            let mut client = postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls).ok()?;
+            let found = check(&mut client).ok()??;
+            Some((client, found))
+        })
+    }
+
     pub fn stop(&self, mode: &str) {
         run_script("postgres.sh", &["stop", &path_text(&self.directory), mode]);
     }
