@@ -207,6 +207,14 @@ DECLARE
     file email_accounts.attachment;
     position integer := 0;
 BEGIN
+    INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
+                                       headers, account, sender, priority, send_after, expires_at, reference_table,
+                                       reference_id, in_reply_to)
+    VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
+            coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to)
+    RETURNING outbox_id INTO queued;
+    -- A bad attachment raises, and the whole call (the row above too) is undone.
     FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
         position := position + 1;
         IF file.filename IS NULL OR btrim(file.filename) = '' THEN
@@ -215,17 +223,6 @@ BEGIN
         IF file.content IS NULL THEN
             PERFORM email_accounts.raise_outbox_error('attachments', format('attachment %s (%s) has no content', position, file.filename));
         END IF;
-    END LOOP;
-    INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
-                                       headers, account, sender, priority, send_after, expires_at, reference_table,
-                                       reference_id, in_reply_to)
-    VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
-            coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
-            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to)
-    RETURNING outbox_id INTO queued;
-    position := 0;
-    FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
-        position := position + 1;
         INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content_type, content, content_id)
         VALUES (queued, position, file.filename, coalesce(file.content_type, 'application/octet-stream'), file.content, file.content_id);
     END LOOP;
