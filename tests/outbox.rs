@@ -427,7 +427,7 @@ fn sent_mail_is_copied_to_the_sent_folder() {
     assert_eq!(session.examine("Sent").unwrap().exists, 1);
     let fetches = session.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])").unwrap();
     let fetch = fetches.iter().next().unwrap();
-    assert!(fetch.flags().iter().any(|flag| *flag == imap::types::Flag::Seen));
+    assert!(fetch.flags().contains(&imap::types::Flag::Seen));
     assert!(String::from_utf8_lossy(fetch.header().unwrap()).contains("keep a copy"));
     session.logout().unwrap();
 }

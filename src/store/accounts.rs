@@ -41,31 +41,40 @@ SELECT account.account_id,
   FROM email_accounts.account
  WHERE account.name = $1";
 
+/// What ACCESS_QUERY says about one account and one caller.
+struct Access {
+    account_id: i64,
+    ascii_encode_password: bool,
+    visible: bool,
+    may_manage: bool,
+    is_superuser: bool,
+}
+
 /// The account named `name` if `caller` may manage it (set its password, test it).
 pub fn managed_by(name: &str, caller: pg_sys::Oid) -> Result<ManagedAccount, AccountAccessError> {
-    let row = Spi::connect(|client| -> Result<Option<(i64, bool, bool, bool, bool)>, SpiError> {
+    let access = Spi::connect(|client| -> Result<Option<Access>, SpiError> {
         let table = client.select(ACCESS_QUERY, Some(1), &[name.into(), caller.into()])?;
         if table.is_empty() {
             return Ok(None);
         }
         let row = table.first();
-        Ok(Some((
-            row.get::<i64>(1)?.unwrap_or_default(),
-            row.get::<bool>(2)?.unwrap_or_default(),
-            row.get::<bool>(3)?.unwrap_or_default(),
-            row.get::<bool>(4)?.unwrap_or_default(),
-            row.get::<bool>(5)?.unwrap_or_default(),
-        )))
+        Ok(Some(Access {
+            account_id: row.get::<i64>(1)?.unwrap_or_default(),
+            ascii_encode_password: row.get::<bool>(2)?.unwrap_or_default(),
+            visible: row.get::<bool>(3)?.unwrap_or_default(),
+            may_manage: row.get::<bool>(4)?.unwrap_or_default(),
+            is_superuser: row.get::<bool>(5)?.unwrap_or_default(),
+        }))
     })?;
-    match row {
+    match access {
         // Accounts of other tenants look like unknown ones.
         None => Err(AccountAccessError::Unknown(name.to_owned())),
-        Some((_, _, visible, _, is_superuser)) if !visible && !is_superuser => {
-            Err(AccountAccessError::Unknown(name.to_owned()))
-        }
-        Some((_, _, _, false, _)) => Err(AccountAccessError::Denied(name.to_owned())),
-        Some((account_id, ascii_encode_password, ..)) => {
-            Ok(ManagedAccount { account_id, name: name.to_owned(), ascii_encode_password })
-        }
+        Some(access) if !access.visible && !access.is_superuser => Err(AccountAccessError::Unknown(name.to_owned())),
+        Some(access) if !access.may_manage => Err(AccountAccessError::Denied(name.to_owned())),
+        Some(access) => Ok(ManagedAccount {
+            account_id: access.account_id,
+            name: name.to_owned(),
+            ascii_encode_password: access.ascii_encode_password,
+        }),
     }
 }

@@ -17,7 +17,7 @@ pub fn suppress(outbox_id: i64, address: &str) -> Result<bool, SpiError> {
             None,
             &[outbox_id.into(), address.into()],
         )?;
-        Ok(added.len() > 0)
+        Ok(!added.is_empty())
     })
 }
 
@@ -30,6 +30,6 @@ pub fn mark_opened(outbox_id: i64) -> Result<bool, SpiError> {
             None,
             &[outbox_id.into()],
         )?;
-        Ok(updated.len() > 0)
+        Ok(!updated.is_empty())
     })
 }

@@ -273,7 +273,7 @@ pub fn record(
                 None,
                 &[outbox_id.into(), claim_token.into()],
             )
-            .map(|rows| rows.len() > 0)
+            .map(|rows| !rows.is_empty())
     })?;
     if !still_ours {
         return Ok(());

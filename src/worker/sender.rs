@@ -79,7 +79,7 @@ pub fn run_once() -> Result<usize, StoreError> {
             Some(batch(&account, password, rows, &links))
         })
         .collect();
-    results.extend(deliver(batches, settings::smtp_connections(), |work| threads::spawn_without_signals(work)));
+    results.extend(deliver(batches, settings::smtp_connections(), threads::spawn_without_signals));
 
     let max_attempts = settings::max_attempts();
     let retry_base_delay = settings::retry_base_delay_seconds();
