@@ -2,11 +2,10 @@
 //! and its IMAP or POP3 server, in parallel threads, and report per protocol.
 
 use super::errors::{raise, raise_access, raise_secret};
-use crate::settings;
 use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
 use crate::store::{accounts, secrets};
 use crate::threads;
-use email_accounts_mail::connection::{Endpoint, FailureKind, Login, Security};
+use email_accounts_mail::connection::{FailureKind, Login};
 use email_accounts_mail::probe::{probe, ProbeFailure, ProbeReport, Protocol};
 use pgrx::prelude::*;
 use serde_json::{json, Map, Value};
@@ -83,13 +82,7 @@ fn plan(
     missing_login: &str,
     jobs: &mut Vec<Box<dyn FnOnce() -> ProbeReport + Send>>,
 ) -> Option<ProbeReport> {
-    let endpoint = Endpoint {
-        host: server.host.clone().unwrap_or_default(),
-        port: server.port.unwrap_or_default().clamp(0, u16::MAX as i32) as u16,
-        security: server.security.as_deref().and_then(Security::parse).unwrap_or(Security::Ssl),
-        extra_ca_pem: settings.extra_ca_certificate.clone(),
-        timeout: settings::connect_timeout(),
-    };
+    let endpoint = server.endpoint(settings.extra_ca_certificate.clone());
     if needs_login && login.is_none() {
         return Some(ProbeReport {
             protocol,

@@ -1,6 +1,8 @@
 //! Reading an account's effective settings (view account_settings) into the
 //! values the mail core needs to connect.
 
+use crate::settings;
+use email_accounts_mail::connection::{Endpoint, Security};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
@@ -11,6 +13,19 @@ pub struct ServerSettings {
     pub host: Option<String>,
     pub port: Option<i32>,
     pub security: Option<String>,
+}
+
+impl ServerSettings {
+    /// Where to connect, with the account's extra CA and the configured timeout.
+    pub fn endpoint(&self, extra_ca_certificate: Option<String>) -> Endpoint {
+        Endpoint {
+            host: self.host.clone().unwrap_or_default(),
+            port: self.port.unwrap_or_default().clamp(0, u16::MAX as i32) as u16,
+            security: self.security.as_deref().and_then(Security::parse).unwrap_or(Security::Ssl),
+            extra_ca_pem: extra_ca_certificate,
+            timeout: settings::connect_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

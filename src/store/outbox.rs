@@ -1,6 +1,7 @@
 //! The sender's statements: expire and claim due rows under a lease, load
 //! what composing them needs, and record what the servers answered.
 
+use super::account_settings::ServerSettings;
 use email_accounts_mail::compose::Attachment;
 use email_accounts_mail::delivery::RowSummary;
 use pgrx::prelude::*;
@@ -38,9 +39,7 @@ pub struct SendingSettings {
     pub name: String,
     pub address: String,
     pub login_id: String,
-    pub host: String,
-    pub port: i32,
-    pub security: String,
+    pub smtp: ServerSettings,
     pub extra_ca_certificate: Option<String>,
     pub allow_plaintext_authentication: bool,
     pub no_smtp_authentication: bool,
@@ -52,8 +51,8 @@ pub struct SendingSettings {
     pub track_email_status: bool,
     /// The folder to copy sent mail to, when the account asks for it.
     pub sent_folder: Option<String>,
-    /// The account's incoming server when it is IMAP: host, port, security.
-    pub imap_server: Option<(String, i32, String)>,
+    /// The account's incoming server when it is IMAP.
+    pub imap: Option<ServerSettings>,
 }
 
 const EXPIRE: &str = "
@@ -231,9 +230,12 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     name: row.get(2)?.unwrap_or_default(),
                     address: row.get(3)?.unwrap_or_default(),
                     login_id: row.get(4)?.unwrap_or_default(),
-                    host: row.get(5)?.unwrap_or_default(),
-                    port: row.get(6)?.unwrap_or_default(),
-                    security: row.get(7)?.unwrap_or_default(),
+                    smtp: ServerSettings {
+                        protocol: Some("smtp".to_owned()),
+                        host: row.get(5)?,
+                        port: row.get(6)?,
+                        security: row.get(7)?,
+                    },
                     extra_ca_certificate: row.get(8)?,
                     allow_plaintext_authentication: row.get(9)?.unwrap_or_default(),
                     no_smtp_authentication: row.get(10)?.unwrap_or_default(),
@@ -244,9 +246,14 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     send_unsubscribe_message: row.get(15)?.unwrap_or_default(),
                     track_email_status: row.get(16)?.unwrap_or_default(),
                     sent_folder: row.get(17)?,
-                    imap_server: match (row.get::<String>(18)?, row.get::<i32>(19)?, row.get::<String>(20)?) {
-                        (Some(host), Some(port), Some(security)) => Some((host, port, security)),
-                        _ => None,
+                    imap: match row.get::<String>(18)? {
+                        Some(host) => Some(ServerSettings {
+                            protocol: Some("imap".to_owned()),
+                            host: Some(host),
+                            port: row.get(19)?,
+                            security: row.get(20)?,
+                        }),
+                        None => None,
                     },
                 })
             })
@@ -278,11 +285,17 @@ pub fn record(
     if !still_ours {
         return Ok(());
     }
-    for (address, status, reply) in &summary.recipients {
+    if !summary.recipients.is_empty() {
+        // One statement for all of the row's recipients.
+        let addresses: Vec<&str> = summary.recipients.iter().map(|(address, ..)| address.as_str()).collect();
+        let statuses: Vec<&str> = summary.recipients.iter().map(|(_, status, _)| status.label()).collect();
+        let replies: Vec<&str> = summary.recipients.iter().map(|(.., reply)| reply.as_str()).collect();
         Spi::run_with_args(
-            "UPDATE email_accounts.outbox_recipient SET status = $3, reply = $4, updated_at = now()
-              WHERE outbox_id = $1 AND address = $2",
-            &[outbox_id.into(), address.as_str().into(), status.label().into(), reply.as_str().into()],
+            "UPDATE email_accounts.outbox_recipient AS recipient
+                SET status = answer.status, reply = answer.reply, updated_at = now()
+               FROM unnest($2::text[], $3::text[], $4::text[]) AS answer (address, status, reply)
+              WHERE recipient.outbox_id = $1 AND recipient.address = answer.address",
+            &[outbox_id.into(), addresses.into(), statuses.into(), replies.into()],
         )?;
     }
     if let Some(problem) = &summary.unsendable {

@@ -8,7 +8,7 @@ use crate::store::transaction::{in_subtransaction, in_transaction, StoreError};
 use crate::store::{links, secrets};
 use crate::threads;
 use email_accounts_mail::compose::OutgoingMessage;
-use email_accounts_mail::connection::{Endpoint, Login, Security};
+use email_accounts_mail::connection::Login;
 use email_accounts_mail::delivery::{deliver, summarize, AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::token::{sign, Purpose};
@@ -124,13 +124,7 @@ struct Links {
 /// The SMTP endpoint, login and composed jobs of one account. With
 /// unsubscribe links or open tracking each recipient gets a personal copy.
 fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedRow>, links: &Links) -> AccountBatch {
-    let endpoint = Endpoint {
-        host: account.host.clone(),
-        port: account.port.clamp(0, u16::MAX as i32) as u16,
-        security: Security::parse(&account.security).unwrap_or(Security::Ssl),
-        extra_ca_pem: account.extra_ca_certificate.clone(),
-        timeout: settings::connect_timeout(),
-    };
+    let endpoint = account.smtp.endpoint(account.extra_ca_certificate.clone());
     let login = password.map(|password| Login {
         user: account.login_id.clone(),
         password,
@@ -204,15 +198,9 @@ fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedR
             });
         }
     }
-    let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap_server, &login) {
-        (Some((host, port, security)), Some(login)) => Ok(SentFolder {
-            endpoint: Endpoint {
-                host: host.clone(),
-                port: (*port).clamp(0, u16::MAX as i32) as u16,
-                security: Security::parse(security).unwrap_or(Security::Ssl),
-                extra_ca_pem: account.extra_ca_certificate.clone(),
-                timeout: settings::connect_timeout(),
-            },
+    let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap, &login) {
+        (Some(imap), Some(login)) => Ok(SentFolder {
+            endpoint: imap.endpoint(account.extra_ca_certificate.clone()),
             login: login.clone(),
             folder: folder.clone(),
         }),
