@@ -16,11 +16,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn tls_connector(servers: &MailServers) -> native_tls::TlsConnector {
-    let ca = native_tls::Certificate::from_pem(servers.ca_pem().as_bytes()).unwrap();
-    native_tls::TlsConnector::builder().add_root_certificate(ca).build().unwrap()
-}
-
 fn smtp(servers: &MailServers, port: u16, tls: fn(TlsParameters) -> Tls, user: &str) -> SmtpTransport {
     let ca = Certificate::from_pem(servers.ca_pem().as_bytes()).unwrap();
     let parameters = TlsParameters::builder("localhost".to_owned()).add_root_certificate(ca).build_native().unwrap();
@@ -41,13 +36,11 @@ fn message(from: &str, to: &[&str], subject: &str) -> Message {
     builder.body(format!("Body of {subject}\r\n")).unwrap()
 }
 
-/// Subjects in a mailbox, read over IMAP on an already-TLS stream.
-fn imap_subjects<S: Read + Write>(mut client: imap::Client<S>, user: &harness::MailUser) -> Vec<String> {
-    client.read_greeting().unwrap();
-    let mut session = client.login(&user.address, &user.password).map_err(|(error, _)| error).unwrap();
-    let mailbox = session.examine("INBOX").unwrap();
+/// Subjects in a mailbox's INBOX, read over IMAPS.
+fn imaps_subjects(servers: &MailServers, address: &str) -> Vec<String> {
+    let mut session = servers.imap_session(address);
     let mut subjects = Vec::new();
-    if mailbox.exists > 0 {
+    if session.examine("INBOX").unwrap().exists > 0 {
         for fetch in session.fetch("1:*", "ENVELOPE").unwrap().iter() {
             let envelope = fetch.envelope().unwrap();
             subjects.push(String::from_utf8_lossy(envelope.subject.as_deref().unwrap_or_default()).into_owned());
@@ -56,12 +49,6 @@ fn imap_subjects<S: Read + Write>(mut client: imap::Client<S>, user: &harness::M
     session.logout().unwrap();
     subjects.sort();
     subjects
-}
-
-fn imaps_subjects(servers: &MailServers, address: &str) -> Vec<String> {
-    let tcp = TcpStream::connect(("127.0.0.1", servers.imaps)).unwrap();
-    let tls = tls_connector(servers).connect("localhost", tcp).unwrap();
-    imap_subjects(imap::Client::new(tls), servers.user(address))
 }
 
 /// Messages in INBOX, counted over IMAP upgraded with STARTTLS.
@@ -75,7 +62,7 @@ fn imap_starttls_count(servers: &MailServers, address: &str) -> u32 {
     line.clear();
     reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("a OK"), "STARTTLS answer {line:?}");
-    let tls = tls_connector(servers).connect("localhost", tcp).unwrap();
+    let tls = servers.tls_connector().connect("localhost", tcp).unwrap();
     // After STARTTLS there is no second greeting: log in straight away.
     let user = servers.user(address);
     let mut session = imap::Client::new(tls).login(&user.address, &user.password).map_err(|(error, _)| error).unwrap();
@@ -140,7 +127,7 @@ fn smtp_delivers_into_mailboxes_read_back_over_imap_and_pop3() {
         (imaps_subjects(&servers, "carol@example.test").len() == 1).then_some(())
     });
     let tcp = TcpStream::connect(("127.0.0.1", servers.pop3s)).unwrap();
-    let tls = tls_connector(&servers).connect("localhost", tcp).unwrap();
+    let tls = servers.tls_connector().connect("localhost", tcp).unwrap();
     let (count, body) = pop3_first_message(tls, servers.user("carol@example.test"), false);
     assert_eq!(count, 1);
     assert!(body.contains("Subject: over STARTTLS"), "{body}");
@@ -154,7 +141,7 @@ fn smtp_delivers_into_mailboxes_read_back_over_imap_and_pop3() {
     line.clear();
     reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("+OK"), "STLS answered {line:?}");
-    let tls = tls_connector(&servers).connect("localhost", tcp).unwrap();
+    let tls = servers.tls_connector().connect("localhost", tcp).unwrap();
     let (count, _) = pop3_first_message(tls, servers.user("carol@example.test"), true);
     assert_eq!(count, 1);
 }
@@ -245,19 +232,7 @@ fn composed_message_reaches_every_recipient_and_unknown_ones_are_rejected_alone(
 
     for reader in ["bob@example.test", "carol@example.test", "dave@other.test"] {
         let body = wait_until("the message in every mailbox", Duration::from_secs(30), || {
-            let tcp = TcpStream::connect(("127.0.0.1", servers.imaps)).unwrap();
-            let tls = tls_connector(&servers).connect("localhost", tcp).unwrap();
-            let mut client = imap::Client::new(tls);
-            client.read_greeting().unwrap();
-            let user = servers.user(reader);
-            let mut session = client.login(&user.address, &user.password).map_err(|(error, _)| error).unwrap();
-            let exists = session.examine("INBOX").unwrap().exists;
-            let body = (exists > 0).then(|| {
-                let fetches = session.fetch("1", "BODY.PEEK[]").unwrap();
-                String::from_utf8_lossy(fetches.iter().next().unwrap().body().unwrap()).into_owned()
-            });
-            session.logout().unwrap();
-            body
+            servers.mailbox(reader).into_iter().next()
         });
         assert!(body.contains("Message-ID: <composed-1@example.test>"), "{body}");
         assert!(body.contains("\r\n.line starting with a dot\r\n"), "dot-stuffing undone by the server: {body}");

@@ -8,7 +8,6 @@ mod harness;
 
 use harness::{wait_until, MailServers, Postgres};
 use mail_parser::MimeHeaders;
-use std::net::TcpStream;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -57,35 +56,6 @@ fn setup_with(settings: &[&str]) -> Setup {
     client.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&alice.password]).unwrap();
     client.execute("SELECT email_accounts.set_password('Support', $1)", &[&support.password]).unwrap();
     Setup { servers, _cluster: cluster, client }
-}
-
-/// A logged-in IMAPS session of a harness mailbox.
-fn imap_session(servers: &MailServers, address: &str) -> imap::Session<native_tls::TlsStream<TcpStream>> {
-    let ca = native_tls::Certificate::from_pem(servers.ca_pem().as_bytes()).unwrap();
-    let connector = native_tls::TlsConnector::builder().add_root_certificate(ca).build().unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", servers.imaps)).unwrap();
-    let mut client = imap::Client::new(connector.connect("localhost", tcp).unwrap());
-    client.read_greeting().unwrap();
-    let user = servers.user(address);
-    client.login(&user.address, &user.password).map_err(|(error, _)| error).unwrap()
-}
-
-/// Every message in a mailbox, raw, read over IMAPS without changing \Seen.
-fn mailbox(servers: &MailServers, address: &str) -> Vec<String> {
-    let mut session = imap_session(servers, address);
-    let exists = session.examine("INBOX").unwrap().exists;
-    let messages = if exists == 0 {
-        Vec::new()
-    } else {
-        session
-            .fetch("1:*", "BODY.PEEK[]")
-            .unwrap()
-            .iter()
-            .map(|fetch| String::from_utf8_lossy(fetch.body().unwrap()).into_owned())
-            .collect()
-    };
-    session.logout().unwrap();
-    messages
 }
 
 fn status_of(client: &mut impl postgres::GenericClient, id: i64) -> (String, Option<String>) {
@@ -154,7 +124,7 @@ fn queued_mail_is_delivered_after_commit_and_rolled_back_mail_never() {
 
     for reader in ["bob@example.test", "carol@example.test", "dave@other.test"] {
         let messages = wait_until("the message in every mailbox", LIMIT, || {
-            let messages = mailbox(&setup.servers, reader);
+            let messages = setup.servers.mailbox(reader);
             (!messages.is_empty()).then_some(messages)
         });
         assert_eq!(messages.len(), 1, "{reader} received only the committed message");
@@ -210,7 +180,7 @@ fn a_rejected_recipient_fails_alone_with_the_servers_words() {
     assert!(rejected.1.starts_with("550") && rejected.1.contains("User unknown"), "{}", rejected.1);
     let (_, last_error) = status_of(&mut setup.client, id);
     assert!(last_error.unwrap().contains("nobody@example.test: 550"));
-    wait_until("bob's copy", LIMIT, || (!mailbox(&setup.servers, "bob@example.test").is_empty()).then_some(()));
+    wait_until("bob's copy", LIMIT, || (!setup.servers.mailbox("bob@example.test").is_empty()).then_some(()));
 
     // A message whose only recipient is rejected fails.
     let id: i64 = setup
@@ -251,9 +221,9 @@ fn unsubscribe_links_suppress_later_mail_and_opens_are_counted() {
         .get(0);
     wait_until("the newsletter to be sent", LIMIT, || (status_of(&mut setup.client, first).0 == "sent").then_some(()));
 
-    let bob_copy = wait_until("bob's copy", LIMIT, || mailbox(&setup.servers, "bob@example.test").into_iter().next());
+    let bob_copy = wait_until("bob's copy", LIMIT, || setup.servers.mailbox("bob@example.test").into_iter().next());
     let carol_copy =
-        wait_until("carol's copy", LIMIT, || mailbox(&setup.servers, "carol@example.test").into_iter().next());
+        wait_until("carol's copy", LIMIT, || setup.servers.mailbox("carol@example.test").into_iter().next());
     let bob_unsubscribe = header_value(&bob_copy, "List-Unsubscribe").unwrap();
     let carol_unsubscribe = header_value(&carol_copy, "List-Unsubscribe").unwrap();
     assert!(bob_unsubscribe.starts_with("<https://app.example.test/mail/unsubscribe?token="), "{bob_unsubscribe}");
@@ -309,10 +279,8 @@ fn unsubscribe_links_suppress_later_mail_and_opens_are_counted() {
         .unwrap()
         .get(0);
     assert_eq!(bob_status, "suppressed");
-    wait_until("carol's second copy", LIMIT, || {
-        (mailbox(&setup.servers, "carol@example.test").len() == 2).then_some(())
-    });
-    assert_eq!(mailbox(&setup.servers, "bob@example.test").len(), 1, "bob received nothing more");
+    wait_until("carol's second copy", LIMIT, || (setup.servers.mailbox("carol@example.test").len() == 2).then_some(()));
+    assert_eq!(setup.servers.mailbox("bob@example.test").len(), 1, "bob received nothing more");
 }
 
 #[test]
@@ -356,8 +324,8 @@ fn a_temporary_failure_is_retried_until_it_succeeds() {
         .unwrap()
         .get(0);
     assert!(attempts >= 2);
-    wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
-    assert_eq!(mailbox(&setup.servers, "carol@example.test").len(), 1, "carol was not sent it twice");
+    wait_until("bob's copy", LIMIT, || (setup.servers.mailbox("bob@example.test").len() == 1).then_some(()));
+    assert_eq!(setup.servers.mailbox("carol@example.test").len(), 1, "carol was not sent it twice");
 }
 
 #[test]
@@ -386,7 +354,7 @@ fn rows_claimed_by_another_sender_wait_for_its_lease() {
         (status_of(&mut setup.client, other).0 == "sent").then_some(())
     });
     assert_eq!(status_of(&mut setup.client, id).0, "sending", "a row under someone else's lease is not touched");
-    assert!(mailbox(&setup.servers, "bob@example.test").is_empty());
+    assert!(setup.servers.mailbox("bob@example.test").is_empty());
 
     // The lease lapses: the row is taken again and sent once.
     setup
@@ -404,7 +372,7 @@ fn rows_claimed_by_another_sender_wait_for_its_lease() {
         .unwrap()
         .get(0);
     assert_eq!(attempts, 2);
-    wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
+    wait_until("bob's copy", LIMIT, || (setup.servers.mailbox("bob@example.test").len() == 1).then_some(()));
 }
 
 #[test]
@@ -423,7 +391,7 @@ fn sent_mail_is_copied_to_the_sent_folder() {
     let (status, last_error) = status_of(&mut setup.client, id);
     assert_eq!((status.as_str(), last_error), ("sent", None));
 
-    let mut session = imap_session(&setup.servers, "alice@example.test");
+    let mut session = setup.servers.imap_session("alice@example.test");
     assert_eq!(session.examine("Sent").unwrap().exists, 1);
     let fetches = session.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])").unwrap();
     let fetch = fetches.iter().next().unwrap();
@@ -517,7 +485,7 @@ fn mail_not_sent_before_expires_at_expires() {
     setup.client.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&alice]).unwrap();
     wait_until("the row to expire", LIMIT, || (status_of(&mut setup.client, id).0 == "expired").then_some(()));
     assert!(status_of(&mut setup.client, id).1.unwrap().contains("expired at"));
-    assert!(mailbox(&setup.servers, "bob@example.test").is_empty());
+    assert!(setup.servers.mailbox("bob@example.test").is_empty());
 }
 
 #[test]
@@ -561,7 +529,7 @@ fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
         .unwrap();
     client.execute("SELECT email_accounts.flush()", &[]).unwrap();
     assert_eq!(status_of(&mut client, id).0, "sending", "still under the dead sender's lease");
-    assert!(mailbox(&setup.servers, "bob@example.test").is_empty());
+    assert!(setup.servers.mailbox("bob@example.test").is_empty());
 
     wait_until("the lease to lapse and the row to be sent", LIMIT, || {
         (status_of(&mut client, id).0 == "sent").then_some(())
@@ -569,7 +537,7 @@ fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
     let attempts: i32 =
         client.query_one("SELECT attempts FROM email_accounts.outbox WHERE outbox_id = $1", &[&id]).unwrap().get(0);
     assert_eq!(attempts, 2);
-    wait_until("bob's copy", LIMIT, || (mailbox(&setup.servers, "bob@example.test").len() == 1).then_some(()));
+    wait_until("bob's copy", LIMIT, || (setup.servers.mailbox("bob@example.test").len() == 1).then_some(()));
 }
 
 #[test]

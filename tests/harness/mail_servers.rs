@@ -2,6 +2,7 @@
 //! and a private Postfix (SMTP with STARTTLS, SMTPS) delivering into Dovecot.
 
 use super::{free_port, run_directory, run_script};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 /// A mailbox of `scripts/services/mail-users.txt`.
@@ -56,6 +57,39 @@ impl MailServers {
             .iter()
             .find(|user| user.address == address)
             .unwrap_or_else(|| panic!("{address} is not in mail-users.txt"))
+    }
+
+    /// A TLS connector that trusts the per-run CA.
+    pub fn tls_connector(&self) -> native_tls::TlsConnector {
+        let ca = native_tls::Certificate::from_pem(self.ca_pem().as_bytes()).expect("CA certificate");
+        native_tls::TlsConnector::builder().add_root_certificate(ca).build().expect("TLS connector")
+    }
+
+    /// A logged-in IMAPS session of one of the mailboxes.
+    pub fn imap_session(&self, address: &str) -> imap::Session<native_tls::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.imaps)).expect("IMAPS port");
+        let mut client = imap::Client::new(self.tls_connector().connect("localhost", tcp).expect("TLS handshake"));
+        client.read_greeting().expect("IMAP greeting");
+        let user = self.user(address);
+        client.login(&user.address, &user.password).map_err(|(error, _)| error).expect("IMAP login")
+    }
+
+    /// Every message in a mailbox's INBOX, raw, read without changing \Seen.
+    pub fn mailbox(&self, address: &str) -> Vec<String> {
+        let mut session = self.imap_session(address);
+        let exists = session.examine("INBOX").expect("EXAMINE INBOX").exists;
+        let messages = if exists == 0 {
+            Vec::new()
+        } else {
+            session
+                .fetch("1:*", "BODY.PEEK[]")
+                .expect("FETCH")
+                .iter()
+                .map(|fetch| String::from_utf8_lossy(fetch.body().unwrap_or_default()).into_owned())
+                .collect()
+        };
+        session.logout().expect("LOGOUT");
+        messages
     }
 
     /// Makes Postfix answer RCPT TO for `address` with `reply` (e.g. "450 4.2.0
