@@ -76,6 +76,20 @@ pub enum FailureKind {
     Protocol,
 }
 
+impl FailureKind {
+    /// The lowercase name, as serialized.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Dns => "dns",
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Tls => "tls",
+            FailureKind::Auth => "auth",
+            FailureKind::Protocol => "protocol",
+        }
+    }
+}
+
 /// What went wrong talking to a mail server, with the server's own words
 /// where it gave any.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

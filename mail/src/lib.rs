@@ -12,6 +12,7 @@ pub mod imap_client;
 pub mod parse;
 pub mod pop3;
 pub mod probe;
+pub mod receive;
 pub mod secret;
 pub mod smtp_client;
 pub mod token;

@@ -133,7 +133,7 @@ pub fn parse(raw: &[u8], attachment_size_limit: u64) -> Result<ParsedMessage, Pa
             }
         })
         .collect();
-    Ok(ParsedMessage {
+    let parsed = ParsedMessage {
         message_id: message.message_id().map(bracketed),
         in_reply_to,
         references: ids(message.references()),
@@ -148,12 +148,48 @@ pub fn parse(raw: &[u8], attachment_size_limit: u64) -> Result<ParsedMessage, Pa
         headers,
         size: raw.len(),
         attachments,
-    })
+    };
+    Ok(without_nul_characters(parsed))
+}
+
+/// PostgreSQL text and jsonb cannot hold U+0000; a message may. Such
+/// characters become U+FFFD in the parsed fields (the raw bytes keep them).
+fn without_nul_characters(mut parsed: ParsedMessage) -> ParsedMessage {
+    fn clean(text: &mut String) {
+        if text.contains('\0') {
+            *text = text.replace('\0', "\u{FFFD}");
+        }
+    }
+    let ParsedMessage {
+        message_id, in_reply_to, references, from, to, cc, reply_to, subject, text_body, html_body, headers, attachments, ..
+    } = &mut parsed;
+    let single = [message_id, in_reply_to, from, subject, text_body, html_body];
+    single.into_iter().flatten().for_each(clean);
+    [references, to, cc, reply_to].into_iter().flatten().for_each(clean);
+    for (name, value) in headers.iter_mut() {
+        clean(name);
+        clean(value);
+    }
+    for attachment in attachments.iter_mut() {
+        clean(&mut attachment.content_type);
+        attachment.filename.iter_mut().for_each(clean);
+        attachment.content_id.iter_mut().for_each(clean);
+    }
+    parsed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_never_reach_text_fields() {
+        let raw = b"From: a\0b <ab@example.com>\r\nSubject: x\0y\r\nX-Odd: 1\x002\r\n\r\nbody\0end\r\n";
+        let parsed = parse(raw, 1024).unwrap();
+        assert_eq!(parsed.subject.as_deref(), Some("x\u{FFFD}y"));
+        assert!(!parsed.text_body.unwrap().contains('\0'));
+        assert!(parsed.headers.iter().all(|(name, value)| !name.contains('\0') && !value.contains('\0')));
+    }
 
     #[test]
     fn a_reply_with_threading_headers_and_encoded_words() {

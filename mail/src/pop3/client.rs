@@ -102,6 +102,26 @@ impl<S: Read + Write> Pop3Client<S> {
             .collect()
     }
 
+    /// LIST: (message number, size in bytes) for every message.
+    pub fn sizes(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
+        let listing = self.multiline("LIST")?;
+        String::from_utf8_lossy(&listing)
+            .lines()
+            .map(|line| {
+                let mut fields = line.split_whitespace();
+                match (fields.next().and_then(|n| n.parse().ok()), fields.next().and_then(|n| n.parse().ok())) {
+                    (Some(number), Some(size)) => Ok((number, size)),
+                    _ => Err(Pop3Error::Protocol(format!("LIST line {line:?}"))),
+                }
+            })
+            .collect()
+    }
+
+    /// TOP n 0: only the header section (for messages too large to fetch whole).
+    pub fn headers(&mut self, number: u32) -> Result<Vec<u8>, Pop3Error> {
+        self.multiline(&format!("TOP {number} 0"))
+    }
+
     /// RETR: the whole message as the server stores it.
     pub fn retrieve(&mut self, number: u32) -> Result<Vec<u8>, Pop3Error> {
         self.multiline(&format!("RETR {number}"))
@@ -188,6 +208,8 @@ mod tests {
             "+OK\r\n+OK Logged in.\r\n",
             "+OK 2 300\r\n",
             "+OK\r\n1 000001\r\n2 000002\r\n.\r\n",
+            "+OK 2 messages\r\n1 120\r\n2 180\r\n.\r\n",
+            "+OK\r\nSubject: big\r\n\r\n.\r\n",
             "+OK 120 octets\r\nSubject: hi\r\n\r\n..dot line\r\nend\r\n.\r\n",
             "+OK Marked to be deleted.\r\n",
             "+OK Logging out.\r\n",
@@ -197,11 +219,13 @@ mod tests {
         pop3.login("ann@example.test", "p w").unwrap();
         assert_eq!(pop3.stat().unwrap(), (2, 300));
         assert_eq!(pop3.unique_ids().unwrap(), [(1, "000001".to_owned()), (2, "000002".to_owned())]);
+        assert_eq!(pop3.sizes().unwrap(), [(1, 120), (2, 180)]);
+        assert_eq!(pop3.headers(2).unwrap(), b"Subject: big\r\n\r\n");
         assert_eq!(pop3.retrieve(1).unwrap(), b"Subject: hi\r\n\r\n.dot line\r\nend\r\n");
         pop3.delete(1).unwrap();
         pop3.quit().unwrap();
         let sent = String::from_utf8(pop3.into_inner().sent).unwrap();
-        assert_eq!(sent, "CAPA\r\nUSER ann@example.test\r\nPASS p w\r\nSTAT\r\nUIDL\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n");
+        assert_eq!(sent, "CAPA\r\nUSER ann@example.test\r\nPASS p w\r\nSTAT\r\nUIDL\r\nLIST\r\nTOP 2 0\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n");
     }
 
     #[test]

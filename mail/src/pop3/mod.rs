@@ -6,4 +6,4 @@ mod client;
 mod session;
 
 pub use client::{Pop3Client, Pop3Error};
-pub use session::connect;
+pub use session::{classify, connect};

@@ -1,0 +1,108 @@
+//! What a sync hands to the database: fetched, already-parsed messages and
+//! the cursor that may advance once they are committed.
+
+use crate::parse::{parse, ParseError, ParsedMessage};
+
+/// Size limits of one account's sync.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Attachments larger than this keep their metadata but not their bytes.
+    pub attachment_size_limit: u64,
+    /// Messages larger than this (RFC822.SIZE / LIST) are fetched headers only.
+    pub max_message_size: u64,
+    /// At most this many messages per committed batch...
+    pub batch_messages: usize,
+    /// ...and at most about this many bytes (a single larger message is a batch of its own).
+    pub batch_bytes: u64,
+}
+
+/// One message as fetched from the server.
+#[derive(Debug, Clone)]
+pub struct FetchedMessage {
+    /// IMAP UID within the folder's UIDVALIDITY.
+    pub uid: Option<u32>,
+    /// POP3 UIDL.
+    pub unique_id: Option<String>,
+    /// The size the server reported.
+    pub server_size: u64,
+    /// The server's \Seen flag when fetched (IMAP).
+    pub seen: bool,
+    /// The bytes as fetched: the whole message, or only its header section when `headers_only`.
+    pub raw: Vec<u8>,
+    /// The message was larger than `max_message_size`: only its header section was fetched.
+    pub headers_only: bool,
+    pub parsed: Result<ParsedMessage, ParseError>,
+}
+
+/// Parses the fetched bytes (on the fetching thread, not the database's).
+pub fn fetched_message(raw: Vec<u8>, server_size: u64, headers_only: bool, limits: &Limits) -> FetchedMessage {
+    let parsed = parse(&raw, limits.attachment_size_limit);
+    FetchedMessage { uid: None, unique_id: None, server_size, seen: false, raw, headers_only, parsed }
+}
+
+/// Messages to commit together, with the folder's new position.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub folder: String,
+    /// IMAP: the folder's UIDVALIDITY these UIDs belong to.
+    pub uidvalidity: Option<u32>,
+    pub messages: Vec<FetchedMessage>,
+    /// IMAP: the folder's cursor after this batch (every wanted UID up to it is in this or an earlier batch).
+    pub last_uid: Option<u32>,
+    /// UIDVALIDITY changed: a message already stored from this folder (same
+    /// content) is rebound to its new UID instead of being stored twice.
+    pub resync: bool,
+    /// POP3 first sync: messages the initial sync count leaves behind, never to be fetched.
+    pub skipped_unique_ids: Vec<String>,
+}
+
+/// What the store committed.
+#[derive(Debug, Clone, Default)]
+pub struct StoreReceipt {
+    pub new_messages: usize,
+    pub already_stored: usize,
+    /// POP3 unique ids now safely in the database (new or already there).
+    pub committed_unique_ids: Vec<String>,
+    /// Messages that could not be stored, with why; the cursor did not pass them.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Commits batches; returns only once the batch is durable (or failed).
+pub trait BatchStore {
+    fn store(&mut self, batch: Batch) -> Result<StoreReceipt, String>;
+}
+
+/// Splits `items` (in order) into runs of at most `limits.batch_messages`
+/// items and about `limits.batch_bytes` bytes.
+pub(crate) fn split_by_size<T: Copy>(items: &[T], size_of: impl Fn(T) -> u64, limits: &Limits) -> Vec<Vec<T>> {
+    let mut batches = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut bytes = 0;
+    for &item in items {
+        let size = size_of(item);
+        if !current.is_empty() && (current.len() >= limits.batch_messages.max(1) || bytes + size > limits.batch_bytes) {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_count_and_bytes() {
+        let limits = Limits { attachment_size_limit: 10, max_message_size: 100, batch_messages: 3, batch_bytes: 100 };
+        let sizes = [10u64, 10, 10, 10, 90, 500, 5];
+        let indexes: Vec<usize> = (0..sizes.len()).collect();
+        let batches = split_by_size(&indexes, |index| sizes[index], &limits);
+        assert_eq!(batches, vec![vec![0, 1, 2], vec![3, 4], vec![5], vec![6]]);
+    }
+}

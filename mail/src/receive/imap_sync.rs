@@ -1,0 +1,217 @@
+//! IMAP sync of an account's folders by UID. Folders are opened with EXAMINE
+//! (read-only) and bodies fetched with BODY.PEEK, so the server's \Seen flags
+//! never change because of us. Per folder: only UIDs above the committed
+//! cursor are fetched; a changed UIDVALIDITY starts the folder afresh (the
+//! store recognises messages it already has); the first sync takes only the
+//! newest `initial_sync_count`.
+
+use super::batch::split_by_size;
+use super::{fetched_message, uid_set, Batch, BatchStore, FolderOutcome, Limits, SyncError};
+use crate::connection::{Endpoint, Login};
+use crate::imap_client::{self, classify, ImapSession};
+use imap::types::Flag;
+use std::collections::HashMap;
+
+/// Where a folder's sync stands in the database.
+#[derive(Debug, Clone)]
+pub struct FolderState {
+    pub folder: String,
+    /// `None` before the first sync.
+    pub uidvalidity: Option<u32>,
+    pub last_uid: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ImapOptions {
+    /// Only messages without \Seen on the server (ERPNext's "UNSEEN").
+    pub unseen_only: bool,
+    pub initial_sync_count: u32,
+    pub limits: Limits,
+}
+
+/// A folder failed: `session_lost` says whether the next folders can still use the connection.
+struct FolderFailure {
+    error: SyncError,
+    session_lost: bool,
+}
+
+fn imap_failure(error: imap::Error, during: &str) -> FolderFailure {
+    // NO / BAD answer one command; anything else leaves the session unusable.
+    let session_lost = !matches!(error, imap::Error::No(_) | imap::Error::Bad(_));
+    FolderFailure { error: SyncError::Connection(classify(error, during)), session_lost }
+}
+
+/// Syncs every folder in order over one connection; one outcome per folder.
+pub fn sync(
+    endpoint: &Endpoint,
+    login: &Login,
+    folders: &[FolderState],
+    options: &ImapOptions,
+    store: &mut dyn BatchStore,
+) -> Vec<FolderOutcome> {
+    let mut outcomes: Vec<FolderOutcome> = folders.iter().map(|state| FolderOutcome::new(&state.folder)).collect();
+    let mut session = match imap_client::connect(endpoint, login) {
+        Ok((session, _)) => session,
+        Err(error) => {
+            for outcome in &mut outcomes {
+                outcome.error = Some(SyncError::Connection(error.clone()));
+            }
+            return outcomes;
+        }
+    };
+    let mut lost: Option<SyncError> = None;
+    for (state, outcome) in folders.iter().zip(outcomes.iter_mut()) {
+        if let Some(error) = &lost {
+            outcome.error = Some(error.clone());
+            continue;
+        }
+        if let Err(failure) = sync_folder(&mut session, state, options, store, outcome) {
+            if failure.session_lost {
+                lost = Some(failure.error.clone());
+            }
+            outcome.error = Some(failure.error);
+        }
+    }
+    if lost.is_none() {
+        let _ = session.logout();
+    }
+    outcomes
+}
+
+fn sync_folder(
+    session: &mut ImapSession,
+    state: &FolderState,
+    options: &ImapOptions,
+    store: &mut dyn BatchStore,
+    outcome: &mut FolderOutcome,
+) -> Result<(), FolderFailure> {
+    let during = |what: &str| format!("{what} {:?}", state.folder);
+    let mailbox = session.examine(&state.folder).map_err(|error| imap_failure(error, &during("opening")))?;
+    let uidvalidity = mailbox.uid_validity.unwrap_or(0);
+    let fresh = state.uidvalidity != Some(uidvalidity);
+    let resync = state.uidvalidity.is_some() && fresh;
+    let floor = if fresh { 0 } else { state.last_uid };
+
+    let mut uids: Vec<u32> = if mailbox.exists == 0 {
+        Vec::new()
+    } else {
+        let criteria = match (fresh, options.unseen_only) {
+            (true, false) => "ALL".to_owned(),
+            (true, true) => "UNSEEN".to_owned(),
+            (false, false) => format!("UID {}:*", floor + 1),
+            (false, true) => format!("UNSEEN UID {}:*", floor + 1),
+        };
+        let found = session.uid_search(&criteria).map_err(|error| imap_failure(error, &during("searching")))?;
+        // "n:*" always matches the highest UID, even one below n.
+        found.into_iter().filter(|uid| *uid > floor).collect()
+    };
+    uids.sort_unstable();
+    if fresh && uids.len() > options.initial_sync_count as usize {
+        uids.drain(..uids.len() - options.initial_sync_count as usize);
+    }
+    // Everything below UIDNEXT existed when the folder was opened and was
+    // either searched or deliberately left (seen, or beyond the initial count).
+    let end_cursor = [uids.last().copied(), mailbox.uid_next.map(|next| next.saturating_sub(1)), Some(floor)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+
+    let mut committed_cursor = if fresh { None } else { Some(floor) };
+    let limits = &options.limits;
+    // Sizes and flags first, a chunk at a time, so nothing too large is fetched.
+    for chunk in uids.chunks(limits.batch_messages.max(1) * 10) {
+        let listing = session
+            .uid_fetch(uid_set(chunk), "(UID RFC822.SIZE FLAGS)")
+            .map_err(|error| imap_failure(error, &during("listing sizes in")))?;
+        let mut sizes: HashMap<u32, (u64, bool)> = HashMap::new();
+        for fetch in listing.iter() {
+            if let Some(uid) = fetch.uid {
+                let seen = fetch.flags().iter().any(|flag| *flag == Flag::Seen);
+                sizes.insert(uid, (fetch.size.unwrap_or(0) as u64, seen));
+            }
+        }
+        // UIDs expunged since the search are simply gone.
+        let present: Vec<u32> = chunk.iter().copied().filter(|uid| sizes.contains_key(uid)).collect();
+        let fetched_size = |uid: u32| {
+            let size = sizes[&uid].0;
+            if size > limits.max_message_size {
+                4096
+            } else {
+                size
+            }
+        };
+        for group in split_by_size(&present, fetched_size, limits) {
+            let messages = fetch_group(session, &group, &sizes, limits).map_err(|error| imap_failure(error, &during("fetching from")))?;
+            let group_cursor = *group.last().expect("groups are never empty");
+            let batch = Batch {
+                folder: state.folder.clone(),
+                uidvalidity: Some(uidvalidity),
+                messages,
+                last_uid: Some(group_cursor),
+                resync,
+                skipped_unique_ids: Vec::new(),
+            };
+            commit(store, batch, outcome)?;
+            committed_cursor = Some(group_cursor);
+        }
+    }
+    if committed_cursor != Some(end_cursor) {
+        let batch = Batch {
+            folder: state.folder.clone(),
+            uidvalidity: Some(uidvalidity),
+            last_uid: Some(end_cursor),
+            resync,
+            ..Batch::default()
+        };
+        commit(store, batch, outcome)?;
+    }
+    Ok(())
+}
+
+/// Fetches one group: whole messages with BODY.PEEK[], oversized ones headers only.
+fn fetch_group(
+    session: &mut ImapSession,
+    group: &[u32],
+    sizes: &HashMap<u32, (u64, bool)>,
+    limits: &Limits,
+) -> Result<Vec<super::FetchedMessage>, imap::Error> {
+    let (whole, oversized): (Vec<u32>, Vec<u32>) =
+        group.iter().copied().partition(|uid| sizes[uid].0 <= limits.max_message_size);
+    let mut messages = Vec::with_capacity(group.len());
+    for (uids, item, headers_only) in
+        [(whole, "(UID BODY.PEEK[])", false), (oversized, "(UID BODY.PEEK[HEADER])", true)]
+    {
+        if uids.is_empty() {
+            continue;
+        }
+        let fetches = session.uid_fetch(uid_set(&uids), item)?;
+        for fetch in fetches.iter() {
+            let Some(uid) = fetch.uid else { continue };
+            let Some(&(server_size, seen)) = sizes.get(&uid) else { continue };
+            let bytes = if headers_only { fetch.header() } else { fetch.body() };
+            let Some(bytes) = bytes else { continue };
+            let mut message = fetched_message(bytes.to_vec(), server_size, headers_only, limits);
+            message.uid = Some(uid);
+            message.seen = seen;
+            messages.push(message);
+        }
+    }
+    messages.sort_by_key(|message| message.uid);
+    Ok(messages)
+}
+
+/// Hands a batch to the store; a message it could not keep stops the folder
+/// (the cursor stays before it, and the next sync tries again).
+fn commit(store: &mut dyn BatchStore, batch: Batch, outcome: &mut FolderOutcome) -> Result<(), FolderFailure> {
+    let receipt = store.store(batch).map_err(|error| FolderFailure { error: SyncError::Store(error), session_lost: false })?;
+    outcome.new_messages += receipt.new_messages;
+    outcome.already_stored += receipt.already_stored;
+    if let Some((which, why)) = receipt.failed.first() {
+        return Err(FolderFailure {
+            error: SyncError::Store(format!("message {which} could not be stored: {why}")),
+            session_lost: false,
+        });
+    }
+    Ok(())
+}

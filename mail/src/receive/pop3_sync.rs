@@ -1,0 +1,149 @@
+//! POP3 sync: messages are known by their UIDL, so nothing is stored twice.
+//! Deletion follows the account's policy and happens only for messages the
+//! database has committed; deletions take effect at QUIT, so a connection
+//! lost before it deletes nothing (and the next sync deletes them again).
+
+use super::batch::split_by_size;
+use super::{fetched_message, Batch, BatchStore, FetchedMessage, FolderOutcome, Limits, SyncError};
+use crate::connection::{Endpoint, Login, MailStream};
+use crate::pop3::{self, Pop3Client, Pop3Error};
+use std::collections::{HashMap, HashSet};
+
+/// What happens to a message on the server once it is stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Retrieval {
+    Keep,
+    DeleteAfterStore,
+    /// Delete once the stored copy is this many days old.
+    DeleteAfterDays(u32),
+}
+
+/// What the database knows about the mailbox.
+#[derive(Debug, Clone, Default)]
+pub struct Pop3State {
+    pub folder: String,
+    /// No sync has happened yet: the initial sync count applies.
+    pub first_sync: bool,
+    /// UIDLs already stored, with the age of the stored copy in days.
+    pub stored: HashMap<String, f64>,
+    /// UIDLs the initial sync count left on the server.
+    pub skipped: HashSet<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Pop3Options {
+    pub retrieval: Retrieval,
+    pub initial_sync_count: u32,
+    pub limits: Limits,
+}
+
+fn failed(error: Pop3Error, during: &str) -> SyncError {
+    SyncError::Connection(pop3::classify(error, during))
+}
+
+pub fn sync(
+    endpoint: &Endpoint,
+    login: &Login,
+    state: &Pop3State,
+    options: &Pop3Options,
+    store: &mut dyn BatchStore,
+) -> FolderOutcome {
+    let mut outcome = FolderOutcome::new(&state.folder);
+    let mut client = match pop3::connect(endpoint, login) {
+        Ok((client, _)) => client,
+        Err(error) => {
+            outcome.error = Some(SyncError::Connection(error));
+            return outcome;
+        }
+    };
+    match sync_mailbox(&mut client, state, options, store, &mut outcome) {
+        Ok(marked) => match client.quit() {
+            // Only now are the DELEs carried out.
+            Ok(()) => outcome.deleted_on_server = marked,
+            Err(error) => outcome.error = Some(failed(error, "logging out (deletions were not carried out)")),
+        },
+        // Dropping the connection without QUIT undoes any DELE.
+        Err(error) => outcome.error = Some(error),
+    }
+    outcome
+}
+
+/// Fetches and stores new messages, marks deletions; returns how many were marked.
+fn sync_mailbox(
+    client: &mut Pop3Client<MailStream>,
+    state: &Pop3State,
+    options: &Pop3Options,
+    store: &mut dyn BatchStore,
+    outcome: &mut FolderOutcome,
+) -> Result<usize, SyncError> {
+    let listing = client.unique_ids().map_err(|error| failed(error, "listing unique ids"))?;
+    let sizes: HashMap<u32, u64> =
+        client.sizes().map_err(|error| failed(error, "listing sizes"))?.into_iter().collect();
+    let mut new: Vec<(u32, &str)> = listing
+        .iter()
+        .filter(|(_, id)| !state.stored.contains_key(id) && !state.skipped.contains(id))
+        .map(|(number, id)| (*number, id.as_str()))
+        .collect();
+    let mut skipped = Vec::new();
+    if state.first_sync && new.len() > options.initial_sync_count as usize {
+        let keep_from = new.len() - options.initial_sync_count as usize;
+        skipped = new.drain(..keep_from).map(|(_, id)| id.to_owned()).collect();
+    }
+
+    let mut to_delete: Vec<u32> = Vec::new();
+    for (number, id) in &listing {
+        let due = match (options.retrieval, state.stored.get(id)) {
+            (Retrieval::DeleteAfterStore, Some(_)) => true,
+            (Retrieval::DeleteAfterDays(days), Some(age)) => *age >= days as f64,
+            _ => false,
+        };
+        if due {
+            to_delete.push(*number);
+        }
+    }
+
+    let limits = &options.limits;
+    let size_of = |number: u32| sizes.get(&number).copied().unwrap_or(0);
+    let fetched_size = |index: usize| size_of(new[index].0).min(limits.max_message_size);
+    let indexes: Vec<usize> = (0..new.len()).collect();
+    let groups = split_by_size(&indexes, fetched_size, limits);
+    let mut skipped = Some(skipped);
+    for group in &groups {
+        let mut messages: Vec<FetchedMessage> = Vec::with_capacity(group.len());
+        for &index in group {
+            let (number, id) = new[index];
+            let headers_only = size_of(number) > limits.max_message_size;
+            let bytes = if headers_only { client.headers(number) } else { client.retrieve(number) }
+                .map_err(|error| failed(error, &format!("retrieving message {number}")))?;
+            let mut message = fetched_message(bytes, size_of(number), headers_only, limits);
+            message.unique_id = Some(id.to_owned());
+            messages.push(message);
+        }
+        let batch = Batch {
+            folder: state.folder.clone(),
+            messages,
+            skipped_unique_ids: skipped.take().unwrap_or_default(),
+            ..Batch::default()
+        };
+        let receipt = store.store(batch).map_err(SyncError::Store)?;
+        outcome.new_messages += receipt.new_messages;
+        outcome.already_stored += receipt.already_stored;
+        if options.retrieval == Retrieval::DeleteAfterStore {
+            let committed: HashSet<&str> = receipt.committed_unique_ids.iter().map(String::as_str).collect();
+            to_delete.extend(group.iter().map(|&index| new[index]).filter(|(_, id)| committed.contains(id)).map(|(n, _)| n));
+        }
+        if let Some((which, why)) = receipt.failed.first() {
+            // Keep going with the others; this one stays on the server.
+            outcome.error = Some(SyncError::Store(format!("message {which} could not be stored: {why}")));
+        }
+    }
+    if let Some(skipped) = skipped.filter(|skipped| !skipped.is_empty() || state.first_sync) {
+        // No new message, but the first sync must still be recorded.
+        let batch = Batch { folder: state.folder.clone(), skipped_unique_ids: skipped, ..Batch::default() };
+        store.store(batch).map_err(SyncError::Store)?;
+    }
+    for number in &to_delete {
+        client.delete(*number).map_err(|error| failed(error, &format!("deleting message {number}")))?;
+    }
+    Ok(to_delete.len())
+}
