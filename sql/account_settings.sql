@@ -120,6 +120,63 @@ $$;
 COMMENT ON FUNCTION email_accounts.raise_setting_error(text, text, text) IS
   'Raises check_violation (23514) naming the account and the field; used by check_account_settings().';
 
+-- append_to_table, append_to_columns and on_receive_function of one account.
+CREATE FUNCTION email_accounts.check_routing(checked_account_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    checked email_accounts.account;
+    owner oid;
+    key_column name;
+    mapping record;
+    handler pg_proc;
+BEGIN
+    SELECT * INTO checked FROM email_accounts.account WHERE account_id = checked_account_id;
+    owner := to_regrole(quote_ident(checked.owner_role));
+    IF checked.append_to_table IS NOT NULL THEN
+        key_column := email_accounts.primary_key_column(checked.append_to_table);
+        IF key_column IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_table',
+                format('table %s has no single-column primary key to link messages to its rows', checked.append_to_table));
+        END IF;
+        FOR mapping IN SELECT key, value FROM jsonb_each(checked.append_to_columns) LOOP
+            IF jsonb_typeof(mapping.value) <> 'string' OR NOT (mapping.value #>> '{}') = ANY (email_accounts.message_field_names()) THEN
+                PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_columns',
+                    format('%s is not a message field (one of %s)', mapping.value, array_to_string(email_accounts.message_field_names(), ', ')));
+            END IF;
+            IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = checked.append_to_table AND attname = mapping.key
+                                                      AND attnum > 0 AND NOT attisdropped) THEN
+                PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_columns',
+                    format('table %s has no column %I', checked.append_to_table, mapping.key));
+            END IF;
+        END LOOP;
+        IF owner IS NOT NULL AND NOT (has_table_privilege(owner, checked.append_to_table, 'INSERT')
+                                      AND has_column_privilege(owner, checked.append_to_table, key_column, 'SELECT')) THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_table',
+                format('owner_role %I needs INSERT on %s and SELECT on its column %I', checked.owner_role, checked.append_to_table, key_column));
+        END IF;
+    END IF;
+    IF checked.on_receive_function IS NOT NULL THEN
+        SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_receive_function;
+        IF handler.pronargs <> 1 OR handler.proargtypes[0] <> 'bigint'::regtype THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_receive_function',
+                format('%s must take one argument, the message_id bigint', checked.on_receive_function));
+        END IF;
+        IF handler.prokind <> 'f' THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_receive_function',
+                format('%s must be a function, not a procedure or aggregate', checked.on_receive_function));
+        END IF;
+        IF owner IS NOT NULL AND NOT has_function_privilege(owner, checked.on_receive_function, 'EXECUTE') THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_receive_function',
+                format('owner_role %I may not execute %s', checked.owner_role, checked.on_receive_function));
+        END IF;
+    END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.check_routing(bigint) IS
+  'Checks an account''s append_to_table (single-column primary key, owner_role may insert), append_to_columns (existing columns, known message fields) and on_receive_function (takes one bigint, owner_role may execute); raises check_violation naming the field.';
+
 -- Checks the effective settings of one account; raises naming the field.
 CREATE FUNCTION email_accounts.check_account_settings(checked_account_id bigint) RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -167,6 +224,8 @@ BEGIN
         END IF;
     END IF;
 
+    PERFORM email_accounts.check_routing(checked_account_id);
+
     IF settings.enable_outgoing THEN
         IF settings.smtp_host IS NULL THEN
             PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_host',
@@ -199,9 +258,21 @@ CREATE FUNCTION email_accounts.account_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- The worker runs append_to and on_receive code as owner_role: only its
+    -- members may name it (or change what runs under it).
+    IF (TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role
+        OR NEW.append_to_table IS DISTINCT FROM OLD.append_to_table
+        OR NEW.on_receive_function IS DISTINCT FROM OLD.on_receive_function)
+       AND to_regrole(quote_ident(NEW.owner_role)) IS NOT NULL
+       AND NOT pg_has_role(current_user, to_regrole(quote_ident(NEW.owner_role)), 'MEMBER') THEN
+        RAISE EXCEPTION 'account %: only members of role % may make it the owner_role or change what runs as it',
+                        quote_literal(NEW.name), quote_ident(NEW.owner_role)
+            USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role';
+    END IF;
     PERFORM email_accounts.check_account_settings(NEW.account_id);
-    -- Mail may have waited for this account (a password, enable_outgoing).
-    PERFORM email_accounts.wake_sender_at_commit();
+    -- Mail may have waited for this account (a password, enable_outgoing),
+    -- and the receiver syncs a newly enabled account at once.
+    PERFORM email_accounts.wake_workers_at_commit();
     RETURN NULL;
 END;
 $$;

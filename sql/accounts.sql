@@ -49,6 +49,12 @@ CREATE TABLE email_accounts.account (
                        CONSTRAINT "poll_interval must be at least 10 seconds" CHECK (poll_interval >= interval '10 seconds'),
     enable_auto_reply  boolean NOT NULL DEFAULT false,
     auto_reply_message text,
+    auto_reply_interval interval NOT NULL DEFAULT '7 days'
+                       CONSTRAINT "auto_reply_interval must not be negative" CHECK (auto_reply_interval >= interval '0'),
+    append_to_table    regclass,
+    append_to_columns  jsonb NOT NULL DEFAULT '{}'
+                       CONSTRAINT "append_to_columns must be a JSON object of column → message field" CHECK (jsonb_typeof(append_to_columns) = 'object'),
+    on_receive_function regprocedure,
 
     -- Outgoing
     enable_outgoing   boolean NOT NULL DEFAULT false,
@@ -79,7 +85,9 @@ CREATE TABLE email_accounts.account (
     CONSTRAINT "signature is required when add_signature is on"
         CHECK (NOT add_signature OR btrim(coalesce(signature, '')) <> ''),
     CONSTRAINT "default_incoming needs enable_incoming" CHECK (NOT default_incoming OR enable_incoming),
-    CONSTRAINT "default_outgoing needs enable_outgoing" CHECK (NOT default_outgoing OR enable_outgoing)
+    CONSTRAINT "default_outgoing needs enable_outgoing" CHECK (NOT default_outgoing OR enable_outgoing),
+    CONSTRAINT "append_to_columns is required when append_to_table is set"
+        CHECK (append_to_table IS NULL OR append_to_columns <> '{}')
 );
 
 -- At most one default per tenant, and one among accounts without a tenant.
@@ -119,6 +127,10 @@ COMMENT ON COLUMN email_accounts.account.pop3_delete_after_days IS 'Days after w
 COMMENT ON COLUMN email_accounts.account.poll_interval IS 'How often the inbox is checked.';
 COMMENT ON COLUMN email_accounts.account.enable_auto_reply IS 'Answer incoming mail with auto_reply_message (RFC 3834 rules apply).';
 COMMENT ON COLUMN email_accounts.account.auto_reply_message IS 'Text of the automatic reply.';
+COMMENT ON COLUMN email_accounts.account.auto_reply_interval IS 'A sender who got an automatic reply gets no other one from this account within this interval (RFC 3834).';
+COMMENT ON COLUMN email_accounts.account.append_to_table IS 'Application table that gets a new row for each incoming message that is not a reply (ERPNext "append to": support@ creates an issue). Inserted as owner_role, which needs INSERT on it; the table needs a single-column primary key, which becomes the message''s reference_id.';
+COMMENT ON COLUMN email_accounts.account.append_to_columns IS 'Which message field fills which column of append_to_table, e.g. {"title": "subject", "raised_by": "sender_address", "description": "body"}. Fields: see email_accounts.message_fields().';
+COMMENT ON COLUMN email_accounts.account.on_receive_function IS 'Function (message_id bigint) called for each new incoming message in the transaction that stores it, as owner_role (which needs EXECUTE); an error there is recorded on the message and does not stop the sync.';
 COMMENT ON COLUMN email_accounts.account.enable_outgoing IS 'Send mail through this account.';
 COMMENT ON COLUMN email_accounts.account.smtp_host IS 'SMTP server host name; NULL inherits.';
 COMMENT ON COLUMN email_accounts.account.smtp_port IS 'SMTP server port; NULL inherits.';

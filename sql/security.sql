@@ -77,3 +77,25 @@ CREATE POLICY tenant_rows ON email_accounts.suppression
 REVOKE EXECUTE ON FUNCTION email_accounts.rotate_encryption_key() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.inherited_settings_changed() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION email_accounts.check_routing(bigint) FROM PUBLIC;
+
+-- The inbox: senders and admins read their tenant's messages and sync state;
+-- the receiver worker writes them. sync_now() checks the account is visible.
+GRANT SELECT ON email_accounts.message, email_accounts.message_attachment, email_accounts.sync_state,
+                email_accounts.inbox, email_accounts.sync_status
+    TO email_accounts_sender, email_accounts_admin;
+GRANT DELETE ON email_accounts.message TO email_accounts_admin;
+REVOKE EXECUTE ON FUNCTION email_accounts.reparse(bigint), email_accounts.link_reply(bigint),
+                           email_accounts.auto_reply(bigint, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION email_accounts.reparse(bigint) TO email_accounts_admin;
+
+ALTER TABLE email_accounts.message ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON email_accounts.message
+    USING (email_accounts.tenant_is_visible(tenant));
+ALTER TABLE email_accounts.message_attachment ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_visible_mail ON email_accounts.message_attachment
+    USING (EXISTS (SELECT FROM email_accounts.message WHERE message.message_id = message_attachment.message_id));
+ALTER TABLE email_accounts.sync_state ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_visible_accounts ON email_accounts.sync_state
+    USING (EXISTS (SELECT FROM email_accounts.account WHERE account.account_id = sync_state.account_id));
+REVOKE EXECUTE ON FUNCTION email_accounts.record_sync(bigint, text, integer, text, text, integer) FROM PUBLIC;

@@ -29,7 +29,7 @@ pgrx::extension_sql_file!("../sql/secrets.sql", name = "secrets", requires = ["a
 pgrx::extension_sql_file!(
     "../sql/account_settings.sql",
     name = "account_settings",
-    requires = ["accounts", wake_sender_at_commit]
+    requires = ["accounts", wake_workers_at_commit]
 );
 pgrx::extension_sql_file!(
     "../sql/account_tests.sql",
@@ -43,6 +43,12 @@ pgrx::extension_sql_file!(
     requires = ["outbox", header_problem, mailbox_address, wake_sender_at_commit]
 );
 pgrx::extension_sql_file!("../sql/outbox_admin.sql", name = "outbox_admin", requires = ["outbox_queue"]);
+pgrx::extension_sql_file!("../sql/inbox.sql", name = "inbox", requires = ["outbox"]);
+pgrx::extension_sql_file!(
+    "../sql/inbox_routing.sql",
+    name = "inbox_routing",
+    requires = ["inbox", "outbox_queue", "account_settings", mailbox_address]
+);
 pgrx::extension_sql_file!("../sql/suppression.sql", name = "suppression", requires = ["outbox", random_bytes]);
 pgrx::extension_sql_file!(
     "../sql/security.sql",
@@ -52,7 +58,10 @@ pgrx::extension_sql_file!(
         "secrets",
         "outbox_admin",
         "suppression",
+        "inbox_routing",
         set_password,
+        sync_now,
+        reparse,
         rotate_encryption_key,
         worker_status,
         flush,

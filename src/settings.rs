@@ -32,6 +32,17 @@ pub static RETRY_BASE_DELAY: GucSetting<i32> = GucSetting::<i32>::new(30);
 /// Delivery attempts before a row is given up as failed.
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 
+/// Accounts the receiver syncs in parallel (one connection each).
+pub static RECEIVE_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// Incoming messages committed per transaction.
+pub static RECEIVE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
+/// Messages larger than this (kB) are stored with their headers only.
+pub static MAX_MESSAGE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(50 * 1024);
+/// Longest delay between retries of a failing account, in seconds.
+pub static RECEIVE_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// Keep an IMAP IDLE connection on each account's first folder.
+pub static IMAP_IDLE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"email_accounts.database",
@@ -72,6 +83,58 @@ pub fn register() {
         GucFlags::UNIT_MS,
     );
     register_sender();
+    register_receiver();
+}
+
+fn register_receiver() {
+    GucRegistry::define_int_guc(
+        c"email_accounts.receive_connections",
+        c"Accounts the receiver syncs in parallel, one connection each.",
+        c"",
+        &RECEIVE_CONNECTIONS,
+        1,
+        256,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"email_accounts.receive_batch_size",
+        c"Incoming messages stored per transaction (with the folder's cursor).",
+        c"",
+        &RECEIVE_BATCH_SIZE,
+        1,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"email_accounts.max_message_size",
+        c"Incoming messages larger than this are stored with their headers only (headers_only).",
+        c"The size is checked (RFC822.SIZE, POP3 LIST) before the message is fetched.",
+        &MAX_MESSAGE_SIZE,
+        1,
+        1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"email_accounts.receive_max_backoff",
+        c"Longest delay between sync attempts of an account whose server keeps failing.",
+        c"After a failure the delay is the account's poll_interval, doubling with each further failure up to this.",
+        &RECEIVE_MAX_BACKOFF,
+        10,
+        7 * 86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"email_accounts.imap_idle",
+        c"Keep an IMAP IDLE connection on each IMAP account's first folder, so new mail is synced within moments.",
+        c"Off: accounts are synced every poll_interval only.",
+        &IMAP_IDLE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 }
 
 fn register_sender() {
@@ -176,4 +239,24 @@ pub fn public_base_url() -> Option<String> {
 
 pub fn retry_base_delay_seconds() -> i32 {
     RETRY_BASE_DELAY.get().max(1)
+}
+
+pub fn receive_connections() -> usize {
+    RECEIVE_CONNECTIONS.get().max(1) as usize
+}
+
+pub fn receive_batch_size() -> usize {
+    RECEIVE_BATCH_SIZE.get().max(1) as usize
+}
+
+pub fn max_message_size_bytes() -> u64 {
+    MAX_MESSAGE_SIZE.get().max(1) as u64 * 1024
+}
+
+pub fn receive_max_backoff_seconds() -> i32 {
+    RECEIVE_MAX_BACKOFF.get().max(10)
+}
+
+pub fn imap_idle() -> bool {
+    IMAP_IDLE.get()
 }

@@ -2,6 +2,7 @@
 
 pub mod address;
 pub mod certificate;
+pub mod inbox;
 mod errors;
 pub mod links;
 pub mod outbox;

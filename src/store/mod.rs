@@ -5,8 +5,10 @@
 pub mod account_settings;
 pub mod accounts;
 pub mod catalog;
+pub mod inbox;
 pub mod key_file;
 pub mod links;
 pub mod outbox;
+pub mod routing;
 pub mod secrets;
 pub mod transaction;

@@ -52,9 +52,39 @@ pub struct WorkerSlot {
     pub process_number: i32,
 }
 
+/// Where a `sync_now()` request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum SyncRequestState {
+    #[default]
+    Free,
+    Requested,
+    Running,
+    Done,
+}
+
+/// One `sync_now()` call waiting for the receiver.
 #[derive(Debug, Clone, Copy, Default)]
+pub struct SyncRequest {
+    pub account_id: i64,
+    pub state: SyncRequestState,
+    /// The waiting backend's PGPROC number, whose latch is set when done.
+    pub requester_process_number: i32,
+}
+
+/// Concurrent `sync_now()` calls the board can hold.
+pub const SYNC_REQUEST_SLOTS: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
 pub struct WorkerBoard {
     slots: [WorkerSlot; Role::ALL.len()],
+    sync_requests: [SyncRequest; SYNC_REQUEST_SLOTS],
+}
+
+impl Default for WorkerBoard {
+    fn default() -> Self {
+        WorkerBoard { slots: Default::default(), sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS] }
+    }
 }
 
 // SAFETY: plain-old-data with no pointers; it lives in PostgreSQL's shared memory.
@@ -103,11 +133,75 @@ pub fn wake(role: Role) -> bool {
     if slot.pid == 0 {
         return false;
     }
+    set_latch_of(slot.process_number);
+    true
+}
+
+/// Sets the latch of the process with this PGPROC number.
+fn set_latch_of(process_number: i32) {
     // SAFETY: ProcGlobal->allProcs has an entry for every PGPROC number, and
     // setting a latch of a process that has exited is harmless.
     unsafe {
-        let process = (*pg_sys::ProcGlobal).allProcs.add(slot.process_number as usize);
+        let process = (*pg_sys::ProcGlobal).allProcs.add(process_number as usize);
         pg_sys::SetLatch(&mut (*process).procLatch);
     }
-    true
+}
+
+/// Files a sync request for the account; the slot index, or None when all slots are taken.
+pub fn request_sync(account_id: i64) -> Option<usize> {
+    let requester_process_number = unsafe { (*pg_sys::MyProc).pgprocno };
+    let mut board = WORKER_BOARD.exclusive();
+    let index = board.sync_requests.iter().position(|request| request.state == SyncRequestState::Free)?;
+    board.sync_requests[index] =
+        SyncRequest { account_id, state: SyncRequestState::Requested, requester_process_number };
+    Some(index)
+}
+
+pub fn sync_request_state(index: usize) -> SyncRequestState {
+    WORKER_BOARD.share().sync_requests[index].state
+}
+
+pub fn release_sync_request(index: usize) {
+    WORKER_BOARD.exclusive().sync_requests[index] = SyncRequest::default();
+}
+
+/// The receiver takes the waiting requests: (slot, account).
+pub fn take_sync_requests() -> Vec<(usize, i64)> {
+    let mut board = WORKER_BOARD.exclusive();
+    let mut taken = Vec::new();
+    for (index, request) in board.sync_requests.iter_mut().enumerate() {
+        if request.state == SyncRequestState::Requested {
+            request.state = SyncRequestState::Running;
+            taken.push((index, request.account_id));
+        }
+    }
+    taken
+}
+
+/// Whether any request waits (without taking it).
+pub fn sync_requested() -> bool {
+    WORKER_BOARD.share().sync_requests.iter().any(|request| request.state == SyncRequestState::Requested)
+}
+
+/// Marks a request done and wakes its caller.
+pub fn finish_sync_request(index: usize) {
+    let process_number = {
+        let mut board = WORKER_BOARD.exclusive();
+        let request = &mut board.sync_requests[index];
+        if request.state != SyncRequestState::Running {
+            return;
+        }
+        request.state = SyncRequestState::Done;
+        request.requester_process_number
+    };
+    set_latch_of(process_number);
+}
+
+/// A restarted receiver takes over the requests its predecessor was running.
+pub fn requeue_running_sync_requests() {
+    for request in WORKER_BOARD.exclusive().sync_requests.iter_mut() {
+        if request.state == SyncRequestState::Running {
+            request.state = SyncRequestState::Requested;
+        }
+    }
 }

@@ -46,6 +46,10 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     board::started(role, settings::fallback_poll_interval().as_millis() as i64);
     log!("{} started in database \"{}\"", role.worker_name(), database);
 
+    if role == Role::Receiver {
+        board::requeue_running_sync_requests();
+    }
+    let mut idle_watchers = super::idle_watch::IdleWatchers::default();
     let mut extension_was_installed = None;
     // The sender's idle state: the outbox change count when a drain last
     // found nothing waiting. A timeout wake-up skips the drain (and so runs
@@ -74,6 +78,13 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         }
 
         let mut sleep = settings::fallback_poll_interval();
+        if !installed {
+            idle_watchers.stop_all();
+        }
+        if installed && role == Role::Receiver {
+            sleep = sleep.min(super::receiver::run(&mut idle_watchers));
+            unsafe { pg_sys::pgstat_report_stat(true) };
+        }
         if installed && role == Role::Sender {
             let changes = catalog::outbox_changes().ok().flatten();
             let nothing_new = !woken_by_latch && idle_at_changes.is_some() && changes == idle_at_changes;

@@ -3,7 +3,9 @@
 //! transaction, and only the main thread touches PostgreSQL.
 
 pub mod board;
+mod idle_watch;
 mod main_loop;
+mod receiver;
 pub mod role;
 mod sender;
 mod wake;

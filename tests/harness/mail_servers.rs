@@ -92,6 +92,45 @@ impl MailServers {
         messages
     }
 
+    /// Appends raw messages to a folder of a mailbox (created if missing),
+    /// with \Seen where asked; returns the UIDs the server gave them.
+    pub fn append(&self, address: &str, folder: &str, messages: &[(Vec<u8>, bool)]) {
+        let mut session = self.imap_session(address);
+        let _ = session.create(folder);
+        for (raw, seen) in messages {
+            let mut command = session.append(folder, raw);
+            if *seen {
+                command.flag(imap::types::Flag::Seen);
+            }
+            command.finish().expect("APPEND");
+        }
+        session.logout().expect("LOGOUT");
+    }
+
+    /// (UID, \Seen) of every message in a folder, read without changing anything.
+    pub fn folder_flags(&self, address: &str, folder: &str) -> Vec<(u32, bool)> {
+        let mut session = self.imap_session(address);
+        let exists = session.examine(folder).expect("EXAMINE").exists;
+        let mut flags = Vec::new();
+        if exists > 0 {
+            for fetch in session.fetch("1:*", "(UID FLAGS)").expect("FETCH").iter() {
+                let seen = fetch.flags().iter().any(|flag| *flag == imap::types::Flag::Seen);
+                flags.push((fetch.uid.unwrap_or(0), seen));
+            }
+        }
+        session.logout().expect("LOGOUT");
+        flags.sort();
+        flags
+    }
+
+    /// Deletes a folder and creates it again: the server gives it a new UIDVALIDITY.
+    pub fn recreate_folder(&self, address: &str, folder: &str) {
+        let mut session = self.imap_session(address);
+        session.delete(folder).expect("DELETE");
+        session.create(folder).expect("CREATE");
+        session.logout().expect("LOGOUT");
+    }
+
     /// Makes Postfix answer RCPT TO for `address` with `reply` (e.g. "450 4.2.0
     /// try later"), or accept it again with `None`.
     pub fn set_recipient_reply(&self, address: &str, reply: Option<&str>) {

@@ -8,10 +8,12 @@
 
 mod mail_servers;
 mod postgres;
+mod proxy;
 mod wait;
 
 pub use mail_servers::{MailServers, MailUser};
 pub use postgres::Postgres;
+pub use proxy::CuttingProxy;
 pub use wait::wait_until;
 
 use std::net::TcpListener;

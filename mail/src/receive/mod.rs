@@ -5,6 +5,7 @@
 //! the batch is committed.
 
 pub mod auto_reply;
+pub mod idle;
 mod batch;
 pub mod imap_sync;
 pub mod pop3_sync;

@@ -1,0 +1,481 @@
+//! The receiver's statements: which accounts are due, where their folders
+//! stand, storing a batch of messages together with the folder's cursor,
+//! and recording how a sync ended.
+
+use super::account_settings::ServerSettings;
+use super::routing::{self, RoutingSettings};
+use super::transaction::in_subtransaction;
+use email_accounts_mail::parse::ParsedMessage;
+use email_accounts_mail::receive::imap_sync::FolderState;
+use email_accounts_mail::receive::pop3_sync::{Pop3State, Retrieval};
+use email_accounts_mail::receive::{Batch, FetchedMessage, FolderOutcome, StoreReceipt};
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+use pgrx::JsonB;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+
+/// An account the receiver syncs now.
+#[derive(Debug, Clone)]
+pub struct ReceivingAccount {
+    pub account_id: i64,
+    pub name: String,
+    pub login_id: String,
+    pub allow_plaintext_authentication: bool,
+    pub extra_ca_certificate: Option<String>,
+    pub incoming: ServerSettings,
+    pub folders: Vec<String>,
+    pub unseen_only: bool,
+    pub initial_sync_count: u32,
+    pub attachment_size_limit: u64,
+    pub retrieval: Retrieval,
+    pub routing: RoutingSettings,
+    /// Its next sync is due now (or was asked for).
+    pub due: bool,
+    /// Changes whenever the incoming server, login or password changes (IDLE watchers restart then).
+    pub fingerprint: String,
+}
+
+impl ReceivingAccount {
+    pub fn is_pop3(&self) -> bool {
+        self.incoming.protocol.as_deref() == Some("pop3")
+    }
+}
+
+const RECEIVING_ACCOUNTS: &str = "
+SELECT settings.account_id, settings.name, settings.login_id, settings.allow_plaintext_authentication,
+       settings.extra_ca_certificate, settings.incoming_protocol, settings.incoming_host, settings.incoming_port,
+       settings.incoming_security, settings.folders, settings.sync_option = 'unseen', settings.initial_sync_count,
+       settings.attachment_size_limit, settings.pop3_retrieval, settings.pop3_delete_after_days,
+       settings.address, settings.enable_auto_reply, to_regrole(quote_ident(account.owner_role))::oid,
+       account.append_to_table::oid,
+       (SELECT format('SELECT %I.%I($1)', namespace.nspname, function.proname)
+          FROM pg_catalog.pg_proc AS function
+          JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = function.pronamespace
+         WHERE function.oid = account.on_receive_function),
+       settings.account_id = ANY ($1)
+        OR (SELECT count(*) < cardinality(settings.folders) OR min(state.next_attempt_at) <= now()
+              FROM email_accounts.sync_state AS state
+             WHERE state.account_id = settings.account_id AND state.folder = ANY (settings.folders)),
+       concat_ws('|', settings.incoming_host, settings.incoming_port, settings.incoming_security, settings.login_id,
+                 settings.folders[1], account.password_set_at, md5(settings.extra_ca_certificate))
+  FROM email_accounts.account_settings AS settings
+  JOIN email_accounts.account USING (account_id)
+ WHERE settings.ready_to_receive
+   AND settings.incoming_protocol IS NOT NULL AND settings.incoming_host IS NOT NULL
+   AND to_regrole(quote_ident(account.owner_role)) IS NOT NULL
+ ORDER BY settings.account_id";
+
+/// Every account ready to receive, each marked due when its next sync is due or it was requested.
+pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, SpiError> {
+    Spi::connect(|client| {
+        let table = client.select(RECEIVING_ACCOUNTS, None, &[requested.to_vec().into()])?;
+        let mut accounts = Vec::new();
+        for row in table {
+            let retrieval = match (row.get::<String>(14)?.as_deref(), row.get::<i32>(15)?) {
+                (Some("delete_after_store"), _) => Retrieval::DeleteAfterStore,
+                (Some("delete_after_days"), Some(days)) => Retrieval::DeleteAfterDays(days.max(1) as u32),
+                _ => Retrieval::Keep,
+            };
+            let address: String = row.get(16)?.unwrap_or_default();
+            accounts.push(ReceivingAccount {
+                account_id: row.get(1)?.unwrap_or_default(),
+                name: row.get(2)?.unwrap_or_default(),
+                login_id: row.get(3)?.unwrap_or_default(),
+                allow_plaintext_authentication: row.get(4)?.unwrap_or_default(),
+                extra_ca_certificate: row.get(5)?,
+                incoming: ServerSettings {
+                    protocol: row.get(6)?,
+                    host: row.get(7)?,
+                    port: row.get(8)?,
+                    security: row.get(9)?,
+                },
+                folders: row.get::<Vec<String>>(10)?.unwrap_or_default(),
+                unseen_only: row.get(11)?.unwrap_or_default(),
+                initial_sync_count: row.get::<i32>(12)?.unwrap_or(1).max(1) as u32,
+                attachment_size_limit: row.get::<i64>(13)?.unwrap_or(0).max(0) as u64,
+                retrieval,
+                routing: RoutingSettings {
+                    account_address: address,
+                    enable_auto_reply: row.get(17)?.unwrap_or_default(),
+                    owner: row.get::<pg_sys::Oid>(18)?.unwrap_or(pg_sys::InvalidOid),
+                    append_to_table: row.get::<pg_sys::Oid>(19)?.filter(|oid| *oid != pg_sys::InvalidOid),
+                    on_receive_statement: row.get(20)?,
+                },
+                due: row.get(21)?.unwrap_or(false),
+                fingerprint: row.get(22)?.unwrap_or_default(),
+            });
+        }
+        Ok(accounts)
+    })
+}
+
+/// Seconds until the next account is due (0 when one is due now); `None` when no account receives.
+pub fn seconds_until_next_sync() -> Result<Option<f64>, SpiError> {
+    Spi::get_one::<f64>(
+        "SELECT extract(epoch FROM min(coalesce(due.at, now())) - now())::float8
+           FROM email_accounts.account_settings AS settings
+          CROSS JOIN LATERAL (
+                SELECT CASE WHEN count(*) < cardinality(settings.folders) THEN now() ELSE min(state.next_attempt_at) END AS at
+                  FROM email_accounts.sync_state AS state
+                 WHERE state.account_id = settings.account_id AND state.folder = ANY (settings.folders)) AS due
+          WHERE settings.ready_to_receive",
+    )
+}
+
+/// Where each IMAP folder of the account stands.
+pub fn folder_states(account_id: i64, folders: &[String]) -> Result<Vec<FolderState>, SpiError> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT folder, uidvalidity, last_uid FROM email_accounts.sync_state WHERE account_id = $1 AND folder = ANY ($2)",
+            None,
+            &[account_id.into(), folders.to_vec().into()],
+        )?;
+        let mut stored: HashMap<String, (Option<u32>, u32)> = HashMap::new();
+        for row in table {
+            let folder: String = row.get(1)?.unwrap_or_default();
+            let uidvalidity = row.get::<i64>(2)?.map(|value| value as u32);
+            stored.insert(folder, (uidvalidity, row.get::<i64>(3)?.unwrap_or(0) as u32));
+        }
+        Ok(folders
+            .iter()
+            .map(|folder| {
+                let (uidvalidity, last_uid) = stored.get(folder).copied().unwrap_or((None, 0));
+                FolderState { folder: folder.clone(), uidvalidity, last_uid }
+            })
+            .collect())
+    })
+}
+
+/// What the database knows of a POP3 mailbox: stored UIDLs and their age, skipped UIDLs.
+pub fn pop3_state(account_id: i64, folder: &str) -> Result<Pop3State, SpiError> {
+    Spi::connect(|client| {
+        let mut state = Pop3State { folder: folder.to_owned(), ..Pop3State::default() };
+        let table = client.select(
+            "SELECT unique_id, extract(epoch FROM now() - received_at)::float8 / 86400
+               FROM email_accounts.message WHERE account_id = $1 AND unique_id IS NOT NULL",
+            None,
+            &[account_id.into()],
+        )?;
+        for row in table {
+            state.stored.insert(row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or(0.0));
+        }
+        let table = client.select(
+            "SELECT skipped_unique_ids, last_success_at IS NOT NULL FROM email_accounts.sync_state
+              WHERE account_id = $1 AND folder = $2",
+            None,
+            &[account_id.into(), folder.into()],
+        )?;
+        let mut synced_before = false;
+        for row in table {
+            state.skipped = row.get::<Vec<String>>(1)?.unwrap_or_default().into_iter().collect();
+            synced_before = row.get(2)?.unwrap_or(false);
+        }
+        state.first_sync = !synced_before && state.stored.is_empty() && state.skipped.is_empty();
+        Ok(state)
+    })
+}
+
+const INSERT_MESSAGE: &str = "
+INSERT INTO email_accounts.message
+       (account_id, tenant, folder, uidvalidity, uid, unique_id, internet_message_id, in_reply_to, \"references\",
+        from_address, to_addresses, cc_addresses, reply_to, subject, sent_at, body_text, body_html, headers, size,
+        seen, raw, raw_sha256, headers_only, parse_error)
+SELECT $1, account.tenant, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, to_timestamp($14), $15, $16, $17, $18,
+       $19, $20, sha256($20), $21, $22
+  FROM email_accounts.account WHERE account_id = $1
+ON CONFLICT DO NOTHING
+RETURNING message_id";
+
+/// After a UIDVALIDITY change: the same content already stored from this folder takes the new UID.
+const REBIND_MESSAGE: &str = "
+UPDATE email_accounts.message SET uidvalidity = $3, uid = $4
+ WHERE message_id = (SELECT message_id FROM email_accounts.message
+                      WHERE account_id = $1 AND folder = $2 AND raw_sha256 = sha256($5) AND uidvalidity <> $3
+                      ORDER BY message_id LIMIT 1)
+RETURNING message_id";
+
+const INSERT_ATTACHMENT: &str = "
+INSERT INTO email_accounts.message_attachment (message_id, position, filename, content_type, size, content_id, inline, content)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+const ADVANCE_CURSOR: &str = "
+INSERT INTO email_accounts.sync_state AS state (account_id, folder, uidvalidity, last_uid, skipped_unique_ids, messages_stored)
+VALUES ($1, $2, $3, coalesce($4, 0), $5, $6)
+ON CONFLICT (account_id, folder) DO UPDATE
+   SET uidvalidity = excluded.uidvalidity,
+       last_uid = CASE WHEN $4 IS NULL THEN state.last_uid ELSE excluded.last_uid END,
+       skipped_unique_ids = state.skipped_unique_ids || excluded.skipped_unique_ids,
+       messages_stored = state.messages_stored + excluded.messages_stored";
+
+fn headers_json(parsed: &ParsedMessage) -> serde_json::Value {
+    serde_json::Value::Array(
+        parsed.headers.iter().map(|(name, value)| serde_json::json!({ "name": name, "value": value })).collect(),
+    )
+}
+
+/// Which message a receipt line is about: its UID or UIDL.
+fn label(message: &FetchedMessage) -> String {
+    match (&message.uid, &message.unique_id) {
+        (Some(uid), _) => format!("UID {uid}"),
+        (None, Some(id)) => format!("UIDL {id}"),
+        (None, None) => "without id".to_owned(),
+    }
+}
+
+/// Stores one message; `Some(id)` when it is new, `None` when it was already there.
+fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> Result<Option<i64>, SpiError> {
+    let uidvalidity = batch.uidvalidity.map(i64::from);
+    let uid = message.uid.map(i64::from);
+    if batch.resync {
+        let rebound = Spi::connect_mut(|client| {
+            let table = client.update(
+                REBIND_MESSAGE,
+                Some(1),
+                &[account_id.into(), batch.folder.as_str().into(), uidvalidity.into(), uid.into(), message.raw.as_slice().into()],
+            )?;
+            Ok::<_, SpiError>(!table.is_empty())
+        })?;
+        if rebound {
+            return Ok(None);
+        }
+    }
+    let empty = ParsedMessage::default();
+    let (parsed, parse_error) = match &message.parsed {
+        Ok(parsed) => (parsed, None),
+        Err(error) => (&empty, Some(error.to_string())),
+    };
+    let new_id = Spi::connect_mut(|client| {
+        let table = client.update(
+            INSERT_MESSAGE,
+            Some(1),
+            &[
+                account_id.into(),
+                batch.folder.as_str().into(),
+                uidvalidity.into(),
+                uid.into(),
+                message.unique_id.clone().into(),
+                parsed.message_id.clone().into(),
+                parsed.in_reply_to.clone().into(),
+                parsed.references.clone().into(),
+                parsed.from.clone().into(),
+                parsed.to.clone().into(),
+                parsed.cc.clone().into(),
+                parsed.reply_to.clone().into(),
+                parsed.subject.clone().into(),
+                parsed.date.map(|seconds| seconds as f64).into(),
+                parsed.text_body.clone().into(),
+                parsed.html_body.clone().into(),
+                JsonB(headers_json(parsed)).into(),
+                (message.server_size.max(message.raw.len() as u64) as i64).into(),
+                message.seen.into(),
+                message.raw.as_slice().into(),
+                message.headers_only.into(),
+                parse_error.into(),
+            ],
+        )?;
+        if table.is_empty() {
+            return Ok::<_, SpiError>(None);
+        }
+        table.first().get::<i64>(1)
+    })?;
+    if let Some(message_id) = new_id {
+        insert_attachments(message_id, parsed)?;
+    }
+    Ok(new_id)
+}
+
+pub fn insert_attachments(message_id: i64, parsed: &ParsedMessage) -> Result<(), SpiError> {
+    Spi::connect_mut(|client| {
+        for (index, attachment) in parsed.attachments.iter().enumerate() {
+            client.update(
+                INSERT_ATTACHMENT,
+                None,
+                &[
+                    message_id.into(),
+                    (index as i32 + 1).into(),
+                    attachment.filename.clone().into(),
+                    attachment.content_type.as_str().into(),
+                    (attachment.size as i64).into(),
+                    attachment.content_id.clone().into(),
+                    attachment.inline.into(),
+                    attachment.content.as_deref().into(),
+                ],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Stores a batch and advances the folder's cursor, inside the caller's
+/// transaction. Each message is stored in its own subtransaction: one the
+/// database refuses is reported and the cursor stops before it.
+pub fn store_batch(account: &ReceivingAccount, batch: &Batch) -> Result<StoreReceipt, SpiError> {
+    let mut receipt = StoreReceipt::default();
+    let mut new_messages: Vec<(i64, &FetchedMessage)> = Vec::new();
+    let mut first_failed_uid: Option<u32> = None;
+    for message in &batch.messages {
+        let stored = in_subtransaction(AssertUnwindSafe(|| insert_message(account.account_id, batch, message)));
+        let error = match stored {
+            Ok(Ok(Some(message_id))) => {
+                new_messages.push((message_id, message));
+                None
+            }
+            Ok(Ok(None)) => {
+                receipt.already_stored += 1;
+                None
+            }
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(error) => Some(error.to_string()),
+        };
+        match error {
+            None => receipt.committed_unique_ids.extend(message.unique_id.clone()),
+            Some(error) => {
+                if let Some(uid) = message.uid {
+                    first_failed_uid = Some(first_failed_uid.map_or(uid, |first| first.min(uid)));
+                }
+                receipt.failed.push((label(message), error));
+            }
+        }
+    }
+    receipt.new_messages = new_messages.len();
+    for (message_id, message) in &new_messages {
+        routing::route(*message_id, message, &account.routing);
+    }
+    let last_uid = match (batch.last_uid, first_failed_uid) {
+        (Some(last), Some(failed)) => Some(last.min(failed.saturating_sub(1))),
+        (last, _) => last,
+    };
+    Spi::run_with_args(
+        ADVANCE_CURSOR,
+        &[
+            account.account_id.into(),
+            batch.folder.as_str().into(),
+            batch.uidvalidity.map(i64::from).into(),
+            last_uid.map(i64::from).into(),
+            batch.skipped_unique_ids.clone().into(),
+            (receipt.new_messages as i64).into(),
+        ],
+    )?;
+    Ok(receipt)
+}
+
+/// Records how a folder's sync ended and schedules the next one.
+pub fn record_outcome(account_id: i64, outcome: &FolderOutcome, max_backoff_seconds: i32) -> Result<(), SpiError> {
+    let error = outcome.error.as_ref().map(|error| error.to_string());
+    let kind = outcome.error.as_ref().map(|error| error.kind());
+    Spi::run_with_args(
+        "SELECT email_accounts.record_sync($1, $2, $3, $4, $5, $6)",
+        &[
+            account_id.into(),
+            outcome.folder.as_str().into(),
+            (outcome.new_messages as i32).into(),
+            error.into(),
+            kind.into(),
+            max_backoff_seconds.into(),
+        ],
+    )
+}
+
+/// An account as `sync_now()`'s caller sees it (row-level security applies).
+pub struct VisibleAccount {
+    pub account_id: i64,
+    pub enable_incoming: bool,
+    pub ready_to_receive: bool,
+}
+
+pub fn visible_account(name: &str) -> Result<Option<VisibleAccount>, SpiError> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT account_id, enable_incoming, ready_to_receive FROM email_accounts.account_settings WHERE name = $1",
+            Some(1),
+            &[name.into()],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(Some(VisibleAccount {
+            account_id: row.get(1)?.unwrap_or_default(),
+            enable_incoming: row.get(2)?.unwrap_or_default(),
+            ready_to_receive: row.get(3)?.unwrap_or_default(),
+        }))
+    })
+}
+
+/// One folder's result as `sync_now()` returns it.
+pub type FolderResult = (String, i32, String, Option<String>, Option<String>);
+
+/// Read with a new snapshot (a read-write SPI call takes one; a read-only
+/// one would reuse the statement's), so the worker's commits are seen.
+pub fn folder_results(account_id: i64) -> Result<Vec<FolderResult>, SpiError> {
+    Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT status.folder, coalesce(status.last_new_messages, 0), status.state, status.last_error_kind, status.last_error
+               FROM email_accounts.sync_status AS status
+               JOIN email_accounts.account ON account.name = status.account
+              WHERE account.account_id = $1
+              ORDER BY status.folder",
+            None,
+            &[account_id.into()],
+        )?;
+        let mut results = Vec::new();
+        for row in table {
+            results.push((row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or(0), row.get(3)?.unwrap_or_default(), row.get(4)?, row.get(5)?));
+        }
+        Ok(results)
+    })
+}
+
+/// A stored message's bytes and its account's attachment limit.
+pub fn raw_message(message_id: i64) -> Result<Option<(Vec<u8>, u64)>, SpiError> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT message.raw, account.attachment_size_limit
+               FROM email_accounts.message JOIN email_accounts.account USING (account_id)
+              WHERE message.message_id = $1",
+            Some(1),
+            &[message_id.into()],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(Some((row.get::<Vec<u8>>(1)?.unwrap_or_default(), row.get::<i64>(2)?.unwrap_or(0).max(0) as u64)))
+    })
+}
+
+/// Replaces a message's parsed fields and attachments, and links it again.
+pub fn replace_parsed(message_id: i64, parsed: Result<&ParsedMessage, String>) -> Result<(), SpiError> {
+    let empty = ParsedMessage::default();
+    let (fields, parse_error) = match parsed {
+        Ok(fields) => (fields, None),
+        Err(error) => (&empty, Some(error)),
+    };
+    Spi::run_with_args(
+        "UPDATE email_accounts.message
+            SET internet_message_id = $2, in_reply_to = $3, \"references\" = $4, from_address = $5, to_addresses = $6,
+                cc_addresses = $7, reply_to = $8, subject = $9, sent_at = to_timestamp($10), body_text = $11,
+                body_html = $12, headers = $13, parse_error = $14
+          WHERE message_id = $1",
+        &[
+            message_id.into(),
+            fields.message_id.clone().into(),
+            fields.in_reply_to.clone().into(),
+            fields.references.clone().into(),
+            fields.from.clone().into(),
+            fields.to.clone().into(),
+            fields.cc.clone().into(),
+            fields.reply_to.clone().into(),
+            fields.subject.clone().into(),
+            fields.date.map(|seconds| seconds as f64).into(),
+            fields.text_body.clone().into(),
+            fields.html_body.clone().into(),
+            JsonB(headers_json(fields)).into(),
+            parse_error.into(),
+        ],
+    )?;
+    Spi::run_with_args("DELETE FROM email_accounts.message_attachment WHERE message_id = $1", &[message_id.into()])?;
+    insert_attachments(message_id, fields)?;
+    Spi::run_with_args("SELECT email_accounts.link_reply($1)", &[message_id.into()])
+}

@@ -1,0 +1,128 @@
+//! What happens to a new incoming message in the transaction that stores
+//! it: reply linking, the account's append_to table and on_receive function
+//! (run as the account's owner role, as a security-restricted operation so
+//! that code cannot switch back to the worker's superuser), and the RFC 3834
+//! automatic reply. Each step runs in its own subtransaction: an error is
+//! recorded on the message and never loses it.
+
+use super::transaction::in_subtransaction;
+use email_accounts_mail::receive::auto_reply::{auto_reply_recipient, auto_reply_subject};
+use email_accounts_mail::receive::FetchedMessage;
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+use pgrx::JsonB;
+use std::panic::AssertUnwindSafe;
+
+/// The account settings routing needs.
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    pub account_address: String,
+    pub enable_auto_reply: bool,
+    /// The account's owner role: append_to and on_receive run as it.
+    pub owner: pg_sys::Oid,
+    pub append_to_table: Option<pg_sys::Oid>,
+    /// `SELECT schema.function($1)`.
+    pub on_receive_statement: Option<String>,
+}
+
+/// Runs `body` as `role`, in a security-restricted operation (no SET ROLE,
+/// no RESET ROLE back to the worker's user). Call inside a subtransaction:
+/// on error its rollback restores the user.
+fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let result = body();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    result
+}
+
+fn record_routing_error(message_id: i64, step: &str, error: &str) {
+    let problem = format!("{step}: {error}");
+    let recorded = Spi::run_with_args(
+        "UPDATE email_accounts.message
+            SET routing_error = concat_ws(E'\\n', routing_error, $2) WHERE message_id = $1",
+        &[message_id.into(), problem.as_str().into()],
+    );
+    if let Err(error) = recorded {
+        warning!("email_accounts receiver: cannot record a routing error of message {message_id}: {error}");
+    }
+}
+
+/// Runs one step in a subtransaction; an error is recorded on the message.
+fn step(message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>) {
+    let outcome = in_subtransaction(AssertUnwindSafe(body));
+    let error = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    record_routing_error(message_id, name, &error);
+}
+
+pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettings) {
+    let mut is_reply = false;
+    step(message_id, "linking the reply", || {
+        is_reply = Spi::get_one_with_args::<bool>("SELECT email_accounts.link_reply($1)", &[message_id.into()])?
+            .unwrap_or(false);
+        Ok(())
+    });
+    if let (Some(table), false) = (settings.append_to_table, is_reply) {
+        step(message_id, "append_to_table", || append_to(message_id, table, settings.owner));
+    }
+    if let Some(statement) = &settings.on_receive_statement {
+        step(message_id, "on_receive_function", || {
+            as_role(settings.owner, || Spi::run_with_args(statement, &[message_id.into()]))
+        });
+    }
+    if settings.enable_auto_reply {
+        step(message_id, "auto reply", || auto_reply(message_id, message, settings));
+    }
+}
+
+/// Creates the append_to row as the owner role and links the message to it.
+fn append_to(message_id: i64, table: pg_sys::Oid, owner: pg_sys::Oid) -> Result<(), SpiError> {
+    let statement = Spi::get_one_with_args::<String>(
+        "SELECT email_accounts.append_to_statement(account_id) FROM email_accounts.message WHERE message_id = $1",
+        &[message_id.into()],
+    )?
+    .unwrap_or_default();
+    let values = Spi::get_one_with_args::<JsonB>("SELECT email_accounts.append_to_values($1)", &[message_id.into()])?;
+    let key = as_role(owner, || {
+        Spi::connect_mut(|client| {
+            let inserted = client.update(&statement, Some(1), &[values.into()])?;
+            if inserted.is_empty() {
+                return Ok::<_, SpiError>(None);
+            }
+            inserted.first().get::<String>(1)
+        })
+    })?;
+    Spi::run_with_args(
+        "UPDATE email_accounts.message SET reference_table = $2, reference_id = $3 WHERE message_id = $1",
+        &[message_id.into(), table.into(), key.into()],
+    )
+}
+
+fn auto_reply(message_id: i64, message: &FetchedMessage, settings: &RoutingSettings) -> Result<(), SpiError> {
+    let (recipient, refusal, subject) = match &message.parsed {
+        Ok(parsed) => {
+            let decision = auto_reply_recipient(&parsed.headers, parsed.from.as_deref(), &[&settings.account_address]);
+            let subject = auto_reply_subject(parsed.subject.as_deref());
+            match decision {
+                Ok(recipient) => (Some(recipient), None, subject),
+                Err(refusal) => (None, Some(refusal.to_string()), subject),
+            }
+        }
+        Err(error) => (None, Some(format!("the message could not be parsed: {error}")), auto_reply_subject(None)),
+    };
+    Spi::run_with_args(
+        "SELECT email_accounts.auto_reply($1, $2, $3, $4)",
+        &[message_id.into(), recipient.into(), subject.into(), refusal.into()],
+    )
+}

@@ -1,0 +1,250 @@
+//! One round of the receiver: find the accounts that are due (or asked for
+//! by `sync_now()` or an IDLE watcher), sync each on its own thread (at most
+//! `receive_connections` at once), and store the batches those threads hand
+//! back — on this, the main thread, one transaction per batch, the folder's
+//! cursor advanced in the same transaction. A failing account only records
+//! its own error and backs off.
+
+use super::board;
+use super::idle_watch::IdleWatchers;
+use crate::settings;
+use crate::store::inbox::{self, ReceivingAccount};
+use crate::store::secrets;
+use crate::store::transaction::{in_transaction, StoreError};
+use crate::threads;
+use email_accounts_mail::connection::{ConnectionError, Login};
+use email_accounts_mail::receive::imap_sync::{self, FolderState, ImapOptions};
+use email_accounts_mail::receive::pop3_sync::{self, Pop3Options, Pop3State};
+use email_accounts_mail::receive::{Batch, BatchStore, FolderOutcome, Limits, StoreReceipt, SyncError};
+use pgrx::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// What a sync thread tells the main thread.
+enum Report {
+    Batch { account_index: usize, batch: Batch, reply: mpsc::Sender<Result<StoreReceipt, String>> },
+    Finished { account_index: usize, outcomes: Vec<FolderOutcome> },
+}
+
+/// Hands batches to the main thread and waits until they are committed.
+struct MainThreadStore {
+    account_index: usize,
+    reports: mpsc::Sender<Report>,
+}
+
+impl BatchStore for MainThreadStore {
+    fn store(&mut self, batch: Batch) -> Result<StoreReceipt, String> {
+        let (reply, answer) = mpsc::channel();
+        self.reports
+            .send(Report::Batch { account_index: self.account_index, batch, reply })
+            .map_err(|_| "the receiver stopped".to_owned())?;
+        answer.recv().map_err(|_| "the receiver stopped before committing".to_owned())?
+    }
+}
+
+/// What a sync thread needs, read from the database before it starts.
+enum Work {
+    Imap(Vec<FolderState>),
+    Pop3(Pop3State),
+}
+
+struct Prepared {
+    account: ReceivingAccount,
+    login: Login,
+    work: Work,
+}
+
+fn limits(account: &ReceivingAccount) -> Limits {
+    Limits {
+        attachment_size_limit: account.attachment_size_limit,
+        max_message_size: settings::max_message_size_bytes(),
+        batch_messages: settings::receive_batch_size(),
+        batch_bytes: 16 * 1024 * 1024,
+    }
+}
+
+/// Reads the account's password and folder positions (one transaction).
+fn prepare(accounts: Vec<ReceivingAccount>) -> Result<(Vec<Prepared>, Vec<(ReceivingAccount, String)>), StoreError> {
+    in_transaction(AssertUnwindSafe(|| {
+        let mut prepared = Vec::new();
+        let mut unusable = Vec::new();
+        for account in accounts {
+            let password = match secrets::read_password(account.account_id) {
+                Ok(Some(password)) => password,
+                Ok(None) => {
+                    unusable.push((account, "no password is set for the account".to_owned()));
+                    continue;
+                }
+                Err(error) => {
+                    unusable.push((account, error.to_string()));
+                    continue;
+                }
+            };
+            let work = if account.is_pop3() {
+                let folder = account.folders.first().cloned().unwrap_or_else(|| "INBOX".to_owned());
+                inbox::pop3_state(account.account_id, &folder).map(Work::Pop3)
+            } else {
+                inbox::folder_states(account.account_id, &account.folders).map(Work::Imap)
+            };
+            match work {
+                Ok(work) => {
+                    let login = Login {
+                        user: account.login_id.clone(),
+                        password,
+                        allow_plaintext: account.allow_plaintext_authentication,
+                    };
+                    prepared.push(Prepared { account, login, work });
+                }
+                Err(error) => unusable.push((account, error.to_string())),
+            }
+        }
+        (prepared, unusable)
+    }))
+}
+
+fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>) {
+    // Settings are read here: PostgreSQL (GUCs included) only on the main thread.
+    let Prepared { account, login, work } = prepared;
+    let endpoint = account.incoming.endpoint(account.extra_ca_certificate.clone());
+    let limits = limits(&account);
+    let folders = account.folders.clone();
+    let (unseen_only, initial_sync_count, retrieval) = (account.unseen_only, account.initial_sync_count, account.retrieval);
+    threads::spawn_without_signals(move || {
+        let mut store = MainThreadStore { account_index, reports: reports.clone() };
+        let synced = std::panic::catch_unwind(AssertUnwindSafe(|| match work {
+            Work::Imap(states) => {
+                let options = ImapOptions { unseen_only, initial_sync_count, limits };
+                imap_sync::sync(&endpoint, &login, &states, &options, &mut store)
+            }
+            Work::Pop3(state) => {
+                let options = Pop3Options { retrieval, initial_sync_count, limits };
+                vec![pop3_sync::sync(&endpoint, &login, &state, &options, &mut store)]
+            }
+        }));
+        // A bug in the sync must not leave the main thread waiting for this account.
+        let outcomes = synced.unwrap_or_else(|_| {
+            let error = SyncError::Store("the sync thread failed unexpectedly".to_owned());
+            folders.iter().map(|folder| FolderOutcome { error: Some(error.clone()), ..FolderOutcome::new(folder) }).collect()
+        });
+        let _ = reports.send(Report::Finished { account_index, outcomes });
+    });
+}
+
+fn record(account_id: i64, outcomes: &[FolderOutcome]) {
+    let max_backoff = settings::receive_max_backoff_seconds();
+    let recorded = in_transaction(AssertUnwindSafe(|| {
+        outcomes.iter().try_for_each(|outcome| inbox::record_outcome(account_id, outcome, max_backoff))
+    }));
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warning!("email_accounts receiver: cannot record the sync of account {account_id}: {error}"),
+        Err(error) => warning!("email_accounts receiver: cannot record the sync of account {account_id}: {error}"),
+    }
+}
+
+/// Syncs the due and requested accounts; returns the time until the next is due.
+pub fn run(watchers: &mut IdleWatchers) -> Duration {
+    let requests = board::take_sync_requests();
+    let mut requested: Vec<i64> = requests.iter().map(|(_, account_id)| *account_id).collect();
+    requested.extend(watchers.take_changed());
+    let loaded = in_transaction(AssertUnwindSafe(|| inbox::receiving_accounts(&requested)));
+    let accounts = match loaded {
+        Ok(Ok(accounts)) => accounts,
+        Ok(Err(error)) => {
+            log!("email_accounts receiver: cannot look up due accounts: {error}");
+            Vec::new()
+        }
+        Err(error) => {
+            log!("email_accounts receiver: cannot look up due accounts: {error}");
+            Vec::new()
+        }
+    };
+    if settings::imap_idle() {
+        watchers.refresh(&accounts);
+    } else {
+        watchers.stop_all();
+    }
+    sync_accounts(accounts.into_iter().filter(|account| account.due).collect());
+    for (slot, _) in requests {
+        board::finish_sync_request(slot);
+    }
+    next_sync()
+}
+
+fn sync_accounts(accounts: Vec<ReceivingAccount>) {
+    if accounts.is_empty() {
+        return;
+    }
+    let (prepared, unusable) = match prepare(accounts) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            log!("email_accounts receiver: cannot prepare the sync: {error}");
+            return;
+        }
+    };
+    for (account, problem) in unusable {
+        let error = SyncError::Connection(ConnectionError::Auth(problem));
+        let outcomes: Vec<FolderOutcome> = account
+            .folders
+            .iter()
+            .map(|folder| FolderOutcome { error: Some(error.clone()), ..FolderOutcome::new(folder) })
+            .collect();
+        record(account.account_id, &outcomes);
+    }
+
+    let accounts: Vec<ReceivingAccount> = prepared.iter().map(|prepared| prepared.account.clone()).collect();
+    let mut waiting: VecDeque<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
+    let (reports, incoming) = mpsc::channel();
+    let mut running = 0;
+    let parallel = settings::receive_connections();
+    let mut new_messages: HashMap<usize, usize> = HashMap::new();
+    loop {
+        while running < parallel {
+            let Some((index, next)) = waiting.pop_front() else { break };
+            start(next, index, reports.clone());
+            running += 1;
+        }
+        if running == 0 {
+            break;
+        }
+        match incoming.recv_timeout(Duration::from_millis(100)) {
+            Ok(Report::Batch { account_index, batch, reply }) => {
+                let account = &accounts[account_index];
+                let stored = in_transaction(AssertUnwindSafe(|| inbox::store_batch(account, &batch)));
+                let answer = match stored {
+                    Ok(Ok(receipt)) => {
+                        *new_messages.entry(account_index).or_default() += receipt.new_messages;
+                        Ok(receipt)
+                    }
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                let _ = reply.send(answer);
+            }
+            Ok(Report::Finished { account_index, outcomes }) => {
+                running -= 1;
+                record(accounts[account_index].account_id, &outcomes);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                pg_sys::check_for_interrupts!();
+                if super::main_loop::shutdown_requested() {
+                    // Threads still fetching are abandoned; nothing they
+                    // fetched is acknowledged, so the next start fetches it again.
+                    return;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+}
+
+/// Time until the next account is due; a failed look-up is retried in a second.
+fn next_sync() -> Duration {
+    match in_transaction(inbox::seconds_until_next_sync) {
+        Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.max(0.05)),
+        Ok(Ok(None)) => settings::fallback_poll_interval(),
+        Ok(Err(_)) | Err(_) => Duration::from_secs(1),
+    }
+}
