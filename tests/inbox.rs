@@ -137,3 +137,337 @@ fn imap_sync_is_incremental_across_restarts_and_never_changes_seen() {
     assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), 8);
     assert_eq!(setup.servers.folder_flags("support@example.test", "INBOX").iter().filter(|(_, seen)| *seen).count(), 1);
 }
+
+#[test]
+fn unseen_only_initial_count_and_a_changed_uidvalidity() {
+    let mut setup = setup(&[]);
+    let address = "support@example.test";
+    let mut messages = numbered("u", 0..6);
+    messages[1].1 = true;
+    messages[4].1 = true;
+    setup.servers.append(address, "Support", &messages);
+    let flags_before = setup.servers.folder_flags(address, "Support");
+    setup.account("Support", address, "folders = '{Support}', sync_option = 'unseen', initial_sync_count = 3");
+
+    setup.sync_now("Support");
+    // Unseen are 0, 2, 3, 5; the newest three of them.
+    assert_eq!(setup.subjects("Support"), ["u 002", "u 003", "u 005"]);
+    assert_eq!(setup.servers.folder_flags(address, "Support"), flags_before, "\\Seen must not change");
+
+    setup.servers.append(address, "Support", &[(message("u 006", ""), false), (message("u 007", ""), true)]);
+    setup.sync_now("Support");
+    assert_eq!(setup.subjects("Support"), ["u 002", "u 003", "u 005", "u 006"]);
+    let old_validity = setup.count("SELECT uidvalidity FROM email_accounts.sync_state");
+
+    // A new UIDVALIDITY: the folder is read afresh; what is already stored is not stored again.
+    setup.servers.recreate_folder(address, "Support");
+    let again: Vec<(Vec<u8>, bool)> =
+        ["u 002", "u 003", "u 005", "u 006", "u 008"].iter().map(|subject| (message(subject, ""), false)).collect();
+    setup.servers.append(address, "Support", &again);
+    let result = setup.sync_now("Support");
+    assert_eq!(result[0].2, "ok", "{result:?}");
+    assert_eq!(result[0].1, 1, "only u 008 is new: {result:?}");
+    assert_eq!(setup.subjects("Support"), ["u 002", "u 003", "u 005", "u 006", "u 008"]);
+    assert_ne!(setup.count("SELECT uidvalidity FROM email_accounts.sync_state"), old_validity);
+    assert_eq!(
+        setup.count("SELECT count(*) FROM email_accounts.message WHERE uidvalidity = (SELECT uidvalidity FROM email_accounts.sync_state)"),
+        3,
+        "u 005 and u 006 rebound to their new UIDs, u 008 new"
+    );
+}
+
+fn odd_messages() -> Vec<(&'static str, Vec<u8>)> {
+    let big = "A".repeat(6000);
+    let small = "B".repeat(60);
+    let mut nested = "Subject: level 30\r\n\r\ninnermost\r\n".to_owned();
+    for level in (0..30).rev() {
+        nested = format!("Subject: level {level}\r\nContent-Type: message/rfc822\r\n\r\n{nested}");
+    }
+    vec![
+        ("windows-1252", b"From: =?windows-1252?Q?Ren=E9?= <rene@example.com>\r\nSubject: =?ISO-8859-1?Q?caf=E9?=\r\nContent-Type: text/plain; charset=windows-1252\r\n\r\nprix: 5 \x80\r\n".to_vec()),
+        ("broken headers", b"From bob@example.test\r\nSubject: broken \xff\xfe header\r\nThis line has no colon\r\n: empty name\r\n\r\nbody\r\n".to_vec()),
+        ("no message id", b"From: bob@example.test\r\nSubject: no id\r\n\r\nbody\r\n".to_vec()),
+        ("nested", nested.into_bytes()),
+        ("missing boundary", b"Subject: missing boundary\r\nContent-Type: multipart/mixed; boundary=\"xyz\"\r\n\r\n--xyz\r\nContent-Type: text/plain\r\n\r\nfirst part, never closed\r\n".to_vec()),
+        ("nul bytes", b"Subject: nul bytes\r\n\r\nbefore\x00after\r\n".to_vec()),
+        ("attachments", format!(
+            "Subject: attachments\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"big.bin\"\r\n\r\n{big}\r\n--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"small.txt\"\r\n\r\n{small}\r\n--b--\r\n"
+        ).into_bytes()),
+        ("garbage", b"\x01\x02 this is not a mail message at all".to_vec()),
+        ("blank", b"\r\n \r\n\t\r\n".to_vec()),
+    ]
+}
+
+#[test]
+fn odd_messages_and_the_attachment_limit_are_all_stored() {
+    let mut setup = setup(&[]);
+    let corpus = odd_messages();
+    let raw: Vec<(Vec<u8>, bool)> = corpus.iter().map(|(_, bytes)| (bytes.clone(), false)).collect();
+    setup.servers.append("support@example.test", "INBOX", &raw);
+    setup.account("Support", "support@example.test", "sync_option = 'all', attachment_size_limit = 1000");
+    let result = setup.sync_now("Support");
+    assert_eq!(result[0].2, "ok", "{result:?}");
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), corpus.len() as i64);
+
+    let row = setup
+        .client
+        .query_one(
+            "SELECT subject, body_text, from_address FROM email_accounts.message WHERE body_text LIKE 'prix%'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "café");
+    assert!(row.get::<_, String>(1).contains('€'), "windows-1252 decoded");
+    assert_eq!(row.get::<_, String>(2), "René <rene@example.com>");
+    assert_eq!(
+        setup.count("SELECT count(*) FROM email_accounts.message WHERE internet_message_id IS NULL"),
+        corpus.len() as i64
+    );
+    assert_eq!(
+        setup.count("SELECT count(*) FROM email_accounts.message WHERE body_text LIKE 'before\u{FFFD}after%'"),
+        1
+    );
+    let parts = setup
+        .client
+        .query(
+            "SELECT filename, size, content IS NULL FROM email_accounts.message_attachment WHERE filename IS NOT NULL ORDER BY filename",
+            &[],
+        )
+        .unwrap();
+    let parts: Vec<(String, i64, bool)> = parts.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    assert_eq!(parts, [("big.bin".to_owned(), 6000, true), ("small.txt".to_owned(), 60, false)]);
+
+    // What cannot be parsed is kept raw with its parse error; reparse() runs the parser again.
+    let garbage: i64 = setup
+        .client
+        .query_one("SELECT message_id FROM email_accounts.message WHERE parse_error = 'the message is empty'", &[])
+        .unwrap()
+        .get(0);
+    assert!(!setup.client.query_one("SELECT email_accounts.reparse($1)", &[&garbage]).unwrap().get::<_, bool>(0));
+    let parsed: i64 = setup
+        .client
+        .query_one("SELECT message_id FROM email_accounts.message WHERE subject = 'attachments'", &[])
+        .unwrap()
+        .get(0);
+    setup.client.execute("UPDATE email_accounts.message SET subject = NULL WHERE message_id = $1", &[&parsed]).unwrap();
+    assert!(setup.client.query_one("SELECT email_accounts.reparse($1)", &[&parsed]).unwrap().get::<_, bool>(0));
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message WHERE subject = 'attachments'"), 1);
+    assert_eq!(
+        setup.count(&format!("SELECT count(*) FROM email_accounts.message_attachment WHERE message_id = {parsed}")),
+        2
+    );
+}
+
+#[test]
+fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
+    let mut setup = setup(&[]);
+    let pop3 = format!(
+        "incoming_protocol = 'pop3', incoming_port = {}, incoming_security = 'ssl', folders = '{{INBOX}}'",
+        setup.servers.pop3s
+    );
+    setup.account("Bob", "bob@example.test", &format!("{pop3}, pop3_retrieval = 'keep'"));
+    setup.account("Carol", "carol@example.test", &format!("{pop3}, pop3_retrieval = 'delete_after_store'"));
+    setup.account(
+        "Erin",
+        "erin@example.test",
+        &format!("{pop3}, login_id = 'erin.login', pop3_retrieval = 'delete_after_days', pop3_delete_after_days = 2"),
+    );
+    for address in ["bob@example.test", "carol@example.test", "erin@example.test"] {
+        setup.servers.append(address, "INBOX", &numbered(address.split('@').next().unwrap(), 0..3));
+    }
+    setup.servers.append("carol@example.test", "INBOX", &[(message("refuse me", ""), false)]);
+    // The database refuses one of Carol's messages: it must stay on the server.
+    setup
+        .client
+        .batch_execute(
+            "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.subject = 'refuse me' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON email_accounts.message FOR EACH ROW EXECUTE FUNCTION public.refuse();",
+        )
+        .unwrap();
+
+    for name in ["Bob", "Carol", "Erin"] {
+        setup.sync_now(name);
+    }
+    assert_eq!(setup.subjects("Bob").len(), 3);
+    assert_eq!(setup.servers.mailbox("bob@example.test").len(), 3, "keep leaves mail on the server");
+    assert_eq!(setup.subjects("Carol").len(), 3);
+    let left = setup.servers.mailbox("carol@example.test");
+    assert_eq!(left.len(), 1, "only the refused message stays");
+    assert!(left[0].contains("refuse me"));
+    let carol = setup.sync_now("Carol");
+    assert_eq!(carol[0].2, "failing", "{carol:?}");
+    assert!(carol[0].3.as_deref().unwrap_or_default().contains("refused by a test trigger"), "{carol:?}");
+    assert_eq!(setup.subjects("Erin").len(), 3);
+    assert_eq!(setup.servers.mailbox("erin@example.test").len(), 3, "not old enough to delete");
+
+    setup.client.batch_execute("DROP TRIGGER refuse ON email_accounts.message").unwrap();
+    setup
+        .client
+        .batch_execute(
+            "UPDATE email_accounts.message SET received_at = now() - interval '3 days'
+              WHERE subject = 'erin 000'",
+        )
+        .unwrap();
+    for name in ["Bob", "Carol", "Erin"] {
+        let result = setup.sync_now(name);
+        assert_eq!(result[0].2, "ok", "{name}: {result:?}");
+    }
+    assert_eq!(setup.subjects("Bob").len(), 3, "no duplicates");
+    assert_eq!(setup.subjects("Carol").len(), 4);
+    assert!(setup.servers.mailbox("carol@example.test").is_empty());
+    assert_eq!(setup.servers.mailbox("erin@example.test").len(), 2, "the message stored 3 days ago is deleted");
+    assert_eq!(setup.subjects("Erin").len(), 3);
+}
+
+#[test]
+fn replies_are_linked_new_mail_creates_rows_and_gets_one_auto_reply() {
+    let mut setup = setup(&[]);
+    setup
+        .client
+        .batch_execute(
+            "CREATE TABLE public.ticket (id bigserial PRIMARY KEY, title text, raised_by text, description text);
+             CREATE TABLE public.received_log (message_id bigint);
+             CREATE FUNCTION public.note_message(id bigint) RETURNS void LANGUAGE sql
+                 AS 'INSERT INTO public.received_log VALUES (id)';",
+        )
+        .unwrap();
+    setup.account(
+        "Support",
+        "support@example.test",
+        "sync_option = 'all', enable_outgoing = true, default_outgoing = true, enable_auto_reply = true,
+         auto_reply_message = 'We got your message.', append_to_table = 'public.ticket',
+         append_to_columns = '{\"title\": \"subject\", \"raised_by\": \"sender_address\", \"description\": \"body\"}',
+         on_receive_function = 'public.note_message(bigint)'",
+    );
+    let queued: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'Your order', body_text => 'Shipped.',
+                                        reference_table => 'public.ticket', reference_id => '42')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let sent: String = setup
+        .client
+        .query_one("SELECT message_id FROM email_accounts.outbox WHERE outbox_id = $1", &[&queued])
+        .unwrap()
+        .get(0);
+    let incoming = vec![
+        (b"From: Carol <carol@example.test>\r\nSubject: Printer broken\r\nMessage-ID: <a@example.test>\r\n\r\nIt smokes.\r\n".to_vec(), false),
+        (format!("From: bob@example.test\r\nSubject: Re: Your order\r\nMessage-ID: <b@example.test>\r\nIn-Reply-To: {sent}\r\n\r\nThanks\r\n").into_bytes(), false),
+        (format!("From: bob@example.test\r\nSubject: Re: Re: Your order\r\nMessage-ID: <c@example.test>\r\nReferences: <root@example.test> {sent}\r\n\r\nAgain\r\n").into_bytes(), false),
+        (b"From: carol@example.test\r\nSubject: Also the scanner\r\nMessage-ID: <d@example.test>\r\n\r\nSame.\r\n".to_vec(), false),
+        (b"From: dave@other.test\r\nSubject: Out of office\r\nMessage-ID: <e@example.test>\r\nAuto-Submitted: auto-replied\r\n\r\nAway.\r\n".to_vec(), false),
+        (b"From: carol@example.test\r\nSubject: Re: Printer broken\r\nMessage-ID: <f@example.test>\r\nIn-Reply-To: <a@example.test>\r\n\r\nStill smoking.\r\n".to_vec(), false),
+    ];
+    setup.servers.append("support@example.test", "INBOX", &incoming);
+    let result = setup.sync_now("Support");
+    assert_eq!(result[0].2, "ok", "{result:?}");
+
+    let link = |setup: &mut Setup, id: &str| -> (Option<i64>, Option<i64>, Option<String>, Option<String>) {
+        let row = setup
+            .client
+            .query_one(
+                "SELECT reply_to_outbox_id, reply_to_message_id, reference_table::text, reference_id
+                   FROM email_accounts.message WHERE internet_message_id = $1",
+                &[&id],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    };
+    let by_in_reply_to = link(&mut setup, "<b@example.test>");
+    assert!(by_in_reply_to.0.is_some());
+    assert_eq!((by_in_reply_to.2.as_deref(), by_in_reply_to.3.as_deref()), (Some("ticket"), Some("42")));
+    let by_references = link(&mut setup, "<c@example.test>");
+    assert_eq!(by_references.0, by_in_reply_to.0, "linked through References only");
+    assert_eq!(by_references.3.as_deref(), Some("42"));
+    let new_mail = link(&mut setup, "<a@example.test>");
+    assert_eq!(new_mail.2.as_deref(), Some("ticket"));
+    let ticket = new_mail.3.clone().expect("a ticket row");
+    let row = setup
+        .client
+        .query_one("SELECT title, raised_by, description FROM public.ticket WHERE id::text = $1", &[&ticket])
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2).trim_end().to_owned()),
+        ("Printer broken".to_owned(), "carol@example.test".to_owned(), "It smokes.".to_owned())
+    );
+    let answer_to_new = link(&mut setup, "<f@example.test>");
+    assert!(answer_to_new.1.is_some(), "linked to the earlier incoming message");
+    assert_eq!(answer_to_new.3, Some(ticket), "inherits its ticket");
+    // Not replies: a, d, e (the auto-submitted one still becomes a ticket).
+    assert_eq!(setup.count("SELECT count(*) FROM public.ticket"), 3);
+    assert_eq!(setup.count("SELECT count(*) FROM public.received_log"), 6);
+
+    // One automatic reply: to Carol's first message only.
+    let reasons = setup
+        .client
+        .query(
+            "SELECT internet_message_id, auto_reply_outbox_id IS NOT NULL, no_auto_reply_reason
+               FROM email_accounts.message ORDER BY internet_message_id",
+            &[],
+        )
+        .unwrap();
+    let reasons: Vec<(String, bool, Option<String>)> =
+        reasons.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    assert!(reasons[0].1, "{reasons:?}");
+    assert!(reasons[3].2.as_deref().unwrap_or_default().contains("already got an automatic reply"), "{reasons:?}");
+    assert!(reasons[4].2.as_deref().unwrap_or_default().contains("Auto-Submitted"), "{reasons:?}");
+    assert!(reasons[2].2.as_deref().unwrap_or_default().contains("already got an automatic reply"), "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|(_, replied, _)| *replied).count(), 2, "Carol's and Bob's first: {reasons:?}");
+    let carol_mail = wait_until("the auto reply in Carol's mailbox", LIMIT, || {
+        let mailbox = setup.servers.mailbox("carol@example.test");
+        (!mailbox.is_empty()).then_some(mailbox)
+    });
+    assert_eq!(carol_mail.len(), 1);
+    assert!(carol_mail[0].contains("Auto-Submitted: auto-replied"), "{}", carol_mail[0]);
+    assert!(carol_mail[0].contains("Subject: Auto: Printer broken"), "{}", carol_mail[0]);
+    assert!(carol_mail[0].contains("In-Reply-To: <a@example.test>"), "{}", carol_mail[0]);
+}
+
+#[test]
+fn a_connection_cut_mid_fetch_resumes_without_gaps_or_duplicates() {
+    let mut setup = setup(&["email_accounts.receive_batch_size = 5"]);
+    let proxy = CuttingProxy::start(setup.servers.imaps);
+    let padding = "x".repeat(2000);
+    let messages: Vec<(Vec<u8>, bool)> = (0..40)
+        .map(|index| (message(&format!("cut {index:03}"), &format!("X-Padding: {padding}\r\n")), false))
+        .collect();
+    setup.servers.append("support@example.test", "INBOX", &messages);
+    setup.account("Support", "support@example.test", &format!("sync_option = 'all', incoming_port = {}", proxy.port));
+    // The account's creation already synced through the proxy; start again from nothing.
+    setup.sync_now("Support");
+    setup.client.batch_execute("DELETE FROM email_accounts.message; DELETE FROM email_accounts.sync_state;").unwrap();
+
+    proxy.cut_next_connection_after(40_000);
+    let cut = setup.sync_now("Support");
+    assert_eq!(cut[0].2, "failing", "{cut:?}");
+    assert_eq!(proxy.cuts(), 1);
+    let stored = setup.count("SELECT count(*) FROM email_accounts.message");
+    assert!(stored > 0 && stored < 40, "some batches committed before the cut: {stored}");
+    assert_eq!(
+        setup.count("SELECT last_uid FROM email_accounts.sync_state"),
+        stored,
+        "the cursor is where the commits are"
+    );
+
+    let resumed = setup.sync_now("Support");
+    assert_eq!(resumed[0].2, "ok", "{resumed:?}");
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), 40);
+    assert_eq!(setup.count("SELECT count(DISTINCT uid) FROM email_accounts.message"), 40);
+}
+
+#[test]
+fn imap_idle_brings_new_mail_in_without_polling() {
+    let mut setup = setup(&["email_accounts.imap_idle = on"]);
+    setup.account("Support", "support@example.test", "sync_option = 'all'");
+    setup.sync_now("Support");
+    // Give the watcher a moment to enter IDLE.
+    std::thread::sleep(Duration::from_secs(2));
+    setup.servers.append("support@example.test", "INBOX", &[(message("while idle", ""), false)]);
+    wait_until("the message to arrive through IDLE", Duration::from_secs(30), || {
+        (setup.count("SELECT count(*) FROM email_accounts.message") == 1).then_some(())
+    });
+}

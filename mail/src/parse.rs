@@ -161,7 +161,19 @@ fn without_nul_characters(mut parsed: ParsedMessage) -> ParsedMessage {
         }
     }
     let ParsedMessage {
-        message_id, in_reply_to, references, from, to, cc, reply_to, subject, text_body, html_body, headers, attachments, ..
+        message_id,
+        in_reply_to,
+        references,
+        from,
+        to,
+        cc,
+        reply_to,
+        subject,
+        text_body,
+        html_body,
+        headers,
+        attachments,
+        ..
     } = &mut parsed;
     let single = [message_id, in_reply_to, from, subject, text_body, html_body];
     single.into_iter().flatten().for_each(clean);

@@ -50,7 +50,9 @@ fn sync_now(
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("the receiver worker is not running in this database ({})", receiver.state.label()),
-            Some("See email_accounts.worker_status(); the workers run in the database named by email_accounts.database."),
+            Some(
+                "See email_accounts.worker_status(); the workers run in the database named by email_accounts.database.",
+            ),
         );
     }
     let Some(slot) = board::request_sync(visible.account_id) else {
@@ -76,9 +78,10 @@ fn sync_now(
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn reparse(message_id: i64) -> bool {
-    let (raw, attachment_size_limit) = inbox::raw_message(message_id)
-        .unwrap_or_else(|error| internal(error))
-        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no message with message_id {message_id}"), None));
+    let (raw, attachment_size_limit) =
+        inbox::raw_message(message_id).unwrap_or_else(|error| internal(error)).unwrap_or_else(|| {
+            raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no message with message_id {message_id}"), None)
+        });
     let parsed = parse(&raw, attachment_size_limit);
     let ok = parsed.is_ok();
     if let Err(error) = inbox::replace_parsed(message_id, parsed.as_ref().map_err(|error| error.to_string())) {

@@ -2,8 +2,8 @@
 
 pub mod address;
 pub mod certificate;
-pub mod inbox;
 mod errors;
+pub mod inbox;
 pub mod links;
 pub mod outbox;
 pub mod password;

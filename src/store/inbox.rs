@@ -232,7 +232,13 @@ fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> R
             let table = client.update(
                 REBIND_MESSAGE,
                 Some(1),
-                &[account_id.into(), batch.folder.as_str().into(), uidvalidity.into(), uid.into(), message.raw.as_slice().into()],
+                &[
+                    account_id.into(),
+                    batch.folder.as_str().into(),
+                    uidvalidity.into(),
+                    uid.into(),
+                    message.raw.as_slice().into(),
+                ],
             )?;
             Ok::<_, SpiError>(!table.is_empty())
         })?;
@@ -421,7 +427,13 @@ pub fn folder_results(account_id: i64) -> Result<Vec<FolderResult>, SpiError> {
         )?;
         let mut results = Vec::new();
         for row in table {
-            results.push((row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or(0), row.get(3)?.unwrap_or_default(), row.get(4)?, row.get(5)?));
+            results.push((
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or(0),
+                row.get(3)?.unwrap_or_default(),
+                row.get(4)?,
+                row.get(5)?,
+            ));
         }
         Ok(results)
     })

@@ -69,7 +69,8 @@ impl IdleWatchers {
 fn start(account: &ReceivingAccount, password: String, stop: Arc<AtomicBool>, changed: Arc<Mutex<HashSet<i64>>>) {
     let account_id = account.account_id;
     let endpoint = account.incoming.endpoint(account.extra_ca_certificate.clone());
-    let login = Login { user: account.login_id.clone(), password, allow_plaintext: account.allow_plaintext_authentication };
+    let login =
+        Login { user: account.login_id.clone(), password, allow_plaintext: account.allow_plaintext_authentication };
     let folder = account.folders[0].clone();
     threads::spawn_without_signals(move || {
         let notify = || {

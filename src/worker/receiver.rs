@@ -110,7 +110,8 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
     let endpoint = account.incoming.endpoint(account.extra_ca_certificate.clone());
     let limits = limits(&account);
     let folders = account.folders.clone();
-    let (unseen_only, initial_sync_count, retrieval) = (account.unseen_only, account.initial_sync_count, account.retrieval);
+    let (unseen_only, initial_sync_count, retrieval) =
+        (account.unseen_only, account.initial_sync_count, account.retrieval);
     threads::spawn_without_signals(move || {
         let mut store = MainThreadStore { account_index, reports: reports.clone() };
         let synced = std::panic::catch_unwind(AssertUnwindSafe(|| match work {
@@ -126,7 +127,10 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
         // A bug in the sync must not leave the main thread waiting for this account.
         let outcomes = synced.unwrap_or_else(|_| {
             let error = SyncError::Store("the sync thread failed unexpectedly".to_owned());
-            folders.iter().map(|folder| FolderOutcome { error: Some(error.clone()), ..FolderOutcome::new(folder) }).collect()
+            folders
+                .iter()
+                .map(|folder| FolderOutcome { error: Some(error.clone()), ..FolderOutcome::new(folder) })
+                .collect()
         });
         let _ = reports.send(Report::Finished { account_index, outcomes });
     });

@@ -55,7 +55,9 @@ pub fn auto_reply_recipient(
     if let Some(value) = header(headers, "X-Auto-Response-Suppress") {
         let suppressed = value.split(',').any(|item| {
             let item = item.trim();
-            item.eq_ignore_ascii_case("all") || item.eq_ignore_ascii_case("autoreply") || item.eq_ignore_ascii_case("oof")
+            item.eq_ignore_ascii_case("all")
+                || item.eq_ignore_ascii_case("autoreply")
+                || item.eq_ignore_ascii_case("oof")
         });
         if suppressed {
             return Err(NoAutoReply::AutomaticMessage(format!("X-Auto-Response-Suppress: {value}")));
@@ -72,7 +74,8 @@ pub fn auto_reply_recipient(
             return Err(NoAutoReply::Bounce);
         }
     }
-    let candidate = return_path.map(|path| path.trim_matches(['<', '>', ' ']).to_owned()).or_else(|| from.map(str::to_owned));
+    let candidate =
+        return_path.map(|path| path.trim_matches(['<', '>', ' ']).to_owned()).or_else(|| from.map(str::to_owned));
     let address = candidate
         .and_then(|text| parse_mailbox(&text).ok())
         .map(|mailbox| mailbox.email.to_string())
@@ -138,9 +141,18 @@ mod tests {
             let refusal = auto_reply_recipient(&message, from, OWN).unwrap_err().to_string();
             assert!(refusal.contains(expected), "{refusal} for {message:?}");
         }
-        assert_eq!(auto_reply_recipient(&[], Some("Support <SUPPORT@example.test>"), OWN), Err(NoAutoReply::OwnAddress));
-        assert!(matches!(auto_reply_recipient(&[], Some("MAILER-DAEMON@example.com"), OWN), Err(NoAutoReply::SystemSender(_))));
-        assert!(matches!(auto_reply_recipient(&[], Some("list-request@example.com"), OWN), Err(NoAutoReply::SystemSender(_))));
+        assert_eq!(
+            auto_reply_recipient(&[], Some("Support <SUPPORT@example.test>"), OWN),
+            Err(NoAutoReply::OwnAddress)
+        );
+        assert!(matches!(
+            auto_reply_recipient(&[], Some("MAILER-DAEMON@example.com"), OWN),
+            Err(NoAutoReply::SystemSender(_))
+        ));
+        assert!(matches!(
+            auto_reply_recipient(&[], Some("list-request@example.com"), OWN),
+            Err(NoAutoReply::SystemSender(_))
+        ));
         assert_eq!(auto_reply_recipient(&[], None, OWN), Err(NoAutoReply::NoSender));
         assert_eq!(auto_reply_recipient(&[], Some("not an address"), OWN), Err(NoAutoReply::NoSender));
     }

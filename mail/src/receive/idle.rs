@@ -17,7 +17,13 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(5 * 60);
 /// Watches `folder` until `stop` is set; calls `changed` whenever the server
 /// reports a change (and once after each reconnect, in case mail arrived
 /// while the connection was down). Returns a reason when the server does not support IDLE.
-pub fn watch(endpoint: &Endpoint, login: &Login, folder: &str, stop: &AtomicBool, changed: &dyn Fn()) -> Option<String> {
+pub fn watch(
+    endpoint: &Endpoint,
+    login: &Login,
+    folder: &str,
+    stop: &AtomicBool,
+    changed: &dyn Fn(),
+) -> Option<String> {
     let mut pause = Duration::from_secs(5);
     let mut connected_before = false;
     while !stop.load(Ordering::Relaxed) {
@@ -46,7 +52,8 @@ pub fn watch(endpoint: &Endpoint, login: &Login, folder: &str, stop: &AtomicBool
         connected_before = true;
         pause = Duration::from_secs(5);
         while !stop.load(Ordering::Relaxed) {
-            let outcome = session.idle().timeout(IDLE_PERIOD).keepalive(false).wait_while(imap::extensions::idle::stop_on_any);
+            let outcome =
+                session.idle().timeout(IDLE_PERIOD).keepalive(false).wait_while(imap::extensions::idle::stop_on_any);
             match outcome {
                 Ok(WaitOutcome::MailboxChanged) => {
                     if !stop.load(Ordering::Relaxed) {

@@ -142,7 +142,8 @@ fn sync_folder(
             }
         };
         for group in split_by_size(&present, fetched_size, limits) {
-            let messages = fetch_group(session, &group, &sizes, limits).map_err(|error| imap_failure(error, &during("fetching from")))?;
+            let messages = fetch_group(session, &group, &sizes, limits)
+                .map_err(|error| imap_failure(error, &during("fetching from")))?;
             let group_cursor = *group.last().expect("groups are never empty");
             let batch = Batch {
                 folder: state.folder.clone(),
@@ -204,7 +205,8 @@ fn fetch_group(
 /// Hands a batch to the store; a message it could not keep stops the folder
 /// (the cursor stays before it, and the next sync tries again).
 fn commit(store: &mut dyn BatchStore, batch: Batch, outcome: &mut FolderOutcome) -> Result<(), FolderFailure> {
-    let receipt = store.store(batch).map_err(|error| FolderFailure { error: SyncError::Store(error), session_lost: false })?;
+    let receipt =
+        store.store(batch).map_err(|error| FolderFailure { error: SyncError::Store(error), session_lost: false })?;
     outcome.new_messages += receipt.new_messages;
     outcome.already_stored += receipt.already_stored;
     if let Some((which, why)) = receipt.failed.first() {

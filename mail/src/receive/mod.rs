@@ -5,8 +5,8 @@
 //! the batch is committed.
 
 pub mod auto_reply;
-pub mod idle;
 mod batch;
+pub mod idle;
 pub mod imap_sync;
 pub mod pop3_sync;
 mod uid_set;
@@ -31,7 +31,13 @@ pub struct FolderOutcome {
 
 impl FolderOutcome {
     pub fn new(folder: &str) -> Self {
-        FolderOutcome { folder: folder.to_owned(), new_messages: 0, already_stored: 0, deleted_on_server: 0, error: None }
+        FolderOutcome {
+            folder: folder.to_owned(),
+            new_messages: 0,
+            already_stored: 0,
+            deleted_on_server: 0,
+            error: None,
+        }
     }
 }
 

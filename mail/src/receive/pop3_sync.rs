@@ -130,7 +130,8 @@ fn sync_mailbox(
         outcome.already_stored += receipt.already_stored;
         if options.retrieval == Retrieval::DeleteAfterStore {
             let committed: HashSet<&str> = receipt.committed_unique_ids.iter().map(String::as_str).collect();
-            to_delete.extend(group.iter().map(|&index| new[index]).filter(|(_, id)| committed.contains(id)).map(|(n, _)| n));
+            to_delete
+                .extend(group.iter().map(|&index| new[index]).filter(|(_, id)| committed.contains(id)).map(|(n, _)| n));
         }
         if let Some((which, why)) = receipt.failed.first() {
             // Keep going with the others; this one stays on the server.
