@@ -47,7 +47,7 @@ done
 
 mkdir -p "$demo"
 chmod 0755 "$demo"
-trap 'echo "demo failed; cleaning up" >&2; stop' ERR
+trap 'echo "demo failed; the end of the server log:" >&2; tail -40 "$demo/postgres/server.log" >&2 || true; stop' ERR
 
 echo "==> certificates (a throwaway CA)"
 bash "$services/certificates.sh" "$demo/certificates"
@@ -89,9 +89,12 @@ BEGIN;
 SELECT email_accounts.send("to" => '{bob@example.test}', subject => 'Never sent: rolled back');
 ROLLBACK;
 BEGIN;
+CREATE TABLE public.demo_order (order_id integer PRIMARY KEY, customer text);
+INSERT INTO public.demo_order VALUES (1001, 'Bob');
 SELECT email_accounts.send("to" => '{Bob <bob@example.test>}', cc => '{carol@example.test}',
                            subject => 'Hello from PostgreSQL', body_text => 'Sent by email_accounts.',
-                           body_html => '<p>Sent by <b>email_accounts</b>.</p>') AS outbox_id;
+                           body_html => '<p>Sent by <b>email_accounts</b>.</p>',
+                           reference_table => 'public.demo_order', reference_id => '1001') AS outbox_id;
 COMMIT;
 SQL
 for _ in $(seq 1 100); do
@@ -117,6 +120,36 @@ for _ in range(50):
     imap.logout()
     time.sleep(0.1)
 PYTHON
+
+echo "==> the mail comes back in: Bob's mailbox over IMAP, Carol's over POP3 (deleted from the server once stored)"
+"${psql[@]}" <<SQL
+INSERT INTO email_accounts.account (name, address, enable_incoming, enable_outgoing, sync_option)
+VALUES ('Bob', 'bob@example.test', true, true, 'all');
+INSERT INTO email_accounts.account (name, address, enable_incoming, incoming_protocol, incoming_port, incoming_security,
+                                    pop3_retrieval)
+VALUES ('Carol over POP3', 'carol@example.test', true, 'pop3', $POP3S_PORT, 'ssl', 'delete_after_store');
+SQL
+"${psql[@]}" -c "SELECT email_accounts.set_password('Bob', 'bob-password')"
+"${psql[@]}" -c "SELECT email_accounts.set_password('Carol over POP3', 'carol-password')"
+"${psql[@]}" -P pager=off -c "SELECT * FROM email_accounts.sync_now('Bob')"
+"${psql[@]}" -P pager=off -c "SELECT * FROM email_accounts.sync_now('Carol over POP3')"
+"${psql[@]}" -P pager=off -c "SELECT message_id, account, folder, from_address, subject, received_at FROM email_accounts.inbox"
+
+echo "==> Bob answers from SQL; the reply reaches Alice's inbox linked to the mail and the order it is about"
+"${psql[@]}" <<'SQL'
+SELECT email_accounts.send(account => 'Bob', "to" => '{alice@example.test}', subject => 'Re: Hello from PostgreSQL',
+                           body_text => 'Got it, thanks!',
+                           in_reply_to => (SELECT internet_message_id FROM email_accounts.message
+                                            JOIN email_accounts.account USING (account_id) WHERE account.name = 'Bob'));
+SQL
+for _ in $(seq 1 100); do
+  sent=$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'")
+  [ "$sent" = 2 ] && break
+  sleep 0.1
+done
+"${psql[@]}" -P pager=off -c "SELECT * FROM email_accounts.sync_now('Alice')"
+"${psql[@]}" -P pager=off -c "SELECT message_id, account, from_address, subject, reply_to_outbox_id, reference_table, reference_id, thread_messages FROM email_accounts.inbox WHERE account = 'Alice'"
+"${psql[@]}" -P pager=off -c "SELECT account, protocol, folder, state, last_new_messages, messages_stored, next_attempt_at FROM email_accounts.sync_status"
 trap - ERR
 
 cat <<TEXT
@@ -130,6 +163,9 @@ The demo is running. Look around with:
   postgres=# SELECT * FROM email_accounts.test_all();
   postgres=# SELECT email_accounts.send("to" => '{carol@example.test}', subject => 'Hi', body_text => 'Hello');
   postgres=# SELECT * FROM email_accounts.outbox_status;
+  postgres=# SELECT * FROM email_accounts.inbox;
+  postgres=# SELECT * FROM email_accounts.sync_status;
+  postgres=# SELECT * FROM email_accounts.sync_now('Alice');
   postgres=# SELECT email_accounts.is_valid_address('ann@example.test');
 
 Mail servers on 127.0.0.1 (users and passwords in scripts/services/mail-users.txt,

@@ -15,6 +15,8 @@ fn internal(error: pgrx::spi::SpiError) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None)
 }
 
+// pgrx needs the named columns spelled out in the signature.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_now(
     account: &str,

@@ -5,6 +5,8 @@ use crate::worker::board;
 use crate::worker::role::Role;
 use pgrx::prelude::*;
 
+// pgrx needs the named columns spelled out in the signature.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_restricted)]
 fn worker_status() -> TableIterator<
     'static,

@@ -295,4 +295,35 @@ mod tests {
         // No password needed to send through a relay without AUTH; nothing to receive.
         assert_eq!(readiness("r2"), (Some(true), Some(false)));
     }
+
+    #[pg_test]
+    fn routing_settings_are_checked_and_owner_roles_are_guarded() {
+        assert_ok("CREATE TABLE public.issue (id bigserial PRIMARY KEY, title text, raised_by text)");
+        assert_ok("CREATE TABLE public.no_key (title text)");
+        assert_ok("CREATE FUNCTION public.two_arguments(a bigint, b bigint) RETURNS void LANGUAGE sql AS ''");
+        assert_ok("CREATE FUNCTION public.handler(id bigint) RETURNS void LANGUAGE sql AS ''");
+        assert_ok(&account("route", "", ""));
+        let set = |assignments: &str| format!("UPDATE email_accounts.account SET {assignments} WHERE name = 'route'");
+        assert_ok(&set(
+            r#"append_to_table = 'public.issue', append_to_columns = '{"title": "subject", "raised_by": "sender_address"}'"#,
+        ));
+        assert_fails(&set("append_to_columns = '{}'"), CHECK, "append_to_columns");
+        assert_fails(&set(r#"append_to_columns = '{"title": "not_a_field"}'"#), CHECK, "append_to_columns");
+        assert_fails(&set(r#"append_to_columns = '{"missing_column": "subject"}'"#), CHECK, "append_to_columns");
+        assert_fails(&set("append_to_table = 'public.no_key'"), CHECK, "append_to_table");
+        assert_fails(
+            &set("on_receive_function = 'public.two_arguments(bigint, bigint)'"),
+            CHECK,
+            "on_receive_function",
+        );
+        assert_ok(&set("on_receive_function = 'public.handler(bigint)'"));
+        assert_ok("SELECT email_accounts.message_fields(1) IS NULL");
+        // Code runs as owner_role: only its members may name it.
+        assert_ok("CREATE ROLE route_owner NOLOGIN");
+        assert_ok("CREATE ROLE route_admin NOLOGIN IN ROLE email_accounts_admin");
+        assert_ok("GRANT INSERT, UPDATE ON email_accounts.account TO route_admin");
+        assert_ok("SET LOCAL ROLE route_admin");
+        assert_fails(&set("owner_role = 'postgres'"), "42501", "owner_role");
+        assert_ok("RESET ROLE");
+    }
 }

@@ -66,7 +66,10 @@ fn limits(account: &ReceivingAccount) -> Limits {
 }
 
 /// Reads the account's password and folder positions (one transaction).
-fn prepare(accounts: Vec<ReceivingAccount>) -> Result<(Vec<Prepared>, Vec<(ReceivingAccount, String)>), StoreError> {
+/// Accounts ready to sync, and those that cannot be (with why).
+type PreparedAccounts = (Vec<Prepared>, Vec<(ReceivingAccount, String)>);
+
+fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreError> {
     in_transaction(AssertUnwindSafe(|| {
         let mut prepared = Vec::new();
         let mut unusable = Vec::new();

@@ -114,7 +114,7 @@ impl MailServers {
         let mut flags = Vec::new();
         if exists > 0 {
             for fetch in session.fetch("1:*", "(UID FLAGS)").expect("FETCH").iter() {
-                let seen = fetch.flags().iter().any(|flag| *flag == imap::types::Flag::Seen);
+                let seen = fetch.flags().contains(&imap::types::Flag::Seen);
                 flags.push((fetch.uid.unwrap_or(0), seen));
             }
         }

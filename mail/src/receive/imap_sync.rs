@@ -127,7 +127,7 @@ fn sync_folder(
         let mut sizes: HashMap<u32, (u64, bool)> = HashMap::new();
         for fetch in listing.iter() {
             if let Some(uid) = fetch.uid {
-                let seen = fetch.flags().iter().any(|flag| *flag == Flag::Seen);
+                let seen = fetch.flags().contains(&Flag::Seen);
                 sizes.insert(uid, (fetch.size.unwrap_or(0) as u64, seen));
             }
         }
