@@ -61,6 +61,13 @@ echo "==> PostgreSQL 15 on port $PG_PORT with email_accounts preloaded"
 bash "$services/postgres.sh" start "$demo/postgres" "$PG_PORT" "email_accounts.fallback_poll_interval = '1s'"
 
 psql=(psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
+# Waits (up to 10 s) until this many outbox rows are sent.
+wait_until_sent() {
+  for _ in $(seq 1 100); do
+    [ "$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'")" = "$1" ] && return
+    sleep 0.1
+  done
+}
 "${psql[@]}" -c "CREATE EXTENSION email_accounts"
 echo "==> waiting for the background workers to pick up the extension"
 for _ in $(seq 1 100); do
@@ -97,11 +104,7 @@ SELECT email_accounts.send("to" => '{Bob <bob@example.test>}', cc => '{carol@exa
                            reference_table => 'public.demo_order', reference_id => '1001') AS outbox_id;
 COMMIT;
 SQL
-for _ in $(seq 1 100); do
-  sent=$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'")
-  [ "$sent" = 1 ] && break
-  sleep 0.1
-done
+wait_until_sent 1
 "${psql[@]}" -P pager=off -c "SELECT outbox_id, account, status, attempts, message_id, sent_at - created_at AS took FROM email_accounts.outbox"
 "${psql[@]}" -P pager=off -c "SELECT outbox_id, address, kind, status, reply FROM email_accounts.outbox_recipient"
 echo "==> and it is in bob's Dovecot mailbox (read back over IMAPS):"
@@ -142,11 +145,7 @@ SELECT email_accounts.send(account => 'Bob', "to" => '{alice@example.test}', sub
                            in_reply_to => (SELECT internet_message_id FROM email_accounts.message
                                             JOIN email_accounts.account USING (account_id) WHERE account.name = 'Bob'));
 SQL
-for _ in $(seq 1 100); do
-  sent=$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'")
-  [ "$sent" = 2 ] && break
-  sleep 0.1
-done
+wait_until_sent 2
 "${psql[@]}" -P pager=off -c "SELECT * FROM email_accounts.sync_now('Alice')"
 "${psql[@]}" -P pager=off -c "SELECT message_id, account, from_address, subject, reply_to_outbox_id, reference_table, reference_id, thread_messages FROM email_accounts.inbox WHERE account = 'Alice'"
 "${psql[@]}" -P pager=off -c "SELECT account, protocol, folder, state, last_new_messages, messages_stored, next_attempt_at FROM email_accounts.sync_status"

@@ -76,6 +76,8 @@ CREATE POLICY tenant_rows ON email_accounts.suppression
 -- account's owner role, or an admin who may see the account's tenant).
 REVOKE EXECUTE ON FUNCTION email_accounts.rotate_encryption_key() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint) FROM PUBLIC;
+-- ...but the account trigger runs as the role changing the account, which must be able to call it.
+GRANT EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint) TO email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.inherited_settings_changed() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.check_routing(bigint) FROM PUBLIC;
 

@@ -27,17 +27,7 @@ fn setup(settings: &[&str]) -> Setup {
     let cluster = Postgres::start(&all);
     let mut client = cluster.connect("postgres");
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
-    client
-        .execute(
-            &format!(
-                "INSERT INTO email_accounts.domain (domain_name, incoming_protocol, incoming_host, incoming_port,
-                     incoming_security, smtp_host, smtp_port, smtp_security, extra_ca_certificate)
-                 VALUES ('example.test', 'imap', 'localhost', {}, 'ssl', 'localhost', {}, 'starttls', $1)",
-                servers.imaps, servers.smtp
-            ),
-            &[&servers.ca_pem()],
-        )
-        .unwrap();
+    servers.add_example_domain(&mut client);
     Setup { servers, cluster, client }
 }
 
@@ -146,10 +136,13 @@ fn unseen_only_initial_count_and_a_changed_uidvalidity() {
     messages[1].1 = true;
     messages[4].1 = true;
     setup.servers.append(address, "Support", &messages);
+    setup.servers.append(address, "INBOX", &[(message("in the inbox", ""), false)]);
     let flags_before = setup.servers.folder_flags(address, "Support");
-    setup.account("Support", address, "folders = '{Support}', sync_option = 'unseen', initial_sync_count = 3");
+    setup.account("Support", address, "folders = '{INBOX,Support}', sync_option = 'unseen', initial_sync_count = 3");
 
-    setup.sync_now("Support");
+    let both = setup.sync_now("Support");
+    assert_eq!(both.iter().map(|row| row.0.as_str()).collect::<Vec<_>>(), ["INBOX", "Support"], "{both:?}");
+    setup.client.batch_execute("DELETE FROM email_accounts.message WHERE folder = 'INBOX'").unwrap();
     // Unseen are 0, 2, 3, 5; the newest three of them.
     assert_eq!(setup.subjects("Support"), ["u 002", "u 003", "u 005"]);
     assert_eq!(setup.servers.folder_flags(address, "Support"), flags_before, "\\Seen must not change");
@@ -157,7 +150,7 @@ fn unseen_only_initial_count_and_a_changed_uidvalidity() {
     setup.servers.append(address, "Support", &[(message("u 006", ""), false), (message("u 007", ""), true)]);
     setup.sync_now("Support");
     assert_eq!(setup.subjects("Support"), ["u 002", "u 003", "u 005", "u 006"]);
-    let old_validity = setup.count("SELECT uidvalidity FROM email_accounts.sync_state");
+    let old_validity = setup.count("SELECT uidvalidity FROM email_accounts.sync_state WHERE folder = 'Support'");
 
     // A new UIDVALIDITY: the folder is read afresh; what is already stored is not stored again.
     setup.servers.recreate_folder(address, "Support");
@@ -165,12 +158,15 @@ fn unseen_only_initial_count_and_a_changed_uidvalidity() {
         ["u 002", "u 003", "u 005", "u 006", "u 008"].iter().map(|subject| (message(subject, ""), false)).collect();
     setup.servers.append(address, "Support", &again);
     let result = setup.sync_now("Support");
-    assert_eq!(result[0].2, "ok", "{result:?}");
-    assert_eq!(result[0].1, 1, "only u 008 is new: {result:?}");
+    assert_eq!(result[1].2, "ok", "{result:?}");
+    assert_eq!(result[1].1, 1, "only u 008 is new: {result:?}");
     assert_eq!(setup.subjects("Support"), ["u 002", "u 003", "u 005", "u 006", "u 008"]);
-    assert_ne!(setup.count("SELECT uidvalidity FROM email_accounts.sync_state"), old_validity);
+    assert_ne!(setup.count("SELECT uidvalidity FROM email_accounts.sync_state WHERE folder = 'Support'"), old_validity);
     assert_eq!(
-        setup.count("SELECT count(*) FROM email_accounts.message WHERE uidvalidity = (SELECT uidvalidity FROM email_accounts.sync_state)"),
+        setup.count(
+            "SELECT count(*) FROM email_accounts.message
+              WHERE uidvalidity = (SELECT uidvalidity FROM email_accounts.sync_state WHERE folder = 'Support')"
+        ),
         3,
         "u 005 and u 006 rebound to their new UIDs, u 008 new"
     );
@@ -265,13 +261,6 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
         "incoming_protocol = 'pop3', incoming_port = {}, incoming_security = 'ssl', folders = '{{INBOX}}'",
         setup.servers.pop3s
     );
-    setup.account("Bob", "bob@example.test", &format!("{pop3}, pop3_retrieval = 'keep'"));
-    setup.account("Carol", "carol@example.test", &format!("{pop3}, pop3_retrieval = 'delete_after_store'"));
-    setup.account(
-        "Erin",
-        "erin@example.test",
-        &format!("{pop3}, login_id = 'erin.login', pop3_retrieval = 'delete_after_days', pop3_delete_after_days = 2"),
-    );
     for address in ["bob@example.test", "carol@example.test", "erin@example.test"] {
         setup.servers.append(address, "INBOX", &numbered(address.split('@').next().unwrap(), 0..3));
     }
@@ -286,6 +275,14 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
         )
         .unwrap();
 
+    // Everything is in place before the accounts exist (creating one syncs it at once).
+    setup.account("Bob", "bob@example.test", &format!("{pop3}, pop3_retrieval = 'keep'"));
+    setup.account("Carol", "carol@example.test", &format!("{pop3}, pop3_retrieval = 'delete_after_store'"));
+    setup.account(
+        "Erin",
+        "erin@example.test",
+        &format!("{pop3}, login_id = 'erin.login', pop3_retrieval = 'delete_after_days', pop3_delete_after_days = 2"),
+    );
     for name in ["Bob", "Carol", "Erin"] {
         setup.sync_now(name);
     }
@@ -298,6 +295,14 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
     let carol = setup.sync_now("Carol");
     assert_eq!(carol[0].2, "failing", "{carol:?}");
     assert!(carol[0].3.as_deref().unwrap_or_default().contains("refused by a test trigger"), "{carol:?}");
+    // Failures in a row: the next attempt backs off to at least 2 × poll_interval (1 hour).
+    assert_eq!(
+        setup.count(
+            "SELECT count(*) FROM email_accounts.sync_state JOIN email_accounts.account USING (account_id)
+              WHERE name = 'Carol' AND consecutive_failures >= 2 AND next_attempt_at > now() + interval '119 minutes'"
+        ),
+        1
+    );
     assert_eq!(setup.subjects("Erin").len(), 3);
     assert_eq!(setup.servers.mailbox("erin@example.test").len(), 3, "not old enough to delete");
 

@@ -34,17 +34,7 @@ fn setup_with(settings: &[&str]) -> Setup {
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     let alice = servers.user("alice@example.test").clone();
     let support = servers.user("support@example.test").clone();
-    client
-        .execute(
-            &format!(
-                "INSERT INTO email_accounts.domain (domain_name, incoming_protocol, incoming_host, incoming_port,
-                     incoming_security, smtp_host, smtp_port, smtp_security, extra_ca_certificate)
-                 VALUES ('example.test', 'imap', 'localhost', {}, 'ssl', 'localhost', {}, 'starttls', $1)",
-                servers.imaps, servers.smtp
-            ),
-            &[&servers.ca_pem()],
-        )
-        .unwrap();
+    servers.add_example_domain(&mut client);
     client
         .batch_execute(
             "INSERT INTO email_accounts.account (name, address, enable_outgoing, default_outgoing, add_signature, signature)

@@ -9,6 +9,7 @@ use email_accounts_mail::parse::ParsedMessage;
 use email_accounts_mail::receive::imap_sync::FolderState;
 use email_accounts_mail::receive::pop3_sync::{Pop3State, Retrieval};
 use email_accounts_mail::receive::{Batch, FetchedMessage, FolderOutcome, StoreReceipt};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 use pgrx::JsonB;
@@ -214,6 +215,24 @@ fn headers_json(parsed: &ParsedMessage) -> serde_json::Value {
     )
 }
 
+/// The parsed fields, in the order INSERT_MESSAGE ($6–$17) and replace_parsed() ($2–$13) take them.
+fn parsed_arguments(parsed: &ParsedMessage) -> [DatumWithOid<'static>; 12] {
+    [
+        parsed.message_id.clone().into(),
+        parsed.in_reply_to.clone().into(),
+        parsed.references.clone().into(),
+        parsed.from.clone().into(),
+        parsed.to.clone().into(),
+        parsed.cc.clone().into(),
+        parsed.reply_to.clone().into(),
+        parsed.subject.clone().into(),
+        parsed.date.map(|seconds| seconds as f64).into(),
+        parsed.text_body.clone().into(),
+        parsed.html_body.clone().into(),
+        JsonB(headers_json(parsed)).into(),
+    ]
+}
+
 /// Which message a receipt line is about: its UID or UIDL.
 fn label(message: &FetchedMessage) -> String {
     match (&message.uid, &message.unique_id) {
@@ -261,24 +280,17 @@ fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> R
                 uidvalidity.into(),
                 uid.into(),
                 message.unique_id.clone().into(),
-                parsed.message_id.clone().into(),
-                parsed.in_reply_to.clone().into(),
-                parsed.references.clone().into(),
-                parsed.from.clone().into(),
-                parsed.to.clone().into(),
-                parsed.cc.clone().into(),
-                parsed.reply_to.clone().into(),
-                parsed.subject.clone().into(),
-                parsed.date.map(|seconds| seconds as f64).into(),
-                parsed.text_body.clone().into(),
-                parsed.html_body.clone().into(),
-                JsonB(headers_json(parsed)).into(),
+            ]
+            .into_iter()
+            .chain(parsed_arguments(parsed))
+            .chain([
                 (message.server_size.max(message.raw.len() as u64) as i64).into(),
                 message.seen.into(),
                 message.raw.as_slice().into(),
                 message.headers_only.into(),
                 parse_error.into(),
-            ],
+            ])
+            .collect::<Vec<_>>(),
         )?;
         if table.is_empty() {
             return Ok::<_, SpiError>(None);
@@ -470,22 +482,11 @@ pub fn replace_parsed(message_id: i64, parsed: Result<&ParsedMessage, String>) -
                 cc_addresses = $7, reply_to = $8, subject = $9, sent_at = to_timestamp($10), body_text = $11,
                 body_html = $12, headers = $13, parse_error = $14
           WHERE message_id = $1",
-        &[
-            message_id.into(),
-            fields.message_id.clone().into(),
-            fields.in_reply_to.clone().into(),
-            fields.references.clone().into(),
-            fields.from.clone().into(),
-            fields.to.clone().into(),
-            fields.cc.clone().into(),
-            fields.reply_to.clone().into(),
-            fields.subject.clone().into(),
-            fields.date.map(|seconds| seconds as f64).into(),
-            fields.text_body.clone().into(),
-            fields.html_body.clone().into(),
-            JsonB(headers_json(fields)).into(),
-            parse_error.into(),
-        ],
+        &[message_id.into()]
+            .into_iter()
+            .chain(parsed_arguments(fields))
+            .chain([parse_error.into()])
+            .collect::<Vec<_>>(),
     )?;
     Spi::run_with_args("DELETE FROM email_accounts.message_attachment WHERE message_id = $1", &[message_id.into()])?;
     insert_attachments(message_id, fields)?;

@@ -323,7 +323,10 @@ mod tests {
         assert_ok("CREATE ROLE route_admin NOLOGIN IN ROLE email_accounts_admin");
         assert_ok("GRANT INSERT, UPDATE ON email_accounts.account TO route_admin");
         assert_ok("SET LOCAL ROLE route_admin");
-        assert_fails(&set("owner_role = 'postgres'"), "42501", "owner_role");
+        // An admin (not a superuser) changes accounts...
+        assert_ok(&set("poll_interval = '10 minutes'"));
+        // ...but may not hand one to a role it is not a member of.
+        assert_fails(&set("owner_role = 'route_owner'"), "42501", "owner_role");
         assert_ok("RESET ROLE");
     }
 }

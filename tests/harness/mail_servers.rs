@@ -92,6 +92,22 @@ impl MailServers {
         messages
     }
 
+    /// Adds the domain example.test pointing at these servers (IMAPS for
+    /// incoming, SMTP with STARTTLS for outgoing, the run's CA trusted).
+    pub fn add_example_domain(&self, client: &mut postgres::Client) {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO email_accounts.domain (domain_name, incoming_protocol, incoming_host, incoming_port,
+                         incoming_security, smtp_host, smtp_port, smtp_security, extra_ca_certificate)
+                     VALUES ('example.test', 'imap', 'localhost', {}, 'ssl', 'localhost', {}, 'starttls', $1)",
+                    self.imaps, self.smtp
+                ),
+                &[&self.ca_pem()],
+            )
+            .expect("INSERT INTO email_accounts.domain");
+    }
+
     /// Appends raw messages to a folder of a mailbox (created if missing),
     /// with \Seen where asked; returns the UIDs the server gave them.
     pub fn append(&self, address: &str, folder: &str, messages: &[(Vec<u8>, bool)]) {
