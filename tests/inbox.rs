@@ -256,7 +256,7 @@ fn odd_messages_and_the_attachment_limit_are_all_stored() {
 
 #[test]
 fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
-    let mut setup = setup(&[]);
+    let mut setup = setup(&["email_accounts.receive_max_backoff = '4h'"]);
     let pop3 = format!(
         "incoming_protocol = 'pop3', incoming_port = {}, incoming_security = 'ssl', folders = '{{INBOX}}'",
         setup.servers.pop3s
@@ -295,7 +295,7 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
     let carol = setup.sync_now("Carol");
     assert_eq!(carol[0].2, "failing", "{carol:?}");
     assert!(carol[0].3.as_deref().unwrap_or_default().contains("refused by a test trigger"), "{carol:?}");
-    // Failures in a row: the next attempt backs off to at least 2 × poll_interval (1 hour).
+    // Failures in a row: the next attempt backs off to at least 2 × poll_interval (1 hour), capped at 4 hours.
     assert_eq!(
         setup.count(
             "SELECT count(*) FROM email_accounts.sync_state JOIN email_accounts.account USING (account_id)
