@@ -109,16 +109,8 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
           outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
           (extract(epoch FROM outbox.created_at) * 1000)::bigint";
 
-/// Makes the worker, not a DBA's DDL, give way when they meet: a lock wait
-/// shorter than deadlock_timeout ends the worker's transaction (it retries a
-/// second later) before a DROP EXTENSION could be picked as the deadlock victim.
-fn yield_to_ddl() -> Result<(), SpiError> {
-    Spi::run("SET LOCAL lock_timeout = '200ms'")
-}
-
 /// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`.
 pub fn claim(limit: i64, lease_seconds: i32) -> Result<Vec<ClaimedRow>, SpiError> {
-    yield_to_ddl()?;
     Spi::run(EXPIRE)?;
     let mut rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
         let table = client.update(CLAIM, None, &[limit.into(), (lease_seconds as f64).into()])?;
@@ -338,7 +330,6 @@ pub fn record(
 /// lapses): the sender sleeps until then instead of its fallback poll. Rows
 /// of accounts that are not ready wait for the account change that wakes it.
 pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
-    yield_to_ddl()?;
     Spi::get_one::<f64>(
         "SELECT extract(epoch FROM min(CASE WHEN outbox.status = 'sending' THEN outbox.lease_until
                                              ELSE outbox.next_attempt_at END) - now())::float8

@@ -4,6 +4,7 @@
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
+use pgrx::Spi;
 
 /// A PostgreSQL error raised inside a worker's transaction.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -24,6 +25,10 @@ impl From<CaughtError> for StoreError {
 
 /// Runs `body` in its own transaction with a snapshot and commits it; on any
 /// error the transaction is aborted and the error returned.
+///
+/// The worker, not a DBA's DDL, gives way when they meet: a lock wait
+/// shorter than deadlock_timeout ends the worker's transaction (it tries
+/// again later) before a DROP EXTENSION could be picked as a deadlock victim.
 pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, StoreError> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
@@ -31,6 +36,7 @@ pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     PgTryBuilder::new(|| {
+        Spi::run("SET LOCAL lock_timeout = '200ms'").expect("SET LOCAL lock_timeout");
         let result = body();
         unsafe {
             pg_sys::PopActiveSnapshot();
