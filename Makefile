@@ -4,7 +4,7 @@
 PG_CONFIG      := /usr/lib/postgresql/15/bin/pg_config
 PGRX_TEST_DATA := $(CURDIR)/target/pgrx-test-data
 
-.PHONY: all setup install test test-unit test-pg test-integration demo demo-stop fmt
+.PHONY: all setup install test test-unit test-pg test-integration demo demo-stop bench fmt
 
 all: test
 
@@ -39,6 +39,12 @@ demo: install
 
 demo-stop:
 	@bash scripts/demo.sh stop
+
+# Figures, not tests: delivery and ingest against smtp-sink/smtp-source,
+# Dovecot and Python baselines, on a release build (bench/run.py).
+bench: setup
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	/usr/bin/python3 bench/run.py  # Debian's, where python3-psycopg lives
 
 fmt:
 	cargo fmt

@@ -10,7 +10,7 @@ sudo=""
 
 packages=(
   postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config libssl-dev sudo
-  dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl ca-certificates python3
+  dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl ca-certificates python3 python3-psycopg
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -1,0 +1,385 @@
+#!/usr/bin/env python3
+"""`make bench`: delivery and ingest figures of email_accounts side by side
+with the baselines a user would otherwise pick. Figures, never pass/fail.
+
+Everything runs on 127.0.0.1 of this machine, started here with the same
+scripts the tests use: a PostgreSQL 15 cluster (fsync on), Postfix's
+smtp-sink / smtp-source, Dovecot. Writes target/bench/results.json and
+target/bench/results.md and prints the table.
+"""
+import email
+import email.policy
+import imaplib
+import json
+import os
+import pathlib
+import shutil
+import smtplib
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import psycopg
+
+TOP = pathlib.Path(__file__).resolve().parent.parent
+SERVICES = TOP / "scripts" / "services"
+OUT = TOP / "target" / "bench"
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))
+SESSIONS = int(os.environ.get("BENCH_SESSIONS", "4"))
+LATENCY_SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "500"))
+IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "30"))
+BODY = ("The quick brown fox jumps over the lazy dog. " * 46)[:2000]  # ~2 KB messages
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service(script, *arguments):
+    subprocess.run(["bash", str(SERVICES / script), *map(str, arguments)], check=True, stdout=subprocess.DEVNULL)
+
+
+def wait_for(what, check, limit=600, pause=0.01):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        answer = check()
+        if answer:
+            return answer
+        time.sleep(pause)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class Run:
+    """The servers of one bench run, removed at the end."""
+
+    def __init__(self):
+        self.root = pathlib.Path(tempfile.mkdtemp(prefix="email_accounts-bench-"))
+        os.chmod(self.root, 0o755)
+        self.pg_port = free_port()
+        self.sink_port = free_port()
+        self.ports = {name: free_port() for name in ["imap", "imaps", "pop3", "pop3s", "lmtp"]}
+        self.sink = None
+
+    def start(self):
+        service("certificates.sh", self.root / "certificates")
+        p = self.ports
+        service("dovecot.sh", "start", self.root / "dovecot", self.root / "certificates",
+                p["imap"], p["imaps"], p["pop3"], p["pop3s"], p["lmtp"])
+        service("postgres.sh", "start", self.root / "postgres", self.pg_port,
+                "fsync = on",
+                "shared_preload_libraries = 'email_accounts,pg_stat_statements'",
+                "pg_stat_statements.track = 'all'",
+                "email_accounts.fallback_poll_interval = '60s'")
+        self.sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{self.sink_port}", "1024"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for("smtp-sink", lambda: self._port_open(self.sink_port))
+        with self.connect() as db:
+            db.execute("CREATE EXTENSION email_accounts")
+            db.execute("CREATE EXTENSION pg_stat_statements")
+        wait_for("the workers", lambda: self.query_one(
+            "SELECT count(*) = 2 FROM email_accounts.worker_status() WHERE state = 'idle'"))
+
+    @staticmethod
+    def _port_open(port):
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    def connect(self, autocommit=True):
+        return psycopg.connect(host="127.0.0.1", port=self.pg_port, user="postgres", dbname="postgres",
+                               autocommit=autocommit)
+
+    def query_one(self, sql, *parameters):
+        with self.connect() as db:
+            return db.execute(sql, parameters).fetchone()[0]
+
+    def worker_pids(self):
+        with self.connect() as db:
+            return dict(db.execute("SELECT role, pid FROM email_accounts.worker_status()").fetchall())
+
+    def stop(self):
+        if self.sink:
+            self.sink.terminate()
+        service("postgres.sh", "stop", self.root / "postgres", "fast")
+        service("dovecot.sh", "stop", self.root / "dovecot")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- outbox -----------------------------------------------------------------
+
+def sink_accounts(run, count, prefix):
+    """`count` outgoing accounts on the sink (one SMTP session each)."""
+    with run.connect() as db:
+        for index in range(count):
+            db.execute(
+                "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,"
+                " no_smtp_authentication, allow_plaintext_authentication) VALUES (%s, %s, true, '127.0.0.1', %s, 'none', true, true)",
+                (f"{prefix}{index}", f"{prefix}{index}@example.test", run.sink_port))
+
+
+def queue(db, accounts, count, prefix):
+    db.execute(
+        "INSERT INTO email_accounts.outbox (account, to_addresses, subject, body_text)"
+        " SELECT %s || (n %% %s), ARRAY['rcpt' || n || '@example.test'], 'bench ' || n, %s"
+        " FROM generate_series(1, %s) AS n",
+        (prefix, accounts, BODY, count))
+
+
+def outbox_drain(run, prefix):
+    """Messages/s from the commit of MESSAGES rows to the last one recorded sent."""
+    with run.connect(autocommit=False) as db:
+        queue(db, SESSIONS, MESSAGES, prefix)
+        db.commit()
+        started = time.monotonic()
+    wait_for("the outbox to drain", lambda: run.query_one(
+        "SELECT count(*) = 0 FROM email_accounts.outbox WHERE status NOT IN ('sent', 'failed', 'expired')"), pause=0.02)
+    elapsed = time.monotonic() - started
+    failed = run.query_one("SELECT count(*) FROM email_accounts.outbox WHERE status <> 'sent'")
+    with run.connect() as db:
+        db.execute("DELETE FROM email_accounts.outbox")
+    return MESSAGES / elapsed, failed
+
+
+def smtp_source(run):
+    size = len(BODY) + 200
+    started = time.monotonic()
+    subprocess.run(["smtp-source", "-d", "-s", str(SESSIONS), "-m", str(MESSAGES), "-l", str(size),
+                    "-f", "bench@example.test", "-t", "rcpt@example.test", f"127.0.0.1:{run.sink_port}"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return MESSAGES / (time.monotonic() - started)
+
+
+def python_outbox(run, account):
+    """A Frappe-style queue: read queued rows, send each over one reused smtplib
+    connection, mark it sent and commit, row by row."""
+    with run.connect(autocommit=False) as db:
+        queue(db, 1, MESSAGES, account)
+        db.commit()
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(TOP / "bench" / "python_outbox.py"), str(run.pg_port),
+                             str(run.sink_port), account + "0"], check=True, capture_output=True, text=True)
+    sent = int(result.stdout.strip())
+    elapsed = time.monotonic() - started
+    with run.connect() as db:
+        db.execute("DELETE FROM email_accounts.outbox")
+    return sent / elapsed
+
+
+def latency(run):
+    """Commit of one message → its sent status visible, on an idle queue."""
+    samples = []
+    with run.connect(autocommit=True) as db, run.connect(autocommit=True) as watcher:
+        for n in range(LATENCY_SAMPLES):
+            outbox_id = db.execute(
+                "INSERT INTO email_accounts.outbox (account, to_addresses, subject, body_text)"
+                " VALUES ('lat0', '{rcpt@example.test}', %s, %s) RETURNING outbox_id", (f"latency {n}", BODY)).fetchone()[0]
+            committed = time.monotonic()
+            while watcher.execute("SELECT status FROM email_accounts.outbox WHERE outbox_id = %s",
+                                  (outbox_id,)).fetchone()[0] != "sent":
+                time.sleep(0.0002)
+            samples.append((time.monotonic() - committed) * 1000)
+        db.execute("DELETE FROM email_accounts.outbox")
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+# --- ingest -----------------------------------------------------------------
+
+def fill_mailbox(run, address, count):
+    """Writes `count` ~3 KB messages (every tenth with a small attachment) straight into the Maildir."""
+    maildir = run.root / "dovecot" / "mail" / address / "Maildir"
+    for sub in ["cur", "new", "tmp"]:
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    text = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 45)[:2500]
+    attachment = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\r\n" * 12
+    for n in range(count):
+        if n % 10 == 0:
+            body = ("MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n"
+                    f"Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n--b\r\n"
+                    "Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+                    f"Content-Disposition: attachment; filename=\"invoice-{n}.pdf\"\r\n\r\n{attachment}--b--\r\n")
+        else:
+            body = f"Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+        raw = (f"From: Sender {n} <sender{n}@example.com>\r\nTo: {address}\r\nSubject: ingest {n}\r\n"
+               f"Message-ID: <{uuid.uuid4()}@example.com>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n{body}")
+        (maildir / "cur" / f"{1700000000 + n}.M{n}P1.bench:2,").write_bytes(raw.encode())
+    subprocess.run(["chown", "-R", "mail:mail", str(run.root / "dovecot" / "mail" / address)], check=True)
+
+
+def imap_login(run, address):
+    context = ssl.create_default_context(cafile=str(run.root / "certificates" / "ca.pem"))
+    imap = imaplib.IMAP4_SSL("localhost", run.ports["imaps"], ssl_context=context)
+    imap.login(address, address.split("@")[0] + "-password")
+    return imap
+
+
+def index_mailbox(run, address):
+    """Lets Dovecot index the new Maildir once, so neither reader pays for it."""
+    imap = imap_login(run, address)
+    imap.select("INBOX", readonly=True)
+    imap.logout()
+
+
+def rss_sampler(pid, peak):
+    def sample():
+        while not peak["stop"]:
+            try:
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("VmRSS:"):
+                        peak["kb"] = max(peak["kb"], int(line.split()[1]))
+            except FileNotFoundError:
+                return
+            time.sleep(0.05)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    return thread
+
+
+def ingest(run, account, expected):
+    with run.connect() as db:
+        db.execute("DELETE FROM email_accounts.message WHERE account_id = (SELECT account_id FROM email_accounts.account WHERE name = %s)", (account,))
+        db.execute("DELETE FROM email_accounts.sync_state WHERE account_id = (SELECT account_id FROM email_accounts.account WHERE name = %s)", (account,))
+    peak = {"kb": 0, "stop": False}
+    sampler = rss_sampler(run.worker_pids()["receiver"], peak)
+    started = time.monotonic()
+    with run.connect() as db:
+        db.execute("SELECT * FROM email_accounts.sync_now(%s)", (account,)).fetchall()
+    elapsed = time.monotonic() - started
+    peak["stop"] = True
+    sampler.join()
+    stored = run.query_one("SELECT count(*) FROM email_accounts.message JOIN email_accounts.account USING (account_id) WHERE name = %s", account)
+    if stored != expected:
+        raise RuntimeError(f"{account}: stored {stored} of {expected}")
+    return expected / elapsed, peak["kb"] / 1024
+
+
+def python_ingest(run, address):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(TOP / "bench" / "python_ingest.py"), str(run.pg_port),
+                             str(run.ports["imaps"]), str(run.root / "certificates" / "ca.pem"), address,
+                             address.split("@")[0] + "-password"], check=True, capture_output=True, text=True)
+    stored = int(result.stdout.strip())
+    return stored / (time.monotonic() - started)
+
+
+def incoming_account(run, name, address):
+    ca = (run.root / "certificates" / "ca.pem").read_text()
+    with run.connect() as db:
+        db.execute(
+            "INSERT INTO email_accounts.account (name, address, enable_incoming, incoming_protocol, incoming_host,"
+            " incoming_port, incoming_security, extra_ca_certificate, sync_option, initial_sync_count, poll_interval)"
+            " VALUES (%s, %s, true, 'imap', 'localhost', %s, 'ssl', %s, 'all', 1000000, '1 hour')",
+            (name, address, run.ports["imaps"], ca))
+        db.execute("SELECT email_accounts.set_password(%s, %s)", (name, address.split("@")[0] + "-password"))
+
+
+# --- idle -------------------------------------------------------------------
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cost(run):
+    pids = run.worker_pids()
+    time.sleep(5)
+    calls = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
+    before_calls = run.query_one(calls)
+    before_cpu = sum(cpu_seconds(pid) for pid in pids.values())
+    time.sleep(IDLE_SECONDS)
+    after_cpu = sum(cpu_seconds(pid) for pid in pids.values())
+    # The measuring query itself counts once (the first one ran before the window).
+    after_calls = run.query_one(calls) - 1
+    return after_cpu - before_cpu, after_calls - before_calls
+
+
+# --- report -----------------------------------------------------------------
+
+def median(values):
+    return statistics.median(values)
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    run = Run()
+    results = {"machine": {"cpus": os.cpu_count(), "messages": MESSAGES, "sessions": SESSIONS, "repeat": REPEAT}}
+    try:
+        run.start()
+        sink_accounts(run, SESSIONS, "bench")
+        sink_accounts(run, 1, "lat")
+        sink_accounts(run, 1, "python")
+        print(f"==> outbox drain: {MESSAGES} messages, {SESSIONS} accounts/sessions, {REPEAT} runs", flush=True)
+        drains = [outbox_drain(run, "bench") for _ in range(REPEAT)]
+        results["outbox_msgs_per_s_runs"] = [round(rate) for rate, _ in drains]
+        results["outbox_not_sent"] = sum(failed for _, failed in drains)
+        results["outbox_msgs_per_s"] = round(median([rate for rate, _ in drains]))
+        print("==> smtp-source", flush=True)
+        sources = [smtp_source(run) for _ in range(REPEAT)]
+        results["smtp_source_msgs_per_s_runs"] = [round(rate) for rate in sources]
+        results["smtp_source_msgs_per_s"] = round(median(sources))
+        print("==> Python baseline (psycopg + smtplib, one connection, commit per row)", flush=True)
+        with run.connect() as db:
+            # Not ready for our sender (awaiting a password): the rows are the Python loop's.
+            db.execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'python0'")
+        pythons = [python_outbox(run, "python") for _ in range(REPEAT)]
+        results["python_baseline_msgs_per_s_runs"] = [round(rate) for rate in pythons]
+        results["python_baseline_msgs_per_s"] = round(median(pythons))
+        print(f"==> latency: {LATENCY_SAMPLES} single-message transactions", flush=True)
+        p50, p99 = latency(run)
+        results["latency_p50_ms"] = round(p50, 2)
+        results["latency_p99_ms"] = round(p99, 2)
+
+        print(f"==> ingest: {MESSAGES} and {2 * MESSAGES} messages of ~3 KB over IMAPS", flush=True)
+        fill_mailbox(run, "support@example.test", MESSAGES)
+        fill_mailbox(run, "carol@example.test", 2 * MESSAGES)
+        index_mailbox(run, "support@example.test")
+        index_mailbox(run, "carol@example.test")
+        incoming_account(run, "ingest", "support@example.test")
+        incoming_account(run, "ingest_double", "carol@example.test")
+        ingests = [ingest(run, "ingest", MESSAGES) for _ in range(REPEAT)]
+        results["ingest_msgs_per_s_runs"] = [round(rate) for rate, _ in ingests]
+        results["ingest_msgs_per_s"] = round(median([rate for rate, _ in ingests]))
+        results["ingest_worker_peak_rss_mb"] = round(max(rss for _, rss in ingests), 1)
+        rate, rss = ingest(run, "ingest_double", 2 * MESSAGES)
+        results["ingest_double_msgs_per_s"] = round(rate)
+        results["ingest_double_worker_peak_rss_mb"] = round(rss, 1)
+        python_ingests = [python_ingest(run, "support@example.test") for _ in range(REPEAT)]
+        results["python_ingest_baseline_msgs_per_s_runs"] = [round(rate) for rate in python_ingests]
+        results["python_ingest_baseline_msgs_per_s"] = round(median(python_ingests))
+
+        print(f"==> idle: {IDLE_SECONDS} s with accounts configured and empty queues", flush=True)
+        cpu, statements = idle_cost(run)
+        results["idle_cpu_seconds"] = round(cpu, 3)
+        results["idle_statements"] = statements
+    finally:
+        run.stop()
+
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = [
+        ("outbox drain (msg/s)", results["outbox_msgs_per_s"], results["outbox_msgs_per_s_runs"]),
+        (f"smtp-source, {SESSIONS} sessions (msg/s)", results["smtp_source_msgs_per_s"], results["smtp_source_msgs_per_s_runs"]),
+        ("Python baseline (msg/s)", results["python_baseline_msgs_per_s"], results["python_baseline_msgs_per_s_runs"]),
+        ("latency p50 (ms)", results["latency_p50_ms"], ""),
+        ("latency p99 (ms)", results["latency_p99_ms"], ""),
+        ("ingest (msg/s)", results["ingest_msgs_per_s"], results["ingest_msgs_per_s_runs"]),
+        ("Python ingest baseline (msg/s)", results["python_ingest_baseline_msgs_per_s"], results["python_ingest_baseline_msgs_per_s_runs"]),
+        (f"receiver peak RSS, {MESSAGES} messages (MB)", results["ingest_worker_peak_rss_mb"], ""),
+        (f"receiver peak RSS, {2 * MESSAGES} messages (MB)", results["ingest_double_worker_peak_rss_mb"], f"{results['ingest_double_msgs_per_s']} msg/s"),
+        (f"idle CPU, {IDLE_SECONDS} s (s)", results["idle_cpu_seconds"], ""),
+        (f"idle statements, {IDLE_SECONDS} s", results["idle_statements"], ""),
+    ]
+    table = ["| figure | value | runs |", "|---|---|---|"] + [f"| {name} | {value} | {runs} |" for name, value, runs in rows]
+    (OUT / "results.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
