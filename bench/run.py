@@ -338,12 +338,16 @@ def main():
         results["latency_p99_ms"] = round(p99, 2)
 
         print(f"==> ingest: {MESSAGES} and {2 * MESSAGES} messages of ~3 KB over IMAPS", flush=True)
+        # The accounts first (creating one syncs it at once), then the mail.
+        incoming_account(run, "ingest", "support@example.test")
+        incoming_account(run, "ingest_double", "carol@example.test")
+        for account in ["ingest", "ingest_double"]:
+            with run.connect() as db:
+                db.execute("SELECT * FROM email_accounts.sync_now(%s)", (account,)).fetchall()
         fill_mailbox(run, "support@example.test", MESSAGES)
         fill_mailbox(run, "carol@example.test", 2 * MESSAGES)
         index_mailbox(run, "support@example.test")
         index_mailbox(run, "carol@example.test")
-        incoming_account(run, "ingest", "support@example.test")
-        incoming_account(run, "ingest_double", "carol@example.test")
         ingests = [ingest(run, "ingest", MESSAGES) for _ in range(REPEAT)]
         results["ingest_msgs_per_s_runs"] = [round(rate) for rate, _ in ingests]
         results["ingest_msgs_per_s"] = round(median([rate for rate, _ in ingests]))

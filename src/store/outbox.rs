@@ -326,6 +326,102 @@ pub fn record(
     )
 }
 
+/// One claimed row's result, for [`record_all`].
+pub struct RowResult<'a> {
+    pub outbox_id: i64,
+    pub claim_token: &'a str,
+    pub summary: &'a RowSummary,
+}
+
+/// Records a whole round in four set-based statements (instead of four per
+/// row): the same rules as [`record`], for the rows whose claim is still ours.
+/// The caller falls back to [`record`] row by row if this fails.
+pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_seconds: i32) -> Result<(), SpiError> {
+    let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
+    let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();
+    let ours: Vec<i64> = Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT outbox.outbox_id FROM email_accounts.outbox
+               JOIN unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token) USING (outbox_id)
+              WHERE outbox.claim_token = mine.claim_token::uuid
+                FOR UPDATE OF outbox",
+            None,
+            &[ids.into(), tokens.into()],
+        )?;
+        table
+            .into_iter()
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<i64>, SpiError>>()
+    })?;
+    let rows: Vec<&RowResult<'_>> = rows.iter().filter(|row| ours.contains(&row.outbox_id)).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (mut answer_ids, mut addresses, mut statuses, mut replies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut unsendable_ids, mut problems) = (Vec::new(), Vec::new());
+    for row in &rows {
+        for (address, status, reply) in &row.summary.recipients {
+            answer_ids.push(row.outbox_id);
+            addresses.push(address.as_str());
+            statuses.push(status.label());
+            replies.push(reply.as_str());
+        }
+        if let Some(problem) = &row.summary.unsendable {
+            unsendable_ids.push(row.outbox_id);
+            problems.push(problem.as_str());
+        }
+    }
+    Spi::run_with_args(
+        "UPDATE email_accounts.outbox_recipient AS recipient
+            SET status = answer.status, reply = answer.reply, updated_at = now()
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS answer (outbox_id, address, status, reply)
+          WHERE recipient.outbox_id = answer.outbox_id AND recipient.address = answer.address",
+        &[answer_ids.into(), addresses.into(), statuses.into(), replies.into()],
+    )?;
+    if !unsendable_ids.is_empty() {
+        Spi::run_with_args(
+            "UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', reply = problem.reply, updated_at = now()
+               FROM unnest($1::bigint[], $2::text[]) AS problem (outbox_id, reply)
+              WHERE recipient.outbox_id = problem.outbox_id AND recipient.status IN ('pending', 'deferred')",
+            &[unsendable_ids.into(), problems.into()],
+        )?;
+    }
+    let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
+    let errors: Vec<Option<String>> = rows.iter().map(|row| row.summary.last_error.clone()).collect();
+    Spi::run_with_args(
+        "WITH results AS (
+             SELECT * FROM unnest($1::bigint[], $2::text[]) AS result (outbox_id, last_error)
+         ), counts AS (
+             SELECT outbox_id,
+                    count(*) FILTER (WHERE status IN ('pending', 'deferred')) AS remaining,
+                    count(*) FILTER (WHERE status = 'sent') AS accepted
+               FROM email_accounts.outbox_recipient WHERE outbox_id = ANY ($1)
+              GROUP BY outbox_id
+         ), gave_up AS (
+             UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
+               FROM email_accounts.outbox AS given_up
+              WHERE recipient.outbox_id = given_up.outbox_id AND given_up.outbox_id = ANY ($1)
+                AND recipient.status IN ('pending', 'deferred') AND given_up.attempts >= $3
+         )
+         UPDATE email_accounts.outbox AS row
+            SET status = CASE
+                    WHEN coalesce(counts.remaining, 0) > 0 AND row.attempts < $3 THEN 'retry'
+                    WHEN coalesce(counts.remaining, 0) > 0 THEN 'failed'
+                    WHEN coalesce(counts.accepted, 0) > 0 THEN 'sent'
+                    ELSE 'failed' END,
+                next_attempt_at = CASE WHEN coalesce(counts.remaining, 0) > 0
+                    THEN now() + make_interval(secs => least(3600, $4 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
+                    ELSE row.next_attempt_at END,
+                sent_at = CASE WHEN coalesce(counts.remaining, 0) = 0 AND coalesce(counts.accepted, 0) > 0 THEN now() END,
+                last_error = results.last_error,
+                lease_until = NULL,
+                claim_token = NULL
+           FROM results LEFT JOIN counts USING (outbox_id)
+          WHERE row.outbox_id = results.outbox_id",
+        &[ids.into(), errors.into(), max_attempts.into(), (retry_base_delay_seconds as f64).into()],
+    )
+}
+
 /// Seconds until the next row of a ready account becomes due (or a claim
 /// lapses): the sender sleeps until then instead of its fallback poll. Rows
 /// of accounts that are not ready wait for the account change that wakes it.

@@ -3,13 +3,13 @@
 //! (another transaction). A failing account or message only affects itself.
 
 use crate::settings;
-use crate::store::outbox::{self, ClaimedRow, SendingSettings};
+use crate::store::outbox::{self, ClaimedRow, RowResult, SendingSettings};
 use crate::store::transaction::{in_subtransaction, in_transaction, StoreError};
 use crate::store::{links, secrets};
 use crate::threads;
 use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::Login;
-use email_accounts_mail::delivery::{deliver, summarize, AccountBatch, Job, JobOutcome, SentFolder};
+use email_accounts_mail::delivery::{deliver, summarize, AccountBatch, Job, JobOutcome, RowSummary, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::token::{sign, Purpose};
 use pgrx::prelude::*;
@@ -83,23 +83,37 @@ pub fn run_once() -> Result<usize, StoreError> {
 
     let max_attempts = settings::max_attempts();
     let retry_base_delay = settings::retry_base_delay_seconds();
+    let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();
+    for (outbox_id, outcome) in &results {
+        by_row.entry(*outbox_id).or_default().push(outcome);
+    }
+    let summaries: Vec<(i64, RowSummary)> =
+        by_row.into_iter().map(|(outbox_id, outcomes)| (outbox_id, summarize(outcomes))).collect();
     in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
-        let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();
-        for (outbox_id, outcome) in &results {
-            by_row.entry(*outbox_id).or_default().push(outcome);
+        let rows: Vec<RowResult<'_>> = summaries
+            .iter()
+            .filter_map(|(outbox_id, summary)| {
+                tokens.get(outbox_id).map(|token| RowResult { outbox_id: *outbox_id, claim_token: token, summary })
+            })
+            .collect();
+        // The whole round in a few statements; if that fails, row by row, so
+        // one row that cannot be recorded keeps its lease (and is retried when
+        // it lapses) while the others are recorded all the same.
+        let together =
+            in_subtransaction(AssertUnwindSafe(|| outbox::record_all(&rows, max_attempts, retry_base_delay)));
+        if matches!(together, Ok(Ok(()))) {
+            return Ok(());
         }
-        for (outbox_id, outcomes) in by_row {
-            let Some(token) = tokens.get(&outbox_id) else { continue };
-            let summary = summarize(outcomes);
-            // One row that cannot be recorded keeps its lease (and is retried
-            // when it lapses); the others are recorded all the same.
+        for row in &rows {
             let recorded = in_subtransaction(AssertUnwindSafe(|| {
-                outbox::record(outbox_id, token, &summary, max_attempts, retry_base_delay)
+                outbox::record(row.outbox_id, row.claim_token, row.summary, max_attempts, retry_base_delay)
             }));
             match recorded {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => warning!("email_accounts sender: cannot record outbox row {outbox_id}: {error}"),
-                Err(error) => warning!("email_accounts sender: cannot record outbox row {outbox_id}: {error}"),
+                Ok(Err(error)) => {
+                    warning!("email_accounts sender: cannot record outbox row {}: {error}", row.outbox_id)
+                }
+                Err(error) => warning!("email_accounts sender: cannot record outbox row {}: {error}", row.outbox_id),
             }
         }
         Ok(())
