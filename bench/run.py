@@ -78,7 +78,9 @@ class Run:
                 "fsync = on",
                 "shared_preload_libraries = 'email_accounts,pg_stat_statements'",
                 "pg_stat_statements.track = 'all'",
-                "email_accounts.fallback_poll_interval = '60s'")
+                "email_accounts.fallback_poll_interval = '60s'",
+                # IDLE would start syncs of its own while a run resets its tables.
+                "email_accounts.imap_idle = off")
         self.sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{self.sink_port}", "1024"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for("smtp-sink", lambda: self._port_open(self.sink_port))
@@ -245,6 +247,8 @@ def rss_sampler(pid, peak):
 
 def ingest(run, account, expected):
     with run.connect() as db:
+        # Wait for any sync of the account in progress before resetting it.
+        db.execute("SELECT * FROM email_accounts.sync_now(%s)", (account,)).fetchall()
         db.execute("DELETE FROM email_accounts.message WHERE account_id = (SELECT account_id FROM email_accounts.account WHERE name = %s)", (account,))
         db.execute("DELETE FROM email_accounts.sync_state WHERE account_id = (SELECT account_id FROM email_accounts.account WHERE name = %s)", (account,))
     peak = {"kb": 0, "stop": False}
@@ -257,7 +261,8 @@ def ingest(run, account, expected):
     sampler.join()
     stored = run.query_one("SELECT count(*) FROM email_accounts.message JOIN email_accounts.account USING (account_id) WHERE name = %s", account)
     if stored != expected:
-        raise RuntimeError(f"{account}: stored {stored} of {expected}")
+        error = run.query_one("SELECT string_agg(last_error, '; ') FROM email_accounts.sync_state JOIN email_accounts.account USING (account_id) WHERE name = %s", account)
+        raise RuntimeError(f"{account}: stored {stored} of {expected}: {error}")
     return expected / elapsed, peak["kb"] / 1024
 
 
