@@ -253,79 +253,6 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
     })
 }
 
-/// Records what a round came to for a claimed row, if the claim is still
-/// current. Recipients accepted are never sent to again; 4xx answers and
-/// unreachable servers retry with exponential backoff and jitter until
-/// `max_attempts`; 5xx answers fail that recipient.
-pub fn record(
-    outbox_id: i64,
-    claim_token: &str,
-    summary: &RowSummary,
-    max_attempts: i32,
-    retry_base_delay_seconds: i32,
-) -> Result<(), SpiError> {
-    // A lapsed lease lets another sender take the row: then its claim, not ours, records.
-    let still_ours = Spi::connect_mut(|client| {
-        client
-            .update(
-                "SELECT outbox_id FROM email_accounts.outbox WHERE outbox_id = $1 AND claim_token = $2::uuid FOR UPDATE",
-                None,
-                &[outbox_id.into(), claim_token.into()],
-            )
-            .map(|rows| !rows.is_empty())
-    })?;
-    if !still_ours {
-        return Ok(());
-    }
-    if !summary.recipients.is_empty() {
-        // One statement for all of the row's recipients.
-        let addresses: Vec<&str> = summary.recipients.iter().map(|(address, ..)| address.as_str()).collect();
-        let statuses: Vec<&str> = summary.recipients.iter().map(|(_, status, _)| status.label()).collect();
-        let replies: Vec<&str> = summary.recipients.iter().map(|(.., reply)| reply.as_str()).collect();
-        Spi::run_with_args(
-            "UPDATE email_accounts.outbox_recipient AS recipient
-                SET status = answer.status, reply = answer.reply, updated_at = now()
-               FROM unnest($2::text[], $3::text[], $4::text[]) AS answer (address, status, reply)
-              WHERE recipient.outbox_id = $1 AND recipient.address = answer.address",
-            &[outbox_id.into(), addresses.into(), statuses.into(), replies.into()],
-        )?;
-    }
-    if let Some(problem) = &summary.unsendable {
-        Spi::run_with_args(
-            "UPDATE email_accounts.outbox_recipient SET status = 'failed', reply = $2, updated_at = now()
-              WHERE outbox_id = $1 AND status IN ('pending', 'deferred')",
-            &[outbox_id.into(), problem.as_str().into()],
-        )?;
-    }
-    Spi::run_with_args(
-        "WITH counts AS (
-             SELECT count(*) FILTER (WHERE status IN ('pending', 'deferred')) AS remaining,
-                    count(*) FILTER (WHERE status = 'sent') AS accepted
-               FROM email_accounts.outbox_recipient WHERE outbox_id = $1
-         ), gave_up AS (
-             UPDATE email_accounts.outbox_recipient SET status = 'failed', updated_at = now()
-              WHERE outbox_id = $1 AND status IN ('pending', 'deferred')
-                AND (SELECT attempts FROM email_accounts.outbox WHERE outbox_id = $1) >= $3
-         )
-         UPDATE email_accounts.outbox AS row
-            SET status = CASE
-                    WHEN counts.remaining > 0 AND row.attempts < $3 THEN 'retry'
-                    WHEN counts.remaining > 0 THEN 'failed'
-                    WHEN counts.accepted > 0 THEN 'sent'
-                    ELSE 'failed' END,
-                next_attempt_at = CASE WHEN counts.remaining > 0
-                    THEN now() + make_interval(secs => least(3600, $4 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
-                    ELSE row.next_attempt_at END,
-                sent_at = CASE WHEN counts.remaining = 0 AND counts.accepted > 0 THEN now() END,
-                last_error = $2,
-                lease_until = NULL,
-                claim_token = NULL
-           FROM counts
-          WHERE row.outbox_id = $1",
-        &[outbox_id.into(), summary.last_error.clone().into(), max_attempts.into(), (retry_base_delay_seconds as f64).into()],
-    )
-}
-
 /// One claimed row's result, for [`record_all`].
 pub struct RowResult<'a> {
     pub outbox_id: i64,
@@ -333,9 +260,13 @@ pub struct RowResult<'a> {
     pub summary: &'a RowSummary,
 }
 
-/// Records a whole round in four set-based statements (instead of four per
-/// row): the same rules as [`record`], for the rows whose claim is still ours.
-/// The caller falls back to [`record`] row by row if this fails.
+/// Records what a round came to for the claimed rows whose claim is still
+/// ours (a lapsed lease lets another sender take a row: then its claim
+/// records), in four set-based statements whatever the number of rows.
+/// Recipients accepted are never sent to again; 4xx answers and unreachable
+/// servers retry with exponential backoff and jitter until `max_attempts`;
+/// 5xx answers fail that recipient. The caller falls back to one row per call
+/// if a whole round cannot be recorded.
 pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_seconds: i32) -> Result<(), SpiError> {
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();

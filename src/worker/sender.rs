@@ -104,17 +104,15 @@ pub fn run_once() -> Result<usize, StoreError> {
         if matches!(together, Ok(Ok(()))) {
             return Ok(());
         }
-        for row in &rows {
-            let recorded = in_subtransaction(AssertUnwindSafe(|| {
-                outbox::record(row.outbox_id, row.claim_token, row.summary, max_attempts, retry_base_delay)
-            }));
-            match recorded {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    warning!("email_accounts sender: cannot record outbox row {}: {error}", row.outbox_id)
-                }
-                Err(error) => warning!("email_accounts sender: cannot record outbox row {}: {error}", row.outbox_id),
-            }
+        for row in rows.chunks(1) {
+            let recorded =
+                in_subtransaction(AssertUnwindSafe(|| outbox::record_all(row, max_attempts, retry_base_delay)));
+            let error = match recorded {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            warning!("email_accounts sender: cannot record outbox row {}: {error}", row[0].outbox_id);
         }
         Ok(())
     }))??;
