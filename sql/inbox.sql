@@ -43,6 +43,14 @@ CREATE TABLE email_accounts.message (
             OR (uid IS NULL AND uidvalidity IS NULL AND unique_id IS NOT NULL))
 );
 
+-- lz4 instead of pglz for the large values: pglz was the single biggest
+-- cost of storing incoming mail (9 % of the receiver's CPU in the ingest bench).
+ALTER TABLE email_accounts.message
+    ALTER COLUMN raw SET COMPRESSION lz4,
+    ALTER COLUMN body_text SET COMPRESSION lz4,
+    ALTER COLUMN body_html SET COMPRESSION lz4,
+    ALTER COLUMN headers SET COMPRESSION lz4;
+
 -- Exactly once: an IMAP message by its UID in the folder's UIDVALIDITY, a POP3 one by its UIDL.
 CREATE UNIQUE INDEX message_imap_uid ON email_accounts.message (account_id, folder, uidvalidity, uid) WHERE uid IS NOT NULL;
 CREATE UNIQUE INDEX message_pop3_unique_id ON email_accounts.message (account_id, unique_id) WHERE unique_id IS NOT NULL;
@@ -77,7 +85,7 @@ COMMENT ON COLUMN email_accounts.message.reply_to IS 'Reply-To mailboxes.';
 COMMENT ON COLUMN email_accounts.message.subject IS 'Subject, decoded.';
 COMMENT ON COLUMN email_accounts.message.sent_at IS 'The Date header.';
 COMMENT ON COLUMN email_accounts.message.body_text IS 'The plain-text body (converted from HTML when the message has only HTML).';
-COMMENT ON COLUMN email_accounts.message.body_html IS 'The HTML body (built from the text when the message has only text).';
+COMMENT ON COLUMN email_accounts.message.body_html IS 'The HTML body; NULL when the message has only text.';
 COMMENT ON COLUMN email_accounts.message.headers IS 'Every header in order as a JSON array of {"name": ..., "value": ...} (unfolded, undecoded).';
 COMMENT ON COLUMN email_accounts.message.size IS 'Size in bytes as the server reported it.';
 COMMENT ON COLUMN email_accounts.message.seen IS 'IMAP: whether the message had \Seen on the server when fetched (the worker never sets it).';

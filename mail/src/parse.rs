@@ -4,7 +4,7 @@
 //! A message mail-parser cannot make sense of is still kept raw by the
 //! caller, with the error from here.
 
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedAttachment {
@@ -144,7 +144,12 @@ pub fn parse(raw: &[u8], attachment_size_limit: u64) -> Result<ParsedMessage, Pa
         subject: message.subject().map(str::to_owned),
         date: message.date().map(|date| date.to_timestamp()),
         text_body: message.body_text(0).map(|body| body.into_owned()),
-        html_body: message.body_html(0).map(|body| body.into_owned()),
+        // Only a real HTML part: mail-parser would otherwise build HTML from
+        // the text, doubling what is stored for every plain-text message.
+        html_body: match message.html_part(0).map(|part| &part.body) {
+            Some(PartType::Html(html)) => Some(html.to_string()),
+            _ => None,
+        },
         headers,
         size: raw.len(),
         attachments,
@@ -193,6 +198,16 @@ fn without_nul_characters(mut parsed: ParsedMessage) -> ParsedMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_text_gets_no_made_up_html_body() {
+        let parsed = parse(b"Subject: plain\r\n\r\njust text\r\n", 1024).unwrap();
+        assert_eq!(parsed.text_body.as_deref().map(str::trim_end), Some("just text"));
+        assert_eq!(parsed.html_body, None);
+        let html = parse(b"Subject: html\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n", 1024).unwrap();
+        assert!(html.html_body.unwrap().contains("<p>hi</p>"));
+        assert!(html.text_body.unwrap().contains("hi"), "text converted from the HTML");
+    }
 
     #[test]
     fn nul_characters_never_reach_text_fields() {
