@@ -159,6 +159,18 @@ COMMENT ON COLUMN email_accounts.sync_state.last_error_kind IS 'dns, connect, ti
 COMMENT ON COLUMN email_accounts.sync_state.consecutive_failures IS 'Failed syncs in a row; the retry delay doubles with each (capped by email_accounts.receive_max_backoff).';
 COMMENT ON COLUMN email_accounts.sync_state.next_attempt_at IS 'When the worker syncs this account next (poll_interval after a success, backing off after failures).';
 
+-- When an account is next synced: now if one of its folders has no state
+-- yet, else its soonest folder. The receiver's due check and its sleep both use it.
+CREATE FUNCTION email_accounts.next_sync_at(synced_account_id bigint, account_folders text[]) RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (
+    SELECT CASE WHEN count(*) < cardinality(account_folders) THEN now() ELSE min(state.next_attempt_at) END
+      FROM email_accounts.sync_state AS state
+     WHERE state.account_id = synced_account_id AND state.folder = ANY (account_folders));
+
+COMMENT ON FUNCTION email_accounts.next_sync_at(bigint, text[]) IS
+  'When the receiver next syncs an account with these folders: now when a folder was never synced, else the soonest next_attempt_at of its folders.';
+
 -- How a folder's sync ended; schedules the next one. After a failure the
 -- delay is poll_interval, doubling with each further failure, capped.
 CREATE FUNCTION email_accounts.record_sync(synced_account_id bigint, synced_folder text, new_messages integer,

@@ -52,53 +52,48 @@ RETURN (
 
 COMMENT ON FUNCTION email_accounts.primary_key_column(regclass) IS 'The column of a table''s single-column primary key, or NULL when it has none (or a composite one).';
 
--- Links a message to the mail it answers: In-Reply-To first, then the
--- References from the newest; an outbox mail before an earlier incoming
--- message. Only within the message's tenant. Returns whether it linked.
+-- Links a message to the mail it answers, found in one look-up: In-Reply-To
+-- first, then the References from the newest; for each id an outbox mail
+-- before an earlier incoming message. Only within the message's tenant.
+-- Returns whether it linked.
 CREATE FUNCTION email_accounts.link_reply(linked_message_id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     incoming email_accounts.message;
-    candidate text;
-    answered_outbox email_accounts.outbox;
-    answered_message email_accounts.message;
+    answered record;
 BEGIN
     SELECT * INTO incoming FROM email_accounts.message WHERE message_id = linked_message_id;
-    FOR candidate IN
-        SELECT id FROM (
-            SELECT incoming.in_reply_to AS id, 0 AS rank
+    SELECT found.* INTO answered
+      FROM (SELECT incoming.in_reply_to AS id, 0 AS rank
             UNION ALL
             SELECT reference, position FROM unnest(incoming."references") WITH ORDINALITY AS refs(reference, position)
-        ) AS ids
-        WHERE id IS NOT NULL
-        ORDER BY rank = 0 DESC, rank DESC
-    LOOP
-        SELECT * INTO answered_outbox FROM email_accounts.outbox
-         WHERE outbox.message_id = candidate AND outbox.tenant IS NOT DISTINCT FROM incoming.tenant;
-        IF FOUND THEN
-            UPDATE email_accounts.message
-               SET reply_to_outbox_id = answered_outbox.outbox_id, reply_to_message_id = NULL,
-                   reference_table = coalesce(answered_outbox.reference_table, message.reference_table),
-                   reference_id = CASE WHEN answered_outbox.reference_table IS NOT NULL THEN answered_outbox.reference_id ELSE message.reference_id END
-             WHERE message_id = linked_message_id;
-            RETURN true;
-        END IF;
-        SELECT * INTO answered_message FROM email_accounts.message
-         WHERE message.internet_message_id = candidate AND message.message_id <> linked_message_id
-           AND message.tenant IS NOT DISTINCT FROM incoming.tenant
-         ORDER BY message.message_id
-         LIMIT 1;
-        IF FOUND THEN
-            UPDATE email_accounts.message
-               SET reply_to_message_id = answered_message.message_id, reply_to_outbox_id = NULL,
-                   reference_table = coalesce(answered_message.reference_table, message.reference_table),
-                   reference_id = CASE WHEN answered_message.reference_table IS NOT NULL THEN answered_message.reference_id ELSE message.reference_id END
-             WHERE message_id = linked_message_id;
-            RETURN true;
-        END IF;
-    END LOOP;
-    RETURN false;
+           ) AS ids
+     CROSS JOIN LATERAL (
+            SELECT 0 AS source, outbox.outbox_id, NULL::bigint AS message_id, outbox.reference_table, outbox.reference_id
+              FROM email_accounts.outbox
+             WHERE outbox.message_id = ids.id AND outbox.tenant IS NOT DISTINCT FROM incoming.tenant
+            UNION ALL
+            (SELECT 1, NULL, earlier.message_id, earlier.reference_table, earlier.reference_id
+               FROM email_accounts.message AS earlier
+              WHERE earlier.internet_message_id = ids.id AND earlier.message_id <> linked_message_id
+                AND earlier.tenant IS NOT DISTINCT FROM incoming.tenant
+              ORDER BY earlier.message_id
+              LIMIT 1)
+           ) AS found
+     WHERE ids.id IS NOT NULL
+     ORDER BY ids.rank = 0 DESC, ids.rank DESC, found.source
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE email_accounts.message
+       SET reply_to_outbox_id = answered.outbox_id,
+           reply_to_message_id = answered.message_id,
+           reference_table = coalesce(answered.reference_table, message.reference_table),
+           reference_id = CASE WHEN answered.reference_table IS NOT NULL THEN answered.reference_id ELSE message.reference_id END
+     WHERE message_id = linked_message_id;
+    RETURN true;
 END;
 $$;
 

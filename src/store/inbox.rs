@@ -5,6 +5,7 @@
 use super::account_settings::ServerSettings;
 use super::routing::{self, RoutingSettings};
 use super::transaction::in_subtransaction;
+use email_accounts_mail::connection::Login;
 use email_accounts_mail::parse::ParsedMessage;
 use email_accounts_mail::receive::imap_sync::FolderState;
 use email_accounts_mail::receive::pop3_sync::{Pop3State, Retrieval};
@@ -41,6 +42,11 @@ impl ReceivingAccount {
     pub fn is_pop3(&self) -> bool {
         self.incoming.protocol.as_deref() == Some("pop3")
     }
+
+    /// How to log in to the incoming server with this password.
+    pub fn login(&self, password: String) -> Login {
+        Login { user: self.login_id.clone(), password, allow_plaintext: self.allow_plaintext_authentication }
+    }
 }
 
 const RECEIVING_ACCOUNTS: &str = "
@@ -54,10 +60,7 @@ SELECT settings.account_id, settings.name, settings.login_id, settings.allow_pla
           FROM pg_catalog.pg_proc AS function
           JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = function.pronamespace
          WHERE function.oid = account.on_receive_function),
-       settings.account_id = ANY ($1)
-        OR (SELECT count(*) < cardinality(settings.folders) OR min(state.next_attempt_at) <= now()
-              FROM email_accounts.sync_state AS state
-             WHERE state.account_id = settings.account_id AND state.folder = ANY (settings.folders)),
+       settings.account_id = ANY ($1) OR email_accounts.next_sync_at(settings.account_id, settings.folders) <= now(),
        concat_ws('|', settings.incoming_host, settings.incoming_port, settings.incoming_security, settings.login_id,
                  settings.folders[1], account.password_set_at, md5(settings.extra_ca_certificate))
   FROM email_accounts.account_settings AS settings
@@ -114,13 +117,9 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
 /// Seconds until the next account is due (0 when one is due now); `None` when no account receives.
 pub fn seconds_until_next_sync() -> Result<Option<f64>, SpiError> {
     Spi::get_one::<f64>(
-        "SELECT extract(epoch FROM min(coalesce(due.at, now())) - now())::float8
-           FROM email_accounts.account_settings AS settings
-          CROSS JOIN LATERAL (
-                SELECT CASE WHEN count(*) < cardinality(settings.folders) THEN now() ELSE min(state.next_attempt_at) END AS at
-                  FROM email_accounts.sync_state AS state
-                 WHERE state.account_id = settings.account_id AND state.folder = ANY (settings.folders)) AS due
-          WHERE settings.ready_to_receive",
+        "SELECT extract(epoch FROM min(email_accounts.next_sync_at(account_id, folders)) - now())::float8
+           FROM email_accounts.account_settings
+          WHERE ready_to_receive",
     )
 }
 
@@ -196,9 +195,11 @@ UPDATE email_accounts.message SET uidvalidity = $3, uid = $4
                       ORDER BY message_id LIMIT 1)
 RETURNING message_id";
 
-const INSERT_ATTACHMENT: &str = "
+const INSERT_ATTACHMENTS: &str = "
 INSERT INTO email_accounts.message_attachment (message_id, position, filename, content_type, size, content_id, inline, content)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+SELECT $1, part.position, part.filename, part.content_type, part.size, part.content_id, part.inline, part.content
+  FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::boolean[], $7::bytea[])
+       WITH ORDINALITY AS part (filename, content_type, size, content_id, inline, content, position)";
 
 const ADVANCE_CURSOR: &str = "
 INSERT INTO email_accounts.sync_state AS state (account_id, folder, uidvalidity, last_uid, skipped_unique_ids, messages_stored)
@@ -303,26 +304,24 @@ fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> R
     Ok(new_id)
 }
 
+/// All of a message's attachments in one statement.
 pub fn insert_attachments(message_id: i64, parsed: &ParsedMessage) -> Result<(), SpiError> {
-    Spi::connect_mut(|client| {
-        for (index, attachment) in parsed.attachments.iter().enumerate() {
-            client.update(
-                INSERT_ATTACHMENT,
-                None,
-                &[
-                    message_id.into(),
-                    (index as i32 + 1).into(),
-                    attachment.filename.clone().into(),
-                    attachment.content_type.as_str().into(),
-                    (attachment.size as i64).into(),
-                    attachment.content_id.clone().into(),
-                    attachment.inline.into(),
-                    attachment.content.as_deref().into(),
-                ],
-            )?;
-        }
-        Ok(())
-    })
+    if parsed.attachments.is_empty() {
+        return Ok(());
+    }
+    let parts = &parsed.attachments;
+    Spi::run_with_args(
+        INSERT_ATTACHMENTS,
+        &[
+            message_id.into(),
+            parts.iter().map(|part| part.filename.clone()).collect::<Vec<_>>().into(),
+            parts.iter().map(|part| part.content_type.clone()).collect::<Vec<_>>().into(),
+            parts.iter().map(|part| part.size as i64).collect::<Vec<_>>().into(),
+            parts.iter().map(|part| part.content_id.clone()).collect::<Vec<_>>().into(),
+            parts.iter().map(|part| part.inline).collect::<Vec<_>>().into(),
+            parts.iter().map(|part| part.content.clone()).collect::<Vec<_>>().into(),
+        ],
+    )
 }
 
 /// Stores a batch and advances the folder's cursor, inside the caller's

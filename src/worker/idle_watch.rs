@@ -8,7 +8,6 @@ use crate::store::inbox::ReceivingAccount;
 use crate::store::secrets;
 use crate::store::transaction::in_transaction;
 use crate::threads;
-use email_accounts_mail::connection::Login;
 use email_accounts_mail::receive::idle;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,8 +68,7 @@ impl IdleWatchers {
 fn start(account: &ReceivingAccount, password: String, stop: Arc<AtomicBool>, changed: Arc<Mutex<HashSet<i64>>>) {
     let account_id = account.account_id;
     let endpoint = account.incoming.endpoint(account.extra_ca_certificate.clone());
-    let login =
-        Login { user: account.login_id.clone(), password, allow_plaintext: account.allow_plaintext_authentication };
+    let login = account.login(password);
     let folder = account.folders[0].clone();
     threads::spawn_without_signals(move || {
         let notify = || {

@@ -92,14 +92,7 @@ fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreErr
                 inbox::folder_states(account.account_id, &account.folders).map(Work::Imap)
             };
             match work {
-                Ok(work) => {
-                    let login = Login {
-                        user: account.login_id.clone(),
-                        password,
-                        allow_plaintext: account.allow_plaintext_authentication,
-                    };
-                    prepared.push(Prepared { account, login, work });
-                }
+                Ok(work) => prepared.push(Prepared { login: account.login(password), account, work }),
                 Err(error) => unusable.push((account, error.to_string())),
             }
         }
@@ -130,10 +123,7 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
         // A bug in the sync must not leave the main thread waiting for this account.
         let outcomes = synced.unwrap_or_else(|_| {
             let error = SyncError::Store("the sync thread failed unexpectedly".to_owned());
-            folders
-                .iter()
-                .map(|folder| FolderOutcome { error: Some(error.clone()), ..FolderOutcome::new(folder) })
-                .collect()
+            folders.iter().map(|folder| FolderOutcome::failed(folder, error.clone())).collect()
         });
         let _ = reports.send(Report::Finished { account_index, outcomes });
     });
@@ -193,11 +183,8 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) {
     };
     for (account, problem) in unusable {
         let error = SyncError::Connection(ConnectionError::Auth(problem));
-        let outcomes: Vec<FolderOutcome> = account
-            .folders
-            .iter()
-            .map(|folder| FolderOutcome { error: Some(error.clone()), ..FolderOutcome::new(folder) })
-            .collect();
+        let outcomes: Vec<FolderOutcome> =
+            account.folders.iter().map(|folder| FolderOutcome::failed(folder, error.clone())).collect();
         record(account.account_id, &outcomes);
     }
 

@@ -49,16 +49,14 @@ pub fn sync(
     options: &ImapOptions,
     store: &mut dyn BatchStore,
 ) -> Vec<FolderOutcome> {
-    let mut outcomes: Vec<FolderOutcome> = folders.iter().map(|state| FolderOutcome::new(&state.folder)).collect();
     let mut session = match imap_client::connect(endpoint, login) {
         Ok((session, _)) => session,
         Err(error) => {
-            for outcome in &mut outcomes {
-                outcome.error = Some(SyncError::Connection(error.clone()));
-            }
-            return outcomes;
+            let error = SyncError::Connection(error);
+            return folders.iter().map(|state| FolderOutcome::failed(&state.folder, error.clone())).collect();
         }
     };
+    let mut outcomes: Vec<FolderOutcome> = folders.iter().map(|state| FolderOutcome::new(&state.folder)).collect();
     let mut lost: Option<SyncError> = None;
     for (state, outcome) in folders.iter().zip(outcomes.iter_mut()) {
         if let Some(error) = &lost {

@@ -39,6 +39,11 @@ impl FolderOutcome {
             error: None,
         }
     }
+
+    /// A folder that could not be synced at all.
+    pub fn failed(folder: &str, error: SyncError) -> Self {
+        FolderOutcome { error: Some(error), ..FolderOutcome::new(folder) }
+    }
 }
 
 /// Why a folder's sync stopped.
