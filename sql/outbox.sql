@@ -50,9 +50,14 @@ CREATE TABLE email_accounts.outbox (
     CONSTRAINT "reference_id needs reference_table" CHECK (reference_id IS NULL OR reference_table IS NOT NULL)
 );
 
--- What the sender claims next, and how replies find the mail they answer.
-CREATE INDEX outbox_due ON email_accounts.outbox (next_attempt_at, priority DESC)
+-- What the sender claims next: per account, already in claim order, so a
+-- claim reads only the rows it takes (not every waiting row, then a sort).
+CREATE INDEX outbox_claim_order ON email_accounts.outbox (account_id, priority DESC, next_attempt_at, outbox_id)
     WHERE status IN ('queued', 'retry');
+-- Rows that may expire before they are sent (most have no expiry at all).
+CREATE INDEX outbox_expiring ON email_accounts.outbox (expires_at)
+    WHERE expires_at IS NOT NULL AND status IN ('queued', 'retry', 'sending');
+-- Lapsed claims, rate-limit counts, and how replies find the mail they answer.
 CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
 CREATE INDEX outbox_account_sent_at ON email_accounts.outbox (account_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;

@@ -1,12 +1,15 @@
 //! Delivering a batch: one SMTP connection per account, reused for all of
-//! its messages, accounts in parallel threads (bounded), every message's
-//! outcome reported per recipient. No PostgreSQL here.
+//! its messages and kept open for the next batch, accounts in parallel
+//! threads (bounded), every message's outcome reported per recipient. No
+//! PostgreSQL here.
 
 use crate::compose::{compose, OutgoingMessage};
 use crate::connection::{ConnectionError, Endpoint, Login};
 use crate::smtp_client::{self, RecipientOutcome, SmtpClient};
 use lettre::Address;
-use std::collections::VecDeque;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -52,12 +55,54 @@ pub enum JobOutcome {
     SentCopyFailed(String),
 }
 
+/// Open SMTP connections between batches, one per server and login, so a
+/// busy queue does not pay for connect, TLS, EHLO and AUTH every batch. The
+/// caller closes them when the queue runs dry.
+#[derive(Default)]
+pub struct ConnectionPool {
+    idle: Mutex<HashMap<u64, SmtpClient>>,
+}
+
+impl ConnectionPool {
+    fn take(&self, key: u64) -> Option<SmtpClient> {
+        self.idle.lock().expect("pool lock").remove(&key)
+    }
+
+    fn give_back(&self, key: u64, client: SmtpClient) {
+        if let Some(replaced) = self.idle.lock().expect("pool lock").insert(key, client) {
+            replaced.quit();
+        }
+    }
+
+    /// QUIT on every idle connection.
+    pub fn close_all(&self) {
+        let idle: Vec<SmtpClient> = self.idle.lock().expect("pool lock").drain().map(|(_, client)| client).collect();
+        for client in idle {
+            client.quit();
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.idle.lock().expect("pool lock").len()
+    }
+}
+
+/// Which pooled connection a batch may use: same server, same login (a
+/// changed password gets a new connection).
+fn pool_key(endpoint: &Endpoint, login: Option<&Login>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (&endpoint.host, endpoint.port, format!("{:?}", endpoint.security), &endpoint.extra_ca_pem).hash(&mut hasher);
+    login.map(|login| (&login.user, &login.password, login.allow_plaintext)).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Delivers every batch, at most `parallel` accounts at a time; returns
 /// (outbox_id, outcome) for every job. `spawn` starts the worker threads
 /// (the extension passes one that blocks signals).
 pub fn deliver(
     batches: Vec<AccountBatch>,
     parallel: usize,
+    pool: &Arc<ConnectionPool>,
     spawn: impl Fn(Box<dyn FnOnce() + Send>) -> thread::JoinHandle<()>,
 ) -> Vec<(i64, JobOutcome)> {
     let queue = Arc::new(Mutex::new(batches.into_iter().collect::<VecDeque<_>>()));
@@ -66,9 +111,10 @@ pub fn deliver(
         .map(|_| {
             let queue = Arc::clone(&queue);
             let results = Arc::clone(&results);
+            let pool = Arc::clone(pool);
             spawn(Box::new(move || loop {
                 let Some(batch) = queue.lock().expect("queue lock").pop_front() else { break };
-                let outcomes = deliver_account(batch);
+                let outcomes = deliver_account(batch, &pool);
                 results.lock().expect("results lock").extend(outcomes);
             }))
         })
@@ -80,11 +126,14 @@ pub fn deliver(
 }
 
 /// All messages of one account over one connection, reconnecting once after
-/// a broken connection. Once the server cannot be reached, the account's
+/// a broken connection (a pooled connection the server closed meanwhile
+/// does not count). Once the server cannot be reached, the account's
 /// remaining messages are not attempted (they wait for the next try).
-fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
+fn deliver_account(batch: AccountBatch, pool: &ConnectionPool) -> Vec<(i64, JobOutcome)> {
     let mut outcomes = Vec::with_capacity(batch.jobs.len());
-    let mut client: Option<SmtpClient> = None;
+    let key = pool_key(&batch.endpoint, batch.login.as_ref());
+    let mut client: Option<SmtpClient> = pool.take(key);
+    let mut pooled = client.is_some();
     let mut server_down: Option<ConnectionError> = None;
     let mut reconnects_left = 1;
     let mut sent_copies: Vec<(i64, Vec<u8>)> = Vec::new();
@@ -117,6 +166,7 @@ fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
             };
             match connection.send(&from, &recipients, &bytes) {
                 Ok(delivery) => {
+                    pooled = false;
                     let accepted = matches!(delivery.data, Some(Ok(_)));
                     if accepted && !sent_copies.iter().any(|(outbox_id, _)| *outbox_id == job.outbox_id) {
                         sent_copies.push((job.outbox_id, bytes.clone()));
@@ -129,6 +179,11 @@ fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
                             .collect(),
                         data: delivery.data,
                     };
+                }
+                Err(_) if pooled => {
+                    // The server hung up while the connection sat in the pool.
+                    client = None;
+                    pooled = false;
                 }
                 Err(error) => {
                     client = None;
@@ -143,7 +198,7 @@ fn deliver_account(batch: AccountBatch) -> Vec<(i64, JobOutcome)> {
         outcomes.push((job.outbox_id, outcome));
     }
     if let Some(client) = client {
-        client.quit();
+        pool.give_back(key, client);
     }
     if let Some(sent_folder) = batch.sent_folder.filter(|_| !sent_copies.is_empty()) {
         outcomes.extend(append_sent_copies(sent_folder, sent_copies));

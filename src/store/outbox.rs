@@ -59,8 +59,9 @@ const EXPIRE: &str = "
 UPDATE email_accounts.outbox
    SET status = 'expired', lease_until = NULL, claim_token = NULL,
        last_error = format('expired at %s before it could be delivered', expires_at)
- WHERE expires_at <= now()
-   AND (status IN ('queued', 'retry') OR (status = 'sending' AND lease_until < now()))";
+ WHERE expires_at IS NOT NULL AND expires_at <= now()
+   AND status IN ('queued', 'retry', 'sending')
+   AND (status <> 'sending' OR lease_until < now())";
 
 // Each ready account may send what its rate limits leave: its limit minus
 // the rows it sent (or has in flight) in the last minute, hour and day.
@@ -82,22 +83,38 @@ WITH allowance AS (
             AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
      ) AS recent
      WHERE settings.ready_to_send
-), due AS (
-    SELECT picked.outbox_id
+), candidate AS (
+    -- Per account, its due rows in claim order (an index walk that stops at
+    -- the allowance), then rows whose claim lapsed (another sender died).
+    SELECT picked.*
       FROM allowance
      CROSS JOIN LATERAL (
-         SELECT outbox.outbox_id, outbox.priority, outbox.next_attempt_at
-           FROM email_accounts.outbox
-          WHERE outbox.account_id = allowance.account_id
-            AND ((outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
-                 OR (outbox.status = 'sending' AND outbox.lease_until < now()))
-            AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
-          ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
-          LIMIT allowance.rows
-            FOR UPDATE SKIP LOCKED
+         (SELECT outbox.outbox_id, outbox.priority, outbox.next_attempt_at
+            FROM email_accounts.outbox
+           WHERE outbox.account_id = allowance.account_id
+             AND outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now()
+             AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
+           ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
+           LIMIT allowance.rows)
+         UNION ALL
+         (SELECT outbox.outbox_id, outbox.priority, outbox.next_attempt_at
+            FROM email_accounts.outbox
+           WHERE outbox.account_id = allowance.account_id
+             AND outbox.status = 'sending' AND outbox.lease_until < now()
+             AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
+           LIMIT allowance.rows)
      ) AS picked
      ORDER BY picked.priority DESC, picked.next_attempt_at, picked.outbox_id
      LIMIT $1
+), due AS (
+    -- Only the rows taken are locked; one another sender holds is skipped,
+    -- one it claimed meanwhile no longer matches (rechecked under the lock).
+    SELECT outbox.outbox_id
+      FROM email_accounts.outbox
+      JOIN candidate USING (outbox_id)
+     WHERE (outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
+        OR (outbox.status = 'sending' AND outbox.lease_until < now())
+       FOR UPDATE OF outbox SKIP LOCKED
 )
 UPDATE email_accounts.outbox
    SET status = 'sending', attempts = attempts + 1, claim_token = gen_random_uuid(),
@@ -111,6 +128,9 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
 
 /// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`.
 pub fn claim(limit: i64, lease_seconds: i32) -> Result<Vec<ClaimedRow>, SpiError> {
+    // The claim stays synchronous although its loss in a crash would only
+    // make the rows due again: its `attempts` count is what stops a message
+    // that crashes the worker from being retried forever.
     Spi::run(EXPIRE)?;
     let mut rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
         let table = client.update(CLAIM, None, &[limit.into(), (lease_seconds as f64).into()])?;
@@ -163,9 +183,16 @@ pub fn claim(limit: i64, lease_seconds: i32) -> Result<Vec<ClaimedRow>, SpiError
     let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
     let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
     Spi::connect(|client| -> Result<(), SpiError> {
+        // Per claimed row through the primary key (OFFSET 0 keeps the
+        // planner from turning it into a scan of the whole table, which it
+        // does when the statistics are stale after a burst of inserts).
         let table = client.select(
-            "SELECT outbox_id, address FROM email_accounts.outbox_recipient
-              WHERE outbox_id = ANY ($1) AND status IN ('pending', 'deferred') ORDER BY outbox_id, address",
+            "SELECT claimed.outbox_id, recipient.address
+               FROM unnest($1::bigint[]) AS claimed (outbox_id)
+              CROSS JOIN LATERAL (
+                  SELECT address FROM email_accounts.outbox_recipient
+                   WHERE outbox_recipient.outbox_id = claimed.outbox_id AND status IN ('pending', 'deferred')
+                   ORDER BY address OFFSET 0) AS recipient",
             None,
             &[ids.clone().into()],
         )?;
@@ -173,8 +200,13 @@ pub fn claim(limit: i64, lease_seconds: i32) -> Result<Vec<ClaimedRow>, SpiError
             recipients.entry(row.get(1)?.unwrap_or_default()).or_default().push(row.get(2)?.unwrap_or_default());
         }
         let table = client.select(
-            "SELECT outbox_id, filename, content_type, content, content_id FROM email_accounts.outbox_attachment
-              WHERE outbox_id = ANY ($1) ORDER BY outbox_id, position",
+            "SELECT claimed.outbox_id, attachment.filename, attachment.content_type, attachment.content,
+                    attachment.content_id
+               FROM unnest($1::bigint[]) AS claimed (outbox_id)
+              CROSS JOIN LATERAL (
+                  SELECT filename, content_type, content, content_id FROM email_accounts.outbox_attachment
+                   WHERE outbox_attachment.outbox_id = claimed.outbox_id
+                   ORDER BY position OFFSET 0) AS attachment",
             None,
             &[ids.into()],
         )?;
@@ -303,10 +335,14 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
         }
     }
     Spi::run_with_args(
+        // Each answer finds its row through the primary key (see `claim`).
         "UPDATE email_accounts.outbox_recipient AS recipient
             SET status = answer.status, reply = answer.reply, updated_at = now()
            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS answer (outbox_id, address, status, reply)
-          WHERE recipient.outbox_id = answer.outbox_id AND recipient.address = answer.address",
+          CROSS JOIN LATERAL (
+              SELECT ctid AS row_ctid FROM email_accounts.outbox_recipient AS one
+               WHERE one.outbox_id = answer.outbox_id AND one.address = answer.address OFFSET 0) AS found
+          WHERE recipient.ctid = found.row_ctid",
         &[answer_ids.into(), addresses.into(), statuses.into(), replies.into()],
     )?;
     if !unsendable_ids.is_empty() {
@@ -323,11 +359,15 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
         "WITH results AS (
              SELECT * FROM unnest($1::bigint[], $2::text[]) AS result (outbox_id, last_error)
          ), counts AS (
-             SELECT outbox_id,
-                    count(*) FILTER (WHERE status IN ('pending', 'deferred')) AS remaining,
-                    count(*) FILTER (WHERE status = 'sent') AS accepted
-               FROM email_accounts.outbox_recipient WHERE outbox_id = ANY ($1)
-              GROUP BY outbox_id
+             -- Per row, through the recipients' primary key: no plan that
+             -- reads the whole table when its statistics are stale after a burst.
+             SELECT results.outbox_id, per_row.remaining, per_row.accepted
+               FROM results CROSS JOIN LATERAL (
+                   SELECT count(*) FILTER (WHERE status IN ('pending', 'deferred')) AS remaining,
+                          count(*) FILTER (WHERE status = 'sent') AS accepted
+                     FROM email_accounts.outbox_recipient AS recipient
+                    WHERE recipient.outbox_id = results.outbox_id
+               ) AS per_row
          ), gave_up AS (
              UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
                FROM email_accounts.outbox AS given_up

@@ -99,6 +99,10 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
                 // Background workers flush their statistics themselves.
                 unsafe { pg_sys::pgstat_report_stat(true) };
             }
+            // SMTP connections kept open after a burst close once idle (no statements).
+            if let Some(look_again) = super::sender::close_idle_connections() {
+                sleep = sleep.min(look_again);
+            }
         }
         if shutdown_requested() {
             break;

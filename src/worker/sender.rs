@@ -1,5 +1,5 @@
-//! One round of the sender: claim due outbox rows (a transaction), deliver
-//! them over SMTP on threads with no transaction open, record the results
+//! The sender's rounds: claim due outbox rows (a transaction), deliver them
+//! over SMTP on threads with no transaction open, record the results
 //! (another transaction). A failing account or message only affects itself.
 
 use crate::settings;
@@ -9,13 +9,17 @@ use crate::store::{links, secrets};
 use crate::threads;
 use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::Login;
-use email_accounts_mail::delivery::{deliver, summarize, AccountBatch, Job, JobOutcome, RowSummary, SentFolder};
+use email_accounts_mail::delivery::{
+    deliver, summarize, AccountBatch, ConnectionPool, Job, JobOutcome, RowSummary, SentFolder,
+};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::token::{sign, Purpose};
 use pgrx::prelude::*;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// What one round claimed.
 struct Claim {
@@ -26,8 +30,38 @@ struct Claim {
     broken_accounts: HashMap<i64, String>,
 }
 
-/// Sends one batch; returns how many rows it handled (0 when none were due).
-pub fn run_once() -> Result<usize, StoreError> {
+/// A claimed round ready for the wire.
+struct Round {
+    /// The claim took a whole batch: more rows are probably waiting.
+    full: bool,
+    /// Each row's claim token: results are recorded only under it.
+    tokens: HashMap<i64, String>,
+    /// Outcomes known before sending (accounts whose password is unreadable).
+    known: Vec<(i64, JobOutcome)>,
+    batches: Vec<AccountBatch>,
+}
+
+/// A round on the wire: a thread delivers it while the main thread claims
+/// the next round and records the previous one.
+struct InFlight {
+    full: bool,
+    tokens: HashMap<i64, String>,
+    known: Vec<(i64, JobOutcome)>,
+    delivered: mpsc::Receiver<Vec<(i64, JobOutcome)>>,
+}
+
+/// SMTP connections stay open this long after their last use, so a steady
+/// trickle of mail does not reconnect for every message.
+const KEEP_CONNECTIONS_OPEN: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// The sender's open SMTP connections and when they were last used (main thread only).
+    static CONNECTIONS: RefCell<(Arc<ConnectionPool>, Instant)> =
+        RefCell::new((Arc::new(ConnectionPool::default()), Instant::now()));
+}
+
+/// Claims up to `batch_size` due rows (one transaction) and composes them.
+fn claim_round() -> Result<Option<Round>, StoreError> {
     let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
         let rows = outbox::claim(settings::batch_size(), settings::lease_duration_seconds()).map_err(spi)?;
         let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
@@ -55,17 +89,17 @@ pub fn run_once() -> Result<usize, StoreError> {
         let signing_key = if rows.is_empty() { Vec::new() } else { links::signing_key().map_err(spi)? };
         Ok(Claim { rows, signing_key, accounts, broken_accounts })
     }))??;
-    let handled = claim.rows.len();
-    if handled == 0 {
-        return Ok(0);
+    if claim.rows.is_empty() {
+        return Ok(None);
     }
+    let full = claim.rows.len() as i64 >= settings::batch_size();
 
     let tokens: HashMap<i64, String> = claim.rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
-    let mut results: Vec<(i64, JobOutcome)> = Vec::new();
+    let mut known: Vec<(i64, JobOutcome)> = Vec::new();
     let mut by_account: HashMap<i64, Vec<ClaimedRow>> = HashMap::new();
     for row in claim.rows {
         if let Some(problem) = claim.broken_accounts.get(&row.account_id) {
-            results.push((row.outbox_id, JobOutcome::NotAttempted(account_problem(problem))));
+            known.push((row.outbox_id, JobOutcome::NotAttempted(account_problem(problem))));
         } else {
             by_account.entry(row.account_id).or_default().push(row);
         }
@@ -79,8 +113,50 @@ pub fn run_once() -> Result<usize, StoreError> {
             Some(batch(&account, password, rows, &links))
         })
         .collect();
-    results.extend(deliver(batches, settings::smtp_connections(), threads::spawn_without_signals));
+    Ok(Some(Round { full, tokens, known, batches }))
+}
 
+/// Puts a round on the wire on its own thread (settings are read here, on the main thread).
+fn launch(round: Round) -> InFlight {
+    let parallel = settings::smtp_connections();
+    let pool = CONNECTIONS.with(|connections| {
+        let mut connections = connections.borrow_mut();
+        connections.1 = Instant::now();
+        Arc::clone(&connections.0)
+    });
+    let (done, delivered) = mpsc::channel();
+    let batches = round.batches;
+    threads::spawn_without_signals(move || {
+        let _ = done.send(deliver(batches, parallel, &pool, threads::spawn_without_signals));
+    });
+    InFlight { full: round.full, tokens: round.tokens, known: round.known, delivered }
+}
+
+/// A round whose deliveries are over: what the servers answered, per row.
+struct Delivered {
+    tokens: HashMap<i64, String>,
+    results: Vec<(i64, JobOutcome)>,
+}
+
+impl InFlight {
+    /// Waits until every account of the round is done (their connections are back in the pool).
+    fn wait(self) -> Delivered {
+        let mut results = self.known;
+        match self.delivered.recv() {
+            Ok(delivered) => results.extend(delivered),
+            // Only a panic gets here; the rows keep their lease and are retried when it lapses.
+            Err(_) => {
+                warning!("email_accounts sender: a delivery thread failed; its rows are retried after their lease")
+            }
+        }
+        CONNECTIONS.with(|connections| connections.borrow_mut().1 = Instant::now());
+        Delivered { tokens: self.tokens, results }
+    }
+}
+
+/// Records a round's results (one transaction).
+fn record(delivered: Delivered) -> Result<(), StoreError> {
+    let Delivered { tokens, results } = delivered;
     let max_attempts = settings::max_attempts();
     let retry_base_delay = settings::retry_base_delay_seconds();
     let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();
@@ -115,8 +191,7 @@ pub fn run_once() -> Result<usize, StoreError> {
             warning!("email_accounts sender: cannot record outbox row {}: {error}", row[0].outbox_id);
         }
         Ok(())
-    }))??;
-    Ok(handled)
+    }))?
 }
 
 fn spi(error: pgrx::spi::SpiError) -> StoreError {
@@ -223,19 +298,72 @@ fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedR
 }
 
 /// Sends until nothing is due (or the worker is asked to stop); returns how
-/// long the worker may sleep before the next row is due.
+/// long the worker may sleep before the next row is due. Rounds overlap:
+/// while one is on the wire, the next is claimed and the previous recorded,
+/// so the database and the SMTP sessions work at the same time. A round
+/// goes out only when the one before it is done, so an account never has
+/// more than one connection.
 pub fn drain(role_name: &str) -> Option<Duration> {
+    let mut in_flight: Option<InFlight> = None;
+    let mut failed = false;
     loop {
-        match run_once() {
-            Ok(0) => return next_due(),
-            Ok(_) if super::main_loop::shutdown_requested() => return None,
-            Ok(_) => {}
-            Err(error) => {
-                log!("{role_name}: a sending round failed and will be retried: {error}");
-                return Some(Duration::from_secs(1));
+        // After a round smaller than a batch the queue is most likely empty:
+        // record it first, so its `sent` commits without waiting for an empty claim.
+        if in_flight.as_ref().is_some_and(|round| !round.full) {
+            if let Some(Err(error)) = in_flight.take().map(|round| record(round.wait())) {
+                log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
+                failed = true;
             }
         }
+        let next = if failed || super::main_loop::shutdown_requested() { Ok(None) } else { claim_round() };
+        let next = next.unwrap_or_else(|error| {
+            log!("{role_name}: claiming a sending round failed and will be retried: {error}");
+            failed = true;
+            None
+        });
+        let previous = in_flight.take().map(InFlight::wait);
+        in_flight = next.map(launch);
+        if let Some(previous) = previous {
+            if let Err(error) = record(previous) {
+                log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
+                failed = true;
+            }
+        }
+        if in_flight.is_none() {
+            break;
+        }
     }
+    if super::main_loop::shutdown_requested() {
+        close_connections();
+        return None;
+    }
+    if failed {
+        return Some(Duration::from_secs(1));
+    }
+    next_due()
+}
+
+/// How long the open SMTP connections have been idle (`None`: none open).
+fn connections_idle_for() -> Option<Duration> {
+    CONNECTIONS.with(|connections| {
+        let connections = connections.borrow();
+        (connections.0.open_connections() > 0).then(|| connections.1.elapsed())
+    })
+}
+
+/// Closes the SMTP connections once they sat idle for `KEEP_CONNECTIONS_OPEN`;
+/// returns when to look again (`None`: none open).
+pub fn close_idle_connections() -> Option<Duration> {
+    let idle = connections_idle_for()?;
+    if idle >= KEEP_CONNECTIONS_OPEN {
+        close_connections();
+        return None;
+    }
+    Some(KEEP_CONNECTIONS_OPEN - idle)
+}
+
+fn close_connections() {
+    CONNECTIONS.with(|connections| connections.borrow().0.close_all());
 }
 
 /// Time until the next waiting row is due; rows due now but not claimable
