@@ -6,7 +6,7 @@ use super::account_settings::ServerSettings;
 use super::routing::{self, RoutingSettings};
 use super::transaction::in_subtransaction;
 use email_accounts_mail::connection::Login;
-use email_accounts_mail::parse::ParsedMessage;
+use email_accounts_mail::parse::{ParsedAttachment, ParsedMessage};
 use email_accounts_mail::receive::imap_sync::FolderState;
 use email_accounts_mail::receive::pop3_sync::{Pop3State, Retrieval};
 use email_accounts_mail::receive::{Batch, FetchedMessage, FolderOutcome, StoreReceipt};
@@ -187,6 +187,30 @@ SELECT $1, account.tenant, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, t
 ON CONFLICT DO NOTHING
 RETURNING message_id";
 
+/// A whole batch in one statement; the array lists of each message come as
+/// jsonb (SQL arrays of arrays must be rectangular).
+const INSERT_MESSAGES: &str = "
+INSERT INTO email_accounts.message
+       (account_id, tenant, folder, uidvalidity, uid, unique_id, internet_message_id, in_reply_to, \"references\",
+        from_address, to_addresses, cc_addresses, reply_to, subject, sent_at, body_text, body_html, headers, size,
+        seen, raw, raw_sha256, headers_only, parse_error)
+SELECT $1, account.tenant, $2, $3, m.uid, m.unique_id, m.internet_message_id, m.in_reply_to,
+       ARRAY(SELECT jsonb_array_elements_text(m.refs)), m.from_address,
+       ARRAY(SELECT jsonb_array_elements_text(m.to_addresses)), ARRAY(SELECT jsonb_array_elements_text(m.cc_addresses)),
+       ARRAY(SELECT jsonb_array_elements_text(m.reply_to)), m.subject, to_timestamp(m.sent_at), m.body_text,
+       m.body_html, m.headers, m.size, m.seen, m.raw, sha256(m.raw), m.headers_only, m.parse_error
+  FROM email_accounts.account,
+       unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::jsonb[], $11::jsonb[],
+              $12::jsonb[], $13::text[], $14::float8[], $15::text[], $16::text[], $17::jsonb[], $18::bigint[],
+              $19::boolean[], $20::bytea[], $21::boolean[], $22::text[])
+         WITH ORDINALITY AS m (uid, unique_id, internet_message_id, in_reply_to, refs, from_address, to_addresses,
+                               cc_addresses, reply_to, subject, sent_at, body_text, body_html, headers, size, seen,
+                               raw, headers_only, parse_error, position)
+ WHERE account.account_id = $1
+ ORDER BY m.position
+ON CONFLICT DO NOTHING
+RETURNING message_id, uid, unique_id";
+
 /// After a UIDVALIDITY change: the same content already stored from this folder takes the new UID.
 const REBIND_MESSAGE: &str = "
 UPDATE email_accounts.message SET uidvalidity = $3, uid = $4
@@ -195,11 +219,13 @@ UPDATE email_accounts.message SET uidvalidity = $3, uid = $4
                       ORDER BY message_id LIMIT 1)
 RETURNING message_id";
 
+/// Attachments of one or more messages; `position` counts from 1 per message.
 const INSERT_ATTACHMENTS: &str = "
 INSERT INTO email_accounts.message_attachment (message_id, position, filename, content_type, size, content_id, inline, content)
-SELECT $1, part.position, part.filename, part.content_type, part.size, part.content_id, part.inline, part.content
-  FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::boolean[], $7::bytea[])
-       WITH ORDINALITY AS part (filename, content_type, size, content_id, inline, content, position)";
+SELECT part.message_id, part.position, part.filename, part.content_type, part.size, part.content_id, part.inline,
+       part.content
+  FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::boolean[], $8::bytea[])
+       AS part (message_id, position, filename, content_type, size, content_id, inline, content)";
 
 const ADVANCE_CURSOR: &str = "
 INSERT INTO email_accounts.sync_state AS state (account_id, folder, uidvalidity, last_uid, skipped_unique_ids, messages_stored)
@@ -299,29 +325,102 @@ fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> R
         table.first().get::<i64>(1)
     })?;
     if let Some(message_id) = new_id {
-        insert_attachments(message_id, parsed)?;
+        insert_attachments(&[(message_id, parsed)])?;
     }
     Ok(new_id)
 }
 
-/// All of a message's attachments in one statement.
-pub fn insert_attachments(message_id: i64, parsed: &ParsedMessage) -> Result<(), SpiError> {
-    if parsed.attachments.is_empty() {
+/// All attachments of the given messages in one statement.
+pub fn insert_attachments(messages: &[(i64, &ParsedMessage)]) -> Result<(), SpiError> {
+    let parts: Vec<(i64, i32, &ParsedAttachment)> = messages
+        .iter()
+        .flat_map(|(message_id, parsed)| {
+            parsed.attachments.iter().zip(1..).map(move |(part, position)| (*message_id, position, part))
+        })
+        .collect();
+    if parts.is_empty() {
         return Ok(());
     }
-    let parts = &parsed.attachments;
     Spi::run_with_args(
         INSERT_ATTACHMENTS,
         &[
-            message_id.into(),
-            parts.iter().map(|part| part.filename.clone()).collect::<Vec<_>>().into(),
-            parts.iter().map(|part| part.content_type.clone()).collect::<Vec<_>>().into(),
-            parts.iter().map(|part| part.size as i64).collect::<Vec<_>>().into(),
-            parts.iter().map(|part| part.content_id.clone()).collect::<Vec<_>>().into(),
-            parts.iter().map(|part| part.inline).collect::<Vec<_>>().into(),
-            parts.iter().map(|part| part.content.clone()).collect::<Vec<_>>().into(),
+            parts.iter().map(|(message_id, _, _)| *message_id).collect::<Vec<_>>().into(),
+            parts.iter().map(|(_, position, _)| *position).collect::<Vec<_>>().into(),
+            parts.iter().map(|(_, _, part)| part.filename.clone()).collect::<Vec<_>>().into(),
+            parts.iter().map(|(_, _, part)| part.content_type.clone()).collect::<Vec<_>>().into(),
+            parts.iter().map(|(_, _, part)| part.size as i64).collect::<Vec<_>>().into(),
+            parts.iter().map(|(_, _, part)| part.content_id.clone()).collect::<Vec<_>>().into(),
+            parts.iter().map(|(_, _, part)| part.inline).collect::<Vec<_>>().into(),
+            parts.iter().map(|(_, _, part)| part.content.clone()).collect::<Vec<_>>().into(),
         ],
     )
+}
+
+/// Every message of a batch and their attachments in two statements.
+/// Returns the new messages' ids with their place in the batch; those
+/// already stored are not in it.
+fn insert_all(account_id: i64, batch: &Batch) -> Result<Vec<(i64, usize)>, SpiError> {
+    let empty = ParsedMessage::default();
+    let parsed: Vec<(&ParsedMessage, Option<String>)> = batch
+        .messages
+        .iter()
+        .map(|message| match &message.parsed {
+            Ok(parsed) => (parsed, None),
+            Err(error) => (&empty, Some(error.to_string())),
+        })
+        .collect();
+    let list = |values: &[String]| JsonB(serde_json::json!(values));
+    let messages = &batch.messages;
+    let arguments: Vec<DatumWithOid<'_>> = vec![
+        account_id.into(),
+        batch.folder.as_str().into(),
+        batch.uidvalidity.map(i64::from).into(),
+        messages.iter().map(|message| message.uid.map(i64::from)).collect::<Vec<_>>().into(),
+        messages.iter().map(|message| message.unique_id.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.message_id.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.in_reply_to.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| list(&parsed.references)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.from.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| list(&parsed.to)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| list(&parsed.cc)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| list(&parsed.reply_to)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.subject.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.date.map(|seconds| seconds as f64)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.text_body.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.html_body.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| JsonB(headers_json(parsed))).collect::<Vec<_>>().into(),
+        messages
+            .iter()
+            .map(|message| message.server_size.max(message.raw.len() as u64) as i64)
+            .collect::<Vec<_>>()
+            .into(),
+        messages.iter().map(|message| message.seen).collect::<Vec<_>>().into(),
+        messages.iter().map(|message| message.raw.as_slice()).collect::<Vec<_>>().into(),
+        messages.iter().map(|message| message.headers_only).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(_, error)| error.clone()).collect::<Vec<_>>().into(),
+    ];
+    let inserted: Vec<(i64, Option<i64>, Option<String>)> = Spi::connect_mut(|client| {
+        client
+            .update(INSERT_MESSAGES, None, &arguments)?
+            .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get(2)?, row.get(3)?)))
+            .collect::<Result<_, SpiError>>()
+    })?;
+    // A folder's UIDs and a mailbox's UIDLs are unique within a batch.
+    let place: HashMap<(Option<i64>, Option<&str>), usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(index, message)| ((message.uid.map(i64::from), message.unique_id.as_deref()), index))
+        .collect();
+    let new: Vec<(i64, usize)> = inserted
+        .iter()
+        .filter_map(|(message_id, uid, unique_id)| {
+            place.get(&(*uid, unique_id.as_deref())).map(|index| (*message_id, *index))
+        })
+        .collect();
+    let with_parts: Vec<(i64, &ParsedMessage)> =
+        new.iter().map(|(message_id, index)| (*message_id, parsed[*index].0)).collect();
+    insert_attachments(&with_parts)?;
+    Ok(new)
 }
 
 /// Stores a batch and advances the folder's cursor, inside the caller's
@@ -331,7 +430,21 @@ pub fn store_batch(account: &ReceivingAccount, batch: &Batch) -> Result<StoreRec
     let mut receipt = StoreReceipt::default();
     let mut new_messages: Vec<(i64, &FetchedMessage)> = Vec::new();
     let mut first_failed_uid: Option<u32> = None;
-    for message in &batch.messages {
+    // The whole batch in two statements; message by message (each in its
+    // own subtransaction) only after a UIDVALIDITY change, which matches
+    // contents one by one, or when the database refuses the batch, to find
+    // the messages it refuses.
+    let together = if batch.resync {
+        None
+    } else {
+        in_subtransaction(AssertUnwindSafe(|| insert_all(account.account_id, batch))).ok().and_then(Result::ok)
+    };
+    if let Some(stored) = &together {
+        new_messages = stored.iter().map(|(message_id, index)| (*message_id, &batch.messages[*index])).collect();
+        receipt.already_stored = batch.messages.len() - new_messages.len();
+        receipt.committed_unique_ids = batch.messages.iter().filter_map(|message| message.unique_id.clone()).collect();
+    }
+    for message in batch.messages.iter().filter(|_| together.is_none()) {
         let stored = in_subtransaction(AssertUnwindSafe(|| insert_message(account.account_id, batch, message)));
         let error = match stored {
             Ok(Ok(Some(message_id))) => {
@@ -488,6 +601,6 @@ pub fn replace_parsed(message_id: i64, parsed: Result<&ParsedMessage, String>) -
             .collect::<Vec<_>>(),
     )?;
     Spi::run_with_args("DELETE FROM email_accounts.message_attachment WHERE message_id = $1", &[message_id.into()])?;
-    insert_attachments(message_id, fields)?;
+    insert_attachments(&[(message_id, fields)])?;
     Spi::run_with_args("SELECT email_accounts.link_reply($1)", &[message_id.into()])
 }

@@ -68,11 +68,16 @@ fn step(message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>
 
 pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettings) {
     let mut is_reply = false;
-    step(message_id, "linking the reply", || {
-        is_reply = Spi::get_one_with_args::<bool>("SELECT email_accounts.link_reply($1)", &[message_id.into()])?
-            .unwrap_or(false);
-        Ok(())
-    });
+    // Only a message naming earlier mail can answer it (skips a subtransaction per new message).
+    let names_earlier_mail =
+        message.parsed.as_ref().is_ok_and(|parsed| parsed.in_reply_to.is_some() || !parsed.references.is_empty());
+    if names_earlier_mail {
+        step(message_id, "linking the reply", || {
+            is_reply = Spi::get_one_with_args::<bool>("SELECT email_accounts.link_reply($1)", &[message_id.into()])?
+                .unwrap_or(false);
+            Ok(())
+        });
+    }
     if let (Some(table), false) = (settings.append_to_table, is_reply) {
         step(message_id, "append_to_table", || append_to(message_id, table, settings.owner));
     }

@@ -32,14 +32,22 @@ enum Report {
 struct MainThreadStore {
     account_index: usize,
     reports: mpsc::Sender<Report>,
+    /// Where the receipt of the batch submitted last will come.
+    pending: Option<mpsc::Receiver<Result<StoreReceipt, String>>>,
 }
 
 impl BatchStore for MainThreadStore {
-    fn store(&mut self, batch: Batch) -> Result<StoreReceipt, String> {
+    fn submit(&mut self, batch: Batch) -> Result<(), String> {
         let (reply, answer) = mpsc::channel();
         self.reports
             .send(Report::Batch { account_index: self.account_index, batch, reply })
             .map_err(|_| "the receiver stopped".to_owned())?;
+        self.pending = Some(answer);
+        Ok(())
+    }
+
+    fn receipt(&mut self) -> Result<StoreReceipt, String> {
+        let answer = self.pending.take().ok_or_else(|| "no batch was submitted".to_owned())?;
         answer.recv().map_err(|_| "the receiver stopped before committing".to_owned())?
     }
 }
@@ -109,7 +117,7 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
     let (unseen_only, initial_sync_count, retrieval) =
         (account.unseen_only, account.initial_sync_count, account.retrieval);
     threads::spawn_without_signals(move || {
-        let mut store = MainThreadStore { account_index, reports: reports.clone() };
+        let mut store = MainThreadStore { account_index, reports: reports.clone(), pending: None };
         let synced = std::panic::catch_unwind(AssertUnwindSafe(|| match work {
             Work::Imap(states) => {
                 let options = ImapOptions { unseen_only, initial_sync_count, limits };

@@ -69,7 +69,18 @@ pub struct StoreReceipt {
 
 /// Commits batches; returns only once the batch is durable (or failed).
 pub trait BatchStore {
-    fn store(&mut self, batch: Batch) -> Result<StoreReceipt, String>;
+    /// Hands a batch over to be committed; its receipt is the next [`receipt`](Self::receipt).
+    /// The sync fetches the next batch meanwhile but submits it only after that receipt.
+    fn submit(&mut self, batch: Batch) -> Result<(), String>;
+
+    /// Waits until the batch submitted last is committed (or refused).
+    fn receipt(&mut self) -> Result<StoreReceipt, String>;
+
+    /// Submits and waits.
+    fn store(&mut self, batch: Batch) -> Result<StoreReceipt, String> {
+        self.submit(batch)?;
+        self.receipt()
+    }
 }
 
 /// Splits `items` (in order) into runs of at most `limits.batch_messages`

@@ -116,6 +116,8 @@ fn sync_folder(
         .unwrap_or(0);
 
     let mut committed_cursor = if fresh { None } else { Some(floor) };
+    // The batch handed to the store whose receipt is still to come, by its cursor.
+    let mut submitted: Option<u32> = None;
     let limits = &options.limits;
     // Sizes and flags first, a chunk at a time, so nothing too large is fetched.
     for chunk in uids.chunks(limits.batch_messages.max(1) * 10) {
@@ -140,8 +142,13 @@ fn sync_folder(
             }
         };
         for group in split_by_size(&present, fetched_size, limits) {
-            let messages = fetch_group(session, &group, &sizes, limits)
-                .map_err(|error| imap_failure(error, &during("fetching from")))?;
+            // Fetched and parsed while the batch before is being committed.
+            let fetched = fetch_group(session, &group, &sizes, limits);
+            if let Some(cursor) = submitted.take() {
+                settle(store, outcome)?;
+                committed_cursor = Some(cursor);
+            }
+            let messages = fetched.map_err(|error| imap_failure(error, &during("fetching from")))?;
             let group_cursor = *group.last().expect("groups are never empty");
             let batch = Batch {
                 folder: state.folder.clone(),
@@ -151,9 +158,15 @@ fn sync_folder(
                 resync,
                 skipped_unique_ids: Vec::new(),
             };
-            commit(store, batch, outcome)?;
-            committed_cursor = Some(group_cursor);
+            store
+                .submit(batch)
+                .map_err(|error| FolderFailure { error: SyncError::Store(error), session_lost: false })?;
+            submitted = Some(group_cursor);
         }
+    }
+    if let Some(cursor) = submitted.take() {
+        settle(store, outcome)?;
+        committed_cursor = Some(cursor);
     }
     if committed_cursor != Some(end_cursor) {
         let batch = Batch {
@@ -200,11 +213,17 @@ fn fetch_group(
     Ok(messages)
 }
 
-/// Hands a batch to the store; a message it could not keep stops the folder
-/// (the cursor stays before it, and the next sync tries again).
+/// Hands a batch to the store and waits; a message it could not keep stops
+/// the folder (the cursor stays before it, and the next sync tries again).
 fn commit(store: &mut dyn BatchStore, batch: Batch, outcome: &mut FolderOutcome) -> Result<(), FolderFailure> {
+    store.submit(batch).map_err(|error| FolderFailure { error: SyncError::Store(error), session_lost: false })?;
+    settle(store, outcome)
+}
+
+/// Waits for the receipt of the batch submitted last and counts it.
+fn settle(store: &mut dyn BatchStore, outcome: &mut FolderOutcome) -> Result<(), FolderFailure> {
     let receipt =
-        store.store(batch).map_err(|error| FolderFailure { error: SyncError::Store(error), session_lost: false })?;
+        store.receipt().map_err(|error| FolderFailure { error: SyncError::Store(error), session_lost: false })?;
     outcome.new_messages += receipt.new_messages;
     outcome.already_stored += receipt.already_stored;
     if let Some((which, why)) = receipt.failed.first() {
