@@ -167,6 +167,10 @@ fn deliver_account(batch: AccountBatch, pool: &ConnectionPool) -> Vec<(i64, JobO
             match connection.send(&from, &recipients, &bytes) {
                 Ok(delivery) => {
                     pooled = false;
+                    if connection.is_closing() {
+                        // 421: the server hung up; the next message opens a new connection.
+                        client = None;
+                    }
                     let accepted = matches!(delivery.data, Some(Ok(_)));
                     if accepted && !sent_copies.iter().any(|(outbox_id, _)| *outbox_id == job.outbox_id) {
                         sent_copies.push((job.outbox_id, bytes.clone()));

@@ -38,6 +38,8 @@ pub struct SmtpClient {
     hello_name: ClientId,
     /// The server offers PIPELINING (RFC 2920); lettre's EHLO parser drops it.
     pipelining: bool,
+    /// The server answered 421: it is closing the connection.
+    closing: bool,
 }
 
 impl SmtpClient {
@@ -56,6 +58,19 @@ impl SmtpClient {
 
     pub fn is_encrypted(&self) -> bool {
         self.stream.get_ref().is_encrypted()
+    }
+
+    /// The server said 421 (service closing): do not use this connection again.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Notes a 421, after which the server closes the connection.
+    fn watch(&mut self, response: Response) -> Response {
+        if response.has_code(421) {
+            self.closing = true;
+        }
+        response
     }
 
     /// QUIT, ignoring what the server does next.
@@ -148,6 +163,7 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient
         server_info: ServerInfo::default(),
         hello_name: ClientId::default(),
         pipelining: false,
+        closing: false,
     };
     let banner = read_response(&mut client.stream, "reading the greeting")?;
     expect_positive(&banner, "the greeting")?;
@@ -267,7 +283,9 @@ impl SmtpClient {
         }
         let Some(go_ahead) = go_ahead.filter(|_| any_accepted) else {
             // No recipient took it: nothing to send; start the next transaction clean.
-            self.command(Rset, "resetting")?;
+            if !self.closing {
+                self.command(Rset, "resetting")?;
+            }
             return Ok(Delivery { recipients: results, data: None });
         };
         if !go_ahead.has_code(354) {
@@ -278,6 +296,7 @@ impl SmtpClient {
         stream.write_all(&payload).map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
         stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
         let end = read_response(&mut self.stream, "waiting for the end-of-data reply")?;
+        let end = self.watch(end);
         let data = if end.is_positive() { Ok(reply_text(&end)) } else { Err(outcome(&end)) };
         Ok(Delivery { recipients: results, data: Some(data) })
     }
@@ -303,14 +322,29 @@ impl SmtpClient {
         let stream = self.stream.get_mut();
         stream.write_all(group.as_bytes()).map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
         stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
+        // After a 421 the server has hung up: the replies still due never come.
         let mail = read_response(&mut self.stream, "waiting for the MAIL FROM reply")?;
+        let mail = self.watch(mail);
+        if self.closing {
+            return Ok((mail, Vec::new(), None));
+        }
         let mut results = Vec::with_capacity(recipients.len());
         for recipient in recipients {
-            let reply = read_response(&mut self.stream, "waiting for a RCPT TO reply")?;
+            let reply = match self.closing {
+                false => read_response(&mut self.stream, "waiting for a RCPT TO reply")?,
+                true => continue,
+            };
+            let reply = self.watch(reply);
             results.push((recipient.clone(), outcome(&reply)));
         }
+        if self.closing {
+            // The last reply read is the 421.
+            let closing = results.last().map(|(_, result)| result.clone()).expect("a 421 was read");
+            results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
+            return Ok((mail, results, None));
+        }
         let go_ahead = read_response(&mut self.stream, "waiting for the DATA reply")?;
-        Ok((mail, results, Some(go_ahead)))
+        Ok((mail, results, Some(self.watch(go_ahead))))
     }
 
     /// The same one command at a time, for servers without PIPELINING. A
@@ -322,6 +356,7 @@ impl SmtpClient {
         recipients: &[Address],
     ) -> Result<Result<Envelope, Delivery>, ConnectionError> {
         let mail = self.command(mail, "sending MAIL FROM")?;
+        let mail = self.watch(mail);
         if !mail.is_positive() {
             let refusal = outcome(&mail);
             return Ok(Err(Delivery {
@@ -332,13 +367,19 @@ impl SmtpClient {
         let mut results = Vec::with_capacity(recipients.len());
         for (recipient, rcpt) in recipients.iter().zip(rcpts) {
             let reply = self.command(rcpt, "sending RCPT TO")?;
+            let reply = self.watch(reply);
             results.push((recipient.clone(), outcome(&reply)));
+            if self.closing {
+                let closing = outcome(&reply);
+                results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
+                return Ok(Ok((mail, results, None)));
+            }
         }
         if !results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted) {
             return Ok(Ok((mail, results, None)));
         }
         let go_ahead = self.command(Data, "sending DATA")?;
-        Ok(Ok((mail, results, Some(go_ahead))))
+        Ok(Ok((mail, results, Some(self.watch(go_ahead)))))
     }
 }
 

@@ -9,11 +9,13 @@
 mod mail_servers;
 mod postgres;
 mod proxy;
+mod smtp_responder;
 mod wait;
 
 pub use mail_servers::{MailServers, MailUser};
 pub use postgres::Postgres;
 pub use proxy::CuttingProxy;
+pub use smtp_responder::{Behaviour, SmtpResponder};
 pub use wait::wait_until;
 
 use std::net::TcpListener;
