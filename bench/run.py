@@ -339,23 +339,26 @@ def median(values):
     return statistics.median(values)
 
 
+def record_runs(results, key, rates):
+    """Every run's figure under `<key>_runs`, their median under `key`."""
+    results[f"{key}_runs"] = [round(rate) for rate in rates]
+    results[key] = round(median(rates))
+
+
 def bench_outbox(run, results):
     print(f"==> outbox drain: {MESSAGES} messages, {SESSIONS} accounts/sessions, {REPEAT} runs", flush=True)
     drains = [outbox_drain(run, "bench") for _ in range(REPEAT)]
-    results["outbox_msgs_per_s_runs"] = [round(rate) for rate, _ in drains]
+    record_runs(results, "outbox_msgs_per_s", [rate for rate, _ in drains])
     results["outbox_not_sent"] = sum(failed for _, failed in drains)
-    results["outbox_msgs_per_s"] = round(median([rate for rate, _ in drains]))
     print("==> smtp-source", flush=True)
     sources = [smtp_source(run) for _ in range(REPEAT)]
-    results["smtp_source_msgs_per_s_runs"] = [round(rate) for rate in sources]
-    results["smtp_source_msgs_per_s"] = round(median(sources))
+    record_runs(results, "smtp_source_msgs_per_s", sources)
     print("==> Python baseline (psycopg + smtplib, one connection, commit per row)", flush=True)
     with run.connect() as db:
         # Not ready for our sender (awaiting a password): the rows are the Python loop's.
         db.execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'python0'")
     pythons = [python_outbox(run, "python") for _ in range(REPEAT)]
-    results["python_baseline_msgs_per_s_runs"] = [round(rate) for rate in pythons]
-    results["python_baseline_msgs_per_s"] = round(median(pythons))
+    record_runs(results, "python_baseline_msgs_per_s", pythons)
 
 
 def bench_latency(run, results):
@@ -378,8 +381,7 @@ def bench_ingest(run, results):
     index_mailbox(run, "support@example.test")
     index_mailbox(run, "carol@example.test")
     ingests = [ingest(run, "ingest", MESSAGES) for _ in range(REPEAT)]
-    results["ingest_msgs_per_s_runs"] = [round(rate) for rate, _, _ in ingests]
-    results["ingest_msgs_per_s"] = round(median([rate for rate, _, _ in ingests]))
+    record_runs(results, "ingest_msgs_per_s", [rate for rate, _, _ in ingests])
     results["ingest_worker_peak_rss_mb"] = round(max(rss for _, rss, _ in ingests), 1)
     results["ingest_worker_peak_private_mb"] = round(max(private for _, _, private in ingests), 1)
     rate, rss, private = ingest(run, "ingest_double", 2 * MESSAGES)
@@ -387,8 +389,7 @@ def bench_ingest(run, results):
     results["ingest_double_worker_peak_rss_mb"] = round(rss, 1)
     results["ingest_double_worker_peak_private_mb"] = round(private, 1)
     python_ingests = [python_ingest(run, "support@example.test") for _ in range(REPEAT)]
-    results["python_ingest_baseline_msgs_per_s_runs"] = [round(rate) for rate in python_ingests]
-    results["python_ingest_baseline_msgs_per_s"] = round(median(python_ingests))
+    record_runs(results, "python_ingest_baseline_msgs_per_s", python_ingests)
 
 
 def bench_idle(run, results):
