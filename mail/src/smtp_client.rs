@@ -49,7 +49,16 @@ impl SmtpClient {
         let stream = self.stream.get_mut();
         stream.write_all(text.as_bytes()).map_err(|error| ConnectionError::from_io(&error, during))?;
         stream.flush().map_err(|error| ConnectionError::from_io(&error, during))?;
-        read_response(&mut self.stream, during)
+        self.reply(during)
+    }
+
+    /// Reads one reply, noting a 421 (the server closes the connection after it).
+    fn reply(&mut self, during: &str) -> Result<Response, ConnectionError> {
+        let response = read_response(&mut self.stream, during)?;
+        if response.has_code(421) {
+            self.closing = true;
+        }
+        Ok(response)
     }
 
     pub fn server_info(&self) -> &ServerInfo {
@@ -63,14 +72,6 @@ impl SmtpClient {
     /// The server said 421 (service closing): do not use this connection again.
     pub fn is_closing(&self) -> bool {
         self.closing
-    }
-
-    /// Notes a 421, after which the server closes the connection.
-    fn watch(&mut self, response: Response) -> Response {
-        if response.has_code(421) {
-            self.closing = true;
-        }
-        response
     }
 
     /// QUIT, ignoring what the server does next.
@@ -257,14 +258,16 @@ impl SmtpClient {
         }
         let mail = Mail::new(Some(from.clone()), parameters);
         let rcpts = recipients.iter().map(|recipient| Rcpt::new(recipient.clone(), Vec::new()));
-        let (mail, results, go_ahead) = if self.pipelining {
+        let (mail, mut results, go_ahead) = if self.pipelining {
             self.envelope_pipelined(mail, rcpts, recipients)?
         } else {
-            match self.envelope_one_by_one(mail, rcpts, recipients)? {
-                Ok(envelope) => envelope,
-                Err(delivery) => return Ok(delivery),
-            }
+            self.envelope_one_by_one(mail, rcpts, recipients)?
         };
+        if self.closing && !results.is_empty() {
+            // A 421 to a RCPT TO: the server hung up before answering for the rest.
+            let closing = results[results.len() - 1].1.clone();
+            results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
+        }
         let any_accepted =
             mail.is_positive() && results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted);
         if !any_accepted && go_ahead.as_ref().is_some_and(|reply| reply.has_code(354)) {
@@ -272,7 +275,7 @@ impl SmtpClient {
             let stream = self.stream.get_mut();
             stream.write_all(b".\r\n").map_err(|error| ConnectionError::from_io(&error, "ending DATA"))?;
             stream.flush().map_err(|error| ConnectionError::from_io(&error, "ending DATA"))?;
-            read_response(&mut self.stream, "waiting for the end-of-data reply")?;
+            self.reply("waiting for the end-of-data reply")?;
         }
         if !mail.is_positive() {
             let refusal = outcome(&mail);
@@ -295,14 +298,14 @@ impl SmtpClient {
         let stream = self.stream.get_mut();
         stream.write_all(&payload).map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
         stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
-        let end = read_response(&mut self.stream, "waiting for the end-of-data reply")?;
-        let end = self.watch(end);
+        let end = self.reply("waiting for the end-of-data reply")?;
         let data = if end.is_positive() { Ok(reply_text(&end)) } else { Err(outcome(&end)) };
         Ok(Delivery { recipients: results, data: Some(data) })
     }
 }
 
-/// The replies to MAIL FROM, each RCPT TO, and DATA (`None` when DATA was not sent).
+/// The replies to MAIL FROM, to each RCPT TO sent, and to DATA (`None`
+/// when DATA was not sent). After a 421 the replies still due never come.
 type Envelope = (Response, Vec<(Address, RecipientOutcome)>, Option<Response>);
 
 impl SmtpClient {
@@ -322,64 +325,47 @@ impl SmtpClient {
         let stream = self.stream.get_mut();
         stream.write_all(group.as_bytes()).map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
         stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
-        // After a 421 the server has hung up: the replies still due never come.
-        let mail = read_response(&mut self.stream, "waiting for the MAIL FROM reply")?;
-        let mail = self.watch(mail);
-        if self.closing {
-            return Ok((mail, Vec::new(), None));
-        }
+        let mail = self.reply("waiting for the MAIL FROM reply")?;
         let mut results = Vec::with_capacity(recipients.len());
         for recipient in recipients {
-            let reply = match self.closing {
-                false => read_response(&mut self.stream, "waiting for a RCPT TO reply")?,
-                true => continue,
-            };
-            let reply = self.watch(reply);
+            if self.closing {
+                return Ok((mail, results, None));
+            }
+            let reply = self.reply("waiting for a RCPT TO reply")?;
             results.push((recipient.clone(), outcome(&reply)));
         }
         if self.closing {
-            // The last reply read is the 421.
-            let closing = results.last().map(|(_, result)| result.clone()).expect("a 421 was read");
-            results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
             return Ok((mail, results, None));
         }
-        let go_ahead = read_response(&mut self.stream, "waiting for the DATA reply")?;
-        Ok((mail, results, Some(self.watch(go_ahead))))
+        let go_ahead = self.reply("waiting for the DATA reply")?;
+        Ok((mail, results, Some(go_ahead)))
     }
 
-    /// The same one command at a time, for servers without PIPELINING. A
-    /// refused MAIL FROM ends the transaction early (`Err` is the delivery).
+    /// The same one command at a time, for servers without PIPELINING: no
+    /// RCPT TO after a refused MAIL FROM, no DATA when no recipient was accepted.
     fn envelope_one_by_one(
         &mut self,
         mail: Mail,
         rcpts: impl Iterator<Item = Rcpt>,
         recipients: &[Address],
-    ) -> Result<Result<Envelope, Delivery>, ConnectionError> {
+    ) -> Result<Envelope, ConnectionError> {
         let mail = self.command(mail, "sending MAIL FROM")?;
-        let mail = self.watch(mail);
-        if !mail.is_positive() {
-            let refusal = outcome(&mail);
-            return Ok(Err(Delivery {
-                recipients: recipients.iter().map(|to| (to.clone(), refusal.clone())).collect(),
-                data: None,
-            }));
-        }
         let mut results = Vec::with_capacity(recipients.len());
+        if !mail.is_positive() {
+            return Ok((mail, results, None));
+        }
         for (recipient, rcpt) in recipients.iter().zip(rcpts) {
             let reply = self.command(rcpt, "sending RCPT TO")?;
-            let reply = self.watch(reply);
             results.push((recipient.clone(), outcome(&reply)));
             if self.closing {
-                let closing = outcome(&reply);
-                results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
-                return Ok(Ok((mail, results, None)));
+                return Ok((mail, results, None));
             }
         }
         if !results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted) {
-            return Ok(Ok((mail, results, None)));
+            return Ok((mail, results, None));
         }
         let go_ahead = self.command(Data, "sending DATA")?;
-        Ok(Ok((mail, results, Some(self.watch(go_ahead)))))
+        Ok((mail, results, Some(go_ahead)))
     }
 }
 

@@ -176,19 +176,8 @@ pub fn pop3_state(account_id: i64, folder: &str) -> Result<Pop3State, SpiError> 
     })
 }
 
-const INSERT_MESSAGE: &str = "
-INSERT INTO email_accounts.message
-       (account_id, tenant, folder, uidvalidity, uid, unique_id, internet_message_id, in_reply_to, \"references\",
-        from_address, to_addresses, cc_addresses, reply_to, subject, sent_at, body_text, body_html, headers, size,
-        seen, raw, raw_sha256, headers_only, parse_error)
-SELECT $1, account.tenant, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, to_timestamp($14), $15, $16, $17, $18,
-       $19, $20, sha256($20), $21, $22
-  FROM email_accounts.account WHERE account_id = $1
-ON CONFLICT DO NOTHING
-RETURNING message_id";
-
-/// A whole batch in one statement; the array lists of each message come as
-/// jsonb (SQL arrays of arrays must be rectangular).
+/// Messages in one statement, a whole batch or one of it; the array lists of
+/// each message come as jsonb (SQL arrays of arrays must be rectangular).
 const INSERT_MESSAGES: &str = "
 INSERT INTO email_accounts.message
        (account_id, tenant, folder, uidvalidity, uid, unique_id, internet_message_id, in_reply_to, \"references\",
@@ -242,7 +231,7 @@ fn headers_json(parsed: &ParsedMessage) -> serde_json::Value {
     )
 }
 
-/// The parsed fields, in the order INSERT_MESSAGE ($6–$17) and replace_parsed() ($2–$13) take them.
+/// The parsed fields, in the order replace_parsed() takes them ($2–$13).
 fn parsed_arguments(parsed: &ParsedMessage) -> [DatumWithOid<'static>; 12] {
     [
         parsed.message_id.clone().into(),
@@ -292,46 +281,12 @@ fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> R
             return Ok(None);
         }
     }
-    let empty = ParsedMessage::default();
-    let (parsed, parse_error) = match &message.parsed {
-        Ok(parsed) => (parsed, None),
-        Err(error) => (&empty, Some(error.to_string())),
-    };
-    let new_id = Spi::connect_mut(|client| {
-        let table = client.update(
-            INSERT_MESSAGE,
-            Some(1),
-            &[
-                account_id.into(),
-                batch.folder.as_str().into(),
-                uidvalidity.into(),
-                uid.into(),
-                message.unique_id.clone().into(),
-            ]
-            .into_iter()
-            .chain(parsed_arguments(parsed))
-            .chain([
-                (message.server_size.max(message.raw.len() as u64) as i64).into(),
-                message.seen.into(),
-                message.raw.as_slice().into(),
-                message.headers_only.into(),
-                parse_error.into(),
-            ])
-            .collect::<Vec<_>>(),
-        )?;
-        if table.is_empty() {
-            return Ok::<_, SpiError>(None);
-        }
-        table.first().get::<i64>(1)
-    })?;
-    if let Some(message_id) = new_id {
-        insert_attachments(&[(message_id, parsed)])?;
-    }
-    Ok(new_id)
+    let stored = insert_messages(account_id, batch, std::slice::from_ref(message))?;
+    Ok(stored.first().map(|(message_id, _)| *message_id))
 }
 
 /// All attachments of the given messages in one statement.
-pub fn insert_attachments(messages: &[(i64, &ParsedMessage)]) -> Result<(), SpiError> {
+fn insert_attachments(messages: &[(i64, &ParsedMessage)]) -> Result<(), SpiError> {
     let parts: Vec<(i64, i32, &ParsedAttachment)> = messages
         .iter()
         .flat_map(|(message_id, parsed)| {
@@ -356,13 +311,12 @@ pub fn insert_attachments(messages: &[(i64, &ParsedMessage)]) -> Result<(), SpiE
     )
 }
 
-/// Every message of a batch and their attachments in two statements.
-/// Returns the new messages' ids with their place in the batch; those
-/// already stored are not in it.
-fn insert_all(account_id: i64, batch: &Batch) -> Result<Vec<(i64, usize)>, SpiError> {
+/// `messages` (of `batch`) and their attachments in two statements. Returns
+/// the new messages' ids with their place in `messages`; those already
+/// stored are not in it.
+fn insert_messages(account_id: i64, batch: &Batch, messages: &[FetchedMessage]) -> Result<Vec<(i64, usize)>, SpiError> {
     let empty = ParsedMessage::default();
-    let parsed: Vec<(&ParsedMessage, Option<String>)> = batch
-        .messages
+    let parsed: Vec<(&ParsedMessage, Option<String>)> = messages
         .iter()
         .map(|message| match &message.parsed {
             Ok(parsed) => (parsed, None),
@@ -370,7 +324,6 @@ fn insert_all(account_id: i64, batch: &Batch) -> Result<Vec<(i64, usize)>, SpiEr
         })
         .collect();
     let list = |values: &[String]| JsonB(serde_json::json!(values));
-    let messages = &batch.messages;
     let arguments: Vec<DatumWithOid<'_>> = vec![
         account_id.into(),
         batch.folder.as_str().into(),
@@ -437,7 +390,9 @@ pub fn store_batch(account: &ReceivingAccount, batch: &Batch) -> Result<StoreRec
     let together = if batch.resync {
         None
     } else {
-        in_subtransaction(AssertUnwindSafe(|| insert_all(account.account_id, batch))).ok().and_then(Result::ok)
+        in_subtransaction(AssertUnwindSafe(|| insert_messages(account.account_id, batch, &batch.messages)))
+            .ok()
+            .and_then(Result::ok)
     };
     if let Some(stored) = &together {
         new_messages = stored.iter().map(|(message_id, index)| (*message_id, &batch.messages[*index])).collect();

@@ -6,7 +6,7 @@ use email_accounts_mail::compose::Attachment;
 use email_accounts_mail::delivery::RowSummary;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// An outbox row claimed for sending.
 #[derive(Debug, Clone)]
@@ -302,7 +302,7 @@ pub struct RowResult<'a> {
 pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_seconds: i32) -> Result<(), SpiError> {
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();
-    let ours: Vec<i64> = Spi::connect_mut(|client| {
+    let ours: HashSet<i64> = Spi::connect_mut(|client| {
         let table = client.update(
             "SELECT outbox.outbox_id FROM email_accounts.outbox
                JOIN unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token) USING (outbox_id)
@@ -314,7 +314,7 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
         table
             .into_iter()
             .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
-            .collect::<Result<Vec<i64>, SpiError>>()
+            .collect::<Result<HashSet<i64>, SpiError>>()
     })?;
     let rows: Vec<&RowResult<'_>> = rows.iter().filter(|row| ours.contains(&row.outbox_id)).collect();
     if rows.is_empty() {

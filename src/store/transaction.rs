@@ -4,7 +4,6 @@
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
-use pgrx::Spi;
 
 /// A PostgreSQL error raised inside a worker's transaction.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,7 +35,19 @@ pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     PgTryBuilder::new(|| {
-        Spi::run("SET LOCAL lock_timeout = '200ms'").expect("SET LOCAL lock_timeout");
+        // SET LOCAL without a statement to parse on every transaction.
+        unsafe {
+            pg_sys::set_config_option(
+                c"lock_timeout".as_ptr(),
+                c"200ms".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_LOCAL,
+                true,
+                pg_sys::PGERROR as i32,
+                false,
+            )
+        };
         let result = body();
         unsafe {
             pg_sys::PopActiveSnapshot();

@@ -34,10 +34,9 @@ struct Claim {
 struct Round {
     /// The claim took a whole batch: more rows are probably waiting.
     full: bool,
-    /// Each row's claim token: results are recorded only under it.
-    tokens: HashMap<i64, String>,
-    /// Outcomes known before sending (accounts whose password is unreadable).
-    known: Vec<(i64, JobOutcome)>,
+    /// Every row's claim token, and the outcomes known before sending
+    /// (accounts whose password is unreadable); deliveries add the rest.
+    outcomes: Delivered,
     batches: Vec<AccountBatch>,
 }
 
@@ -45,9 +44,14 @@ struct Round {
 /// the next round and records the previous one.
 struct InFlight {
     full: bool,
-    tokens: HashMap<i64, String>,
-    known: Vec<(i64, JobOutcome)>,
+    outcomes: Delivered,
     delivered: mpsc::Receiver<Vec<(i64, JobOutcome)>>,
+}
+
+/// Rows' outcomes, to be recorded under their claim tokens.
+struct Delivered {
+    tokens: HashMap<i64, String>,
+    results: Vec<(i64, JobOutcome)>,
 }
 
 /// SMTP connections stay open this long after their last use, so a steady
@@ -94,7 +98,7 @@ fn claim_round() -> Result<Option<Round>, StoreError> {
     }
     let full = claim.rows.len() as i64 >= settings::batch_size();
 
-    let tokens: HashMap<i64, String> = claim.rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
+    let tokens = claim.rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
     let mut known: Vec<(i64, JobOutcome)> = Vec::new();
     let mut by_account: HashMap<i64, Vec<ClaimedRow>> = HashMap::new();
     for row in claim.rows {
@@ -113,7 +117,7 @@ fn claim_round() -> Result<Option<Round>, StoreError> {
             Some(batch(&account, password, rows, &links))
         })
         .collect();
-    Ok(Some(Round { full, tokens, known, batches }))
+    Ok(Some(Round { full, outcomes: Delivered { tokens, results: known }, batches }))
 }
 
 /// Puts a round on the wire on its own thread (settings are read here, on the main thread).
@@ -129,28 +133,22 @@ fn launch(round: Round) -> InFlight {
     threads::spawn_without_signals(move || {
         let _ = done.send(deliver(batches, parallel, &pool, threads::spawn_without_signals));
     });
-    InFlight { full: round.full, tokens: round.tokens, known: round.known, delivered }
-}
-
-/// A round whose deliveries are over: what the servers answered, per row.
-struct Delivered {
-    tokens: HashMap<i64, String>,
-    results: Vec<(i64, JobOutcome)>,
+    InFlight { full: round.full, outcomes: round.outcomes, delivered }
 }
 
 impl InFlight {
     /// Waits until every account of the round is done (their connections are back in the pool).
     fn wait(self) -> Delivered {
-        let mut results = self.known;
+        let mut outcomes = self.outcomes;
         match self.delivered.recv() {
-            Ok(delivered) => results.extend(delivered),
+            Ok(delivered) => outcomes.results.extend(delivered),
             // Only a panic gets here; the rows keep their lease and are retried when it lapses.
             Err(_) => {
                 warning!("email_accounts sender: a delivery thread failed; its rows are retried after their lease")
             }
         }
         CONNECTIONS.with(|connections| connections.borrow_mut().1 = Instant::now());
-        Delivered { tokens: self.tokens, results }
+        outcomes
     }
 }
 
@@ -192,6 +190,13 @@ fn record(delivered: Delivered) -> Result<(), StoreError> {
         }
         Ok(())
     }))?
+}
+
+/// Records a round; false (and logged) when its transaction failed.
+fn recorded(role_name: &str, delivered: Delivered) -> bool {
+    let Err(error) = record(delivered) else { return true };
+    log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
+    false
 }
 
 fn spi(error: pgrx::spi::SpiError) -> StoreError {
@@ -309,11 +314,8 @@ pub fn drain(role_name: &str) -> Option<Duration> {
     loop {
         // After a round smaller than a batch the queue is most likely empty:
         // record it first, so its `sent` commits without waiting for an empty claim.
-        if in_flight.as_ref().is_some_and(|round| !round.full) {
-            if let Some(Err(error)) = in_flight.take().map(|round| record(round.wait())) {
-                log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
-                failed = true;
-            }
+        if let Some(round) = in_flight.take_if(|round| !round.full) {
+            failed |= !recorded(role_name, round.wait());
         }
         let next = if failed || super::main_loop::shutdown_requested() { Ok(None) } else { claim_round() };
         let next = next.unwrap_or_else(|error| {
@@ -324,10 +326,7 @@ pub fn drain(role_name: &str) -> Option<Duration> {
         let previous = in_flight.take().map(InFlight::wait);
         in_flight = next.map(launch);
         if let Some(previous) = previous {
-            if let Err(error) = record(previous) {
-                log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
-                failed = true;
-            }
+            failed |= !recorded(role_name, previous);
         }
         if in_flight.is_none() {
             break;
