@@ -210,11 +210,37 @@ fn create_extension_without_preload_is_refused_clearly() {
     assert_eq!(one, 1);
 }
 
-fn sender_wakeups(client: &mut postgres::Client) -> (i64, i64) {
+/// The sender's counters: wake-up requests (exact: one per committing
+/// transaction), latch wake-ups (at least those; PostgreSQL sets the latch
+/// itself too, e.g. a catch-up signal after the DDL of CREATE EXTENSION)
+/// and timeouts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Wakeups {
+    requests: i64,
+    latch: i64,
+    timeouts: i64,
+}
+
+fn sender_wakeups(client: &mut postgres::Client) -> Wakeups {
     let row = client
-        .query_one("SELECT latch_wakeups, timeouts FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+        .query_one(
+            "SELECT wake_requests, latch_wakeups, timeouts FROM email_accounts.worker_status() WHERE role = 'sender'",
+            &[],
+        )
         .unwrap();
-    (row.get(0), row.get(1))
+    Wakeups { requests: row.get(0), latch: row.get(1), timeouts: row.get(2) }
+}
+
+/// Waits until the sender has woken after `before`, then checks that exactly
+/// one more wake-up was requested and the fallback poll played no part.
+fn woken_once_since(client: &mut postgres::Client, before: Wakeups, what: &str) -> Wakeups {
+    let now = wait_until(what, LIMIT, || {
+        let now = sender_wakeups(client);
+        (now.requests > before.requests && now.latch > before.latch).then_some(now)
+    });
+    assert_eq!(now.requests, before.requests + 1, "{what}: one request, {before:?} -> {now:?}");
+    assert_eq!(now.timeouts, before.timeouts, "{what}: no timeout");
+    now
 }
 
 #[test]
@@ -224,8 +250,7 @@ fn the_sender_is_woken_once_per_committed_transaction_and_never_on_rollback() {
     let mut client = cluster.connect("postgres");
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     wait_until("CREATE EXTENSION to wake both workers", LIMIT, || states_are(&mut client, "idle"));
-    // Adding an account wakes the sender too (mail may have waited for it):
-    // take the baseline once that wake-up has happened.
+    // Adding an account wakes the sender too (mail may have waited for it).
     let before_account = sender_wakeups(&mut client);
     client
         .batch_execute(
@@ -233,41 +258,30 @@ fn the_sender_is_woken_once_per_committed_transaction_and_never_on_rollback() {
              VALUES ('out', 'out@gmail.com', 'gmail', true, true)",
         )
         .unwrap();
-    let before = wait_until("the account change to wake the sender", LIMIT, || {
-        let now = sender_wakeups(&mut client);
-        (now.0 == before_account.0 + 1).then_some(now)
-    });
+    let before = woken_once_since(&mut client, before_account, "the account change to wake the sender");
 
     // Three messages in one transaction: one wake-up, after the commit.
     let mut transaction = client.transaction().unwrap();
     for _ in 0..3 {
         transaction.execute("SELECT email_accounts.send(\"to\" => '{a@example.com}')", &[]).unwrap();
     }
+    assert_eq!(sender_wakeups(&mut cluster.connect("postgres")).requests, before.requests, "nothing before the commit");
     transaction.commit().unwrap();
-    let after_commit = wait_until("the sender to wake", LIMIT, || {
-        let now = sender_wakeups(&mut client);
-        (now.0 > before.0).then_some(now)
-    });
-    assert_eq!(after_commit, (before.0 + 1, before.1));
+    let after_commit = woken_once_since(&mut client, before, "the commit to wake the sender");
 
     // A rolled-back transaction wakes nobody; a later commit shows the
-    // counter moved by exactly one more.
+    // requests moved by exactly one more.
     let mut transaction = client.transaction().unwrap();
     transaction.execute("INSERT INTO email_accounts.outbox (to_addresses) VALUES ('{b@example.com}')", &[]).unwrap();
     transaction.rollback().unwrap();
+    assert_eq!(sender_wakeups(&mut client).requests, after_commit.requests, "the rollback woke nobody");
     client.execute("SELECT email_accounts.send(\"to\" => '{c@example.com}')", &[]).unwrap();
-    let after_second_commit = wait_until("the sender to wake again", LIMIT, || {
-        let now = sender_wakeups(&mut client);
-        (now.0 > after_commit.0).then_some(now)
-    });
-    assert_eq!(after_second_commit, (after_commit.0 + 1, after_commit.1), "the rollback woke nobody");
+    let after_second_commit = woken_once_since(&mut client, after_commit, "the second commit to wake the sender");
     let queued: i64 = client.query_one("SELECT count(*) FROM email_accounts.outbox", &[]).unwrap().get(0);
     assert_eq!(queued, 4, "the rolled-back row is not queued");
 
     // flush() wakes it at once.
     let flushed: bool = client.query_one("SELECT email_accounts.flush()", &[]).unwrap().get(0);
     assert!(flushed);
-    wait_until("flush() to wake the sender", LIMIT, || {
-        (sender_wakeups(&mut client).0 == after_second_commit.0 + 1).then_some(())
-    });
+    woken_once_since(&mut client, after_second_commit, "flush() to wake the sender");
 }

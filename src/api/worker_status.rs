@@ -18,6 +18,7 @@ fn worker_status() -> TableIterator<
         name!(started_at, Option<TimestampWithTimeZone>),
         name!(config_reloads, i64),
         name!(fallback_poll_interval_ms, i64),
+        name!(wake_requests, i64),
         name!(latch_wakeups, i64),
         name!(timeouts, i64),
     ),
@@ -36,6 +37,7 @@ fn worker_status() -> TableIterator<
                 started_at,
                 slot.config_reloads,
                 slot.fallback_poll_interval_ms,
+                slot.wake_requests,
                 slot.latch_wakeups,
                 slot.timeouts,
             )

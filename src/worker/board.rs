@@ -44,7 +44,10 @@ pub struct WorkerSlot {
     pub config_reloads: i64,
     /// The fallback poll interval the worker is using now, in milliseconds.
     pub fallback_poll_interval_ms: i64,
-    /// Times the worker woke because its latch was set (by a commit, flush() or a signal).
+    /// Times a commit, flush() or sync_now() asked this worker to wake.
+    pub wake_requests: i64,
+    /// Times the worker woke because its latch was set: by the requests above,
+    /// and by PostgreSQL itself (e.g. a catch-up signal after much DDL).
     pub latch_wakeups: i64,
     /// Times the worker woke because its fallback poll interval passed.
     pub timeouts: i64,
@@ -120,6 +123,7 @@ pub fn started(role: Role, fallback_poll_interval_ms: i64) {
             started_at: now,
             config_reloads: 0,
             fallback_poll_interval_ms,
+            wake_requests: 0,
             latch_wakeups: 0,
             timeouts: 0,
             process_number,
@@ -129,11 +133,16 @@ pub fn started(role: Role, fallback_poll_interval_ms: i64) {
 
 /// Sets the latch of the role's worker, if it runs; true when it was set.
 pub fn wake(role: Role) -> bool {
-    let slot = read(role);
-    if slot.pid == 0 {
-        return false;
-    }
-    set_latch_of(slot.process_number);
+    let process_number = {
+        let mut board = WORKER_BOARD.exclusive();
+        let slot = &mut board.slots[role.index()];
+        if slot.pid == 0 {
+            return false;
+        }
+        slot.wake_requests += 1;
+        slot.process_number
+    };
+    set_latch_of(process_number);
     true
 }
 
