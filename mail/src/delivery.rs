@@ -1,6 +1,6 @@
-//! Delivering a batch: one SMTP connection per account, reused for all of
-//! its messages and kept open for the next batch, accounts in parallel
-//! threads (bounded), every message's outcome reported per recipient. No
+//! Delivering an account's batch: one SMTP connection, reused for all of
+//! its messages and kept open for the next batch, every message's outcome
+//! reported per recipient. The caller runs accounts in parallel. No
 //! PostgreSQL here.
 
 use crate::compose::{compose, OutgoingMessage};
@@ -8,10 +8,9 @@ use crate::connection::{ConnectionError, Endpoint, Login};
 use crate::smtp_client::{self, RecipientOutcome, SmtpClient};
 use lettre::Address;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Mutex;
 
 /// One message to deliver through an account.
 #[derive(Debug, Clone)]
@@ -96,40 +95,11 @@ fn pool_key(endpoint: &Endpoint, login: Option<&Login>) -> u64 {
     hasher.finish()
 }
 
-/// Delivers every batch, at most `parallel` accounts at a time; returns
-/// (outbox_id, outcome) for every job. `spawn` starts the worker threads
-/// (the extension passes one that blocks signals).
-pub fn deliver(
-    batches: Vec<AccountBatch>,
-    parallel: usize,
-    pool: &Arc<ConnectionPool>,
-    spawn: impl Fn(Box<dyn FnOnce() + Send>) -> thread::JoinHandle<()>,
-) -> Vec<(i64, JobOutcome)> {
-    let queue = Arc::new(Mutex::new(batches.into_iter().collect::<VecDeque<_>>()));
-    let results = Arc::new(Mutex::new(Vec::new()));
-    let handles: Vec<_> = (0..parallel.max(1))
-        .map(|_| {
-            let queue = Arc::clone(&queue);
-            let results = Arc::clone(&results);
-            let pool = Arc::clone(pool);
-            spawn(Box::new(move || loop {
-                let Some(batch) = queue.lock().expect("queue lock").pop_front() else { break };
-                let outcomes = deliver_account(batch, &pool);
-                results.lock().expect("results lock").extend(outcomes);
-            }))
-        })
-        .collect();
-    for handle in handles {
-        let _ = handle.join();
-    }
-    Arc::try_unwrap(results).map(|mutex| mutex.into_inner().expect("results lock")).unwrap_or_default()
-}
-
 /// All messages of one account over one connection, reconnecting once after
 /// a broken connection (a pooled connection the server closed meanwhile
 /// does not count). Once the server cannot be reached, the account's
 /// remaining messages are not attempted (they wait for the next try).
-fn deliver_account(batch: AccountBatch, pool: &ConnectionPool) -> Vec<(i64, JobOutcome)> {
+pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool) -> Vec<(i64, JobOutcome)> {
     let mut outcomes = Vec::with_capacity(batch.jobs.len());
     let key = pool_key(&batch.endpoint, batch.login.as_ref());
     let mut client: Option<SmtpClient> = pool.take(key);

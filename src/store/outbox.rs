@@ -83,6 +83,7 @@ WITH allowance AS (
             AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
      ) AS recent
      WHERE settings.ready_to_send
+       AND settings.account_id <> ALL ($3::bigint[])  -- accounts that already have a round waiting
 ), candidate AS (
     -- Per account, its due rows in claim order (an index walk that stops at
     -- the allowance), then rows whose claim lapsed (another sender died).
@@ -126,14 +127,19 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
           outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
           (extract(epoch FROM outbox.created_at) * 1000)::bigint";
 
-/// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`.
-pub fn claim(limit: i64, lease_seconds: i32) -> Result<Vec<ClaimedRow>, SpiError> {
+/// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`,
+/// leaving out the accounts in `skip_accounts`.
+pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Vec<ClaimedRow>, SpiError> {
     // The claim stays synchronous although its loss in a crash would only
     // make the rows due again: its `attempts` count is what stops a message
     // that crashes the worker from being retried forever.
     Spi::run(EXPIRE)?;
     let mut rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
-        let table = client.update(CLAIM, None, &[limit.into(), (lease_seconds as f64).into()])?;
+        let table = client.update(
+            CLAIM,
+            None,
+            &[limit.into(), (lease_seconds as f64).into(), skip_accounts.to_vec().into()],
+        )?;
         table
             .map(|row| {
                 let headers: Option<pgrx::JsonB> = row.get(12)?;

@@ -15,20 +15,34 @@ pub fn shutdown_requested() -> bool {
 
 struct Wakeup {
     latch: bool,
+    socket: bool,
     postmaster_died: bool,
 }
 
-/// Sleeps until the latch is set or `timeout` passes, and says which.
-fn wait_for_latch(timeout: std::time::Duration) -> Wakeup {
-    let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
+/// Sleeps until the latch is set, the socket (the sender's doorbell) is
+/// readable or `timeout` passes, and says which.
+fn wait_for_latch(timeout: std::time::Duration, socket: Option<std::os::fd::RawFd>) -> Wakeup {
+    let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
+    if socket.is_some() {
+        events |= pg_sys::WL_SOCKET_READABLE;
+    }
     let happened = unsafe {
-        let happened =
-            pg_sys::WaitLatch(pg_sys::MyLatch, events as i32, timeout.as_millis() as _, pg_sys::PG_WAIT_EXTENSION);
+        let happened = pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            events as i32,
+            socket.unwrap_or(pg_sys::PGINVALID_SOCKET),
+            timeout.as_millis() as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
         pg_sys::ResetLatch(pg_sys::MyLatch);
         happened as u32
     };
     pg_sys::check_for_interrupts!();
-    Wakeup { latch: happened & pg_sys::WL_LATCH_SET != 0, postmaster_died: happened & pg_sys::WL_POSTMASTER_DEATH != 0 }
+    Wakeup {
+        latch: happened & pg_sys::WL_LATCH_SET != 0,
+        socket: happened & pg_sys::WL_SOCKET_READABLE != 0,
+        postmaster_died: happened & pg_sys::WL_POSTMASTER_DEATH != 0,
+    }
 }
 
 #[pg_guard]
@@ -56,6 +70,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     // no statement) while the count stays the same; a latch wake-up never does.
     let mut idle_at_changes: Option<i64> = None;
     let mut woken_by_latch = true;
+    let mut postmaster_died = false;
     loop {
         let installed = match catalog::extension_installed() {
             Ok(installed) => installed,
@@ -89,7 +104,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             let changes = catalog::outbox_changes().ok().flatten();
             let nothing_new = !woken_by_latch && idle_at_changes.is_some() && changes == idle_at_changes;
             if !nothing_new {
-                match super::sender::drain(role.worker_name()) {
+                match super::sender::step(role.worker_name()) {
                     Some(next_due) => {
                         sleep = sleep.min(next_due);
                         idle_at_changes = None;
@@ -107,15 +122,18 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         if shutdown_requested() {
             break;
         }
-        let woken_by = wait_for_latch(sleep);
+        let doorbell = if role == Role::Sender { super::sender::doorbell() } else { None };
+        let woken_by = wait_for_latch(sleep, doorbell);
         if woken_by.postmaster_died || shutdown_requested() {
+            postmaster_died = woken_by.postmaster_died;
             break;
         }
-        woken_by_latch = woken_by.latch;
+        // A round coming back counts as news for the sender, like a commit.
+        woken_by_latch = woken_by.latch || woken_by.socket;
         board::update(role, |slot| {
             if woken_by.latch {
                 slot.latch_wakeups += 1;
-            } else {
+            } else if !woken_by.socket {
                 slot.timeouts += 1;
             }
         });
@@ -129,6 +147,9 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         }
     }
 
+    if role == Role::Sender && !postmaster_died {
+        super::sender::stop(role.worker_name());
+    }
     board::update(role, |slot| {
         slot.state = WorkerState::Stopped;
         slot.pid = 0;

@@ -1,0 +1,209 @@
+//! Claiming a round: due outbox rows are taken under a lease (one
+//! transaction), then composed per account with its server, login and
+//! personal links, ready for the wire.
+
+use super::record::Delivered;
+use crate::settings;
+use crate::store::outbox::{self, ClaimedRow, SendingSettings};
+use crate::store::transaction::{in_transaction, StoreError};
+use crate::store::{links, secrets};
+use email_accounts_mail::compose::OutgoingMessage;
+use email_accounts_mail::connection::Login;
+use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
+use email_accounts_mail::identity::{identity, SendingAccount};
+use email_accounts_mail::token::{sign, Purpose};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// What one round claimed.
+struct Claim {
+    rows: Vec<ClaimedRow>,
+    signing_key: Vec<u8>,
+    accounts: Vec<(SendingSettings, Option<String>)>,
+    /// Accounts whose password could not be read: their rows are not sent.
+    broken_accounts: HashMap<i64, String>,
+}
+
+/// What a claim came to: each account's share, composed, and the outcomes
+/// known before sending (accounts whose password cannot be read).
+pub struct Claimed {
+    /// The claim took a whole batch: more rows are probably waiting.
+    pub full: bool,
+    pub known: Delivered,
+    pub rounds: Vec<AccountRound>,
+}
+
+/// One account's share of a claim, ready for the wire.
+pub struct AccountRound {
+    pub account_id: i64,
+    /// Each row's claim token: results are recorded only under it.
+    pub tokens: HashMap<i64, String>,
+    pub batch: AccountBatch,
+}
+
+/// Claims up to `batch_size` due rows of accounts not in `skip_accounts`
+/// (one transaction) and composes them.
+pub fn claim_round(skip_accounts: &[i64]) -> Result<Option<Claimed>, StoreError> {
+    let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
+        let rows =
+            outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts).map_err(spi)?;
+        let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
+        account_ids.sort_unstable();
+        account_ids.dedup();
+        let mut accounts = Vec::new();
+        let mut broken_accounts = HashMap::new();
+        if !rows.is_empty() {
+            for account in outbox::sending_settings(&account_ids).map_err(spi)? {
+                if account.no_smtp_authentication {
+                    accounts.push((account, None));
+                    continue;
+                }
+                match secrets::read_password(account.account_id) {
+                    Ok(Some(password)) => accounts.push((account, Some(password))),
+                    Ok(None) => {
+                        broken_accounts.insert(account.account_id, "no password is set for the account".to_owned());
+                    }
+                    Err(error) => {
+                        broken_accounts.insert(account.account_id, error.to_string());
+                    }
+                }
+            }
+        }
+        let signing_key = if rows.is_empty() { Vec::new() } else { links::signing_key().map_err(spi)? };
+        Ok(Claim { rows, signing_key, accounts, broken_accounts })
+    }))??;
+    if claim.rows.is_empty() {
+        return Ok(None);
+    }
+    let full = claim.rows.len() as i64 >= settings::batch_size();
+
+    let mut known = Delivered::default();
+    let mut by_account: HashMap<i64, Vec<ClaimedRow>> = HashMap::new();
+    for row in claim.rows {
+        if let Some(problem) = claim.broken_accounts.get(&row.account_id) {
+            known.tokens.insert(row.outbox_id, row.claim_token.clone());
+            known.results.push((row.outbox_id, JobOutcome::NotAttempted(account_problem(problem))));
+        } else {
+            by_account.entry(row.account_id).or_default().push(row);
+        }
+    }
+    let links = Links { base_url: settings::public_base_url(), key: claim.signing_key };
+    let rounds = claim
+        .accounts
+        .into_iter()
+        .filter_map(|(account, password)| {
+            let rows = by_account.remove(&account.account_id)?;
+            let tokens = rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
+            Some(AccountRound {
+                account_id: account.account_id,
+                tokens,
+                batch: batch(&account, password, rows, &links),
+            })
+        })
+        .collect();
+    Ok(Some(Claimed { full, known, rounds }))
+}
+
+fn spi(error: pgrx::spi::SpiError) -> StoreError {
+    StoreError { message: error.to_string() }
+}
+
+fn account_problem(problem: &str) -> email_accounts_mail::connection::ConnectionError {
+    email_accounts_mail::connection::ConnectionError::Auth(problem.to_owned())
+}
+
+/// Where personal links point and the key that signs them.
+struct Links {
+    base_url: Option<String>,
+    key: Vec<u8>,
+}
+
+/// The SMTP endpoint, login and composed jobs of one account. With
+/// unsubscribe links or open tracking each recipient gets a personal copy.
+fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedRow>, links: &Links) -> AccountBatch {
+    let endpoint = account.smtp.endpoint(account.extra_ca_certificate.clone());
+    let login = password.map(|password| Login {
+        user: account.login_id.clone(),
+        password,
+        allow_plaintext: account.allow_plaintext_authentication,
+    });
+    let sending = SendingAccount {
+        name: account.name.clone(),
+        address: account.address.clone(),
+        always_use_account_address_as_sender: account.always_use_account_address_as_sender,
+        always_use_account_name_as_sender_name: account.always_use_account_name_as_sender_name,
+        default_incoming_address: account.default_incoming_address.clone(),
+    };
+    let personal = links.base_url.as_ref().filter(|_| account.send_unsubscribe_message || account.track_email_status);
+    let mut jobs = Vec::new();
+    for row in rows {
+        let chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
+        let message = OutgoingMessage {
+            message_id: row.message_id.clone(),
+            from: chosen.from,
+            reply_to: chosen.reply_to,
+            to: row.to.clone(),
+            cc: row.cc.clone(),
+            bcc: row.bcc.clone(),
+            subject: row.subject.clone(),
+            text_body: row.body_text.clone(),
+            html_body: row.body_html.clone(),
+            attachments: row.attachments.clone(),
+            headers: row.headers.clone(),
+            in_reply_to: row.in_reply_to.clone(),
+            references: row.references.clone(),
+            date: Some(UNIX_EPOCH + Duration::from_millis(row.created_at_millis.max(0) as u64)),
+            signature: account.signature.clone(),
+            unsubscribe_url: None,
+            tracking_pixel_url: None,
+        };
+        let Some(base_url) = personal else {
+            jobs.push(Job {
+                outbox_id: row.outbox_id,
+                envelope_from: chosen.envelope_from,
+                recipients: row.recipients,
+                message,
+            });
+            continue;
+        };
+        if row.recipients.is_empty() {
+            // Every recipient was suppressed: the job reports it.
+            jobs.push(Job {
+                outbox_id: row.outbox_id,
+                envelope_from: chosen.envelope_from,
+                recipients: Vec::new(),
+                message,
+            });
+            continue;
+        }
+        for recipient in row.recipients {
+            let link = |purpose: Purpose, path: &str| {
+                format!("{base_url}/{path}?token={}", sign(&links.key, purpose, row.outbox_id, &recipient))
+            };
+            let mut copy = message.clone();
+            if account.send_unsubscribe_message {
+                copy.unsubscribe_url = Some(link(Purpose::Unsubscribe, "unsubscribe"));
+            }
+            if account.track_email_status {
+                copy.tracking_pixel_url = Some(link(Purpose::Open, "open"));
+            }
+            jobs.push(Job {
+                outbox_id: row.outbox_id,
+                envelope_from: chosen.envelope_from.clone(),
+                recipients: vec![recipient],
+                message: copy,
+            });
+        }
+    }
+    let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap, &login) {
+        (Some(imap), Some(login)) => Ok(SentFolder {
+            endpoint: imap.endpoint(account.extra_ca_certificate.clone()),
+            login: login.clone(),
+            folder: folder.clone(),
+        }),
+        (None, _) => Err(format!("cannot copy to {folder}: the account has no IMAP incoming server")),
+        (_, None) => Err(format!("cannot copy to {folder}: the account has no password")),
+    });
+    AccountBatch { endpoint, login, jobs, sent_folder }
+}

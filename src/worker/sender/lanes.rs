@@ -1,0 +1,137 @@
+//! Accounts on the wire. Each account has at most one round on the wire
+//! and one claimed round waiting behind it; at most `smtp_connections`
+//! accounts are on the wire at once. Accounts finish independently, so a
+//! server that hangs holds up only its own account. A delivery thread that
+//! finishes writes a byte to a socket the main loop waits on with its latch.
+
+use super::claim::AccountRound;
+use super::connections;
+use super::record::Delivered;
+use crate::threads;
+use email_accounts_mail::delivery::{deliver_account, JobOutcome};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// A delivery thread's report: the account and what its server answered
+/// (`None` if the thread panicked; its rows then keep their lease).
+type Finished = (i64, Option<Vec<(i64, JobOutcome)>>);
+
+pub struct Lanes {
+    /// Accounts on the wire and the claim tokens of their rows.
+    on_wire: HashMap<i64, HashMap<i64, String>>,
+    /// Claimed rounds waiting for their account (or a connection) to be free.
+    waiting: Vec<AccountRound>,
+    finished_sender: mpsc::Sender<Finished>,
+    finished: mpsc::Receiver<Finished>,
+    /// Readable when a delivery thread has finished.
+    doorbell: UnixStream,
+    doorbell_ringer: Arc<UnixStream>,
+}
+
+impl Lanes {
+    pub fn new() -> std::io::Result<Lanes> {
+        let (finished_sender, finished) = mpsc::channel();
+        let (doorbell, ringer) = UnixStream::pair()?;
+        doorbell.set_nonblocking(true)?;
+        ringer.set_nonblocking(true)?;
+        Ok(Lanes {
+            on_wire: HashMap::new(),
+            waiting: Vec::new(),
+            finished_sender,
+            finished,
+            doorbell,
+            doorbell_ringer: Arc::new(ringer),
+        })
+    }
+
+    /// The socket that becomes readable when a delivery finishes.
+    pub fn doorbell(&self) -> RawFd {
+        self.doorbell.as_raw_fd()
+    }
+
+    /// Accounts that already have a round waiting: the next claim leaves them out.
+    pub fn accounts_waiting(&self) -> Vec<i64> {
+        self.waiting.iter().map(|round| round.account_id).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.on_wire.is_empty() && self.waiting.is_empty()
+    }
+
+    pub fn on_wire(&self) -> usize {
+        self.on_wire.len()
+    }
+
+    pub fn add(&mut self, rounds: Vec<AccountRound>) {
+        self.waiting.extend(rounds);
+    }
+
+    /// Puts waiting rounds on the wire while their account and a connection are free.
+    pub fn launch_waiting(&mut self, parallel: usize) {
+        let mut still_waiting = Vec::new();
+        for round in std::mem::take(&mut self.waiting) {
+            if self.on_wire.contains_key(&round.account_id) || self.on_wire.len() >= parallel {
+                still_waiting.push(round);
+                continue;
+            }
+            let pool = connections::pool();
+            let (account_id, batch) = (round.account_id, round.batch);
+            let (done, ringer) = (self.finished_sender.clone(), Arc::clone(&self.doorbell_ringer));
+            threads::spawn_without_signals(move || {
+                let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| deliver_account(batch, &pool)));
+                let _ = done.send((account_id, delivered.ok()));
+                // A full socket buffer already means "look".
+                let _ = (&*ringer).write(&[1]);
+            });
+            self.on_wire.insert(account_id, round.tokens);
+        }
+        self.waiting = still_waiting;
+    }
+
+    /// What the delivery threads have reported so far (never waits).
+    pub fn collect_finished(&mut self) -> Delivered {
+        let mut bytes = [0u8; 256];
+        while matches!((&self.doorbell).read(&mut bytes), Ok(read) if read > 0) {}
+        let reports: Vec<Finished> = self.finished.try_iter().collect();
+        self.delivered(reports)
+    }
+
+    /// Waits up to `limit` for the accounts on the wire (on shutdown),
+    /// dropping the waiting rounds (their rows are retried after their lease).
+    pub fn finish(&mut self, limit: Duration) -> Delivered {
+        self.waiting.clear();
+        let deadline = Instant::now() + limit;
+        let mut reports = Vec::new();
+        while reports.len() < self.on_wire.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.finished.recv_timeout(left) {
+                Ok(report) => reports.push(report),
+                Err(_) => break,
+            }
+        }
+        self.delivered(reports)
+    }
+
+    fn delivered(&mut self, reports: Vec<Finished>) -> Delivered {
+        let mut delivered = Delivered::default();
+        for (account_id, results) in reports {
+            let tokens = self.on_wire.remove(&account_id).unwrap_or_default();
+            match results {
+                Some(results) => delivered.extend(Delivered { tokens, results }),
+                None => warning!(
+                    "email_accounts sender: the delivery thread of account {account_id} failed; its rows are retried after their lease"
+                ),
+            }
+        }
+        if !delivered.is_empty() {
+            connections::used_now();
+        }
+        delivered
+    }
+}

@@ -1,0 +1,128 @@
+//! The sender. On every wake-up it records the rounds that came back,
+//! claims due outbox rows for the accounts that can take more (a
+//! transaction), and puts each account's round on the wire on its own thread
+//! with no transaction open. Rounds overlap: while an account's round is on
+//! the wire the next one is claimed and waits behind it, so the database and
+//! the SMTP sessions work at the same time. A failing account or message
+//! only affects itself.
+//!
+//! claim → lanes (on the wire) → record
+
+mod claim;
+mod connections;
+mod lanes;
+mod record;
+
+use crate::settings;
+use crate::store::outbox;
+use crate::store::transaction::in_transaction;
+use lanes::Lanes;
+use pgrx::prelude::*;
+use record::recorded;
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+pub use connections::close_idle as close_idle_connections;
+
+/// How long a stopping sender waits for the rounds on the wire, so their
+/// results are recorded rather than retried after their lease.
+const FINISH_ON_STOP: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// The accounts on the wire (main thread only; created on first use).
+    static LANES: RefCell<Option<Lanes>> = const { RefCell::new(None) };
+}
+
+/// Runs once per wake-up. Returns how long the worker may sleep: with
+/// rounds on the wire, until the doorbell rings or the fallback poll;
+/// otherwise until the next row is due (`None`: nothing is waiting).
+pub fn step(role_name: &str) -> Option<Duration> {
+    LANES.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            match Lanes::new() {
+                Ok(lanes) => *cell = Some(lanes),
+                Err(error) => {
+                    log!("{role_name}: cannot create the delivery doorbell and will try again: {error}");
+                    return Some(Duration::from_secs(1));
+                }
+            }
+        }
+        let lanes = cell.as_mut().expect("lanes were just created");
+        step_with(role_name, lanes)
+    })
+}
+
+fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
+    let parallel = settings::smtp_connections();
+    let mut failed = false;
+    // Every wake-up looks for due mail once; a full claim or a round that
+    // came back (its account may have more) looks again.
+    let mut claim = true;
+    loop {
+        let came_back = lanes.collect_finished();
+        // The account's next round goes out before this one is recorded.
+        lanes.launch_waiting(parallel);
+        let any_came_back = !came_back.is_empty();
+        failed |= !recorded(role_name, came_back);
+        if failed || super::main_loop::shutdown_requested() {
+            break;
+        }
+        // Claimed rounds wait only for accounts already on the wire (or for
+        // a free connection): never more than one waiting round per connection.
+        if !(claim || any_came_back) || lanes.accounts_waiting().len() >= parallel {
+            break;
+        }
+        claim = false;
+        match claim::claim_round(&lanes.accounts_waiting()) {
+            Ok(Some(claimed)) => {
+                lanes.add(claimed.rounds);
+                lanes.launch_waiting(parallel);
+                failed |= !recorded(role_name, claimed.known);
+                claim = claimed.full;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                log!("{role_name}: claiming a sending round failed and will be retried: {error}");
+                failed = true;
+            }
+        }
+    }
+    if super::main_loop::shutdown_requested() {
+        return None;
+    }
+    if failed {
+        return Some(Duration::from_secs(1));
+    }
+    if !lanes.is_empty() {
+        return Some(settings::fallback_poll_interval());
+    }
+    next_due()
+}
+
+/// The socket that becomes readable when a round comes back, while any is out.
+pub fn doorbell() -> Option<RawFd> {
+    LANES.with(|cell| cell.borrow().as_ref().filter(|lanes| lanes.on_wire() > 0).map(Lanes::doorbell))
+}
+
+/// On SIGTERM: waits a little for the rounds on the wire and records them,
+/// then closes the SMTP connections. Rows not recorded keep their lease.
+pub fn stop(role_name: &str) {
+    let came_back = LANES.with(|cell| cell.borrow_mut().as_mut().map(|lanes| lanes.finish(FINISH_ON_STOP)));
+    if let Some(came_back) = came_back {
+        recorded(role_name, came_back);
+    }
+    connections::close_all();
+}
+
+/// Time until the next waiting row is due; rows due now but not claimable
+/// (their account is not ready or at its rate limit) are looked at again in a second.
+/// `None` means nothing is waiting; a failed look-up is tried again in a second.
+fn next_due() -> Option<Duration> {
+    match in_transaction(outbox::seconds_until_next_due) {
+        Ok(Ok(None)) => None,
+        Ok(Ok(Some(seconds))) => Some(Duration::from_secs_f64(seconds.max(1.0))),
+        Ok(Err(_)) | Err(_) => Some(Duration::from_secs(1)),
+    }
+}

@@ -1,0 +1,78 @@
+//! Recording what the servers answered (one transaction per call): a row's
+//! result is stored only under the claim token it was sent with.
+
+use crate::settings;
+use crate::store::outbox::{self, RowResult};
+use crate::store::transaction::{in_subtransaction, in_transaction, StoreError};
+use email_accounts_mail::delivery::{summarize, JobOutcome, RowSummary};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+
+/// Rows' outcomes, to be recorded under their claim tokens.
+#[derive(Default)]
+pub struct Delivered {
+    pub tokens: HashMap<i64, String>,
+    pub results: Vec<(i64, JobOutcome)>,
+}
+
+impl Delivered {
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Delivered) {
+        self.tokens.extend(other.tokens);
+        self.results.extend(other.results);
+    }
+}
+
+/// Records the outcomes; false (and logged) when the transaction failed,
+/// in which case the rows keep their lease and are retried when it lapses.
+pub fn recorded(role_name: &str, delivered: Delivered) -> bool {
+    if delivered.is_empty() {
+        return true;
+    }
+    let Err(error) = record(delivered) else { return true };
+    log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
+    false
+}
+
+fn record(delivered: Delivered) -> Result<(), StoreError> {
+    let Delivered { tokens, results } = delivered;
+    let max_attempts = settings::max_attempts();
+    let retry_base_delay = settings::retry_base_delay_seconds();
+    let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();
+    for (outbox_id, outcome) in &results {
+        by_row.entry(*outbox_id).or_default().push(outcome);
+    }
+    let summaries: Vec<(i64, RowSummary)> =
+        by_row.into_iter().map(|(outbox_id, outcomes)| (outbox_id, summarize(outcomes))).collect();
+    in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
+        let rows: Vec<RowResult<'_>> = summaries
+            .iter()
+            .filter_map(|(outbox_id, summary)| {
+                tokens.get(outbox_id).map(|token| RowResult { outbox_id: *outbox_id, claim_token: token, summary })
+            })
+            .collect();
+        // The whole round in a few statements; if that fails, row by row, so
+        // one row that cannot be recorded keeps its lease (and is retried when
+        // it lapses) while the others are recorded all the same.
+        let together =
+            in_subtransaction(AssertUnwindSafe(|| outbox::record_all(&rows, max_attempts, retry_base_delay)));
+        if matches!(together, Ok(Ok(()))) {
+            return Ok(());
+        }
+        for row in rows.chunks(1) {
+            let recorded =
+                in_subtransaction(AssertUnwindSafe(|| outbox::record_all(row, max_attempts, retry_base_delay)));
+            let error = match recorded {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            warning!("email_accounts sender: cannot record outbox row {}: {error}", row[0].outbox_id);
+        }
+        Ok(())
+    }))?
+}
