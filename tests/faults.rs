@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::{free_port, Behaviour, Postgres, SmtpResponder};
+use harness::{free_port, make_certificates, Behaviour, Postgres, SmtpResponder};
 use std::time::Duration;
 
 const MESSAGES: i64 = 2000;
@@ -138,4 +138,136 @@ fn recipients_a_server_rejects_fail_alone_with_and_without_pipelining() {
         recipients.sort();
         assert_eq!(recipients, ["first1@example.test", "second1@example.test"]);
     }
+}
+
+#[test]
+fn temporary_refusals_and_421_are_retried_and_every_message_arrives_once() {
+    let (_cluster, mut client) = cluster(&[]);
+    let server = SmtpResponder::start(None, Behaviour::RefuseMail("451 4.3.0 try again later".into()), true);
+    account(&mut client, "busy", server.port);
+    queue(&mut client, "busy", MESSAGES, "ARRAY['to' || n || '@example.test']");
+    wait_for_rows(&mut client, "every row to wait for a retry", "status = 'retry'", MESSAGES);
+    assert_eq!(count(&mut client, "last_error LIKE '%451 4.3.0 try again later%'"), MESSAGES);
+
+    // 421 closes the connection after its reply: the rest of the round
+    // waits for the next connection, which gets 421 again.
+    server.set(Behaviour::RefuseMail("421 4.3.2 shutting down".into()));
+    retry_all(&mut client);
+    wait_for_rows(&mut client, "every row to wait for a retry again", "status = 'retry' AND attempts = 2", MESSAGES);
+    assert!(count(&mut client, "last_error LIKE '%421 4.3.2%'") > 0, "some rows carry the 421");
+    assert_eq!(server.distinct_messages(), 0);
+
+    server.set(Behaviour::Accept);
+    retry_all(&mut client);
+    wait_for_rows(&mut client, "every row to be sent", "status = 'sent'", MESSAGES);
+    assert_eq!(server.distinct_messages(), MESSAGES as usize);
+    assert_eq!(server.duplicates(), 0);
+}
+
+#[test]
+fn a_server_that_never_answers_holds_up_only_its_own_account() {
+    // The silent server holds its connection for the whole timeout.
+    let (_cluster, mut client) = cluster(&["email_accounts.connect_timeout = '40s'"]);
+    let silent = SmtpResponder::start(None, Behaviour::Silent, true);
+    let healthy = SmtpResponder::start(None, Behaviour::Accept, true);
+    account(&mut client, "silent", silent.port);
+    account(&mut client, "healthy", healthy.port);
+    queue(&mut client, "silent", 20, "ARRAY['to' || n || '@example.test']");
+    queue(&mut client, "healthy", MESSAGES, "ARRAY['to' || n || '@example.test']");
+    wait_for_rows(&mut client, "the healthy account's rows to be sent", "status = 'sent'", MESSAGES);
+    assert_eq!(
+        count(
+            &mut client,
+            "account_id = (SELECT account_id FROM email_accounts.account WHERE name = 'silent') AND status = 'sending'"
+        ),
+        20,
+        "the silent account's rows are still on the wire"
+    );
+    assert_eq!(healthy.distinct_messages(), MESSAGES as usize);
+
+    // New mail for the healthy account still goes out at once.
+    queue(&mut client, "healthy", 1, "ARRAY['late@example.test']");
+    wait_for_rows(&mut client, "the late message to be sent", "status = 'sent'", MESSAGES + 1);
+
+    // After the timeout the silent account's rows wait for a retry, with the reason.
+    wait_for_rows(&mut client, "the silent rows to time out", "status = 'retry'", 20);
+    assert_eq!(count(&mut client, "status = 'retry' AND last_error ILIKE '%timed out%'"), 20);
+    assert_eq!(silent.distinct_messages(), 0);
+
+    silent.set(Behaviour::Accept);
+    retry_all(&mut client);
+    wait_for_rows(&mut client, "every row to be sent", "status = 'sent'", MESSAGES + 21);
+    assert_eq!(silent.distinct_messages(), 20);
+    assert_eq!(silent.duplicates() + healthy.duplicates(), 0);
+}
+
+/// An outgoing account on 127.0.0.1:`port` with this security, a login and
+/// password, and optionally an extra CA to trust.
+fn secured_account(client: &mut postgres::Client, name: &str, port: u16, security: &str, ca: Option<&str>) {
+    client
+        .execute(
+            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
+                                                 extra_ca_certificate)
+             VALUES ($1, $1 || '@example.test', true, '127.0.0.1', $2, $3, $4)",
+            &[&name, &i32::from(port), &security, &ca],
+        )
+        .unwrap();
+    client.execute("SELECT email_accounts.set_password($1, 'secret-of-' || $1)", &[&name]).unwrap();
+}
+
+fn rows_of(account: &str, condition: &str) -> String {
+    format!("account_id = (SELECT account_id FROM email_accounts.account WHERE name = '{account}') AND {condition}")
+}
+
+#[test]
+fn a_certificate_that_is_not_trusted_or_does_not_match_and_a_stripped_starttls_send_nothing() {
+    let certificates = tempfile::tempdir().unwrap();
+    make_certificates(certificates.path());
+    let read = |name: &str| std::fs::read(certificates.path().join(name)).unwrap();
+    let ca = String::from_utf8(read("ca.pem")).unwrap();
+    let (_cluster, mut client) = cluster(&[]);
+    // Signed by a CA the account does not trust.
+    let untrusted = SmtpResponder::start_implicit_tls(Behaviour::Accept, &read("server.pem"), &read("server.key"));
+    secured_account(&mut client, "untrusted", untrusted.port, "ssl", None);
+    // Trusted CA, but the certificate names another host.
+    let elsewhere =
+        SmtpResponder::start_implicit_tls(Behaviour::Accept, &read("elsewhere.pem"), &read("elsewhere.key"));
+    secured_account(&mut client, "mismatch", elsewhere.port, "ssl", Some(&ca));
+    // A man in the middle that removes STARTTLS from the server's EHLO.
+    let stripped = SmtpResponder::start(None, Behaviour::Accept, true);
+    secured_account(&mut client, "stripped", stripped.port, "starttls", None);
+    for account in ["untrusted", "mismatch", "stripped"] {
+        queue(&mut client, account, MESSAGES, "ARRAY['to' || n || '@example.test']");
+    }
+    wait_for_rows(&mut client, "every row to wait for a retry", "status = 'retry'", 3 * MESSAGES);
+
+    // Each fails with the reason; the TLS servers never got past the handshake.
+    assert_eq!(count(&mut client, &rows_of("untrusted", "last_error ILIKE '%certificate verify failed%'")), MESSAGES);
+    assert_eq!(count(&mut client, &rows_of("mismatch", "last_error ILIKE '%certificate verify failed%'")), MESSAGES);
+    assert_eq!(count(&mut client, &rows_of("stripped", "last_error LIKE '%does not offer STARTTLS%'")), MESSAGES);
+    for server in [&untrusted, &elsewhere] {
+        assert!(server.failed_handshakes() > 0);
+        assert!(server.verbs().is_empty(), "no command reached a server whose certificate was refused");
+    }
+    // Over the stripped connection: EHLO and nothing after it (no AUTH, no MAIL).
+    let verbs = stripped.verbs();
+    assert!(!verbs.is_empty() && verbs.iter().all(|verb| verb == "EHLO" || verb == "QUIT"), "{verbs:?}");
+    assert_eq!(untrusted.distinct_messages() + elsewhere.distinct_messages() + stripped.distinct_messages(), 0);
+
+    // Trusting the CA mends the first account: every message once.
+    client
+        .execute("UPDATE email_accounts.account SET extra_ca_certificate = $1 WHERE name = 'untrusted'", &[&ca])
+        .unwrap();
+    client
+        .execute(
+            &format!(
+                "SELECT email_accounts.retry(outbox_id) FROM email_accounts.outbox WHERE {}",
+                rows_of("untrusted", "true")
+            ),
+            &[],
+        )
+        .unwrap();
+    wait_for_rows(&mut client, "the mended account's rows to be sent", "status = 'sent'", MESSAGES);
+    assert_eq!(untrusted.distinct_messages(), MESSAGES as usize);
+    assert_eq!(untrusted.duplicates(), 0);
 }

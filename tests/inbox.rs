@@ -5,6 +5,7 @@
 // Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
 #![cfg(not(feature = "pg_test"))]
 
+mod broken_mime;
 mod harness;
 
 use harness::{wait_until, CuttingProxy, MailServers, Postgres};
@@ -252,6 +253,58 @@ fn odd_messages_and_the_attachment_limit_are_all_stored() {
         setup.count(&format!("SELECT count(*) FROM email_accounts.message_attachment WHERE message_id = {parsed}")),
         2
     );
+}
+
+#[test]
+fn a_corpus_of_broken_messages_is_stored_once_each_byte_for_byte_and_the_receiver_keeps_going() {
+    let mut setup = setup(&[]);
+    let corpus = broken_mime::corpus();
+    assert!(corpus.len() >= 40, "the issue asks for at least 40, we have {}", corpus.len());
+    let raw: Vec<(Vec<u8>, bool)> = corpus.iter().map(|(_, bytes)| (bytes.clone(), false)).collect();
+    setup.servers.append("support@example.test", "INBOX", &raw);
+    setup.account("Support", "support@example.test", "sync_option = 'all'");
+    let receiver = |client: &mut postgres::Client| -> i32 {
+        client.query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'receiver'", &[]).unwrap().get(0)
+    };
+    let receiver_before = receiver(&mut setup.client);
+
+    let result = setup.sync_now("Support");
+    assert_eq!(result[0].2, "ok", "{result:?}");
+    // (Setting the password already woke the receiver: the sync may have run before sync_now.)
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), corpus.len() as i64);
+    assert_eq!(setup.count("SELECT count(DISTINCT uid) FROM email_accounts.message"), corpus.len() as i64);
+    // Every message is kept as it arrived. Dovecot itself turns bare LF or
+    // CR into CRLF and NUL into 0x80 when it saves: compare without those.
+    let without_line_ends = |raw: &[u8]| -> Vec<u8> {
+        raw.iter()
+            .filter(|byte| **byte != b'\r' && **byte != b'\n')
+            .map(|byte| if *byte == 0 { 0x80 } else { *byte })
+            .collect()
+    };
+    let stored: std::collections::HashSet<Vec<u8>> = setup
+        .client
+        .query("SELECT raw FROM email_accounts.message", &[])
+        .unwrap()
+        .iter()
+        .map(|row| without_line_ends(row.get::<_, &[u8]>(0)))
+        .collect();
+    for (name, bytes) in &corpus {
+        assert!(stored.contains(&without_line_ends(bytes)), "{name} is stored with its bytes");
+    }
+    assert_eq!(
+        setup.count("SELECT count(*) FROM email_accounts.message WHERE internet_message_id = '<same@example.test>'"),
+        3,
+        "three messages with one Message-ID are three messages"
+    );
+    let huge: i64 =
+        setup.count("SELECT length(subject)::bigint FROM email_accounts.message WHERE subject LIKE 'SSSS%'");
+    assert!(huge >= 10 * 1024 * 1024, "the 10 MB subject is kept whole ({huge})");
+
+    // The receiver never went down, and a second sync finds nothing new.
+    assert_eq!(receiver(&mut setup.client), receiver_before);
+    let again = setup.sync_now("Support");
+    assert_eq!((again[0].1, again[0].2.as_str()), (0, "ok"));
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), corpus.len() as i64);
 }
 
 #[test]

@@ -60,3 +60,10 @@ fn run_script(name: &str, arguments: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A throwaway CA and certificates it signs in `directory` (see
+/// scripts/services/certificates.sh): ca.pem, server.pem/.key for
+/// localhost and 127.0.0.1, elsewhere.pem/.key for another name.
+pub fn make_certificates(directory: &Path) {
+    run_script("certificates.sh", &[&directory.to_string_lossy()]);
+}

@@ -1,11 +1,13 @@
 //! An SMTP server of our own for faults a real one will not produce on
 //! demand: 4xx or 421 (closing the connection) to MAIL FROM, 5xx for some
-//! recipients, or accepting the connection and never answering. It counts
-//! every message it accepts by Message-ID, so tests can assert "nothing lost,
-//! nothing twice". The behaviour can change while the sender works.
+//! recipients, or accepting the connection and never answering; with TLS
+//! from the first byte, presenting a certificate of the test's choice. It
+//! counts every message it accepts by Message-ID, so tests can assert
+//! "nothing lost, nothing twice", and every command it was sent, so they can
+//! assert what never arrived. The behaviour can change while the sender works.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -30,8 +32,12 @@ struct Record {
     /// Accepted recipients, per Message-ID.
     recipients: HashMap<String, Vec<String>>,
     connections: usize,
-    /// Lines that arrived before TLS or any greeting: must stay empty on a TLS port.
+    /// What each silent connection's client sent first (a TLS client speaks first).
     first_bytes: Vec<Vec<u8>>,
+    /// Every command's verb, in order (EHLO, MAIL, AUTH, ...).
+    verbs: Vec<String>,
+    /// TLS handshakes that failed (the client refused the certificate).
+    failed_handshakes: usize,
 }
 
 pub struct SmtpResponder {
@@ -43,6 +49,23 @@ pub struct SmtpResponder {
 impl SmtpResponder {
     /// Listens on a free port (or the given one), offering PIPELINING or not.
     pub fn start(port: Option<u16>, behaviour: Behaviour, pipelining: bool) -> SmtpResponder {
+        SmtpResponder::listen(port, behaviour, pipelining, None)
+    }
+
+    /// Listens on a free port speaking TLS from the first byte (like port
+    /// 465) with this certificate and key (PEM, PKCS#8).
+    pub fn start_implicit_tls(behaviour: Behaviour, certificate_pem: &[u8], key_pem: &[u8]) -> SmtpResponder {
+        let identity = native_tls::Identity::from_pkcs8(certificate_pem, key_pem).expect("certificate and key");
+        let acceptor = native_tls::TlsAcceptor::new(identity).expect("TLS acceptor");
+        SmtpResponder::listen(None, behaviour, true, Some(Arc::new(acceptor)))
+    }
+
+    fn listen(
+        port: Option<u16>,
+        behaviour: Behaviour,
+        pipelining: bool,
+        tls: Option<Arc<native_tls::TlsAcceptor>>,
+    ) -> SmtpResponder {
         let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).expect("responder port");
         let port = listener.local_addr().expect("responder address").port();
         let behaviour = Arc::new(Mutex::new(behaviour));
@@ -51,9 +74,22 @@ impl SmtpResponder {
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 shared_record.lock().unwrap().connections += 1;
-                let (behaviour, record) = (shared_behaviour.clone(), shared_record.clone());
+                // Replies to a pipelined group go out as they are written, as a
+                // real server flushes them: with Nagle the second reply waited
+                // for the client's delayed ACK (40 ms per message).
+                let _ = stream.set_nodelay(true);
+                let (behaviour, record, tls) = (shared_behaviour.clone(), shared_record.clone(), tls.clone());
                 thread::spawn(move || {
-                    let _ = converse(stream, &behaviour, &record, pipelining);
+                    let Some(acceptor) = tls else {
+                        let _ = converse(stream, &behaviour, &record, pipelining);
+                        return;
+                    };
+                    match acceptor.accept(stream) {
+                        Ok(stream) => {
+                            let _ = converse(stream, &behaviour, &record, pipelining);
+                        }
+                        Err(_) => record.lock().unwrap().failed_handshakes += 1,
+                    }
                 });
             }
         });
@@ -86,27 +122,35 @@ impl SmtpResponder {
     pub fn first_bytes(&self) -> Vec<Vec<u8>> {
         self.record.lock().unwrap().first_bytes.clone()
     }
+
+    /// Every command verb received, in order.
+    pub fn verbs(&self) -> Vec<String> {
+        self.record.lock().unwrap().verbs.clone()
+    }
+
+    pub fn failed_handshakes(&self) -> usize {
+        self.record.lock().unwrap().failed_handshakes
+    }
 }
 
 fn converse(
-    stream: TcpStream,
+    stream: impl Read + Write,
     behaviour: &Mutex<Behaviour>,
     record: &Mutex<Record>,
     pipelining: bool,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+    let mut reader = BufReader::new(stream);
     let now = || behaviour.lock().unwrap().clone();
     if now() == Behaviour::Silent {
         // Keep what the client sends (a TLS client speaks first), answer nothing.
         let mut first = vec![0u8; 64];
-        let read = std::io::Read::read(&mut reader, &mut first).unwrap_or(0);
+        let read = reader.read(&mut first).unwrap_or(0);
         first.truncate(read);
         record.lock().unwrap().first_bytes.push(first);
         std::thread::sleep(std::time::Duration::from_secs(600));
         return Ok(());
     }
-    writer.write_all(b"220 responder ESMTP\r\n")?;
+    reply(&mut reader, "220 responder ESMTP")?;
     let mut recipients: Vec<String> = Vec::new();
     // Inside a mail transaction (MAIL FROM accepted), as a real server tracks it.
     let mut in_transaction = false;
@@ -118,52 +162,61 @@ fn converse(
         }
         let command = line.trim_end().to_owned();
         let verb = command.split([' ', ':']).next().unwrap_or("").to_ascii_uppercase();
+        record.lock().unwrap().verbs.push(verb.clone());
         match verb.as_str() {
             "EHLO" => {
-                let extensions = if pipelining { "250-PIPELINING\r\n250 8BITMIME\r\n" } else { "250 8BITMIME\r\n" };
-                writer.write_all(format!("250-responder\r\n{extensions}").as_bytes())?;
+                // AUTH is offered on every connection, so a client that would send a
+                // password in the clear gets the chance to (and the test sees it).
+                let extensions = if pipelining {
+                    "250-AUTH PLAIN LOGIN\r\n250-PIPELINING\r\n250 8BITMIME"
+                } else {
+                    "250-AUTH PLAIN LOGIN\r\n250 8BITMIME"
+                };
+                reply(&mut reader, &format!("250-responder\r\n{extensions}"))?;
             }
-            "HELO" | "NOOP" => writer.write_all(b"250 ok\r\n")?,
+            "HELO" | "NOOP" => reply(&mut reader, "250 ok")?,
+            // Any credentials will do (AUTH PLAIN with the initial response).
+            "AUTH" => reply(&mut reader, "235 2.7.0 authenticated")?,
             "RSET" => {
                 recipients.clear();
                 in_transaction = false;
-                writer.write_all(b"250 ok\r\n")?;
+                reply(&mut reader, "250 ok")?;
             }
             "MAIL" => {
                 recipients.clear();
                 in_transaction = false;
                 match now() {
-                    Behaviour::RefuseMail(reply) => {
-                        writer.write_all(format!("{reply}\r\n").as_bytes())?;
-                        if reply.starts_with("421") {
+                    Behaviour::RefuseMail(answer) => {
+                        reply(&mut reader, &answer)?;
+                        if answer.starts_with("421") {
                             return Ok(());
                         }
                     }
                     _ => {
                         in_transaction = true;
-                        writer.write_all(b"250 2.1.0 ok\r\n")?;
+                        reply(&mut reader, "250 2.1.0 ok")?;
                     }
                 }
             }
-            "RCPT" | "DATA" if !in_transaction => writer.write_all(b"503 5.5.1 MAIL first\r\n")?,
+            "RCPT" | "DATA" if !in_transaction => reply(&mut reader, "503 5.5.1 MAIL first")?,
             "RCPT" => {
                 let address = command.split(['<', '>']).nth(1).unwrap_or("").to_owned();
                 match now() {
-                    Behaviour::RefuseRecipients { matching, reply } if address.contains(&matching) => {
-                        writer.write_all(format!("{reply}\r\n").as_bytes())?
+                    Behaviour::RefuseRecipients { matching, reply: answer } if address.contains(&matching) => {
+                        reply(&mut reader, &answer)?
                     }
                     _ => {
                         recipients.push(address);
-                        writer.write_all(b"250 2.1.5 ok\r\n")?;
+                        reply(&mut reader, "250 2.1.5 ok")?;
                     }
                 }
             }
             "DATA" => {
                 if recipients.is_empty() {
-                    writer.write_all(b"554 5.5.1 no valid recipients\r\n")?;
+                    reply(&mut reader, "554 5.5.1 no valid recipients")?;
                     continue;
                 }
-                writer.write_all(b"354 go ahead\r\n")?;
+                reply(&mut reader, "354 go ahead")?;
                 let mut message_id = String::new();
                 loop {
                     line.clear();
@@ -183,13 +236,18 @@ fn converse(
                     *record.accepted.entry(message_id.clone()).or_default() += 1;
                     record.recipients.entry(message_id).or_default().append(&mut recipients);
                 }
-                writer.write_all(b"250 2.0.0 queued\r\n")?;
+                reply(&mut reader, "250 2.0.0 queued")?;
             }
             "QUIT" => {
-                writer.write_all(b"221 bye\r\n")?;
+                reply(&mut reader, "221 bye")?;
                 return Ok(());
             }
-            _ => writer.write_all(b"502 5.5.2 unknown command\r\n")?,
+            _ => reply(&mut reader, "502 5.5.2 unknown command")?,
         }
     }
+}
+
+/// Writes one reply line (or lines joined by CRLF), CRLF-terminated.
+fn reply(reader: &mut BufReader<impl Read + Write>, text: &str) -> std::io::Result<()> {
+    reader.get_mut().write_all(format!("{text}\r\n").as_bytes())
 }
