@@ -4,7 +4,7 @@
 PG_CONFIG      := /usr/lib/postgresql/15/bin/pg_config
 PGRX_TEST_DATA := $(CURDIR)/target/pgrx-test-data
 
-.PHONY: all setup install test test-unit test-pg test-integration demo demo-stop bench fmt
+.PHONY: all setup install test test-unit test-pg test-integration demo demo-stop bench fuzz fmt
 
 all: test
 
@@ -18,9 +18,15 @@ install: setup
 # The three test layers, in order; stops at the first failure.
 test: setup test-unit test-pg test-integration
 
-# Pure Rust: the mail core, no PostgreSQL.
+# Pure Rust: the mail core, no PostgreSQL. Includes the property tests
+# (mail/tests/properties.rs) at proptest's default 256 cases each.
 test-unit:
 	cargo test -p email_accounts_mail
+
+# The property tests for longer: FUZZ_CASES cases each (default 100,000), release build.
+FUZZ_CASES ?= 100000
+fuzz: setup
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p email_accounts_mail --test properties
 
 # #[pg_test]s: SQL functions inside a pgrx-managed PostgreSQL (run as the
 # unprivileged postgres user; initdb refuses root).
