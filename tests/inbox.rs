@@ -486,35 +486,77 @@ fn replies_are_linked_new_mail_creates_rows_and_gets_one_auto_reply() {
 }
 
 #[test]
-fn a_connection_cut_mid_fetch_resumes_without_gaps_or_duplicates() {
-    let mut setup = setup(&["email_accounts.receive_batch_size = 5"]);
-    let proxy = CuttingProxy::start(setup.servers.imaps);
-    let padding = "x".repeat(2000);
-    let messages: Vec<(Vec<u8>, bool)> = (0..40)
-        .map(|index| (message(&format!("cut {index:03}"), &format!("X-Padding: {padding}\r\n")), false))
+fn imap_and_pop3_connections_cut_mid_fetch_resume_without_gaps_or_duplicates() {
+    const MESSAGES: i64 = 2000;
+    let mut setup = setup(&[]);
+    let padding = "x".repeat(500);
+    let messages: Vec<(Vec<u8>, bool)> = (0..MESSAGES)
+        .map(|index| (message(&format!("cut {index:04}"), &format!("X-Padding: {padding}\r\n")), false))
         .collect();
+    let imap = CuttingProxy::start(setup.servers.imaps);
+    let pop3 = CuttingProxy::start(setup.servers.pop3s);
     setup.servers.append("support@example.test", "INBOX", &messages);
-    setup.account("Support", "support@example.test", &format!("sync_option = 'all', incoming_port = {}", proxy.port));
-    // The account's creation already synced through the proxy; start again from nothing.
-    setup.sync_now("Support");
-    setup.client.batch_execute("DELETE FROM email_accounts.message; DELETE FROM email_accounts.sync_state;").unwrap();
-
-    proxy.cut_next_connection_after(40_000);
-    let cut = setup.sync_now("Support");
-    assert_eq!(cut[0].2, "failing", "{cut:?}");
-    assert_eq!(proxy.cuts(), 1);
-    let stored = setup.count("SELECT count(*) FROM email_accounts.message");
-    assert!(stored > 0 && stored < 40, "some batches committed before the cut: {stored}");
+    setup.servers.append("bob@example.test", "INBOX", &messages);
+    // Each cut comes in the middle of the mailbox (about 1.5 MB of it).
+    imap.cut_next_connection_after(600_000);
+    pop3.cut_next_connection_after(600_000);
+    // The whole mailbox on the first sync, not the newest initial_sync_count.
+    setup.account(
+        "Support",
+        "support@example.test",
+        &format!("sync_option = 'all', initial_sync_count = {MESSAGES}, incoming_port = {}", imap.port),
+    );
+    setup.account(
+        "Bob",
+        "bob@example.test",
+        &format!(
+            "incoming_protocol = 'pop3', incoming_port = {}, incoming_security = 'ssl', folders = '{{INBOX}}', \
+             pop3_retrieval = 'keep', initial_sync_count = {MESSAGES}",
+            pop3.port
+        ),
+    );
+    // Creating an account syncs it at once: wait for both cuts to land.
+    wait_until("both connections to be cut", LIMIT, || (imap.cuts() == 1 && pop3.cuts() == 1).then_some(()));
+    let stored_before = |setup: &mut Setup, account: &str| {
+        setup.count(&format!(
+            "SELECT count(*) FROM email_accounts.message
+              WHERE account_id = (SELECT account_id FROM email_accounts.account WHERE name = '{account}')"
+        ))
+    };
+    let imap_stored = wait_until("the IMAP sync to fail", LIMIT, || {
+        let state = setup.count(
+            "SELECT count(*) FROM email_accounts.sync_state JOIN email_accounts.account USING (account_id)
+              WHERE name = 'Support' AND consecutive_failures > 0",
+        );
+        (state == 1).then(|| stored_before(&mut setup, "Support"))
+    });
+    assert!(imap_stored < MESSAGES, "the cut came mid-mailbox: {imap_stored} stored");
     assert_eq!(
-        setup.count("SELECT last_uid FROM email_accounts.sync_state"),
-        stored,
-        "the cursor is where the commits are"
+        setup.count(
+            "SELECT last_uid FROM email_accounts.sync_state JOIN email_accounts.account USING (account_id)
+              WHERE name = 'Support'"
+        ),
+        imap_stored,
+        "the IMAP cursor is where the commits are"
     );
 
-    let resumed = setup.sync_now("Support");
-    assert_eq!(resumed[0].2, "ok", "{resumed:?}");
-    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), 40);
-    assert_eq!(setup.count("SELECT count(DISTINCT uid) FROM email_accounts.message"), 40);
+    for account in ["Support", "Bob"] {
+        let resumed = setup.sync_now(account);
+        assert_eq!(resumed[0].2, "ok", "{account}: {resumed:?}");
+        assert_eq!(stored_before(&mut setup, account), MESSAGES, "{account}: every message");
+    }
+    assert_eq!(
+        setup.count("SELECT count(DISTINCT (account_id, coalesce(uid::text, unique_id))) FROM email_accounts.message"),
+        2 * MESSAGES,
+        "each message once"
+    );
+    assert_eq!(
+        setup.count("SELECT count(DISTINCT (account_id, subject)) FROM email_accounts.message"),
+        2 * MESSAGES,
+        "no gaps: every subject of both mailboxes"
+    );
+    // Bob's POP3 account keeps mail on the server: all 2,000 are still there.
+    assert_eq!(setup.servers.folder_flags("bob@example.test", "INBOX").len(), MESSAGES as usize);
 }
 
 #[test]

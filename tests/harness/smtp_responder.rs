@@ -23,6 +23,9 @@ pub enum Behaviour {
     RefuseRecipients { matching: String, reply: String },
     /// Accepts connections and never says a word.
     Silent,
+    /// 250 to everything, but each message's final reply after this many
+    /// milliseconds: a queue that takes a while, so a crash lands mid-batch.
+    AcceptSlowly(u64),
 }
 
 #[derive(Default)]
@@ -231,6 +234,9 @@ fn converse(
                     }
                 }
                 in_transaction = false;
+                if let Behaviour::AcceptSlowly(milliseconds) = now() {
+                    thread::sleep(std::time::Duration::from_millis(milliseconds));
+                }
                 {
                     let mut record = record.lock().unwrap();
                     *record.accepted.entry(message_id.clone()).or_default() += 1;
