@@ -486,7 +486,7 @@ fn replies_are_linked_new_mail_creates_rows_and_gets_one_auto_reply() {
 }
 
 #[test]
-fn imap_and_pop3_connections_cut_mid_fetch_resume_without_gaps_or_duplicates() {
+fn imap_and_pop3_cut_mid_fetch_then_a_server_restart_resume_without_gaps_or_duplicates() {
     const MESSAGES: i64 = 2000;
     let mut setup = setup(&[]);
     let padding = "x".repeat(500);
@@ -540,6 +540,8 @@ fn imap_and_pop3_connections_cut_mid_fetch_resume_without_gaps_or_duplicates() {
         "the IMAP cursor is where the commits are"
     );
 
+    // The server restarts before the next attempt: the same mailboxes, a new process.
+    setup.servers.restart_dovecot();
     for account in ["Support", "Bob"] {
         let resumed = setup.sync_now(account);
         assert_eq!(resumed[0].2, "ok", "{account}: {resumed:?}");

@@ -43,6 +43,27 @@ impl MailServers {
         servers
     }
 
+    /// Stops Dovecot and starts it again on the same ports with the same
+    /// mail (every open IMAP/POP3 connection is dropped).
+    pub fn restart_dovecot(&self) {
+        let dovecot = text(&self.root.path().join("dovecot"));
+        let certificates = text(&self.root.path().join("certificates"));
+        run_script("dovecot.sh", &["stop", &dovecot]);
+        run_script(
+            "dovecot.sh",
+            &[
+                "start",
+                &dovecot,
+                &certificates,
+                &p(self.imap),
+                &p(self.imaps),
+                &p(self.pop3),
+                &p(self.pop3s),
+                &p(self.lmtp),
+            ],
+        );
+    }
+
     /// The CA that signed the servers' certificate (PEM).
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.ca_path()).expect("CA certificate")
