@@ -120,7 +120,7 @@ COMMENT ON COLUMN email_accounts.account.incoming_security IS 'ssl (TLS from the
 COMMENT ON COLUMN email_accounts.account.folders IS 'IMAP folders to sync, e.g. {INBOX,Support}; POP3 has only one mailbox.';
 COMMENT ON COLUMN email_accounts.account.sync_option IS 'all: every message; unseen: only messages not yet seen on the server.';
 COMMENT ON COLUMN email_accounts.account.initial_sync_count IS 'On the first sync of a folder, fetch only the newest this many messages.';
-COMMENT ON COLUMN email_accounts.account.attachment_size_limit IS 'Attachments larger than this many bytes are recorded without their content.';
+COMMENT ON COLUMN email_accounts.account.attachment_size_limit IS 'Attachments larger than this many bytes: incoming ones are recorded without their content, outgoing ones are refused when queued (SQLSTATE 54000).';
 COMMENT ON COLUMN email_accounts.account.default_incoming IS 'The tenant''s default incoming account: replies to mail sent from accounts that do not always send as themselves are directed here. At most one per tenant.';
 COMMENT ON COLUMN email_accounts.account.pop3_retrieval IS 'POP3 only: keep messages on the server, delete each once it is stored in the database (delete_after_store), or delete it pop3_delete_after_days after it was stored.';
 COMMENT ON COLUMN email_accounts.account.pop3_delete_after_days IS 'Days after which a stored message is deleted from the POP3 server, with pop3_retrieval = delete_after_days.';

@@ -181,6 +181,34 @@ CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
 CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.outbox_inserted();
 
+-- An attachment the account would not accept incoming is refused outgoing
+-- too: better a clear error in the caller's transaction than a 552 later.
+CREATE FUNCTION email_accounts.outbox_attachment_before_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    account email_accounts.account;
+BEGIN
+    SELECT a.* INTO account
+      FROM email_accounts.outbox AS o JOIN email_accounts.account AS a USING (account_id)
+     WHERE o.outbox_id = NEW.outbox_id;
+    IF octet_length(NEW.content) > account.attachment_size_limit THEN
+        PERFORM email_accounts.raise_outbox_error('attachments',
+            format('attachment %s (%s) is %s bytes, over the attachment_size_limit of account %s (%s bytes)',
+                   NEW.position, NEW.filename, octet_length(NEW.content), quote_literal(account.name),
+                   account.attachment_size_limit),
+            'program_limit_exceeded');
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.outbox_attachment_before_insert() IS
+  'Trigger: refuses an attachment larger than its account''s attachment_size_limit (SQLSTATE 54000, naming the field).';
+
+CREATE TRIGGER check_size BEFORE INSERT OR UPDATE OF content ON email_accounts.outbox_attachment
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_attachment_before_insert();
+
 CREATE FUNCTION email_accounts.send(
     "to"            text[] DEFAULT '{}',
     subject         text DEFAULT '',

@@ -75,6 +75,37 @@ mod tests {
     }
 
     #[pg_test]
+    fn an_attachment_over_the_accounts_limit_is_refused_and_the_queue_is_untouched() {
+        accounts();
+        assert_ok("SELECT email_accounts.send(\"to\" => '{a@example.com}', subject => 'before')");
+        // 50 MB against the default limit of 25 MB, through send() and through a plain INSERT.
+        let big =
+            "ROW('big.bin', NULL, convert_to(repeat('x', 50 * 1024 * 1024), 'UTF8'), NULL)::email_accounts.attachment";
+        let outcome = assert_fails(
+            &format!("SELECT email_accounts.send(\"to\" => '{{a@example.com}}', attachments => ARRAY[{big}])"),
+            "54000",
+            "attachments",
+        );
+        assert!(outcome.message.contains("over the attachment_size_limit"), "{outcome:?}");
+        let queued = Spi::get_one::<i64>("SELECT email_accounts.send(\"to\" => '{a@example.com}', subject => 'plain')")
+            .unwrap()
+            .unwrap();
+        assert_fails(
+            &format!(
+                "INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content)
+                 VALUES ({queued}, 1, 'big.bin', convert_to(repeat('x', 50 * 1024 * 1024), 'UTF8'))"
+            ),
+            "54000",
+            "attachments",
+        );
+        // Under a raised limit the same file is queued.
+        Spi::run("UPDATE email_accounts.account SET attachment_size_limit = 60 * 1024 * 1024").unwrap();
+        assert_ok(&format!("SELECT email_accounts.send(\"to\" => '{{a@example.com}}', attachments => ARRAY[{big}])"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM email_accounts.outbox"), Ok(Some(3)));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM email_accounts.outbox_attachment"), Ok(Some(1)));
+    }
+
+    #[pg_test]
     fn accounts_are_chosen_in_the_documented_order() {
         accounts();
         // 1. The account named.

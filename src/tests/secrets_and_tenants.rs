@@ -119,6 +119,7 @@ mod tests {
         );
         assert_fails("SELECT email_accounts.set_password('account b', 'x')", "42704", "account b");
         assert_fails("SELECT email_accounts.test_account('account b')", "42704", "account b");
+        assert_fails("SELECT * FROM email_accounts.sync_now('account b')", "42704", "account b");
         // Shared domains and presets are not theirs to rewire.
         assert_fails(
             "INSERT INTO email_accounts.domain (domain_name, smtp_host) VALUES ('b.example', 'evil.example')",
