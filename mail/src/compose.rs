@@ -206,7 +206,7 @@ pub fn compose(message: &OutgoingMessage) -> Result<ComposedMessage, ComposeErro
     let mut builder = Message::builder()
         .message_id(Some(message.message_id.clone()))
         .from(from.clone())
-        .raw_header(header("Subject", message.subject.clone())?)
+        .raw_header(text_header("Subject", message.subject.clone())?)
         .date(message.date.unwrap_or_else(SystemTime::now));
     for mailbox in to {
         builder = builder.to(mailbox);
@@ -229,18 +229,26 @@ pub fn compose(message: &OutgoingMessage) -> Result<ComposedMessage, ComposeErro
     }
     if let Some(url) = &message.unsubscribe_url {
         builder = builder
-            .raw_header(header("List-Unsubscribe", format!("<{url}>"))?)
-            .raw_header(header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned())?);
+            .raw_header(structured_header("List-Unsubscribe", format!("<{url}>"))?)
+            .raw_header(structured_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned())?);
     }
     for (name, value) in &message.headers {
         check_header(name, value)?;
-        builder = builder.raw_header(header(name, value.clone())?);
+        builder = builder.raw_header(text_header(name, value.clone())?);
     }
     let (text, html) = bodies(message);
     let email = builder
         .multipart(body_tree(text, html, &message.attachments)?)
         .map_err(|error| ComposeError::Build(error.to_string()))?;
     Ok(ComposedMessage { envelope_from: from.email, recipients, bytes: email.formatted() })
+}
+
+/// A header whose value has a syntax of its own (a URL in angle brackets):
+/// never encoded-words, which only unstructured text may use.
+fn structured_header(name: &str, value: String) -> Result<HeaderValue, ComposeError> {
+    let header_name =
+        HeaderName::new_from_ascii(name.to_owned()).map_err(|_| ComposeError::HeaderName(name.to_owned()))?;
+    Ok(HeaderValue::new(header_name, value))
 }
 
 /// Words longer than this are RFC 2047-encoded, so the line can be folded.
@@ -253,15 +261,15 @@ const LONGEST_PLAIN_WORD: usize = 76;
 /// 1,210-octet line (over SMTP's 998), a subject "=?utf-8?B??=" arrived
 /// empty, and the spaces between two non-ASCII words were lost (whitespace
 /// between encoded-words is not text).
-fn header(name: &str, value: String) -> Result<HeaderValue, ComposeError> {
-    let header_name =
-        HeaderName::new_from_ascii(name.to_owned()).map_err(|_| ComposeError::HeaderName(name.to_owned()))?;
+fn text_header(name: &str, value: String) -> Result<HeaderValue, ComposeError> {
     let plain = value.is_ascii()
         && !value.contains("=?")
         && value.split([' ', '\t']).all(|word| word.len() <= LONGEST_PLAIN_WORD);
     if plain {
-        return Ok(HeaderValue::new(header_name, value));
+        return structured_header(name, value);
     }
+    let header_name =
+        HeaderName::new_from_ascii(name.to_owned()).map_err(|_| ComposeError::HeaderName(name.to_owned()))?;
     let mut encoded = String::new();
     {
         let mut writer =
@@ -344,23 +352,25 @@ mod tests {
             },
         ];
         message.signature = Some("Sales team\nExample & Co".to_owned());
-        message.unsubscribe_url = Some("https://example.test/u?t=abc".to_owned());
+        // Real tokens make URLs longer than a foldable word: they stay literal.
+        let token = "t".repeat(120);
+        message.unsubscribe_url = Some(format!("https://example.test/u?t={token}"));
         message.tracking_pixel_url = Some("https://example.test/o?t=def".to_owned());
         let composed = compose(&message).unwrap();
         let raw = text(&composed);
         assert!(raw.contains("multipart/mixed") && raw.contains("multipart/alternative"), "{raw}");
         assert!(raw.contains("multipart/related"), "inline images travel with the HTML: {raw}");
-        assert!(raw.contains("List-Unsubscribe: <https://example.test/u?t=abc>"), "{raw}");
+        assert!(raw.contains(&format!("List-Unsubscribe: <https://example.test/u?t={token}>")), "{raw}");
         assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{raw}");
 
         // Read back as a receiver reads it.
         let parsed = mail_parser::MessageParser::default().parse(&composed.bytes).unwrap();
         let plain = parsed.body_text(0).unwrap().replace("\r\n", "\n");
         assert!(plain.starts_with("Hello Ann\n\n-- \nSales team\nExample & Co"), "{plain:?}");
-        assert!(plain.ends_with("Unsubscribe: https://example.test/u?t=abc"), "{plain:?}");
+        assert!(plain.ends_with(&format!("Unsubscribe: https://example.test/u?t={token}")), "{plain:?}");
         let html = parsed.body_html(0).unwrap();
         assert!(html.contains("Example &amp; Co</div>"), "{html}");
-        assert!(html.contains("<a href=\"https://example.test/u?t=abc\">Unsubscribe</a>"), "{html}");
+        assert!(html.contains(&format!("<a href=\"https://example.test/u?t={token}\">Unsubscribe</a>")), "{html}");
         assert!(html.contains("<img src=\"https://example.test/o?t=def\" width=\"1\""), "{html}");
         let attachments: Vec<(String, Vec<u8>, Option<String>)> = parsed
             .attachments()
