@@ -561,6 +561,47 @@ fn imap_and_pop3_cut_mid_fetch_then_a_server_restart_resume_without_gaps_or_dupl
     assert_eq!(setup.servers.folder_flags("bob@example.test", "INBOX").len(), MESSAGES as usize);
 }
 
+/// Scans of the tables the receiver reads to find due accounts.
+fn receiver_scans(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT sum(coalesce(seq_scan, 0) + coalesce(idx_scan, 0))::bigint FROM pg_stat_user_tables
+              WHERE schemaname = 'email_accounts' AND relname IN ('account', 'sync_state')",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn receiver_timeouts(client: &mut postgres::Client) -> i64 {
+    client.query_one("SELECT timeouts FROM email_accounts.worker_status() WHERE role = 'receiver'", &[]).unwrap().get(0)
+}
+
+#[test]
+fn an_idle_receiver_runs_no_statements_but_its_poll_still_sees_sync_state_changed_behind_its_back() {
+    let mut setup = setup(&["email_accounts.fallback_poll_interval = '200ms'"]);
+    setup.account("Support", "support@example.test", "sync_option = 'all'");
+    setup.sync_now("Support");
+    setup.client.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+    let settled = receiver_timeouts(&mut setup.client);
+    wait_until("the receiver to poll a few times", LIMIT, || {
+        (receiver_timeouts(&mut setup.client) >= settled + 3).then_some(())
+    });
+    let scans = receiver_scans(&mut setup.client);
+    let polls = receiver_timeouts(&mut setup.client);
+    wait_until("five more polls", LIMIT, || (receiver_timeouts(&mut setup.client) >= polls + 5).then_some(()));
+    assert_eq!(receiver_scans(&mut setup.client), scans, "an idle receiver does not query its tables");
+
+    // Mail arrives and the DBA makes the folder due by hand, waking nobody:
+    // the poll notices the changed sync state and syncs.
+    setup.servers.append("support@example.test", "INBOX", &[(message("found by the poll", ""), false)]);
+    setup.client.batch_execute("UPDATE email_accounts.sync_state SET next_attempt_at = now()").unwrap();
+    wait_until("the poll to sync the new message", LIMIT, || {
+        (setup.count("SELECT count(*) FROM email_accounts.message WHERE subject = 'found by the poll'") == 1)
+            .then_some(())
+    });
+}
+
 #[test]
 fn imap_idle_brings_new_mail_in_without_polling() {
     let mut setup = setup(&["email_accounts.imap_idle = on"]);

@@ -70,6 +70,9 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     // no statement) while the count stays the same; a latch wake-up never does.
     let mut idle_at_changes: Option<i64> = None;
     let mut woken_by_latch = true;
+    // The receiver's idle state: the change count before a run, and when
+    // that run said the next account is due.
+    let mut receiver_idle: Option<(i64, Option<std::time::Instant>)> = None;
     let mut postmaster_died = false;
     loop {
         let installed = match catalog::extension_installed() {
@@ -97,8 +100,29 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             idle_watchers.stop_all();
         }
         if installed && role == Role::Receiver {
-            sleep = sleep.min(super::receiver::run(&mut idle_watchers));
-            unsafe { pg_sys::pgstat_report_stat(true) };
+            // A timeout wake-up before the next account is due, with no
+            // change to accounts or sync state since a run, runs no statement.
+            let changes = catalog::receiving_changes().ok().flatten();
+            let now = std::time::Instant::now();
+            let idle = receiver_idle.filter(|(idle_changes, due_at)| {
+                Some(*idle_changes) == changes && due_at.is_none_or(|due_at| now < due_at)
+            });
+            match idle {
+                Some((_, due_at)) if !woken_by_latch && !board::sync_requested() => {
+                    if let Some(due_at) = due_at {
+                        sleep = sleep.min(due_at - now);
+                    }
+                }
+                _ => {
+                    let next_sync = super::receiver::run(&mut idle_watchers);
+                    if let Some(next_sync) = next_sync {
+                        sleep = sleep.min(next_sync);
+                    }
+                    let due_at = next_sync.map(|next_sync| std::time::Instant::now() + next_sync);
+                    receiver_idle = changes.map(|changes| (changes, due_at));
+                    unsafe { pg_sys::pgstat_report_stat(true) };
+                }
+            }
         }
         if installed && role == Role::Sender {
             let changes = catalog::outbox_changes().ok().flatten();

@@ -150,7 +150,8 @@ fn record(account_id: i64, outcomes: &[FolderOutcome]) {
 }
 
 /// Syncs the due and requested accounts; returns the time until the next is due.
-pub fn run(watchers: &mut IdleWatchers) -> Duration {
+/// Returns when the next account is due (`None`: none is scheduled).
+pub fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
     let requests = board::take_sync_requests();
     let mut requested: Vec<i64> = requests.iter().map(|(_, account_id)| *account_id).collect();
     requested.extend(watchers.take_changed());
@@ -243,10 +244,10 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) {
 }
 
 /// Time until the next account is due; a failed look-up is retried in a second.
-fn next_sync() -> Duration {
+fn next_sync() -> Option<Duration> {
     match in_transaction(inbox::seconds_until_next_sync) {
-        Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.max(0.05)),
-        Ok(Ok(None)) => settings::fallback_poll_interval(),
-        Ok(Err(_)) | Err(_) => Duration::from_secs(1),
+        Ok(Ok(Some(seconds))) => Some(Duration::from_secs_f64(seconds.max(0.05))),
+        Ok(Ok(None)) => None,
+        Ok(Err(_)) | Err(_) => Some(Duration::from_secs(1)),
     }
 }
