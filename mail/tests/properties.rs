@@ -118,6 +118,7 @@ proptest! {
         header_value in hostile_text(),
         attachment in prop::collection::vec(any::<u8>(), 0..3000),
         filename in hostile_text().prop_map(without_line_breaks),
+        unsubscribe_token in proptest::option::of("[A-Za-z0-9_.-]{1,300}"),
     ) {
         let custom = ("X-Custom".to_owned(), header_value.clone());
         let headers = if check_header(&custom.0, &custom.1).is_ok() { vec![custom] } else { Vec::new() };
@@ -134,6 +135,7 @@ proptest! {
                 content_id: None,
             }],
             headers,
+            unsubscribe_url: unsubscribe_token.as_ref().map(|token| format!("https://app.example.test/u?token={token}")),
             ..Default::default()
         };
         let composed = match compose(&message) {
@@ -152,14 +154,23 @@ proptest! {
         }
         let parsed = parse(bytes, u64::MAX).expect("a composed message parses");
         let allowed = ["from", "to", "subject", "message-id", "date", "mime-version", "content-type",
-                       "content-transfer-encoding", "x-custom"];
+                       "content-transfer-encoding", "x-custom", "list-unsubscribe", "list-unsubscribe-post"];
+        if let Some(url) = &message.unsubscribe_url {
+            // A URL header is structured: literal, never encoded-words.
+            let literal = format!("List-Unsubscribe: <{url}>\r\n");
+            prop_assert!(bytes.windows(literal.len()).any(|window| window == literal.as_bytes()), "{}", literal);
+        }
         for (name, _) in &parsed.headers {
             prop_assert!(allowed.contains(&name.to_ascii_lowercase().as_str()), "unexpected header {}", name);
         }
         let normalize = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
         prop_assert_eq!(normalize(parsed.subject.as_deref().unwrap_or("")), normalize(&subject));
         let parsed_text = parsed.text_body.unwrap_or_default();
-        prop_assert_eq!(normalize(&parsed_text), normalize(&text));
+        let expected = match &message.unsubscribe_url {
+            Some(url) => format!("{text} Unsubscribe: {url}"),
+            None => text.clone(),
+        };
+        prop_assert_eq!(normalize(&parsed_text), normalize(&expected));
     }
 
     /// Signed links verify for their purpose only, and any change breaks them.
