@@ -334,3 +334,28 @@ fn dropping_another_database_mid_batch_neither_waits_for_nor_disturbs_the_worker
     assert_eq!(server.distinct_messages(), MESSAGES as usize);
     assert_eq!(server.duplicates(), 0);
 }
+
+#[test]
+fn drop_extension_mid_batch_then_create_it_again_and_the_sender_carries_on() {
+    let (_cluster, mut client) = cluster(&[]);
+    let server = SmtpResponder::start(None, Behaviour::AcceptSlowly(2), true);
+    account(&mut client, "steady", server.port);
+    queue(&mut client, "steady", MESSAGES, "ARRAY['first' || n || '@example.test']");
+    while count(&mut client, "status = 'sent'") < 100 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = sender_pid(&mut client).unwrap().unwrap();
+    // The DBA drops the extension, queue and all, while a round is on the
+    // wire: the worker yields its locks, loses nothing it still holds.
+    client.batch_execute("DROP EXTENSION email_accounts CASCADE").unwrap();
+    let delivered_before_drop = server.distinct_messages();
+    assert!(delivered_before_drop < MESSAGES as usize, "the drop landed mid-batch");
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    account(&mut client, "steady", server.port);
+    queue(&mut client, "steady", MESSAGES, "ARRAY['second' || n || '@example.test']");
+    wait_for_rows(&mut client, "the new queue to be sent", "status = 'sent'", MESSAGES);
+    assert_eq!(sender_pid(&mut client).unwrap(), Some(before), "the same sender throughout");
+    // The new queue arrived once each; the old one stopped where the drop cut it.
+    assert_eq!(server.duplicates(), 0);
+    assert!(server.distinct_messages() >= MESSAGES as usize + 100);
+}

@@ -8,7 +8,7 @@
 mod broken_mime;
 mod harness;
 
-use harness::{wait_until, CuttingProxy, MailServers, Postgres};
+use harness::{table_scans, wait_until, worker_timeouts, CuttingProxy, MailServers, Postgres};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -486,6 +486,38 @@ fn replies_are_linked_new_mail_creates_rows_and_gets_one_auto_reply() {
 }
 
 #[test]
+fn a_changed_uidvalidity_on_a_folder_of_2000_stores_nothing_twice() {
+    const MESSAGES: usize = 2000;
+    let mut setup = setup(&[]);
+    let address = "support@example.test";
+    setup.servers.append(address, "Archive", &numbered("archived", 0..MESSAGES));
+    setup.account(
+        "Support",
+        address,
+        // A folder synced afresh reads the newest initial_sync_count: all of it here.
+        &format!("sync_option = 'all', initial_sync_count = {}, folders = '{{Archive}}'", MESSAGES + 10),
+    );
+    assert_eq!(setup.sync_now("Support")[0].2, "ok");
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), MESSAGES as i64);
+
+    // The folder is recreated (a new UIDVALIDITY) with the same mail and ten more.
+    setup.servers.recreate_folder(address, "Archive");
+    setup.servers.append(address, "Archive", &numbered("archived", 0..MESSAGES + 10));
+    let result = setup.sync_now("Support");
+    assert_eq!((result[0].1, result[0].2.as_str()), (10, "ok"), "{result:?}");
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), MESSAGES as i64 + 10);
+    assert_eq!(setup.count("SELECT count(DISTINCT subject) FROM email_accounts.message"), MESSAGES as i64 + 10);
+    assert_eq!(
+        setup.count(
+            "SELECT count(*) FROM email_accounts.message
+              WHERE uidvalidity = (SELECT uidvalidity FROM email_accounts.sync_state WHERE folder = 'Archive')"
+        ),
+        MESSAGES as i64 + 10,
+        "every stored message rebound to its new UID"
+    );
+}
+
+#[test]
 fn imap_and_pop3_cut_mid_fetch_then_a_server_restart_resume_without_gaps_or_duplicates() {
     const MESSAGES: i64 = 2000;
     let mut setup = setup(&[]);
@@ -561,36 +593,26 @@ fn imap_and_pop3_cut_mid_fetch_then_a_server_restart_resume_without_gaps_or_dupl
     assert_eq!(setup.servers.folder_flags("bob@example.test", "INBOX").len(), MESSAGES as usize);
 }
 
-/// Scans of the tables the receiver reads to find due accounts.
-fn receiver_scans(client: &mut postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT sum(coalesce(seq_scan, 0) + coalesce(idx_scan, 0))::bigint FROM pg_stat_user_tables
-              WHERE schemaname = 'email_accounts' AND relname IN ('account', 'sync_state')",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
-fn receiver_timeouts(client: &mut postgres::Client) -> i64 {
-    client.query_one("SELECT timeouts FROM email_accounts.worker_status() WHERE role = 'receiver'", &[]).unwrap().get(0)
-}
-
 #[test]
 fn an_idle_receiver_runs_no_statements_but_its_poll_still_sees_sync_state_changed_behind_its_back() {
     let mut setup = setup(&["email_accounts.fallback_poll_interval = '200ms'"]);
     setup.account("Support", "support@example.test", "sync_option = 'all'");
     setup.sync_now("Support");
     setup.client.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
-    let settled = receiver_timeouts(&mut setup.client);
+    let settled = worker_timeouts(&mut setup.client, "receiver");
     wait_until("the receiver to poll a few times", LIMIT, || {
-        (receiver_timeouts(&mut setup.client) >= settled + 3).then_some(())
+        (worker_timeouts(&mut setup.client, "receiver") >= settled + 3).then_some(())
     });
-    let scans = receiver_scans(&mut setup.client);
-    let polls = receiver_timeouts(&mut setup.client);
-    wait_until("five more polls", LIMIT, || (receiver_timeouts(&mut setup.client) >= polls + 5).then_some(()));
-    assert_eq!(receiver_scans(&mut setup.client), scans, "an idle receiver does not query its tables");
+    let scans = table_scans(&mut setup.client, &["account", "sync_state"]);
+    let polls = worker_timeouts(&mut setup.client, "receiver");
+    wait_until("five more polls", LIMIT, || {
+        (worker_timeouts(&mut setup.client, "receiver") >= polls + 5).then_some(())
+    });
+    assert_eq!(
+        table_scans(&mut setup.client, &["account", "sync_state"]),
+        scans,
+        "an idle receiver does not query its tables"
+    );
 
     // Mail arrives and the DBA makes the folder due by hand, waking nobody:
     // the poll notices the changed sync state and syncs.

@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::{wait_until, MailServers, Postgres};
+use harness::{table_scans, wait_until, worker_timeouts, MailServers, Postgres};
 use mail_parser::MimeHeaders;
 use std::time::Duration;
 
@@ -554,22 +554,6 @@ fn pg_dump_keeps_accounts_secrets_and_the_queue() {
     assert!(!presets.unwrap_or_default().contains("imap.gmail.com"), "built-in presets are dumped: {presets:?}");
 }
 
-/// Scans of the outbox so far (the sender's statements show up here).
-fn outbox_scans(client: &mut postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables
-              WHERE schemaname = 'email_accounts' AND relname = 'outbox'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
-fn sender_timeouts(client: &mut postgres::Client) -> i64 {
-    client.query_one("SELECT timeouts FROM email_accounts.worker_status() WHERE role = 'sender'", &[]).unwrap().get(0)
-}
-
 #[test]
 fn an_idle_sender_runs_no_statements_but_its_poll_still_finds_rows_that_did_not_wake_it() {
     let mut setup = setup_with(&["email_accounts.fallback_poll_interval = '200ms'"]);
@@ -577,14 +561,14 @@ fn an_idle_sender_runs_no_statements_but_its_poll_still_finds_rows_that_did_not_
     // memory lazily; flush them first so they do not land in the window.
     setup.client.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
     // Let the sender settle: a few polls after setup.
-    let settled = sender_timeouts(&mut setup.client);
+    let settled = worker_timeouts(&mut setup.client, "sender");
     wait_until("the sender to poll a few times", LIMIT, || {
-        (sender_timeouts(&mut setup.client) >= settled + 3).then_some(())
+        (worker_timeouts(&mut setup.client, "sender") >= settled + 3).then_some(())
     });
-    let scans = outbox_scans(&mut setup.client);
-    let polls = sender_timeouts(&mut setup.client);
-    wait_until("five more polls", LIMIT, || (sender_timeouts(&mut setup.client) >= polls + 5).then_some(()));
-    assert_eq!(outbox_scans(&mut setup.client), scans, "an idle sender does not query the outbox");
+    let scans = table_scans(&mut setup.client, &["outbox"]);
+    let polls = worker_timeouts(&mut setup.client, "sender");
+    wait_until("five more polls", LIMIT, || (worker_timeouts(&mut setup.client, "sender") >= polls + 5).then_some(()));
+    assert_eq!(table_scans(&mut setup.client, &["outbox"]), scans, "an idle sender does not query the outbox");
 
     // A row that arrives without waking the sender (its trigger disabled, as
     // a restore or a replication apply would) is found by the poll.

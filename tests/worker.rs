@@ -7,7 +7,7 @@
 
 mod harness;
 
-use harness::{wait_until, Postgres};
+use harness::{wait_until, Behaviour, Postgres, SmtpResponder};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -176,6 +176,24 @@ fn workers_never_run_on_a_hot_standby() {
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     wait_until("the primary's workers to be idle", LIMIT, || states_are(&mut client, "idle"));
 
+    // 2,000 messages queued and sent on the primary: the standby must send none again.
+    let server = SmtpResponder::start(None, Behaviour::Accept, true);
+    client
+        .execute(
+            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
+                                                 no_smtp_authentication)
+             VALUES ('steady', 'steady@example.test', true, '127.0.0.1', $1, 'none', true)",
+            &[&i32::from(server.port)],
+        )
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO email_accounts.outbox (account, to_addresses, subject)
+             SELECT 'steady', ARRAY['to' || n || '@example.test'], 'standby ' || n FROM generate_series(1, 2000) AS n",
+            &[],
+        )
+        .unwrap();
+
     let standby = primary.start_standby();
     let mut replica = standby.connect_when_ready("postgres");
     let in_recovery: bool = replica.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
@@ -189,11 +207,17 @@ fn workers_never_run_on_a_hot_standby() {
         worker_states(&mut replica),
         [("receiver".to_owned(), "not started".to_owned()), ("sender".to_owned(), "not started".to_owned())]
     );
+    wait_until("the primary to send all 2,000", LIMIT, || (server.distinct_messages() == 2000).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.duplicates(), 0, "nothing was sent twice (the standby sent nothing)");
 
     // Once promoted it is a primary, and its workers start.
     replica.batch_execute("SELECT pg_promote()").unwrap();
     wait_until("the promoted server's workers to be idle", LIMIT, || states_are(&mut replica, "idle"));
     assert_eq!(worker_pids(&mut replica).len(), 2);
+    // What the primary sent arrived as sent: the promoted server sends none of it again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!((server.distinct_messages(), server.duplicates()), (2000, 0));
 }
 
 #[test]

@@ -67,3 +67,21 @@ fn run_script(name: &str, arguments: &[&str]) {
 pub fn make_certificates(directory: &Path) {
     run_script("certificates.sh", &[&directory.to_string_lossy()]);
 }
+
+/// Sequential plus index scans of these tables of the extension so far: a
+/// worker's statements show up here, so an idle worker's count stands still.
+pub fn table_scans(client: &mut ::postgres::Client, tables: &[&str]) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(sum(coalesce(seq_scan, 0) + coalesce(idx_scan, 0)), 0)::bigint FROM pg_stat_user_tables
+              WHERE schemaname = 'email_accounts' AND relname = ANY ($1)",
+            &[&tables],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Times a worker woke because its fallback poll interval passed.
+pub fn worker_timeouts(client: &mut ::postgres::Client, role: &str) -> i64 {
+    client.query_one("SELECT timeouts FROM email_accounts.worker_status() WHERE role = $1", &[&role]).unwrap().get(0)
+}
