@@ -1,7 +1,7 @@
 //! Real mail servers on 127.0.0.1: Dovecot (IMAP, IMAPS, POP3, POP3S, LMTP)
 //! and a private Postfix (SMTP with STARTTLS, SMTPS) delivering into Dovecot.
 
-use super::{free_port, run_directory, run_script};
+use super::{free_ports, run_directory, run_script};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +29,7 @@ pub struct MailServers {
 impl MailServers {
     pub fn start() -> MailServers {
         let root = run_directory("mail");
-        let [imap, imaps, pop3, pop3s, lmtp, smtp, smtps] = std::array::from_fn(|_| free_port());
+        let [imap, imaps, pop3, pop3s, lmtp, smtp, smtps] = free_ports();
         let certificates = text(&root.path().join("certificates"));
         let dovecot = text(&root.path().join("dovecot"));
         let postfix = text(&root.path().join("postfix"));

@@ -24,10 +24,17 @@ use std::process::Command;
 
 /// A port on 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("no free port on 127.0.0.1")
+    let [port] = free_ports();
+    port
+}
+
+/// N different ports on 127.0.0.1 that nothing listens on right now. All are
+/// held open until all are chosen: ports taken one after another could come
+/// back twice (CI once gave Postfix's smtps and LMTP the same one).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> =
+        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("no free port on 127.0.0.1")).collect();
+    std::array::from_fn(|index| listeners[index].local_addr().expect("a bound address").port())
 }
 
 /// A directory for one run's servers that the `postgres` and `mail` users can
