@@ -273,6 +273,15 @@ fn a_certificate_that_is_not_trusted_or_does_not_match_and_a_stripped_starttls_s
     assert_eq!(untrusted.duplicates(), 0);
 }
 
+/// Waits (checking often, so a fault lands mid-batch) until `at_least` rows are sent.
+fn until_sent(client: &mut postgres::Client, at_least: i64) {
+    let started = std::time::Instant::now();
+    while count(client, "status = 'sent'") < at_least {
+        assert!(started.elapsed() < LIMIT, "gave up waiting for {at_least} rows to be sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The sender's process id from the board.
 fn sender_pid(client: &mut postgres::Client) -> Result<Option<i32>, postgres::Error> {
     client.query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])?.try_get(0)
@@ -288,9 +297,7 @@ fn a_crash_mid_batch_loses_nothing_and_repeats_at_most_the_round_on_the_wire() {
         let server = SmtpResponder::start(None, Behaviour::AcceptSlowly(2), true);
         account(&mut client, "steady", server.port);
         queue(&mut client, "steady", MESSAGES, "ARRAY['to' || n || '@example.test']");
-        while count(&mut client, "status = 'sent'") < 300 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        until_sent(&mut client, 300);
 
         let before = sender_pid(&mut client).unwrap().unwrap();
         let in_flight = count(&mut client, "status = 'sending'");
@@ -342,9 +349,7 @@ fn drop_extension_mid_batch_then_create_it_again_and_the_sender_carries_on() {
     let server = SmtpResponder::start(None, Behaviour::AcceptSlowly(2), true);
     account(&mut client, "steady", server.port);
     queue(&mut client, "steady", MESSAGES, "ARRAY['first' || n || '@example.test']");
-    while count(&mut client, "status = 'sent'") < 100 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_sent(&mut client, 100);
     let before = sender_pid(&mut client).unwrap().unwrap();
     // The DBA drops the extension, queue and all, while a round is on the
     // wire: the worker yields its locks, loses nothing it still holds.

@@ -65,14 +65,9 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     }
     let mut idle_watchers = super::idle_watch::IdleWatchers::default();
     let mut extension_was_installed = None;
-    // The sender's idle state: the outbox change count when a drain last
-    // found nothing waiting. A timeout wake-up skips the drain (and so runs
-    // no statement) while the count stays the same; a latch wake-up never does.
-    let mut idle_at_changes: Option<i64> = None;
+    // A timeout wake-up with nothing new runs no statement (see idle.rs).
+    let mut idle = super::idle::IdleSkip::default();
     let mut woken_by_latch = true;
-    // The receiver's idle state: the change count before a run, and when
-    // that run said the next account is due.
-    let mut receiver_idle: Option<(i64, Option<std::time::Instant>)> = None;
     let mut postmaster_died = false;
     loop {
         let installed = match catalog::extension_installed() {
@@ -100,43 +95,29 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             idle_watchers.stop_all();
         }
         if installed && role == Role::Receiver {
-            // A timeout wake-up before the next account is due, with no
-            // change to accounts or sync state since a run, runs no statement.
             let changes = catalog::receiving_changes().ok().flatten();
-            let now = std::time::Instant::now();
-            let idle = receiver_idle.filter(|(idle_changes, due_at)| {
-                Some(*idle_changes) == changes && due_at.is_none_or(|due_at| now < due_at)
-            });
-            match idle {
-                Some((_, due_at)) if !woken_by_latch && !board::sync_requested() => {
-                    if let Some(due_at) = due_at {
-                        sleep = sleep.min(due_at - now);
-                    }
-                }
-                _ => {
+            let woken = woken_by_latch || board::sync_requested();
+            match idle.skip(changes, woken) {
+                Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
+                None => {
                     let next_sync = super::receiver::run(&mut idle_watchers);
-                    if let Some(next_sync) = next_sync {
-                        sleep = sleep.min(next_sync);
-                    }
-                    let due_at = next_sync.map(|next_sync| std::time::Instant::now() + next_sync);
-                    receiver_idle = changes.map(|changes| (changes, due_at));
+                    sleep = sleep.min(next_sync.unwrap_or(sleep));
+                    idle.ran(changes, next_sync);
                     unsafe { pg_sys::pgstat_report_stat(true) };
                 }
             }
         }
         if installed && role == Role::Sender {
             let changes = catalog::outbox_changes().ok().flatten();
-            let nothing_new = !woken_by_latch && idle_at_changes.is_some() && changes == idle_at_changes;
-            if !nothing_new {
-                match super::sender::step(role.worker_name()) {
-                    Some(next_due) => {
-                        sleep = sleep.min(next_due);
-                        idle_at_changes = None;
-                    }
-                    None => idle_at_changes = changes,
+            match idle.skip(changes, woken_by_latch) {
+                Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
+                None => {
+                    let next_due = super::sender::step(role.worker_name());
+                    sleep = sleep.min(next_due.unwrap_or(sleep));
+                    idle.ran(changes, next_due);
+                    // Background workers flush their statistics themselves.
+                    unsafe { pg_sys::pgstat_report_stat(true) };
                 }
-                // Background workers flush their statistics themselves.
-                unsafe { pg_sys::pgstat_report_stat(true) };
             }
             // SMTP connections kept open after a burst close once idle (no statements).
             if let Some(look_again) = super::sender::close_idle_connections() {
