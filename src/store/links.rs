@@ -4,7 +4,8 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
 pub fn signing_key() -> Result<Vec<u8>, SpiError> {
-    Ok(Spi::get_one::<Vec<u8>>("SELECT key FROM email_accounts.link_signing_key")?.unwrap_or_default())
+    Ok(super::kept_plans::get_one::<Vec<u8>>("SELECT key FROM email_accounts.link_signing_key", &[])?
+        .unwrap_or_default())
 }
 
 /// Suppresses `address` for the tenant of the message; true when it was new.

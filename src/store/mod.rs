@@ -6,6 +6,7 @@ pub mod account_settings;
 pub mod accounts;
 pub mod catalog;
 pub mod inbox;
+pub mod kept_plans;
 pub mod key_file;
 pub mod links;
 pub mod outbox;

@@ -2,6 +2,7 @@
 //! what composing them needs, and record what the servers answered.
 
 use super::account_settings::ServerSettings;
+use super::kept_plans;
 use email_accounts_mail::compose::Attachment;
 use email_accounts_mail::delivery::RowSummary;
 use pgrx::prelude::*;
@@ -133,14 +134,15 @@ pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Ve
     // The claim stays synchronous although its loss in a crash would only
     // make the rows due again: its `attempts` count is what stops a message
     // that crashes the worker from being retried forever.
-    Spi::run(EXPIRE)?;
+    kept_plans::run(EXPIRE, &[])?;
     let mut rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
-        let table = client.update(
+        let table = kept_plans::update(
+            client,
             CLAIM,
-            None,
             &[limit.into(), (lease_seconds as f64).into(), skip_accounts.to_vec().into()],
         )?;
         table
+            .into_iter()
             .map(|row| {
                 let headers: Option<pgrx::JsonB> = row.get(12)?;
                 Ok(ClaimedRow {
@@ -176,7 +178,7 @@ pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Ve
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     // Unsubscribed addresses are never sent to.
-    Spi::run_with_args(
+    kept_plans::run(
         "UPDATE email_accounts.outbox_recipient AS recipient
             SET status = 'suppressed', reply = 'on the suppression list: ' || suppression.reason, updated_at = now()
            FROM email_accounts.outbox, email_accounts.suppression
@@ -192,20 +194,21 @@ pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Ve
         // Per claimed row through the primary key (OFFSET 0 keeps the
         // planner from turning it into a scan of the whole table, which it
         // does when the statistics are stale after a burst of inserts).
-        let table = client.select(
+        let table = kept_plans::select(
+            client,
             "SELECT claimed.outbox_id, recipient.address
                FROM unnest($1::bigint[]) AS claimed (outbox_id)
               CROSS JOIN LATERAL (
                   SELECT address FROM email_accounts.outbox_recipient
                    WHERE outbox_recipient.outbox_id = claimed.outbox_id AND status IN ('pending', 'deferred')
                    ORDER BY address OFFSET 0) AS recipient",
-            None,
             &[ids.clone().into()],
         )?;
         for row in table {
             recipients.entry(row.get(1)?.unwrap_or_default()).or_default().push(row.get(2)?.unwrap_or_default());
         }
-        let table = client.select(
+        let table = kept_plans::select(
+            client,
             "SELECT claimed.outbox_id, attachment.filename, attachment.content_type, attachment.content,
                     attachment.content_id
                FROM unnest($1::bigint[]) AS claimed (outbox_id)
@@ -213,7 +216,6 @@ pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Ve
                   SELECT filename, content_type, content, content_id FROM email_accounts.outbox_attachment
                    WHERE outbox_attachment.outbox_id = claimed.outbox_id
                    ORDER BY position OFFSET 0) AS attachment",
-            None,
             &[ids.into()],
         )?;
         for row in table {
@@ -236,7 +238,8 @@ pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Ve
 /// The sending settings of the given accounts.
 pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, SpiError> {
     Spi::connect(|client| {
-        let table = client.select(
+        let table = kept_plans::select(
+            client,
             "SELECT settings.account_id, settings.name, settings.address, settings.login_id, settings.smtp_host,
                     settings.smtp_port, settings.smtp_security, settings.extra_ca_certificate,
                     settings.allow_plaintext_authentication, settings.no_smtp_authentication,
@@ -250,10 +253,10 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     settings.incoming_port, settings.incoming_security
                FROM email_accounts.account_settings AS settings
               WHERE settings.account_id = ANY ($1)",
-            None,
             &[account_ids.to_vec().into()],
         )?;
         table
+            .into_iter()
             .map(|row| {
                 Ok(SendingSettings {
                     account_id: row.get(1)?.unwrap_or_default(),
@@ -309,12 +312,12 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();
     let ours: HashSet<i64> = Spi::connect_mut(|client| {
-        let table = client.update(
+        let table = kept_plans::update(
+            client,
             "SELECT outbox.outbox_id FROM email_accounts.outbox
                JOIN unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token) USING (outbox_id)
               WHERE outbox.claim_token = mine.claim_token::uuid
                 FOR UPDATE OF outbox",
-            None,
             &[ids.into(), tokens.into()],
         )?;
         table
@@ -340,7 +343,7 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
             problems.push(problem.as_str());
         }
     }
-    Spi::run_with_args(
+    kept_plans::run(
         // Each answer finds its row through the primary key (see `claim`).
         "UPDATE email_accounts.outbox_recipient AS recipient
             SET status = answer.status, reply = answer.reply, updated_at = now()
@@ -352,7 +355,7 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
         &[answer_ids.into(), addresses.into(), statuses.into(), replies.into()],
     )?;
     if !unsendable_ids.is_empty() {
-        Spi::run_with_args(
+        kept_plans::run(
             "UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', reply = problem.reply, updated_at = now()
                FROM unnest($1::bigint[], $2::text[]) AS problem (outbox_id, reply)
               WHERE recipient.outbox_id = problem.outbox_id AND recipient.status IN ('pending', 'deferred')",
@@ -361,7 +364,7 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let errors: Vec<Option<String>> = rows.iter().map(|row| row.summary.last_error.clone()).collect();
-    Spi::run_with_args(
+    kept_plans::run(
         "WITH results AS (
              SELECT * FROM unnest($1::bigint[], $2::text[]) AS result (outbox_id, last_error)
          ), counts AS (
@@ -403,11 +406,12 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
 /// lapses): the sender sleeps until then instead of its fallback poll. Rows
 /// of accounts that are not ready wait for the account change that wakes it.
 pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
-    Spi::get_one::<f64>(
+    kept_plans::get_one::<f64>(
         "SELECT extract(epoch FROM min(CASE WHEN outbox.status = 'sending' THEN outbox.lease_until
                                              ELSE outbox.next_attempt_at END) - now())::float8
            FROM email_accounts.outbox
            JOIN email_accounts.account_settings AS settings USING (account_id)
           WHERE settings.ready_to_send AND outbox.status IN ('queued', 'retry', 'sending')",
+        &[],
     )
 }

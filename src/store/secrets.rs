@@ -45,15 +45,12 @@ pub fn store_password(account_id: i64, password: &str) -> Result<(), SecretStore
 /// The decrypted password of an account, or `None` if none is stored.
 pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError> {
     let sealed = Spi::connect(|client| -> Result<Option<Sealed>, SpiError> {
-        let table = client.select(
+        let table = super::kept_plans::select(
+            client,
             "SELECT key_id, nonce, ciphertext FROM email_accounts.account_secret WHERE account_id = $1",
-            Some(1),
             &[account_id.into()],
         )?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        let row = table.first();
+        let Some(row) = table.first() else { return Ok(None) };
         Ok(Some(Sealed {
             key_id: row.get::<i32>(1)?.unwrap_or_default() as u32,
             nonce: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
