@@ -3,6 +3,7 @@
 //! and recording how a sync ended.
 
 use super::account_settings::ServerSettings;
+use super::kept_plans;
 use super::routing::{self, RoutingSettings};
 use super::transaction::in_subtransaction;
 use email_accounts_mail::connection::Login;
@@ -73,7 +74,7 @@ SELECT settings.account_id, settings.name, settings.login_id, settings.allow_pla
 /// Every account ready to receive, each marked due when its next sync is due or it was requested.
 pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, SpiError> {
     Spi::connect(|client| {
-        let table = client.select(RECEIVING_ACCOUNTS, None, &[requested.to_vec().into()])?;
+        let table = kept_plans::select(client, RECEIVING_ACCOUNTS, &[requested.to_vec().into()])?;
         let mut accounts = Vec::new();
         for row in table {
             let retrieval = match (row.get::<String>(14)?.as_deref(), row.get::<i32>(15)?) {
@@ -116,19 +117,20 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
 
 /// Seconds until the next account is due (0 when one is due now); `None` when no account receives.
 pub fn seconds_until_next_sync() -> Result<Option<f64>, SpiError> {
-    Spi::get_one::<f64>(
+    kept_plans::get_one::<f64>(
         "SELECT extract(epoch FROM min(email_accounts.next_sync_at(account_id, folders)) - now())::float8
            FROM email_accounts.account_settings
           WHERE ready_to_receive",
+        &[],
     )
 }
 
 /// Where each IMAP folder of the account stands.
 pub fn folder_states(account_id: i64, folders: &[String]) -> Result<Vec<FolderState>, SpiError> {
     Spi::connect(|client| {
-        let table = client.select(
+        let table = kept_plans::select(
+            client,
             "SELECT folder, uidvalidity, last_uid FROM email_accounts.sync_state WHERE account_id = $1 AND folder = ANY ($2)",
-            None,
             &[account_id.into(), folders.to_vec().into()],
         )?;
         let mut stored: HashMap<String, (Option<u32>, u32)> = HashMap::new();
@@ -264,9 +266,9 @@ fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> R
     let uid = message.uid.map(i64::from);
     if batch.resync {
         let rebound = Spi::connect_mut(|client| {
-            let table = client.update(
+            let table = kept_plans::update(
+                client,
                 REBIND_MESSAGE,
-                Some(1),
                 &[
                     account_id.into(),
                     batch.folder.as_str().into(),
@@ -296,7 +298,7 @@ fn insert_attachments(messages: &[(i64, &ParsedMessage)]) -> Result<(), SpiError
     if parts.is_empty() {
         return Ok(());
     }
-    Spi::run_with_args(
+    kept_plans::run(
         INSERT_ATTACHMENTS,
         &[
             parts.iter().map(|(message_id, _, _)| *message_id).collect::<Vec<_>>().into(),
@@ -353,8 +355,8 @@ fn insert_messages(account_id: i64, batch: &Batch, messages: &[FetchedMessage]) 
         parsed.iter().map(|(_, error)| error.clone()).collect::<Vec<_>>().into(),
     ];
     let inserted: Vec<(i64, Option<i64>, Option<String>)> = Spi::connect_mut(|client| {
-        client
-            .update(INSERT_MESSAGES, None, &arguments)?
+        kept_plans::update(client, INSERT_MESSAGES, &arguments)?
+            .into_iter()
             .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get(2)?, row.get(3)?)))
             .collect::<Result<_, SpiError>>()
     })?;
@@ -431,7 +433,7 @@ pub fn store_batch(account: &ReceivingAccount, batch: &Batch) -> Result<StoreRec
         (Some(last), Some(failed)) => Some(last.min(failed.saturating_sub(1))),
         (last, _) => last,
     };
-    Spi::run_with_args(
+    kept_plans::run(
         ADVANCE_CURSOR,
         &[
             account.account_id.into(),
@@ -449,7 +451,7 @@ pub fn store_batch(account: &ReceivingAccount, batch: &Batch) -> Result<StoreRec
 pub fn record_outcome(account_id: i64, outcome: &FolderOutcome, max_backoff_seconds: i32) -> Result<(), SpiError> {
     let error = outcome.error.as_ref().map(|error| error.to_string());
     let kind = outcome.error.as_ref().map(|error| error.kind());
-    Spi::run_with_args(
+    kept_plans::run(
         "SELECT email_accounts.record_sync($1, $2, $3, $4, $5, $6)",
         &[
             account_id.into(),

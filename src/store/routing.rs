@@ -73,8 +73,9 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
         message.parsed.as_ref().is_ok_and(|parsed| parsed.in_reply_to.is_some() || !parsed.references.is_empty());
     if names_earlier_mail {
         step(message_id, "linking the reply", || {
-            is_reply = Spi::get_one_with_args::<bool>("SELECT email_accounts.link_reply($1)", &[message_id.into()])?
-                .unwrap_or(false);
+            is_reply =
+                super::kept_plans::get_one::<bool>("SELECT email_accounts.link_reply($1)", &[message_id.into()])?
+                    .unwrap_or(false);
             Ok(())
         });
     }
