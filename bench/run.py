@@ -247,7 +247,9 @@ def fill_mailbox(run, address, count):
             body = f"Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
         raw = (f"From: Sender {n} <sender{n}@example.com>\r\nTo: {address}\r\nSubject: ingest {n}\r\n"
                f"Message-ID: <{uuid.uuid4()}@example.com>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n{body}")
-        (maildir / "cur" / f"{1700000000 + n}.M{n}P1.bench:2,").write_bytes(raw.encode())
+        # Named as Dovecot names what it delivers (<seconds>.M<microseconds>P<pid>Q<count>.<host>).
+        name = f"{1700000000 + n // 100}.M{(n * 7919) % 1000000}P{4000 + n // 5000}Q{n}.bench:2,"
+        (maildir / "cur" / name).write_bytes(raw.encode())
     subprocess.run(["chown", "-R", "mail:mail", str(run.root / "dovecot" / "mail" / address)], check=True)
 
 
