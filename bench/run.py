@@ -351,6 +351,12 @@ def idle_cost(run):
 
 # --- report -----------------------------------------------------------------
 
+def cpu_times():
+    """The machine's CPU time so far (jiffies): all of it, and what the hypervisor took (steal)."""
+    fields = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    return sum(fields), fields[7]
+
+
 def median(values):
     return statistics.median(values)
 
@@ -446,7 +452,8 @@ def table(results):
          get("ingest_double_worker_peak_private_mb"), ""),
         (f"idle CPU, {IDLE_SECONDS} s (s)", get("idle_cpu_seconds"), ""),
         (f"idle statements, {IDLE_SECONDS} s", get("idle_statements"), ""),
-    ]
+    ] + [(f"CPU time stolen by the host during the {part} part (%)", get(f"{part}_cpu_steal_percent"), "")
+         for part in ["outbox", "latency", "ingest", "idle"]]
     lines = ["| figure | value | runs |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {runs} |" for name, value, runs in rows if value is not None]
     return "\n".join(lines) + "\n"
@@ -466,7 +473,12 @@ def main():
         parts = {"outbox": bench_outbox, "latency": bench_latency, "ingest": bench_ingest, "idle": bench_idle}
         for name, part in parts.items():
             if name in ONLY:
+                total_before, steal_before = cpu_times()
                 part(run, results)
+                total_after, steal_after = cpu_times()
+                # Runs of the same code on this VM differ by up to a third; steal shows when the host is busy.
+                results[f"{name}_cpu_steal_percent"] = round(
+                    100 * (steal_after - steal_before) / max(1, total_after - total_before), 1)
                 top_statements(run, name)
     finally:
         run.stop()
