@@ -24,7 +24,6 @@ use std::ffi::CString;
 use std::ptr::NonNull;
 
 /// A plan kept for the life of the process.
-#[derive(Clone)]
 struct KeptPlan {
     plan: NonNull<pg_sys::_SPI_plan>,
     /// The tables the plan reads and their size in blocks when it was made.
@@ -49,13 +48,21 @@ pub type Rows<'conn> = Vec<SpiHeapTupleData<'conn>>;
 /// The kept plan of `sql`, prepared on first use with the types of `arguments`.
 fn plan(sql: &'static str, arguments: &[DatumWithOid<'_>]) -> Result<NonNull<pg_sys::_SPI_plan>, SpiError> {
     let key = sql.as_ptr() as usize;
-    if let Some(kept) = KEPT.with(|kept| kept.borrow().get(&key).cloned()) {
-        if !kept.table_sizes.iter().any(|&(table, then)| table_blocks(table).is_none_or(|now| outgrown(then, now))) {
-            return Ok(kept.plan);
+    let kept = KEPT.with(|plans| {
+        let plans = plans.borrow();
+        let kept = plans.get(&key)?;
+        let current =
+            kept.table_sizes.iter().all(|&(table, then)| table_blocks(table).is_some_and(|now| !outgrown(then, now)));
+        Some((kept.plan, current))
+    });
+    match kept {
+        Some((plan, true)) => return Ok(plan),
+        Some((plan, false)) => {
+            KEPT.with(|plans| plans.borrow_mut().remove(&key));
+            // SAFETY: the plan was kept by us and is no longer referenced.
+            unsafe { pg_sys::SPI_freeplan(plan.as_ptr()) };
         }
-        KEPT.with(|plans| plans.borrow_mut().remove(&key));
-        // SAFETY: the plan was kept by us and is no longer referenced.
-        unsafe { pg_sys::SPI_freeplan(kept.plan.as_ptr()) };
+        None => {}
     }
     let text = CString::new(sql).expect("statements have no NUL byte");
     let mut types: Vec<pg_sys::Oid> = arguments.iter().map(DatumWithOid::oid).collect();

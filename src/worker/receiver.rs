@@ -149,8 +149,8 @@ fn record(account_id: i64, outcomes: &[FolderOutcome]) {
     }
 }
 
-/// Syncs the due and requested accounts; returns the time until the next is due.
-/// Returns when the next account is due (`None`: none is scheduled).
+/// Syncs the due and requested accounts; returns the time until the next
+/// account is due (`None`: none is scheduled).
 pub fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
     let requests = board::take_sync_requests();
     let mut requested: Vec<i64> = requests.iter().map(|(_, account_id)| *account_id).collect();
