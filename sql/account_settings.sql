@@ -121,8 +121,9 @@ COMMENT ON FUNCTION email_accounts.raise_setting_error(text, text, text) IS
   'Raises check_violation (23514) naming the account and the field; used by check_account_settings().';
 
 -- append_to_table, append_to_columns and on_receive_function of one account.
+-- Runs as the caller: an account it cannot see is not checked (and not named).
 CREATE FUNCTION email_accounts.check_routing(checked_account_id bigint) RETURNS void
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     checked email_accounts.account;
@@ -132,6 +133,9 @@ DECLARE
     handler pg_proc;
 BEGIN
     SELECT * INTO checked FROM email_accounts.account WHERE account_id = checked_account_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
     owner := to_regrole(quote_ident(checked.owner_role));
     IF checked.append_to_table IS NOT NULL THEN
         key_column := email_accounts.primary_key_column(checked.append_to_table);
@@ -178,8 +182,11 @@ COMMENT ON FUNCTION email_accounts.check_routing(bigint) IS
   'Checks an account''s append_to_table (single-column primary key, owner_role may insert), append_to_columns (existing columns, known message fields) and on_receive_function (takes one bigint, owner_role may execute); raises check_violation naming the field.';
 
 -- Checks the effective settings of one account; raises naming the field.
+-- Runs as the caller (row-level security applies): another tenant's account
+-- is neither checked nor named. Domain and provider changes call it as the
+-- extension owner, from inherited_settings_changed().
 CREATE FUNCTION email_accounts.check_account_settings(checked_account_id bigint) RETURNS void
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     settings email_accounts.account_settings;
@@ -191,6 +198,10 @@ BEGIN
     END IF;
     IF to_regrole(quote_ident(settings.owner_role)) IS NULL THEN
         PERFORM email_accounts.raise_setting_error(settings.name, 'owner_role', format('role %I does not exist', settings.owner_role));
+    END IF;
+    IF settings.owner_role IN ('email_accounts_admin', 'email_accounts_sender') THEN
+        PERFORM email_accounts.raise_setting_error(settings.name, 'owner_role',
+            format('the group role %I cannot own an account (every tenant''s roles are its members); name a role of the account''s tenant', settings.owner_role));
     END IF;
 
     IF settings.enable_incoming THEN
@@ -254,20 +265,54 @@ $$;
 COMMENT ON FUNCTION email_accounts.check_account_settings(bigint) IS
   'Checks the effective settings of one account (servers present for enabled sides, ports that fit their security, POP3 with one folder, no clear-text passwords unless allowed, an existing owner role) and raises check_violation naming the field.';
 
+-- Why a role may not run an account's append_to_table / on_receive_function
+-- code, or NULL when it may. User code never runs as a superuser, as a group
+-- role, or as a role that is not bound to the account's tenant. The receiver
+-- asks again before each run (role attributes and bindings change).
+CREATE FUNCTION email_accounts.owner_role_problem(owner oid, account_tenant text) RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE
+    WHEN owner IS NULL THEN 'the role does not exist'
+    WHEN (SELECT role.rolsuper FROM pg_catalog.pg_roles AS role WHERE role.oid = owner)
+        THEN 'it is a superuser, and code never runs as one'
+    WHEN (SELECT role.rolname FROM pg_catalog.pg_roles AS role WHERE role.oid = owner)
+             OPERATOR(pg_catalog.=) ANY (ARRAY['email_accounts_admin', 'email_accounts_sender']::name[])
+        THEN 'it is an email_accounts group role'
+    WHEN NOT email_accounts.tenant_is_among(account_tenant, email_accounts.tenants_of(owner))
+        THEN 'it is not bound to the account''s tenant (see tenant_member)'
+END;
+
+COMMENT ON FUNCTION email_accounts.owner_role_problem(oid, text) IS
+  'Why this role may not run the append_to_table / on_receive_function code of an account of this tenant (a superuser, a group role, a role not bound to the tenant), or NULL when it may.';
+
 CREATE FUNCTION email_accounts.account_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    problem text;
 BEGIN
     -- The worker runs append_to and on_receive code as owner_role: only its
     -- members may name it (or change what runs under it).
-    IF (TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role
-        OR NEW.append_to_table IS DISTINCT FROM OLD.append_to_table
-        OR NEW.on_receive_function IS DISTINCT FROM OLD.on_receive_function)
-       AND to_regrole(quote_ident(NEW.owner_role)) IS NOT NULL
-       AND NOT pg_has_role(current_user, to_regrole(quote_ident(NEW.owner_role)), 'MEMBER') THEN
-        RAISE EXCEPTION 'account %: only members of role % may make it the owner_role or change what runs as it',
-                        quote_literal(NEW.name), quote_ident(NEW.owner_role)
-            USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role';
+    IF TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role
+       OR NEW.append_to_table IS DISTINCT FROM OLD.append_to_table
+       OR NEW.append_to_columns IS DISTINCT FROM OLD.append_to_columns
+       OR NEW.on_receive_function IS DISTINCT FROM OLD.on_receive_function
+       OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
+        IF to_regrole(quote_ident(NEW.owner_role)) IS NOT NULL
+           AND NOT pg_has_role(current_user, to_regrole(quote_ident(NEW.owner_role)), 'MEMBER') THEN
+            RAISE EXCEPTION 'account %: only members of role % may make it the owner_role or change what runs as it',
+                            quote_literal(NEW.name), quote_ident(NEW.owner_role)
+                USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role';
+        END IF;
+        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL THEN
+            problem := email_accounts.owner_role_problem(to_regrole(quote_ident(NEW.owner_role)), NEW.tenant);
+            IF problem IS NOT NULL THEN
+                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table or on_receive_function: %',
+                                quote_literal(NEW.name), quote_ident(NEW.owner_role), problem
+                    USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role',
+                          HINT = 'Set owner_role to a role without superuser rights that is bound to the account''s tenant in tenant_member.';
+            END IF;
+        END IF;
     END IF;
     PERFORM email_accounts.check_account_settings(NEW.account_id);
     -- Mail may have waited for this account (a password, enable_outgoing),
@@ -276,6 +321,69 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+
+-- What a stored password is bound to: every effective setting that decides
+-- where it is sent (servers, ports, security, trusted CAs, clear text). A
+-- password is only ever sent where its binding still matches.
+CREATE FUNCTION email_accounts.server_binding(bound_account_id bigint) RETURNS text
+LANGUAGE sql STABLE
+RETURN (
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+               settings.smtp_host, settings.smtp_port, settings.smtp_security,
+               settings.incoming_protocol, settings.incoming_host, settings.incoming_port, settings.incoming_security,
+               settings.extra_ca_certificate, settings.allow_plaintext_authentication)::text, 'UTF8')), 'hex')
+      FROM email_accounts.account_settings AS settings
+     WHERE settings.account_id = bound_account_id);
+
+COMMENT ON FUNCTION email_accounts.server_binding(bigint) IS
+  'SHA-256 (hex) of the settings a stored password is bound to: SMTP and incoming host, port and security, incoming protocol, extra CA, allow_plaintext_authentication. When it changes the account awaits its password again.';
+
+-- An account whose servers changed since its password was stored awaits a
+-- new one: whoever may redirect an account must not receive its password.
+CREATE FUNCTION email_accounts.require_password_if_servers_changed(checked_account_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE email_accounts.account SET awaiting_password = true
+     WHERE account.account_id = checked_account_id AND NOT account.awaiting_password
+       AND EXISTS (SELECT FROM email_accounts.account_secret AS secret
+                    WHERE secret.account_id = checked_account_id
+                      AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id));
+END;
+
+COMMENT ON FUNCTION email_accounts.require_password_if_servers_changed(bigint) IS
+  'Sets awaiting_password on an account whose stored password was set for other servers than those now in effect.';
+
+CREATE FUNCTION email_accounts.account_servers_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM email_accounts.require_password_if_servers_changed(NEW.account_id);
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.account_servers_changed() IS
+  'Trigger: an account whose servers changed since its password was set awaits its password again (unless set_password follows in the same transaction).';
+
+-- Outbox rows and messages carry the account's tenant: moving the account
+-- to another tenant would make them point across tenants.
+CREATE FUNCTION email_accounts.account_keeps_its_tenant() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.tenant IS DISTINCT FROM OLD.tenant
+       AND (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.account_id = OLD.account_id)
+            OR EXISTS (SELECT FROM email_accounts.message WHERE message.account_id = OLD.account_id)) THEN
+        RAISE EXCEPTION 'account %: tenant cannot change while outbox rows or messages refer to the account', quote_literal(OLD.name)
+            USING ERRCODE = 'check_violation', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'tenant',
+                  HINT = 'Create a new account in the other tenant instead.';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.account_keeps_its_tenant() IS
+  'Trigger: refuses to move an account to another tenant once mail refers to it (SQLSTATE 23514, naming tenant).';
 
 CREATE FUNCTION email_accounts.account_touched() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -300,6 +408,7 @@ BEGIN
             SELECT account_id FROM email_accounts.account WHERE lower(split_part(address, '@', 2)) = ANY (changed_names)
         LOOP
             PERFORM email_accounts.check_account_settings(affected);
+            PERFORM email_accounts.require_password_if_servers_changed(affected);
         END LOOP;
     ELSE
         changed_names := ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.name END, CASE WHEN TG_OP <> 'DELETE' THEN NEW.name END];
@@ -307,6 +416,7 @@ BEGIN
             SELECT account_settings.account_id FROM email_accounts.account_settings WHERE provider = ANY (changed_names)
         LOOP
             PERFORM email_accounts.check_account_settings(affected);
+            PERFORM email_accounts.require_password_if_servers_changed(affected);
         END LOOP;
     END IF;
     RETURN NULL;
@@ -321,6 +431,10 @@ CREATE TRIGGER check_settings AFTER INSERT OR UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_changed();
 CREATE TRIGGER touch BEFORE UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_touched();
+CREATE TRIGGER keep_tenant BEFORE UPDATE OF tenant ON email_accounts.account
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.account_keeps_its_tenant();
+CREATE TRIGGER require_password_for_new_servers AFTER INSERT OR UPDATE ON email_accounts.account
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.account_servers_changed();
 CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON email_accounts.domain
     FOR EACH ROW EXECUTE FUNCTION email_accounts.inherited_settings_changed();
 CREATE TRIGGER check_inheriting_accounts AFTER UPDATE OR DELETE ON email_accounts.provider

@@ -12,10 +12,10 @@ COMMENT ON FUNCTION email_accounts.folder_names_are_valid(text[]) IS
 
 CREATE TABLE email_accounts.account (
     account_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name            text NOT NULL UNIQUE
+    name            text NOT NULL
                     CONSTRAINT "name must not be empty or contain control characters" CHECK (name ~ '^[^[:cntrl:]]+$' AND btrim(name) <> ''),
-    tenant          text CONSTRAINT "tenant must not be empty" CHECK (tenant <> ''),
-    address         text NOT NULL UNIQUE
+    tenant          text CONSTRAINT "tenant must not be empty or *" CHECK (tenant NOT IN ('', '*')),
+    address         text NOT NULL
                     CONSTRAINT "address must be a valid email address" CHECK (email_accounts.is_valid_address(address)),
     provider        text REFERENCES email_accounts.provider (name) ON UPDATE CASCADE,
     owner_role      name NOT NULL DEFAULT current_user,
@@ -50,7 +50,7 @@ CREATE TABLE email_accounts.account (
     enable_auto_reply  boolean NOT NULL DEFAULT false,
     auto_reply_message text,
     auto_reply_interval interval NOT NULL DEFAULT '7 days'
-                       CONSTRAINT "auto_reply_interval must not be negative" CHECK (auto_reply_interval >= interval '0'),
+                       CONSTRAINT "auto_reply_interval must be at least 1 hour" CHECK (auto_reply_interval >= interval '1 hour'),
     append_to_table    regclass,
     append_to_columns  jsonb NOT NULL DEFAULT '{}'
                        CONSTRAINT "append_to_columns must be a JSON object of column → message field" CHECK (jsonb_typeof(append_to_columns) = 'object'),
@@ -90,6 +90,12 @@ CREATE TABLE email_accounts.account (
         CHECK (append_to_table IS NULL OR append_to_columns <> '{}')
 );
 
+-- Names and addresses are unique within a tenant (and among accounts without
+-- one), so a tenant can neither probe nor reserve another tenant's.
+CREATE UNIQUE INDEX "account name is unique per tenant"
+    ON email_accounts.account (tenant, name) NULLS NOT DISTINCT;
+CREATE UNIQUE INDEX "account address is unique per tenant"
+    ON email_accounts.account (tenant, address) NULLS NOT DISTINCT;
 -- At most one default per tenant, and one among accounts without a tenant.
 CREATE UNIQUE INDEX "one default_incoming account per tenant"
     ON email_accounts.account (tenant) NULLS NOT DISTINCT WHERE default_incoming;
@@ -101,11 +107,11 @@ CREATE INDEX account_address_domain ON email_accounts.account (lower(split_part(
 COMMENT ON TABLE email_accounts.account IS
   'Email accounts (ERPNext "Email Account"). Server settings left NULL are inherited from the domain of the address, then from the provider (the account''s, else the domain''s); see account_settings for the effective values. Passwords are not here: they are written with set_password() and stored encrypted where no role can read them.';
 COMMENT ON COLUMN email_accounts.account.account_id IS 'Surrogate key.';
-COMMENT ON COLUMN email_accounts.account.name IS 'Account name, unique; used to refer to the account in functions and, with always_use_account_name_as_sender_name, as the sender name.';
+COMMENT ON COLUMN email_accounts.account.name IS 'Account name, unique within its tenant; used to refer to the account in functions and, with always_use_account_name_as_sender_name, as the sender name.';
 COMMENT ON COLUMN email_accounts.account.tenant IS 'Customer or contract the account belongs to; NULL for an account shared by the whole database. Roles bound to tenants (tenant_member) see only their tenants'' accounts.';
-COMMENT ON COLUMN email_accounts.account.address IS 'The account''s email address, bare (no display name).';
+COMMENT ON COLUMN email_accounts.account.address IS 'The account''s email address, bare (no display name); unique within its tenant.';
 COMMENT ON COLUMN email_accounts.account.provider IS 'Provider preset whose server settings fill whatever the account and its domain leave NULL.';
-COMMENT ON COLUMN email_accounts.account.owner_role IS 'Role that owns the account: its members may call set_password() and test_account() for it.';
+COMMENT ON COLUMN email_accounts.account.owner_role IS 'Role that owns the account: its members may call set_password() and test_account() for it, and append_to_table and on_receive_function run as it. Never one of the email_accounts group roles; with routing set, neither a superuser nor a role bound to no tenant of the account. Only its members may name it.';
 COMMENT ON COLUMN email_accounts.account.login_id IS 'Login name when it differs from the address; NULL logs in with the address.';
 COMMENT ON COLUMN email_accounts.account.awaiting_password IS 'The password will be given later: workers skip the account until set_password() is called, which clears this.';
 COMMENT ON COLUMN email_accounts.account.ascii_encode_password IS 'Send the password as plain ASCII bytes (as ERPNext does); set_password() then refuses passwords with non-ASCII characters.';
@@ -127,7 +133,7 @@ COMMENT ON COLUMN email_accounts.account.pop3_delete_after_days IS 'Days after w
 COMMENT ON COLUMN email_accounts.account.poll_interval IS 'How often the inbox is checked.';
 COMMENT ON COLUMN email_accounts.account.enable_auto_reply IS 'Answer incoming mail with auto_reply_message (RFC 3834 rules apply).';
 COMMENT ON COLUMN email_accounts.account.auto_reply_message IS 'Text of the automatic reply.';
-COMMENT ON COLUMN email_accounts.account.auto_reply_interval IS 'A sender who got an automatic reply gets no other one from this account within this interval (RFC 3834).';
+COMMENT ON COLUMN email_accounts.account.auto_reply_interval IS 'A sender who got an automatic reply gets no other one from this account within this interval (RFC 3834); at least 1 hour.';
 COMMENT ON COLUMN email_accounts.account.append_to_table IS 'Application table that gets a new row for each incoming message that is not a reply (ERPNext "append to": support@ creates an issue). Inserted as owner_role, which needs INSERT on it; the table needs a single-column primary key, which becomes the message''s reference_id.';
 COMMENT ON COLUMN email_accounts.account.append_to_columns IS 'Which message field fills which column of append_to_table, e.g. {"title": "subject", "raised_by": "sender_address", "description": "body"}. Fields: see email_accounts.message_fields().';
 COMMENT ON COLUMN email_accounts.account.on_receive_function IS 'Function (message_id bigint) called for each new incoming message in the transaction that stores it, as owner_role (which needs EXECUTE); an error there is recorded on the message and does not stop the sync.';

@@ -16,13 +16,19 @@ COMMENT ON FUNCTION email_accounts.is_valid_mailbox(text) IS
 COMMENT ON FUNCTION email_accounts.is_valid_certificate(text) IS
   'True when the text is one or more PEM certificates (BEGIN CERTIFICATE blocks) that TLS can trust.';
 
-COMMENT ON FUNCTION email_accounts.set_password(text, text) IS
-  'Stores the password of an account, encrypted with AES-256-GCM under the current key of the key file email_accounts.keys; ends awaiting_password. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members who may see the account''s tenant. Pass the password as a bind parameter so it never appears in query text.';
+COMMENT ON FUNCTION email_accounts.set_password(text, text, text) IS
+  'Stores the password of an account (by name; in tenant, when names are ambiguous), encrypted with AES-256-GCM under the current key of the key file email_accounts.keys and bound to the account''s current servers; ends awaiting_password. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members bound to the account''s tenant, judged for the current role (also inside security-restricted code). Pass the password as a bind parameter so it never appears in query text.';
 
 COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS
   'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password with it, drops older keys no password needed, and returns the new key id.';
 
-COMMENT ON FUNCTION email_accounts.test_account(text) IS
+COMMENT ON FUNCTION email_accounts.sync_now(text, text) IS
+  'Asks the receiver worker to sync the account (by name; in tenant, when names are ambiguous) now and waits: one row per folder with the new messages and the outcome. Only for accounts the caller can see.';
+
+COMMENT ON FUNCTION email_accounts.reparse(bigint) IS
+  'Parses a stored message again from its raw bytes and links it again; for messages the caller can see (email_accounts_admin). True when it parsed.';
+
+COMMENT ON FUNCTION email_accounts.test_account(text, text) IS
   'Connects and logs in to the account''s SMTP server and its IMAP or POP3 server (as enabled), verifying TLS, and returns per protocol: ok, elapsed_ms, host, port, security, greeting, capabilities, and on failure error.kind (dns, connect, timeout, tls, auth, protocol) with error.message in the server''s words. Bounded by email_accounts.connect_timeout.';
 
 COMMENT ON FUNCTION email_accounts.test_all() IS

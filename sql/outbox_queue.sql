@@ -30,25 +30,42 @@ $$;
 
 COMMENT ON FUNCTION email_accounts.check_mailboxes(text, text[]) IS 'Raises check_violation naming the field if any entry is not a valid mailbox.';
 
--- The global default outgoing account, also for roles bound to a tenant
--- (who cannot see accounts without tenant).
-CREATE FUNCTION email_accounts.global_default_outgoing() RETURNS bigint
+-- The global default outgoing account: the fallback of every tenant without
+-- one of its own (the system's default outbox keeps working for contracts
+-- without a mailbox). Roles bound to a tenant cannot see accounts without
+-- tenant, so this reads it as the extension owner and tells only what a
+-- queued row needs of it.
+CREATE FUNCTION email_accounts.global_default_outgoing(OUT account_id bigint, OUT name text, OUT address_domain text,
+                                                       OUT attachment_size_limit bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN (SELECT account_id FROM email_accounts.account WHERE default_outgoing AND tenant IS NULL);
+RETURN (SELECT ROW(account.account_id, account.name, split_part(account.address, '@', 2), account.attachment_size_limit)
+          FROM email_accounts.account WHERE account.default_outgoing AND account.tenant IS NULL);
 
-COMMENT ON FUNCTION email_accounts.global_default_outgoing() IS 'The account with default_outgoing among accounts without a tenant, or NULL.';
+COMMENT ON FUNCTION email_accounts.global_default_outgoing() IS
+  'The account with default_outgoing among accounts without a tenant (id, name, address domain, attachment_size_limit), or NULLs.';
 
 -- Which account sends: the one named, else the sender's own, else the
 -- tenant's default outgoing, else the global default; NULL when none fits.
--- Runs as the caller, so row-level security limits it to the caller's tenants.
+-- Runs as the caller, so row-level security limits it to the caller's
+-- tenants (and the global default). Names are unique per tenant: a name is
+-- looked up in the row's tenant when it has one.
 CREATE FUNCTION email_accounts.choose_outgoing_account(account_name text, sender text, tenant text) RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     chosen email_accounts.account;
+    matches integer;
 BEGIN
     IF account_name IS NOT NULL THEN
-        SELECT * INTO chosen FROM email_accounts.account WHERE name = account_name;
+        SELECT count(*) INTO matches FROM email_accounts.account
+         WHERE name = account_name AND (choose_outgoing_account.tenant IS NULL OR account.tenant = choose_outgoing_account.tenant);
+        IF matches > 1 THEN
+            PERFORM email_accounts.raise_outbox_error('account',
+                format('account name %s is ambiguous: accounts of several tenants have it; set tenant on the row', quote_literal(account_name)),
+                'ambiguous_parameter');
+        END IF;
+        SELECT * INTO chosen FROM email_accounts.account
+         WHERE name = account_name AND (choose_outgoing_account.tenant IS NULL OR account.tenant = choose_outgoing_account.tenant);
         IF NOT FOUND THEN
             PERFORM email_accounts.raise_outbox_error('account', format('no account named %s', quote_literal(account_name)), 'foreign_key_violation');
         END IF;
@@ -60,7 +77,8 @@ BEGIN
     IF sender IS NOT NULL THEN
         SELECT * INTO chosen FROM email_accounts.account
          WHERE lower(address) = lower(email_accounts.mailbox_address(sender)) AND enable_outgoing
-         ORDER BY account.tenant IS NOT DISTINCT FROM choose_outgoing_account.tenant DESC
+           AND (choose_outgoing_account.tenant IS NULL OR account.tenant = choose_outgoing_account.tenant)
+         ORDER BY account.tenant IS NOT DISTINCT FROM choose_outgoing_account.tenant DESC, account.account_id
          LIMIT 1;
         IF FOUND THEN
             RETURN chosen.account_id;
@@ -73,12 +91,32 @@ BEGIN
             RETURN chosen.account_id;
         END IF;
     END IF;
-    RETURN email_accounts.global_default_outgoing();
+    RETURN (email_accounts.global_default_outgoing()).account_id;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.choose_outgoing_account(text, text, text) IS
-  'The account mail is sent through: the one named (error if unknown or not enabled for outgoing), else the enabled account whose address is the sender''s, else the tenant''s default outgoing, else the global default outgoing, else NULL.';
+  'The account mail is sent through: the one named (error if unknown, ambiguous or not enabled for outgoing), else the enabled account whose address is the sender''s, else the tenant''s default outgoing, else the global default outgoing, else NULL. Only accounts of the row''s tenant (when it has one) and the global default qualify.';
+
+-- An outbox row's account is of the row's tenant, or the global default
+-- outgoing account (every tenant's fallback). Runs as the caller.
+CREATE FUNCTION email_accounts.check_outbox_account(outbox_tenant text, chosen_account_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF chosen_account_id IS NULL
+       OR chosen_account_id = (email_accounts.global_default_outgoing()).account_id
+       OR EXISTS (SELECT FROM email_accounts.account
+                   WHERE account.account_id = chosen_account_id AND account.tenant IS NOT DISTINCT FROM outbox_tenant) THEN
+        RETURN;
+    END IF;
+    PERFORM email_accounts.raise_outbox_error('account_id',
+        format('account %s is not an account of the row''s tenant (%s)', chosen_account_id, coalesce(quote_literal(outbox_tenant), 'none')));
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.check_outbox_account(text, bigint) IS
+  'Raises check_violation (naming account_id) unless the account is of the outbox row''s tenant or is the global default outgoing account.';
 
 CREATE FUNCTION email_accounts.outbox_before_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -87,6 +125,7 @@ DECLARE
     header record;
     problem text;
     bound_tenants text[];
+    global_default record;
 BEGIN
     PERFORM email_accounts.check_mailboxes('to_addresses', NEW.to_addresses);
     PERFORM email_accounts.check_mailboxes('cc_addresses', NEW.cc_addresses);
@@ -105,17 +144,23 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- A role bound to exactly one tenant queues mail of that tenant.
     IF NEW.tenant IS NULL THEN
         bound_tenants := email_accounts.current_tenants();
-        IF cardinality(bound_tenants) = 1 THEN
+        IF cardinality(bound_tenants) = 1 AND bound_tenants[1] <> '*' THEN
             NEW.tenant := bound_tenants[1];
         END IF;
     END IF;
     NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
-    IF NEW.account_id IS NOT NULL THEN
+    SELECT * INTO global_default FROM email_accounts.global_default_outgoing();
+    IF NEW.account_id IS NOT NULL AND NEW.account_id IS NOT DISTINCT FROM global_default.account_id THEN
+        -- The fallback: the row stays the tenant's.
+        NEW.account := global_default.name;
+    ELSIF NEW.account_id IS NOT NULL THEN
         SELECT name, coalesce(NEW.tenant, tenant) INTO NEW.account, NEW.tenant
           FROM email_accounts.account WHERE account_id = NEW.account_id;
     END IF;
+    PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
 
     NEW.attempts := 0;
     NEW.lease_until := NULL;
@@ -134,7 +179,8 @@ BEGIN
     END IF;
     IF NEW.message_id IS NULL THEN
         NEW.message_id := format('<%s@%s>', replace(gen_random_uuid()::text, '-', ''),
-            coalesce(split_part((SELECT address FROM email_accounts.account WHERE account_id = NEW.account_id), '@', 2),
+            coalesce(CASE WHEN NEW.account_id = global_default.account_id THEN global_default.address_domain END,
+                     split_part((SELECT address FROM email_accounts.account WHERE account_id = NEW.account_id), '@', 2),
                      split_part(email_accounts.mailbox_address(NEW.sender), '@', 2),
                      'email-accounts.invalid'));
     END IF;
@@ -143,7 +189,22 @@ END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.outbox_before_insert() IS
-  'Trigger: checks a new outbox row (addresses, recipients, headers, account), chooses its account, and fixes its Message-ID and initial status.';
+  'Trigger: checks a new outbox row (addresses, recipients, headers, account), chooses its account (of the row''s tenant, or the global default), and fixes its Message-ID and initial status.';
+
+-- Admins may re-point a row (retry() does), but never across tenants.
+CREATE FUNCTION email_accounts.outbox_before_update() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
+        PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
+  'Trigger: an outbox row''s account stays one of its tenant (or the global default) when the row is changed.';
 
 CREATE FUNCTION email_accounts.outbox_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -176,6 +237,8 @@ COMMENT ON FUNCTION email_accounts.outbox_inserted() IS 'Trigger: asks for the s
 
 CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_insert();
+CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_update();
 CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_after_insert();
 CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox
@@ -183,20 +246,26 @@ CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox
 
 -- An attachment the account would not accept incoming is refused outgoing
 -- too: better a clear error in the caller's transaction than a 552 later.
+-- Runs as the caller: an outbox row it cannot see is left to row-level
+-- security to refuse, and nothing about it is said.
 CREATE FUNCTION email_accounts.outbox_attachment_before_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    account email_accounts.account;
+    queued email_accounts.outbox;
+    size_limit bigint;
 BEGIN
-    SELECT a.* INTO account
-      FROM email_accounts.outbox AS o JOIN email_accounts.account AS a USING (account_id)
-     WHERE o.outbox_id = NEW.outbox_id;
-    IF octet_length(NEW.content) > account.attachment_size_limit THEN
+    SELECT * INTO queued FROM email_accounts.outbox WHERE outbox_id = NEW.outbox_id;
+    IF NOT FOUND THEN
+        RETURN NEW;
+    END IF;
+    size_limit := coalesce((SELECT attachment_size_limit FROM email_accounts.account WHERE account_id = queued.account_id),
+                           (SELECT fallback.attachment_size_limit FROM email_accounts.global_default_outgoing() AS fallback
+                             WHERE fallback.account_id = queued.account_id));
+    IF octet_length(NEW.content) > size_limit THEN
         PERFORM email_accounts.raise_outbox_error('attachments',
             format('attachment %s (%s) is %s bytes, over the attachment_size_limit of account %s (%s bytes)',
-                   NEW.position, NEW.filename, octet_length(NEW.content), quote_literal(account.name),
-                   account.attachment_size_limit),
+                   NEW.position, NEW.filename, octet_length(NEW.content), quote_literal(queued.account), size_limit),
             'program_limit_exceeded');
     END IF;
     RETURN NEW;

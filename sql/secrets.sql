@@ -7,7 +7,8 @@ CREATE TABLE email_accounts.account_secret (
     key_id     integer NOT NULL,
     nonce      bytea NOT NULL,
     ciphertext bytea NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    bound_servers text NOT NULL
 );
 
 COMMENT ON TABLE email_accounts.account_secret IS
@@ -16,6 +17,7 @@ COMMENT ON COLUMN email_accounts.account_secret.account_id IS 'The account whose
 COMMENT ON COLUMN email_accounts.account_secret.key_id IS 'Which key of the key file encrypted it.';
 COMMENT ON COLUMN email_accounts.account_secret.nonce IS 'The random 96-bit nonce of this encryption.';
 COMMENT ON COLUMN email_accounts.account_secret.ciphertext IS 'The encrypted password with its authentication tag.';
+COMMENT ON COLUMN email_accounts.account_secret.bound_servers IS 'server_binding() of the account when the password was stored: the password is only sent while the account''s servers still match it.';
 COMMENT ON COLUMN email_accounts.account_secret.updated_at IS 'When the password was last written or re-encrypted.';
 
 REVOKE ALL ON email_accounts.account_secret FROM PUBLIC;

@@ -12,8 +12,8 @@ BEGIN
 END;
 $$;
 
-COMMENT ON ROLE email_accounts_admin IS 'email_accounts: manages accounts (and, when bound to no tenant, domains and provider presets).';
-COMMENT ON ROLE email_accounts_sender IS 'email_accounts: queues mail and reads its tenant''s accounts, outbox and messages; never credentials.';
+COMMENT ON ROLE email_accounts_admin IS 'email_accounts: manages the accounts of the tenants its members are bound to (and, when bound to every tenant, domains and provider presets). Sees nothing by itself.';
+COMMENT ON ROLE email_accounts_sender IS 'email_accounts: queues mail and reads the accounts, outbox and messages of the tenants its members are bound to; never credentials. Sees nothing by itself.';
 
 GRANT USAGE ON SCHEMA email_accounts TO email_accounts_admin, email_accounts_sender;
 
@@ -24,31 +24,36 @@ GRANT INSERT, UPDATE, DELETE ON email_accounts.provider, email_accounts.domain, 
     TO email_accounts_admin;
 -- account_secret: nothing for anyone (see sql/secrets.sql).
 
--- Accounts: a role sees and changes only the tenants it is bound to (all, if bound to none).
+-- Accounts: a role sees and changes only the tenants it is bound to (none if bound to none).
 ALTER TABLE email_accounts.account ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_rows ON email_accounts.account
     USING (email_accounts.tenant_is_visible(tenant))
     WITH CHECK (email_accounts.tenant_is_visible(tenant));
 
 -- Domains and presets are shared: everyone reads them, only roles bound to
--- no tenant change them (a tenant must not rewire another tenant's servers).
+-- every tenant ('*') change them (a tenant must not rewire another's servers).
 ALTER TABLE email_accounts.domain ENABLE ROW LEVEL SECURITY;
 CREATE POLICY everyone_reads ON email_accounts.domain FOR SELECT USING (true);
-CREATE POLICY unbound_roles_change ON email_accounts.domain
-    USING (cardinality(email_accounts.current_tenants()) = 0)
-    WITH CHECK (cardinality(email_accounts.current_tenants()) = 0);
+CREATE POLICY roles_of_every_tenant_change ON email_accounts.domain
+    USING (email_accounts.bound_to_every_tenant())
+    WITH CHECK (email_accounts.bound_to_every_tenant());
 
 ALTER TABLE email_accounts.provider ENABLE ROW LEVEL SECURITY;
 CREATE POLICY everyone_reads ON email_accounts.provider FOR SELECT USING (true);
-CREATE POLICY unbound_roles_change ON email_accounts.provider
-    USING (cardinality(email_accounts.current_tenants()) = 0)
-    WITH CHECK (cardinality(email_accounts.current_tenants()) = 0);
+CREATE POLICY roles_of_every_tenant_change ON email_accounts.provider
+    USING (email_accounts.bound_to_every_tenant())
+    WITH CHECK (email_accounts.bound_to_every_tenant());
 
 -- The outbox: senders queue and read their tenant's mail; admins also cancel and retry.
 GRANT SELECT, INSERT ON email_accounts.outbox, email_accounts.outbox_attachment TO email_accounts_sender, email_accounts_admin;
-GRANT UPDATE ON email_accounts.outbox TO email_accounts_admin;
+-- Admins steer delivery (cancel, retry, reschedule), never what a row is,
+-- whose it is, or a worker's claim on it.
+GRANT UPDATE (status, account, account_id, priority, send_after, expires_at, next_attempt_at, lease_until, last_error)
+    ON email_accounts.outbox TO email_accounts_admin;
 GRANT SELECT ON email_accounts.outbox_recipient, email_accounts.outbox_status TO email_accounts_sender, email_accounts_admin;
-GRANT UPDATE ON email_accounts.outbox_recipient TO email_accounts_admin;
+GRANT UPDATE (status, updated_at) ON email_accounts.outbox_recipient TO email_accounts_admin;
+REVOKE EXECUTE ON FUNCTION email_accounts.global_default_outgoing() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION email_accounts.global_default_outgoing() TO email_accounts_sender, email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bigint), email_accounts.flush() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bigint), email_accounts.flush() TO email_accounts_admin;
 
@@ -75,11 +80,12 @@ CREATE POLICY tenant_rows ON email_accounts.suppression
 -- Functions that read secrets check the caller themselves (superuser, the
 -- account's owner role, or an admin who may see the account's tenant).
 REVOKE EXECUTE ON FUNCTION email_accounts.rotate_encryption_key() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint) FROM PUBLIC;
--- ...but the account trigger runs as the role changing the account, which must be able to call it.
-GRANT EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint) TO email_accounts_admin;
+-- The account checks run as the role changing the account (row-level
+-- security applies to them), so admins must be able to call them.
+REVOKE EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint), email_accounts.check_routing(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint), email_accounts.check_routing(bigint) TO email_accounts_admin;
+REVOKE EXECUTE ON FUNCTION email_accounts.require_password_if_servers_changed(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.inherited_settings_changed() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION email_accounts.check_routing(bigint) FROM PUBLIC;
 
 -- The inbox: senders and admins read their tenant's messages and sync state;
 -- the receiver worker writes them. sync_now() checks the account is visible.

@@ -43,5 +43,26 @@ ALTER TABLE email_accounts.outbox ADD COLUMN opened_at timestamptz, ADD COLUMN o
 COMMENT ON COLUMN email_accounts.outbox.opened_at IS 'When a recipient first displayed the message (open tracking; images must be loaded).';
 COMMENT ON COLUMN email_accounts.outbox.open_count IS 'How many times the tracking image was fetched.';
 
+-- A suppression names a message of its own tenant only (foreign keys ignore
+-- row-level security). Runs as the caller.
+CREATE FUNCTION email_accounts.suppression_before_write() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.outbox_id IS NOT NULL AND NOT EXISTS (
+        SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = NEW.outbox_id AND outbox.tenant IS NOT DISTINCT FROM NEW.tenant) THEN
+        RAISE EXCEPTION 'outbox_id: no outbox row % of this tenant', NEW.outbox_id
+            USING ERRCODE = 'foreign_key_violation', SCHEMA = 'email_accounts', TABLE = 'suppression', COLUMN = 'outbox_id';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.suppression_before_write() IS
+  'Trigger: a suppression''s outbox_id must be a message of the same tenant that the caller can see (SQLSTATE 23503).';
+
+CREATE TRIGGER check_outbox BEFORE INSERT OR UPDATE ON email_accounts.suppression
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.suppression_before_write();
+
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.suppression', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.link_signing_key', '');

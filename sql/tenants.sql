@@ -1,42 +1,72 @@
--- Tenants: one database serves several customers or contracts. A role bound
--- to one or more tenants sees and uses only those tenants' rows; a role bound
--- to none is not restricted (single-tenant set-ups need no rows here).
+-- Tenants: one database serves several customers or contracts. Deny by
+-- default: a role sees the rows of the tenants it is bound to here (directly
+-- or through a role it is a member of), a role bound to '*' sees every
+-- tenant, and a role bound to nothing sees nothing. Superusers see all.
 
 CREATE TABLE email_accounts.tenant_member (
-    role_name name NOT NULL,
+    role_name name NOT NULL
+              CONSTRAINT "role_name must not be one of the email_accounts group roles"
+              CHECK (role_name NOT IN ('email_accounts_admin', 'email_accounts_sender')),
     tenant    text NOT NULL CONSTRAINT "tenant must not be empty" CHECK (tenant <> ''),
     PRIMARY KEY (role_name, tenant)
 );
 
 COMMENT ON TABLE email_accounts.tenant_member IS
-  'Binds database roles to tenants. A role that is a member of a bound role sees only rows of those tenants in account, outbox and message; a role bound to no tenant sees all. Only superusers change this table.';
+  'Binds database roles to tenants. A role that is a member of a bound role sees and uses only rows of those tenants in every table of the extension; tenant ''*'' binds a role to every tenant (and to rows without tenant). A role bound to nothing sees nothing. The group roles email_accounts_admin and email_accounts_sender cannot be bound (every tenant''s roles are their members). Only superusers change this table.';
 COMMENT ON COLUMN email_accounts.tenant_member.role_name IS 'A database role; its members are bound too.';
-COMMENT ON COLUMN email_accounts.tenant_member.tenant IS 'The tenant the role may see and use.';
+COMMENT ON COLUMN email_accounts.tenant_member.tenant IS 'The tenant the role may see and use, or * for all tenants.';
 
 -- Each role sees only its own bindings, so tenants do not learn of each other.
 ALTER TABLE email_accounts.tenant_member ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_bindings ON email_accounts.tenant_member
-    FOR SELECT USING (pg_catalog.pg_has_role(current_user, role_name, 'MEMBER'));
+    FOR SELECT USING (coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(role_name)), 'MEMBER'), false));
 
--- The tenants the current role is bound to, evaluated for current_user
--- explicitly. Superusers are bound to none (pg_has_role would make them
--- members of every role, and row-level security never applies to them).
+-- The tenants a role is bound to. Evaluated for an explicit role because
+-- SECURITY DEFINER code (set_password, the workers) asks on a caller's
+-- behalf. A superuser counts as bound to '*' (row-level security never
+-- applies to it anyway); pg_has_role would otherwise make it a member of
+-- every bound role.
+CREATE FUNCTION email_accounts.tenants_of(member oid) RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE
+    WHEN (SELECT role.rolsuper FROM pg_catalog.pg_roles AS role WHERE role.oid = member) THEN ARRAY['*']
+    ELSE (SELECT coalesce(pg_catalog.array_agg(DISTINCT binding.tenant ORDER BY binding.tenant), '{}')
+            FROM email_accounts.tenant_member AS binding
+           WHERE coalesce(pg_catalog.pg_has_role(member, pg_catalog.to_regrole(pg_catalog.quote_ident(binding.role_name)), 'MEMBER'), false))
+END;
+
+COMMENT ON FUNCTION email_accounts.tenants_of(oid) IS
+  'The tenants a role is bound to (directly or through role membership); {*} for superusers and roles bound to every tenant; empty when it is bound to none.';
+
 CREATE FUNCTION email_accounts.current_tenants() RETURNS text[]
 LANGUAGE sql STABLE PARALLEL SAFE
-RETURN (SELECT coalesce(array_agg(DISTINCT binding.tenant), '{}')
-          FROM email_accounts.tenant_member AS binding
-         WHERE NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
-           AND coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(binding.role_name)), 'MEMBER'), false));
+RETURN email_accounts.tenants_of((SELECT role.oid FROM pg_catalog.pg_roles AS role WHERE role.rolname = current_user));
 
 COMMENT ON FUNCTION email_accounts.current_tenants() IS
-  'The tenants the current role is bound to (directly or through role membership); empty when it is bound to none.';
+  'The tenants the current role (current_user, so after SET ROLE the role set) is bound to; {*} when bound to every tenant; empty when bound to none.';
+
+-- Whether a role bound to these tenants may see a row of this tenant. Rows
+-- without tenant belong to the whole database: only '*' sees them.
+CREATE FUNCTION email_accounts.tenant_is_among(tenant text, tenants text[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN '*' OPERATOR(pg_catalog.=) ANY (tenants) OR coalesce(tenant OPERATOR(pg_catalog.=) ANY (tenants), false);
+
+COMMENT ON FUNCTION email_accounts.tenant_is_among(text, text[]) IS
+  'True when a row of this tenant is visible to a role bound to these tenants: one of them is the row''s tenant, or * (every tenant, and rows without tenant).';
 
 -- Used by the row-level security policies of tenant-keyed tables.
 CREATE FUNCTION email_accounts.tenant_is_visible(tenant text) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
-RETURN cardinality(email_accounts.current_tenants()) = 0 OR tenant = ANY (email_accounts.current_tenants());
+RETURN email_accounts.tenant_is_among(tenant, email_accounts.current_tenants());
 
 COMMENT ON FUNCTION email_accounts.tenant_is_visible(text) IS
-  'True when the current role may see rows of this tenant: it is bound to it, or it is bound to no tenant at all. Used by row-level security.';
+  'True when the current role may see rows of this tenant: it is bound to it or to *. Used by row-level security; a role bound to no tenant sees nothing.';
+
+CREATE FUNCTION email_accounts.bound_to_every_tenant() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN '*' OPERATOR(pg_catalog.=) ANY (email_accounts.current_tenants());
+
+COMMENT ON FUNCTION email_accounts.bound_to_every_tenant() IS
+  'True when the current role is a superuser or bound to tenant *: only such roles change the shared domains and provider presets.';
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.tenant_member', '');

@@ -29,7 +29,7 @@ pgrx::extension_sql_file!("../sql/secrets.sql", name = "secrets", requires = ["a
 pgrx::extension_sql_file!(
     "../sql/account_settings.sql",
     name = "account_settings",
-    requires = ["accounts", wake_workers_at_commit]
+    requires = ["accounts", "secrets", wake_workers_at_commit]
 );
 pgrx::extension_sql_file!(
     "../sql/account_tests.sql",

@@ -387,14 +387,19 @@ fn replies_are_linked_new_mail_creates_rows_and_gets_one_auto_reply() {
             "CREATE TABLE public.ticket (id bigserial PRIMARY KEY, title text, raised_by text, description text);
              CREATE TABLE public.received_log (message_id bigint);
              CREATE FUNCTION public.note_message(id bigint) RETURNS void LANGUAGE sql
-                 AS 'INSERT INTO public.received_log VALUES (id)';",
+                 AS 'INSERT INTO public.received_log VALUES (id)';
+             -- The routing code runs as this role: no superuser, bound to the account's tenant.
+             CREATE ROLE support_desk NOLOGIN;
+             GRANT INSERT, SELECT ON public.ticket, public.received_log TO support_desk;
+             GRANT USAGE ON SEQUENCE public.ticket_id_seq TO support_desk;
+             INSERT INTO email_accounts.tenant_member VALUES ('support_desk', '*');",
         )
         .unwrap();
     setup.account(
         "Support",
         "support@example.test",
         "sync_option = 'all', enable_outgoing = true, default_outgoing = true, enable_auto_reply = true,
-         auto_reply_message = 'We got your message.', append_to_table = 'public.ticket',
+         auto_reply_message = 'We got your message.', owner_role = 'support_desk', append_to_table = 'public.ticket',
          append_to_columns = '{\"title\": \"subject\", \"raised_by\": \"sender_address\", \"description\": \"body\"}',
          on_receive_function = 'public.note_message(bigint)'",
     );

@@ -16,12 +16,16 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<&str
 }
 
 pub fn raise_access(error: AccountAccessError) -> ! {
-    let code = match &error {
-        AccountAccessError::Unknown(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-        AccountAccessError::Denied(_) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        AccountAccessError::Spi(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+    let (code, hint) = match &error {
+        AccountAccessError::Unknown(_) => (PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, None),
+        AccountAccessError::Ambiguous(_) => (
+            PgSqlErrorCode::ERRCODE_AMBIGUOUS_PARAMETER,
+            Some("Account names are unique per tenant: name the tenant too (tenant => '...')."),
+        ),
+        AccountAccessError::Denied(_) => (PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, None),
+        AccountAccessError::Spi(_) => (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, None),
     };
-    raise(code, error.to_string(), None)
+    raise(code, error.to_string(), hint)
 }
 
 pub fn raise_secret(error: SecretStoreError) -> ! {
@@ -29,6 +33,10 @@ pub fn raise_secret(error: SecretStoreError) -> ! {
         SecretStoreError::KeyFile(_) => (
             PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
             Some("The key file email_accounts.keys in the data directory holds the encryption keys; restore it from backup."),
+        ),
+        SecretStoreError::ServersChanged { .. } => (
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Some("Set the password again with email_accounts.set_password() if the new servers are right."),
         ),
         SecretStoreError::Decrypt { .. } => (
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,

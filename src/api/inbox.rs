@@ -3,8 +3,9 @@
 //! so the caller's transaction never holds network I/O). `reparse(message)`:
 //! parses a stored message again from its raw bytes.
 
-use super::errors::raise;
-use crate::store::inbox;
+use super::errors::{raise, raise_access};
+use crate::store::accounts::AccountAccessError;
+use crate::store::{inbox, privileged};
 use crate::worker::board::{self, SyncRequestState};
 use crate::worker::role::Role;
 use email_accounts_mail::parse::parse;
@@ -20,6 +21,7 @@ fn internal(error: pgrx::spi::SpiError) -> ! {
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_now(
     account: &str,
+    tenant: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -30,9 +32,19 @@ fn sync_now(
         name!(error, Option<String>),
     ),
 > {
-    let visible = inbox::visible_account(account).unwrap_or_else(|error| internal(error)).unwrap_or_else(|| {
-        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no account named {account:?}"), None)
-    });
+    // The receiver would wait for itself if its own routing code asked.
+    if privileged::in_restricted_operation() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "sync_now() cannot be called from a security-restricted operation (such as on_receive_function code)",
+            None,
+        );
+    }
+    let visible = match inbox::visible_accounts(account, tenant).unwrap_or_else(|error| internal(error)).as_slice() {
+        [] => raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no account named {account:?}"), None),
+        [visible] => visible.clone(),
+        _ => raise_access(AccountAccessError::Ambiguous(account.to_owned())),
+    };
     if !visible.enable_incoming {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -78,16 +90,26 @@ fn sync_now(
     TableIterator::new(rows)
 }
 
+/// The caller must see the message (row-level security, as itself); the
+/// worker's tables are then rewritten as the extension owner.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn reparse(message_id: i64) -> bool {
-    let (raw, attachment_size_limit) =
-        inbox::raw_message(message_id).unwrap_or_else(|error| internal(error)).unwrap_or_else(|| {
-            raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no message with message_id {message_id}"), None)
-        });
-    let parsed = parse(&raw, attachment_size_limit);
-    let ok = parsed.is_ok();
-    if let Err(error) = inbox::replace_parsed(message_id, parsed.as_ref().map_err(|error| error.to_string())) {
-        internal(error)
+    let visible = inbox::message_is_visible(message_id).unwrap_or_else(|error| internal(error));
+    if !visible {
+        raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no message with message_id {message_id}"), None)
     }
-    ok
+    privileged::as_extension_owner(|| {
+        let (raw, attachment_size_limit) =
+            inbox::raw_message(message_id).unwrap_or_else(|error| internal(error)).unwrap_or_else(|| {
+                raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no message with message_id {message_id}"), None)
+            });
+        let parsed = parse(&raw, attachment_size_limit);
+        let ok = parsed.is_ok();
+        if let Err(error) = inbox::replace_parsed(message_id, parsed.as_ref().map_err(|error| error.to_string())) {
+            internal(error)
+        }
+        ok
+    })
+    .unwrap_or_else(|error| internal(error))
 }

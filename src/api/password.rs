@@ -1,17 +1,28 @@
 //! Write-only passwords: `set_password()` and `rotate_encryption_key()`.
-//! Both run as the extension owner (SECURITY DEFINER, pinned search_path)
-//! and check the caller themselves. Passwords are never echoed in errors.
+//! Neither is SECURITY DEFINER: each decides for the role really calling
+//! (see store::privileged) and only then touches the secrets as the extension
+//! owner. Passwords are never echoed in errors.
 
 use super::errors::{raise, raise_access, raise_secret};
-use crate::store::{accounts, secrets};
+use crate::store::{accounts, privileged, secrets};
 use pgrx::prelude::*;
 
-/// Stores the account's password, encrypted; ends awaiting_password.
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
+fn internal(error: pgrx::spi::SpiError) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None)
+}
+
+/// Stores the account's password, encrypted and bound to the account's
+/// servers as they are now; ends awaiting_password.
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn set_password(account: &str, password: &str) {
-    let caller = unsafe { pg_sys::GetOuterUserId() };
-    let managed = accounts::managed_by(account, caller).unwrap_or_else(|error| raise_access(error));
+fn set_password(account: &str, password: &str, tenant: default!(Option<&str>, "NULL")) {
+    let caller = privileged::caller();
+    privileged::as_extension_owner(|| set_password_as_owner(account, password, tenant, caller))
+        .unwrap_or_else(|error| internal(error))
+}
+
+fn set_password_as_owner(account: &str, password: &str, tenant: Option<&str>, caller: pg_sys::Oid) {
+    let managed = accounts::managed_by(account, tenant, caller).unwrap_or_else(|error| raise_access(error));
     if password.is_empty() {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "password must not be empty", None);
     }
@@ -34,10 +45,10 @@ fn set_password(account: &str, password: &str) {
 
 /// Makes a new encryption key current and re-encrypts every stored password
 /// with it; returns the new key's id. Superusers only.
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate_encryption_key() -> i32 {
-    let caller = unsafe { pg_sys::GetOuterUserId() };
+    let caller = privileged::caller();
     if !unsafe { pg_sys::superuser_arg(caller) } {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

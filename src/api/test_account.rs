@@ -3,26 +3,32 @@
 
 use super::errors::{raise, raise_access, raise_secret};
 use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
-use crate::store::{accounts, secrets};
+use crate::store::{accounts, privileged, secrets};
 use crate::threads;
 use email_accounts_mail::connection::{FailureKind, Login};
 use email_accounts_mail::probe::{probe, ProbeFailure, ProbeReport, Protocol};
 use pgrx::prelude::*;
 use serde_json::{json, Map, Value};
 
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
+/// Not SECURITY DEFINER: decides for the role really calling, then reads the
+/// settings and the password as the extension owner (see store::privileged).
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn test_account(account: &str) -> pgrx::JsonB {
-    let caller = unsafe { pg_sys::GetOuterUserId() };
-    let managed = accounts::managed_by(account, caller).unwrap_or_else(|error| raise_access(error));
-    let settings = account_settings::load(managed.account_id)
-        .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None))
-        .unwrap_or_else(|| raise_access(accounts::AccountAccessError::Unknown(account.to_owned())));
-    let password = if settings.awaiting_password {
-        None
-    } else {
-        secrets::read_password(settings.account_id).unwrap_or_else(|error| raise_secret(error))
-    };
+fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::JsonB {
+    let caller = privileged::caller();
+    let (settings, password) = privileged::as_extension_owner(|| {
+        let managed = accounts::managed_by(account, tenant, caller).unwrap_or_else(|error| raise_access(error));
+        let settings = account_settings::load(managed.account_id)
+            .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None))
+            .unwrap_or_else(|| raise_access(accounts::AccountAccessError::Unknown(account.to_owned())));
+        let password = if settings.awaiting_password {
+            None
+        } else {
+            secrets::read_password(settings.account_id).unwrap_or_else(|error| raise_secret(error))
+        };
+        (settings, password)
+    })
+    .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None));
     pgrx::JsonB(report(&settings, password))
 }
 

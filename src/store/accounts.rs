@@ -1,6 +1,8 @@
 //! Looking up accounts on behalf of a caller, with the permission rules of
 //! functions that touch secrets: superusers, members of the account's owner
-//! role, and email_accounts_admin members who may see the account's tenant.
+//! role, and email_accounts_admin members bound to the account's tenant.
+//! Run as the extension owner (row-level security does not apply), so every
+//! rule about the caller is spelled out here, for the caller's role.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
@@ -9,6 +11,8 @@ use pgrx::spi::SpiError;
 pub enum AccountAccessError {
     #[error("no account named {0:?}")]
     Unknown(String),
+    #[error("account name {0:?} is ambiguous: accounts of several tenants you can see have it")]
+    Ambiguous(String),
     #[error("permission denied for account {0:?}: only its owner role, a superuser, or an email_accounts_admin of its tenant may do this")]
     Denied(String),
     #[error(transparent)]
@@ -23,58 +27,44 @@ pub struct ManagedAccount {
     pub ascii_encode_password: bool,
 }
 
-// Tenant bindings of the caller ($2), evaluated for that role explicitly
-// because these functions run as SECURITY DEFINER.
+// Accounts named $1 (in tenant $3 when given) that the caller $2 can see,
+// and whether it may manage each. Deny by default: a role bound to no
+// tenant sees none.
 const ACCESS_QUERY: &str = "
-WITH caller_tenants AS (
-    SELECT binding.tenant
-      FROM email_accounts.tenant_member AS binding
-     WHERE coalesce(pg_catalog.pg_has_role($2, pg_catalog.to_regrole(pg_catalog.quote_ident(binding.role_name)), 'MEMBER'), false)
-)
 SELECT account.account_id,
        account.ascii_encode_password,
-       NOT EXISTS (SELECT FROM caller_tenants) OR account.tenant IN (SELECT tenant FROM caller_tenants) AS visible,
-       coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE oid = $2), false)
+       coalesce((SELECT role.rolsuper FROM pg_catalog.pg_roles AS role WHERE role.oid OPERATOR(pg_catalog.=) $2), false)
        OR coalesce(pg_catalog.pg_has_role($2, pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role)), 'MEMBER'), false)
-       OR coalesce(pg_catalog.pg_has_role($2, pg_catalog.to_regrole('email_accounts_admin'), 'MEMBER'), false) AS may_manage,
-       coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE oid = $2), false) AS is_superuser
+       OR coalesce(pg_catalog.pg_has_role($2, pg_catalog.to_regrole('email_accounts_admin'), 'MEMBER'), false) AS may_manage
   FROM email_accounts.account
- WHERE account.name = $1";
+ WHERE account.name OPERATOR(pg_catalog.=) $1
+   AND ($3::text IS NULL OR account.tenant OPERATOR(pg_catalog.=) $3)
+   AND email_accounts.tenant_is_among(account.tenant, email_accounts.tenants_of($2))";
 
-/// What ACCESS_QUERY says about one account and one caller.
-struct Access {
-    account_id: i64,
-    ascii_encode_password: bool,
-    visible: bool,
-    may_manage: bool,
-    is_superuser: bool,
-}
-
-/// The account named `name` if `caller` may manage it (set its password, test it).
-pub fn managed_by(name: &str, caller: pg_sys::Oid) -> Result<ManagedAccount, AccountAccessError> {
-    let access = Spi::connect(|client| -> Result<Option<Access>, SpiError> {
-        let table = client.select(ACCESS_QUERY, Some(1), &[name.into(), caller.into()])?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        let row = table.first();
-        Ok(Some(Access {
-            account_id: row.get::<i64>(1)?.unwrap_or_default(),
-            ascii_encode_password: row.get::<bool>(2)?.unwrap_or_default(),
-            visible: row.get::<bool>(3)?.unwrap_or_default(),
-            may_manage: row.get::<bool>(4)?.unwrap_or_default(),
-            is_superuser: row.get::<bool>(5)?.unwrap_or_default(),
-        }))
+/// The account named `name` (in `tenant`, when given) if `caller` may
+/// manage it (set its password, test it). Another tenant's account looks
+/// like an unknown one.
+pub fn managed_by(name: &str, tenant: Option<&str>, caller: pg_sys::Oid) -> Result<ManagedAccount, AccountAccessError> {
+    let visible = Spi::connect(|client| -> Result<Vec<(i64, bool, bool)>, SpiError> {
+        client
+            .select(ACCESS_QUERY, Some(2), &[name.into(), caller.into(), tenant.into()])?
+            .map(|row| {
+                Ok((
+                    row.get::<i64>(1)?.unwrap_or_default(),
+                    row.get::<bool>(2)?.unwrap_or_default(),
+                    row.get::<bool>(3)?.unwrap_or_default(),
+                ))
+            })
+            .collect()
     })?;
-    match access {
-        // Accounts of other tenants look like unknown ones.
-        None => Err(AccountAccessError::Unknown(name.to_owned())),
-        Some(access) if !access.visible && !access.is_superuser => Err(AccountAccessError::Unknown(name.to_owned())),
-        Some(access) if !access.may_manage => Err(AccountAccessError::Denied(name.to_owned())),
-        Some(access) => Ok(ManagedAccount {
-            account_id: access.account_id,
+    match visible.as_slice() {
+        [] => Err(AccountAccessError::Unknown(name.to_owned())),
+        [(_, _, false)] => Err(AccountAccessError::Denied(name.to_owned())),
+        [(account_id, ascii_encode_password, true)] => Ok(ManagedAccount {
+            account_id: *account_id,
             name: name.to_owned(),
-            ascii_encode_password: access.ascii_encode_password,
+            ascii_encode_password: *ascii_encode_password,
         }),
+        _ => Err(AccountAccessError::Ambiguous(name.to_owned())),
     }
 }

@@ -55,20 +55,22 @@ SELECT settings.account_id, settings.name, settings.login_id, settings.allow_pla
        settings.extra_ca_certificate, settings.incoming_protocol, settings.incoming_host, settings.incoming_port,
        settings.incoming_security, settings.folders, settings.sync_option = 'unseen', settings.initial_sync_count,
        settings.attachment_size_limit, settings.pop3_retrieval, settings.pop3_delete_after_days,
-       settings.address, settings.enable_auto_reply, to_regrole(quote_ident(account.owner_role))::oid,
+       settings.address, settings.enable_auto_reply, pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role))::oid,
        account.append_to_table::oid,
-       (SELECT format('SELECT %I.%I($1)', namespace.nspname, function.proname)
+       (SELECT pg_catalog.format('SELECT %I.%I($1)', namespace.nspname, function.proname)
           FROM pg_catalog.pg_proc AS function
           JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = function.pronamespace
          WHERE function.oid = account.on_receive_function),
        settings.account_id = ANY ($1) OR email_accounts.next_sync_at(settings.account_id, settings.folders) <= now(),
-       concat_ws('|', settings.incoming_host, settings.incoming_port, settings.incoming_security, settings.login_id,
-                 settings.folders[1], account.password_set_at, md5(settings.extra_ca_certificate))
+       pg_catalog.concat_ws('|', settings.incoming_host, settings.incoming_port, settings.incoming_security, settings.login_id,
+                 settings.folders[1], account.password_set_at, pg_catalog.md5(settings.extra_ca_certificate)),
+       CASE WHEN account.append_to_table IS NOT NULL OR account.on_receive_function IS NOT NULL
+            THEN email_accounts.owner_role_problem(pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role))::oid, account.tenant) END
   FROM email_accounts.account_settings AS settings
   JOIN email_accounts.account USING (account_id)
  WHERE settings.ready_to_receive
    AND settings.incoming_protocol IS NOT NULL AND settings.incoming_host IS NOT NULL
-   AND to_regrole(quote_ident(account.owner_role)) IS NOT NULL
+   AND pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role)) IS NOT NULL
  ORDER BY settings.account_id";
 
 /// Every account ready to receive, each marked due when its next sync is due or it was requested.
@@ -106,6 +108,7 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
                     owner: row.get::<pg_sys::Oid>(18)?.unwrap_or(pg_sys::InvalidOid),
                     append_to_table: row.get::<pg_sys::Oid>(19)?.filter(|oid| *oid != pg_sys::InvalidOid),
                     on_receive_statement: row.get(20)?,
+                    owner_problem: row.get(23)?,
                 },
                 due: row.get(21)?.unwrap_or(false),
                 fingerprint: row.get(22)?.unwrap_or_default(),
@@ -465,29 +468,40 @@ pub fn record_outcome(account_id: i64, outcome: &FolderOutcome, max_backoff_seco
 }
 
 /// An account as `sync_now()`'s caller sees it (row-level security applies).
+#[derive(Debug, Clone)]
 pub struct VisibleAccount {
     pub account_id: i64,
     pub enable_incoming: bool,
     pub ready_to_receive: bool,
 }
 
-pub fn visible_account(name: &str) -> Result<Option<VisibleAccount>, SpiError> {
+pub fn visible_accounts(name: &str, tenant: Option<&str>) -> Result<Vec<VisibleAccount>, SpiError> {
     Spi::connect(|client| {
-        let table = client.select(
-            "SELECT account_id, enable_incoming, ready_to_receive FROM email_accounts.account_settings WHERE name = $1",
-            Some(1),
-            &[name.into()],
-        )?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        let row = table.first();
-        Ok(Some(VisibleAccount {
-            account_id: row.get(1)?.unwrap_or_default(),
-            enable_incoming: row.get(2)?.unwrap_or_default(),
-            ready_to_receive: row.get(3)?.unwrap_or_default(),
-        }))
+        client
+            .select(
+                "SELECT account_id, enable_incoming, ready_to_receive FROM email_accounts.account_settings
+                  WHERE name = $1 AND ($2::text IS NULL OR tenant = $2)",
+                Some(2),
+                &[name.into(), tenant.into()],
+            )?
+            .map(|row| {
+                Ok(VisibleAccount {
+                    account_id: row.get(1)?.unwrap_or_default(),
+                    enable_incoming: row.get(2)?.unwrap_or_default(),
+                    ready_to_receive: row.get(3)?.unwrap_or_default(),
+                })
+            })
+            .collect()
     })
+}
+
+/// Whether the current role sees the message (row-level security applies).
+pub fn message_is_visible(message_id: i64) -> Result<bool, SpiError> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM email_accounts.message WHERE message_id = $1)",
+        &[message_id.into()],
+    )?
+    .unwrap_or(false))
 }
 
 /// One folder's result as `sync_now()` returns it.

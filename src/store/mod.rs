@@ -10,6 +10,7 @@ pub mod kept_plans;
 pub mod key_file;
 pub mod links;
 pub mod outbox;
+pub mod privileged;
 pub mod routing;
 pub mod secrets;
 pub mod transaction;

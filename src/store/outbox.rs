@@ -59,7 +59,7 @@ pub struct SendingSettings {
 const EXPIRE: &str = "
 UPDATE email_accounts.outbox
    SET status = 'expired', lease_until = NULL, claim_token = NULL,
-       last_error = format('expired at %s before it could be delivered', expires_at)
+       last_error = pg_catalog.format('expired at %s before it could be delivered', expires_at)
  WHERE expires_at IS NOT NULL AND expires_at <= now()
    AND status IN ('queued', 'retry', 'sending')
    AND (status <> 'sending' OR lease_until < now())";

@@ -5,7 +5,7 @@
 //! automatic reply. Each step runs in its own subtransaction: an error is
 //! recorded on the message and never loses it.
 
-use super::transaction::in_subtransaction;
+use super::transaction::{in_subtransaction, PINNED_SEARCH_PATH};
 use email_accounts_mail::receive::auto_reply::{auto_reply_recipient, auto_reply_subject};
 use email_accounts_mail::receive::FetchedMessage;
 use pgrx::prelude::*;
@@ -20,26 +20,47 @@ pub struct RoutingSettings {
     pub enable_auto_reply: bool,
     /// The account's owner role: append_to and on_receive run as it.
     pub owner: pg_sys::Oid,
+    /// Why the owner role may not run them now (a superuser, a group role,
+    /// not bound to the account's tenant): then they are not run.
+    pub owner_problem: Option<String>,
     pub append_to_table: Option<pg_sys::Oid>,
     /// `SELECT schema.function($1)`.
     pub on_receive_statement: Option<String>,
 }
 
 /// Runs `body` as `role`, in a security-restricted operation (no SET ROLE,
-/// no RESET ROLE back to the worker's user). Call inside a subtransaction:
-/// on error its rollback restores the user.
+/// no RESET ROLE back to the worker's user), in a GUC nesting level of its
+/// own with the pinned search_path: whatever the code sets with `SET` or
+/// `set_config(…, false)` is undone when it returns, so it can never steer
+/// the worker's next statements. Call inside a subtransaction: on error its
+/// rollback restores the user and the settings.
 fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
+    let nest_level;
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
             role,
             saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
+        nest_level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
     }
     let result = body();
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    unsafe {
+        pg_sys::AtEOXact_GUC(false, nest_level);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+    }
     result
 }
 
@@ -47,7 +68,7 @@ fn record_routing_error(message_id: i64, step: &str, error: &str) {
     let problem = format!("{step}: {error}");
     let recorded = Spi::run_with_args(
         "UPDATE email_accounts.message
-            SET routing_error = concat_ws(E'\\n', routing_error, $2) WHERE message_id = $1",
+            SET routing_error = pg_catalog.concat_ws(E'\\n', routing_error, $2) WHERE message_id = $1",
         &[message_id.into(), problem.as_str().into()],
     );
     if let Err(error) = recorded {
@@ -79,13 +100,22 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
             Ok(())
         });
     }
-    if let (Some(table), false) = (settings.append_to_table, is_reply) {
-        step(message_id, "append_to_table", || append_to(message_id, table, settings.owner));
-    }
-    if let Some(statement) = &settings.on_receive_statement {
-        step(message_id, "on_receive_function", || {
-            as_role(settings.owner, || Spi::run_with_args(statement, &[message_id.into()]))
-        });
+    let runs_user_code = (settings.append_to_table.is_some() && !is_reply) || settings.on_receive_statement.is_some();
+    if let (Some(problem), true) = (&settings.owner_problem, runs_user_code) {
+        record_routing_error(
+            message_id,
+            "append_to_table and on_receive_function",
+            &format!("not run: the account's owner_role may not run them: {problem}"),
+        );
+    } else {
+        if let (Some(table), false) = (settings.append_to_table, is_reply) {
+            step(message_id, "append_to_table", || append_to(message_id, table, settings.owner));
+        }
+        if let Some(statement) = &settings.on_receive_statement {
+            step(message_id, "on_receive_function", || {
+                as_role(settings.owner, || Spi::run_with_args(statement, &[message_id.into()]))
+            });
+        }
     }
     if settings.enable_auto_reply {
         step(message_id, "auto reply", || auto_reply(message_id, message, settings));

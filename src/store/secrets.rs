@@ -10,6 +10,8 @@ use pgrx::spi::SpiError;
 pub enum SecretStoreError {
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
+    #[error("the servers of account {account_id} changed since its password was set: it is not sent to the new ones")]
+    ServersChanged { account_id: i64 },
     #[error("cannot decrypt the password of account {account_id}: {source}")]
     Decrypt { account_id: i64, source: SecretError },
     #[error("cannot encrypt: {0}")]
@@ -22,17 +24,19 @@ fn lock_key_ring() -> Result<(), SpiError> {
     Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[KEY_RING_LOCK.into()])
 }
 
-/// Encrypts and stores `password` for the account, and records that a
-/// password is set (which also ends awaiting_password).
+/// Encrypts and stores `password` for the account, bound to the account's
+/// servers as they are now (server_binding()), and records that a password
+/// is set (which also ends awaiting_password).
 pub fn store_password(account_id: i64, password: &str) -> Result<(), SecretStoreError> {
     lock_key_ring()?;
     let ring = key_file::load_or_create()?;
     let sealed = ring.seal(account_id, password).map_err(SecretStoreError::Encrypt)?;
     Spi::run_with_args(
-        "INSERT INTO email_accounts.account_secret AS secret (account_id, key_id, nonce, ciphertext)
-         VALUES ($1, $2, $3, $4)
+        "INSERT INTO email_accounts.account_secret AS secret (account_id, key_id, nonce, ciphertext, bound_servers)
+         VALUES ($1, $2, $3, $4, email_accounts.server_binding($1))
          ON CONFLICT (account_id) DO UPDATE
-            SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = now()",
+            SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+                bound_servers = excluded.bound_servers, updated_at = now()",
         &[account_id.into(), (sealed.key_id as i32).into(), sealed.nonce.into(), sealed.ciphertext.into()],
     )?;
     Spi::run_with_args(
@@ -42,22 +46,29 @@ pub fn store_password(account_id: i64, password: &str) -> Result<(), SecretStore
     Ok(())
 }
 
-/// The decrypted password of an account, or `None` if none is stored.
+/// The decrypted password of an account, or `None` if none is stored. A
+/// password whose account now points at other servers than when it was set
+/// is refused: whoever may change an account's servers must not receive it.
 pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError> {
-    let sealed = Spi::connect(|client| -> Result<Option<Sealed>, SpiError> {
+    let sealed = Spi::connect(|client| -> Result<Option<(Sealed, bool)>, SpiError> {
         let table = super::kept_plans::select(
             client,
-            "SELECT key_id, nonce, ciphertext FROM email_accounts.account_secret WHERE account_id = $1",
+            "SELECT key_id, nonce, ciphertext, bound_servers = email_accounts.server_binding(account_id)
+               FROM email_accounts.account_secret WHERE account_id = $1",
             &[account_id.into()],
         )?;
         let Some(row) = table.first() else { return Ok(None) };
-        Ok(Some(Sealed {
+        let sealed = Sealed {
             key_id: row.get::<i32>(1)?.unwrap_or_default() as u32,
             nonce: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
             ciphertext: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
-        }))
+        };
+        Ok(Some((sealed, row.get::<bool>(4)?.unwrap_or(false))))
     })?;
-    let Some(sealed) = sealed else { return Ok(None) };
+    let Some((sealed, servers_unchanged)) = sealed else { return Ok(None) };
+    if !servers_unchanged {
+        return Err(SecretStoreError::ServersChanged { account_id });
+    }
     let ring = key_file::load_existing()?;
     ring.open(account_id, &sealed).map(Some).map_err(|source| SecretStoreError::Decrypt { account_id, source })
 }

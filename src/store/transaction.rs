@@ -22,6 +22,11 @@ impl From<CaughtError> for StoreError {
     }
 }
 
+/// The only search_path the workers' statements and the code they run as an
+/// account's owner role ever see: a function or operator that a role created
+/// in another schema (`public.format`, `public.||`) can never be chosen.
+pub const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
+
 /// SET LOCAL for the current transaction, without a statement to parse.
 fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
     // SAFETY: both strings are NUL-terminated and outlive the call; an invalid
@@ -53,6 +58,8 @@ pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     PgTryBuilder::new(|| {
+        // Whatever ALTER DATABASE ... SET search_path or earlier code left.
+        set_local(c"search_path", PINNED_SEARCH_PATH);
         set_local(c"lock_timeout", c"200ms");
         // The workers' statements are small; after a burst the planner's
         // estimates can pass jit_above_cost, and compiling then took ~80 ms

@@ -304,9 +304,17 @@ mod tests {
         assert_ok("CREATE FUNCTION public.handler(id bigint) RETURNS void LANGUAGE sql AS ''");
         assert_ok(&account("route", "", ""));
         let set = |assignments: &str| format!("UPDATE email_accounts.account SET {assignments} WHERE name = 'route'");
-        assert_ok(&set(
-            r#"append_to_table = 'public.issue', append_to_columns = '{"title": "subject", "raised_by": "sender_address"}'"#,
-        ));
+        // User code never runs as a superuser (owner_role defaults to the
+        // role creating the account, here one), nor as a role bound to no tenant.
+        let routing =
+            r#"append_to_table = 'public.issue', append_to_columns = '{"title": "subject", "raised_by": "sender_address"}'"#;
+        assert_fails(&set(routing), "42501", "owner_role");
+        assert_ok("CREATE ROLE route_owner NOLOGIN");
+        assert_ok("GRANT INSERT, SELECT ON public.issue TO route_owner");
+        assert_fails(&set(&format!("owner_role = 'route_owner', {routing}")), "42501", "owner_role");
+        assert_ok("INSERT INTO email_accounts.tenant_member VALUES ('route_owner', '*')");
+        assert_ok(&set(&format!("owner_role = 'route_owner', {routing}")));
+        assert_fails(&set("owner_role = 'email_accounts_admin'"), "42501", "owner_role");
         assert_fails(&set("append_to_columns = '{}'"), CHECK, "append_to_columns");
         assert_fails(&set(r#"append_to_columns = '{"title": "not_a_field"}'"#), CHECK, "append_to_columns");
         assert_fails(&set(r#"append_to_columns = '{"missing_column": "subject"}'"#), CHECK, "append_to_columns");
@@ -319,13 +327,17 @@ mod tests {
         assert_ok(&set("on_receive_function = 'public.handler(bigint)'"));
         assert_ok("SELECT email_accounts.message_fields(1) IS NULL");
         // Code runs as owner_role: only its members may name it.
-        assert_ok("CREATE ROLE route_owner NOLOGIN");
         assert_ok("CREATE ROLE route_admin NOLOGIN IN ROLE email_accounts_admin");
-        assert_ok("GRANT INSERT, UPDATE ON email_accounts.account TO route_admin");
+        assert_ok("INSERT INTO email_accounts.tenant_member VALUES ('route_admin', '*')");
+        assert_ok("UPDATE email_accounts.account SET owner_role = 'route_admin', append_to_table = NULL, on_receive_function = NULL WHERE name = 'route'");
         assert_ok("SET LOCAL ROLE route_admin");
         // An admin (not a superuser) changes accounts...
-        assert_ok(&set("poll_interval = '10 minutes'"));
-        // ...but may not hand one to a role it is not a member of.
+        assert_eq!(
+            crate::tests::outcome_of("UPDATE email_accounts.account SET poll_interval = '10 minutes' WHERE name = 'route'").sqlstate,
+            "ok"
+        );
+        assert_eq!(Spi::get_one::<bool>("SELECT poll_interval = '10 minutes' FROM email_accounts.account WHERE name = 'route'"), Ok(Some(true)));
+        // ...but may not hand one to a role it is not a member of, nor change what runs as it.
         assert_fails(&set("owner_role = 'route_owner'"), "42501", "owner_role");
         assert_ok("RESET ROLE");
     }

@@ -16,7 +16,7 @@ mod tests {
              GRANT email_accounts_admin TO test_admin_a, test_admin_b, test_global_admin;
              GRANT email_accounts_sender TO test_sender_a;
              INSERT INTO email_accounts.tenant_member (role_name, tenant)
-                  VALUES ('test_admin_a', 'a'), ('test_sender_a', 'a'), ('test_admin_b', 'b');
+                  VALUES ('test_admin_a', 'a'), ('test_sender_a', 'a'), ('test_admin_b', 'b'), ('test_global_admin', '*');
              INSERT INTO email_accounts.account (name, tenant, address, provider, enable_outgoing)
                   VALUES ('account a', 'a', 'a@gmail.com', 'gmail', true),
                          ('account b', 'b', 'b@gmail.com', 'gmail', true),
@@ -107,6 +107,11 @@ mod tests {
         assert_eq!(visible("test_sender_a"), "account a");
         assert_eq!(visible("test_admin_b"), "account b");
         assert_eq!(visible("test_global_admin"), "account a,account b,shared");
+        // Deny by default: the group roles and a role bound to nothing see nothing.
+        Spi::run("CREATE ROLE test_unbound IN ROLE email_accounts_admin").unwrap();
+        for role in ["email_accounts_admin", "email_accounts_sender", "test_unbound"] {
+            assert_eq!(visible(role), "", "{role} sees nothing");
+        }
 
         outcome_of("SELECT 1"); // create the helper before switching roles
         Spi::run("SET LOCAL ROLE test_admin_a").unwrap();

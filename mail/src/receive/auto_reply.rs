@@ -23,6 +23,23 @@ pub enum NoAutoReply {
     NoSender,
     #[error("a bounce (empty Return-Path)")]
     Bounce,
+    #[error("Return-Path {return_path} and From {from} are of unrelated domains (the sender may be forged)")]
+    SenderMismatch { return_path: String, from: String },
+    #[error("the receiving server failed its authentication ({0})")]
+    FailedAuthentication(String),
+    #[error("marked as spam ({0})")]
+    Spam(String),
+}
+
+/// The domain of a bare address, lower case.
+fn domain_of(address: &str) -> String {
+    address.rsplit_once('@').map(|(_, domain)| domain.trim_end_matches('.').to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// Whether two domains belong together: equal, or one a subdomain of the
+/// other (bounces.example.com sends for example.com).
+fn related_domains(first: &str, second: &str) -> bool {
+    first == second || first.ends_with(&format!(".{second}")) || second.ends_with(&format!(".{first}"))
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -68,10 +85,31 @@ pub fn auto_reply_recipient(
             return Err(NoAutoReply::AutomaticMessage(marker.to_owned()));
         }
     }
+    // Anyone can put any address in From and Return-Path: answer only mail
+    // that the receiving server did not judge forged or spam, and whose two
+    // senders agree, so an auto reply cannot be aimed at a third party.
+    if let Some(value) = header(headers, "X-Spam-Flag") {
+        if value.eq_ignore_ascii_case("yes") {
+            return Err(NoAutoReply::Spam(format!("X-Spam-Flag: {value}")));
+        }
+    }
+    for value in headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case("Authentication-Results")).map(|(_, v)| v) {
+        let lower = value.to_ascii_lowercase();
+        if let Some(verdict) = ["dmarc=fail", "spf=fail", "dkim=fail"].iter().find(|verdict| lower.contains(**verdict)) {
+            return Err(NoAutoReply::FailedAuthentication((*verdict).to_owned()));
+        }
+    }
     let return_path = header(headers, "Return-Path");
     if let Some(path) = return_path {
         if path.trim_matches(['<', '>', ' ']).is_empty() {
             return Err(NoAutoReply::Bounce);
+        }
+    }
+    if let (Some(path), Some(from_mailbox)) = (return_path, from.and_then(|text| parse_mailbox(text).ok())) {
+        let path = path.trim_matches(['<', '>', ' ']);
+        let from_address = from_mailbox.email.to_string();
+        if !related_domains(&domain_of(path), &domain_of(&from_address)) {
+            return Err(NoAutoReply::SenderMismatch { return_path: path.to_owned(), from: from_address });
         }
     }
     let candidate =
@@ -155,6 +193,21 @@ mod tests {
         ));
         assert_eq!(auto_reply_recipient(&[], None, OWN), Err(NoAutoReply::NoSender));
         assert_eq!(auto_reply_recipient(&[], Some("not an address"), OWN), Err(NoAutoReply::NoSender));
+    }
+
+    #[test]
+    fn forged_or_unauthenticated_senders_do_not() {
+        let from = Some("Ann <ann@example.com>");
+        let mismatch = headers(&[("Return-Path", "<victim@elsewhere.org>")]);
+        assert!(matches!(auto_reply_recipient(&mismatch, from, OWN), Err(NoAutoReply::SenderMismatch { .. })));
+        let bounce_domain = headers(&[("Return-Path", "<b-123@bounces.example.com>")]);
+        assert_eq!(auto_reply_recipient(&bounce_domain, from, OWN).unwrap(), "b-123@bounces.example.com");
+        let failed = headers(&[("Authentication-Results", "mx.example.test; spf=pass; DMARC=FAIL header.from=example.com")]);
+        assert_eq!(auto_reply_recipient(&failed, from, OWN), Err(NoAutoReply::FailedAuthentication("dmarc=fail".into())));
+        let spam = headers(&[("X-Spam-Flag", "YES")]);
+        assert!(matches!(auto_reply_recipient(&spam, from, OWN), Err(NoAutoReply::Spam(_))));
+        let passed = headers(&[("Authentication-Results", "mx.example.test; spf=pass; dmarc=pass")]);
+        assert_eq!(auto_reply_recipient(&passed, from, OWN).unwrap(), "ann@example.com");
     }
 
     #[test]

@@ -1,0 +1,479 @@
+//! The attack suite: the roles a real deployment has — a tenant's
+//! application role, a tenant admin, another tenant, a tenant without a
+//! mailbox, a non-superuser database owner, an anonymous web caller, and
+//! strangers sending mail — each trying what issue 13 found, and the obvious
+//! variants. Every attack must fail, and its errors must say nothing of
+//! another tenant. Real PostgreSQL, Dovecot and Postfix (see harness).
+// Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
+#![cfg(not(feature = "pg_test"))]
+
+mod harness;
+
+use harness::{wait_until, Behaviour, MailServers, Postgres, SmtpResponder};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Deployment {
+    servers: MailServers,
+    cluster: Postgres,
+    admin: postgres::Client,
+}
+
+/// Three tenants (acme and globex with accounts, initech without), a global
+/// default outgoing account, and login roles for each part a deployment has.
+fn deployment() -> Deployment {
+    let servers = MailServers::start();
+    let cluster =
+        Postgres::start(&["email_accounts.fallback_poll_interval = '1h'", "email_accounts.imap_idle = off"]);
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    servers.add_example_domain(&mut admin);
+    admin
+        .batch_execute(
+            "CREATE ROLE acme_app LOGIN IN ROLE email_accounts_sender;
+             CREATE ROLE acme_admin LOGIN IN ROLE email_accounts_admin;
+             CREATE ROLE acme_owner LOGIN IN ROLE email_accounts_sender;
+             CREATE ROLE globex_app LOGIN IN ROLE email_accounts_sender;
+             CREATE ROLE initech_app LOGIN IN ROLE email_accounts_sender;
+             CREATE ROLE web LOGIN;
+             GRANT USAGE ON SCHEMA email_accounts TO web;
+             INSERT INTO email_accounts.tenant_member VALUES
+                 ('acme_app', 'acme'), ('acme_admin', 'acme'), ('acme_owner', 'acme'),
+                 ('globex_app', 'globex'), ('initech_app', 'initech');
+             INSERT INTO email_accounts.account (name, tenant, address, owner_role, enable_outgoing, enable_incoming,
+                                                 default_outgoing, poll_interval, awaiting_password)
+             VALUES ('Acme', 'acme', 'alice@example.test', 'acme_owner', true, true, true, '1 hour', true),
+                    ('Globex', 'globex', 'bob@example.test', 'postgres', true, true, true, '1 hour', true),
+                    ('System', NULL, 'support@example.test', 'postgres', true, false, true, '1 hour', true);",
+        )
+        .unwrap();
+    for (name, address) in [("Acme", "alice@example.test"), ("Globex", "bob@example.test"), ("System", "support@example.test")]
+    {
+        let password = servers.user(address).password.clone();
+        admin.execute("SELECT email_accounts.set_password($1, $2)", &[&name, &password]).unwrap();
+    }
+    Deployment { servers, cluster, admin }
+}
+
+impl Deployment {
+    fn connect_as(&self, role: &str) -> postgres::Client {
+        let options = self.cluster.connection_string("postgres").replace("user=postgres", &format!("user={role}"));
+        postgres::Client::connect(&options, postgres::NoTls).unwrap_or_else(|error| panic!("connect as {role}: {error}"))
+    }
+
+    fn value<T: for<'a> postgres::types::FromSql<'a>>(&mut self, query: &str) -> T {
+        self.admin.query_one(query, &[]).unwrap().get(0)
+    }
+
+    fn wait_for_status(&mut self, outbox_id: i64, wanted: &str) {
+        wait_until(&format!("outbox row {outbox_id} to be {wanted}"), LIMIT, || {
+            let status: String = self
+                .admin
+                .query_one("SELECT status FROM email_accounts.outbox WHERE outbox_id = $1", &[&outbox_id])
+                .unwrap()
+                .get(0);
+            (status == wanted).then_some(())
+        });
+    }
+}
+
+/// SQLSTATE and message of a statement that must fail (empty when it succeeded).
+fn failure(client: &mut postgres::Client, statement: &str) -> (String, String) {
+    match client.batch_execute(statement) {
+        Ok(()) => (String::new(), String::new()),
+        Err(error) => {
+            let database = error.as_db_error().unwrap_or_else(|| panic!("{statement}: {error}"));
+            (database.code().code().to_owned(), database.message().to_owned())
+        }
+    }
+}
+
+/// Asserts that `statement` fails with `sqlstate` and says nothing of globex.
+fn refused(client: &mut postgres::Client, statement: &str, sqlstate: &str) -> String {
+    let (code, message) = failure(client, statement);
+    assert_eq!(code, sqlstate, "{statement} → {message}");
+    assert!(!message.to_lowercase().contains("bob@"), "{statement} leaks: {message}");
+    message
+}
+
+fn count(client: &mut postgres::Client, query: &str) -> i64 {
+    client.query_one(query, &[]).unwrap().get(0)
+}
+
+/// Every row of every table and view of the extension that `client` can read, as text.
+fn everything_readable(client: &mut postgres::Client) -> String {
+    let relations: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'email_accounts' AND c.relkind IN ('r', 'v') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(relations.len() >= 14, "{relations:?}");
+    let mut seen = String::new();
+    for relation in relations {
+        let query = format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM {relation} t");
+        match client.query_one(&query, &[]) {
+            Ok(row) => seen.push_str(&row.get::<_, String>(0)),
+            Err(error) => {
+                let code = error.as_db_error().map(|db| db.code().code().to_owned()).unwrap_or_default();
+                assert_eq!(code, "42501", "{relation}: {error}");
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
+    let mut deployment = deployment();
+    let globex_queued: i64 =
+        deployment.value("SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'globex secret', account => 'Globex')");
+    let globex_id: i64 = deployment.value("SELECT account_id FROM email_accounts.account WHERE name = 'Globex'");
+    deployment.wait_for_status(globex_queued, "sent");
+    deployment.servers.append("bob@example.test", "INBOX", &[(
+        b"From: carol@example.test\r\nSubject: globex inbox\r\nMessage-ID: <g1@example.test>\r\n\r\nfor globex\r\n".to_vec(),
+        false,
+    )]);
+    deployment.admin.batch_execute("SELECT * FROM email_accounts.sync_now('Globex')").unwrap();
+    let globex_message: i64 = deployment.value("SELECT max(message_id) FROM email_accounts.message");
+
+    for attacker in ["acme_app", "acme_admin", "acme_owner"] {
+        let mut client = deployment.connect_as(attacker);
+        let roles: Vec<String> = client
+            .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE pg_catalog.pg_has_role(session_user, oid, 'MEMBER') ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for role in &roles {
+            client.batch_execute(&format!("SET ROLE {role}")).unwrap();
+            let seen = everything_readable(&mut client).to_lowercase();
+            assert!(!seen.contains("globex") && !seen.contains("bob@"), "{attacker} as {role} sees globex:\n{seen}");
+            if role.starts_with("email_accounts_") {
+                assert_eq!(count(&mut client, "SELECT count(*) FROM email_accounts.account"), 0, "{role} sees nothing");
+                // Through the group role, not even its own tenant's account.
+                refused(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Acme')", "23503");
+            }
+            let unknown = failure(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Nobody')");
+            let other = failure(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Globex')");
+            assert_eq!(unknown.0, other.0, "another tenant's account looks like no account");
+            for function in ["set_password('Globex', 'x')", "test_account('Globex')"] {
+                refused(&mut client, &format!("SELECT email_accounts.{function}"), "42704");
+            }
+            refused(&mut client, "SELECT * FROM email_accounts.sync_now('Globex')", "42704");
+            client.batch_execute("RESET ROLE").unwrap();
+        }
+    }
+
+    // The tenant admin: cannot re-point its own mail at another tenant's
+    // account, change whose a row is, or reach another tenant's rows.
+    let mut acme_admin = deployment.connect_as("acme_admin");
+    let own: i64 = acme_admin
+        .query_one("SELECT email_accounts.send(\"to\" => '{carol@example.test}', send_after => now() + interval '1 hour')", &[])
+        .unwrap()
+        .get(0);
+    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET account_id = {globex_id} WHERE outbox_id = {own}"), "23514");
+    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET tenant = 'globex' WHERE outbox_id = {own}"), "42501");
+    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET claim_token = gen_random_uuid() WHERE outbox_id = {own}"), "42501");
+    let moved = acme_admin.execute("UPDATE email_accounts.outbox SET status = 'queued' WHERE outbox_id = $1", &[&globex_queued]).unwrap();
+    assert_eq!(moved, 0);
+    let changed = acme_admin.execute("UPDATE email_accounts.account SET signature = 'pwned' WHERE account_id = $1", &[&globex_id]).unwrap();
+    assert_eq!(changed, 0);
+    refused(&mut acme_admin, "UPDATE email_accounts.domain SET smtp_host = 'evil.example' WHERE true; INSERT INTO email_accounts.domain (domain_name) VALUES ('evil.example')", "42501");
+    refused(
+        &mut acme_admin,
+        &format!("INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content) VALUES ({globex_queued}, 9, 'x', '\\x00')"),
+        "42501",
+    );
+    refused(
+        &mut acme_admin,
+        &format!("INSERT INTO email_accounts.suppression (tenant, address, outbox_id) VALUES ('acme', 'x@example.test', {globex_queued})"),
+        "23503",
+    );
+    refused(&mut acme_admin, &format!("SELECT email_accounts.reparse({globex_message})"), "P0002");
+    // The account checks run as the admin: another tenant's account is not checked, not named.
+    acme_admin.batch_execute(&format!("SELECT email_accounts.check_account_settings({globex_id})")).unwrap();
+    // Names and addresses are unique per tenant: nothing to probe or reserve.
+    acme_admin
+        .batch_execute(
+            "INSERT INTO email_accounts.account (name, tenant, address, owner_role) VALUES ('Globex', 'acme', 'bob@example.test', 'acme_admin')",
+        )
+        .unwrap();
+    // A group role or another tenant's role cannot own an account, and
+    // routing can only be changed by members of the owner role.
+    refused(&mut acme_admin, "UPDATE email_accounts.account SET owner_role = 'email_accounts_admin' WHERE name = 'Globex'", "23514");
+    refused(&mut acme_admin, "UPDATE email_accounts.account SET append_to_columns = '{\"x\": \"subject\"}' WHERE name = 'Acme'", "42501");
+    refused(&mut acme_admin, "UPDATE email_accounts.account SET auto_reply_interval = '0' WHERE name = 'Acme'", "23514");
+
+    // reparse() works for the admin of the message's tenant.
+    deployment.servers.append("alice@example.test", "INBOX", &[(
+        b"From: carol@example.test\r\nSubject: for acme\r\nMessage-ID: <a1@example.test>\r\n\r\nhello\r\n".to_vec(),
+        false,
+    )]);
+    acme_admin.batch_execute("SELECT * FROM email_accounts.sync_now('Acme')").unwrap();
+    let acme_message: i64 = acme_admin.query_one("SELECT max(message_id) FROM email_accounts.message", &[]).unwrap().get(0);
+    let reparsed: bool = acme_admin.query_one("SELECT email_accounts.reparse($1)", &[&acme_message]).unwrap().get(0);
+    assert!(reparsed);
+
+    // A tenant without a mailbox falls back to the system's default outbox;
+    // the row stays its own.
+    let mut initech = deployment.connect_as("initech_app");
+    let fallback: i64 = initech
+        .query_one("SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'initech via the system')", &[])
+        .unwrap()
+        .get(0);
+    let (tenant, account): (Option<String>, Option<String>) = {
+        let row = initech.query_one("SELECT tenant, account FROM email_accounts.outbox WHERE outbox_id = $1", &[&fallback]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((tenant.as_deref(), account.as_deref()), (Some("initech"), Some("System")));
+    assert_eq!(count(&mut acme_admin, &format!("SELECT count(*) FROM email_accounts.outbox WHERE outbox_id = {fallback}")), 0);
+    deployment.wait_for_status(fallback, "sent");
+    assert_eq!(count(&mut initech, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'"), 1);
+
+    // The anonymous web caller: token functions only, nothing else.
+    let mut web = deployment.connect_as("web");
+    refused(&mut web, "SELECT email_accounts.unsubscribe('not-a-token')", "22023");
+    refused(&mut web, "SELECT * FROM email_accounts.global_default_outgoing()", "42501");
+    refused(&mut web, "SELECT * FROM email_accounts.account", "42501");
+    refused(&mut web, "SELECT * FROM email_accounts.outbox", "42501");
+    let seen = everything_readable(&mut web);
+    assert!(seen.lines().all(|line| !line.contains('@')), "web reads addresses:\n{seen}");
+}
+
+/// Functions and operators a non-superuser database owner can put in
+/// `public` to catch unqualified calls of the workers' statements.
+const SHADOWS: &str = "
+CREATE TABLE public.hijacked (called text, as_user text);
+GRANT INSERT ON public.hijacked TO PUBLIC;
+CREATE FUNCTION public.format(text, timestamptz) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('format', current_user); SELECT pg_catalog.format($1, $2) $$;
+CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('format', current_user); SELECT pg_catalog.format($1, $2) $$;
+CREATE FUNCTION public.concat_ws(text, text, text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('concat_ws', current_user); SELECT pg_catalog.concat_ws($1, $2, $3) $$;
+CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('now', current_user); SELECT pg_catalog.now() $$;
+CREATE FUNCTION public.md5(text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('md5', current_user); SELECT pg_catalog.md5($1) $$;
+CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('lower', current_user); SELECT pg_catalog.lower($1) $$;
+CREATE FUNCTION public.quote_ident(text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('quote_ident', current_user); SELECT pg_catalog.quote_ident($1) $$;
+CREATE FUNCTION public.to_regrole(text) RETURNS regrole LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('to_regrole', current_user); SELECT pg_catalog.to_regrole($1) $$;
+CREATE FUNCTION public.gen_random_uuid() RETURNS uuid LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('gen_random_uuid', current_user); SELECT pg_catalog.gen_random_uuid() $$;
+CREATE FUNCTION public.text_concat(text, text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('||', current_user); SELECT pg_catalog.textcat($1, $2) $$;
+CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = public.text_concat);
+CREATE FUNCTION public.text_equal(text, text) RETURNS boolean LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('= text', current_user); SELECT pg_catalog.texteq($1, $2) $$;
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.text_equal);
+CREATE FUNCTION public.bigint_equal(bigint, bigint) RETURNS boolean LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('= bigint', current_user); SELECT pg_catalog.int8eq($1, $2) $$;
+CREATE OPERATOR public.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = public.bigint_equal);
+CREATE FUNCTION public.time_before(timestamptz, timestamptz) RETURNS boolean LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('<= timestamptz', current_user); SELECT pg_catalog.timestamptz_le($1, $2) $$;
+CREATE OPERATOR public.<= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = public.time_before);
+CREATE FUNCTION public.time_plus(timestamptz, interval) RETURNS timestamptz LANGUAGE sql AS
+  $$ INSERT INTO public.hijacked VALUES ('+ interval', current_user); SELECT pg_catalog.timestamptz_pl_interval($1, $2) $$;
+CREATE OPERATOR public.+ (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = public.time_plus);
+ALTER DATABASE postgres SET search_path = public, pg_catalog;
+";
+
+#[test]
+fn nobody_borrows_the_workers_superuser() {
+    let mut deployment = deployment();
+    // A database owner who is not a superuser (on PostgreSQL 15 it may
+    // create in public) shadows what the workers call and points the
+    // database's search_path at it.
+    deployment
+        .admin
+        .batch_execute(
+            "CREATE ROLE dbowner LOGIN;
+             ALTER DATABASE postgres OWNER TO dbowner;
+             CREATE TABLE public.attempts (what text);
+             GRANT INSERT ON public.attempts TO acme_owner;
+             -- The account's routing code, as its owner role: it tries to
+             -- leave its nesting level, switch user, and reach another
+             -- tenant's password.
+             CREATE FUNCTION public.acme_on_receive(id bigint) RETURNS void LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_catalog.set_config('search_path', 'public, pg_catalog', false);
+                 -- (pg_catalog.concat: its own shadowed || would count as a hijack.)
+                 INSERT INTO public.attempts VALUES (pg_catalog.concat('ran as ', current_user));
+                 BEGIN
+                     PERFORM email_accounts.set_password('Globex', 'stolen');
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('set_password Globex: ', SQLERRM));
+                 END;
+                 BEGIN
+                     PERFORM email_accounts.test_account('Globex');
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('test_account Globex: ', SQLERRM));
+                 END;
+                 BEGIN
+                     PERFORM * FROM email_accounts.sync_now('Acme');
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('sync_now: ', SQLERRM));
+                 END;
+                 BEGIN
+                     RESET ROLE;
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('reset role: ', SQLERRM));
+                 END;
+                 BEGIN
+                     PERFORM email_accounts.rotate_encryption_key();
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('rotate: ', SQLERRM));
+                 END;
+             END $$;
+             GRANT EXECUTE ON FUNCTION public.acme_on_receive(bigint) TO acme_owner;",
+        )
+        .unwrap();
+    let mut dbowner = deployment.connect_as("dbowner");
+    dbowner.batch_execute(SHADOWS).unwrap();
+    drop(dbowner);
+    let globex_secret: Vec<u8> =
+        deployment.value("SELECT ciphertext FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
+    deployment
+        .admin
+        .batch_execute(
+            "UPDATE email_accounts.account SET on_receive_function = 'public.acme_on_receive(bigint)',
+                    enable_auto_reply = true, auto_reply_message = 'Thanks' WHERE name = 'Acme'",
+        )
+        .unwrap();
+    // The workers reconnect and get the database's search_path.
+    deployment.cluster.stop("fast");
+    deployment.cluster.start_again();
+    deployment.admin = deployment.cluster.connect_when_ready("postgres");
+    deployment.admin.batch_execute("SET search_path = pg_catalog").unwrap();
+    assert_eq!(deployment.value::<String>("SELECT pg_catalog.current_setting('search_path')"), "pg_catalog");
+
+    let sent: i64 = deployment.value(
+        "SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'normal', account => 'Acme')",
+    );
+    let expiring: i64 = deployment.value(
+        "SELECT email_accounts.send(\"to\" => '{carol@example.test}', account => 'Acme',
+                                    send_after => pg_catalog.now() OPERATOR(pg_catalog.-) interval '2 hours',
+                                    expires_at => pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')",
+    );
+    deployment.wait_for_status(sent, "sent");
+    deployment.wait_for_status(expiring, "expired");
+    deployment.servers.append(
+        "alice@example.test",
+        "INBOX",
+        &[
+            (b"From: carol@example.test\r\nSubject: one\r\nMessage-ID: <s1@example.test>\r\n\r\n1\r\n".to_vec(), false),
+            (b"From: dave@other.test\r\nSubject: two\r\nMessage-ID: <s2@example.test>\r\n\r\n2\r\n".to_vec(), false),
+        ],
+    );
+    let synced: i64 = deployment.value("SELECT sum(new_messages)::bigint FROM email_accounts.sync_now('Acme')");
+    assert_eq!(synced, 2);
+    let replies: i64 =
+        deployment.value("SELECT count(*) FROM email_accounts.message WHERE auto_reply_outbox_id IS NOT NULL");
+    assert_eq!(replies, 2, "the worker carried on normally");
+
+    let hijacked: Vec<(String, String)> = deployment
+        .admin
+        .query("SELECT called, as_user FROM public.hijacked", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert!(hijacked.is_empty(), "shadowed functions ran: {hijacked:?}");
+
+    let attempts: Vec<String> = deployment
+        .admin
+        .query("SELECT what FROM public.attempts ORDER BY what", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let text = attempts.join("\n");
+    assert_eq!(attempts.iter().filter(|line| *line == "ran as acme_owner").count(), 2, "{text}");
+    assert!(text.contains("set_password Globex: no account named \"Globex\""), "{text}");
+    assert!(text.contains("test_account Globex: no account named \"Globex\""), "{text}");
+    assert!(text.contains("sync_now: sync_now() cannot be called from a security-restricted operation"), "{text}");
+    assert!(text.contains("reset role: cannot set parameter \"role\" within security-restricted operation"), "{text}");
+    assert!(text.contains("rotate: permission denied"), "{text}");
+    let unchanged: Vec<u8> =
+        deployment.value("SELECT ciphertext FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
+    assert_eq!(unchanged, globex_secret, "Globex's password was not touched");
+    let errors: i64 =
+        deployment.value("SELECT count(*) FROM email_accounts.message WHERE routing_error IS NOT NULL");
+    assert_eq!(errors, 0);
+}
+
+#[test]
+fn a_password_goes_only_to_the_servers_it_was_set_for() {
+    let mut deployment = deployment();
+    let catcher = SmtpResponder::start(None, Behaviour::Accept, true);
+    // The tenant admin (not in the account's owner role) points the account
+    // at a server of its own.
+    let mut acme_admin = deployment.connect_as("acme_admin");
+    acme_admin
+        .batch_execute(&format!(
+            "UPDATE email_accounts.account SET smtp_host = '127.0.0.1', smtp_port = {}, smtp_security = 'none',
+                    allow_plaintext_authentication = true, enable_incoming = false WHERE name = 'Acme'",
+            catcher.port
+        ))
+        .unwrap();
+    let awaiting: bool = deployment.value("SELECT awaiting_password FROM email_accounts.account WHERE name = 'Acme'");
+    assert!(awaiting, "the account needs its password again");
+    let report: serde_json::Value =
+        acme_admin.query_one("SELECT email_accounts.test_account('Acme')", &[]).unwrap().get(0);
+    assert_eq!(report["smtp"]["error"]["kind"], "auth", "{report}");
+    // Clearing the flag does not help: the trigger sets it again...
+    acme_admin.batch_execute("UPDATE email_accounts.account SET awaiting_password = false WHERE name = 'Acme'").unwrap();
+    let awaiting: bool = deployment.value("SELECT awaiting_password FROM email_accounts.account WHERE name = 'Acme'");
+    assert!(awaiting);
+    // ...and with the triggers bypassed (a superuser), the stored password
+    // still refuses to go anywhere but the servers it was set for.
+    deployment
+        .admin
+        .batch_execute(
+            "SET session_replication_role = replica;
+             UPDATE email_accounts.account SET awaiting_password = false WHERE name = 'Acme';
+             RESET session_replication_role;",
+        )
+        .unwrap();
+    refused(&mut acme_admin, "SELECT email_accounts.test_account('Acme')", "55000");
+    let queued: i64 = acme_admin
+        .query_one("SELECT email_accounts.send(\"to\" => '{carol@example.test}', account => 'Acme')", &[])
+        .unwrap()
+        .get(0);
+    wait_until("the sender to refuse the account", LIMIT, || {
+        let row = deployment
+            .admin
+            .query_one("SELECT status, coalesce(last_error, '') FROM email_accounts.outbox WHERE outbox_id = $1", &[&queued])
+            .unwrap();
+        let error: String = row.get(1);
+        error.contains("changed since its password was set").then_some(())
+    });
+    assert!(!catcher.verbs().iter().any(|verb| verb == "AUTH"), "{:?}", catcher.verbs());
+
+    // Changing the servers and setting the password in one transaction is fine.
+    let password = deployment.servers.user("alice@example.test").password.clone();
+    let mut transaction = acme_admin.transaction().unwrap();
+    transaction
+        .batch_execute("UPDATE email_accounts.account SET smtp_host = NULL, smtp_port = NULL, smtp_security = NULL WHERE name = 'Acme'")
+        .unwrap();
+    transaction.execute("SELECT email_accounts.set_password('Acme', $1)", &[&password]).unwrap();
+    transaction.commit().unwrap();
+    let ready: bool = deployment.value("SELECT ready_to_send FROM email_accounts.account_settings WHERE name = 'Acme'");
+    assert!(ready);
+    deployment.admin.batch_execute(&format!("SELECT email_accounts.retry({queued})")).unwrap();
+    deployment.wait_for_status(queued, "sent");
+
+    // A domain change moves every account inheriting it: all need their password again.
+    deployment
+        .admin
+        .batch_execute(&format!("UPDATE email_accounts.domain SET smtp_port = {} WHERE domain_name = 'example.test'", catcher.port))
+        .unwrap();
+    let waiting: i64 = deployment.value("SELECT count(*) FROM email_accounts.account WHERE awaiting_password");
+    assert_eq!(waiting, 3);
+    assert!(!catcher.verbs().iter().any(|verb| verb == "AUTH"));
+}
