@@ -600,6 +600,57 @@ COMMENT ON FUNCTION email_accounts.suppression_before_write() IS
 CREATE TRIGGER check_outbox BEFORE INSERT OR UPDATE ON email_accounts.suppression
     FOR EACH ROW EXECUTE FUNCTION email_accounts.suppression_before_write();
 
+-- Link keys: numbered keys, rotated; links expire ---------------------------
+
+ALTER TABLE email_accounts.link_signing_key RENAME TO link_signing_key_0_1_0;
+ALTER INDEX email_accounts.link_signing_key_pkey RENAME TO link_signing_key_0_1_0_pkey;
+
+CREATE TABLE email_accounts.link_signing_key (
+    key_id     integer PRIMARY KEY CONSTRAINT "key_id must be positive" CHECK (key_id > 0),
+    key        bytea NOT NULL CONSTRAINT "key must be 32 bytes" CHECK (octet_length(key) = 32),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE email_accounts.link_signing_key IS
+  'The keys of unsubscribe and open-tracking links: the newest makes new links, every kept one still opens its links until they expire. The sender makes key 1 when it first needs one; rotate_link_signing_key() adds the next and drops those whose links have all expired. Readable by no role; kept by pg_dump so links in mail already sent stay valid.';
+COMMENT ON COLUMN email_accounts.link_signing_key.key_id IS 'The key''s number, named in every link it made.';
+COMMENT ON COLUMN email_accounts.link_signing_key.key IS '32 random bytes.';
+COMMENT ON COLUMN email_accounts.link_signing_key.created_at IS 'When the key was made; it made new links until the next one was.';
+
+REVOKE ALL ON email_accounts.link_signing_key FROM PUBLIC;
+ALTER TABLE email_accounts.link_signing_key ENABLE ROW LEVEL SECURITY;
+
+-- 0.1.0's key becomes key 1: the links it signed keep working.
+INSERT INTO email_accounts.link_signing_key (key_id, key, created_at)
+SELECT 1, key, created_at FROM email_accounts.link_signing_key_0_1_0;
+DROP TABLE email_accounts.link_signing_key_0_1_0;
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.link_signing_key', '');
+
+CREATE FUNCTION email_accounts.rotate_link_signing_key() RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    lifetime interval := coalesce(nullif(current_setting('email_accounts.link_token_lifetime', true), ''), '365 days')::interval;
+    new_key integer;
+BEGIN
+    LOCK TABLE email_accounts.link_signing_key IN EXCLUSIVE MODE;
+    INSERT INTO email_accounts.link_signing_key (key_id, key)
+    SELECT coalesce(max(key_id), 0) + 1, email_accounts.random_bytes(32) FROM email_accounts.link_signing_key
+    RETURNING key_id INTO new_key;
+    -- A key stopped making links when the next one was made; once that is
+    -- longer ago than the links' lifetime, none of its links is valid.
+    DELETE FROM email_accounts.link_signing_key AS retired
+     WHERE EXISTS (SELECT FROM email_accounts.link_signing_key AS newer
+                    WHERE newer.key_id > retired.key_id AND newer.created_at < now() - lifetime);
+    RETURN new_key;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.rotate_link_signing_key() IS
+  'Superusers: makes a new key current for unsubscribe and tracking links (links already sent keep working until they expire, email_accounts.link_token_lifetime) and drops keys all of whose links have expired. Returns the new key id.';
+
+REVOKE EXECUTE ON FUNCTION email_accounts.rotate_link_signing_key() FROM PUBLIC;
+
 -- Privileges and row-level security -----------------------------------------
 
 COMMENT ON ROLE email_accounts_admin IS 'email_accounts: manages the accounts of the tenants its members are bound to (and, when bound to every tenant, domains and provider presets). Sees nothing by itself.';

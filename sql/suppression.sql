@@ -24,20 +24,46 @@ COMMENT ON COLUMN email_accounts.suppression.outbox_id IS 'The message whose uns
 COMMENT ON COLUMN email_accounts.suppression.created_at IS 'When the address was added.';
 
 CREATE TABLE email_accounts.link_signing_key (
-    singleton  boolean PRIMARY KEY DEFAULT true CONSTRAINT "there is one link signing key" CHECK (singleton),
-    key        bytea NOT NULL,
+    key_id     integer PRIMARY KEY CONSTRAINT "key_id must be positive" CHECK (key_id > 0),
+    key        bytea NOT NULL CONSTRAINT "key must be 32 bytes" CHECK (octet_length(key) = 32),
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
 COMMENT ON TABLE email_accounts.link_signing_key IS
-  'The HMAC key that signs unsubscribe and open-tracking tokens. Readable by no role; kept by pg_dump so links in mail already sent stay valid.';
-COMMENT ON COLUMN email_accounts.link_signing_key.singleton IS 'Always true: there is one key.';
+  'The keys of unsubscribe and open-tracking links: the newest makes new links, every kept one still opens its links until they expire. The sender makes key 1 when it first needs one; rotate_link_signing_key() adds the next and drops those whose links have all expired. Readable by no role; kept by pg_dump so links in mail already sent stay valid.';
+COMMENT ON COLUMN email_accounts.link_signing_key.key_id IS 'The key''s number, named in every link it made.';
 COMMENT ON COLUMN email_accounts.link_signing_key.key IS '32 random bytes.';
-COMMENT ON COLUMN email_accounts.link_signing_key.created_at IS 'When the key was made.';
+COMMENT ON COLUMN email_accounts.link_signing_key.created_at IS 'When the key was made; it made new links until the next one was.';
 
-INSERT INTO email_accounts.link_signing_key (key) VALUES (email_accounts.random_bytes(32));
 REVOKE ALL ON email_accounts.link_signing_key FROM PUBLIC;
 ALTER TABLE email_accounts.link_signing_key ENABLE ROW LEVEL SECURITY;
+
+-- Links carry the key id and their expiry, so keys can change while links
+-- in mail already sent keep working until they expire.
+CREATE FUNCTION email_accounts.rotate_link_signing_key() RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    lifetime interval := coalesce(nullif(current_setting('email_accounts.link_token_lifetime', true), ''), '365 days')::interval;
+    new_key integer;
+BEGIN
+    LOCK TABLE email_accounts.link_signing_key IN EXCLUSIVE MODE;
+    INSERT INTO email_accounts.link_signing_key (key_id, key)
+    SELECT coalesce(max(key_id), 0) + 1, email_accounts.random_bytes(32) FROM email_accounts.link_signing_key
+    RETURNING key_id INTO new_key;
+    -- A key stopped making links when the next one was made; once that is
+    -- longer ago than the links' lifetime, none of its links is valid.
+    DELETE FROM email_accounts.link_signing_key AS retired
+     WHERE EXISTS (SELECT FROM email_accounts.link_signing_key AS newer
+                    WHERE newer.key_id > retired.key_id AND newer.created_at < now() - lifetime);
+    RETURN new_key;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.rotate_link_signing_key() IS
+  'Superusers: makes a new key current for unsubscribe and tracking links (links already sent keep working until they expire, email_accounts.link_token_lifetime) and drops keys all of whose links have expired. Returns the new key id.';
+
+REVOKE EXECUTE ON FUNCTION email_accounts.rotate_link_signing_key() FROM PUBLIC;
 
 ALTER TABLE email_accounts.outbox ADD COLUMN opened_at timestamptz, ADD COLUMN open_count integer NOT NULL DEFAULT 0;
 COMMENT ON COLUMN email_accounts.outbox.opened_at IS 'When a recipient first displayed the message (open tracking; images must be loaded).';

@@ -29,6 +29,9 @@ pub static LEASE_DURATION: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// First retry delay in seconds; it doubles with every attempt (capped at an hour).
 pub static RETRY_BASE_DELAY: GucSetting<i32> = GucSetting::<i32>::new(30);
 
+/// How long unsubscribe and tracking links stay valid, in seconds.
+pub static LINK_TOKEN_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(365 * 86_400);
+
 /// Delivery attempts before a row is given up as failed.
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 
@@ -177,6 +180,16 @@ fn register_sender() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
+        c"email_accounts.link_token_lifetime",
+        c"How long unsubscribe and open-tracking links in outgoing mail stay valid.",
+        c"rotate_link_signing_key() drops a key once every link it made has expired.",
+        &LINK_TOKEN_LIFETIME,
+        86_400,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
         c"email_accounts.retry_base_delay",
         c"Delay before the first retry of a temporarily failed message; it doubles with each attempt, up to an hour, with 20% jitter.",
         c"",
@@ -224,6 +237,10 @@ pub fn smtp_connections() -> usize {
 
 pub fn lease_duration_seconds() -> i32 {
     LEASE_DURATION.get().max(10)
+}
+
+pub fn link_token_lifetime_seconds() -> i64 {
+    i64::from(LINK_TOKEN_LIFETIME.get().max(86_400))
 }
 
 pub fn max_attempts() -> i32 {

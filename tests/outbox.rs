@@ -478,19 +478,25 @@ fn mail_not_sent_before_expires_at_expires() {
     assert!(setup.servers.mailbox("bob@example.test").is_empty());
 }
 
+/// Points Alice's account at another SMTP port; the password is bound to its
+/// servers, so it is given again in the same transaction.
+fn move_smtp(client: &mut postgres::Client, port: u16, password: &str) {
+    let mut transaction = client.transaction().unwrap();
+    transaction
+        .execute(&format!("UPDATE email_accounts.account SET smtp_port = {port} WHERE name = 'Alice at Example'"), &[])
+        .unwrap();
+    transaction.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&password]).unwrap();
+    transaction.commit().unwrap();
+}
+
 #[test]
 fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
     let mut setup = setup_with(&["email_accounts.lease_duration = '20s'", "email_accounts.connect_timeout = '60s'"]);
     // A server that accepts and never answers keeps the batch in flight.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
-    setup
-        .client
-        .execute(
-            &format!("UPDATE email_accounts.account SET smtp_port = {silent_port} WHERE name = 'Alice at Example'"),
-            &[],
-        )
-        .unwrap();
+    let alice = setup.servers.user("alice@example.test").password.clone();
+    move_smtp(&mut setup.client, silent_port, &alice);
     let id: i64 =
         setup.client.query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}')", &[]).unwrap().get(0);
     wait_until("the row to be claimed", LIMIT, || (status_of(&mut setup.client, id).0 == "sending").then_some(()));
@@ -508,15 +514,7 @@ fn a_sender_killed_mid_batch_does_not_send_again_while_its_lease_holds() {
             client.query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])?.get(0);
         Ok(pid.filter(|pid| *pid != sender))
     });
-    client
-        .execute(
-            &format!(
-                "UPDATE email_accounts.account SET smtp_port = {} WHERE name = 'Alice at Example'",
-                setup.servers.smtp
-            ),
-            &[],
-        )
-        .unwrap();
+    move_smtp(&mut client, setup.servers.smtp, &alice);
     client.execute("SELECT email_accounts.flush()", &[]).unwrap();
     assert_eq!(status_of(&mut client, id).0, "sending", "still under the dead sender's lease");
     assert!(setup.servers.mailbox("bob@example.test").is_empty());

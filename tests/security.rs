@@ -237,6 +237,48 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
     deployment.wait_for_status(fallback, "sent");
     assert_eq!(count(&mut initech, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'"), 1);
 
+    // Other sessions' statements (the workers', the other tenant's) are not
+    // shown to a tenant role, and the server log holds no password.
+    let foreign_queries = count(
+        &mut acme_admin,
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity
+          WHERE usename IS DISTINCT FROM current_user AND query IS NOT NULL AND query NOT IN ('', '<insufficient privilege>')",
+    );
+    assert_eq!(foreign_queries, 0);
+    let bob_password = deployment.servers.user("bob@example.test").password.clone();
+    assert!(!deployment.cluster.server_log().contains(&bob_password));
+
+    // What runs as the extension owner is a short, known list, each with a
+    // pinned search_path: trigger functions (not callable directly), the
+    // token functions, and the global default's identity.
+    let definers: Vec<(String, Option<Vec<String>>)> = deployment
+        .admin
+        .query(
+            "SELECT proname::text, proconfig FROM pg_catalog.pg_proc
+              WHERE pronamespace = 'email_accounts'::regnamespace AND prosecdef ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let names: Vec<&str> = definers.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "account_keeps_its_tenant",
+            "account_servers_changed",
+            "global_default_outgoing",
+            "inherited_settings_changed",
+            "mark_opened",
+            "outbox_after_insert",
+            "unsubscribe"
+        ]
+    );
+    for (name, config) in &definers {
+        assert_eq!(config.as_deref(), Some(&["search_path=pg_catalog, pg_temp".to_owned()][..]), "{name}");
+    }
+
     // The anonymous web caller: token functions only, nothing else.
     let mut web = deployment.connect_as("web");
     refused(&mut web, "SELECT email_accounts.unsubscribe('not-a-token')", "22023");

@@ -58,6 +58,15 @@ fn configure(setup: &mut Setup, name: &str, assignments: &str) {
         .unwrap();
 }
 
+/// Moves the account to other servers; the password is bound to the servers,
+/// so it is given again in the same transaction (as an operator would).
+fn move_servers(setup: &mut Setup, name: &str, assignments: &str, password: &str) {
+    let mut transaction = setup.client.transaction().unwrap();
+    transaction.execute(&format!("UPDATE email_accounts.account SET {assignments} WHERE name = $1"), &[&name]).unwrap();
+    transaction.execute("SELECT email_accounts.set_password($1, $2)", &[&name, &password]).unwrap();
+    transaction.commit().unwrap();
+}
+
 fn test_account(setup: &mut Setup, name: &str) -> Value {
     setup.client.query_one("SELECT email_accounts.test_account($1)", &[&name]).unwrap().get(0)
 }
@@ -84,13 +93,14 @@ fn every_security_mode_logs_in() {
         ("pop3", servers.2, "none", smtp, "none", true),
     ];
     for (protocol, port, security, smtp_port, smtp_security, plaintext) in modes {
-        configure(
+        move_servers(
             &mut setup,
             "alice",
             &format!(
                 "incoming_protocol = '{protocol}', incoming_port = {port}, incoming_security = '{security}',
                  smtp_port = {smtp_port}, smtp_security = '{smtp_security}', allow_plaintext_authentication = {plaintext}"
             ),
+            &alice.password,
         );
         let report = test_account(&mut setup, "alice");
         assert_eq!(report["ok"], true, "{protocol} {security} / smtp {smtp_security}: {report:#}");
@@ -143,28 +153,30 @@ fn failures_are_classified_with_the_servers_words() {
 
     // Wrong port: nothing listens there.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    configure(&mut setup, "bob", &format!("incoming_port = {closed}, smtp_port = {closed}"));
+    move_servers(&mut setup, "bob", &format!("incoming_port = {closed}, smtp_port = {closed}"), &bob.password);
     let report = test_account(&mut setup, "bob");
     assert_eq!(error_kind(&report["imap"]), "connect", "{report:#}");
     assert_eq!(error_kind(&report["smtp"]), "connect", "{report:#}");
 
     // The self-signed CA: untrusted without the account's extra CA, trusted with it.
     let (imaps, smtps) = (setup.servers.imaps, setup.servers.smtps);
-    configure(&mut setup, "bob", &format!("incoming_port = {imaps}, smtp_port = {smtps}, extra_ca_certificate = NULL"));
+    move_servers(
+        &mut setup,
+        "bob",
+        &format!("incoming_port = {imaps}, smtp_port = {smtps}, extra_ca_certificate = NULL"),
+        &bob.password,
+    );
     let report = test_account(&mut setup, "bob");
     assert_eq!(error_kind(&report["imap"]), "tls", "{report:#}");
     assert_eq!(error_kind(&report["smtp"]), "tls", "{report:#}");
     let ca = setup.servers.ca_pem();
-    setup
-        .client
-        .execute("UPDATE email_accounts.account SET extra_ca_certificate = $1 WHERE name = 'bob'", &[&ca])
-        .unwrap();
+    move_servers(&mut setup, "bob", &format!("extra_ca_certificate = '{ca}'"), &bob.password);
     assert_eq!(test_account(&mut setup, "bob")["ok"], true);
 
     // A server that accepts the connection and never speaks: a bounded timeout.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
-    configure(&mut setup, "bob", &format!("incoming_port = {silent_port}, smtp_port = {silent_port}"));
+    move_servers(&mut setup, "bob", &format!("incoming_port = {silent_port}, smtp_port = {silent_port}"), &bob.password);
     setup.client.batch_execute("SET email_accounts.connect_timeout = '300ms'").unwrap();
     let report = test_account(&mut setup, "bob");
     assert_eq!(error_kind(&report["imap"]), "timeout", "{report:#}");
@@ -172,7 +184,7 @@ fn failures_are_classified_with_the_servers_words() {
     drop(silent);
 
     // A host name that does not resolve.
-    configure(&mut setup, "bob", "incoming_host = 'no-such-host.invalid', smtp_host = 'no-such-host.invalid'");
+    move_servers(&mut setup, "bob", "incoming_host = 'no-such-host.invalid', smtp_host = 'no-such-host.invalid'", &bob.password);
     let report = test_account(&mut setup, "bob");
     assert_eq!(error_kind(&report["imap"]), "dns", "{report:#}");
     assert_eq!(error_kind(&report["smtp"]), "dns", "{report:#}");

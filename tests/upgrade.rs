@@ -89,12 +89,15 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
                             (SELECT auto_reply_interval::text FROM email_accounts.account WHERE name = 'Acme'),
                             (SELECT count(*) FROM email_accounts.account_secret WHERE bound_servers IS NOT NULL),
                             (SELECT count(*) FROM email_accounts.outbox WHERE status = 'queued'),
-                            (SELECT count(*) FROM email_accounts.tenant_member)",
+                            (SELECT count(*) FROM email_accounts.tenant_member),
+                            (SELECT count(*) FROM email_accounts.link_signing_key WHERE key_id = 1)",
                     &[],
                 )
                 .unwrap();
-            let counts: (i64, String, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            assert_eq!(counts, (2, "01:00:00".to_owned(), 2, 1, 1));
+            let counts: (i64, String, i64, i64, i64, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+            // ... and 0.1.0's link key is key 1, so links in mail already sent keep working.
+            assert_eq!(counts, (2, "01:00:00".to_owned(), 2, 1, 1, 1));
             // The passwords stored by 0.1.0 stay usable where they were set.
             let ready: i64 = upgraded
                 .query_one("SELECT count(*) FROM email_accounts.account_settings WHERE ready_to_send", &[])

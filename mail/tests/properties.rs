@@ -5,7 +5,7 @@
 use email_accounts_mail::compose::{check_header, compose, Attachment, OutgoingMessage};
 use email_accounts_mail::parse::parse;
 use email_accounts_mail::smtp_client::dot_stuff;
-use email_accounts_mail::token::{sign, verify, Purpose};
+use email_accounts_mail::token::{sign, verify, LinkKey, Purpose};
 use proptest::prelude::*;
 
 /// Text with the characters that break mail: CR, LF, dots at line starts,
@@ -176,22 +176,30 @@ proptest! {
     /// Signed links verify for their purpose only, and any change breaks them.
     #[test]
     fn link_tokens_verify_only_unchanged(
-        key in prop::collection::vec(any::<u8>(), 32),
+        secret in prop::collection::vec(any::<u8>(), 32),
+        key_id in 1u32..1000,
+        nonce in any::<[u8; 12]>(),
         outbox_id in any::<i64>(),
+        expires_at in 0i64..4_000_000_000,
         address in "[a-z0-9.]{1,20}@[a-z]{1,10}\\.test",
         flip in any::<prop::sample::Index>(),
     ) {
-        let token = sign(&key, Purpose::Unsubscribe, outbox_id, &address);
-        let claim = verify(&key, Purpose::Unsubscribe, &token).expect("the token verifies");
+        let keys = [LinkKey { id: key_id, secret }];
+        let token = sign(&keys[0], Purpose::Unsubscribe, outbox_id, &address, expires_at, nonce);
+        let claim = verify(&keys, Purpose::Unsubscribe, &token, expires_at).expect("the token verifies");
         prop_assert_eq!(claim.outbox_id, outbox_id);
+        prop_assert_eq!(claim.expires_at, Some(expires_at));
+        prop_assert!(!token.contains(&address), "the address is not readable in the token");
         prop_assert_eq!(claim.address, address);
-        prop_assert!(verify(&key, Purpose::Open, &token).is_err(), "another purpose is refused");
+        prop_assert!(verify(&keys, Purpose::Open, &token, expires_at).is_err(), "another purpose is refused");
+        prop_assert!(verify(&keys, Purpose::Unsubscribe, &token, expires_at + 1).is_err(), "an expired token is refused");
+        let key = &keys;
         let mut changed = token.clone().into_bytes();
         let at = flip.index(changed.len());
         changed[at] = if changed[at] == b'A' { b'B' } else { b'A' };
         let changed = String::from_utf8(changed).unwrap();
         if changed != token {
-            prop_assert!(verify(&key, Purpose::Unsubscribe, &changed).is_err(), "a changed token is refused");
+            prop_assert!(verify(key, Purpose::Unsubscribe, &changed, expires_at).is_err(), "a changed token is refused");
         }
     }
 }

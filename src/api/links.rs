@@ -1,6 +1,7 @@
 //! `unsubscribe(token)` and `mark_opened(token)`: what the application calls
 //! when someone follows a link from outgoing mail. Both run as the extension
-//! owner (they must read the signing key) and trust only the signature.
+//! owner (they must read the link keys) and trust only the token: made with a
+//! key still kept, unchanged, not expired.
 
 use super::errors::raise;
 use crate::store::links;
@@ -8,9 +9,13 @@ use email_accounts_mail::token::{verify, Purpose};
 use pgrx::prelude::*;
 
 fn claim(token: &str, purpose: Purpose) -> email_accounts_mail::token::TokenClaim {
-    let key = links::signing_key()
-        .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None));
-    verify(&key, purpose, token)
+    let keys =
+        links::link_keys().unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or_default();
+    verify(&keys, purpose, token, now)
         .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("token: {error}"), None))
 }
 

@@ -1,11 +1,36 @@
 //! The signing key of mail links, the suppression list and open counts.
 
 use pgrx::prelude::*;
+use email_accounts_mail::token::LinkKey;
 use pgrx::spi::SpiError;
 
-pub fn signing_key() -> Result<Vec<u8>, SpiError> {
-    Ok(super::kept_plans::get_one::<Vec<u8>>("SELECT key FROM email_accounts.link_signing_key", &[])?
-        .unwrap_or_default())
+/// Every key of the link key ring, oldest first.
+pub fn link_keys() -> Result<Vec<LinkKey>, SpiError> {
+    Spi::connect(|client| {
+        super::kept_plans::select(client, "SELECT key_id, key FROM email_accounts.link_signing_key ORDER BY key_id", &[])?
+            .into_iter()
+            .map(|row| {
+                Ok(LinkKey {
+                    id: row.get::<i32>(1)?.unwrap_or_default().max(0) as u32,
+                    secret: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    })
+}
+
+/// The key new links are made with (the newest); the first one is made
+/// here when the sender first needs it, not by CREATE EXTENSION, so a
+/// restored dump brings its own keys without a clash.
+pub fn current_link_key() -> Result<LinkKey, SpiError> {
+    if let Some(key) = link_keys()?.pop() {
+        return Ok(key);
+    }
+    Spi::run(
+        "INSERT INTO email_accounts.link_signing_key (key_id, key) VALUES (1, email_accounts.random_bytes(32))
+         ON CONFLICT (key_id) DO NOTHING",
+    )?;
+    Ok(link_keys()?.pop().unwrap_or(LinkKey { id: 0, secret: Vec::new() }))
 }
 
 /// Suppresses `address` for the tenant of the message; true when it was new.

@@ -5,7 +5,7 @@
 //! automatic reply. Each step runs in its own subtransaction: an error is
 //! recorded on the message and never loses it.
 
-use super::transaction::{in_subtransaction, PINNED_SEARCH_PATH};
+use super::transaction::{in_subtransaction, set_setting, PINNED_SEARCH_PATH};
 use email_accounts_mail::receive::auto_reply::{auto_reply_recipient, auto_reply_subject};
 use email_accounts_mail::receive::FetchedMessage;
 use pgrx::prelude::*;
@@ -45,17 +45,8 @@ fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
             saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
         nest_level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
     }
+    set_setting(c"search_path", PINNED_SEARCH_PATH, pg_sys::GucAction::GUC_ACTION_SAVE);
     let result = body();
     unsafe {
         pg_sys::AtEOXact_GUC(false, nest_level);

@@ -27,8 +27,10 @@ impl From<CaughtError> for StoreError {
 /// in another schema (`public.format`, `public.||`) can never be chosen.
 pub const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
-/// SET LOCAL for the current transaction, without a statement to parse.
-fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+/// Sets a setting without a statement to parse: `GUC_ACTION_LOCAL` for the
+/// current transaction (SET LOCAL), `GUC_ACTION_SAVE` for the current GUC
+/// nesting level (as a function's SET clause).
+pub(crate) fn set_setting(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {
     // SAFETY: both strings are NUL-terminated and outlive the call; an invalid
     // setting raises an ERROR, which the caller's PgTryBuilder catches.
     unsafe {
@@ -37,12 +39,16 @@ fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
             value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            action,
             true,
             pg_sys::PGERROR as i32,
             false,
         );
     }
+}
+
+fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    set_setting(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL);
 }
 
 /// Runs `body` in its own transaction with a snapshot and commits it; on any

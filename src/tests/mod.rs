@@ -1,6 +1,7 @@
 //! `#[pg_test]`s of the SQL surface that span several modules.
 
 mod account_rules;
+mod links;
 mod outbox_queue;
 mod secrets_and_tenants;
 

@@ -11,7 +11,7 @@ use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::Login;
 use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
-use email_accounts_mail::token::{sign, Purpose};
+use email_accounts_mail::token::{sign, LinkKey, Purpose};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// What one round claimed.
 struct Claim {
     rows: Vec<ClaimedRow>,
-    signing_key: Vec<u8>,
+    link_key: LinkKey,
     accounts: Vec<(SendingSettings, Option<String>)>,
     /// Accounts whose password could not be read: their rows are not sent.
     broken_accounts: HashMap<i64, String>,
@@ -70,8 +70,9 @@ pub fn claim_round(skip_accounts: &[i64]) -> Result<Option<Claimed>, StoreError>
                 }
             }
         }
-        let signing_key = if rows.is_empty() { Vec::new() } else { links::signing_key().map_err(spi)? };
-        Ok(Claim { rows, signing_key, accounts, broken_accounts })
+        let link_key =
+            if rows.is_empty() { LinkKey { id: 0, secret: Vec::new() } } else { links::current_link_key().map_err(spi)? };
+        Ok(Claim { rows, link_key, accounts, broken_accounts })
     }))??;
     if claim.rows.is_empty() {
         return Ok(None);
@@ -88,7 +89,11 @@ pub fn claim_round(skip_accounts: &[i64]) -> Result<Option<Claimed>, StoreError>
             by_account.entry(row.account_id).or_default().push(row);
         }
     }
-    let links = Links { base_url: settings::public_base_url(), key: claim.signing_key };
+    let links = Links {
+        base_url: settings::public_base_url(),
+        key: claim.link_key,
+        expires_at: unix_now() + settings::link_token_lifetime_seconds(),
+    };
     let rounds = claim
         .accounts
         .into_iter()
@@ -113,10 +118,22 @@ fn account_problem(problem: &str) -> email_accounts_mail::connection::Connection
     email_accounts_mail::connection::ConnectionError::Auth(problem.to_owned())
 }
 
-/// Where personal links point and the key that signs them.
+/// Where personal links point, the key that makes them and when they expire.
 struct Links {
     base_url: Option<String>,
-    key: Vec<u8>,
+    key: LinkKey,
+    expires_at: i64,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or_default()
+}
+
+/// A fresh nonce for each token (AES-GCM must never see one twice with a key).
+fn nonce() -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    getrandom::getrandom(&mut nonce).expect("the operating system gives random bytes");
+    nonce
 }
 
 /// The SMTP endpoint, login and composed jobs of one account. With
@@ -179,7 +196,8 @@ fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedR
         }
         for recipient in row.recipients {
             let link = |purpose: Purpose, path: &str| {
-                format!("{base_url}/{path}?token={}", sign(&links.key, purpose, row.outbox_id, &recipient))
+                let token = sign(&links.key, purpose, row.outbox_id, &recipient, links.expires_at, nonce());
+                format!("{base_url}/{path}?token={token}")
             };
             let mut copy = message.clone();
             if account.send_unsubscribe_message {
