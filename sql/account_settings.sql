@@ -108,7 +108,7 @@ COMMENT ON FUNCTION email_accounts.port_security_conflict(text, integer, text) I
   'Why a protocol (smtp, imap, pop3), port and security (ssl, starttls, none) do not go together on a well-known port, or NULL when they do.';
 
 CREATE FUNCTION email_accounts.raise_setting_error(account_name text, field text, problem text) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION 'account %: %', quote_literal(account_name), problem

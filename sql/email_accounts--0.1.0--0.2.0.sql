@@ -78,6 +78,9 @@ CREATE UNIQUE INDEX "account address is unique per tenant"
 ALTER TABLE email_accounts.account DROP CONSTRAINT "tenant must not be empty",
     ADD CONSTRAINT "tenant must not be empty or *" CHECK (tenant NOT IN ('', '*'));
 
+-- Without the account triggers: an account 0.1.0 accepted (say, one whose
+-- owner role was dropped since) must not make the update fail.
+SET LOCAL session_replication_role = replica;
 DO $$
 DECLARE
     raised integer;
@@ -89,6 +92,7 @@ BEGIN
     END IF;
 END;
 $$;
+SET LOCAL session_replication_role = origin;
 
 ALTER TABLE email_accounts.account DROP CONSTRAINT "auto_reply_interval must not be negative",
     ADD CONSTRAINT "auto_reply_interval must be at least 1 hour" CHECK (auto_reply_interval >= interval '1 hour');
@@ -408,16 +412,21 @@ DECLARE
     matches integer;
 BEGIN
     IF account_name IS NOT NULL THEN
-        SELECT count(*) INTO matches FROM email_accounts.account
-         WHERE name = account_name AND (choose_outgoing_account.tenant IS NULL OR account.tenant = choose_outgoing_account.tenant);
-        IF matches > 1 THEN
-            PERFORM email_accounts.raise_outbox_error('account',
-                format('account name %s is ambiguous: accounts of several tenants have it; set tenant on the row', quote_literal(account_name)),
-                'ambiguous_parameter');
-        END IF;
+        -- The row's own tenant's account of that name (for a row without
+        -- tenant, the one without tenant); a row without tenant may also name
+        -- any account it can see, if only one has the name.
         SELECT * INTO chosen FROM email_accounts.account
-         WHERE name = account_name AND (choose_outgoing_account.tenant IS NULL OR account.tenant = choose_outgoing_account.tenant);
-        IF NOT FOUND THEN
+         WHERE name = account_name AND account.tenant IS NOT DISTINCT FROM choose_outgoing_account.tenant;
+        IF chosen.account_id IS NULL AND choose_outgoing_account.tenant IS NULL THEN
+            SELECT count(*) INTO matches FROM email_accounts.account WHERE name = account_name;
+            IF matches > 1 THEN
+                PERFORM email_accounts.raise_outbox_error('account',
+                    format('account name %s is ambiguous: accounts of several tenants have it; name the tenant too', quote_literal(account_name)),
+                    'ambiguous_parameter');
+            END IF;
+            SELECT * INTO chosen FROM email_accounts.account WHERE name = account_name;
+        END IF;
+        IF chosen.account_id IS NULL THEN
             PERFORM email_accounts.raise_outbox_error('account', format('no account named %s', quote_literal(account_name)), 'foreign_key_violation');
         END IF;
         IF NOT chosen.enable_outgoing THEN
@@ -503,8 +512,16 @@ BEGIN
     NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
     SELECT * INTO global_default FROM email_accounts.global_default_outgoing();
     IF NEW.account_id IS NOT NULL AND NEW.account_id IS NOT DISTINCT FROM global_default.account_id THEN
-        -- The fallback: the row stays the tenant's.
+        -- The fallback: the row stays the tenant's. The system's account
+        -- sends as itself for other tenants (no other tenant's From through
+        -- the operator's server); replies go to the sender asked for.
         NEW.account := global_default.name;
+        IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL THEN
+            IF cardinality(NEW.reply_to) = 0 THEN
+                NEW.reply_to := ARRAY[NEW.sender];
+            END IF;
+            NEW.sender := NULL;
+        END IF;
     ELSIF NEW.account_id IS NOT NULL THEN
         SELECT name, coalesce(NEW.tenant, tenant) INTO NEW.account, NEW.tenant
           FROM email_accounts.account WHERE account_id = NEW.account_id;
@@ -547,12 +564,21 @@ BEGIN
     IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
     END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status
+       AND NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+       AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
+       AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
+        PERFORM email_accounts.raise_outbox_error('status',
+            format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled; retry, failed, expired, cancelled or error to queued)',
+                   OLD.status, NEW.status),
+            'insufficient_privilege');
+    END IF;
     RETURN NEW;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
-  'Trigger: an outbox row''s account stays one of its tenant (or the global default) when the row is changed.';
+  'Trigger: an outbox row''s account stays one of its tenant (or the global default) when the row is changed, and roles other than superusers (the sender) may only move its status as cancel() and retry() do (42501).';
 
 CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_update();
@@ -581,6 +607,146 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION email_accounts.raise_outbox_error(field text, problem text, code text DEFAULT 'check_violation') RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION '%: %', field, problem
+        USING ERRCODE = code, SCHEMA = 'email_accounts', TABLE = 'outbox', COLUMN = field;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION email_accounts.check_mailboxes(field text, mailboxes text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mailbox text;
+BEGIN
+    FOREACH mailbox IN ARRAY coalesce(mailboxes, '{}') LOOP
+        IF mailbox IS NULL OR NOT email_accounts.is_valid_mailbox(mailbox) THEN
+            PERFORM email_accounts.raise_outbox_error(field, format('%s is not a valid email address', coalesce(quote_literal(mailbox), 'NULL')));
+        END IF;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION email_accounts.raise_setting_error(account_name text, field text, problem text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'account %: %', quote_literal(account_name), problem
+        USING ERRCODE = 'check_violation', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = field,
+              HINT = format('Fix %s on the account, or on its domain or provider where it is inherited from.', field);
+END;
+$$;
+
+DROP FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text);
+
+CREATE FUNCTION email_accounts.send(
+    "to"            text[] DEFAULT '{}',
+    subject         text DEFAULT '',
+    body_text       text DEFAULT NULL,
+    body_html       text DEFAULT NULL,
+    cc              text[] DEFAULT '{}',
+    bcc             text[] DEFAULT '{}',
+    reply_to        text[] DEFAULT '{}',
+    attachments     email_accounts.attachment[] DEFAULT '{}',
+    headers         jsonb DEFAULT '{}',
+    account         text DEFAULT NULL,
+    sender          text DEFAULT NULL,
+    priority        smallint DEFAULT 0,
+    send_after      timestamptz DEFAULT now(),
+    expires_at      timestamptz DEFAULT NULL,
+    reference_table regclass DEFAULT NULL,
+    reference_id    text DEFAULT NULL,
+    in_reply_to     text DEFAULT NULL,
+    tenant          text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    queued bigint;
+    file email_accounts.attachment;
+    position integer := 0;
+BEGIN
+    INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
+                                       headers, account, sender, priority, send_after, expires_at, reference_table,
+                                       reference_id, in_reply_to, tenant)
+    VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
+            coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant)
+    RETURNING outbox_id INTO queued;
+    -- A bad attachment raises, and the whole call (the row above too) is undone.
+    FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
+        position := position + 1;
+        IF file.filename IS NULL OR btrim(file.filename) = '' THEN
+            PERFORM email_accounts.raise_outbox_error('attachments', format('attachment %s has no filename', position));
+        END IF;
+        IF file.content IS NULL THEN
+            PERFORM email_accounts.raise_outbox_error('attachments', format('attachment %s (%s) has no content', position, file.filename));
+        END IF;
+        INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content_type, content, content_id)
+        VALUES (queued, position, file.filename, coalesce(file.content_type, 'application/octet-stream'), file.content, file.content_id);
+    END LOOP;
+    RETURN queued;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text) IS
+  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s).';
+
+CREATE OR REPLACE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE email_accounts.outbox SET status = 'cancelled'
+     WHERE outbox_id = id AND status IN ('queued', 'retry', 'error');
+    RETURN FOUND;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION email_accounts.auto_reply(answered_message_id bigint, recipient text, reply_subject text, refusal text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    incoming email_accounts.message;
+    settings email_accounts.account;
+    queued bigint;
+BEGIN
+    SELECT * INTO incoming FROM email_accounts.message WHERE message_id = answered_message_id;
+    SELECT * INTO settings FROM email_accounts.account WHERE account_id = incoming.account_id;
+    IF NOT settings.enable_auto_reply THEN
+        RETURN NULL;
+    END IF;
+    IF refusal IS NULL AND EXISTS (
+        SELECT FROM email_accounts.outbox
+         WHERE outbox.account_id = settings.account_id
+           AND outbox.headers ->> 'Auto-Submitted' = 'auto-replied'
+           AND lower(recipient) = ANY (outbox.to_addresses)
+           AND outbox.created_at > now() - settings.auto_reply_interval)
+    THEN
+        refusal := format('%s already got an automatic reply within %s', recipient, settings.auto_reply_interval);
+    END IF;
+    IF refusal IS NOT NULL THEN
+        UPDATE email_accounts.message SET no_auto_reply_reason = refusal WHERE message_id = answered_message_id;
+        RETURN NULL;
+    END IF;
+    queued := email_accounts.send(
+        "to" => ARRAY[lower(recipient)],
+        subject => reply_subject,
+        body_text => settings.auto_reply_message,
+        account => settings.name,
+        headers => jsonb_build_object('Auto-Submitted', 'auto-replied', 'X-Auto-Response-Suppress', 'All'),
+        in_reply_to => CASE WHEN incoming.internet_message_id ~ '^<[^<>\s]+>$' THEN incoming.internet_message_id END,
+        reference_table => incoming.reference_table,
+        reference_id => incoming.reference_id,
+        tenant => incoming.tenant);
+    UPDATE email_accounts.message SET auto_reply_outbox_id = queued WHERE message_id = answered_message_id;
+    RETURN queued;
+END;
+$$;
+
 CREATE FUNCTION email_accounts.suppression_before_write() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -602,29 +768,20 @@ CREATE TRIGGER check_outbox BEFORE INSERT OR UPDATE ON email_accounts.suppressio
 
 -- Link keys: numbered keys, rotated; links expire ---------------------------
 
-ALTER TABLE email_accounts.link_signing_key RENAME TO link_signing_key_0_1_0;
-ALTER INDEX email_accounts.link_signing_key_pkey RENAME TO link_signing_key_0_1_0_pkey;
-
-CREATE TABLE email_accounts.link_signing_key (
-    key_id     integer PRIMARY KEY CONSTRAINT "key_id must be positive" CHECK (key_id > 0),
-    key        bytea NOT NULL CONSTRAINT "key must be 32 bytes" CHECK (octet_length(key) = 32),
-    created_at timestamptz NOT NULL DEFAULT now()
-);
+-- 0.1.0's one key becomes key 1: the links it signed keep working.
+ALTER TABLE email_accounts.link_signing_key DROP CONSTRAINT link_signing_key_pkey,
+    DROP CONSTRAINT "there is one link signing key", DROP COLUMN singleton,
+    ADD COLUMN key_id integer;
+UPDATE email_accounts.link_signing_key SET key_id = 1;
+ALTER TABLE email_accounts.link_signing_key ALTER COLUMN key_id SET NOT NULL, ADD PRIMARY KEY (key_id),
+    ADD CONSTRAINT "key_id must be positive" CHECK (key_id > 0),
+    ADD CONSTRAINT "key must be 32 bytes" CHECK (octet_length(key) = 32);
 
 COMMENT ON TABLE email_accounts.link_signing_key IS
   'The keys of unsubscribe and open-tracking links: the newest makes new links, every kept one still opens its links until they expire. The sender makes key 1 when it first needs one; rotate_link_signing_key() adds the next and drops those whose links have all expired. Readable by no role; kept by pg_dump so links in mail already sent stay valid.';
 COMMENT ON COLUMN email_accounts.link_signing_key.key_id IS 'The key''s number, named in every link it made.';
 COMMENT ON COLUMN email_accounts.link_signing_key.key IS '32 random bytes.';
 COMMENT ON COLUMN email_accounts.link_signing_key.created_at IS 'When the key was made; it made new links until the next one was.';
-
-REVOKE ALL ON email_accounts.link_signing_key FROM PUBLIC;
-ALTER TABLE email_accounts.link_signing_key ENABLE ROW LEVEL SECURITY;
-
--- 0.1.0's key becomes key 1: the links it signed keep working.
-INSERT INTO email_accounts.link_signing_key (key_id, key, created_at)
-SELECT 1, key, created_at FROM email_accounts.link_signing_key_0_1_0;
-DROP TABLE email_accounts.link_signing_key_0_1_0;
-SELECT pg_catalog.pg_extension_config_dump('email_accounts.link_signing_key', '');
 
 CREATE FUNCTION email_accounts.rotate_link_signing_key() RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -670,7 +827,7 @@ CREATE POLICY roles_of_every_tenant_change ON email_accounts.provider
 
 REVOKE UPDATE ON email_accounts.outbox, email_accounts.outbox_recipient FROM email_accounts_admin;
 
-GRANT UPDATE (status, account, account_id, priority, send_after, expires_at, next_attempt_at, lease_until, last_error)
+GRANT UPDATE (status, account, account_id, priority, send_after, expires_at, next_attempt_at, last_error)
     ON email_accounts.outbox TO email_accounts_admin;
 
 GRANT UPDATE (status, updated_at) ON email_accounts.outbox_recipient TO email_accounts_admin;
@@ -720,6 +877,7 @@ CREATE FUNCTION email_accounts.sync_now(
 	"error" TEXT  /* Option < String > */
 )
 VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'sync_now_wrapper';
 
@@ -758,6 +916,39 @@ AS $$
      CROSS JOIN LATERAL email_accounts.test_account(tested.name, tested.tenant) AS report
      WHERE tested.enable_incoming OR tested.enable_outgoing
      ORDER BY tested.name
+$$;
+
+-- Rows 0.1.0 let point across tenants (a tenant admin could re-point its
+-- mail at another tenant's account) are kept, but wait in error for retry().
+DO $$
+DECLARE
+    repointed integer;
+    unlinked integer;
+    group_owned text;
+BEGIN
+    UPDATE email_accounts.outbox AS queued
+       SET status = 'error', account_id = NULL,
+           last_error = 'email_accounts 0.2.0: its account was not one of this row''s tenant; email_accounts.retry() chooses one that is'
+      FROM email_accounts.account
+     WHERE account.account_id = queued.account_id AND account.tenant IS DISTINCT FROM queued.tenant
+       AND NOT (account.tenant IS NULL AND account.default_outgoing)
+       AND queued.status IN ('queued', 'retry', 'error');
+    GET DIAGNOSTICS repointed = ROW_COUNT;
+    UPDATE email_accounts.suppression SET outbox_id = NULL
+     WHERE outbox_id IS NOT NULL AND NOT EXISTS (
+        SELECT FROM email_accounts.outbox
+         WHERE outbox.outbox_id = suppression.outbox_id AND outbox.tenant IS NOT DISTINCT FROM suppression.tenant);
+    GET DIAGNOSTICS unlinked = ROW_COUNT;
+    IF repointed + unlinked > 0 THEN
+        RAISE NOTICE 'email_accounts: % outbox row(s) pointed at another tenant''s account and now wait in error; % suppression(s) lost their link to another tenant''s mail',
+                     repointed, unlinked;
+    END IF;
+    SELECT string_agg(quote_literal(name), ', ') INTO group_owned
+      FROM email_accounts.account WHERE owner_role IN ('email_accounts_admin', 'email_accounts_sender');
+    IF group_owned IS NOT NULL THEN
+        RAISE NOTICE 'email_accounts: accounts % are owned by a group role, which 0.2.0 refuses on their next change: give them an owner_role of their tenant', group_owned;
+    END IF;
+END;
 $$;
 
 -- Roles that saw every tenant in 0.1.0 because they were bound to none now see nothing.

@@ -169,7 +169,8 @@ BEGIN
         headers => jsonb_build_object('Auto-Submitted', 'auto-replied', 'X-Auto-Response-Suppress', 'All'),
         in_reply_to => CASE WHEN incoming.internet_message_id ~ '^<[^<>\s]+>$' THEN incoming.internet_message_id END,
         reference_table => incoming.reference_table,
-        reference_id => incoming.reference_id);
+        reference_id => incoming.reference_id,
+        tenant => incoming.tenant);
     UPDATE email_accounts.message SET auto_reply_outbox_id = queued WHERE message_id = answered_message_id;
     RETURN queued;
 END;

@@ -26,7 +26,7 @@ CREATE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    UPDATE email_accounts.outbox SET status = 'cancelled', lease_until = NULL
+    UPDATE email_accounts.outbox SET status = 'cancelled'
      WHERE outbox_id = id AND status IN ('queued', 'retry', 'error');
     RETURN FOUND;
 END;

@@ -3,7 +3,7 @@
 -- split into per-recipient rows; the sender worker is woken at commit.
 
 CREATE FUNCTION email_accounts.raise_outbox_error(field text, problem text, code text DEFAULT 'check_violation') RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION '%: %', field, problem
@@ -15,7 +15,7 @@ COMMENT ON FUNCTION email_accounts.raise_outbox_error(text, text, text) IS
   'Raises an error about an outbox field (check_violation unless told otherwise), naming the field.';
 
 CREATE FUNCTION email_accounts.check_mailboxes(field text, mailboxes text[]) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     mailbox text;
@@ -57,16 +57,21 @@ DECLARE
     matches integer;
 BEGIN
     IF account_name IS NOT NULL THEN
-        SELECT count(*) INTO matches FROM email_accounts.account
-         WHERE name = account_name AND (choose_outgoing_account.tenant IS NULL OR account.tenant = choose_outgoing_account.tenant);
-        IF matches > 1 THEN
-            PERFORM email_accounts.raise_outbox_error('account',
-                format('account name %s is ambiguous: accounts of several tenants have it; set tenant on the row', quote_literal(account_name)),
-                'ambiguous_parameter');
-        END IF;
+        -- The row's own tenant's account of that name (for a row without
+        -- tenant, the one without tenant); a row without tenant may also name
+        -- any account it can see, if only one has the name.
         SELECT * INTO chosen FROM email_accounts.account
-         WHERE name = account_name AND (choose_outgoing_account.tenant IS NULL OR account.tenant = choose_outgoing_account.tenant);
-        IF NOT FOUND THEN
+         WHERE name = account_name AND account.tenant IS NOT DISTINCT FROM choose_outgoing_account.tenant;
+        IF chosen.account_id IS NULL AND choose_outgoing_account.tenant IS NULL THEN
+            SELECT count(*) INTO matches FROM email_accounts.account WHERE name = account_name;
+            IF matches > 1 THEN
+                PERFORM email_accounts.raise_outbox_error('account',
+                    format('account name %s is ambiguous: accounts of several tenants have it; name the tenant too', quote_literal(account_name)),
+                    'ambiguous_parameter');
+            END IF;
+            SELECT * INTO chosen FROM email_accounts.account WHERE name = account_name;
+        END IF;
+        IF chosen.account_id IS NULL THEN
             PERFORM email_accounts.raise_outbox_error('account', format('no account named %s', quote_literal(account_name)), 'foreign_key_violation');
         END IF;
         IF NOT chosen.enable_outgoing THEN
@@ -154,8 +159,16 @@ BEGIN
     NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
     SELECT * INTO global_default FROM email_accounts.global_default_outgoing();
     IF NEW.account_id IS NOT NULL AND NEW.account_id IS NOT DISTINCT FROM global_default.account_id THEN
-        -- The fallback: the row stays the tenant's.
+        -- The fallback: the row stays the tenant's. The system's account
+        -- sends as itself for other tenants (no other tenant's From through
+        -- the operator's server); replies go to the sender asked for.
         NEW.account := global_default.name;
+        IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL THEN
+            IF cardinality(NEW.reply_to) = 0 THEN
+                NEW.reply_to := ARRAY[NEW.sender];
+            END IF;
+            NEW.sender := NULL;
+        END IF;
     ELSIF NEW.account_id IS NOT NULL THEN
         SELECT name, coalesce(NEW.tenant, tenant) INTO NEW.account, NEW.tenant
           FROM email_accounts.account WHERE account_id = NEW.account_id;
@@ -191,7 +204,10 @@ $$;
 COMMENT ON FUNCTION email_accounts.outbox_before_insert() IS
   'Trigger: checks a new outbox row (addresses, recipients, headers, account), chooses its account (of the row''s tenant, or the global default), and fixes its Message-ID and initial status.';
 
--- Admins may re-point a row (retry() does), but never across tenants.
+-- Admins may re-point a row (retry() does), but never across tenants, and
+-- they steer only what cancel() and retry() steer: a row that is being sent
+-- or was sent is the sender's (a fake 'sending' row would count against the
+-- account's rate limits forever).
 CREATE FUNCTION email_accounts.outbox_before_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -199,12 +215,21 @@ BEGIN
     IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
     END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status
+       AND NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+       AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
+       AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
+        PERFORM email_accounts.raise_outbox_error('status',
+            format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled; retry, failed, expired, cancelled or error to queued)',
+                   OLD.status, NEW.status),
+            'insufficient_privilege');
+    END IF;
     RETURN NEW;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
-  'Trigger: an outbox row''s account stays one of its tenant (or the global default) when the row is changed.';
+  'Trigger: an outbox row''s account stays one of its tenant (or the global default) when the row is changed, and roles other than superusers (the sender) may only move its status as cancel() and retry() do (42501).';
 
 CREATE FUNCTION email_accounts.outbox_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -295,7 +320,8 @@ CREATE FUNCTION email_accounts.send(
     expires_at      timestamptz DEFAULT NULL,
     reference_table regclass DEFAULT NULL,
     reference_id    text DEFAULT NULL,
-    in_reply_to     text DEFAULT NULL
+    in_reply_to     text DEFAULT NULL,
+    tenant          text DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -306,10 +332,10 @@ DECLARE
 BEGIN
     INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
                                        headers, account, sender, priority, send_after, expires_at, reference_table,
-                                       reference_id, in_reply_to)
+                                       reference_id, in_reply_to, tenant)
     VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
             coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
-            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to)
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant)
     RETURNING outbox_id INTO queued;
     -- A bad attachment raises, and the whole call (the row above too) is undone.
     FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
@@ -327,5 +353,5 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text) IS
-  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…'').';
+COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text) IS
+  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s).';

@@ -48,7 +48,7 @@ CREATE POLICY roles_of_every_tenant_change ON email_accounts.provider
 GRANT SELECT, INSERT ON email_accounts.outbox, email_accounts.outbox_attachment TO email_accounts_sender, email_accounts_admin;
 -- Admins steer delivery (cancel, retry, reschedule), never what a row is,
 -- whose it is, or a worker's claim on it.
-GRANT UPDATE (status, account, account_id, priority, send_after, expires_at, next_attempt_at, lease_until, last_error)
+GRANT UPDATE (status, account, account_id, priority, send_after, expires_at, next_attempt_at, last_error)
     ON email_accounts.outbox TO email_accounts_admin;
 GRANT SELECT ON email_accounts.outbox_recipient, email_accounts.outbox_status TO email_accounts_sender, email_accounts_admin;
 GRANT UPDATE (status, updated_at) ON email_accounts.outbox_recipient TO email_accounts_admin;

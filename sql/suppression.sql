@@ -23,10 +23,12 @@ COMMENT ON COLUMN email_accounts.suppression.reason IS 'Why: unsubscribed (by a 
 COMMENT ON COLUMN email_accounts.suppression.outbox_id IS 'The message whose unsubscribe link was used, if any.';
 COMMENT ON COLUMN email_accounts.suppression.created_at IS 'When the address was added.';
 
+-- (key_id comes last: 0.1.0's table had one key and no key_id, and an
+-- upgraded table must look exactly like a new one.)
 CREATE TABLE email_accounts.link_signing_key (
-    key_id     integer PRIMARY KEY CONSTRAINT "key_id must be positive" CHECK (key_id > 0),
     key        bytea NOT NULL CONSTRAINT "key must be 32 bytes" CHECK (octet_length(key) = 32),
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    key_id     integer PRIMARY KEY CONSTRAINT "key_id must be positive" CHECK (key_id > 0)
 );
 
 COMMENT ON TABLE email_accounts.link_signing_key IS

@@ -29,6 +29,9 @@ pub static LEASE_DURATION: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// First retry delay in seconds; it doubles with every attempt (capped at an hour).
 pub static RETRY_BASE_DELAY: GucSetting<i32> = GucSetting::<i32>::new(30);
 
+/// How long one message's append_to_table or on_receive_function code may run, in milliseconds.
+pub static ROUTING_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+
 /// How long unsubscribe and tracking links stay valid, in seconds.
 pub static LINK_TOKEN_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(365 * 86_400);
 
@@ -82,7 +85,7 @@ pub fn register() {
         &CONNECT_TIMEOUT,
         100,
         600_000,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_MS,
     );
     register_sender();
@@ -180,6 +183,16 @@ fn register_sender() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
+        c"email_accounts.routing_timeout",
+        c"How long an account's append_to_table or on_receive_function code may run for one message.",
+        c"Past it the code is cancelled, the error recorded on the message, and the receiver carries on.",
+        &ROUTING_TIMEOUT,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
         c"email_accounts.link_token_lifetime",
         c"How long unsubscribe and open-tracking links in outgoing mail stay valid.",
         c"rotate_link_signing_key() drops a key once every link it made has expired.",
@@ -237,6 +250,10 @@ pub fn smtp_connections() -> usize {
 
 pub fn lease_duration_seconds() -> i32 {
     LEASE_DURATION.get().max(10)
+}
+
+pub fn routing_timeout_milliseconds() -> i32 {
+    ROUTING_TIMEOUT.get().max(100)
 }
 
 pub fn link_token_lifetime_seconds() -> i64 {

@@ -181,6 +181,10 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
     refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET account_id = {globex_id} WHERE outbox_id = {own}"), "23514");
     refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET tenant = 'globex' WHERE outbox_id = {own}"), "42501");
     refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET claim_token = gen_random_uuid() WHERE outbox_id = {own}"), "42501");
+    // Only the sender makes a row sending or sent (a fake in-flight row would
+    // eat the account's rate limit forever).
+    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET status = 'sending' WHERE outbox_id = {own}"), "42501");
+    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET lease_until = now() WHERE outbox_id = {own}"), "42501");
     let moved = acme_admin.execute("UPDATE email_accounts.outbox SET status = 'queued' WHERE outbox_id = $1", &[&globex_queued]).unwrap();
     assert_eq!(moved, 0);
     let changed = acme_admin.execute("UPDATE email_accounts.account SET signature = 'pwned' WHERE account_id = $1", &[&globex_id]).unwrap();
@@ -225,7 +229,11 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
     // the row stays its own.
     let mut initech = deployment.connect_as("initech_app");
     let fallback: i64 = initech
-        .query_one("SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'initech via the system')", &[])
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'initech via the system',
+                                        sender => 'CEO <ceo@initech.example>')",
+            &[],
+        )
         .unwrap()
         .get(0);
     let (tenant, account): (Option<String>, Option<String>) = {
@@ -233,6 +241,13 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         (row.get(0), row.get(1))
     };
     assert_eq!((tenant.as_deref(), account.as_deref()), (Some("initech"), Some("System")));
+    // Through the system's account a tenant does not send as anyone it likes:
+    // From is the system's address, the sender asked for gets the replies.
+    let (sender, reply_to): (Option<String>, Vec<String>) = {
+        let row = initech.query_one("SELECT sender, reply_to FROM email_accounts.outbox WHERE outbox_id = $1", &[&fallback]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((sender, reply_to), (None, vec!["CEO <ceo@initech.example>".to_owned()]));
     assert_eq!(count(&mut acme_admin, &format!("SELECT count(*) FROM email_accounts.outbox WHERE outbox_id = {fallback}")), 0);
     deployment.wait_for_status(fallback, "sent");
     assert_eq!(count(&mut initech, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'"), 1);
@@ -278,6 +293,41 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
     for (name, config) in &definers {
         assert_eq!(config.as_deref(), Some(&["search_path=pg_catalog, pg_temp".to_owned()][..]), "{name}");
     }
+
+    // Every function whose SQL is parsed when it runs (PL/pgSQL, SQL with a
+    // string body) or that runs SQL from Rust pins its search_path: a caller's
+    // search_path (or the database's) never picks what it calls. The C
+    // functions left run no SQL.
+    let unpinned: Vec<String> = deployment
+        .admin
+        .query(
+            "SELECT function.proname::text FROM pg_catalog.pg_proc AS function
+               JOIN pg_catalog.pg_language AS language ON language.oid = function.prolang
+              WHERE function.pronamespace = 'email_accounts'::regnamespace
+                AND NOT (language.lanname = 'sql' AND function.prosqlbody IS NOT NULL)
+                AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (function.proconfig), false)
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        unpinned,
+        [
+            "flush",
+            "header_problem",
+            "is_valid_address",
+            "is_valid_certificate",
+            "is_valid_mailbox",
+            "mailbox_address",
+            "random_bytes",
+            "wake_sender_at_commit",
+            "wake_workers_at_commit",
+            "worker_status"
+        ]
+    );
 
     // The anonymous web caller: token functions only, nothing else.
     let mut web = deployment.connect_as("web");
@@ -387,6 +437,13 @@ fn nobody_borrows_the_workers_superuser() {
                     enable_auto_reply = true, auto_reply_message = 'Thanks' WHERE name = 'Acme'",
         )
         .unwrap();
+    // Another tenant naming an account 'Acme' does not disturb Acme's auto replies.
+    deployment
+        .admin
+        .batch_execute(
+            "INSERT INTO email_accounts.account (name, tenant, address, owner_role) VALUES ('Acme', 'globex', 'acme@globex.example', 'postgres')",
+        )
+        .unwrap();
     // The workers reconnect and get the database's search_path.
     deployment.cluster.stop("fast");
     deployment.cluster.start_again();
@@ -395,10 +452,10 @@ fn nobody_borrows_the_workers_superuser() {
     assert_eq!(deployment.value::<String>("SELECT pg_catalog.current_setting('search_path')"), "pg_catalog");
 
     let sent: i64 = deployment.value(
-        "SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'normal', account => 'Acme')",
+        "SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'normal', account => 'Acme', tenant => 'acme')",
     );
     let expiring: i64 = deployment.value(
-        "SELECT email_accounts.send(\"to\" => '{carol@example.test}', account => 'Acme',
+        "SELECT email_accounts.send(\"to\" => '{carol@example.test}', account => 'Acme', tenant => 'acme',
                                     send_after => pg_catalog.now() OPERATOR(pg_catalog.-) interval '2 hours',
                                     expires_at => pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')",
     );
@@ -412,7 +469,7 @@ fn nobody_borrows_the_workers_superuser() {
             (b"From: dave@other.test\r\nSubject: two\r\nMessage-ID: <s2@example.test>\r\n\r\n2\r\n".to_vec(), false),
         ],
     );
-    let synced: i64 = deployment.value("SELECT sum(new_messages)::bigint FROM email_accounts.sync_now('Acme')");
+    let synced: i64 = deployment.value("SELECT sum(new_messages)::bigint FROM email_accounts.sync_now('Acme', 'acme')");
     assert_eq!(synced, 2);
     let replies: i64 =
         deployment.value("SELECT count(*) FROM email_accounts.message WHERE auto_reply_outbox_id IS NOT NULL");
@@ -519,4 +576,66 @@ fn a_password_goes_only_to_the_servers_it_was_set_for() {
     let waiting: i64 = deployment.value("SELECT count(*) FROM email_accounts.account WHERE awaiting_password");
     assert_eq!(waiting, 3);
     assert!(!catcher.verbs().iter().any(|verb| verb == "AUTH"));
+}
+
+#[test]
+fn a_tenants_routing_code_can_neither_stall_nor_lock_the_receiver() {
+    let servers = MailServers::start();
+    let cluster = Postgres::start(&[
+        "email_accounts.fallback_poll_interval = '1h'",
+        "email_accounts.imap_idle = off",
+        "email_accounts.routing_timeout = '1s'",
+    ]);
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    servers.add_example_domain(&mut admin);
+    admin
+        .batch_execute(
+            "CREATE ROLE acme_owner;
+             INSERT INTO email_accounts.tenant_member VALUES ('acme_owner', 'acme');
+             -- Takes a session lock (it would outlive its subtransaction) and never returns.
+             CREATE FUNCTION public.stall(id bigint) RETURNS void LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_catalog.pg_advisory_lock(4242);
+                 PERFORM pg_catalog.pg_sleep(600);
+             END $$;
+             GRANT EXECUTE ON FUNCTION public.stall(bigint) TO acme_owner;
+             INSERT INTO email_accounts.account (name, tenant, address, owner_role, enable_incoming, poll_interval,
+                                                 on_receive_function, awaiting_password)
+             VALUES ('Acme', 'acme', 'alice@example.test', 'acme_owner', true, '1 hour', 'public.stall(bigint)', true);",
+        )
+        .unwrap();
+    let password = servers.user("alice@example.test").password.clone();
+    admin.execute("SELECT email_accounts.set_password('Acme', $1)", &[&password]).unwrap();
+    servers.append(
+        "alice@example.test",
+        "INBOX",
+        &[
+            (b"From: carol@example.test\r\nSubject: one\r\nMessage-ID: <t1@example.test>\r\n\r\n1\r\n".to_vec(), false),
+            (b"From: carol@example.test\r\nSubject: two\r\nMessage-ID: <t2@example.test>\r\n\r\n2\r\n".to_vec(), false),
+        ],
+    );
+    let synced: i64 = admin.query_one("SELECT sum(new_messages)::bigint FROM email_accounts.sync_now('Acme')", &[]).unwrap().get(0);
+    assert_eq!(synced, 2, "both stored");
+    let errors: Vec<String> = admin
+        .query("SELECT routing_error FROM email_accounts.message ORDER BY message_id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(errors.len(), 2);
+    for error in &errors {
+        assert!(error.contains("canceling statement due to statement timeout"), "{error}");
+    }
+    let advisory: i64 =
+        admin.query_one("SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory'", &[]).unwrap().get(0);
+    assert_eq!(advisory, 0, "the code's session lock was released");
+    // The receiver carries on.
+    servers.append(
+        "alice@example.test",
+        "INBOX",
+        &[(b"From: carol@example.test\r\nSubject: three\r\nMessage-ID: <t3@example.test>\r\n\r\n3\r\n".to_vec(), false)],
+    );
+    let synced: i64 = admin.query_one("SELECT sum(new_messages)::bigint FROM email_accounts.sync_now('Acme')", &[]).unwrap().get(0);
+    assert_eq!(synced, 1);
 }

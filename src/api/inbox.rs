@@ -19,6 +19,7 @@ fn internal(error: pgrx::spi::SpiError) -> ! {
 // pgrx needs the named columns spelled out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn sync_now(
     account: &str,
     tenant: default!(Option<&str>, "NULL"),

@@ -13,9 +13,6 @@ use std::path::PathBuf;
 
 pub const KEY_FILE_NAME: &str = "email_accounts.keys";
 
-/// Advisory lock key for changes to the key ring ('e','a','k','r').
-pub const KEY_RING_LOCK: i64 = 0x6561_6b72;
-
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("cannot read the key file {path}: {source}")]

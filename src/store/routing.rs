@@ -67,6 +67,34 @@ fn record_routing_error(message_id: i64, step: &str, error: &str) {
     }
 }
 
+// PostgreSQL's timeout machinery (utils/timeout.h), which pgrx does not bind.
+// STATEMENT_TIMEOUT's handler cancels the running statement with an ERROR,
+// as statement_timeout does in a client session (not armed in workers).
+const STATEMENT_TIMEOUT: u32 = 3;
+unsafe extern "C-unwind" {
+    fn enable_timeout_after(id: u32, delay_ms: i32);
+    fn disable_timeout(id: u32, keep_indicator: bool);
+    fn get_timeout_indicator(id: u32, reset_indicator: bool) -> bool;
+}
+
+/// Runs a step of the account's own code (append_to, on_receive) bounded by
+/// `email_accounts.routing_timeout`: code that sleeps or loops is cancelled
+/// and the receiver carries on with the next message. Session-level advisory
+/// locks it took (they outlive its subtransaction) are released afterwards,
+/// so it cannot leave locks held by the worker.
+fn user_code_step(message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>) {
+    unsafe { enable_timeout_after(STATEMENT_TIMEOUT, crate::settings::routing_timeout_milliseconds()) };
+    step(message_id, name, body);
+    unsafe {
+        disable_timeout(STATEMENT_TIMEOUT, false);
+        // A timeout that fired after the code returned must not cancel the worker's next statement.
+        if get_timeout_indicator(STATEMENT_TIMEOUT, true) {
+            pg_sys::QueryCancelPending = 0;
+        }
+        pg_sys::LockReleaseSession(pg_sys::USER_LOCKMETHOD as pg_sys::LOCKMETHODID);
+    }
+}
+
 /// Runs one step in a subtransaction; an error is recorded on the message.
 fn step(message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>) {
     let outcome = in_subtransaction(AssertUnwindSafe(body));
@@ -100,10 +128,10 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
         );
     } else {
         if let (Some(table), false) = (settings.append_to_table, is_reply) {
-            step(message_id, "append_to_table", || append_to(message_id, table, settings.owner));
+            user_code_step(message_id, "append_to_table", || append_to(message_id, table, settings.owner));
         }
         if let Some(statement) = &settings.on_receive_statement {
-            step(message_id, "on_receive_function", || {
+            user_code_step(message_id, "on_receive_function", || {
                 as_role(settings.owner, || Spi::run_with_args(statement, &[message_id.into()]))
             });
         }

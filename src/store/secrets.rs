@@ -1,7 +1,7 @@
 //! Reading and writing encrypted passwords (table account_secret) with the
 //! key ring of `key_file`. Plain passwords exist only in memory.
 
-use super::key_file::{self, KeyFileError, KEY_RING_LOCK};
+use super::key_file::{self, KeyFileError};
 use email_accounts_mail::secret::{Sealed, SecretError};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
@@ -20,8 +20,11 @@ pub enum SecretStoreError {
     Spi(#[from] SpiError),
 }
 
+/// Serialises changes to the key file. A lock on the secrets table, which
+/// only its owner may take (an advisory lock any role could hold forever).
+/// SHARE UPDATE EXCLUSIVE conflicts with itself, not with reads or row writes.
 fn lock_key_ring() -> Result<(), SpiError> {
-    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[KEY_RING_LOCK.into()])
+    Spi::run("LOCK TABLE email_accounts.account_secret IN SHARE UPDATE EXCLUSIVE MODE")
 }
 
 /// Encrypts and stores `password` for the account, bound to the account's

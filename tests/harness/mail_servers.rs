@@ -184,6 +184,42 @@ impl MailServers {
         }
         std::fs::write(&path, lines.join("\n") + "\n").expect("recipient_answers");
         run_script("postfix.sh", &["reload", &text(&postfix)]);
+        // A reload reaches smtpd processes gracefully: one already waiting may
+        // still answer with the old table. Ask until Postfix answers as told.
+        let expected = reply.map(|reply| reply[..3].to_owned()).unwrap_or_else(|| "250".to_owned());
+        super::wait_until(&format!("Postfix to answer {address} with {expected}"), std::time::Duration::from_secs(60), || {
+            (self.recipient_reply_code(address).as_deref() == Some(expected.as_str())).then_some(())
+        });
+    }
+
+    /// The code Postfix answers RCPT TO:<address> with, in a session that sends nothing.
+    fn recipient_reply_code(&self, address: &str) -> Option<String> {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = TcpStream::connect(("127.0.0.1", self.smtp)).ok()?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+        let mut reader = BufReader::new(stream.try_clone().ok()?);
+        let mut writer = stream;
+        // The last line of a (multi-line) reply.
+        let reply = |reader: &mut BufReader<TcpStream>| -> Option<String> {
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).ok()? == 0 {
+                    return None;
+                }
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Some(line);
+                }
+            }
+        };
+        reply(&mut reader)?;
+        for command in ["EHLO probe.example.test", "MAIL FROM:<probe@example.test>"] {
+            writer.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+            reply(&mut reader)?;
+        }
+        writer.write_all(format!("RCPT TO:<{address}>\r\n").as_bytes()).ok()?;
+        let answer = reply(&mut reader)?;
+        let _ = writer.write_all(b"QUIT\r\n");
+        Some(answer.chars().take(3).collect())
     }
 
     /// Postfix's log: one line per accepted, delivered or rejected message.
