@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The advisory lock set_password takes while it reads and writes the key file.
-const KEY_RING_LOCK: i64 = 0x6561_6b72;
 const PASSWORD: &str = "Correct-Horse-4417";
 
 #[test]
@@ -28,8 +26,11 @@ fn passwords_never_show_in_activity_logs_or_errors() {
         )
         .unwrap();
 
-    // Hold the key-ring lock so set_password waits in plain sight.
-    admin.execute("SELECT pg_advisory_lock($1)", &[&KEY_RING_LOCK]).unwrap();
+    // Hold the key-ring lock (set_password's lock on account_secret, which
+    // only its owner can take) so set_password waits in plain sight.
+    let mut holder = cluster.connect("postgres");
+    let mut holding = holder.transaction().unwrap();
+    holding.batch_execute("LOCK TABLE email_accounts.account_secret IN SHARE UPDATE EXCLUSIVE MODE").unwrap();
     let connection_string = cluster.connection_string("postgres");
     let setter = std::thread::spawn(move || {
         let mut client = postgres::Client::connect(&connection_string, postgres::NoTls).unwrap();
@@ -45,7 +46,7 @@ fn passwords_never_show_in_activity_logs_or_errors() {
             .map(|row| row.get(0))
     });
     assert_eq!(activity, "SELECT email_accounts.set_password($1, $2)");
-    admin.execute("SELECT pg_advisory_unlock($1)", &[&KEY_RING_LOCK]).unwrap();
+    holding.commit().unwrap();
     setter.join().unwrap();
 
     // A refused password (non-ASCII with ascii_encode_password) is not echoed.
