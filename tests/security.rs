@@ -62,6 +62,16 @@ impl Deployment {
         postgres::Client::connect(&options, postgres::NoTls).unwrap_or_else(|error| panic!("connect as {role}: {error}"))
     }
 
+    /// A connection as `role` that keeps the NOTICEs the server sends it.
+    fn connect_keeping_notices(&self, role: &str) -> (postgres::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let options = self.cluster.connection_string("postgres").replace("user=postgres", &format!("user={role}"));
+        let mut config: postgres::Config = options.parse().unwrap();
+        config.notice_callback(move |notice| sink.lock().unwrap().push(notice.message().to_owned()));
+        (config.connect(postgres::NoTls).unwrap(), notices)
+    }
+
     fn value<T: for<'a> postgres::types::FromSql<'a>>(&mut self, query: &str) -> T {
         self.admin.query_one(query, &[]).unwrap().get(0)
     }
@@ -555,8 +565,10 @@ fn a_password_goes_only_to_the_servers_it_was_set_for() {
     });
     assert!(!catcher.verbs().iter().any(|verb| verb == "AUTH"), "{:?}", catcher.verbs());
 
-    // Changing the servers and setting the password in one transaction is fine.
+    // Changing the servers and setting the password in one transaction is
+    // fine; whoever sets it is told where it will go.
     let password = deployment.servers.user("alice@example.test").password.clone();
+    let (mut acme_admin, notices) = deployment.connect_keeping_notices("acme_admin");
     let mut transaction = acme_admin.transaction().unwrap();
     transaction
         .batch_execute("UPDATE email_accounts.account SET smtp_host = NULL, smtp_port = NULL, smtp_security = NULL WHERE name = 'Acme'")
@@ -565,6 +577,9 @@ fn a_password_goes_only_to_the_servers_it_was_set_for() {
     transaction.commit().unwrap();
     let ready: bool = deployment.value("SELECT ready_to_send FROM email_accounts.account_settings WHERE name = 'Acme'");
     assert!(ready);
+    let told = notices.lock().unwrap().join("\n");
+    let smtp = format!("SMTP localhost:{} (starttls), IMAP localhost:{} (ssl)", deployment.servers.smtp, deployment.servers.imaps);
+    assert!(told.contains(&format!("the password of account \"Acme\" is for {smtp}")), "{told}");
     deployment.admin.batch_execute(&format!("SELECT email_accounts.retry({queued})")).unwrap();
     deployment.wait_for_status(queued, "sent");
 

@@ -4,6 +4,7 @@
 //! owner. Passwords are never echoed in errors.
 
 use super::errors::{raise, raise_access, raise_secret};
+use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
 use crate::store::{accounts, privileged, secrets};
 use pgrx::prelude::*;
 
@@ -41,6 +42,37 @@ fn set_password_as_owner(account: &str, password: &str, tenant: Option<&str>, ca
         );
     }
     secrets::store_password(managed.account_id, password).unwrap_or_else(|error| raise_secret(error));
+    // Whoever types the password sees where it will go: an admin who may
+    // change the servers made the account await it, so look before trusting.
+    if let Ok(Some(settings)) = account_settings::load(managed.account_id) {
+        notice!("email_accounts: the password of account {:?} is for {}", managed.name, destinations(&settings));
+    }
+}
+
+/// "SMTP smtp.example.com:587 (starttls), IMAP imap.example.com:993 (ssl)"
+/// for the servers the account's password is now bound to.
+fn destinations(settings: &EffectiveAccount) -> String {
+    let describe = |protocol: &str, server: &ServerSettings| {
+        format!(
+            "{protocol} {}:{} ({})",
+            server.host.as_deref().unwrap_or("?"),
+            server.port.map(|port| port.to_string()).unwrap_or_else(|| "?".to_owned()),
+            server.security.as_deref().unwrap_or("?")
+        )
+    };
+    let mut sides = Vec::new();
+    if settings.outgoing.host.is_some() {
+        sides.push(describe("SMTP", &settings.outgoing));
+    }
+    if settings.incoming.host.is_some() {
+        let protocol = settings.incoming.protocol.as_deref().unwrap_or("incoming").to_uppercase();
+        sides.push(describe(&protocol, &settings.incoming));
+    }
+    if sides.is_empty() {
+        "no server yet".to_owned()
+    } else {
+        sides.join(", ")
+    }
 }
 
 /// Makes a new encryption key current and re-encrypts every stored password
