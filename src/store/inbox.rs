@@ -103,6 +103,7 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
                 attachment_size_limit: row.get::<i64>(13)?.unwrap_or(0).max(0) as u64,
                 retrieval,
                 routing: RoutingSettings {
+                    account_id: row.get(1)?.unwrap_or_default(),
                     account_address: address,
                     enable_auto_reply: row.get(17)?.unwrap_or_default(),
                     owner: row.get::<pg_sys::Oid>(18)?.unwrap_or(pg_sys::InvalidOid),

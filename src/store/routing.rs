@@ -16,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 /// The account settings routing needs.
 #[derive(Debug, Clone)]
 pub struct RoutingSettings {
+    pub account_id: i64,
     pub account_address: String,
     pub enable_auto_reply: bool,
     /// The account's owner role: append_to and on_receive run as it.
@@ -71,28 +72,88 @@ fn record_routing_error(message_id: i64, step: &str, error: &str) {
 // STATEMENT_TIMEOUT's handler cancels the running statement with an ERROR,
 // as statement_timeout does in a client session (not armed in workers).
 const STATEMENT_TIMEOUT: u32 = 3;
+const USER_TIMEOUT: u32 = 12;
 unsafe extern "C-unwind" {
+    fn RegisterTimeout(id: u32, handler: extern "C" fn()) -> u32;
     fn enable_timeout_after(id: u32, delay_ms: i32);
     fn disable_timeout(id: u32, keep_indicator: bool);
     fn get_timeout_indicator(id: u32, reset_indicator: bool) -> bool;
 }
 
+/// How long after its cancel routing code that swallowed it (an EXCEPTION
+/// WHEN query_canceled block can) may go on before the receiver stops itself.
+const GRACE_AFTER_CANCEL_MS: i32 = 5_000;
+/// How long the account's routing code is then left out.
+const SUSPENSION_SECONDS: i64 = 3_600;
+
+/// In a signal handler: ends the receiver as pg_terminate_backend would. Its
+/// transaction is rolled back; the new receiver suspends the account's code
+/// (the board says whose code was running) and stores the messages without it.
+extern "C" fn stop_the_receiver() {
+    unsafe {
+        pg_sys::ProcDiePending = 1;
+        pg_sys::InterruptPending = 1;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// The watchdog's timeout id, registered once per receiver process.
+fn watchdog() -> u32 {
+    static WATCHDOG: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *WATCHDOG.get_or_init(|| unsafe { RegisterTimeout(USER_TIMEOUT, stop_the_receiver) })
+}
+
+/// At receiver start: if the previous receiver was stopped inside an
+/// account's routing code, that code is suspended for a while.
+pub fn suspend_interrupted_routing() {
+    let until = unsafe { pg_sys::GetCurrentTimestamp() } + SUSPENSION_SECONDS * 1_000_000;
+    if let Some(account_id) = crate::worker::board::suspend_interrupted_routing(until) {
+        warning!(
+            "email_accounts receiver: the append_to_table / on_receive_function code of account {account_id} ran past \
+             email_accounts.routing_timeout and could not be cancelled; it is not run for {SUSPENSION_SECONDS} s"
+        );
+    }
+}
+
 /// Runs a step of the account's own code (append_to, on_receive) bounded by
 /// `email_accounts.routing_timeout`: code that sleeps or loops is cancelled
-/// and the receiver carries on with the next message. Session-level advisory
-/// locks it took (they outlive its subtransaction) are released afterwards,
-/// so it cannot leave locks held by the worker.
-fn user_code_step(message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>) {
-    unsafe { enable_timeout_after(STATEMENT_TIMEOUT, crate::settings::routing_timeout_milliseconds()) };
-    step(message_id, name, body);
+/// and the receiver carries on with the next message; code that swallows the
+/// cancel ends the receiver (restarted at once) and is suspended. Session
+/// advisory locks it took (they outlive its subtransaction) are released, so
+/// it cannot leave locks held by the worker.
+fn user_code_step(account_id: i64, message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>) {
+    let timeout = crate::settings::routing_timeout_milliseconds();
+    let watchdog = watchdog();
+    crate::worker::board::set_routing_account(Some(account_id));
+    let outcome = in_subtransaction(AssertUnwindSafe(|| {
+        unsafe {
+            enable_timeout_after(STATEMENT_TIMEOUT, timeout);
+            enable_timeout_after(watchdog, timeout.saturating_add(GRACE_AFTER_CANCEL_MS));
+        }
+        let result = body();
+        unsafe {
+            disable_timeout(watchdog, false);
+            disable_timeout(STATEMENT_TIMEOUT, true);
+        }
+        result
+    }));
     unsafe {
-        disable_timeout(STATEMENT_TIMEOUT, false);
-        // A timeout that fired after the code returned must not cancel the worker's next statement.
+        // Also when the code ended in an error, before anything else runs.
+        disable_timeout(watchdog, false);
+        disable_timeout(STATEMENT_TIMEOUT, true);
+        // A cancel that fired after the code returned must not cancel the worker's next statement.
         if get_timeout_indicator(STATEMENT_TIMEOUT, true) {
             pg_sys::QueryCancelPending = 0;
         }
         pg_sys::LockReleaseSession(pg_sys::USER_LOCKMETHOD as pg_sys::LOCKMETHODID);
     }
+    crate::worker::board::set_routing_account(None);
+    let error = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    record_routing_error(message_id, name, &error);
 }
 
 /// Runs one step in a subtransaction; an error is recorded on the message.
@@ -126,12 +187,23 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
             "append_to_table and on_receive_function",
             &format!("not run: the account's owner_role may not run them: {problem}"),
         );
+    } else if let (Some(until), true) = (crate::worker::board::routing_suspended_until(settings.account_id), runs_user_code) {
+        let until = pgrx::datum::TimestampWithTimeZone::try_from(until)
+            .map(|until| until.to_string())
+            .unwrap_or_default();
+        record_routing_error(
+            message_id,
+            "append_to_table and on_receive_function",
+            &format!("not run: suspended until {until}, after this account's code could not be stopped at email_accounts.routing_timeout"),
+        );
     } else {
         if let (Some(table), false) = (settings.append_to_table, is_reply) {
-            user_code_step(message_id, "append_to_table", || append_to(message_id, table, settings.owner));
+            user_code_step(settings.account_id, message_id, "append_to_table", || {
+                append_to(message_id, table, settings.owner)
+            });
         }
         if let Some(statement) = &settings.on_receive_statement {
-            user_code_step(message_id, "on_receive_function", || {
+            user_code_step(settings.account_id, message_id, "on_receive_function", || {
                 as_role(settings.owner, || Spi::run_with_args(statement, &[message_id.into()]))
             });
         }

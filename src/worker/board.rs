@@ -78,16 +78,72 @@ pub struct SyncRequest {
 /// Concurrent `sync_now()` calls the board can hold.
 pub const SYNC_REQUEST_SLOTS: usize = 64;
 
+/// Accounts whose routing code the receiver had to be stopped for, at most.
+pub const SUSPENSION_SLOTS: usize = 32;
+
+/// An account whose append_to / on_receive code is not run until `until`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoutingSuspension {
+    pub account_id: i64,
+    /// `pg_sys::TimestampTz`; 0 for a free slot.
+    pub until: i64,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerBoard {
     slots: [WorkerSlot; Role::ALL.len()],
     sync_requests: [SyncRequest; SYNC_REQUEST_SLOTS],
+    /// The account whose routing code the receiver is running now (0: none).
+    /// Still set when a new receiver starts: the old one was stopped inside it.
+    routing_account: i64,
+    suspensions: [RoutingSuspension; SUSPENSION_SLOTS],
 }
 
 impl Default for WorkerBoard {
     fn default() -> Self {
-        WorkerBoard { slots: Default::default(), sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS] }
+        WorkerBoard {
+            slots: Default::default(),
+            sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS],
+            routing_account: 0,
+            suspensions: [RoutingSuspension::default(); SUSPENSION_SLOTS],
+        }
     }
+}
+
+/// The receiver is about to run (Some) or has run (None) an account's routing code.
+pub fn set_routing_account(account_id: Option<i64>) {
+    WORKER_BOARD.exclusive().routing_account = account_id.unwrap_or(0);
+}
+
+/// At receiver start: an account whose routing code was running when the
+/// previous receiver was stopped is suspended until `until`; returns it.
+pub fn suspend_interrupted_routing(until: i64) -> Option<i64> {
+    let mut board = WORKER_BOARD.exclusive();
+    let account_id = std::mem::take(&mut board.routing_account);
+    if account_id == 0 {
+        return None;
+    }
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    // This account's slot, else a lapsed one, else the one that lapses first.
+    let slots = &board.suspensions;
+    let index = slots
+        .iter()
+        .position(|slot| slot.account_id == account_id)
+        .or_else(|| slots.iter().position(|slot| slot.until <= now))
+        .unwrap_or_else(|| (0..SUSPENSION_SLOTS).min_by_key(|&index| slots[index].until).unwrap_or(0));
+    board.suspensions[index] = RoutingSuspension { account_id, until };
+    Some(account_id)
+}
+
+/// Until when an account's routing code is suspended, if it is.
+pub fn routing_suspended_until(account_id: i64) -> Option<i64> {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    WORKER_BOARD
+        .share()
+        .suspensions
+        .iter()
+        .find(|slot| slot.account_id == account_id && slot.until > now)
+        .map(|slot| slot.until)
 }
 
 // SAFETY: plain-old-data with no pointers; it lives in PostgreSQL's shared memory.

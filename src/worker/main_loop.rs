@@ -62,6 +62,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
 
     if role == Role::Receiver {
         board::requeue_running_sync_requests();
+        crate::store::routing::suspend_interrupted_routing();
     }
     let mut idle_watchers = super::idle_watch::IdleWatchers::default();
     let mut extension_was_installed = None;
