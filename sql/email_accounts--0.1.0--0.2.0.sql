@@ -512,16 +512,8 @@ BEGIN
     NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
     SELECT * INTO global_default FROM email_accounts.global_default_outgoing();
     IF NEW.account_id IS NOT NULL AND NEW.account_id IS NOT DISTINCT FROM global_default.account_id THEN
-        -- The fallback: the row stays the tenant's. The system's account
-        -- sends as itself for other tenants (no other tenant's From through
-        -- the operator's server); replies go to the sender asked for.
+        -- The fallback: the row stays the tenant's (see system_sends_as_itself).
         NEW.account := global_default.name;
-        IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL THEN
-            IF cardinality(NEW.reply_to) = 0 THEN
-                NEW.reply_to := ARRAY[NEW.sender];
-            END IF;
-            NEW.sender := NULL;
-        END IF;
     ELSIF NEW.account_id IS NOT NULL THEN
         SELECT name, coalesce(NEW.tenant, tenant) INTO NEW.account, NEW.tenant
           FROM email_accounts.account WHERE account_id = NEW.account_id;
@@ -561,7 +553,8 @@ CREATE FUNCTION email_accounts.outbox_before_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
+    IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant
+       OR (NEW.status IN ('queued', 'retry') AND NEW.status IS DISTINCT FROM OLD.status) THEN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status
@@ -582,6 +575,30 @@ COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
 
 CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_update();
+
+CREATE FUNCTION email_accounts.system_sends_as_itself() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL
+       AND NEW.account_id = (email_accounts.global_default_outgoing()).account_id THEN
+        IF cardinality(NEW.reply_to) = 0 THEN
+            NEW.reply_to := ARRAY[NEW.sender];
+        END IF;
+        NEW.sender := NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.system_sends_as_itself() IS
+  'Trigger: a tenant''s row sent through the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
+
+CREATE TRIGGER system_sends_as_itself BEFORE INSERT OR UPDATE OF account_id, tenant, sender ON email_accounts.outbox
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.system_sends_as_itself();
+
+-- Mail 0.1.0 queued for a tenant through the system's account goes out from that account's address.
+UPDATE email_accounts.outbox SET sender = sender WHERE status NOT IN ('sent', 'sending') AND tenant IS NOT NULL AND sender IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION email_accounts.outbox_attachment_before_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -927,12 +944,12 @@ DECLARE
     group_owned text;
 BEGIN
     UPDATE email_accounts.outbox AS queued
-       SET status = 'error', account_id = NULL,
+       SET status = 'error', account_id = NULL, account = NULL,
            last_error = 'email_accounts 0.2.0: its account was not one of this row''s tenant; email_accounts.retry() chooses one that is'
       FROM email_accounts.account
      WHERE account.account_id = queued.account_id AND account.tenant IS DISTINCT FROM queued.tenant
        AND NOT (account.tenant IS NULL AND account.default_outgoing)
-       AND queued.status IN ('queued', 'retry', 'error');
+       AND queued.status <> 'sent';
     GET DIAGNOSTICS repointed = ROW_COUNT;
     UPDATE email_accounts.suppression SET outbox_id = NULL
      WHERE outbox_id IS NOT NULL AND NOT EXISTS (

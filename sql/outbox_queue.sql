@@ -159,16 +159,8 @@ BEGIN
     NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
     SELECT * INTO global_default FROM email_accounts.global_default_outgoing();
     IF NEW.account_id IS NOT NULL AND NEW.account_id IS NOT DISTINCT FROM global_default.account_id THEN
-        -- The fallback: the row stays the tenant's. The system's account
-        -- sends as itself for other tenants (no other tenant's From through
-        -- the operator's server); replies go to the sender asked for.
+        -- The fallback: the row stays the tenant's (see system_sends_as_itself).
         NEW.account := global_default.name;
-        IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL THEN
-            IF cardinality(NEW.reply_to) = 0 THEN
-                NEW.reply_to := ARRAY[NEW.sender];
-            END IF;
-            NEW.sender := NULL;
-        END IF;
     ELSIF NEW.account_id IS NOT NULL THEN
         SELECT name, coalesce(NEW.tenant, tenant) INTO NEW.account, NEW.tenant
           FROM email_accounts.account WHERE account_id = NEW.account_id;
@@ -212,7 +204,8 @@ CREATE FUNCTION email_accounts.outbox_before_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
+    IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant
+       OR (NEW.status IN ('queued', 'retry') AND NEW.status IS DISTINCT FROM OLD.status) THEN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status
@@ -264,6 +257,30 @@ CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_insert();
 CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_update();
+
+-- The system's default account sends for tenants without a mailbox as
+-- itself: no tenant sends as another's domain through the operator's server.
+-- The sender asked for gets the replies. (Runs after check_and_resolve.)
+CREATE FUNCTION email_accounts.system_sends_as_itself() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL
+       AND NEW.account_id = (email_accounts.global_default_outgoing()).account_id THEN
+        IF cardinality(NEW.reply_to) = 0 THEN
+            NEW.reply_to := ARRAY[NEW.sender];
+        END IF;
+        NEW.sender := NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.system_sends_as_itself() IS
+  'Trigger: a tenant''s row sent through the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
+
+CREATE TRIGGER system_sends_as_itself BEFORE INSERT OR UPDATE OF account_id, tenant, sender ON email_accounts.outbox
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.system_sends_as_itself();
 CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_after_insert();
 CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox

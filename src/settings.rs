@@ -294,3 +294,29 @@ pub fn receive_max_backoff_seconds() -> i32 {
 pub fn imap_idle() -> bool {
     IMAP_IDLE.get()
 }
+
+/// What `ALTER DATABASE … SET` (which a database owner may run) would change
+/// about the workers' own sessions, put back: they run read-write, READ
+/// COMMITTED, without statement or idle timeouts, and with the pinned
+/// search_path, whatever the database says.
+pub fn pin_worker_session() {
+    let pinned: [(&std::ffi::CStr, &std::ffi::CStr); 6] = [
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"default_transaction_deferrable", c"off"),
+        (c"statement_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+        (c"search_path", crate::store::transaction::PINNED_SEARCH_PATH),
+    ];
+    for (name, value) in pinned {
+        // SAFETY: NUL-terminated strings that outlive the call; valid values.
+        unsafe {
+            pgrx::pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pgrx::pg_sys::GucContext::PGC_SUSET,
+                pgrx::pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
+    }
+}

@@ -57,6 +57,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     let database = settings::database();
     // Errors with FATAL (and the postmaster retries later) if the database is missing.
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    settings::pin_worker_session();
     board::started(role, settings::fallback_poll_interval().as_millis() as i64);
     log!("{} started in database \"{}\"", role.worker_name(), database);
 
