@@ -501,15 +501,20 @@ fn nobody_borrows_the_workers_superuser() {
         &[
             (b"From: carol@example.test\r\nSubject: one\r\nMessage-ID: <s1@example.test>\r\n\r\n1\r\n".to_vec(), false),
             (b"From: dave@other.test\r\nSubject: two\r\nMessage-ID: <s2@example.test>\r\n\r\n2\r\n".to_vec(), false),
+            // A stranger aiming our auto reply at a third party.
+            (b"Return-Path: <victim@elsewhere.example>\r\nFrom: carol@example.test\r\nSubject: three\r\nMessage-ID: <s3@example.test>\r\n\r\n3\r\n".to_vec(), false),
         ],
     );
     deployment.admin.batch_execute("SELECT * FROM email_accounts.sync_now('Acme', 'acme')").unwrap();
     // (The restarted receiver may have synced on its own first: count what is stored.)
     let synced: i64 = deployment.value("SELECT count(*) FROM email_accounts.message");
-    assert_eq!(synced, 2);
+    assert_eq!(synced, 3);
     let replies: i64 =
         deployment.value("SELECT count(*) FROM email_accounts.message WHERE auto_reply_outbox_id IS NOT NULL");
     assert_eq!(replies, 2, "the worker carried on normally");
+    let forged: String = deployment
+        .value("SELECT no_auto_reply_reason FROM email_accounts.message WHERE internet_message_id = '<s3@example.test>'");
+    assert!(forged.contains("unrelated domains"), "{forged}");
 
     let hijacked: Vec<(String, String)> = deployment
         .admin
@@ -528,7 +533,7 @@ fn nobody_borrows_the_workers_superuser() {
         .map(|row| row.get(0))
         .collect();
     let text = attempts.join("\n");
-    assert_eq!(attempts.iter().filter(|line| *line == "ran as acme_owner").count(), 2, "{text}");
+    assert_eq!(attempts.iter().filter(|line| *line == "ran as acme_owner").count(), 3, "{text}");
     assert!(text.contains("set_password Globex: no account named \"Globex\""), "{text}");
     assert!(text.contains("test_account Globex: no account named \"Globex\""), "{text}");
     assert!(text.contains("sync_now: sync_now() cannot be called from a security-restricted operation"), "{text}");
