@@ -558,7 +558,6 @@ BEGIN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status
-       AND NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
        AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
         PERFORM email_accounts.raise_outbox_error('status',
@@ -571,10 +570,11 @@ END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
-  'Trigger: an outbox row''s account stays one of its tenant (or the global default) when the row is changed, and roles other than superusers (the sender) may only move its status as cancel() and retry() do (42501).';
+  'Trigger (for roles other than superusers, the sender among them): an outbox row''s account stays one of its tenant (or the global default) when the row is changed, and its status moves only as cancel() and retry() move it (42501).';
 
 CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_update();
+    FOR EACH ROW WHEN (pg_catalog.current_setting('is_superuser') <> 'on')
+    EXECUTE FUNCTION email_accounts.outbox_before_update();
 
 CREATE FUNCTION email_accounts.system_sends_as_itself() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -595,7 +595,8 @@ COMMENT ON FUNCTION email_accounts.system_sends_as_itself() IS
   'Trigger: a tenant''s row sent through the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
 
 CREATE TRIGGER system_sends_as_itself BEFORE INSERT OR UPDATE OF account_id, tenant, sender ON email_accounts.outbox
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.system_sends_as_itself();
+    FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL)
+    EXECUTE FUNCTION email_accounts.system_sends_as_itself();
 
 -- Mail 0.1.0 queued for a tenant through the system's account goes out from that account's address.
 UPDATE email_accounts.outbox SET sender = sender WHERE status NOT IN ('sent', 'sending') AND tenant IS NOT NULL AND sender IS NOT NULL;

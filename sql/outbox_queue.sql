@@ -209,7 +209,6 @@ BEGIN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status
-       AND NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
        AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
         PERFORM email_accounts.raise_outbox_error('status',
@@ -222,7 +221,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
-  'Trigger: an outbox row''s account stays one of its tenant (or the global default) when the row is changed, and roles other than superusers (the sender) may only move its status as cancel() and retry() do (42501).';
+  'Trigger (for roles other than superusers, the sender among them): an outbox row''s account stays one of its tenant (or the global default) when the row is changed, and its status moves only as cancel() and retry() move it (42501).';
 
 CREATE FUNCTION email_accounts.outbox_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -255,8 +254,12 @@ COMMENT ON FUNCTION email_accounts.outbox_inserted() IS 'Trigger: asks for the s
 
 CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_insert();
+-- Not for superusers (the sender worker among them): its two updates of every
+-- row it sends would otherwise each call PL/pgSQL. is_superuser is set by
+-- PostgreSQL for the current role and cannot be SET.
 CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_update();
+    FOR EACH ROW WHEN (pg_catalog.current_setting('is_superuser') <> 'on')
+    EXECUTE FUNCTION email_accounts.outbox_before_update();
 
 -- The system's default account sends for tenants without a mailbox as
 -- itself: no tenant sends as another's domain through the operator's server.
@@ -280,7 +283,8 @@ COMMENT ON FUNCTION email_accounts.system_sends_as_itself() IS
   'Trigger: a tenant''s row sent through the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
 
 CREATE TRIGGER system_sends_as_itself BEFORE INSERT OR UPDATE OF account_id, tenant, sender ON email_accounts.outbox
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.system_sends_as_itself();
+    FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL)
+    EXECUTE FUNCTION email_accounts.system_sends_as_itself();
 CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
     FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_after_insert();
 CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox
