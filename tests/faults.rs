@@ -258,7 +258,8 @@ fn a_certificate_that_is_not_trusted_or_does_not_match_and_a_stripped_starttls_s
     // Trusting the CA mends the first account: every message once. A new CA
     // is a change of servers, so the password is given again with it.
     let mut mend = client.transaction().unwrap();
-    mend.execute("UPDATE email_accounts.account SET extra_ca_certificate = $1 WHERE name = 'untrusted'", &[&ca]).unwrap();
+    mend.execute("UPDATE email_accounts.account SET extra_ca_certificate = $1 WHERE name = 'untrusted'", &[&ca])
+        .unwrap();
     mend.execute("SELECT email_accounts.set_password('untrusted', 'secret-of-untrusted')", &[]).unwrap();
     mend.commit().unwrap();
     client

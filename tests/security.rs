@@ -24,8 +24,7 @@ struct Deployment {
 /// default outgoing account, and login roles for each part a deployment has.
 fn deployment() -> Deployment {
     let servers = MailServers::start();
-    let cluster =
-        Postgres::start(&["email_accounts.fallback_poll_interval = '1h'", "email_accounts.imap_idle = off"]);
+    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'", "email_accounts.imap_idle = off"]);
     let mut admin = cluster.connect("postgres");
     admin.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     servers.add_example_domain(&mut admin);
@@ -48,7 +47,8 @@ fn deployment() -> Deployment {
                     ('System', NULL, 'support@example.test', 'postgres', true, false, true, '1 hour', true);",
         )
         .unwrap();
-    for (name, address) in [("Acme", "alice@example.test"), ("Globex", "bob@example.test"), ("System", "support@example.test")]
+    for (name, address) in
+        [("Acme", "alice@example.test"), ("Globex", "bob@example.test"), ("System", "support@example.test")]
     {
         let password = servers.user(address).password.clone();
         admin.execute("SELECT email_accounts.set_password($1, $2)", &[&name, &password]).unwrap();
@@ -59,7 +59,8 @@ fn deployment() -> Deployment {
 impl Deployment {
     fn connect_as(&self, role: &str) -> postgres::Client {
         let options = self.cluster.connection_string("postgres").replace("user=postgres", &format!("user={role}"));
-        postgres::Client::connect(&options, postgres::NoTls).unwrap_or_else(|error| panic!("connect as {role}: {error}"))
+        postgres::Client::connect(&options, postgres::NoTls)
+            .unwrap_or_else(|error| panic!("connect as {role}: {error}"))
     }
 
     /// A connection as `role` that keeps the NOTICEs the server sends it.
@@ -142,14 +143,20 @@ fn everything_readable(client: &mut postgres::Client) -> String {
 #[test]
 fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
     let mut deployment = deployment();
-    let globex_queued: i64 =
-        deployment.value("SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'globex secret', account => 'Globex')");
+    let globex_queued: i64 = deployment.value(
+        "SELECT email_accounts.send(\"to\" => '{carol@example.test}', subject => 'globex secret', account => 'Globex')",
+    );
     let globex_id: i64 = deployment.value("SELECT account_id FROM email_accounts.account WHERE name = 'Globex'");
     deployment.wait_for_status(globex_queued, "sent");
-    deployment.servers.append("bob@example.test", "INBOX", &[(
-        b"From: carol@example.test\r\nSubject: globex inbox\r\nMessage-ID: <g1@example.test>\r\n\r\nfor globex\r\n".to_vec(),
-        false,
-    )]);
+    deployment.servers.append(
+        "bob@example.test",
+        "INBOX",
+        &[(
+            b"From: carol@example.test\r\nSubject: globex inbox\r\nMessage-ID: <g1@example.test>\r\n\r\nfor globex\r\n"
+                .to_vec(),
+            false,
+        )],
+    );
     deployment.admin.batch_execute("SELECT * FROM email_accounts.sync_now('Globex')").unwrap();
     let globex_message: i64 = deployment.value("SELECT max(message_id) FROM email_accounts.message");
 
@@ -168,10 +175,16 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
             if role.starts_with("email_accounts_") {
                 assert_eq!(count(&mut client, "SELECT count(*) FROM email_accounts.account"), 0, "{role} sees nothing");
                 // Through the group role, not even its own tenant's account.
-                refused(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Acme')", "23503");
+                refused(
+                    &mut client,
+                    "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Acme')",
+                    "23503",
+                );
             }
-            let unknown = failure(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Nobody')");
-            let other = failure(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Globex')");
+            let unknown =
+                failure(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Nobody')");
+            let other =
+                failure(&mut client, "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'Globex')");
             assert_eq!(unknown.0, other.0, "another tenant's account looks like no account");
             for function in ["set_password('Globex', 'x')", "test_account('Globex')"] {
                 refused(&mut client, &format!("SELECT email_accounts.{function}"), "42704");
@@ -185,16 +198,39 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
     // account, change whose a row is, or reach another tenant's rows.
     let mut acme_admin = deployment.connect_as("acme_admin");
     let own: i64 = acme_admin
-        .query_one("SELECT email_accounts.send(\"to\" => '{carol@example.test}', send_after => now() + interval '1 hour')", &[])
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{carol@example.test}', send_after => now() + interval '1 hour')",
+            &[],
+        )
         .unwrap()
         .get(0);
-    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET account_id = {globex_id} WHERE outbox_id = {own}"), "23514");
-    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET tenant = 'globex' WHERE outbox_id = {own}"), "42501");
-    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET claim_token = gen_random_uuid() WHERE outbox_id = {own}"), "42501");
+    refused(
+        &mut acme_admin,
+        &format!("UPDATE email_accounts.outbox SET account_id = {globex_id} WHERE outbox_id = {own}"),
+        "23514",
+    );
+    refused(
+        &mut acme_admin,
+        &format!("UPDATE email_accounts.outbox SET tenant = 'globex' WHERE outbox_id = {own}"),
+        "42501",
+    );
+    refused(
+        &mut acme_admin,
+        &format!("UPDATE email_accounts.outbox SET claim_token = gen_random_uuid() WHERE outbox_id = {own}"),
+        "42501",
+    );
     // Only the sender makes a row sending or sent (a fake in-flight row would
     // eat the account's rate limit forever).
-    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET status = 'sending' WHERE outbox_id = {own}"), "42501");
-    refused(&mut acme_admin, &format!("UPDATE email_accounts.outbox SET lease_until = now() WHERE outbox_id = {own}"), "42501");
+    refused(
+        &mut acme_admin,
+        &format!("UPDATE email_accounts.outbox SET status = 'sending' WHERE outbox_id = {own}"),
+        "42501",
+    );
+    refused(
+        &mut acme_admin,
+        &format!("UPDATE email_accounts.outbox SET lease_until = now() WHERE outbox_id = {own}"),
+        "42501",
+    );
     // Re-pointing its own mail at the system's account does not let it send as anyone.
     acme_admin
         .batch_execute(&format!(
@@ -217,12 +253,18 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
               WHERE outbox_id = {spoofed}"
         ))
         .unwrap();
-    let sender: Option<String> =
-        acme_admin.query_one("SELECT sender FROM email_accounts.outbox WHERE outbox_id = $1", &[&spoofed]).unwrap().get(0);
+    let sender: Option<String> = acme_admin
+        .query_one("SELECT sender FROM email_accounts.outbox WHERE outbox_id = $1", &[&spoofed])
+        .unwrap()
+        .get(0);
     assert_eq!(sender, None, "From is the system account's own address");
-    let moved = acme_admin.execute("UPDATE email_accounts.outbox SET status = 'queued' WHERE outbox_id = $1", &[&globex_queued]).unwrap();
+    let moved = acme_admin
+        .execute("UPDATE email_accounts.outbox SET status = 'queued' WHERE outbox_id = $1", &[&globex_queued])
+        .unwrap();
     assert_eq!(moved, 0);
-    let changed = acme_admin.execute("UPDATE email_accounts.account SET signature = 'pwned' WHERE account_id = $1", &[&globex_id]).unwrap();
+    let changed = acme_admin
+        .execute("UPDATE email_accounts.account SET signature = 'pwned' WHERE account_id = $1", &[&globex_id])
+        .unwrap();
     assert_eq!(changed, 0);
     refused(&mut acme_admin, "UPDATE email_accounts.domain SET smtp_host = 'evil.example' WHERE true; INSERT INTO email_accounts.domain (domain_name) VALUES ('evil.example')", "42501");
     refused(
@@ -244,17 +286,34 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         .unwrap();
     // A group role or another tenant's role cannot own an account, and
     // routing can only be changed by members of the owner role.
-    refused(&mut acme_admin, "UPDATE email_accounts.account SET owner_role = 'email_accounts_admin' WHERE name = 'Globex'", "23514");
-    refused(&mut acme_admin, "UPDATE email_accounts.account SET append_to_columns = '{\"x\": \"subject\"}' WHERE name = 'Acme'", "42501");
-    refused(&mut acme_admin, "UPDATE email_accounts.account SET auto_reply_interval = '0' WHERE name = 'Acme'", "23514");
+    refused(
+        &mut acme_admin,
+        "UPDATE email_accounts.account SET owner_role = 'email_accounts_admin' WHERE name = 'Globex'",
+        "23514",
+    );
+    refused(
+        &mut acme_admin,
+        "UPDATE email_accounts.account SET append_to_columns = '{\"x\": \"subject\"}' WHERE name = 'Acme'",
+        "42501",
+    );
+    refused(
+        &mut acme_admin,
+        "UPDATE email_accounts.account SET auto_reply_interval = '0' WHERE name = 'Acme'",
+        "23514",
+    );
 
     // reparse() works for the admin of the message's tenant.
-    deployment.servers.append("alice@example.test", "INBOX", &[(
-        b"From: carol@example.test\r\nSubject: for acme\r\nMessage-ID: <a1@example.test>\r\n\r\nhello\r\n".to_vec(),
-        false,
-    )]);
+    deployment.servers.append(
+        "alice@example.test",
+        "INBOX",
+        &[(
+            b"From: carol@example.test\r\nSubject: for acme\r\nMessage-ID: <a1@example.test>\r\n\r\nhello\r\n".to_vec(),
+            false,
+        )],
+    );
     acme_admin.batch_execute("SELECT * FROM email_accounts.sync_now('Acme')").unwrap();
-    let acme_message: i64 = acme_admin.query_one("SELECT max(message_id) FROM email_accounts.message", &[]).unwrap().get(0);
+    let acme_message: i64 =
+        acme_admin.query_one("SELECT max(message_id) FROM email_accounts.message", &[]).unwrap().get(0);
     let reparsed: bool = acme_admin.query_one("SELECT email_accounts.reparse($1)", &[&acme_message]).unwrap().get(0);
     assert!(reparsed);
 
@@ -270,18 +329,25 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         .unwrap()
         .get(0);
     let (tenant, account): (Option<String>, Option<String>) = {
-        let row = initech.query_one("SELECT tenant, account FROM email_accounts.outbox WHERE outbox_id = $1", &[&fallback]).unwrap();
+        let row = initech
+            .query_one("SELECT tenant, account FROM email_accounts.outbox WHERE outbox_id = $1", &[&fallback])
+            .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!((tenant.as_deref(), account.as_deref()), (Some("initech"), Some("System")));
     // Through the system's account a tenant does not send as anyone it likes:
     // From is the system's address, the sender asked for gets the replies.
     let (sender, reply_to): (Option<String>, Vec<String>) = {
-        let row = initech.query_one("SELECT sender, reply_to FROM email_accounts.outbox WHERE outbox_id = $1", &[&fallback]).unwrap();
+        let row = initech
+            .query_one("SELECT sender, reply_to FROM email_accounts.outbox WHERE outbox_id = $1", &[&fallback])
+            .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!((sender, reply_to), (None, vec!["CEO <ceo@initech.example>".to_owned()]));
-    assert_eq!(count(&mut acme_admin, &format!("SELECT count(*) FROM email_accounts.outbox WHERE outbox_id = {fallback}")), 0);
+    assert_eq!(
+        count(&mut acme_admin, &format!("SELECT count(*) FROM email_accounts.outbox WHERE outbox_id = {fallback}")),
+        0
+    );
     deployment.wait_for_status(fallback, "sent");
     assert_eq!(count(&mut initech, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'"), 1);
 
@@ -512,8 +578,9 @@ fn nobody_borrows_the_workers_superuser() {
     let replies: i64 =
         deployment.value("SELECT count(*) FROM email_accounts.message WHERE auto_reply_outbox_id IS NOT NULL");
     assert_eq!(replies, 2, "the worker carried on normally");
-    let forged: String = deployment
-        .value("SELECT no_auto_reply_reason FROM email_accounts.message WHERE internet_message_id = '<s3@example.test>'");
+    let forged: String = deployment.value(
+        "SELECT no_auto_reply_reason FROM email_accounts.message WHERE internet_message_id = '<s3@example.test>'",
+    );
     assert!(forged.contains("unrelated domains"), "{forged}");
 
     let hijacked: Vec<(String, String)> = deployment
@@ -543,8 +610,7 @@ fn nobody_borrows_the_workers_superuser() {
     let unchanged: Vec<u8> =
         deployment.value("SELECT ciphertext FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
     assert_eq!(unchanged, globex_secret, "Globex's password was not touched");
-    let errors: i64 =
-        deployment.value("SELECT count(*) FROM email_accounts.message WHERE routing_error IS NOT NULL");
+    let errors: i64 = deployment.value("SELECT count(*) FROM email_accounts.message WHERE routing_error IS NOT NULL");
     assert_eq!(errors, 0);
 }
 
@@ -568,7 +634,9 @@ fn a_password_goes_only_to_the_servers_it_was_set_for() {
         acme_admin.query_one("SELECT email_accounts.test_account('Acme')", &[]).unwrap().get(0);
     assert_eq!(report["smtp"]["error"]["kind"], "auth", "{report}");
     // Clearing the flag does not help: the trigger sets it again...
-    acme_admin.batch_execute("UPDATE email_accounts.account SET awaiting_password = false WHERE name = 'Acme'").unwrap();
+    acme_admin
+        .batch_execute("UPDATE email_accounts.account SET awaiting_password = false WHERE name = 'Acme'")
+        .unwrap();
     let awaiting: bool = deployment.value("SELECT awaiting_password FROM email_accounts.account WHERE name = 'Acme'");
     assert!(awaiting);
     // ...and with the triggers bypassed (a superuser), the stored password
@@ -589,7 +657,10 @@ fn a_password_goes_only_to_the_servers_it_was_set_for() {
     wait_until("the sender to refuse the account", LIMIT, || {
         let row = deployment
             .admin
-            .query_one("SELECT status, coalesce(last_error, '') FROM email_accounts.outbox WHERE outbox_id = $1", &[&queued])
+            .query_one(
+                "SELECT status, coalesce(last_error, '') FROM email_accounts.outbox WHERE outbox_id = $1",
+                &[&queued],
+            )
             .unwrap();
         let error: String = row.get(1);
         error.contains("changed since its password was set").then_some(())
@@ -609,7 +680,10 @@ fn a_password_goes_only_to_the_servers_it_was_set_for() {
     let ready: bool = deployment.value("SELECT ready_to_send FROM email_accounts.account_settings WHERE name = 'Acme'");
     assert!(ready);
     let told = notices.lock().unwrap().join("\n");
-    let smtp = format!("SMTP localhost:{} (starttls), IMAP localhost:{} (ssl)", deployment.servers.smtp, deployment.servers.imaps);
+    let smtp = format!(
+        "SMTP localhost:{} (starttls), IMAP localhost:{} (ssl)",
+        deployment.servers.smtp, deployment.servers.imaps
+    );
     assert!(told.contains(&format!("the password of account \"Acme\" is for {smtp}")), "{told}");
     deployment.admin.batch_execute(&format!("SELECT email_accounts.retry({queued})")).unwrap();
     deployment.wait_for_status(queued, "sent");
@@ -617,7 +691,10 @@ fn a_password_goes_only_to_the_servers_it_was_set_for() {
     // A domain change moves every account inheriting it: all need their password again.
     deployment
         .admin
-        .batch_execute(&format!("UPDATE email_accounts.domain SET smtp_port = {} WHERE domain_name = 'example.test'", catcher.port))
+        .batch_execute(&format!(
+            "UPDATE email_accounts.domain SET smtp_port = {} WHERE domain_name = 'example.test'",
+            catcher.port
+        ))
         .unwrap();
     let waiting: i64 = deployment.value("SELECT count(*) FROM email_accounts.account WHERE awaiting_password");
     assert_eq!(waiting, 3);
@@ -684,7 +761,10 @@ fn a_tenants_routing_code_can_neither_stall_nor_lock_the_receiver() {
     servers.append(
         "alice@example.test",
         "INBOX",
-        &[(b"From: carol@example.test\r\nSubject: three\r\nMessage-ID: <t3@example.test>\r\n\r\n3\r\n".to_vec(), false)],
+        &[(
+            b"From: carol@example.test\r\nSubject: three\r\nMessage-ID: <t3@example.test>\r\n\r\n3\r\n".to_vec(),
+            false,
+        )],
     );
     assert_eq!(stored(&mut admin), 3);
 
@@ -713,7 +793,10 @@ fn a_tenants_routing_code_can_neither_stall_nor_lock_the_receiver() {
     );
     assert_eq!(stored(&mut admin), 4);
     let error: String = admin
-        .query_one("SELECT routing_error FROM email_accounts.message WHERE internet_message_id = '<t4@example.test>'", &[])
+        .query_one(
+            "SELECT routing_error FROM email_accounts.message WHERE internet_message_id = '<t4@example.test>'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(error.contains("not run: suspended until"), "{error}");

@@ -176,7 +176,12 @@ fn failures_are_classified_with_the_servers_words() {
     // A server that accepts the connection and never speaks: a bounded timeout.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
-    move_servers(&mut setup, "bob", &format!("incoming_port = {silent_port}, smtp_port = {silent_port}"), &bob.password);
+    move_servers(
+        &mut setup,
+        "bob",
+        &format!("incoming_port = {silent_port}, smtp_port = {silent_port}"),
+        &bob.password,
+    );
     setup.client.batch_execute("SET email_accounts.connect_timeout = '300ms'").unwrap();
     let report = test_account(&mut setup, "bob");
     assert_eq!(error_kind(&report["imap"]), "timeout", "{report:#}");
@@ -184,7 +189,12 @@ fn failures_are_classified_with_the_servers_words() {
     drop(silent);
 
     // A host name that does not resolve.
-    move_servers(&mut setup, "bob", "incoming_host = 'no-such-host.invalid', smtp_host = 'no-such-host.invalid'", &bob.password);
+    move_servers(
+        &mut setup,
+        "bob",
+        "incoming_host = 'no-such-host.invalid', smtp_host = 'no-such-host.invalid'",
+        &bob.password,
+    );
     let report = test_account(&mut setup, "bob");
     assert_eq!(error_kind(&report["imap"]), "dns", "{report:#}");
     assert_eq!(error_kind(&report["smtp"]), "dns", "{report:#}");

@@ -101,7 +101,14 @@ fn associated_data(key_id: u32) -> Vec<u8> {
 
 /// A token for `purpose` of message `outbox_id` to `address`, valid until
 /// `expires_at` (Unix seconds), made with `key` and the random `nonce`.
-pub fn sign(key: &LinkKey, purpose: Purpose, outbox_id: i64, address: &str, expires_at: i64, nonce: [u8; 12]) -> String {
+pub fn sign(
+    key: &LinkKey,
+    purpose: Purpose,
+    outbox_id: i64,
+    address: &str,
+    expires_at: i64,
+    nonce: [u8; 12],
+) -> String {
     let plaintext = format!("{}:{outbox_id}:{expires_at}:{}", purpose.tag(), address.to_ascii_lowercase());
     let aad = associated_data(key.id);
     let ciphertext = cipher(key)

@@ -9,8 +9,8 @@ use email_accounts_mail::token::{verify, Purpose};
 use pgrx::prelude::*;
 
 fn claim(token: &str, purpose: Purpose) -> email_accounts_mail::token::TokenClaim {
-    let keys =
-        links::link_keys().unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None));
+    let keys = links::link_keys()
+        .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs() as i64)

@@ -1,21 +1,25 @@
 //! The signing key of mail links, the suppression list and open counts.
 
-use pgrx::prelude::*;
 use email_accounts_mail::token::LinkKey;
+use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
 /// Every key of the link key ring, oldest first.
 pub fn link_keys() -> Result<Vec<LinkKey>, SpiError> {
     Spi::connect(|client| {
-        super::kept_plans::select(client, "SELECT key_id, key FROM email_accounts.link_signing_key ORDER BY key_id", &[])?
-            .into_iter()
-            .map(|row| {
-                Ok(LinkKey {
-                    id: row.get::<i32>(1)?.unwrap_or_default().max(0) as u32,
-                    secret: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                })
+        super::kept_plans::select(
+            client,
+            "SELECT key_id, key FROM email_accounts.link_signing_key ORDER BY key_id",
+            &[],
+        )?
+        .into_iter()
+        .map(|row| {
+            Ok(LinkKey {
+                id: row.get::<i32>(1)?.unwrap_or_default().max(0) as u32,
+                secret: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
             })
-            .collect()
+        })
+        .collect()
     })
 }
 

@@ -187,10 +187,11 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
             "append_to_table and on_receive_function",
             &format!("not run: the account's owner_role may not run them: {problem}"),
         );
-    } else if let (Some(until), true) = (crate::worker::board::routing_suspended_until(settings.account_id), runs_user_code) {
-        let until = pgrx::datum::TimestampWithTimeZone::try_from(until)
-            .map(|until| until.to_string())
-            .unwrap_or_default();
+    } else if let (Some(until), true) =
+        (crate::worker::board::routing_suspended_until(settings.account_id), runs_user_code)
+    {
+        let until =
+            pgrx::datum::TimestampWithTimeZone::try_from(until).map(|until| until.to_string()).unwrap_or_default();
         record_routing_error(
             message_id,
             "append_to_table and on_receive_function",

@@ -306,8 +306,7 @@ mod tests {
         let set = |assignments: &str| format!("UPDATE email_accounts.account SET {assignments} WHERE name = 'route'");
         // User code never runs as a superuser (owner_role defaults to the
         // role creating the account, here one), nor as a role bound to no tenant.
-        let routing =
-            r#"append_to_table = 'public.issue', append_to_columns = '{"title": "subject", "raised_by": "sender_address"}'"#;
+        let routing = r#"append_to_table = 'public.issue', append_to_columns = '{"title": "subject", "raised_by": "sender_address"}'"#;
         assert_fails(&set(routing), "42501", "owner_role");
         assert_ok("CREATE ROLE route_owner NOLOGIN");
         assert_ok("GRANT INSERT, SELECT ON public.issue TO route_owner");
@@ -333,10 +332,18 @@ mod tests {
         assert_ok("SET LOCAL ROLE route_admin");
         // An admin (not a superuser) changes accounts...
         assert_eq!(
-            crate::tests::outcome_of("UPDATE email_accounts.account SET poll_interval = '10 minutes' WHERE name = 'route'").sqlstate,
+            crate::tests::outcome_of(
+                "UPDATE email_accounts.account SET poll_interval = '10 minutes' WHERE name = 'route'"
+            )
+            .sqlstate,
             "ok"
         );
-        assert_eq!(Spi::get_one::<bool>("SELECT poll_interval = '10 minutes' FROM email_accounts.account WHERE name = 'route'"), Ok(Some(true)));
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT poll_interval = '10 minutes' FROM email_accounts.account WHERE name = 'route'"
+            ),
+            Ok(Some(true))
+        );
         // ...but may not hand one to a role it is not a member of, nor change what runs as it.
         assert_fails(&set("owner_role = 'route_owner'"), "42501", "owner_role");
         assert_ok("RESET ROLE");

@@ -15,7 +15,8 @@ mod tests {
 
     #[pg_test]
     fn link_keys_rotate_and_links_expire() {
-        let outbox_id = Spi::get_one::<i64>("SELECT email_accounts.send(\"to\" => '{ann@example.com}')").unwrap().unwrap();
+        let outbox_id =
+            Spi::get_one::<i64>("SELECT email_accounts.send(\"to\" => '{ann@example.com}')").unwrap().unwrap();
         let first = crate::store::links::current_link_key().unwrap();
         assert_eq!(first.id, 1, "the first key is made when first needed");
         let token = sign(&first, Purpose::Open, outbox_id, "ann@example.com", now() + 3600, [1; 12]);
@@ -31,9 +32,14 @@ mod tests {
         assert_fails(&format!("SELECT email_accounts.mark_opened('{expired}')"), "22023", "expired");
 
         // Once the successor is older than every link's lifetime, the old key goes.
-        Spi::run("UPDATE email_accounts.link_signing_key SET created_at = now() - interval '400 days' WHERE key_id = 2").unwrap();
+        Spi::run(
+            "UPDATE email_accounts.link_signing_key SET created_at = now() - interval '400 days' WHERE key_id = 2",
+        )
+        .unwrap();
         Spi::run("SELECT email_accounts.rotate_link_signing_key()").unwrap();
-        let kept = Spi::get_one::<String>("SELECT string_agg(key_id::text, ',' ORDER BY key_id) FROM email_accounts.link_signing_key");
+        let kept = Spi::get_one::<String>(
+            "SELECT string_agg(key_id::text, ',' ORDER BY key_id) FROM email_accounts.link_signing_key",
+        );
         assert_eq!(kept, Ok(Some("2,3".to_owned())), "key 2 made links until just now");
         assert_fails(&format!("SELECT email_accounts.mark_opened('{token}')"), "22023", "retired");
 

@@ -187,9 +187,11 @@ impl MailServers {
         // A reload reaches smtpd processes gracefully: one already waiting may
         // still answer with the old table. Ask until Postfix answers as told.
         let expected = reply.map(|reply| reply[..3].to_owned()).unwrap_or_else(|| "250".to_owned());
-        super::wait_until(&format!("Postfix to answer {address} with {expected}"), std::time::Duration::from_secs(60), || {
-            (self.recipient_reply_code(address).as_deref() == Some(expected.as_str())).then_some(())
-        });
+        super::wait_until(
+            &format!("Postfix to answer {address} with {expected}"),
+            std::time::Duration::from_secs(60),
+            || (self.recipient_reply_code(address).as_deref() == Some(expected.as_str())).then_some(()),
+        );
     }
 
     /// The code Postfix answers RCPT TO:<address> with, in a session that sends nothing.

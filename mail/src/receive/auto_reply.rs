@@ -90,13 +90,15 @@ pub fn auto_reply_recipient(
     // senders agree, so an auto reply cannot be aimed at a third party.
     // Every occurrence counts: a sender's own "X-Spam-Flag: NO" on top must
     // not hide the verdict a filter added below it.
-    let mut spam = headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case("X-Spam-Flag")).map(|(_, value)| value.trim());
+    let mut spam =
+        headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case("X-Spam-Flag")).map(|(_, value)| value.trim());
     if let Some(value) = spam.find(|value| value.eq_ignore_ascii_case("yes")) {
         return Err(NoAutoReply::Spam(format!("X-Spam-Flag: {value}")));
     }
     for value in headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case("Authentication-Results")).map(|(_, v)| v) {
         let lower = value.to_ascii_lowercase();
-        if let Some(verdict) = ["dmarc=fail", "spf=fail", "dkim=fail"].iter().find(|verdict| lower.contains(**verdict)) {
+        if let Some(verdict) = ["dmarc=fail", "spf=fail", "dkim=fail"].iter().find(|verdict| lower.contains(**verdict))
+        {
             return Err(NoAutoReply::FailedAuthentication((*verdict).to_owned()));
         }
     }
@@ -203,8 +205,12 @@ mod tests {
         assert!(matches!(auto_reply_recipient(&mismatch, from, OWN), Err(NoAutoReply::SenderMismatch { .. })));
         let bounce_domain = headers(&[("Return-Path", "<b-123@bounces.example.com>")]);
         assert_eq!(auto_reply_recipient(&bounce_domain, from, OWN).unwrap(), "b-123@bounces.example.com");
-        let failed = headers(&[("Authentication-Results", "mx.example.test; spf=pass; DMARC=FAIL header.from=example.com")]);
-        assert_eq!(auto_reply_recipient(&failed, from, OWN), Err(NoAutoReply::FailedAuthentication("dmarc=fail".into())));
+        let failed =
+            headers(&[("Authentication-Results", "mx.example.test; spf=pass; DMARC=FAIL header.from=example.com")]);
+        assert_eq!(
+            auto_reply_recipient(&failed, from, OWN),
+            Err(NoAutoReply::FailedAuthentication("dmarc=fail".into()))
+        );
         let spam = headers(&[("X-Spam-Flag", "NO"), ("X-Spam-Flag", "YES")]);
         assert!(matches!(auto_reply_recipient(&spam, from, OWN), Err(NoAutoReply::Spam(_))));
         let passed = headers(&[("Authentication-Results", "mx.example.test; spf=pass; dmarc=pass")]);

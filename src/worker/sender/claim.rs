@@ -70,8 +70,11 @@ pub fn claim_round(skip_accounts: &[i64]) -> Result<Option<Claimed>, StoreError>
                 }
             }
         }
-        let link_key =
-            if rows.is_empty() { LinkKey { id: 0, secret: Vec::new() } } else { links::current_link_key().map_err(spi)? };
+        let link_key = if rows.is_empty() {
+            LinkKey { id: 0, secret: Vec::new() }
+        } else {
+            links::current_link_key().map_err(spi)?
+        };
         Ok(Claim { rows, link_key, accounts, broken_accounts })
     }))??;
     if claim.rows.is_empty() {
@@ -126,7 +129,10 @@ struct Links {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or_default()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// A fresh nonce for each token (AES-GCM must never see one twice with a key).
