@@ -433,7 +433,8 @@ CREATE TRIGGER touch BEFORE UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_touched();
 CREATE TRIGGER keep_tenant BEFORE UPDATE OF tenant ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_keeps_its_tenant();
-CREATE TRIGGER require_password_for_new_servers AFTER INSERT OR UPDATE ON email_accounts.account
+-- (Not on INSERT: a new account has no password yet.)
+CREATE TRIGGER require_password_for_new_servers AFTER UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_servers_changed();
 CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON email_accounts.domain
     FOR EACH ROW EXECUTE FUNCTION email_accounts.inherited_settings_changed();

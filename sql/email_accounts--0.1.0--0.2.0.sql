@@ -388,7 +388,7 @@ $$;
 CREATE TRIGGER keep_tenant BEFORE UPDATE OF tenant ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_keeps_its_tenant();
 
-CREATE TRIGGER require_password_for_new_servers AFTER INSERT OR UPDATE ON email_accounts.account
+CREATE TRIGGER require_password_for_new_servers AFTER UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_servers_changed();
 
 -- The outbox ---------------------------------------------------------------
@@ -483,7 +483,8 @@ DECLARE
     header record;
     problem text;
     bound_tenants text[];
-    global_default record;
+    account_tenant text;
+    account_domain text;
 BEGIN
     PERFORM email_accounts.check_mailboxes('to_addresses', NEW.to_addresses);
     PERFORM email_accounts.check_mailboxes('cc_addresses', NEW.cc_addresses);
@@ -509,16 +510,21 @@ BEGIN
             NEW.tenant := bound_tenants[1];
         END IF;
     END IF;
+    -- account_id is always chosen here, never taken from the row: the choice
+    -- is of the row's tenant (or the global default), so an inserted row
+    -- cannot point across tenants (updates are checked by outbox_before_update).
     NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
-    SELECT * INTO global_default FROM email_accounts.global_default_outgoing();
-    IF NEW.account_id IS NOT NULL AND NEW.account_id IS NOT DISTINCT FROM global_default.account_id THEN
-        -- The fallback: the row stays the tenant's (see system_sends_as_itself).
-        NEW.account := global_default.name;
-    ELSIF NEW.account_id IS NOT NULL THEN
-        SELECT name, coalesce(NEW.tenant, tenant) INTO NEW.account, NEW.tenant
+    IF NEW.account_id IS NOT NULL THEN
+        SELECT name, tenant, split_part(address, '@', 2) INTO NEW.account, account_tenant, account_domain
           FROM email_accounts.account WHERE account_id = NEW.account_id;
+        IF NOT FOUND THEN
+            -- The global default, which roles bound to a tenant cannot see; the
+            -- row stays the tenant's (see system_sends_as_itself).
+            SELECT fallback.name, fallback.address_domain INTO NEW.account, account_domain
+              FROM email_accounts.global_default_outgoing() AS fallback;
+        END IF;
+        NEW.tenant := coalesce(NEW.tenant, account_tenant);
     END IF;
-    PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
 
     NEW.attempts := 0;
     NEW.lease_until := NULL;
@@ -537,8 +543,7 @@ BEGIN
     END IF;
     IF NEW.message_id IS NULL THEN
         NEW.message_id := format('<%s@%s>', replace(gen_random_uuid()::text, '-', ''),
-            coalesce(CASE WHEN NEW.account_id = global_default.account_id THEN global_default.address_domain END,
-                     split_part((SELECT address FROM email_accounts.account WHERE account_id = NEW.account_id), '@', 2),
+            coalesce(account_domain,
                      split_part(email_accounts.mailbox_address(NEW.sender), '@', 2),
                      'email-accounts.invalid'));
     END IF;

@@ -99,6 +99,14 @@ fn associated_data(key_id: u32) -> Vec<u8> {
     format!("email_accounts link 2 {key_id}").into_bytes()
 }
 
+/// Now, in the Unix seconds tokens expire in.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or_default()
+}
+
 /// A token for `purpose` of message `outbox_id` to `address`, valid until
 /// `expires_at` (Unix seconds), made with `key` and the random `nonce`.
 pub fn sign(

@@ -15,6 +15,11 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<&str
     unreachable!("ERROR does not return")
 }
 
+/// An error nobody but a developer can act on (SPI failed, the catalog changed under us).
+pub fn internal(error: impl std::fmt::Display) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None)
+}
+
 pub fn raise_access(error: AccountAccessError) -> ! {
     let (code, hint) = match &error {
         AccountAccessError::Unknown(_) => (PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, None),

@@ -3,7 +3,7 @@
 //! so the caller's transaction never holds network I/O). `reparse(message)`:
 //! parses a stored message again from its raw bytes.
 
-use super::errors::{raise, raise_access};
+use super::errors::{internal, raise, raise_access};
 use crate::store::accounts::AccountAccessError;
 use crate::store::{inbox, privileged};
 use crate::worker::board::{self, SyncRequestState};
@@ -11,10 +11,6 @@ use crate::worker::role::Role;
 use email_accounts_mail::parse::parse;
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
-
-fn internal(error: pgrx::spi::SpiError) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None)
-}
 
 // pgrx needs the named columns spelled out in the signature.
 #[allow(clippy::type_complexity)]

@@ -3,14 +3,10 @@
 //! (see store::privileged) and only then touches the secrets as the extension
 //! owner. Passwords are never echoed in errors.
 
-use super::errors::{raise, raise_access, raise_secret};
+use super::errors::{internal, raise, raise_access, raise_secret};
 use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
 use crate::store::{accounts, privileged, secrets};
 use pgrx::prelude::*;
-
-fn internal(error: pgrx::spi::SpiError) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None)
-}
 
 /// Stores the account's password, encrypted and bound to the account's
 /// servers as they are now; ends awaiting_password.

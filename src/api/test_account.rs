@@ -1,7 +1,7 @@
 //! `test_account(account)`: connect and log in to an account's SMTP server
 //! and its IMAP or POP3 server, in parallel threads, and report per protocol.
 
-use super::errors::{raise, raise_access, raise_secret};
+use super::errors::{internal, raise_access, raise_secret};
 use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
 use crate::store::{accounts, privileged, secrets};
 use crate::threads;
@@ -19,7 +19,7 @@ fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::
     let (settings, password) = privileged::as_extension_owner(|| {
         let managed = accounts::managed_by(account, tenant, caller).unwrap_or_else(|error| raise_access(error));
         let settings = account_settings::load(managed.account_id)
-            .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None))
+            .unwrap_or_else(|error| internal(error))
             .unwrap_or_else(|| raise_access(accounts::AccountAccessError::Unknown(account.to_owned())));
         let password = if settings.awaiting_password {
             None
@@ -28,7 +28,7 @@ fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::
         };
         (settings, password)
     })
-    .unwrap_or_else(|error| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error.to_string(), None));
+    .unwrap_or_else(|error| internal(error));
     pgrx::JsonB(report(&settings, password))
 }
 

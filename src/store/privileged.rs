@@ -19,21 +19,27 @@ pub fn in_restricted_operation() -> bool {
     unsafe { pg_sys::InSecurityRestrictedOperation() }
 }
 
-/// Runs `body` as the owner of the extension (who owns its tables), keeping
-/// the caller's security context flags, so SET ROLE stays refused inside. An
-/// error rolls back to the enclosing (sub)transaction, which restores the user.
+/// Runs `body` as `role`, adding `context` (SECURITY_* flags) to the
+/// caller's security context; SET ROLE is refused inside (the user change is
+/// local). An error rolls back to the enclosing (sub)transaction, which
+/// restores the user.
+pub fn as_user<R>(role: pg_sys::Oid, context: u32, body: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(role, saved_context | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | context) as i32);
+    }
+    let result = body();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    result
+}
+
+/// Runs `body` as the owner of the extension (who owns its tables).
 pub fn as_extension_owner<R>(body: impl FnOnce() -> R) -> Result<R, SpiError> {
     let owner = Spi::get_one::<pg_sys::Oid>(
         "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'email_accounts'",
     )?
     .unwrap_or(pg_sys::InvalidOid);
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_context = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let result = body();
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
-    Ok(result)
+    Ok(as_user(owner, 0, body))
 }

@@ -5,7 +5,7 @@
 //! automatic reply. Each step runs in its own subtransaction: an error is
 //! recorded on the message and never loses it.
 
-use super::transaction::{in_subtransaction, set_setting, PINNED_SEARCH_PATH};
+use super::transaction::{in_subtransaction, set_setting, StoreError, PINNED_SEARCH_PATH};
 use email_accounts_mail::receive::auto_reply::{auto_reply_recipient, auto_reply_subject};
 use email_accounts_mail::receive::FetchedMessage;
 use pgrx::prelude::*;
@@ -36,24 +36,13 @@ pub struct RoutingSettings {
 /// the worker's next statements. Call inside a subtransaction: on error its
 /// rollback restores the user and the settings.
 fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_context = 0;
-    let nest_level;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        nest_level = pg_sys::NewGUCNestLevel();
-    }
-    set_setting(c"search_path", PINNED_SEARCH_PATH, pg_sys::GucAction::GUC_ACTION_SAVE);
-    let result = body();
-    unsafe {
-        pg_sys::AtEOXact_GUC(false, nest_level);
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
-    }
-    result
+    super::privileged::as_user(role, pg_sys::SECURITY_RESTRICTED_OPERATION, || {
+        let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
+        set_setting(c"search_path", PINNED_SEARCH_PATH, pg_sys::GucAction::GUC_ACTION_SAVE);
+        let result = body();
+        unsafe { pg_sys::AtEOXact_GUC(false, nest_level) };
+        result
+    })
 }
 
 fn record_routing_error(message_id: i64, step: &str, error: &str) {
@@ -148,17 +137,16 @@ fn user_code_step(account_id: i64, message_id: i64, name: &str, body: impl FnOnc
         pg_sys::LockReleaseSession(pg_sys::USER_LOCKMETHOD as pg_sys::LOCKMETHODID);
     }
     crate::worker::board::set_routing_account(None);
-    let error = match outcome {
-        Ok(Ok(())) => return,
-        Ok(Err(error)) => error.to_string(),
-        Err(error) => error.to_string(),
-    };
-    record_routing_error(message_id, name, &error);
+    record_failure(message_id, name, outcome);
 }
 
 /// Runs one step in a subtransaction; an error is recorded on the message.
 fn step(message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>) {
-    let outcome = in_subtransaction(AssertUnwindSafe(body));
+    record_failure(message_id, name, in_subtransaction(AssertUnwindSafe(body)));
+}
+
+/// Records how a step's subtransaction failed, if it did.
+fn record_failure(message_id: i64, name: &str, outcome: Result<Result<(), SpiError>, StoreError>) {
     let error = match outcome {
         Ok(Ok(())) => return,
         Ok(Err(error)) => error.to_string(),

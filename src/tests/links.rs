@@ -6,12 +6,8 @@ use pgrx::prelude::*;
 #[pg_schema]
 mod tests {
     use crate::tests::{assert_fails, outcome_of};
-    use email_accounts_mail::token::{sign, Purpose};
+    use email_accounts_mail::token::{sign, unix_now, Purpose};
     use pgrx::prelude::*;
-
-    fn now() -> i64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-    }
 
     #[pg_test]
     fn link_keys_rotate_and_links_expire() {
@@ -19,7 +15,7 @@ mod tests {
             Spi::get_one::<i64>("SELECT email_accounts.send(\"to\" => '{ann@example.com}')").unwrap().unwrap();
         let first = crate::store::links::current_link_key().unwrap();
         assert_eq!(first.id, 1, "the first key is made when first needed");
-        let token = sign(&first, Purpose::Open, outbox_id, "ann@example.com", now() + 3600, [1; 12]);
+        let token = sign(&first, Purpose::Open, outbox_id, "ann@example.com", unix_now() + 3600, [1; 12]);
         let opened = |token: &str| outcome_of(&format!("SELECT email_accounts.mark_opened('{token}')"));
         assert_eq!(opened(&token).sqlstate, "ok");
 
@@ -28,7 +24,7 @@ mod tests {
         assert_eq!(crate::store::links::current_link_key().unwrap().id, 2, "new links use the new key");
         assert_eq!(opened(&token).sqlstate, "ok", "links made with the old key still work");
 
-        let expired = sign(&first, Purpose::Open, outbox_id, "ann@example.com", now() - 1, [2; 12]);
+        let expired = sign(&first, Purpose::Open, outbox_id, "ann@example.com", unix_now() - 1, [2; 12]);
         assert_fails(&format!("SELECT email_accounts.mark_opened('{expired}')"), "22023", "expired");
 
         // Once the successor is older than every link's lifetime, the old key goes.

@@ -11,7 +11,7 @@ use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::Login;
 use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
-use email_accounts_mail::token::{sign, LinkKey, Purpose};
+use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, UNIX_EPOCH};
@@ -126,13 +126,6 @@ struct Links {
     base_url: Option<String>,
     key: LinkKey,
     expires_at: i64,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 /// A fresh nonce for each token (AES-GCM must never see one twice with a key).
