@@ -11,9 +11,13 @@ all: test
 setup:
 	@bash scripts/install-dependencies.sh
 
-# Builds the extension and installs it into Debian's PostgreSQL 15.
+# Builds the extension and installs it into Debian's PostgreSQL 15, with the
+# install scripts of the released versions (sql/released/) next to the upgrade
+# scripts pgrx copies, so CREATE EXTENSION ... VERSION and ALTER EXTENSION
+# UPDATE work from every release.
 install: setup
 	cargo pgrx install --pg-config $(PG_CONFIG)
+	install -m 0644 sql/released/*.sql $$($(PG_CONFIG) --sharedir)/extension/
 
 # The three test layers, in order; stops at the first failure.
 test: setup test-unit test-pg test-integration
@@ -50,6 +54,7 @@ demo-stop:
 # Dovecot and Python baselines, on a release build (bench/run.py).
 bench: setup
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	install -m 0644 sql/released/*.sql $$($(PG_CONFIG) --sharedir)/extension/
 	/usr/bin/python3 bench/run.py  # Debian's, where python3-psycopg lives
 
 fmt:

@@ -427,8 +427,9 @@ COMMENT ON FUNCTION email_accounts.account_changed() IS 'Trigger: checks an acco
 COMMENT ON FUNCTION email_accounts.account_touched() IS 'Trigger: keeps account.updated_at current.';
 COMMENT ON FUNCTION email_accounts.inherited_settings_changed() IS 'Trigger: re-checks the accounts that inherit from a changed domain or provider.';
 
+-- A restore takes rows as they were dumped (see sql/restore.sql).
 CREATE TRIGGER check_settings AFTER INSERT OR UPDATE ON email_accounts.account
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.account_changed();
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.account_changed();
 CREATE TRIGGER touch BEFORE UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_touched();
 CREATE TRIGGER keep_tenant BEFORE UPDATE OF tenant ON email_accounts.account
@@ -437,6 +438,6 @@ CREATE TRIGGER keep_tenant BEFORE UPDATE OF tenant ON email_accounts.account
 CREATE TRIGGER require_password_for_new_servers AFTER UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_servers_changed();
 CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON email_accounts.domain
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.inherited_settings_changed();
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();
 CREATE TRIGGER check_inheriting_accounts AFTER UPDATE OR DELETE ON email_accounts.provider
     FOR EACH ROW EXECUTE FUNCTION email_accounts.inherited_settings_changed();

@@ -158,3 +158,5 @@ COMMENT ON COLUMN email_accounts.account.created_at IS 'When the row was added.'
 COMMENT ON COLUMN email_accounts.account.updated_at IS 'When the row last changed.';
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.account', '');
+-- Identity sequences are dumped only when named: a restored database hands out fresh ids.
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.account_account_id_seq', '');

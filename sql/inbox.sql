@@ -32,7 +32,9 @@ CREATE TABLE email_accounts.message (
     headers_only        boolean NOT NULL DEFAULT false,
     parse_error         text,
     reply_to_outbox_id  bigint REFERENCES email_accounts.outbox (outbox_id) ON DELETE SET NULL,
-    reply_to_message_id bigint REFERENCES email_accounts.message (message_id) ON DELETE SET NULL,
+    -- No foreign key: one to the table itself makes pg_dump warn of a cycle
+    -- (every table of the extension is dumped as data); forget_deleted_replies does its ON DELETE SET NULL.
+    reply_to_message_id bigint,
     reference_table     regclass,
     reference_id        text,
     auto_reply_outbox_id bigint REFERENCES email_accounts.outbox (outbox_id) ON DELETE SET NULL,
@@ -201,6 +203,26 @@ END;
 COMMENT ON FUNCTION email_accounts.record_sync(bigint, text, integer, text, text, integer) IS
   'Used by the receiver: records how a folder''s sync ended (error NULL for success) and when to try next: poll_interval after a success; after the n-th failure in a row poll_interval × 2^(n-1), at most max_backoff_seconds (but never less than poll_interval).';
 
+-- A deleted message is no longer what its replies answer.
+CREATE FUNCTION email_accounts.forget_deleted_replies() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE email_accounts.message AS reply SET reply_to_message_id = NULL
+      FROM deleted WHERE reply.reply_to_message_id = deleted.message_id;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.forget_deleted_replies() IS
+  'Trigger: the replies to deleted messages get reply_to_message_id NULL (what ON DELETE SET NULL would do; see the column).';
+
+CREATE TRIGGER forget_deleted_replies AFTER DELETE ON email_accounts.message
+    REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.forget_deleted_replies();
+
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.message', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.message_attachment', '');
+-- Identity sequences are dumped only when named: a restored database hands out fresh ids.
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.message_message_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.message_attachment_attachment_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.sync_state', '');

@@ -135,5 +135,7 @@ COMMENT ON COLUMN email_accounts.outbox_attachment.content_id IS 'Content id for
 
 -- pg_dump keeps the queue: extension tables are otherwise dumped empty.
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox', '');
+-- Identity sequences are dumped only when named: a restored database hands out fresh ids.
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_recipient', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_attachment', '');

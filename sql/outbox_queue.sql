@@ -257,8 +257,9 @@ $$;
 
 COMMENT ON FUNCTION email_accounts.outbox_inserted() IS 'Trigger: asks for the sender worker to be woken when the inserting transaction commits.';
 
+-- A restore takes rows as they were dumped, recipients included (see sql/restore.sql).
 CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_before_insert();
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_before_insert();
 -- Not for superusers (the sender worker among them): its two updates of every
 -- row it sends would otherwise each call PL/pgSQL. is_superuser is set by
 -- PostgreSQL for the current role and cannot be SET.
@@ -288,10 +289,10 @@ COMMENT ON FUNCTION email_accounts.system_sends_as_itself() IS
   'Trigger: a tenant''s row sent through the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
 
 CREATE TRIGGER system_sends_as_itself BEFORE INSERT OR UPDATE OF account_id, tenant, sender ON email_accounts.outbox
-    FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL)
+    FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL AND NOT email_accounts.restoring())
     EXECUTE FUNCTION email_accounts.system_sends_as_itself();
 CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_after_insert();
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_after_insert();
 CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.outbox_inserted();
 
@@ -327,7 +328,7 @@ COMMENT ON FUNCTION email_accounts.outbox_attachment_before_insert() IS
   'Trigger: refuses an attachment larger than its account''s attachment_size_limit (SQLSTATE 54000, naming the field).';
 
 CREATE TRIGGER check_size BEFORE INSERT OR UPDATE OF content ON email_accounts.outbox_attachment
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_attachment_before_insert();
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_attachment_before_insert();
 
 CREATE FUNCTION email_accounts.send(
     "to"            text[] DEFAULT '{}',

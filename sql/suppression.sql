@@ -90,7 +90,9 @@ COMMENT ON FUNCTION email_accounts.suppression_before_write() IS
   'Trigger: a suppression''s outbox_id must be a message of the same tenant that the caller can see (SQLSTATE 23503).';
 
 CREATE TRIGGER check_outbox BEFORE INSERT OR UPDATE ON email_accounts.suppression
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.suppression_before_write();
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.suppression_before_write();
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.suppression', '');
+-- Identity sequences are dumped only when named: a restored database hands out fresh ids.
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.suppression_suppression_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.link_signing_key', '');

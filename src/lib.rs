@@ -17,7 +17,8 @@ pub mod worker;
 ::pgrx::pg_module_magic!(name, version);
 
 // The schema a DBA reads, in dependency order.
-pgrx::extension_sql_file!("../sql/providers.sql", name = "providers");
+pgrx::extension_sql_file!("../sql/restore.sql", name = "restore");
+pgrx::extension_sql_file!("../sql/providers.sql", name = "providers", requires = ["restore"]);
 pgrx::extension_sql_file!("../sql/domains.sql", name = "domains", requires = ["providers", is_valid_certificate]);
 pgrx::extension_sql_file!("../sql/tenants.sql", name = "tenants");
 pgrx::extension_sql_file!(
@@ -50,6 +51,7 @@ pgrx::extension_sql_file!(
     requires = ["inbox", "outbox_queue", "account_settings", mailbox_address]
 );
 pgrx::extension_sql_file!("../sql/suppression.sql", name = "suppression", requires = ["outbox", random_bytes]);
+pgrx::extension_sql_file!("../sql/outbox_claims.sql", name = "outbox_claims", requires = ["suppression"]);
 pgrx::extension_sql_file!(
     "../sql/security.sql",
     name = "security",
@@ -58,6 +60,7 @@ pgrx::extension_sql_file!(
         "secrets",
         "outbox_admin",
         "suppression",
+        "outbox_claims",
         "inbox_routing",
         set_password,
         sync_now,

@@ -382,6 +382,7 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         [
             "account_keeps_its_tenant",
             "account_servers_changed",
+            "forget_deleted_replies",
             "global_default_outgoing",
             "inherited_settings_changed",
             "mark_opened",

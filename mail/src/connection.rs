@@ -33,7 +33,7 @@ impl Security {
 }
 
 /// Where a server is and how to reach it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
@@ -45,7 +45,7 @@ pub struct Endpoint {
 }
 
 /// A login name and password. The password never appears in `Debug` output.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Login {
     pub user: String,
     pub password: String,

@@ -7,10 +7,10 @@ use crate::compose::{compose, OutgoingMessage};
 use crate::connection::{ConnectionError, Endpoint, Login};
 use crate::smtp_client::{self, RecipientOutcome, SmtpClient};
 use lettre::Address;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// One message to deliver through an account.
 #[derive(Debug, Clone)]
@@ -34,6 +34,10 @@ pub struct SentFolder {
 /// An account's server and login, and its messages.
 #[derive(Debug, Clone)]
 pub struct AccountBatch {
+    pub account_id: i64,
+    /// No message is started after this (the claim's lease must outlast the
+    /// round, or another sender could take its rows while they are sent).
+    pub start_no_message_after: Instant,
     pub endpoint: Endpoint,
     pub login: Option<Login>,
     pub jobs: Vec<Job>,
@@ -52,30 +56,50 @@ pub enum JobOutcome {
     NotAttempted(ConnectionError),
     /// The message was sent, but its copy could not be put in the Sent folder.
     SentCopyFailed(String),
+    /// Not started: the sender is stopping or the round ran out of time. The
+    /// row goes back to the queue as if it had not been claimed.
+    NotStarted,
 }
 
-/// Open SMTP connections between batches, one per server and login, so a
-/// busy queue does not pay for connect, TLS, EHLO and AUTH every batch. The
-/// caller closes them when the queue runs dry.
+/// An idle connection and what it was opened with.
+struct Pooled {
+    endpoint: Endpoint,
+    login: Option<Login>,
+    client: SmtpClient,
+}
+
+/// Open SMTP connections between batches, one per account, so a busy queue
+/// does not pay for connect, TLS, EHLO and AUTH every batch. A connection is
+/// reused only for the same server and the same login, compared in full (a
+/// changed password or server gets a new connection). QUIT is never sent
+/// while the lock is held: a slow server must not hold up the other
+/// accounts, nor the main thread. The caller closes them when the queue runs dry.
 #[derive(Default)]
 pub struct ConnectionPool {
-    idle: Mutex<HashMap<u64, SmtpClient>>,
+    idle: Mutex<HashMap<i64, Pooled>>,
 }
 
 impl ConnectionPool {
-    fn take(&self, key: u64) -> Option<SmtpClient> {
-        self.idle.lock().expect("pool lock").remove(&key)
+    fn take(&self, account_id: i64, endpoint: &Endpoint, login: Option<&Login>) -> Option<SmtpClient> {
+        let pooled = self.idle.lock().expect("pool lock").remove(&account_id)?;
+        if pooled.endpoint == *endpoint && pooled.login.as_ref() == login {
+            return Some(pooled.client);
+        }
+        pooled.client.quit();
+        None
     }
 
-    fn give_back(&self, key: u64, client: SmtpClient) {
-        if let Some(replaced) = self.idle.lock().expect("pool lock").insert(key, client) {
-            replaced.quit();
+    fn give_back(&self, account_id: i64, endpoint: Endpoint, login: Option<Login>, client: SmtpClient) {
+        let replaced = self.idle.lock().expect("pool lock").insert(account_id, Pooled { endpoint, login, client });
+        if let Some(replaced) = replaced {
+            replaced.client.quit();
         }
     }
 
     /// QUIT on every idle connection.
     pub fn close_all(&self) {
-        let idle: Vec<SmtpClient> = self.idle.lock().expect("pool lock").drain().map(|(_, client)| client).collect();
+        let idle: Vec<SmtpClient> =
+            self.idle.lock().expect("pool lock").drain().map(|(_, pooled)| pooled.client).collect();
         for client in idle {
             client.quit();
         }
@@ -86,28 +110,24 @@ impl ConnectionPool {
     }
 }
 
-/// Which pooled connection a batch may use: same server, same login (a
-/// changed password gets a new connection).
-fn pool_key(endpoint: &Endpoint, login: Option<&Login>) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (&endpoint.host, endpoint.port, format!("{:?}", endpoint.security), &endpoint.extra_ca_pem).hash(&mut hasher);
-    login.map(|login| (&login.user, &login.password, login.allow_plaintext)).hash(&mut hasher);
-    hasher.finish()
-}
-
 /// All messages of one account over one connection, reconnecting once after
 /// a broken connection (a pooled connection the server closed meanwhile
 /// does not count). Once the server cannot be reached, the account's
-/// remaining messages are not attempted (they wait for the next try).
-pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool) -> Vec<(i64, JobOutcome)> {
+/// remaining messages are not attempted (they wait for the next try). Once
+/// `stopping` is set or the batch's time is up, the messages not yet started
+/// are reported `NotStarted`.
+pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &AtomicBool) -> Vec<(i64, JobOutcome)> {
     let mut outcomes = Vec::with_capacity(batch.jobs.len());
-    let key = pool_key(&batch.endpoint, batch.login.as_ref());
-    let mut client: Option<SmtpClient> = pool.take(key);
+    let mut client: Option<SmtpClient> = pool.take(batch.account_id, &batch.endpoint, batch.login.as_ref());
     let mut pooled = client.is_some();
     let mut server_down: Option<ConnectionError> = None;
     let mut reconnects_left = 1;
     let mut sent_copies: Vec<(i64, Vec<u8>)> = Vec::new();
     for job in batch.jobs {
+        if stopping.load(Ordering::Relaxed) || Instant::now() >= batch.start_no_message_after {
+            outcomes.push((job.outbox_id, JobOutcome::NotStarted));
+            continue;
+        }
         let prepared = compose(&job.message).map_err(|error| error.to_string()).and_then(|composed| {
             let (from, recipients) = envelope(&job)?;
             Ok((composed.bytes, from, recipients))
@@ -172,7 +192,7 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool) -> Vec<(i64, 
         outcomes.push((job.outbox_id, outcome));
     }
     if let Some(client) = client {
-        pool.give_back(key, client);
+        pool.give_back(batch.account_id, batch.endpoint, batch.login, client);
     }
     if let Some(sent_folder) = batch.sent_folder.filter(|_| !sent_copies.is_empty()) {
         outcomes.extend(append_sent_copies(sent_folder, sent_copies));
@@ -283,6 +303,7 @@ pub fn summarize<'a>(outcomes: impl IntoIterator<Item = &'a JobOutcome>) -> RowS
             }
             JobOutcome::NotAttempted(error) => summary.last_error = Some(error.to_string()),
             JobOutcome::SentCopyFailed(problem) => summary.last_error = Some(format!("sent, but {problem}")),
+            JobOutcome::NotStarted => {}
         }
     }
     summary

@@ -19,7 +19,7 @@ pub enum SecretError {
     BadKeyLine { line: usize },
     #[error("key {0} appears twice in the key ring")]
     DuplicateKey(u32),
-    #[error("key {0} is not in the key ring (was the key file replaced?)")]
+    #[error("key {0} is not in the key file: the password was sealed with a key of another cluster (a restored dump?); copy that cluster's email_accounts.keys into this data directory, or set the password again")]
     UnknownKey(u32),
     #[error("the stored password does not decrypt with key {0} (wrong key or tampered data)")]
     Undecryptable(u32),
@@ -82,18 +82,22 @@ impl KeyRing {
     }
 
     /// Adds a new random key and makes it the current one; returns its id.
+    /// Ids are random too (1 to 2^31 - 1, the column is an integer): a
+    /// database restored into another cluster then finds its key missing
+    /// rather than opening with that cluster's key of the same number.
     pub fn add_new_key(&mut self) -> Result<u32, SecretError> {
         let mut key = [0u8; KEY_BYTES];
         getrandom::getrandom(&mut key).map_err(|error| SecretError::Random(error.to_string()))?;
-        let id = self.keys.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+        let id = loop {
+            let mut bytes = [0u8; 4];
+            getrandom::getrandom(&mut bytes).map_err(|error| SecretError::Random(error.to_string()))?;
+            let id = u32::from_be_bytes(bytes) & 0x7fff_ffff;
+            if id != 0 && !self.keys.iter().any(|(existing, _)| *existing == id) {
+                break id;
+            }
+        };
         self.keys.push((id, key));
         Ok(id)
-    }
-
-    /// Drops every key but the current one that `in_use` says is not needed.
-    pub fn retain_keys(&mut self, in_use: impl Fn(u32) -> bool) {
-        let current = self.current_id();
-        self.keys.retain(|(id, _)| Some(*id) == current || in_use(*id));
     }
 
     pub fn current_id(&self) -> Option<u32> {
@@ -152,27 +156,29 @@ mod tests {
         let sealed = ring.seal(7, "pässword").unwrap();
         assert!(!sealed.ciphertext.windows(4).any(|window| window == b"p\xc3\xa4s"));
         assert_eq!(ring.open(7, &sealed).unwrap(), "pässword");
-        assert_eq!(ring.open(8, &sealed), Err(SecretError::Undecryptable(1)));
+        assert_eq!(ring.open(8, &sealed), Err(SecretError::Undecryptable(sealed.key_id)));
         let mut tampered = sealed.clone();
         tampered.ciphertext[0] ^= 1;
-        assert_eq!(ring.open(7, &tampered), Err(SecretError::Undecryptable(1)));
+        assert_eq!(ring.open(7, &tampered), Err(SecretError::Undecryptable(sealed.key_id)));
         // Each seal uses a fresh nonce.
         assert_ne!(ring.seal(7, "pässword").unwrap().nonce, sealed.nonce);
     }
 
     #[test]
-    fn rotation_keeps_old_keys_until_retired() {
+    fn rotation_keeps_old_keys_and_ids_differ_between_rings() {
         let mut ring = ring();
         let old = ring.seal(1, "old").unwrap();
         let new_id = ring.add_new_key().unwrap();
-        assert_eq!(new_id, 2);
         let new = ring.seal(1, "new").unwrap();
-        assert_eq!(new.key_id, 2);
+        assert_eq!(new.key_id, new_id);
+        assert_eq!(ring.current_id(), Some(new_id));
         assert_eq!(ring.open(1, &old).unwrap(), "old");
-        ring.retain_keys(|_| false);
-        assert_eq!(ring.key_ids(), [2]);
-        assert_eq!(ring.open(1, &old), Err(SecretError::UnknownKey(1)));
         assert_eq!(ring.open(1, &new).unwrap(), "new");
+        assert!(ring.key_ids().iter().all(|id| (1..=i32::MAX as u32).contains(id)));
+        // Another cluster's key file: the password's key is missing, not wrong.
+        let elsewhere = self::ring();
+        assert_ne!(elsewhere.key_ids(), ring.key_ids()[..1]);
+        assert_eq!(elsewhere.open(1, &old), Err(SecretError::UnknownKey(old.key_id)));
     }
 
     #[test]
@@ -181,7 +187,8 @@ mod tests {
         ring.add_new_key().unwrap();
         let text = ring.to_text();
         let parsed = KeyRing::parse(&text).unwrap();
-        assert_eq!(parsed.key_ids(), [1, 2]);
+        assert_eq!(parsed.key_ids(), ring.key_ids());
+        assert_eq!(parsed.key_ids().len(), 2);
         let sealed = ring.seal(3, "x").unwrap();
         assert_eq!(parsed.open(3, &sealed).unwrap(), "x");
         assert!(!format!("{parsed:?}").contains(&text.lines().nth(1).unwrap()[2..]));

@@ -4,9 +4,50 @@ use super::transaction::{in_transaction, StoreError};
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
-/// Whether `CREATE EXTENSION email_accounts` has been run in the worker's database.
-pub fn extension_installed() -> Result<bool, StoreError> {
-    in_transaction(|| unsafe { pg_sys::get_extension_oid(c"email_accounts".as_ptr(), true) != pg_sys::InvalidOid })
+/// The version of `email_accounts` created in the worker's database (`None`
+/// before CREATE EXTENSION), read as get_extension_oid() reads pg_extension.
+pub fn installed_version() -> Result<Option<String>, StoreError> {
+    // SAFETY: inside a transaction; the scan and the relation are closed
+    // before returning, and the version is copied out first.
+    in_transaction(|| unsafe {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let relation = pg_sys::table_open(pg_sys::ExtensionRelationId, lock);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            pg_sys::Anum_pg_extension_extname as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_NAMEEQ),
+            pg_sys::Datum::from(c"email_accounts".as_ptr()),
+        );
+        let scan = pg_sys::systable_beginscan(
+            relation,
+            pg_sys::Oid::from(pg_sys::ExtensionNameIndexId),
+            true,
+            std::ptr::null_mut(),
+            1,
+            &mut key,
+        );
+        let tuple = pg_sys::systable_getnext(scan);
+        let mut version = None;
+        if !tuple.is_null() {
+            let mut is_null = false;
+            let datum = pg_sys::heap_getattr(
+                tuple,
+                pg_sys::Anum_pg_extension_extversion as i32,
+                (*relation).rd_att,
+                &mut is_null,
+            );
+            if !is_null {
+                let text = pg_sys::text_to_cstring(datum.cast_mut_ptr());
+                version = Some(CStr::from_ptr(text).to_string_lossy().into_owned());
+                pg_sys::pfree(text.cast());
+            }
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(relation, lock);
+        version
+    })
 }
 
 /// Rows ever inserted, updated or deleted in these tables of the extension,

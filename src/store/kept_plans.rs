@@ -35,9 +35,13 @@ fn outgrown(blocks_then: u32, blocks_now: u32) -> bool {
     blocks_now >= blocks_then.max(8).saturating_mul(2)
 }
 
+/// A statement's text (a `&'static str`, so its address) and the types of
+/// the arguments it is run with: a plan is only ever run with values of the
+/// types it was prepared for (other types get a plan of their own).
+type PlanKey = (usize, Vec<pg_sys::Oid>);
+
 thread_local! {
-    /// Keyed by the statement's text (a `&'static str`, so its address).
-    static KEPT: RefCell<HashMap<usize, KeptPlan>> = RefCell::new(HashMap::new());
+    static KEPT: RefCell<HashMap<PlanKey, KeptPlan>> = RefCell::new(HashMap::new());
     /// Plans made so far (for the tests: kept or made anew).
     static PLANS_MADE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
@@ -47,7 +51,8 @@ pub type Rows<'conn> = Vec<SpiHeapTupleData<'conn>>;
 
 /// The kept plan of `sql`, prepared on first use with the types of `arguments`.
 fn plan(sql: &'static str, arguments: &[DatumWithOid<'_>]) -> Result<NonNull<pg_sys::_SPI_plan>, SpiError> {
-    let key = sql.as_ptr() as usize;
+    let mut types: Vec<pg_sys::Oid> = arguments.iter().map(DatumWithOid::oid).collect();
+    let key: PlanKey = (sql.as_ptr() as usize, types.clone());
     let kept = KEPT.with(|plans| {
         let plans = plans.borrow();
         let kept = plans.get(&key)?;
@@ -65,7 +70,6 @@ fn plan(sql: &'static str, arguments: &[DatumWithOid<'_>]) -> Result<NonNull<pg_
         None => {}
     }
     let text = CString::new(sql).expect("statements have no NUL byte");
-    let mut types: Vec<pg_sys::Oid> = arguments.iter().map(DatumWithOid::oid).collect();
     // SAFETY: an SPI connection is open (callers hold a client); the text and
     // the types outlive the call. A syntax or catalog error raises an ERROR,
     // which the worker's transaction catches.
@@ -160,7 +164,7 @@ fn execute<'conn>(
         })
         .unzip();
     // SAFETY: SPI is connected; the plan is kept; values and nulls have one
-    // entry per parameter (the plan was made from the same arguments' types).
+    // entry per parameter, of the types the plan was made for (its key).
     let rows = unsafe {
         if writes {
             // A transaction id marks the transaction as writing, for pgrx's later statements.
@@ -255,6 +259,20 @@ mod tests {
         assert_eq!(count(), Some(3));
         assert_eq!(plans_made(), before + 2);
         assert_eq!(count(), Some(3));
+        assert_eq!(plans_made(), before + 2);
+    }
+
+    #[pg_test]
+    fn the_same_statement_with_other_argument_types_gets_a_plan_of_its_own() {
+        Spi::run("CREATE TABLE growing (id bigint PRIMARY KEY)").unwrap();
+        Spi::run("INSERT INTO growing VALUES (1), (2)").unwrap();
+        const FIND: &str = "SELECT count(*) FROM growing WHERE id::text = ANY ($1::text[])";
+        let before = plans_made();
+        assert_eq!(get_one::<i64>(FIND, &[vec!["1".to_owned()].into()]).unwrap(), Some(1));
+        // The same text run with bigint[]: not the text[] plan fed a bigint array.
+        assert_eq!(get_one::<i64>(FIND, &[vec![1_i64, 2].into()]).unwrap(), Some(2));
+        assert_eq!(plans_made(), before + 2);
+        assert_eq!(get_one::<i64>(FIND, &[vec!["2".to_owned()].into()]).unwrap(), Some(1));
         assert_eq!(plans_made(), before + 2);
     }
 

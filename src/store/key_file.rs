@@ -21,7 +21,7 @@ pub enum KeyFileError {
     Write { path: String, source: io::Error },
     #[error("the key file {path} is damaged: {source}")]
     Damaged { path: String, source: SecretError },
-    #[error("the key file {path} does not exist; passwords stored before cannot be decrypted")]
+    #[error("the key file {path} does not exist, so no stored password can be decrypted: copy email_accounts.keys from the data directory of the cluster this database was dumped from (README \"Backups\"), or set the passwords again")]
     Missing { path: String },
 }
 

@@ -58,7 +58,7 @@ pub struct SendingSettings {
 
 const EXPIRE: &str = "
 UPDATE email_accounts.outbox
-   SET status = 'expired', lease_until = NULL, claim_token = NULL,
+   SET status = 'expired', lease_until = NULL, claim_token = NULL, sender_process_id = NULL, sender_started_at = NULL,
        last_error = pg_catalog.format('expired at %s before it could be delivered', expires_at)
  WHERE expires_at IS NOT NULL AND expires_at <= now()
    AND status IN ('queued', 'retry', 'sending')
@@ -120,7 +120,10 @@ WITH allowance AS (
 )
 UPDATE email_accounts.outbox
    SET status = 'sending', attempts = attempts + 1, claim_token = gen_random_uuid(),
-       lease_until = now() + make_interval(secs => $2)
+       lease_until = now() + make_interval(secs => $2),
+       sender_process_id = pg_catalog.pg_backend_pid(),
+       sender_started_at = (SELECT activity.backend_start
+                              FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS activity)
   FROM due
  WHERE outbox.outbox_id = due.outbox_id
 RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.sender, outbox.to_addresses,
@@ -364,6 +367,7 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let errors: Vec<Option<String>> = rows.iter().map(|row| row.summary.last_error.clone()).collect();
+    // (The columns naming the claim's sender are cleared with the claim.)
     kept_plans::run(
         "WITH results AS (
              SELECT * FROM unnest($1::bigint[], $2::text[]) AS result (outbox_id, last_error)
@@ -395,11 +399,75 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
                 sent_at = CASE WHEN coalesce(counts.remaining, 0) = 0 AND coalesce(counts.accepted, 0) > 0 THEN now() END,
                 last_error = results.last_error,
                 lease_until = NULL,
-                claim_token = NULL
+                claim_token = NULL,
+                sender_process_id = NULL,
+                sender_started_at = NULL
            FROM results LEFT JOIN counts USING (outbox_id)
           WHERE row.outbox_id = results.outbox_id",
         &[ids.into(), errors.into(), max_attempts.into(), (retry_base_delay_seconds as f64).into()],
     )
+}
+
+/// Puts claimed rows that were never put on the wire back in the queue, as
+/// if they had not been claimed (the attempt is not counted), where the
+/// claim is still ours. Returns how many.
+pub fn hand_back(outbox_ids: &[i64], claim_tokens: &[&str]) -> Result<i64, SpiError> {
+    Spi::connect_mut(|client| {
+        let rows = kept_plans::update(
+            client,
+            "UPDATE email_accounts.outbox AS row
+                SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END,
+                    attempts = row.attempts - 1, lease_until = NULL, claim_token = NULL,
+                    sender_process_id = NULL, sender_started_at = NULL
+               FROM unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token)
+              WHERE row.outbox_id = mine.outbox_id AND row.claim_token = mine.claim_token::uuid
+          RETURNING row.outbox_id",
+            &[outbox_ids.to_vec().into(), claim_tokens.to_vec().into()],
+        )?;
+        Ok(rows.len() as i64)
+    })
+}
+
+/// Takes back the rows claimed by sender processes that no longer run in
+/// this database (a restart, crash, failover or restore ended them): due at
+/// once, the attempt counted (they may have gone out: delivery is at least
+/// once), failed once `max_attempts` is reached (a message that kills the
+/// sender every time must not loop). Rows of a sender still running, and
+/// rows claimed before 0.3.0 (no process recorded), wait for their lease.
+/// Returns how many rows were taken back.
+pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
+    let rows = Spi::connect_mut(|client| {
+        client.update(
+            "WITH abandoned AS (
+                 SELECT outbox.outbox_id FROM email_accounts.outbox
+                  WHERE outbox.status = 'sending' AND outbox.sender_process_id IS NOT NULL
+                    AND NOT EXISTS (
+                        SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
+                         WHERE activity.backend_start = outbox.sender_started_at
+                           AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
+                                                  WHERE database.datname = pg_catalog.current_database()))
+                    FOR UPDATE SKIP LOCKED
+             ), given_up AS (
+                 UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
+                   FROM email_accounts.outbox AS row JOIN abandoned USING (outbox_id)
+                  WHERE recipient.outbox_id = row.outbox_id AND row.attempts >= $1
+                    AND recipient.status IN ('pending', 'deferred')
+             )
+             UPDATE email_accounts.outbox AS row
+                SET status = CASE WHEN row.attempts >= $1 THEN 'failed' ELSE 'retry' END,
+                    next_attempt_at = now(), lease_until = NULL, claim_token = NULL,
+                    last_error = pg_catalog.format('the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice',
+                                                   row.sender_process_id),
+                    sender_process_id = NULL, sender_started_at = NULL
+               FROM abandoned
+              WHERE row.outbox_id = abandoned.outbox_id
+          RETURNING row.outbox_id",
+            None,
+            &[max_attempts.into()],
+        )
+        .map(|table| table.len() as i64)
+    })?;
+    Ok(rows)
 }
 
 /// Seconds until the next row of a ready account becomes due (or a claim

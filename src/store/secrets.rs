@@ -101,10 +101,9 @@ pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
             })
             .collect()
     })?;
-    // Keys no stored password uses are dropped now; those in use stay in the
-    // file until the next rotation, so a rolled-back rotation loses nothing.
-    let in_use: Vec<u32> = rows.iter().map(|(_, sealed)| sealed.key_id).collect();
-    ring.retain_keys(|id| in_use.contains(&id));
+    // Old keys stay in the file: the other databases of the cluster (a
+    // restored copy among them) seal with the same file, and a rolled-back
+    // rotation must still find the key its passwords were sealed with.
     let new_key = ring.add_new_key().map_err(SecretStoreError::Encrypt)?;
     key_file::save(&ring)?;
     for (account_id, sealed) in &rows {

@@ -17,6 +17,9 @@ pub enum WorkerState {
     /// Connected, but `CREATE EXTENSION email_accounts` has not been run in
     /// its database (or the extension was dropped).
     WaitingForExtension,
+    /// The database has the extension at another version than this library:
+    /// waiting for `ALTER EXTENSION email_accounts UPDATE`.
+    WaitingForUpdate,
     /// Connected to a database with the extension; waiting for work.
     Idle,
     /// Stopped by SIGTERM; the postmaster restarts it with the server.
@@ -28,6 +31,7 @@ impl WorkerState {
         match self {
             WorkerState::NotStarted => "not started",
             WorkerState::WaitingForExtension => "waiting for extension",
+            WorkerState::WaitingForUpdate => "waiting for ALTER EXTENSION UPDATE",
             WorkerState::Idle => "idle",
             WorkerState::Stopped => "stopped",
         }

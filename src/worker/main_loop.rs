@@ -8,6 +8,9 @@ use crate::store::catalog;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
+/// The extension version this library is (its SQL is what the workers expect).
+const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// SIGTERM arrived (PostgreSQL's flag, set by the handler and never reset).
 pub fn shutdown_requested() -> bool {
     unsafe { pg_sys::ShutdownRequestPending != 0 }
@@ -66,30 +69,51 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         crate::store::routing::suspend_interrupted_routing();
     }
     let mut idle_watchers = super::idle_watch::IdleWatchers::default();
-    let mut extension_was_installed = None;
+    let mut version_was = None;
     // A timeout wake-up with nothing new runs no statement (see idle.rs).
     let mut idle = super::idle::IdleSkip::default();
     let mut woken_by_latch = true;
     let mut postmaster_died = false;
     loop {
-        let installed = match catalog::extension_installed() {
-            Ok(installed) => installed,
+        let version = match catalog::installed_version() {
+            Ok(version) => version,
             Err(error) => {
                 log!("{}: could not look up the extension: {}", role.worker_name(), error);
-                false
+                None
             }
         };
-        if extension_was_installed != Some(installed) {
-            let state = if installed { WorkerState::Idle } else { WorkerState::WaitingForExtension };
+        // The schema this library's statements are written for, and no other:
+        // after a new library is installed, the workers wait for the update.
+        let installed = version.as_deref() == Some(LIBRARY_VERSION);
+        if version_was.as_ref() != Some(&version) {
+            let state = match &version {
+                None => {
+                    log!(
+                        "{} is waiting for CREATE EXTENSION email_accounts in database \"{}\"",
+                        role.worker_name(),
+                        database
+                    );
+                    WorkerState::WaitingForExtension
+                }
+                Some(other) if other != LIBRARY_VERSION => {
+                    log!(
+                        "{} is waiting for ALTER EXTENSION email_accounts UPDATE in database \"{}\": it has version {}, the library is {}",
+                        role.worker_name(),
+                        database,
+                        other,
+                        LIBRARY_VERSION
+                    );
+                    WorkerState::WaitingForUpdate
+                }
+                Some(_) => {
+                    if role == Role::Sender {
+                        super::sender::take_back_abandoned(role.worker_name());
+                    }
+                    WorkerState::Idle
+                }
+            };
             board::update(role, |slot| slot.state = state);
-            if !installed {
-                log!(
-                    "{} is waiting for CREATE EXTENSION email_accounts in database \"{}\"",
-                    role.worker_name(),
-                    database
-                );
-            }
-            extension_was_installed = Some(installed);
+            version_was = Some(version);
         }
 
         let mut sleep = settings::fallback_poll_interval();

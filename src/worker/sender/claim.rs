@@ -14,7 +14,7 @@ use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// What one round claimed.
 struct Claim {
@@ -92,6 +92,10 @@ pub fn claim_round(skip_accounts: &[i64]) -> Result<Option<Claimed>, StoreError>
             by_account.entry(row.account_id).or_default().push(row);
         }
     }
+    // Half the lease for starting messages leaves the other half for the one
+    // being sent when it ends (every read and write is bounded by connect_timeout).
+    let start_no_message_after =
+        Instant::now() + Duration::from_secs(settings::lease_duration_seconds().max(2) as u64 / 2);
     let links = Links {
         base_url: settings::public_base_url(),
         key: claim.link_key,
@@ -106,7 +110,7 @@ pub fn claim_round(skip_accounts: &[i64]) -> Result<Option<Claimed>, StoreError>
             Some(AccountRound {
                 account_id: account.account_id,
                 tokens,
-                batch: batch(&account, password, rows, &links),
+                batch: batch(&account, password, rows, &links, start_no_message_after),
             })
         })
         .collect();
@@ -137,7 +141,13 @@ fn nonce() -> [u8; 12] {
 
 /// The SMTP endpoint, login and composed jobs of one account. With
 /// unsubscribe links or open tracking each recipient gets a personal copy.
-fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedRow>, links: &Links) -> AccountBatch {
+fn batch(
+    account: &SendingSettings,
+    password: Option<String>,
+    rows: Vec<ClaimedRow>,
+    links: &Links,
+    start_no_message_after: Instant,
+) -> AccountBatch {
     let endpoint = account.smtp.endpoint(account.extra_ca_certificate.clone());
     let login = password.map(|password| Login {
         user: account.login_id.clone(),
@@ -222,5 +232,5 @@ fn batch(account: &SendingSettings, password: Option<String>, rows: Vec<ClaimedR
         (None, _) => Err(format!("cannot copy to {folder}: the account has no IMAP incoming server")),
         (_, None) => Err(format!("cannot copy to {folder}: the account has no password")),
     });
-    AccountBatch { endpoint, login, jobs, sent_folder }
+    AccountBatch { account_id: account.account_id, start_no_message_after, endpoint, login, jobs, sent_folder }
 }

@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ pub struct Lanes {
     /// Readable when a delivery thread has finished.
     doorbell: UnixStream,
     doorbell_ringer: Arc<UnixStream>,
+    /// Set on SIGTERM: the delivery threads start no further message.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Lanes {
@@ -47,6 +50,7 @@ impl Lanes {
             finished,
             doorbell,
             doorbell_ringer: Arc::new(ringer),
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -83,8 +87,10 @@ impl Lanes {
             let pool = connections::pool();
             let (account_id, batch) = (round.account_id, round.batch);
             let (done, ringer) = (self.finished_sender.clone(), Arc::clone(&self.doorbell_ringer));
+            let stopping = Arc::clone(&self.stopping);
             threads::spawn_without_signals(move || {
-                let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| deliver_account(batch, &pool)));
+                let delivered =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| deliver_account(batch, &pool, &stopping)));
                 let _ = done.send((account_id, delivered.ok()));
                 // A full socket buffer already means "look".
                 let _ = (&*ringer).write(&[1]);
@@ -102,10 +108,12 @@ impl Lanes {
         self.delivered(reports)
     }
 
-    /// Waits up to `limit` for the accounts on the wire (on shutdown),
-    /// dropping the waiting rounds (their rows are retried after their lease).
-    pub fn finish(&mut self, limit: Duration) -> Delivered {
-        self.waiting.clear();
+    /// On shutdown: tells the delivery threads to start no further message,
+    /// returns the waiting rounds' claims (never on the wire: to be handed
+    /// back) and what the accounts on the wire report within `limit`.
+    pub fn finish(&mut self, limit: Duration) -> (HashMap<i64, String>, Delivered) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let never_started = self.waiting.drain(..).flat_map(|round| round.tokens).collect();
         let deadline = Instant::now() + limit;
         let mut reports = Vec::new();
         while reports.len() < self.on_wire.len() {
@@ -115,7 +123,7 @@ impl Lanes {
                 Err(_) => break,
             }
         }
-        self.delivered(reports)
+        (never_started, self.delivered(reports))
     }
 
     fn delivered(&mut self, reports: Vec<Finished>) -> Delivered {

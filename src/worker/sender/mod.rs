@@ -106,14 +106,32 @@ pub fn doorbell() -> Option<RawFd> {
     LANES.with(|cell| cell.borrow().as_ref().filter(|lanes| lanes.on_wire() > 0).map(Lanes::doorbell))
 }
 
-/// On SIGTERM: waits a little for the rounds on the wire and records them,
-/// then closes the SMTP connections. Rows not recorded keep their lease.
+/// On SIGTERM: hands back the claimed rounds not yet on the wire, lets the
+/// rounds on the wire finish the message each is sending (a little while
+/// at most) and records them (what they did not start is handed back too),
+/// then closes the SMTP connections. Rows still out when the sender is gone
+/// are taken back by the next sender when it starts.
 pub fn stop(role_name: &str) {
-    let came_back = LANES.with(|cell| cell.borrow_mut().as_mut().map(|lanes| lanes.finish(FINISH_ON_STOP)));
-    if let Some(came_back) = came_back {
+    let finished = LANES.with(|cell| cell.borrow_mut().as_mut().map(|lanes| lanes.finish(FINISH_ON_STOP)));
+    if let Some((never_started, came_back)) = finished {
+        record::hand_back(role_name, never_started);
         recorded(role_name, came_back);
     }
     connections::close_all();
+}
+
+/// When the sender starts (or the extension appears): takes back the rows
+/// that senders no longer running had claimed, so they go out now rather
+/// than when their lease lapses.
+pub fn take_back_abandoned(role_name: &str) {
+    match in_transaction(|| outbox::take_back_abandoned(settings::max_attempts())) {
+        Ok(Ok(0)) => {}
+        Ok(Ok(rows)) => {
+            log!("{role_name}: took back {rows} outbox row(s) claimed by a sender that is no longer running")
+        }
+        Ok(Err(error)) => log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}"),
+        Err(error) => log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}"),
+    }
 }
 
 /// Time until the next waiting row is due; rows due now but not claimable

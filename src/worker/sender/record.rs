@@ -38,13 +38,42 @@ pub fn recorded(role_name: &str, delivered: Delivered) -> bool {
     false
 }
 
+/// Puts claimed rows that never went on the wire back in the queue (one
+/// transaction); logged if that fails (they are then taken back when the
+/// next sender starts, or after their lease).
+pub fn hand_back(role_name: &str, claims: HashMap<i64, String>) {
+    if claims.is_empty() {
+        return;
+    }
+    let (ids, tokens): (Vec<i64>, Vec<&str>) = claims.iter().map(|(id, token)| (*id, token.as_str())).unzip();
+    if let Err(error) = in_transaction(|| outbox::hand_back(&ids, &tokens)).and_then(|handed| handed.map_err(spi)) {
+        log!("{role_name}: cannot hand back {} claimed row(s) that were not sent: {error}", ids.len());
+    }
+}
+
+fn spi(error: pgrx::spi::SpiError) -> StoreError {
+    StoreError { message: error.to_string() }
+}
+
 fn record(delivered: Delivered) -> Result<(), StoreError> {
-    let Delivered { tokens, results } = delivered;
+    let Delivered { mut tokens, results } = delivered;
     let max_attempts = settings::max_attempts();
     let retry_base_delay = settings::retry_base_delay_seconds();
     let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();
     for (outbox_id, outcome) in &results {
         by_row.entry(*outbox_id).or_default().push(outcome);
+    }
+    // Rows none of whose messages was started go back to the queue uncounted.
+    let not_started: HashMap<i64, String> = by_row
+        .iter()
+        .filter(|(_, outcomes)| outcomes.iter().all(|outcome| matches!(outcome, JobOutcome::NotStarted)))
+        .filter_map(|(outbox_id, _)| tokens.remove_entry(outbox_id))
+        .collect();
+    by_row.retain(|outbox_id, _| !not_started.contains_key(outbox_id));
+    if !not_started.is_empty() {
+        let (ids, claims): (Vec<i64>, Vec<&str>) =
+            not_started.iter().map(|(id, token)| (*id, token.as_str())).unzip();
+        in_transaction(|| outbox::hand_back(&ids, &claims))?.map_err(spi)?;
     }
     let summaries: Vec<(i64, RowSummary)> =
         by_row.into_iter().map(|(outbox_id, outcomes)| (outbox_id, summarize(outcomes))).collect();

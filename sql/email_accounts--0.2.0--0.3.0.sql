@@ -1,0 +1,77 @@
+-- email_accounts 0.2.0 → 0.3.0: dumps restore every row, claims name their
+-- sender. Run by ALTER EXTENSION email_accounts UPDATE; the workers of the
+-- 0.3.0 library wait for it (README "Upgrading").
+
+-- Restoring a dump takes rows as they were dumped (sql/restore.sql).
+CREATE FUNCTION email_accounts.restoring() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+-- Inlined into the triggers' WHEN clauses: operators are qualified, as the
+-- body is parsed with the caller's search_path.
+RETURN pg_catalog.current_setting('row_security') OPERATOR(pg_catalog.=) 'off'
+       AND pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on';
+
+COMMENT ON FUNCTION email_accounts.restoring() IS
+  'True while a superuser writes with row_security off, as pg_restore and a plain pg_dump script do: the triggers then take rows as they were dumped (see README "Backups").';
+
+DROP TRIGGER check_settings ON email_accounts.account;
+-- A restore takes rows as they were dumped (see sql/restore.sql).
+CREATE TRIGGER check_settings AFTER INSERT OR UPDATE ON email_accounts.account
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.account_changed();
+DROP TRIGGER check_inheriting_accounts ON email_accounts.domain;
+CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON email_accounts.domain
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();
+
+DROP TRIGGER check_and_resolve ON email_accounts.outbox;
+-- A restore takes rows as they were dumped, recipients included (see sql/restore.sql).
+CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_before_insert();
+DROP TRIGGER system_sends_as_itself ON email_accounts.outbox;
+CREATE TRIGGER system_sends_as_itself BEFORE INSERT OR UPDATE OF account_id, tenant, sender ON email_accounts.outbox
+    FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL AND NOT email_accounts.restoring())
+    EXECUTE FUNCTION email_accounts.system_sends_as_itself();
+DROP TRIGGER split_recipients ON email_accounts.outbox;
+CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_after_insert();
+DROP TRIGGER check_size ON email_accounts.outbox_attachment;
+CREATE TRIGGER check_size BEFORE INSERT OR UPDATE OF content ON email_accounts.outbox_attachment
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_attachment_before_insert();
+DROP TRIGGER check_outbox ON email_accounts.suppression;
+CREATE TRIGGER check_outbox BEFORE INSERT OR UPDATE ON email_accounts.suppression
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.suppression_before_write();
+
+-- Identity sequences are dumped only when named: a restored database hands out fresh ids.
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.account_account_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.message_message_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.message_attachment_attachment_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.suppression_suppression_id_seq', '');
+
+-- message.reply_to_message_id: no foreign key to the table itself (pg_dump
+-- warns of a cycle); a trigger does its ON DELETE SET NULL.
+ALTER TABLE email_accounts.message DROP CONSTRAINT message_reply_to_message_id_fkey;
+CREATE FUNCTION email_accounts.forget_deleted_replies() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE email_accounts.message AS reply SET reply_to_message_id = NULL
+      FROM deleted WHERE reply.reply_to_message_id = deleted.message_id;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.forget_deleted_replies() IS
+  'Trigger: the replies to deleted messages get reply_to_message_id NULL (what ON DELETE SET NULL would do; see the column).';
+
+CREATE TRIGGER forget_deleted_replies AFTER DELETE ON email_accounts.message
+    REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.forget_deleted_replies();
+
+-- Which sender holds a claim (sql/outbox_claims.sql).
+ALTER TABLE email_accounts.outbox
+    ADD COLUMN sender_process_id integer,
+    ADD COLUMN sender_started_at timestamptz;
+
+COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While sending: the process id of the sender worker that claimed the row.';
+COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While sending: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
+
+-- The workers of the 0.3.0 library waited for this update: wake them when it commits.
+SELECT email_accounts.wake_workers_at_commit();
