@@ -1,27 +1,30 @@
 //! `ALTER EXTENSION email_accounts UPDATE` from every released version ends
-//! in exactly the schema a fresh install has, and keeps the rows. The install
-//! script of each released version is kept in tests/upgrade/ as pgrx
-//! generated it then.
+//! in exactly the schema a fresh install has, and keeps the rows; the workers
+//! of a new library wait for the update and then send what was queued. The
+//! install script of each released version is kept in sql/released/ as pgrx
+//! generated it then (`make install` installs them).
 // Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
 #![cfg(not(feature = "pg_test"))]
 
 mod harness;
 
-use harness::Postgres;
+use harness::{wait_until, Behaviour, Postgres, SmtpResponder};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-const RELEASED: &[&str] = &["0.1.0"];
+const RELEASED: &[&str] = &["0.1.0", "0.2.0"];
 
-/// Puts a released version's install script next to the installed extension,
-/// so CREATE EXTENSION ... VERSION can install it.
-fn install_released_script(version: &str) {
+/// `make install` put every released version's install script next to the
+/// installed extension, so CREATE EXTENSION ... VERSION can install it.
+fn assert_released_script_installed(version: &str) {
     let output = Command::new("/usr/lib/postgresql/15/bin/pg_config").arg("--sharedir").output().expect("pg_config");
     let share = String::from_utf8(output.stdout).expect("UTF-8 path").trim().to_owned();
     let name = format!("email_accounts--{version}.sql");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade").join(&name);
-    std::fs::copy(&source, Path::new(&share).join("extension").join(&name))
-        .unwrap_or_else(|error| panic!("cannot install {name}: {error}"));
+    let installed = std::fs::read(Path::new(&share).join("extension").join(&name))
+        .unwrap_or_else(|error| panic!("{name} is not installed (make install copies sql/released/): {error}"));
+    let released = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/released").join(&name)).unwrap();
+    assert!(installed == released, "the installed {name} is not the released one");
 }
 
 fn describe(client: &mut postgres::Client) -> Vec<String> {
@@ -51,14 +54,16 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
     let cluster = Postgres::start(&[]);
     let mut admin = cluster.connect("postgres");
     for version in RELEASED {
-        install_released_script(version);
+        assert_released_script_installed(version);
         let database = format!("upgraded_from_{}", version.replace('.', "_"));
         admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
         let mut upgraded = cluster.connect(&database);
         upgraded.batch_execute(&format!("CREATE EXTENSION email_accounts VERSION '{version}'")).unwrap();
-        if *version == "0.1.0" {
-            upgraded.batch_execute(FILL_0_1_0).unwrap();
+        match *version {
+            "0.1.0" => upgraded.batch_execute(FILL_0_1_0).unwrap(),
+            _ => upgraded.batch_execute(include_str!("backup/fill.sql")).unwrap(),
         }
+        let rows_before = row_counts(&mut upgraded);
         upgraded.batch_execute("ALTER EXTENSION email_accounts UPDATE").unwrap();
         let installed: String = upgraded
             .query_one("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'email_accounts'", &[])
@@ -81,6 +86,7 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
             only_fresh.iter().map(|fact| fact.as_str()).collect::<Vec<_>>().join("\n")
         );
         assert!(upgraded_facts.len() > 300, "{} facts", upgraded_facts.len());
+        assert_eq!(row_counts(&mut upgraded), rows_before, "from {version}: every row is kept");
 
         if *version == "0.1.0" {
             let row = upgraded
@@ -106,4 +112,61 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
             assert_eq!(ready, 2);
         }
     }
+}
+
+/// Rows in each table of the extension.
+fn row_counts(client: &mut postgres::Client) -> Vec<(String, i64)> {
+    let tables: Vec<String> = client
+        .query("SELECT tablename::text FROM pg_catalog.pg_tables WHERE schemaname = 'email_accounts' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    tables
+        .into_iter()
+        .map(|table| {
+            let rows = client.query_one(&format!("SELECT count(*) FROM email_accounts.{table}"), &[]).unwrap().get(0);
+            (table, rows)
+        })
+        .collect()
+}
+
+#[test]
+fn the_workers_wait_for_the_update_then_send_what_was_queued_once() {
+    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'"]);
+    let server = SmtpResponder::start(None, Behaviour::Accept, true);
+    let mut client = cluster.connect("postgres");
+    // The workers' database is still at 0.1.0 while this library runs them.
+    client.batch_execute("CREATE EXTENSION email_accounts VERSION '0.1.0'").unwrap();
+    wait_until("both workers to wait for the update", Duration::from_secs(30), || {
+        (cluster.server_log().matches("is waiting for ALTER EXTENSION email_accounts UPDATE").count() >= 2)
+            .then_some(())
+    });
+    client
+        .execute(
+            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
+                                                 no_smtp_authentication)
+             VALUES ('steady', 'steady@example.test', true, '127.0.0.1', $1, 'none', true)",
+            &[&i32::from(server.port)],
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO email_accounts.outbox (account, to_addresses, subject)
+             SELECT 'steady', ARRAY['to' || n || '@example.test'], 'queued before the update ' || n
+               FROM generate_series(1, 50) AS n",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.distinct_messages(), 0, "nothing is sent with the old schema");
+
+    // The update's commit wakes the workers.
+    client.batch_execute("ALTER EXTENSION email_accounts UPDATE").unwrap();
+    wait_until("the queued mail to be sent", Duration::from_secs(30), || {
+        let sent: i64 =
+            client.query_one("SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'", &[]).unwrap().get(0);
+        (sent == 50).then_some(())
+    });
+    assert_eq!(server.distinct_messages(), 50);
+    assert_eq!(server.duplicates(), 0);
 }

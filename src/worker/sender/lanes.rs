@@ -89,8 +89,7 @@ impl Lanes {
             let (done, ringer) = (self.finished_sender.clone(), Arc::clone(&self.doorbell_ringer));
             let stopping = Arc::clone(&self.stopping);
             threads::spawn_without_signals(move || {
-                let delivered =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| deliver_account(batch, &pool, &stopping)));
+                let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| deliver_account(batch, &pool, &stopping)));
                 let _ = done.send((account_id, delivered.ok()));
                 // A full socket buffer already means "look".
                 let _ = (&*ringer).write(&[1]);

@@ -129,8 +129,12 @@ pub fn take_back_abandoned(role_name: &str) {
         Ok(Ok(rows)) => {
             log!("{role_name}: took back {rows} outbox row(s) claimed by a sender that is no longer running")
         }
-        Ok(Err(error)) => log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}"),
-        Err(error) => log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}"),
+        Ok(Err(error)) => {
+            log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}")
+        }
+        Err(error) => {
+            log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}")
+        }
     }
 }
 

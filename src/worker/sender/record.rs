@@ -71,8 +71,7 @@ fn record(delivered: Delivered) -> Result<(), StoreError> {
         .collect();
     by_row.retain(|outbox_id, _| !not_started.contains_key(outbox_id));
     if !not_started.is_empty() {
-        let (ids, claims): (Vec<i64>, Vec<&str>) =
-            not_started.iter().map(|(id, token)| (*id, token.as_str())).unzip();
+        let (ids, claims): (Vec<i64>, Vec<&str>) = not_started.iter().map(|(id, token)| (*id, token.as_str())).unzip();
         in_transaction(|| outbox::hand_back(&ids, &claims))?.map_err(spi)?;
     }
     let summaries: Vec<(i64, RowSummary)> =
