@@ -440,4 +440,4 @@ CREATE TRIGGER require_password_for_new_servers AFTER UPDATE ON email_accounts.a
 CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON email_accounts.domain
     FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();
 CREATE TRIGGER check_inheriting_accounts AFTER UPDATE OR DELETE ON email_accounts.provider
-    FOR EACH ROW EXECUTE FUNCTION email_accounts.inherited_settings_changed();
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();

@@ -21,6 +21,39 @@ DROP TRIGGER check_inheriting_accounts ON email_accounts.domain;
 CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON email_accounts.domain
     FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();
 
+DROP TRIGGER check_inheriting_accounts ON email_accounts.provider;
+CREATE TRIGGER check_inheriting_accounts AFTER UPDATE OR DELETE ON email_accounts.provider
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();
+
+-- Every preset is dumped, the built-in ones too (a DBA may have changed
+-- one). CREATE EXTENSION has made them again when a dump is restored: a
+-- restored preset of the same name replaces the one just made.
+CREATE FUNCTION email_accounts.restore_over_built_in_preset() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE email_accounts.provider
+       SET (description, incoming_protocol, imap_host, imap_port, imap_security, pop3_host, pop3_port, pop3_security,
+            smtp_host, smtp_port, smtp_security, built_in)
+         = (NEW.description, NEW.incoming_protocol, NEW.imap_host, NEW.imap_port, NEW.imap_security, NEW.pop3_host,
+            NEW.pop3_port, NEW.pop3_security, NEW.smtp_host, NEW.smtp_port, NEW.smtp_security, NEW.built_in)
+     WHERE name = NEW.name;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.restore_over_built_in_preset() IS
+  'Trigger, while a dump is restored (see restoring()): a restored preset replaces the built-in one of the same name that CREATE EXTENSION made.';
+
+CREATE TRIGGER restore_over_built_in_preset BEFORE INSERT ON email_accounts.provider
+    FOR EACH ROW WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.restore_over_built_in_preset();
+
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.provider', '');
+COMMENT ON COLUMN email_accounts.provider.built_in IS 'True for the presets shipped with the extension (CREATE EXTENSION makes them; a restored dump replaces them with the rows as they were dumped).';
+
 DROP TRIGGER check_and_resolve ON email_accounts.outbox;
 -- A restore takes rows as they were dumped, recipients included (see sql/restore.sql).
 CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox

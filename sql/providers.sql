@@ -33,7 +33,7 @@ COMMENT ON COLUMN email_accounts.provider.pop3_security IS 'ssl (TLS from the fi
 COMMENT ON COLUMN email_accounts.provider.smtp_host IS 'SMTP submission server host name.';
 COMMENT ON COLUMN email_accounts.provider.smtp_port IS 'SMTP submission port (465 for ssl, 587 for starttls).';
 COMMENT ON COLUMN email_accounts.provider.smtp_security IS 'ssl (TLS from the first byte), starttls, or none.';
-COMMENT ON COLUMN email_accounts.provider.built_in IS 'True for the presets shipped with the extension; pg_dump keeps only the rows you added.';
+COMMENT ON COLUMN email_accounts.provider.built_in IS 'True for the presets shipped with the extension (CREATE EXTENSION makes them; a restored dump replaces them with the rows as they were dumped).';
 
 INSERT INTO email_accounts.provider
     (name, description, imap_host, imap_port, imap_security, pop3_host, pop3_port, pop3_security, smtp_host, smtp_port, smtp_security, built_in)
@@ -49,4 +49,30 @@ VALUES
     ('aol',       'AOL Mail',                                                  'imap.aol.com',             993, 'ssl', 'pop.aol.com',              995, 'ssl', 'smtp.aol.com',            465, 'ssl',      true),
     ('gmx',       'GMX Mail',                                                  'imap.gmx.com',             993, 'ssl', 'pop.gmx.com',              995, 'ssl', 'mail.gmx.com',            587, 'starttls', true);
 
-SELECT pg_catalog.pg_extension_config_dump('email_accounts.provider', 'WHERE NOT built_in');
+-- Every preset is dumped, the built-in ones too (a DBA may have changed
+-- one). CREATE EXTENSION has made them again when a dump is restored: a
+-- restored preset of the same name replaces the one just made.
+CREATE FUNCTION email_accounts.restore_over_built_in_preset() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE email_accounts.provider
+       SET (description, incoming_protocol, imap_host, imap_port, imap_security, pop3_host, pop3_port, pop3_security,
+            smtp_host, smtp_port, smtp_security, built_in)
+         = (NEW.description, NEW.incoming_protocol, NEW.imap_host, NEW.imap_port, NEW.imap_security, NEW.pop3_host,
+            NEW.pop3_port, NEW.pop3_security, NEW.smtp_host, NEW.smtp_port, NEW.smtp_security, NEW.built_in)
+     WHERE name = NEW.name;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.restore_over_built_in_preset() IS
+  'Trigger, while a dump is restored (see restoring()): a restored preset replaces the built-in one of the same name that CREATE EXTENSION made.';
+
+CREATE TRIGGER restore_over_built_in_preset BEFORE INSERT ON email_accounts.provider
+    FOR EACH ROW WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.restore_over_built_in_preset();
+
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.provider', '');

@@ -3,6 +3,8 @@
 INSERT INTO email_accounts.provider (name, description, incoming_protocol, imap_host, imap_port, imap_security,
                                      smtp_host, smtp_port, smtp_security)
 VALUES ('in_house', 'Our own mail servers', 'imap', 'imap.in-house.test', 993, 'ssl', 'smtp.in-house.test', 465, 'ssl');
+-- A built-in preset changed by the DBA is restored as changed.
+UPDATE email_accounts.provider SET smtp_port = 2525, description = 'Gmail, through our port' WHERE name = 'gmail';
 INSERT INTO email_accounts.domain (domain_name, smtp_host, smtp_port, smtp_security, incoming_protocol, incoming_host,
                                    incoming_port, incoming_security)
 VALUES ('example.test', 'mail.example.test', 587, 'starttls', 'imap', 'mail.example.test', 993, 'ssl');
