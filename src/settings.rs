@@ -300,7 +300,10 @@ pub fn imap_idle() -> bool {
 /// COMMITTED, without statement or idle timeouts, and with the pinned
 /// search_path, whatever the database says.
 pub fn pin_worker_session() {
-    let pinned: [(&std::ffi::CStr, &std::ffi::CStr); 6] = [
+    let pinned: [(&std::ffi::CStr, &std::ffi::CStr); 7] = [
+        // Off, a superuser's writes look like a restore to the triggers
+        // (email_accounts.restoring()), and a database owner may set it.
+        (c"row_security", c"on"),
         (c"default_transaction_read_only", c"off"),
         (c"default_transaction_isolation", c"read committed"),
         (c"default_transaction_deferrable", c"off"),

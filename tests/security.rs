@@ -479,6 +479,8 @@ CREATE FUNCTION public.time_plus(timestamptz, interval) RETURNS timestamptz LANG
 CREATE OPERATOR public.+ (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = public.time_plus);
 ALTER DATABASE postgres SET search_path = public, pg_catalog;
 ALTER DATABASE postgres SET default_transaction_read_only = on;
+-- Off, a superuser's inserts would look like a restore and skip the triggers' checks.
+ALTER DATABASE postgres SET row_security = off;
 ";
 
 #[test]
@@ -549,7 +551,10 @@ fn nobody_borrows_the_workers_superuser() {
     deployment.cluster.stop("fast");
     deployment.cluster.start_again();
     deployment.admin = deployment.cluster.connect_when_ready("postgres");
-    deployment.admin.batch_execute("SET search_path = pg_catalog; SET default_transaction_read_only = off").unwrap();
+    deployment
+        .admin
+        .batch_execute("SET search_path = pg_catalog; SET default_transaction_read_only = off; SET row_security = on")
+        .unwrap();
     assert_eq!(deployment.value::<String>("SELECT pg_catalog.current_setting('search_path')"), "pg_catalog");
 
     let sent: i64 = deployment.value(

@@ -344,6 +344,63 @@ mod tests {
         assert_eq!(summary.unsendable, None);
     }
 
+    fn batch_to_nowhere(start_no_message_after: Instant) -> AccountBatch {
+        let message = OutgoingMessage {
+            message_id: "<1@example.test>".to_owned(),
+            from: "a@example.test".to_owned(),
+            reply_to: Vec::new(),
+            to: vec!["b@example.test".to_owned()],
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            subject: "s".to_owned(),
+            text_body: Some("t".to_owned()),
+            html_body: None,
+            attachments: Vec::new(),
+            headers: Vec::new(),
+            in_reply_to: None,
+            references: Vec::new(),
+            date: None,
+            signature: None,
+            unsubscribe_url: None,
+            tracking_pixel_url: None,
+        };
+        let job = |outbox_id| Job {
+            outbox_id,
+            message: message.clone(),
+            envelope_from: "a@example.test".to_owned(),
+            recipients: vec!["b@example.test".to_owned()],
+        };
+        AccountBatch {
+            account_id: 1,
+            start_no_message_after,
+            // Nothing listens on port 1: a started message would be NotAttempted.
+            endpoint: Endpoint {
+                host: "127.0.0.1".to_owned(),
+                port: 1,
+                security: crate::connection::Security::None,
+                extra_ca_pem: None,
+                timeout: std::time::Duration::from_secs(1),
+            },
+            login: None,
+            jobs: vec![job(1), job(2)],
+            sent_folder: None,
+        }
+    }
+
+    #[test]
+    fn no_message_is_started_once_the_sender_stops_or_the_round_is_out_of_time() {
+        let pool = ConnectionPool::default();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let outcomes = deliver_account(batch_to_nowhere(later), &pool, &AtomicBool::new(true));
+        assert_eq!(outcomes, [(1, JobOutcome::NotStarted), (2, JobOutcome::NotStarted)]);
+        let outcomes = deliver_account(batch_to_nowhere(Instant::now()), &pool, &AtomicBool::new(false));
+        assert_eq!(outcomes, [(1, JobOutcome::NotStarted), (2, JobOutcome::NotStarted)]);
+        // In time and not stopping: the messages are started (and find nobody there).
+        let outcomes = deliver_account(batch_to_nowhere(later), &pool, &AtomicBool::new(false));
+        assert!(outcomes.iter().all(|(_, outcome)| matches!(outcome, JobOutcome::NotAttempted(_))), "{outcomes:?}");
+        assert_eq!(summarize([&JobOutcome::NotStarted]), RowSummary::default());
+    }
+
     #[test]
     fn unsendable_and_unreachable_rows() {
         let summary = summarize([&JobOutcome::Unsendable("from: bad".to_owned())]);
