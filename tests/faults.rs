@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::{free_port, make_certificates, Behaviour, Postgres, SmtpResponder};
+use harness::{add_account_without_login, free_port, make_certificates, Behaviour, Postgres, SmtpResponder};
 use std::time::Duration;
 
 const MESSAGES: i64 = 2000;
@@ -21,18 +21,6 @@ fn cluster(settings: &[&str]) -> (Postgres, postgres::Client) {
     let mut client = cluster.connect("postgres");
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     (cluster, client)
-}
-
-/// An outgoing account without authentication on 127.0.0.1:`port`.
-fn account(client: &mut postgres::Client, name: &str, port: u16) {
-    client
-        .execute(
-            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
-                                                 no_smtp_authentication)
-             VALUES ($1, $1 || '@example.test', true, '127.0.0.1', $2, 'none', true)",
-            &[&name, &i32::from(port)],
-        )
-        .unwrap();
 }
 
 /// `count` messages through `account` in one transaction; `recipients` is
@@ -84,7 +72,7 @@ fn wait_for_rows(client: &mut postgres::Client, what: &str, condition: &str, exp
 fn a_server_that_is_down_for_a_while_gets_every_message_once_when_it_is_back() {
     let (_cluster, mut client) = cluster(&[]);
     let port = free_port();
-    account(&mut client, "flaky", port);
+    add_account_without_login(&mut client, "flaky", port);
     queue(&mut client, "flaky", MESSAGES, "ARRAY['to' || n || '@example.test']");
     wait_for_rows(&mut client, "every row to wait for a retry", "status = 'retry'", MESSAGES);
     assert_eq!(count(&mut client, "last_error ILIKE '%connect%'"), MESSAGES, "the reason is recorded");
@@ -106,7 +94,7 @@ fn recipients_a_server_rejects_fail_alone_with_and_without_pipelining() {
             Behaviour::RefuseRecipients { matching: "unknown".into(), reply: "550 5.1.1 no such user".into() },
             pipelining,
         );
-        account(&mut client, "mixed", server.port);
+        add_account_without_login(&mut client, "mixed", server.port);
         queue(
             &mut client,
             "mixed",
@@ -144,7 +132,7 @@ fn recipients_a_server_rejects_fail_alone_with_and_without_pipelining() {
 fn temporary_refusals_and_421_are_retried_and_every_message_arrives_once() {
     let (_cluster, mut client) = cluster(&[]);
     let server = SmtpResponder::start(None, Behaviour::RefuseMail("451 4.3.0 try again later".into()), true);
-    account(&mut client, "busy", server.port);
+    add_account_without_login(&mut client, "busy", server.port);
     queue(&mut client, "busy", MESSAGES, "ARRAY['to' || n || '@example.test']");
     wait_for_rows(&mut client, "every row to wait for a retry", "status = 'retry'", MESSAGES);
     assert_eq!(count(&mut client, "last_error LIKE '%451 4.3.0 try again later%'"), MESSAGES);
@@ -170,8 +158,8 @@ fn a_server_that_never_answers_holds_up_only_its_own_account() {
     let (_cluster, mut client) = cluster(&["email_accounts.connect_timeout = '40s'"]);
     let silent = SmtpResponder::start(None, Behaviour::Silent, true);
     let healthy = SmtpResponder::start(None, Behaviour::Accept, true);
-    account(&mut client, "silent", silent.port);
-    account(&mut client, "healthy", healthy.port);
+    add_account_without_login(&mut client, "silent", silent.port);
+    add_account_without_login(&mut client, "healthy", healthy.port);
     queue(&mut client, "silent", 20, "ARRAY['to' || n || '@example.test']");
     queue(&mut client, "healthy", MESSAGES, "ARRAY['to' || n || '@example.test']");
     wait_for_rows(&mut client, "the healthy account's rows to be sent", "status = 'sent'", MESSAGES);
@@ -298,7 +286,7 @@ fn a_crash_mid_batch_loses_nothing_and_repeats_at_most_the_round_on_the_wire() {
         let (cluster, mut client) =
             cluster(&["email_accounts.lease_duration = '10s'", &format!("email_accounts.batch_size = {BATCH}")]);
         let server = SmtpResponder::start(None, Behaviour::AcceptSlowly(2), true);
-        account(&mut client, "steady", server.port);
+        add_account_without_login(&mut client, "steady", server.port);
         queue(&mut client, "steady", MESSAGES, "ARRAY['to' || n || '@example.test']");
         until_sent(&mut client, 300);
 
@@ -329,7 +317,7 @@ fn a_crash_mid_batch_loses_nothing_and_repeats_at_most_the_round_on_the_wire() {
 fn dropping_another_database_mid_batch_neither_waits_for_nor_disturbs_the_workers() {
     let (cluster, mut client) = cluster(&[]);
     let server = SmtpResponder::start(None, Behaviour::AcceptSlowly(2), true);
-    account(&mut client, "steady", server.port);
+    add_account_without_login(&mut client, "steady", server.port);
     queue(&mut client, "steady", MESSAGES, "ARRAY['to' || n || '@example.test']");
     let before = sender_pid(&mut client).unwrap().unwrap();
     // CREATE and DROP DATABASE wait for every backend to absorb a barrier:
@@ -350,7 +338,7 @@ fn dropping_another_database_mid_batch_neither_waits_for_nor_disturbs_the_worker
 fn drop_extension_mid_batch_then_create_it_again_and_the_sender_carries_on() {
     let (_cluster, mut client) = cluster(&[]);
     let server = SmtpResponder::start(None, Behaviour::AcceptSlowly(2), true);
-    account(&mut client, "steady", server.port);
+    add_account_without_login(&mut client, "steady", server.port);
     queue(&mut client, "steady", MESSAGES, "ARRAY['first' || n || '@example.test']");
     until_sent(&mut client, 100);
     let before = sender_pid(&mut client).unwrap().unwrap();
@@ -360,7 +348,7 @@ fn drop_extension_mid_batch_then_create_it_again_and_the_sender_carries_on() {
     let delivered_before_drop = server.distinct_messages();
     assert!(delivered_before_drop < MESSAGES as usize, "the drop landed mid-batch");
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
-    account(&mut client, "steady", server.port);
+    add_account_without_login(&mut client, "steady", server.port);
     queue(&mut client, "steady", MESSAGES, "ARRAY['second' || n || '@example.test']");
     wait_for_rows(&mut client, "the new queue to be sent", "status = 'sent'", MESSAGES);
     assert_eq!(sender_pid(&mut client).unwrap(), Some(before), "the same sender throughout");

@@ -10,7 +10,7 @@
 
 mod harness;
 
-use harness::{Behaviour, Postgres, SmtpResponder};
+use harness::{add_account_without_login, Behaviour, Postgres, SmtpResponder};
 use std::time::{Duration, Instant};
 
 const MESSAGES: i64 = 1000;
@@ -39,14 +39,7 @@ fn a_fast_restart_an_immediate_stop_and_a_killed_sender_hold_no_mail_back() {
         client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
         // Each message's final answer takes 5 ms: the stop lands mid-queue.
         let server = SmtpResponder::start(None, Behaviour::AcceptSlowly(5), true);
-        client
-            .execute(
-                "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
-                                                     no_smtp_authentication)
-                 VALUES ('steady', 'steady@example.test', true, '127.0.0.1', $1, 'none', true)",
-                &[&i32::from(server.port)],
-            )
-            .unwrap();
+        add_account_without_login(&mut client, "steady", server.port);
         client
             .execute(
                 "INSERT INTO email_accounts.outbox (account, to_addresses, subject, body_text)

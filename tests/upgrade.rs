@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::{wait_until, Behaviour, Postgres, SmtpResponder};
+use harness::{add_account_without_login, wait_until, Behaviour, Postgres, SmtpResponder};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -142,14 +142,7 @@ fn the_workers_wait_for_the_update_then_send_what_was_queued_once() {
         (cluster.server_log().matches("is waiting for ALTER EXTENSION email_accounts UPDATE").count() >= 2)
             .then_some(())
     });
-    client
-        .execute(
-            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
-                                                 no_smtp_authentication)
-             VALUES ('steady', 'steady@example.test', true, '127.0.0.1', $1, 'none', true)",
-            &[&i32::from(server.port)],
-        )
-        .unwrap();
+    add_account_without_login(&mut client, "steady", server.port);
     client
         .batch_execute(
             "INSERT INTO email_accounts.outbox (account, to_addresses, subject)

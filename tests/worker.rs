@@ -7,7 +7,7 @@
 
 mod harness;
 
-use harness::{wait_until, Behaviour, Postgres, SmtpResponder};
+use harness::{add_account_without_login, wait_until, Behaviour, Postgres, SmtpResponder};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -178,14 +178,7 @@ fn workers_never_run_on_a_hot_standby() {
 
     // 2,000 messages queued and sent on the primary: the standby must send none again.
     let server = SmtpResponder::start(None, Behaviour::Accept, true);
-    client
-        .execute(
-            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
-                                                 no_smtp_authentication)
-             VALUES ('steady', 'steady@example.test', true, '127.0.0.1', $1, 'none', true)",
-            &[&i32::from(server.port)],
-        )
-        .unwrap();
+    add_account_without_login(&mut client, "steady", server.port);
     client
         .execute(
             "INSERT INTO email_accounts.outbox (account, to_addresses, subject)

@@ -92,3 +92,16 @@ pub fn table_scans(client: &mut ::postgres::Client, tables: &[&str]) -> i64 {
 pub fn worker_timeouts(client: &mut ::postgres::Client, role: &str) -> i64 {
     client.query_one("SELECT timeouts FROM email_accounts.worker_status() WHERE role = $1", &[&role]).unwrap().get(0)
 }
+
+/// An outgoing account `name` (address `name@example.test`) that sends
+/// without authentication to 127.0.0.1:`port` (our SMTP responder).
+pub fn add_account_without_login(client: &mut ::postgres::Client, name: &str, port: u16) {
+    client
+        .execute(
+            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,
+                                                 no_smtp_authentication)
+             VALUES ($1, $1 || '@example.test', true, '127.0.0.1', $2, 'none', true)",
+            &[&name, &i32::from(port)],
+        )
+        .expect("INSERT INTO email_accounts.account");
+}
