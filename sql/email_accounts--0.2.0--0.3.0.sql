@@ -2,16 +2,27 @@
 -- sender. Run by ALTER EXTENSION email_accounts UPDATE; the workers of the
 -- 0.3.0 library wait for it (README "Upgrading").
 
--- Restoring a dump takes rows as they were dumped (sql/restore.sql).
-CREATE FUNCTION email_accounts.restoring() RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
--- Inlined into the triggers' WHEN clauses: operators are qualified, as the
--- body is parsed with the caller's search_path.
-RETURN pg_catalog.current_setting('row_security') OPERATOR(pg_catalog.=) 'off'
-       AND pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on';
+-- Restoring a dump takes rows as they were dumped (sql/restore.sql, src/api/restore.rs).
+CREATE  FUNCTION "restoring"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'restoring_wrapper';
+CREATE  FUNCTION "current_user_is_superuser"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'current_user_is_superuser_wrapper';
 
 COMMENT ON FUNCTION email_accounts.restoring() IS
-  'True while a superuser writes with row_security off, as pg_restore and a plain pg_dump script do: the triggers then take rows as they were dumped (see README "Backups").';
+  'True while a superuser session writes after SET row_security = off, as pg_restore and plain dump scripts do (not when row_security comes from ALTER DATABASE/ROLE, and not for code running as another user): the triggers then take rows as they were dumped (see README "Backups").';
+COMMENT ON FUNCTION email_accounts.current_user_is_superuser() IS
+  'Whether the current user (not the session''s role, which is_superuser shows) is a superuser: the outbox update checks run for everyone else.';
+
+-- The outbox update check judged is_superuser, the session's role: routing
+-- code running as a tenant's role inside the worker skipped it.
+DROP TRIGGER check_account ON email_accounts.outbox;
+CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
+    FOR EACH ROW WHEN (NOT email_accounts.current_user_is_superuser())
+    EXECUTE FUNCTION email_accounts.outbox_before_update();
 
 DROP TRIGGER check_settings ON email_accounts.account;
 -- A restore takes rows as they were dumped (see sql/restore.sql).
@@ -105,6 +116,74 @@ ALTER TABLE email_accounts.outbox
 
 COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While sending: the process id of the sender worker that claimed the row.';
 COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While sending: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
+
+-- A restore holds the workers off until it ends (sql/restore.sql).
+-- The lock: key 1835100524 ('mail' in ASCII), 1, in this database.
+CREATE FUNCTION email_accounts.hold_workers_during_restore() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_catalog.pg_advisory_lock_shared(1835100524, 1);
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.hold_workers_during_restore() IS
+  'Trigger, while a dump is restored (see restoring()): holds the workers off until the restoring session ends (a shared advisory lock 1835100524, 1 for the session).';
+
+-- Called by the workers in each transaction that claims outbox rows or
+-- stores messages. Anyone may take the shared lock, so only a superuser
+-- session holding it counts (a tenant cannot stop the workers this way).
+CREATE FUNCTION email_accounts.restore_in_progress() RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Free: this transaction holds the lock now, so no restore starts before it ends.
+    IF pg_try_advisory_xact_lock(1835100524, 1) THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT min(locks.pid)
+              FROM pg_locks AS locks
+              JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
+              JOIN pg_roles AS role ON role.oid = activity.usesysid
+             WHERE locks.locktype = 'advisory' AND locks.granted
+               AND locks.database = (SELECT database.oid FROM pg_database AS database WHERE database.datname = current_database())
+               AND locks.classid = 1835100524::oid AND locks.objid = 1::oid AND locks.objsubid = 2
+               AND role.rolsuper);
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.restore_in_progress() IS
+  'Used by the workers: the process id of a superuser session restoring a dump into this database (the workers wait for it to end), or NULL, in which case the calling transaction holds off any restore until it ends.';
+
+REVOKE EXECUTE ON FUNCTION email_accounts.restore_in_progress() FROM PUBLIC;
+
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.provider
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.domain
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.tenant_member
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.account
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.account_secret
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.outbox
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.outbox_recipient
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.outbox_attachment
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.suppression
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.link_signing_key
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.message
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.message_attachment
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.sync_state
+    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
 
 -- The workers of the 0.3.0 library waited for this update: wake them when it commits.
 SELECT email_accounts.wake_workers_at_commit();

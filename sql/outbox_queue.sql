@@ -261,10 +261,11 @@ COMMENT ON FUNCTION email_accounts.outbox_inserted() IS 'Trigger: asks for the s
 CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
     FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_before_insert();
 -- Not for superusers (the sender worker among them): its two updates of every
--- row it sends would otherwise each call PL/pgSQL. is_superuser is set by
--- PostgreSQL for the current role and cannot be SET.
+-- row it sends would otherwise each call PL/pgSQL. The current user, not the
+-- is_superuser setting: that is the session's, also while a tenant's routing
+-- code runs as its owner role inside the worker.
 CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
-    FOR EACH ROW WHEN (pg_catalog.current_setting('is_superuser') <> 'on')
+    FOR EACH ROW WHEN (NOT email_accounts.current_user_is_superuser())
     EXECUTE FUNCTION email_accounts.outbox_before_update();
 
 -- The system's default account sends for tenants without a mailbox as

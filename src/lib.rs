@@ -17,8 +17,7 @@ pub mod worker;
 ::pgrx::pg_module_magic!(name, version);
 
 // The schema a DBA reads, in dependency order.
-pgrx::extension_sql_file!("../sql/restore.sql", name = "restore");
-pgrx::extension_sql_file!("../sql/providers.sql", name = "providers", requires = ["restore"]);
+pgrx::extension_sql_file!("../sql/providers.sql", name = "providers", requires = [restoring]);
 pgrx::extension_sql_file!("../sql/domains.sql", name = "domains", requires = ["providers", is_valid_certificate]);
 pgrx::extension_sql_file!("../sql/tenants.sql", name = "tenants");
 pgrx::extension_sql_file!(
@@ -41,7 +40,7 @@ pgrx::extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["acc
 pgrx::extension_sql_file!(
     "../sql/outbox_queue.sql",
     name = "outbox_queue",
-    requires = ["outbox", header_problem, mailbox_address, wake_sender_at_commit]
+    requires = ["outbox", header_problem, mailbox_address, wake_sender_at_commit, current_user_is_superuser]
 );
 pgrx::extension_sql_file!("../sql/outbox_admin.sql", name = "outbox_admin", requires = ["outbox_queue"]);
 pgrx::extension_sql_file!("../sql/inbox.sql", name = "inbox", requires = ["outbox"]);
@@ -71,6 +70,11 @@ pgrx::extension_sql_file!(
         unsubscribe,
         mark_opened
     ]
+);
+pgrx::extension_sql_file!(
+    "../sql/restore.sql",
+    name = "restore",
+    requires = ["tenants", "secrets", "outbox_claims", "inbox", "suppression", restoring]
 );
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -2,13 +2,14 @@
 //! every row of every table of the extension, as it was (ids, statuses,
 //! claims, counters, sequences), without `--disable-triggers` and without a
 //! warning; a database restored into another cluster sends its queued mail
-//! once, and its passwords open once the key file is copied (README "Backups").
+//! once, and its passwords open once the key file is copied; while a restore
+//! runs the workers wait for it (README "Backups").
 // Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
 #![cfg(not(feature = "pg_test"))]
 
 mod harness;
 
-use harness::{wait_until, MailServers, Postgres};
+use harness::{add_account_without_login, wait_until, Behaviour, MailServers, Postgres, SmtpResponder};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -223,4 +224,62 @@ fn a_database_restored_into_a_new_cluster_sends_what_was_queued_once_and_needs_t
             assert_eq!(copies(&servers, "carol@example.test", &format!("from {sender} {n}")), 1, "{sender} {n}");
         }
     }
+}
+
+fn sent(client: &mut postgres::Client) -> i64 {
+    client.query_one("SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'", &[]).unwrap().get(0)
+}
+
+#[test]
+fn a_restoring_session_holds_the_workers_off_until_it_ends_and_nobody_else_can() {
+    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '200ms'"]);
+    let server = SmtpResponder::start(None, Behaviour::Accept, true);
+    let mut client = cluster.connect("postgres");
+    client.batch_execute("CREATE EXTENSION email_accounts; CREATE ROLE tenant_app LOGIN").unwrap();
+    add_account_without_login(&mut client, "steady", server.port);
+
+    // A session writing as a restore does (row_security off, as a superuser).
+    let mut restoring = cluster.connect("postgres");
+    restoring
+        .batch_execute(
+            "SET row_security = off;
+             INSERT INTO email_accounts.tenant_member VALUES ('tenant_app', 'acme');",
+        )
+        .unwrap();
+    let restoring_pid: i32 = restoring.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    client
+        .batch_execute(
+            "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'steady') FROM generate_series(1, 5)",
+        )
+        .unwrap();
+    wait_until("the sender to wait for the restore", LIMIT, || {
+        let state: String = client
+            .query_one("SELECT state FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+            .unwrap()
+            .get(0);
+        (state == "waiting for a restore to end").then_some(())
+    });
+    assert!(cluster.server_log().contains(&format!("waits while process {restoring_pid} restores a dump")));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sent(&mut client), 0, "nothing is sent during the restore");
+    assert_eq!(server.distinct_messages(), 0);
+
+    drop(restoring);
+    wait_until("the queued mail to be sent after the restore", LIMIT, || (sent(&mut client) == 5).then_some(()));
+
+    // Anyone may take the same advisory lock; a role that is not a superuser stops nothing.
+    let mut tenant = postgres::Client::connect(
+        &cluster.connection_string("postgres").replace("user=postgres", "user=tenant_app"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    tenant.batch_execute("SELECT pg_advisory_lock_shared(1835100524, 1)").unwrap();
+    client
+        .batch_execute(
+            "SELECT email_accounts.send(\"to\" => '{b@example.test}', account => 'steady') FROM generate_series(1, 5)",
+        )
+        .unwrap();
+    wait_until("mail to be sent while a tenant holds the lock", LIMIT, || (sent(&mut client) == 10).then_some(()));
+    assert_eq!(server.distinct_messages(), 10);
+    assert_eq!(server.duplicates(), 0);
 }

@@ -416,6 +416,7 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
     assert_eq!(
         unpinned,
         [
+            "current_user_is_superuser",
             "flush",
             "header_problem",
             "is_valid_address",
@@ -423,6 +424,7 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
             "is_valid_mailbox",
             "mailbox_address",
             "random_bytes",
+            "restoring",
             "wake_sender_at_commit",
             "wake_workers_at_commit",
             "worker_status"
@@ -489,11 +491,14 @@ fn nobody_borrows_the_workers_superuser() {
     // A database owner who is not a superuser (on PostgreSQL 15 it may
     // create in public) shadows what the workers call and points the
     // database's search_path at it.
+    let globex_id: i64 = deployment.value("SELECT account_id FROM email_accounts.account WHERE name = 'Globex'");
     deployment
         .admin
-        .batch_execute(
+        .batch_execute(&format!(
             "CREATE ROLE dbowner LOGIN;
              ALTER DATABASE postgres OWNER TO dbowner;
+             -- The owner role also manages its tenant: its code may update outbox rows.
+             GRANT email_accounts_admin TO acme_owner;
              CREATE TABLE public.attempts (what text);
              GRANT INSERT ON public.attempts TO acme_owner;
              -- The account's routing code, as its owner role: it tries to
@@ -524,9 +529,20 @@ fn nobody_borrows_the_workers_superuser() {
                      PERFORM email_accounts.rotate_encryption_key();
                  EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('rotate: ', SQLERRM));
                  END;
+                 -- The worker's session is a superuser's: the outbox checks must still see acme_owner.
+                 BEGIN
+                     UPDATE email_accounts.outbox SET account_id = {globex_id} WHERE tenant OPERATOR(pg_catalog.=) 'acme';
+                     INSERT INTO public.attempts VALUES ('re-pointed acme mail at Globex');
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('re-point: ', SQLERRM));
+                 END;
+                 BEGIN
+                     UPDATE email_accounts.outbox SET status = 'sent' WHERE tenant OPERATOR(pg_catalog.=) 'acme';
+                     INSERT INTO public.attempts VALUES ('marked acme mail sent');
+                 EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES (pg_catalog.concat('mark sent: ', SQLERRM));
+                 END;
              END $$;
-             GRANT EXECUTE ON FUNCTION public.acme_on_receive(bigint) TO acme_owner;",
-        )
+             GRANT EXECUTE ON FUNCTION public.acme_on_receive(bigint) TO acme_owner;"
+        ))
         .unwrap();
     let mut dbowner = deployment.connect_as("dbowner");
     dbowner.batch_execute(SHADOWS).unwrap();
@@ -613,6 +629,12 @@ fn nobody_borrows_the_workers_superuser() {
     // (PostgreSQL names the user switch a "security-definer function" here.)
     assert!(text.contains("reset role: cannot set parameter \"role\" within security-"), "{text}");
     assert!(text.contains("rotate: permission denied"), "{text}");
+    assert!(
+        text.contains("re-point: account_id: account") && text.contains("is not an account of the row's tenant"),
+        "{text}"
+    );
+    assert!(text.contains("mark sent: status: a row that is"), "{text}");
+    assert!(!text.contains("re-pointed") && !text.contains("marked acme mail sent"), "{text}");
     let unchanged: Vec<u8> =
         deployment.value("SELECT ciphertext FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
     assert_eq!(unchanged, globex_secret, "Globex's password was not touched");

@@ -7,5 +7,6 @@ pub mod inbox;
 pub mod links;
 pub mod outbox;
 pub mod password;
+pub mod restore;
 pub mod test_account;
 pub mod worker_status;

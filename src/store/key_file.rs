@@ -52,6 +52,28 @@ pub fn load_existing() -> Result<KeyRing, KeyFileError> {
     load()?.ok_or_else(|| KeyFileError::Missing { path: display(&path()) })
 }
 
+/// An exclusive lock on the key file for the whole cluster, released when
+/// dropped. Every database of the cluster shares the file, and each one's
+/// table lock (see secrets.rs) covers only itself: two databases adding a key
+/// at once would each write the file without the other's key.
+pub struct ClusterWideLock(#[allow(dead_code)] File);
+
+/// Waits for the cluster-wide key-file lock (a flock on a file beside it).
+pub fn lock_cluster_wide() -> Result<ClusterWideLock, KeyFileError> {
+    let path = path().with_extension("keys.lock");
+    let error = |source| KeyFileError::Write { path: display(&path), source };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(error)?;
+    file.lock().map_err(error)?;
+    Ok(ClusterWideLock(file))
+}
+
 /// The key ring, creating the file with a first random key if there is none.
 pub fn load_or_create() -> Result<KeyRing, KeyFileError> {
     if let Some(ring) = load()? {

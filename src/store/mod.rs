@@ -11,6 +11,7 @@ pub mod key_file;
 pub mod links;
 pub mod outbox;
 pub mod privileged;
+pub mod restore;
 pub mod routing;
 pub mod secrets;
 pub mod transaction;

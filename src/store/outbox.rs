@@ -62,12 +62,18 @@ UPDATE email_accounts.outbox
        last_error = pg_catalog.format('expired at %s before it could be delivered', expires_at)
  WHERE expires_at IS NOT NULL AND expires_at <= now()
    AND status IN ('queued', 'retry', 'sending')
-   AND (status <> 'sending' OR lease_until < now())";
+   -- (Not this sender's own: a row on the wire is recorded by its round.)
+   AND (status <> 'sending' OR (lease_until < now() AND sender_process_id IS DISTINCT FROM pg_catalog.pg_backend_pid()))";
 
 // Each ready account may send what its rate limits leave: its limit minus
 // the rows it sent (or has in flight) in the last minute, hour and day.
 const CLAIM: &str = "
-WITH allowance AS (
+WITH restore AS MATERIALIZED (
+    -- Nothing is claimed while a dump is being restored into the database
+    -- (its rows may lack their recipients yet); otherwise none starts until
+    -- this transaction ends (see sql/restore.sql).
+    SELECT email_accounts.restore_in_progress() IS NULL AS absent
+), allowance AS (
     SELECT settings.account_id,
            greatest(0, least($1::bigint,
                              coalesce(settings.send_limit_per_minute - recent.last_minute, $1::bigint),
@@ -84,6 +90,7 @@ WITH allowance AS (
             AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
      ) AS recent
      WHERE settings.ready_to_send
+       AND (SELECT restore.absent FROM restore)
        AND settings.account_id <> ALL ($3::bigint[])  -- accounts that already have a round waiting
 ), candidate AS (
     -- Per account, its due rows in claim order (an index walk that stops at
@@ -103,6 +110,8 @@ WITH allowance AS (
             FROM email_accounts.outbox
            WHERE outbox.account_id = allowance.account_id
              AND outbox.status = 'sending' AND outbox.lease_until < now()
+             -- Not this sender's own rows of accounts it has on the wire: they are being sent.
+             AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[]))
              AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
            LIMIT allowance.rows)
      ) AS picked
@@ -115,7 +124,8 @@ WITH allowance AS (
       FROM email_accounts.outbox
       JOIN candidate USING (outbox_id)
      WHERE (outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
-        OR (outbox.status = 'sending' AND outbox.lease_until < now())
+        OR (outbox.status = 'sending' AND outbox.lease_until < now()
+            AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[])))
        FOR UPDATE OF outbox SKIP LOCKED
 )
 UPDATE email_accounts.outbox
@@ -132,8 +142,14 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
           (extract(epoch FROM outbox.created_at) * 1000)::bigint";
 
 /// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`,
-/// leaving out the accounts in `skip_accounts`.
-pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Vec<ClaimedRow>, SpiError> {
+/// leaving out the accounts in `skip_accounts`, and never taking back this
+/// sender's own rows of the accounts in `on_wire` (their round is out).
+pub fn claim(
+    limit: i64,
+    lease_seconds: i32,
+    skip_accounts: &[i64],
+    on_wire: &[i64],
+) -> Result<Vec<ClaimedRow>, SpiError> {
     // The claim stays synchronous although its loss in a crash would only
     // make the rows due again: its `attempts` count is what stops a message
     // that crashes the worker from being retried forever.
@@ -142,7 +158,7 @@ pub fn claim(limit: i64, lease_seconds: i32, skip_accounts: &[i64]) -> Result<Ve
         let table = kept_plans::update(
             client,
             CLAIM,
-            &[limit.into(), (lease_seconds as f64).into(), skip_accounts.to_vec().into()],
+            &[limit.into(), (lease_seconds as f64).into(), skip_accounts.to_vec().into(), on_wire.to_vec().into()],
         )?;
         table
             .into_iter()

@@ -32,7 +32,10 @@ fn lock_key_ring() -> Result<(), SpiError> {
 /// is set (which also ends awaiting_password).
 pub fn store_password(account_id: i64, password: &str) -> Result<(), SecretStoreError> {
     lock_key_ring()?;
-    let ring = key_file::load_or_create()?;
+    let ring = {
+        let _cluster_wide = key_file::lock_cluster_wide()?;
+        key_file::load_or_create()?
+    };
     let sealed = ring.seal(account_id, password).map_err(SecretStoreError::Encrypt)?;
     Spi::run_with_args(
         "INSERT INTO email_accounts.account_secret AS secret (account_id, key_id, nonce, ciphertext, bound_servers)
@@ -81,6 +84,7 @@ pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError
 /// key id and how many passwords were re-encrypted.
 pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
     lock_key_ring()?;
+    let _cluster_wide = key_file::lock_cluster_wide()?;
     let mut ring = key_file::load_or_create()?;
     let rows = Spi::connect(|client| -> Result<Vec<(i64, Sealed)>, SpiError> {
         let table = client.select(

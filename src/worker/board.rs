@@ -20,6 +20,8 @@ pub enum WorkerState {
     /// The database has the extension at another version than this library:
     /// waiting for `ALTER EXTENSION email_accounts UPDATE`.
     WaitingForUpdate,
+    /// A dump is being restored into the database: waiting for it to end.
+    WaitingForRestore,
     /// Connected to a database with the extension; waiting for work.
     Idle,
     /// Stopped by SIGTERM; the postmaster restarts it with the server.
@@ -32,6 +34,7 @@ impl WorkerState {
             WorkerState::NotStarted => "not started",
             WorkerState::WaitingForExtension => "waiting for extension",
             WorkerState::WaitingForUpdate => "waiting for ALTER EXTENSION UPDATE",
+            WorkerState::WaitingForRestore => "waiting for a restore to end",
             WorkerState::Idle => "idle",
             WorkerState::Stopped => "stopped",
         }

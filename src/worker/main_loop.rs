@@ -5,8 +5,11 @@ use super::board::{self, WorkerState};
 use super::role::Role;
 use crate::settings;
 use crate::store::catalog;
+use crate::store::restore;
+use crate::store::transaction::in_transaction;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
+use std::time::Duration;
 
 /// The extension version this library is (its SQL is what the workers expect).
 const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -48,6 +51,48 @@ fn wait_for_latch(timeout: std::time::Duration, socket: Option<std::os::fd::RawF
     }
 }
 
+/// A dump being restored into the database holds the worker off (the claim
+/// and the store also check it, in their own transactions).
+#[derive(Default)]
+struct RestoreWatch {
+    /// The restoring session seen last time.
+    restoring: Option<i32>,
+}
+
+impl RestoreWatch {
+    /// Whether a restore is in progress; says so when one starts and ends.
+    /// When it ends, the sender takes back the rows restored as claimed.
+    fn holds(&mut self, role: Role) -> bool {
+        let now = match in_transaction(restore::in_progress) {
+            Ok(Ok(restoring)) => restoring,
+            Ok(Err(error)) => {
+                log!("{}: cannot tell whether a dump is being restored: {}", role.worker_name(), error);
+                return true;
+            }
+            Err(error) => {
+                log!("{}: cannot tell whether a dump is being restored: {}", role.worker_name(), error);
+                return true;
+            }
+        };
+        match (self.restoring, now) {
+            (None, Some(process)) => {
+                log!("{} waits while process {} restores a dump into this database", role.worker_name(), process);
+                board::update(role, |slot| slot.state = WorkerState::WaitingForRestore);
+            }
+            (Some(_), None) => {
+                log!("{}: the restore has ended", role.worker_name());
+                board::update(role, |slot| slot.state = WorkerState::Idle);
+                if role == Role::Sender {
+                    super::sender::take_back_abandoned(role.worker_name());
+                }
+            }
+            _ => {}
+        }
+        self.restoring = now;
+        now.is_some()
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
@@ -70,6 +115,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     }
     let mut idle_watchers = super::idle_watch::IdleWatchers::default();
     let mut version_was = None;
+    let mut restore = RestoreWatch::default();
     // A timeout wake-up with nothing new runs no statement (see idle.rs).
     let mut idle = super::idle::IdleSkip::default();
     let mut woken_by_latch = true;
@@ -125,6 +171,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             let woken = woken_by_latch || board::sync_requested();
             match idle.skip(changes, woken) {
                 Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
+                None if restore.holds(role) => sleep = sleep.min(Duration::from_secs(1)),
                 None => {
                     let next_sync = super::receiver::run(&mut idle_watchers);
                     sleep = sleep.min(next_sync.unwrap_or(sleep));
@@ -137,6 +184,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
             let changes = catalog::outbox_changes().ok().flatten();
             match idle.skip(changes, woken_by_latch) {
                 Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
+                None if restore.holds(role) => sleep = sleep.min(Duration::from_secs(1)),
                 None => {
                     let next_due = super::sender::step(role.worker_name());
                     sleep = sleep.min(next_due.unwrap_or(sleep));

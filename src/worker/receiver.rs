@@ -9,6 +9,7 @@ use super::board;
 use super::idle_watch::IdleWatchers;
 use crate::settings;
 use crate::store::inbox::{self, ReceivingAccount};
+use crate::store::restore;
 use crate::store::secrets;
 use crate::store::transaction::{in_transaction, StoreError};
 use crate::threads;
@@ -215,13 +216,19 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) {
         match incoming.recv_timeout(Duration::from_millis(100)) {
             Ok(Report::Batch { account_index, batch, reply }) => {
                 let account = &accounts[account_index];
-                let stored = in_transaction(AssertUnwindSafe(|| inbox::store_batch(account, &batch)));
+                let stored = in_transaction(AssertUnwindSafe(|| -> Result<_, String> {
+                    // Nothing is stored while a dump is restored (its rows would collide).
+                    if let Some(process) = restore::in_progress().map_err(|error| error.to_string())? {
+                        return Err(format!("a dump is being restored into this database (process {process})"));
+                    }
+                    inbox::store_batch(account, &batch).map_err(|error| error.to_string())
+                }));
                 let answer = match stored {
                     Ok(Ok(receipt)) => {
                         *new_messages.entry(account_index).or_default() += receipt.new_messages;
                         Ok(receipt)
                     }
-                    Ok(Err(error)) => Err(error.to_string()),
+                    Ok(Err(error)) => Err(error),
                     Err(error) => Err(error.to_string()),
                 };
                 let _ = reply.send(answer);

@@ -44,10 +44,10 @@ pub struct AccountRound {
 
 /// Claims up to `batch_size` due rows of accounts not in `skip_accounts`
 /// (one transaction) and composes them.
-pub fn claim_round(skip_accounts: &[i64]) -> Result<Option<Claimed>, StoreError> {
+pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Claimed>, StoreError> {
     let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
-        let rows =
-            outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts).map_err(spi)?;
+        let rows = outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts, on_wire)
+            .map_err(spi)?;
         let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
         account_ids.sort_unstable();
         account_ids.dedup();

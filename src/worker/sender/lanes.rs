@@ -8,6 +8,7 @@ use super::claim::AccountRound;
 use super::connections;
 use super::record::Delivered;
 use crate::threads;
+use email_accounts_mail::connection::ConnectionError;
 use email_accounts_mail::delivery::{deliver_account, JobOutcome};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// A delivery thread's report: the account and what its server answered
-/// (`None` if the thread panicked; its rows then keep their lease).
+/// (`None` if the thread panicked).
 type Finished = (i64, Option<Vec<(i64, JobOutcome)>>);
 
 pub struct Lanes {
@@ -62,6 +63,11 @@ impl Lanes {
     /// Accounts that already have a round waiting: the next claim leaves them out.
     pub fn accounts_waiting(&self) -> Vec<i64> {
         self.waiting.iter().map(|round| round.account_id).collect()
+    }
+
+    /// Accounts with a round on the wire.
+    pub fn accounts_on_wire(&self) -> Vec<i64> {
+        self.on_wire.keys().copied().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,12 +135,15 @@ impl Lanes {
         let mut delivered = Delivered::default();
         for (account_id, results) in reports {
             let tokens = self.on_wire.remove(&account_id).unwrap_or_default();
-            match results {
-                Some(results) => delivered.extend(Delivered { tokens, results }),
-                None => warning!(
-                    "email_accounts sender: the delivery thread of account {account_id} failed; its rows are retried after their lease"
-                ),
-            }
+            let results = results.unwrap_or_else(|| {
+                warning!(
+                    "email_accounts sender: the delivery thread of account {account_id} failed; its rows are retried"
+                );
+                // They may have gone out: retried (attempt counted), as after a crash.
+                let failure = ConnectionError::Protocol("the delivery thread failed; sent again".to_owned());
+                tokens.keys().map(|outbox_id| (*outbox_id, JobOutcome::NotAttempted(failure.clone()))).collect()
+            });
+            delivered.extend(Delivered { tokens, results });
         }
         if !delivered.is_empty() {
             connections::used_now();

@@ -75,7 +75,7 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
             break;
         }
         claim = false;
-        match claim::claim_round(&lanes.accounts_waiting()) {
+        match claim::claim_round(&lanes.accounts_waiting(), &lanes.accounts_on_wire()) {
             Ok(Some(claimed)) => {
                 lanes.add(claimed.rounds);
                 lanes.launch_waiting(parallel);

@@ -33,7 +33,7 @@ pub fn recorded(role_name: &str, delivered: Delivered) -> bool {
     if delivered.is_empty() {
         return true;
     }
-    let Err(error) = record(delivered) else { return true };
+    let Err(error) = record(role_name, delivered) else { return true };
     log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
     false
 }
@@ -55,7 +55,7 @@ fn spi(error: pgrx::spi::SpiError) -> StoreError {
     StoreError { message: error.to_string() }
 }
 
-fn record(delivered: Delivered) -> Result<(), StoreError> {
+fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
     let Delivered { mut tokens, results } = delivered;
     let max_attempts = settings::max_attempts();
     let retry_base_delay = settings::retry_base_delay_seconds();
@@ -70,10 +70,9 @@ fn record(delivered: Delivered) -> Result<(), StoreError> {
         .filter_map(|(outbox_id, _)| tokens.remove_entry(outbox_id))
         .collect();
     by_row.retain(|outbox_id, _| !not_started.contains_key(outbox_id));
-    if !not_started.is_empty() {
-        let (ids, claims): (Vec<i64>, Vec<&str>) = not_started.iter().map(|(id, token)| (*id, token.as_str())).unzip();
-        in_transaction(|| outbox::hand_back(&ids, &claims))?.map_err(spi)?;
-    }
+    // (If that fails, they are taken back after their lease or when the next
+    // sender starts; what did go out is recorded all the same.)
+    hand_back(role_name, not_started);
     let summaries: Vec<(i64, RowSummary)> =
         by_row.into_iter().map(|(outbox_id, outcomes)| (outbox_id, summarize(outcomes))).collect();
     in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
