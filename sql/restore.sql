@@ -13,49 +13,75 @@
 -- recipients, attachments and suppressions were in would send it wrongly, a
 -- receiver that synced before the messages and cursors were in would make
 -- their COPY fail. The first rows a restoring session writes into any table
--- of the extension take a shared advisory lock for the rest of the session;
--- each worker transaction that claims or stores takes it exclusively first
--- (restore_in_progress()), and waits while a superuser session holds it.
+-- of the extension take two shared advisory locks, (1835100524, 1) against
+-- the sender and (1835100524, 2) against the receiver ('mail' in ASCII, then
+-- the worker), for the rest of the session; each worker transaction that
+-- claims or stores first takes its own one exclusively (restore_in_progress()),
+-- and claims or stores nothing while a superuser session holds or waits for it.
 
--- The lock: key 1835100524 ('mail' in ASCII), 1, in this database.
 CREATE FUNCTION email_accounts.hold_workers_during_restore() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    worker integer;
+    blocker record;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_lock_shared(1835100524, 1);
+    FOREACH worker IN ARRAY ARRAY[1, 2] LOOP
+        -- A worker holds its lock for one claim or store. Anyone may take an
+        -- advisory lock: one held by a role that is not a superuser stops the
+        -- restore with its name rather than hanging it.
+        WHILE NOT pg_try_advisory_lock_shared(1835100524, worker) LOOP
+            SELECT locks.pid, role.rolname INTO blocker
+              FROM pg_locks AS locks
+              JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
+              JOIN pg_roles AS role ON role.oid = activity.usesysid
+             WHERE locks.locktype = 'advisory' AND locks.mode = 'ExclusiveLock' AND locks.granted
+               AND locks.database = (SELECT database.oid FROM pg_database AS database WHERE database.datname = current_database())
+               AND locks.classid = 1835100524::oid AND locks.objid = worker::oid AND locks.objsubid = 2
+               AND NOT role.rolsuper
+             LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION 'process % (role %) holds the email_accounts restore lock (1835100524, %): end it, then restore again',
+                                blocker.pid, blocker.rolname, worker
+                    USING ERRCODE = 'lock_not_available';
+            END IF;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+    END LOOP;
     RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.hold_workers_during_restore() IS
-  'Trigger, while a dump is restored (see restoring()): holds the workers off until the restoring session ends (a shared advisory lock 1835100524, 1 for the session).';
+  'Trigger, while a dump is restored (see restoring()): holds the workers off until the restoring session ends (shared advisory locks 1835100524, 1 and 2 for the session).';
 
--- Called by the workers in each transaction that claims outbox rows or
--- stores messages. Anyone may take the shared lock, so only a superuser
--- session holding it counts (a tenant cannot stop the workers this way).
-CREATE FUNCTION email_accounts.restore_in_progress() RETURNS integer
+-- Called by a worker (1 sender, 2 receiver) first in each transaction that
+-- claims outbox rows or stores messages. Only a superuser session holding
+-- (or waiting for) the shared lock counts: a tenant holding it stops nothing
+-- (the worker then goes on without the lock; see README "Backups").
+CREATE FUNCTION email_accounts.restore_in_progress(worker integer) RETURNS integer
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- Free: this transaction holds the lock now, so no restore starts before it ends.
-    IF pg_try_advisory_xact_lock(1835100524, 1) THEN
+    IF pg_try_advisory_xact_lock(1835100524, worker) THEN
         RETURN NULL;
     END IF;
     RETURN (SELECT min(locks.pid)
               FROM pg_locks AS locks
               JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
               JOIN pg_roles AS role ON role.oid = activity.usesysid
-             WHERE locks.locktype = 'advisory' AND locks.granted
+             WHERE locks.locktype = 'advisory' AND locks.mode = 'ShareLock'
                AND locks.database = (SELECT database.oid FROM pg_database AS database WHERE database.datname = current_database())
-               AND locks.classid = 1835100524::oid AND locks.objid = 1::oid AND locks.objsubid = 2
+               AND locks.classid = 1835100524::oid AND locks.objid = worker::oid AND locks.objsubid = 2
                AND role.rolsuper);
 END;
 $$;
 
-COMMENT ON FUNCTION email_accounts.restore_in_progress() IS
-  'Used by the workers: the process id of a superuser session restoring a dump into this database (the workers wait for it to end), or NULL, in which case the calling transaction holds off any restore until it ends.';
+COMMENT ON FUNCTION email_accounts.restore_in_progress(integer) IS
+  'Used by the workers (1 sender, 2 receiver): the process id of a superuser session restoring a dump into this database (the worker waits for it to end), or NULL, in which case the calling transaction holds off any restore until it ends.';
 
-REVOKE EXECUTE ON FUNCTION email_accounts.restore_in_progress() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION email_accounts.restore_in_progress(integer) FROM PUBLIC;
 
 CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.provider
     FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();

@@ -282,4 +282,20 @@ fn a_restoring_session_holds_the_workers_off_until_it_ends_and_nobody_else_can()
     wait_until("mail to be sent while a tenant holds the lock", LIMIT, || (sent(&mut client) == 10).then_some(()));
     assert_eq!(server.distinct_messages(), 10);
     assert_eq!(server.duplicates(), 0);
+
+    // Held exclusively by such a role, a restore stops and names it rather than hanging.
+    tenant.batch_execute("SELECT pg_advisory_unlock_all(); SELECT pg_advisory_lock(1835100524, 1)").unwrap();
+    let mut restoring = cluster.connect("postgres");
+    let refused = restoring
+        .batch_execute(
+            "SET row_security = off; INSERT INTO email_accounts.tenant_member VALUES ('tenant_app', 'globex')",
+        )
+        .expect_err("a restore blocked by a tenant's lock");
+    let refused = refused.as_db_error().unwrap();
+    assert_eq!(refused.code().code(), "55P03");
+    assert!(
+        refused.message().contains("(role tenant_app) holds the email_accounts restore lock"),
+        "{}",
+        refused.message()
+    );
 }

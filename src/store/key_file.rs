@@ -58,7 +58,9 @@ pub fn load_existing() -> Result<KeyRing, KeyFileError> {
 /// at once would each write the file without the other's key.
 pub struct ClusterWideLock(#[allow(dead_code)] File);
 
-/// Waits for the cluster-wide key-file lock (a flock on a file beside it).
+/// Waits for the cluster-wide key-file lock (a flock on a file beside it),
+/// answering cancels and timeouts meanwhile (a blocking flock would not).
+/// Hold it only around reading, changing and writing the file.
 pub fn lock_cluster_wide() -> Result<ClusterWideLock, KeyFileError> {
     let path = path().with_extension("keys.lock");
     let error = |source| KeyFileError::Write { path: display(&path), source };
@@ -70,8 +72,25 @@ pub fn lock_cluster_wide() -> Result<ClusterWideLock, KeyFileError> {
         .mode(0o600)
         .open(&path)
         .map_err(error)?;
-    file.lock().map_err(error)?;
-    Ok(ClusterWideLock(file))
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(ClusterWideLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // SAFETY: the backend's own latch; interrupts are answered after the wait.
+                unsafe {
+                    pg_sys::WaitLatch(
+                        pg_sys::MyLatch,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                        10,
+                        pg_sys::PG_WAIT_EXTENSION,
+                    );
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                }
+                pg_sys::check_for_interrupts!();
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(error(source)),
+        }
+    }
 }
 
 /// The key ring, creating the file with a first random key if there is none.

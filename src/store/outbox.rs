@@ -62,18 +62,15 @@ UPDATE email_accounts.outbox
        last_error = pg_catalog.format('expired at %s before it could be delivered', expires_at)
  WHERE expires_at IS NOT NULL AND expires_at <= now()
    AND status IN ('queued', 'retry', 'sending')
-   -- (Not this sender's own: a row on the wire is recorded by its round.)
-   AND (status <> 'sending' OR (lease_until < now() AND sender_process_id IS DISTINCT FROM pg_catalog.pg_backend_pid()))";
+   -- (Not this sender's own rows of accounts on the wire: their round records them.)
+   AND (status <> 'sending'
+        OR (lease_until < now()
+            AND NOT (sender_process_id = pg_catalog.pg_backend_pid() AND account_id = ANY ($1::bigint[]))))";
 
 // Each ready account may send what its rate limits leave: its limit minus
 // the rows it sent (or has in flight) in the last minute, hour and day.
 const CLAIM: &str = "
-WITH restore AS MATERIALIZED (
-    -- Nothing is claimed while a dump is being restored into the database
-    -- (its rows may lack their recipients yet); otherwise none starts until
-    -- this transaction ends (see sql/restore.sql).
-    SELECT email_accounts.restore_in_progress() IS NULL AS absent
-), allowance AS (
+WITH allowance AS (
     SELECT settings.account_id,
            greatest(0, least($1::bigint,
                              coalesce(settings.send_limit_per_minute - recent.last_minute, $1::bigint),
@@ -90,7 +87,6 @@ WITH restore AS MATERIALIZED (
             AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
      ) AS recent
      WHERE settings.ready_to_send
-       AND (SELECT restore.absent FROM restore)
        AND settings.account_id <> ALL ($3::bigint[])  -- accounts that already have a round waiting
 ), candidate AS (
     -- Per account, its due rows in claim order (an index walk that stops at
@@ -150,10 +146,16 @@ pub fn claim(
     skip_accounts: &[i64],
     on_wire: &[i64],
 ) -> Result<Vec<ClaimedRow>, SpiError> {
+    // Nothing is expired or claimed while a dump is being restored (its rows
+    // may lack their recipients yet); otherwise no restore starts until this
+    // transaction ends.
+    if super::restore::in_progress(super::restore::Worker::Sender)?.is_some() {
+        return Ok(Vec::new());
+    }
     // The claim stays synchronous although its loss in a crash would only
     // make the rows due again: its `attempts` count is what stops a message
     // that crashes the worker from being retried forever.
-    kept_plans::run(EXPIRE, &[])?;
+    kept_plans::run(EXPIRE, &[on_wire.to_vec().into()])?;
     let mut rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
         let table = kept_plans::update(
             client,

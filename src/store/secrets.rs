@@ -84,8 +84,6 @@ pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError
 /// key id and how many passwords were re-encrypted.
 pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
     lock_key_ring()?;
-    let _cluster_wide = key_file::lock_cluster_wide()?;
-    let mut ring = key_file::load_or_create()?;
     let rows = Spi::connect(|client| -> Result<Vec<(i64, Sealed)>, SpiError> {
         let table = client.select(
             "SELECT account_id, key_id, nonce, ciphertext FROM email_accounts.account_secret ORDER BY account_id FOR UPDATE",
@@ -107,9 +105,15 @@ pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
     })?;
     // Old keys stay in the file: the other databases of the cluster (a
     // restored copy among them) seal with the same file, and a rolled-back
-    // rotation must still find the key its passwords were sealed with.
-    let new_key = ring.add_new_key().map_err(SecretStoreError::Encrypt)?;
-    key_file::save(&ring)?;
+    // rotation must still find the key its passwords were sealed with. The
+    // file is read, changed and written under the cluster-wide lock.
+    let (ring, new_key) = {
+        let _cluster_wide = key_file::lock_cluster_wide()?;
+        let mut ring = key_file::load_or_create()?;
+        let new_key = ring.add_new_key().map_err(SecretStoreError::Encrypt)?;
+        key_file::save(&ring)?;
+        (ring, new_key)
+    };
     for (account_id, sealed) in &rows {
         let password = ring
             .open(*account_id, sealed)

@@ -63,7 +63,8 @@ impl RestoreWatch {
     /// Whether a restore is in progress; says so when one starts and ends.
     /// When it ends, the sender takes back the rows restored as claimed.
     fn holds(&mut self, role: Role) -> bool {
-        let now = match in_transaction(restore::in_progress) {
+        let worker = if role == Role::Sender { restore::Worker::Sender } else { restore::Worker::Receiver };
+        let now = match in_transaction(|| restore::in_progress(worker)) {
             Ok(Ok(restoring)) => restoring,
             Ok(Err(error)) => {
                 log!("{}: cannot tell whether a dump is being restored: {}", role.worker_name(), error);
@@ -75,8 +76,10 @@ impl RestoreWatch {
             }
         };
         match (self.restoring, now) {
-            (None, Some(process)) => {
-                log!("{} waits while process {} restores a dump into this database", role.worker_name(), process);
+            (previous, Some(process)) => {
+                if previous != Some(process) {
+                    log!("{} waits while process {} restores a dump into this database", role.worker_name(), process);
+                }
                 board::update(role, |slot| slot.state = WorkerState::WaitingForRestore);
             }
             (Some(_), None) => {
@@ -90,6 +93,11 @@ impl RestoreWatch {
         }
         self.restoring = now;
         now.is_some()
+    }
+
+    /// Whether the last look found a restore in progress.
+    fn waiting(&self) -> bool {
+        self.restoring.is_some()
     }
 }
 
@@ -201,7 +209,9 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         if shutdown_requested() {
             break;
         }
-        let doorbell = if role == Role::Sender { super::sender::doorbell() } else { None };
+        // (Not while a restore holds the sender: the rounds that came back
+        // wait in the doorbell until it ends, and must not wake it meanwhile.)
+        let doorbell = if role == Role::Sender && !restore.waiting() { super::sender::doorbell() } else { None };
         let woken_by = wait_for_latch(sleep, doorbell);
         if woken_by.postmaster_died || shutdown_requested() {
             postmaster_died = woken_by.postmaster_died;

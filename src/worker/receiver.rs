@@ -141,6 +141,10 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
 fn record(account_id: i64, outcomes: &[FolderOutcome]) {
     let max_backoff = settings::receive_max_backoff_seconds();
     let recorded = in_transaction(AssertUnwindSafe(|| {
+        // (Not while a dump is restored: this writes sync_state, which the restore fills.)
+        if restore::in_progress(restore::Worker::Receiver)?.is_some() {
+            return Ok(());
+        }
         outcomes.iter().try_for_each(|outcome| inbox::record_outcome(account_id, outcome, max_backoff))
     }));
     match recorded {
@@ -218,7 +222,9 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) {
                 let account = &accounts[account_index];
                 let stored = in_transaction(AssertUnwindSafe(|| -> Result<_, String> {
                     // Nothing is stored while a dump is restored (its rows would collide).
-                    if let Some(process) = restore::in_progress().map_err(|error| error.to_string())? {
+                    if let Some(process) =
+                        restore::in_progress(restore::Worker::Receiver).map_err(|error| error.to_string())?
+                    {
                         return Err(format!("a dump is being restored into this database (process {process})"));
                     }
                     inbox::store_batch(account, &batch).map_err(|error| error.to_string())
