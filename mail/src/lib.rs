@@ -13,6 +13,7 @@ pub mod parse;
 pub mod pop3;
 pub mod probe;
 pub mod receive;
+pub mod sasl;
 pub mod secret;
 pub mod smtp_client;
 pub mod token;
