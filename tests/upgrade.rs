@@ -47,6 +47,24 @@ INSERT INTO email_accounts.account_secret (account_id, key_id, nonce, ciphertext
 SELECT account_id, 1, '\\x00', '\\x01' FROM email_accounts.account;
 UPDATE email_accounts.account SET password_set_at = now();
 INSERT INTO email_accounts.outbox (to_addresses, subject, account) VALUES ('{ann@example.test}', 'queued in 0.1.0', 'Acme');
+INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content)
+SELECT outbox_id, 1, 'a.txt', 'x' FROM email_accounts.outbox;
+INSERT INTO email_accounts.suppression (tenant, address, outbox_id)
+SELECT 'acme', 'ann@example.test', outbox_id FROM email_accounts.outbox;
+INSERT INTO email_accounts.provider (name, description, smtp_host, smtp_port, smtp_security)
+VALUES ('in_house', 'Our own', 'smtp.in-house.test', 465, 'ssl');
+INSERT INTO email_accounts.message (account_id, tenant, folder, uidvalidity, uid, internet_message_id, subject, size, raw,
+                                    raw_sha256)
+SELECT account_id, 'acme', 'INBOX', 7, 1, '<m1@example.test>', 'hello', 3, 'raw', sha256('raw')
+  FROM email_accounts.account WHERE name = 'Acme';
+INSERT INTO email_accounts.message (account_id, tenant, folder, uidvalidity, uid, internet_message_id, subject, size, raw,
+                                    raw_sha256, reply_to_message_id)
+SELECT account_id, tenant, 'INBOX', 7, 2, '<m2@example.test>', 'Re: hello', 3, 'ra2', sha256('ra2'), message_id
+  FROM email_accounts.message WHERE uid = 1;
+INSERT INTO email_accounts.message_attachment (message_id, position, filename, content_type, size, content)
+SELECT message_id, 1, 'p.jpg', 'image/jpeg', 1, 'y' FROM email_accounts.message WHERE uid = 1;
+INSERT INTO email_accounts.sync_state (account_id, folder, uidvalidity, last_uid, messages_stored)
+SELECT account_id, 'INBOX', 7, 2, 2 FROM email_accounts.account WHERE name = 'Acme';
 ";
 
 #[test]
@@ -64,6 +82,8 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
             _ => upgraded.batch_execute(include_str!("backup/fill.sql")).unwrap(),
         }
         let rows_before = row_counts(&mut upgraded);
+        let empty: Vec<&String> = rows_before.iter().filter(|(_, rows)| *rows == 0).map(|(table, _)| table).collect();
+        assert!(empty.is_empty(), "from {version}: the fill leaves no table empty: {empty:?}");
         upgraded.batch_execute("ALTER EXTENSION email_accounts UPDATE").unwrap();
         let installed: String = upgraded
             .query_one("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'email_accounts'", &[])
