@@ -69,6 +69,14 @@ impl BearerMechanism {
             BearerMechanism::Oauthbearer => b"\x01",
         }
     }
+
+    /// The same in base64, as a line of SMTP or POP3 carries it.
+    pub fn encoded_response_to_refusal(self) -> &'static str {
+        match self {
+            BearerMechanism::Xoauth2 => "",
+            BearerMechanism::Oauthbearer => "AQ==",
+        }
+    }
 }
 
 /// Why a server refused a token, from the JSON it sends as a challenge
@@ -93,8 +101,12 @@ impl std::fmt::Display for Refusal {
 /// The refusal in a server's challenge (base64, as after `334 ` or `+ `);
 /// `None` when it is not one (then it is a protocol error to the caller).
 pub fn parse_refusal(challenge: &str) -> Option<Refusal> {
-    let bytes = STANDARD.decode(challenge.trim()).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    parse_decoded_refusal(&STANDARD.decode(challenge.trim()).ok()?)
+}
+
+/// The same, from a challenge already decoded (as IMAP clients hand it over).
+pub fn parse_decoded_refusal(challenge: &[u8]) -> Option<Refusal> {
+    let value: serde_json::Value = serde_json::from_slice(challenge).ok()?;
     let object = value.as_object()?;
     let text = |key: &str| -> Option<String> {
         object.get(key).and_then(|field| match field {
@@ -193,6 +205,9 @@ mod tests {
         assert_eq!(parse_refusal(&STANDARD.encode("[1]")), None);
         assert_eq!(BearerMechanism::Oauthbearer.response_to_refusal(), b"\x01");
         assert_eq!(BearerMechanism::Xoauth2.response_to_refusal(), b"");
+        for mechanism in [BearerMechanism::Xoauth2, BearerMechanism::Oauthbearer] {
+            assert_eq!(mechanism.encoded_response_to_refusal(), STANDARD.encode(mechanism.response_to_refusal()));
+        }
     }
 
     #[test]

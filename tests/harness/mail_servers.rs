@@ -1,6 +1,7 @@
 //! Real mail servers on 127.0.0.1: Dovecot (IMAP, IMAPS, POP3, POP3S, LMTP)
 //! and a private Postfix (SMTP with STARTTLS, SMTPS) delivering into Dovecot.
 
+use super::token_service::TokenService;
 use super::{free_ports, run_directory, run_script};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -23,45 +24,63 @@ pub struct MailServers {
     pub smtp: u16,
     pub smtps: u16,
     pub users: Vec<MailUser>,
+    /// Issues access tokens Dovecot and Postfix accept (see `start_with_oauth2`).
+    pub token_service: Option<TokenService>,
     root: tempfile::TempDir,
 }
 
 impl MailServers {
     pub fn start() -> MailServers {
+        MailServers::start_servers(false)
+    }
+
+    /// The servers, also accepting OAuth2 access tokens (XOAUTH2 and
+    /// OAUTHBEARER) that `token_service` issues, through Dovecot's oauth2 passdb.
+    pub fn start_with_oauth2() -> MailServers {
+        MailServers::start_servers(true)
+    }
+
+    fn start_servers(oauth2: bool) -> MailServers {
         let root = run_directory("mail");
         let [imap, imaps, pop3, pop3s, lmtp, smtp, smtps] = free_ports();
         let certificates = text(&root.path().join("certificates"));
-        let dovecot = text(&root.path().join("dovecot"));
         let postfix = text(&root.path().join("postfix"));
         run_script("certificates.sh", &[&certificates]);
-        let servers = MailServers { imap, imaps, pop3, pop3s, lmtp, smtp, smtps, users: read_users(), root };
-        run_script(
-            "dovecot.sh",
-            &["start", &dovecot, &certificates, &p(imap), &p(imaps), &p(pop3), &p(pop3s), &p(lmtp)],
-        );
+        let token_service = oauth2.then(|| {
+            let read = |name: &str| std::fs::read(root.path().join("certificates").join(name)).expect(name);
+            TokenService::start(&read("server.pem"), &read("server.key"))
+        });
+        let servers =
+            MailServers { imap, imaps, pop3, pop3s, lmtp, smtp, smtps, users: read_users(), token_service, root };
+        servers.start_dovecot();
+        let dovecot = text(&servers.root.path().join("dovecot"));
         run_script("postfix.sh", &["start", &postfix, &certificates, &dovecot, &p(smtp), &p(smtps), &p(lmtp)]);
         servers
+    }
+
+    fn start_dovecot(&self) {
+        let dovecot = text(&self.root.path().join("dovecot"));
+        let certificates = text(&self.root.path().join("certificates"));
+        let mut arguments = vec![
+            "start".to_owned(),
+            dovecot,
+            certificates,
+            p(self.imap),
+            p(self.imaps),
+            p(self.pop3),
+            p(self.pop3s),
+            p(self.lmtp),
+        ];
+        arguments.extend(self.token_service.as_ref().map(TokenService::introspection_url));
+        run_script("dovecot.sh", &arguments.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Stops Dovecot and starts it again on the same ports with the same
     /// mail (every open IMAP/POP3 connection is dropped).
     pub fn restart_dovecot(&self) {
         let dovecot = text(&self.root.path().join("dovecot"));
-        let certificates = text(&self.root.path().join("certificates"));
         run_script("dovecot.sh", &["stop", &dovecot]);
-        run_script(
-            "dovecot.sh",
-            &[
-                "start",
-                &dovecot,
-                &certificates,
-                &p(self.imap),
-                &p(self.imaps),
-                &p(self.pop3),
-                &p(self.pop3s),
-                &p(self.lmtp),
-            ],
-        );
+        self.start_dovecot();
     }
 
     /// The CA that signed the servers' certificate (PEM).

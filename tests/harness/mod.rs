@@ -10,12 +10,14 @@ mod mail_servers;
 mod postgres;
 mod proxy;
 mod smtp_responder;
+mod token_service;
 mod wait;
 
 pub use mail_servers::{MailServers, MailUser};
 pub use postgres::Postgres;
 pub use proxy::CuttingProxy;
 pub use smtp_responder::{Behaviour, SmtpResponder};
+pub use token_service::TokenService;
 pub use wait::wait_until;
 
 use std::net::TcpListener;
