@@ -118,6 +118,25 @@ COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While sending: the
 COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While sending: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
 
 -- A restore holds the workers off until it ends (sql/restore.sql).
+-- The sessions that hold or wait for a worker's restore lock in this database.
+CREATE FUNCTION email_accounts.restore_lock_holders(worker integer)
+RETURNS TABLE (process_id integer, role_name name, superuser boolean, exclusive boolean, granted boolean)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT locks.pid, role.rolname, role.rolsuper, locks.mode = 'ExclusiveLock', locks.granted
+      FROM pg_locks AS locks
+      JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
+      JOIN pg_roles AS role ON role.oid = activity.usesysid
+     WHERE locks.locktype = 'advisory'
+       AND locks.database = (SELECT database.oid FROM pg_database AS database WHERE database.datname = current_database())
+       AND locks.classid = 1835100524::oid AND locks.objid = worker::oid AND locks.objsubid = 2
+$$;
+
+COMMENT ON FUNCTION email_accounts.restore_lock_holders(integer) IS
+  'The sessions holding or waiting for a worker''s restore lock (1835100524, worker) in this database: process, role, whether a superuser, exclusive (a worker) or shared (a restore), granted.';
+
+REVOKE EXECUTE ON FUNCTION email_accounts.restore_lock_holders(integer) FROM PUBLIC;
+
 CREATE FUNCTION email_accounts.hold_workers_during_restore() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -130,18 +149,13 @@ BEGIN
         -- advisory lock: one held by a role that is not a superuser stops the
         -- restore with its name rather than hanging it.
         WHILE NOT pg_try_advisory_lock_shared(1835100524, worker) LOOP
-            SELECT locks.pid, role.rolname INTO blocker
-              FROM pg_locks AS locks
-              JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
-              JOIN pg_roles AS role ON role.oid = activity.usesysid
-             WHERE locks.locktype = 'advisory' AND locks.mode = 'ExclusiveLock' AND locks.granted
-               AND locks.database = (SELECT database.oid FROM pg_database AS database WHERE database.datname = current_database())
-               AND locks.classid = 1835100524::oid AND locks.objid = worker::oid AND locks.objsubid = 2
-               AND NOT role.rolsuper
+            SELECT holder.process_id, holder.role_name INTO blocker
+              FROM email_accounts.restore_lock_holders(worker) AS holder
+             WHERE holder.exclusive AND holder.granted AND NOT holder.superuser
              LIMIT 1;
             IF FOUND THEN
                 RAISE EXCEPTION 'process % (role %) holds the email_accounts restore lock (1835100524, %): end it, then restore again',
-                                blocker.pid, blocker.rolname, worker
+                                blocker.process_id, blocker.role_name, worker
                     USING ERRCODE = 'lock_not_available';
             END IF;
             PERFORM pg_sleep(0.01);
@@ -166,14 +180,8 @@ BEGIN
     IF pg_try_advisory_xact_lock(1835100524, worker) THEN
         RETURN NULL;
     END IF;
-    RETURN (SELECT min(locks.pid)
-              FROM pg_locks AS locks
-              JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
-              JOIN pg_roles AS role ON role.oid = activity.usesysid
-             WHERE locks.locktype = 'advisory' AND locks.mode = 'ShareLock'
-               AND locks.database = (SELECT database.oid FROM pg_database AS database WHERE database.datname = current_database())
-               AND locks.classid = 1835100524::oid AND locks.objid = worker::oid AND locks.objsubid = 2
-               AND role.rolsuper);
+    RETURN (SELECT min(holder.process_id) FROM email_accounts.restore_lock_holders(worker) AS holder
+             WHERE NOT holder.exclusive AND holder.superuser);
 END;
 $$;
 
@@ -182,32 +190,21 @@ COMMENT ON FUNCTION email_accounts.restore_in_progress(integer) IS
 
 REVOKE EXECUTE ON FUNCTION email_accounts.restore_in_progress(integer) FROM PUBLIC;
 
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.provider
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.domain
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.tenant_member
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.account
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.account_secret
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.outbox
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.outbox_recipient
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.outbox_attachment
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.suppression
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.link_signing_key
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.message
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.message_attachment
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
-CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.sync_state
-    FOR EACH STATEMENT WHEN (email_accounts.restoring()) EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
+-- On every table of the extension: the first rows a restore writes anywhere hold the workers off.
+DO $$
+DECLARE
+    restored text;
+BEGIN
+    FOREACH restored IN ARRAY ARRAY['provider', 'domain', 'tenant_member', 'account', 'account_secret', 'outbox',
+                                    'outbox_recipient', 'outbox_attachment', 'suppression', 'link_signing_key',
+                                    'message', 'message_attachment', 'sync_state'] LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.%I
+                 FOR EACH STATEMENT WHEN (email_accounts.restoring())
+                 EXECUTE FUNCTION email_accounts.hold_workers_during_restore()', restored);
+    END LOOP;
+END;
+$$;
 
 -- The workers of the 0.3.0 library waited for this update: wake them when it commits.
 SELECT email_accounts.wake_workers_at_commit();

@@ -32,6 +32,13 @@ fn current_user_is_superuser() -> bool {
     unsafe { pg_sys::superuser() }
 }
 
+thread_local! {
+    /// `row_security`'s entry among the settings, found once per backend: a
+    /// restore asks for every row it writes, and the entries never move.
+    static ROW_SECURITY: std::cell::Cell<*const pg_sys::config_generic> =
+        const { std::cell::Cell::new(std::ptr::null()) };
+}
+
 /// `row_security` is off, and a SET in this session made it so.
 unsafe fn row_security_turned_off_by_session() -> bool {
     unsafe {
@@ -39,12 +46,16 @@ unsafe fn row_security_turned_off_by_session() -> bool {
         if value.is_null() || CStr::from_ptr(value).to_bytes() != b"off" {
             return false;
         }
-        let variables = pg_sys::get_guc_variables();
-        let count = pg_sys::GetNumConfigOptions() as usize;
-        (0..count).map(|index| *variables.add(index)).any(|variable| {
-            !variable.is_null()
-                && CStr::from_ptr((*variable).name).to_bytes() == b"row_security"
-                && (*variable).source == pg_sys::GucSource::PGC_S_SESSION
-        })
+        let mut entry = ROW_SECURITY.with(std::cell::Cell::get);
+        if entry.is_null() {
+            let variables = pg_sys::get_guc_variables();
+            let count = pg_sys::GetNumConfigOptions() as usize;
+            entry = (0..count)
+                .map(|index| *variables.add(index) as *const pg_sys::config_generic)
+                .find(|variable| !variable.is_null() && CStr::from_ptr((**variable).name).to_bytes() == b"row_security")
+                .unwrap_or(std::ptr::null());
+            ROW_SECURITY.with(|cell| cell.set(entry));
+        }
+        !entry.is_null() && (*entry).source == pg_sys::GucSource::PGC_S_SESSION
     }
 }

@@ -12,6 +12,12 @@ pub struct StoreError {
     pub message: String,
 }
 
+impl From<pgrx::spi::SpiError> for StoreError {
+    fn from(error: pgrx::spi::SpiError) -> Self {
+        StoreError { message: error.to_string() }
+    }
+}
+
 impl From<CaughtError> for StoreError {
     fn from(error: CaughtError) -> Self {
         let message = match error {
@@ -83,6 +89,13 @@ pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         Err(StoreError::from(error))
     })
     .execute()
+}
+
+/// `in_transaction` for a body that can fail by itself: one error either way.
+pub fn try_in_transaction<T, E: Into<StoreError>>(
+    body: impl FnOnce() -> Result<T, E> + std::panic::UnwindSafe,
+) -> Result<T, StoreError> {
+    in_transaction(body)?.map_err(Into::into)
 }
 
 /// Runs `body` in a subtransaction of the current transaction: on error only

@@ -6,7 +6,7 @@ use super::role::Role;
 use crate::settings;
 use crate::store::catalog;
 use crate::store::restore;
-use crate::store::transaction::in_transaction;
+use crate::store::transaction::try_in_transaction;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -64,12 +64,8 @@ impl RestoreWatch {
     /// When it ends, the sender takes back the rows restored as claimed.
     fn holds(&mut self, role: Role) -> bool {
         let worker = if role == Role::Sender { restore::Worker::Sender } else { restore::Worker::Receiver };
-        let now = match in_transaction(|| restore::in_progress(worker)) {
-            Ok(Ok(restoring)) => restoring,
-            Ok(Err(error)) => {
-                log!("{}: cannot tell whether a dump is being restored: {}", role.worker_name(), error);
-                return true;
-            }
+        let now = match try_in_transaction(|| restore::in_progress(worker)) {
+            Ok(restoring) => restoring,
             Err(error) => {
                 log!("{}: cannot tell whether a dump is being restored: {}", role.worker_name(), error);
                 return true;

@@ -46,15 +46,14 @@ pub struct AccountRound {
 /// (one transaction) and composes them.
 pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Claimed>, StoreError> {
     let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
-        let rows = outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts, on_wire)
-            .map_err(spi)?;
+        let rows = outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts, on_wire)?;
         let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
         account_ids.sort_unstable();
         account_ids.dedup();
         let mut accounts = Vec::new();
         let mut broken_accounts = HashMap::new();
         if !rows.is_empty() {
-            for account in outbox::sending_settings(&account_ids).map_err(spi)? {
+            for account in outbox::sending_settings(&account_ids)? {
                 if account.no_smtp_authentication {
                     accounts.push((account, None));
                     continue;
@@ -70,11 +69,7 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
                 }
             }
         }
-        let link_key = if rows.is_empty() {
-            LinkKey { id: 0, secret: Vec::new() }
-        } else {
-            links::current_link_key().map_err(spi)?
-        };
+        let link_key = if rows.is_empty() { LinkKey { id: 0, secret: Vec::new() } } else { links::current_link_key()? };
         Ok(Claim { rows, link_key, accounts, broken_accounts })
     }))??;
     if claim.rows.is_empty() {
@@ -115,10 +110,6 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
         })
         .collect();
     Ok(Some(Claimed { full, known, rounds }))
-}
-
-fn spi(error: pgrx::spi::SpiError) -> StoreError {
-    StoreError { message: error.to_string() }
 }
 
 fn account_problem(problem: &str) -> email_accounts_mail::connection::ConnectionError {

@@ -15,7 +15,7 @@ mod record;
 
 use crate::settings;
 use crate::store::outbox;
-use crate::store::transaction::in_transaction;
+use crate::store::transaction::{in_transaction, try_in_transaction};
 use lanes::Lanes;
 use pgrx::prelude::*;
 use record::recorded;
@@ -124,14 +124,9 @@ pub fn stop(role_name: &str) {
 /// that senders no longer running had claimed, so they go out now rather
 /// than when their lease lapses.
 pub fn take_back_abandoned(role_name: &str) {
-    match in_transaction(|| outbox::take_back_abandoned(settings::max_attempts())) {
-        Ok(Ok(0)) => {}
-        Ok(Ok(rows)) => {
-            log!("{role_name}: took back {rows} outbox row(s) claimed by a sender that is no longer running")
-        }
-        Ok(Err(error)) => {
-            log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}")
-        }
+    match try_in_transaction(|| outbox::take_back_abandoned(settings::max_attempts())) {
+        Ok(0) => {}
+        Ok(rows) => log!("{role_name}: took back {rows} outbox row(s) claimed by a sender that is no longer running"),
         Err(error) => {
             log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}")
         }

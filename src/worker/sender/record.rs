@@ -3,7 +3,7 @@
 
 use crate::settings;
 use crate::store::outbox::{self, RowResult};
-use crate::store::transaction::{in_subtransaction, in_transaction, StoreError};
+use crate::store::transaction::{in_subtransaction, in_transaction, try_in_transaction, StoreError};
 use email_accounts_mail::delivery::{summarize, JobOutcome, RowSummary};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -46,13 +46,9 @@ pub fn hand_back(role_name: &str, claims: HashMap<i64, String>) {
         return;
     }
     let (ids, tokens): (Vec<i64>, Vec<&str>) = claims.iter().map(|(id, token)| (*id, token.as_str())).unzip();
-    if let Err(error) = in_transaction(|| outbox::hand_back(&ids, &tokens)).and_then(|handed| handed.map_err(spi)) {
+    if let Err(error) = try_in_transaction(|| outbox::hand_back(&ids, &tokens)) {
         log!("{role_name}: cannot hand back {} claimed row(s) that were not sent: {error}", ids.len());
     }
-}
-
-fn spi(error: pgrx::spi::SpiError) -> StoreError {
-    StoreError { message: error.to_string() }
 }
 
 fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
