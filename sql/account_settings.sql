@@ -53,17 +53,41 @@ SELECT
     account.send_limit_per_day,
     account.created_at,
     account.updated_at,
-    -- What the workers look at: enabled, not awaiting a password, and a
-    -- password stored unless the side needs none.
-    account.enable_outgoing AND NOT account.awaiting_password
-        AND (account.no_smtp_authentication OR account.password_set_at IS NOT NULL) AS ready_to_send,
-    account.enable_incoming AND NOT account.awaiting_password AND account.password_set_at IS NOT NULL AS ready_to_receive
+    -- What the workers look at: enabled, and signed in with a stored
+    -- password (not awaited) or a connected OAuth2 grant, unless the side needs none.
+    account.enable_outgoing
+        AND (account.no_smtp_authentication
+             OR CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
+                ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END) AS ready_to_send,
+    account.enable_incoming
+        AND CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
+            ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END AS ready_to_receive,
+    signing_in.auth_method,
+    CASE WHEN signing_in.client_of_domain THEN domain.oauth_client_id ELSE preset.oauth_client_id END AS oauth_client_id,
+    CASE WHEN signing_in.client_of_domain THEN 'domain' WHEN preset.oauth_client_id IS NOT NULL THEN 'provider' END AS oauth_client_source,
+    signing_in.oauth_tenant,
+    replace(preset.oauth_token_endpoint, '{tenant}', coalesce(signing_in.oauth_tenant, 'common')) AS oauth_token_endpoint,
+    replace(preset.oauth_device_authorization_endpoint, '{tenant}', coalesce(signing_in.oauth_tenant, 'common'))
+        AS oauth_device_authorization_endpoint,
+    preset.oauth_scopes,
+    preset.oauth_client_credentials_scopes,
+    CASE WHEN signing_in.auth_method <> 'oauth2' THEN NULL
+         WHEN oauth.account_id IS NULL THEN 'not connected'
+         WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
+         ELSE oauth.state END AS oauth_state
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
+LEFT JOIN email_accounts.account_oauth AS oauth ON oauth.account_id = account.account_id
 CROSS JOIN LATERAL (
     SELECT coalesce(account.incoming_protocol, domain.incoming_protocol, preset.incoming_protocol) AS protocol
-) AS incoming;
+) AS incoming
+CROSS JOIN LATERAL (
+    SELECT coalesce(account.auth_method, domain.auth_method, preset.auth_method, 'password') AS auth_method,
+           domain.oauth_client_id IS NOT NULL AS client_of_domain,
+           CASE WHEN domain.oauth_client_id IS NOT NULL THEN coalesce(domain.oauth_tenant, preset.oauth_tenant)
+                ELSE preset.oauth_tenant END AS oauth_tenant
+) AS signing_in;
 
 COMMENT ON VIEW email_accounts.account_settings IS
   'Effective settings of each account: its own values, else its domain''s, else its provider''s. Never shows a password (password_is_set only says whether one is stored). Row-level security of account applies.';
@@ -79,9 +103,19 @@ COMMENT ON COLUMN email_accounts.account_settings.smtp_host IS 'Effective SMTP s
 COMMENT ON COLUMN email_accounts.account_settings.smtp_port IS 'Effective SMTP port.';
 COMMENT ON COLUMN email_accounts.account_settings.smtp_security IS 'Effective SMTP security.';
 COMMENT ON COLUMN email_accounts.account_settings.ready_to_send IS
-  'Outgoing is enabled, the account is not awaiting its password, and a password is stored (or SMTP needs none): the sender worker uses only such accounts.';
+  'Outgoing is enabled and the account can sign in (a stored password it is not awaiting, or with oauth2 a connected grant), or SMTP needs no sign-in: the sender worker uses only such accounts.';
 COMMENT ON COLUMN email_accounts.account_settings.ready_to_receive IS
-  'Incoming is enabled, the account is not awaiting its password, and a password is stored: the receiver worker syncs only such accounts.';
+  'Incoming is enabled and the account can sign in (a stored password it is not awaiting, or with oauth2 a connected grant): the receiver worker syncs only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.auth_method IS 'Effective password or oauth2: the account''s, else its domain''s, else its provider''s, else password.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_client_id IS 'The OAuth2 client in effect: the domain''s when it names one, else the provider''s.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_client_source IS 'Where the OAuth2 client (and its secret) comes from: domain or provider.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_tenant IS 'The tenant put into the endpoints: the client''s domain''s oauth_tenant, else the provider''s.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_token_endpoint IS 'The provider''s token endpoint with {tenant} replaced (common when no tenant is set).';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_device_authorization_endpoint IS 'The provider''s device authorization endpoint with {tenant} replaced.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_scopes IS 'Scopes asked for on behalf of the mailbox user.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_client_credentials_scopes IS 'Scopes asked for with client credentials; NULL when the provider offers none.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_state IS
+  'With auth_method oauth2: not connected, waiting for approval (a device login), connected, or consent needed: <reason> (the grant was revoked or expired, the user declined, or the servers or OAuth2 client changed; connect again). NULL for password accounts.';
 COMMENT ON COLUMN email_accounts.account_settings.extra_ca_certificate IS 'Effective extra CA: the account''s, else its domain''s.';
 
 -- What is wrong with a protocol/port/security combination, or NULL. Only the
@@ -235,6 +269,17 @@ BEGIN
         END IF;
     END IF;
 
+    IF settings.auth_method = 'oauth2' AND (settings.enable_incoming OR (settings.enable_outgoing AND NOT settings.no_smtp_authentication)) THEN
+        IF settings.oauth_token_endpoint IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'oauth_token_endpoint',
+                'auth_method is oauth2 but the account''s provider has no oauth_token_endpoint (name a provider that has one, e.g. office365)');
+        END IF;
+        IF settings.oauth_client_id IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'oauth_client_id',
+                'auth_method is oauth2 but no oauth_client_id is set on the account''s domain or provider (register an application at the provider first; see README "OAuth2")');
+        END IF;
+    END IF;
+
     PERFORM email_accounts.check_routing(checked_account_id);
 
     IF settings.enable_outgoing THEN
@@ -338,8 +383,23 @@ RETURN (
 COMMENT ON FUNCTION email_accounts.server_binding(bigint) IS
   'SHA-256 (hex) of the settings a stored password is bound to: SMTP and incoming host, port and security, incoming protocol, extra CA, allow_plaintext_authentication. When it changes the account awaits its password again.';
 
+-- What OAuth2 tokens are bound to: the servers they are sent to (as for
+-- passwords), and the token endpoint and client the refresh token is sent to.
+CREATE FUNCTION email_accounts.oauth_binding(bound_account_id bigint) RETURNS text
+LANGUAGE sql STABLE
+RETURN (
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+               email_accounts.server_binding(bound_account_id), settings.oauth_token_endpoint,
+               settings.oauth_client_id, settings.oauth_client_source)::text, 'UTF8')), 'hex')
+      FROM email_accounts.account_settings AS settings
+     WHERE settings.account_id = bound_account_id);
+
+COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
+  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint and the OAuth2 client. When it changes the account needs consent again.';
+
 -- An account whose servers changed since its password was stored awaits a
--- new one: whoever may redirect an account must not receive its password.
+-- new one, and one connected by OAuth2 needs consent again: whoever may
+-- redirect an account must not receive its password or tokens.
 CREATE FUNCTION email_accounts.require_password_if_servers_changed(checked_account_id bigint) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
@@ -348,10 +408,15 @@ BEGIN ATOMIC
        AND EXISTS (SELECT FROM email_accounts.account_secret AS secret
                     WHERE secret.account_id = checked_account_id
                       AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id));
+    UPDATE email_accounts.account_oauth
+       SET state = 'consent needed', refreshing_until = NULL, updated_at = now(),
+           problem = 'the account''s servers or OAuth2 client changed since it was connected; connect it again'
+     WHERE account_oauth.account_id = checked_account_id AND account_oauth.state <> 'consent needed'
+       AND account_oauth.bound_settings IS DISTINCT FROM email_accounts.oauth_binding(checked_account_id);
 END;
 
 COMMENT ON FUNCTION email_accounts.require_password_if_servers_changed(bigint) IS
-  'Sets awaiting_password on an account whose stored password was set for other servers than those now in effect.';
+  'Sets awaiting_password on an account whose stored password was set for other servers than those now in effect, and marks its OAuth2 grant consent needed when the servers or OAuth2 client changed since it was connected.';
 
 CREATE FUNCTION email_accounts.account_servers_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp

@@ -20,7 +20,7 @@ COMMENT ON FUNCTION email_accounts.set_password(text, text, text) IS
   'Stores the password of an account (by name; in tenant, when names are ambiguous), encrypted with AES-256-GCM under the current key of the key file email_accounts.keys and bound to the account''s current servers; ends awaiting_password. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members bound to the account''s tenant, judged for the current role (also inside security-restricted code). Pass the password as a bind parameter so it never appears in query text.';
 
 COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS
-  'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password with it, drops older keys no password needed, and returns the new key id.';
+  'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password, OAuth2 token and OAuth2 client secret with it, keeps the older keys (other databases of the cluster and restored dumps may still need them), and returns the new key id.';
 
 COMMENT ON FUNCTION email_accounts.sync_now(text, text) IS
   'Asks the receiver worker to sync the account (by name; in tenant, when names are ambiguous) now and waits: one row per folder with the new messages and the outcome. Only for accounts the caller can see.';
@@ -29,7 +29,16 @@ COMMENT ON FUNCTION email_accounts.reparse(bigint) IS
   'Parses a stored message again from its raw bytes and links it again; for messages the caller can see (email_accounts_admin). True when it parsed.';
 
 COMMENT ON FUNCTION email_accounts.test_account(text, text) IS
-  'Connects and logs in to the account''s SMTP server and its IMAP or POP3 server (as enabled), verifying TLS, and returns per protocol: ok, elapsed_ms, host, port, security, greeting, capabilities, and on failure error.kind (dns, connect, timeout, tls, auth, protocol) with error.message in the server''s words. Bounded by email_accounts.connect_timeout.';
+  'Connects and logs in to the account''s SMTP server and its IMAP or POP3 server (as enabled), verifying TLS, and returns auth_method, per protocol: ok, elapsed_ms, host, port, security, greeting, capabilities, sasl_mechanism, and on failure error.kind (dns, connect, timeout, tls, auth, oauth, protocol) with error.message in the server''s words; for OAuth2 accounts also oauth: state, whether the access token was still valid or renewed now (stored in the caller''s transaction), and the failed step. Never shows a token. Bounded by email_accounts.connect_timeout.';
+
+COMMENT ON FUNCTION email_accounts.set_oauth_refresh_token(text, text, text) IS
+  'Connects an account with auth_method oauth2 by a refresh token that an application obtained (authorization code flow): stores it encrypted and bound to the account''s servers and OAuth2 client, without asking the provider (the workers get an access token at first use; test_account() checks it now). Same callers as set_password(); pass the token as a bind parameter.';
+COMMENT ON FUNCTION email_accounts.oauth_device_login(text, text) IS
+  'Starts a device login (RFC 8628) for an account with auth_method oauth2 and returns the verification URI, the user code, when it expires and a message to show. The receiver worker polls the token endpoint and connects the account once the user approved (account_settings.oauth_state: waiting for approval, then connected). Same callers as set_password().';
+COMMENT ON FUNCTION email_accounts.connect_oauth_client_credentials(text, text) IS
+  'Connects an account with auth_method oauth2 by client credentials (app-only; the provider needs oauth_client_credentials_scopes and the client a secret) and returns when the first access token expires. Same callers as set_password().';
+COMMENT ON FUNCTION email_accounts.set_oauth_client_secret(text, text, text) IS
+  'Stores, encrypted and write-only, the secret of the OAuth2 client named by a provider''s or a domain''s oauth_client_id (name exactly one). Superusers and email_accounts_admin members bound to every tenant.';
 
 COMMENT ON FUNCTION email_accounts.test_all() IS
   'test_account() for every account with incoming or outgoing enabled that the caller can see.';

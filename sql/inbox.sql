@@ -157,7 +157,7 @@ COMMENT ON COLUMN email_accounts.sync_state.last_success_at IS 'When a sync last
 COMMENT ON COLUMN email_accounts.sync_state.last_new_messages IS 'Messages stored by the last sync.';
 COMMENT ON COLUMN email_accounts.sync_state.messages_stored IS 'Messages stored from this folder in total.';
 COMMENT ON COLUMN email_accounts.sync_state.last_error IS 'Why the last sync failed (NULL when it succeeded), in the server''s words where it gave any.';
-COMMENT ON COLUMN email_accounts.sync_state.last_error_kind IS 'dns, connect, timeout, tls, auth, protocol, or store (the database refused a message).';
+COMMENT ON COLUMN email_accounts.sync_state.last_error_kind IS 'dns, connect, timeout, tls, auth, oauth (getting an OAuth2 token, or a server refusing it), protocol, or store (the database refused a message).';
 COMMENT ON COLUMN email_accounts.sync_state.consecutive_failures IS 'Failed syncs in a row; the retry delay doubles with each (capped by email_accounts.receive_max_backoff).';
 COMMENT ON COLUMN email_accounts.sync_state.next_attempt_at IS 'When the worker syncs this account next (poll_interval after a success, backing off after failures).';
 

@@ -22,7 +22,13 @@ GRANT SELECT ON email_accounts.provider, email_accounts.domain, email_accounts.t
     TO email_accounts_admin, email_accounts_sender;
 GRANT INSERT, UPDATE, DELETE ON email_accounts.provider, email_accounts.domain, email_accounts.account
     TO email_accounts_admin;
--- account_secret: nothing for anyone (see sql/secrets.sql).
+-- account_secret: nothing for anyone (see sql/secrets.sql), nor on
+-- account_oauth_token and oauth_client_secret (sql/oauth.sql).
+-- account_oauth: its state, for the accounts a role sees (account_settings joins it).
+GRANT SELECT ON email_accounts.account_oauth TO email_accounts_admin, email_accounts_sender;
+ALTER TABLE email_accounts.account_oauth ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_visible_accounts ON email_accounts.account_oauth
+    USING (EXISTS (SELECT FROM email_accounts.account WHERE account.account_id = account_oauth.account_id));
 
 -- Accounts: a role sees and changes only the tenants it is bound to (none if bound to none).
 ALTER TABLE email_accounts.account ENABLE ROW LEVEL SECURITY;

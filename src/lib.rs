@@ -26,10 +26,11 @@ pgrx::extension_sql_file!(
     requires = ["domains", "tenants", is_valid_address, is_valid_certificate]
 );
 pgrx::extension_sql_file!("../sql/secrets.sql", name = "secrets", requires = ["accounts"]);
+pgrx::extension_sql_file!("../sql/oauth.sql", name = "oauth", requires = ["accounts"]);
 pgrx::extension_sql_file!(
     "../sql/account_settings.sql",
     name = "account_settings",
-    requires = ["accounts", "secrets", wake_workers_at_commit]
+    requires = ["accounts", "secrets", "oauth", wake_workers_at_commit]
 );
 pgrx::extension_sql_file!(
     "../sql/account_tests.sql",
@@ -74,7 +75,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/restore.sql",
     name = "restore",
-    requires = ["tenants", "secrets", "outbox_claims", "inbox", "suppression", restoring]
+    requires = ["tenants", "secrets", "oauth", "outbox_claims", "inbox", "suppression", restoring]
 );
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

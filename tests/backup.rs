@@ -79,7 +79,7 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
     }
     let mut source = cluster.connect("source");
     source.batch_execute("CREATE EXTENSION email_accounts").unwrap();
-    source.batch_execute(include_str!("backup/fill.sql")).unwrap();
+    source.batch_execute(concat!(include_str!("backup/fill.sql"), include_str!("backup/fill_oauth.sql"))).unwrap();
     let dumped = contents(&mut source);
     let empty: Vec<&str> = dumped.iter().filter(|(_, rows)| rows.is_empty()).map(|(name, _)| name.as_str()).collect();
     assert!(empty.is_empty(), "the fill leaves no table empty: {empty:?}");

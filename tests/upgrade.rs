@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const RELEASED: &[&str] = &["0.1.0", "0.2.0"];
+const RELEASED: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
 
 /// `make install` put every released version's install script next to the
 /// installed extension, so CREATE EXTENSION ... VERSION can install it.
@@ -106,7 +106,11 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
             only_fresh.iter().map(|fact| fact.as_str()).collect::<Vec<_>>().join("\n")
         );
         assert!(upgraded_facts.len() > 300, "{} facts", upgraded_facts.len());
-        assert_eq!(row_counts(&mut upgraded), rows_before, "from {version}: every row is kept");
+        let rows_after: Vec<(String, i64)> = row_counts(&mut upgraded)
+            .into_iter()
+            .filter(|(table, _)| rows_before.iter().any(|(before, _)| before == table))
+            .collect();
+        assert_eq!(rows_after, rows_before, "from {version}: every row is kept");
 
         if *version == "0.1.0" {
             let row = upgraded

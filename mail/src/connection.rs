@@ -44,21 +44,43 @@ pub struct Endpoint {
     pub timeout: Duration,
 }
 
-/// A login name and password. The password never appears in `Debug` output.
+/// What proves the login: a password, or an OAuth2 access token sent by
+/// SASL XOAUTH2 / OAUTHBEARER. Neither appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    Password(String),
+    AccessToken(String),
+}
+
+/// A login name and its credential.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Login {
     pub user: String,
-    pub password: String,
-    /// Whether the password may be sent over a connection without TLS.
+    pub credential: Credential,
+    /// Whether the credential may be sent over a connection without TLS.
     pub allow_plaintext: bool,
+}
+
+impl Login {
+    pub fn with_password(user: String, password: String, allow_plaintext: bool) -> Login {
+        Login { user, credential: Credential::Password(password), allow_plaintext }
+    }
+
+    pub fn is_bearer(&self) -> bool {
+        matches!(self.credential, Credential::AccessToken(_))
+    }
 }
 
 impl fmt::Debug for Login {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let credential = match self.credential {
+            Credential::Password(_) => "<password>",
+            Credential::AccessToken(_) => "<access token>",
+        };
         formatter
             .debug_struct("Login")
             .field("user", &self.user)
-            .field("password", &"<redacted>")
+            .field("credential", &credential)
             .field("allow_plaintext", &self.allow_plaintext)
             .finish()
     }
@@ -73,6 +95,8 @@ pub enum FailureKind {
     Timeout,
     Tls,
     Auth,
+    /// OAuth2: getting a token, or a server refusing one.
+    Oauth,
     Protocol,
 }
 
@@ -85,6 +109,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Tls => "tls",
             FailureKind::Auth => "auth",
+            FailureKind::Oauth => "oauth",
             FailureKind::Protocol => "protocol",
         }
     }
@@ -106,6 +131,12 @@ pub enum ConnectionError {
     PlaintextRefused,
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// A mail server refused the access token (its words, or the refusal it sent as a challenge).
+    #[error("OAuth2: the server refused the access token: {0}")]
+    TokenRefused(String),
+    /// Getting an access token failed; the text says at which step.
+    #[error("OAuth2: {0}")]
+    OAuth(String),
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
 }
@@ -118,6 +149,7 @@ impl ConnectionError {
             ConnectionError::Timeout { .. } => FailureKind::Timeout,
             ConnectionError::Tls(_) | ConnectionError::PlaintextRefused => FailureKind::Tls,
             ConnectionError::Auth(_) => FailureKind::Auth,
+            ConnectionError::TokenRefused(_) | ConnectionError::OAuth(_) => FailureKind::Oauth,
             ConnectionError::Protocol(_) => FailureKind::Protocol,
         }
     }
@@ -175,15 +207,6 @@ pub fn connect_tcp(endpoint: &Endpoint) -> Result<TcpStream, ConnectionError> {
     })
 }
 
-/// The `BEGIN CERTIFICATE` blocks of the endpoint's extra CA bundle, each
-/// parsed once to prove it is a certificate; empty when there is no extra CA.
-pub fn extra_ca_blocks(endpoint: &Endpoint) -> Result<Vec<&str>, ConnectionError> {
-    match endpoint.extra_ca_pem.as_deref().filter(|pem| !pem.trim().is_empty()) {
-        Some(pem) => pem_blocks(pem),
-        None => Ok(Vec::new()),
-    }
-}
-
 /// Splits a PEM bundle into its certificates, rejecting anything unparsable.
 pub fn pem_blocks(pem: &str) -> Result<Vec<&str>, ConnectionError> {
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
@@ -206,8 +229,17 @@ pub fn pem_blocks(pem: &str) -> Result<Vec<&str>, ConnectionError> {
 
 /// A TLS connector that trusts the system roots plus the endpoint's extra CA.
 pub fn tls_connector(endpoint: &Endpoint) -> Result<TlsConnector, ConnectionError> {
+    tls_connector_trusting(endpoint.extra_ca_pem.as_deref())
+}
+
+/// A TLS connector that trusts the system roots plus `extra_ca_pem`.
+pub fn tls_connector_trusting(extra_ca_pem: Option<&str>) -> Result<TlsConnector, ConnectionError> {
+    let blocks = match extra_ca_pem.filter(|pem| !pem.trim().is_empty()) {
+        Some(pem) => pem_blocks(pem)?,
+        None => Vec::new(),
+    };
     let mut builder = TlsConnector::builder();
-    for block in extra_ca_blocks(endpoint)? {
+    for block in blocks {
         let certificate =
             Certificate::from_pem(block.as_bytes()).map_err(|error| ConnectionError::Tls(error.to_string()))?;
         builder.add_root_certificate(certificate);
@@ -305,8 +337,10 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_debug_output_and_plain_connections() {
-        let login = Login { user: "ann".to_owned(), password: "hunter2".to_owned(), allow_plaintext: false };
+        let login = Login::with_password("ann".to_owned(), "hunter2".to_owned(), false);
         assert!(!format!("{login:?}").contains("hunter2"));
+        let bearer = Login { credential: Credential::AccessToken("ya29.secret".to_owned()), ..login.clone() };
+        assert!(!format!("{bearer:?}").contains("ya29"));
         assert_eq!(check_plaintext(false, &login), Err(ConnectionError::PlaintextRefused));
         assert_eq!(check_plaintext(true, &login), Ok(()));
         let allowed = Login { allow_plaintext: true, ..login };

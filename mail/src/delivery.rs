@@ -5,6 +5,7 @@
 
 use crate::compose::{compose, OutgoingMessage};
 use crate::connection::{ConnectionError, Endpoint, Login};
+use crate::oauth::{SignIn, TokenReport};
 use crate::smtp_client::{self, RecipientOutcome, SmtpClient};
 use lettre::Address;
 use std::collections::HashMap;
@@ -23,11 +24,11 @@ pub struct Job {
     pub recipients: Vec<String>,
 }
 
-/// Where copies of sent mail go: an IMAP folder of the account.
+/// Where copies of sent mail go: an IMAP folder of the account, signed in
+/// to like the SMTP server (with the access token SMTP used, when OAuth2).
 #[derive(Debug, Clone)]
 pub struct SentFolder {
     pub endpoint: Endpoint,
-    pub login: Login,
     pub folder: String,
 }
 
@@ -39,7 +40,8 @@ pub struct AccountBatch {
     /// round, or another sender could take its rows while they are sent).
     pub start_no_message_after: Instant,
     pub endpoint: Endpoint,
-    pub login: Option<Login>,
+    /// `None` for servers that take mail without AUTH.
+    pub sign_in: Option<SignIn>,
     pub jobs: Vec<Job>,
     /// Append one copy of every sent message here; `Err` says why it cannot be.
     pub sent_folder: Option<Result<SentFolder, String>>,
@@ -110,15 +112,34 @@ impl ConnectionPool {
     }
 }
 
+/// What a round did: each message's outcome, and what happened to the
+/// account's OAuth2 tokens on the way.
+#[derive(Debug, Default)]
+pub struct RoundResult {
+    pub outcomes: Vec<(i64, JobOutcome)>,
+    pub tokens: TokenReport,
+}
+
+/// Opens a connection, signed in when the account authenticates.
+fn open(endpoint: &Endpoint, sign_in: Option<&mut SignIn>) -> Result<SmtpClient, ConnectionError> {
+    match sign_in {
+        Some(sign_in) => sign_in.connect(|login| smtp_client::connect(endpoint, Some(login))),
+        None => smtp_client::connect(endpoint, None),
+    }
+    .map(|(client, _)| client)
+}
+
 /// All messages of one account over one connection, reconnecting once after
 /// a broken connection (a pooled connection the server closed meanwhile
 /// does not count). Once the server cannot be reached, the account's
 /// remaining messages are not attempted (they wait for the next try). Once
 /// `stopping` is set or the batch's time is up, the messages not yet started
 /// are reported `NotStarted`.
-pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &AtomicBool) -> Vec<(i64, JobOutcome)> {
+pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &AtomicBool) -> RoundResult {
+    let mut sign_in = batch.sign_in;
     let mut outcomes = Vec::with_capacity(batch.jobs.len());
-    let mut client: Option<SmtpClient> = pool.take(batch.account_id, &batch.endpoint, batch.login.as_ref());
+    let login = |sign_in: &Option<SignIn>| sign_in.as_ref().map(|sign_in| sign_in.login.clone());
+    let mut client: Option<SmtpClient> = pool.take(batch.account_id, &batch.endpoint, login(&sign_in).as_ref());
     let mut pooled = client.is_some();
     let mut server_down: Option<ConnectionError> = None;
     let mut reconnects_left = 1;
@@ -146,8 +167,8 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
         let outcome = loop {
             let connection = match client.as_mut() {
                 Some(connection) => connection,
-                None => match smtp_client::connect(&batch.endpoint, batch.login.as_ref()) {
-                    Ok((connected, _)) => client.insert(connected),
+                None => match open(&batch.endpoint, sign_in.as_mut()) {
+                    Ok(connected) => client.insert(connected),
                     Err(error) => {
                         server_down = Some(error.clone());
                         break JobOutcome::NotAttempted(error);
@@ -192,17 +213,21 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
         outcomes.push((job.outbox_id, outcome));
     }
     if let Some(client) = client {
-        pool.give_back(batch.account_id, batch.endpoint, batch.login, client);
+        pool.give_back(batch.account_id, batch.endpoint, login(&sign_in), client);
     }
     if let Some(sent_folder) = batch.sent_folder.filter(|_| !sent_copies.is_empty()) {
-        outcomes.extend(append_sent_copies(sent_folder, sent_copies));
+        outcomes.extend(append_sent_copies(sent_folder, sign_in.as_mut(), sent_copies));
     }
-    outcomes
+    RoundResult { outcomes, tokens: sign_in.map(|sign_in| sign_in.report).unwrap_or_default() }
 }
 
 /// Appends the copies over one IMAP session, marked \Seen; failures are
 /// reported per message (the mail itself is sent all the same).
-fn append_sent_copies(sent_folder: Result<SentFolder, String>, copies: Vec<(i64, Vec<u8>)>) -> Vec<(i64, JobOutcome)> {
+fn append_sent_copies(
+    sent_folder: Result<SentFolder, String>,
+    sign_in: Option<&mut SignIn>,
+    copies: Vec<(i64, Vec<u8>)>,
+) -> Vec<(i64, JobOutcome)> {
     let failed = |problem: String| -> Vec<(i64, JobOutcome)> {
         copies.iter().map(|(outbox_id, _)| (*outbox_id, JobOutcome::SentCopyFailed(problem.clone()))).collect()
     };
@@ -210,7 +235,10 @@ fn append_sent_copies(sent_folder: Result<SentFolder, String>, copies: Vec<(i64,
         Ok(sent_folder) => sent_folder,
         Err(problem) => return failed(problem),
     };
-    let mut session = match crate::imap_client::connect(&sent_folder.endpoint, &sent_folder.login) {
+    let Some(sign_in) = sign_in else {
+        return failed(format!("cannot copy to {}: the account has no password", sent_folder.folder));
+    };
+    let mut session = match sign_in.connect(|login| crate::imap_client::connect(&sent_folder.endpoint, login)) {
         Ok((session, _)) => session,
         Err(error) => return failed(format!("copy to {}: {error}", sent_folder.folder)),
     };
@@ -381,7 +409,7 @@ mod tests {
                 extra_ca_pem: None,
                 timeout: std::time::Duration::from_secs(1),
             },
-            login: None,
+            sign_in: None,
             jobs: vec![job(1), job(2)],
             sent_folder: None,
         }
@@ -391,12 +419,12 @@ mod tests {
     fn no_message_is_started_once_the_sender_stops_or_the_round_is_out_of_time() {
         let pool = ConnectionPool::default();
         let later = Instant::now() + std::time::Duration::from_secs(60);
-        let outcomes = deliver_account(batch_to_nowhere(later), &pool, &AtomicBool::new(true));
+        let outcomes = deliver_account(batch_to_nowhere(later), &pool, &AtomicBool::new(true)).outcomes;
         assert_eq!(outcomes, [(1, JobOutcome::NotStarted), (2, JobOutcome::NotStarted)]);
-        let outcomes = deliver_account(batch_to_nowhere(Instant::now()), &pool, &AtomicBool::new(false));
+        let outcomes = deliver_account(batch_to_nowhere(Instant::now()), &pool, &AtomicBool::new(false)).outcomes;
         assert_eq!(outcomes, [(1, JobOutcome::NotStarted), (2, JobOutcome::NotStarted)]);
         // In time and not stopping: the messages are started (and find nobody there).
-        let outcomes = deliver_account(batch_to_nowhere(later), &pool, &AtomicBool::new(false));
+        let outcomes = deliver_account(batch_to_nowhere(later), &pool, &AtomicBool::new(false)).outcomes;
         assert!(outcomes.iter().all(|(_, outcome)| matches!(outcome, JobOutcome::NotAttempted(_))), "{outcomes:?}");
         assert_eq!(summarize([&JobOutcome::NotStarted]), RowSummary::default());
     }

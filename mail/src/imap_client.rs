@@ -4,9 +4,11 @@
 //! made here and handed to `imap::Client::new`.)
 
 use crate::connection::{
-    check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security,
+    check_plaintext, connect_tcp, start_tls, ConnectionError, Credential, Endpoint, Login, MailStream, Security,
 };
+use crate::sasl::{self, BearerMechanism, Refusal};
 use imap::extensions::idle::SetReadTimeout;
+use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -18,6 +20,8 @@ pub type ImapSession = imap::Session<MailStream>;
 pub struct ImapHello {
     pub greeting: String,
     pub capabilities: Vec<String>,
+    /// How we logged in: LOGIN, or the SASL mechanism.
+    pub mechanism: &'static str,
 }
 
 impl SetReadTimeout for MailStream {
@@ -50,19 +54,65 @@ pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<(ImapSession, ImapH
             (client, greeting)
         }
     };
-    let capabilities = client
+    let capabilities: Vec<String> = client
         .capabilities()
         .map_err(|error| classify(error, "asking for capabilities"))?
         .iter()
         .map(capability_name)
         .collect();
     check_plaintext(endpoint.security != Security::None, login)?;
-    let session = client.login(&login.user, &login.password).map_err(|(error, _)| match error {
-        imap::Error::No(no) => ConnectionError::Auth(no.information),
-        other => classify(other, "logging in"),
-    })?;
+    let (session, mechanism) = match &login.credential {
+        Credential::Password(password) => {
+            let session = client.login(&login.user, password).map_err(|(error, _)| match error {
+                imap::Error::No(no) => ConnectionError::Auth(no.information),
+                other => classify(other, "logging in"),
+            })?;
+            (session, "LOGIN")
+        }
+        Credential::AccessToken(token) => {
+            let offered = capabilities.iter().filter_map(|capability| capability.strip_prefix("AUTH="));
+            let mechanism = sasl::choose(offered, None).ok_or_else(|| {
+                ConnectionError::TokenRefused(
+                    "the server offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER among its capabilities".to_owned(),
+                )
+            })?;
+            let response = mechanism
+                .client_response(&login.user, token, &endpoint.host, endpoint.port)
+                .map_err(|error| ConnectionError::TokenRefused(error.to_string()))?;
+            let bearer = Bearer { mechanism, response, refusal: RefCell::new(None) };
+            let session = client.authenticate(mechanism.name(), &bearer).map_err(|(error, _)| match error {
+                imap::Error::No(no) => match bearer.refusal.take() {
+                    Some(refusal) => ConnectionError::TokenRefused(format!("NO {} ({refusal})", no.information)),
+                    None => ConnectionError::TokenRefused(format!("NO {}", no.information)),
+                },
+                other => classify(other, "authenticating"),
+            })?;
+            (session, mechanism.name())
+        }
+    };
     let greeting = String::from_utf8_lossy(&greeting).trim_end().to_owned();
-    Ok((session, ImapHello { greeting, capabilities }))
+    Ok((session, ImapHello { greeting, capabilities, mechanism }))
+}
+
+/// AUTHENTICATE with an access token: the client response to the first
+/// (empty) challenge; a refusal challenge is kept and answered so the server
+/// ends the exchange with NO.
+struct Bearer {
+    mechanism: BearerMechanism,
+    response: Vec<u8>,
+    refusal: RefCell<Option<Refusal>>,
+}
+
+impl imap::Authenticator for Bearer {
+    type Response = Vec<u8>;
+
+    fn process(&self, challenge: &[u8]) -> Vec<u8> {
+        if challenge.is_empty() {
+            return self.response.clone();
+        }
+        *self.refusal.borrow_mut() = sasl::parse_decoded_refusal(challenge);
+        self.mechanism.response_to_refusal().to_vec()
+    }
 }
 
 /// Reads the greeting and asks for STARTTLS on a plain connection. The

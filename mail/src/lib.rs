@@ -9,6 +9,7 @@ pub mod connection;
 pub mod delivery;
 pub mod identity;
 pub mod imap_client;
+pub mod oauth;
 pub mod parse;
 pub mod pop3;
 pub mod probe;

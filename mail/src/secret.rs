@@ -114,27 +114,36 @@ impl KeyRing {
 
     /// Encrypts `password` for `account_id` with the current key.
     pub fn seal(&self, account_id: i64, password: &str) -> Result<Sealed, SecretError> {
-        let (key_id, key) = self.keys.last().ok_or(SecretError::NoKeys)?;
-        let mut nonce = [0u8; NONCE_BYTES];
-        getrandom::getrandom(&mut nonce).map_err(|error| SecretError::Random(error.to_string()))?;
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
-        let associated = account_id.to_be_bytes();
-        let ciphertext = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: password.as_bytes(), aad: &associated })
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        Ok(Sealed { key_id: *key_id, nonce: nonce.to_vec(), ciphertext })
+        self.seal_for(&account_id.to_be_bytes(), password)
     }
 
     /// Decrypts a sealed password of `account_id`.
     pub fn open(&self, account_id: i64, sealed: &Sealed) -> Result<String, SecretError> {
+        self.open_for(&account_id.to_be_bytes(), sealed)
+    }
+
+    /// Encrypts `plain` bound to `associated` (what it belongs to: it opens
+    /// only with the same associated data).
+    pub fn seal_for(&self, associated: &[u8], plain: &str) -> Result<Sealed, SecretError> {
+        let (key_id, key) = self.keys.last().ok_or(SecretError::NoKeys)?;
+        let mut nonce = [0u8; NONCE_BYTES];
+        getrandom::getrandom(&mut nonce).map_err(|error| SecretError::Random(error.to_string()))?;
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+        let ciphertext = cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain.as_bytes(), aad: associated })
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        Ok(Sealed { key_id: *key_id, nonce: nonce.to_vec(), ciphertext })
+    }
+
+    /// Decrypts what `seal_for` sealed with the same associated data.
+    pub fn open_for(&self, associated: &[u8], sealed: &Sealed) -> Result<String, SecretError> {
         let key = self.key(sealed.key_id)?;
         if sealed.nonce.len() != NONCE_BYTES {
             return Err(SecretError::Undecryptable(sealed.key_id));
         }
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
-        let associated = account_id.to_be_bytes();
         let plain = cipher
-            .decrypt(Nonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: &associated })
+            .decrypt(Nonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: associated })
             .map_err(|_| SecretError::Undecryptable(sealed.key_id))?;
         String::from_utf8(plain).map_err(|_| SecretError::Undecryptable(sealed.key_id))
     }

@@ -9,8 +9,9 @@
 //! `connection` module sets timeouts before TLS and sets TCP_NODELAY.
 
 use crate::connection::{
-    check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security,
+    check_plaintext, connect_tcp, start_tls, ConnectionError, Credential, Endpoint, Login, MailStream, Security,
 };
+use crate::sasl;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::commands::{Auth, Data, Ehlo, Mail, Quit, Rcpt, Rset, Starttls};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo};
@@ -29,6 +30,8 @@ pub struct SmtpHello {
     pub greeting: String,
     /// Extensions we use that the server offers after EHLO (and STARTTLS).
     pub capabilities: Vec<String>,
+    /// The SASL mechanism we logged in with, if we logged in.
+    pub mechanism: Option<&'static str>,
 }
 
 /// An open, possibly authenticated SMTP connection.
@@ -38,6 +41,11 @@ pub struct SmtpClient {
     hello_name: ClientId,
     /// The server offers PIPELINING (RFC 2920); lettre's EHLO parser drops it.
     pipelining: bool,
+    /// The SASL mechanisms of the EHLO AUTH line, upper case (lettre's
+    /// parser keeps only those it implements, OAUTHBEARER is not among them).
+    auth_mechanisms: Vec<String>,
+    /// Host name and port, as OAUTHBEARER names them.
+    server: (String, u16),
     /// The server answered 421: it is closing the connection.
     closing: bool,
 }
@@ -83,17 +91,32 @@ impl SmtpClient {
         let response = self.command(Ehlo::new(self.hello_name.clone()), "saying EHLO")?;
         expect_positive(&response, "EHLO")?;
         self.pipelining = response.message().skip(1).any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
+        self.auth_mechanisms = response
+            .message()
+            .skip(1)
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                words.next().filter(|word| word.eq_ignore_ascii_case("AUTH")).map(|_| words)
+            })
+            .flatten()
+            .map(str::to_ascii_uppercase)
+            .collect();
         self.server_info = ServerInfo::from_response(&response)
             .map_err(|error| ConnectionError::Protocol(format!("EHLO answer: {error}")))?;
         Ok(())
     }
 
-    fn authenticate(&mut self, login: &Login) -> Result<(), ConnectionError> {
+    /// Logs in; returns the SASL mechanism used.
+    fn authenticate(&mut self, login: &Login) -> Result<&'static str, ConnectionError> {
+        let password = match &login.credential {
+            Credential::Password(password) => password,
+            Credential::AccessToken(token) => return self.authenticate_with_token(&login.user, token),
+        };
         let mechanism = self
             .server_info
             .get_auth_mechanism(&[Mechanism::Plain, Mechanism::Login])
             .ok_or_else(|| ConnectionError::Auth("the server offers neither AUTH PLAIN nor AUTH LOGIN".to_owned()))?;
-        let credentials = Credentials::new(login.user.clone(), login.password.clone());
+        let credentials = Credentials::new(login.user.clone(), password.clone());
         let auth_error = |error: lettre::transport::smtp::Error| ConnectionError::Auth(error.to_string());
         let mut response =
             self.command(Auth::new(mechanism, credentials.clone(), None).map_err(auth_error)?, "authenticating")?;
@@ -105,10 +128,39 @@ impl SmtpClient {
             response = self.command(next, "authenticating")?;
         }
         if response.is_positive() {
-            Ok(())
+            Ok(if mechanism == Mechanism::Plain { "PLAIN" } else { "LOGIN" })
         } else {
             Err(ConnectionError::Auth(reply_text(&response)))
         }
+    }
+
+    /// AUTH XOAUTH2 / OAUTHBEARER with the response on the AUTH line (RFC
+    /// 4954's initial response). A refusal comes as a 334 challenge holding
+    /// the reason (RFC 7628 §3.2.2), answered so the server ends the exchange.
+    fn authenticate_with_token(&mut self, user: &str, token: &str) -> Result<&'static str, ConnectionError> {
+        let mechanism = sasl::choose(self.auth_mechanisms.iter().map(String::as_str), None).ok_or_else(|| {
+            ConnectionError::TokenRefused(format!(
+                "the server offers neither AUTH XOAUTH2 nor AUTH OAUTHBEARER (it offers: {})",
+                self.auth_mechanisms.join(" ")
+            ))
+        })?;
+        let encoded = mechanism
+            .encoded_client_response(user, token, &self.server.0, self.server.1)
+            .map_err(|error| ConnectionError::TokenRefused(error.to_string()))?;
+        let mut response = self.command(format!("AUTH {} {encoded}\r\n", mechanism.name()), "authenticating")?;
+        let mut refusal = None;
+        if response.has_code(334) {
+            refusal = sasl::parse_refusal(&response.message().collect::<Vec<_>>().join(""));
+            response = self.command(format!("{}\r\n", mechanism.encoded_response_to_refusal()), "authenticating")?;
+        }
+        if response.is_positive() {
+            return Ok(mechanism.name());
+        }
+        let reason = match refusal {
+            Some(refusal) => format!("{} ({refusal})", reply_text(&response)),
+            None => reply_text(&response),
+        };
+        Err(ConnectionError::TokenRefused(reason))
     }
 }
 
@@ -164,6 +216,8 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient
         server_info: ServerInfo::default(),
         hello_name: ClientId::default(),
         pipelining: false,
+        auth_mechanisms: Vec::new(),
+        server: (endpoint.host.clone(), endpoint.port),
         closing: false,
     };
     let banner = read_response(&mut client.stream, "reading the greeting")?;
@@ -181,33 +235,30 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient
         client.stream = BufReader::new(MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)));
         client.ehlo()?;
     }
-    let hello = SmtpHello { greeting: reply_text(&banner), capabilities: capabilities(&client.server_info) };
+    let mut hello = SmtpHello {
+        greeting: reply_text(&banner),
+        capabilities: capabilities(&client.server_info, &client.auth_mechanisms),
+        mechanism: None,
+    };
     if let Some(login) = login {
         check_plaintext(client.is_encrypted(), login)?;
-        client.authenticate(login)?;
+        hello.mechanism = Some(client.authenticate(login)?);
     }
     Ok((client, hello))
 }
 
-/// The extensions lettre's EHLO parser knows (it keeps no others).
-fn capabilities(info: &ServerInfo) -> Vec<String> {
+/// The extensions lettre's EHLO parser knows (it keeps no others), and every AUTH mechanism offered.
+fn capabilities(info: &ServerInfo, auth_mechanisms: &[String]) -> Vec<String> {
     let extensions = [
         (Extension::StartTls, "STARTTLS"),
         (Extension::EightBitMime, "8BITMIME"),
         (Extension::SmtpUtfEight, "SMTPUTF8"),
     ];
-    let mechanisms =
-        [(Mechanism::Plain, "AUTH=PLAIN"), (Mechanism::Login, "AUTH=LOGIN"), (Mechanism::Xoauth2, "AUTH=XOAUTH2")];
     extensions
         .into_iter()
         .filter(|(extension, _)| info.supports_feature(*extension))
         .map(|(_, name)| name.to_owned())
-        .chain(
-            mechanisms
-                .into_iter()
-                .filter(|(mechanism, _)| info.supports_auth_mechanism(*mechanism))
-                .map(|(_, name)| name.to_owned()),
-        )
+        .chain(auth_mechanisms.iter().map(|mechanism| format!("AUTH={mechanism}")))
         .collect()
 }
 

@@ -43,9 +43,9 @@ pub fn raise_secret(error: SecretStoreError) -> ! {
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Some("Set the password again with email_accounts.set_password() if the new servers are right."),
         ),
-        SecretStoreError::Decrypt { .. } => (
+        SecretStoreError::Decrypt { .. } | SecretStoreError::DecryptOther { .. } => (
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-            Some("Set the password again with email_accounts.set_password()."),
+            Some("Set the password (or connect the OAuth2 account, or set the client secret) again."),
         ),
         SecretStoreError::Encrypt(_) | SecretStoreError::Spi(_) => (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, None),
     };

@@ -5,6 +5,7 @@ pub mod certificate;
 mod errors;
 pub mod inbox;
 pub mod links;
+pub mod oauth;
 pub mod outbox;
 pub mod password;
 pub mod restore;

@@ -85,6 +85,6 @@ fn rotate_encryption_key() -> i32 {
         );
     }
     let (key_id, reencrypted) = secrets::rotate_key().unwrap_or_else(|error| raise_secret(error));
-    notice!("email_accounts: key {key_id} is now current; {reencrypted} password(s) re-encrypted");
+    notice!("email_accounts: key {key_id} is now current; {reencrypted} secret(s) (passwords, OAuth2 tokens and client secrets) re-encrypted");
     key_id as i32
 }

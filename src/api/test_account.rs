@@ -1,67 +1,124 @@
 //! `test_account(account)`: connect and log in to an account's SMTP server
-//! and its IMAP or POP3 server, in parallel threads, and report per protocol.
+//! and its IMAP or POP3 server, in parallel threads, and report per protocol
+//! (with the SASL mechanism used) and, for OAuth2 accounts, the token state.
 
 use super::errors::{internal, raise_access, raise_secret};
 use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
-use crate::store::{accounts, privileged, secrets};
+use crate::store::oauth::{self, OAuthStoreError, WorkerCredential};
+use crate::store::{accounts, privileged};
 use crate::threads;
-use email_accounts_mail::connection::{FailureKind, Login};
+use email_accounts_mail::connection::ConnectionError;
+use email_accounts_mail::oauth::SignIn;
 use email_accounts_mail::probe::{probe, ProbeFailure, ProbeReport, Protocol};
 use pgrx::prelude::*;
 use serde_json::{json, Map, Value};
 
+/// How long test_account() may hold an account's token renewal lease.
+const RENEWAL_LEASE_SECONDS: i64 = 120;
+
+/// What the account signs in with, or why it cannot.
+type Credential = Result<Option<WorkerCredential>, ConnectionError>;
+
 /// Not SECURITY DEFINER: decides for the role really calling, then reads the
-/// settings and the password as the extension owner (see store::privileged).
+/// settings and the credential as the extension owner (see store::privileged).
+/// A renewed access token is stored in the caller's transaction.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::JsonB {
     let caller = privileged::caller();
-    let (settings, password) = privileged::as_extension_owner(|| {
+    let (settings, credential) = privileged::as_extension_owner(|| {
         let managed = accounts::managed_by(account, tenant, caller).unwrap_or_else(|error| raise_access(error));
-        let settings = account_settings::load(managed.account_id)
+        let settings = account_settings::load_with_sign_in(managed.account_id)
             .unwrap_or_else(|error| internal(error))
             .unwrap_or_else(|| raise_access(accounts::AccountAccessError::Unknown(account.to_owned())));
-        let password = if settings.awaiting_password {
-            None
-        } else {
-            secrets::read_password(settings.account_id).unwrap_or_else(|error| raise_secret(error))
-        };
-        (settings, password)
+        (settings.clone(), credential(&settings))
     })
     .unwrap_or_else(|error| internal(error));
-    pgrx::JsonB(report(&settings, password))
+    let holds_lease = matches!(&credential, Ok(Some(credential)) if credential.holds_renewal_lease());
+    let (answer, sign_in) = report(&settings, credential);
+    if let Some(sign_in) = sign_in {
+        privileged::as_extension_owner(|| oauth::record_report(settings.account_id, &sign_in.report, holds_lease))
+            .unwrap_or_else(|error| internal(error))
+            .unwrap_or_else(|error| internal(error));
+    }
+    pgrx::JsonB(answer)
 }
 
-/// Probes every enabled side of the account and assembles the jsonb answer.
-fn report(settings: &EffectiveAccount, password: Option<String>) -> Value {
+fn credential(settings: &EffectiveAccount) -> Credential {
+    if !settings.oauth2 && settings.awaiting_password {
+        return Ok(None);
+    }
+    match oauth::worker_credential(settings.account_id, settings.oauth2, Some(RENEWAL_LEASE_SECONDS)) {
+        Ok(credential) => Ok(credential),
+        Err(OAuthStoreError::Secret(error)) => raise_secret(error),
+        Err(error @ OAuthStoreError::ConsentNeeded { .. }) => Err(ConnectionError::OAuth(error.to_string())),
+        Err(error) => Err(ConnectionError::OAuth(error.to_string())),
+    }
+}
+
+/// Probes every enabled side of the account and assembles the jsonb answer;
+/// also returns the OAuth2 sign-in (with what happened to its token).
+fn report(settings: &EffectiveAccount, credential: Credential) -> (Value, Option<SignIn>) {
     let mut answer = Map::new();
     answer.insert("account".to_owned(), json!(settings.name));
+    answer.insert("auth_method".to_owned(), json!(if settings.oauth2 { "oauth2" } else { "password" }));
     if !settings.enable_incoming && !settings.enable_outgoing {
         answer.insert("ok".to_owned(), json!(false));
         answer.insert("message".to_owned(), json!("neither enable_incoming nor enable_outgoing is on"));
-        return Value::Object(answer);
+        return (Value::Object(answer), None);
     }
-    let login = password.map(|password| Login {
-        user: settings.login_id.clone(),
-        password,
-        allow_plaintext: settings.allow_plaintext_authentication,
-    });
-    let missing_login = if settings.awaiting_password {
-        "the account is awaiting its password: call email_accounts.set_password() first"
-    } else {
-        "no password is set: call email_accounts.set_password() first"
+    let (mut sign_in, mut missing) = match credential {
+        Ok(Some(credential)) => {
+            (Some(credential.sign_in(settings.login_id.clone(), settings.allow_plaintext_authentication)), None)
+        }
+        Ok(None) if settings.oauth2 => (
+            None,
+            Some(ConnectionError::OAuth(
+                "the account is not connected: call email_accounts.oauth_device_login() or set_oauth_refresh_token() first"
+                    .to_owned(),
+            )),
+        ),
+        Ok(None) if settings.awaiting_password => (
+            None,
+            Some(ConnectionError::Auth(
+                "the account is awaiting its password: call email_accounts.set_password() first".to_owned(),
+            )),
+        ),
+        Ok(None) => {
+            (None, Some(ConnectionError::Auth("no password is set: call email_accounts.set_password() first".to_owned())))
+        }
+        Err(error) => (None, Some(error)),
     };
+    // One token for every side: renewed here (on a thread) when needed.
+    let mut token_sign_in = None;
+    if let Some(bearer) = sign_in.take_if(|sign_in| sign_in.login.is_bearer()) {
+        type Renewed = (SignIn, Result<(), ConnectionError>);
+        let renew: Box<dyn FnOnce() -> Renewed + Send> = Box::new(move || {
+            let mut bearer = bearer;
+            let outcome = bearer.ensure_token();
+            (bearer, outcome)
+        });
+        let (bearer, outcome) = threads::run_all(vec![renew]).pop().expect("one result per job");
+        answer.insert("oauth".to_owned(), oauth_report(settings, &bearer));
+        match outcome {
+            Ok(()) => sign_in = Some(bearer.without_renewal()),
+            Err(error) => missing = Some(error),
+        }
+        token_sign_in = Some(bearer);
+    } else if settings.oauth2 {
+        answer.insert("oauth".to_owned(), json!({ "state": settings.oauth_state }));
+    }
 
     let mut jobs: Vec<Box<dyn FnOnce() -> ProbeReport + Send>> = Vec::new();
     let mut sides = Vec::new();
     if settings.enable_outgoing {
         let needs_login = !settings.no_smtp_authentication;
-        sides.push(plan(Protocol::Smtp, &settings.outgoing, settings, needs_login, &login, missing_login, &mut jobs));
+        sides.push(plan(Protocol::Smtp, &settings.outgoing, settings, needs_login, &sign_in, &missing, &mut jobs));
     }
     if settings.enable_incoming {
         let protocol =
             if settings.incoming.protocol.as_deref() == Some("pop3") { Protocol::Pop3 } else { Protocol::Imap };
-        sides.push(plan(protocol, &settings.incoming, settings, true, &login, missing_login, &mut jobs));
+        sides.push(plan(protocol, &settings.incoming, settings, true, &sign_in, &missing, &mut jobs));
     }
     let mut probed = threads::run_all(jobs).into_iter();
     let mut all_ok = true;
@@ -75,7 +132,29 @@ fn report(settings: &EffectiveAccount, password: Option<String>) -> Value {
         );
     }
     answer.insert("ok".to_owned(), json!(all_ok));
-    Value::Object(answer)
+    (Value::Object(answer), token_sign_in)
+}
+
+/// The token state for the answer: never a token.
+fn oauth_report(settings: &EffectiveAccount, sign_in: &SignIn) -> Value {
+    let mut report = Map::new();
+    report.insert("state".to_owned(), json!(settings.oauth_state));
+    let token = match (&sign_in.report.renewed, &sign_in.report.failure) {
+        (Some(renewed), _) => {
+            report.insert("access_token_expires_at".to_owned(), json!(renewed.expires_at));
+            if renewed.refresh_token.is_some() {
+                report.insert("refresh_token".to_owned(), json!("rotated: the new one is stored"));
+            }
+            "renewed now"
+        }
+        (None, Some(failure)) => {
+            report.insert("error".to_owned(), json!({ "kind": "oauth", "message": failure.to_string() }));
+            "renewal failed"
+        }
+        (None, None) => "stored, still valid",
+    };
+    report.insert("access_token".to_owned(), json!(token));
+    Value::Object(report)
 }
 
 /// Queues a probe job, or returns at once the report of a side that cannot be probed.
@@ -84,12 +163,13 @@ fn plan(
     server: &ServerSettings,
     settings: &EffectiveAccount,
     needs_login: bool,
-    login: &Option<Login>,
-    missing_login: &str,
+    sign_in: &Option<SignIn>,
+    missing: &Option<ConnectionError>,
     jobs: &mut Vec<Box<dyn FnOnce() -> ProbeReport + Send>>,
 ) -> Option<ProbeReport> {
     let endpoint = server.endpoint(settings.extra_ca_certificate.clone());
-    if needs_login && login.is_none() {
+    if needs_login && sign_in.is_none() {
+        let error = missing.clone().unwrap_or_else(|| ConnectionError::Auth("no credential".to_owned()));
         return Some(ProbeReport {
             protocol,
             ok: false,
@@ -99,10 +179,11 @@ fn plan(
             security: endpoint.security,
             greeting: None,
             capabilities: Vec::new(),
-            error: Some(ProbeFailure { kind: FailureKind::Auth, message: missing_login.to_owned() }),
+            sasl_mechanism: None,
+            error: Some(ProbeFailure { kind: error.kind(), message: error.to_string() }),
         });
     }
-    let login = if needs_login { login.clone() } else { None };
-    jobs.push(Box::new(move || probe(protocol, &endpoint, login.as_ref())));
+    let mut sign_in = if needs_login { sign_in.as_ref().map(SignIn::without_renewal) } else { None };
+    jobs.push(Box::new(move || probe(protocol, &endpoint, sign_in.as_mut())));
     None
 }

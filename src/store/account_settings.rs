@@ -42,6 +42,10 @@ pub struct EffectiveAccount {
     pub enable_outgoing: bool,
     pub outgoing: ServerSettings,
     pub no_smtp_authentication: bool,
+    /// Signs in with an OAuth2 access token.
+    pub oauth2: bool,
+    /// account_settings.oauth_state (NULL for password accounts).
+    pub oauth_state: Option<String>,
 }
 
 const SETTINGS_QUERY: &str = "
@@ -50,6 +54,20 @@ SELECT account_id, name, login_id, awaiting_password, password_is_set, allow_pla
        enable_outgoing, smtp_host, smtp_port, smtp_security, no_smtp_authentication
   FROM email_accounts.account_settings
  WHERE account_id = $1";
+
+/// The settings with how the account signs in (auth_method, oauth_state:
+/// 0.4.0 columns, asked for separately so set_password() still works on an
+/// older schema until ALTER EXTENSION UPDATE).
+pub fn load_with_sign_in(account_id: i64) -> Result<Option<EffectiveAccount>, SpiError> {
+    let Some(mut settings) = load(account_id)? else { return Ok(None) };
+    let row = Spi::get_two_with_args::<bool, String>(
+        "SELECT auth_method = 'oauth2', oauth_state FROM email_accounts.account_settings WHERE account_id = $1",
+        &[account_id.into()],
+    )?;
+    settings.oauth2 = row.0.unwrap_or(false);
+    settings.oauth_state = row.1;
+    Ok(Some(settings))
+}
 
 pub fn load(account_id: i64) -> Result<Option<EffectiveAccount>, SpiError> {
     Spi::connect(|client| {
@@ -81,6 +99,8 @@ pub fn load(account_id: i64) -> Result<Option<EffectiveAccount>, SpiError> {
                 security: row.get::<String>(16)?,
             },
             no_smtp_authentication: row.get::<bool>(17)?.unwrap_or_default(),
+            oauth2: false,
+            oauth_state: None,
         }))
     })
 }

@@ -6,7 +6,6 @@ use super::account_settings::ServerSettings;
 use super::kept_plans;
 use super::routing::{self, RoutingSettings};
 use super::transaction::in_subtransaction;
-use email_accounts_mail::connection::Login;
 use email_accounts_mail::parse::{ParsedAttachment, ParsedMessage};
 use email_accounts_mail::receive::imap_sync::FolderState;
 use email_accounts_mail::receive::pop3_sync::{Pop3State, Retrieval};
@@ -35,18 +34,15 @@ pub struct ReceivingAccount {
     pub routing: RoutingSettings,
     /// Its next sync is due now (or was asked for).
     pub due: bool,
-    /// Changes whenever the incoming server, login or password changes (IDLE watchers restart then).
+    /// Changes whenever the incoming server, login, password or access token changes (IDLE watchers restart then).
     pub fingerprint: String,
+    /// It signs in with an OAuth2 access token rather than a password.
+    pub oauth2: bool,
 }
 
 impl ReceivingAccount {
     pub fn is_pop3(&self) -> bool {
         self.incoming.protocol.as_deref() == Some("pop3")
-    }
-
-    /// How to log in to the incoming server with this password.
-    pub fn login(&self, password: String) -> Login {
-        Login { user: self.login_id.clone(), password, allow_plaintext: self.allow_plaintext_authentication }
     }
 }
 
@@ -63,11 +59,14 @@ SELECT settings.account_id, settings.name, settings.login_id, settings.allow_pla
          WHERE function.oid = account.on_receive_function),
        settings.account_id = ANY ($1) OR email_accounts.next_sync_at(settings.account_id, settings.folders) <= now(),
        pg_catalog.concat_ws('|', settings.incoming_host, settings.incoming_port, settings.incoming_security, settings.login_id,
-                 settings.folders[1], account.password_set_at, pg_catalog.md5(settings.extra_ca_certificate)),
+                 settings.folders[1], account.password_set_at, pg_catalog.md5(settings.extra_ca_certificate),
+                 settings.auth_method, oauth.refreshed_at),
        CASE WHEN account.append_to_table IS NOT NULL OR account.on_receive_function IS NOT NULL
-            THEN email_accounts.owner_role_problem(pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role))::oid, account.tenant) END
+            THEN email_accounts.owner_role_problem(pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role))::oid, account.tenant) END,
+       settings.auth_method = 'oauth2'
   FROM email_accounts.account_settings AS settings
   JOIN email_accounts.account USING (account_id)
+  LEFT JOIN email_accounts.account_oauth AS oauth USING (account_id)
  WHERE settings.ready_to_receive
    AND settings.incoming_protocol IS NOT NULL AND settings.incoming_host IS NOT NULL
    AND pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role)) IS NOT NULL
@@ -113,6 +112,7 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
                 },
                 due: row.get(21)?.unwrap_or(false),
                 fingerprint: row.get(22)?.unwrap_or_default(),
+                oauth2: row.get(24)?.unwrap_or(false),
             });
         }
         Ok(accounts)

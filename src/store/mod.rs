@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod kept_plans;
 pub mod key_file;
 pub mod links;
+pub mod oauth;
 pub mod outbox;
 pub mod privileged;
 pub mod restore;

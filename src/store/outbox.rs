@@ -54,6 +54,8 @@ pub struct SendingSettings {
     pub sent_folder: Option<String>,
     /// The account's incoming server when it is IMAP.
     pub imap: Option<ServerSettings>,
+    /// It signs in with an OAuth2 access token rather than a password.
+    pub oauth2: bool,
 }
 
 const EXPIRE: &str = "
@@ -271,7 +273,7 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     settings.send_unsubscribe_message, settings.track_email_status,
                     CASE WHEN settings.append_to_sent_folder THEN settings.sent_folder END,
                     CASE WHEN settings.incoming_protocol = 'imap' THEN settings.incoming_host END,
-                    settings.incoming_port, settings.incoming_security
+                    settings.incoming_port, settings.incoming_security, settings.auth_method = 'oauth2'
                FROM email_accounts.account_settings AS settings
               WHERE settings.account_id = ANY ($1)",
             &[account_ids.to_vec().into()],
@@ -309,6 +311,7 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                         }),
                         None => None,
                     },
+                    oauth2: row.get(21)?.unwrap_or_default(),
                 })
             })
             .collect()

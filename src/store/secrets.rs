@@ -1,5 +1,7 @@
 //! Reading and writing encrypted passwords (table account_secret) with the
-//! key ring of `key_file`. Plain passwords exist only in memory.
+//! key ring of `key_file`, and sealing the other secrets (OAuth2 tokens and
+//! client secrets, see store::oauth) the same way. Plain secrets exist only
+//! in memory.
 
 use super::key_file::{self, KeyFileError};
 use email_accounts_mail::secret::{Sealed, SecretError};
@@ -16,6 +18,8 @@ pub enum SecretStoreError {
     Decrypt { account_id: i64, source: SecretError },
     #[error("cannot encrypt: {0}")]
     Encrypt(SecretError),
+    #[error("cannot decrypt the {what}: {source}")]
+    DecryptOther { what: &'static str, source: SecretError },
     #[error(transparent)]
     Spi(#[from] SpiError),
 }
@@ -25,6 +29,23 @@ pub enum SecretStoreError {
 /// SHARE UPDATE EXCLUSIVE conflicts with itself, not with reads or row writes.
 fn lock_key_ring() -> Result<(), SpiError> {
     Spi::run("LOCK TABLE email_accounts.account_secret IN SHARE UPDATE EXCLUSIVE MODE")
+}
+
+/// Seals `plain` bound to `associated` with the current key (creating the
+/// key file on first use); serialised with key rotation.
+pub fn seal(associated: &[u8], plain: &str) -> Result<Sealed, SecretStoreError> {
+    lock_key_ring()?;
+    let ring = {
+        let _cluster_wide = key_file::lock_cluster_wide()?;
+        key_file::load_or_create()?
+    };
+    ring.seal_for(associated, plain).map_err(SecretStoreError::Encrypt)
+}
+
+/// Opens what `seal` sealed; `what` names it in errors.
+pub fn open(associated: &[u8], sealed: &Sealed, what: &'static str) -> Result<String, SecretStoreError> {
+    let ring = key_file::load_existing()?;
+    ring.open_for(associated, sealed).map_err(|source| SecretStoreError::DecryptOther { what, source })
 }
 
 /// Encrypts and stores `password` for the account, bound to the account's
@@ -125,5 +146,6 @@ pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
             &[(*account_id).into(), (resealed.key_id as i32).into(), resealed.nonce.into(), resealed.ciphertext.into()],
         )?;
     }
-    Ok((new_key, rows.len() as i64))
+    let others = super::oauth::reseal_all(&ring)?;
+    Ok((new_key, rows.len() as i64 + others))
 }

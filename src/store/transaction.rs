@@ -18,6 +18,12 @@ impl From<pgrx::spi::SpiError> for StoreError {
     }
 }
 
+impl From<super::oauth::OAuthStoreError> for StoreError {
+    fn from(error: super::oauth::OAuthStoreError) -> Self {
+        StoreError { message: error.to_string() }
+    }
+}
+
 impl From<CaughtError> for StoreError {
     fn from(error: CaughtError) -> Self {
         let message = match error {

@@ -5,7 +5,7 @@
 //! at once.
 
 use crate::store::inbox::ReceivingAccount;
-use crate::store::secrets;
+use crate::store::oauth::{self, WorkerCredential};
 use crate::store::transaction::in_transaction;
 use crate::threads;
 use email_accounts_mail::receive::idle;
@@ -49,11 +49,16 @@ impl IdleWatchers {
             if self.running.contains_key(&account_id) {
                 continue;
             }
-            let password = in_transaction(|| secrets::read_password(account_id));
-            let Ok(Ok(Some(password))) = password else { continue };
+            // An OAuth2 watcher uses the stored access token; the regular
+            // sync renews it, which changes the fingerprint and restarts this.
+            let credential = in_transaction(|| oauth::worker_credential(account_id, account.oauth2, None));
+            let Ok(Ok(Some(credential))) = credential else { continue };
+            if matches!(credential, WorkerCredential::Bearer { access_token: None, .. }) {
+                continue;
+            }
             let stop = Arc::new(AtomicBool::new(false));
             self.running.insert(account_id, Watcher { fingerprint: account.fingerprint.clone(), stop: stop.clone() });
-            start(account, password, stop, self.changed.clone());
+            start(account, credential, stop, self.changed.clone());
         }
     }
 
@@ -65,10 +70,15 @@ impl IdleWatchers {
     }
 }
 
-fn start(account: &ReceivingAccount, password: String, stop: Arc<AtomicBool>, changed: Arc<Mutex<HashSet<i64>>>) {
+fn start(
+    account: &ReceivingAccount,
+    credential: WorkerCredential,
+    stop: Arc<AtomicBool>,
+    changed: Arc<Mutex<HashSet<i64>>>,
+) {
     let account_id = account.account_id;
     let endpoint = account.incoming.endpoint(account.extra_ca_certificate.clone());
-    let login = account.login(password);
+    let login = credential.sign_in(account.login_id.clone(), account.allow_plaintext_authentication).login;
     let folder = account.folders[0].clone();
     threads::spawn_without_signals(move || {
         let notify = || {

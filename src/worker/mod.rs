@@ -3,6 +3,7 @@
 //! transaction, and only the main thread touches PostgreSQL.
 
 pub mod board;
+mod device_logins;
 mod idle;
 mod idle_watch;
 mod main_loop;

@@ -6,14 +6,16 @@
 //! its own error and backs off.
 
 use super::board;
+use super::device_logins;
 use super::idle_watch::IdleWatchers;
 use crate::settings;
 use crate::store::inbox::{self, ReceivingAccount};
+use crate::store::oauth::{self, OAuthStoreError, WorkerCredential};
 use crate::store::restore;
-use crate::store::secrets;
 use crate::store::transaction::{in_transaction, StoreError};
 use crate::threads;
 use email_accounts_mail::connection::{ConnectionError, Login};
+use email_accounts_mail::oauth::{SignIn, TokenReport};
 use email_accounts_mail::receive::imap_sync::{self, FolderState, ImapOptions};
 use email_accounts_mail::receive::pop3_sync::{self, Pop3Options, Pop3State};
 use email_accounts_mail::receive::{Batch, BatchStore, FolderOutcome, Limits, StoreReceipt, SyncError};
@@ -26,7 +28,7 @@ use std::time::Duration;
 /// What a sync thread tells the main thread.
 enum Report {
     Batch { account_index: usize, batch: Batch, reply: mpsc::Sender<Result<StoreReceipt, String>> },
-    Finished { account_index: usize, outcomes: Vec<FolderOutcome> },
+    Finished { account_index: usize, outcomes: Vec<FolderOutcome>, tokens: TokenReport },
 }
 
 /// Hands batches to the main thread and waits until they are committed.
@@ -61,8 +63,16 @@ enum Work {
 
 struct Prepared {
     account: ReceivingAccount,
-    login: Login,
+    sign_in: SignIn,
+    /// The sync may renew the account's access token (and must report).
+    holds_renewal_lease: bool,
     work: Work,
+}
+
+/// How long a sync may hold an account's token renewal lease: the token
+/// request itself, bounded by connect_timeout, and a margin.
+fn renewal_lease_seconds() -> i64 {
+    settings::connect_timeout().as_secs() as i64 * 3 + 10
 }
 
 fn limits(account: &ReceivingAccount) -> Limits {
@@ -74,26 +84,48 @@ fn limits(account: &ReceivingAccount) -> Limits {
     }
 }
 
-/// Reads the account's password and folder positions (one transaction).
-/// Accounts ready to sync, and those that cannot be (with why).
-type PreparedAccounts = (Vec<Prepared>, Vec<(ReceivingAccount, String)>);
+/// Reads the account's password (or access token) and folder positions (one
+/// transaction). Accounts ready to sync, those that cannot be (with why),
+/// and how many wait for another worker renewing their access token.
+type PreparedAccounts = (Vec<Prepared>, Vec<(ReceivingAccount, ConnectionError)>, usize);
 
 fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreError> {
     in_transaction(AssertUnwindSafe(|| {
         let mut prepared = Vec::new();
         let mut unusable = Vec::new();
+        let mut renewing_elsewhere = 0;
         for account in accounts {
-            let password = match secrets::read_password(account.account_id) {
-                Ok(Some(password)) => password,
+            let credential = match oauth::worker_credential(
+                account.account_id,
+                account.oauth2,
+                Some(renewal_lease_seconds()),
+            ) {
+                Ok(Some(WorkerCredential::Bearer { access_token: None, renewal: None })) => {
+                    renewing_elsewhere += 1;
+                    continue;
+                }
+                Ok(Some(credential)) => credential,
+                Ok(None) if account.oauth2 => {
+                    let error = ConnectionError::OAuth(
+                        "the account is not connected: call email_accounts.oauth_device_login() or set_oauth_refresh_token()".to_owned(),
+                    );
+                    unusable.push((account, error));
+                    continue;
+                }
                 Ok(None) => {
-                    unusable.push((account, "no password is set for the account".to_owned()));
+                    unusable.push((account, ConnectionError::Auth("no password is set for the account".to_owned())));
+                    continue;
+                }
+                Err(error @ OAuthStoreError::ConsentNeeded { .. }) => {
+                    unusable.push((account, ConnectionError::OAuth(error.to_string())));
                     continue;
                 }
                 Err(error) => {
-                    unusable.push((account, error.to_string()));
+                    unusable.push((account, ConnectionError::Auth(error.to_string())));
                     continue;
                 }
             };
+            let holds_renewal_lease = credential.holds_renewal_lease();
             let work = if account.is_pop3() {
                 let folder = account.folders.first().cloned().unwrap_or_else(|| "INBOX".to_owned());
                 inbox::pop3_state(account.account_id, &folder).map(Work::Pop3)
@@ -101,17 +133,25 @@ fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreErr
                 inbox::folder_states(account.account_id, &account.folders).map(Work::Imap)
             };
             match work {
-                Ok(work) => prepared.push(Prepared { login: account.login(password), account, work }),
-                Err(error) => unusable.push((account, error.to_string())),
+                Ok(work) => {
+                    let sign_in = credential.sign_in(account.login_id.clone(), account.allow_plaintext_authentication);
+                    prepared.push(Prepared { sign_in, holds_renewal_lease, account, work });
+                }
+                Err(error) => {
+                    if holds_renewal_lease {
+                        oauth::record_report(account.account_id, &TokenReport::default(), true)?;
+                    }
+                    unusable.push((account, ConnectionError::Protocol(error.to_string())));
+                }
             }
         }
-        (prepared, unusable)
-    }))
+        Ok::<_, StoreError>((prepared, unusable, renewing_elsewhere))
+    }))?
 }
 
 fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>) {
     // Settings are read here: PostgreSQL (GUCs included) only on the main thread.
-    let Prepared { account, login, work } = prepared;
+    let Prepared { account, mut sign_in, work, .. } = prepared;
     let endpoint = account.incoming.endpoint(account.extra_ca_certificate.clone());
     let limits = limits(&account);
     let folders = account.folders.clone();
@@ -119,14 +159,36 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
         (account.unseen_only, account.initial_sync_count, account.retrieval);
     threads::spawn_without_signals(move || {
         let mut store = MainThreadStore { account_index, reports: reports.clone(), pending: None };
-        let synced = std::panic::catch_unwind(AssertUnwindSafe(|| match work {
-            Work::Imap(states) => {
-                let options = ImapOptions { unseen_only, initial_sync_count, limits };
-                imap_sync::sync(&endpoint, &login, &states, &options, &mut store)
+        let failed_all = |error: ConnectionError| -> Vec<FolderOutcome> {
+            let error = SyncError::Connection(error);
+            folders.iter().map(|folder| FolderOutcome::failed(folder, error.clone())).collect()
+        };
+        let synced = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut sync = |login: &Login| match &work {
+                Work::Imap(states) => {
+                    let options = ImapOptions { unseen_only, initial_sync_count, limits };
+                    imap_sync::sync(&endpoint, login, states, &options, &mut store)
+                }
+                Work::Pop3(state) => {
+                    let options = Pop3Options { retrieval, initial_sync_count, limits };
+                    vec![pop3_sync::sync(&endpoint, login, state, &options, &mut store)]
+                }
+            };
+            if let Err(error) = sign_in.ensure_token() {
+                return failed_all(error);
             }
-            Work::Pop3(state) => {
-                let options = Pop3Options { retrieval, initial_sync_count, limits };
-                vec![pop3_sync::sync(&endpoint, &login, &state, &options, &mut store)]
+            let outcomes = sync(&sign_in.login);
+            // Refused before anything was fetched: a new token, once.
+            let refused = outcomes
+                .iter()
+                .all(|outcome| matches!(outcome.error, Some(SyncError::Connection(ConnectionError::TokenRefused(_)))));
+            if !refused || outcomes.is_empty() {
+                return outcomes;
+            }
+            match sign_in.renew_after_refusal() {
+                Ok(true) => sync(&sign_in.login),
+                Ok(false) => outcomes,
+                Err(error) => failed_all(error),
             }
         }));
         // A bug in the sync must not leave the main thread waiting for this account.
@@ -134,18 +196,22 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
             let error = SyncError::Store("the sync thread failed unexpectedly".to_owned());
             folders.iter().map(|folder| FolderOutcome::failed(folder, error.clone())).collect()
         });
-        let _ = reports.send(Report::Finished { account_index, outcomes });
+        let _ = reports.send(Report::Finished { account_index, outcomes, tokens: sign_in.report });
     });
 }
 
-fn record(account_id: i64, outcomes: &[FolderOutcome]) {
+fn record(account_id: i64, outcomes: &[FolderOutcome], tokens: Option<(&TokenReport, bool)>) {
     let max_backoff = settings::receive_max_backoff_seconds();
-    let recorded = in_transaction(AssertUnwindSafe(|| {
+    let recorded = in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
         // (Not while a dump is restored: this writes sync_state, which the restore fills.)
         if restore::in_progress(restore::Worker::Receiver)?.is_some() {
             return Ok(());
         }
-        outcomes.iter().try_for_each(|outcome| inbox::record_outcome(account_id, outcome, max_backoff))
+        if let Some((report, held_lease)) = tokens {
+            oauth::record_report(account_id, report, held_lease)?;
+        }
+        outcomes.iter().try_for_each(|outcome| inbox::record_outcome(account_id, outcome, max_backoff))?;
+        Ok(())
     }));
     match recorded {
         Ok(Ok(())) => {}
@@ -177,32 +243,38 @@ pub fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
     } else {
         watchers.stop_all();
     }
-    sync_accounts(accounts.into_iter().filter(|account| account.due).collect());
+    let waiting_for_renewal = sync_accounts(accounts.into_iter().filter(|account| account.due).collect());
     for (slot, _) in requests {
         board::finish_sync_request(slot);
     }
-    next_sync()
+    let device_logins = device_logins::poll_due();
+    let next =
+        [next_sync(), device_logins, waiting_for_renewal.then_some(Duration::from_secs(1))].into_iter().flatten().min();
+    next
 }
 
-fn sync_accounts(accounts: Vec<ReceivingAccount>) {
+/// Syncs the accounts; true when some were left for a moment because
+/// another worker is renewing their access token.
+fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
     if accounts.is_empty() {
-        return;
+        return false;
     }
-    let (prepared, unusable) = match prepare(accounts) {
+    let (prepared, unusable, renewing_elsewhere) = match prepare(accounts) {
         Ok(prepared) => prepared,
         Err(error) => {
             log!("email_accounts receiver: cannot prepare the sync: {error}");
-            return;
+            return false;
         }
     };
     for (account, problem) in unusable {
-        let error = SyncError::Connection(ConnectionError::Auth(problem));
+        let error = SyncError::Connection(problem);
         let outcomes: Vec<FolderOutcome> =
             account.folders.iter().map(|folder| FolderOutcome::failed(folder, error.clone())).collect();
-        record(account.account_id, &outcomes);
+        record(account.account_id, &outcomes, None);
     }
 
     let accounts: Vec<ReceivingAccount> = prepared.iter().map(|prepared| prepared.account.clone()).collect();
+    let leases: Vec<bool> = prepared.iter().map(|prepared| prepared.holds_renewal_lease).collect();
     let mut waiting: VecDeque<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
     let (reports, incoming) = mpsc::channel();
     let mut running = 0;
@@ -239,21 +311,24 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) {
                 };
                 let _ = reply.send(answer);
             }
-            Ok(Report::Finished { account_index, outcomes }) => {
+            Ok(Report::Finished { account_index, outcomes, tokens }) => {
                 running -= 1;
-                record(accounts[account_index].account_id, &outcomes);
+                let held_lease = leases[account_index];
+                let report = (held_lease || tokens != TokenReport::default()).then_some((&tokens, held_lease));
+                record(accounts[account_index].account_id, &outcomes, report);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 pg_sys::check_for_interrupts!();
                 if super::main_loop::shutdown_requested() {
                     // Threads still fetching are abandoned; nothing they
                     // fetched is acknowledged, so the next start fetches it again.
-                    return;
+                    return renewing_elsewhere > 0;
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    renewing_elsewhere > 0
 }
 
 /// Time until the next account is due; a failed look-up is retried in a second.

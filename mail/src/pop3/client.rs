@@ -1,6 +1,7 @@
 //! The POP3 conversation over any byte stream: commands, single-line and
 //! multi-line answers (with dot-unstuffing).
 
+use crate::sasl::{self, BearerMechanism};
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 /// Longest line we accept from a server (RFC 2449 allows 512; be generous).
@@ -34,10 +35,7 @@ impl<S: Read + Write> Pop3Client<S> {
     /// Sends one command and returns the text after `+OK`.
     pub fn command(&mut self, command: &str) -> Result<String, Pop3Error> {
         debug_assert!(!command.contains(['\r', '\n']));
-        let stream = self.stream.get_mut();
-        stream.write_all(command.as_bytes())?;
-        stream.write_all(b"\r\n")?;
-        stream.flush()?;
+        self.send_line(command)?;
         self.read_status()
     }
 
@@ -73,6 +71,61 @@ impl<S: Read + Write> Pop3Client<S> {
         self.command(&format!("USER {user}"))?;
         self.command(&format!("PASS {password}"))?;
         Ok(())
+    }
+
+    /// AUTH with a SASL bearer mechanism (RFC 5034): the base64 client
+    /// response after the server's `+`. A refusal challenge (`+ <base64
+    /// JSON>`) is answered so the server ends with `-ERR`; its reason is
+    /// added to the `-ERR` text.
+    pub fn authenticate_bearer(&mut self, mechanism: BearerMechanism, encoded_response: &str) -> Result<(), Pop3Error> {
+        if encoded_response.contains(['\r', '\n']) {
+            return Err(Pop3Error::Protocol("line breaks in the SASL response".to_owned()));
+        }
+        self.send_line(&format!("AUTH {}", mechanism.name()))?;
+        let go_ahead = self.read_continuation()?;
+        if go_ahead.is_some_and(|challenge| !challenge.is_empty()) {
+            return Err(Pop3Error::Protocol(format!("a challenge before the {} response", mechanism.name())));
+        }
+        self.send_line(encoded_response)?;
+        match self.read_continuation() {
+            Ok(None) => Ok(()),
+            Ok(Some(challenge)) => {
+                let refusal = sasl::parse_refusal(&challenge);
+                self.send_line(mechanism.encoded_response_to_refusal())?;
+                match (self.read_status(), refusal) {
+                    (Ok(_), _) => Ok(()),
+                    (Err(Pop3Error::Negative(text)), Some(refusal)) => {
+                        Err(Pop3Error::Negative(format!("{text} ({refusal})")))
+                    }
+                    (Err(error), _) => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn send_line(&mut self, line: &str) -> Result<(), Pop3Error> {
+        let stream = self.stream.get_mut();
+        stream.write_all(line.as_bytes())?;
+        stream.write_all(b"\r\n")?;
+        stream.flush()?;
+        Ok(())
+    }
+
+    /// `+ <text>` (a continuation: `Some(text)`) or `+OK` (`None`); `-ERR` is an error.
+    fn read_continuation(&mut self) -> Result<Option<String>, Pop3Error> {
+        let line = self.read_line()?;
+        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        if text.starts_with("+OK") {
+            return Ok(None);
+        }
+        if let Some(rest) = text.strip_prefix('+') {
+            return Ok(Some(rest.trim_start().to_owned()));
+        }
+        match text.strip_prefix("-ERR") {
+            Some(rest) => Err(Pop3Error::Negative(rest.trim_start().to_owned())),
+            None => Err(Pop3Error::Protocol(text)),
+        }
     }
 
     /// STAT: number of messages and their total size in bytes.
@@ -226,6 +279,23 @@ mod tests {
         pop3.quit().unwrap();
         let sent = String::from_utf8(pop3.into_inner().sent).unwrap();
         assert_eq!(sent, "CAPA\r\nUSER ann@example.test\r\nPASS p w\r\nSTAT\r\nUIDL\r\nLIST\r\nTOP 2 0\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n");
+    }
+
+    #[test]
+    fn bearer_authentication_and_its_refusal() {
+        let mut pop3 = client("+\r\n+OK logged in\r\n");
+        pop3.authenticate_bearer(BearerMechanism::Xoauth2, "dXNlcj0=").unwrap();
+        assert_eq!(String::from_utf8_lossy(&pop3.stream.get_ref().sent), "AUTH XOAUTH2\r\ndXNlcj0=\r\n");
+
+        // {"status":"invalid_token"} as the server's challenge, then -ERR.
+        let mut pop3 = client("+ \r\n+ eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIn0=\r\n-ERR [AUTH] failed\r\n");
+        match pop3.authenticate_bearer(BearerMechanism::Oauthbearer, "bj0=") {
+            Err(Pop3Error::Negative(text)) => {
+                assert!(text.contains("invalid_token") && text.contains("[AUTH]"), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(String::from_utf8_lossy(&pop3.stream.get_ref().sent).ends_with("bj0=\r\nAQ==\r\n"));
     }
 
     #[test]

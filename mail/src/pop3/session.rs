@@ -3,14 +3,17 @@
 
 use super::client::{Pop3Client, Pop3Error};
 use crate::connection::{
-    check_plaintext, connect_tcp, start_tls, ConnectionError, Endpoint, Login, MailStream, Security,
+    check_plaintext, connect_tcp, start_tls, ConnectionError, Credential, Endpoint, Login, MailStream, Security,
 };
+use crate::sasl;
 
 /// What the server said before we logged in.
 #[derive(Debug, Clone, Default)]
 pub struct Pop3Hello {
     pub greeting: String,
     pub capabilities: Vec<String>,
+    /// How we logged in: USER (USER/PASS), or the SASL mechanism.
+    pub mechanism: &'static str,
 }
 
 /// Connects, secures and logs in; returns the session and what the server said.
@@ -40,11 +43,34 @@ pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<(Pop3Client<MailStr
     };
     let capabilities = client.capabilities().map_err(|error| classify(error, "asking for capabilities"))?;
     check_plaintext(endpoint.security != Security::None, login)?;
-    client.login(&login.user, &login.password).map_err(|error| match error {
-        Pop3Error::Negative(text) => ConnectionError::Auth(text),
-        other => classify(other, "logging in"),
-    })?;
-    Ok((client, Pop3Hello { greeting, capabilities }))
+    let mechanism = match &login.credential {
+        Credential::Password(password) => {
+            client.login(&login.user, password).map_err(|error| match error {
+                Pop3Error::Negative(text) => ConnectionError::Auth(text),
+                other => classify(other, "logging in"),
+            })?;
+            "USER"
+        }
+        Credential::AccessToken(token) => {
+            // CAPA's "SASL XOAUTH2 OAUTHBEARER" line (RFC 5034).
+            let offered =
+                capabilities.iter().filter_map(|line| line.strip_prefix("SASL ")).flat_map(str::split_whitespace);
+            let mechanism = sasl::choose(offered, None).ok_or_else(|| {
+                ConnectionError::TokenRefused(
+                    "the server's CAPA offers neither SASL XOAUTH2 nor OAUTHBEARER".to_owned(),
+                )
+            })?;
+            let response = mechanism
+                .encoded_client_response(&login.user, token, &endpoint.host, endpoint.port)
+                .map_err(|error| ConnectionError::TokenRefused(error.to_string()))?;
+            client.authenticate_bearer(mechanism, &response).map_err(|error| match error {
+                Pop3Error::Negative(text) => ConnectionError::TokenRefused(format!("-ERR {text}")),
+                other => classify(other, "authenticating"),
+            })?;
+            mechanism.name()
+        }
+    };
+    Ok((client, Pop3Hello { greeting, capabilities, mechanism }))
 }
 
 /// Maps a POP3 error to the kinds DBAs see.

@@ -4,11 +4,12 @@
 
 use super::record::Delivered;
 use crate::settings;
+use crate::store::links;
+use crate::store::oauth::{self, WorkerCredential};
 use crate::store::outbox::{self, ClaimedRow, SendingSettings};
 use crate::store::transaction::{in_transaction, StoreError};
-use crate::store::{links, secrets};
 use email_accounts_mail::compose::OutgoingMessage;
-use email_accounts_mail::connection::Login;
+use email_accounts_mail::connection::ConnectionError;
 use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
@@ -20,9 +21,11 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 struct Claim {
     rows: Vec<ClaimedRow>,
     link_key: LinkKey,
-    accounts: Vec<(SendingSettings, Option<String>)>,
-    /// Accounts whose password could not be read: their rows are not sent.
-    broken_accounts: HashMap<i64, String>,
+    accounts: Vec<(SendingSettings, Option<WorkerCredential>)>,
+    /// Accounts that cannot sign in now, and what their rows come to:
+    /// not attempted (no password, consent needed) or not started (another
+    /// worker is renewing the access token: back in the queue uncounted).
+    unusable_accounts: HashMap<i64, JobOutcome>,
 }
 
 /// What a claim came to: each account's share, composed, and the outcomes
@@ -39,6 +42,8 @@ pub struct AccountRound {
     pub account_id: i64,
     /// Each row's claim token: results are recorded only under it.
     pub tokens: HashMap<i64, String>,
+    /// The round may renew the account's access token (and must report).
+    pub holds_renewal_lease: bool,
     pub batch: AccountBatch,
 }
 
@@ -51,26 +56,34 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
         account_ids.sort_unstable();
         account_ids.dedup();
         let mut accounts = Vec::new();
-        let mut broken_accounts = HashMap::new();
+        let mut unusable_accounts = HashMap::new();
         if !rows.is_empty() {
             for account in outbox::sending_settings(&account_ids)? {
                 if account.no_smtp_authentication {
                     accounts.push((account, None));
                     continue;
                 }
-                match secrets::read_password(account.account_id) {
-                    Ok(Some(password)) => accounts.push((account, Some(password))),
-                    Ok(None) => {
-                        broken_accounts.insert(account.account_id, "no password is set for the account".to_owned());
+                let lease = i64::from(settings::lease_duration_seconds());
+                let unusable = match oauth::worker_credential(account.account_id, account.oauth2, Some(lease)) {
+                    Ok(Some(WorkerCredential::Bearer { access_token: None, renewal: None })) => JobOutcome::NotStarted,
+                    Ok(Some(credential)) => {
+                        accounts.push((account, Some(credential)));
+                        continue;
                     }
-                    Err(error) => {
-                        broken_accounts.insert(account.account_id, error.to_string());
+                    Ok(None) if account.oauth2 => JobOutcome::NotAttempted(ConnectionError::OAuth(
+                        "the account is not connected: call email_accounts.oauth_device_login() or set_oauth_refresh_token()".to_owned(),
+                    )),
+                    Ok(None) => JobOutcome::NotAttempted(ConnectionError::Auth("no password is set for the account".to_owned())),
+                    Err(error @ oauth::OAuthStoreError::ConsentNeeded { .. }) => {
+                        JobOutcome::NotAttempted(ConnectionError::OAuth(error.to_string()))
                     }
-                }
+                    Err(error) => JobOutcome::NotAttempted(ConnectionError::Auth(error.to_string())),
+                };
+                unusable_accounts.insert(account.account_id, unusable);
             }
         }
         let link_key = if rows.is_empty() { LinkKey { id: 0, secret: Vec::new() } } else { links::current_link_key()? };
-        Ok(Claim { rows, link_key, accounts, broken_accounts })
+        Ok(Claim { rows, link_key, accounts, unusable_accounts })
     }))??;
     if claim.rows.is_empty() {
         return Ok(None);
@@ -80,9 +93,9 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
     let mut known = Delivered::default();
     let mut by_account: HashMap<i64, Vec<ClaimedRow>> = HashMap::new();
     for row in claim.rows {
-        if let Some(problem) = claim.broken_accounts.get(&row.account_id) {
+        if let Some(outcome) = claim.unusable_accounts.get(&row.account_id) {
             known.tokens.insert(row.outbox_id, row.claim_token.clone());
-            known.results.push((row.outbox_id, JobOutcome::NotAttempted(account_problem(problem))));
+            known.results.push((row.outbox_id, outcome.clone()));
         } else {
             by_account.entry(row.account_id).or_default().push(row);
         }
@@ -99,21 +112,18 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
     let rounds = claim
         .accounts
         .into_iter()
-        .filter_map(|(account, password)| {
+        .filter_map(|(account, credential)| {
             let rows = by_account.remove(&account.account_id)?;
             let tokens = rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
             Some(AccountRound {
                 account_id: account.account_id,
                 tokens,
-                batch: batch(&account, password, rows, &links, start_no_message_after),
+                holds_renewal_lease: credential.as_ref().is_some_and(WorkerCredential::holds_renewal_lease),
+                batch: batch(&account, credential, rows, &links, start_no_message_after),
             })
         })
         .collect();
     Ok(Some(Claimed { full, known, rounds }))
-}
-
-fn account_problem(problem: &str) -> email_accounts_mail::connection::ConnectionError {
-    email_accounts_mail::connection::ConnectionError::Auth(problem.to_owned())
 }
 
 /// Where personal links point, the key that makes them and when they expire.
@@ -134,17 +144,14 @@ fn nonce() -> [u8; 12] {
 /// unsubscribe links or open tracking each recipient gets a personal copy.
 fn batch(
     account: &SendingSettings,
-    password: Option<String>,
+    credential: Option<WorkerCredential>,
     rows: Vec<ClaimedRow>,
     links: &Links,
     start_no_message_after: Instant,
 ) -> AccountBatch {
     let endpoint = account.smtp.endpoint(account.extra_ca_certificate.clone());
-    let login = password.map(|password| Login {
-        user: account.login_id.clone(),
-        password,
-        allow_plaintext: account.allow_plaintext_authentication,
-    });
+    let sign_in = credential
+        .map(|credential| credential.sign_in(account.login_id.clone(), account.allow_plaintext_authentication));
     let sending = SendingAccount {
         name: account.name.clone(),
         address: account.address.clone(),
@@ -214,14 +221,12 @@ fn batch(
             });
         }
     }
-    let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap, &login) {
-        (Some(imap), Some(login)) => Ok(SentFolder {
-            endpoint: imap.endpoint(account.extra_ca_certificate.clone()),
-            login: login.clone(),
-            folder: folder.clone(),
-        }),
+    let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap, &sign_in) {
+        (Some(imap), Some(_)) => {
+            Ok(SentFolder { endpoint: imap.endpoint(account.extra_ca_certificate.clone()), folder: folder.clone() })
+        }
         (None, _) => Err(format!("cannot copy to {folder}: the account has no IMAP incoming server")),
         (_, None) => Err(format!("cannot copy to {folder}: the account has no password")),
     });
-    AccountBatch { account_id: account.account_id, start_no_message_after, endpoint, login, jobs, sent_folder }
+    AccountBatch { account_id: account.account_id, start_no_message_after, endpoint, sign_in, jobs, sent_folder }
 }

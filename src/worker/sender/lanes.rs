@@ -9,7 +9,7 @@ use super::connections;
 use super::record::Delivered;
 use crate::threads;
 use email_accounts_mail::connection::ConnectionError;
-use email_accounts_mail::delivery::{deliver_account, JobOutcome};
+use email_accounts_mail::delivery::{deliver_account, JobOutcome, RoundResult};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 
 /// A delivery thread's report: the account and what its server answered
 /// (`None` if the thread panicked).
-type Finished = (i64, Option<Vec<(i64, JobOutcome)>>);
+type Finished = (i64, Option<RoundResult>);
 
 pub struct Lanes {
-    /// Accounts on the wire and the claim tokens of their rows.
-    on_wire: HashMap<i64, HashMap<i64, String>>,
+    /// Accounts on the wire: the claim tokens of their rows, and whether the
+    /// round holds the account's access-token renewal lease.
+    on_wire: HashMap<i64, (HashMap<i64, String>, bool)>,
     /// Claimed rounds waiting for their account (or a connection) to be free.
     waiting: Vec<AccountRound>,
     finished_sender: mpsc::Sender<Finished>,
@@ -100,7 +101,7 @@ impl Lanes {
                 // A full socket buffer already means "look".
                 let _ = (&*ringer).write(&[1]);
             });
-            self.on_wire.insert(account_id, round.tokens);
+            self.on_wire.insert(account_id, (round.tokens, round.holds_renewal_lease));
         }
         self.waiting = still_waiting;
     }
@@ -118,7 +119,17 @@ impl Lanes {
     /// back) and what the accounts on the wire report within `limit`.
     pub fn finish(&mut self, limit: Duration) -> (HashMap<i64, String>, Delivered) {
         self.stopping.store(true, Ordering::Relaxed);
-        let never_started = self.waiting.drain(..).flat_map(|round| round.tokens).collect();
+        let mut never_started = HashMap::new();
+        for round in self.waiting.drain(..) {
+            never_started.extend(round.tokens);
+            if round.holds_renewal_lease {
+                // Its lease lapses by itself; nobody renews meanwhile.
+                log!(
+                    "email_accounts sender: stopping with the token renewal lease of account {} unused",
+                    round.account_id
+                );
+            }
+        }
         let deadline = Instant::now() + limit;
         let mut reports = Vec::new();
         while reports.len() < self.on_wire.len() {
@@ -133,17 +144,24 @@ impl Lanes {
 
     fn delivered(&mut self, reports: Vec<Finished>) -> Delivered {
         let mut delivered = Delivered::default();
-        for (account_id, results) in reports {
-            let tokens = self.on_wire.remove(&account_id).unwrap_or_default();
-            let results = results.unwrap_or_else(|| {
+        for (account_id, round) in reports {
+            let (tokens, held_lease) = self.on_wire.remove(&account_id).unwrap_or_default();
+            let round = round.unwrap_or_else(|| {
                 warning!(
                     "email_accounts sender: the delivery thread of account {account_id} failed; its rows are retried"
                 );
                 // They may have gone out: retried (attempt counted), as after a crash.
                 let failure = ConnectionError::Protocol("the delivery thread failed; sent again".to_owned());
-                tokens.keys().map(|outbox_id| (*outbox_id, JobOutcome::NotAttempted(failure.clone()))).collect()
+                let outcomes =
+                    tokens.keys().map(|outbox_id| (*outbox_id, JobOutcome::NotAttempted(failure.clone()))).collect();
+                RoundResult { outcomes, tokens: Default::default() }
             });
-            delivered.extend(Delivered { tokens, results });
+            let token_reports = if held_lease || round.tokens != Default::default() {
+                vec![(account_id, round.tokens, held_lease)]
+            } else {
+                Vec::new()
+            };
+            delivered.extend(Delivered { tokens, results: round.outcomes, token_reports });
         }
         if !delivered.is_empty() {
             connections::used_now();

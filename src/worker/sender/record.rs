@@ -2,9 +2,11 @@
 //! result is stored only under the claim token it was sent with.
 
 use crate::settings;
+use crate::store::oauth;
 use crate::store::outbox::{self, RowResult};
 use crate::store::transaction::{in_subtransaction, in_transaction, try_in_transaction, StoreError};
 use email_accounts_mail::delivery::{summarize, JobOutcome, RowSummary};
+use email_accounts_mail::oauth::TokenReport;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -14,16 +16,20 @@ use std::panic::AssertUnwindSafe;
 pub struct Delivered {
     pub tokens: HashMap<i64, String>,
     pub results: Vec<(i64, JobOutcome)>,
+    /// What happened to accounts' OAuth2 tokens: (account, report, whether
+    /// the round held the account's renewal lease).
+    pub token_reports: Vec<(i64, TokenReport, bool)>,
 }
 
 impl Delivered {
     pub fn is_empty(&self) -> bool {
-        self.results.is_empty()
+        self.results.is_empty() && self.token_reports.is_empty()
     }
 
     pub fn extend(&mut self, other: Delivered) {
         self.tokens.extend(other.tokens);
         self.results.extend(other.results);
+        self.token_reports.extend(other.token_reports);
     }
 }
 
@@ -36,6 +42,22 @@ pub fn recorded(role_name: &str, delivered: Delivered) -> bool {
     let Err(error) = record(role_name, delivered) else { return true };
     log!("{role_name}: recording a sending round failed; its rows are retried after their lease: {error}");
     false
+}
+
+/// Stores renewed access tokens and token failures (one transaction; a
+/// failure is logged and the renewal lease lapses by itself).
+fn record_token_reports(role_name: &str, reports: &[(i64, TokenReport, bool)]) {
+    if reports.is_empty() {
+        return;
+    }
+    let recorded = try_in_transaction(|| {
+        reports
+            .iter()
+            .try_for_each(|(account_id, report, held_lease)| oauth::record_report(*account_id, report, *held_lease))
+    });
+    if let Err(error) = recorded {
+        log!("{role_name}: cannot store the OAuth2 tokens of a round: {error}");
+    }
 }
 
 /// Puts claimed rows that never went on the wire back in the queue (one
@@ -52,7 +74,8 @@ pub fn hand_back(role_name: &str, claims: HashMap<i64, String>) {
 }
 
 fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
-    let Delivered { mut tokens, results } = delivered;
+    let Delivered { mut tokens, results, token_reports } = delivered;
+    record_token_reports(role_name, &token_reports);
     let max_attempts = settings::max_attempts();
     let retry_base_delay = settings::retry_base_delay_seconds();
     let mut by_row: HashMap<i64, Vec<&JobOutcome>> = HashMap::new();

@@ -1,0 +1,487 @@
+-- email_accounts 0.3.0 → 0.4.0: OAuth2 sign-in (issue 15). Run by ALTER
+-- EXTENSION email_accounts UPDATE; the workers of the 0.4.0 library wait
+-- for it (README "Upgrading"). Accounts that inherited office365 or outlook
+-- with a password keep signing in with it (auth_method set to password on
+-- the account): the presets now say oauth2.
+
+CREATE FUNCTION email_accounts.oauth_scopes_are_valid(scopes text[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN NOT EXISTS (SELECT FROM unnest(scopes) AS scope WHERE scope IS NULL OR scope !~ '^[^\s]+$');
+
+COMMENT ON FUNCTION email_accounts.oauth_scopes_are_valid(text[]) IS
+  'True when no scope in the array is NULL, empty or contains white space (scopes are sent space-separated).';
+
+ALTER TABLE email_accounts.provider
+    ADD COLUMN auth_method       text CONSTRAINT "provider auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
+    ADD COLUMN oauth_token_endpoint text
+                      CONSTRAINT "provider oauth_token_endpoint must be an https:// URL" CHECK (oauth_token_endpoint ~ '^https://[^\s]+$'),
+    ADD COLUMN oauth_device_authorization_endpoint text
+                      CONSTRAINT "provider oauth_device_authorization_endpoint must be an https:// URL"
+                      CHECK (oauth_device_authorization_endpoint ~ '^https://[^\s]+$'),
+    ADD COLUMN oauth_scopes      text[] CONSTRAINT "provider oauth_scopes must not contain empty scopes or scopes with blanks"
+                      CHECK (email_accounts.oauth_scopes_are_valid(oauth_scopes)),
+    ADD COLUMN oauth_client_credentials_scopes text[]
+                      CONSTRAINT "provider oauth_client_credentials_scopes must not contain empty scopes or scopes with blanks"
+                      CHECK (email_accounts.oauth_scopes_are_valid(oauth_client_credentials_scopes)),
+    ADD COLUMN oauth_client_id   text CONSTRAINT "provider oauth_client_id must not be empty or contain blanks" CHECK (oauth_client_id ~ '^[^\s]+$'),
+    ADD COLUMN oauth_tenant      text CONSTRAINT "provider oauth_tenant must be letters, digits, dots or dashes" CHECK (oauth_tenant ~ '^[A-Za-z0-9.-]+$');
+
+COMMENT ON COLUMN email_accounts.provider.auth_method IS 'How accounts of this provider sign in unless their domain or the account says otherwise: password or oauth2; NULL means password.';
+COMMENT ON COLUMN email_accounts.provider.oauth_token_endpoint IS 'OAuth2 token endpoint (https); {tenant} is replaced by the effective oauth_tenant (Microsoft identity platform).';
+COMMENT ON COLUMN email_accounts.provider.oauth_device_authorization_endpoint IS 'OAuth2 device authorization endpoint (RFC 8628) used by oauth_device_login(); {tenant} is replaced as in oauth_token_endpoint. NULL when the provider allows no device login for mail.';
+COMMENT ON COLUMN email_accounts.provider.oauth_scopes IS 'Scopes asked for on behalf of a mailbox user (device login, refresh), e.g. IMAP, POP and SMTP access and offline_access.';
+COMMENT ON COLUMN email_accounts.provider.oauth_client_credentials_scopes IS 'Scopes asked for with client credentials (app-only access to mailboxes); NULL when the provider offers no app-only mail access.';
+COMMENT ON COLUMN email_accounts.provider.oauth_client_id IS 'The OAuth2 client (application) registered at the provider, used by accounts whose domain names none. Its secret is set with set_oauth_client_secret() and stored encrypted.';
+COMMENT ON COLUMN email_accounts.provider.oauth_tenant IS 'Default tenant put into the endpoints'' {tenant} (Microsoft: organizations, consumers, common, or a directory id).';
+
+ALTER TABLE email_accounts.domain
+    ADD COLUMN auth_method          text CONSTRAINT "domain auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
+    ADD COLUMN oauth_client_id      text CONSTRAINT "domain oauth_client_id must not be empty or contain blanks" CHECK (oauth_client_id ~ '^[^\s]+$'),
+    ADD COLUMN oauth_tenant         text CONSTRAINT "domain oauth_tenant must be letters, digits, dots or dashes" CHECK (oauth_tenant ~ '^[A-Za-z0-9.-]+$');
+
+COMMENT ON COLUMN email_accounts.domain.auth_method IS 'password or oauth2 for the domain''s accounts that do not choose; NULL inherits the provider''s.';
+COMMENT ON COLUMN email_accounts.domain.oauth_client_id IS 'The organisation''s own OAuth2 client (application) at the provider; when set, the domain''s accounts use it (with its secret from set_oauth_client_secret() and oauth_tenant) instead of the provider''s.';
+COMMENT ON COLUMN email_accounts.domain.oauth_tenant IS 'Tenant (Microsoft directory id or domain) of the domain''s OAuth2 client, put into the provider''s endpoints; NULL uses the provider''s oauth_tenant.';
+
+ALTER TABLE email_accounts.account
+    ADD COLUMN auth_method text CONSTRAINT "auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2'));
+
+COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
+
+-- Accounts that sign in to office365 or outlook with a password now (the
+-- presets turn to oauth2 below) keep doing so until someone connects them.
+UPDATE email_accounts.account
+   SET auth_method = 'password'
+  FROM email_accounts.account AS inheriting
+  LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(inheriting.address, '@', 2))
+ WHERE account.account_id = inheriting.account_id AND account.auth_method IS NULL
+   AND coalesce(inheriting.provider, domain.provider) IN ('office365', 'outlook');
+
+UPDATE email_accounts.provider
+   SET description = CASE name
+           WHEN 'gmail' THEN 'Gmail and Google Workspace (an app password, or OAuth2 with a refresh token from your own app)'
+           WHEN 'outlook' THEN 'Outlook.com, Hotmail and Live personal accounts (OAuth2 only)'
+           WHEN 'office365' THEN 'Microsoft 365 / Office 365 / Exchange Online (OAuth2)' END
+ WHERE built_in AND name IN ('gmail', 'outlook', 'office365');
+-- OAuth2 endpoints and scopes of the providers that sign in with it. No
+-- client id: each organisation registers its own application (README).
+UPDATE email_accounts.provider
+   SET auth_method = 'oauth2',
+       oauth_token_endpoint = 'https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token',
+       oauth_device_authorization_endpoint = 'https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode',
+       oauth_scopes = ARRAY['https://outlook.office.com/IMAP.AccessAsUser.All', 'https://outlook.office.com/POP.AccessAsUser.All',
+                            'https://outlook.office.com/SMTP.Send', 'offline_access'],
+       oauth_client_credentials_scopes = CASE name WHEN 'office365' THEN ARRAY['https://outlook.office365.com/.default'] END,
+       oauth_tenant = CASE name WHEN 'office365' THEN 'organizations' ELSE 'consumers' END
+ WHERE built_in AND name IN ('office365', 'outlook');
+-- Google allows no device login for mail scopes: an application gets the
+-- refresh token (authorization code flow) and hands it to set_oauth_refresh_token().
+UPDATE email_accounts.provider
+   SET oauth_token_endpoint = 'https://oauth2.googleapis.com/token',
+       oauth_scopes = ARRAY['https://mail.google.com/']
+ WHERE built_in AND name = 'gmail';
+
+CREATE OR REPLACE FUNCTION email_accounts.restore_over_built_in_preset() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE email_accounts.provider
+       SET (description, incoming_protocol, imap_host, imap_port, imap_security, pop3_host, pop3_port, pop3_security,
+            smtp_host, smtp_port, smtp_security, built_in, auth_method, oauth_token_endpoint,
+            oauth_device_authorization_endpoint, oauth_scopes, oauth_client_credentials_scopes, oauth_client_id, oauth_tenant)
+         = (NEW.description, NEW.incoming_protocol, NEW.imap_host, NEW.imap_port, NEW.imap_security, NEW.pop3_host,
+            NEW.pop3_port, NEW.pop3_security, NEW.smtp_host, NEW.smtp_port, NEW.smtp_security, NEW.built_in, NEW.auth_method,
+            NEW.oauth_token_endpoint, NEW.oauth_device_authorization_endpoint, NEW.oauth_scopes,
+            NEW.oauth_client_credentials_scopes, NEW.oauth_client_id, NEW.oauth_tenant)
+     WHERE name = NEW.name;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TABLE email_accounts.oauth_client_secret (
+    provider    text UNIQUE REFERENCES email_accounts.provider (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    domain_name text UNIQUE REFERENCES email_accounts.domain (domain_name) ON UPDATE CASCADE ON DELETE CASCADE,
+    key_id      integer NOT NULL,
+    nonce       bytea NOT NULL,
+    ciphertext  bytea NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT "an OAuth2 client secret belongs to a provider or a domain" CHECK ((provider IS NULL) <> (domain_name IS NULL))
+);
+
+COMMENT ON TABLE email_accounts.oauth_client_secret IS
+  'Encrypted secrets of the OAuth2 clients named by provider.oauth_client_id and domain.oauth_client_id. Readable by no role but superusers; written only by set_oauth_client_secret() and rotate_encryption_key().';
+COMMENT ON COLUMN email_accounts.oauth_client_secret.provider IS 'The provider whose oauth_client_id this secret belongs to (or NULL).';
+COMMENT ON COLUMN email_accounts.oauth_client_secret.domain_name IS 'The domain whose oauth_client_id this secret belongs to (or NULL).';
+COMMENT ON COLUMN email_accounts.oauth_client_secret.key_id IS 'Which key of the key file encrypted it.';
+COMMENT ON COLUMN email_accounts.oauth_client_secret.nonce IS 'The random 96-bit nonce of this encryption.';
+COMMENT ON COLUMN email_accounts.oauth_client_secret.ciphertext IS 'The encrypted client secret with its authentication tag.';
+COMMENT ON COLUMN email_accounts.oauth_client_secret.updated_at IS 'When the secret was last written or re-encrypted.';
+
+REVOKE ALL ON email_accounts.oauth_client_secret FROM PUBLIC;
+ALTER TABLE email_accounts.oauth_client_secret ENABLE ROW LEVEL SECURITY;
+
+CREATE TABLE email_accounts.account_oauth (
+    account_id   bigint PRIMARY KEY REFERENCES email_accounts.account (account_id) ON DELETE CASCADE,
+    grant_type   text NOT NULL
+                 CONSTRAINT "account_oauth grant_type must be device_code, refresh_token or client_credentials"
+                 CHECK (grant_type IN ('device_code', 'refresh_token', 'client_credentials')),
+    state        text NOT NULL
+                 CONSTRAINT "account_oauth state must be waiting for approval, connected or consent needed"
+                 CHECK (state IN ('waiting for approval', 'connected', 'consent needed')),
+    problem      text,
+    bound_settings text NOT NULL,
+    access_token_expires_at timestamptz,
+    device_login_expires_at timestamptz,
+    next_request_at timestamptz,
+    refreshing_until timestamptz,
+    refreshed_at timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE email_accounts.account_oauth IS
+  'OAuth2 state of each account that was connected (or is being connected) with oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials(). The tokens themselves are in account_oauth_token. account_settings.oauth_state says the same in words.';
+COMMENT ON COLUMN email_accounts.account_oauth.account_id IS 'The account.';
+COMMENT ON COLUMN email_accounts.account_oauth.grant_type IS 'How access tokens are obtained: device_code (a device login not approved yet), refresh_token, or client_credentials (app-only).';
+COMMENT ON COLUMN email_accounts.account_oauth.state IS 'waiting for approval (a device login), connected, or consent needed (see problem): only a person can fix it, by connecting the account again.';
+COMMENT ON COLUMN email_accounts.account_oauth.problem IS 'Why consent is needed, or the last failed token request (the provider''s words; never a token).';
+COMMENT ON COLUMN email_accounts.account_oauth.bound_settings IS 'oauth_binding() when the account was connected: tokens are only sent while the servers and the OAuth2 client still match it.';
+COMMENT ON COLUMN email_accounts.account_oauth.access_token_expires_at IS 'When the stored access token expires; the workers renew it shortly before.';
+COMMENT ON COLUMN email_accounts.account_oauth.device_login_expires_at IS 'When the device login waiting for approval expires.';
+COMMENT ON COLUMN email_accounts.account_oauth.next_request_at IS 'The token endpoint is not asked before this: the device login''s polling interval, or a back-off after a failed request.';
+COMMENT ON COLUMN email_accounts.account_oauth.refreshing_until IS 'A worker is renewing the access token until then; the other waits rather than using the refresh token at the same time.';
+COMMENT ON COLUMN email_accounts.account_oauth.refreshed_at IS 'When an access token was last obtained.';
+COMMENT ON COLUMN email_accounts.account_oauth.updated_at IS 'When the row last changed.';
+
+CREATE TABLE email_accounts.account_oauth_token (
+    account_id bigint PRIMARY KEY REFERENCES email_accounts.account_oauth (account_id) ON DELETE CASCADE,
+    key_id     integer NOT NULL,
+    nonce      bytea NOT NULL,
+    ciphertext bytea NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE email_accounts.account_oauth_token IS
+  'Encrypted OAuth2 tokens of an account (refresh token, access token, or the pending device login), as one sealed JSON object bound to the account id. Readable by no role but superusers.';
+COMMENT ON COLUMN email_accounts.account_oauth_token.account_id IS 'The account; bound into the encryption.';
+COMMENT ON COLUMN email_accounts.account_oauth_token.key_id IS 'Which key of the key file encrypted it.';
+COMMENT ON COLUMN email_accounts.account_oauth_token.nonce IS 'The random 96-bit nonce of this encryption.';
+COMMENT ON COLUMN email_accounts.account_oauth_token.ciphertext IS 'The encrypted tokens with their authentication tag.';
+COMMENT ON COLUMN email_accounts.account_oauth_token.updated_at IS 'When the tokens were last written or re-encrypted.';
+
+REVOKE ALL ON email_accounts.account_oauth_token FROM PUBLIC;
+ALTER TABLE email_accounts.account_oauth_token ENABLE ROW LEVEL SECURITY;
+
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.oauth_client_secret', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.account_oauth', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.account_oauth_token', '');
+
+CREATE OR REPLACE VIEW email_accounts.account_settings WITH (security_invoker = true) AS
+SELECT
+    account.account_id,
+    account.name,
+    account.tenant,
+    account.address,
+    coalesce(account.login_id, account.address) AS login_id,
+    domain.domain_name AS domain,
+    preset.name AS provider,
+    account.owner_role,
+    account.awaiting_password,
+    account.ascii_encode_password,
+    account.password_set_at IS NOT NULL AS password_is_set,
+    account.allow_plaintext_authentication,
+    coalesce(account.extra_ca_certificate, domain.extra_ca_certificate) AS extra_ca_certificate,
+    account.enable_incoming,
+    incoming.protocol AS incoming_protocol,
+    coalesce(account.incoming_host, domain.incoming_host,
+             CASE incoming.protocol WHEN 'imap' THEN preset.imap_host WHEN 'pop3' THEN preset.pop3_host END) AS incoming_host,
+    coalesce(account.incoming_port, domain.incoming_port,
+             CASE incoming.protocol WHEN 'imap' THEN preset.imap_port WHEN 'pop3' THEN preset.pop3_port END) AS incoming_port,
+    coalesce(account.incoming_security, domain.incoming_security,
+             CASE incoming.protocol WHEN 'imap' THEN preset.imap_security WHEN 'pop3' THEN preset.pop3_security END) AS incoming_security,
+    account.folders,
+    account.sync_option,
+    account.initial_sync_count,
+    account.attachment_size_limit,
+    account.default_incoming,
+    account.pop3_retrieval,
+    account.pop3_delete_after_days,
+    account.poll_interval,
+    account.enable_auto_reply,
+    account.auto_reply_message,
+    account.enable_outgoing,
+    coalesce(account.smtp_host, domain.smtp_host, preset.smtp_host) AS smtp_host,
+    coalesce(account.smtp_port, domain.smtp_port, preset.smtp_port) AS smtp_port,
+    coalesce(account.smtp_security, domain.smtp_security, preset.smtp_security) AS smtp_security,
+    account.no_smtp_authentication,
+    account.add_signature,
+    account.signature,
+    account.default_outgoing,
+    account.always_use_account_address_as_sender,
+    account.always_use_account_name_as_sender_name,
+    account.send_unsubscribe_message,
+    account.track_email_status,
+    account.append_to_sent_folder,
+    account.sent_folder,
+    account.send_limit_per_minute,
+    account.send_limit_per_hour,
+    account.send_limit_per_day,
+    account.created_at,
+    account.updated_at,
+    -- What the workers look at: enabled, and signed in with a stored
+    -- password (not awaited) or a connected OAuth2 grant, unless the side needs none.
+    account.enable_outgoing
+        AND (account.no_smtp_authentication
+             OR CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
+                ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END) AS ready_to_send,
+    account.enable_incoming
+        AND CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
+            ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END AS ready_to_receive,
+    signing_in.auth_method,
+    CASE WHEN signing_in.client_of_domain THEN domain.oauth_client_id ELSE preset.oauth_client_id END AS oauth_client_id,
+    CASE WHEN signing_in.client_of_domain THEN 'domain' WHEN preset.oauth_client_id IS NOT NULL THEN 'provider' END AS oauth_client_source,
+    signing_in.oauth_tenant,
+    replace(preset.oauth_token_endpoint, '{tenant}', coalesce(signing_in.oauth_tenant, 'common')) AS oauth_token_endpoint,
+    replace(preset.oauth_device_authorization_endpoint, '{tenant}', coalesce(signing_in.oauth_tenant, 'common'))
+        AS oauth_device_authorization_endpoint,
+    preset.oauth_scopes,
+    preset.oauth_client_credentials_scopes,
+    CASE WHEN signing_in.auth_method <> 'oauth2' THEN NULL
+         WHEN oauth.account_id IS NULL THEN 'not connected'
+         WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
+         ELSE oauth.state END AS oauth_state
+FROM email_accounts.account
+LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
+LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
+LEFT JOIN email_accounts.account_oauth AS oauth ON oauth.account_id = account.account_id
+CROSS JOIN LATERAL (
+    SELECT coalesce(account.incoming_protocol, domain.incoming_protocol, preset.incoming_protocol) AS protocol
+) AS incoming
+CROSS JOIN LATERAL (
+    SELECT coalesce(account.auth_method, domain.auth_method, preset.auth_method, 'password') AS auth_method,
+           domain.oauth_client_id IS NOT NULL AS client_of_domain,
+           CASE WHEN domain.oauth_client_id IS NOT NULL THEN coalesce(domain.oauth_tenant, preset.oauth_tenant)
+                ELSE preset.oauth_tenant END AS oauth_tenant
+) AS signing_in;
+
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_send IS
+  'Outgoing is enabled and the account can sign in (a stored password it is not awaiting, or with oauth2 a connected grant), or SMTP needs no sign-in: the sender worker uses only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_receive IS
+  'Incoming is enabled and the account can sign in (a stored password it is not awaiting, or with oauth2 a connected grant): the receiver worker syncs only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.auth_method IS 'Effective password or oauth2: the account''s, else its domain''s, else its provider''s, else password.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_client_id IS 'The OAuth2 client in effect: the domain''s when it names one, else the provider''s.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_client_source IS 'Where the OAuth2 client (and its secret) comes from: domain or provider.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_tenant IS 'The tenant put into the endpoints: the client''s domain''s oauth_tenant, else the provider''s.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_token_endpoint IS 'The provider''s token endpoint with {tenant} replaced (common when no tenant is set).';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_device_authorization_endpoint IS 'The provider''s device authorization endpoint with {tenant} replaced.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_scopes IS 'Scopes asked for on behalf of the mailbox user.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_client_credentials_scopes IS 'Scopes asked for with client credentials; NULL when the provider offers none.';
+COMMENT ON COLUMN email_accounts.account_settings.oauth_state IS
+  'With auth_method oauth2: not connected, waiting for approval (a device login), connected, or consent needed: <reason> (the grant was revoked or expired, the user declined, or the servers or OAuth2 client changed; connect again). NULL for password accounts.';
+
+CREATE OR REPLACE FUNCTION email_accounts.check_account_settings(checked_account_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    settings email_accounts.account_settings;
+    conflict text;
+BEGIN
+    SELECT * INTO settings FROM email_accounts.account_settings WHERE account_id = checked_account_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF to_regrole(quote_ident(settings.owner_role)) IS NULL THEN
+        PERFORM email_accounts.raise_setting_error(settings.name, 'owner_role', format('role %I does not exist', settings.owner_role));
+    END IF;
+    IF settings.owner_role IN ('email_accounts_admin', 'email_accounts_sender') THEN
+        PERFORM email_accounts.raise_setting_error(settings.name, 'owner_role',
+            format('the group role %I cannot own an account (every tenant''s roles are its members); name a role of the account''s tenant', settings.owner_role));
+    END IF;
+
+    IF settings.enable_incoming THEN
+        IF settings.incoming_protocol IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_protocol',
+                'enable_incoming is on but no incoming_protocol (imap or pop3) is set on the account, its domain or its provider');
+        END IF;
+        IF settings.incoming_host IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_host',
+                'enable_incoming is on but no incoming_host is set on the account, its domain or its provider');
+        END IF;
+        IF settings.incoming_port IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_port',
+                'enable_incoming is on but no incoming_port is set on the account, its domain or its provider');
+        END IF;
+        IF settings.incoming_security IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_security',
+                'enable_incoming is on but no incoming_security (ssl, starttls or none) is set on the account, its domain or its provider');
+        END IF;
+        conflict := email_accounts.port_security_conflict(settings.incoming_protocol, settings.incoming_port, settings.incoming_security);
+        IF conflict IS NOT NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_security', 'incoming_port and incoming_security conflict: ' || conflict);
+        END IF;
+        IF settings.incoming_protocol = 'pop3' AND cardinality(settings.folders) > 1 THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'folders',
+                'POP3 has a single mailbox, so folders must name one folder, not ' || cardinality(settings.folders));
+        END IF;
+        IF settings.incoming_security = 'none' AND NOT settings.allow_plaintext_authentication THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'incoming_security',
+                'incoming_security none would send the password in clear text; use ssl or starttls, or set allow_plaintext_authentication');
+        END IF;
+    END IF;
+
+    IF settings.auth_method = 'oauth2' AND (settings.enable_incoming OR (settings.enable_outgoing AND NOT settings.no_smtp_authentication)) THEN
+        IF settings.oauth_token_endpoint IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'oauth_token_endpoint',
+                'auth_method is oauth2 but the account''s provider has no oauth_token_endpoint (name a provider that has one, e.g. office365)');
+        END IF;
+        IF settings.oauth_client_id IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'oauth_client_id',
+                'auth_method is oauth2 but no oauth_client_id is set on the account''s domain or provider (register an application at the provider first; see README "OAuth2")');
+        END IF;
+    END IF;
+
+    PERFORM email_accounts.check_routing(checked_account_id);
+
+    IF settings.enable_outgoing THEN
+        IF settings.smtp_host IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_host',
+                'enable_outgoing is on but no smtp_host is set on the account, its domain or its provider');
+        END IF;
+        IF settings.smtp_port IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_port',
+                'enable_outgoing is on but no smtp_port is set on the account, its domain or its provider');
+        END IF;
+        IF settings.smtp_security IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_security',
+                'enable_outgoing is on but no smtp_security (ssl, starttls or none) is set on the account, its domain or its provider');
+        END IF;
+        conflict := email_accounts.port_security_conflict('smtp', settings.smtp_port, settings.smtp_security);
+        IF conflict IS NOT NULL THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_security', 'smtp_port and smtp_security conflict: ' || conflict);
+        END IF;
+        IF settings.smtp_security = 'none' AND NOT settings.no_smtp_authentication AND NOT settings.allow_plaintext_authentication THEN
+            PERFORM email_accounts.raise_setting_error(settings.name, 'smtp_security',
+                'smtp_security none would send the password in clear text; use ssl or starttls, set no_smtp_authentication, or set allow_plaintext_authentication');
+        END IF;
+    END IF;
+END;
+$$;
+
+-- What OAuth2 tokens are bound to: the servers they are sent to (as for
+-- passwords), and the token endpoint and client the refresh token is sent to.
+CREATE FUNCTION email_accounts.oauth_binding(bound_account_id bigint) RETURNS text
+LANGUAGE sql STABLE
+RETURN (
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+               email_accounts.server_binding(bound_account_id), settings.oauth_token_endpoint,
+               settings.oauth_client_id, settings.oauth_client_source)::text, 'UTF8')), 'hex')
+      FROM email_accounts.account_settings AS settings
+     WHERE settings.account_id = bound_account_id);
+
+COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
+  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint and the OAuth2 client. When it changes the account needs consent again.';
+
+-- An account whose servers changed since its password was stored awaits a
+-- new one, and one connected by OAuth2 needs consent again: whoever may
+-- redirect an account must not receive its password or tokens.
+CREATE OR REPLACE FUNCTION email_accounts.require_password_if_servers_changed(checked_account_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE email_accounts.account SET awaiting_password = true
+     WHERE account.account_id = checked_account_id AND NOT account.awaiting_password
+       AND EXISTS (SELECT FROM email_accounts.account_secret AS secret
+                    WHERE secret.account_id = checked_account_id
+                      AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id));
+    UPDATE email_accounts.account_oauth
+       SET state = 'consent needed', refreshing_until = NULL, updated_at = now(),
+           problem = 'the account''s servers or OAuth2 client changed since it was connected; connect it again'
+     WHERE account_oauth.account_id = checked_account_id AND account_oauth.state <> 'consent needed'
+       AND account_oauth.bound_settings IS DISTINCT FROM email_accounts.oauth_binding(checked_account_id);
+END;
+
+COMMENT ON FUNCTION email_accounts.require_password_if_servers_changed(bigint) IS
+  'Sets awaiting_password on an account whose stored password was set for other servers than those now in effect, and marks its OAuth2 grant consent needed when the servers or OAuth2 client changed since it was connected.';
+
+COMMENT ON COLUMN email_accounts.sync_state.last_error_kind IS 'dns, connect, timeout, tls, auth, oauth (getting an OAuth2 token, or a server refusing it), protocol, or store (the database refused a message).';
+
+-- Privileges (sql/security.sql).
+GRANT SELECT ON email_accounts.account_oauth TO email_accounts_admin, email_accounts_sender;
+ALTER TABLE email_accounts.account_oauth ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rows_of_visible_accounts ON email_accounts.account_oauth
+    USING (EXISTS (SELECT FROM email_accounts.account WHERE account.account_id = account_oauth.account_id));
+
+-- A restore holds the workers off from the new tables too (sql/restore.sql).
+DO $$
+DECLARE
+    restored text;
+BEGIN
+    FOREACH restored IN ARRAY ARRAY['oauth_client_secret', 'account_oauth', 'account_oauth_token'] LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.%I
+                 FOR EACH STATEMENT WHEN (email_accounts.restoring())
+                 EXECUTE FUNCTION email_accounts.hold_workers_during_restore()', restored);
+    END LOOP;
+END;
+$$;
+
+-- The SQL functions of src/api/oauth.rs.
+CREATE  FUNCTION "set_oauth_refresh_token"(
+	"account" TEXT, /* & str */
+	"refresh_token" TEXT, /* & str */
+	"tenant" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_oauth_refresh_token_wrapper';
+
+CREATE  FUNCTION "oauth_device_login"(
+	"account" TEXT, /* & str */
+	"tenant" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"verification_uri" TEXT,  /* String */
+	"user_code" TEXT,  /* String */
+	"expires_at" timestamp with time zone,  /* pgrx :: datum :: TimestampWithTimeZone */
+	"message" TEXT  /* String */
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'oauth_device_login_wrapper';
+
+CREATE  FUNCTION "connect_oauth_client_credentials"(
+	"account" TEXT, /* & str */
+	"tenant" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'connect_oauth_client_credentials_wrapper';
+
+CREATE  FUNCTION "set_oauth_client_secret"(
+	"secret" TEXT, /* & str */
+	"provider" TEXT DEFAULT NULL, /* Option < & str > */
+	"domain" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_oauth_client_secret_wrapper';
+
+COMMENT ON FUNCTION email_accounts.test_account(text, text) IS
+  'Connects and logs in to the account''s SMTP server and its IMAP or POP3 server (as enabled), verifying TLS, and returns auth_method, per protocol: ok, elapsed_ms, host, port, security, greeting, capabilities, sasl_mechanism, and on failure error.kind (dns, connect, timeout, tls, auth, oauth, protocol) with error.message in the server''s words; for OAuth2 accounts also oauth: state, whether the access token was still valid or renewed now (stored in the caller''s transaction), and the failed step. Never shows a token. Bounded by email_accounts.connect_timeout.';
+COMMENT ON FUNCTION email_accounts.set_oauth_refresh_token(text, text, text) IS
+  'Connects an account with auth_method oauth2 by a refresh token that an application obtained (authorization code flow): stores it encrypted and bound to the account''s servers and OAuth2 client, without asking the provider (the workers get an access token at first use; test_account() checks it now). Same callers as set_password(); pass the token as a bind parameter.';
+COMMENT ON FUNCTION email_accounts.oauth_device_login(text, text) IS
+  'Starts a device login (RFC 8628) for an account with auth_method oauth2 and returns the verification URI, the user code, when it expires and a message to show. The receiver worker polls the token endpoint and connects the account once the user approved (account_settings.oauth_state: waiting for approval, then connected). Same callers as set_password().';
+COMMENT ON FUNCTION email_accounts.connect_oauth_client_credentials(text, text) IS
+  'Connects an account with auth_method oauth2 by client credentials (app-only; the provider needs oauth_client_credentials_scopes and the client a secret) and returns when the first access token expires. Same callers as set_password().';
+COMMENT ON FUNCTION email_accounts.set_oauth_client_secret(text, text, text) IS
+  'Stores, encrypted and write-only, the secret of the OAuth2 client named by a provider''s or a domain''s oauth_client_id (name exactly one). Superusers and email_accounts_admin members bound to every tenant.';
+COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS
+  'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password, OAuth2 token and OAuth2 client secret with it, keeps the older keys (other databases of the cluster and restored dumps may still need them), and returns the new key id.';
+
+-- The workers of the new library wait for this update; wake them now.
+SELECT email_accounts.wake_workers_at_commit();

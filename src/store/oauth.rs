@@ -1,0 +1,559 @@
+//! OAuth2 state and tokens of accounts (tables account_oauth,
+//! account_oauth_token, oauth_client_secret): connecting an account,
+//! handing a worker what it needs to sign in (and the right to renew the
+//! access token, one worker at a time), and storing what came back. Tokens
+//! are sealed like passwords; nothing here puts one into an error or a log.
+
+use super::secrets::{self, SecretStoreError};
+use crate::settings;
+use email_accounts_mail::oauth::{
+    DeviceLogin, DevicePoll, Grant, OAuthClient, OAuthError, Renewal, TokenReport, Tokens,
+};
+use email_accounts_mail::secret::{KeyRing, Sealed};
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+use serde::{Deserialize, Serialize};
+
+/// An access token is renewed when it has less than this left.
+const RENEW_BEFORE_SECONDS: i64 = 300;
+/// A token with less than this left is not used at all.
+const USABLE_FOR_AT_LEAST_SECONDS: i64 = 30;
+/// After a token request failed for a reason that may pass (the endpoint
+/// unreachable, a server error), the endpoint is not asked again before this.
+const BACK_OFF_SECONDS: i64 = 60;
+
+/// The tokens of one account, sealed together as JSON. No `Debug`.
+#[derive(Default, Serialize, Deserialize)]
+struct StoredTokens {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+    /// The provider's device authorization answer while a device login waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_login: Option<String>,
+}
+
+fn tokens_binding(account_id: i64) -> Vec<u8> {
+    let mut associated = b"oauth tokens of account ".to_vec();
+    associated.extend_from_slice(&account_id.to_be_bytes());
+    associated
+}
+
+const CLIENT_SECRET_BINDING: &[u8] = b"oauth client secret";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthStoreError {
+    #[error(transparent)]
+    Secret(#[from] SecretStoreError),
+    #[error(transparent)]
+    Spi(#[from] SpiError),
+    #[error("the stored OAuth2 tokens of account {0} are unreadable")]
+    Unreadable(i64),
+    #[error("account {account}: {problem}")]
+    NotUsable { account: String, problem: String },
+    #[error("account {account}: OAuth2 consent needed: {problem}")]
+    ConsentNeeded { account: String, problem: String },
+}
+
+/// The OAuth2 client an account uses, from its effective settings and the
+/// client's sealed secret.
+pub fn client_for(account_id: i64) -> Result<OAuthClient, OAuthStoreError> {
+    let row = Spi::connect(|client| -> Result<_, SpiError> {
+        let table = client.select(
+            "SELECT settings.name, settings.oauth_token_endpoint, settings.oauth_device_authorization_endpoint,
+                    settings.oauth_client_id, settings.oauth_scopes, settings.oauth_client_credentials_scopes,
+                    settings.extra_ca_certificate, secret.key_id, secret.nonce, secret.ciphertext
+               FROM email_accounts.account_settings AS settings
+               LEFT JOIN email_accounts.oauth_client_secret AS secret
+                      ON (settings.oauth_client_source = 'domain' AND secret.domain_name = settings.domain)
+                      OR (settings.oauth_client_source = 'provider' AND secret.provider = settings.provider)
+              WHERE settings.account_id = $1",
+            Some(1),
+            &[account_id.into()],
+        )?;
+        let Some(row) = table.into_iter().next() else { return Ok(None) };
+        let sealed = match row.get::<i32>(8)? {
+            Some(key_id) => Some(Sealed {
+                key_id: key_id as u32,
+                nonce: row.get::<Vec<u8>>(9)?.unwrap_or_default(),
+                ciphertext: row.get::<Vec<u8>>(10)?.unwrap_or_default(),
+            }),
+            None => None,
+        };
+        Ok(Some((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?,
+            row.get::<String>(3)?,
+            row.get::<String>(4)?,
+            row.get::<Vec<String>>(5)?.unwrap_or_default(),
+            row.get::<Vec<String>>(6)?.unwrap_or_default(),
+            row.get::<String>(7)?,
+            sealed,
+        )))
+    })?;
+    let Some((name, token_url, device_url, client_id, scopes, client_credentials_scopes, extra_ca, sealed)) = row
+    else {
+        return Err(OAuthStoreError::NotUsable {
+            account: account_id.to_string(),
+            problem: "no such account".to_owned(),
+        });
+    };
+    let not_usable = |problem: &str| OAuthStoreError::NotUsable { account: name.clone(), problem: problem.to_owned() };
+    let token_url = token_url.ok_or_else(|| not_usable("its provider has no oauth_token_endpoint"))?;
+    let client_id = client_id.ok_or_else(|| not_usable("no oauth_client_id is set on its domain or provider"))?;
+    let client_secret = match sealed {
+        Some(sealed) => Some(secrets::open(CLIENT_SECRET_BINDING, &sealed, "OAuth2 client secret")?),
+        None => None,
+    };
+    Ok(OAuthClient {
+        token_url,
+        device_authorization_url: device_url,
+        client_id,
+        client_secret,
+        scopes,
+        client_credentials_scopes,
+        extra_ca_pem: extra_ca,
+        timeout: settings::connect_timeout(),
+    })
+}
+
+/// Stores the secret of the OAuth2 client of a provider or a domain.
+pub fn store_client_secret(provider: Option<&str>, domain: Option<&str>, secret: &str) -> Result<(), OAuthStoreError> {
+    let sealed = secrets::seal(CLIENT_SECRET_BINDING, secret)?;
+    let column = if provider.is_some() { "provider" } else { "domain_name" };
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO email_accounts.oauth_client_secret AS secret ({column}, key_id, nonce, ciphertext)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT ({column}) DO UPDATE
+                SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = now()"
+        ),
+        &[
+            provider.or(domain).into(),
+            (sealed.key_id as i32).into(),
+            sealed.nonce.into(),
+            sealed.ciphertext.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+fn seal_tokens(account_id: i64, tokens: &StoredTokens) -> Result<Sealed, OAuthStoreError> {
+    let json = serde_json::to_string(tokens).map_err(|_| OAuthStoreError::Unreadable(account_id))?;
+    Ok(secrets::seal(&tokens_binding(account_id), &json)?)
+}
+
+fn write_tokens(account_id: i64, tokens: &StoredTokens) -> Result<(), OAuthStoreError> {
+    let sealed = seal_tokens(account_id, tokens)?;
+    Spi::run_with_args(
+        "INSERT INTO email_accounts.account_oauth_token AS token (account_id, key_id, nonce, ciphertext)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (account_id) DO UPDATE
+            SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = now()",
+        &[account_id.into(), (sealed.key_id as i32).into(), sealed.nonce.into(), sealed.ciphertext.into()],
+    )?;
+    Ok(())
+}
+
+fn read_tokens(account_id: i64) -> Result<Option<StoredTokens>, OAuthStoreError> {
+    let sealed = Spi::connect(|client| -> Result<Option<Sealed>, SpiError> {
+        let table = super::kept_plans::select(
+            client,
+            "SELECT key_id, nonce, ciphertext FROM email_accounts.account_oauth_token WHERE account_id = $1",
+            &[account_id.into()],
+        )?;
+        let Some(row) = table.first() else { return Ok(None) };
+        Ok(Some(Sealed {
+            key_id: row.get::<i32>(1)?.unwrap_or_default() as u32,
+            nonce: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
+            ciphertext: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
+        }))
+    })?;
+    let Some(sealed) = sealed else { return Ok(None) };
+    let json = secrets::open(&tokens_binding(account_id), &sealed, "OAuth2 tokens")?;
+    serde_json::from_str(&json).map(Some).map_err(|_| OAuthStoreError::Unreadable(account_id))
+}
+
+/// Records a new grant for the account (state connected, or waiting for
+/// approval with a device login), bound to its settings as they are now.
+/// Replaces whatever grant it had: a worker renewing the old one finds its
+/// lease gone and stores nothing.
+fn connect(
+    account_id: i64,
+    grant_type: &str,
+    state: &str,
+    tokens: &StoredTokens,
+    access_token_expires_at: Option<i64>,
+    device_login_expires_at: Option<i64>,
+    next_request_at: Option<i64>,
+) -> Result<(), OAuthStoreError> {
+    Spi::run_with_args(
+        "INSERT INTO email_accounts.account_oauth AS oauth
+                (account_id, grant_type, state, problem, bound_settings, access_token_expires_at,
+                 device_login_expires_at, next_request_at, refreshing_until, refreshed_at)
+         VALUES ($1, $2, $3, NULL, email_accounts.oauth_binding($1), pg_catalog.to_timestamp($4),
+                 pg_catalog.to_timestamp($5), pg_catalog.to_timestamp($6), NULL, CASE WHEN $4 IS NOT NULL THEN now() END)
+         ON CONFLICT (account_id) DO UPDATE
+            SET grant_type = excluded.grant_type, state = excluded.state, problem = NULL,
+                bound_settings = excluded.bound_settings, access_token_expires_at = excluded.access_token_expires_at,
+                device_login_expires_at = excluded.device_login_expires_at, next_request_at = excluded.next_request_at,
+                refreshing_until = NULL, refreshed_at = excluded.refreshed_at, updated_at = now()",
+        &[
+            account_id.into(),
+            grant_type.into(),
+            state.into(),
+            access_token_expires_at.map(|at| at as f64).into(),
+            device_login_expires_at.map(|at| at as f64).into(),
+            next_request_at.map(|at| at as f64).into(),
+        ],
+    )?;
+    write_tokens(account_id, tokens)?;
+    // Mail may wait for this account; the receiver polls a device login.
+    Spi::run("SELECT email_accounts.wake_workers_at_commit()")?;
+    Ok(())
+}
+
+/// Connects the account with a refresh token an application obtained.
+pub fn store_refresh_token(account_id: i64, refresh_token: &str) -> Result<(), OAuthStoreError> {
+    let tokens = StoredTokens { refresh_token: Some(refresh_token.to_owned()), ..StoredTokens::default() };
+    connect(account_id, "refresh_token", "connected", &tokens, None, None, None)
+}
+
+/// Connects the account with tokens a grant just gave.
+pub fn store_granted(account_id: i64, grant_type: &str, granted: &Tokens) -> Result<(), OAuthStoreError> {
+    let tokens = StoredTokens {
+        refresh_token: granted.refresh_token.clone(),
+        access_token: Some(granted.access_token.clone()),
+        device_login: None,
+    };
+    connect(account_id, grant_type, "connected", &tokens, Some(granted.expires_at), None, None)
+}
+
+/// Records a device login waiting for the user's approval.
+pub fn store_device_login(account_id: i64, login: &DeviceLogin) -> Result<(), OAuthStoreError> {
+    let now = email_accounts_mail::token::unix_now();
+    let tokens = StoredTokens { device_login: Some(login.state.clone()), ..StoredTokens::default() };
+    let expires_at = now + login.expires_in.as_secs() as i64;
+    let next = now + login.interval.as_secs().max(1) as i64;
+    connect(account_id, "device_code", "waiting for approval", &tokens, None, Some(expires_at), Some(next))
+}
+
+/// How a worker signs in to an account's servers.
+pub enum WorkerCredential {
+    Password(String),
+    /// An OAuth2 access token (`None`: none usable now) and, when this
+    /// worker holds the account's renewal lease, the right to renew it.
+    Bearer {
+        access_token: Option<String>,
+        renewal: Option<Renewal>,
+    },
+}
+
+impl WorkerCredential {
+    pub fn holds_renewal_lease(&self) -> bool {
+        matches!(self, WorkerCredential::Bearer { renewal: Some(_), .. })
+    }
+
+    pub fn sign_in(self, user: String, allow_plaintext: bool) -> email_accounts_mail::oauth::SignIn {
+        use email_accounts_mail::connection::Login;
+        use email_accounts_mail::oauth::SignIn;
+        match self {
+            WorkerCredential::Password(password) => {
+                SignIn::with_password(Login::with_password(user, password, allow_plaintext))
+            }
+            WorkerCredential::Bearer { access_token, renewal } => {
+                SignIn::with_token(user, access_token, renewal, allow_plaintext)
+            }
+        }
+    }
+}
+
+/// What a worker signs in with: the password, or the OAuth2 access token.
+/// For OAuth2 with `lease_seconds`, the worker takes the account's renewal
+/// lease for that long when the token needs renewing and no other worker
+/// holds it; it then gets a `Renewal` and must `record_report` afterwards.
+/// Without, it gets the stored token only (an IDLE watcher).
+pub fn worker_credential(
+    account_id: i64,
+    oauth2: bool,
+    lease_seconds: Option<i64>,
+) -> Result<Option<WorkerCredential>, OAuthStoreError> {
+    if !oauth2 {
+        return Ok(secrets::read_password(account_id)?.map(WorkerCredential::Password));
+    }
+    let leased = lease_seconds.is_some()
+        && Spi::connect_mut(|client| -> Result<bool, SpiError> {
+            let updated = client.update(
+            "UPDATE email_accounts.account_oauth
+                SET refreshing_until = now() + pg_catalog.make_interval(secs => $2)
+              WHERE account_id = $1 AND state = 'connected'
+                AND (access_token_expires_at IS NULL OR access_token_expires_at < now() + pg_catalog.make_interval(secs => $3))
+                AND (refreshing_until IS NULL OR refreshing_until < now())
+                AND (next_request_at IS NULL OR next_request_at <= now())
+                AND bound_settings = email_accounts.oauth_binding(account_id)
+              RETURNING 1",
+            None,
+            &[account_id.into(), (lease_seconds.unwrap_or(0) as f64).into(), (RENEW_BEFORE_SECONDS as f64).into()],
+        )?;
+            Ok(!updated.is_empty())
+        })?;
+    let state = Spi::connect(|client| -> Result<Option<(String, String, Option<String>, bool, bool)>, SpiError> {
+        let table = super::kept_plans::select(
+            client,
+            "SELECT oauth.grant_type, oauth.state, oauth.problem,
+                    oauth.bound_settings = email_accounts.oauth_binding(oauth.account_id),
+                    coalesce(oauth.access_token_expires_at > now() + pg_catalog.make_interval(secs => $2), false)
+               FROM email_accounts.account_oauth AS oauth WHERE oauth.account_id = $1",
+            &[account_id.into(), (USABLE_FOR_AT_LEAST_SECONDS as f64).into()],
+        )?;
+        let Some(row) = table.first() else { return Ok(None) };
+        Ok(Some((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?.unwrap_or_default(),
+            row.get::<String>(3)?,
+            row.get::<bool>(4)?.unwrap_or(false),
+            row.get::<bool>(5)?.unwrap_or(false),
+        )))
+    })?;
+    let Some((grant_type, state, problem, binding_holds, access_token_usable)) = state else { return Ok(None) };
+    let consent = |problem: String| OAuthStoreError::ConsentNeeded { account: account_id.to_string(), problem };
+    if state != "connected" {
+        return Err(consent(problem.unwrap_or_else(|| format!("the account is {state}"))));
+    }
+    if !binding_holds {
+        return Err(consent("the account's servers or OAuth2 client changed since it was connected".to_owned()));
+    }
+    let tokens = read_tokens(account_id)?.unwrap_or_default();
+    let access_token = tokens.access_token.filter(|_| access_token_usable);
+    let renewal = if leased {
+        let grant = match (grant_type.as_str(), tokens.refresh_token) {
+            ("client_credentials", _) => Grant::ClientCredentials,
+            (_, Some(refresh_token)) => Grant::RefreshToken(refresh_token),
+            (_, None) => return Err(consent("no refresh token is stored".to_owned())),
+        };
+        Some(Renewal { client: client_for(account_id)?, grant })
+    } else {
+        None
+    };
+    Ok(Some(WorkerCredential::Bearer { access_token, renewal }))
+}
+
+/// Stores what a sign-in did to the account's tokens: a new access token
+/// (and a rotated refresh token), a refused grant (consent needed), a
+/// failed request (back off), or an access token a server refused (renew
+/// it next time). Only under this worker's renewal lease, which it ends; a
+/// grant replaced meanwhile is left alone.
+pub fn record_report(account_id: i64, report: &TokenReport, held_lease: bool) -> Result<(), OAuthStoreError> {
+    if report.refused {
+        Spi::run_with_args(
+            "UPDATE email_accounts.account_oauth
+                SET access_token_expires_at = least(access_token_expires_at, now()), updated_at = now()
+              WHERE account_id = $1",
+            &[account_id.into()],
+        )?;
+    }
+    if !held_lease {
+        return Ok(());
+    }
+    let still_leased = Spi::get_one_with_args::<bool>(
+        "SELECT true FROM email_accounts.account_oauth WHERE account_id = $1 AND refreshing_until IS NOT NULL FOR UPDATE",
+        &[account_id.into()],
+    )?
+    .unwrap_or(false);
+    if !still_leased {
+        return Ok(());
+    }
+    if let Some(renewed) = &report.renewed {
+        let mut tokens = read_tokens(account_id)?.unwrap_or_default();
+        tokens.access_token = Some(renewed.access_token.clone());
+        if let Some(rotated) = &renewed.refresh_token {
+            tokens.refresh_token = Some(rotated.clone());
+        }
+        write_tokens(account_id, &tokens)?;
+        Spi::run_with_args(
+            "UPDATE email_accounts.account_oauth
+                SET access_token_expires_at = pg_catalog.to_timestamp($2), refreshed_at = now(), problem = NULL,
+                    next_request_at = NULL, refreshing_until = NULL, updated_at = now()
+              WHERE account_id = $1",
+            &[account_id.into(), (renewed.expires_at as f64).into()],
+        )?;
+        if report.refused {
+            // The new token was refused too: renew again next time.
+            Spi::run_with_args(
+                "UPDATE email_accounts.account_oauth SET access_token_expires_at = now() WHERE account_id = $1",
+                &[account_id.into()],
+            )?;
+        }
+    } else if let Some(failure) = &report.failure {
+        record_failure(account_id, failure)?;
+    } else {
+        Spi::run_with_args(
+            "UPDATE email_accounts.account_oauth SET refreshing_until = NULL WHERE account_id = $1",
+            &[account_id.into()],
+        )?;
+    }
+    Ok(())
+}
+
+fn record_failure(account_id: i64, failure: &OAuthError) -> Result<(), SpiError> {
+    if failure.needs_consent() {
+        Spi::run_with_args(
+            "UPDATE email_accounts.account_oauth
+                SET state = 'consent needed', problem = $2, refreshing_until = NULL, updated_at = now()
+              WHERE account_id = $1",
+            &[account_id.into(), failure.to_string().into()],
+        )
+    } else {
+        Spi::run_with_args(
+            "UPDATE email_accounts.account_oauth
+                SET problem = $2, next_request_at = now() + pg_catalog.make_interval(secs => $3),
+                    refreshing_until = NULL, updated_at = now()
+              WHERE account_id = $1",
+            &[account_id.into(), failure.to_string().into(), (BACK_OFF_SECONDS as f64).into()],
+        )
+    }
+}
+
+/// A device login due to be polled.
+pub struct PendingDeviceLogin {
+    pub account_id: i64,
+    pub client: OAuthClient,
+    pub state: String,
+}
+
+/// The device logins whose next poll is due (at most `limit`); an expired
+/// one needs consent again and is not returned.
+pub fn due_device_logins(limit: i64) -> Result<Vec<PendingDeviceLogin>, OAuthStoreError> {
+    Spi::run(
+        "UPDATE email_accounts.account_oauth
+            SET state = 'consent needed', updated_at = now(),
+                problem = 'the device login expired before the user approved it; call oauth_device_login() again'
+          WHERE state = 'waiting for approval' AND device_login_expires_at <= now()",
+    )?;
+    let due: Vec<i64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT account_id FROM email_accounts.account_oauth
+                  WHERE state = 'waiting for approval' AND grant_type = 'device_code'
+                    AND coalesce(next_request_at, now()) <= now()
+                  ORDER BY next_request_at LIMIT $1",
+                None,
+                &[limit.into()],
+            )?
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<i64>, SpiError>>()
+    })?;
+    let mut pending = Vec::new();
+    for account_id in due {
+        let state = read_tokens(account_id)?.and_then(|tokens| tokens.device_login);
+        let prepared =
+            state.ok_or(OAuthStoreError::Unreadable(account_id)).and_then(|state| Ok((client_for(account_id)?, state)));
+        match prepared {
+            Ok((client, state)) => pending.push(PendingDeviceLogin { account_id, client, state }),
+            Err(error) => record_failure(account_id, &OAuthError::Settings(error.to_string()))?,
+        }
+    }
+    Ok(pending)
+}
+
+/// Stores the answer to one poll of a device login, unless the login was
+/// replaced or cancelled meanwhile.
+pub fn record_device_poll(account_id: i64, polled: &Result<DevicePoll, OAuthError>) -> Result<(), OAuthStoreError> {
+    let waiting = Spi::get_one_with_args::<bool>(
+        "SELECT true FROM email_accounts.account_oauth
+          WHERE account_id = $1 AND state = 'waiting for approval' FOR UPDATE",
+        &[account_id.into()],
+    )?
+    .unwrap_or(false);
+    if !waiting {
+        return Ok(());
+    }
+    match polled {
+        Ok(DevicePoll::Pending(interval)) => Spi::run_with_args(
+            "UPDATE email_accounts.account_oauth
+                SET next_request_at = now() + pg_catalog.make_interval(secs => $2), problem = NULL, updated_at = now()
+              WHERE account_id = $1",
+            &[account_id.into(), (interval.as_secs().max(1) as f64).into()],
+        )?,
+        Ok(DevicePoll::Approved(granted)) => {
+            let tokens = StoredTokens {
+                refresh_token: granted.refresh_token.clone(),
+                access_token: Some(granted.access_token.clone()),
+                device_login: None,
+            };
+            write_tokens(account_id, &tokens)?;
+            Spi::run_with_args(
+                "UPDATE email_accounts.account_oauth
+                    SET grant_type = 'refresh_token', state = 'connected', problem = NULL,
+                        access_token_expires_at = pg_catalog.to_timestamp($2), refreshed_at = now(),
+                        device_login_expires_at = NULL, next_request_at = NULL, updated_at = now()
+                  WHERE account_id = $1",
+                &[account_id.into(), (granted.expires_at as f64).into()],
+            )?;
+            if granted.refresh_token.is_none() {
+                warning!("email_accounts: the device login of account {account_id} gave no refresh token (is offline_access among the scopes?); it will need consent again when the access token expires");
+            }
+        }
+        Err(failure) => record_failure(account_id, failure)?,
+    }
+    Ok(())
+}
+
+/// Seconds until the next device login poll is due (`None`: none waits).
+pub fn seconds_until_next_device_poll() -> Result<Option<f64>, SpiError> {
+    Spi::get_one(
+        "SELECT greatest(0, extract(epoch FROM min(coalesce(next_request_at, now())) - now()))::float8
+           FROM email_accounts.account_oauth WHERE state = 'waiting for approval'",
+    )
+}
+
+/// Re-encrypts every sealed token set and client secret with the ring's
+/// current key (key rotation); returns how many.
+pub fn reseal_all(ring: &KeyRing) -> Result<i64, SecretStoreError> {
+    let mut count = 0;
+    for (table, key_column) in
+        [("account_oauth_token", "account_id::text"), ("oauth_client_secret", "coalesce(provider, domain_name)")]
+    {
+        let rows = Spi::connect(|client| -> Result<Vec<(String, Option<i64>, Sealed)>, SpiError> {
+            let query = format!(
+                "SELECT {key_column}, {account}, key_id, nonce, ciphertext FROM email_accounts.{table} FOR UPDATE",
+                account = if table == "account_oauth_token" { "account_id" } else { "NULL::bigint" }
+            );
+            client
+                .select(&query, None, &[])?
+                .map(|row| {
+                    Ok((
+                        row.get::<String>(1)?.unwrap_or_default(),
+                        row.get::<i64>(2)?,
+                        Sealed {
+                            key_id: row.get::<i32>(3)?.unwrap_or_default() as u32,
+                            nonce: row.get::<Vec<u8>>(4)?.unwrap_or_default(),
+                            ciphertext: row.get::<Vec<u8>>(5)?.unwrap_or_default(),
+                        },
+                    ))
+                })
+                .collect()
+        })?;
+        for (key, account_id, sealed) in rows {
+            let associated = match account_id {
+                Some(account_id) => tokens_binding(account_id),
+                None => CLIENT_SECRET_BINDING.to_vec(),
+            };
+            let what = if account_id.is_some() { "OAuth2 tokens" } else { "OAuth2 client secret" };
+            let plain = ring
+                .open_for(&associated, &sealed)
+                .map_err(|source| SecretStoreError::DecryptOther { what, source })?;
+            let resealed = ring.seal_for(&associated, &plain).map_err(SecretStoreError::Encrypt)?;
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE email_accounts.{table} SET key_id = $2, nonce = $3, ciphertext = $4, updated_at = now()
+                      WHERE {key_column} = $1"
+                ),
+                &[key.into(), (resealed.key_id as i32).into(), resealed.nonce.into(), resealed.ciphertext.into()],
+            )?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
