@@ -3,8 +3,7 @@
 //! 7662 introspection), accepts an access token by XOAUTH2 and OAUTHBEARER as
 //! `email_accounts_mail::sasl` builds them, over IMAP and POP3; a revoked
 //! token, or another user's, is refused with a challenge `sasl` reads.
-//! (SMTP through Postfix's Dovecot SASL does not work yet: Postfix reports
-//! "Connection lost to authentication server" after ~30 s; see the notes.)
+//! (SMTP through Postfix's Dovecot SASL is exercised end to end by tests/oauth2.rs.)
 // Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
 #![cfg(not(feature = "pg_test"))]
 

@@ -271,9 +271,11 @@ impl WorkerCredential {
 
 /// What a worker signs in with: the password, or the OAuth2 access token.
 /// For OAuth2 with `lease_seconds`, the worker takes the account's renewal
-/// lease for that long when the token needs renewing and no other worker
-/// holds it; it then gets a `Renewal` and must `record_report` afterwards.
-/// Without, it gets the stored token only (an IDLE watcher).
+/// lease for that long when no other worker holds it: it then gets a
+/// `Renewal` (a token request may follow: at once when the access token
+/// expires within minutes, or after a server refused it) and must
+/// `record_report` afterwards. Without a lease it gets the stored token only,
+/// and none once that has (nearly) expired. An IDLE watcher asks without.
 pub fn worker_credential(
     account_id: i64,
     oauth2: bool,
@@ -285,38 +287,40 @@ pub fn worker_credential(
     let leased = lease_seconds.is_some()
         && Spi::connect_mut(|client| -> Result<bool, SpiError> {
             let updated = client.update(
-            "UPDATE email_accounts.account_oauth
-                SET refreshing_until = now() + pg_catalog.make_interval(secs => $2)
-              WHERE account_id = $1 AND state = 'connected'
-                AND (access_token_expires_at IS NULL OR access_token_expires_at < now() + pg_catalog.make_interval(secs => $3))
-                AND (refreshing_until IS NULL OR refreshing_until < now())
-                AND (next_request_at IS NULL OR next_request_at <= now())
-                AND bound_settings = email_accounts.oauth_binding(account_id)
-              RETURNING 1",
-            None,
-            &[account_id.into(), (lease_seconds.unwrap_or(0) as f64).into(), (RENEW_BEFORE_SECONDS as f64).into()],
-        )?;
+                "UPDATE email_accounts.account_oauth
+                    SET refreshing_until = now() + pg_catalog.make_interval(secs => $2)
+                  WHERE account_id = $1 AND state = 'connected'
+                    AND (refreshing_until IS NULL OR refreshing_until < now())
+                    AND (next_request_at IS NULL OR next_request_at <= now())
+                    AND bound_settings = email_accounts.oauth_binding(account_id)
+                  RETURNING 1",
+                None,
+                &[account_id.into(), (lease_seconds.unwrap_or(0) as f64).into()],
+            )?;
             Ok(!updated.is_empty())
         })?;
-    let state = Spi::connect(|client| -> Result<Option<(String, String, Option<String>, bool, bool)>, SpiError> {
-        let table = super::kept_plans::select(
-            client,
-            "SELECT oauth.grant_type, oauth.state, oauth.problem,
+    let state =
+        Spi::connect(|client| -> Result<Option<(String, String, Option<String>, bool, bool, bool)>, SpiError> {
+            let table = super::kept_plans::select(
+                client,
+                "SELECT oauth.grant_type, oauth.state, oauth.problem,
                     oauth.bound_settings = email_accounts.oauth_binding(oauth.account_id),
-                    coalesce(oauth.access_token_expires_at > now() + pg_catalog.make_interval(secs => $2), false)
+                    coalesce(oauth.access_token_expires_at > now() + pg_catalog.make_interval(secs => $2), false),
+                    coalesce(oauth.access_token_expires_at > now() + pg_catalog.make_interval(secs => $3), false)
                FROM email_accounts.account_oauth AS oauth WHERE oauth.account_id = $1",
-            &[account_id.into(), (USABLE_FOR_AT_LEAST_SECONDS as f64).into()],
-        )?;
-        let Some(row) = table.first() else { return Ok(None) };
-        Ok(Some((
-            row.get::<String>(1)?.unwrap_or_default(),
-            row.get::<String>(2)?.unwrap_or_default(),
-            row.get::<String>(3)?,
-            row.get::<bool>(4)?.unwrap_or(false),
-            row.get::<bool>(5)?.unwrap_or(false),
-        )))
-    })?;
-    let Some((grant_type, state, problem, binding_holds, access_token_usable)) = state else { return Ok(None) };
+                &[account_id.into(), (USABLE_FOR_AT_LEAST_SECONDS as f64).into(), (RENEW_BEFORE_SECONDS as f64).into()],
+            )?;
+            let Some(row) = table.first() else { return Ok(None) };
+            Ok(Some((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<String>(3)?,
+                row.get::<bool>(4)?.unwrap_or(false),
+                row.get::<bool>(5)?.unwrap_or(false),
+                row.get::<bool>(6)?.unwrap_or(false),
+            )))
+        })?;
+    let Some((grant_type, state, problem, binding_holds, usable, fresh)) = state else { return Ok(None) };
     let consent = |problem: String| OAuthStoreError::ConsentNeeded { account: account_id.to_string(), problem };
     if state != "connected" {
         return Err(consent(problem.unwrap_or_else(|| format!("the account is {state}"))));
@@ -325,7 +329,8 @@ pub fn worker_credential(
         return Err(consent("the account's servers or OAuth2 client changed since it was connected".to_owned()));
     }
     let tokens = read_tokens(account_id)?.unwrap_or_default();
-    let access_token = tokens.access_token.filter(|_| access_token_usable);
+    // With the lease, a token about to expire is renewed before use.
+    let access_token = tokens.access_token.filter(|_| if leased { fresh } else { usable });
     let renewal = if leased {
         let grant = match (grant_type.as_str(), tokens.refresh_token) {
             ("client_credentials", _) => Grant::ClientCredentials,
@@ -491,6 +496,8 @@ pub fn record_device_poll(account_id: i64, polled: &Result<DevicePoll, OAuthErro
                   WHERE account_id = $1",
                 &[account_id.into(), (granted.expires_at as f64).into()],
             )?;
+            // Mail may wait for this account.
+            Spi::run("SELECT email_accounts.wake_workers_at_commit()")?;
             if granted.refresh_token.is_none() {
                 warning!("email_accounts: the device login of account {account_id} gave no refresh token (is offline_access among the scopes?); it will need consent again when the access token expires");
             }
