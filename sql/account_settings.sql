@@ -390,12 +390,12 @@ LANGUAGE sql STABLE
 RETURN (
     SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
                email_accounts.server_binding(bound_account_id), settings.oauth_token_endpoint,
-               settings.oauth_client_id, settings.oauth_client_source)::text, 'UTF8')), 'hex')
+               settings.oauth_client_id, settings.oauth_client_source, settings.login_id)::text, 'UTF8')), 'hex')
       FROM email_accounts.account_settings AS settings
      WHERE settings.account_id = bound_account_id);
 
 COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
-  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint and the OAuth2 client. When it changes the account needs consent again.';
+  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the login (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
 
 -- An account whose servers changed since its password was stored awaits a
 -- new one, and one connected by OAuth2 needs consent again: whoever may
@@ -409,8 +409,8 @@ BEGIN ATOMIC
                     WHERE secret.account_id = checked_account_id
                       AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id));
     UPDATE email_accounts.account_oauth
-       SET state = 'consent needed', refreshing_until = NULL, updated_at = now(),
-           problem = 'the account''s servers or OAuth2 client changed since it was connected; connect it again'
+       SET state = 'consent needed', refreshing_until = NULL, refresh_lease = NULL, updated_at = now(),
+           problem = 'the account''s servers, login or OAuth2 client changed since it was connected; connect it again'
      WHERE account_oauth.account_id = checked_account_id AND account_oauth.state <> 'consent needed'
        AND account_oauth.bound_settings IS DISTINCT FROM email_accounts.oauth_binding(checked_account_id);
 END;

@@ -36,7 +36,7 @@ COMMENT ON FUNCTION email_accounts.set_oauth_refresh_token(text, text, text) IS
 COMMENT ON FUNCTION email_accounts.oauth_device_login(text, text) IS
   'Starts a device login (RFC 8628) for an account with auth_method oauth2 and returns the verification URI, the user code, when it expires and a message to show. The receiver worker polls the token endpoint and connects the account once the user approved (account_settings.oauth_state: waiting for approval, then connected). Same callers as set_password().';
 COMMENT ON FUNCTION email_accounts.connect_oauth_client_credentials(text, text) IS
-  'Connects an account with auth_method oauth2 by client credentials (app-only; the provider needs oauth_client_credentials_scopes and the client a secret) and returns when the first access token expires. Same callers as set_password().';
+  'Connects an account with auth_method oauth2 by client credentials (app-only; the provider needs oauth_client_credentials_scopes and the client a secret) and returns when the first access token expires. An app-only token opens any mailbox the application was granted: superusers and email_accounts_admin members bound to every tenant only; changing the account''s login or servers afterwards needs it connected again.';
 COMMENT ON FUNCTION email_accounts.set_oauth_client_secret(text, text, text) IS
   'Stores, encrypted and write-only, the secret of the OAuth2 client named by a provider''s or a domain''s oauth_client_id (name exactly one). Superusers and email_accounts_admin members bound to every tenant.';
 

@@ -48,6 +48,13 @@ ALTER TABLE email_accounts.account
 
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
+-- The data changes below are not checked again by the triggers (an
+-- account that no longer passes today's checks must not stop the update),
+-- and do not count as the accounts' own changes (updated_at).
+ALTER TABLE email_accounts.account DISABLE TRIGGER check_settings, DISABLE TRIGGER touch,
+    DISABLE TRIGGER require_password_for_new_servers;
+ALTER TABLE email_accounts.provider DISABLE TRIGGER check_inheriting_accounts;
+
 -- Accounts that sign in to office365 or outlook with a password now (the
 -- presets turn to oauth2 below) keep doing so until someone connects them.
 UPDATE email_accounts.account
@@ -80,6 +87,10 @@ UPDATE email_accounts.provider
    SET oauth_token_endpoint = 'https://oauth2.googleapis.com/token',
        oauth_scopes = ARRAY['https://mail.google.com/']
  WHERE built_in AND name = 'gmail';
+
+ALTER TABLE email_accounts.account ENABLE TRIGGER check_settings, ENABLE TRIGGER touch,
+    ENABLE TRIGGER require_password_for_new_servers;
+ALTER TABLE email_accounts.provider ENABLE TRIGGER check_inheriting_accounts;
 
 CREATE OR REPLACE FUNCTION email_accounts.restore_over_built_in_preset() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -137,6 +148,7 @@ CREATE TABLE email_accounts.account_oauth (
     device_login_expires_at timestamptz,
     next_request_at timestamptz,
     refreshing_until timestamptz,
+    refresh_lease uuid,
     refreshed_at timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
@@ -151,7 +163,8 @@ COMMENT ON COLUMN email_accounts.account_oauth.bound_settings IS 'oauth_binding(
 COMMENT ON COLUMN email_accounts.account_oauth.access_token_expires_at IS 'When the stored access token expires; the workers renew it shortly before.';
 COMMENT ON COLUMN email_accounts.account_oauth.device_login_expires_at IS 'When the device login waiting for approval expires.';
 COMMENT ON COLUMN email_accounts.account_oauth.next_request_at IS 'The token endpoint is not asked before this: the device login''s polling interval, or a back-off after a failed request.';
-COMMENT ON COLUMN email_accounts.account_oauth.refreshing_until IS 'A worker is renewing the access token until then; the other waits rather than using the refresh token at the same time.';
+COMMENT ON COLUMN email_accounts.account_oauth.refreshing_until IS 'A worker may renew the access token until then; the other waits rather than using the refresh token at the same time.';
+COMMENT ON COLUMN email_accounts.account_oauth.refresh_lease IS 'Names the worker''s lease (refreshing_until): only what that worker obtained under it is stored.';
 COMMENT ON COLUMN email_accounts.account_oauth.refreshed_at IS 'When an access token was last obtained.';
 COMMENT ON COLUMN email_accounts.account_oauth.updated_at IS 'When the row last changed.';
 
@@ -376,12 +389,12 @@ LANGUAGE sql STABLE
 RETURN (
     SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
                email_accounts.server_binding(bound_account_id), settings.oauth_token_endpoint,
-               settings.oauth_client_id, settings.oauth_client_source)::text, 'UTF8')), 'hex')
+               settings.oauth_client_id, settings.oauth_client_source, settings.login_id)::text, 'UTF8')), 'hex')
       FROM email_accounts.account_settings AS settings
      WHERE settings.account_id = bound_account_id);
 
 COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
-  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint and the OAuth2 client. When it changes the account needs consent again.';
+  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the login (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
 
 -- An account whose servers changed since its password was stored awaits a
 -- new one, and one connected by OAuth2 needs consent again: whoever may
@@ -395,8 +408,8 @@ BEGIN ATOMIC
                     WHERE secret.account_id = checked_account_id
                       AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id));
     UPDATE email_accounts.account_oauth
-       SET state = 'consent needed', refreshing_until = NULL, updated_at = now(),
-           problem = 'the account''s servers or OAuth2 client changed since it was connected; connect it again'
+       SET state = 'consent needed', refreshing_until = NULL, refresh_lease = NULL, updated_at = now(),
+           problem = 'the account''s servers, login or OAuth2 client changed since it was connected; connect it again'
      WHERE account_oauth.account_id = checked_account_id AND account_oauth.state <> 'consent needed'
        AND account_oauth.bound_settings IS DISTINCT FROM email_accounts.oauth_binding(checked_account_id);
 END;
@@ -477,7 +490,7 @@ COMMENT ON FUNCTION email_accounts.set_oauth_refresh_token(text, text, text) IS
 COMMENT ON FUNCTION email_accounts.oauth_device_login(text, text) IS
   'Starts a device login (RFC 8628) for an account with auth_method oauth2 and returns the verification URI, the user code, when it expires and a message to show. The receiver worker polls the token endpoint and connects the account once the user approved (account_settings.oauth_state: waiting for approval, then connected). Same callers as set_password().';
 COMMENT ON FUNCTION email_accounts.connect_oauth_client_credentials(text, text) IS
-  'Connects an account with auth_method oauth2 by client credentials (app-only; the provider needs oauth_client_credentials_scopes and the client a secret) and returns when the first access token expires. Same callers as set_password().';
+  'Connects an account with auth_method oauth2 by client credentials (app-only; the provider needs oauth_client_credentials_scopes and the client a secret) and returns when the first access token expires. An app-only token opens any mailbox the application was granted: superusers and email_accounts_admin members bound to every tenant only; changing the account''s login or servers afterwards needs it connected again.';
 COMMENT ON FUNCTION email_accounts.set_oauth_client_secret(text, text, text) IS
   'Stores, encrypted and write-only, the secret of the OAuth2 client named by a provider''s or a domain''s oauth_client_id (name exactly one). Superusers and email_accounts_admin members bound to every tenant.';
 COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS

@@ -39,6 +39,7 @@ CREATE TABLE email_accounts.account_oauth (
     device_login_expires_at timestamptz,
     next_request_at timestamptz,
     refreshing_until timestamptz,
+    refresh_lease uuid,
     refreshed_at timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
@@ -53,7 +54,8 @@ COMMENT ON COLUMN email_accounts.account_oauth.bound_settings IS 'oauth_binding(
 COMMENT ON COLUMN email_accounts.account_oauth.access_token_expires_at IS 'When the stored access token expires; the workers renew it shortly before.';
 COMMENT ON COLUMN email_accounts.account_oauth.device_login_expires_at IS 'When the device login waiting for approval expires.';
 COMMENT ON COLUMN email_accounts.account_oauth.next_request_at IS 'The token endpoint is not asked before this: the device login''s polling interval, or a back-off after a failed request.';
-COMMENT ON COLUMN email_accounts.account_oauth.refreshing_until IS 'A worker is renewing the access token until then; the other waits rather than using the refresh token at the same time.';
+COMMENT ON COLUMN email_accounts.account_oauth.refreshing_until IS 'A worker may renew the access token until then; the other waits rather than using the refresh token at the same time.';
+COMMENT ON COLUMN email_accounts.account_oauth.refresh_lease IS 'Names the worker''s lease (refreshing_until): only what that worker obtained under it is stored.';
 COMMENT ON COLUMN email_accounts.account_oauth.refreshed_at IS 'When an access token was last obtained.';
 COMMENT ON COLUMN email_accounts.account_oauth.updated_at IS 'When the row last changed.';
 

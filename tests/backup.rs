@@ -127,12 +127,17 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
             .batch_execute("UPDATE email_accounts.domain SET smtp_port = 0")
             .expect_err("the checks work again after the restore");
         assert_eq!(refused.as_db_error().unwrap().code().code(), "23514", "{database}");
-        // Same cluster, same key file: every password is still ready.
+        // Same cluster, same key file: every password and the OAuth2 grant are still ready.
         let ready: i64 = restored
             .query_one("SELECT count(*) FROM email_accounts.account_settings WHERE ready_to_send", &[])
             .unwrap()
             .get(0);
-        assert_eq!(ready, 4, "{database}");
+        assert_eq!(ready, 5, "{database}");
+        let state: String = restored
+            .query_one("SELECT oauth_state FROM email_accounts.account_settings WHERE name = 'Tokens'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "connected", "{database}: the OAuth2 binding survives the restore");
     }
 }
 

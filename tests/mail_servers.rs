@@ -205,7 +205,7 @@ fn composed_message_reaches_every_recipient_and_unknown_ones_are_rejected_alone(
         extra_ca_pem: Some(servers.ca_pem()),
         timeout: Duration::from_secs(10),
     };
-    let login = Login { user: alice.address.clone(), password: alice.password.clone(), allow_plaintext: false };
+    let login = Login::with_password(alice.address.clone(), alice.password.clone(), false);
     let (mut client, _) = smtp_client::connect(&endpoint, Some(&login)).unwrap();
     let delivery = client.send(&composed.envelope_from, &composed.recipients, &composed.bytes).unwrap();
     client.quit();

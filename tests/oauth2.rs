@@ -310,6 +310,28 @@ fn refresh_tokens_from_an_application_and_client_credentials_over_pop3_and_smtp(
     setup.client.query_one("SELECT email_accounts.connect_oauth_client_credentials('Carol')", &[]).unwrap();
     let sent = setup.send("Carol", "alice@example.test", "app-only");
     assert_eq!(setup.wait_sent(sent), 1);
+    // App-only access opens any mailbox granted to the application: a
+    // tenant's admin may not mint it (nor redirect a connected account to another mailbox).
+    setup
+        .client
+        .batch_execute(
+            "CREATE ROLE tenant_admin IN ROLE email_accounts_admin;
+             INSERT INTO email_accounts.tenant_member (role_name, tenant) VALUES ('tenant_admin', 'acme');
+             INSERT INTO email_accounts.account (name, tenant, address, provider, enable_outgoing, owner_role)
+             VALUES ('Mallory', 'acme', 'support@example.test', 'harness_daemon', true, 'tenant_admin');
+             SET ROLE tenant_admin",
+        )
+        .unwrap();
+    let denied =
+        setup.client.batch_execute("SELECT email_accounts.connect_oauth_client_credentials('Mallory')").unwrap_err();
+    assert_eq!(denied.as_db_error().map(|error| error.code().code()), Some("42501"), "{denied:?}");
+    setup.client.batch_execute("RESET ROLE").unwrap();
+    setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET login_id = 'alice@example.test' WHERE name = 'Carol'")
+        .unwrap();
+    let state = setup.state("Carol");
+    assert!(state.starts_with("consent needed") && state.contains("login"), "{state}");
 
     // Settings that cannot work are refused naming the field.
     let error = setup

@@ -115,7 +115,8 @@ pub fn parse_decoded_refusal(challenge: &[u8]) -> Option<Refusal> {
             _ => None,
         })
     };
-    Some(Refusal { status: text("status")?, scope: text("scope") })
+    let cleaned = |text: String| crate::oauth::clean(&text);
+    Some(Refusal { status: text("status").map(cleaned)?, scope: text("scope").map(cleaned) })
 }
 
 /// The mechanism to use with a server that offers `offered` (names as in

@@ -46,6 +46,25 @@ fn raise_store(error: OAuthStoreError) -> ! {
     }
 }
 
+/// Refuses unless the role really calling is a superuser, or may change
+/// domains and providers (UPDATE on both, bound to every tenant).
+fn require_every_tenant(what: &str) {
+    let may = Spi::get_one::<bool>(
+        "SELECT pg_catalog.has_table_privilege('email_accounts.domain', 'UPDATE')
+            AND pg_catalog.has_table_privilege('email_accounts.provider', 'UPDATE')
+            AND email_accounts.bound_to_every_tenant()",
+    )
+    .unwrap_or_else(|error| internal(error))
+    .unwrap_or(false);
+    if !(may || unsafe { pg_sys::superuser() }) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("only superusers and email_accounts_admin members bound to every tenant (*) {what}"),
+            None,
+        );
+    }
+}
+
 /// The account the caller manages, which must sign in with OAuth2; its client.
 fn oauth_account(account: &str, tenant: Option<&str>, caller: pg_sys::Oid) -> (ManagedAccount, OAuthClient) {
     let managed = accounts::managed_by(account, tenant, caller).unwrap_or_else(|error| raise_access(error));
@@ -146,13 +165,18 @@ fn oauth_device_login(
 /// Connects the account with client credentials (app-only access, where the
 /// provider has oauth_client_credentials_scopes; Microsoft 365 needs the
 /// application's service principal granted access to the mailbox). Returns
-/// when the first access token expires.
+/// when the first access token expires. An app-only token opens whatever
+/// mailbox the organisation granted the application, so only roles that may
+/// change every domain and provider (superusers, email_accounts_admin bound
+/// to every tenant) connect it: a tenant must not mint one from the client
+/// of an organisation its accounts' addresses merely name.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn connect_oauth_client_credentials(
     account: &str,
     tenant: default!(Option<&str>, "NULL"),
 ) -> pgrx::datum::TimestampWithTimeZone {
+    require_every_tenant("connect accounts by client credentials (app-only access)");
     let caller = privileged::caller();
     privileged::as_extension_owner(|| {
         let (managed, client) = oauth_account(account, tenant, caller);
@@ -200,23 +224,7 @@ fn set_oauth_client_secret(
             None,
         );
     }
-    // Judged for the role really calling, before becoming the owner.
-    let may_change = Spi::get_one_with_args::<bool>(
-        &format!(
-            "SELECT pg_catalog.has_table_privilege('email_accounts.{table}', 'UPDATE') AND email_accounts.bound_to_every_tenant()"
-        ),
-        &[],
-    )
-    .unwrap_or_else(|error| internal(error))
-    .unwrap_or(false);
-    let is_superuser = unsafe { pg_sys::superuser() };
-    if !(may_change || is_superuser) {
-        raise(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("only roles that may change every {table} (superusers, email_accounts_admin bound to tenant *) set OAuth2 client secrets"),
-            None,
-        );
-    }
+    require_every_tenant("set OAuth2 client secrets");
     privileged::as_extension_owner(|| {
         let column = if table == "provider" { "name" } else { "domain_name" };
         let exists = Spi::get_one_with_args::<bool>(

@@ -21,7 +21,8 @@ type Credential = Result<Option<WorkerCredential>, ConnectionError>;
 
 /// Not SECURITY DEFINER: decides for the role really calling, then reads the
 /// settings and the credential as the extension owner (see store::privileged).
-/// A renewed access token is stored in the caller's transaction.
+/// A renewed access token is stored in the caller's transaction; inside a
+/// transaction block the stored token is used as it is, never renewed.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::JsonB {
@@ -34,10 +35,10 @@ fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::
         (settings.clone(), credential(&settings))
     })
     .unwrap_or_else(|error| internal(error));
-    let holds_lease = matches!(&credential, Ok(Some(credential)) if credential.holds_renewal_lease());
+    let lease = credential.as_ref().ok().and_then(|credential| credential.as_ref()?.renewal_lease());
     let (answer, sign_in) = report(&settings, credential);
     if let Some(sign_in) = sign_in {
-        privileged::as_extension_owner(|| oauth::record_report(settings.account_id, &sign_in.report, holds_lease))
+        privileged::as_extension_owner(|| oauth::record_report(settings.account_id, &sign_in.report, lease.as_deref()))
             .unwrap_or_else(|error| internal(error))
             .unwrap_or_else(|error| internal(error));
     }
@@ -48,7 +49,11 @@ fn credential(settings: &EffectiveAccount) -> Credential {
     if !settings.oauth2 && settings.awaiting_password {
         return Ok(None);
     }
-    match oauth::worker_credential(settings.account_id, settings.oauth2, Some(RENEWAL_LEASE_SECONDS)) {
+    // Renewing stores a rotated refresh token in the caller's transaction: not
+    // inside a transaction block, whose rollback would lose it.
+    let in_block = unsafe { pg_sys::IsTransactionBlock() };
+    let lease = (!in_block).then_some(RENEWAL_LEASE_SECONDS);
+    match oauth::worker_credential(settings.account_id, settings.oauth2, lease) {
         Ok(credential) => Ok(credential),
         Err(OAuthStoreError::Secret(error)) => raise_secret(error),
         Err(error @ OAuthStoreError::ConsentNeeded { .. }) => Err(ConnectionError::OAuth(error.to_string())),

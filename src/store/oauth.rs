@@ -21,6 +21,8 @@ const USABLE_FOR_AT_LEAST_SECONDS: i64 = 30;
 /// After a token request failed for a reason that may pass (the endpoint
 /// unreachable, a server error), the endpoint is not asked again before this.
 const BACK_OFF_SECONDS: i64 = 60;
+/// After the token endpoint refused the OAuth2 client itself (invalid_client).
+const CLIENT_BACK_OFF_SECONDS: i64 = 600;
 
 /// The tokens of one account, sealed together as JSON. No `Debug`.
 #[derive(Default, Serialize, Deserialize)]
@@ -57,13 +59,16 @@ pub enum OAuthStoreError {
 }
 
 /// The OAuth2 client an account uses, from its effective settings and the
-/// client's sealed secret.
+/// client's sealed secret. The token endpoint is trusted with the system
+/// roots plus the extra CA of the account's domain, never the account's own
+/// (which its tenant sets: the client secret travels in the request).
 pub fn client_for(account_id: i64) -> Result<OAuthClient, OAuthStoreError> {
     let row = Spi::connect(|client| -> Result<_, SpiError> {
         let table = client.select(
             "SELECT settings.name, settings.oauth_token_endpoint, settings.oauth_device_authorization_endpoint,
                     settings.oauth_client_id, settings.oauth_scopes, settings.oauth_client_credentials_scopes,
-                    settings.extra_ca_certificate, secret.key_id, secret.nonce, secret.ciphertext
+                    (SELECT domain.extra_ca_certificate FROM email_accounts.domain WHERE domain.domain_name = settings.domain),
+                    secret.key_id, secret.nonce, secret.ciphertext
                FROM email_accounts.account_settings AS settings
                LEFT JOIN email_accounts.oauth_client_secret AS secret
                       ON (settings.oauth_client_source = 'domain' AND secret.domain_name = settings.domain)
@@ -136,6 +141,8 @@ pub fn store_client_secret(provider: Option<&str>, domain: Option<&str>, secret:
             sealed.ciphertext.into(),
         ],
     )?;
+    // Accounts backing off after invalid_client try the new secret at once.
+    Spi::run("UPDATE email_accounts.account_oauth SET next_request_at = NULL WHERE state = 'connected' AND next_request_at > now()")?;
     Ok(())
 }
 
@@ -191,14 +198,14 @@ fn connect(
     Spi::run_with_args(
         "INSERT INTO email_accounts.account_oauth AS oauth
                 (account_id, grant_type, state, problem, bound_settings, access_token_expires_at,
-                 device_login_expires_at, next_request_at, refreshing_until, refreshed_at)
+                 device_login_expires_at, next_request_at, refreshing_until, refresh_lease, refreshed_at)
          VALUES ($1, $2, $3, NULL, email_accounts.oauth_binding($1), pg_catalog.to_timestamp($4),
-                 pg_catalog.to_timestamp($5), pg_catalog.to_timestamp($6), NULL, CASE WHEN $4 IS NOT NULL THEN now() END)
+                 pg_catalog.to_timestamp($5), pg_catalog.to_timestamp($6), NULL, NULL, CASE WHEN $4 IS NOT NULL THEN now() END)
          ON CONFLICT (account_id) DO UPDATE
             SET grant_type = excluded.grant_type, state = excluded.state, problem = NULL,
                 bound_settings = excluded.bound_settings, access_token_expires_at = excluded.access_token_expires_at,
                 device_login_expires_at = excluded.device_login_expires_at, next_request_at = excluded.next_request_at,
-                refreshing_until = NULL, refreshed_at = excluded.refreshed_at, updated_at = now()",
+                refreshing_until = NULL, refresh_lease = NULL, refreshed_at = excluded.refreshed_at, updated_at = now()",
         &[
             account_id.into(),
             grant_type.into(),
@@ -243,16 +250,27 @@ pub fn store_device_login(account_id: i64, login: &DeviceLogin) -> Result<(), OA
 pub enum WorkerCredential {
     Password(String),
     /// An OAuth2 access token (`None`: none usable now) and, when this
-    /// worker holds the account's renewal lease, the right to renew it.
+    /// worker holds the account's renewal lease (named by `lease`), the
+    /// right to renew it.
     Bearer {
         access_token: Option<String>,
         renewal: Option<Renewal>,
+        lease: Option<String>,
     },
 }
 
 impl WorkerCredential {
-    pub fn holds_renewal_lease(&self) -> bool {
-        matches!(self, WorkerCredential::Bearer { renewal: Some(_), .. })
+    /// The renewal lease this worker holds (to hand to `record_report`).
+    pub fn renewal_lease(&self) -> Option<String> {
+        match self {
+            WorkerCredential::Bearer { lease, .. } => lease.clone(),
+            WorkerCredential::Password(_) => None,
+        }
+    }
+
+    /// No token to use now and no right to get one: another worker renews it, or a back-off runs.
+    pub fn must_wait(&self) -> bool {
+        matches!(self, WorkerCredential::Bearer { access_token: None, renewal: None, .. })
     }
 
     pub fn sign_in(self, user: String, allow_plaintext: bool) -> email_accounts_mail::oauth::SignIn {
@@ -262,7 +280,7 @@ impl WorkerCredential {
             WorkerCredential::Password(password) => {
                 SignIn::with_password(Login::with_password(user, password, allow_plaintext))
             }
-            WorkerCredential::Bearer { access_token, renewal } => {
+            WorkerCredential::Bearer { access_token, renewal, .. } => {
                 SignIn::with_token(user, access_token, renewal, allow_plaintext)
             }
         }
@@ -284,21 +302,46 @@ pub fn worker_credential(
     if !oauth2 {
         return Ok(secrets::read_password(account_id)?.map(WorkerCredential::Password));
     }
-    let leased = lease_seconds.is_some()
-        && Spi::connect_mut(|client| -> Result<bool, SpiError> {
+    // A row another transaction holds (a tenant's open transaction too) is
+    // skipped, never waited for: that account waits, the others go on.
+    let lease = match lease_seconds {
+        Some(seconds) => Spi::connect_mut(|client| -> Result<Option<String>, SpiError> {
             let updated = client.update(
-                "UPDATE email_accounts.account_oauth
-                    SET refreshing_until = now() + pg_catalog.make_interval(secs => $2)
-                  WHERE account_id = $1 AND state = 'connected'
-                    AND (refreshing_until IS NULL OR refreshing_until < now())
-                    AND (next_request_at IS NULL OR next_request_at <= now())
-                    AND bound_settings = email_accounts.oauth_binding(account_id)
-                  RETURNING 1",
+                "UPDATE email_accounts.account_oauth AS oauth
+                    SET refreshing_until = now() + pg_catalog.make_interval(secs => $2),
+                        refresh_lease = pg_catalog.gen_random_uuid()
+                  WHERE oauth.account_id = (SELECT free.account_id FROM email_accounts.account_oauth AS free
+                                             WHERE free.account_id = $1 AND free.state = 'connected'
+                                               AND (free.refreshing_until IS NULL OR free.refreshing_until < now())
+                                               AND (free.next_request_at IS NULL OR free.next_request_at <= now())
+                                               AND free.bound_settings = email_accounts.oauth_binding(free.account_id)
+                                               FOR UPDATE SKIP LOCKED)
+                  RETURNING oauth.refresh_lease::text",
                 None,
-                &[account_id.into(), (lease_seconds.unwrap_or(0) as f64).into()],
+                &[account_id.into(), (seconds as f64).into()],
             )?;
-            Ok(!updated.is_empty())
-        })?;
+            updated.first().get::<String>(1)
+        })?,
+        None => None,
+    };
+    let credential = bearer_credential(account_id, lease.clone());
+    if credential.is_err() {
+        if let Some(lease) = &lease {
+            release_lease(account_id, lease)?;
+        }
+    }
+    credential
+}
+
+fn release_lease(account_id: i64, lease: &str) -> Result<(), SpiError> {
+    Spi::run_with_args(
+        "UPDATE email_accounts.account_oauth SET refreshing_until = NULL, refresh_lease = NULL
+          WHERE account_id = $1 AND refresh_lease::text = $2",
+        &[account_id.into(), lease.into()],
+    )
+}
+
+fn bearer_credential(account_id: i64, lease: Option<String>) -> Result<Option<WorkerCredential>, OAuthStoreError> {
     let state =
         Spi::connect(|client| -> Result<Option<(String, String, Option<String>, bool, bool, bool)>, SpiError> {
             let table = super::kept_plans::select(
@@ -326,47 +369,61 @@ pub fn worker_credential(
         return Err(consent(problem.unwrap_or_else(|| format!("the account is {state}"))));
     }
     if !binding_holds {
-        return Err(consent("the account's servers or OAuth2 client changed since it was connected".to_owned()));
+        return Err(consent("the account's servers, login or OAuth2 client changed since it was connected".to_owned()));
     }
     let tokens = read_tokens(account_id)?.unwrap_or_default();
-    // With the lease, a token about to expire is renewed before use.
-    let access_token = tokens.access_token.filter(|_| if leased { fresh } else { usable });
-    let renewal = if leased {
-        let grant = match (grant_type.as_str(), tokens.refresh_token) {
-            ("client_credentials", _) => Grant::ClientCredentials,
-            (_, Some(refresh_token)) => Grant::RefreshToken(refresh_token),
-            (_, None) => return Err(consent("no refresh token is stored".to_owned())),
-        };
-        Some(Renewal { client: client_for(account_id)?, grant })
-    } else {
-        None
+    let grant = match (grant_type.as_str(), tokens.refresh_token) {
+        ("client_credentials", _) => Some(Grant::ClientCredentials),
+        (_, Some(refresh_token)) => Some(Grant::RefreshToken(refresh_token)),
+        (_, None) => None,
     };
-    Ok(Some(WorkerCredential::Bearer { access_token, renewal }))
+    if grant.is_none() && !usable {
+        // Connected without a refresh token and the access token is gone.
+        let problem =
+            "the provider gave no refresh token (is offline_access among the scopes?) and the access token expired";
+        record_failure(account_id, &OAuthError::InvalidGrant(problem.to_owned()))?;
+        return Err(consent(problem.to_owned()));
+    }
+    // Only with the lease and a grant to renew with: a token about to expire is renewed before use.
+    let (renewal, lease) = match (grant, lease) {
+        (Some(grant), Some(lease)) => (Some(Renewal { client: client_for(account_id)?, grant }), Some(lease)),
+        (None, Some(lease)) => {
+            release_lease(account_id, &lease)?;
+            (None, None)
+        }
+        (_, None) => (None, None),
+    };
+    let access_token = tokens.access_token.filter(|_| if renewal.is_some() { fresh } else { usable });
+    Ok(Some(WorkerCredential::Bearer { access_token, renewal, lease }))
 }
 
 /// Stores what a sign-in did to the account's tokens: a new access token
 /// (and a rotated refresh token), a refused grant (consent needed), a
 /// failed request (back off), or an access token a server refused (renew
-/// it next time). Only under this worker's renewal lease, which it ends; a
-/// grant replaced meanwhile is left alone.
-pub fn record_report(account_id: i64, report: &TokenReport, held_lease: bool) -> Result<(), OAuthStoreError> {
-    if report.refused {
+/// it next time). What was obtained is stored only under the lease it was
+/// obtained with, which this ends; a grant replaced meanwhile (or a row a
+/// tenant's transaction holds) is left alone.
+pub fn record_report(account_id: i64, report: &TokenReport, lease: Option<&str>) -> Result<(), OAuthStoreError> {
+    if report.refused && report.renewed.is_none() {
         Spi::run_with_args(
             "UPDATE email_accounts.account_oauth
                 SET access_token_expires_at = least(access_token_expires_at, now()), updated_at = now()
-              WHERE account_id = $1",
+              WHERE account_id = (SELECT account_id FROM email_accounts.account_oauth
+                                   WHERE account_id = $1 FOR UPDATE SKIP LOCKED)",
             &[account_id.into()],
         )?;
     }
-    if !held_lease {
-        return Ok(());
-    }
+    let Some(lease) = lease else { return Ok(()) };
     let still_leased = Spi::get_one_with_args::<bool>(
-        "SELECT true FROM email_accounts.account_oauth WHERE account_id = $1 AND refreshing_until IS NOT NULL FOR UPDATE",
-        &[account_id.into()],
+        "SELECT true FROM email_accounts.account_oauth
+          WHERE account_id = $1 AND refresh_lease::text = $2 FOR UPDATE SKIP LOCKED",
+        &[account_id.into(), lease.into()],
     )?
     .unwrap_or(false);
     if !still_leased {
+        if report.renewed.is_some() {
+            warning!("email_accounts: a renewed access token of account {account_id} was not stored: its grant changed meanwhile or the row is locked");
+        }
         return Ok(());
     }
     if let Some(renewed) = &report.renewed {
@@ -376,27 +433,19 @@ pub fn record_report(account_id: i64, report: &TokenReport, held_lease: bool) ->
             tokens.refresh_token = Some(rotated.clone());
         }
         write_tokens(account_id, &tokens)?;
+        // A renewed token the server refused too is renewed again next time.
         Spi::run_with_args(
             "UPDATE email_accounts.account_oauth
-                SET access_token_expires_at = pg_catalog.to_timestamp($2), refreshed_at = now(), problem = NULL,
-                    next_request_at = NULL, refreshing_until = NULL, updated_at = now()
+                SET access_token_expires_at = CASE WHEN $3 THEN now() ELSE pg_catalog.to_timestamp($2) END,
+                    refreshed_at = now(), problem = NULL, next_request_at = NULL,
+                    refreshing_until = NULL, refresh_lease = NULL, updated_at = now()
               WHERE account_id = $1",
-            &[account_id.into(), (renewed.expires_at as f64).into()],
+            &[account_id.into(), (renewed.expires_at as f64).into(), report.refused.into()],
         )?;
-        if report.refused {
-            // The new token was refused too: renew again next time.
-            Spi::run_with_args(
-                "UPDATE email_accounts.account_oauth SET access_token_expires_at = now() WHERE account_id = $1",
-                &[account_id.into()],
-            )?;
-        }
     } else if let Some(failure) = &report.failure {
         record_failure(account_id, failure)?;
     } else {
-        Spi::run_with_args(
-            "UPDATE email_accounts.account_oauth SET refreshing_until = NULL WHERE account_id = $1",
-            &[account_id.into()],
-        )?;
+        release_lease(account_id, lease)?;
     }
     Ok(())
 }
@@ -405,17 +454,22 @@ fn record_failure(account_id: i64, failure: &OAuthError) -> Result<(), SpiError>
     if failure.needs_consent() {
         Spi::run_with_args(
             "UPDATE email_accounts.account_oauth
-                SET state = 'consent needed', problem = $2, refreshing_until = NULL, updated_at = now()
+                SET state = 'consent needed', problem = $2, refreshing_until = NULL, refresh_lease = NULL, updated_at = now()
               WHERE account_id = $1",
             &[account_id.into(), failure.to_string().into()],
         )
     } else {
+        // A refused client (an expired secret) is the organisation's to fix
+        // for all its accounts: back off longer, and resume when
+        // set_oauth_client_secret() stores a new secret.
+        let back_off =
+            if matches!(failure, OAuthError::InvalidClient(_)) { CLIENT_BACK_OFF_SECONDS } else { BACK_OFF_SECONDS };
         Spi::run_with_args(
             "UPDATE email_accounts.account_oauth
                 SET problem = $2, next_request_at = now() + pg_catalog.make_interval(secs => $3),
-                    refreshing_until = NULL, updated_at = now()
+                    refreshing_until = NULL, refresh_lease = NULL, updated_at = now()
               WHERE account_id = $1",
-            &[account_id.into(), failure.to_string().into(), (BACK_OFF_SECONDS as f64).into()],
+            &[account_id.into(), failure.to_string().into(), (back_off as f64).into()],
         )
     }
 }
@@ -518,48 +572,51 @@ pub fn seconds_until_next_device_poll() -> Result<Option<f64>, SpiError> {
 /// Re-encrypts every sealed token set and client secret with the ring's
 /// current key (key rotation); returns how many.
 pub fn reseal_all(ring: &KeyRing) -> Result<i64, SecretStoreError> {
-    let mut count = 0;
-    for (table, key_column) in
-        [("account_oauth_token", "account_id::text"), ("oauth_client_secret", "coalesce(provider, domain_name)")]
-    {
-        let rows = Spi::connect(|client| -> Result<Vec<(String, Option<i64>, Sealed)>, SpiError> {
-            let query = format!(
-                "SELECT {key_column}, {account}, key_id, nonce, ciphertext FROM email_accounts.{table} FOR UPDATE",
-                account = if table == "account_oauth_token" { "account_id" } else { "NULL::bigint" }
-            );
-            client
-                .select(&query, None, &[])?
-                .map(|row| {
-                    Ok((
-                        row.get::<String>(1)?.unwrap_or_default(),
-                        row.get::<i64>(2)?,
-                        Sealed {
-                            key_id: row.get::<i32>(3)?.unwrap_or_default() as u32,
-                            nonce: row.get::<Vec<u8>>(4)?.unwrap_or_default(),
-                            ciphertext: row.get::<Vec<u8>>(5)?.unwrap_or_default(),
-                        },
-                    ))
-                })
-                .collect()
-        })?;
-        for (key, account_id, sealed) in rows {
-            let associated = match account_id {
-                Some(account_id) => tokens_binding(account_id),
-                None => CLIENT_SECRET_BINDING.to_vec(),
-            };
-            let what = if account_id.is_some() { "OAuth2 tokens" } else { "OAuth2 client secret" };
-            let plain = ring
-                .open_for(&associated, &sealed)
-                .map_err(|source| SecretStoreError::DecryptOther { what, source })?;
-            let resealed = ring.seal_for(&associated, &plain).map_err(SecretStoreError::Encrypt)?;
-            Spi::run_with_args(
-                &format!(
-                    "UPDATE email_accounts.{table} SET key_id = $2, nonce = $3, ciphertext = $4, updated_at = now()
-                      WHERE {key_column} = $1"
-                ),
-                &[key.into(), (resealed.key_id as i32).into(), resealed.nonce.into(), resealed.ciphertext.into()],
-            )?;
-            count += 1;
+    type Row = (Option<i64>, Option<String>, Option<String>, Sealed);
+    let rows = Spi::connect(|client| -> Result<Vec<Row>, SpiError> {
+        let mut rows = Vec::new();
+        for query in [
+            "SELECT account_id, NULL::text, NULL::text, key_id, nonce, ciphertext
+               FROM email_accounts.account_oauth_token FOR UPDATE",
+            "SELECT NULL::bigint, provider, domain_name, key_id, nonce, ciphertext
+               FROM email_accounts.oauth_client_secret FOR UPDATE",
+        ] {
+            for row in client.select(query, None, &[])? {
+                rows.push((
+                    row.get::<i64>(1)?,
+                    row.get::<String>(2)?,
+                    row.get::<String>(3)?,
+                    Sealed {
+                        key_id: row.get::<i32>(4)?.unwrap_or_default() as u32,
+                        nonce: row.get::<Vec<u8>>(5)?.unwrap_or_default(),
+                        ciphertext: row.get::<Vec<u8>>(6)?.unwrap_or_default(),
+                    },
+                ));
+            }
+        }
+        Ok(rows)
+    })?;
+    let count = rows.len() as i64;
+    for (account_id, provider, domain_name, sealed) in rows {
+        let (associated, what) = match account_id {
+            Some(account_id) => (tokens_binding(account_id), "OAuth2 tokens"),
+            None => (CLIENT_SECRET_BINDING.to_vec(), "OAuth2 client secret"),
+        };
+        let plain =
+            ring.open_for(&associated, &sealed).map_err(|source| SecretStoreError::DecryptOther { what, source })?;
+        let resealed = ring.seal_for(&associated, &plain).map_err(SecretStoreError::Encrypt)?;
+        let key_id = resealed.key_id as i32;
+        match account_id {
+            Some(account_id) => Spi::run_with_args(
+                "UPDATE email_accounts.account_oauth_token SET key_id = $2, nonce = $3, ciphertext = $4, updated_at = now()
+                  WHERE account_id = $1",
+                &[account_id.into(), key_id.into(), resealed.nonce.into(), resealed.ciphertext.into()],
+            )?,
+            None => Spi::run_with_args(
+                "UPDATE email_accounts.oauth_client_secret SET key_id = $3, nonce = $4, ciphertext = $5, updated_at = now()
+                  WHERE provider IS NOT DISTINCT FROM $1 AND domain_name IS NOT DISTINCT FROM $2",
+                &[provider.into(), domain_name.into(), key_id.into(), resealed.nonce.into(), resealed.ciphertext.into()],
+            )?,
         }
     }
     Ok(count)

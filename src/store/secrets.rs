@@ -100,9 +100,9 @@ pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError
     ring.open(account_id, &sealed).map(Some).map_err(|source| SecretStoreError::Decrypt { account_id, source })
 }
 
-/// Adds a new current key, re-encrypts every stored password with it, and
-/// drops older keys that no stored password needed any more. Returns the new
-/// key id and how many passwords were re-encrypted.
+/// Adds a new current key and re-encrypts every stored password, OAuth2
+/// token set and client secret with it (older keys stay in the file).
+/// Returns the new key id and how many secrets were re-encrypted.
 pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
     lock_key_ring()?;
     let rows = Spi::connect(|client| -> Result<Vec<(i64, Sealed)>, SpiError> {

@@ -10,9 +10,9 @@ use super::device_logins;
 use super::idle_watch::IdleWatchers;
 use crate::settings;
 use crate::store::inbox::{self, ReceivingAccount};
-use crate::store::oauth::{self, OAuthStoreError, WorkerCredential};
+use crate::store::oauth::{self, OAuthStoreError};
 use crate::store::restore;
-use crate::store::transaction::{in_transaction, StoreError};
+use crate::store::transaction::{in_transaction, try_in_transaction, StoreError};
 use crate::threads;
 use email_accounts_mail::connection::{ConnectionError, Login};
 use email_accounts_mail::oauth::{SignIn, TokenReport};
@@ -27,8 +27,21 @@ use std::time::Duration;
 
 /// What a sync thread tells the main thread.
 enum Report {
-    Batch { account_index: usize, batch: Batch, reply: mpsc::Sender<Result<StoreReceipt, String>> },
-    Finished { account_index: usize, outcomes: Vec<FolderOutcome>, tokens: TokenReport },
+    Batch {
+        account_index: usize,
+        batch: Batch,
+        reply: mpsc::Sender<Result<StoreReceipt, String>>,
+    },
+    /// A token request just ended: what it obtained, to store at once.
+    Tokens {
+        account_index: usize,
+        tokens: TokenReport,
+    },
+    Finished {
+        account_index: usize,
+        outcomes: Vec<FolderOutcome>,
+        tokens: TokenReport,
+    },
 }
 
 /// Hands batches to the main thread and waits until they are committed.
@@ -64,15 +77,17 @@ enum Work {
 struct Prepared {
     account: ReceivingAccount,
     sign_in: SignIn,
-    /// The sync may renew the account's access token (and must report).
-    holds_renewal_lease: bool,
+    /// The account's token renewal lease the sync holds (it reports under it).
+    renewal_lease: Option<String>,
     work: Work,
 }
 
 /// How long a sync may hold an account's token renewal lease: the token
-/// request itself, bounded by connect_timeout, and a margin.
+/// requests (each bounded by connect_timeout, at most two: before connecting
+/// and after a refusal) and the connections before them; what they obtain
+/// is stored as soon as it comes (`Report::Tokens`), not when the sync ends.
 fn renewal_lease_seconds() -> i64 {
-    settings::connect_timeout().as_secs() as i64 * 3 + 10
+    settings::connect_timeout().as_secs() as i64 * 6 + 30
 }
 
 fn limits(account: &ReceivingAccount) -> Limits {
@@ -100,7 +115,7 @@ fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreErr
                 account.oauth2,
                 Some(renewal_lease_seconds()),
             ) {
-                Ok(Some(WorkerCredential::Bearer { access_token: None, renewal: None })) => {
+                Ok(Some(credential)) if credential.must_wait() => {
                     renewing_elsewhere += 1;
                     continue;
                 }
@@ -125,7 +140,7 @@ fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreErr
                     continue;
                 }
             };
-            let holds_renewal_lease = credential.holds_renewal_lease();
+            let renewal_lease = credential.renewal_lease();
             let work = if account.is_pop3() {
                 let folder = account.folders.first().cloned().unwrap_or_else(|| "INBOX".to_owned());
                 inbox::pop3_state(account.account_id, &folder).map(Work::Pop3)
@@ -135,11 +150,11 @@ fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreErr
             match work {
                 Ok(work) => {
                     let sign_in = credential.sign_in(account.login_id.clone(), account.allow_plaintext_authentication);
-                    prepared.push(Prepared { sign_in, holds_renewal_lease, account, work });
+                    prepared.push(Prepared { sign_in, renewal_lease, account, work });
                 }
                 Err(error) => {
-                    if holds_renewal_lease {
-                        oauth::record_report(account.account_id, &TokenReport::default(), true)?;
+                    if let Some(lease) = &renewal_lease {
+                        oauth::record_report(account.account_id, &TokenReport::default(), Some(lease))?;
                     }
                     unusable.push((account, ConnectionError::Protocol(error.to_string())));
                 }
@@ -174,7 +189,16 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
                     vec![pop3_sync::sync(&endpoint, login, state, &options, &mut store)]
                 }
             };
-            if let Err(error) = sign_in.ensure_token() {
+            // What a token request obtained goes to the main thread at once.
+            let hand_over = |sign_in: &mut SignIn| {
+                if sign_in.report.renewed.is_some() || sign_in.report.failure.is_some() {
+                    let tokens = std::mem::take(&mut sign_in.report);
+                    let _ = reports.send(Report::Tokens { account_index, tokens });
+                }
+            };
+            let ensured = sign_in.ensure_token();
+            hand_over(&mut sign_in);
+            if let Err(error) = ensured {
                 return failed_all(error);
             }
             let outcomes = sync(&sign_in.login);
@@ -185,7 +209,9 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
             if !refused || outcomes.is_empty() {
                 return outcomes;
             }
-            match sign_in.renew_after_refusal() {
+            let renewed = sign_in.renew_after_refusal();
+            hand_over(&mut sign_in);
+            match renewed {
                 Ok(true) => sync(&sign_in.login),
                 Ok(false) => outcomes,
                 Err(error) => failed_all(error),
@@ -200,15 +226,20 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
     });
 }
 
-fn record(account_id: i64, outcomes: &[FolderOutcome], tokens: Option<(&TokenReport, bool)>) {
+/// Stores what a token request obtained, in a transaction of its own (a
+/// rotated refresh token must not wait for the sync, nor share its fate).
+fn record_tokens(account_id: i64, tokens: &TokenReport, lease: Option<&str>) {
+    if let Err(error) = try_in_transaction(|| oauth::record_report(account_id, tokens, lease)) {
+        warning!("email_accounts receiver: cannot store the OAuth2 tokens of account {account_id}: {error}");
+    }
+}
+
+fn record(account_id: i64, outcomes: &[FolderOutcome]) {
     let max_backoff = settings::receive_max_backoff_seconds();
     let recorded = in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
         // (Not while a dump is restored: this writes sync_state, which the restore fills.)
         if restore::in_progress(restore::Worker::Receiver)?.is_some() {
             return Ok(());
-        }
-        if let Some((report, held_lease)) = tokens {
-            oauth::record_report(account_id, report, held_lease)?;
         }
         outcomes.iter().try_for_each(|outcome| inbox::record_outcome(account_id, outcome, max_backoff))?;
         Ok(())
@@ -270,11 +301,11 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
         let error = SyncError::Connection(problem);
         let outcomes: Vec<FolderOutcome> =
             account.folders.iter().map(|folder| FolderOutcome::failed(folder, error.clone())).collect();
-        record(account.account_id, &outcomes, None);
+        record(account.account_id, &outcomes);
     }
 
     let accounts: Vec<ReceivingAccount> = prepared.iter().map(|prepared| prepared.account.clone()).collect();
-    let leases: Vec<bool> = prepared.iter().map(|prepared| prepared.holds_renewal_lease).collect();
+    let leases: Vec<Option<String>> = prepared.iter().map(|prepared| prepared.renewal_lease.clone()).collect();
     let mut waiting: VecDeque<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
     let (reports, incoming) = mpsc::channel();
     let mut running = 0;
@@ -311,11 +342,17 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
                 };
                 let _ = reply.send(answer);
             }
+            Ok(Report::Tokens { account_index, tokens }) => {
+                record_tokens(accounts[account_index].account_id, &tokens, leases[account_index].as_deref());
+            }
             Ok(Report::Finished { account_index, outcomes, tokens }) => {
                 running -= 1;
-                let held_lease = leases[account_index];
-                let report = (held_lease || tokens != TokenReport::default()).then_some((&tokens, held_lease));
-                record(accounts[account_index].account_id, &outcomes, report);
+                // Ends the lease (and notes a refused token) if nothing was stored under it.
+                let lease = leases[account_index].as_deref();
+                if lease.is_some() || tokens != TokenReport::default() {
+                    record_tokens(accounts[account_index].account_id, &tokens, lease);
+                }
+                record(accounts[account_index].account_id, &outcomes);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 pg_sys::check_for_interrupts!();

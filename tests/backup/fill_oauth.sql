@@ -8,4 +8,4 @@ UPDATE email_accounts.provider
 SELECT email_accounts.set_oauth_client_secret('client secret of in_house', provider => 'in_house');
 INSERT INTO email_accounts.account (name, tenant, address, provider, auth_method, enable_outgoing, enable_incoming)
 VALUES ('Tokens', 'acme', 'tokens@in-house.test', 'in_house', 'oauth2', true, true);
-SELECT email_accounts.set_oauth_refresh_token('Tokens', 'refresh token of Tokens', 'acme');
+SELECT email_accounts.set_oauth_refresh_token('Tokens', 'refresh-token-of-Tokens', 'acme');

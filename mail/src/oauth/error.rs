@@ -38,13 +38,15 @@ impl OAuthError {
                 | OAuthError::AccessDenied(_)
                 | OAuthError::DeviceCodeExpired
                 | OAuthError::ScopeMissing(_)
-                | OAuthError::InvalidClient(_)
         )
     }
 
-    /// The error for an RFC 6749 §5.2 error code and description.
+    /// The error for an RFC 6749 §5.2 error code and description (both
+    /// cleaned: what a server says is stored and shown).
     pub fn from_code(code: &str, description: Option<&str>) -> OAuthError {
-        let description = description.unwrap_or("no description given").to_owned();
+        let code = clean(code);
+        let code = code.as_str();
+        let description = clean(description.unwrap_or("no description given"));
         match code {
             "invalid_client" | "unauthorized_client" => OAuthError::InvalidClient(description),
             "invalid_grant" => OAuthError::InvalidGrant(description),
@@ -53,5 +55,58 @@ impl OAuthError {
             "expired_token" => OAuthError::DeviceCodeExpired,
             _ => OAuthError::Refused { code: code.to_owned(), description },
         }
+    }
+
+    /// The same error with `secret` blotted out wherever a server echoed it.
+    pub fn without(self, secret: &str) -> OAuthError {
+        if secret.len() < 8 {
+            return self;
+        }
+        let blot = |text: String| text.replace(secret, "[secret]");
+        match self {
+            OAuthError::Unreachable { url, reason } => OAuthError::Unreachable { url, reason: blot(reason) },
+            OAuthError::InvalidClient(text) => OAuthError::InvalidClient(blot(text)),
+            OAuthError::InvalidGrant(text) => OAuthError::InvalidGrant(blot(text)),
+            OAuthError::ScopeMissing(text) => OAuthError::ScopeMissing(blot(text)),
+            OAuthError::AccessDenied(text) => OAuthError::AccessDenied(blot(text)),
+            OAuthError::Refused { code, description } => {
+                OAuthError::Refused { code: blot(code), description: blot(description) }
+            }
+            OAuthError::BadResponse(text) => OAuthError::BadResponse(blot(text)),
+            OAuthError::Settings(text) => OAuthError::Settings(blot(text)),
+            OAuthError::DeviceCodeExpired => OAuthError::DeviceCodeExpired,
+        }
+    }
+}
+
+/// Longest provider text kept (error descriptions, refusal reasons).
+const LONGEST_TEXT: usize = 300;
+
+/// What a server wrote, fit to store and show: control characters become
+/// spaces, and it is cut at `LONGEST_TEXT` characters.
+pub fn clean(text: &str) -> String {
+    let mut cleaned: String =
+        text.chars().map(|character| if character.is_control() { ' ' } else { character }).take(LONGEST_TEXT).collect();
+    if text.chars().count() > LONGEST_TEXT {
+        cleaned.push('…');
+    }
+    cleaned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_text_is_cleaned_and_secrets_blotted_out() {
+        let error =
+            OAuthError::from_code("invalid_grant", Some(&format!("bad\r\ntoken rt.12345678 {}", "x".repeat(400))));
+        let text = error.without("rt.12345678").to_string();
+        assert!(!text.contains('\n') && !text.contains("rt.12345678") && text.contains("[secret]"), "{text}");
+        assert!(text.len() < 500, "{}", text.len());
+        assert!(
+            !OAuthError::from_code("invalid_client", None).needs_consent(),
+            "a client problem is the organisation's"
+        );
     }
 }

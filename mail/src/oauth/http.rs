@@ -31,6 +31,8 @@ impl HttpsClient {
             .timeout_connect(timeout)
             .timeout_read(timeout)
             .timeout_write(timeout)
+            // The whole request too: an answer trickling in byte by byte must end.
+            .timeout(timeout * 3)
             .redirects(0)
             .build();
         Ok(HttpsClient { agent, unanswered: Default::default() })

@@ -9,6 +9,6 @@ mod http;
 mod renewal;
 mod token_endpoint;
 
-pub use error::OAuthError;
+pub use error::{clean, OAuthError};
 pub use renewal::{Grant, Renewal, SignIn, TokenReport};
 pub use token_endpoint::{DeviceLogin, DevicePoll, OAuthClient, Tokens};

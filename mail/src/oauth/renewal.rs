@@ -32,10 +32,18 @@ pub struct Renewal {
 }
 
 impl Renewal {
+    /// Asks for a new access token; an error never quotes the refresh
+    /// token or the client secret, even when the server echoed one.
     pub fn request(&self) -> Result<Tokens, OAuthError> {
-        match &self.grant {
-            Grant::RefreshToken(refresh_token) => self.client.refresh(refresh_token),
+        let result = match &self.grant {
+            Grant::RefreshToken(refresh_token) => {
+                self.client.refresh(refresh_token).map_err(|error| error.without(refresh_token))
+            }
             Grant::ClientCredentials => self.client.client_credentials(),
+        };
+        match &self.client.client_secret {
+            Some(secret) => result.map_err(|error| error.without(secret)),
+            None => result,
         }
     }
 }
@@ -215,5 +223,6 @@ mod tests {
         assert!(matches!(OAuthError::from_code("invalid_client", None), OAuthError::InvalidClient(_)));
         assert!(matches!(OAuthError::from_code("invalid_scope", None), OAuthError::ScopeMissing(_)));
         assert!(!OAuthError::from_code("temporarily_unavailable", None).needs_consent());
+        assert!(!OAuthError::from_code("invalid_client", None).needs_consent());
     }
 }

@@ -14,8 +14,13 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lifetime assumed when a token response does not say (RFC 6749 makes
-/// `expires_in` optional); short, so a wrong guess costs one refresh.
-const ASSUMED_LIFETIME: Duration = Duration::from_secs(300);
+/// `expires_in` optional): an hour, what Microsoft and Google give; a token
+/// that dies sooner is refused and renewed then.
+const ASSUMED_LIFETIME: Duration = Duration::from_secs(3600);
+/// Bounds on what a device authorization answer may ask for: the crate adds
+/// to the interval on slow_down, and the poll schedule is stored.
+const LONGEST_POLL_INTERVAL: u64 = 60;
+const LONGEST_DEVICE_LOGIN: u64 = 3600;
 
 /// An OAuth2 client at a provider's token endpoint, as an account's
 /// effective settings name it. `Debug` leaves the secret out.
@@ -86,6 +91,13 @@ pub enum DevicePoll {
     /// Not approved yet: poll again after this long.
     Pending(Duration),
     Approved(Tokens),
+}
+
+/// A panic inside a token request (the crate's arithmetic on what a server
+/// sent, say) becomes an error of that request, never a dead worker.
+fn guarded<T>(request: impl FnOnce() -> Result<T, OAuthError>) -> Result<T, OAuthError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(request))
+        .unwrap_or_else(|_| Err(OAuthError::BadResponse("the answer could not be handled".to_owned())))
 }
 
 fn unix_now() -> i64 {
@@ -164,6 +176,10 @@ impl OAuthClient {
 
     /// A new access token for a refresh token (RFC 6749 §6).
     pub fn refresh(&self, refresh_token: &str) -> Result<Tokens, OAuthError> {
+        guarded(|| self.refresh_unguarded(refresh_token))
+    }
+
+    fn refresh_unguarded(&self, refresh_token: &str) -> Result<Tokens, OAuthError> {
         let client = self.client()?;
         let token = RefreshToken::new(refresh_token.to_owned());
         client
@@ -176,6 +192,10 @@ impl OAuthClient {
 
     /// An app-only access token (RFC 6749 §4.4).
     pub fn client_credentials(&self) -> Result<Tokens, OAuthError> {
+        guarded(|| self.client_credentials_unguarded())
+    }
+
+    fn client_credentials_unguarded(&self) -> Result<Tokens, OAuthError> {
         if self.client_secret.is_none() {
             return Err(OAuthError::Settings("client credentials need the OAuth2 client's secret".to_owned()));
         }
@@ -189,6 +209,10 @@ impl OAuthClient {
 
     /// Starts a device login (RFC 8628 §3.1).
     pub fn start_device_login(&self) -> Result<DeviceLogin, OAuthError> {
+        guarded(|| self.start_device_login_unguarded())
+    }
+
+    fn start_device_login_unguarded(&self) -> Result<DeviceLogin, OAuthError> {
         let url = self.device_authorization_url.clone().ok_or_else(|| {
             OAuthError::Settings("the provider has no oauth_device_authorization_endpoint".to_owned())
         })?;
@@ -201,13 +225,19 @@ impl OAuthClient {
             .add_scopes(Self::scopes(&self.scopes))
             .request(&self.http()?)
             .map_err(|error| token_error(&url, error, basic_code))?;
-        let state = serde_json::to_string(&details).map_err(|error| OAuthError::BadResponse(error.to_string()))?;
+        // What is kept for the polls: the answer with its interval and lifetime bounded.
+        let mut kept = serde_json::to_value(&details).map_err(|error| OAuthError::BadResponse(error.to_string()))?;
+        let interval = details.interval().as_secs().clamp(1, LONGEST_POLL_INTERVAL);
+        let expires_in = details.expires_in().as_secs().clamp(1, LONGEST_DEVICE_LOGIN);
+        kept["interval"] = interval.into();
+        kept["expires_in"] = expires_in.into();
+        let state = kept.to_string();
         Ok(DeviceLogin {
             verification_uri: details.verification_uri().to_string(),
             verification_uri_complete: details.verification_uri_complete().map(|uri| uri.secret().clone()),
             user_code: details.user_code().secret().clone(),
-            expires_in: details.expires_in(),
-            interval: details.interval(),
+            expires_in: Duration::from_secs(expires_in),
+            interval: Duration::from_secs(interval),
             state,
         })
     }
@@ -217,6 +247,10 @@ impl OAuthClient {
     /// clock is made to run out right after the first answer, and its sleep
     /// only notes the interval it wants, so it asks once and returns.
     pub fn poll_device_login(&self, state: &str) -> Result<DevicePoll, OAuthError> {
+        guarded(|| self.poll_device_login_unguarded(state))
+    }
+
+    fn poll_device_login_unguarded(&self, state: &str) -> Result<DevicePoll, OAuthError> {
         let details: StandardDeviceAuthorizationResponse = serde_json::from_str(state)
             .map_err(|_| OAuthError::Settings("the stored device login is unreadable".to_owned()))?;
         let client = self.client()?;
@@ -237,7 +271,7 @@ impl OAuthClient {
             if let Some(reason) = http.unanswered.take() {
                 return Err(OAuthError::Unreachable { url: self.token_url.clone(), reason });
             }
-            return Ok(DevicePoll::Pending(interval));
+            return Ok(DevicePoll::Pending(interval.min(Duration::from_secs(LONGEST_POLL_INTERVAL))));
         }
         match result {
             Ok(response) => Ok(DevicePoll::Approved(Tokens::from_response(&response))),

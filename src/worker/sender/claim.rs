@@ -33,6 +33,9 @@ struct Claim {
 pub struct Claimed {
     /// The claim took a whole batch: more rows are probably waiting.
     pub full: bool,
+    /// Rows went back to the queue because their account's access token is
+    /// being renewed elsewhere (or backs off): claiming again at once would spin.
+    pub handed_back: bool,
     pub known: Delivered,
     pub rounds: Vec<AccountRound>,
 }
@@ -42,8 +45,8 @@ pub struct AccountRound {
     pub account_id: i64,
     /// Each row's claim token: results are recorded only under it.
     pub tokens: HashMap<i64, String>,
-    /// The round may renew the account's access token (and must report).
-    pub holds_renewal_lease: bool,
+    /// The account's token renewal lease the round holds (it must report under it).
+    pub renewal_lease: Option<String>,
     pub batch: AccountBatch,
 }
 
@@ -65,7 +68,7 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
                 }
                 let lease = i64::from(settings::lease_duration_seconds());
                 let unusable = match oauth::worker_credential(account.account_id, account.oauth2, Some(lease)) {
-                    Ok(Some(WorkerCredential::Bearer { access_token: None, renewal: None })) => JobOutcome::NotStarted,
+                    Ok(Some(credential)) if credential.must_wait() => JobOutcome::NotStarted,
                     Ok(Some(credential)) => {
                         accounts.push((account, Some(credential)));
                         continue;
@@ -118,12 +121,13 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
             Some(AccountRound {
                 account_id: account.account_id,
                 tokens,
-                holds_renewal_lease: credential.as_ref().is_some_and(WorkerCredential::holds_renewal_lease),
+                renewal_lease: credential.as_ref().and_then(WorkerCredential::renewal_lease),
                 batch: batch(&account, credential, rows, &links, start_no_message_after),
             })
         })
         .collect();
-    Ok(Some(Claimed { full, known, rounds }))
+    let handed_back = known.results.iter().any(|(_, outcome)| matches!(outcome, JobOutcome::NotStarted));
+    Ok(Some(Claimed { full, handed_back, known, rounds }))
 }
 
 /// Where personal links point, the key that makes them and when they expire.

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 type Finished = (i64, Option<RoundResult>);
 
 pub struct Lanes {
-    /// Accounts on the wire: the claim tokens of their rows, and whether the
-    /// round holds the account's access-token renewal lease.
-    on_wire: HashMap<i64, (HashMap<i64, String>, bool)>,
+    /// Accounts on the wire: the claim tokens of their rows, and the
+    /// account's access-token renewal lease the round holds.
+    on_wire: HashMap<i64, (HashMap<i64, String>, Option<String>)>,
     /// Claimed rounds waiting for their account (or a connection) to be free.
     waiting: Vec<AccountRound>,
     finished_sender: mpsc::Sender<Finished>,
@@ -101,7 +101,7 @@ impl Lanes {
                 // A full socket buffer already means "look".
                 let _ = (&*ringer).write(&[1]);
             });
-            self.on_wire.insert(account_id, (round.tokens, round.holds_renewal_lease));
+            self.on_wire.insert(account_id, (round.tokens, round.renewal_lease));
         }
         self.waiting = still_waiting;
     }
@@ -122,7 +122,7 @@ impl Lanes {
         let mut never_started = HashMap::new();
         for round in self.waiting.drain(..) {
             never_started.extend(round.tokens);
-            if round.holds_renewal_lease {
+            if round.renewal_lease.is_some() {
                 // Its lease lapses by itself; nobody renews meanwhile.
                 log!(
                     "email_accounts sender: stopping with the token renewal lease of account {} unused",
@@ -145,7 +145,7 @@ impl Lanes {
     fn delivered(&mut self, reports: Vec<Finished>) -> Delivered {
         let mut delivered = Delivered::default();
         for (account_id, round) in reports {
-            let (tokens, held_lease) = self.on_wire.remove(&account_id).unwrap_or_default();
+            let (tokens, lease) = self.on_wire.remove(&account_id).unwrap_or_default();
             let round = round.unwrap_or_else(|| {
                 warning!(
                     "email_accounts sender: the delivery thread of account {account_id} failed; its rows are retried"
@@ -156,8 +156,8 @@ impl Lanes {
                     tokens.keys().map(|outbox_id| (*outbox_id, JobOutcome::NotAttempted(failure.clone()))).collect();
                 RoundResult { outcomes, tokens: Default::default() }
             });
-            let token_reports = if held_lease || round.tokens != Default::default() {
-                vec![(account_id, round.tokens, held_lease)]
+            let token_reports = if lease.is_some() || round.tokens != Default::default() {
+                vec![(account_id, round.tokens, lease)]
             } else {
                 Vec::new()
             };

@@ -16,9 +16,9 @@ use std::panic::AssertUnwindSafe;
 pub struct Delivered {
     pub tokens: HashMap<i64, String>,
     pub results: Vec<(i64, JobOutcome)>,
-    /// What happened to accounts' OAuth2 tokens: (account, report, whether
-    /// the round held the account's renewal lease).
-    pub token_reports: Vec<(i64, TokenReport, bool)>,
+    /// What happened to accounts' OAuth2 tokens: (account, report, the
+    /// renewal lease the round held).
+    pub token_reports: Vec<(i64, TokenReport, Option<String>)>,
 }
 
 impl Delivered {
@@ -44,17 +44,25 @@ pub fn recorded(role_name: &str, delivered: Delivered) -> bool {
     false
 }
 
-/// Stores renewed access tokens and token failures (one transaction; a
-/// failure is logged and the renewal lease lapses by itself).
-fn record_token_reports(role_name: &str, reports: &[(i64, TokenReport, bool)]) {
+/// Stores renewed access tokens and token failures (one transaction, each
+/// account in its own subtransaction: one that fails, logged, loses only
+/// its own; its renewal lease lapses by itself).
+fn record_token_reports(role_name: &str, reports: &[(i64, TokenReport, Option<String>)]) {
     if reports.is_empty() {
         return;
     }
-    let recorded = try_in_transaction(|| {
-        reports
-            .iter()
-            .try_for_each(|(account_id, report, held_lease)| oauth::record_report(*account_id, report, *held_lease))
-    });
+    let recorded = in_transaction(AssertUnwindSafe(|| {
+        for (account_id, report, lease) in reports {
+            let stored =
+                in_subtransaction(AssertUnwindSafe(|| oauth::record_report(*account_id, report, lease.as_deref())));
+            let error = match stored {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            log!("{role_name}: cannot store the OAuth2 tokens of account {account_id}: {error}");
+        }
+    }));
     if let Err(error) = recorded {
         log!("{role_name}: cannot store the OAuth2 tokens of a round: {error}");
     }
