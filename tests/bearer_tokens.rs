@@ -9,9 +9,9 @@
 
 mod harness;
 
-use email_accounts_mail::sasl::{parse_decoded_refusal, parse_refusal, BearerMechanism, Refusal};
+use email_accounts_mail::imap_client::BearerAuthenticator;
+use email_accounts_mail::sasl::{parse_refusal, BearerMechanism, Refusal};
 use harness::MailServers;
-use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
@@ -20,25 +20,6 @@ type Tls = native_tls::TlsStream<TcpStream>;
 fn tls(servers: &MailServers, port: u16) -> Tls {
     let tcp = TcpStream::connect(("127.0.0.1", port)).expect("port");
     servers.tls_connector().connect("localhost", tcp).expect("TLS handshake")
-}
-
-/// IMAP's AUTHENTICATE through the imap crate: the response to an empty
-/// challenge, the mechanism's end-of-exchange answer to a refusal (kept).
-struct Bearer {
-    mechanism: BearerMechanism,
-    response: Vec<u8>,
-    refusal: RefCell<Option<Refusal>>,
-}
-
-impl imap::Authenticator for Bearer {
-    type Response = Vec<u8>;
-    fn process(&self, challenge: &[u8]) -> Vec<u8> {
-        if challenge.is_empty() {
-            return self.response.clone();
-        }
-        *self.refusal.borrow_mut() = parse_decoded_refusal(challenge);
-        self.mechanism.response_to_refusal().to_vec()
-    }
 }
 
 /// Logs in over IMAPS with the token; the refusal when the server says no.
@@ -50,18 +31,17 @@ fn imap_login(
 ) -> Result<(), Option<Refusal>> {
     let mut client = imap::Client::new(tls(servers, servers.imaps));
     client.read_greeting().expect("IMAP greeting");
-    let bearer = Bearer {
+    let bearer = BearerAuthenticator::new(
         mechanism,
-        response: mechanism.client_response(user, token, "localhost", servers.imaps).unwrap(),
-        refusal: RefCell::new(None),
-    };
+        mechanism.client_response(user, token, "localhost", servers.imaps).unwrap(),
+    );
     match client.authenticate(mechanism.name(), &bearer) {
         Ok(mut session) => {
             session.select("INBOX").expect("SELECT INBOX as the token's user");
             session.logout().expect("LOGOUT");
             Ok(())
         }
-        Err((imap::Error::No(_), _)) => Err(bearer.refusal.into_inner()),
+        Err((imap::Error::No(_), _)) => Err(bearer.take_refusal()),
         Err((error, _)) => panic!("{} over IMAP: {error}", mechanism.name()),
     }
 }

@@ -79,9 +79,9 @@ pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<(ImapSession, ImapH
             let response = mechanism
                 .client_response(&login.user, token, &endpoint.host, endpoint.port)
                 .map_err(|error| ConnectionError::TokenRefused(error.to_string()))?;
-            let bearer = Bearer { mechanism, response, refusal: RefCell::new(None) };
+            let bearer = BearerAuthenticator::new(mechanism, response);
             let session = client.authenticate(mechanism.name(), &bearer).map_err(|(error, _)| match error {
-                imap::Error::No(no) => match bearer.refusal.take() {
+                imap::Error::No(no) => match bearer.take_refusal() {
                     Some(refusal) => ConnectionError::TokenRefused(format!("NO {} ({refusal})", no.information)),
                     None => ConnectionError::TokenRefused(format!("NO {}", no.information)),
                 },
@@ -97,13 +97,25 @@ pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<(ImapSession, ImapH
 /// AUTHENTICATE with an access token: the client response to the first
 /// (empty) challenge; a refusal challenge is kept and answered so the server
 /// ends the exchange with NO.
-struct Bearer {
+pub struct BearerAuthenticator {
     mechanism: BearerMechanism,
     response: Vec<u8>,
     refusal: RefCell<Option<Refusal>>,
 }
 
-impl imap::Authenticator for Bearer {
+impl BearerAuthenticator {
+    /// `response` as `BearerMechanism::client_response` makes it.
+    pub fn new(mechanism: BearerMechanism, response: Vec<u8>) -> BearerAuthenticator {
+        BearerAuthenticator { mechanism, response, refusal: RefCell::new(None) }
+    }
+
+    /// Why the server refused the token, if it said.
+    pub fn take_refusal(&self) -> Option<Refusal> {
+        self.refusal.take()
+    }
+}
+
+impl imap::Authenticator for BearerAuthenticator {
     type Response = Vec<u8>;
 
     fn process(&self, challenge: &[u8]) -> Vec<u8> {

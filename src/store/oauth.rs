@@ -561,10 +561,10 @@ pub fn record_device_poll(account_id: i64, polled: &Result<DevicePoll, OAuthErro
     Ok(())
 }
 
-/// Seconds until the next device login poll is due (`None`: none waits).
+/// Seconds until the next device login poll is due (`None`: none waits; may be negative).
 pub fn seconds_until_next_device_poll() -> Result<Option<f64>, SpiError> {
     Spi::get_one(
-        "SELECT greatest(0, extract(epoch FROM min(coalesce(next_request_at, now())) - now()))::float8
+        "SELECT extract(epoch FROM min(coalesce(next_request_at, now())) - now())::float8
            FROM email_accounts.account_oauth WHERE state = 'waiting for approval'",
     )
 }
