@@ -364,6 +364,9 @@ fn assert_no_secret_anywhere(setup: &mut Setup) {
     assert!(secrets.len() >= 4, "{} secrets", secrets.len());
     let log = setup.cluster.server_log();
     assert!(log.contains("DEBUG"), "the log is at debug level");
+    for trouble in ["cannot store the OAuth2 tokens", "positioned before the start", "was not stored"] {
+        assert!(!log.contains(trouble), "the server log says {trouble:?}");
+    }
     let mut seen = String::new();
     for row in setup.client.query("SELECT coalesce(query, '') FROM pg_catalog.pg_stat_activity", &[]).unwrap() {
         seen.push_str(row.get::<_, &str>(0));

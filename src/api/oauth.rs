@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 
 /// Raises the error of a failed token request with a SQLSTATE saying whose move it is.
 fn raise_oauth(account: &str, error: OAuthError) -> ! {
+    let error = error.shortened();
     let (code, hint) = match &error {
         OAuthError::Unreachable { .. } => (PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, None),
         OAuthError::InvalidClient(_) => (
@@ -138,7 +139,9 @@ fn oauth_device_login(
     let caller = privileged::caller();
     let row = privileged::as_extension_owner(|| {
         let (managed, client) = oauth_account(account, tenant, caller);
-        let started: Result<DeviceLogin, OAuthError> = on_thread(move || client.start_device_login());
+        let secret = client.client_secret.clone().unwrap_or_default();
+        let started: Result<DeviceLogin, OAuthError> =
+            on_thread(move || client.start_device_login()).map_err(|error| error.without(&secret));
         let login = started.unwrap_or_else(|error| raise_oauth(account, error));
         oauth::store_device_login(managed.account_id, &login).unwrap_or_else(|error| raise_store(error));
         let expires_at = Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(
@@ -187,7 +190,9 @@ fn connect_oauth_client_credentials(
                 None,
             );
         }
-        let granted: Result<Tokens, OAuthError> = on_thread(move || client.client_credentials());
+        let secret = client.client_secret.clone().unwrap_or_default();
+        let granted: Result<Tokens, OAuthError> =
+            on_thread(move || client.client_credentials()).map_err(|error| error.without(&secret));
         let granted = granted.unwrap_or_else(|error| raise_oauth(account, error));
         let tokens = Tokens { refresh_token: None, ..granted };
         oauth::store_granted(managed.account_id, "client_credentials", &tokens).unwrap_or_else(|error| raise_store(error));

@@ -141,8 +141,15 @@ pub fn store_client_secret(provider: Option<&str>, domain: Option<&str>, secret:
             sealed.ciphertext.into(),
         ],
     )?;
-    // Accounts backing off after invalid_client try the new secret at once.
-    Spi::run("UPDATE email_accounts.account_oauth SET next_request_at = NULL WHERE state = 'connected' AND next_request_at > now()")?;
+    // The accounts of this client backing off (after invalid_client) try the new secret at once.
+    Spi::run_with_args(
+        "UPDATE email_accounts.account_oauth AS oauth SET next_request_at = NULL
+           FROM email_accounts.account_settings AS settings
+          WHERE settings.account_id = oauth.account_id AND oauth.state = 'connected' AND oauth.next_request_at > now()
+            AND ((settings.oauth_client_source = 'provider' AND settings.provider = $1)
+                 OR (settings.oauth_client_source = 'domain' AND settings.domain = $2))",
+        &[provider.into(), domain.into()],
+    )?;
     Ok(())
 }
 
@@ -320,6 +327,10 @@ pub fn worker_credential(
                 None,
                 &[account_id.into(), (seconds as f64).into()],
             )?;
+            // (An UPDATE that matched nothing has no first row to read.)
+            if updated.is_empty() {
+                return Ok(None);
+            }
             updated.first().get::<String>(1)
         })?,
         None => None,
@@ -331,6 +342,12 @@ pub fn worker_credential(
         }
     }
     credential
+}
+
+/// Whether `query` (which locks: FOR UPDATE) finds a row (`Spi::get_one`
+/// errs on none; a read-only `select` refuses FOR UPDATE).
+fn row_exists(query: &str, arguments: &[pgrx::datum::DatumWithOid<'_>]) -> Result<bool, SpiError> {
+    Spi::connect_mut(|client| Ok(!client.update(query, Some(1), arguments)?.is_empty()))
 }
 
 fn release_lease(account_id: i64, lease: &str) -> Result<(), SpiError> {
@@ -381,7 +398,16 @@ fn bearer_credential(account_id: i64, lease: Option<String>) -> Result<Option<Wo
         // Connected without a refresh token and the access token is gone.
         let problem =
             "the provider gave no refresh token (is offline_access among the scopes?) and the access token expired";
-        record_failure(account_id, &OAuthError::InvalidGrant(problem.to_owned()))?;
+        // Only the grant seen here, and never waiting for a row someone holds.
+        Spi::run_with_args(
+            "UPDATE email_accounts.account_oauth
+                SET state = 'consent needed', problem = $2, refreshing_until = NULL, refresh_lease = NULL, updated_at = now()
+              WHERE account_id = (SELECT account_id FROM email_accounts.account_oauth
+                                   WHERE account_id = $1 AND state = 'connected' AND grant_type = $3
+                                     AND coalesce(access_token_expires_at < now(), true)
+                                   FOR UPDATE SKIP LOCKED)",
+            &[account_id.into(), problem.into(), grant_type.as_str().into()],
+        )?;
         return Err(consent(problem.to_owned()));
     }
     // Only with the lease and a grant to renew with: a token about to expire is renewed before use.
@@ -414,15 +440,15 @@ pub fn record_report(account_id: i64, report: &TokenReport, lease: Option<&str>)
         )?;
     }
     let Some(lease) = lease else { return Ok(()) };
-    let still_leased = Spi::get_one_with_args::<bool>(
-        "SELECT true FROM email_accounts.account_oauth
-          WHERE account_id = $1 AND refresh_lease::text = $2 FOR UPDATE SKIP LOCKED",
+    // Waits for the row (within the worker's lock_timeout): what was
+    // obtained under the lease is worth it; the lease names whose it is.
+    let still_leased = row_exists(
+        "SELECT FROM email_accounts.account_oauth WHERE account_id = $1 AND refresh_lease::text = $2 FOR UPDATE",
         &[account_id.into(), lease.into()],
-    )?
-    .unwrap_or(false);
+    )?;
     if !still_leased {
         if report.renewed.is_some() {
-            warning!("email_accounts: a renewed access token of account {account_id} was not stored: its grant changed meanwhile or the row is locked");
+            warning!("email_accounts: a renewed access token of account {account_id} was not stored: its grant was replaced meanwhile");
         }
         return Ok(());
     }
@@ -519,12 +545,10 @@ pub fn due_device_logins(limit: i64) -> Result<Vec<PendingDeviceLogin>, OAuthSto
 /// Stores the answer to one poll of a device login, unless the login was
 /// replaced or cancelled meanwhile.
 pub fn record_device_poll(account_id: i64, polled: &Result<DevicePoll, OAuthError>) -> Result<(), OAuthStoreError> {
-    let waiting = Spi::get_one_with_args::<bool>(
-        "SELECT true FROM email_accounts.account_oauth
-          WHERE account_id = $1 AND state = 'waiting for approval' FOR UPDATE",
+    let waiting = row_exists(
+        "SELECT FROM email_accounts.account_oauth WHERE account_id = $1 AND state = 'waiting for approval' FOR UPDATE",
         &[account_id.into()],
-    )?
-    .unwrap_or(false);
+    )?;
     if !waiting {
         return Ok(());
     }

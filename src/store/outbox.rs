@@ -433,17 +433,25 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
 /// if they had not been claimed (the attempt is not counted), where the
 /// claim is still ours. Returns how many.
 pub fn hand_back(outbox_ids: &[i64], claim_tokens: &[&str]) -> Result<i64, SpiError> {
+    hand_back_after(outbox_ids, claim_tokens, 0.0)
+}
+
+/// The same, not due again for `delay_seconds` (their account cannot sign
+/// in for a moment: claiming them again at once would only spin).
+pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds: f64) -> Result<i64, SpiError> {
     Spi::connect_mut(|client| {
         let rows = kept_plans::update(
             client,
             "UPDATE email_accounts.outbox AS row
                 SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END,
                     attempts = row.attempts - 1, lease_until = NULL, claim_token = NULL,
-                    sender_process_id = NULL, sender_started_at = NULL
+                    sender_process_id = NULL, sender_started_at = NULL,
+                    next_attempt_at = CASE WHEN $3 > 0 THEN greatest(row.next_attempt_at, now() + pg_catalog.make_interval(secs => $3))
+                                           ELSE row.next_attempt_at END
                FROM unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token)
               WHERE row.outbox_id = mine.outbox_id AND row.claim_token = mine.claim_token::uuid
           RETURNING row.outbox_id",
-            &[outbox_ids.to_vec().into(), claim_tokens.to_vec().into()],
+            &[outbox_ids.to_vec().into(), claim_tokens.to_vec().into(), delay_seconds.into()],
         )?;
         Ok(rows.len() as i64)
     })

@@ -36,7 +36,10 @@ fn poll(due: Vec<PendingDeviceLogin>) -> Vec<Polled> {
     let jobs: Vec<Box<dyn FnOnce() -> Polled + Send>> = due
         .into_iter()
         .map(|login| -> Box<dyn FnOnce() -> Polled + Send> {
-            Box::new(move || (login.account_id, login.client.poll_device_login(&login.state)))
+            Box::new(move || {
+                let secret = login.client.client_secret.clone().unwrap_or_default();
+                (login.account_id, login.client.poll_device_login(&login.state).map_err(|error| error.without(&secret)))
+            })
         })
         .collect();
     threads::run_all(jobs)

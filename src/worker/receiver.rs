@@ -212,7 +212,16 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
             let renewed = sign_in.renew_after_refusal();
             hand_over(&mut sign_in);
             match renewed {
-                Ok(true) => sync(&sign_in.login),
+                Ok(true) => {
+                    let again = sync(&sign_in.login);
+                    if again.iter().all(|outcome| {
+                        matches!(outcome.error, Some(SyncError::Connection(ConnectionError::TokenRefused(_))))
+                    }) {
+                        // The new token was refused too: renewed again next time.
+                        sign_in.report.refused = true;
+                    }
+                    again
+                }
                 Ok(false) => outcomes,
                 Err(error) => failed_all(error),
             }
@@ -228,9 +237,23 @@ fn start(prepared: Prepared, account_index: usize, reports: mpsc::Sender<Report>
 
 /// Stores what a token request obtained, in a transaction of its own (a
 /// rotated refresh token must not wait for the sync, nor share its fate).
-fn record_tokens(account_id: i64, tokens: &TokenReport, lease: Option<&str>) {
-    if let Err(error) = try_in_transaction(|| oauth::record_report(account_id, tokens, lease)) {
-        warning!("email_accounts receiver: cannot store the OAuth2 tokens of account {account_id}: {error}");
+/// False (logged) when that failed: the caller keeps the report to try again.
+fn record_tokens(account_id: i64, tokens: &TokenReport, lease: Option<&str>) -> bool {
+    match try_in_transaction(|| oauth::record_report(account_id, tokens, lease)) {
+        Ok(()) => true,
+        Err(error) => {
+            warning!("email_accounts receiver: cannot store the OAuth2 tokens of account {account_id}: {error}");
+            false
+        }
+    }
+}
+
+/// Merges a report that could not be stored into a later one.
+fn merge(kept: TokenReport, later: TokenReport) -> TokenReport {
+    TokenReport {
+        renewed: later.renewed.or(kept.renewed),
+        failure: later.failure.or(kept.failure),
+        refused: later.refused || kept.refused,
     }
 }
 
@@ -306,6 +329,8 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
 
     let accounts: Vec<ReceivingAccount> = prepared.iter().map(|prepared| prepared.account.clone()).collect();
     let leases: Vec<Option<String>> = prepared.iter().map(|prepared| prepared.renewal_lease.clone()).collect();
+    // Token reports whose storing failed, tried again with the next one.
+    let mut unstored: HashMap<usize, TokenReport> = HashMap::new();
     let mut waiting: VecDeque<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
     let (reports, incoming) = mpsc::channel();
     let mut running = 0;
@@ -343,12 +368,16 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
                 let _ = reply.send(answer);
             }
             Ok(Report::Tokens { account_index, tokens }) => {
-                record_tokens(accounts[account_index].account_id, &tokens, leases[account_index].as_deref());
+                let tokens = merge(unstored.remove(&account_index).unwrap_or_default(), tokens);
+                if !record_tokens(accounts[account_index].account_id, &tokens, leases[account_index].as_deref()) {
+                    unstored.insert(account_index, tokens);
+                }
             }
             Ok(Report::Finished { account_index, outcomes, tokens }) => {
                 running -= 1;
                 // Ends the lease (and notes a refused token) if nothing was stored under it.
                 let lease = leases[account_index].as_deref();
+                let tokens = merge(unstored.remove(&account_index).unwrap_or_default(), tokens);
                 if lease.is_some() || tokens != TokenReport::default() {
                     record_tokens(accounts[account_index].account_id, &tokens, lease);
                 }
@@ -358,7 +387,17 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
                 pg_sys::check_for_interrupts!();
                 if super::main_loop::shutdown_requested() {
                     // Threads still fetching are abandoned; nothing they
-                    // fetched is acknowledged, so the next start fetches it again.
+                    // fetched is acknowledged, so the next start fetches it
+                    // again. Tokens already obtained are stored first.
+                    for report in incoming.try_iter() {
+                        if let Report::Tokens { account_index, tokens } = report {
+                            let tokens = merge(unstored.remove(&account_index).unwrap_or_default(), tokens);
+                            unstored.insert(account_index, tokens);
+                        }
+                    }
+                    for (account_index, tokens) in unstored.drain() {
+                        record_tokens(accounts[account_index].account_id, &tokens, leases[account_index].as_deref());
+                    }
                     return renewing_elsewhere > 0;
                 }
             }

@@ -44,9 +44,10 @@ impl OAuthError {
     /// The error for an RFC 6749 §5.2 error code and description (both
     /// cleaned: what a server says is stored and shown).
     pub fn from_code(code: &str, description: Option<&str>) -> OAuthError {
-        let code = clean(code);
+        let code = tidy(code, LONGEST_TEXT);
         let code = code.as_str();
-        let description = clean(description.unwrap_or("no description given"));
+        // Cut short only after secrets are blotted out (`without`).
+        let description = tidy(description.unwrap_or("no description given"), 4 * 1024);
         match code {
             "invalid_client" | "unauthorized_client" => OAuthError::InvalidClient(description),
             "invalid_grant" => OAuthError::InvalidGrant(description),
@@ -57,12 +58,21 @@ impl OAuthError {
         }
     }
 
-    /// The same error with `secret` blotted out wherever a server echoed it.
+    /// The same error with its texts cut to what is stored and shown.
+    pub fn shortened(self) -> OAuthError {
+        self.map_texts(|text| clean(&text))
+    }
+
+    /// The same error with `secret` blotted out wherever a server echoed it
+    /// (then shortened).
     pub fn without(self, secret: &str) -> OAuthError {
         if secret.len() < 8 {
-            return self;
+            return self.shortened();
         }
-        let blot = |text: String| text.replace(secret, "[secret]");
+        self.map_texts(|text| text.replace(secret, "[secret]")).shortened()
+    }
+
+    fn map_texts(self, blot: impl Fn(String) -> String) -> OAuthError {
         match self {
             OAuthError::Unreachable { url, reason } => OAuthError::Unreachable { url, reason: blot(reason) },
             OAuthError::InvalidClient(text) => OAuthError::InvalidClient(blot(text)),
@@ -85,9 +95,13 @@ const LONGEST_TEXT: usize = 300;
 /// What a server wrote, fit to store and show: control characters become
 /// spaces, and it is cut at `LONGEST_TEXT` characters.
 pub fn clean(text: &str) -> String {
+    tidy(text, LONGEST_TEXT)
+}
+
+fn tidy(text: &str, longest: usize) -> String {
     let mut cleaned: String =
-        text.chars().map(|character| if character.is_control() { ' ' } else { character }).take(LONGEST_TEXT).collect();
-    if text.chars().count() > LONGEST_TEXT {
+        text.chars().map(|character| if character.is_control() { ' ' } else { character }).take(longest).collect();
+    if text.chars().count() > longest && !cleaned.ends_with('…') {
         cleaned.push('…');
     }
     cleaned

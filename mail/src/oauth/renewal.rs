@@ -43,7 +43,7 @@ impl Renewal {
         };
         match &self.client.client_secret {
             Some(secret) => result.map_err(|error| error.without(secret)),
-            None => result,
+            None => result.map_err(OAuthError::shortened),
         }
     }
 }

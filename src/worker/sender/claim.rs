@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+/// Rows of an account that must wait for its access token are due again after this.
+const WAIT_FOR_TOKEN_SECONDS: f64 = 5.0;
+
 /// What one round claimed.
 struct Claim {
     rows: Vec<ClaimedRow>,
@@ -33,9 +36,6 @@ struct Claim {
 pub struct Claimed {
     /// The claim took a whole batch: more rows are probably waiting.
     pub full: bool,
-    /// Rows went back to the queue because their account's access token is
-    /// being renewed elsewhere (or backs off): claiming again at once would spin.
-    pub handed_back: bool,
     pub known: Delivered,
     pub rounds: Vec<AccountRound>,
 }
@@ -54,12 +54,14 @@ pub struct AccountRound {
 /// (one transaction) and composes them.
 pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Claimed>, StoreError> {
     let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
-        let rows = outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts, on_wire)?;
+        let mut rows =
+            outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts, on_wire)?;
         let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
         account_ids.sort_unstable();
         account_ids.dedup();
         let mut accounts = Vec::new();
         let mut unusable_accounts = HashMap::new();
+        let mut waiting_accounts = Vec::new();
         if !rows.is_empty() {
             for account in outbox::sending_settings(&account_ids)? {
                 if account.no_smtp_authentication {
@@ -68,7 +70,10 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
                 }
                 let lease = i64::from(settings::lease_duration_seconds());
                 let unusable = match oauth::worker_credential(account.account_id, account.oauth2, Some(lease)) {
-                    Ok(Some(credential)) if credential.must_wait() => JobOutcome::NotStarted,
+                    Ok(Some(credential)) if credential.must_wait() => {
+                        waiting_accounts.push(account.account_id);
+                        continue;
+                    }
                     Ok(Some(credential)) => {
                         accounts.push((account, Some(credential)));
                         continue;
@@ -84,6 +89,16 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
                 };
                 unusable_accounts.insert(account.account_id, unusable);
             }
+        }
+        // Accounts whose access token another worker renews (or whose token
+        // requests back off): their rows go back, due again in a few seconds.
+        if !waiting_accounts.is_empty() {
+            let (waiting, claimed): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+                rows.into_iter().partition(|row| waiting_accounts.contains(&row.account_id));
+            let ids: Vec<i64> = waiting.iter().map(|row| row.outbox_id).collect();
+            let tokens: Vec<&str> = waiting.iter().map(|row| row.claim_token.as_str()).collect();
+            outbox::hand_back_after(&ids, &tokens, WAIT_FOR_TOKEN_SECONDS)?;
+            rows = claimed;
         }
         let link_key = if rows.is_empty() { LinkKey { id: 0, secret: Vec::new() } } else { links::current_link_key()? };
         Ok(Claim { rows, link_key, accounts, unusable_accounts })
@@ -126,8 +141,7 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Clai
             })
         })
         .collect();
-    let handed_back = known.results.iter().any(|(_, outcome)| matches!(outcome, JobOutcome::NotStarted));
-    Ok(Some(Claimed { full, handed_back, known, rounds }))
+    Ok(Some(Claimed { full, known, rounds }))
 }
 
 /// Where personal links point, the key that makes them and when they expire.

@@ -80,7 +80,7 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
                 lanes.add(claimed.rounds);
                 lanes.launch_waiting(parallel);
                 failed |= !recorded(role_name, claimed.known);
-                claim = claimed.full && !claimed.handed_back;
+                claim = claimed.full;
             }
             Ok(None) => {}
             Err(error) => {
