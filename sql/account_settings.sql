@@ -74,7 +74,9 @@ SELECT
     CASE WHEN signing_in.auth_method <> 'oauth2' THEN NULL
          WHEN oauth.account_id IS NULL THEN 'not connected'
          WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
-         ELSE oauth.state END AS oauth_state
+         ELSE oauth.state END AS oauth_state,
+    account.enable_automatic_linking,
+    account.reply_to_document_address
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
@@ -114,6 +116,8 @@ COMMENT ON COLUMN email_accounts.account_settings.oauth_token_endpoint IS 'The p
 COMMENT ON COLUMN email_accounts.account_settings.oauth_device_authorization_endpoint IS 'The provider''s device authorization endpoint with {tenant} replaced.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_scopes IS 'Scopes asked for on behalf of the mailbox user.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_client_credentials_scopes IS 'Scopes asked for with client credentials; NULL when the provider offers none.';
+COMMENT ON COLUMN email_accounts.account_settings.enable_automatic_linking IS 'See account.enable_automatic_linking.';
+COMMENT ON COLUMN email_accounts.account_settings.reply_to_document_address IS 'See account.reply_to_document_address.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_state IS
   'With auth_method oauth2: not connected, waiting for approval (a device login), connected, or consent needed: <reason> (the grant was revoked or expired, the user declined, or the servers or OAuth2 client changed; connect again). NULL for password accounts.';
 COMMENT ON COLUMN email_accounts.account_settings.extra_ca_certificate IS 'Effective extra CA: the account''s, else its domain''s.';

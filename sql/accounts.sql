@@ -78,6 +78,8 @@ CREATE TABLE email_accounts.account (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     auth_method text CONSTRAINT "auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
+    enable_automatic_linking boolean NOT NULL DEFAULT false,
+    reply_to_document_address boolean NOT NULL DEFAULT false,
 
     CONSTRAINT "pop3_delete_after_days is required when pop3_retrieval is delete_after_days"
         CHECK (pop3_retrieval <> 'delete_after_days' OR pop3_delete_after_days IS NOT NULL),
@@ -157,6 +159,8 @@ COMMENT ON COLUMN email_accounts.account.send_limit_per_hour IS 'At most this ma
 COMMENT ON COLUMN email_accounts.account.send_limit_per_day IS 'At most this many messages a day; NULL for no limit.';
 COMMENT ON COLUMN email_accounts.account.created_at IS 'When the row was added.';
 COMMENT ON COLUMN email_accounts.account.updated_at IS 'When the row last changed.';
+COMMENT ON COLUMN email_accounts.account.enable_automatic_linking IS 'Incoming mail to a document address of this account (local+<table>=<id>@domain, see document_address()) is linked to that application row, even when it answers nothing (ERPNext "Enable Automatic Linking"); the row must exist and be readable by owner_role.';
+COMMENT ON COLUMN email_accounts.account.reply_to_document_address IS 'Outgoing mail about an application row (reference_table/reference_id) gets that row''s document address as Reply-To, so answers come back linked; send(reply_to_document => ...) or outbox.reply_to_document decide per message.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.account', '');

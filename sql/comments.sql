@@ -13,6 +13,9 @@ COMMENT ON FUNCTION email_accounts.worker_status() IS
 COMMENT ON FUNCTION email_accounts.is_valid_mailbox(text) IS
   'True when the text is an email address with an optional display name (Ann Smith <ann@example.com>) that the SMTP side can deliver to.';
 
+COMMENT ON FUNCTION email_accounts.tagged_address(text, text, text) IS
+  'The address with a sub-address naming row id of table (local+<table>=<id>@domain, percent-encoded); see document_address().';
+
 COMMENT ON FUNCTION email_accounts.is_valid_certificate(text) IS
   'True when the text is one or more PEM certificates (BEGIN CERTIFICATE blocks) that TLS can trust.';
 

@@ -44,8 +44,12 @@ COMMENT ON COLUMN email_accounts.domain.oauth_client_id IS 'The organisation''s 
 COMMENT ON COLUMN email_accounts.domain.oauth_tenant IS 'Tenant (Microsoft directory id or domain) of the domain''s OAuth2 client, put into the provider''s endpoints; NULL uses the provider''s oauth_tenant.';
 
 ALTER TABLE email_accounts.account
-    ADD COLUMN auth_method text CONSTRAINT "auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2'));
+    ADD COLUMN auth_method text CONSTRAINT "auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
+    ADD COLUMN enable_automatic_linking boolean NOT NULL DEFAULT false,
+    ADD COLUMN reply_to_document_address boolean NOT NULL DEFAULT false;
 
+COMMENT ON COLUMN email_accounts.account.enable_automatic_linking IS 'Incoming mail to a document address of this account (local+<table>=<id>@domain, see document_address()) is linked to that application row, even when it answers nothing (ERPNext "Enable Automatic Linking"); the row must exist and be readable by owner_role.';
+COMMENT ON COLUMN email_accounts.account.reply_to_document_address IS 'Outgoing mail about an application row (reference_table/reference_id) gets that row''s document address as Reply-To, so answers come back linked; send(reply_to_document => ...) or outbox.reply_to_document decide per message.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
 -- The data changes below are not checked again by the triggers (an
@@ -264,7 +268,9 @@ SELECT
     CASE WHEN signing_in.auth_method <> 'oauth2' THEN NULL
          WHEN oauth.account_id IS NULL THEN 'not connected'
          WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
-         ELSE oauth.state END AS oauth_state
+         ELSE oauth.state END AS oauth_state,
+    account.enable_automatic_linking,
+    account.reply_to_document_address
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
@@ -291,6 +297,8 @@ COMMENT ON COLUMN email_accounts.account_settings.oauth_token_endpoint IS 'The p
 COMMENT ON COLUMN email_accounts.account_settings.oauth_device_authorization_endpoint IS 'The provider''s device authorization endpoint with {tenant} replaced.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_scopes IS 'Scopes asked for on behalf of the mailbox user.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_client_credentials_scopes IS 'Scopes asked for with client credentials; NULL when the provider offers none.';
+COMMENT ON COLUMN email_accounts.account_settings.enable_automatic_linking IS 'See account.enable_automatic_linking.';
+COMMENT ON COLUMN email_accounts.account_settings.reply_to_document_address IS 'See account.reply_to_document_address.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_state IS
   'With auth_method oauth2: not connected, waiting for approval (a device login), connected, or consent needed: <reason> (the grant was revoked or expired, the user declined, or the servers or OAuth2 client changed; connect again). NULL for password accounts.';
 
@@ -495,6 +503,123 @@ COMMENT ON FUNCTION email_accounts.set_oauth_client_secret(text, text, text) IS
   'Stores, encrypted and write-only, the secret of the OAuth2 client named by a provider''s or a domain''s oauth_client_id (name exactly one). Superusers and email_accounts_admin members bound to every tenant.';
 COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS
   'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password, OAuth2 token and OAuth2 client secret with it, keeps the older keys (other databases of the cluster and restored dumps may still need them), and returns the new key id.';
+
+
+-- Automatic linking (sql/document_links.sql): document addresses, Reply-To to them, send(reply_to_document).
+CREATE  FUNCTION "tagged_address"(
+	"address" TEXT, /* & str */
+	"table" TEXT, /* & str */
+	"id" TEXT /* & str */
+) RETURNS TEXT /* alloc::string::String */
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tagged_address_wrapper';
+COMMENT ON FUNCTION email_accounts.tagged_address(text, text, text) IS
+  'The address with a sub-address naming row id of table (local+<table>=<id>@domain, percent-encoded); see document_address().';
+
+ALTER TABLE email_accounts.outbox ADD COLUMN reply_to_document boolean;
+
+COMMENT ON COLUMN email_accounts.outbox.reply_to_document IS
+  'With reference_table/reference_id: Reply-To is that row''s document address (see document_address()), so answers come back linked; NULL follows the account''s reply_to_document_address.';
+
+-- The document address of a row for an account: the tenant's (or the only
+-- visible) default incoming account when none is named. Runs as the caller:
+-- only accounts it can see, and only those with automatic linking on.
+CREATE FUNCTION email_accounts.document_address(reference_table regclass, reference_id text, account text DEFAULT NULL,
+                                                tenant text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chosen email_accounts.account;
+    matches integer;
+BEGIN
+    IF reference_table IS NULL OR reference_id IS NULL OR reference_id = '' THEN
+        RAISE EXCEPTION 'document_address needs a reference_table and a reference_id'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT count(*) INTO matches FROM email_accounts.account AS candidate
+     WHERE (CASE WHEN document_address.account IS NULL THEN candidate.default_incoming ELSE candidate.name = document_address.account END)
+       AND (document_address.tenant IS NULL OR candidate.tenant = document_address.tenant);
+    IF matches <> 1 THEN
+        RAISE EXCEPTION '%', CASE WHEN matches = 0 THEN format('no account %s is visible', coalesce(quote_literal(document_address.account), 'that is a default incoming account'))
+                                  ELSE format('%s accounts match; name the account and its tenant', matches) END
+            USING ERRCODE = CASE WHEN matches = 0 THEN 'undefined_object' ELSE 'ambiguous_parameter' END;
+    END IF;
+    SELECT * INTO chosen FROM email_accounts.account AS candidate
+     WHERE (CASE WHEN document_address.account IS NULL THEN candidate.default_incoming ELSE candidate.name = document_address.account END)
+       AND (document_address.tenant IS NULL OR candidate.tenant = document_address.tenant);
+    IF NOT chosen.enable_automatic_linking THEN
+        RAISE EXCEPTION 'account %: enable_automatic_linking is off, so mail to a document address would not be linked', quote_literal(chosen.name)
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Turn enable_automatic_linking on for the account.';
+    END IF;
+    -- Schema-qualified, so the receiver (whatever its search_path) finds the same table.
+    RETURN email_accounts.tagged_address(chosen.address,
+        (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
+           FROM pg_catalog.pg_class AS class JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
+          WHERE class.oid = reference_table),
+        reference_id);
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.document_address(regclass, text, text, text) IS
+  'The mail address of an application row for automatic linking: the account''s address with a sub-address naming the table and key (local+<table>=<id>@domain, percent-encoded, so any name round-trips). The account is the named one (in tenant) or the default incoming account; it must have enable_automatic_linking on. Runs as the caller.';
+
+DROP FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text);
+CREATE FUNCTION email_accounts.send(
+    "to"            text[] DEFAULT '{}',
+    subject         text DEFAULT '',
+    body_text       text DEFAULT NULL,
+    body_html       text DEFAULT NULL,
+    cc              text[] DEFAULT '{}',
+    bcc             text[] DEFAULT '{}',
+    reply_to        text[] DEFAULT '{}',
+    attachments     email_accounts.attachment[] DEFAULT '{}',
+    headers         jsonb DEFAULT '{}',
+    account         text DEFAULT NULL,
+    sender          text DEFAULT NULL,
+    priority        smallint DEFAULT 0,
+    send_after      timestamptz DEFAULT now(),
+    expires_at      timestamptz DEFAULT NULL,
+    reference_table regclass DEFAULT NULL,
+    reference_id    text DEFAULT NULL,
+    in_reply_to     text DEFAULT NULL,
+    tenant          text DEFAULT NULL,
+    reply_to_document boolean DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    queued bigint;
+    file email_accounts.attachment;
+    position integer := 0;
+BEGIN
+    INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
+                                       headers, account, sender, priority, send_after, expires_at, reference_table,
+                                       reference_id, in_reply_to, tenant, reply_to_document)
+    VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
+            coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant, reply_to_document)
+    RETURNING outbox_id INTO queued;
+    -- A bad attachment raises, and the whole call (the row above too) is undone.
+    FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
+        position := position + 1;
+        IF file.filename IS NULL OR btrim(file.filename) = '' THEN
+            PERFORM email_accounts.raise_outbox_error('attachments', format('attachment %s has no filename', position));
+        END IF;
+        IF file.content IS NULL THEN
+            PERFORM email_accounts.raise_outbox_error('attachments', format('attachment %s (%s) has no content', position, file.filename));
+        END IF;
+        INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content_type, content, content_id)
+        VALUES (queued, position, file.filename, coalesce(file.content_type, 'application/octet-stream'), file.content, file.content_id);
+    END LOOP;
+    RETURN queued;
+END;
+$$;
+
+
+COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text, boolean) IS
+  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s). reply_to_document: with reference_table/reference_id, Reply-To is the row''s document address (NULL: the account''s reply_to_document_address).';
 
 -- The workers of the new library wait for this update; wake them now.
 SELECT email_accounts.wake_workers_at_commit();

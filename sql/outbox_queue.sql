@@ -349,7 +349,8 @@ CREATE FUNCTION email_accounts.send(
     reference_table regclass DEFAULT NULL,
     reference_id    text DEFAULT NULL,
     in_reply_to     text DEFAULT NULL,
-    tenant          text DEFAULT NULL
+    tenant          text DEFAULT NULL,
+    reply_to_document boolean DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -360,10 +361,10 @@ DECLARE
 BEGIN
     INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
                                        headers, account, sender, priority, send_after, expires_at, reference_table,
-                                       reference_id, in_reply_to, tenant)
+                                       reference_id, in_reply_to, tenant, reply_to_document)
     VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
             coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
-            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant)
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant, reply_to_document)
     RETURNING outbox_id INTO queued;
     -- A bad attachment raises, and the whole call (the row above too) is undone.
     FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
@@ -381,5 +382,5 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text) IS
-  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s).';
+COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text, boolean) IS
+  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s). reply_to_document: with reference_table/reference_id, Reply-To is the row''s document address (NULL: the account''s reply_to_document_address).';

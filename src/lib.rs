@@ -53,6 +53,11 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!("../sql/suppression.sql", name = "suppression", requires = ["outbox", random_bytes]);
 pgrx::extension_sql_file!("../sql/outbox_claims.sql", name = "outbox_claims", requires = ["suppression"]);
 pgrx::extension_sql_file!(
+    "../sql/document_links.sql",
+    name = "document_links",
+    requires = ["outbox_claims", "account_settings", tagged_address]
+);
+pgrx::extension_sql_file!(
     "../sql/security.sql",
     name = "security",
     requires = [
@@ -62,6 +67,7 @@ pgrx::extension_sql_file!(
         "suppression",
         "outbox_claims",
         "inbox_routing",
+        "document_links",
         set_password,
         sync_now,
         reparse,

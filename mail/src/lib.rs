@@ -7,6 +7,7 @@ pub mod address;
 pub mod compose;
 pub mod connection;
 pub mod delivery;
+pub mod document_address;
 pub mod identity;
 pub mod imap_client;
 pub mod oauth;

@@ -65,6 +65,8 @@ local_recipient_maps =
 virtual_mailbox_domains = $domains
 virtual_mailbox_maps = texthash:$dir/mailboxes
 virtual_transport = lmtp:inet:127.0.0.1:$lmtp
+# user+detail@domain is user@domain (sub-addresses: automatic linking)
+recipient_delimiter = +
 smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
 smtpd_recipient_restrictions = check_recipient_access texthash:$dir/recipient_answers, permit
 smtpd_tls_cert_file = $cert_dir/server.pem

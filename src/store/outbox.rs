@@ -28,6 +28,9 @@ pub struct ClaimedRow {
     pub in_reply_to: Option<String>,
     pub references: Vec<String>,
     pub created_at_millis: i64,
+    /// The application row (schema-qualified table, key) whose document
+    /// address is to be the Reply-To (automatic linking).
+    pub document: Option<(String, String)>,
     /// Recipients not yet accepted (pending or deferred).
     pub recipients: Vec<String>,
     pub attachments: Vec<Attachment>,
@@ -137,7 +140,19 @@ UPDATE email_accounts.outbox
 RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.sender, outbox.to_addresses,
           outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
           outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
-          (extract(epoch FROM outbox.created_at) * 1000)::bigint";
+          (extract(epoch FROM outbox.created_at) * 1000)::bigint,
+          -- The row's table, schema-qualified, when Reply-To is to be its document address.
+          CASE WHEN outbox.reference_table IS NOT NULL AND outbox.reference_id IS NOT NULL
+                    AND coalesce(outbox.reply_to_document,
+                                 (SELECT account.reply_to_document_address FROM email_accounts.account
+                                   WHERE account.account_id = outbox.account_id))
+                    AND (SELECT account.enable_automatic_linking FROM email_accounts.account
+                          WHERE account.account_id = outbox.account_id)
+               THEN (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
+                       FROM pg_catalog.pg_class AS class
+                       JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
+                      WHERE class.oid = outbox.reference_table) END,
+          outbox.reference_id";
 
 /// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`,
 /// leaving out the accounts in `skip_accounts`, and never taking back this
@@ -190,6 +205,10 @@ pub fn claim(
                     in_reply_to: row.get(14)?,
                     references: row.get(15)?.unwrap_or_default(),
                     created_at_millis: row.get(16)?.unwrap_or_default(),
+                    document: match (row.get::<String>(17)?, row.get::<String>(18)?) {
+                        (Some(table), Some(id)) => Some((table, id)),
+                        _ => None,
+                    },
                     recipients: Vec::new(),
                     attachments: Vec::new(),
                 })

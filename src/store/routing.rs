@@ -168,6 +168,18 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
             Ok(())
         });
     }
+    // Not a reply: perhaps mail to a row's document address (automatic linking).
+    if !is_reply {
+        if let Ok(parsed) = &message.parsed {
+            let recipients = document_recipients(parsed);
+            if !recipients.is_empty() {
+                step(message_id, "automatic linking", || {
+                    is_reply = link_document(message_id, settings.account_id, &recipients)?;
+                    Ok(())
+                });
+            }
+        }
+    }
     let runs_user_code = (settings.append_to_table.is_some() && !is_reply) || settings.on_receive_statement.is_some();
     if let (Some(problem), true) = (&settings.owner_problem, runs_user_code) {
         record_routing_error(
@@ -200,6 +212,89 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
     if settings.enable_auto_reply {
         step(message_id, "auto reply", || auto_reply(message_id, message, settings));
     }
+}
+
+/// The recipients that may be document addresses: To, Cc and Delivered-To
+/// with a sub-address (a `+` in the local part); usually none, and then no
+/// statement is run.
+fn document_recipients(parsed: &email_accounts_mail::parse::ParsedMessage) -> Vec<String> {
+    let delivered_to = parsed
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("Delivered-To") || name.eq_ignore_ascii_case("X-Original-To"))
+        .map(|(_, value)| value.trim().to_owned());
+    parsed
+        .to
+        .iter()
+        .chain(&parsed.cc)
+        .cloned()
+        .chain(delivered_to)
+        .filter(|recipient| recipient.rsplit_once('@').is_some_and(|(local, _)| local.contains('+')))
+        .collect()
+}
+
+/// Links the message to the row a document address among `recipients`
+/// names, for an account of the same tenant with automatic linking on; the
+/// row must exist and be readable by that account's owner role (looked up
+/// as it). True when linked; why not is recorded on the message.
+fn link_document(message_id: i64, account_id: i64, recipients: &[String]) -> Result<bool, SpiError> {
+    type Candidate = (String, pg_sys::Oid, Option<String>);
+    let candidates: Vec<Candidate> = Spi::connect(|client| {
+        super::kept_plans::select(
+            client,
+            "SELECT account.address, coalesce(pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role))::oid, 0),
+                    email_accounts.owner_role_problem(pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role))::oid,
+                                                      account.tenant)
+               FROM email_accounts.account
+              WHERE account.enable_automatic_linking
+                AND account.tenant IS NOT DISTINCT FROM (SELECT receiving.tenant FROM email_accounts.account AS receiving
+                                                          WHERE receiving.account_id = $1)",
+            &[account_id.into()],
+        )?
+        .iter()
+        .map(|row| {
+            Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid), row.get(3)?))
+        })
+        .collect::<Result<Vec<Candidate>, SpiError>>()
+    })?;
+    let found = recipients.iter().find_map(|recipient| {
+        candidates.iter().find_map(|(address, owner, problem)| {
+            email_accounts_mail::document_address::decode(recipient, address)
+                .map(|(table, id)| (table, id, *owner, problem))
+        })
+    });
+    let Some((table, id, owner, problem)) = found else { return Ok(false) };
+    let not_linked = |why: String| {
+        record_routing_error(message_id, "automatic linking", &format!("not linked to {table} {id:?}: {why}"));
+        Ok(false)
+    };
+    if let Some(problem) = problem {
+        return not_linked(format!("the account's owner_role may not look the row up: {problem}"));
+    }
+    // The statement that finds the row by its primary key, with the key's type.
+    let lookup = Spi::get_two_with_args::<pg_sys::Oid, String>(
+        "SELECT relation.oid,
+                pg_catalog.format('SELECT EXISTS (SELECT FROM %s WHERE %I = $1::%s)', relation.oid::regclass, key.attname,
+                                  pg_catalog.format_type(key.atttypid, key.atttypmod))
+           FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS relation
+           LEFT JOIN pg_catalog.pg_attribute AS key
+                  ON key.attrelid = relation.oid AND key.attname = email_accounts.primary_key_column(relation.oid)",
+        &[table.as_str().into()],
+    );
+    let (relation, statement) = match lookup {
+        Ok((Some(relation), Some(statement))) => (relation, statement),
+        Ok((Some(_), None)) => return not_linked("the table has no single-column primary key".to_owned()),
+        _ => return not_linked("there is no such table".to_owned()),
+    };
+    let exists = as_role(owner, || Spi::get_one_with_args::<bool>(&statement, &[id.as_str().into()]))?.unwrap_or(false);
+    if !exists {
+        return not_linked("there is no such row".to_owned());
+    }
+    Spi::run_with_args(
+        "UPDATE email_accounts.message SET reference_table = $2, reference_id = $3 WHERE message_id = $1",
+        &[message_id.into(), relation.into(), id.as_str().into()],
+    )?;
+    Ok(true)
 }
 
 /// Creates the append_to row as the owner role and links the message to it.

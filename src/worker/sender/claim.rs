@@ -180,7 +180,16 @@ fn batch(
     let personal = links.base_url.as_ref().filter(|_| account.send_unsubscribe_message || account.track_email_status);
     let mut jobs = Vec::new();
     for row in rows {
-        let chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
+        let mut chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
+        // Answers to mail about a row go to the row's document address (automatic linking).
+        if let Some(document) = row
+            .document
+            .as_ref()
+            .and_then(|(table, id)| email_accounts_mail::document_address::encode(&account.address, table, id))
+            .filter(|document| email_accounts_mail::address::parse_address(document).is_ok())
+        {
+            chosen.reply_to = vec![document];
+        }
         let message = OutgoingMessage {
             message_id: row.message_id.clone(),
             from: chosen.from,
