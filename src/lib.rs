@@ -53,6 +53,11 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!("../sql/suppression.sql", name = "suppression", requires = ["outbox", random_bytes]);
 pgrx::extension_sql_file!("../sql/outbox_claims.sql", name = "outbox_claims", requires = ["suppression"]);
 pgrx::extension_sql_file!(
+    "../sql/delivery_reports.sql",
+    name = "delivery_reports",
+    requires = ["inbox", "suppression", "outbox_claims", "outbox_admin", "security"]
+);
+pgrx::extension_sql_file!(
     "../sql/document_links.sql",
     name = "document_links",
     requires = ["outbox_claims", "account_settings", tagged_address]

@@ -156,6 +156,18 @@ fn record_failure(message_id: i64, name: &str, outcome: Result<Result<(), SpiErr
 }
 
 pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettings) {
+    // Mail that comes back about mail we sent is recorded on the outbox, and
+    // nothing else happens to it (no reply link, append_to, on_receive, auto reply).
+    if let Some(report) = delivery_report(message) {
+        step(message_id, "delivery report", || {
+            Spi::get_one_with_args::<i32>(
+                "SELECT email_accounts.record_delivery_report($1, $2)",
+                &[message_id.into(), JsonB(report).into()],
+            )
+            .map(drop)
+        });
+        return;
+    }
     let mut is_reply = false;
     // Only a message naming earlier mail can answer it (skips a subtransaction per new message).
     let names_earlier_mail =
@@ -212,6 +224,54 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
     if settings.enable_auto_reply {
         step(message_id, "auto reply", || auto_reply(message_id, message, settings));
     }
+}
+
+/// The delivery report (bounce, delay warning, complaint) the message is, as
+/// record_delivery_report() takes it. Only a message whose header says it may
+/// be one (a `multipart/report`, or from a mailer daemon or postmaster) is
+/// parsed for it: ordinary mail costs nothing more.
+fn delivery_report(message: &FetchedMessage) -> Option<serde_json::Value> {
+    use email_accounts_mail::receive::delivery_report::{recognise, Action, ReportKind};
+    let parsed = message.parsed.as_ref().ok()?;
+    let may_be = parsed.headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("Content-Type") && value.to_ascii_lowercase().contains("multipart/report")
+    }) || parsed.from.as_deref().is_some_and(|from| {
+        let from = from.to_ascii_lowercase();
+        from.contains("mailer-daemon@") || from.contains("postmaster@")
+    });
+    if !may_be {
+        return None;
+    }
+    let report = recognise(&message.raw)?;
+    let recipients: Vec<serde_json::Value> = report
+        .recipients
+        .iter()
+        .map(|recipient| {
+            serde_json::json!({
+                "address": recipient.address,
+                "action": match recipient.action {
+                    Action::Failed => "failed",
+                    Action::Delayed => "delayed",
+                    Action::Delivered => "delivered",
+                    Action::Relayed => "relayed",
+                    Action::Expanded => "expanded",
+                },
+                "status": recipient.status,
+                "diagnostic": recipient.diagnostic.as_deref().map(email_accounts_mail::oauth::clean),
+                "remote_mta": recipient.remote_mta,
+                "hard": recipient.is_hard_bounce(),
+            })
+        })
+        .collect();
+    Some(serde_json::json!({
+        "kind": match report.kind {
+            ReportKind::Complaint { .. } => "complaint",
+            ReportKind::DeliveryStatus | ReportKind::NonStandardBounce => "delivery_report",
+        },
+        "original_message_id": report.original_message_id,
+        "reporting_mta": report.reporting_mta,
+        "recipients": recipients,
+    }))
 }
 
 /// The recipients that may be document addresses: To, Cc and Delivered-To

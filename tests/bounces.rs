@@ -1,0 +1,233 @@
+//! Mail that comes back (issue 16, part 2), for real: Postfix takes mail for
+//! gone@example.test, Dovecot's LMTP refuses it (no such user), and Postfix
+//! bounces it with its own DSN to the account's mailbox; the receiver syncs it, recognises it and marks only the
+//! recipient it names bounced (and suppressed), never routing the report.
+//! Delay warnings and complaints appended to the mailbox are recorded; a
+//! report about another tenant's mail matches nothing.
+// Run by `make test-integration`; `cargo pgrx test` (feature pg_test) runs only the #[pg_test]s.
+#![cfg(not(feature = "pg_test"))]
+
+mod harness;
+
+use harness::{wait_until, MailServers, Postgres};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    servers: MailServers,
+    _cluster: Postgres,
+    client: postgres::Client,
+}
+
+impl Setup {
+    fn send(&mut self, account: &str, to: &[&str], subject: &str) -> (i64, String) {
+        let outbox_id: i64 = self
+            .client
+            .query_one(
+                "SELECT email_accounts.send(\"to\" => $1, subject => $2, body_text => 'Hello', account => $3)",
+                &[&to, &subject, &account],
+            )
+            .unwrap()
+            .get(0);
+        let message_id: String = self
+            .client
+            .query_one("SELECT message_id FROM email_accounts.outbox WHERE outbox_id = $1", &[&outbox_id])
+            .unwrap()
+            .get(0);
+        wait_until(&format!("{subject:?} to be sent"), LIMIT, || {
+            let status: String = self
+                .client
+                .query_one("SELECT status FROM email_accounts.outbox WHERE outbox_id = $1", &[&outbox_id])
+                .unwrap()
+                .get(0);
+            (status == "sent").then_some(())
+        });
+        (outbox_id, message_id)
+    }
+
+    fn recipient(&mut self, outbox_id: i64, address: &str) -> (String, Option<String>, Option<String>, Option<String>) {
+        let row = self
+            .client
+            .query_one(
+                "SELECT status, report, report_status, report_diagnostic FROM email_accounts.outbox_recipient
+                  WHERE outbox_id = $1 AND address = $2",
+                &[&outbox_id, &address],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    }
+
+    /// Syncs Support until `check` holds.
+    fn sync_until<T>(&mut self, what: &str, mut check: impl FnMut(&mut postgres::Client) -> Option<T>) -> T {
+        wait_until(what, LIMIT, || {
+            self.client.execute("SELECT * FROM email_accounts.sync_now('Support')", &[]).unwrap();
+            check(&mut self.client)
+        })
+    }
+}
+
+fn setup() -> Setup {
+    let servers = MailServers::start();
+    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'", "email_accounts.imap_idle = off"]);
+    let mut client = cluster.connect("postgres");
+    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    servers.add_example_domain(&mut client);
+    client
+        .batch_execute(
+            "INSERT INTO email_accounts.account (name, tenant, address, enable_incoming, enable_outgoing, poll_interval)
+             VALUES ('Support', 'acme', 'support@example.test', true, true, '1 hour'),
+                    ('Other', 'globex', 'dave@other.test', false, false, '1 hour');
+             UPDATE email_accounts.account SET smtp_host = 'localhost', smtp_port = (SELECT smtp_port FROM email_accounts.domain),
+                                               smtp_security = 'starttls', enable_outgoing = true,
+                                               extra_ca_certificate = (SELECT extra_ca_certificate FROM email_accounts.domain)
+              WHERE name = 'Other';",
+        )
+        .unwrap();
+    for (account, address) in [("Support", "support@example.test"), ("Other", "dave@other.test")] {
+        let password = servers.user(address).password.clone();
+        client.execute("SELECT email_accounts.set_password($1, $2)", &[&account, &password]).unwrap();
+    }
+    Setup { servers, _cluster: cluster, client }
+}
+
+/// A delivery report or complaint, as a fixture of the mail core's corpus
+/// names them, about `message_id` and `recipient`.
+fn report(kind: &str, message_id: &str, recipient: &str) -> Vec<u8> {
+    let (report_type, body) = match kind {
+        "delayed" => (
+            "delivery-status",
+            format!(
+                "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.remote.test\r\n\r\n\
+                 Final-Recipient: rfc822; {recipient}\r\nAction: delayed\r\nStatus: 4.4.1\r\n\
+                 Diagnostic-Code: X-Postfix; connect to mx.remote.test: Connection timed out\r\n"
+            ),
+        ),
+        _ => (
+            "feedback-report",
+            format!(
+                "Content-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n\
+                 Original-Rcpt-To: <{recipient}>\r\n"
+            ),
+        ),
+    };
+    format!(
+        "From: MAILER-DAEMON@relay.remote.test\r\nTo: support@example.test\r\nSubject: report about {message_id}\r\n\
+         Message-ID: <{kind}-{}@relay.remote.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type={report_type}; boundary=\"R\"\r\n\r\n\
+         --R\r\nContent-Type: text/plain\r\n\r\nA report.\r\n\r\n--R\r\n{body}\r\n--R\r\n\
+         Content-Type: text/rfc822-headers\r\n\r\nFrom: support@example.test\r\nMessage-ID: {message_id}\r\n\r\n--R--\r\n",
+        message_id.trim_matches(['<', '>'])
+    )
+    .into_bytes()
+}
+
+#[test]
+fn postfix_bounces_mark_only_the_recipient_named_and_reports_are_never_routed() {
+    let mut setup = setup();
+    // Three recipients, one of which Postfix takes and then bounces.
+    let (three, _) =
+        setup.send("Support", &["bob@example.test", "carol@example.test", "gone@example.test"], "to three");
+    let bounced = setup.sync_until("the bounce of gone@example.test to be recorded", |client| {
+        let row = client
+            .query_opt(
+                "SELECT status, report_status, report_diagnostic FROM email_accounts.outbox_recipient
+                  WHERE outbox_id = $1 AND address = 'gone@example.test' AND report IS NOT NULL",
+                &[&three],
+            )
+            .unwrap()?;
+        Some((row.get::<_, String>(0), row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)))
+    });
+    assert_eq!((bounced.0.as_str(), bounced.1.as_deref()), ("bounced", Some("5.1.1")));
+    assert!(bounced.2.unwrap_or_default().contains("gone@example.test"), "the refusal in the servers' words");
+    assert_eq!(setup.recipient(three, "bob@example.test").0, "sent");
+    assert_eq!(setup.recipient(three, "carol@example.test").0, "sent");
+    let row = setup
+        .client
+        .query_one(
+            "SELECT (SELECT status FROM email_accounts.outbox WHERE outbox_id = $1),
+                    (SELECT reason FROM email_accounts.suppression WHERE address = 'gone@example.test' AND tenant = 'acme'),
+                    (SELECT count(*) FROM email_accounts.message WHERE kind = 'delivery_report' AND routing_error IS NULL
+                        AND reply_to_outbox_id IS NULL AND reference_table IS NULL AND auto_reply_outbox_id IS NULL)",
+            &[&three],
+        )
+        .unwrap();
+    let (status, reason, reports): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((status.as_str(), reason.as_str(), reports), ("sent", "bounce", 1), "two recipients still got it");
+
+    // Mail whose only recipient bounces is bounced itself.
+    let (one, _) = setup.send("Support", &["gone.too@example.test"], "to one");
+    setup.sync_until("the mail to be bounced", |client| {
+        let status: String =
+            client.query_one("SELECT status FROM email_accounts.outbox WHERE outbox_id = $1", &[&one]).unwrap().get(0);
+        (status == "bounced").then_some(())
+    });
+
+    // A delay warning: noted, the status is unchanged. A complaint: complained, suppressed.
+    let (to_bob, bob_message_id) = setup.send("Support", &["bob@example.test"], "for a delay");
+    let (to_carol, carol_message_id) = setup.send("Support", &["carol@example.test"], "for a complaint");
+    setup.servers.append(
+        "support@example.test",
+        "INBOX",
+        &[
+            (report("delayed", &bob_message_id, "bob@example.test"), false),
+            (report("complaint", &carol_message_id, "carol@example.test"), false),
+        ],
+    );
+    setup.sync_until("the delay and the complaint to be recorded", |client| {
+        let recorded: i64 = client
+            .query_one(
+                "SELECT count(*) FROM email_accounts.outbox_recipient WHERE report IN ('delayed', 'complained')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (recorded == 2).then_some(())
+    });
+    let delayed = setup.recipient(to_bob, "bob@example.test");
+    assert_eq!(
+        (delayed.0.as_str(), delayed.1.as_deref(), delayed.2.as_deref()),
+        ("sent", Some("delayed"), Some("4.4.1"))
+    );
+    let complained = setup.recipient(to_carol, "carol@example.test");
+    assert_eq!((complained.0.as_str(), complained.1.as_deref()), ("complained", Some("complained")));
+    let reason: String = setup
+        .client
+        .query_one("SELECT reason FROM email_accounts.suppression WHERE address = 'carol@example.test'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "complaint");
+
+    // A report about another tenant's mail, in Support's mailbox: matches nothing.
+    let (others, others_message_id) = setup.send("Other", &["bob@example.test"], "another tenant's mail");
+    setup.servers.append(
+        "support@example.test",
+        "INBOX",
+        &[(report("delayed", &others_message_id, "bob@example.test"), false)],
+    );
+    let error = setup.sync_until("the foreign report to be stored", |client| {
+        let rows = client
+            .query(
+                "SELECT routing_error FROM email_accounts.message WHERE subject = $1",
+                &[&format!("report about {others_message_id}")],
+            )
+            .unwrap();
+        rows.first().map(|row| row.get::<_, Option<String>>(0))
+    });
+    assert!(error.unwrap_or_default().contains("no mail of this tenant"));
+    assert_eq!(setup.recipient(others, "bob@example.test").1, None);
+
+    // The figures per account and day, and a DBA lifting a suppression.
+    let row = setup
+        .client
+        .query_one(
+            "SELECT sent, hard_bounces, delayed, complaints FROM email_accounts.bounces WHERE account = 'Support'",
+            &[],
+        )
+        .unwrap();
+    let figures: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(figures, (6, 2, 1, 1));
+    let lifted: i32 =
+        setup.client.query_one("SELECT email_accounts.unsuppress('GONE@example.test')", &[]).unwrap().get(0);
+    assert_eq!(lifted, 1);
+}
