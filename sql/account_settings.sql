@@ -346,6 +346,7 @@ BEGIN
        OR NEW.append_to_table IS DISTINCT FROM OLD.append_to_table
        OR NEW.append_to_columns IS DISTINCT FROM OLD.append_to_columns
        OR NEW.on_receive_function IS DISTINCT FROM OLD.on_receive_function
+       OR NEW.enable_automatic_linking IS DISTINCT FROM OLD.enable_automatic_linking
        OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
         IF to_regrole(quote_ident(NEW.owner_role)) IS NOT NULL
            AND NOT pg_has_role(current_user, to_regrole(quote_ident(NEW.owner_role)), 'MEMBER') THEN
@@ -353,10 +354,10 @@ BEGIN
                             quote_literal(NEW.name), quote_ident(NEW.owner_role)
                 USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role';
         END IF;
-        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL THEN
+        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL OR NEW.enable_automatic_linking THEN
             problem := email_accounts.owner_role_problem(to_regrole(quote_ident(NEW.owner_role)), NEW.tenant);
             IF problem IS NOT NULL THEN
-                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table or on_receive_function: %',
+                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table, on_receive_function or automatic linking: %',
                                 quote_literal(NEW.name), quote_ident(NEW.owner_role), problem
                     USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role',
                           HINT = 'Set owner_role to a role without superuser rights that is bound to the account''s tenant in tenant_member.';

@@ -61,7 +61,8 @@ BEGIN
      ORDER BY outbox.outbox_id DESC LIMIT 1;
     IF NOT FOUND THEN
         UPDATE email_accounts.message
-           SET routing_error = format('delivery report: no mail of this tenant has the Message-ID %s', coalesce(recognised->>'original_message_id', '(none returned)'))
+           SET routing_error = format('delivery report: no mail of this tenant has the Message-ID %s',
+                                      coalesce(left(recognised->>'original_message_id', 255), '(none returned)'))
          WHERE message_id = stored_message_id;
         RETURN 0;
     END IF;
@@ -80,22 +81,26 @@ BEGIN
                         WHEN named->>'action' = 'failed' THEN 'soft_bounce' END;
         CONTINUE WHEN outcome IS NULL;
         UPDATE email_accounts.outbox_recipient AS recipient
-           SET report = outcome, report_status = named->>'status', report_diagnostic = left(named->>'diagnostic', 1000),
-               report_remote_mta = named->>'remote_mta', reported_at = now(),
+           SET report = outcome, report_status = left(named->>'status', 16), report_diagnostic = left(named->>'diagnostic', 1000),
+               report_remote_mta = left(named->>'remote_mta', 255), reported_at = now(),
                report_message_id = stored_message_id,
                status = CASE outcome WHEN 'bounced' THEN 'bounced' WHEN 'complained' THEN 'complained' ELSE recipient.status END,
                updated_at = now()
-         WHERE recipient.outbox_id = sent_mail.outbox_id AND lower(recipient.address) = lower(named->>'address');
+         WHERE recipient.outbox_id = sent_mail.outbox_id
+           -- Only what the server took: a report never decides for pending or deferred recipients.
+           AND recipient.status IN ('sent', 'bounced', 'complained')
+           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'));
         IF FOUND THEN
             recorded := recorded + 1;
-            IF outcome IN ('bounced', 'complained') THEN
-                -- Not mailed again (for this tenant), with the report that caused it.
+            -- Not mailed again (for this tenant): complaints, and bounces that
+            -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
+            -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
+            -- about the address.
+            IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
                 INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-                SELECT sent_mail.tenant, lower(named->>'address'), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
-                       sent_mail.outbox_id
-                 WHERE NOT EXISTS (SELECT FROM email_accounts.suppression AS known
-                                    WHERE known.tenant IS NOT DISTINCT FROM sent_mail.tenant
-                                      AND lower(known.address) = lower(named->>'address'));
+                VALUES (sent_mail.tenant, lower(named->>'address'), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
+                        sent_mail.outbox_id)
+                ON CONFLICT DO NOTHING;
             END IF;
         END IF;
     END LOOP;
@@ -114,7 +119,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) IS
-  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail of the same tenant whose Message-ID it returns: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; hard bounces and complaints are added to suppression; the mail is bounced when every recipient is. Returns how many recipients it recorded.';
+  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail of the same tenant whose Message-ID it returns: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression; the mail is bounced when every recipient is. Returns how many recipients it recorded.';
 
 REVOKE EXECUTE ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) FROM PUBLIC;
 

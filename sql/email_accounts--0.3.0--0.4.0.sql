@@ -679,7 +679,8 @@ BEGIN
      ORDER BY outbox.outbox_id DESC LIMIT 1;
     IF NOT FOUND THEN
         UPDATE email_accounts.message
-           SET routing_error = format('delivery report: no mail of this tenant has the Message-ID %s', coalesce(recognised->>'original_message_id', '(none returned)'))
+           SET routing_error = format('delivery report: no mail of this tenant has the Message-ID %s',
+                                      coalesce(left(recognised->>'original_message_id', 255), '(none returned)'))
          WHERE message_id = stored_message_id;
         RETURN 0;
     END IF;
@@ -698,22 +699,26 @@ BEGIN
                         WHEN named->>'action' = 'failed' THEN 'soft_bounce' END;
         CONTINUE WHEN outcome IS NULL;
         UPDATE email_accounts.outbox_recipient AS recipient
-           SET report = outcome, report_status = named->>'status', report_diagnostic = left(named->>'diagnostic', 1000),
-               report_remote_mta = named->>'remote_mta', reported_at = now(),
+           SET report = outcome, report_status = left(named->>'status', 16), report_diagnostic = left(named->>'diagnostic', 1000),
+               report_remote_mta = left(named->>'remote_mta', 255), reported_at = now(),
                report_message_id = stored_message_id,
                status = CASE outcome WHEN 'bounced' THEN 'bounced' WHEN 'complained' THEN 'complained' ELSE recipient.status END,
                updated_at = now()
-         WHERE recipient.outbox_id = sent_mail.outbox_id AND lower(recipient.address) = lower(named->>'address');
+         WHERE recipient.outbox_id = sent_mail.outbox_id
+           -- Only what the server took: a report never decides for pending or deferred recipients.
+           AND recipient.status IN ('sent', 'bounced', 'complained')
+           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'));
         IF FOUND THEN
             recorded := recorded + 1;
-            IF outcome IN ('bounced', 'complained') THEN
-                -- Not mailed again (for this tenant), with the report that caused it.
+            -- Not mailed again (for this tenant): complaints, and bounces that
+            -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
+            -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
+            -- about the address.
+            IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
                 INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-                SELECT sent_mail.tenant, lower(named->>'address'), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
-                       sent_mail.outbox_id
-                 WHERE NOT EXISTS (SELECT FROM email_accounts.suppression AS known
-                                    WHERE known.tenant IS NOT DISTINCT FROM sent_mail.tenant
-                                      AND lower(known.address) = lower(named->>'address'));
+                VALUES (sent_mail.tenant, lower(named->>'address'), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
+                        sent_mail.outbox_id)
+                ON CONFLICT DO NOTHING;
             END IF;
         END IF;
     END LOOP;
@@ -732,7 +737,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) IS
-  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail of the same tenant whose Message-ID it returns: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; hard bounces and complaints are added to suppression; the mail is bounced when every recipient is. Returns how many recipients it recorded.';
+  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail of the same tenant whose Message-ID it returns: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression; the mail is bounced when every recipient is. Returns how many recipients it recorded.';
 
 REVOKE EXECUTE ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) FROM PUBLIC;
 
@@ -782,6 +787,46 @@ COMMENT ON FUNCTION email_accounts.unsuppress(text, text) IS
 
 REVOKE EXECUTE ON FUNCTION email_accounts.unsuppress(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.unsuppress(text, text) TO email_accounts_admin;
+
+-- Turning automatic linking on needs membership in the owner role (sql/account_settings.sql).
+CREATE OR REPLACE FUNCTION email_accounts.account_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text;
+BEGIN
+    -- The worker runs append_to and on_receive code as owner_role: only its
+    -- members may name it (or change what runs under it).
+    IF TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role
+       OR NEW.append_to_table IS DISTINCT FROM OLD.append_to_table
+       OR NEW.append_to_columns IS DISTINCT FROM OLD.append_to_columns
+       OR NEW.on_receive_function IS DISTINCT FROM OLD.on_receive_function
+       OR NEW.enable_automatic_linking IS DISTINCT FROM OLD.enable_automatic_linking
+       OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
+        IF to_regrole(quote_ident(NEW.owner_role)) IS NOT NULL
+           AND NOT pg_has_role(current_user, to_regrole(quote_ident(NEW.owner_role)), 'MEMBER') THEN
+            RAISE EXCEPTION 'account %: only members of role % may make it the owner_role or change what runs as it',
+                            quote_literal(NEW.name), quote_ident(NEW.owner_role)
+                USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role';
+        END IF;
+        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL OR NEW.enable_automatic_linking THEN
+            problem := email_accounts.owner_role_problem(to_regrole(quote_ident(NEW.owner_role)), NEW.tenant);
+            IF problem IS NOT NULL THEN
+                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table, on_receive_function or automatic linking: %',
+                                quote_literal(NEW.name), quote_ident(NEW.owner_role), problem
+                    USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role',
+                          HINT = 'Set owner_role to a role without superuser rights that is bound to the account''s tenant in tenant_member.';
+            END IF;
+        END IF;
+    END IF;
+    PERFORM email_accounts.check_account_settings(NEW.account_id);
+    -- Mail may have waited for this account (a password, enable_outgoing),
+    -- and the receiver syncs a newly enabled account at once.
+    PERFORM email_accounts.wake_workers_at_commit();
+    RETURN NULL;
+END;
+$$;
+
 
 -- The workers of the new library wait for this update; wake them now.
 SELECT email_accounts.wake_workers_at_commit();

@@ -76,9 +76,11 @@ fn setup() -> Setup {
              INSERT INTO email_accounts.account (name, tenant, address, owner_role, enable_incoming, enable_outgoing,
                                                  poll_interval, enable_automatic_linking, reply_to_document_address)
              VALUES ('Support', 'acme', 'support@example.test', 'support_app', true, true, '1 hour', true, true);
-             INSERT INTO email_accounts.account (name, tenant, address, enable_incoming, poll_interval, enable_automatic_linking,
-                                                 awaiting_password)
-             VALUES ('Other', 'globex', 'carol@example.test', false, '1 hour', true, true);"
+             CREATE ROLE globex_app;
+             INSERT INTO email_accounts.tenant_member (role_name, tenant) VALUES ('globex_app', 'globex');
+             INSERT INTO email_accounts.account (name, tenant, address, owner_role, enable_incoming, poll_interval,
+                                                 enable_automatic_linking, awaiting_password)
+             VALUES ('Other', 'globex', 'carol@example.test', 'globex_app', false, '1 hour', true, true);"
         ))
         .unwrap();
     let password = servers.user("support@example.test").password.clone();
@@ -90,7 +92,7 @@ fn setup() -> Setup {
 fn mail_to_a_rows_address_is_linked_to_it_and_mail_about_it_asks_for_answers_there() {
     let mut setup = setup();
     let order_address = setup.document_address("app.\"Sales Order\"", ORDER, "Support");
-    assert!(order_address.starts_with("support+app%2E%22Sales%20Order%22="), "{order_address}");
+    assert!(order_address.starts_with("support+app_2E_22Sales_20Order_22="), "{order_address}");
     assert!(order_address.ends_with("@example.test"), "{order_address}");
 
     // Through Postfix (user+detail is user) into Support's mailbox: linked, though it answers nothing.
@@ -109,6 +111,17 @@ fn mail_to_a_rows_address_is_linked_to_it_and_mail_about_it_asks_for_answers_the
     let (table, _, error) = setup.received("to a secret note");
     assert_eq!(table, None);
     assert!(error.as_deref().unwrap_or_default().contains("permission denied"), "{error:?}");
+
+    // The extension's own tables are never linked.
+    let own = setup
+        .client
+        .query_one("SELECT email_accounts.tagged_address('support@example.test', 'email_accounts.account', '1')", &[])
+        .unwrap()
+        .get::<_, String>(0);
+    setup.send_to(&own, "to an account row");
+    let (table, _, error) = setup.received("to an account row");
+    assert_eq!(table, None);
+    assert!(error.as_deref().unwrap_or_default().contains("not an application table"), "{error:?}");
 
     // Another tenant's document address in Support's mailbox links nothing.
     let others = setup
@@ -140,6 +153,23 @@ fn mail_to_a_rows_address_is_linked_to_it_and_mail_about_it_asks_for_answers_the
     });
     assert!(with.contains(&format!("Reply-To: {order_address}")), "{with}");
     assert!(!without.contains("Reply-To: support+"), "{without}");
+
+    // Only members of the owner role turn automatic linking on (the row look-up runs as it).
+    setup
+        .client
+        .batch_execute(
+            "CREATE ROLE acme_admin IN ROLE email_accounts_admin;
+             INSERT INTO email_accounts.tenant_member (role_name, tenant) VALUES ('acme_admin', 'acme');
+             UPDATE email_accounts.account SET enable_automatic_linking = false WHERE name = 'Support';
+             SET ROLE acme_admin;",
+        )
+        .unwrap();
+    let denied = setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET enable_automatic_linking = true WHERE name = 'Support'")
+        .unwrap_err();
+    assert_eq!(denied.as_db_error().map(|error| error.code().code()), Some("42501"), "{denied:?}");
+    setup.client.batch_execute("RESET ROLE").unwrap();
 
     // Automatic linking off: no document address.
     setup

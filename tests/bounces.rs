@@ -95,6 +95,14 @@ fn setup() -> Setup {
 /// names them, about `message_id` and `recipient`.
 fn report(kind: &str, message_id: &str, recipient: &str) -> Vec<u8> {
     let (report_type, body) = match kind {
+        "full" => (
+            "delivery-status",
+            format!(
+                "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay.remote.test\r\n\r\n\
+                 Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.2.2\r\n\
+                 Diagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n"
+            ),
+        ),
         "delayed" => (
             "delivery-status",
             format!(
@@ -198,6 +206,43 @@ fn postfix_bounces_mark_only_the_recipient_named_and_reports_are_never_routed() 
         .get(0);
     assert_eq!(reason, "complaint");
 
+    // A refusal that says nothing about the address (mailbox full) is recorded, not suppressed;
+    // a "report" with a sender of its own is ordinary mail.
+    let (to_full, full_message_id) = setup.send("Support", &["erin@example.test"], "for a full mailbox");
+    let mut forged = report("full", &full_message_id, "erin@example.test");
+    forged.splice(0..0, b"Return-Path: <mallory@example.test>\r\n".iter().copied());
+    let forged_subject = format!("report about {full_message_id}");
+    setup.servers.append("support@example.test", "INBOX", &[(forged, false)]);
+    let kind = setup.sync_until("the forged report to be stored", |client| {
+        let rows =
+            client.query("SELECT kind FROM email_accounts.message WHERE subject = $1", &[&forged_subject]).unwrap();
+        rows.first().map(|row| row.get::<_, String>(0))
+    });
+    assert_eq!(kind, "mail", "a report needs the null sender");
+    assert_eq!(setup.recipient(to_full, "erin@example.test").1, None);
+    setup.client.execute("DELETE FROM email_accounts.message WHERE subject = $1", &[&forged_subject]).unwrap();
+    setup.servers.append(
+        "support@example.test",
+        "INBOX",
+        &[(report("full", &full_message_id, "erin@example.test"), false)],
+    );
+    setup.sync_until("the full mailbox to be recorded", |client| {
+        let recorded: i64 = client
+            .query_one(
+                "SELECT count(*) FROM email_accounts.outbox_recipient WHERE outbox_id = $1 AND report = 'bounced'",
+                &[&to_full],
+            )
+            .unwrap()
+            .get(0);
+        (recorded == 1).then_some(())
+    });
+    let suppressed: i64 = setup
+        .client
+        .query_one("SELECT count(*) FROM email_accounts.suppression WHERE address = 'erin@example.test'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(suppressed, 0, "a full mailbox is not a reason never to write again");
+
     // A report about another tenant's mail, in Support's mailbox: matches nothing.
     let (others, others_message_id) = setup.send("Other", &["bob@example.test"], "another tenant's mail");
     setup.servers.append(
@@ -226,7 +271,7 @@ fn postfix_bounces_mark_only_the_recipient_named_and_reports_are_never_routed() 
         )
         .unwrap();
     let figures: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(figures, (6, 2, 1, 1));
+    assert_eq!(figures, (7, 3, 1, 1));
     let lifted: i32 =
         setup.client.query_one("SELECT email_accounts.unsuppress('GONE@example.test')", &[]).unwrap().get(0);
     assert_eq!(lifted, 1);

@@ -3,11 +3,13 @@
 //! application row, `support+<table>=<id>@example.com`. Mail sent or copied
 //! there is linked to that row even when it answers nothing.
 //!
-//! Both parts are percent-encoded UTF-8 with only letters, digits, `-` and
-//! `_` left as they are, so any table name and key round-trips and the local
-//! part stays a dot-atom (no dots, no `+`, `=` or quotes of its own).
-//! ERPNext's form `support+Sales%20Order+SO-0001@…` (type and name separated
-//! by `+`) is read too.
+//! Both parts are UTF-8 with only letters, digits and `-` left as they
+//! are and every other byte written `_XX` (hex), so any table name and key
+//! round-trips and the local part stays a plain dot-atom: no dots, no `+`,
+//! `=` or quotes of its own, and no `%` (Postfix's and Sendmail's "percent
+//! hack" rewrites `user%host@…`). ERPNext's form
+//! `support+Sales%20Order+SO-0001@…` (percent-encoded, type and name
+//! separated by `+`) is read too.
 
 /// The document address of the row `id` of `table` for the account address `address`.
 pub fn encode(address: &str, table: &str, id: &str) -> Option<String> {
@@ -25,11 +27,15 @@ pub fn decode(recipient: &str, address: &str) -> Option<(String, String)> {
     if !recipient_domain.eq_ignore_ascii_case(domain) {
         return None;
     }
-    let prefix = recipient_local.get(..local.len() + 1)?;
-    if !prefix[..local.len()].eq_ignore_ascii_case(local) || !prefix.ends_with('+') {
+    // Bytes, not characters: a multi-byte character may straddle the end of `local`.
+    let (recipient_bytes, local_bytes) = (recipient_local.as_bytes(), local.as_bytes());
+    if recipient_bytes.len() <= local_bytes.len()
+        || !recipient_bytes[..local_bytes.len()].eq_ignore_ascii_case(local_bytes)
+        || recipient_bytes[local_bytes.len()] != b'+'
+    {
         return None;
     }
-    let tag = &recipient_local[local.len() + 1..];
+    let tag = std::str::from_utf8(&recipient_bytes[local_bytes.len() + 1..]).ok()?;
     let (table, id) = tag.split_once('=').or_else(|| tag.split_once('+'))?;
     let (table, id) = (unquote(table)?, unquote(id)?);
     (!table.is_empty() && !id.is_empty()).then_some((table, id))
@@ -46,21 +52,22 @@ fn bare(mailbox: &str) -> &str {
 fn quote(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len());
     for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
             quoted.push(byte as char);
         } else {
-            quoted.push_str(&format!("%{byte:02X}"));
+            quoted.push_str(&format!("_{byte:02X}"));
         }
     }
     quoted
 }
 
+/// `_XX` (ours) and `%XX` (ERPNext's) back to bytes.
 fn unquote(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut plain = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
-        if bytes[index] == b'%' {
+        if bytes[index] == b'_' || bytes[index] == b'%' {
             let hex = text.get(index + 1..index + 3)?;
             plain.push(u8::from_str_radix(hex, 16).ok()?);
             index += 3;
@@ -87,7 +94,7 @@ mod tests {
         for (table, id) in cases {
             let address = encode("support@example.com", table, id).unwrap();
             let local = address.rsplit_once('@').unwrap().0;
-            assert!(local.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_%+=".contains(&byte)), "{address}");
+            assert!(local.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_+=".contains(&byte)), "{address}");
             assert_eq!(local.matches('+').count(), 1, "{address}");
             assert_eq!(decode(&address, "support@example.com"), Some((table.to_owned(), id.to_owned())), "{address}");
             assert_eq!(
@@ -105,7 +112,9 @@ mod tests {
         assert_eq!(decode("sales+orders=1@example.com", "support@example.com"), None);
         assert_eq!(decode("support+orders=@example.com", "support@example.com"), None);
         assert_eq!(decode("support+orders=%ZZ@example.com", "support@example.com"), None);
-        assert_eq!(decode("support+orders=%FF@example.com", "support@example.com"), None, "not UTF-8");
+        assert_eq!(decode("support+orders=_FF@example.com", "support@example.com"), None, "not UTF-8");
+        // A multi-byte character where the account's local part ends.
+        assert_eq!(decode("supporé+a=b@example.com", "support@example.com"), None);
         // ERPNext's own form.
         assert_eq!(
             decode("support+Sales%20Order+SO-0001@example.com", "support@example.com"),

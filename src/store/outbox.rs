@@ -141,17 +141,18 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
           outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
           outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
           (extract(epoch FROM outbox.created_at) * 1000)::bigint,
-          -- The row's table, schema-qualified, when Reply-To is to be its document address.
+          -- The row's table, schema-qualified, when Reply-To is to be its
+          -- document address: an account of the mail's own tenant with
+          -- automatic linking, asked for on the mail or by the account's
+          -- default when the mail names no Reply-To of its own.
           CASE WHEN outbox.reference_table IS NOT NULL AND outbox.reference_id IS NOT NULL
-                    AND coalesce(outbox.reply_to_document,
-                                 (SELECT account.reply_to_document_address FROM email_accounts.account
-                                   WHERE account.account_id = outbox.account_id))
-                    AND (SELECT account.enable_automatic_linking FROM email_accounts.account
-                          WHERE account.account_id = outbox.account_id)
                THEN (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
-                       FROM pg_catalog.pg_class AS class
+                       FROM email_accounts.account, pg_catalog.pg_class AS class
                        JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
-                      WHERE class.oid = outbox.reference_table) END,
+                      WHERE account.account_id = outbox.account_id AND class.oid = outbox.reference_table
+                        AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
+                        AND coalesce(outbox.reply_to_document,
+                                     account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)) END,
           outbox.reference_id";
 
 /// Expires overdue rows and claims up to `limit` due rows for `lease_seconds`,

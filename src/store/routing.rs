@@ -184,8 +184,11 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
     if !is_reply {
         if let Ok(parsed) = &message.parsed {
             let recipients = document_recipients(parsed);
-            if !recipients.is_empty() {
-                step(message_id, "automatic linking", || {
+            let suspended = crate::worker::board::routing_suspended_until(settings.account_id).is_some();
+            if !recipients.is_empty() && !suspended {
+                // The row is looked up as an owner role (its policies and casts
+                // are the tenant's code): bounded like append_to and on_receive.
+                user_code_step(settings.account_id, message_id, "automatic linking", || {
                     is_reply = link_document(message_id, settings.account_id, &recipients)?;
                     Ok(())
                 });
@@ -226,6 +229,9 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
     }
 }
 
+/// More recipients than any outbox row has are not looked at.
+const MOST_REPORTED_RECIPIENTS: usize = 1000;
+
 /// The delivery report (bounce, delay warning, complaint) the message is, as
 /// record_delivery_report() takes it. Only a message whose header says it may
 /// be one (a `multipart/report`, or from a mailer daemon or postmaster) is
@@ -242,13 +248,23 @@ fn delivery_report(message: &FetchedMessage) -> Option<serde_json::Value> {
     if !may_be {
         return None;
     }
-    let report = recognise(&message.raw)?;
+    // A parser panic must not abort the batch's transaction.
+    let mut report = std::panic::catch_unwind(|| recognise(&message.raw)).ok().flatten()?;
+    // A delivery report comes with the null sender (RFC 5321 §4.5.5): mail
+    // with a Return-Path of its own claiming to be one is ordinary mail.
+    let return_path = parsed.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("Return-Path"));
+    let null_sender = return_path.is_none_or(|(_, value)| value.trim() == "<>");
+    if !matches!(report.kind, ReportKind::Complaint { .. }) && !null_sender {
+        return None;
+    }
+    report.recipients.truncate(MOST_REPORTED_RECIPIENTS);
     let recipients: Vec<serde_json::Value> = report
         .recipients
         .iter()
         .map(|recipient| {
             serde_json::json!({
                 "address": recipient.address,
+                "final": recipient.final_recipient,
                 "action": match recipient.action {
                     Action::Failed => "failed",
                     Action::Delayed => "delayed",
@@ -331,28 +347,43 @@ fn link_document(message_id: i64, account_id: i64, recipients: &[String]) -> Res
     if let Some(problem) = problem {
         return not_linked(format!("the account's owner_role may not look the row up: {problem}"));
     }
-    // The statement that finds the row by its primary key, with the key's type.
-    let lookup = Spi::get_two_with_args::<pg_sys::Oid, String>(
+    // The statement that finds the row by its primary key, with the key's
+    // type (no typmod: a varchar(n) cast would cut the key short). Only
+    // application tables: never the catalogs or the extension's own.
+    let lookup = Spi::get_three_with_args::<pg_sys::Oid, String, bool>(
         "SELECT relation.oid,
-                pg_catalog.format('SELECT EXISTS (SELECT FROM %s WHERE %I = $1::%s)', relation.oid::regclass, key.attname,
-                                  pg_catalog.format_type(key.atttypid, key.atttypmod))
+                pg_catalog.format('SELECT %I::text FROM %s WHERE %I = $1::%s', key.attname, relation.oid::regclass,
+                                  key.attname, pg_catalog.format_type(key.atttypid, NULL)),
+                namespace.nspname IN ('pg_catalog', 'information_schema', 'email_accounts') OR namespace.nspname LIKE 'pg_toast%'
            FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS relation
+           LEFT JOIN pg_catalog.pg_class AS class ON class.oid = relation.oid
+           LEFT JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
            LEFT JOIN pg_catalog.pg_attribute AS key
                   ON key.attrelid = relation.oid AND key.attname = email_accounts.primary_key_column(relation.oid)",
         &[table.as_str().into()],
     );
     let (relation, statement) = match lookup {
-        Ok((Some(relation), Some(statement))) => (relation, statement),
-        Ok((Some(_), None)) => return not_linked("the table has no single-column primary key".to_owned()),
+        Ok((Some(_), _, Some(true))) => return not_linked("it is not an application table".to_owned()),
+        Ok((Some(relation), Some(statement), _)) => (relation, statement),
+        Ok((Some(_), None, _)) => return not_linked("the table has no single-column primary key".to_owned()),
         _ => return not_linked("there is no such table".to_owned()),
     };
-    let exists = as_role(owner, || Spi::get_one_with_args::<bool>(&statement, &[id.as_str().into()]))?.unwrap_or(false);
-    if !exists {
+    // The key as the table spells it (007 is 7 for an integer key).
+    let key = as_role(owner, || {
+        Spi::connect(|client| {
+            let found = client.select(&statement, Some(1), &[id.as_str().into()])?;
+            if found.is_empty() {
+                return Ok::<_, SpiError>(None);
+            }
+            found.first().get::<String>(1)
+        })
+    })?;
+    let Some(key) = key else {
         return not_linked("there is no such row".to_owned());
-    }
+    };
     Spi::run_with_args(
         "UPDATE email_accounts.message SET reference_table = $2, reference_id = $3 WHERE message_id = $1",
-        &[message_id.into(), relation.into(), id.as_str().into()],
+        &[message_id.into(), relation.into(), key.into()],
     )?;
     Ok(true)
 }

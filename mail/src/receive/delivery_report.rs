@@ -25,6 +25,8 @@ pub enum Action {
 pub struct RecipientReport {
     /// The address as the sender wrote it (Original-Recipient), else Final-Recipient.
     pub address: String,
+    /// Final-Recipient, when it differs (an alias expanded on the way).
+    pub final_recipient: Option<String>,
     pub action: Action,
     /// The enhanced status code, e.g. `5.1.1` (RFC 3463).
     pub status: Option<String>,
@@ -97,6 +99,7 @@ pub fn recognise(raw: &[u8]) -> Option<DeliveryReport> {
             let recipients = address
                 .map(|address| RecipientReport {
                     address: strip_brackets(&address),
+                    final_recipient: None,
                     action: Action::Delivered,
                     status: None,
                     diagnostic: None,
@@ -143,14 +146,18 @@ fn returned_message_id(message: &mail_parser::Message<'_>) -> Option<String> {
     None
 }
 
-/// A `Message-ID:` header line in quoted text (the first one).
+/// A `Message-ID:` header in quoted text (the first one; folded too).
 fn quoted_message_id(text: &str) -> Option<String> {
-    text.lines().find_map(|line| {
+    let lines: Vec<&str> = text.lines().collect();
+    lines.iter().enumerate().find_map(|(index, line)| {
         let (name, value) = line.trim_start_matches(['>', ' ']).split_once(':')?;
-        if !name.trim().eq_ignore_ascii_case("message-id") {
+        if !name.trim().eq_ignore_ascii_case("message-id") || name.contains(' ') {
             return None;
         }
-        let value = value.trim();
+        let value = match value.trim() {
+            "" => lines.get(index + 1)?.trim(),
+            value => value,
+        };
         let start = value.find('<')?;
         let end = value[start..].find('>')? + start;
         Some(value[start..=end].to_owned())
@@ -203,7 +210,10 @@ fn strip_brackets(address: &str) -> String {
 }
 
 fn recipient(fields: &[(String, String)]) -> Option<RecipientReport> {
-    let address = typed_value(fields, "original-recipient").or_else(|| typed_value(fields, "final-recipient"))?;
+    let final_recipient = typed_value(fields, "final-recipient").map(|address| strip_brackets(&address));
+    let address =
+        typed_value(fields, "original-recipient").map(|address| strip_brackets(&address)).or(final_recipient.clone())?;
+    let final_recipient = final_recipient.filter(|final_recipient| *final_recipient != address);
     let action = match value(fields, "action")?.to_ascii_lowercase().split_whitespace().next()? {
         "failed" => Action::Failed,
         "delayed" => Action::Delayed,
@@ -214,7 +224,8 @@ fn recipient(fields: &[(String, String)]) -> Option<RecipientReport> {
     };
     let status = value(fields, "status").and_then(|status| status.split_whitespace().next().map(str::to_owned));
     Some(RecipientReport {
-        address: strip_brackets(&address),
+        address,
+        final_recipient,
         action,
         status,
         diagnostic: typed_value(fields, "diagnostic-code"),
@@ -274,6 +285,7 @@ fn non_standard(message: &mail_parser::Message<'_>, original: Option<String>) ->
         .into_iter()
         .map(|address| RecipientReport {
             address,
+            final_recipient: None,
             action: Action::Failed,
             status: status.clone(),
             diagnostic: said
