@@ -18,23 +18,26 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     chosen email_accounts.account;
-    matches integer;
+    candidate email_accounts.account;
+    matches integer := 0;
 BEGIN
     IF reference_table IS NULL OR reference_id IS NULL OR reference_id = '' THEN
         RAISE EXCEPTION 'document_address needs a reference_table and a reference_id'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT count(*) INTO matches FROM email_accounts.account AS candidate
-     WHERE (CASE WHEN document_address.account IS NULL THEN candidate.default_incoming ELSE candidate.name = document_address.account END)
-       AND (document_address.tenant IS NULL OR candidate.tenant = document_address.tenant);
+    FOR candidate IN
+        SELECT * FROM email_accounts.account
+         WHERE (CASE WHEN document_address.account IS NULL THEN account.default_incoming ELSE account.name = document_address.account END)
+           AND (document_address.tenant IS NULL OR account.tenant = document_address.tenant)
+    LOOP
+        matches := matches + 1;
+        chosen := candidate;
+    END LOOP;
     IF matches <> 1 THEN
         RAISE EXCEPTION '%', CASE WHEN matches = 0 THEN format('no account %s is visible', coalesce(quote_literal(document_address.account), 'that is a default incoming account'))
                                   ELSE format('%s accounts match; name the account and its tenant', matches) END
             USING ERRCODE = CASE WHEN matches = 0 THEN 'undefined_object' ELSE 'ambiguous_parameter' END;
     END IF;
-    SELECT * INTO chosen FROM email_accounts.account AS candidate
-     WHERE (CASE WHEN document_address.account IS NULL THEN candidate.default_incoming ELSE candidate.name = document_address.account END)
-       AND (document_address.tenant IS NULL OR candidate.tenant = document_address.tenant);
     IF NOT chosen.enable_automatic_linking THEN
         RAISE EXCEPTION 'account %: enable_automatic_linking is off, so mail to a document address would not be linked', quote_literal(chosen.name)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Turn enable_automatic_linking on for the account.';

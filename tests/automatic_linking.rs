@@ -58,10 +58,7 @@ impl Setup {
 
 fn setup() -> Setup {
     let servers = MailServers::start();
-    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'", "email_accounts.imap_idle = off"]);
-    let mut client = cluster.connect("postgres");
-    client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
-    servers.add_example_domain(&mut client);
+    let (cluster, mut client) = servers.quiet_cluster();
     client
         .batch_execute(&format!(
             "CREATE SCHEMA app;

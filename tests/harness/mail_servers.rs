@@ -134,6 +134,17 @@ impl MailServers {
 
     /// Adds the domain example.test pointing at these servers (IMAPS for
     /// incoming, SMTP with STARTTLS for outgoing, the run's CA trusted).
+    /// A cluster whose workers are only woken (no polling, no IDLE), the
+    /// extension created and example.test pointing at these servers.
+    pub fn quiet_cluster(&self) -> (super::Postgres, postgres::Client) {
+        let cluster =
+            super::Postgres::start(&["email_accounts.fallback_poll_interval = '1h'", "email_accounts.imap_idle = off"]);
+        let mut client = cluster.connect("postgres");
+        client.batch_execute("CREATE EXTENSION email_accounts").expect("CREATE EXTENSION");
+        self.add_example_domain(&mut client);
+        (cluster, client)
+    }
+
     pub fn add_example_domain(&self, client: &mut postgres::Client) {
         client
             .execute(
