@@ -1,8 +1,12 @@
-//! The delivery-report corpus (issue 16): DSNs as Postfix, Exim, Sendmail,
-//! Exchange Online and Gmail write them, a delayed-delivery warning, RFC
-//! 6533 global reports, qmail's and old Exim's non-standard bounces, ARF
-//! complaints, and mail that only looks like a bounce. Each with what must
-//! be read from it.
+//! The delivery-report corpus (issue 16), 25 messages: DSNs as Postfix,
+//! Exim, Sendmail, Exchange Online and on-premises, Outlook.com and Gmail
+//! write them (several recipients, failed and delayed together, relayed,
+//! success, a Latin-1 diagnostic), delayed-delivery warnings, RFC 6533
+//! global reports, qmail's, Yahoo's and old Exim's non-standard bounces,
+//! ARF complaints (Yahoo-style, AOL's Removal-Recipient, a redacted one),
+//! and what only looks like a report (a person's mail, a read receipt, a
+//! DMARC auth-failure report, a daemon's digest). Each with what must be
+//! read from it.
 
 use email_accounts_mail::receive::delivery_report::{recognise, Action, ReportKind};
 
@@ -85,6 +89,67 @@ const CORPUS: &[Expected] = &[
     ("not_a_report_human.eml", None, &[], None),
     ("read_receipt.eml", None, &[], None),
     ("daemon_without_addresses.eml", None, &[], None),
+    (
+        "yahoo_failure_notice.eml",
+        Some("bounce"),
+        &[("nouser@yahoo.test", Action::Failed, None, true)],
+        Some("<yahoo@example.com>"),
+    ),
+    (
+        "outlook_consumer.eml",
+        Some("dsn"),
+        &[("someone@outlook.test", Action::Failed, Some("5.5.0"), true)],
+        Some("<outlook@example.com>"),
+    ),
+    (
+        "exchange_onprem.eml",
+        Some("dsn"),
+        &[("former.employee@corp.test", Action::Failed, Some("5.1.1"), true)],
+        Some("<onprem@example.com>"),
+    ),
+    (
+        "postfix_two_failed.eml",
+        Some("dsn"),
+        &[
+            ("one@remote.test", Action::Failed, Some("5.1.1"), true),
+            ("two@remote.test", Action::Failed, Some("5.1.1"), true),
+        ],
+        Some("<two-failed@example.com>"),
+    ),
+    (
+        "postfix_failed_and_delayed.eml",
+        Some("dsn"),
+        &[
+            ("gone@remote.test", Action::Failed, Some("5.1.1"), true),
+            ("slow@remote.test", Action::Delayed, Some("4.2.2"), false),
+        ],
+        Some("<mixed@example.com>"),
+    ),
+    (
+        "aol_arf.eml",
+        Some("complaint"),
+        &[("member@aol.test", Action::Delivered, None, false)],
+        Some("<aol@example.com>"),
+    ),
+    ("arf_auth_failure.eml", None, &[], None),
+    (
+        "dsn_relayed.eml",
+        Some("dsn"),
+        &[("legacy@old-system.test", Action::Relayed, Some("2.0.0"), false)],
+        Some("<relayed@example.com>"),
+    ),
+    (
+        "dsn_latin1_diagnostic.eml",
+        Some("dsn"),
+        &[("mueller@remote.test", Action::Failed, Some("5.1.1"), true)],
+        Some("<latin1@example.com>"),
+    ),
+    (
+        "gmail_success.eml",
+        Some("dsn"),
+        &[("friend@gmail.com", Action::Delivered, Some("2.0.0"), false)],
+        Some("<success@example.com>"),
+    ),
 ];
 
 #[test]

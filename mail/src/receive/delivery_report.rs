@@ -95,6 +95,12 @@ pub fn recognise(raw: &[u8]) -> Option<DeliveryReport> {
             let fields: Vec<(String, String)> = groups.into_iter().flatten().collect();
             let feedback_type =
                 value(&fields, "feedback-type").unwrap_or_else(|| "abuse".to_owned()).to_ascii_lowercase();
+            // A recipient's complaint: abuse, fraud, virus (RFC 5965 §7.3).
+            // auth-failure (RFC 6591, DMARC forensics) and not-spam say
+            // nothing against mailing the recipient again.
+            if !matches!(feedback_type.as_str(), "abuse" | "fraud" | "virus" | "other") {
+                return None;
+            }
             let address = value(&fields, "original-rcpt-to").or_else(|| value(&fields, "removal-recipient"));
             let recipients = address
                 .map(|address| RecipientReport {
