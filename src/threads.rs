@@ -22,6 +22,12 @@ pub fn spawn_without_signals<T: Send + 'static>(work: impl FnOnce() -> T + Send 
     }
 }
 
+/// Runs one job on its own thread (see `run_all`) and returns its result.
+pub fn run_one<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> T {
+    let job: Box<dyn FnOnce() -> T + Send> = Box::new(job);
+    run_all(vec![job]).pop().expect("one result per job")
+}
+
 /// Runs every job on its own thread and returns their results in order. While
 /// waiting, the calling backend still reacts to cancel and terminate (which
 /// raise an ERROR here; the threads then finish on their own, bounded by the

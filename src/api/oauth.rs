@@ -83,12 +83,6 @@ fn oauth_account(account: &str, tenant: Option<&str>, caller: pg_sys::Oid) -> (M
     (managed, client)
 }
 
-/// Runs a token request on a thread (the backend keeps answering cancel).
-fn on_thread<T: Send + 'static>(request: impl FnOnce() -> T + Send + 'static) -> T {
-    let job: Box<dyn FnOnce() -> T + Send> = Box::new(request);
-    threads::run_all(vec![job]).pop().expect("one result per job")
-}
-
 /// Connects the account with a refresh token that an application obtained
 /// (authorization code flow). Nothing is asked of the provider here (an
 /// application may call this inside its own transaction): the workers get
@@ -141,7 +135,7 @@ fn oauth_device_login(
         let (managed, client) = oauth_account(account, tenant, caller);
         let secret = client.client_secret.clone().unwrap_or_default();
         let started: Result<DeviceLogin, OAuthError> =
-            on_thread(move || client.start_device_login()).map_err(|error| error.without(&secret));
+            threads::run_one(move || client.start_device_login()).map_err(|error| error.without(&secret));
         let login = started.unwrap_or_else(|error| raise_oauth(account, error));
         oauth::store_device_login(managed.account_id, &login).unwrap_or_else(|error| raise_store(error));
         let expires_at = Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(
@@ -192,7 +186,7 @@ fn connect_oauth_client_credentials(
         }
         let secret = client.client_secret.clone().unwrap_or_default();
         let granted: Result<Tokens, OAuthError> =
-            on_thread(move || client.client_credentials()).map_err(|error| error.without(&secret));
+            threads::run_one(move || client.client_credentials()).map_err(|error| error.without(&secret));
         let granted = granted.unwrap_or_else(|error| raise_oauth(account, error));
         let tokens = Tokens { refresh_token: None, ..granted };
         oauth::store_granted(managed.account_id, "client_credentials", &tokens).unwrap_or_else(|error| raise_store(error));

@@ -97,13 +97,11 @@ fn report(settings: &EffectiveAccount, credential: Credential) -> (Value, Option
     // One token for every side: renewed here (on a thread) when needed.
     let mut token_sign_in = None;
     if let Some(bearer) = sign_in.take_if(|sign_in| sign_in.login.is_bearer()) {
-        type Renewed = (SignIn, Result<(), ConnectionError>);
-        let renew: Box<dyn FnOnce() -> Renewed + Send> = Box::new(move || {
+        let (bearer, outcome) = threads::run_one(move || {
             let mut bearer = bearer;
             let outcome = bearer.ensure_token();
             (bearer, outcome)
         });
-        let (bearer, outcome) = threads::run_all(vec![renew]).pop().expect("one result per job");
         answer.insert("oauth".to_owned(), oauth_report(settings, &bearer));
         match outcome {
             Ok(()) => sign_in = Some(bearer.without_renewal()),

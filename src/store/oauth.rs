@@ -79,11 +79,7 @@ pub fn client_for(account_id: i64) -> Result<OAuthClient, OAuthStoreError> {
         )?;
         let Some(row) = table.into_iter().next() else { return Ok(None) };
         let sealed = match row.get::<i32>(8)? {
-            Some(key_id) => Some(Sealed {
-                key_id: key_id as u32,
-                nonce: row.get::<Vec<u8>>(9)?.unwrap_or_default(),
-                ciphertext: row.get::<Vec<u8>>(10)?.unwrap_or_default(),
-            }),
+            Some(_) => Some(secrets::sealed_at(&row, 8)?),
             None => None,
         };
         Ok(Some((
@@ -178,11 +174,7 @@ fn read_tokens(account_id: i64) -> Result<Option<StoredTokens>, OAuthStoreError>
             &[account_id.into()],
         )?;
         let Some(row) = table.first() else { return Ok(None) };
-        Ok(Some(Sealed {
-            key_id: row.get::<i32>(1)?.unwrap_or_default() as u32,
-            nonce: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
-            ciphertext: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
-        }))
+        Ok(Some(secrets::sealed_at(row, 1)?))
     })?;
     let Some(sealed) = sealed else { return Ok(None) };
     let json = secrets::open(&tokens_binding(account_id), &sealed, "OAuth2 tokens")?;
@@ -610,11 +602,7 @@ pub fn reseal_all(ring: &KeyRing) -> Result<i64, SecretStoreError> {
                     row.get::<i64>(1)?,
                     row.get::<String>(2)?,
                     row.get::<String>(3)?,
-                    Sealed {
-                        key_id: row.get::<i32>(4)?.unwrap_or_default() as u32,
-                        nonce: row.get::<Vec<u8>>(5)?.unwrap_or_default(),
-                        ciphertext: row.get::<Vec<u8>>(6)?.unwrap_or_default(),
-                    },
+                    secrets::sealed_at(&row, 4)?,
                 ));
             }
         }

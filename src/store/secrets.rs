@@ -24,6 +24,16 @@ pub enum SecretStoreError {
     Spi(#[from] SpiError),
 }
 
+/// A sealed secret read from three columns (key_id, nonce, ciphertext) of a
+/// row, starting at column `first` (1-based, as SPI counts).
+pub fn sealed_at(row: &pgrx::spi::SpiHeapTupleData<'_>, first: usize) -> Result<Sealed, SpiError> {
+    Ok(Sealed {
+        key_id: row.get::<i32>(first)?.unwrap_or_default() as u32,
+        nonce: row.get::<Vec<u8>>(first + 1)?.unwrap_or_default(),
+        ciphertext: row.get::<Vec<u8>>(first + 2)?.unwrap_or_default(),
+    })
+}
+
 /// Serialises changes to the key file. A lock on the secrets table, which
 /// only its owner may take (an advisory lock any role could hold forever).
 /// SHARE UPDATE EXCLUSIVE conflicts with itself, not with reads or row writes.
@@ -85,11 +95,7 @@ pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError
             &[account_id.into()],
         )?;
         let Some(row) = table.first() else { return Ok(None) };
-        let sealed = Sealed {
-            key_id: row.get::<i32>(1)?.unwrap_or_default() as u32,
-            nonce: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
-            ciphertext: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
-        };
+        let sealed = sealed_at(row, 1)?;
         Ok(Some((sealed, row.get::<bool>(4)?.unwrap_or(false))))
     })?;
     let Some((sealed, servers_unchanged)) = sealed else { return Ok(None) };
@@ -111,18 +117,7 @@ pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
             None,
             &[],
         )?;
-        table
-            .map(|row| {
-                Ok((
-                    row.get::<i64>(1)?.unwrap_or_default(),
-                    Sealed {
-                        key_id: row.get::<i32>(2)?.unwrap_or_default() as u32,
-                        nonce: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
-                        ciphertext: row.get::<Vec<u8>>(4)?.unwrap_or_default(),
-                    },
-                ))
-            })
-            .collect()
+        table.map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), sealed_at(&row, 2)?))).collect()
     })?;
     // Old keys stay in the file: the other databases of the cluster (a
     // restored copy among them) seal with the same file, and a rolled-back

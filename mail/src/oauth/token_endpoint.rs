@@ -4,10 +4,10 @@
 
 use super::error::OAuthError;
 use super::http::{HttpError, HttpsClient};
-use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse};
+use oauth2::basic::{BasicClient, BasicTokenResponse};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, DeviceAuthorizationUrl, DeviceCodeErrorResponse, DeviceCodeErrorResponseType,
-    ErrorResponse, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse, TokenResponse,
+    AuthType, ClientId, ClientSecret, DeviceAuthorizationUrl, DeviceCodeErrorResponseType, ErrorResponseType,
+    RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse, StandardErrorResponse, TokenResponse,
     TokenUrl,
 };
 use std::sync::Mutex;
@@ -115,30 +115,20 @@ impl Tokens {
     }
 }
 
-/// Maps the crate's error for a token request to ours.
-fn token_error<E: ErrorResponse>(
+/// Maps the crate's error for a token request (a plain one or a device-code poll) to ours.
+fn token_error<T: ErrorResponseType + std::fmt::Display + 'static>(
     url: &str,
-    error: RequestTokenError<HttpError, E>,
-    code_of: impl Fn(&E) -> (String, Option<String>),
+    error: RequestTokenError<HttpError, StandardErrorResponse<T>>,
 ) -> OAuthError {
     match error {
         RequestTokenError::ServerResponse(response) => {
-            let (code, description) = code_of(&response);
-            OAuthError::from_code(&code, description.as_deref())
+            OAuthError::from_code(&response.error().to_string(), response.error_description().map(String::as_str))
         }
         RequestTokenError::Request(error) => OAuthError::Unreachable { url: url.to_owned(), reason: error.0 },
         // Only where parsing failed: serde's message may quote a value.
         RequestTokenError::Parse(error, _) => OAuthError::BadResponse(format!("at {}", error.path())),
         RequestTokenError::Other(text) => OAuthError::BadResponse(text),
     }
-}
-
-fn basic_code(response: &BasicErrorResponse) -> (String, Option<String>) {
-    (response.error().to_string(), response.error_description().cloned())
-}
-
-fn device_code(response: &DeviceCodeErrorResponse) -> (String, Option<String>) {
-    (response.error().to_string(), response.error_description().cloned())
 }
 
 impl OAuthClient {
@@ -187,7 +177,7 @@ impl OAuthClient {
             .add_scopes(Self::scopes(&self.scopes))
             .request(&self.http()?)
             .map(|response| Tokens::from_response(&response))
-            .map_err(|error| token_error(&self.token_url, error, basic_code))
+            .map_err(|error| token_error(&self.token_url, error))
     }
 
     /// An app-only access token (RFC 6749 §4.4).
@@ -204,7 +194,7 @@ impl OAuthClient {
             .add_scopes(Self::scopes(&self.client_credentials_scopes))
             .request(&self.http()?)
             .map(|response| Tokens::from_response(&response))
-            .map_err(|error| token_error(&self.token_url, error, basic_code))
+            .map_err(|error| token_error(&self.token_url, error))
     }
 
     /// Starts a device login (RFC 8628 §3.1).
@@ -224,7 +214,7 @@ impl OAuthClient {
             .exchange_device_code()
             .add_scopes(Self::scopes(&self.scopes))
             .request(&self.http()?)
-            .map_err(|error| token_error(&url, error, basic_code))?;
+            .map_err(|error| token_error(&url, error))?;
         // What is kept for the polls: the answer with its interval and lifetime bounded.
         let mut kept = serde_json::to_value(&details).map_err(|error| OAuthError::BadResponse(error.to_string()))?;
         let interval = details.interval().as_secs().clamp(1, LONGEST_POLL_INTERVAL);
@@ -280,7 +270,7 @@ impl OAuthClient {
             {
                 Err(OAuthError::DeviceCodeExpired)
             }
-            Err(error) => Err(token_error(&self.token_url, error, device_code)),
+            Err(error) => Err(token_error(&self.token_url, error)),
         }
     }
 }
