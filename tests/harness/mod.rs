@@ -30,13 +30,42 @@ pub fn free_port() -> u16 {
     port
 }
 
-/// N different ports on 127.0.0.1 that nothing listens on right now. All are
-/// held open until all are chosen: ports taken one after another could come
-/// back twice (CI once gave Postfix's smtps and LMTP the same one).
+/// N different ports on 127.0.0.1 that nothing listens on right now, for
+/// servers a script starts later. They come from below the kernel's
+/// ephemeral range: a port the kernel handed out and took back could go to
+/// a client connection of a test running in parallel before our server binds
+/// it (CI once saw "could not bind 127.0.0.1: Address already in use" from
+/// PostgreSQL). A per-process counter starting at a place chosen by the
+/// process id keeps parallel tests, and test binaries run side by side, apart;
+/// each candidate is checked by binding it.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> =
-        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("no free port on 127.0.0.1")).collect();
-    std::array::from_fn(|index| listeners[index].local_addr().expect("a bound address").port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let highest = ephemeral_range_start().saturating_sub(1).max(LOWEST + 1_000);
+    let span = highest - LOWEST;
+    let _ = NEXT.compare_exchange(0, 1 + (std::process::id() * 211) % span, Ordering::SeqCst, Ordering::SeqCst);
+    let mut held: Vec<TcpListener> = Vec::with_capacity(N);
+    for _ in 0..span {
+        if held.len() == N {
+            break;
+        }
+        let port = LOWEST + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(held.len(), N, "no {N} free ports on 127.0.0.1 between {LOWEST} and {highest}");
+    std::array::from_fn(|index| held[index].local_addr().expect("a bound address").port())
+}
+
+/// The first port the kernel gives to outgoing connections (32768 unless
+/// configured otherwise).
+fn ephemeral_range_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A directory for one run's servers that the `postgres` and `mail` users can
