@@ -76,7 +76,10 @@ SELECT
          WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
          ELSE oauth.state END AS oauth_state,
     account.enable_automatic_linking,
-    account.reply_to_document_address
+    account.reply_to_document_address,
+    account.signed_envelope_sender,
+    account.soft_bounce_limit,
+    account.soft_bounce_days
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
@@ -118,6 +121,9 @@ COMMENT ON COLUMN email_accounts.account_settings.oauth_scopes IS 'Scopes asked 
 COMMENT ON COLUMN email_accounts.account_settings.oauth_client_credentials_scopes IS 'Scopes asked for with client credentials; NULL when the provider offers none.';
 COMMENT ON COLUMN email_accounts.account_settings.enable_automatic_linking IS 'See account.enable_automatic_linking.';
 COMMENT ON COLUMN email_accounts.account_settings.reply_to_document_address IS 'See account.reply_to_document_address.';
+COMMENT ON COLUMN email_accounts.account_settings.signed_envelope_sender IS 'See account.signed_envelope_sender.';
+COMMENT ON COLUMN email_accounts.account_settings.soft_bounce_limit IS 'See account.soft_bounce_limit.';
+COMMENT ON COLUMN email_accounts.account_settings.soft_bounce_days IS 'See account.soft_bounce_days.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_state IS
   'With auth_method oauth2: not connected, waiting for approval (a device login), connected, or consent needed: <reason> (the grant was revoked or expired, the user declined, or the servers or OAuth2 client changed; connect again). NULL for password accounts.';
 COMMENT ON COLUMN email_accounts.account_settings.extra_ca_certificate IS 'Effective extra CA: the account''s, else its domain''s.';
@@ -213,11 +219,26 @@ BEGIN
                 format('owner_role %I may not execute %s', checked.owner_role, checked.on_receive_function));
         END IF;
     END IF;
+    IF checked.on_bounce_function IS NOT NULL THEN
+        SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_bounce_function;
+        IF handler.pronargs <> 2 OR handler.proargtypes[0] <> 'bigint'::regtype OR handler.proargtypes[1] <> 'text'::regtype THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_bounce_function',
+                format('%s must take two arguments, the outbox_id bigint and the address text', checked.on_bounce_function));
+        END IF;
+        IF handler.prokind <> 'f' THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_bounce_function',
+                format('%s must be a function, not a procedure or aggregate', checked.on_bounce_function));
+        END IF;
+        IF owner IS NOT NULL AND NOT has_function_privilege(owner, checked.on_bounce_function, 'EXECUTE') THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_bounce_function',
+                format('owner_role %I may not execute %s', checked.owner_role, checked.on_bounce_function));
+        END IF;
+    END IF;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.check_routing(bigint) IS
-  'Checks an account''s append_to_table (single-column primary key, owner_role may insert), append_to_columns (existing columns, known message fields) and on_receive_function (takes one bigint, owner_role may execute); raises check_violation naming the field.';
+  'Checks an account''s append_to_table (single-column primary key, owner_role may insert), append_to_columns (existing columns, known message fields), on_receive_function (takes one bigint) and on_bounce_function (takes a bigint and a text; owner_role may execute them); raises check_violation naming the field.';
 
 -- Checks the effective settings of one account; raises naming the field.
 -- Runs as the caller (row-level security applies): another tenant's account
@@ -346,6 +367,7 @@ BEGIN
        OR NEW.append_to_table IS DISTINCT FROM OLD.append_to_table
        OR NEW.append_to_columns IS DISTINCT FROM OLD.append_to_columns
        OR NEW.on_receive_function IS DISTINCT FROM OLD.on_receive_function
+       OR NEW.on_bounce_function IS DISTINCT FROM OLD.on_bounce_function
        OR NEW.enable_automatic_linking IS DISTINCT FROM OLD.enable_automatic_linking
        OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
         IF to_regrole(quote_ident(NEW.owner_role)) IS NOT NULL
@@ -354,10 +376,11 @@ BEGIN
                             quote_literal(NEW.name), quote_ident(NEW.owner_role)
                 USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role';
         END IF;
-        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL OR NEW.enable_automatic_linking THEN
+        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL OR NEW.on_bounce_function IS NOT NULL
+           OR NEW.enable_automatic_linking THEN
             problem := email_accounts.owner_role_problem(to_regrole(quote_ident(NEW.owner_role)), NEW.tenant);
             IF problem IS NOT NULL THEN
-                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table, on_receive_function or automatic linking: %',
+                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table, on_receive_function, on_bounce_function or automatic linking: %',
                                 quote_literal(NEW.name), quote_ident(NEW.owner_role), problem
                     USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role',
                           HINT = 'Set owner_role to a role without superuser rights that is bound to the account''s tenant in tenant_member.';

@@ -80,6 +80,11 @@ CREATE TABLE email_accounts.account (
     auth_method text CONSTRAINT "auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
     enable_automatic_linking boolean NOT NULL DEFAULT false,
     reply_to_document_address boolean NOT NULL DEFAULT false,
+    signed_envelope_sender boolean NOT NULL DEFAULT false,
+    soft_bounce_limit integer CONSTRAINT "soft_bounce_limit must be positive" CHECK (soft_bounce_limit > 0),
+    soft_bounce_days integer NOT NULL DEFAULT 7
+                     CONSTRAINT "soft_bounce_days must be between 1 and 365" CHECK (soft_bounce_days BETWEEN 1 AND 365),
+    on_bounce_function regprocedure,
 
     CONSTRAINT "pop3_delete_after_days is required when pop3_retrieval is delete_after_days"
         CHECK (pop3_retrieval <> 'delete_after_days' OR pop3_delete_after_days IS NOT NULL),
@@ -161,6 +166,10 @@ COMMENT ON COLUMN email_accounts.account.created_at IS 'When the row was added.'
 COMMENT ON COLUMN email_accounts.account.updated_at IS 'When the row last changed.';
 COMMENT ON COLUMN email_accounts.account.enable_automatic_linking IS 'Incoming mail to a document address of this account (local+<table>=<id>@domain, see document_address()) is linked to that application row, even when it answers nothing (ERPNext "Enable Automatic Linking"); the row must exist and be readable by owner_role.';
 COMMENT ON COLUMN email_accounts.account.reply_to_document_address IS 'Outgoing mail about an application row (reference_table/reference_id) gets that row''s document address as Reply-To, so answers come back linked; send(reply_to_document => ...) or outbox.reply_to_document decide per message.';
+COMMENT ON COLUMN email_accounts.account.signed_envelope_sender IS 'Mail goes out with the envelope sender local+b<key>-<outbox id>-<signature>@domain (VERP-style, signed with the link signing key), and a delivery report about this account''s mail counts only when it comes back to such an address with a valid signature (or, for a complaint, returns the mail with one as Return-Path): a forged report naming a Message-ID changes nothing. Needs a server that takes and delivers sub-addresses (recipient delimiter +).';
+COMMENT ON COLUMN email_accounts.account.soft_bounce_limit IS 'Suppress an address (reason soft_bounce) once this many messages to it in soft_bounce_days came back delayed, with a 4.x.x failure or a full mailbox (5.2.2); NULL never does.';
+COMMENT ON COLUMN email_accounts.account.soft_bounce_days IS 'The window of soft_bounce_limit, in days.';
+COMMENT ON COLUMN email_accounts.account.on_bounce_function IS 'Function (outbox_id bigint, address text) called as owner_role for each recipient a delivery report or complaint recorded (outbox_recipient.report says what came back), in the transaction that stores the report; an error there is recorded on the report and stops nothing else.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.account', '');

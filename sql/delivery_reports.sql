@@ -1,8 +1,9 @@
 -- Mail that comes back (issue 16, part 2): delivery status notifications
 -- (RFC 3464), non-standard bounces and complaints (RFC 5965 ARF) that the
 -- receiver recognises among incoming mail (mail/src/receive/delivery_report.rs)
--- are matched to the outbox row and recipient they are about, by the
--- Message-ID of the returned original, within the report's tenant.
+-- are matched to the outbox row and recipient they are about, by a signed
+-- envelope sender (account.signed_envelope_sender) or the Message-ID of the
+-- returned original, within the report's tenant.
 
 ALTER TABLE email_accounts.message
     ADD COLUMN kind text NOT NULL DEFAULT 'mail'
@@ -37,34 +38,68 @@ ALTER TABLE email_accounts.outbox
     ADD CONSTRAINT "status must be queued, sending, retry, sent, failed, expired, cancelled, error or bounced"
         CHECK (status IN ('queued', 'sending', 'retry', 'sent', 'failed', 'expired', 'cancelled', 'error', 'bounced'));
 
+-- Where soft bounces of an address are counted (soft_bounce_limit): only
+-- recipients something came back for, a small part of the table.
+CREATE INDEX "reported recipients by address"
+    ON email_accounts.outbox_recipient (lower(address), reported_at) WHERE report IS NOT NULL;
+
 -- Records a recognised report (stored as stored_message_id) on the outbox
--- mail it is about. recognised: {kind, original_message_id, recipients:
--- [{address, action, status, diagnostic, remote_mta, hard}]}. Returns how many
--- recipients it recorded; why none is said in the report's routing_error.
-CREATE FUNCTION email_accounts.record_delivery_report(stored_message_id bigint, recognised jsonb) RETURNS integer
+-- mail it is about. recognised: {kind, original_message_id, signed_outbox_id,
+-- signature_problem, recipients: [{address, final, action, status,
+-- diagnostic, remote_mta, hard}]}; signed_outbox_id is the row a signed
+-- envelope sender named, verified by the receiver. Returns the recipients
+-- it recorded; why none is said in the report's routing_error.
+CREATE FUNCTION email_accounts.record_delivery_report(stored_message_id bigint, recognised jsonb)
+RETURNS TABLE (reported_outbox_id bigint, reported_address text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     stored email_accounts.message;
     sent_mail email_accounts.outbox;
+    sending email_accounts.account;
     named jsonb;
-    recorded integer := 0;
     outcome text;
+    matched_address text;
+    soft_failures bigint;
+    recorded integer := 0;
     complaint boolean := recognised->>'kind' = 'complaint';
 BEGIN
     SELECT * INTO stored FROM email_accounts.message WHERE message_id = stored_message_id;
     UPDATE email_accounts.message SET kind = CASE WHEN complaint THEN 'complaint' ELSE 'delivery_report' END
      WHERE message_id = stored_message_id;
-    -- Only this tenant's mail: a report cannot touch another tenant's outbox.
-    SELECT * INTO sent_mail FROM email_accounts.outbox
-     WHERE outbox.message_id = recognised->>'original_message_id' AND outbox.tenant IS NOT DISTINCT FROM stored.tenant
+    IF recognised->>'signature_problem' IS NOT NULL THEN
+        UPDATE email_accounts.message
+           SET routing_error = format('delivery report: %s', left(recognised->>'signature_problem', 255))
+         WHERE message_id = stored_message_id;
+        RETURN;
+    END IF;
+    -- Only mail sent through an account of the report's tenant: a report
+    -- cannot touch another tenant's outbox. (Through the global default
+    -- outgoing account, that is the mail of every tenant it sent for: its
+    -- reports come back to its own mailbox, of no tenant.)
+    SELECT outbox.* INTO sent_mail
+      FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
+     WHERE CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
+                THEN outbox.outbox_id = (recognised->>'signed_outbox_id')::bigint
+                ELSE outbox.message_id = recognised->>'original_message_id' END
+       AND through.tenant IS NOT DISTINCT FROM stored.tenant
      ORDER BY outbox.outbox_id DESC LIMIT 1;
     IF NOT FOUND THEN
         UPDATE email_accounts.message
-           SET routing_error = format('delivery report: no mail of this tenant has the Message-ID %s',
-                                      coalesce(left(recognised->>'original_message_id', 255), '(none returned)'))
+           SET routing_error = CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
+                   THEN format('delivery report: outbox row %s of its signed envelope sender is gone', recognised->>'signed_outbox_id')
+                   ELSE format('delivery report: no mail of this tenant has the Message-ID %s',
+                               coalesce(left(recognised->>'original_message_id', 255), '(none returned)')) END
          WHERE message_id = stored_message_id;
-        RETURN 0;
+        RETURN;
+    END IF;
+    SELECT * INTO sending FROM email_accounts.account WHERE account_id = sent_mail.account_id;
+    IF sending.signed_envelope_sender AND recognised->>'signed_outbox_id' IS NULL THEN
+        UPDATE email_accounts.message
+           SET routing_error = format('delivery report: account %s signs its envelope sender (signed_envelope_sender), and this report came back to no signed address',
+                                      quote_literal(sending.name))
+         WHERE message_id = stored_message_id;
+        RETURN;
     END IF;
     FOR named IN SELECT * FROM jsonb_array_elements(coalesce(recognised->'recipients', '[]'))
                  UNION ALL
@@ -89,17 +124,36 @@ BEGIN
          WHERE recipient.outbox_id = sent_mail.outbox_id
            -- Only what the server took: a report never decides for pending or deferred recipients.
            AND recipient.status IN ('sent', 'bounced', 'complained')
-           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'));
-        IF FOUND THEN
-            recorded := recorded + 1;
-            -- Not mailed again (for this tenant): complaints, and bounces that
-            -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
-            -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
-            -- about the address.
-            IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
+           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'))
+        RETURNING recipient.address INTO matched_address;
+        CONTINUE WHEN NOT FOUND;
+        recorded := recorded + 1;
+        reported_outbox_id := sent_mail.outbox_id;
+        reported_address := matched_address;
+        RETURN NEXT;
+        -- Not mailed again (for this tenant): complaints, and bounces that
+        -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
+        -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
+        -- about the address.
+        IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
+            INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
+            VALUES (sent_mail.tenant, lower(matched_address), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
+                    sent_mail.outbox_id)
+            ON CONFLICT DO NOTHING;
+        -- Soft failures (delays, 4.x.x, a full mailbox) suppress once the
+        -- sending account's soft_bounce_limit of messages in soft_bounce_days had one.
+        ELSIF sending.soft_bounce_limit IS NOT NULL
+              AND (outcome IN ('delayed', 'soft_bounce') OR named->>'status' = '5.2.2') THEN
+            SELECT count(DISTINCT recipient.outbox_id) INTO soft_failures
+              FROM email_accounts.outbox_recipient AS recipient
+              JOIN email_accounts.outbox AS earlier ON earlier.outbox_id = recipient.outbox_id
+             WHERE lower(recipient.address) = lower(matched_address) AND recipient.report IS NOT NULL
+               AND recipient.reported_at > now() - make_interval(days => sending.soft_bounce_days)
+               AND (recipient.report IN ('delayed', 'soft_bounce') OR recipient.report_status = '5.2.2')
+               AND earlier.tenant IS NOT DISTINCT FROM sent_mail.tenant;
+            IF soft_failures >= sending.soft_bounce_limit THEN
                 INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-                VALUES (sent_mail.tenant, lower(named->>'address'), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
-                        sent_mail.outbox_id)
+                VALUES (sent_mail.tenant, lower(matched_address), 'soft_bounce', sent_mail.outbox_id)
                 ON CONFLICT DO NOTHING;
             END IF;
         END IF;
@@ -114,12 +168,15 @@ BEGIN
            SET routing_error = format('delivery report: it names no recipient of outbox row %s', sent_mail.outbox_id)
          WHERE message_id = stored_message_id;
     END IF;
-    RETURN recorded;
 END;
 $$;
 
+COMMENT ON COLUMN email_accounts.suppression.reason IS
+  'Why: unsubscribed (by a link or List-Unsubscribe), bounce (the mailbox is gone: 5.1.x, 5.2.1), complaint (a feedback report), soft_bounce (soft_bounce_limit reached), or whatever a person entered.';
+COMMENT ON COLUMN email_accounts.suppression.outbox_id IS 'The message whose unsubscribe link was used, or that bounced or was complained about, if any.';
+
 COMMENT ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) IS
-  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail of the same tenant whose Message-ID it returns: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression; the mail is bounced when every recipient is. Returns how many recipients it recorded.';
+  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail it is about — the row its verified signed envelope sender names, else the one whose Message-ID it returns — sent through an account of the report''s tenant: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression, soft failures once soft_bounce_limit is reached; the mail is bounced when every recipient is. An account with signed_envelope_sender accepts only signed reports. Returns the recipients it recorded.';
 
 REVOKE EXECUTE ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) FROM PUBLIC;
 

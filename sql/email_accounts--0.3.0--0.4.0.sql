@@ -46,10 +46,19 @@ COMMENT ON COLUMN email_accounts.domain.oauth_tenant IS 'Tenant (Microsoft direc
 ALTER TABLE email_accounts.account
     ADD COLUMN auth_method text CONSTRAINT "auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
     ADD COLUMN enable_automatic_linking boolean NOT NULL DEFAULT false,
-    ADD COLUMN reply_to_document_address boolean NOT NULL DEFAULT false;
+    ADD COLUMN reply_to_document_address boolean NOT NULL DEFAULT false,
+    ADD COLUMN signed_envelope_sender boolean NOT NULL DEFAULT false,
+    ADD COLUMN soft_bounce_limit integer CONSTRAINT "soft_bounce_limit must be positive" CHECK (soft_bounce_limit > 0),
+    ADD COLUMN soft_bounce_days integer NOT NULL DEFAULT 7
+               CONSTRAINT "soft_bounce_days must be between 1 and 365" CHECK (soft_bounce_days BETWEEN 1 AND 365),
+    ADD COLUMN on_bounce_function regprocedure;
 
 COMMENT ON COLUMN email_accounts.account.enable_automatic_linking IS 'Incoming mail to a document address of this account (local+<table>=<id>@domain, see document_address()) is linked to that application row, even when it answers nothing (ERPNext "Enable Automatic Linking"); the row must exist and be readable by owner_role.';
 COMMENT ON COLUMN email_accounts.account.reply_to_document_address IS 'Outgoing mail about an application row (reference_table/reference_id) gets that row''s document address as Reply-To, so answers come back linked; send(reply_to_document => ...) or outbox.reply_to_document decide per message.';
+COMMENT ON COLUMN email_accounts.account.signed_envelope_sender IS 'Mail goes out with the envelope sender local+b<key>-<outbox id>-<signature>@domain (VERP-style, signed with the link signing key), and a delivery report about this account''s mail counts only when it comes back to such an address with a valid signature (or, for a complaint, returns the mail with one as Return-Path): a forged report naming a Message-ID changes nothing. Needs a server that takes and delivers sub-addresses (recipient delimiter +).';
+COMMENT ON COLUMN email_accounts.account.soft_bounce_limit IS 'Suppress an address (reason soft_bounce) once this many messages to it in soft_bounce_days came back delayed, with a 4.x.x failure or a full mailbox (5.2.2); NULL never does.';
+COMMENT ON COLUMN email_accounts.account.soft_bounce_days IS 'The window of soft_bounce_limit, in days.';
+COMMENT ON COLUMN email_accounts.account.on_bounce_function IS 'Function (outbox_id bigint, address text) called as owner_role for each recipient a delivery report or complaint recorded (outbox_recipient.report says what came back), in the transaction that stores the report; an error there is recorded on the report and stops nothing else.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
 -- The data changes below are not checked again by the triggers (an
@@ -270,7 +279,10 @@ SELECT
          WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
          ELSE oauth.state END AS oauth_state,
     account.enable_automatic_linking,
-    account.reply_to_document_address
+    account.reply_to_document_address,
+    account.signed_envelope_sender,
+    account.soft_bounce_limit,
+    account.soft_bounce_days
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
@@ -299,6 +311,9 @@ COMMENT ON COLUMN email_accounts.account_settings.oauth_scopes IS 'Scopes asked 
 COMMENT ON COLUMN email_accounts.account_settings.oauth_client_credentials_scopes IS 'Scopes asked for with client credentials; NULL when the provider offers none.';
 COMMENT ON COLUMN email_accounts.account_settings.enable_automatic_linking IS 'See account.enable_automatic_linking.';
 COMMENT ON COLUMN email_accounts.account_settings.reply_to_document_address IS 'See account.reply_to_document_address.';
+COMMENT ON COLUMN email_accounts.account_settings.signed_envelope_sender IS 'See account.signed_envelope_sender.';
+COMMENT ON COLUMN email_accounts.account_settings.soft_bounce_limit IS 'See account.soft_bounce_limit.';
+COMMENT ON COLUMN email_accounts.account_settings.soft_bounce_days IS 'See account.soft_bounce_days.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_state IS
   'With auth_method oauth2: not connected, waiting for approval (a device login), connected, or consent needed: <reason> (the grant was revoked or expired, the user declined, or the servers or OAuth2 client changed; connect again). NULL for password accounts.';
 
@@ -658,34 +673,68 @@ ALTER TABLE email_accounts.outbox
     ADD CONSTRAINT "status must be queued, sending, retry, sent, failed, expired, cancelled, error or bounced"
         CHECK (status IN ('queued', 'sending', 'retry', 'sent', 'failed', 'expired', 'cancelled', 'error', 'bounced'));
 
+-- Where soft bounces of an address are counted (soft_bounce_limit): only
+-- recipients something came back for, a small part of the table.
+CREATE INDEX "reported recipients by address"
+    ON email_accounts.outbox_recipient (lower(address), reported_at) WHERE report IS NOT NULL;
+
 -- Records a recognised report (stored as stored_message_id) on the outbox
--- mail it is about. recognised: {kind, original_message_id, recipients:
--- [{address, action, status, diagnostic, remote_mta, hard}]}. Returns how many
--- recipients it recorded; why none is said in the report's routing_error.
-CREATE FUNCTION email_accounts.record_delivery_report(stored_message_id bigint, recognised jsonb) RETURNS integer
+-- mail it is about. recognised: {kind, original_message_id, signed_outbox_id,
+-- signature_problem, recipients: [{address, final, action, status,
+-- diagnostic, remote_mta, hard}]}; signed_outbox_id is the row a signed
+-- envelope sender named, verified by the receiver. Returns the recipients
+-- it recorded; why none is said in the report's routing_error.
+CREATE FUNCTION email_accounts.record_delivery_report(stored_message_id bigint, recognised jsonb)
+RETURNS TABLE (reported_outbox_id bigint, reported_address text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     stored email_accounts.message;
     sent_mail email_accounts.outbox;
+    sending email_accounts.account;
     named jsonb;
-    recorded integer := 0;
     outcome text;
+    matched_address text;
+    soft_failures bigint;
+    recorded integer := 0;
     complaint boolean := recognised->>'kind' = 'complaint';
 BEGIN
     SELECT * INTO stored FROM email_accounts.message WHERE message_id = stored_message_id;
     UPDATE email_accounts.message SET kind = CASE WHEN complaint THEN 'complaint' ELSE 'delivery_report' END
      WHERE message_id = stored_message_id;
-    -- Only this tenant's mail: a report cannot touch another tenant's outbox.
-    SELECT * INTO sent_mail FROM email_accounts.outbox
-     WHERE outbox.message_id = recognised->>'original_message_id' AND outbox.tenant IS NOT DISTINCT FROM stored.tenant
+    IF recognised->>'signature_problem' IS NOT NULL THEN
+        UPDATE email_accounts.message
+           SET routing_error = format('delivery report: %s', left(recognised->>'signature_problem', 255))
+         WHERE message_id = stored_message_id;
+        RETURN;
+    END IF;
+    -- Only mail sent through an account of the report's tenant: a report
+    -- cannot touch another tenant's outbox. (Through the global default
+    -- outgoing account, that is the mail of every tenant it sent for: its
+    -- reports come back to its own mailbox, of no tenant.)
+    SELECT outbox.* INTO sent_mail
+      FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
+     WHERE CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
+                THEN outbox.outbox_id = (recognised->>'signed_outbox_id')::bigint
+                ELSE outbox.message_id = recognised->>'original_message_id' END
+       AND through.tenant IS NOT DISTINCT FROM stored.tenant
      ORDER BY outbox.outbox_id DESC LIMIT 1;
     IF NOT FOUND THEN
         UPDATE email_accounts.message
-           SET routing_error = format('delivery report: no mail of this tenant has the Message-ID %s',
-                                      coalesce(left(recognised->>'original_message_id', 255), '(none returned)'))
+           SET routing_error = CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
+                   THEN format('delivery report: outbox row %s of its signed envelope sender is gone', recognised->>'signed_outbox_id')
+                   ELSE format('delivery report: no mail of this tenant has the Message-ID %s',
+                               coalesce(left(recognised->>'original_message_id', 255), '(none returned)')) END
          WHERE message_id = stored_message_id;
-        RETURN 0;
+        RETURN;
+    END IF;
+    SELECT * INTO sending FROM email_accounts.account WHERE account_id = sent_mail.account_id;
+    IF sending.signed_envelope_sender AND recognised->>'signed_outbox_id' IS NULL THEN
+        UPDATE email_accounts.message
+           SET routing_error = format('delivery report: account %s signs its envelope sender (signed_envelope_sender), and this report came back to no signed address',
+                                      quote_literal(sending.name))
+         WHERE message_id = stored_message_id;
+        RETURN;
     END IF;
     FOR named IN SELECT * FROM jsonb_array_elements(coalesce(recognised->'recipients', '[]'))
                  UNION ALL
@@ -710,17 +759,36 @@ BEGIN
          WHERE recipient.outbox_id = sent_mail.outbox_id
            -- Only what the server took: a report never decides for pending or deferred recipients.
            AND recipient.status IN ('sent', 'bounced', 'complained')
-           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'));
-        IF FOUND THEN
-            recorded := recorded + 1;
-            -- Not mailed again (for this tenant): complaints, and bounces that
-            -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
-            -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
-            -- about the address.
-            IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
+           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'))
+        RETURNING recipient.address INTO matched_address;
+        CONTINUE WHEN NOT FOUND;
+        recorded := recorded + 1;
+        reported_outbox_id := sent_mail.outbox_id;
+        reported_address := matched_address;
+        RETURN NEXT;
+        -- Not mailed again (for this tenant): complaints, and bounces that
+        -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
+        -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
+        -- about the address.
+        IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
+            INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
+            VALUES (sent_mail.tenant, lower(matched_address), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
+                    sent_mail.outbox_id)
+            ON CONFLICT DO NOTHING;
+        -- Soft failures (delays, 4.x.x, a full mailbox) suppress once the
+        -- sending account's soft_bounce_limit of messages in soft_bounce_days had one.
+        ELSIF sending.soft_bounce_limit IS NOT NULL
+              AND (outcome IN ('delayed', 'soft_bounce') OR named->>'status' = '5.2.2') THEN
+            SELECT count(DISTINCT recipient.outbox_id) INTO soft_failures
+              FROM email_accounts.outbox_recipient AS recipient
+              JOIN email_accounts.outbox AS earlier ON earlier.outbox_id = recipient.outbox_id
+             WHERE lower(recipient.address) = lower(matched_address) AND recipient.report IS NOT NULL
+               AND recipient.reported_at > now() - make_interval(days => sending.soft_bounce_days)
+               AND (recipient.report IN ('delayed', 'soft_bounce') OR recipient.report_status = '5.2.2')
+               AND earlier.tenant IS NOT DISTINCT FROM sent_mail.tenant;
+            IF soft_failures >= sending.soft_bounce_limit THEN
                 INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-                VALUES (sent_mail.tenant, lower(named->>'address'), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
-                        sent_mail.outbox_id)
+                VALUES (sent_mail.tenant, lower(matched_address), 'soft_bounce', sent_mail.outbox_id)
                 ON CONFLICT DO NOTHING;
             END IF;
         END IF;
@@ -735,12 +803,15 @@ BEGIN
            SET routing_error = format('delivery report: it names no recipient of outbox row %s', sent_mail.outbox_id)
          WHERE message_id = stored_message_id;
     END IF;
-    RETURN recorded;
 END;
 $$;
 
+COMMENT ON COLUMN email_accounts.suppression.reason IS
+  'Why: unsubscribed (by a link or List-Unsubscribe), bounce (the mailbox is gone: 5.1.x, 5.2.1), complaint (a feedback report), soft_bounce (soft_bounce_limit reached), or whatever a person entered.';
+COMMENT ON COLUMN email_accounts.suppression.outbox_id IS 'The message whose unsubscribe link was used, or that bounced or was complained about, if any.';
+
 COMMENT ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) IS
-  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail of the same tenant whose Message-ID it returns: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression; the mail is bounced when every recipient is. Returns how many recipients it recorded.';
+  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail it is about — the row its verified signed envelope sender names, else the one whose Message-ID it returns — sent through an account of the report''s tenant: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression, soft failures once soft_bounce_limit is reached; the mail is bounced when every recipient is. An account with signed_envelope_sender accepts only signed reports. Returns the recipients it recorded.';
 
 REVOKE EXECUTE ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) FROM PUBLIC;
 
@@ -791,7 +862,82 @@ COMMENT ON FUNCTION email_accounts.unsuppress(text, text) IS
 REVOKE EXECUTE ON FUNCTION email_accounts.unsuppress(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.unsuppress(text, text) TO email_accounts_admin;
 
--- Turning automatic linking on needs membership in the owner role (sql/account_settings.sql).
+-- on_bounce_function is checked like on_receive_function (sql/account_settings.sql).
+CREATE OR REPLACE FUNCTION email_accounts.check_routing(checked_account_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    checked email_accounts.account;
+    owner oid;
+    key_column name;
+    mapping record;
+    handler pg_proc;
+BEGIN
+    SELECT * INTO checked FROM email_accounts.account WHERE account_id = checked_account_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    owner := to_regrole(quote_ident(checked.owner_role));
+    IF checked.append_to_table IS NOT NULL THEN
+        key_column := email_accounts.primary_key_column(checked.append_to_table);
+        IF key_column IS NULL THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_table',
+                format('table %s has no single-column primary key to link messages to its rows', checked.append_to_table));
+        END IF;
+        FOR mapping IN SELECT key, value FROM jsonb_each(checked.append_to_columns) LOOP
+            IF jsonb_typeof(mapping.value) <> 'string' OR NOT (mapping.value #>> '{}') = ANY (email_accounts.message_field_names()) THEN
+                PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_columns',
+                    format('%s is not a message field (one of %s)', mapping.value, array_to_string(email_accounts.message_field_names(), ', ')));
+            END IF;
+            IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = checked.append_to_table AND attname = mapping.key
+                                                      AND attnum > 0 AND NOT attisdropped) THEN
+                PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_columns',
+                    format('table %s has no column %I', checked.append_to_table, mapping.key));
+            END IF;
+        END LOOP;
+        IF owner IS NOT NULL AND NOT (has_table_privilege(owner, checked.append_to_table, 'INSERT')
+                                      AND has_column_privilege(owner, checked.append_to_table, key_column, 'SELECT')) THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'append_to_table',
+                format('owner_role %I needs INSERT on %s and SELECT on its column %I', checked.owner_role, checked.append_to_table, key_column));
+        END IF;
+    END IF;
+    IF checked.on_receive_function IS NOT NULL THEN
+        SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_receive_function;
+        IF handler.pronargs <> 1 OR handler.proargtypes[0] <> 'bigint'::regtype THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_receive_function',
+                format('%s must take one argument, the message_id bigint', checked.on_receive_function));
+        END IF;
+        IF handler.prokind <> 'f' THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_receive_function',
+                format('%s must be a function, not a procedure or aggregate', checked.on_receive_function));
+        END IF;
+        IF owner IS NOT NULL AND NOT has_function_privilege(owner, checked.on_receive_function, 'EXECUTE') THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_receive_function',
+                format('owner_role %I may not execute %s', checked.owner_role, checked.on_receive_function));
+        END IF;
+    END IF;
+    IF checked.on_bounce_function IS NOT NULL THEN
+        SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_bounce_function;
+        IF handler.pronargs <> 2 OR handler.proargtypes[0] <> 'bigint'::regtype OR handler.proargtypes[1] <> 'text'::regtype THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_bounce_function',
+                format('%s must take two arguments, the outbox_id bigint and the address text', checked.on_bounce_function));
+        END IF;
+        IF handler.prokind <> 'f' THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_bounce_function',
+                format('%s must be a function, not a procedure or aggregate', checked.on_bounce_function));
+        END IF;
+        IF owner IS NOT NULL AND NOT has_function_privilege(owner, checked.on_bounce_function, 'EXECUTE') THEN
+            PERFORM email_accounts.raise_setting_error(checked.name, 'on_bounce_function',
+                format('owner_role %I may not execute %s', checked.owner_role, checked.on_bounce_function));
+        END IF;
+    END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.check_routing(bigint) IS
+  'Checks an account''s append_to_table (single-column primary key, owner_role may insert), append_to_columns (existing columns, known message fields), on_receive_function (takes one bigint) and on_bounce_function (takes a bigint and a text; owner_role may execute them); raises check_violation naming the field.';
+
+-- Turning automatic linking on, or naming an on_bounce_function, needs membership in the owner role (sql/account_settings.sql).
 CREATE OR REPLACE FUNCTION email_accounts.account_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -804,6 +950,7 @@ BEGIN
        OR NEW.append_to_table IS DISTINCT FROM OLD.append_to_table
        OR NEW.append_to_columns IS DISTINCT FROM OLD.append_to_columns
        OR NEW.on_receive_function IS DISTINCT FROM OLD.on_receive_function
+       OR NEW.on_bounce_function IS DISTINCT FROM OLD.on_bounce_function
        OR NEW.enable_automatic_linking IS DISTINCT FROM OLD.enable_automatic_linking
        OR NEW.tenant IS DISTINCT FROM OLD.tenant THEN
         IF to_regrole(quote_ident(NEW.owner_role)) IS NOT NULL
@@ -812,10 +959,11 @@ BEGIN
                             quote_literal(NEW.name), quote_ident(NEW.owner_role)
                 USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role';
         END IF;
-        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL OR NEW.enable_automatic_linking THEN
+        IF NEW.append_to_table IS NOT NULL OR NEW.on_receive_function IS NOT NULL OR NEW.on_bounce_function IS NOT NULL
+           OR NEW.enable_automatic_linking THEN
             problem := email_accounts.owner_role_problem(to_regrole(quote_ident(NEW.owner_role)), NEW.tenant);
             IF problem IS NOT NULL THEN
-                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table, on_receive_function or automatic linking: %',
+                RAISE EXCEPTION 'account %: owner_role % may not run append_to_table, on_receive_function, on_bounce_function or automatic linking: %',
                                 quote_literal(NEW.name), quote_ident(NEW.owner_role), problem
                     USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'owner_role',
                           HINT = 'Set owner_role to a role without superuser rights that is bound to the account''s tenant in tenant_member.';

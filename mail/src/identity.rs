@@ -19,7 +19,8 @@ pub struct SendingAccount {
 pub struct Identity {
     pub from: String,
     pub reply_to: Vec<String>,
-    /// MAIL FROM: always the account's own address (it authenticates as it).
+    /// MAIL FROM: the account's own address (it authenticates as it); the
+    /// sender may sign it per row (signed_envelope_sender, return_path.rs).
     pub envelope_from: String,
 }
 

@@ -15,6 +15,7 @@ pub mod parse;
 pub mod pop3;
 pub mod probe;
 pub mod receive;
+pub mod return_path;
 pub mod sasl;
 pub mod secret;
 pub mod smtp_client;

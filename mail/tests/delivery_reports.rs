@@ -187,3 +187,16 @@ fn every_report_of_the_corpus_reads_as_expected() {
         }
     }
 }
+
+/// The returned original's envelope sender (where a signed one is checked),
+/// from a complaint's full copy, a DSN's returned message and a qmail quote.
+#[test]
+fn the_returned_originals_return_path_is_read() {
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/delivery_reports");
+    for file in ["arf_abuse.eml", "postfix_hard.eml", "qmail.eml"] {
+        let report = recognise(&std::fs::read(directory.join(file)).unwrap()).unwrap();
+        assert_eq!(report.original_return_path.as_deref(), Some("<support@example.com>"), "{file}");
+    }
+    let report = recognise(&std::fs::read(directory.join("gmail.eml")).unwrap()).unwrap();
+    assert_ne!(report.original_return_path.as_deref(), Some("<>"), "never the report's own null sender");
+}

@@ -61,9 +61,13 @@ SELECT settings.account_id, settings.name, settings.login_id, settings.allow_pla
        pg_catalog.concat_ws('|', settings.incoming_host, settings.incoming_port, settings.incoming_security, settings.login_id,
                  settings.folders[1], account.password_set_at, pg_catalog.md5(settings.extra_ca_certificate),
                  settings.auth_method, oauth.refreshed_at),
-       CASE WHEN account.append_to_table IS NOT NULL OR account.on_receive_function IS NOT NULL
+       CASE WHEN account.append_to_table IS NOT NULL OR account.on_receive_function IS NOT NULL OR account.on_bounce_function IS NOT NULL
             THEN email_accounts.owner_role_problem(pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role))::oid, account.tenant) END,
-       settings.auth_method = 'oauth2'
+       settings.auth_method = 'oauth2',
+       (SELECT pg_catalog.format('SELECT %I.%I($1, $2)', namespace.nspname, function.proname)
+          FROM pg_catalog.pg_proc AS function
+          JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = function.pronamespace
+         WHERE function.oid = account.on_bounce_function)
   FROM email_accounts.account_settings AS settings
   JOIN email_accounts.account USING (account_id)
   LEFT JOIN email_accounts.account_oauth AS oauth USING (account_id)
@@ -108,6 +112,7 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
                     owner: row.get::<pg_sys::Oid>(18)?.unwrap_or(pg_sys::InvalidOid),
                     append_to_table: row.get::<pg_sys::Oid>(19)?.filter(|oid| *oid != pg_sys::InvalidOid),
                     on_receive_statement: row.get(20)?,
+                    on_bounce_statement: row.get(25)?,
                     owner_problem: row.get(23)?,
                 },
                 due: row.get(21)?.unwrap_or(false),

@@ -59,6 +59,8 @@ pub struct SendingSettings {
     pub imap: Option<ServerSettings>,
     /// It signs in with an OAuth2 access token rather than a password.
     pub oauth2: bool,
+    /// MAIL FROM is a signed sub-address naming the row (bounces verified by it).
+    pub signed_envelope_sender: bool,
 }
 
 const EXPIRE: &str = "
@@ -293,7 +295,8 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     settings.send_unsubscribe_message, settings.track_email_status,
                     CASE WHEN settings.append_to_sent_folder THEN settings.sent_folder END,
                     CASE WHEN settings.incoming_protocol = 'imap' THEN settings.incoming_host END,
-                    settings.incoming_port, settings.incoming_security, settings.auth_method = 'oauth2'
+                    settings.incoming_port, settings.incoming_security, settings.auth_method = 'oauth2',
+                    settings.signed_envelope_sender
                FROM email_accounts.account_settings AS settings
               WHERE settings.account_id = ANY ($1)",
             &[account_ids.to_vec().into()],
@@ -332,6 +335,7 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                         None => None,
                     },
                     oauth2: row.get(21)?.unwrap_or_default(),
+                    signed_envelope_sender: row.get(22)?.unwrap_or_default(),
                 })
             })
             .collect()

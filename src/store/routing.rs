@@ -27,6 +27,8 @@ pub struct RoutingSettings {
     pub append_to_table: Option<pg_sys::Oid>,
     /// `SELECT schema.function($1)`.
     pub on_receive_statement: Option<String>,
+    /// `SELECT schema.function($1, $2)`: outbox_id and address of a recipient a report recorded.
+    pub on_bounce_statement: Option<String>,
 }
 
 /// Runs `body` as `role`, in a security-restricted operation (no SET ROLE,
@@ -158,14 +160,22 @@ fn record_failure(message_id: i64, name: &str, outcome: Result<Result<(), SpiErr
 pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettings) {
     // Mail that comes back about mail we sent is recorded on the outbox, and
     // nothing else happens to it (no reply link, append_to, on_receive, auto reply).
-    if let Some(report) = delivery_report(message) {
+    if let Some(report) = delivery_report(message, &settings.account_address) {
+        let mut recorded: Vec<(i64, String)> = Vec::new();
         step(message_id, "delivery report", || {
-            Spi::get_one_with_args::<i32>(
-                "SELECT email_accounts.record_delivery_report($1, $2)",
-                &[message_id.into(), JsonB(report).into()],
-            )
-            .map(drop)
+            recorded = Spi::connect_mut(|client| {
+                client
+                    .update(
+                        "SELECT reported_outbox_id, reported_address FROM email_accounts.record_delivery_report($1, $2)",
+                        None,
+                        &[message_id.into(), JsonB(report).into()],
+                    )?
+                    .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+                    .collect::<Result<Vec<_>, SpiError>>()
+            })?;
+            Ok(())
         });
+        on_bounce(message_id, settings, &recorded);
         return;
     }
     let mut is_reply = false;
@@ -196,22 +206,8 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
         }
     }
     let runs_user_code = (settings.append_to_table.is_some() && !is_reply) || settings.on_receive_statement.is_some();
-    if let (Some(problem), true) = (&settings.owner_problem, runs_user_code) {
-        record_routing_error(
-            message_id,
-            "append_to_table and on_receive_function",
-            &format!("not run: the account's owner_role may not run them: {problem}"),
-        );
-    } else if let (Some(until), true) =
-        (crate::worker::board::routing_suspended_until(settings.account_id), runs_user_code)
-    {
-        let until =
-            pgrx::datum::TimestampWithTimeZone::try_from(until).map(|until| until.to_string()).unwrap_or_default();
-        record_routing_error(
-            message_id,
-            "append_to_table and on_receive_function",
-            &format!("not run: suspended until {until}, after this account's code could not be stopped at email_accounts.routing_timeout"),
-        );
+    if let (Some(why_not), true) = (user_code_blocked(settings), runs_user_code) {
+        record_routing_error(message_id, "append_to_table and on_receive_function", &why_not);
     } else {
         if let (Some(table), false) = (settings.append_to_table, is_reply) {
             user_code_step(settings.account_id, message_id, "append_to_table", || {
@@ -229,14 +225,49 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
     }
 }
 
+/// Why the account's own code (append_to, on_receive, on_bounce) is not run
+/// now: its owner role may not run it, or its routing is suspended.
+fn user_code_blocked(settings: &RoutingSettings) -> Option<String> {
+    if let Some(problem) = &settings.owner_problem {
+        return Some(format!("not run: the account's owner_role may not run them: {problem}"));
+    }
+    let until = crate::worker::board::routing_suspended_until(settings.account_id)?;
+    let until = pgrx::datum::TimestampWithTimeZone::try_from(until).map(|until| until.to_string()).unwrap_or_default();
+    Some(format!(
+        "not run: suspended until {until}, after this account's code could not be stopped at email_accounts.routing_timeout"
+    ))
+}
+
+/// The account's on_bounce_function, once per recipient a report recorded,
+/// as the owner role and bounded like on_receive.
+fn on_bounce(message_id: i64, settings: &RoutingSettings, recorded: &[(i64, String)]) {
+    let Some(statement) = &settings.on_bounce_statement else {
+        return;
+    };
+    if recorded.is_empty() {
+        return;
+    }
+    if let Some(why_not) = user_code_blocked(settings) {
+        record_routing_error(message_id, "on_bounce_function", &why_not);
+        return;
+    }
+    for (outbox_id, address) in recorded {
+        user_code_step(settings.account_id, message_id, "on_bounce_function", || {
+            as_role(settings.owner, || Spi::run_with_args(statement, &[(*outbox_id).into(), address.as_str().into()]))
+        });
+    }
+}
+
 /// More recipients than any outbox row has are not looked at.
 const MOST_REPORTED_RECIPIENTS: usize = 1000;
 
 /// The delivery report (bounce, delay warning, complaint) the message is, as
-/// record_delivery_report() takes it. Only a message whose header says it may
-/// be one (a `multipart/report`, or from a mailer daemon or postmaster) is
-/// parsed for it: ordinary mail costs nothing more.
-fn delivery_report(message: &FetchedMessage) -> Option<serde_json::Value> {
+/// record_delivery_report() takes it, with the outbox row a signed envelope
+/// sender of the account `address` names (verified here: the link keys stay
+/// in the worker). Only a message whose header says it may be one (a
+/// `multipart/report`, or from a mailer daemon or postmaster) is parsed for
+/// it: ordinary mail costs nothing more.
+fn delivery_report(message: &FetchedMessage, address: &str) -> Option<serde_json::Value> {
     use email_accounts_mail::receive::delivery_report::{recognise, Action, ReportKind};
     let parsed = message.parsed.as_ref().ok()?;
     let may_be = parsed.headers.iter().any(|(name, value)| {
@@ -279,7 +310,14 @@ fn delivery_report(message: &FetchedMessage) -> Option<serde_json::Value> {
             })
         })
         .collect();
+    // Where it came back to (a DSN goes to the envelope sender; a complaint
+    // returns the mail with it as Return-Path).
+    let returned_to: Vec<String> =
+        document_recipients(parsed).into_iter().chain(report.original_return_path.clone()).collect();
+    let (signed_outbox_id, signature_problem) = signed_envelope_sender(&returned_to, address);
     Some(serde_json::json!({
+        "signed_outbox_id": signed_outbox_id,
+        "signature_problem": signature_problem,
         "kind": match report.kind {
             ReportKind::Complaint { .. } => "complaint",
             ReportKind::DeliveryStatus | ReportKind::NonStandardBounce => "delivery_report",
@@ -288,6 +326,25 @@ fn delivery_report(message: &FetchedMessage) -> Option<serde_json::Value> {
         "reporting_mta": report.reporting_mta,
         "recipients": recipients,
     }))
+}
+
+/// The outbox row a signed envelope sender among `returned_to` names, or why
+/// the one that looks like it does not verify.
+fn signed_envelope_sender(returned_to: &[String], address: &str) -> (Option<i64>, Option<String>) {
+    use email_accounts_mail::return_path::verify;
+    if !returned_to.iter().any(|candidate| candidate.contains('+')) {
+        return (None, None);
+    }
+    let keys = super::links::link_keys().unwrap_or_default();
+    let mut problem = None;
+    for candidate in returned_to {
+        match verify(candidate, address, &keys) {
+            Some(Ok(outbox_id)) => return (Some(outbox_id), None),
+            Some(Err(error)) => problem = problem.or(Some(error.to_string())),
+            None => {}
+        }
+    }
+    (None, problem)
 }
 
 /// The recipients that may be document addresses: To, Cc and Delivered-To

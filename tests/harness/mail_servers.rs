@@ -224,6 +224,15 @@ impl MailServers {
         );
     }
 
+    /// Sets main.cf parameters of the running Postfix (`name=value`) and
+    /// reloads it; the queue manager takes them for its next queue run.
+    pub fn set_postfix(&self, parameters: &[&str]) {
+        let postfix = text(&self.root.path().join("postfix"));
+        let mut arguments = vec!["set", postfix.as_str()];
+        arguments.extend_from_slice(parameters);
+        run_script("postfix.sh", &arguments);
+    }
+
     /// The code Postfix answers RCPT TO:<address> with, in a session that sends nothing.
     fn recipient_reply_code(&self, address: &str) -> Option<String> {
         use std::io::{BufRead, BufReader, Write};

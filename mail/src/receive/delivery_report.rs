@@ -59,6 +59,9 @@ pub struct DeliveryReport {
     pub recipients: Vec<RecipientReport>,
     /// The Message-ID of the returned original (angle brackets kept).
     pub original_message_id: Option<String>,
+    /// The Return-Path of the returned original, when it shows one (a
+    /// complaint returns the mail as delivered): its envelope sender.
+    pub original_return_path: Option<String>,
 }
 
 /// The delivery report `raw` is, or `None` for ordinary mail.
@@ -72,7 +75,8 @@ pub fn recognise(raw: &[u8]) -> Option<DeliveryReport> {
         })
         .and_then(|content_type| content_type.attribute("report-type"))
         .map(str::to_ascii_lowercase);
-    let original_message_id = returned_message_id(&message);
+    let original_message_id = returned_header(&message, "message-id");
+    let original_return_path = returned_header(&message, "return-path");
     match report_type.as_deref() {
         Some("delivery-status") => {
             let status = message
@@ -87,6 +91,7 @@ pub fn recognise(raw: &[u8]) -> Option<DeliveryReport> {
                 reporting_mta,
                 recipients,
                 original_message_id,
+                original_return_path,
             })
         }
         Some("feedback-report") => {
@@ -118,9 +123,10 @@ pub fn recognise(raw: &[u8]) -> Option<DeliveryReport> {
                 reporting_mta: value(&fields, "reporting-mta"),
                 recipients,
                 original_message_id,
+                original_return_path,
             })
         }
-        _ => non_standard(&message, original_message_id),
+        _ => non_standard(&message, original_message_id, original_return_path),
     }
 }
 
@@ -133,41 +139,47 @@ fn is_type(part: &mail_parser::MessagePart<'_>, ctype: &str, subtypes: &[&str]) 
     })
 }
 
-/// The Message-ID of the original a report returns: a `message/rfc822`
-/// part, `text/rfc822-headers`, or (non-standard bounces) headers quoted in the text.
-fn returned_message_id(message: &mail_parser::Message<'_>) -> Option<String> {
+/// A header of the original a report returns, in angle brackets
+/// (Message-ID, Return-Path): from a `message/rfc822` part,
+/// `text/rfc822-headers`, or (non-standard bounces) headers quoted in the text.
+fn returned_header(message: &mail_parser::Message<'_>, name: &str) -> Option<String> {
     for part in message.parts.iter().skip(1) {
         if let PartType::Message(original) = &part.body {
-            if let Some(id) = original.message_id() {
-                return Some(format!("<{id}>"));
+            let value = original.header_raw(name).and_then(|value| bracketed(value.trim()));
+            if value.is_some() {
+                return value;
             }
         }
         if is_type(part, "text", &["rfc822-headers"]) || is_type(part, "message", &["rfc822-headers", "global-headers"])
         {
-            if let Some(id) = quoted_message_id(&String::from_utf8_lossy(part.contents())) {
-                return Some(id);
+            if let Some(value) = quoted_header(&String::from_utf8_lossy(part.contents()), name) {
+                return Some(value);
             }
         }
     }
     None
 }
 
-/// A `Message-ID:` header in quoted text (the first one; folded too).
-fn quoted_message_id(text: &str) -> Option<String> {
+/// The first `name:` header in quoted text (folded too), in angle brackets.
+fn quoted_header(text: &str, name: &str) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
     lines.iter().enumerate().find_map(|(index, line)| {
-        let (name, value) = line.trim_start_matches(['>', ' ']).split_once(':')?;
-        if !name.trim().eq_ignore_ascii_case("message-id") || name.contains(' ') {
+        let (field, value) = line.trim_start_matches(['>', ' ']).split_once(':')?;
+        if !field.trim().eq_ignore_ascii_case(name) || field.contains(' ') {
             return None;
         }
-        let value = match value.trim() {
-            "" => lines.get(index + 1)?.trim(),
-            value => value,
-        };
-        let start = value.find('<')?;
-        let end = value[start..].find('>')? + start;
-        Some(value[start..=end].to_owned())
+        match value.trim() {
+            "" => bracketed(lines.get(index + 1)?.trim()),
+            value => bracketed(value),
+        }
     })
+}
+
+/// `<…>` at the start of a value (folding whitespace inside dropped).
+fn bracketed(value: &str) -> Option<String> {
+    let start = value.find('<')?;
+    let end = value[start..].find('>')? + start;
+    Some(value[start..=end].split_whitespace().collect())
 }
 
 /// Header-like fields in blank-line separated groups (RFC 3464 §2.1),
@@ -243,7 +255,11 @@ fn recipient(fields: &[(String, String)]) -> Option<RecipientReport> {
 /// the failed addresses as qmail (`<ann@example.com>:`) and Exim
 /// (an indented address after "failed:") write them, the first enhanced or
 /// basic status code of the text, and the returned original's Message-ID.
-fn non_standard(message: &mail_parser::Message<'_>, original: Option<String>) -> Option<DeliveryReport> {
+fn non_standard(
+    message: &mail_parser::Message<'_>,
+    original: Option<String>,
+    original_return_path: Option<String>,
+) -> Option<DeliveryReport> {
     let from = message
         .from()
         .and_then(|from| from.first())
@@ -273,7 +289,8 @@ fn non_standard(message: &mail_parser::Message<'_>, original: Option<String>) ->
             .filter_map(|marker| text.find(marker))
             .min()
             .map_or(text.as_str(), |end| &text[..end]);
-    let original_message_id = original.or_else(|| quoted_message_id(&text));
+    let original_message_id = original.or_else(|| quoted_header(&text, "message-id"));
+    let original_return_path = original_return_path.or_else(|| quoted_header(&text, "return-path"));
     let status = status_code(said);
     let mut recipients = Vec::new();
     let mut after_failed = false;
@@ -307,6 +324,7 @@ fn non_standard(message: &mail_parser::Message<'_>, original: Option<String>) ->
         reporting_mta: None,
         recipients,
         original_message_id,
+        original_return_path,
     })
 }
 

@@ -181,6 +181,12 @@ fn batch(
     let mut jobs = Vec::new();
     for row in rows {
         let mut chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
+        // Bounces come back to an address that names this row, signed (see return_path.rs).
+        if account.signed_envelope_sender {
+            if let Some(signed) = email_accounts_mail::return_path::sign(&account.address, &links.key, row.outbox_id) {
+                chosen.envelope_from = signed;
+            }
+        }
         // Answers to mail about a row go to the row's document address (automatic linking).
         if let Some(document) = row
             .document

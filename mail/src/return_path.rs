@@ -1,0 +1,159 @@
+//! Signed envelope senders (VERP-style): mail of an account that asks for
+//! it goes out with `MAIL FROM:<local+b<key>-<outbox id>-<signature>@domain>`,
+//! a sub-address naming the outbox row and signed with the link signing key.
+//! A bounce comes back to exactly that address, so a delivery report counts
+//! for a row only when it arrives there with a valid signature: knowing a
+//! Message-ID is not enough to mark someone's mail bounced.
+//!
+//! The tag is lower-case letters, digits and `-` (mail systems that fold the
+//! local part's case keep it valid), carries no `=` (never a document
+//! address) and keeps the local part within RFC 5321's 64 octets, or there
+//! is no tag. The signature is 64 bits of HMAC-SHA256 over the key id, the
+//! row and the account address: guessing one takes 2^63 tries per row.
+
+use crate::token::LinkKey;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// RFC 5321 §4.5.3.1.1.
+const LONGEST_LOCAL_PART: usize = 64;
+const SIGNATURE_BYTES: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReturnPathError {
+    #[error("the signed envelope sender is malformed")]
+    Malformed,
+    #[error("the signed envelope sender's signature does not match")]
+    BadSignature,
+    #[error("the signed envelope sender's key has been retired")]
+    RetiredKey,
+}
+
+fn signature(key: &LinkKey, outbox_id: i64, address: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.secret).expect("HMAC takes keys of any length");
+    mac.update(
+        format!("email_accounts return path {}:{outbox_id}:{}", key.id, address.to_ascii_lowercase()).as_bytes(),
+    );
+    hex::encode(&mac.finalize().into_bytes()[..SIGNATURE_BYTES])
+}
+
+/// The signed envelope sender of row `outbox_id` sent from `address`, or
+/// `None` when the address has no `@` or its local part would grow past 64 octets.
+pub fn sign(address: &str, key: &LinkKey, outbox_id: i64) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let local = format!("{local}+b{}-{outbox_id}-{}", key.id, signature(key, outbox_id, address));
+    (local.len() <= LONGEST_LOCAL_PART).then(|| format!("{local}@{domain}"))
+}
+
+/// The outbox row a signed envelope sender of the account `address` names:
+/// `None` when `recipient` is not one (another address, another tag),
+/// an error when it looks like one and does not verify with `keys`.
+pub fn verify(recipient: &str, address: &str, keys: &[LinkKey]) -> Option<Result<i64, ReturnPathError>> {
+    let recipient = bare(recipient);
+    let (local, domain) = address.rsplit_once('@')?;
+    let (recipient_local, recipient_domain) = recipient.rsplit_once('@')?;
+    if !recipient_domain.eq_ignore_ascii_case(domain) {
+        return None;
+    }
+    let tag = strip_prefix_ignore_case(recipient_local, local)?.strip_prefix('+')?;
+    let rest = tag.strip_prefix('b').or_else(|| tag.strip_prefix('B'))?;
+    let mut fields = rest.splitn(3, '-');
+    let (Some(key_id), Some(outbox_id), Some(given)) = (fields.next(), fields.next(), fields.next()) else {
+        return None;
+    };
+    if !key_id.bytes().all(|byte| byte.is_ascii_digit()) || key_id.is_empty() {
+        return None;
+    }
+    Some((|| {
+        let key_id: u32 = key_id.parse().map_err(|_| ReturnPathError::Malformed)?;
+        let outbox_id: i64 = outbox_id.parse().map_err(|_| ReturnPathError::Malformed)?;
+        let key = keys.iter().find(|key| key.id == key_id).ok_or(ReturnPathError::RetiredKey)?;
+        let expected = signature(key, outbox_id, address);
+        // Constant time: the comparison says nothing about how much matched.
+        let matches = expected.len() == given.len()
+            && expected.bytes().zip(given.to_ascii_lowercase().bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0;
+        if matches {
+            Ok(outbox_id)
+        } else {
+            Err(ReturnPathError::BadSignature)
+        }
+    })())
+}
+
+/// `text` without `prefix`, compared without regard to ASCII case (as bytes:
+/// a multi-byte character may straddle the prefix's end).
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let (bytes, prefix) = (text.as_bytes(), prefix.as_bytes());
+    if bytes.len() < prefix.len() || !bytes[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    text.get(prefix.len()..)
+}
+
+/// The address in `Name <address>`, or the text itself.
+fn bare(mailbox: &str) -> &str {
+    match (mailbox.rfind('<'), mailbox.rfind('>')) {
+        (Some(start), Some(end)) if start < end => mailbox[start + 1..end].trim(),
+        _ => mailbox.trim(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Vec<LinkKey> {
+        vec![LinkKey { id: 1, secret: vec![1; 32] }, LinkKey { id: 2, secret: vec![2; 32] }]
+    }
+
+    #[test]
+    fn signs_verifies_and_refuses_forgeries() {
+        let keys = keys();
+        let signed = sign("Support@Example.test", &keys[1], 4711).unwrap();
+        assert!(signed.starts_with("Support+b2-4711-"), "{signed}");
+        assert!(signed
+            .rsplit_once('@')
+            .unwrap()
+            .0
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"+-".contains(&byte)));
+        assert_eq!(verify(&signed, "support@example.test", &keys), Some(Ok(4711)));
+        assert_eq!(
+            verify(&format!("Mailer <{}>", signed.to_ascii_uppercase()), "support@example.test", &keys),
+            Some(Ok(4711))
+        );
+        // Another row, another account, another key, a retired key: refused.
+        let other_row = signed.replace("-4711-", "-4712-");
+        assert_eq!(verify(&other_row, "support@example.test", &keys), Some(Err(ReturnPathError::BadSignature)));
+        let elsewhere = sign("sales@example.test", &keys[1], 4711).unwrap().replace("sales", "support");
+        assert_eq!(verify(&elsewhere, "support@example.test", &keys), Some(Err(ReturnPathError::BadSignature)));
+        assert_eq!(verify(&signed, "support@example.test", &keys[..1]), Some(Err(ReturnPathError::RetiredKey)));
+        assert_eq!(
+            verify("support+b2-x-00@example.test", "support@example.test", &keys),
+            Some(Err(ReturnPathError::Malformed))
+        );
+    }
+
+    #[test]
+    fn other_addresses_are_not_signed_envelope_senders() {
+        let keys = keys();
+        for recipient in [
+            "support@example.test",
+            "support+orders=17@example.test",
+            "support+b2-17@example.test",
+            "support+bx-17-00@example.test",
+            "supportx+b2-17-00@example.test",
+            "support+b2-17-00@other.test",
+            "sü@example.test",
+        ] {
+            assert_eq!(verify(recipient, "support@example.test", &keys), None, "{recipient}");
+        }
+    }
+
+    #[test]
+    fn no_tag_past_64_octets() {
+        let long = format!("{}@example.test", "a".repeat(40));
+        assert_eq!(sign(&long, &keys()[0], i64::MAX), None);
+        assert!(sign("a@example.test", &keys()[0], i64::MAX).is_some());
+    }
+}
