@@ -219,6 +219,13 @@ BEGIN
                 format('owner_role %I may not execute %s', checked.owner_role, checked.on_receive_function));
         END IF;
     END IF;
+    IF checked.auto_reply_template IS NOT NULL AND NOT EXISTS (
+        SELECT FROM email_accounts.template
+         WHERE template.name = checked.auto_reply_template AND (template.tenant IS NULL OR template.tenant = checked.tenant))
+    THEN
+        PERFORM email_accounts.raise_setting_error(checked.name, 'auto_reply_template',
+            format('there is no template %s for the account''s tenant', quote_literal(checked.auto_reply_template)));
+    END IF;
     IF checked.on_bounce_function IS NOT NULL THEN
         SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_bounce_function;
         IF handler.pronargs <> 2 OR handler.proargtypes[0] <> 'bigint'::regtype OR handler.proargtypes[1] <> 'text'::regtype THEN

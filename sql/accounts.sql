@@ -85,17 +85,21 @@ CREATE TABLE email_accounts.account (
     soft_bounce_days integer NOT NULL DEFAULT 7
                      CONSTRAINT "soft_bounce_days must be between 1 and 365" CHECK (soft_bounce_days BETWEEN 1 AND 365),
     on_bounce_function regprocedure,
+    auto_reply_template text,
 
     CONSTRAINT "pop3_delete_after_days is required when pop3_retrieval is delete_after_days"
         CHECK (pop3_retrieval <> 'delete_after_days' OR pop3_delete_after_days IS NOT NULL),
-    CONSTRAINT "auto_reply_message is required when enable_auto_reply is on"
-        CHECK (NOT enable_auto_reply OR btrim(coalesce(auto_reply_message, '')) <> ''),
+    CONSTRAINT "auto_reply_message or auto_reply_template is required when enable_auto_reply is on"
+        CHECK (NOT enable_auto_reply OR btrim(coalesce(auto_reply_message, '')) <> '' OR auto_reply_template IS NOT NULL),
     CONSTRAINT "signature is required when add_signature is on"
         CHECK (NOT add_signature OR btrim(coalesce(signature, '')) <> ''),
     CONSTRAINT "default_incoming needs enable_incoming" CHECK (NOT default_incoming OR enable_incoming),
     CONSTRAINT "default_outgoing needs enable_outgoing" CHECK (NOT default_outgoing OR enable_outgoing),
     CONSTRAINT "append_to_columns is required when append_to_table is set"
-        CHECK (append_to_table IS NULL OR append_to_columns <> '{}')
+        CHECK (append_to_table IS NULL OR append_to_columns <> '{}'),
+    -- local+b<key>-<outbox id>-<signature> must fit RFC 5321's 64 octets.
+    CONSTRAINT "signed_envelope_sender needs an address whose local part has at most 24 characters"
+        CHECK (NOT signed_envelope_sender OR octet_length(split_part(address, '@', 1)) <= 24)
 );
 
 -- Names and addresses are unique within a tenant (and among accounts without
@@ -119,7 +123,7 @@ COMMENT ON COLUMN email_accounts.account.name IS 'Account name, unique within it
 COMMENT ON COLUMN email_accounts.account.tenant IS 'Customer or contract the account belongs to; NULL for an account shared by the whole database. Roles bound to tenants (tenant_member) see only their tenants'' accounts.';
 COMMENT ON COLUMN email_accounts.account.address IS 'The account''s email address, bare (no display name); unique within its tenant.';
 COMMENT ON COLUMN email_accounts.account.provider IS 'Provider preset whose server settings fill whatever the account and its domain leave NULL.';
-COMMENT ON COLUMN email_accounts.account.owner_role IS 'Role that owns the account: its members may call set_password() and test_account() for it, and append_to_table and on_receive_function run as it. Never one of the email_accounts group roles; with routing set, neither a superuser nor a role bound to no tenant of the account. Only its members may name it.';
+COMMENT ON COLUMN email_accounts.account.owner_role IS 'Role that owns the account: its members may call set_password() and test_account() for it, and append_to_table, on_receive_function and on_bounce_function run as it. Never one of the email_accounts group roles; with routing set, neither a superuser nor a role bound to no tenant of the account. Only its members may name it.';
 COMMENT ON COLUMN email_accounts.account.login_id IS 'Login name when it differs from the address; NULL logs in with the address.';
 COMMENT ON COLUMN email_accounts.account.awaiting_password IS 'The password will be given later: workers skip the account until set_password() is called, which clears this.';
 COMMENT ON COLUMN email_accounts.account.ascii_encode_password IS 'Send the password as plain ASCII bytes (as ERPNext does); set_password() then refuses passwords with non-ASCII characters.';
@@ -170,6 +174,7 @@ COMMENT ON COLUMN email_accounts.account.signed_envelope_sender IS 'Mail goes ou
 COMMENT ON COLUMN email_accounts.account.soft_bounce_limit IS 'Suppress an address (reason soft_bounce) once this many messages to it in soft_bounce_days came back delayed, with a 4.x.x failure or a full mailbox (5.2.2); NULL never does.';
 COMMENT ON COLUMN email_accounts.account.soft_bounce_days IS 'The window of soft_bounce_limit, in days.';
 COMMENT ON COLUMN email_accounts.account.on_bounce_function IS 'Function (outbox_id bigint, address text) called as owner_role for each recipient a delivery report or complaint recorded (outbox_recipient.report says what came back), in the transaction that stores the report; an error there is recorded on the report and stops nothing else.';
+COMMENT ON COLUMN email_accounts.account.auto_reply_template IS 'A template (see the template table) the automatic reply is made from instead of auto_reply_message, over the incoming message''s fields: from (Name <address>), subject, reply_subject (Re: …), received_at, account, account_address.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.account', '');

@@ -75,3 +75,9 @@ COMMENT ON FUNCTION email_accounts.restoring() IS
   'True while a superuser session writes after SET row_security = off, as pg_restore and plain dump scripts do (not when row_security comes from ALTER DATABASE/ROLE, and not for code running as another user): the triggers then take rows as they were dumped (see README "Backups").';
 COMMENT ON FUNCTION email_accounts.current_user_is_superuser() IS
   'Whether the current user (not the session''s role, which is_superuser shows) is a superuser: the outbox update checks run for everyone else.';
+COMMENT ON FUNCTION email_accounts.template_problem(text, text, text) IS
+  'Why a template''s subject, body_text and body_html do not compile (the part, line and error), or NULL; used when a template is saved.';
+COMMENT ON FUNCTION email_accounts.included_template_names(text, text, text) IS
+  'The templates a template''s parts name in {% include %}, {% import %}, {% from %} or {% extends %} with a literal name.';
+COMMENT ON FUNCTION email_accounts.render_chosen_template(bigint, jsonb, text, text, text) IS
+  'Renders the template row template_id over context in language, its includes chosen for tenant; raises 22023 naming template_name, the language, the part, line and missing variable. Compiled templates are kept per session until the row or an included one changes. Used by apply_template() and render_template().';

@@ -45,10 +45,11 @@ CREATE INDEX "reported recipients by address"
 
 -- Records a recognised report (stored as stored_message_id) on the outbox
 -- mail it is about. recognised: {kind, original_message_id, signed_outbox_id,
--- signature_problem, recipients: [{address, final, action, status,
--- diagnostic, remote_mta, hard}]}; signed_outbox_id is the row a signed
--- envelope sender named, verified by the receiver. Returns the recipients
--- it recorded; why none is said in the report's routing_error.
+-- signed_recipient, signature_problem, recipients: [{address, final, action,
+-- status, diagnostic, remote_mta, hard}]}; signed_outbox_id and
+-- signed_recipient are what a signed envelope sender named, verified by the
+-- receiver. Returns the recipients it recorded; why none is said in the
+-- report's routing_error.
 CREATE FUNCTION email_accounts.record_delivery_report(stored_message_id bigint, recognised jsonb)
 RETURNS TABLE (reported_outbox_id bigint, reported_address text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -57,6 +58,8 @@ DECLARE
     stored email_accounts.message;
     sent_mail email_accounts.outbox;
     sending email_accounts.account;
+    reported jsonb := coalesce(recognised->'recipients', '[]');
+    signed_recipient text := lower(recognised->>'signed_recipient');
     named jsonb;
     outcome text;
     matched_address text;
@@ -77,16 +80,21 @@ BEGIN
     -- cannot touch another tenant's outbox. (Through the global default
     -- outgoing account, that is the mail of every tenant it sent for: its
     -- reports come back to its own mailbox, of no tenant.)
-    SELECT outbox.* INTO sent_mail
-      FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
-     WHERE CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
-                THEN outbox.outbox_id = (recognised->>'signed_outbox_id')::bigint
-                ELSE outbox.message_id = recognised->>'original_message_id' END
-       AND through.tenant IS NOT DISTINCT FROM stored.tenant
-     ORDER BY outbox.outbox_id DESC LIMIT 1;
+    IF signed_recipient IS NOT NULL THEN
+        SELECT outbox.* INTO sent_mail
+          FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
+         WHERE outbox.outbox_id = (recognised->>'signed_outbox_id')::bigint
+           AND through.tenant IS NOT DISTINCT FROM stored.tenant;
+    ELSE
+        SELECT outbox.* INTO sent_mail
+          FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
+         WHERE outbox.message_id = recognised->>'original_message_id'
+           AND through.tenant IS NOT DISTINCT FROM stored.tenant
+         ORDER BY outbox.outbox_id DESC LIMIT 1;
+    END IF;
     IF NOT FOUND THEN
         UPDATE email_accounts.message
-           SET routing_error = CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
+           SET routing_error = CASE WHEN signed_recipient IS NOT NULL
                    THEN format('delivery report: outbox row %s of its signed envelope sender is gone', recognised->>'signed_outbox_id')
                    ELSE format('delivery report: no mail of this tenant has the Message-ID %s',
                                coalesce(left(recognised->>'original_message_id', 255), '(none returned)')) END
@@ -94,69 +102,88 @@ BEGIN
         RETURN;
     END IF;
     SELECT * INTO sending FROM email_accounts.account WHERE account_id = sent_mail.account_id;
-    IF sending.signed_envelope_sender AND recognised->>'signed_outbox_id' IS NULL THEN
+    -- Unsigned reports count only for an account that does not sign, and
+    -- never across tenants (a tenant's mail through the global account).
+    IF signed_recipient IS NULL AND (sending.signed_envelope_sender OR sent_mail.tenant IS DISTINCT FROM stored.tenant) THEN
         UPDATE email_accounts.message
-           SET routing_error = format('delivery report: account %s signs its envelope sender (signed_envelope_sender), and this report came back to no signed address',
-                                      quote_literal(sending.name))
+           SET routing_error = CASE WHEN sending.signed_envelope_sender
+                   THEN format('delivery report: account %s signs its envelope sender (signed_envelope_sender), and this report came back to no signed address',
+                               quote_literal(sending.name))
+                   ELSE format('delivery report: mail of tenant %s through account %s is matched only by a signed envelope sender (turn signed_envelope_sender on)',
+                               quote_literal(sent_mail.tenant), quote_literal(sending.name)) END
          WHERE message_id = stored_message_id;
         RETURN;
     END IF;
-    FOR named IN SELECT * FROM jsonb_array_elements(coalesce(recognised->'recipients', '[]'))
-                 UNION ALL
-                 -- A complaint whose recipient is redacted, about mail to one recipient: that one.
-                 SELECT jsonb_build_object('address', only_one.address)
-                   FROM email_accounts.outbox_recipient AS only_one
-                  WHERE complaint AND jsonb_array_length(coalesce(recognised->'recipients', '[]')) = 0
-                    AND only_one.outbox_id = sent_mail.outbox_id
-                    AND (SELECT count(*) FROM email_accounts.outbox_recipient AS every WHERE every.outbox_id = sent_mail.outbox_id) = 1
-    LOOP
+    IF signed_recipient IS NOT NULL THEN
+        -- Only the recipient the signature was made for: the report's entry
+        -- for it, else its only entry (an alias the mail went on to), else
+        -- (a complaint with the recipient redacted) the recipient itself.
+        reported := coalesce(
+            (SELECT jsonb_agg(entry) FROM jsonb_array_elements(reported) AS entry
+              WHERE lower(entry->>'address') = signed_recipient OR lower(entry->>'final') = signed_recipient),
+            CASE WHEN jsonb_array_length(reported) = 1 THEN jsonb_build_array(reported->0 || jsonb_build_object('address', signed_recipient))
+                 WHEN complaint AND jsonb_array_length(reported) = 0 THEN jsonb_build_array(jsonb_build_object('address', signed_recipient))
+                 ELSE '[]' END);
+    ELSIF complaint AND jsonb_array_length(reported) = 0 THEN
+        -- A complaint whose recipient is redacted, about mail to one recipient: that one.
+        reported := coalesce((SELECT jsonb_agg(jsonb_build_object('address', only_one.address))
+                                FROM email_accounts.outbox_recipient AS only_one
+                               WHERE only_one.outbox_id = sent_mail.outbox_id
+                              HAVING count(*) = 1), '[]');
+    END IF;
+    FOR named IN SELECT * FROM jsonb_array_elements(reported) LOOP
         outcome := CASE WHEN complaint THEN 'complained'
                         WHEN named->>'action' = 'delayed' THEN 'delayed'
                         WHEN named->>'action' = 'failed' AND (named->>'hard')::boolean THEN 'bounced'
                         WHEN named->>'action' = 'failed' THEN 'soft_bounce' END;
         CONTINUE WHEN outcome IS NULL;
-        UPDATE email_accounts.outbox_recipient AS recipient
-           SET report = outcome, report_status = left(named->>'status', 16), report_diagnostic = left(named->>'diagnostic', 1000),
-               report_remote_mta = left(named->>'remote_mta', 255), reported_at = now(),
-               report_message_id = stored_message_id,
-               status = CASE outcome WHEN 'bounced' THEN 'bounced' WHEN 'complained' THEN 'complained' ELSE recipient.status END,
-               updated_at = now()
-         WHERE recipient.outbox_id = sent_mail.outbox_id
-           -- Only what the server took: a report never decides for pending or deferred recipients.
-           AND recipient.status IN ('sent', 'bounced', 'complained')
-           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'))
-        RETURNING recipient.address INTO matched_address;
-        CONTINUE WHEN NOT FOUND;
-        recorded := recorded + 1;
-        reported_outbox_id := sent_mail.outbox_id;
-        reported_address := matched_address;
-        RETURN NEXT;
-        -- Not mailed again (for this tenant): complaints, and bounces that
-        -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
-        -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
-        -- about the address.
-        IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
-            INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-            VALUES (sent_mail.tenant, lower(matched_address), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
-                    sent_mail.outbox_id)
-            ON CONFLICT DO NOTHING;
-        -- Soft failures (delays, 4.x.x, a full mailbox) suppress once the
-        -- sending account's soft_bounce_limit of messages in soft_bounce_days had one.
-        ELSIF sending.soft_bounce_limit IS NOT NULL
-              AND (outcome IN ('delayed', 'soft_bounce') OR named->>'status' = '5.2.2') THEN
-            SELECT count(DISTINCT recipient.outbox_id) INTO soft_failures
-              FROM email_accounts.outbox_recipient AS recipient
-              JOIN email_accounts.outbox AS earlier ON earlier.outbox_id = recipient.outbox_id
-             WHERE lower(recipient.address) = lower(matched_address) AND recipient.report IS NOT NULL
-               AND recipient.reported_at > now() - make_interval(days => sending.soft_bounce_days)
-               AND (recipient.report IN ('delayed', 'soft_bounce') OR recipient.report_status = '5.2.2')
-               AND earlier.tenant IS NOT DISTINCT FROM sent_mail.tenant;
-            IF soft_failures >= sending.soft_bounce_limit THEN
+        -- (Two recipients of one row may differ only in case, or be an alias and its target.)
+        FOR matched_address IN
+            UPDATE email_accounts.outbox_recipient AS recipient
+               SET report = outcome, report_status = left(named->>'status', 16), report_diagnostic = left(named->>'diagnostic', 1000),
+                   report_remote_mta = left(named->>'remote_mta', 255), reported_at = now(),
+                   report_message_id = stored_message_id,
+                   status = CASE outcome WHEN 'bounced' THEN 'bounced' WHEN 'complained' THEN 'complained' ELSE recipient.status END,
+                   updated_at = now()
+             WHERE recipient.outbox_id = sent_mail.outbox_id
+               -- Only what the server took: a report never decides for pending or deferred recipients.
+               AND recipient.status IN ('sent', 'bounced', 'complained')
+               AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'))
+               -- A late delay warning never hides a bounce or complaint recorded before.
+               AND NOT (outcome IN ('delayed', 'soft_bounce') AND coalesce(recipient.report, '') IN ('bounced', 'complained'))
+            RETURNING recipient.address
+        LOOP
+            recorded := recorded + 1;
+            reported_outbox_id := sent_mail.outbox_id;
+            reported_address := matched_address;
+            RETURN NEXT;
+            -- Not mailed again (for this tenant): complaints, and bounces that
+            -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
+            -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
+            -- about the address.
+            IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
                 INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-                VALUES (sent_mail.tenant, lower(matched_address), 'soft_bounce', sent_mail.outbox_id)
+                VALUES (sent_mail.tenant, lower(matched_address), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
+                        sent_mail.outbox_id)
                 ON CONFLICT DO NOTHING;
+            -- Soft failures (delays, 4.x.x, a full mailbox) suppress once the
+            -- sending account's soft_bounce_limit of messages in soft_bounce_days had one.
+            ELSIF sending.soft_bounce_limit IS NOT NULL
+                  AND (outcome IN ('delayed', 'soft_bounce') OR named->>'status' = '5.2.2') THEN
+                SELECT count(DISTINCT recipient.outbox_id) INTO soft_failures
+                  FROM email_accounts.outbox_recipient AS recipient
+                  JOIN email_accounts.outbox AS earlier ON earlier.outbox_id = recipient.outbox_id
+                 WHERE lower(recipient.address) = lower(matched_address) AND recipient.report IS NOT NULL
+                   AND recipient.reported_at > now() - make_interval(days => sending.soft_bounce_days)
+                   AND (recipient.report IN ('delayed', 'soft_bounce') OR recipient.report_status = '5.2.2')
+                   AND earlier.tenant IS NOT DISTINCT FROM sent_mail.tenant;
+                IF soft_failures >= sending.soft_bounce_limit THEN
+                    INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
+                    VALUES (sent_mail.tenant, lower(matched_address), 'soft_bounce', sent_mail.outbox_id)
+                    ON CONFLICT DO NOTHING;
+                END IF;
             END IF;
-        END IF;
+        END LOOP;
     END LOOP;
     -- The mail bounced when every recipient did.
     UPDATE email_accounts.outbox SET status = 'bounced'
@@ -176,7 +203,7 @@ COMMENT ON COLUMN email_accounts.suppression.reason IS
 COMMENT ON COLUMN email_accounts.suppression.outbox_id IS 'The message whose unsubscribe link was used, or that bounced or was complained about, if any.';
 
 COMMENT ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) IS
-  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail it is about — the row its verified signed envelope sender names, else the one whose Message-ID it returns — sent through an account of the report''s tenant: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression, soft failures once soft_bounce_limit is reached; the mail is bounced when every recipient is. An account with signed_envelope_sender accepts only signed reports. Returns the recipients it recorded.';
+  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail it is about — the row and recipient its verified signed envelope sender names, else the row whose Message-ID it returns — sent through an account of the report''s tenant: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA (a delay never replaces a bounce or complaint); bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression, soft failures once soft_bounce_limit is reached; the mail is bounced when every recipient is. Only signed reports count for an account with signed_envelope_sender, and for a tenant''s mail through the global default account. Returns the recipients it recorded.';
 
 REVOKE EXECUTE ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) FROM PUBLIC;
 

@@ -51,7 +51,13 @@ ALTER TABLE email_accounts.account
     ADD COLUMN soft_bounce_limit integer CONSTRAINT "soft_bounce_limit must be positive" CHECK (soft_bounce_limit > 0),
     ADD COLUMN soft_bounce_days integer NOT NULL DEFAULT 7
                CONSTRAINT "soft_bounce_days must be between 1 and 365" CHECK (soft_bounce_days BETWEEN 1 AND 365),
-    ADD COLUMN on_bounce_function regprocedure;
+    ADD COLUMN on_bounce_function regprocedure,
+    ADD COLUMN auto_reply_template text,
+    ADD CONSTRAINT "signed_envelope_sender needs an address whose local part has at most 24 characters"
+        CHECK (NOT signed_envelope_sender OR octet_length(split_part(address, '@', 1)) <= 24),
+    DROP CONSTRAINT "auto_reply_message is required when enable_auto_reply is on",
+    ADD CONSTRAINT "auto_reply_message or auto_reply_template is required when enable_auto_reply is on"
+        CHECK (NOT enable_auto_reply OR btrim(coalesce(auto_reply_message, '')) <> '' OR auto_reply_template IS NOT NULL);
 
 COMMENT ON COLUMN email_accounts.account.enable_automatic_linking IS 'Incoming mail to a document address of this account (local+<table>=<id>@domain, see document_address()) is linked to that application row, even when it answers nothing (ERPNext "Enable Automatic Linking"); the row must exist and be readable by owner_role.';
 COMMENT ON COLUMN email_accounts.account.reply_to_document_address IS 'Outgoing mail about an application row (reference_table/reference_id) gets that row''s document address as Reply-To, so answers come back linked; send(reply_to_document => ...) or outbox.reply_to_document decide per message.';
@@ -59,6 +65,8 @@ COMMENT ON COLUMN email_accounts.account.signed_envelope_sender IS 'Mail goes ou
 COMMENT ON COLUMN email_accounts.account.soft_bounce_limit IS 'Suppress an address (reason soft_bounce) once this many messages to it in soft_bounce_days came back delayed, with a 4.x.x failure or a full mailbox (5.2.2); NULL never does.';
 COMMENT ON COLUMN email_accounts.account.soft_bounce_days IS 'The window of soft_bounce_limit, in days.';
 COMMENT ON COLUMN email_accounts.account.on_bounce_function IS 'Function (outbox_id bigint, address text) called as owner_role for each recipient a delivery report or complaint recorded (outbox_recipient.report says what came back), in the transaction that stores the report; an error there is recorded on the report and stops nothing else.';
+COMMENT ON COLUMN email_accounts.account.auto_reply_template IS 'A template (see the template table) the automatic reply is made from instead of auto_reply_message, over the incoming message''s fields: from (Name <address>), subject, reply_subject (Re: …), received_at, account, account_address.';
+COMMENT ON COLUMN email_accounts.account.owner_role IS 'Role that owns the account: its members may call set_password() and test_account() for it, and append_to_table, on_receive_function and on_bounce_function run as it. Never one of the email_accounts group roles; with routing set, neither a superuser nor a role bound to no tenant of the account. Only its members may name it.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
 -- The data changes below are not checked again by the triggers (an
@@ -603,7 +611,10 @@ CREATE FUNCTION email_accounts.send(
     reference_id    text DEFAULT NULL,
     in_reply_to     text DEFAULT NULL,
     tenant          text DEFAULT NULL,
-    reply_to_document boolean DEFAULT NULL
+    reply_to_document boolean DEFAULT NULL,
+    template        text DEFAULT NULL,
+    context         jsonb DEFAULT NULL,
+    language        text DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -614,11 +625,14 @@ DECLARE
 BEGIN
     INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
                                        headers, account, sender, priority, send_after, expires_at, reference_table,
-                                       reference_id, in_reply_to, tenant, reply_to_document)
+                                       reference_id, in_reply_to, tenant, reply_to_document, template, context, language)
     VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
             coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
-            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant, reply_to_document)
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant, reply_to_document,
+            template, context, language)
     RETURNING outbox_id INTO queued;
+    -- After the template's own attachments, if any.
+    SELECT count(*) INTO position FROM email_accounts.outbox_attachment WHERE outbox_attachment.outbox_id = queued;
     -- A bad attachment raises, and the whole call (the row above too) is undone.
     FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
         position := position + 1;
@@ -635,9 +649,8 @@ BEGIN
 END;
 $$;
 
-
-COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text, boolean) IS
-  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s). reply_to_document: with reference_table/reference_id, Reply-To is the row''s document address (NULL: the account''s reply_to_document_address).';
+COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text, boolean, text, jsonb, text) IS
+  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s). reply_to_document: with reference_table/reference_id, Reply-To is the row''s document address (NULL: the account''s reply_to_document_address). template, context, language: render the subject and bodies not given from a template (see the template table) over context, in language.';
 
 -- Mail that comes back (sql/delivery_reports.sql).
 ALTER TABLE email_accounts.message
@@ -680,10 +693,11 @@ CREATE INDEX "reported recipients by address"
 
 -- Records a recognised report (stored as stored_message_id) on the outbox
 -- mail it is about. recognised: {kind, original_message_id, signed_outbox_id,
--- signature_problem, recipients: [{address, final, action, status,
--- diagnostic, remote_mta, hard}]}; signed_outbox_id is the row a signed
--- envelope sender named, verified by the receiver. Returns the recipients
--- it recorded; why none is said in the report's routing_error.
+-- signed_recipient, signature_problem, recipients: [{address, final, action,
+-- status, diagnostic, remote_mta, hard}]}; signed_outbox_id and
+-- signed_recipient are what a signed envelope sender named, verified by the
+-- receiver. Returns the recipients it recorded; why none is said in the
+-- report's routing_error.
 CREATE FUNCTION email_accounts.record_delivery_report(stored_message_id bigint, recognised jsonb)
 RETURNS TABLE (reported_outbox_id bigint, reported_address text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -692,6 +706,8 @@ DECLARE
     stored email_accounts.message;
     sent_mail email_accounts.outbox;
     sending email_accounts.account;
+    reported jsonb := coalesce(recognised->'recipients', '[]');
+    signed_recipient text := lower(recognised->>'signed_recipient');
     named jsonb;
     outcome text;
     matched_address text;
@@ -712,16 +728,21 @@ BEGIN
     -- cannot touch another tenant's outbox. (Through the global default
     -- outgoing account, that is the mail of every tenant it sent for: its
     -- reports come back to its own mailbox, of no tenant.)
-    SELECT outbox.* INTO sent_mail
-      FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
-     WHERE CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
-                THEN outbox.outbox_id = (recognised->>'signed_outbox_id')::bigint
-                ELSE outbox.message_id = recognised->>'original_message_id' END
-       AND through.tenant IS NOT DISTINCT FROM stored.tenant
-     ORDER BY outbox.outbox_id DESC LIMIT 1;
+    IF signed_recipient IS NOT NULL THEN
+        SELECT outbox.* INTO sent_mail
+          FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
+         WHERE outbox.outbox_id = (recognised->>'signed_outbox_id')::bigint
+           AND through.tenant IS NOT DISTINCT FROM stored.tenant;
+    ELSE
+        SELECT outbox.* INTO sent_mail
+          FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
+         WHERE outbox.message_id = recognised->>'original_message_id'
+           AND through.tenant IS NOT DISTINCT FROM stored.tenant
+         ORDER BY outbox.outbox_id DESC LIMIT 1;
+    END IF;
     IF NOT FOUND THEN
         UPDATE email_accounts.message
-           SET routing_error = CASE WHEN recognised->>'signed_outbox_id' IS NOT NULL
+           SET routing_error = CASE WHEN signed_recipient IS NOT NULL
                    THEN format('delivery report: outbox row %s of its signed envelope sender is gone', recognised->>'signed_outbox_id')
                    ELSE format('delivery report: no mail of this tenant has the Message-ID %s',
                                coalesce(left(recognised->>'original_message_id', 255), '(none returned)')) END
@@ -729,69 +750,88 @@ BEGIN
         RETURN;
     END IF;
     SELECT * INTO sending FROM email_accounts.account WHERE account_id = sent_mail.account_id;
-    IF sending.signed_envelope_sender AND recognised->>'signed_outbox_id' IS NULL THEN
+    -- Unsigned reports count only for an account that does not sign, and
+    -- never across tenants (a tenant's mail through the global account).
+    IF signed_recipient IS NULL AND (sending.signed_envelope_sender OR sent_mail.tenant IS DISTINCT FROM stored.tenant) THEN
         UPDATE email_accounts.message
-           SET routing_error = format('delivery report: account %s signs its envelope sender (signed_envelope_sender), and this report came back to no signed address',
-                                      quote_literal(sending.name))
+           SET routing_error = CASE WHEN sending.signed_envelope_sender
+                   THEN format('delivery report: account %s signs its envelope sender (signed_envelope_sender), and this report came back to no signed address',
+                               quote_literal(sending.name))
+                   ELSE format('delivery report: mail of tenant %s through account %s is matched only by a signed envelope sender (turn signed_envelope_sender on)',
+                               quote_literal(sent_mail.tenant), quote_literal(sending.name)) END
          WHERE message_id = stored_message_id;
         RETURN;
     END IF;
-    FOR named IN SELECT * FROM jsonb_array_elements(coalesce(recognised->'recipients', '[]'))
-                 UNION ALL
-                 -- A complaint whose recipient is redacted, about mail to one recipient: that one.
-                 SELECT jsonb_build_object('address', only_one.address)
-                   FROM email_accounts.outbox_recipient AS only_one
-                  WHERE complaint AND jsonb_array_length(coalesce(recognised->'recipients', '[]')) = 0
-                    AND only_one.outbox_id = sent_mail.outbox_id
-                    AND (SELECT count(*) FROM email_accounts.outbox_recipient AS every WHERE every.outbox_id = sent_mail.outbox_id) = 1
-    LOOP
+    IF signed_recipient IS NOT NULL THEN
+        -- Only the recipient the signature was made for: the report's entry
+        -- for it, else its only entry (an alias the mail went on to), else
+        -- (a complaint with the recipient redacted) the recipient itself.
+        reported := coalesce(
+            (SELECT jsonb_agg(entry) FROM jsonb_array_elements(reported) AS entry
+              WHERE lower(entry->>'address') = signed_recipient OR lower(entry->>'final') = signed_recipient),
+            CASE WHEN jsonb_array_length(reported) = 1 THEN jsonb_build_array(reported->0 || jsonb_build_object('address', signed_recipient))
+                 WHEN complaint AND jsonb_array_length(reported) = 0 THEN jsonb_build_array(jsonb_build_object('address', signed_recipient))
+                 ELSE '[]' END);
+    ELSIF complaint AND jsonb_array_length(reported) = 0 THEN
+        -- A complaint whose recipient is redacted, about mail to one recipient: that one.
+        reported := coalesce((SELECT jsonb_agg(jsonb_build_object('address', only_one.address))
+                                FROM email_accounts.outbox_recipient AS only_one
+                               WHERE only_one.outbox_id = sent_mail.outbox_id
+                              HAVING count(*) = 1), '[]');
+    END IF;
+    FOR named IN SELECT * FROM jsonb_array_elements(reported) LOOP
         outcome := CASE WHEN complaint THEN 'complained'
                         WHEN named->>'action' = 'delayed' THEN 'delayed'
                         WHEN named->>'action' = 'failed' AND (named->>'hard')::boolean THEN 'bounced'
                         WHEN named->>'action' = 'failed' THEN 'soft_bounce' END;
         CONTINUE WHEN outcome IS NULL;
-        UPDATE email_accounts.outbox_recipient AS recipient
-           SET report = outcome, report_status = left(named->>'status', 16), report_diagnostic = left(named->>'diagnostic', 1000),
-               report_remote_mta = left(named->>'remote_mta', 255), reported_at = now(),
-               report_message_id = stored_message_id,
-               status = CASE outcome WHEN 'bounced' THEN 'bounced' WHEN 'complained' THEN 'complained' ELSE recipient.status END,
-               updated_at = now()
-         WHERE recipient.outbox_id = sent_mail.outbox_id
-           -- Only what the server took: a report never decides for pending or deferred recipients.
-           AND recipient.status IN ('sent', 'bounced', 'complained')
-           AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'))
-        RETURNING recipient.address INTO matched_address;
-        CONTINUE WHEN NOT FOUND;
-        recorded := recorded + 1;
-        reported_outbox_id := sent_mail.outbox_id;
-        reported_address := matched_address;
-        RETURN NEXT;
-        -- Not mailed again (for this tenant): complaints, and bounces that
-        -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
-        -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
-        -- about the address.
-        IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
-            INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-            VALUES (sent_mail.tenant, lower(matched_address), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
-                    sent_mail.outbox_id)
-            ON CONFLICT DO NOTHING;
-        -- Soft failures (delays, 4.x.x, a full mailbox) suppress once the
-        -- sending account's soft_bounce_limit of messages in soft_bounce_days had one.
-        ELSIF sending.soft_bounce_limit IS NOT NULL
-              AND (outcome IN ('delayed', 'soft_bounce') OR named->>'status' = '5.2.2') THEN
-            SELECT count(DISTINCT recipient.outbox_id) INTO soft_failures
-              FROM email_accounts.outbox_recipient AS recipient
-              JOIN email_accounts.outbox AS earlier ON earlier.outbox_id = recipient.outbox_id
-             WHERE lower(recipient.address) = lower(matched_address) AND recipient.report IS NOT NULL
-               AND recipient.reported_at > now() - make_interval(days => sending.soft_bounce_days)
-               AND (recipient.report IN ('delayed', 'soft_bounce') OR recipient.report_status = '5.2.2')
-               AND earlier.tenant IS NOT DISTINCT FROM sent_mail.tenant;
-            IF soft_failures >= sending.soft_bounce_limit THEN
+        -- (Two recipients of one row may differ only in case, or be an alias and its target.)
+        FOR matched_address IN
+            UPDATE email_accounts.outbox_recipient AS recipient
+               SET report = outcome, report_status = left(named->>'status', 16), report_diagnostic = left(named->>'diagnostic', 1000),
+                   report_remote_mta = left(named->>'remote_mta', 255), reported_at = now(),
+                   report_message_id = stored_message_id,
+                   status = CASE outcome WHEN 'bounced' THEN 'bounced' WHEN 'complained' THEN 'complained' ELSE recipient.status END,
+                   updated_at = now()
+             WHERE recipient.outbox_id = sent_mail.outbox_id
+               -- Only what the server took: a report never decides for pending or deferred recipients.
+               AND recipient.status IN ('sent', 'bounced', 'complained')
+               AND lower(recipient.address) IN (lower(named->>'address'), lower(named->>'final'))
+               -- A late delay warning never hides a bounce or complaint recorded before.
+               AND NOT (outcome IN ('delayed', 'soft_bounce') AND coalesce(recipient.report, '') IN ('bounced', 'complained'))
+            RETURNING recipient.address
+        LOOP
+            recorded := recorded + 1;
+            reported_outbox_id := sent_mail.outbox_id;
+            reported_address := matched_address;
+            RETURN NEXT;
+            -- Not mailed again (for this tenant): complaints, and bounces that
+            -- say the mailbox is gone (5.1.x, 5.2.1) — not policy, content or
+            -- size refusals (5.7.x DMARC, 5.3.4, 5.2.2 full), which say nothing
+            -- about the address.
+            IF outcome = 'complained' OR (outcome = 'bounced' AND named->>'status' ~ '^5\.(1\.[0-9]{1,3}|2\.1)$') THEN
                 INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
-                VALUES (sent_mail.tenant, lower(matched_address), 'soft_bounce', sent_mail.outbox_id)
+                VALUES (sent_mail.tenant, lower(matched_address), CASE outcome WHEN 'bounced' THEN 'bounce' ELSE 'complaint' END,
+                        sent_mail.outbox_id)
                 ON CONFLICT DO NOTHING;
+            -- Soft failures (delays, 4.x.x, a full mailbox) suppress once the
+            -- sending account's soft_bounce_limit of messages in soft_bounce_days had one.
+            ELSIF sending.soft_bounce_limit IS NOT NULL
+                  AND (outcome IN ('delayed', 'soft_bounce') OR named->>'status' = '5.2.2') THEN
+                SELECT count(DISTINCT recipient.outbox_id) INTO soft_failures
+                  FROM email_accounts.outbox_recipient AS recipient
+                  JOIN email_accounts.outbox AS earlier ON earlier.outbox_id = recipient.outbox_id
+                 WHERE lower(recipient.address) = lower(matched_address) AND recipient.report IS NOT NULL
+                   AND recipient.reported_at > now() - make_interval(days => sending.soft_bounce_days)
+                   AND (recipient.report IN ('delayed', 'soft_bounce') OR recipient.report_status = '5.2.2')
+                   AND earlier.tenant IS NOT DISTINCT FROM sent_mail.tenant;
+                IF soft_failures >= sending.soft_bounce_limit THEN
+                    INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
+                    VALUES (sent_mail.tenant, lower(matched_address), 'soft_bounce', sent_mail.outbox_id)
+                    ON CONFLICT DO NOTHING;
+                END IF;
             END IF;
-        END IF;
+        END LOOP;
     END LOOP;
     -- The mail bounced when every recipient did.
     UPDATE email_accounts.outbox SET status = 'bounced'
@@ -811,7 +851,7 @@ COMMENT ON COLUMN email_accounts.suppression.reason IS
 COMMENT ON COLUMN email_accounts.suppression.outbox_id IS 'The message whose unsubscribe link was used, or that bounced or was complained about, if any.';
 
 COMMENT ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) IS
-  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail it is about — the row its verified signed envelope sender names, else the one whose Message-ID it returns — sent through an account of the report''s tenant: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA; bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression, soft failures once soft_bounce_limit is reached; the mail is bounced when every recipient is. An account with signed_envelope_sender accepts only signed reports. Returns the recipients it recorded.';
+  'Used by the receiver: records a recognised delivery report or complaint (the stored message stored_message_id) on the outbox mail it is about — the row and recipient its verified signed envelope sender names, else the row whose Message-ID it returns — sent through an account of the report''s tenant: per recipient bounced / soft_bounce / delayed / complained with status code, diagnostic and remote MTA (a delay never replaces a bounce or complaint); bounces saying the mailbox is gone (5.1.x, 5.2.1) and complaints are added to suppression, soft failures once soft_bounce_limit is reached; the mail is bounced when every recipient is. Only signed reports count for an account with signed_envelope_sender, and for a tenant''s mail through the global default account. Returns the recipients it recorded.';
 
 REVOKE EXECUTE ON FUNCTION email_accounts.record_delivery_report(bigint, jsonb) FROM PUBLIC;
 
@@ -916,6 +956,13 @@ BEGIN
                 format('owner_role %I may not execute %s', checked.owner_role, checked.on_receive_function));
         END IF;
     END IF;
+    IF checked.auto_reply_template IS NOT NULL AND NOT EXISTS (
+        SELECT FROM email_accounts.template
+         WHERE template.name = checked.auto_reply_template AND (template.tenant IS NULL OR template.tenant = checked.tenant))
+    THEN
+        PERFORM email_accounts.raise_setting_error(checked.name, 'auto_reply_template',
+            format('there is no template %s for the account''s tenant', quote_literal(checked.auto_reply_template)));
+    END IF;
     IF checked.on_bounce_function IS NOT NULL THEN
         SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_bounce_function;
         IF handler.pronargs <> 2 OR handler.proargtypes[0] <> 'bigint'::regtype OR handler.proargtypes[1] <> 'text'::regtype THEN
@@ -978,6 +1025,403 @@ BEGIN
 END;
 $$;
 
+
+-- Email templates (sql/templates.sql).
+-- What the tenant of mail being queued is, before its account is chosen:
+-- the row's, else the caller's only tenant.
+CREATE FUNCTION email_accounts.queuing_tenant(given text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound_tenants text[];
+BEGIN
+    IF given IS NOT NULL THEN
+        RETURN given;
+    END IF;
+    bound_tenants := email_accounts.current_tenants();
+    IF cardinality(bound_tenants) = 1 AND bound_tenants[1] <> '*' THEN
+        RETURN bound_tenants[1];
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.queuing_tenant(text) IS
+  'The tenant of mail being queued: the one given, else the caller''s only tenant, else NULL.';
+
+CREATE OR REPLACE FUNCTION email_accounts.outbox_before_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    header record;
+    problem text;
+    account_tenant text;
+    account_domain text;
+BEGIN
+    PERFORM email_accounts.check_mailboxes('to_addresses', NEW.to_addresses);
+    PERFORM email_accounts.check_mailboxes('cc_addresses', NEW.cc_addresses);
+    PERFORM email_accounts.check_mailboxes('bcc_addresses', NEW.bcc_addresses);
+    PERFORM email_accounts.check_mailboxes('reply_to', NEW.reply_to);
+    IF cardinality(NEW.to_addresses) + cardinality(NEW.cc_addresses) + cardinality(NEW.bcc_addresses) = 0 THEN
+        PERFORM email_accounts.raise_outbox_error('to_addresses', 'the message has no recipients (to, cc and bcc are all empty)');
+    END IF;
+    FOR header IN SELECT key, value FROM jsonb_each(NEW.headers) LOOP
+        IF jsonb_typeof(header.value) <> 'string' THEN
+            PERFORM email_accounts.raise_outbox_error('headers', format('the value of header %s must be a JSON string', quote_literal(header.key)));
+        END IF;
+        problem := email_accounts.header_problem(header.key, header.value #>> '{}');
+        IF problem IS NOT NULL THEN
+            PERFORM email_accounts.raise_outbox_error('headers', problem);
+        END IF;
+    END LOOP;
+
+    -- A role bound to exactly one tenant queues mail of that tenant.
+    NEW.tenant := email_accounts.queuing_tenant(NEW.tenant);
+    -- Mail made from a template (sql/templates.sql) is rendered now, in the
+    -- caller's transaction: an error reaches the application at once.
+    IF NEW.template IS NOT NULL THEN
+        NEW := email_accounts.apply_template(NEW);
+    END IF;
+    -- account_id is always chosen here, never taken from the row: the choice
+    -- is of the row's tenant (or the global default), so an inserted row
+    -- cannot point across tenants (updates are checked by outbox_before_update).
+    NEW.account_id := email_accounts.choose_outgoing_account(NEW.account, NEW.sender, NEW.tenant);
+    IF NEW.account_id IS NOT NULL THEN
+        SELECT name, tenant, split_part(address, '@', 2) INTO NEW.account, account_tenant, account_domain
+          FROM email_accounts.account WHERE account_id = NEW.account_id;
+        IF NOT FOUND THEN
+            -- The global default, which roles bound to a tenant cannot see; the
+            -- row stays the tenant's (see system_sends_as_itself).
+            SELECT fallback.name, fallback.address_domain INTO NEW.account, account_domain
+              FROM email_accounts.global_default_outgoing() AS fallback;
+        END IF;
+        NEW.tenant := coalesce(NEW.tenant, account_tenant);
+    END IF;
+
+    NEW.attempts := 0;
+    NEW.lease_until := NULL;
+    NEW.claim_token := NULL;
+    NEW.sent_at := NULL;
+    NEW.next_attempt_at := greatest(NEW.send_after, now());
+    IF NEW.account_id IS NULL THEN
+        NEW.status := 'error';
+        NEW.last_error := 'no account to send through: name one in account, or set default_outgoing on an account of the tenant or on one without tenant; then call email_accounts.retry()';
+    ELSE
+        NEW.status := 'queued';
+        NEW.last_error := NULL;
+    END IF;
+    IF NEW.in_reply_to IS NOT NULL AND cardinality(NEW."references") = 0 THEN
+        NEW."references" := ARRAY[NEW.in_reply_to];
+    END IF;
+    IF NEW.message_id IS NULL THEN
+        NEW.message_id := format('<%s@%s>', replace(gen_random_uuid()::text, '-', ''),
+            coalesce(account_domain,
+                     split_part(email_accounts.mailbox_address(NEW.sender), '@', 2),
+                     'email-accounts.invalid'));
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE  FUNCTION "template_problem"(
+	"subject" TEXT, /* Option < & str > */
+	"body_text" TEXT, /* Option < & str > */
+	"body_html" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'template_problem_wrapper';
+CREATE  FUNCTION "included_template_names"(
+	"subject" TEXT, /* Option < & str > */
+	"body_text" TEXT, /* Option < & str > */
+	"body_html" TEXT /* Option < & str > */
+) RETURNS TEXT[] /* Vec < String > */
+IMMUTABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'included_template_names_wrapper';
+CREATE  FUNCTION "render_chosen_template"(
+	"template_id" bigint, /* i64 */
+	"context" jsonb, /* JsonB */
+	"language" TEXT, /* Option < & str > */
+	"tenant" TEXT, /* Option < & str > */
+	"template_name" TEXT /* & str */
+) RETURNS TABLE (
+	"subject" TEXT,  /* Option < String > */
+	"body_text" TEXT,  /* Option < String > */
+	"body_html" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'render_chosen_template_wrapper';
+COMMENT ON FUNCTION email_accounts.template_problem(text, text, text) IS
+  'Why a template''s subject, body_text and body_html do not compile (the part, line and error), or NULL; used when a template is saved.';
+COMMENT ON FUNCTION email_accounts.included_template_names(text, text, text) IS
+  'The templates a template''s parts name in {% include %}, {% import %}, {% from %} or {% extends %} with a literal name.';
+COMMENT ON FUNCTION email_accounts.render_chosen_template(bigint, jsonb, text, text, text) IS
+  'Renders the template row template_id over context in language, its includes chosen for tenant; raises 22023 naming template_name, the language, the part, line and missing variable. Compiled templates are kept per session until the row or an included one changes. Used by apply_template() and render_template().';
+
+-- Email templates (issue 17): subject, text and HTML body in Jinja syntax,
+-- one row per tenant, name and language, rendered when mail is queued (in
+-- the caller's transaction) by send(template => …) or an INSERT INTO outbox
+-- naming template, context and language. Rendering: src/api/templates.rs
+-- and mail/src/template/.
+
+CREATE TABLE email_accounts.template (
+    template_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant       text,
+    name         text NOT NULL
+                 CONSTRAINT "template name must not be empty or contain | or control characters"
+                 CHECK (name ~ '^[^|[:cntrl:]]+$' AND btrim(name) = name),
+    language     text CONSTRAINT "language must be a BCP 47 tag such as pt-BR"
+                 CHECK (language ~ '^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$'),
+    subject      text CONSTRAINT "subject must be one line" CHECK (subject !~ '[\r\n]'),
+    body_text    text,
+    body_html    text,
+    attachments  email_accounts.attachment[] NOT NULL DEFAULT '{}',
+    account      text,
+    description  text,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT "a template needs a subject, body_text or body_html"
+        CHECK (subject IS NOT NULL OR body_text IS NOT NULL OR body_html IS NOT NULL)
+);
+
+CREATE UNIQUE INDEX "one template per tenant, name and language"
+    ON email_accounts.template (tenant, name, lower(language)) NULLS NOT DISTINCT;
+CREATE INDEX template_by_name ON email_accounts.template (name);
+
+COMMENT ON TABLE email_accounts.template IS
+  'Mail templates in Jinja syntax (minijinja): rendered over a JSON context when mail naming them is queued. One row per tenant, name and language; a tenant''s own template comes before the shared one (tenant NULL), and pt-BR falls back to pt, then to the row without language. email_accounts_admin manages the templates of its tenants, senders read them.';
+COMMENT ON COLUMN email_accounts.template.template_id IS 'Surrogate key.';
+COMMENT ON COLUMN email_accounts.template.tenant IS 'The tenant whose mail uses it; NULL: shared by every tenant (changed only by roles bound to every tenant).';
+COMMENT ON COLUMN email_accounts.template.name IS 'What send(template => …) and {% include ''…'' %} name it by.';
+COMMENT ON COLUMN email_accounts.template.language IS 'BCP 47 language tag (pt-BR, de); NULL: the default, used when no row of the wanted language or its base language exists. Dates and numbers are formatted for the language the mail asks for.';
+COMMENT ON COLUMN email_accounts.template.subject IS 'The subject (one line after rendering).';
+COMMENT ON COLUMN email_accounts.template.body_text IS 'The plain-text body; not escaped.';
+COMMENT ON COLUMN email_accounts.template.body_html IS 'The HTML body; every {{ value }} is HTML-escaped (|safe to opt out).';
+COMMENT ON COLUMN email_accounts.template.attachments IS 'Files attached to every mail made from it, before the mail''s own.';
+COMMENT ON COLUMN email_accounts.template.account IS 'The account mail from it is sent through when the mail names none.';
+COMMENT ON COLUMN email_accounts.template.description IS 'What the template is for.';
+COMMENT ON COLUMN email_accounts.template.updated_at IS 'When the row last changed.';
+
+-- Saving checks the syntax of every part and that the templates it includes
+-- exist (for its tenant, or shared), raising 22023 with the part and line.
+CREATE FUNCTION email_accounts.template_before_write() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text;
+    included text;
+BEGIN
+    problem := email_accounts.template_problem(NEW.subject, NEW.body_text, NEW.body_html);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'template %: %', quote_literal(NEW.name), problem
+            USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template',
+                  COLUMN = substring(problem from '^(subject|body_text|body_html)');
+    END IF;
+    FOREACH included IN ARRAY email_accounts.included_template_names(NEW.subject, NEW.body_text, NEW.body_html) LOOP
+        IF NOT EXISTS (SELECT FROM email_accounts.template
+                        WHERE template.name = included AND (template.tenant IS NULL OR template.tenant = NEW.tenant))
+           AND included <> NEW.name THEN
+            RAISE EXCEPTION 'template %: it includes template %, which does not exist for its tenant', quote_literal(NEW.name), quote_literal(included)
+                USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template',
+                      HINT = 'Create the included template first (a shared template may include only shared ones).';
+        END IF;
+    END LOOP;
+    NEW.updated_at := now();
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.template_before_write() IS
+  'Trigger: refuses a template whose parts do not compile or that includes a template its tenant does not have (22023, naming the part and line), and sets updated_at.';
+
+CREATE TRIGGER check_template BEFORE INSERT OR UPDATE ON email_accounts.template
+    FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.template_before_write();
+
+-- The row a name stands for: the tenant's own before the shared one; the
+-- wanted language, then its base languages (pt-BR, pt), then the row
+-- without language. Runs as the caller: row-level security applies.
+CREATE FUNCTION email_accounts.choose_template(wanted_tenant text, wanted_name text, wanted_language text)
+RETURNS email_accounts.template
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT template.*
+      FROM email_accounts.template
+     WHERE template.name = wanted_name
+       AND (template.tenant = wanted_tenant OR template.tenant IS NULL)
+       AND (template.language IS NULL
+            OR lower(wanted_language) = lower(template.language)
+            OR lower(wanted_language) LIKE lower(template.language) || '-%')
+     ORDER BY template.tenant IS NULL, template.language IS NULL, length(template.language) DESC
+     LIMIT 1;
+END;
+
+COMMENT ON FUNCTION email_accounts.choose_template(text, text, text) IS
+  'The template row wanted_name stands for, for wanted_tenant in wanted_language: the tenant''s own before the shared one, the language, then its base languages (pt-BR → pt), then the default (language NULL). All NULL when there is none. Runs as the caller.';
+
+-- Fills a new outbox row from its template (called by outbox_before_insert):
+-- subject, body_text and body_html the row leaves empty, the account it
+-- names none of, and template_language.
+CREATE FUNCTION email_accounts.apply_template(queued email_accounts.outbox) RETURNS email_accounts.outbox
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chosen email_accounts.template;
+    rendered record;
+BEGIN
+    chosen := email_accounts.choose_template(queued.tenant, queued.template, queued.language);
+    IF chosen.template_id IS NULL THEN
+        RAISE EXCEPTION 'template: there is no template % for tenant %', quote_literal(queued.template), coalesce(quote_literal(queued.tenant), '(none)')
+            USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'outbox', COLUMN = 'template';
+    END IF;
+    SELECT * INTO rendered
+      FROM email_accounts.render_chosen_template(chosen.template_id, coalesce(queued.context, '{}'), queued.language,
+                                                 queued.tenant, queued.template);
+    IF coalesce(queued.subject, '') = '' THEN
+        queued.subject := coalesce(rendered.subject, '');
+    END IF;
+    queued.body_text := coalesce(queued.body_text, rendered.body_text);
+    queued.body_html := coalesce(queued.body_html, rendered.body_html);
+    queued.account := coalesce(queued.account, chosen.account);
+    queued.template_language := chosen.language;
+    RETURN queued;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.apply_template(email_accounts.outbox) IS
+  'Renders the template a new outbox row names (choose_template(), then render_chosen_template()) into the parts the row leaves empty; raises 22023 naming the template, language, part, line and missing variable.';
+
+-- Template attachments go first, positions 1…n (send() puts the mail's own after them).
+CREATE FUNCTION email_accounts.attach_template_files() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chosen email_accounts.template;
+BEGIN
+    chosen := email_accounts.choose_template(NEW.tenant, NEW.template, NEW.language);
+    INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content_type, content, content_id)
+    SELECT NEW.outbox_id, file.position, file.filename, coalesce(file.content_type, 'application/octet-stream'), file.content,
+           file.content_id
+      FROM unnest(chosen.attachments) WITH ORDINALITY AS file (filename, content_type, content, content_id, position);
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.attach_template_files() IS
+  'Trigger: copies the attachments of a new outbox row''s template (positions 1…n), so a retry sends the same bytes.';
+
+-- Previewing in psql.
+CREATE FUNCTION email_accounts.render_template(name text, context jsonb DEFAULT '{}', language text DEFAULT NULL,
+                                               tenant text DEFAULT NULL)
+RETURNS TABLE (subject text, body_text text, body_html text, template_language text, template_tenant text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chosen email_accounts.template;
+    wanted_tenant text := email_accounts.queuing_tenant(render_template.tenant);
+BEGIN
+    chosen := email_accounts.choose_template(wanted_tenant, render_template.name, render_template.language);
+    IF chosen.template_id IS NULL THEN
+        RAISE EXCEPTION 'there is no template % for tenant %', quote_literal(render_template.name), coalesce(quote_literal(wanted_tenant), '(none)')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    SELECT rendered.subject, rendered.body_text, rendered.body_html, chosen.language, chosen.tenant
+      FROM email_accounts.render_chosen_template(chosen.template_id, coalesce(render_template.context, '{}'),
+                                                 render_template.language, wanted_tenant, render_template.name) AS rendered;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.render_template(text, jsonb, text, text) IS
+  'Renders a template as mail queued now would be (for previewing): subject, body_text, body_html, and which row was used (its language and tenant). tenant: for roles that see several (default: the caller''s only tenant). Runs as the caller.';
+
+ALTER TABLE email_accounts.outbox
+    ADD COLUMN template text,
+    ADD COLUMN context jsonb,
+    ADD COLUMN language text CONSTRAINT "outbox language must be a BCP 47 tag such as pt-BR"
+                             CHECK (language ~ '^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$'),
+    ADD COLUMN template_language text;
+
+COMMENT ON COLUMN email_accounts.outbox.template IS 'The template the mail was made from (set on insert: subject and bodies the row leaves empty are rendered from it, and kept, so a retry sends the same text).';
+COMMENT ON COLUMN email_accounts.outbox.context IS 'The JSON object the template was rendered over.';
+COMMENT ON COLUMN email_accounts.outbox.language IS 'The language the mail was asked for in (BCP 47): picks the template row and formats dates and numbers.';
+COMMENT ON COLUMN email_accounts.outbox.template_language IS 'The language of the template row used (NULL: its default row).';
+
+CREATE TRIGGER attach_template_files AFTER INSERT ON email_accounts.outbox
+    FOR EACH ROW WHEN (NEW.template IS NOT NULL AND NOT email_accounts.restoring())
+    EXECUTE FUNCTION email_accounts.attach_template_files();
+
+ALTER TABLE email_accounts.template ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON email_accounts.template FOR SELECT
+    USING (tenant IS NULL OR email_accounts.tenant_is_visible(tenant));
+CREATE POLICY tenant_rows ON email_accounts.template
+    USING (email_accounts.tenant_is_visible(tenant))
+    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+GRANT SELECT ON email_accounts.template TO email_accounts_sender, email_accounts_admin;
+GRANT INSERT, UPDATE, DELETE ON email_accounts.template TO email_accounts_admin;
+REVOKE EXECUTE ON FUNCTION email_accounts.render_chosen_template(bigint, jsonb, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION email_accounts.render_chosen_template(bigint, jsonb, text, text, text)
+    TO email_accounts_sender, email_accounts_admin;
+REVOKE EXECUTE ON FUNCTION email_accounts.render_template(text, jsonb, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION email_accounts.render_template(text, jsonb, text, text) TO email_accounts_sender, email_accounts_admin;
+
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.template', '');
+SELECT pg_catalog.pg_extension_config_dump('email_accounts.template_template_id_seq', '');
+
+-- The automatic reply may be made from a template (sql/inbox_routing.sql).
+CREATE OR REPLACE FUNCTION email_accounts.auto_reply(answered_message_id bigint, recipient text, reply_subject text, refusal text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    incoming email_accounts.message;
+    settings email_accounts.account;
+    queued bigint;
+BEGIN
+    SELECT * INTO incoming FROM email_accounts.message WHERE message_id = answered_message_id;
+    SELECT * INTO settings FROM email_accounts.account WHERE account_id = incoming.account_id;
+    IF NOT settings.enable_auto_reply THEN
+        RETURN NULL;
+    END IF;
+    IF refusal IS NULL AND EXISTS (
+        SELECT FROM email_accounts.outbox
+         WHERE outbox.account_id = settings.account_id
+           AND outbox.headers ->> 'Auto-Submitted' = 'auto-replied'
+           AND lower(recipient) = ANY (outbox.to_addresses)
+           AND outbox.created_at > now() - settings.auto_reply_interval)
+    THEN
+        refusal := format('%s already got an automatic reply within %s', recipient, settings.auto_reply_interval);
+    END IF;
+    IF refusal IS NOT NULL THEN
+        UPDATE email_accounts.message SET no_auto_reply_reason = refusal WHERE message_id = answered_message_id;
+        RETURN NULL;
+    END IF;
+    queued := email_accounts.send(
+        "to" => ARRAY[lower(recipient)],
+        -- From a template, its own subject (reply_subject is in the context).
+        subject => CASE WHEN settings.auto_reply_template IS NULL
+                          OR (email_accounts.choose_template(incoming.tenant, settings.auto_reply_template, NULL)).subject IS NULL
+                        THEN reply_subject END,
+        body_text => CASE WHEN settings.auto_reply_template IS NULL THEN settings.auto_reply_message END,
+        template => settings.auto_reply_template,
+        context => CASE WHEN settings.auto_reply_template IS NOT NULL THEN
+                       jsonb_build_object('from', incoming.from_address,
+                                          'subject', incoming.subject, 'reply_subject', reply_subject,
+                                          'received_at', incoming.received_at, 'account', settings.name,
+                                          'account_address', settings.address) END,
+        account => settings.name,
+        headers => jsonb_build_object('Auto-Submitted', 'auto-replied', 'X-Auto-Response-Suppress', 'All'),
+        in_reply_to => CASE WHEN incoming.internet_message_id ~ '^<[^<>\s]+>$' THEN incoming.internet_message_id END,
+        reference_table => incoming.reference_table,
+        reference_id => incoming.reference_id,
+        tenant => incoming.tenant);
+    UPDATE email_accounts.message SET auto_reply_outbox_id = queued WHERE message_id = answered_message_id;
+    RETURN queued;
+END;
+$$;
 
 -- The workers of the new library wait for this update; wake them now.
 SELECT email_accounts.wake_workers_at_commit();

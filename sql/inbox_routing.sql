@@ -163,8 +163,17 @@ BEGIN
     END IF;
     queued := email_accounts.send(
         "to" => ARRAY[lower(recipient)],
-        subject => reply_subject,
-        body_text => settings.auto_reply_message,
+        -- From a template, its own subject (reply_subject is in the context).
+        subject => CASE WHEN settings.auto_reply_template IS NULL
+                          OR (email_accounts.choose_template(incoming.tenant, settings.auto_reply_template, NULL)).subject IS NULL
+                        THEN reply_subject END,
+        body_text => CASE WHEN settings.auto_reply_template IS NULL THEN settings.auto_reply_message END,
+        template => settings.auto_reply_template,
+        context => CASE WHEN settings.auto_reply_template IS NOT NULL THEN
+                       jsonb_build_object('from', incoming.from_address,
+                                          'subject', incoming.subject, 'reply_subject', reply_subject,
+                                          'received_at', incoming.received_at, 'account', settings.name,
+                                          'account_address', settings.address) END,
         account => settings.name,
         headers => jsonb_build_object('Auto-Submitted', 'auto-replied', 'X-Auto-Response-Suppress', 'All'),
         in_reply_to => CASE WHEN incoming.internet_message_id ~ '^<[^<>\s]+>$' THEN incoming.internet_message_id END,

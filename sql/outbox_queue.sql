@@ -123,13 +123,34 @@ $$;
 COMMENT ON FUNCTION email_accounts.check_outbox_account(text, bigint) IS
   'Raises check_violation (naming account_id) unless the account is of the outbox row''s tenant or is the global default outgoing account.';
 
+-- What the tenant of mail being queued is, before its account is chosen:
+-- the row's, else the caller's only tenant.
+CREATE FUNCTION email_accounts.queuing_tenant(given text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound_tenants text[];
+BEGIN
+    IF given IS NOT NULL THEN
+        RETURN given;
+    END IF;
+    bound_tenants := email_accounts.current_tenants();
+    IF cardinality(bound_tenants) = 1 AND bound_tenants[1] <> '*' THEN
+        RETURN bound_tenants[1];
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.queuing_tenant(text) IS
+  'The tenant of mail being queued: the one given, else the caller''s only tenant, else NULL.';
+
 CREATE FUNCTION email_accounts.outbox_before_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     header record;
     problem text;
-    bound_tenants text[];
     account_tenant text;
     account_domain text;
 BEGIN
@@ -151,11 +172,11 @@ BEGIN
     END LOOP;
 
     -- A role bound to exactly one tenant queues mail of that tenant.
-    IF NEW.tenant IS NULL THEN
-        bound_tenants := email_accounts.current_tenants();
-        IF cardinality(bound_tenants) = 1 AND bound_tenants[1] <> '*' THEN
-            NEW.tenant := bound_tenants[1];
-        END IF;
+    NEW.tenant := email_accounts.queuing_tenant(NEW.tenant);
+    -- Mail made from a template (sql/templates.sql) is rendered now, in the
+    -- caller's transaction: an error reaches the application at once.
+    IF NEW.template IS NOT NULL THEN
+        NEW := email_accounts.apply_template(NEW);
     END IF;
     -- account_id is always chosen here, never taken from the row: the choice
     -- is of the row's tenant (or the global default), so an inserted row
@@ -350,7 +371,10 @@ CREATE FUNCTION email_accounts.send(
     reference_id    text DEFAULT NULL,
     in_reply_to     text DEFAULT NULL,
     tenant          text DEFAULT NULL,
-    reply_to_document boolean DEFAULT NULL
+    reply_to_document boolean DEFAULT NULL,
+    template        text DEFAULT NULL,
+    context         jsonb DEFAULT NULL,
+    language        text DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -361,11 +385,14 @@ DECLARE
 BEGIN
     INSERT INTO email_accounts.outbox (to_addresses, subject, body_text, body_html, cc_addresses, bcc_addresses, reply_to,
                                        headers, account, sender, priority, send_after, expires_at, reference_table,
-                                       reference_id, in_reply_to, tenant, reply_to_document)
+                                       reference_id, in_reply_to, tenant, reply_to_document, template, context, language)
     VALUES (coalesce("to", '{}'), coalesce(subject, ''), body_text, body_html, coalesce(cc, '{}'), coalesce(bcc, '{}'),
             coalesce(reply_to, '{}'), coalesce(headers, '{}'), account, sender, coalesce(priority, 0),
-            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant, reply_to_document)
+            coalesce(send_after, now()), expires_at, reference_table, reference_id, in_reply_to, tenant, reply_to_document,
+            template, context, language)
     RETURNING outbox_id INTO queued;
+    -- After the template's own attachments, if any.
+    SELECT count(*) INTO position FROM email_accounts.outbox_attachment WHERE outbox_attachment.outbox_id = queued;
     -- A bad attachment raises, and the whole call (the row above too) is undone.
     FOREACH file IN ARRAY coalesce(attachments, '{}') LOOP
         position := position + 1;
@@ -382,5 +409,5 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text, boolean) IS
-  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s). reply_to_document: with reference_table/reference_id, Reply-To is the row''s document address (NULL: the account''s reply_to_document_address).';
+COMMENT ON FUNCTION email_accounts.send(text[], text, text, text, text[], text[], text[], email_accounts.attachment[], jsonb, text, text, smallint, timestamptz, timestamptz, regclass, text, text, text, boolean, text, jsonb, text) IS
+  'Queues a message in the caller''s transaction and returns its outbox_id; delivered after commit, never on rollback. Call with named arguments, e.g. send("to" => ''{ann@example.com}'', subject => ''Hi'', body_text => ''…''). tenant: for roles that see several tenants (default: the caller''s only tenant, else the account''s). reply_to_document: with reference_table/reference_id, Reply-To is the row''s document address (NULL: the account''s reply_to_document_address). template, context, language: render the subject and bodies not given from a template (see the template table) over context, in language.';

@@ -63,6 +63,22 @@ pgrx::extension_sql_file!(
     requires = ["outbox_claims", "account_settings", tagged_address]
 );
 pgrx::extension_sql_file!(
+    "../sql/templates.sql",
+    name = "templates",
+    requires = [
+        "outbox_queue",
+        "document_links",
+        "delivery_reports",
+        "security",
+        "outbox_claims",
+        "tenants",
+        template_problem,
+        included_template_names,
+        render_chosen_template,
+        restoring
+    ]
+);
+pgrx::extension_sql_file!(
     "../sql/security.sql",
     name = "security",
     requires = [

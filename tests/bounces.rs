@@ -335,19 +335,24 @@ fn signed_envelope_senders_delay_warnings_soft_bounce_limit_hook_and_the_global_
     assert_eq!(refused.code().code(), "23514", "{refused:?}");
     assert_eq!(refused.column(), Some("on_bounce_function"), "{}", refused.message());
 
-    // The bounce comes back to the signed sub-address: recorded, and the hook ran as the owner.
-    let (to_gone, _) = setup.send("Support", &["gone@example.test"], "signed, to gone");
+    // Each recipient gets its own signed envelope sender; the bounce comes
+    // back to gone@'s: only gone@ is recorded, and the hook ran as the owner.
+    let (to_gone, _) = setup.send("Support", &["bob@example.test", "gone@example.test"], "signed, to gone");
     setup.sync_until("the signed bounce to be recorded", |client| {
         let status: String = client
-            .query_one("SELECT status FROM email_accounts.outbox WHERE outbox_id = $1", &[&to_gone])
+            .query_one(
+                "SELECT status FROM email_accounts.outbox_recipient WHERE outbox_id = $1 AND address = 'gone@example.test'",
+                &[&to_gone],
+            )
             .unwrap()
             .get(0);
         (status == "bounced").then_some(())
     });
-    assert!(
-        setup.servers.smtp_log().contains(&format!("from=<support+b1-{to_gone}-")),
-        "Postfix saw the signed envelope sender"
-    );
+    assert_eq!(setup.recipient(to_gone, "bob@example.test").0, "sent");
+    let log = setup.servers.smtp_log();
+    let signed_senders: std::collections::HashSet<&str> =
+        log.split(&format!("from=<support+b1-{to_gone}-")).skip(1).filter_map(|rest| rest.split('@').next()).collect();
+    assert_eq!(signed_senders.len(), 2, "one signed envelope sender per recipient: {signed_senders:?}");
     let logged: Vec<(i64, String, String)> = setup
         .client
         .query("SELECT outbox_id, address, called_as::text FROM app.bounce_log", &[])
@@ -412,9 +417,9 @@ fn signed_envelope_senders_delay_warnings_soft_bounce_limit_hook_and_the_global_
     let reason = setup.sync_until("the soft-bounce limit to suppress late@", |client| suppressed(client));
     assert_eq!(reason, "soft_bounce");
 
-    // The global default outgoing account (no tenant) sends for a tenant
-    // without accounts; the bounce lands in its own mailbox and still marks
-    // the tenant's row, and the tenant's suppression.
+    // The global default outgoing account (no tenant, signing) sends for a
+    // tenant without accounts; the bounce lands in its own mailbox and still
+    // marks the tenant's row, and the tenant's suppression.
     let alice = setup.servers.user("alice@example.test").password.clone();
     setup
         .client
@@ -422,7 +427,9 @@ fn signed_envelope_senders_delay_warnings_soft_bounce_limit_hook_and_the_global_
             "INSERT INTO email_accounts.account (name, address, enable_incoming, enable_outgoing, default_outgoing, poll_interval,
                                                  smtp_host, smtp_port, smtp_security, extra_ca_certificate)
              SELECT 'Shared', 'alice@example.test', true, true, true, '1 hour', 'localhost', smtp_port, 'starttls', extra_ca_certificate
-               FROM email_accounts.domain;",
+               FROM email_accounts.domain;
+             -- A tenant's mail through it is matched by signed envelope senders only.
+             UPDATE email_accounts.account SET signed_envelope_sender = true WHERE name = 'Shared';",
         )
         .unwrap();
     setup.client.execute("SELECT email_accounts.set_password('Shared', $1)", &[&alice]).unwrap();

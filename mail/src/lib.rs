@@ -19,4 +19,5 @@ pub mod return_path;
 pub mod sasl;
 pub mod secret;
 pub mod smtp_client;
+pub mod template;
 pub mod token;

@@ -9,5 +9,6 @@ pub mod oauth;
 pub mod outbox;
 pub mod password;
 pub mod restore;
+pub mod templates;
 pub mod test_account;
 pub mod worker_status;

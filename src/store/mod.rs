@@ -15,4 +15,5 @@ pub mod privileged;
 pub mod restore;
 pub mod routing;
 pub mod secrets;
+pub mod templates;
 pub mod transaction;

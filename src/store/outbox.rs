@@ -536,3 +536,17 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
         &[],
     )
 }
+
+/// The recipient addresses of an outbox row (none when there is no such row).
+pub fn recipient_addresses(outbox_id: i64) -> Result<Vec<String>, SpiError> {
+    Spi::connect(|client| {
+        kept_plans::select(
+            client,
+            "SELECT address FROM email_accounts.outbox_recipient WHERE outbox_id = $1",
+            &[outbox_id.into()],
+        )?
+        .into_iter()
+        .map(|row| Ok(row.get::<String>(1)?.unwrap_or_default()))
+        .collect()
+    })
+}

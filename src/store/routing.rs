@@ -19,7 +19,7 @@ pub struct RoutingSettings {
     pub account_id: i64,
     pub account_address: String,
     pub enable_auto_reply: bool,
-    /// The account's owner role: append_to and on_receive run as it.
+    /// The account's owner role: append_to, on_receive and on_bounce run as it.
     pub owner: pg_sys::Oid,
     /// Why the owner role may not run them now (a superuser, a group role,
     /// not bound to the account's tenant): then they are not run.
@@ -239,7 +239,9 @@ fn user_code_blocked(settings: &RoutingSettings) -> Option<String> {
 }
 
 /// The account's on_bounce_function, once per recipient a report recorded,
-/// as the owner role and bounded like on_receive.
+/// as the owner role: all calls of one report in one step, bounded together
+/// by routing_timeout like on_receive (a report naming many recipients
+/// cannot hold the receiver longer than one message may).
 fn on_bounce(message_id: i64, settings: &RoutingSettings, recorded: &[(i64, String)]) {
     let Some(statement) = &settings.on_bounce_statement else {
         return;
@@ -251,11 +253,13 @@ fn on_bounce(message_id: i64, settings: &RoutingSettings, recorded: &[(i64, Stri
         record_routing_error(message_id, "on_bounce_function", &why_not);
         return;
     }
-    for (outbox_id, address) in recorded {
-        user_code_step(settings.account_id, message_id, "on_bounce_function", || {
-            as_role(settings.owner, || Spi::run_with_args(statement, &[(*outbox_id).into(), address.as_str().into()]))
-        });
-    }
+    user_code_step(settings.account_id, message_id, "on_bounce_function", || {
+        as_role(settings.owner, || {
+            recorded.iter().try_for_each(|(outbox_id, address)| {
+                Spi::run_with_args(statement, &[(*outbox_id).into(), address.as_str().into()])
+            })
+        })
+    });
 }
 
 /// More recipients than any outbox row has are not looked at.
@@ -314,9 +318,11 @@ fn delivery_report(message: &FetchedMessage, address: &str) -> Option<serde_json
     // returns the mail with it as Return-Path).
     let returned_to: Vec<String> =
         document_recipients(parsed).into_iter().chain(report.original_return_path.clone()).collect();
-    let (signed_outbox_id, signature_problem) = signed_envelope_sender(&returned_to, address);
+    let (signed, signature_problem) = signed_envelope_sender(&returned_to, address);
+    let (signed_outbox_id, signed_recipient) = signed.unzip();
     Some(serde_json::json!({
         "signed_outbox_id": signed_outbox_id,
+        "signed_recipient": signed_recipient,
         "signature_problem": signature_problem,
         "kind": match report.kind {
             ReportKind::Complaint { .. } => "complaint",
@@ -328,18 +334,22 @@ fn delivery_report(message: &FetchedMessage, address: &str) -> Option<serde_json
     }))
 }
 
-/// The outbox row a signed envelope sender among `returned_to` names, or why
-/// the one that looks like it does not verify.
-fn signed_envelope_sender(returned_to: &[String], address: &str) -> (Option<i64>, Option<String>) {
+/// The outbox row and recipient a signed envelope sender among
+/// `returned_to` names, or why the one that looks like it does not verify.
+fn signed_envelope_sender(returned_to: &[String], address: &str) -> (Option<(i64, String)>, Option<String>) {
     use email_accounts_mail::return_path::verify;
     if !returned_to.iter().any(|candidate| candidate.contains('+')) {
         return (None, None);
     }
-    let keys = super::links::link_keys().unwrap_or_default();
+    let keys = super::links::link_keys().unwrap_or_else(|error| {
+        warning!("email_accounts receiver: cannot read the link signing keys: {error}");
+        Vec::new()
+    });
+    let recipients_of = |outbox_id: i64| super::outbox::recipient_addresses(outbox_id).unwrap_or_default();
     let mut problem = None;
     for candidate in returned_to {
-        match verify(candidate, address, &keys) {
-            Some(Ok(outbox_id)) => return (Some(outbox_id), None),
+        match verify(candidate, address, &keys, &recipients_of) {
+            Some(Ok(signed)) => return (Some(signed), None),
             Some(Err(error)) => problem = problem.or(Some(error.to_string())),
             None => {}
         }

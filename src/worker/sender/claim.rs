@@ -12,6 +12,7 @@ use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::ConnectionError;
 use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
+use email_accounts_mail::return_path;
 use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -181,12 +182,6 @@ fn batch(
     let mut jobs = Vec::new();
     for row in rows {
         let mut chosen = identity(&sending, row.sender.as_deref(), &row.reply_to);
-        // Bounces come back to an address that names this row, signed (see return_path.rs).
-        if account.signed_envelope_sender {
-            if let Some(signed) = email_accounts_mail::return_path::sign(&account.address, &links.key, row.outbox_id) {
-                chosen.envelope_from = signed;
-            }
-        }
         // Answers to mail about a row go to the row's document address (automatic linking).
         if let Some(document) = row
             .document
@@ -215,7 +210,9 @@ fn batch(
             unsubscribe_url: None,
             tracking_pixel_url: None,
         };
-        let Some(base_url) = personal else {
+        // Personal links, or an envelope sender signed for each recipient
+        // (return_path.rs): one SMTP transaction per recipient.
+        if personal.is_none() && !account.signed_envelope_sender {
             jobs.push(Job {
                 outbox_id: row.outbox_id,
                 envelope_from: chosen.envelope_from,
@@ -235,23 +232,25 @@ fn batch(
             continue;
         }
         for recipient in row.recipients {
-            let link = |purpose: Purpose, path: &str| {
-                let token = sign(&links.key, purpose, row.outbox_id, &recipient, links.expires_at, nonce());
-                format!("{base_url}/{path}?token={token}")
-            };
             let mut copy = message.clone();
-            if account.send_unsubscribe_message {
-                copy.unsubscribe_url = Some(link(Purpose::Unsubscribe, "unsubscribe"));
+            if let Some(base_url) = personal {
+                let link = |purpose: Purpose, path: &str| {
+                    let token = sign(&links.key, purpose, row.outbox_id, &recipient, links.expires_at, nonce());
+                    format!("{base_url}/{path}?token={token}")
+                };
+                if account.send_unsubscribe_message {
+                    copy.unsubscribe_url = Some(link(Purpose::Unsubscribe, "unsubscribe"));
+                }
+                if account.track_email_status {
+                    copy.tracking_pixel_url = Some(link(Purpose::Open, "open"));
+                }
             }
-            if account.track_email_status {
-                copy.tracking_pixel_url = Some(link(Purpose::Open, "open"));
-            }
-            jobs.push(Job {
-                outbox_id: row.outbox_id,
-                envelope_from: chosen.envelope_from.clone(),
-                recipients: vec![recipient],
-                message: copy,
-            });
+            let envelope_from = account
+                .signed_envelope_sender
+                .then(|| return_path::sign(&account.address, &links.key, row.outbox_id, &recipient))
+                .flatten()
+                .unwrap_or_else(|| chosen.envelope_from.clone());
+            jobs.push(Job { outbox_id: row.outbox_id, envelope_from, recipients: vec![recipient], message: copy });
         }
     }
     let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap, &sign_in) {
