@@ -1219,7 +1219,7 @@ BEGIN
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION 'template %: %', quote_literal(NEW.name), problem
             USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template',
-                  COLUMN = substring(problem from '^(subject|body_text|body_html)');
+                  COLUMN = coalesce(substring(problem from '(subject|body_text|body_html)'), 'body_text');
     END IF;
     FOREACH included IN ARRAY email_accounts.included_template_names(NEW.subject, NEW.body_text, NEW.body_html) LOOP
         IF NOT EXISTS (SELECT FROM email_accounts.template
@@ -1370,6 +1370,11 @@ GRANT EXECUTE ON FUNCTION email_accounts.render_template(text, jsonb, text, text
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.template', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.template_template_id_seq', '');
+
+-- A restore's first template rows hold the workers off too (sql/restore.sql).
+CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.template
+    FOR EACH STATEMENT WHEN (email_accounts.restoring())
+    EXECUTE FUNCTION email_accounts.hold_workers_during_restore();
 
 -- The automatic reply may be made from a template (sql/inbox_routing.sql).
 CREATE OR REPLACE FUNCTION email_accounts.auto_reply(answered_message_id bigint, recipient text, reply_subject text, refusal text)

@@ -99,7 +99,7 @@ BEGIN
     FOREACH restored IN ARRAY ARRAY['provider', 'domain', 'tenant_member', 'account', 'account_secret', 'outbox',
                                     'outbox_recipient', 'outbox_attachment', 'suppression', 'link_signing_key',
                                     'message', 'message_attachment', 'sync_state', 'oauth_client_secret',
-                                    'account_oauth', 'account_oauth_token'] LOOP
+                                    'account_oauth', 'account_oauth_token', 'template'] LOOP
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.%I
                  FOR EACH STATEMENT WHEN (email_accounts.restoring())

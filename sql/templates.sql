@@ -54,7 +54,7 @@ BEGIN
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION 'template %: %', quote_literal(NEW.name), problem
             USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template',
-                  COLUMN = substring(problem from '^(subject|body_text|body_html)');
+                  COLUMN = coalesce(substring(problem from '(subject|body_text|body_html)'), 'body_text');
     END IF;
     FOREACH included IN ARRAY email_accounts.included_template_names(NEW.subject, NEW.body_text, NEW.body_html) LOOP
         IF NOT EXISTS (SELECT FROM email_accounts.template

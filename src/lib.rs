@@ -102,7 +102,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/restore.sql",
     name = "restore",
-    requires = ["tenants", "secrets", "oauth", "outbox_claims", "inbox", "suppression", restoring]
+    requires = ["tenants", "secrets", "oauth", "outbox_claims", "inbox", "suppression", "templates", restoring]
 );
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

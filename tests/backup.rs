@@ -79,7 +79,13 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
     }
     let mut source = cluster.connect("source");
     source.batch_execute("CREATE EXTENSION email_accounts").unwrap();
-    source.batch_execute(concat!(include_str!("backup/fill.sql"), include_str!("backup/fill_oauth.sql"))).unwrap();
+    source
+        .batch_execute(concat!(
+            include_str!("backup/fill.sql"),
+            include_str!("backup/fill_oauth.sql"),
+            include_str!("backup/fill_templates.sql")
+        ))
+        .unwrap();
     let dumped = contents(&mut source);
     let empty: Vec<&str> = dumped.iter().filter(|(_, rows)| rows.is_empty()).map(|(name, _)| name.as_str()).collect();
     assert!(empty.is_empty(), "the fill leaves no table empty: {empty:?}");
@@ -159,7 +165,10 @@ fn a_database_restored_into_a_new_cluster_sends_what_was_queued_once_and_needs_t
     app.batch_execute(
         "INSERT INTO email_accounts.account (name, address, enable_outgoing) VALUES ('Alice', 'alice@example.test', true);
          INSERT INTO email_accounts.account (name, address, enable_outgoing, no_smtp_authentication)
-         VALUES ('Relay', 'relay@example.test', true, true);",
+         VALUES ('Relay', 'relay@example.test', true, true);
+         -- A template that includes another (restored in any order: saving checks are off then).
+         INSERT INTO email_accounts.template (name, body_text) VALUES ('footer', 'Regards');
+         INSERT INTO email_accounts.template (name, subject, body_text) VALUES ('note', 'Note {{ n }}', '{% include ''footer'' %}');",
     )
     .unwrap();
     app.execute("SELECT email_accounts.set_password('Alice', $1)", &[&alice.password]).unwrap();
@@ -185,6 +194,10 @@ fn a_database_restored_into_a_new_cluster_sends_what_was_queued_once_and_needs_t
     new.connect("postgres").batch_execute("CREATE DATABASE app").unwrap();
     run_quietly("pg_restore", &new, &["-d", "app", dump.to_str().unwrap()]);
     let mut restored = new.connect("app");
+    let preview = restored
+        .query_one("SELECT subject, body_text FROM email_accounts.render_template('note', '{\"n\": 1}')", &[])
+        .unwrap();
+    assert_eq!((preview.get::<_, String>(0), preview.get::<_, String>(1)), ("Note 1".into(), "Regards".into()));
 
     // The account without a password sends at once; Alice's rows say what is missing.
     wait_until("the relay's queued mail to be sent", LIMIT, || {

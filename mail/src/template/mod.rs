@@ -173,14 +173,11 @@ impl Compiled {
             let text = template.render(context).map_err(|error| {
                 // Strict mode says only "undefined value": name what the context lacks
                 // (`x | default(…)` and `x is defined` are fine without it).
-                let missing = used.iter().find(|path| !resolves(object, path));
+                let line = error.line().unwrap_or(1);
+                let missing = missing_on_line(used, object, template.source(), line);
                 match (error.kind(), missing) {
                     (minijinja::ErrorKind::UndefinedError, Some(path)) if error.name() == Some(part.column()) => {
-                        TemplateError::MissingVariable {
-                            part: part.column().to_owned(),
-                            name: path.clone(),
-                            line: error.line().unwrap_or(1),
-                        }
+                        TemplateError::MissingVariable { part: part.column().to_owned(), name: path.clone(), line }
                     }
                     _ => render_error(part.column(), &error),
                 }
@@ -199,6 +196,26 @@ impl Compiled {
 /// Compiles `source` without rendering it: syntax errors, with their line.
 pub fn check_syntax(source: &TemplateSource) -> Result<(), TemplateError> {
     Compiled::new(source, None, Arc::new(|_: &str, _: Part| Ok(None))).map(drop)
+}
+
+/// Of the paths the part uses that the context lacks, the one on the line
+/// where rendering stopped (written there in full, else by its first name),
+/// else the first.
+fn missing_on_line<'a>(
+    used: &'a [String],
+    object: &serde_json::Map<String, serde_json::Value>,
+    source: &str,
+    line: usize,
+) -> Option<&'a String> {
+    let unresolved: Vec<&String> = used.iter().filter(|path| !resolves(object, path)).collect();
+    let text = source.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+    let first_name = |path: &str| path.split('.').next().unwrap_or_default().to_owned();
+    unresolved
+        .iter()
+        .find(|path| text.contains(path.as_str()))
+        .or_else(|| unresolved.iter().find(|path| text.contains(&first_name(path))))
+        .or(unresolved.first())
+        .copied()
 }
 
 /// Whether a dotted path (`order.customer.name`) names a value of the context.

@@ -108,3 +108,12 @@ fn runaway_loops_stop_and_subjects_stay_one_line() {
     );
     assert_eq!(subject_only.render(&json!([1])).unwrap_err(), TemplateError::Context("an array".into()));
 }
+
+#[test]
+fn the_missing_variable_named_is_the_one_on_the_failing_line() {
+    let compiled =
+        Compiled::new(&source("s", "Hello {{ name }}\n{% for item in items %}{% endfor %}", "x"), None, no_includes())
+            .unwrap();
+    let error = compiled.render(&json!({})).unwrap_err();
+    assert_eq!(error, TemplateError::MissingVariable { part: "body_text".into(), name: "name".into(), line: 1 });
+}
