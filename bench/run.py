@@ -35,8 +35,9 @@ MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "4"))
 LATENCY_SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "500"))
 IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "30"))
-# A comma-separated subset of parts, for profiling one of them: outbox, latency, ingest, idle.
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "outbox,latency,ingest,idle").split(",")))
+TEMPLATE_ROWS = int(os.environ.get("BENCH_TEMPLATE_ROWS", "20000"))
+# A comma-separated subset of parts, for profiling one of them: outbox, latency, ingest, idle, templates.
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "outbox,latency,ingest,idle,templates").split(",")))
 BODY = ("The quick brown fox jumps over the lazy dog. " * 46)[:2000]  # ~2 KB messages
 
 
@@ -421,6 +422,74 @@ def bench_idle(run, results):
     results["idle_statements"] = statements
 
 
+# --- templates ----------------------------------------------------------------
+
+# A typical order confirmation: text and HTML, 10 variables, a loop over 5 items.
+ORDER_TEXT = """Hello {{ customer.name }},
+
+thank you for order {{ order_number }} of {{ ordered_on | date }}.
+{% for item in items %}- {{ item.quantity }} x {{ item.title }}: {{ item.price | number }} {{ currency }}
+{% endfor %}Total: {{ total | number }} {{ currency }}
+Shipping to {{ address.street }}, {{ address.city }}.
+Questions? {{ support_email }}"""
+ORDER_HTML = """<p>Hello {{ customer.name }},</p><p>thank you for order <b>{{ order_number }}</b> of {{ ordered_on | date }}.</p>
+<table>{% for item in items %}<tr><td>{{ item.quantity }}</td><td>{{ item.title }}</td><td>{{ item.price | number }} {{ currency }}</td></tr>
+{% endfor %}</table><p>Total: {{ total | number }} {{ currency }}</p><p>{{ address.street }}, {{ address.city }}</p>
+<p><a href="mailto:{{ support_email }}">{{ support_email }}</a></p>"""
+ORDER_CONTEXT = json.dumps({
+    "customer": {"name": "Ann <Example>"}, "order_number": "SO-2026-0042", "ordered_on": "2026-12-02",
+    "items": [{"quantity": n, "title": f"Item {n}", "price": 12.5 * n} for n in range(1, 6)],
+    "total": 187.5, "currency": "EUR", "address": {"street": "Main Street 1", "city": "Springfield"},
+    "support_email": "support@example.test",
+})
+
+
+def template_rates(run):
+    """Renders per second of the order confirmation in one session (render_template(), as a preview
+    would: choosing the row, checking the cached compilation is current, rendering), and outbox
+    inserts per second with and without it (one INSERT of TEMPLATE_ROWS rows, the per-row trigger
+    rendering each), for an account that is not sending (awaiting its password)."""
+    with run.connect() as db:
+        db.execute("INSERT INTO email_accounts.account (name, address, enable_outgoing, awaiting_password, smtp_host,"
+                   " smtp_port, smtp_security, allow_plaintext_authentication)"
+                   " VALUES ('templated', 'templated@example.test', true, true, '127.0.0.1', %s, 'none', true)"
+                   " ON CONFLICT DO NOTHING", (run.sink_port,))
+        db.execute("DELETE FROM email_accounts.template WHERE name = 'order_confirmation'")
+        db.execute("INSERT INTO email_accounts.template (name, language, subject, body_text, body_html)"
+                   " VALUES ('order_confirmation', 'en', 'Order {{ order_number }} confirmed', %s, %s)",
+                   (ORDER_TEXT, ORDER_HTML))
+        db.execute("SELECT * FROM email_accounts.render_template('order_confirmation', %s::jsonb, 'en')",
+                   (ORDER_CONTEXT,)).fetchall()
+        started = time.monotonic()
+        # (The context names n: a call without it would be made once for all rows.)
+        db.execute("SELECT count(*) FROM generate_series(1, %s) AS n,"
+                   " LATERAL email_accounts.render_template('order_confirmation',"
+                   "                                        jsonb_set(%s::jsonb, '{order_number}', to_jsonb(n)), 'en') AS rendered",
+                   (TEMPLATE_ROWS, ORDER_CONTEXT)).fetchall()
+        renders = TEMPLATE_ROWS / (time.monotonic() - started)
+        inserts = {}
+        for kind, columns, values in [
+            ("plain", "subject, body_text, body_html", "'Order SO-2026-0042 confirmed', %s, %s"),
+            ("template", "template, context, language", "'order_confirmation', %s::jsonb, 'en'"),
+        ]:
+            parameters = (ORDER_TEXT, ORDER_HTML) if kind == "plain" else (ORDER_CONTEXT,)
+            started = time.monotonic()
+            db.execute(f"INSERT INTO email_accounts.outbox (account, to_addresses, {columns})"
+                       f" SELECT 'templated', ARRAY['rcpt' || n || '@example.test'], {values}"
+                       f" FROM generate_series(1, {TEMPLATE_ROWS}) AS n", parameters)
+            inserts[kind] = TEMPLATE_ROWS / (time.monotonic() - started)
+            clean_up(db, "DELETE FROM email_accounts.outbox WHERE account = 'templated'", OUTBOX_TABLES)
+    return renders, inserts["plain"], inserts["template"]
+
+
+def bench_templates(run, results):
+    print(f"==> templates: {TEMPLATE_ROWS} renders, {TEMPLATE_ROWS} outbox inserts with and without a template", flush=True)
+    rates = [template_rates(run) for _ in range(REPEAT)]
+    record_runs(results, "template_renders_per_s", [renders for renders, _, _ in rates])
+    record_runs(results, "outbox_inserts_plain_per_s", [plain for _, plain, _ in rates])
+    record_runs(results, "outbox_inserts_templated_per_s", [templated for _, _, templated in rates])
+
+
 def top_statements(run, part):
     """The part's costliest statements (pg_stat_statements), to see where the time goes."""
     with run.connect() as db:
@@ -450,10 +519,14 @@ def table(results):
         (f"receiver peak private memory (RssAnon), {MESSAGES} messages (MB)", get("ingest_worker_peak_private_mb"), ""),
         (f"receiver peak private memory (RssAnon), {2 * MESSAGES} messages (MB)",
          get("ingest_double_worker_peak_private_mb"), ""),
+        ("template renders, order confirmation (renders/s)", get("template_renders_per_s"), get("template_renders_per_s_runs")),
+        ("outbox inserts without a template (rows/s)", get("outbox_inserts_plain_per_s"), get("outbox_inserts_plain_per_s_runs")),
+        ("outbox inserts with a template (rows/s)", get("outbox_inserts_templated_per_s"),
+         get("outbox_inserts_templated_per_s_runs")),
         (f"idle CPU, {IDLE_SECONDS} s (s)", get("idle_cpu_seconds"), ""),
         (f"idle statements, {IDLE_SECONDS} s", get("idle_statements"), ""),
     ] + [(f"CPU time stolen by the host during the {part} part (%)", get(f"{part}_cpu_steal_percent"), "")
-         for part in ["outbox", "latency", "ingest", "idle"]]
+         for part in ["outbox", "latency", "ingest", "idle", "templates"]]
     lines = ["| figure | value | runs |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {runs} |" for name, value, runs in rows if value is not None]
     return "\n".join(lines) + "\n"
@@ -470,7 +543,8 @@ def main():
         sink_accounts(run, SESSIONS, "bench")
         sink_accounts(run, 1, "lat")
         sink_accounts(run, 1, "python")
-        parts = {"outbox": bench_outbox, "latency": bench_latency, "ingest": bench_ingest, "idle": bench_idle}
+        parts = {"outbox": bench_outbox, "latency": bench_latency, "ingest": bench_ingest, "idle": bench_idle,
+                 "templates": bench_templates}
         for name, part in parts.items():
             if name in ONLY:
                 total_before, steal_before = cpu_times()
