@@ -219,13 +219,6 @@ BEGIN
                 format('owner_role %I may not execute %s', checked.owner_role, checked.on_receive_function));
         END IF;
     END IF;
-    IF checked.auto_reply_template IS NOT NULL AND NOT EXISTS (
-        SELECT FROM email_accounts.template
-         WHERE template.name = checked.auto_reply_template AND (template.tenant IS NULL OR template.tenant = checked.tenant))
-    THEN
-        PERFORM email_accounts.raise_setting_error(checked.name, 'auto_reply_template',
-            format('there is no template %s for the account''s tenant', quote_literal(checked.auto_reply_template)));
-    END IF;
     IF checked.on_bounce_function IS NOT NULL THEN
         SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_bounce_function;
         IF handler.pronargs <> 2 OR handler.proargtypes[0] <> 'bigint'::regtype OR handler.proargtypes[1] <> 'text'::regtype THEN
@@ -393,6 +386,17 @@ BEGIN
                           HINT = 'Set owner_role to a role without superuser rights that is bound to the account''s tenant in tenant_member.';
             END IF;
         END IF;
+    END IF;
+    -- Checked when named (not on every later check: deleting the template
+    -- must not block the account's, or its domain's, other changes).
+    IF NEW.auto_reply_template IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.auto_reply_template IS DISTINCT FROM OLD.auto_reply_template)
+       AND NOT EXISTS (SELECT FROM email_accounts.template
+                        WHERE template.name = NEW.auto_reply_template AND template.language IS NULL
+                          AND (template.tenant IS NULL OR template.tenant = NEW.tenant))
+    THEN
+        PERFORM email_accounts.raise_setting_error(NEW.name, 'auto_reply_template',
+            format('there is no template %s without language (the automatic reply''s) for the account''s tenant',
+                   quote_literal(NEW.auto_reply_template)));
     END IF;
     PERFORM email_accounts.check_account_settings(NEW.account_id);
     -- Mail may have waited for this account (a password, enable_outgoing),

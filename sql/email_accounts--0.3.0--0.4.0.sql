@@ -956,13 +956,6 @@ BEGIN
                 format('owner_role %I may not execute %s', checked.owner_role, checked.on_receive_function));
         END IF;
     END IF;
-    IF checked.auto_reply_template IS NOT NULL AND NOT EXISTS (
-        SELECT FROM email_accounts.template
-         WHERE template.name = checked.auto_reply_template AND (template.tenant IS NULL OR template.tenant = checked.tenant))
-    THEN
-        PERFORM email_accounts.raise_setting_error(checked.name, 'auto_reply_template',
-            format('there is no template %s for the account''s tenant', quote_literal(checked.auto_reply_template)));
-    END IF;
     IF checked.on_bounce_function IS NOT NULL THEN
         SELECT * INTO handler FROM pg_proc WHERE oid = checked.on_bounce_function;
         IF handler.pronargs <> 2 OR handler.proargtypes[0] <> 'bigint'::regtype OR handler.proargtypes[1] <> 'text'::regtype THEN
@@ -1016,6 +1009,17 @@ BEGIN
                           HINT = 'Set owner_role to a role without superuser rights that is bound to the account''s tenant in tenant_member.';
             END IF;
         END IF;
+    END IF;
+    -- Checked when named (not on every later check: deleting the template
+    -- must not block the account's, or its domain's, other changes).
+    IF NEW.auto_reply_template IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.auto_reply_template IS DISTINCT FROM OLD.auto_reply_template)
+       AND NOT EXISTS (SELECT FROM email_accounts.template
+                        WHERE template.name = NEW.auto_reply_template AND template.language IS NULL
+                          AND (template.tenant IS NULL OR template.tenant = NEW.tenant))
+    THEN
+        PERFORM email_accounts.raise_setting_error(NEW.name, 'auto_reply_template',
+            format('there is no template %s without language (the automatic reply''s) for the account''s tenant',
+                   quote_literal(NEW.auto_reply_template)));
     END IF;
     PERFORM email_accounts.check_account_settings(NEW.account_id);
     -- Mail may have waited for this account (a password, enable_outgoing),
@@ -1078,8 +1082,15 @@ BEGIN
     -- A role bound to exactly one tenant queues mail of that tenant.
     NEW.tenant := email_accounts.queuing_tenant(NEW.tenant);
     -- Mail made from a template (sql/templates.sql) is rendered now, in the
-    -- caller's transaction: an error reaches the application at once.
+    -- caller's transaction: an error reaches the application at once. The
+    -- tenant decides which template, so a named account settles it first.
+    NEW.template_id := NULL;
+    NEW.template_language := NULL;
     IF NEW.template IS NOT NULL THEN
+        IF NEW.tenant IS NULL AND NEW.account IS NOT NULL THEN
+            NEW.tenant := (SELECT min(account.tenant) FROM email_accounts.account WHERE account.name = NEW.account
+                           HAVING count(DISTINCT account.tenant) = 1);
+        END IF;
         NEW := email_accounts.apply_template(NEW);
     END IF;
     -- account_id is always chosen here, never taken from the row: the choice
@@ -1177,9 +1188,10 @@ CREATE TABLE email_accounts.template (
                  CHECK (name ~ '^[^|[:cntrl:]]+$' AND btrim(name) = name),
     language     text CONSTRAINT "language must be a BCP 47 tag such as pt-BR"
                  CHECK (language ~ '^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$'),
-    subject      text CONSTRAINT "subject must be one line" CHECK (subject !~ '[\r\n]'),
-    body_text    text,
-    body_html    text,
+    subject      text CONSTRAINT "subject must be one line of at most 1000 bytes"
+                 CHECK (subject !~ '[\r\n]' AND octet_length(subject) <= 1000),
+    body_text    text CONSTRAINT "body_text must be at most 1 MB" CHECK (octet_length(body_text) <= 1048576),
+    body_html    text CONSTRAINT "body_html must be at most 1 MB" CHECK (octet_length(body_html) <= 1048576),
     attachments  email_accounts.attachment[] NOT NULL DEFAULT '{}',
     account      text,
     description  text,
@@ -1214,6 +1226,7 @@ AS $$
 DECLARE
     problem text;
     included text;
+    position integer;
 BEGIN
     problem := email_accounts.template_problem(NEW.subject, NEW.body_text, NEW.body_html);
     IF problem IS NOT NULL THEN
@@ -1222,12 +1235,22 @@ BEGIN
                   COLUMN = coalesce(substring(problem from '(subject|body_text|body_html)'), 'body_text');
     END IF;
     FOREACH included IN ARRAY email_accounts.included_template_names(NEW.subject, NEW.body_text, NEW.body_html) LOOP
+        IF included = NEW.name THEN
+            RAISE EXCEPTION 'template %: it includes itself', quote_literal(NEW.name)
+                USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template';
+        END IF;
         IF NOT EXISTS (SELECT FROM email_accounts.template
-                        WHERE template.name = included AND (template.tenant IS NULL OR template.tenant = NEW.tenant))
-           AND included <> NEW.name THEN
+                        WHERE template.name = included AND (template.tenant IS NULL OR template.tenant = NEW.tenant)) THEN
             RAISE EXCEPTION 'template %: it includes template %, which does not exist for its tenant', quote_literal(NEW.name), quote_literal(included)
                 USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template',
                       HINT = 'Create the included template first (a shared template may include only shared ones).';
+        END IF;
+    END LOOP;
+    FOR position IN 1 .. coalesce(cardinality(NEW.attachments), 0) LOOP
+        IF NEW.attachments[position].filename IS NULL OR btrim(NEW.attachments[position].filename) = ''
+           OR NEW.attachments[position].filename ~ '[\r\n]' OR NEW.attachments[position].content IS NULL THEN
+            RAISE EXCEPTION 'template %: attachment % needs a filename (one line) and content', quote_literal(NEW.name), position
+                USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template', COLUMN = 'attachments';
         END IF;
     END LOOP;
     NEW.updated_at := now();
@@ -1286,6 +1309,7 @@ BEGIN
     queued.body_text := coalesce(queued.body_text, rendered.body_text);
     queued.body_html := coalesce(queued.body_html, rendered.body_html);
     queued.account := coalesce(queued.account, chosen.account);
+    queued.template_id := chosen.template_id;
     queued.template_language := chosen.language;
     RETURN queued;
 END;
@@ -1298,20 +1322,19 @@ COMMENT ON FUNCTION email_accounts.apply_template(email_accounts.outbox) IS
 CREATE FUNCTION email_accounts.attach_template_files() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    chosen email_accounts.template;
 BEGIN
-    chosen := email_accounts.choose_template(NEW.tenant, NEW.template, NEW.language);
     INSERT INTO email_accounts.outbox_attachment (outbox_id, position, filename, content_type, content, content_id)
     SELECT NEW.outbox_id, file.position, file.filename, coalesce(file.content_type, 'application/octet-stream'), file.content,
            file.content_id
-      FROM unnest(chosen.attachments) WITH ORDINALITY AS file (filename, content_type, content, content_id, position);
+      FROM email_accounts.template,
+           unnest(template.attachments) WITH ORDINALITY AS file (filename, content_type, content, content_id, position)
+     WHERE template.template_id = NEW.template_id;
     RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.attach_template_files() IS
-  'Trigger: copies the attachments of a new outbox row''s template (positions 1…n), so a retry sends the same bytes.';
+  'Trigger: copies the attachments of the template a new outbox row was rendered from (positions 1…n), so a retry sends the same bytes.';
 
 -- Previewing in psql.
 CREATE FUNCTION email_accounts.render_template(name text, context jsonb DEFAULT '{}', language text DEFAULT NULL,
@@ -1343,20 +1366,24 @@ ALTER TABLE email_accounts.outbox
     ADD COLUMN context jsonb,
     ADD COLUMN language text CONSTRAINT "outbox language must be a BCP 47 tag such as pt-BR"
                              CHECK (language ~ '^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$'),
-    ADD COLUMN template_language text;
+    ADD COLUMN template_language text,
+    ADD COLUMN template_id bigint;
 
 COMMENT ON COLUMN email_accounts.outbox.template IS 'The template the mail was made from (set on insert: subject and bodies the row leaves empty are rendered from it, and kept, so a retry sends the same text).';
 COMMENT ON COLUMN email_accounts.outbox.context IS 'The JSON object the template was rendered over.';
 COMMENT ON COLUMN email_accounts.outbox.language IS 'The language the mail was asked for in (BCP 47): picks the template row and formats dates and numbers.';
 COMMENT ON COLUMN email_accounts.outbox.template_language IS 'The language of the template row used (NULL: its default row).';
+COMMENT ON COLUMN email_accounts.outbox.template_id IS 'The template row used (set on insert; the row may since have changed or gone).';
 
 CREATE TRIGGER attach_template_files AFTER INSERT ON email_accounts.outbox
-    FOR EACH ROW WHEN (NEW.template IS NOT NULL AND NOT email_accounts.restoring())
+    FOR EACH ROW WHEN (NEW.template_id IS NOT NULL AND NOT email_accounts.restoring())
     EXECUTE FUNCTION email_accounts.attach_template_files();
 
 ALTER TABLE email_accounts.template ENABLE ROW LEVEL SECURITY;
+-- Shared templates: for roles bound to some tenant (a role bound to none sees nothing).
 CREATE POLICY readable ON email_accounts.template FOR SELECT
-    USING (tenant IS NULL OR email_accounts.tenant_is_visible(tenant));
+    USING (email_accounts.tenant_is_visible(tenant)
+           OR (tenant IS NULL AND cardinality(email_accounts.current_tenants()) > 0));
 CREATE POLICY tenant_rows ON email_accounts.template
     USING (email_accounts.tenant_is_visible(tenant))
     WITH CHECK (email_accounts.tenant_is_visible(tenant));
@@ -1365,6 +1392,11 @@ GRANT INSERT, UPDATE, DELETE ON email_accounts.template TO email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.render_chosen_template(bigint, jsonb, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.render_chosen_template(bigint, jsonb, text, text, text)
     TO email_accounts_sender, email_accounts_admin;
+-- Compiling is for saving templates (the trigger runs as the one saving).
+REVOKE EXECUTE ON FUNCTION email_accounts.template_problem(text, text, text),
+                          email_accounts.included_template_names(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION email_accounts.template_problem(text, text, text),
+                          email_accounts.included_template_names(text, text, text) TO email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.render_template(text, jsonb, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.render_template(text, jsonb, text, text) TO email_accounts_sender, email_accounts_admin;
 

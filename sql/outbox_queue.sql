@@ -174,8 +174,15 @@ BEGIN
     -- A role bound to exactly one tenant queues mail of that tenant.
     NEW.tenant := email_accounts.queuing_tenant(NEW.tenant);
     -- Mail made from a template (sql/templates.sql) is rendered now, in the
-    -- caller's transaction: an error reaches the application at once.
+    -- caller's transaction: an error reaches the application at once. The
+    -- tenant decides which template, so a named account settles it first.
+    NEW.template_id := NULL;
+    NEW.template_language := NULL;
     IF NEW.template IS NOT NULL THEN
+        IF NEW.tenant IS NULL AND NEW.account IS NOT NULL THEN
+            NEW.tenant := (SELECT min(account.tenant) FROM email_accounts.account WHERE account.name = NEW.account
+                           HAVING count(DISTINCT account.tenant) = 1);
+        END IF;
         NEW := email_accounts.apply_template(NEW);
     END IF;
     -- account_id is always chosen here, never taken from the row: the choice

@@ -215,6 +215,20 @@ fn mistakes_are_clear_errors_and_queue_nothing() {
     );
     assert_eq!(code, "22023");
     assert!(message.contains("nowhere"), "{message}");
+    // Itself, and an attachment without content.
+    let (code, message) = refused(
+        &mut setup.client,
+        "INSERT INTO email_accounts.template (tenant, name, body_text) VALUES ('acme', 'loop', '{% include ''loop'' %}')",
+    );
+    assert_eq!(code, "22023");
+    assert!(message.contains("includes itself"), "{message}");
+    let (code, message) = refused(
+        &mut setup.client,
+        "INSERT INTO email_accounts.template (tenant, name, body_text, attachments)
+         VALUES ('acme', 'empty_file', 'x', ARRAY[ROW('a.txt', 'text/plain', NULL, NULL)::email_accounts.attachment])",
+    );
+    assert_eq!(code, "22023");
+    assert!(message.contains("attachment 1"), "{message}");
     // A shared template may not include a tenant's.
     let (code, _) = refused(
         &mut setup.client,
@@ -265,6 +279,33 @@ fn a_changed_template_is_used_at_once_and_rows_keep_their_text() {
     assert_eq!(texts[1].0, "Shipped: order 1", "the changed template, in the same session");
     assert!(texts[1].1.ends_with("-- Acme, since 1900"), "the changed include: {}", texts[1].1);
 
+    // Changed twice in one transaction (xmin stays the same): the second change is used too.
+    let subjects: Vec<String> = {
+        let mut transaction = setup.client.transaction().unwrap();
+        let mut subjects = Vec::new();
+        for subject in ["First {{ order_id }}", "Second {{ order_id }}"] {
+            transaction
+                .execute(
+                    "UPDATE email_accounts.template SET subject = $1 WHERE name = 'order_shipped' AND language IS NULL",
+                    &[&subject],
+                )
+                .unwrap();
+            let rendered: String = transaction
+                .query_one(
+                    &format!(
+                        "SELECT subject FROM email_accounts.render_template('order_shipped', {context}, NULL, 'acme')"
+                    ),
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            subjects.push(rendered);
+        }
+        transaction.rollback().unwrap();
+        subjects
+    };
+    assert_eq!(subjects, vec!["First 1", "Second 1"]);
+
     // Explicit parts override the template's; its attachments come first.
     setup
         .client
@@ -308,15 +349,30 @@ fn the_automatic_reply_is_made_from_a_template_and_roles_keep_to_their_tenant() 
         .batch_execute(
             "INSERT INTO email_accounts.template (tenant, name, subject, body_text)
              VALUES ('acme', 'away', '{{ reply_subject }} (we are away)', 'Dear {{ from }}, we read mail about \"{{ subject }}\" on Monday.');
-             UPDATE email_accounts.account SET enable_auto_reply = true, auto_reply_template = 'away' WHERE name = 'Support';",
+             UPDATE email_accounts.account SET enable_auto_reply = true, auto_reply_template = 'away', sync_option = 'all'
+              WHERE name = 'Support';",
         )
         .unwrap();
-    // Naming a template the tenant does not have is refused, naming the field.
+    // Naming a template the tenant does not have (or has only in some
+    // languages: the reply uses the row without language) is refused, naming the field.
+    setup
+        .client
+        .batch_execute(
+            "INSERT INTO email_accounts.template (tenant, name, language, body_text) VALUES ('acme', 'german_only', 'de', 'Hallo')",
+        )
+        .unwrap();
+    let error = setup
+        .client
+        .execute("UPDATE email_accounts.account SET auto_reply_template = 'german_only' WHERE name = 'Support'", &[])
+        .unwrap_err();
+    assert_eq!(error.as_db_error().unwrap().column(), Some("auto_reply_template"));
     let error = setup
         .client
         .execute("UPDATE email_accounts.account SET auto_reply_template = 'secret' WHERE name = 'Support'", &[])
         .unwrap_err();
     assert_eq!(error.as_db_error().unwrap().column(), Some("auto_reply_template"));
+    // The account's first sync (which answers no mail already there) is over before the mail arrives.
+    setup.client.execute("SELECT * FROM email_accounts.sync_now('Support', 'acme')", &[]).unwrap();
     setup.servers.append(
         "support@example.test",
         "INBOX",
@@ -351,7 +407,10 @@ fn the_automatic_reply_is_made_from_a_template_and_roles_keep_to_their_tenant() 
              INSERT INTO email_accounts.tenant_member (role_name, tenant) VALUES ('acme_sender', 'acme'), ('acme_admin', 'acme');",
         )
         .unwrap();
-    setup.client.batch_execute("SET ROLE acme_sender").unwrap();
+    setup.client.batch_execute("CREATE ROLE nobodys IN ROLE email_accounts_sender; SET ROLE nobodys").unwrap();
+    let seen: i64 = setup.client.query_one("SELECT count(*) FROM email_accounts.template", &[]).unwrap().get(0);
+    assert_eq!(seen, 0, "a role bound to no tenant sees no template, shared ones neither");
+    setup.client.batch_execute("RESET ROLE; SET ROLE acme_sender").unwrap();
     let visible: Vec<String> = setup
         .client
         .query("SELECT DISTINCT coalesce(tenant, 'shared') FROM email_accounts.template ORDER BY 1", &[])

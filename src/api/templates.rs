@@ -3,7 +3,7 @@
 //! render_chosen_template() with the row email_accounts.choose_template()
 //! picked. Compiled templates are kept per backend, keyed by row, tenant and
 //! language, and used again while the row and every template it included
-//! are unchanged (their xmin), so a trigger sending mail compiles once.
+//! are unchanged (their xmin and ctid), so a trigger sending mail compiles once.
 
 use super::errors::{internal, raise};
 use crate::store::templates;
@@ -82,13 +82,18 @@ fn render_chosen_template(
         Some(cached) => cached,
         None => compile(template_id, tenant, language, template_name),
     };
-    let rendered = cached.compiled.render(&context.0).unwrap_or_else(|error| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("template {template_name:?}{}: {error}", language_note(language)),
-            None,
-        )
-    });
+    let rendered = cached
+        .compiled
+        .render(&context.0, &|| {
+            pgrx::check_for_interrupts!();
+        })
+        .unwrap_or_else(|error| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("template {template_name:?}{}: {error}", language_note(language)),
+                None,
+            )
+        });
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.len() >= MOST_CACHED {

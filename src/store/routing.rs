@@ -221,7 +221,12 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
         }
     }
     if settings.enable_auto_reply {
-        step(message_id, "auto reply", || auto_reply(message_id, message, settings));
+        // Its template (auto_reply_template) is the tenant's code too: bounded like it.
+        if crate::worker::board::routing_suspended_until(settings.account_id).is_some() {
+            record_routing_error(message_id, "auto reply", "not sent: this account's routing is suspended");
+        } else {
+            user_code_step(settings.account_id, message_id, "auto reply", || auto_reply(message_id, message, settings));
+        }
     }
 }
 

@@ -7,10 +7,11 @@ use email_accounts_mail::template::{Part, TemplateSource};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
-/// A row's version: its xmin changes with every update (and a restore).
+/// A row's version: xmin and ctid change with every update (also a second
+/// one in the same transaction, which keeps xmin) and with a restore.
 pub fn version(template_id: i64) -> Result<Option<String>, SpiError> {
     kept_plans::get_one::<String>(
-        "SELECT xmin::text FROM email_accounts.template WHERE template_id = $1",
+        "SELECT xmin::text || ':' || ctid::text FROM email_accounts.template WHERE template_id = $1",
         &[template_id.into()],
     )
 }
@@ -20,7 +21,8 @@ pub fn sources(template_id: i64) -> Result<Option<(String, TemplateSource)>, Spi
     Spi::connect(|client| {
         let table = kept_plans::select(
             client,
-            "SELECT xmin::text, subject, body_text, body_html FROM email_accounts.template WHERE template_id = $1",
+            "SELECT xmin::text || ':' || ctid::text, subject, body_text, body_html FROM email_accounts.template
+              WHERE template_id = $1",
             &[template_id.into()],
         )?;
         let Some(row) = table.first() else {
@@ -44,7 +46,8 @@ pub fn chosen_versions(
         let table = kept_plans::select(
             client,
             "SELECT wanted.name, chosen.template_id,
-                    (SELECT template.xmin::text FROM email_accounts.template WHERE template.template_id = chosen.template_id)
+                    (SELECT template.xmin::text || ':' || template.ctid::text FROM email_accounts.template
+                      WHERE template.template_id = chosen.template_id)
                FROM unnest($1::text[]) WITH ORDINALITY AS wanted (name, position),
                     LATERAL email_accounts.choose_template($2, wanted.name, $3) AS chosen
               ORDER BY wanted.position",
@@ -76,7 +79,8 @@ pub fn included(
         let table = kept_plans::select(
             client,
             "SELECT chosen.template_id,
-                    (SELECT template.xmin::text FROM email_accounts.template WHERE template.template_id = chosen.template_id),
+                    (SELECT template.xmin::text || ':' || template.ctid::text FROM email_accounts.template
+                      WHERE template.template_id = chosen.template_id),
                     CASE $4 WHEN 'subject' THEN chosen.subject WHEN 'body_text' THEN chosen.body_text ELSE chosen.body_html END
                FROM email_accounts.choose_template($2, $1, $3) AS chosen
               WHERE chosen.template_id IS NOT NULL",

@@ -14,7 +14,10 @@ pub fn add(environment: &mut Environment<'static>, language: Option<&str>) {
         format_date(&value, style.as_deref().unwrap_or("long"), locale, base.as_deref())
     });
     environment.add_filter("number", move |value: f64, decimals: Option<u32>| {
-        Ok::<_, Error>(format_number(value, decimals.unwrap_or(2).min(12), locale))
+        if !value.is_finite() {
+            return Err(Error::new(ErrorKind::InvalidOperation, format!("number: {value} is not a finite number")));
+        }
+        Ok(format_number(value, decimals.unwrap_or(2).min(12), locale))
     });
 }
 

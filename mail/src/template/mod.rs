@@ -85,6 +85,34 @@ pub type IncludeLoader = dyn Fn(&str, Part) -> Result<Option<String>, String> + 
 /// with an error instead of holding the caller's transaction.
 const FUEL: u64 = 5_000_000;
 
+/// Most bytes one part may render to (mail bigger than this is not mail).
+pub const LONGEST_OUTPUT: usize = 10 * 1024 * 1024;
+
+/// Deepest nesting of includes and macro calls.
+const RECURSION_LIMIT: usize = 50;
+
+/// The rendered text, refused past LONGEST_OUTPUT; `check` runs on every
+/// write (the extension checks for query cancels there).
+struct CappedOutput<'a> {
+    text: Vec<u8>,
+    check: &'a dyn Fn(),
+}
+
+impl std::io::Write for CappedOutput<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        (self.check)();
+        if self.text.len() + bytes.len() > LONGEST_OUTPUT {
+            return Err(std::io::Error::other(format!("the rendered text is longer than {LONGEST_OUTPUT} bytes")));
+        }
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A compiled template, ready to render any number of times.
 pub struct Compiled {
     environment: Environment<'static>,
@@ -118,6 +146,7 @@ impl Compiled {
         environment.set_undefined_behavior(UndefinedBehavior::Strict);
         environment.set_keep_trailing_newline(true);
         environment.set_fuel(Some(FUEL));
+        environment.set_recursion_limit(RECURSION_LIMIT);
         environment.set_auto_escape_callback(|name| match part_of(name) {
             Some(Part::Html) => AutoEscape::Html,
             _ => AutoEscape::None,
@@ -136,6 +165,14 @@ impl Compiled {
             loader(template, part).map_err(|error| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, error))
         });
         filters::add(&mut environment, language);
+        // Builtins that turn a small number into a huge value in one step
+        // (fuel counts steps, not bytes), and namespace(), which carries
+        // values from one loop iteration to the next (a string doubled per
+        // iteration). See README "Templates" for what is left.
+        for filter in ["indent", "format", "slice", "batch"] {
+            environment.remove_filter(filter);
+        }
+        environment.remove_global("namespace");
         let mut parts = Vec::new();
         for part in Part::ALL {
             if let Some(text) = source.part(part) {
@@ -162,15 +199,17 @@ impl Compiled {
         Ok(Compiled { environment, parts })
     }
 
-    /// Renders every part over `context` (a JSON object).
-    pub fn render(&self, context: &serde_json::Value) -> Result<Rendered, TemplateError> {
+    /// Renders every part over `context` (a JSON object); `check` is called
+    /// as text is written (it may stop the render by unwinding).
+    pub fn render(&self, context: &serde_json::Value, check: &dyn Fn()) -> Result<Rendered, TemplateError> {
         let Some(object) = context.as_object() else {
             return Err(TemplateError::Context(json_type(context).to_owned()));
         };
         let mut rendered = Rendered::default();
         for (part, used) in &self.parts {
             let template = self.environment.get_template(part.column()).expect("added at compile time");
-            let text = template.render(context).map_err(|error| {
+            let mut output = CappedOutput { text: Vec::new(), check };
+            let written = template.render_captured_to(context, &mut output).map(drop).map_err(|error| {
                 // Strict mode says only "undefined value": name what the context lacks
                 // (`x | default(…)` and `x is defined` are fine without it).
                 let line = error.line().unwrap_or(1);
@@ -179,9 +218,17 @@ impl Compiled {
                     (minijinja::ErrorKind::UndefinedError, Some(path)) if error.name() == Some(part.column()) => {
                         TemplateError::MissingVariable { part: part.column().to_owned(), name: path.clone(), line }
                     }
+                    // Our writer's only refusal.
+                    (minijinja::ErrorKind::WriteFailure, _) => TemplateError::Render {
+                        part: part.column().to_owned(),
+                        line,
+                        detail: format!("the rendered text is longer than {LONGEST_OUTPUT} bytes"),
+                    },
                     _ => render_error(part.column(), &error),
                 }
-            })?;
+            });
+            written?;
+            let text = String::from_utf8_lossy(&output.text).into_owned();
             let text = if *part == Part::Subject { text.trim().replace(['\r', '\n'], " ") } else { text };
             match part {
                 Part::Subject => rendered.subject = Some(text),
