@@ -319,6 +319,39 @@ def python_ingest(run, address):
     return stored / (time.monotonic() - started)
 
 
+def raw_fetch(run, address, expected):
+    """The limit ingest is measured against: the same mailbox fetched over
+    IMAPS by a minimal client that parses nothing and stores nothing (one
+    UID FETCH 1:* BODY.PEEK[], bytes read and dropped), in messages/s."""
+    context = ssl.create_default_context(cafile=str(run.root / "certificates" / "ca.pem"))
+    with socket.create_connection(("localhost", run.ports["imaps"])) as plain, \
+            context.wrap_socket(plain, server_hostname="localhost") as tls:
+        def until(tag):
+            tail = b""
+            total = 0
+            while True:
+                chunk = tls.recv(1 << 20)
+                if not chunk:
+                    raise RuntimeError("IMAP server closed the connection")
+                total += len(chunk)
+                tail = (tail + chunk)[-256:]
+                if b"\r\n" + tag + b" " in tail or tail.startswith(tag + b" "):
+                    if b"\r\n" + tag + b" OK" not in tail and not tail.startswith(tag + b" OK"):
+                        raise RuntimeError(f"IMAP {tag!r} failed: {tail!r}")
+                    return total
+        tls.recv(4096)  # greeting
+        tls.sendall(f"a1 LOGIN {address} {address.split('@')[0]}-password\r\na2 EXAMINE INBOX\r\n".encode())
+        until(b"a2")
+        started = time.monotonic()
+        tls.sendall(b"a3 UID FETCH 1:* (BODY.PEEK[])\r\n")
+        fetched = until(b"a3")
+        elapsed = time.monotonic() - started
+        tls.sendall(b"a4 LOGOUT\r\n")
+    if fetched < expected * 2000:
+        raise RuntimeError(f"raw fetch read only {fetched} bytes for {expected} messages")
+    return expected / elapsed
+
+
 def incoming_account(run, name, address):
     ca = (run.root / "certificates" / "ca.pem").read_text()
     with run.connect() as db:
@@ -411,6 +444,9 @@ def bench_ingest(run, results):
     results["ingest_double_msgs_per_s"] = round(rate)
     results["ingest_double_worker_peak_rss_mb"] = round(rss, 1)
     results["ingest_double_worker_peak_private_mb"] = round(private, 1)
+    raw = [raw_fetch(run, "support@example.test", MESSAGES) for _ in range(REPEAT)]
+    record_runs(results, "raw_fetch_msgs_per_s", raw)
+    results["ingest_share_of_raw_fetch_percent"] = round(100 * results["ingest_msgs_per_s"] / results["raw_fetch_msgs_per_s"], 1)
     python_ingests = [python_ingest(run, "support@example.test") for _ in range(REPEAT)]
     record_runs(results, "python_ingest_baseline_msgs_per_s", python_ingests)
 
@@ -511,6 +547,8 @@ def table(results):
         ("latency p50 (ms)", get("latency_p50_ms"), ""),
         ("latency p99 (ms)", get("latency_p99_ms"), ""),
         ("ingest (msg/s)", get("ingest_msgs_per_s"), get("ingest_msgs_per_s_runs")),
+        ("raw fetch of the same mailbox, no parsing, no database (msg/s)", get("raw_fetch_msgs_per_s"), get("raw_fetch_msgs_per_s_runs")),
+        ("ingest as a share of the raw fetch (%)", get("ingest_share_of_raw_fetch_percent"), ""),
         ("Python ingest baseline (msg/s)", get("python_ingest_baseline_msgs_per_s"),
          get("python_ingest_baseline_msgs_per_s_runs")),
         (f"receiver peak RSS, {MESSAGES} messages (MB)", get("ingest_worker_peak_rss_mb"), ""),
