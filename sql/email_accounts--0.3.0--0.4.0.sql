@@ -1460,5 +1460,10 @@ BEGIN
 END;
 $$;
 
+-- Deleting outbox rows sets these references to NULL: without indexes, each
+-- deleted row read every message and suppression (sql/inbox.sql, sql/suppression.sql).
+CREATE INDEX message_auto_reply_outbox ON email_accounts.message (auto_reply_outbox_id) WHERE auto_reply_outbox_id IS NOT NULL;
+CREATE INDEX suppression_outbox ON email_accounts.suppression (outbox_id) WHERE outbox_id IS NOT NULL;
+
 -- The workers of the new library wait for this update; wake them now.
 SELECT email_accounts.wake_workers_at_commit();

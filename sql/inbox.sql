@@ -66,6 +66,8 @@ CREATE INDEX message_account_received ON email_accounts.message (account_id, rec
 CREATE INDEX message_account_folder_sha256 ON email_accounts.message (account_id, folder, raw_sha256);
 CREATE INDEX message_reply_to_outbox ON email_accounts.message (reply_to_outbox_id) WHERE reply_to_outbox_id IS NOT NULL;
 CREATE INDEX message_reply_to_message ON email_accounts.message (reply_to_message_id) WHERE reply_to_message_id IS NOT NULL;
+-- Deleting outbox rows sets these to NULL: without it, each deleted row read every message.
+CREATE INDEX message_auto_reply_outbox ON email_accounts.message (auto_reply_outbox_id) WHERE auto_reply_outbox_id IS NOT NULL;
 
 COMMENT ON TABLE email_accounts.message IS
   'Incoming mail, one row per message per folder, stored by the receiver worker exactly once. The raw bytes are always kept; the parsed fields can be rebuilt with reparse().';

@@ -35,6 +35,34 @@ fn non_empty(text: &str) -> Result<&str, AddressError> {
     }
 }
 
+/// The address in `Name <address>`, or the text itself.
+pub fn bare_address(mailbox: &str) -> &str {
+    match (mailbox.rfind('<'), mailbox.rfind('>')) {
+        (Some(start), Some(end)) if start < end => mailbox[start + 1..end].trim(),
+        _ => mailbox.trim(),
+    }
+}
+
+/// The sub-address (`tag` of `local+tag@domain`) of `recipient` when it is
+/// a sub-address of `address`: local part and domain compared without
+/// regard to case, as mail systems do.
+pub fn sub_address<'a>(recipient: &'a str, address: &str) -> Option<&'a str> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let (recipient_local, recipient_domain) = bare_address(recipient).rsplit_once('@')?;
+    if !recipient_domain.eq_ignore_ascii_case(domain) {
+        return None;
+    }
+    // Bytes, not characters: a multi-byte character may straddle the end of `local`.
+    let (recipient_bytes, local_bytes) = (recipient_local.as_bytes(), local.as_bytes());
+    if recipient_bytes.len() <= local_bytes.len()
+        || !recipient_bytes[..local_bytes.len()].eq_ignore_ascii_case(local_bytes)
+        || recipient_bytes[local_bytes.len()] != b'+'
+    {
+        return None;
+    }
+    recipient_local.get(local_bytes.len() + 1..)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

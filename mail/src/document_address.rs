@@ -21,32 +21,10 @@ pub fn encode(address: &str, table: &str, id: &str) -> Option<String> {
 /// the account address `address` (local part and domain compared without
 /// regard to case, as mail systems do).
 pub fn decode(recipient: &str, address: &str) -> Option<(String, String)> {
-    let recipient = bare(recipient);
-    let (local, domain) = address.rsplit_once('@')?;
-    let (recipient_local, recipient_domain) = recipient.rsplit_once('@')?;
-    if !recipient_domain.eq_ignore_ascii_case(domain) {
-        return None;
-    }
-    // Bytes, not characters: a multi-byte character may straddle the end of `local`.
-    let (recipient_bytes, local_bytes) = (recipient_local.as_bytes(), local.as_bytes());
-    if recipient_bytes.len() <= local_bytes.len()
-        || !recipient_bytes[..local_bytes.len()].eq_ignore_ascii_case(local_bytes)
-        || recipient_bytes[local_bytes.len()] != b'+'
-    {
-        return None;
-    }
-    let tag = std::str::from_utf8(&recipient_bytes[local_bytes.len() + 1..]).ok()?;
+    let tag = crate::address::sub_address(recipient, address)?;
     let (table, id) = tag.split_once('=').or_else(|| tag.split_once('+'))?;
     let (table, id) = (unquote(table)?, unquote(id)?);
     (!table.is_empty() && !id.is_empty()).then_some((table, id))
-}
-
-/// The address in `Name <address>`, or the text itself.
-fn bare(mailbox: &str) -> &str {
-    match (mailbox.rfind('<'), mailbox.rfind('>')) {
-        (Some(start), Some(end)) if start < end => mailbox[start + 1..end].trim(),
-        _ => mailbox.trim(),
-    }
 }
 
 fn quote(text: &str) -> String {

@@ -14,6 +14,7 @@
 //! row, the account address and the recipient: guessing one takes 2^63
 //! tries per recipient.
 
+use crate::address::{bare_address, sub_address};
 use crate::token::LinkKey;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -34,7 +35,7 @@ pub enum ReturnPathError {
 
 fn signature(key: &LinkKey, outbox_id: i64, address: &str, recipient: &str) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.secret).expect("HMAC takes keys of any length");
-    let recipient = bare(recipient).to_lowercase();
+    let recipient = bare_address(recipient).to_lowercase();
     mac.update(
         format!("email_accounts return path {}:{outbox_id}:{}:{recipient}", key.id, address.to_ascii_lowercase())
             .as_bytes(),
@@ -61,13 +62,7 @@ pub fn verify(
     keys: &[LinkKey],
     recipients_of: &dyn Fn(i64) -> Vec<String>,
 ) -> Option<Result<(i64, String), ReturnPathError>> {
-    let recipient = bare(returned_to);
-    let (local, domain) = address.rsplit_once('@')?;
-    let (recipient_local, recipient_domain) = recipient.rsplit_once('@')?;
-    if !recipient_domain.eq_ignore_ascii_case(domain) {
-        return None;
-    }
-    let tag = strip_prefix_ignore_case(recipient_local, local)?.strip_prefix('+')?;
+    let tag = sub_address(returned_to, address)?;
     let rest = tag.strip_prefix('b').or_else(|| tag.strip_prefix('B'))?;
     let mut fields = rest.splitn(3, '-');
     let (Some(key_id), Some(outbox_id), Some(given)) = (fields.next(), fields.next(), fields.next()) else {
@@ -89,27 +84,9 @@ pub fn verify(
                 expected.len() == given.len()
                     && expected.bytes().zip(given.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
             })
-            .map(|recipient| (outbox_id, bare(&recipient).to_lowercase()))
+            .map(|recipient| (outbox_id, bare_address(&recipient).to_lowercase()))
             .ok_or(ReturnPathError::BadSignature)
     })())
-}
-
-/// `text` without `prefix`, compared without regard to ASCII case (as bytes:
-/// a multi-byte character may straddle the prefix's end).
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let (bytes, prefix) = (text.as_bytes(), prefix.as_bytes());
-    if bytes.len() < prefix.len() || !bytes[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        return None;
-    }
-    text.get(prefix.len()..)
-}
-
-/// The address in `Name <address>`, or the text itself.
-fn bare(mailbox: &str) -> &str {
-    match (mailbox.rfind('<'), mailbox.rfind('>')) {
-        (Some(start), Some(end)) if start < end => mailbox[start + 1..end].trim(),
-        _ => mailbox.trim(),
-    }
 }
 
 #[cfg(test)]
