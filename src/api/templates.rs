@@ -20,7 +20,7 @@ const MOST_CACHED: usize = 256;
 type Key = (i64, Option<String>, Option<String>);
 
 /// Included templates a compiled one loaded: name → (template_id, version).
-type Dependencies = Arc<Mutex<Vec<(String, Option<(i64, String)>)>>>;
+type Dependencies = Arc<Mutex<Vec<templates::ChosenVersion>>>;
 
 struct Cached {
     version: String,

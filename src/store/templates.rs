@@ -35,13 +35,16 @@ pub fn sources(template_id: i64) -> Result<Option<(String, TemplateSource)>, Spi
     })
 }
 
-/// The template each of `names` stands for, for `tenant` and `language`:
-/// (name, template_id and version), or no id when there is none.
+/// An included template's name and the row it stands for (template_id and
+/// version), or none.
+pub type ChosenVersion = (String, Option<(i64, String)>);
+
+/// The template each of `names` stands for, for `tenant` and `language`.
 pub fn chosen_versions(
     names: &[String],
     tenant: Option<&str>,
     language: Option<&str>,
-) -> Result<Vec<(String, Option<(i64, String)>)>, SpiError> {
+) -> Result<Vec<ChosenVersion>, SpiError> {
     Spi::connect(|client| {
         let table = kept_plans::select(
             client,

@@ -1,8 +1,11 @@
 //! The main loop every worker runs: connect, wait on the latch, reload the
-//! configuration on SIGHUP, leave cleanly on SIGTERM.
+//! configuration on SIGHUP, leave cleanly on SIGTERM. What a role does in
+//! it is its `Duty` (duty.rs); the loop names no role.
 
 use super::board::{self, WorkerState};
+use super::duty::Duty;
 use super::role::Role;
+use super::signals::shutdown_requested;
 use crate::settings;
 use crate::store::catalog;
 use crate::store::restore;
@@ -13,11 +16,6 @@ use std::time::Duration;
 
 /// The extension version this library is (its SQL is what the workers expect).
 const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// SIGTERM arrived (PostgreSQL's flag, set by the handler and never reset).
-pub fn shutdown_requested() -> bool {
-    unsafe { pg_sys::ShutdownRequestPending != 0 }
-}
 
 struct Wakeup {
     latch: bool,
@@ -61,8 +59,8 @@ struct RestoreWatch {
 
 impl RestoreWatch {
     /// Whether a restore is in progress; says so when one starts and ends.
-    /// When it ends, the sender takes back the rows restored as claimed.
-    fn holds(&mut self, role: Role) -> bool {
+    fn holds(&mut self, duty: &mut dyn Duty) -> bool {
+        let role = duty.role();
         let worker = if role == Role::Sender { restore::Worker::Sender } else { restore::Worker::Receiver };
         let now = match try_in_transaction(|| restore::in_progress(worker)) {
             Ok(restoring) => restoring,
@@ -81,9 +79,7 @@ impl RestoreWatch {
             (Some(_), None) => {
                 log!("{}: the restore has ended", role.worker_name());
                 board::update(role, |slot| slot.state = WorkerState::Idle);
-                if role == Role::Sender {
-                    super::sender::take_back_abandoned(role.worker_name());
-                }
+                duty.restore_ended();
             }
             _ => {}
         }
@@ -105,6 +101,16 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         log!("email_accounts: unknown worker role {}", argument.value());
         return;
     };
+    let mut duty: Box<dyn Duty> = match role {
+        Role::Sender => Box::new(super::sender::Sender),
+        Role::Receiver => Box::<super::receiver::Receiver>::default(),
+    };
+    run(duty.as_mut());
+}
+
+/// Connects, then steps the duty whenever there is news, until SIGTERM.
+fn run(duty: &mut dyn Duty) {
+    let role = duty.role();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = settings::database();
     // Errors with FATAL (and the postmaster retries later) if the database is missing.
@@ -113,11 +119,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
     board::started(role, settings::fallback_poll_interval().as_millis() as i64);
     log!("{} started in database \"{}\"", role.worker_name(), database);
 
-    if role == Role::Receiver {
-        board::requeue_running_sync_requests();
-        crate::store::routing::suspend_interrupted_routing();
-    }
-    let mut idle_watchers = super::idle_watch::IdleWatchers::default();
+    duty.start();
     let mut version_was = None;
     let mut restore = RestoreWatch::default();
     // A timeout wake-up with nothing new runs no statement (see idle.rs).
@@ -156,9 +158,7 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
                     WorkerState::WaitingForUpdate
                 }
                 Some(_) => {
-                    if role == Role::Sender {
-                        super::sender::take_back_abandoned(role.worker_name());
-                    }
+                    duty.installed();
                     WorkerState::Idle
                 }
             };
@@ -167,53 +167,37 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         }
 
         let mut sleep = settings::fallback_poll_interval();
-        if !installed {
-            idle_watchers.stop_all();
-        }
-        if installed && role == Role::Receiver {
-            let changes = catalog::receiving_changes().ok().flatten();
-            let woken = woken_by_latch || board::sync_requested();
-            match idle.skip(changes, woken) {
+        if installed {
+            let changes = duty.changes();
+            match idle.skip(changes, woken_by_latch || duty.asked()) {
                 Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
-                None if restore.holds(role) => sleep = sleep.min(Duration::from_secs(1)),
+                None if restore.holds(duty) => sleep = sleep.min(Duration::from_secs(1)),
                 None => {
-                    let next_sync = super::receiver::run(&mut idle_watchers);
-                    sleep = sleep.min(next_sync.unwrap_or(sleep));
-                    idle.ran(changes, next_sync);
-                    unsafe { pg_sys::pgstat_report_stat(true) };
-                }
-            }
-        }
-        if installed && role == Role::Sender {
-            let changes = catalog::outbox_changes().ok().flatten();
-            match idle.skip(changes, woken_by_latch) {
-                Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
-                None if restore.holds(role) => sleep = sleep.min(Duration::from_secs(1)),
-                None => {
-                    let next_due = super::sender::step(role.worker_name());
+                    let next_due = duty.step();
                     sleep = sleep.min(next_due.unwrap_or(sleep));
                     idle.ran(changes, next_due);
                     // Background workers flush their statistics themselves.
                     unsafe { pg_sys::pgstat_report_stat(true) };
                 }
             }
-            // SMTP connections kept open after a burst close once idle (no statements).
-            if let Some(look_again) = super::sender::close_idle_connections() {
+            if let Some(look_again) = duty.tidy() {
                 sleep = sleep.min(look_again);
             }
+        } else {
+            duty.not_installed();
         }
         if shutdown_requested() {
             break;
         }
-        // (Not while a restore holds the sender: the rounds that came back
+        // (Not while a restore holds the worker: the rounds that came back
         // wait in the doorbell until it ends, and must not wake it meanwhile.)
-        let doorbell = if role == Role::Sender && !restore.waiting() { super::sender::doorbell() } else { None };
-        let woken_by = wait_for_latch(sleep, doorbell);
+        let socket = if restore.waiting() { None } else { duty.socket() };
+        let woken_by = wait_for_latch(sleep, socket);
         if woken_by.postmaster_died || shutdown_requested() {
             postmaster_died = woken_by.postmaster_died;
             break;
         }
-        // A round coming back counts as news for the sender, like a commit.
+        // A round coming back counts as news, like a commit.
         woken_by_latch = woken_by.latch || woken_by.socket;
         board::update(role, |slot| {
             if woken_by.latch {
@@ -232,8 +216,8 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         }
     }
 
-    if role == Role::Sender && !postmaster_died {
-        super::sender::stop(role.worker_name());
+    if !postmaster_died {
+        duty.stop();
     }
     board::update(role, |slot| {
         slot.state = WorkerState::Stopped;

@@ -4,12 +4,14 @@
 
 pub mod board;
 mod device_logins;
+mod duty;
 mod idle;
 mod idle_watch;
 mod main_loop;
 mod receiver;
 pub mod role;
 mod sender;
+mod signals;
 mod wake;
 
 use crate::settings;

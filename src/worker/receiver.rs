@@ -274,9 +274,45 @@ fn record(account_id: i64, outcomes: &[FolderOutcome]) {
     }
 }
 
+/// The receiver's part in the workers' loop: it keeps the IDLE watchers.
+#[derive(Default)]
+pub struct Receiver {
+    watchers: IdleWatchers,
+}
+
+impl super::duty::Duty for Receiver {
+    fn role(&self) -> super::role::Role {
+        super::role::Role::Receiver
+    }
+
+    /// Sync requests of a receiver that died are asked again; routing code
+    /// it was stopped in is suspended for a while.
+    fn start(&mut self) {
+        board::requeue_running_sync_requests();
+        crate::store::routing::suspend_interrupted_routing();
+    }
+
+    fn not_installed(&mut self) {
+        self.watchers.stop_all();
+    }
+
+    fn changes(&self) -> Option<i64> {
+        crate::store::catalog::receiving_changes().ok().flatten()
+    }
+
+    /// sync_now() asks through the board, not (only) the latch.
+    fn asked(&self) -> bool {
+        board::sync_requested()
+    }
+
+    fn step(&mut self) -> Option<Duration> {
+        run(&mut self.watchers)
+    }
+}
+
 /// Syncs the due and requested accounts; returns the time until the next
 /// account is due (`None`: none is scheduled).
-pub fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
+fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
     let requests = board::take_sync_requests();
     let mut requested: Vec<i64> = requests.iter().map(|(_, account_id)| *account_id).collect();
     requested.extend(watchers.take_changed());
@@ -385,7 +421,7 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 pg_sys::check_for_interrupts!();
-                if super::main_loop::shutdown_requested() {
+                if super::signals::shutdown_requested() {
                     // Threads still fetching are abandoned; nothing they
                     // fetched is acknowledged, so the next start fetches it
                     // again. Tokens already obtained are stored first.

@@ -13,7 +13,9 @@ mod connections;
 mod lanes;
 mod record;
 
+use super::role::Role;
 use crate::settings;
+use crate::store::catalog;
 use crate::store::outbox;
 use crate::store::transaction::{in_transaction, try_in_transaction};
 use lanes::Lanes;
@@ -22,8 +24,6 @@ use record::recorded;
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::time::Duration;
-
-pub use connections::close_idle as close_idle_connections;
 
 /// How long a stopping sender waits for the rounds on the wire, so their
 /// results are recorded rather than retried after their lease.
@@ -37,7 +37,7 @@ thread_local! {
 /// Runs once per wake-up. Returns how long the worker may sleep: with
 /// rounds on the wire, until the doorbell rings or the fallback poll;
 /// otherwise until the next row is due (`None`: nothing is waiting).
-pub fn step(role_name: &str) -> Option<Duration> {
+fn step(role_name: &str) -> Option<Duration> {
     LANES.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
@@ -66,7 +66,7 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
         lanes.launch_waiting(parallel);
         let any_came_back = !came_back.is_empty();
         failed |= !recorded(role_name, came_back);
-        if failed || super::main_loop::shutdown_requested() {
+        if failed || super::signals::shutdown_requested() {
             break;
         }
         // Claimed rounds wait only for accounts already on the wire (or for
@@ -89,7 +89,7 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
             }
         }
     }
-    if super::main_loop::shutdown_requested() {
+    if super::signals::shutdown_requested() {
         return None;
     }
     if failed {
@@ -102,7 +102,7 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
 }
 
 /// The socket that becomes readable when a round comes back, while any is out.
-pub fn doorbell() -> Option<RawFd> {
+fn doorbell() -> Option<RawFd> {
     LANES.with(|cell| cell.borrow().as_ref().filter(|lanes| lanes.on_wire() > 0).map(Lanes::doorbell))
 }
 
@@ -111,7 +111,7 @@ pub fn doorbell() -> Option<RawFd> {
 /// at most) and records them (what they did not start is handed back too),
 /// then closes the SMTP connections. Rows still out when the sender is gone
 /// are taken back by the next sender when it starts.
-pub fn stop(role_name: &str) {
+fn stop(role_name: &str) {
     let finished = LANES.with(|cell| cell.borrow_mut().as_mut().map(|lanes| lanes.finish(FINISH_ON_STOP)));
     if let Some((never_started, came_back)) = finished {
         record::hand_back(role_name, never_started);
@@ -123,13 +123,53 @@ pub fn stop(role_name: &str) {
 /// When the sender starts (or the extension appears): takes back the rows
 /// that senders no longer running had claimed, so they go out now rather
 /// than when their lease lapses.
-pub fn take_back_abandoned(role_name: &str) {
+fn take_back_abandoned(role_name: &str) {
     match try_in_transaction(|| outbox::take_back_abandoned(settings::max_attempts())) {
         Ok(0) => {}
         Ok(rows) => log!("{role_name}: took back {rows} outbox row(s) claimed by a sender that is no longer running"),
         Err(error) => {
             log!("{role_name}: cannot take back rows of stopped senders (they wait for their lease): {error}")
         }
+    }
+}
+
+/// The sender's part in the workers' loop.
+pub struct Sender;
+
+impl super::duty::Duty for Sender {
+    fn role(&self) -> Role {
+        Role::Sender
+    }
+
+    /// Rows that stopped senders had claimed go out now, not after their lease.
+    fn installed(&mut self) {
+        take_back_abandoned(Role::Sender.worker_name());
+    }
+
+    fn changes(&self) -> Option<i64> {
+        catalog::outbox_changes().ok().flatten()
+    }
+
+    fn step(&mut self) -> Option<Duration> {
+        step(Role::Sender.worker_name())
+    }
+
+    /// SMTP connections kept open after a burst close once idle (no statements).
+    fn tidy(&mut self) -> Option<Duration> {
+        connections::close_idle()
+    }
+
+    fn socket(&self) -> Option<RawFd> {
+        doorbell()
+    }
+
+    /// The restored rows that were claimed when dumped are taken back.
+    fn restore_ended(&mut self) {
+        take_back_abandoned(Role::Sender.worker_name());
+    }
+
+    fn stop(&mut self) {
+        stop(Role::Sender.worker_name());
     }
 }
 
