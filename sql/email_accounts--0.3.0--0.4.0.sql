@@ -1089,7 +1089,7 @@ BEGIN
     IF NEW.template IS NOT NULL THEN
         IF NEW.tenant IS NULL AND NEW.account IS NOT NULL THEN
             NEW.tenant := (SELECT min(account.tenant) FROM email_accounts.account WHERE account.name = NEW.account
-                           HAVING count(DISTINCT account.tenant) = 1);
+                           HAVING count(*) = 1);
         END IF;
         NEW := email_accounts.apply_template(NEW);
     END IF;
@@ -1248,8 +1248,9 @@ BEGIN
     END LOOP;
     FOR position IN 1 .. coalesce(cardinality(NEW.attachments), 0) LOOP
         IF NEW.attachments[position].filename IS NULL OR btrim(NEW.attachments[position].filename) = ''
-           OR NEW.attachments[position].filename ~ '[\r\n]' OR NEW.attachments[position].content IS NULL THEN
-            RAISE EXCEPTION 'template %: attachment % needs a filename (one line) and content', quote_literal(NEW.name), position
+           OR NEW.attachments[position].filename ~ '[\r\n]' OR NEW.attachments[position].content IS NULL
+           OR NEW.attachments[position].content_id ~ '[<>\r\n]' THEN
+            RAISE EXCEPTION 'template %: attachment % needs a filename (one line) and content, and a content_id without <, > or line breaks', quote_literal(NEW.name), position
                 USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template', COLUMN = 'attachments';
         END IF;
     END LOOP;

@@ -181,7 +181,7 @@ BEGIN
     IF NEW.template IS NOT NULL THEN
         IF NEW.tenant IS NULL AND NEW.account IS NOT NULL THEN
             NEW.tenant := (SELECT min(account.tenant) FROM email_accounts.account WHERE account.name = NEW.account
-                           HAVING count(DISTINCT account.tenant) = 1);
+                           HAVING count(*) = 1);
         END IF;
         NEW := email_accounts.apply_template(NEW);
     END IF;

@@ -72,8 +72,9 @@ BEGIN
     END LOOP;
     FOR position IN 1 .. coalesce(cardinality(NEW.attachments), 0) LOOP
         IF NEW.attachments[position].filename IS NULL OR btrim(NEW.attachments[position].filename) = ''
-           OR NEW.attachments[position].filename ~ '[\r\n]' OR NEW.attachments[position].content IS NULL THEN
-            RAISE EXCEPTION 'template %: attachment % needs a filename (one line) and content', quote_literal(NEW.name), position
+           OR NEW.attachments[position].filename ~ '[\r\n]' OR NEW.attachments[position].content IS NULL
+           OR NEW.attachments[position].content_id ~ '[<>\r\n]' THEN
+            RAISE EXCEPTION 'template %: attachment % needs a filename (one line) and content, and a content_id without <, > or line breaks', quote_literal(NEW.name), position
                 USING ERRCODE = 'invalid_parameter_value', SCHEMA = 'email_accounts', TABLE = 'template', COLUMN = 'attachments';
         END IF;
     END LOOP;

@@ -229,6 +229,12 @@ fn mistakes_are_clear_errors_and_queue_nothing() {
     );
     assert_eq!(code, "22023");
     assert!(message.contains("attachment 1"), "{message}");
+    let (code, _) = refused(
+        &mut setup.client,
+        "INSERT INTO email_accounts.template (tenant, name, body_text, attachments)
+         VALUES ('acme', 'bad_cid', 'x', ARRAY[ROW('a.png', 'image/png', 'x'::bytea, E'a>\\nb')::email_accounts.attachment])",
+    );
+    assert_eq!(code, "22023", "a content_id the outbox would refuse is refused when saved");
     // A shared template may not include a tenant's.
     let (code, _) = refused(
         &mut setup.client,

@@ -10,9 +10,12 @@ pub fn included_templates(source: &str) -> Vec<String> {
     let mut rest = source;
     let mut in_raw = false;
     while let Some(start) = rest.find('{') {
+        // Inside {% raw %} only its {% endraw %} counts; expressions are
+        // skipped whole (a string in one may hold "{#" or "{%").
         let closing = match rest.get(start..start + 2) {
-            Some("{#") => "#}",
             Some("{%") => "%}",
+            Some("{#") if !in_raw => "#}",
+            Some("{{") if !in_raw => "}}",
             _ => {
                 rest = &rest[start + 1..];
                 continue;
@@ -21,7 +24,7 @@ pub fn included_templates(source: &str) -> Vec<String> {
         let block = &rest[start + 2..];
         let end = block.find(closing).unwrap_or(block.len());
         rest = &block[end..];
-        if closing == "#}" {
+        if closing != "%}" {
             continue;
         }
         let inside = block[..end].trim_matches(|character: char| "-+".contains(character) || character.is_whitespace());
@@ -64,5 +67,8 @@ mod tests {
         assert_eq!(included_templates(source), vec!["header", "footer", "macros", "last"]);
         assert!(included_templates("{% include").is_empty());
         assert!(included_templates("{{ 'ü' }}{").is_empty());
+        // What looks like a comment inside raw text or a string hides nothing.
+        assert_eq!(included_templates("{% raw %}{# {% endraw %}{% include 'x' %}"), vec!["x"]);
+        assert_eq!(included_templates("{{ \"{#\" }}{% include 'y' %}"), vec!["y"]);
     }
 }
