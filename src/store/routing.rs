@@ -193,9 +193,8 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
     // Not a reply: perhaps mail to a row's document address (automatic linking).
     if !is_reply {
         if let Ok(parsed) = &message.parsed {
-            let recipients = document_recipients(parsed);
-            let suspended = crate::worker::board::routing_suspended_until(settings.account_id).is_some();
-            if !recipients.is_empty() && !suspended {
+            let recipients = sub_addressed_recipients(parsed);
+            if !recipients.is_empty() && routing_suspension(settings).is_none() {
                 // The row is looked up as an owner role (its policies and casts
                 // are the tenant's code): bounded like append_to and on_receive.
                 user_code_step(settings.account_id, message_id, "automatic linking", || {
@@ -222,8 +221,8 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
     }
     if settings.enable_auto_reply {
         // Its template (auto_reply_template) is the tenant's code too: bounded like it.
-        if crate::worker::board::routing_suspended_until(settings.account_id).is_some() {
-            record_routing_error(message_id, "auto reply", "not sent: this account's routing is suspended");
+        if let Some(suspension) = routing_suspension(settings) {
+            record_routing_error(message_id, "auto reply", &suspension);
         } else {
             user_code_step(settings.account_id, message_id, "auto reply", || auto_reply(message_id, message, settings));
         }
@@ -233,9 +232,15 @@ pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettin
 /// Why the account's own code (append_to, on_receive, on_bounce) is not run
 /// now: its owner role may not run it, or its routing is suspended.
 fn user_code_blocked(settings: &RoutingSettings) -> Option<String> {
-    if let Some(problem) = &settings.owner_problem {
-        return Some(format!("not run: the account's owner_role may not run them: {problem}"));
+    match &settings.owner_problem {
+        Some(problem) => Some(format!("not run: the account's owner_role may not run them: {problem}")),
+        None => routing_suspension(settings),
     }
+}
+
+/// Why nothing of the account's code runs for a while (after code that
+/// could not be stopped at email_accounts.routing_timeout), or `None`.
+fn routing_suspension(settings: &RoutingSettings) -> Option<String> {
     let until = crate::worker::board::routing_suspended_until(settings.account_id)?;
     let until = pgrx::datum::TimestampWithTimeZone::try_from(until).map(|until| until.to_string()).unwrap_or_default();
     Some(format!(
@@ -277,7 +282,7 @@ const MOST_REPORTED_RECIPIENTS: usize = 1000;
 /// `multipart/report`, or from a mailer daemon or postmaster) is parsed for
 /// it: ordinary mail costs nothing more.
 fn delivery_report(message: &FetchedMessage, address: &str) -> Option<serde_json::Value> {
-    use email_accounts_mail::receive::delivery_report::{recognise, Action, ReportKind};
+    use email_accounts_mail::receive::delivery_report::{recognise, ReportKind};
     let parsed = message.parsed.as_ref().ok()?;
     let may_be = parsed.headers.iter().any(|(name, value)| {
         name.eq_ignore_ascii_case("Content-Type") && value.to_ascii_lowercase().contains("multipart/report")
@@ -305,13 +310,7 @@ fn delivery_report(message: &FetchedMessage, address: &str) -> Option<serde_json
             serde_json::json!({
                 "address": recipient.address,
                 "final": recipient.final_recipient,
-                "action": match recipient.action {
-                    Action::Failed => "failed",
-                    Action::Delayed => "delayed",
-                    Action::Delivered => "delivered",
-                    Action::Relayed => "relayed",
-                    Action::Expanded => "expanded",
-                },
+                "action": recipient.action.label(),
                 "status": recipient.status,
                 "diagnostic": recipient.diagnostic.as_deref().map(email_accounts_mail::oauth::clean),
                 "remote_mta": recipient.remote_mta,
@@ -322,7 +321,7 @@ fn delivery_report(message: &FetchedMessage, address: &str) -> Option<serde_json
     // Where it came back to (a DSN goes to the envelope sender; a complaint
     // returns the mail with it as Return-Path).
     let returned_to: Vec<String> =
-        document_recipients(parsed).into_iter().chain(report.original_return_path.clone()).collect();
+        sub_addressed_recipients(parsed).into_iter().chain(report.original_return_path.clone()).collect();
     let (signed, signature_problem) = signed_envelope_sender(&returned_to, address);
     let (signed_outbox_id, signed_recipient) = signed.unzip();
     Some(serde_json::json!({
@@ -362,10 +361,10 @@ fn signed_envelope_sender(returned_to: &[String], address: &str) -> (Option<(i64
     (None, problem)
 }
 
-/// The recipients that may be document addresses: To, Cc and Delivered-To
-/// with a sub-address (a `+` in the local part); usually none, and then no
-/// statement is run.
-fn document_recipients(parsed: &email_accounts_mail::parse::ParsedMessage) -> Vec<String> {
+/// The recipients with a sub-address (a `+` in the local part) in To, Cc,
+/// Delivered-To and X-Original-To: where document addresses and signed
+/// envelope senders are looked for. Usually none, and then no statement is run.
+fn sub_addressed_recipients(parsed: &email_accounts_mail::parse::ParsedMessage) -> Vec<String> {
     let delivered_to = parsed
         .headers
         .iter()

@@ -3,15 +3,22 @@
 //! by email_accounts.choose_template(), as the caller: row-level security applies).
 
 use super::kept_plans;
+
+/// A template row's version: xmin and ctid change with every update (also a
+/// second one in the same transaction, which keeps xmin) and with a restore.
+macro_rules! version_of_template_row {
+    () => {
+        "template.xmin::text || ':' || template.ctid::text"
+    };
+}
 use email_accounts_mail::template::{Part, TemplateSource};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
-/// A row's version: xmin and ctid change with every update (also a second
-/// one in the same transaction, which keeps xmin) and with a restore.
+/// A row's version (see version_of_template_row).
 pub fn version(template_id: i64) -> Result<Option<String>, SpiError> {
     kept_plans::get_one::<String>(
-        "SELECT xmin::text || ':' || ctid::text FROM email_accounts.template WHERE template_id = $1",
+        concat!("SELECT ", version_of_template_row!(), " FROM email_accounts.template WHERE template_id = $1"),
         &[template_id.into()],
     )
 }
@@ -21,8 +28,11 @@ pub fn sources(template_id: i64) -> Result<Option<(String, TemplateSource)>, Spi
     Spi::connect(|client| {
         let table = kept_plans::select(
             client,
-            "SELECT xmin::text || ':' || ctid::text, subject, body_text, body_html FROM email_accounts.template
-              WHERE template_id = $1",
+            concat!(
+                "SELECT ",
+                version_of_template_row!(),
+                ", subject, body_text, body_html FROM email_accounts.template WHERE template_id = $1"
+            ),
             &[template_id.into()],
         )?;
         let Some(row) = table.first() else {
@@ -48,12 +58,15 @@ pub fn chosen_versions(
     Spi::connect(|client| {
         let table = kept_plans::select(
             client,
-            "SELECT wanted.name, chosen.template_id,
-                    (SELECT template.xmin::text || ':' || template.ctid::text FROM email_accounts.template
-                      WHERE template.template_id = chosen.template_id)
-               FROM unnest($1::text[]) WITH ORDINALITY AS wanted (name, position),
-                    LATERAL email_accounts.choose_template($2, wanted.name, $3) AS chosen
-              ORDER BY wanted.position",
+            concat!(
+                "SELECT wanted.name, chosen.template_id,
+                        (SELECT ",
+                version_of_template_row!(),
+                " FROM email_accounts.template WHERE template.template_id = chosen.template_id)
+                   FROM unnest($1::text[]) WITH ORDINALITY AS wanted (name, position),
+                        LATERAL email_accounts.choose_template($2, wanted.name, $3) AS chosen
+                  ORDER BY wanted.position"
+            ),
             &[names.to_vec().into(), tenant.into(), language.into()],
         )?;
         table
@@ -81,12 +94,15 @@ pub fn included(
     Spi::connect(|client| {
         let table = kept_plans::select(
             client,
-            "SELECT chosen.template_id,
-                    (SELECT template.xmin::text || ':' || template.ctid::text FROM email_accounts.template
-                      WHERE template.template_id = chosen.template_id),
-                    CASE $4 WHEN 'subject' THEN chosen.subject WHEN 'body_text' THEN chosen.body_text ELSE chosen.body_html END
-               FROM email_accounts.choose_template($2, $1, $3) AS chosen
-              WHERE chosen.template_id IS NOT NULL",
+            concat!(
+                "SELECT chosen.template_id,
+                        (SELECT ",
+                version_of_template_row!(),
+                " FROM email_accounts.template WHERE template.template_id = chosen.template_id),
+                        CASE $4 WHEN 'subject' THEN chosen.subject WHEN 'body_text' THEN chosen.body_text ELSE chosen.body_html END
+                   FROM email_accounts.choose_template($2, $1, $3) AS chosen
+                  WHERE chosen.template_id IS NOT NULL"
+            ),
             &[name.into(), tenant.into(), language.into(), part.column().into()],
         )?;
         let Some(row) = table.first() else {

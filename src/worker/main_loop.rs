@@ -61,8 +61,7 @@ impl RestoreWatch {
     /// Whether a restore is in progress; says so when one starts and ends.
     fn holds(&mut self, duty: &mut dyn Duty) -> bool {
         let role = duty.role();
-        let worker = if role == Role::Sender { restore::Worker::Sender } else { restore::Worker::Receiver };
-        let now = match try_in_transaction(|| restore::in_progress(worker)) {
+        let now = match try_in_transaction(|| restore::in_progress(role.restore_lock())) {
             Ok(restoring) => restoring,
             Err(error) => {
                 log!("{}: cannot tell whether a dump is being restored: {}", role.worker_name(), error);

@@ -32,6 +32,14 @@ impl Role {
         self as usize
     }
 
+    /// Which of a restore's locks the worker waits on (sql/restore.sql).
+    pub fn restore_lock(self) -> crate::store::restore::Worker {
+        match self {
+            Role::Sender => crate::store::restore::Worker::Sender,
+            Role::Receiver => crate::store::restore::Worker::Receiver,
+        }
+    }
+
     pub fn from_index(index: i64) -> Option<Role> {
         Role::ALL.into_iter().find(|role| role.index() as i64 == index)
     }

@@ -20,6 +20,21 @@ pub enum Action {
     Expanded,
 }
 
+impl Action {
+    const ALL: [Action; 5] = [Action::Failed, Action::Delayed, Action::Delivered, Action::Relayed, Action::Expanded];
+
+    /// The RFC 3464 word for it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+            Action::Expanded => "expanded",
+        }
+    }
+}
+
 /// One recipient's part of a delivery report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientReport {
@@ -232,14 +247,8 @@ fn recipient(fields: &[(String, String)]) -> Option<RecipientReport> {
     let address =
         typed_value(fields, "original-recipient").map(|address| strip_brackets(&address)).or(final_recipient.clone())?;
     let final_recipient = final_recipient.filter(|final_recipient| *final_recipient != address);
-    let action = match value(fields, "action")?.to_ascii_lowercase().split_whitespace().next()? {
-        "failed" => Action::Failed,
-        "delayed" => Action::Delayed,
-        "delivered" => Action::Delivered,
-        "relayed" => Action::Relayed,
-        "expanded" => Action::Expanded,
-        _ => return None,
-    };
+    let word = value(fields, "action")?.to_ascii_lowercase();
+    let action = Action::ALL.into_iter().find(|action| Some(action.label()) == word.split_whitespace().next())?;
     let status = value(fields, "status").and_then(|status| status.split_whitespace().next().map(str::to_owned));
     Some(RecipientReport {
         address,

@@ -11,7 +11,7 @@ mod includes;
 pub use includes::included_templates;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The three parts of a template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +120,7 @@ pub struct Compiled {
     /// context (`order.total`; found once here: minijinja parses the source
     /// again to find them), to name the one missing when strict mode stops.
     parts: Vec<(Part, Vec<String>)>,
+    missing_include: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -156,13 +157,23 @@ impl Compiled {
             let part = part_of(parent).unwrap_or(Part::Text);
             format!("{name}|{}", part.column()).into()
         });
+        // The template an include named and nobody has (minijinja's error says it only in words).
+        let missing_include: Arc<Mutex<Option<String>>> = Arc::default();
+        let missing = Arc::clone(&missing_include);
         environment.set_loader(move |name| {
             let Some((template, part)) =
                 name.rsplit_once('|').and_then(|(template, part)| Some((template, Part::from_column(part)?)))
             else {
                 return Ok(None);
             };
-            loader(template, part).map_err(|error| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, error))
+            let found = loader(template, part)
+                .map_err(|error| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, error))?;
+            if found.is_none() {
+                if let Ok(mut missing) = missing.lock() {
+                    *missing = Some(template.to_owned());
+                }
+            }
+            Ok(found)
         });
         filters::add(&mut environment, language);
         // Builtins that turn a small number into a huge value in one step
@@ -196,7 +207,7 @@ impl Compiled {
                 (part, used)
             })
             .collect();
-        Ok(Compiled { environment, parts })
+        Ok(Compiled { environment, parts, missing_include })
     }
 
     /// Renders every part over `context` (a JSON object); `check` is called
@@ -224,7 +235,7 @@ impl Compiled {
                         line,
                         detail: format!("the rendered text is longer than {LONGEST_OUTPUT} bytes"),
                     },
-                    _ => render_error(part.column(), &error),
+                    _ => render_error(part.column(), &error, &self.missing_include),
                 }
             });
             written?;
@@ -308,13 +319,11 @@ fn syntax_error(part: &str, error: &minijinja::Error) -> TemplateError {
     TemplateError::Syntax { part: where_(part, error), line: error.line().unwrap_or(1), detail: detail(error) }
 }
 
-fn render_error(part: &str, error: &minijinja::Error) -> TemplateError {
+fn render_error(part: &str, error: &minijinja::Error, missing_include: &Mutex<Option<String>>) -> TemplateError {
     match error.kind() {
         minijinja::ErrorKind::TemplateNotFound => {
-            let name = error.detail().unwrap_or_default();
-            let name = name.split('"').nth(1).unwrap_or(name);
-            let name = name.rsplit_once('|').map_or(name, |(template, _)| template);
-            TemplateError::UnknownInclude { part: where_(part, error), name: name.to_owned() }
+            let name = missing_include.lock().ok().and_then(|mut missing| missing.take()).unwrap_or_default();
+            TemplateError::UnknownInclude { part: where_(part, error), name }
         }
         minijinja::ErrorKind::SyntaxError => syntax_error(part, error),
         _ => {
