@@ -1468,3 +1468,25 @@ CREATE INDEX suppression_outbox ON email_accounts.suppression (outbox_id) WHERE 
 
 -- The workers of the new library wait for this update; wake them now.
 SELECT email_accounts.wake_workers_at_commit();
+
+-- Issue 18: one launcher serves every database; worker_status() names each worker's database.
+DROP FUNCTION email_accounts.worker_status();
+CREATE  FUNCTION email_accounts."worker_status"() RETURNS TABLE (
+	"database" TEXT,  /* Option < String > */
+	"role" TEXT,  /* String */
+	"worker_name" TEXT,  /* String */
+	"pid" INT,  /* Option < i32 > */
+	"state" TEXT,  /* String */
+	"started_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"config_reloads" bigint,  /* i64 */
+	"fallback_poll_interval_ms" bigint,  /* i64 */
+	"wake_requests" bigint,  /* i64 */
+	"latch_wakeups" bigint,  /* i64 */
+	"timeouts" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'worker_status_wrapper';
+
+COMMENT ON FUNCTION email_accounts.worker_status() IS
+  'One row per background worker: the launcher (database NULL), then the receiver and senders of this database (listed before they start), then those of every other database the launcher serves;

@@ -123,6 +123,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     worker::board::initialize_shared_memory();
     worker::register_static_workers();
+    worker::utility_hook::install();
 }
 
 /// Required by `cargo pgrx test`.
@@ -132,8 +133,8 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        // The workers connect to the default database `postgres`, where the
-        // extension is not created during #[pg_test]s: they wait quietly.
+        // The launcher starts workers where the extension is created (the
+        // test database too: they find nothing to send).
         vec!["shared_preload_libraries = 'email_accounts'"]
     }
 }

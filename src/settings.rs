@@ -5,8 +5,15 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 use std::time::Duration;
 
-/// The database the background workers connect to.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// The databases the launcher serves: `*` (every database where the
+/// extension is created) or a comma-separated list of names.
+pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"*"));
+
+/// Sender processes per database.
+pub static SENDERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+
+/// Senders a database may have at most (slots on the worker board).
+pub const MAX_SENDERS: usize = 8;
 
 /// Seconds the postmaster waits before restarting a worker that died.
 pub static WORKER_RESTART_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
@@ -51,11 +58,21 @@ pub static IMAP_IDLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn register() {
     GucRegistry::define_string_guc(
-        c"email_accounts.database",
-        c"Database the email_accounts background workers connect to.",
-        c"The extension must be created in this database for the workers to do anything; until then they wait quietly.",
-        &DATABASE,
-        GucContext::Postmaster,
+        c"email_accounts.databases",
+        c"Databases the email_accounts launcher starts workers in: * for every database where the extension is created, or a comma-separated list of names.",
+        c"Template databases (datistemplate) and databases that refuse connections are never served.",
+        &DATABASES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"email_accounts.senders",
+        c"Sender processes per database; they share the outbox, one account on one sender at a time.",
+        c"Each database served takes 1 + senders background worker processes (max_worker_processes).",
+        &SENDERS,
+        1,
+        MAX_SENDERS as i32,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -224,8 +241,20 @@ fn register_sender() {
     );
 }
 
-pub fn database() -> String {
-    DATABASE.get().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".to_owned())
+/// Whether the launcher serves the database of this name.
+pub fn serves_database(name: &str) -> bool {
+    let list = DATABASES.get().map(|list| list.to_string_lossy().into_owned()).unwrap_or_default();
+    database_listed(&list, name)
+}
+
+/// `*` lists every database; otherwise the comma-separated names, exactly
+/// (quotes around a name are allowed, as in other list settings).
+fn database_listed(list: &str, name: &str) -> bool {
+    list.split(',').map(|entry| entry.trim().trim_matches('"')).any(|entry| entry == "*" || entry == name)
+}
+
+pub fn senders() -> usize {
+    (SENDERS.get().max(1) as usize).min(MAX_SENDERS)
 }
 
 pub fn worker_restart_interval() -> Duration {
@@ -293,6 +322,22 @@ pub fn receive_max_backoff_seconds() -> i32 {
 
 pub fn imap_idle() -> bool {
     IMAP_IDLE.get()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::database_listed;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn database_lists() {
+        assert!(database_listed("*", "app"));
+        assert!(database_listed("app, shop", "shop"));
+        assert!(database_listed("\"App\"", "App"));
+        assert!(!database_listed("app", "App"));
+        assert!(!database_listed("", "app"));
+    }
 }
 
 /// What `ALTER DATABASE … SET` (which a database owner may run) would change

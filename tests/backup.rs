@@ -190,7 +190,7 @@ fn a_database_restored_into_a_new_cluster_sends_what_was_queued_once_and_needs_t
     run_quietly("pg_dump", &old, &["-Fc", "-f", dump.to_str().unwrap(), "app"]);
 
     // A new cluster whose workers serve "app"; its data directory has no key file yet.
-    let new = Postgres::start(&["email_accounts.database = 'app'", "email_accounts.fallback_poll_interval = '500ms'"]);
+    let new = Postgres::start(&["email_accounts.fallback_poll_interval = '500ms'"]);
     new.connect("postgres").batch_execute("CREATE DATABASE app").unwrap();
     run_quietly("pg_restore", &new, &["-d", "app", dump.to_str().unwrap()]);
     let mut restored = new.connect("app");

@@ -7,7 +7,7 @@ use super::errors::{internal, raise, raise_access};
 use crate::store::accounts::AccountAccessError;
 use crate::store::{inbox, privileged};
 use crate::worker::board::{self, SyncRequestState};
-use crate::worker::role::Role;
+use crate::worker::role::WorkerId;
 use email_accounts_mail::parse::parse;
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
@@ -56,13 +56,13 @@ fn sync_now(
             Some("Call email_accounts.set_password() first."),
         );
     }
-    let receiver = board::read(Role::Receiver);
+    let receiver = board::read(WorkerId::receiver(board::my_database())).unwrap_or_default();
     if receiver.pid == 0 || receiver.state != board::WorkerState::Idle {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("the receiver worker is not running in this database ({})", receiver.state.label()),
             Some(
-                "See email_accounts.worker_status(); the workers run in the database named by email_accounts.database.",
+                "See email_accounts.worker_status(); the launcher serves the databases named by email_accounts.databases.",
             ),
         );
     }
@@ -71,7 +71,7 @@ fn sync_now(
     };
     // Free the slot however the wait ends (done, cancel, statement_timeout).
     PgTryBuilder::new(|| {
-        board::wake(Role::Receiver);
+        board::wake_receiver(board::my_database());
         while board::sync_request_state(slot) != SyncRequestState::Done {
             let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
             unsafe {

@@ -1,9 +1,16 @@
 //! `email_accounts.worker_status()`: what each background worker is doing,
-//! read from shared memory (works even while a worker waits for the extension).
+//! read from shared memory: the launcher, then the workers of this
+//! database (listed even before they start), then those of the other
+//! databases the launcher serves.
 
-use crate::worker::board;
-use crate::worker::role::Role;
+use crate::settings;
+use crate::worker::board::{self, Extension, WorkerSlot};
+use crate::worker::role::{Role, WorkerId};
 use pgrx::prelude::*;
+use std::ffi::CStr;
+
+type Row =
+    (Option<String>, String, String, Option<i32>, String, Option<TimestampWithTimeZone>, i64, i64, i64, i64, i64);
 
 // pgrx needs the named columns spelled out in the signature.
 #[allow(clippy::type_complexity)]
@@ -11,6 +18,7 @@ use pgrx::prelude::*;
 fn worker_status() -> TableIterator<
     'static,
     (
+        name!(database, Option<String>),
         name!(role, String),
         name!(worker_name, String),
         name!(pid, Option<i32>),
@@ -23,27 +31,58 @@ fn worker_status() -> TableIterator<
         name!(timeouts, i64),
     ),
 > {
-    let rows: Vec<_> = Role::ALL
-        .into_iter()
-        .map(|role| {
-            let slot = board::read(role);
-            let started_at =
-                (slot.started_at != 0).then(|| TimestampWithTimeZone::try_from(slot.started_at).ok()).flatten();
-            (
-                role.label().to_owned(),
-                role.worker_name().to_owned(),
-                (slot.pid != 0).then_some(slot.pid),
-                slot.state.label().to_owned(),
-                started_at,
-                slot.config_reloads,
-                slot.fallback_poll_interval_ms,
-                slot.wake_requests,
-                slot.latch_wakeups,
-                slot.timeouts,
-            )
-        })
-        .collect();
+    let mut rows: Vec<Row> =
+        vec![row(None, Role::Launcher.label(), Role::Launcher.worker_name().to_owned(), board::read_launcher())];
+    let here = board::my_database();
+    let mut entries = board::entries();
+    entries.retain(|entry| entry.oid == here || entry.extension == Extension::Present);
+    entries.sort_by_key(|entry| (entry.oid != here, entry.oid));
+    if entries.first().is_none_or(|entry| entry.oid != here) {
+        // No entry yet (the launcher has not started them): listed all the same.
+        let mut rows_here = workers_of(here, &[WorkerSlot::default(); board::WORKERS_PER_DATABASE]);
+        rows.append(&mut rows_here);
+    }
+    for entry in entries {
+        rows.append(&mut workers_of(entry.oid, &entry.workers));
+    }
     TableIterator::new(rows)
+}
+
+/// The receiver and the senders of one database.
+fn workers_of(database: u32, slots: &[WorkerSlot; board::WORKERS_PER_DATABASE]) -> Vec<Row> {
+    let name = database_name(database);
+    let ids = std::iter::once(WorkerId::receiver(database))
+        .chain((0..settings::MAX_SENDERS).map(|instance| WorkerId::sender(database, instance as u8)));
+    ids.filter(|id| {
+        id.role == Role::Receiver || (id.instance as usize) < settings::senders() || slots[id.slot()].pid != 0
+    })
+    .map(|id| row(name.clone(), id.role.label(), id.name(), slots[id.slot()]))
+    .collect()
+}
+
+fn row(database: Option<String>, role: &str, worker_name: String, slot: WorkerSlot) -> Row {
+    let started_at = (slot.started_at != 0).then(|| TimestampWithTimeZone::try_from(slot.started_at).ok()).flatten();
+    (
+        database,
+        role.to_owned(),
+        worker_name,
+        (slot.pid != 0).then_some(slot.pid),
+        slot.state.label().to_owned(),
+        started_at,
+        slot.config_reloads,
+        slot.fallback_poll_interval_ms,
+        slot.wake_requests,
+        slot.latch_wakeups,
+        slot.timeouts,
+    )
+}
+
+fn database_name(database: u32) -> Option<String> {
+    // SAFETY: a syscache look-up in the caller's transaction; the name is copied.
+    unsafe {
+        let name = pg_sys::get_database_name(pg_sys::Oid::from(database));
+        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -53,8 +92,10 @@ mod tests {
 
     #[pg_test]
     fn worker_status_lists_every_role() {
-        let roles =
-            Spi::get_one::<String>("SELECT string_agg(role, ',' ORDER BY role) FROM email_accounts.worker_status()");
-        assert_eq!(roles, Ok(Some("receiver,sender".to_owned())));
+        let roles = Spi::get_one::<String>(
+            "SELECT string_agg(role, ',' ORDER BY role) FROM email_accounts.worker_status()
+              WHERE database IS NOT DISTINCT FROM (CASE role WHEN 'launcher' THEN NULL ELSE current_database() END)",
+        );
+        assert_eq!(roles, Ok(Some("launcher,receiver,sender".to_owned())));
     }
 }

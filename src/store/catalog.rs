@@ -50,6 +50,18 @@ pub fn installed_version() -> Result<Option<String>, StoreError> {
     })
 }
 
+/// The name of the database this process is connected to.
+pub fn database_name() -> Result<String, StoreError> {
+    // SAFETY: inside a transaction; the name is copied out before it ends.
+    in_transaction(|| unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if name.is_null() {
+            return String::new();
+        }
+        CStr::from_ptr(name).to_string_lossy().into_owned()
+    })
+}
+
 /// Rows ever inserted, updated or deleted in these tables of the extension,
 /// from the cumulative statistics (shared memory, no SQL statement): lets an
 /// idle worker's fallback poll notice changes that did not wake it. `None`
@@ -86,4 +98,43 @@ pub fn outbox_changes() -> Result<Option<i64>, StoreError> {
 /// domains and presets, and the folders' sync state.
 pub fn receiving_changes() -> Result<Option<i64>, StoreError> {
     changes_to(&[c"account", c"domain", c"provider", c"sync_state"])
+}
+
+/// One row of pg_database, as the launcher needs it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub oid: u32,
+    pub name: String,
+    pub is_template: bool,
+    pub allows_connections: bool,
+}
+
+/// Every database of the cluster (pg_database is a shared catalog: readable
+/// by the launcher, which is connected to no database).
+pub fn databases() -> Result<Vec<Database>, StoreError> {
+    // SAFETY: inside a transaction; every tuple is copied out before the
+    // next one is read, and the scan and relation are closed before returning.
+    in_transaction(|| unsafe {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+        let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
+        let mut databases = Vec::new();
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let header = (*tuple).t_data;
+            let row = (header as *const u8).add((*header).t_hoff as usize) as *const pg_sys::FormData_pg_database;
+            databases.push(Database {
+                oid: (*row).oid.to_u32(),
+                name: CStr::from_ptr((*row).datname.data.as_ptr()).to_string_lossy().into_owned(),
+                is_template: (*row).datistemplate,
+                allows_connections: (*row).datallowconn,
+            });
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(relation, lock);
+        databases
+    })
 }

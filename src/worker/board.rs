@@ -1,11 +1,24 @@
-//! The worker board: one slot per worker role in shared memory, so that SQL
-//! functions can show what each worker is doing (and, later, wake it).
+//! The worker board: shared memory that says, for every database the
+//! launcher serves, whether the extension is there and what each of its
+//! workers is doing, so that SQL functions can show it (worker_status) and
+//! wake the right process. Unless named, a function means the database the
+//! calling process is connected to.
 
-use super::role::Role;
+use super::role::WorkerId;
+use crate::settings::MAX_SENDERS;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
+
+/// Databases the launcher can serve at once.
+pub const DATABASE_SLOTS: usize = 128;
+
+/// Worker slots of one database: the receiver, then the senders.
+pub const WORKERS_PER_DATABASE: usize = 1 + MAX_SENDERS;
+
+/// Accounts the senders of one database can hold at once (one sender each).
+pub const ACCOUNT_SLOTS: usize = 256;
 
 /// What a worker is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -14,9 +27,11 @@ pub enum WorkerState {
     /// Never started since the server started.
     #[default]
     NotStarted,
-    /// Connected, but `CREATE EXTENSION email_accounts` has not been run in
-    /// its database (or the extension was dropped).
-    WaitingForExtension,
+    /// The launcher asked the postmaster for it; it has not connected yet.
+    Starting,
+    /// The postmaster had no free background worker process for it
+    /// (max_worker_processes); the launcher tries again.
+    NoWorkerProcess,
     /// The database has the extension at another version than this library:
     /// waiting for `ALTER EXTENSION email_accounts UPDATE`.
     WaitingForUpdate,
@@ -24,7 +39,7 @@ pub enum WorkerState {
     WaitingForRestore,
     /// Connected to a database with the extension; waiting for work.
     Idle,
-    /// Stopped by SIGTERM; the postmaster restarts it with the server.
+    /// Stopped (SIGTERM, or the extension is gone); the launcher starts it again when needed.
     Stopped,
 }
 
@@ -32,7 +47,8 @@ impl WorkerState {
     pub fn label(self) -> &'static str {
         match self {
             WorkerState::NotStarted => "not started",
-            WorkerState::WaitingForExtension => "waiting for extension",
+            WorkerState::Starting => "starting",
+            WorkerState::NoWorkerProcess => "no background worker process free (max_worker_processes)",
             WorkerState::WaitingForUpdate => "waiting for ALTER EXTENSION UPDATE",
             WorkerState::WaitingForRestore => "waiting for a restore to end",
             WorkerState::Idle => "idle",
@@ -62,6 +78,63 @@ pub struct WorkerSlot {
     pub process_number: i32,
 }
 
+/// Whether a database has the extension, as far as the board knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum Extension {
+    /// Not known yet: the launcher's first worker there finds out.
+    #[default]
+    Unknown,
+    Present,
+    Absent,
+}
+
+/// An account one sender of the database is sending through.
+#[derive(Debug, Clone, Copy, Default)]
+struct HeldAccount {
+    account_id: i64,
+    /// The holding sender's process id (0: a free slot); a held account
+    /// whose sender is no longer in its slot is free.
+    pid: i32,
+    instance: u8,
+}
+
+/// One database the launcher serves (or is finding out about).
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseEntry {
+    /// The database's oid; 0 for a free entry.
+    pub oid: u32,
+    pub extension: Extension,
+    /// Counts changes of `extension` by committed DDL, so a worker's
+    /// conclusion from an older look at the catalog cannot undo a newer one.
+    pub generation: u64,
+    /// Utility commands (DROP DATABASE, CREATE DATABASE … TEMPLATE, ALTER
+    /// DATABASE … RENAME) that need the database without connections.
+    pub paused: u32,
+    /// The account whose routing code the receiver is running now (0: none).
+    /// Still set when a new receiver starts: the old one was stopped inside it.
+    routing_account: i64,
+    /// The sender a commit wakes next (round robin).
+    next_sender: u32,
+    pub workers: [WorkerSlot; WORKERS_PER_DATABASE],
+    held_accounts: [HeldAccount; ACCOUNT_SLOTS],
+}
+
+impl Default for DatabaseEntry {
+    fn default() -> Self {
+        DatabaseEntry {
+            oid: 0,
+            extension: Extension::Unknown,
+            generation: 0,
+            paused: 0,
+            routing_account: 0,
+            next_sender: 0,
+            workers: [WorkerSlot::default(); WORKERS_PER_DATABASE],
+            held_accounts: [HeldAccount::default(); ACCOUNT_SLOTS],
+        }
+    }
+}
+
 /// Where a `sync_now()` request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -73,9 +146,10 @@ pub enum SyncRequestState {
     Done,
 }
 
-/// One `sync_now()` call waiting for the receiver.
+/// One `sync_now()` call waiting for a receiver.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncRequest {
+    pub database: u32,
     pub account_id: i64,
     pub state: SyncRequestState,
     /// The waiting backend's PGPROC number, whose latch is set when done.
@@ -85,12 +159,13 @@ pub struct SyncRequest {
 /// Concurrent `sync_now()` calls the board can hold.
 pub const SYNC_REQUEST_SLOTS: usize = 64;
 
-/// Accounts whose routing code the receiver had to be stopped for, at most.
+/// Accounts whose routing code a receiver had to be stopped for, at most.
 pub const SUSPENSION_SLOTS: usize = 32;
 
 /// An account whose append_to / on_receive code is not run until `until`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RoutingSuspension {
+    pub database: u32,
     pub account_id: i64,
     /// `pg_sys::TimestampTz`; 0 for a free slot.
     pub until: i64,
@@ -98,59 +173,48 @@ pub struct RoutingSuspension {
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerBoard {
-    slots: [WorkerSlot; Role::ALL.len()],
+    launcher: WorkerSlot,
+    databases: [DatabaseEntry; DATABASE_SLOTS],
+    /// A backend found no free entry for a database that has the extension.
+    overflowed: bool,
     sync_requests: [SyncRequest; SYNC_REQUEST_SLOTS],
-    /// The account whose routing code the receiver is running now (0: none).
-    /// Still set when a new receiver starts: the old one was stopped inside it.
-    routing_account: i64,
     suspensions: [RoutingSuspension; SUSPENSION_SLOTS],
 }
 
 impl Default for WorkerBoard {
     fn default() -> Self {
         WorkerBoard {
-            slots: Default::default(),
+            launcher: WorkerSlot::default(),
+            databases: [DatabaseEntry::default(); DATABASE_SLOTS],
+            overflowed: false,
             sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS],
-            routing_account: 0,
             suspensions: [RoutingSuspension::default(); SUSPENSION_SLOTS],
         }
     }
 }
 
-/// The receiver is about to run (Some) or has run (None) an account's routing code.
-pub fn set_routing_account(account_id: Option<i64>) {
-    WORKER_BOARD.exclusive().routing_account = account_id.unwrap_or(0);
-}
-
-/// At receiver start: an account whose routing code was running when the
-/// previous receiver was stopped is suspended until `until`; returns it.
-pub fn suspend_interrupted_routing(until: i64) -> Option<i64> {
-    let mut board = WORKER_BOARD.exclusive();
-    let account_id = std::mem::take(&mut board.routing_account);
-    if account_id == 0 {
-        return None;
+impl WorkerBoard {
+    fn entry(&self, database: u32) -> Option<&DatabaseEntry> {
+        self.databases.iter().find(|entry| entry.oid == database && database != 0)
     }
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    // This account's slot, else a lapsed one, else the one that lapses first.
-    let slots = &board.suspensions;
-    let index = slots
-        .iter()
-        .position(|slot| slot.account_id == account_id)
-        .or_else(|| slots.iter().position(|slot| slot.until <= now))
-        .unwrap_or_else(|| (0..SUSPENSION_SLOTS).min_by_key(|&index| slots[index].until).unwrap_or(0));
-    board.suspensions[index] = RoutingSuspension { account_id, until };
-    Some(account_id)
-}
 
-/// Until when an account's routing code is suspended, if it is.
-pub fn routing_suspended_until(account_id: i64) -> Option<i64> {
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    WORKER_BOARD
-        .share()
-        .suspensions
-        .iter()
-        .find(|slot| slot.account_id == account_id && slot.until > now)
-        .map(|slot| slot.until)
+    fn entry_mut(&mut self, database: u32) -> Option<&mut DatabaseEntry> {
+        self.databases.iter_mut().find(|entry| entry.oid == database && database != 0)
+    }
+
+    /// The database's entry, a free one taken for it if it has none.
+    fn entry_or_new(&mut self, database: u32) -> Option<&mut DatabaseEntry> {
+        let index = self
+            .databases
+            .iter()
+            .position(|entry| entry.oid == database)
+            .or_else(|| self.databases.iter().position(|entry| entry.oid == 0))?;
+        let entry = &mut self.databases[index];
+        if entry.oid != database {
+            *entry = DatabaseEntry { oid: database, ..DatabaseEntry::default() };
+        }
+        Some(entry)
+    }
 }
 
 // SAFETY: plain-old-data with no pointers; it lives in PostgreSQL's shared memory.
@@ -164,50 +228,83 @@ pub fn initialize_shared_memory() {
     pgrx::pg_shmem_init!(WORKER_BOARD);
 }
 
-/// A copy of one role's slot.
-pub fn read(role: Role) -> WorkerSlot {
-    WORKER_BOARD.share().slots[role.index()]
+/// The database this process is connected to.
+pub fn my_database() -> u32 {
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
-/// Changes one role's slot under the exclusive lock.
-pub fn update(role: Role, change: impl FnOnce(&mut WorkerSlot)) {
-    change(&mut WORKER_BOARD.exclusive().slots[role.index()]);
+fn now() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// A fresh slot for the calling process.
+fn fresh_slot(state: WorkerState, fallback_poll_interval_ms: i64) -> WorkerSlot {
+    WorkerSlot {
+        pid: unsafe { pg_sys::MyProcPid },
+        state,
+        started_at: now(),
+        fallback_poll_interval_ms,
+        process_number: unsafe { (*pg_sys::MyProc).pgprocno },
+        ..WorkerSlot::default()
+    }
+}
+
+// ---- the launcher's own slot -------------------------------------------
+
+pub fn launcher_started(fallback_poll_interval_ms: i64) {
+    WORKER_BOARD.exclusive().launcher = fresh_slot(WorkerState::Idle, fallback_poll_interval_ms);
+}
+
+pub fn read_launcher() -> WorkerSlot {
+    WORKER_BOARD.share().launcher
+}
+
+pub fn update_launcher(change: impl FnOnce(&mut WorkerSlot)) {
+    change(&mut WORKER_BOARD.exclusive().launcher);
+}
+
+/// Sets the launcher's latch (after DDL that may change what it serves).
+pub fn wake_launcher() {
+    let launcher = read_launcher();
+    if launcher.pid != 0 {
+        set_latch_of(launcher.process_number);
+    }
+}
+
+// ---- one worker's slot ---------------------------------------------------
+
+/// A copy of one worker's slot (None: its database has no entry).
+pub fn read(id: WorkerId) -> Option<WorkerSlot> {
+    WORKER_BOARD.share().entry(id.database).map(|entry| entry.workers[id.slot()])
+}
+
+/// Changes one worker's slot under the exclusive lock (if its database has an entry).
+pub fn update(id: WorkerId, change: impl FnOnce(&mut WorkerSlot)) {
+    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(id.database) {
+        change(&mut entry.workers[id.slot()]);
+    }
 }
 
 /// The slot a worker fills in when it starts.
-pub fn started(role: Role, fallback_poll_interval_ms: i64) {
-    let pid = unsafe { pg_sys::MyProcPid };
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let process_number = unsafe { (*pg_sys::MyProc).pgprocno };
-    update(role, |slot| {
-        *slot = WorkerSlot {
-            pid,
-            state: WorkerState::WaitingForExtension,
-            started_at: now,
-            config_reloads: 0,
-            fallback_poll_interval_ms,
-            wake_requests: 0,
-            latch_wakeups: 0,
-            timeouts: 0,
-            process_number,
-        }
-    });
+pub fn started(id: WorkerId, fallback_poll_interval_ms: i64) {
+    update(id, |slot| *slot = fresh_slot(WorkerState::Starting, fallback_poll_interval_ms));
 }
 
-/// Sets the latch of the role's worker, if it runs; true when it was set.
-pub fn wake(role: Role) -> bool {
-    let process_number = {
-        let mut board = WORKER_BOARD.exclusive();
-        let slot = &mut board.slots[role.index()];
-        if slot.pid == 0 {
-            return false;
+/// A worker that leaves: its slot says stopped, its accounts are free.
+pub fn stopped(id: WorkerId) {
+    let mut board = WORKER_BOARD.exclusive();
+    if let Some(entry) = board.entry_mut(id.database) {
+        let slot = &mut entry.workers[id.slot()];
+        let pid = slot.pid;
+        slot.state = WorkerState::Stopped;
+        slot.pid = 0;
+        for held in entry.held_accounts.iter_mut().filter(|held| held.pid == pid && pid != 0) {
+            *held = HeldAccount::default();
         }
-        slot.wake_requests += 1;
-        slot.process_number
-    };
-    set_latch_of(process_number);
-    true
+    }
 }
+
+// ---- waking --------------------------------------------------------------
 
 /// Sets the latch of the process with this PGPROC number.
 fn set_latch_of(process_number: i32) {
@@ -219,13 +316,292 @@ fn set_latch_of(process_number: i32) {
     }
 }
 
+/// Wakes the database's receiver, if it runs; true when it was woken.
+pub fn wake_receiver(database: u32) -> bool {
+    wake_where(database, |entry| [WorkerId::receiver(entry.oid).slot()].to_vec())
+}
+
+/// Wakes one running sender of the database, each call the next one
+/// (they share the outbox; one that finds more than it can take wakes another).
+pub fn wake_sender(database: u32) -> bool {
+    wake_where(database, |entry| {
+        let running: Vec<usize> = (0..MAX_SENDERS)
+            .map(|instance| WorkerId::sender(entry.oid, instance as u8).slot())
+            .filter(|&slot| entry.workers[slot].pid != 0)
+            .collect();
+        if running.is_empty() {
+            return Vec::new();
+        }
+        entry.next_sender = entry.next_sender.wrapping_add(1);
+        vec![running[entry.next_sender as usize % running.len()]]
+    })
+}
+
+/// Wakes the next running sender other than `me` (one that found more
+/// waiting than it could take on).
+pub fn wake_other_sender(me: WorkerId) -> bool {
+    wake_where(me.database, |entry| {
+        let others: Vec<usize> = (0..MAX_SENDERS)
+            .map(|instance| WorkerId::sender(entry.oid, instance as u8).slot())
+            .filter(|&slot| entry.workers[slot].pid != 0 && slot != me.slot())
+            .collect();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        entry.next_sender = entry.next_sender.wrapping_add(1);
+        vec![others[entry.next_sender as usize % others.len()]]
+    })
+}
+
+/// Wakes every running sender of the database (flush()).
+pub fn wake_senders(database: u32) -> bool {
+    wake_where(database, |entry| {
+        (0..MAX_SENDERS).map(|instance| WorkerId::sender(entry.oid, instance as u8).slot()).collect()
+    })
+}
+
+/// Wakes every worker of the database (the extension changed).
+fn wake_all(entry: &mut DatabaseEntry) -> Vec<i32> {
+    let mut woken = Vec::new();
+    for slot in entry.workers.iter_mut().filter(|slot| slot.pid != 0) {
+        slot.wake_requests += 1;
+        woken.push(slot.process_number);
+    }
+    woken
+}
+
+/// Sets the latches of the running workers `choose` names; true when any was.
+fn wake_where(database: u32, choose: impl FnOnce(&mut DatabaseEntry) -> Vec<usize>) -> bool {
+    let process_numbers: Vec<i32> = {
+        let mut board = WORKER_BOARD.exclusive();
+        let Some(entry) = board.entry_mut(database) else { return false };
+        let chosen = choose(entry);
+        chosen
+            .into_iter()
+            .filter_map(|index| {
+                let slot = &mut entry.workers[index];
+                (slot.pid != 0).then(|| {
+                    slot.wake_requests += 1;
+                    slot.process_number
+                })
+            })
+            .collect()
+    };
+    for &process_number in &process_numbers {
+        set_latch_of(process_number);
+    }
+    !process_numbers.is_empty()
+}
+
+// ---- whether a database has the extension -------------------------------
+
+/// A committed transaction created or dropped the extension in `database`
+/// (or may have: DROP SCHEMA … CASCADE) and `present` is what it left. The
+/// launcher and the database's workers are woken when that changes what the
+/// board knew, or always with `wake` (ALTER EXTENSION UPDATE). Called at
+/// commit: never raises an error.
+pub fn publish_extension(database: u32, present: bool, wake: bool) {
+    let state = if present { Extension::Present } else { Extension::Absent };
+    let woken = {
+        let mut board = WORKER_BOARD.exclusive();
+        let known = board.entry(database).map(|entry| entry.extension);
+        match known {
+            // Nothing to serve, nothing running: no entry needed.
+            None if !present => return,
+            Some(extension) if extension == state && !wake => return,
+            _ => {}
+        }
+        match board.entry_or_new(database) {
+            Some(entry) => {
+                entry.extension = state;
+                entry.generation += 1;
+                wake_all(entry)
+            }
+            None => {
+                board.overflowed = true;
+                Vec::new()
+            }
+        }
+    };
+    for process_number in woken {
+        set_latch_of(process_number);
+    }
+    wake_launcher();
+}
+
+/// The database's extension state and its generation (None: no entry).
+pub fn extension_of(database: u32) -> Option<(Extension, u64)> {
+    WORKER_BOARD.share().entry(database).map(|entry| (entry.extension, entry.generation))
+}
+
+/// A worker looked at the catalog after reading `generation`: records what
+/// it found unless committed DDL published something newer meanwhile.
+/// Returns the state now on the board.
+pub fn extension_seen(database: u32, generation: u64, present: bool) -> Extension {
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(database) else { return Extension::Absent };
+    if entry.generation == generation {
+        entry.extension = if present { Extension::Present } else { Extension::Absent };
+    }
+    entry.extension
+}
+
+/// Whether some backend found no free entry for a database (said once).
+pub fn take_overflow() -> bool {
+    std::mem::take(&mut WORKER_BOARD.exclusive().overflowed)
+}
+
+// ---- the launcher's view --------------------------------------------------
+
+/// What the launcher needs to know of one entry.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryView {
+    pub oid: u32,
+    pub extension: Extension,
+    pub paused: bool,
+    pub workers: [WorkerSlot; WORKERS_PER_DATABASE],
+}
+
+/// Every entry in use.
+pub fn entries() -> Vec<EntryView> {
+    WORKER_BOARD
+        .share()
+        .databases
+        .iter()
+        .filter(|entry| entry.oid != 0)
+        .map(|entry| EntryView {
+            oid: entry.oid,
+            extension: entry.extension,
+            paused: entry.paused > 0,
+            workers: entry.workers,
+        })
+        .collect()
+}
+
+/// An entry for a database the launcher is about to look at; false when
+/// every entry is taken.
+pub fn add_database(database: u32) -> bool {
+    WORKER_BOARD.exclusive().entry_or_new(database).is_some()
+}
+
+/// Forgets a database (dropped, not served, or without the extension).
+pub fn remove_database(database: u32) {
+    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
+        *entry = DatabaseEntry::default();
+    }
+}
+
+/// A worker process that ended without saying so (an error, or the
+/// launcher saw its handle stop): its slot is cleared and its accounts freed.
+pub fn worker_gone(id: WorkerId) {
+    let mut board = WORKER_BOARD.exclusive();
+    if let Some(entry) = board.entry_mut(id.database) {
+        let slot = &mut entry.workers[id.slot()];
+        let pid = std::mem::take(&mut slot.pid);
+        if slot.state != WorkerState::NotStarted && slot.state != WorkerState::NoWorkerProcess {
+            slot.state = WorkerState::Stopped;
+        }
+        for held in entry.held_accounts.iter_mut().filter(|held| held.pid == pid && pid != 0) {
+            *held = HeldAccount::default();
+        }
+    }
+}
+
+// ---- holding a database's workers off for DDL that needs it empty --------
+
+/// Holds the database's workers off; returns the process ids to stop.
+pub fn pause(database: u32) -> Vec<i32> {
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(database) else { return Vec::new() };
+    entry.paused += 1;
+    entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect()
+}
+
+/// Whether DDL holds the database's workers off (or it has no entry).
+pub fn paused(database: u32) -> bool {
+    WORKER_BOARD.share().entry(database).is_none_or(|entry| entry.paused > 0)
+}
+
+/// Whether any worker of the database still runs.
+pub fn any_worker_running(database: u32) -> bool {
+    WORKER_BOARD.share().entry(database).is_some_and(|entry| entry.workers.iter().any(|slot| slot.pid != 0))
+}
+
+pub fn resume(database: u32) {
+    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
+        entry.paused = entry.paused.saturating_sub(1);
+    }
+    wake_launcher();
+}
+
+// ---- accounts held by one sender of several --------------------------------
+
+/// Accounts other live senders of the database are sending through.
+pub fn accounts_held_by_others(id: WorkerId) -> Vec<i64> {
+    let board = WORKER_BOARD.share();
+    let Some(entry) = board.entry(id.database) else { return Vec::new() };
+    let me = unsafe { pg_sys::MyProcPid };
+    entry
+        .held_accounts
+        .iter()
+        .filter(|held| held.pid != 0 && held.pid != me && live(entry, held))
+        .map(|held| held.account_id)
+        .collect()
+}
+
+fn live(entry: &DatabaseEntry, held: &HeldAccount) -> bool {
+    entry.workers[WorkerId::sender(entry.oid, held.instance).slot()].pid == held.pid
+}
+
+/// The sender takes the accounts it claimed rows of. Returns those another
+/// live sender took first (or that found no free slot): their rows go back.
+pub fn hold_accounts(id: WorkerId, accounts: &[i64]) -> Vec<i64> {
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(id.database) else { return accounts.to_vec() };
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut refused = Vec::new();
+    for &account_id in accounts {
+        let current = entry.held_accounts.iter().position(|held| held.pid != 0 && held.account_id == account_id);
+        match current {
+            Some(index) if entry.held_accounts[index].pid == me => {}
+            Some(index) if live(entry, &entry.held_accounts[index]) => refused.push(account_id),
+            _ => {
+                let free =
+                    current.or_else(|| entry.held_accounts.iter().position(|held| held.pid == 0 || !live(entry, held)));
+                match free {
+                    Some(index) => {
+                        entry.held_accounts[index] = HeldAccount { account_id, pid: me, instance: id.instance }
+                    }
+                    None => refused.push(account_id),
+                }
+            }
+        }
+    }
+    refused
+}
+
+/// The sender keeps only `accounts` (those on the wire or waiting to go).
+pub fn keep_accounts(id: WorkerId, accounts: &[i64]) {
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(id.database) else { return };
+    let me = unsafe { pg_sys::MyProcPid };
+    for held in entry.held_accounts.iter_mut() {
+        if held.pid == me && !accounts.contains(&held.account_id) {
+            *held = HeldAccount::default();
+        }
+    }
+}
+
+// ---- sync_now() ------------------------------------------------------------
+
 /// Files a sync request for the account; the slot index, or None when all slots are taken.
 pub fn request_sync(account_id: i64) -> Option<usize> {
     let requester_process_number = unsafe { (*pg_sys::MyProc).pgprocno };
+    let database = my_database();
     let mut board = WORKER_BOARD.exclusive();
     let index = board.sync_requests.iter().position(|request| request.state == SyncRequestState::Free)?;
     board.sync_requests[index] =
-        SyncRequest { account_id, state: SyncRequestState::Requested, requester_process_number };
+        SyncRequest { database, account_id, state: SyncRequestState::Requested, requester_process_number };
     Some(index)
 }
 
@@ -237,12 +613,13 @@ pub fn release_sync_request(index: usize) {
     WORKER_BOARD.exclusive().sync_requests[index] = SyncRequest::default();
 }
 
-/// The receiver takes the waiting requests: (slot, account).
+/// The receiver takes its database's waiting requests: (slot, account).
 pub fn take_sync_requests() -> Vec<(usize, i64)> {
+    let database = my_database();
     let mut board = WORKER_BOARD.exclusive();
     let mut taken = Vec::new();
     for (index, request) in board.sync_requests.iter_mut().enumerate() {
-        if request.state == SyncRequestState::Requested {
+        if request.state == SyncRequestState::Requested && request.database == database {
             request.state = SyncRequestState::Running;
             taken.push((index, request.account_id));
         }
@@ -250,9 +627,14 @@ pub fn take_sync_requests() -> Vec<(usize, i64)> {
     taken
 }
 
-/// Whether any request waits (without taking it).
+/// Whether any request of this database waits (without taking it).
 pub fn sync_requested() -> bool {
-    WORKER_BOARD.share().sync_requests.iter().any(|request| request.state == SyncRequestState::Requested)
+    let database = my_database();
+    WORKER_BOARD
+        .share()
+        .sync_requests
+        .iter()
+        .any(|request| request.state == SyncRequestState::Requested && request.database == database)
 }
 
 /// Marks a request done and wakes its caller.
@@ -271,9 +653,52 @@ pub fn finish_sync_request(index: usize) {
 
 /// A restarted receiver takes over the requests its predecessor was running.
 pub fn requeue_running_sync_requests() {
+    let database = my_database();
     for request in WORKER_BOARD.exclusive().sync_requests.iter_mut() {
-        if request.state == SyncRequestState::Running {
+        if request.state == SyncRequestState::Running && request.database == database {
             request.state = SyncRequestState::Requested;
         }
     }
+}
+
+// ---- routing code that could not be stopped --------------------------------
+
+/// The receiver is about to run (Some) or has run (None) an account's routing code.
+pub fn set_routing_account(account_id: Option<i64>) {
+    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(my_database()) {
+        entry.routing_account = account_id.unwrap_or(0);
+    }
+}
+
+/// At receiver start: an account whose routing code was running when the
+/// previous receiver was stopped is suspended until `until`; returns it.
+pub fn suspend_interrupted_routing(until: i64) -> Option<i64> {
+    let database = my_database();
+    let mut board = WORKER_BOARD.exclusive();
+    let account_id = std::mem::take(&mut board.entry_mut(database)?.routing_account);
+    if account_id == 0 {
+        return None;
+    }
+    let now = now();
+    // This account's slot, else a lapsed one, else the one that lapses first.
+    let slots = &board.suspensions;
+    let index = slots
+        .iter()
+        .position(|slot| slot.database == database && slot.account_id == account_id)
+        .or_else(|| slots.iter().position(|slot| slot.until <= now))
+        .unwrap_or_else(|| (0..SUSPENSION_SLOTS).min_by_key(|&index| slots[index].until).unwrap_or(0));
+    board.suspensions[index] = RoutingSuspension { database, account_id, until };
+    Some(account_id)
+}
+
+/// Until when an account's routing code is suspended, if it is.
+pub fn routing_suspended_until(account_id: i64) -> Option<i64> {
+    let now = now();
+    let database = my_database();
+    WORKER_BOARD
+        .share()
+        .suspensions
+        .iter()
+        .find(|slot| slot.database == database && slot.account_id == account_id && slot.until > now)
+        .map(|slot| slot.until)
 }

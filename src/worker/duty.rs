@@ -2,12 +2,13 @@
 //! (main_loop.rs) asks it: the sender and the receiver are each a `Duty`,
 //! so the loop knows no role and the roles know nothing of the loop.
 
-use super::role::Role;
+use super::role::WorkerId;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub trait Duty {
-    fn role(&self) -> Role;
+    /// Which worker this is (database, role, instance).
+    fn id(&self) -> WorkerId;
 
     /// Once connected, before the first step.
     fn start(&mut self) {}

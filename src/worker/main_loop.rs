@@ -1,10 +1,12 @@
-//! The main loop every worker runs: connect, wait on the latch, reload the
-//! configuration on SIGHUP, leave cleanly on SIGTERM. What a role does in
-//! it is its `Duty` (duty.rs); the loop names no role.
+//! The main loop every database worker runs: connect, wait on the latch,
+//! reload the configuration on SIGHUP, leave cleanly on SIGTERM or when the
+//! extension is dropped. What a role does in it is its `Duty` (duty.rs);
+//! the loop names no role. The launcher (launcher/) shares its waiting and
+//! reloading.
 
-use super::board::{self, WorkerState};
+use super::board::{self, Extension, WorkerState};
 use super::duty::Duty;
-use super::role::Role;
+use super::role::{Role, WorkerId};
 use super::signals::shutdown_requested;
 use crate::settings;
 use crate::store::catalog;
@@ -17,15 +19,15 @@ use std::time::Duration;
 /// The extension version this library is (its SQL is what the workers expect).
 const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-struct Wakeup {
-    latch: bool,
-    socket: bool,
-    postmaster_died: bool,
+pub struct Wakeup {
+    pub latch: bool,
+    pub socket: bool,
+    pub postmaster_died: bool,
 }
 
 /// Sleeps until the latch is set, the socket (the sender's doorbell) is
 /// readable or `timeout` passes, and says which.
-fn wait_for_latch(timeout: std::time::Duration, socket: Option<std::os::fd::RawFd>) -> Wakeup {
+pub fn wait_for_latch(timeout: std::time::Duration, socket: Option<std::os::fd::RawFd>) -> Wakeup {
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
     if socket.is_some() {
         events |= pg_sys::WL_SOCKET_READABLE;
@@ -49,6 +51,15 @@ fn wait_for_latch(timeout: std::time::Duration, socket: Option<std::os::fd::RawF
     }
 }
 
+/// After SIGHUP: re-reads the configuration (the flag alone changes nothing).
+pub fn reload_configuration_if_asked() -> bool {
+    if !BackgroundWorker::sighup_received() {
+        return false;
+    }
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    true
+}
+
 /// A dump being restored into the database holds the worker off (the claim
 /// and the store also check it, in their own transactions).
 #[derive(Default)]
@@ -60,24 +71,24 @@ struct RestoreWatch {
 impl RestoreWatch {
     /// Whether a restore is in progress; says so when one starts and ends.
     fn holds(&mut self, duty: &mut dyn Duty) -> bool {
-        let role = duty.role();
-        let now = match try_in_transaction(|| restore::in_progress(role.restore_lock())) {
+        let id = duty.id();
+        let now = match try_in_transaction(|| restore::in_progress(id.role.restore_lock())) {
             Ok(restoring) => restoring,
             Err(error) => {
-                log!("{}: cannot tell whether a dump is being restored: {}", role.worker_name(), error);
+                log!("{}: cannot tell whether a dump is being restored: {}", id.name(), error);
                 return true;
             }
         };
         match (self.restoring, now) {
             (previous, Some(process)) => {
                 if previous != Some(process) {
-                    log!("{} waits while process {} restores a dump into this database", role.worker_name(), process);
+                    log!("{} waits while process {} restores a dump into this database", id.name(), process);
                 }
-                board::update(role, |slot| slot.state = WorkerState::WaitingForRestore);
+                board::update(id, |slot| slot.state = WorkerState::WaitingForRestore);
             }
             (Some(_), None) => {
-                log!("{}: the restore has ended", role.worker_name());
-                board::update(role, |slot| slot.state = WorkerState::Idle);
+                log!("{}: the restore has ended", id.name());
+                board::update(id, |slot| slot.state = WorkerState::Idle);
                 duty.restore_ended();
             }
             _ => {}
@@ -95,28 +106,46 @@ impl RestoreWatch {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
-    let Some(role) = Role::from_index(argument.value() as i64) else {
-        // A registration bug, not a runtime condition: exit 0 so it is not restarted.
-        log!("email_accounts: unknown worker role {}", argument.value());
+    let Some(id) = WorkerId::from_argument(argument.value() as u64) else {
+        // A launcher bug, not a runtime condition: the launcher does not restart it.
+        log!("email_accounts: unknown worker argument {}", argument.value());
         return;
     };
-    let mut duty: Box<dyn Duty> = match role {
-        Role::Sender => Box::new(super::sender::Sender),
-        Role::Receiver => Box::<super::receiver::Receiver>::default(),
+    let mut duty: Box<dyn Duty> = match id.role {
+        Role::Sender => Box::new(super::sender::Sender::new(id)),
+        Role::Receiver => Box::new(super::receiver::Receiver::new(id)),
+        Role::Launcher => return,
     };
     run(duty.as_mut());
 }
 
-/// Connects, then steps the duty whenever there is news, until SIGTERM.
+/// Whether the worker may go on: the extension is there (at any version),
+/// as the catalog says now, unless committed DDL published otherwise since.
+fn extension_still_there(id: WorkerId, generation: u64, version: &Option<String>) -> bool {
+    let was = board::extension_of(id.database).map(|(extension, _)| extension);
+    let now = board::extension_seen(id.database, generation, version.is_some());
+    // The launcher's first worker found the extension: the others may start.
+    if was == Some(Extension::Unknown) && now == Extension::Present {
+        board::wake_launcher();
+    }
+    now == Extension::Present
+}
+
+/// Connects, then steps the duty whenever there is news, until SIGTERM or
+/// until the extension is gone from the database.
 fn run(duty: &mut dyn Duty) {
-    let role = duty.role();
+    let id = duty.id();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = settings::database();
-    // Errors with FATAL (and the postmaster retries later) if the database is missing.
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // DROP DATABASE (or another command that needs it empty) is waiting.
+    if board::extension_of(id.database).is_none() || board::paused(id.database) {
+        return;
+    }
+    // Errors with FATAL if the database is gone; the launcher notices.
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(id.database)), None);
     settings::pin_worker_session();
-    board::started(role, settings::fallback_poll_interval().as_millis() as i64);
-    log!("{} started in database \"{}\"", role.worker_name(), database);
+    board::started(id, settings::fallback_poll_interval().as_millis() as i64);
+    let database = catalog::database_name().unwrap_or_default();
+    log!("{} started in database \"{}\"", id.name(), database);
 
     duty.start();
     let mut version_was = None;
@@ -126,42 +155,44 @@ fn run(duty: &mut dyn Duty) {
     let mut woken_by_latch = true;
     let mut postmaster_died = false;
     loop {
+        // Read the board's generation before the catalog (extension_still_there).
+        let generation = board::extension_of(id.database).map(|(_, generation)| generation);
         let version = match catalog::installed_version() {
             Ok(version) => version,
             Err(error) => {
-                log!("{}: could not look up the extension: {}", role.worker_name(), error);
+                log!("{}: could not look up the extension: {}", id.name(), error);
                 None
             }
         };
+        let still_there = generation.is_some_and(|generation| extension_still_there(id, generation, &version));
+        if !still_there || board::paused(id.database) {
+            if version.is_none() {
+                log!("{}: the extension is not created in database \"{}\"; stopping", id.name(), database);
+            }
+            duty.not_installed();
+            break;
+        }
         // The schema this library's statements are written for, and no other:
         // after a new library is installed, the workers wait for the update.
         let installed = version.as_deref() == Some(LIBRARY_VERSION);
         if version_was.as_ref() != Some(&version) {
             let state = match &version {
-                None => {
-                    log!(
-                        "{} is waiting for CREATE EXTENSION email_accounts in database \"{}\"",
-                        role.worker_name(),
-                        database
-                    );
-                    WorkerState::WaitingForExtension
-                }
                 Some(other) if other != LIBRARY_VERSION => {
                     log!(
                         "{} is waiting for ALTER EXTENSION email_accounts UPDATE in database \"{}\": it has version {}, the library is {}",
-                        role.worker_name(),
+                        id.name(),
                         database,
                         other,
                         LIBRARY_VERSION
                     );
                     WorkerState::WaitingForUpdate
                 }
-                Some(_) => {
+                _ => {
                     duty.installed();
                     WorkerState::Idle
                 }
             };
-            board::update(role, |slot| slot.state = state);
+            board::update(id, |slot| slot.state = state);
             version_was = Some(version);
         }
 
@@ -198,17 +229,16 @@ fn run(duty: &mut dyn Duty) {
         }
         // A round coming back counts as news, like a commit.
         woken_by_latch = woken_by.latch || woken_by.socket;
-        board::update(role, |slot| {
+        board::update(id, |slot| {
             if woken_by.latch {
                 slot.latch_wakeups += 1;
             } else if !woken_by.socket {
                 slot.timeouts += 1;
             }
         });
-        if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        if reload_configuration_if_asked() {
             let interval = settings::fallback_poll_interval().as_millis() as i64;
-            board::update(role, |slot| {
+            board::update(id, |slot| {
                 slot.config_reloads += 1;
                 slot.fallback_poll_interval_ms = interval;
             });
@@ -218,9 +248,6 @@ fn run(duty: &mut dyn Duty) {
     if !postmaster_died {
         duty.stop();
     }
-    board::update(role, |slot| {
-        slot.state = WorkerState::Stopped;
-        slot.pid = 0;
-    });
-    log!("{} stopped", role.worker_name());
+    board::stopped(id);
+    log!("{} stopped", id.name());
 }

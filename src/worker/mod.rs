@@ -7,31 +7,20 @@ mod device_logins;
 mod duty;
 mod idle;
 mod idle_watch;
+mod launcher;
 mod main_loop;
 mod receiver;
 pub mod role;
 mod sender;
 mod signals;
+pub mod utility_hook;
 mod wake;
 
-use crate::settings;
-use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
-use pgrx::pg_sys;
 use role::Role;
 
-/// Registers one static worker per role. Called from `_PG_init` while
-/// `shared_preload_libraries` is being processed.
+/// Registers the launcher, the one static worker; it starts the workers of
+/// each database. Called from `_PG_init` while `shared_preload_libraries`
+/// is being processed.
 pub fn register_static_workers() {
-    for role in Role::ALL {
-        BackgroundWorkerBuilder::new(role.worker_name())
-            .set_type(role.worker_name())
-            .set_library("email_accounts")
-            .set_function("email_accounts_worker_main")
-            .set_argument(Some(pg_sys::Datum::from(role.index())))
-            .enable_spi_access()
-            // Only on a primary: a hot standby never starts them, a promoted one does.
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(Some(settings::worker_restart_interval()))
-            .load();
-    }
+    Role::launcher_builder().load();
 }

@@ -275,14 +275,20 @@ fn record(account_id: i64, outcomes: &[FolderOutcome]) {
 }
 
 /// The receiver's part in the workers' loop: it keeps the IDLE watchers.
-#[derive(Default)]
 pub struct Receiver {
+    id: super::role::WorkerId,
     watchers: IdleWatchers,
 }
 
+impl Receiver {
+    pub fn new(id: super::role::WorkerId) -> Receiver {
+        Receiver { id, watchers: IdleWatchers::default() }
+    }
+}
+
 impl super::duty::Duty for Receiver {
-    fn role(&self) -> super::role::Role {
-        super::role::Role::Receiver
+    fn id(&self) -> super::role::WorkerId {
+        self.id
     }
 
     /// Sync requests of a receiver that died are asked again; routing code

@@ -1,7 +1,9 @@
 //! Waking workers when a transaction commits: once per transaction, never
 //! on rollback. `wake_sender_at_commit()` is called by the outbox's
-//! statement trigger, `wake_workers_at_commit()` by CREATE EXTENSION (so the
-//! workers start at once); `flush()` wakes the sender immediately.
+//! statement trigger (one sender of the database is woken),
+//! `wake_workers_at_commit()` by account changes; `flush()` wakes every
+//! sender immediately. Whether the extension itself came or went is the
+//! utility hook's business (utility_hook.rs).
 
 use super::board;
 use super::role::Role;
@@ -18,8 +20,16 @@ fn wake_at_commit(roles: &[Role]) {
     if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
         unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
     }
-    let bits = roles.iter().fold(0, |bits, role| bits | 1 << role.index());
+    let bits = roles.iter().fold(0, |bits, role| bits | 1 << role_bit(*role));
     WAKE_AT_COMMIT.fetch_or(bits, Ordering::Relaxed);
+}
+
+fn role_bit(role: Role) -> u32 {
+    match role {
+        Role::Launcher => 0,
+        Role::Sender => 1,
+        Role::Receiver => 2,
+    }
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -29,13 +39,13 @@ fn wake_sender_at_commit() {
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn wake_workers_at_commit() {
-    wake_at_commit(&Role::ALL);
+    wake_at_commit(&[Role::Sender, Role::Receiver]);
 }
 
 /// Wakes the sender now (e.g. after changing accounts or retrying rows by hand).
 #[pg_extern(volatile, parallel_unsafe)]
 fn flush() -> bool {
-    board::wake(Role::Sender)
+    board::wake_senders(board::my_database())
 }
 
 #[pg_guard]
@@ -43,8 +53,12 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
             let bits = WAKE_AT_COMMIT.swap(0, Ordering::Relaxed);
-            for role in Role::ALL.into_iter().filter(|role| bits & 1 << role.index() != 0) {
-                board::wake(role);
+            let database = board::my_database();
+            if bits & 1 << role_bit(Role::Sender) != 0 {
+                board::wake_sender(database);
+            }
+            if bits & 1 << role_bit(Role::Receiver) != 0 {
+                board::wake_receiver(database);
             }
         }
         // A prepared transaction commits elsewhere; the fallback poll finds it.

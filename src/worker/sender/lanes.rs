@@ -66,6 +66,13 @@ impl Lanes {
         self.waiting.iter().map(|round| round.account_id).collect()
     }
 
+    /// Accounts with a round on the wire or waiting to go.
+    pub fn accounts(&self) -> Vec<i64> {
+        let mut accounts = self.accounts_waiting();
+        accounts.extend(self.on_wire.keys());
+        accounts
+    }
+
     /// Accounts with a round on the wire.
     pub fn accounts_on_wire(&self) -> Vec<i64> {
         self.on_wire.keys().copied().collect()

@@ -13,7 +13,8 @@ mod connections;
 mod lanes;
 mod record;
 
-use super::role::Role;
+use super::board;
+use super::role::WorkerId;
 use crate::settings;
 use crate::store::catalog;
 use crate::store::outbox;
@@ -37,7 +38,8 @@ thread_local! {
 /// Runs once per wake-up. Returns how long the worker may sleep: with
 /// rounds on the wire, until the doorbell rings or the fallback poll;
 /// otherwise until the next row is due (`None`: nothing is waiting).
-fn step(role_name: &str) -> Option<Duration> {
+fn step(id: WorkerId) -> Option<Duration> {
+    let role_name = &id.name();
     LANES.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
@@ -50,13 +52,15 @@ fn step(role_name: &str) -> Option<Duration> {
             }
         }
         let lanes = cell.as_mut().expect("lanes were just created");
-        step_with(role_name, lanes)
+        step_with(id, lanes)
     })
 }
 
-fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
+fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
+    let role_name = &id.name();
     let parallel = settings::smtp_connections();
     let mut failed = false;
+    let mut more_waiting = false;
     // Every wake-up looks for due mail once; a full claim or a round that
     // came back (its account may have more) looks again.
     let mut claim = true;
@@ -66,6 +70,8 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
         lanes.launch_waiting(parallel);
         let any_came_back = !came_back.is_empty();
         failed |= !recorded(role_name, came_back);
+        // An account whose rounds are all recorded is free for the other senders.
+        board::keep_accounts(id, &lanes.accounts());
         if failed || super::signals::shutdown_requested() {
             break;
         }
@@ -75,12 +81,16 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
             break;
         }
         claim = false;
-        match claim::claim_round(&lanes.accounts_waiting(), &lanes.accounts_on_wire()) {
+        // Accounts another sender is sending through are left to it.
+        let mut skip = lanes.accounts_waiting();
+        skip.extend(board::accounts_held_by_others(id));
+        match claim::claim_round(&skip, &lanes.accounts_on_wire()) {
             Ok(Some(claimed)) => {
-                lanes.add(claimed.rounds);
+                lanes.add(held_rounds(id, claimed.rounds));
                 lanes.launch_waiting(parallel);
                 failed |= !recorded(role_name, claimed.known);
                 claim = claimed.full;
+                more_waiting = claimed.full;
             }
             Ok(None) => {}
             Err(error) => {
@@ -92,6 +102,10 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
     if super::signals::shutdown_requested() {
         return None;
     }
+    // More is waiting than this sender took on: another sender helps.
+    if more_waiting && settings::senders() > 1 {
+        board::wake_other_sender(id);
+    }
     if failed {
         return Some(Duration::from_secs(1));
     }
@@ -99,6 +113,20 @@ fn step_with(role_name: &str, lanes: &mut Lanes) -> Option<Duration> {
         return Some(settings::fallback_poll_interval());
     }
     next_due()
+}
+
+/// The rounds of accounts this sender could take; the rows of accounts
+/// another sender took meanwhile go back to the queue (uncounted).
+fn held_rounds(id: WorkerId, rounds: Vec<claim::AccountRound>) -> Vec<claim::AccountRound> {
+    let accounts: Vec<i64> = rounds.iter().map(|round| round.account_id).collect();
+    let refused = board::hold_accounts(id, &accounts);
+    if refused.is_empty() {
+        return rounds;
+    }
+    let (refused, held): (Vec<_>, Vec<_>) = rounds.into_iter().partition(|round| refused.contains(&round.account_id));
+    let tokens = refused.into_iter().flat_map(|round| round.tokens).collect();
+    record::hand_back(&id.name(), tokens);
+    held
 }
 
 /// The socket that becomes readable when a round comes back, while any is out.
@@ -134,16 +162,24 @@ fn take_back_abandoned(role_name: &str) {
 }
 
 /// The sender's part in the workers' loop.
-pub struct Sender;
+pub struct Sender {
+    id: WorkerId,
+}
+
+impl Sender {
+    pub fn new(id: WorkerId) -> Sender {
+        Sender { id }
+    }
+}
 
 impl super::duty::Duty for Sender {
-    fn role(&self) -> Role {
-        Role::Sender
+    fn id(&self) -> WorkerId {
+        self.id
     }
 
     /// Rows that stopped senders had claimed go out now, not after their lease.
     fn installed(&mut self) {
-        take_back_abandoned(Role::Sender.worker_name());
+        take_back_abandoned(&self.id.name());
     }
 
     fn changes(&self) -> Option<i64> {
@@ -151,7 +187,7 @@ impl super::duty::Duty for Sender {
     }
 
     fn step(&mut self) -> Option<Duration> {
-        step(Role::Sender.worker_name())
+        step(self.id)
     }
 
     /// SMTP connections kept open after a burst close once idle (no statements).
@@ -165,11 +201,11 @@ impl super::duty::Duty for Sender {
 
     /// The restored rows that were claimed when dumped are taken back.
     fn restore_ended(&mut self) {
-        take_back_abandoned(Role::Sender.worker_name());
+        take_back_abandoned(&self.id.name());
     }
 
     fn stop(&mut self) {
-        stop(Role::Sender.worker_name());
+        stop(&self.id.name());
     }
 }
 
