@@ -41,6 +41,37 @@ struct Record {
     verbs: Vec<String>,
     /// TLS handshakes that failed (the client refused the certificate).
     failed_handshakes: usize,
+    /// Sessions inside a mail transaction (MAIL accepted, DATA not ended) now, and at most.
+    transactions_now: usize,
+    most_transactions_at_once: usize,
+}
+
+/// Counts a session's open mail transaction on the record while it lives.
+struct OpenTransaction<'a> {
+    record: &'a Mutex<Record>,
+    open: bool,
+}
+
+impl OpenTransaction<'_> {
+    fn set(&mut self, open: bool) {
+        if open == self.open {
+            return;
+        }
+        self.open = open;
+        let mut record = self.record.lock().unwrap();
+        if open {
+            record.transactions_now += 1;
+            record.most_transactions_at_once = record.most_transactions_at_once.max(record.transactions_now);
+        } else {
+            record.transactions_now -= 1;
+        }
+    }
+}
+
+impl Drop for OpenTransaction<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 pub struct SmtpResponder {
@@ -134,6 +165,11 @@ impl SmtpResponder {
     pub fn failed_handshakes(&self) -> usize {
         self.record.lock().unwrap().failed_handshakes
     }
+
+    /// The most sessions that were inside a mail transaction at the same time.
+    pub fn most_transactions_at_once(&self) -> usize {
+        self.record.lock().unwrap().most_transactions_at_once
+    }
 }
 
 fn converse(
@@ -157,6 +193,7 @@ fn converse(
     let mut recipients: Vec<String> = Vec::new();
     // Inside a mail transaction (MAIL FROM accepted), as a real server tracks it.
     let mut in_transaction = false;
+    let mut open = OpenTransaction { record, open: false };
     let mut line = String::new();
     loop {
         line.clear();
@@ -183,11 +220,13 @@ fn converse(
             "RSET" => {
                 recipients.clear();
                 in_transaction = false;
+                open.set(false);
                 reply(&mut reader, "250 ok")?;
             }
             "MAIL" => {
                 recipients.clear();
                 in_transaction = false;
+                open.set(false);
                 match now() {
                     Behaviour::RefuseMail(answer) => {
                         reply(&mut reader, &answer)?;
@@ -197,6 +236,7 @@ fn converse(
                     }
                     _ => {
                         in_transaction = true;
+                        open.set(true);
                         reply(&mut reader, "250 2.1.0 ok")?;
                     }
                 }
@@ -242,6 +282,7 @@ fn converse(
                     *record.accepted.entry(message_id.clone()).or_default() += 1;
                     record.recipients.entry(message_id).or_default().append(&mut recipients);
                 }
+                open.set(false);
                 reply(&mut reader, "250 2.0.0 queued")?;
             }
             "QUIT" => {
