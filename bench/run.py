@@ -34,10 +34,15 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "4"))
 LATENCY_SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "500"))
-IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "30"))
+IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "600"))
+# Accounts the multi-sender part spreads its rows over (a sender takes smtp_connections at once).
+SENDER_ACCOUNTS = int(os.environ.get("BENCH_SENDER_ACCOUNTS", "12"))
+# The databases the multi-database and idle parts use besides postgres.
+OTHER_DATABASES = ["bench_two", "bench_three"]
 TEMPLATE_ROWS = int(os.environ.get("BENCH_TEMPLATE_ROWS", "20000"))
-# A comma-separated subset of parts, for profiling one of them: outbox, latency, ingest, idle, templates.
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "outbox,latency,ingest,idle,templates").split(",")))
+# A comma-separated subset of parts, for profiling one of them:
+# outbox, latency, ingest, templates, senders, databases, idle.
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "outbox,latency,ingest,templates,senders,databases,idle").split(",")))
 BODY = ("The quick brown fox jumps over the lazy dog. " * 46)[:2000]  # ~2 KB messages
 
 
@@ -94,25 +99,40 @@ class Run:
         with self.connect() as db:
             db.execute("CREATE EXTENSION email_accounts")
             db.execute("CREATE EXTENSION pg_stat_statements")
-        wait_for("the workers", lambda: self.query_one(
-            "SELECT count(*) = 2 FROM email_accounts.worker_status() WHERE state = 'idle'"))
+        self.wait_for_workers("postgres", 1)
+
+    def wait_for_workers(self, database, senders):
+        """Until the launcher runs the receiver and `senders` senders in `database`, all idle."""
+        wait_for(f"the workers of {database}", lambda: self.query_one(
+            "SELECT count(*) FILTER (WHERE state = 'idle' AND pid IS NOT NULL) = %s AND count(*) = %s"
+            " FROM email_accounts.worker_status() WHERE database = current_database()",
+            senders + 1, senders + 1, database=database))
 
     @staticmethod
     def _port_open(port):
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
-    def connect(self, autocommit=True):
-        return psycopg.connect(host="127.0.0.1", port=self.pg_port, user="postgres", dbname="postgres",
+    def connect(self, autocommit=True, database="postgres"):
+        return psycopg.connect(host="127.0.0.1", port=self.pg_port, user="postgres", dbname=database,
                                autocommit=autocommit)
 
-    def query_one(self, sql, *parameters):
-        with self.connect() as db:
+    def query_one(self, sql, *parameters, database="postgres"):
+        with self.connect(database=database) as db:
             return db.execute(sql, parameters).fetchone()[0]
 
     def worker_pids(self):
+        """Every running worker of the cluster: {"launcher": pid, "postgres sender": pid, ...}."""
         with self.connect() as db:
-            return dict(db.execute("SELECT role, pid FROM email_accounts.worker_status()").fetchall())
+            return dict(db.execute(
+                "SELECT coalesce(database || ' ', '') || replace(worker_name, 'email_accounts ', ''), pid"
+                " FROM email_accounts.worker_status() WHERE pid IS NOT NULL").fetchall())
+
+    def set_senders(self, senders):
+        with self.connect() as db:
+            db.execute(f"ALTER SYSTEM SET email_accounts.senders = {int(senders)}")
+            db.execute("SELECT pg_reload_conf()")
+        self.wait_for_workers("postgres", senders)
 
     def stop(self):
         if self.sink:
@@ -127,9 +147,9 @@ class Run:
 
 # --- outbox -----------------------------------------------------------------
 
-def sink_accounts(run, count, prefix):
+def sink_accounts(run, count, prefix, database="postgres"):
     """`count` outgoing accounts on the sink (one SMTP session each)."""
-    with run.connect() as db:
+    with run.connect(database=database) as db:
         for index in range(count):
             db.execute(
                 "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security,"
@@ -163,23 +183,30 @@ def commit_time(db, xid):
     return float(db.execute("SELECT extract(epoch FROM pg_xact_commit_timestamp(%s::text::xid))", (xid,)).fetchone()[0])
 
 
-def outbox_drain(run, prefix):
-    """Messages/s from the commit of MESSAGES rows to the commit of the last
-    row's `sent`, both read from the commit timestamps (so the bench's own
-    polling, which is slow on purpose, does not count)."""
-    with run.connect(autocommit=False) as db:
-        queue(db, SESSIONS, MESSAGES, prefix)
-        xid = db.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
-        db.commit()
-    wait_for("the outbox to drain", lambda: run.query_one(
-        "SELECT count(*) = 0 FROM email_accounts.outbox WHERE status NOT IN ('sent', 'failed', 'expired')"), pause=0.1)
-    with run.connect() as db:
-        started = commit_time(db, xid)
-        finished = float(db.execute(
-            "SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) FROM email_accounts.outbox").fetchone()[0])
-        failed = db.execute("SELECT count(*) FROM email_accounts.outbox WHERE status <> 'sent'").fetchone()[0]
-        clean_up(db, "DELETE FROM email_accounts.outbox", OUTBOX_TABLES)
-    return MESSAGES / (finished - started), failed
+def outbox_drain(run, prefix, accounts=SESSIONS, databases=("postgres",)):
+    """Messages/s from the commit of MESSAGES rows (in each database) to the
+    commit of the last row's `sent`, both read from the commit timestamps (so
+    the bench's own polling, which is slow on purpose, does not count). With
+    several databases the rows are committed in each, one after the other,
+    and the drain runs from the first commit to the last `sent` anywhere."""
+    starts = []
+    for database in databases:
+        with run.connect(autocommit=False, database=database) as db:
+            queue(db, accounts, MESSAGES, prefix)
+            xid = db.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+            db.commit()
+            starts.append(commit_time(db, xid))
+    finishes, failed = [], 0
+    for database in databases:
+        wait_for("the outbox to drain", lambda: run.query_one(
+            "SELECT count(*) = 0 FROM email_accounts.outbox WHERE status NOT IN ('sent', 'failed', 'expired')",
+            database=database), pause=0.1)
+        with run.connect(database=database) as db:
+            finishes.append(float(db.execute(
+                "SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) FROM email_accounts.outbox").fetchone()[0]))
+            failed += db.execute("SELECT count(*) FROM email_accounts.outbox WHERE status <> 'sent'").fetchone()[0]
+            clean_up(db, "DELETE FROM email_accounts.outbox", OUTBOX_TABLES)
+    return len(databases) * MESSAGES / (max(finishes) - min(starts)), failed
 
 
 def smtp_source(run):
@@ -296,7 +323,7 @@ def ingest(run, account, expected):
         clean_up(db, "DELETE FROM email_accounts.message WHERE account_id = (SELECT account_id FROM email_accounts.account WHERE name = %s)",
                  INBOX_TABLES, account)
     peak = {"kb": 0, "stop": False}
-    sampler = rss_sampler(run.worker_pids()["receiver"], peak)
+    sampler = rss_sampler(run.worker_pids()["postgres receiver"], peak)
     started = time.monotonic()
     with run.connect() as db:
         db.execute("SELECT * FROM email_accounts.sync_now(%s)", (account,)).fetchall()
@@ -370,17 +397,44 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def other_databases(run):
+    """bench_two and bench_three, each with the extension and SESSIONS accounts on the sink
+    (made once; the multi-database and idle parts share them)."""
+    with run.connect() as db:
+        existing = {name for (name,) in db.execute("SELECT datname FROM pg_database").fetchall()}
+        for database in OTHER_DATABASES:
+            if database not in existing:
+                db.execute(f"CREATE DATABASE {database}")
+    for database in OTHER_DATABASES:
+        with run.connect(database=database) as db:
+            if db.execute("SELECT count(*) FROM pg_extension WHERE extname = 'email_accounts'").fetchone()[0] == 0:
+                db.execute("CREATE EXTENSION email_accounts")
+                sink_accounts(run, SESSIONS, "bench", database=database)
+        run.wait_for_workers(database, 1)
+    return ["postgres"] + OTHER_DATABASES
+
+
+def wal_bytes(run):
+    return run.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
+
+
 def idle_cost(run):
-    pids = run.worker_pids()
+    """CPU per worker, statements and WAL of the whole cluster over IDLE_SECONDS with three
+    databases served, accounts configured and empty queues."""
+    other_databases(run)
     time.sleep(5)
+    pids = run.worker_pids()
     calls = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
     before_calls = run.query_one(calls)
-    before_cpu = sum(cpu_seconds(pid) for pid in pids.values())
+    before_wal = wal_bytes(run)
+    before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     time.sleep(IDLE_SECONDS)
-    after_cpu = sum(cpu_seconds(pid) for pid in pids.values())
-    # The measuring query itself counts once (the first one ran before the window).
-    after_calls = run.query_one(calls) - 1
-    return after_cpu - before_cpu, after_calls - before_calls
+    after_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    # The measuring queries count (the first ran before the window): the calls and WAL look-ups.
+    after_calls = run.query_one(calls) - 2
+    after_wal = wal_bytes(run)
+    per_worker = {name: round(after_cpu[name] - before_cpu[name], 3) for name in pids}
+    return per_worker, after_calls - before_calls, after_wal - before_wal
 
 
 # --- report -----------------------------------------------------------------
@@ -452,10 +506,33 @@ def bench_ingest(run, results):
 
 
 def bench_idle(run, results):
-    print(f"==> idle: {IDLE_SECONDS} s with accounts configured and empty queues", flush=True)
-    cpu, statements = idle_cost(run)
-    results["idle_cpu_seconds"] = round(cpu, 3)
+    print(f"==> idle: {IDLE_SECONDS} s, 3 databases with accounts configured and empty queues", flush=True)
+    per_worker, statements, wal = idle_cost(run)
+    results["idle_cpu_seconds"] = round(sum(per_worker.values()), 3)
+    results["idle_cpu_seconds_per_worker"] = per_worker
     results["idle_statements"] = statements
+    results["idle_wal_bytes"] = wal
+
+
+def bench_senders(run, results):
+    print(f"==> outbox drain with 1, 2 and 3 senders: {MESSAGES} messages over {SENDER_ACCOUNTS} accounts", flush=True)
+    sink_accounts(run, SENDER_ACCOUNTS, "spread")
+    for senders in [1, 2, 3]:
+        run.set_senders(senders)
+        drains = [outbox_drain(run, "spread", accounts=SENDER_ACCOUNTS) for _ in range(REPEAT)]
+        record_runs(results, f"outbox_{senders}_senders_msgs_per_s", [rate for rate, _ in drains])
+        results[f"outbox_{senders}_senders_not_sent"] = sum(failed for _, failed in drains)
+    run.set_senders(1)
+    with run.connect() as db:
+        db.execute("UPDATE email_accounts.account SET enable_outgoing = false WHERE name LIKE 'spread%'")
+
+
+def bench_databases(run, results):
+    print(f"==> outbox drain in 3 databases at once: {MESSAGES} messages each, {SESSIONS} accounts each", flush=True)
+    databases = other_databases(run)
+    drains = [outbox_drain(run, "bench", databases=databases) for _ in range(REPEAT)]
+    record_runs(results, "outbox_3_databases_msgs_per_s", [rate for rate, _ in drains])
+    results["outbox_3_databases_not_sent"] = sum(failed for _, failed in drains)
 
 
 # --- templates ----------------------------------------------------------------
@@ -561,10 +638,20 @@ def table(results):
         ("outbox inserts without a template (rows/s)", get("outbox_inserts_plain_per_s"), get("outbox_inserts_plain_per_s_runs")),
         ("outbox inserts with a template (rows/s)", get("outbox_inserts_templated_per_s"),
          get("outbox_inserts_templated_per_s_runs")),
-        (f"idle CPU, {IDLE_SECONDS} s (s)", get("idle_cpu_seconds"), ""),
-        (f"idle statements, {IDLE_SECONDS} s", get("idle_statements"), ""),
+        (f"outbox drain, 1 sender, {SENDER_ACCOUNTS} accounts (msg/s)", get("outbox_1_senders_msgs_per_s"),
+         get("outbox_1_senders_msgs_per_s_runs")),
+        (f"outbox drain, 2 senders, {SENDER_ACCOUNTS} accounts (msg/s)", get("outbox_2_senders_msgs_per_s"),
+         get("outbox_2_senders_msgs_per_s_runs")),
+        (f"outbox drain, 3 senders, {SENDER_ACCOUNTS} accounts (msg/s)", get("outbox_3_senders_msgs_per_s"),
+         get("outbox_3_senders_msgs_per_s_runs")),
+        ("outbox drain, 3 databases at once, all together (msg/s)", get("outbox_3_databases_msgs_per_s"),
+         get("outbox_3_databases_msgs_per_s_runs")),
+        (f"idle CPU of every worker, 3 databases, {IDLE_SECONDS} s (s)", get("idle_cpu_seconds"),
+         json.dumps(get("idle_cpu_seconds_per_worker"))),
+        (f"idle statements, 3 databases, {IDLE_SECONDS} s", get("idle_statements"), ""),
+        (f"idle WAL, 3 databases, {IDLE_SECONDS} s (bytes)", get("idle_wal_bytes"), ""),
     ] + [(f"CPU time stolen by the host during the {part} part (%)", get(f"{part}_cpu_steal_percent"), "")
-         for part in ["outbox", "latency", "ingest", "idle", "templates"]]
+         for part in ["outbox", "latency", "ingest", "templates", "senders", "databases", "idle"]]
     lines = ["| figure | value | runs |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {runs} |" for name, value, runs in rows if value is not None]
     return "\n".join(lines) + "\n"
@@ -581,8 +668,9 @@ def main():
         sink_accounts(run, SESSIONS, "bench")
         sink_accounts(run, 1, "lat")
         sink_accounts(run, 1, "python")
-        parts = {"outbox": bench_outbox, "latency": bench_latency, "ingest": bench_ingest, "idle": bench_idle,
-                 "templates": bench_templates}
+        parts = {"outbox": bench_outbox, "latency": bench_latency, "ingest": bench_ingest,
+                 "templates": bench_templates, "senders": bench_senders, "databases": bench_databases,
+                 "idle": bench_idle}
         for name, part in parts.items():
             if name in ONLY:
                 total_before, steal_before = cpu_times()

@@ -104,6 +104,7 @@ pgrx::extension_sql_file!(
     name = "restore",
     requires = ["tenants", "secrets", "oauth", "outbox_claims", "inbox", "suppression", "templates", restoring]
 );
+pgrx::extension_sql_file!("../sql/home.sql", name = "home", requires = ["restore", wake_workers_at_commit]);
 pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[pg_guard]

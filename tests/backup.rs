@@ -71,9 +71,10 @@ fn contents(client: &mut postgres::Client) -> Vec<(String, Vec<String>)> {
 
 #[test]
 fn custom_and_plain_dumps_restore_every_row_into_another_database() {
-    let cluster = Postgres::start(&[]);
+    // Served only later: nothing changes the rows while they are compared.
+    let cluster =
+        Postgres::start(&["email_accounts.databases = 'postgres'", "email_accounts.fallback_poll_interval = '500ms'"]);
     let mut admin = cluster.connect("postgres");
-    // Not the workers' database: nothing changes the rows while they are compared.
     for database in ["source", "from_custom", "from_plain"] {
         admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
     }
@@ -86,6 +87,8 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
             include_str!("backup/fill_templates.sql")
         ))
         .unwrap();
+    // (What its workers would do when they first run there.)
+    source.batch_execute("SELECT email_accounts.adopt_database()").unwrap();
     let dumped = contents(&mut source);
     let empty: Vec<&str> = dumped.iter().filter(|(_, rows)| rows.is_empty()).map(|(name, _)| name.as_str()).collect();
     assert!(empty.is_empty(), "the fill leaves no table empty: {empty:?}");
@@ -145,6 +148,34 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
             .get(0);
         assert_eq!(state, "connected", "{database}: the OAuth2 binding survives the restore");
     }
+
+    // Once every database is served, the restored copies hold off: their
+    // mail is the source's, which is served in the same cluster.
+    admin.batch_execute("ALTER SYSTEM SET email_accounts.databases = '*'").unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    for database in ["from_custom", "from_plain"] {
+        let mut restored = cluster.connect(database);
+        wait_until("the copy's workers to hold off", LIMIT, || {
+            let held: i64 = restored
+                .query_one(
+                    "SELECT count(*) FROM email_accounts.worker_status()
+                      WHERE database = current_database() AND state LIKE 'held: a copy%'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (held == 2).then_some(())
+        });
+        let home: i64 = restored
+            .query_one(
+                "SELECT count(*) FROM email_accounts.home JOIN pg_database ON pg_database.oid = home.database_oid
+                  WHERE datname = 'source'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(home, 1, "{database}: the restored home row names the source");
+    }
 }
 
 /// Messages in a mailbox whose Subject is `subject`.
@@ -156,7 +187,8 @@ fn copies(servers: &MailServers, address: &str, subject: &str) -> usize {
 #[test]
 fn a_database_restored_into_a_new_cluster_sends_what_was_queued_once_and_needs_the_key_file() {
     let servers = MailServers::start();
-    let old = Postgres::start(&[]);
+    // The old cluster's launcher serves another database: the mail queued in "app" waits.
+    let old = Postgres::start(&["email_accounts.databases = 'postgres'"]);
     old.connect("postgres").batch_execute("CREATE DATABASE app").unwrap();
     let mut app = old.connect("app");
     app.batch_execute("CREATE EXTENSION email_accounts").unwrap();

@@ -187,6 +187,27 @@ fn every_database_with_the_extension_gets_workers_and_database_ddl_still_works()
     client.batch_execute("CREATE DATABASE shop_copy TEMPLATE shop").unwrap();
     expected = [pair("crm"), pair("shop"), pair("shop_copy")].concat();
     wait_until("workers in the copy too", LIMIT, || (workers_by_database(&mut client) == expected).then_some(()));
+    // The copy's workers hold off while shop is served: its mail is shop's.
+    let mut copy = cluster.connect("shop_copy");
+    wait_until("the copy's workers to hold off", LIMIT, || {
+        let held: i64 = copy
+            .query_one(
+                "SELECT count(*) FROM email_accounts.worker_status()
+                  WHERE database = 'shop_copy' AND state LIKE 'held: a copy%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (held == 2).then_some(())
+    });
+    copy.execute(
+        "SELECT email_accounts.send(\"to\" => '{copied@example.test}', account => 'out') FROM generate_series(1, 5)",
+        &[],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.distinct_messages(), 100, "a copy sends nothing while the original is served");
+    assert!(cluster.server_log().contains("is a copy of database \"shop\""));
     client.batch_execute("ALTER DATABASE crm RENAME TO customers").unwrap();
     expected = [pair("customers"), pair("shop"), pair("shop_copy")].concat();
     wait_until("workers back in the renamed database", LIMIT, || {
@@ -197,6 +218,11 @@ fn every_database_with_the_extension_gets_workers_and_database_ddl_still_works()
     wait_until("the dropped database's workers gone", LIMIT, || {
         (workers_by_database(&mut client) == expected).then_some(())
     });
+    // The original is gone: the copy takes its mail over.
+    wait_until("the copy to send once the original is gone", LIMIT, || {
+        (server.distinct_messages() == 105).then_some(())
+    });
+    drop(copy);
 
     // A template database with the extension has no workers, so databases
     // can be created from it; they get theirs.

@@ -5,6 +5,7 @@
 pub mod account_settings;
 pub mod accounts;
 pub mod catalog;
+pub mod home;
 pub mod inbox;
 pub mod kept_plans;
 pub mod key_file;

@@ -17,6 +17,9 @@ pub const DATABASE_SLOTS: usize = 128;
 /// Worker slots of one database: the receiver, then the senders.
 pub const WORKERS_PER_DATABASE: usize = 1 + MAX_SENDERS;
 
+/// Databases the board remembers as being without the extension.
+pub const ABSENT_SLOTS: usize = 1024;
+
 /// Accounts the senders of one database can hold at once (one sender each).
 pub const ACCOUNT_SLOTS: usize = 256;
 
@@ -37,6 +40,8 @@ pub enum WorkerState {
     WaitingForUpdate,
     /// A dump is being restored into the database: waiting for it to end.
     WaitingForRestore,
+    /// The database is a copy of another one this cluster serves: holding off.
+    HeldAsCopy,
     /// Connected to a database with the extension; waiting for work.
     Idle,
     /// Stopped (SIGTERM, or the extension is gone); the launcher starts it again when needed.
@@ -51,6 +56,7 @@ impl WorkerState {
             WorkerState::NoWorkerProcess => "no background worker process free (max_worker_processes)",
             WorkerState::WaitingForUpdate => "waiting for ALTER EXTENSION UPDATE",
             WorkerState::WaitingForRestore => "waiting for a restore to end",
+            WorkerState::HeldAsCopy => "held: a copy of another database of this cluster (adopt_database())",
             WorkerState::Idle => "idle",
             WorkerState::Stopped => "stopped",
         }
@@ -177,6 +183,8 @@ pub struct WorkerBoard {
     databases: [DatabaseEntry; DATABASE_SLOTS],
     /// A backend found no free entry for a database that has the extension.
     overflowed: bool,
+    /// Databases whose first worker found no extension (0: a free slot).
+    absent: [u32; ABSENT_SLOTS],
     sync_requests: [SyncRequest; SYNC_REQUEST_SLOTS],
     suspensions: [RoutingSuspension; SUSPENSION_SLOTS],
 }
@@ -187,6 +195,7 @@ impl Default for WorkerBoard {
             launcher: WorkerSlot::default(),
             databases: [DatabaseEntry::default(); DATABASE_SLOTS],
             overflowed: false,
+            absent: [0; ABSENT_SLOTS],
             sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS],
             suspensions: [RoutingSuspension::default(); SUSPENSION_SLOTS],
         }
@@ -411,6 +420,11 @@ pub fn publish_extension(database: u32, present: bool, wake: bool) {
             Some(extension) if extension == state && !wake => return,
             _ => {}
         }
+        if present {
+            for slot in board.absent.iter_mut().filter(|slot| **slot == database) {
+                *slot = 0;
+            }
+        }
         match board.entry_or_new(database) {
             Some(entry) => {
                 entry.extension = state;
@@ -444,6 +458,35 @@ pub fn extension_seen(database: u32, generation: u64, present: bool) -> Extensio
         entry.extension = if present { Extension::Present } else { Extension::Absent };
     }
     entry.extension
+}
+
+/// The launcher learnt that a database has no extension (false: no room to remember it).
+pub fn mark_absent(database: u32) -> bool {
+    let mut board = WORKER_BOARD.exclusive();
+    if board.absent.contains(&database) {
+        return true;
+    }
+    match board.absent.iter().position(|slot| *slot == 0) {
+        Some(index) => {
+            board.absent[index] = database;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether a database is known to be without the extension.
+pub fn is_absent(database: u32) -> bool {
+    database != 0 && WORKER_BOARD.share().absent.contains(&database)
+}
+
+/// Forgets databases that no longer exist (their oids may come back).
+pub fn keep_absent(existing: &[u32]) {
+    for slot in WORKER_BOARD.exclusive().absent.iter_mut() {
+        if *slot != 0 && !existing.contains(slot) {
+            *slot = 0;
+        }
+    }
 }
 
 /// Whether some backend found no free entry for a database (said once).

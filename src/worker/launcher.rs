@@ -36,8 +36,6 @@ struct Launcher {
     started: HashMap<WorkerId, Started>,
     /// When each worker was last started: restarts wait worker_restart_interval.
     last_start: HashMap<WorkerId, Instant>,
-    /// Databases known to be without the extension (until DDL says otherwise).
-    without_extension: HashSet<u32>,
     /// Databases already reported as having no worker process free.
     reported_short: HashSet<u32>,
     reported_overflow: bool,
@@ -106,23 +104,18 @@ impl Launcher {
             }
         };
         self.reap();
-        let served: HashMap<u32, &Database> = databases
-            .iter()
-            .filter(|database| {
-                database.allows_connections && !database.is_template && settings::serves_database(&database.name)
-            })
-            .map(|database| (database.oid, database))
-            .collect();
+        board::keep_absent(&databases.iter().map(|database| database.oid).collect::<Vec<_>>());
+        let served: HashMap<u32, &Database> =
+            databases.iter().filter(|database| served(database)).map(|database| (database.oid, database)).collect();
         let mut look_again = settings::fallback_poll_interval();
         let mut looking = 0;
         for entry in board::entries() {
-            self.without_extension.remove(&entry.oid);
             let keep = served.contains_key(&entry.oid) && entry.extension != Extension::Absent;
             if !keep {
                 self.stop_database(entry.oid);
                 board::remove_database(entry.oid);
                 if entry.extension == Extension::Absent {
-                    self.without_extension.insert(entry.oid);
+                    board::mark_absent(entry.oid);
                 }
                 continue;
             }
@@ -159,7 +152,7 @@ impl Launcher {
                 look_again = look_again.min(Duration::from_millis(200));
                 break;
             }
-            if self.without_extension.contains(&database.oid) || board::extension_of(database.oid).is_some() {
+            if board::is_absent(database.oid) || board::extension_of(database.oid).is_some() {
                 continue;
             }
             if board::add_database(database.oid) {
@@ -252,6 +245,11 @@ impl Launcher {
         }
         board::resume(database);
     }
+}
+
+/// Whether the launcher serves a database (if it has the extension).
+pub fn served(database: &Database) -> bool {
+    database.allows_connections && !database.is_template && settings::serves_database(&database.name)
 }
 
 /// A worker that a previous launcher started and that still runs (the

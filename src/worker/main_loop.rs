@@ -10,11 +10,15 @@ use super::role::{Role, WorkerId};
 use super::signals::shutdown_requested;
 use crate::settings;
 use crate::store::catalog;
+use crate::store::home::{self, Home};
 use crate::store::restore;
 use crate::store::transaction::try_in_transaction;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::Duration;
+
+/// How often the workers of a copy look whether they may work.
+const HELD_COPY_LOOKS_AGAIN: Duration = Duration::from_secs(5);
 
 /// The extension version this library is (its SQL is what the workers expect).
 const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -66,6 +70,8 @@ pub fn reload_configuration_if_asked() -> bool {
 struct RestoreWatch {
     /// The restoring session seen last time.
     restoring: Option<i32>,
+    /// A restore ended since the home row was last looked at.
+    ended: bool,
 }
 
 impl RestoreWatch {
@@ -88,6 +94,7 @@ impl RestoreWatch {
             }
             (Some(_), None) => {
                 log!("{}: the restore has ended", id.name());
+                self.ended = true;
                 board::update(id, |slot| slot.state = WorkerState::Idle);
                 duty.restore_ended();
             }
@@ -100,6 +107,69 @@ impl RestoreWatch {
     /// Whether the last look found a restore in progress.
     fn waiting(&self) -> bool {
         self.restoring.is_some()
+    }
+}
+
+/// Whether this database's mail is this database's to send and receive, or
+/// it is a copy of one the cluster still serves (store/home.rs).
+#[derive(Default)]
+struct HomeWatch {
+    /// Settled: this database is home (until a restore replaces the row).
+    here: bool,
+    /// The original this copy was last reported holding off for.
+    reported: Option<u32>,
+}
+
+impl HomeWatch {
+    /// Whether the worker may work; looks at the home row until it may.
+    fn settled(&mut self, id: WorkerId, database: &str) -> bool {
+        if self.here {
+            return true;
+        }
+        let databases = match catalog::databases() {
+            Ok(databases) => databases,
+            Err(error) => {
+                log!("{}: cannot read pg_database: {}", id.name(), error);
+                return false;
+            }
+        };
+        let live: Vec<u32> = databases
+            .iter()
+            .filter(|candidate| super::launcher::served(candidate) && !board::is_absent(candidate.oid))
+            .map(|candidate| candidate.oid)
+            .collect();
+        match home::check(move |original| live.contains(&original)) {
+            Ok(Home::Here) => {
+                if self.reported.take().is_some() {
+                    log!("{}: database \"{}\" now sends and receives its own mail", id.name(), database);
+                }
+                self.here = true;
+                true
+            }
+            Ok(Home::CopyOf(original)) => {
+                if self.reported != Some(original) {
+                    let name = databases
+                        .iter()
+                        .find(|candidate| candidate.oid == original)
+                        .map(|candidate| candidate.name.as_str());
+                    warning!(
+                        "{}: database \"{}\" is a copy of database \"{}\", which this cluster serves: its mail is not sent or received here. \
+                         Run SELECT email_accounts.adopt_database() in \"{}\" to change that, or drop the original.",
+                        id.name(),
+                        database,
+                        name.unwrap_or("?"),
+                        database
+                    );
+                    self.reported = Some(original);
+                }
+                board::update(id, |slot| slot.state = WorkerState::HeldAsCopy);
+                false
+            }
+            Err(error) => {
+                log!("{}: cannot read email_accounts.home: {}", id.name(), error);
+                false
+            }
+        }
     }
 }
 
@@ -150,6 +220,7 @@ fn run(duty: &mut dyn Duty) {
     duty.start();
     let mut version_was = None;
     let mut restore = RestoreWatch::default();
+    let mut home = HomeWatch::default();
     // A timeout wake-up with nothing new runs no statement (see idle.rs).
     let mut idle = super::idle::IdleSkip::default();
     let mut woken_by_latch = true;
@@ -197,11 +268,22 @@ fn run(duty: &mut dyn Duty) {
         }
 
         let mut sleep = settings::fallback_poll_interval();
-        if installed {
+        if installed && !home.settled(id, &database) {
+            // A copy: nothing of its mail is touched; look again in a while.
+            sleep = sleep.min(HELD_COPY_LOOKS_AGAIN);
+        } else if installed {
+            if home.reported.is_none() && board::read(id).is_some_and(|slot| slot.state == WorkerState::HeldAsCopy) {
+                board::update(id, |slot| slot.state = WorkerState::Idle);
+            }
             let changes = duty.changes();
             match idle.skip(changes, woken_by_latch || duty.asked()) {
                 Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
                 None if restore.holds(duty) => sleep = sleep.min(Duration::from_secs(1)),
+                // A restored home row may name another database: look again first.
+                None if std::mem::take(&mut restore.ended) => {
+                    home = HomeWatch::default();
+                    sleep = Duration::ZERO;
+                }
                 None => {
                     let next_due = duty.step();
                     sleep = sleep.min(next_due.unwrap_or(sleep));

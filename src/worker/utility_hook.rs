@@ -24,14 +24,15 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 static mut PREVIOUS_HOOK: pg_sys::ProcessUtility_hook_type = None;
 
 // Per backend: the commit callback is registered; what this transaction's
-// DDL asks for at commit (bit 0: look at the extension, bit 1: wake the
-// database's workers even if nothing changed, e.g. ALTER EXTENSION UPDATE).
+// DDL asks for at commit (LOOK at the extension, WAKE the database's workers
+// even if nothing changed, e.g. ALTER EXTENSION UPDATE, wake the LAUNCHER).
 static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 static AT_COMMIT: AtomicU8 = AtomicU8::new(0);
 // What the pre-commit look found (bit 0 valid, bit 1 present).
 static FOUND: AtomicU8 = AtomicU8::new(0);
 const LOOK: u8 = 1;
 const WAKE: u8 = 2;
+const LAUNCHER: u8 = 4;
 
 /// Installs the hook (from `_PG_init`, once per process).
 pub fn install() {
@@ -75,20 +76,29 @@ unsafe extern "C-unwind" fn process_utility(
     if ddl.extension != 0 {
         look_at_commit(ddl.extension);
     }
+    // (CREATE / DROP DATABASE commit right after: the launcher sees them then.)
+    if ddl.databases_changed {
+        look_at_commit(LAUNCHER);
+    }
     match ddl.database_to_empty {
         Some(database) if board::extension_of(database).is_some() => {
             stop_workers_of(database);
-            PgTryBuilder::new(run).finally(|| board::resume(database)).execute();
+            PgTryBuilder::new(run)
+                .catch_others(|error| {
+                    board::resume(database);
+                    error.rethrow()
+                })
+                .execute();
+            if !ddl.database_dropped {
+                board::resume(database);
+            }
         }
         _ => run(),
     }
-    if ddl.database_dropped {
-        if let Some(database) = ddl.database_to_empty {
-            board::remove_database(database);
-        }
-    }
-    if ddl.databases_changed {
-        board::wake_launcher();
+    // Gone at commit: the launcher must not look at it meanwhile.
+    if let (true, Some(database)) = (ddl.database_dropped, ddl.database_to_empty) {
+        board::remove_database(database);
+        board::mark_absent(database);
     }
 }
 
@@ -202,7 +212,7 @@ fn look_at_commit(bits: u8) {
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _argument: *mut c_void) {
     match event {
         // Still inside the transaction: the catalog says what it leaves behind.
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if AT_COMMIT.load(Ordering::Relaxed) != 0 => {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if AT_COMMIT.load(Ordering::Relaxed) & LOOK != 0 => {
             let present = unsafe { pg_sys::get_extension_oid(c"email_accounts".as_ptr(), true) } != pg_sys::InvalidOid;
             FOUND.store(1 | if present { 2 } else { 0 }, Ordering::Relaxed);
         }
@@ -210,8 +220,11 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
             let asked = AT_COMMIT.swap(0, Ordering::Relaxed);
             let found = FOUND.swap(0, Ordering::Relaxed);
-            if asked != 0 && found & 1 != 0 {
+            if asked & LOOK != 0 && found & 1 != 0 {
                 board::publish_extension(board::my_database(), found & 2 != 0, asked & WAKE != 0);
+            }
+            if asked & LAUNCHER != 0 {
+                board::wake_launcher();
             }
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
