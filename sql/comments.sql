@@ -8,7 +8,7 @@ COMMENT ON FUNCTION email_accounts.is_valid_address(text) IS
   'True when the text is a bare email address (ann@example.com, no display name) that the SMTP side can deliver to; parsed exactly as the sender parses it.';
 
 COMMENT ON FUNCTION email_accounts.worker_status() IS
-  'One row per background worker: the launcher (database NULL), then the receiver and senders of this database (listed before they start), then those of every other database the launcher serves; each with its process id, what it is doing, when it started, configuration reloads, the fallback poll interval in use, wake-up requests (one per committing transaction that queued mail, flush(), sync_now()), wake-ups by its latch (those requests and PostgreSQL''s own signals) and by timeout. Read from shared memory.';
+  'One row per background worker: the launcher (database NULL), then the receiver and senders of this database (listed before they start), then (for superusers and pg_monitor members) those of every other database the launcher serves; each with its process id, what it is doing, when it started, configuration reloads, the fallback poll interval in use, wake-up requests (one per committing transaction that queued mail, flush(), sync_now()), wake-ups by its latch (those requests and PostgreSQL''s own signals) and by timeout. Read from shared memory.';
 
 COMMENT ON FUNCTION email_accounts.is_valid_mailbox(text) IS
   'True when the text is an email address with an optional display name (Ann Smith <ann@example.com>) that the SMTP side can deliver to.';

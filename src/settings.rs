@@ -9,6 +9,11 @@ use std::time::Duration;
 /// extension is created) or a comma-separated list of names.
 pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"*"));
 
+/// Before 0.4.0 the one database the workers served; still honoured (only
+/// it is served) while `databases` is `*`, so an upgrade changes nothing
+/// until the DBA removes it.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Sender processes per database.
 pub static SENDERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 
@@ -62,6 +67,14 @@ pub fn register() {
         c"Databases the email_accounts launcher starts workers in: * for every database where the extension is created, or a comma-separated list of names.",
         c"Template databases (datistemplate) and databases that refuse connections are never served.",
         &DATABASES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"email_accounts.database",
+        c"Deprecated (0.3.0): the one database served while email_accounts.databases is *.",
+        c"Kept so that an upgrade from 0.3.0 serves what it served before; use email_accounts.databases.",
+        &DATABASE,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -244,7 +257,11 @@ fn register_sender() {
 /// Whether the launcher serves the database of this name.
 pub fn serves_database(name: &str) -> bool {
     let list = DATABASES.get().map(|list| list.to_string_lossy().into_owned()).unwrap_or_default();
-    database_listed(&list, name)
+    let old = DATABASE.get().map(|old| old.to_string_lossy().into_owned()).filter(|old| !old.trim().is_empty());
+    match old {
+        Some(old) if list.trim() == "*" => old.trim() == name,
+        _ => database_listed(&list, name),
+    }
 }
 
 /// `*` lists every database; otherwise the comma-separated names, exactly

@@ -349,3 +349,59 @@ fn a_restoring_session_holds_the_workers_off_until_it_ends_and_nobody_else_can()
         refused.message()
     );
 }
+
+#[test]
+fn a_dump_restored_next_to_its_served_original_sends_nothing_of_it() {
+    // Every database served, the copy too, from the moment it is created.
+    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '500ms'"]);
+    let server = SmtpResponder::start(None, Behaviour::RefuseMail("451 4.3.0 try again later".into()), true);
+    cluster.connect("postgres").batch_execute("CREATE DATABASE source").unwrap();
+    let mut source = cluster.connect("source");
+    source.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    add_account_without_login(&mut source, "out", server.port);
+    source
+        .batch_execute(
+            "SELECT email_accounts.send(\"to\" => '{a@example.test}', account => 'out') FROM generate_series(1, 5)",
+        )
+        .unwrap();
+    // Refused once: the rows wait for a retry in the original.
+    wait_until("the original's rows to wait for a retry", LIMIT, || {
+        (sent_with(&mut source, "status = 'retry'") == 5).then_some(())
+    });
+
+    let directory = tempfile::tempdir().unwrap();
+    let dump = directory.path().join("source.dump");
+    run_quietly("pg_dump", &cluster, &["-Fc", "-f", dump.to_str().unwrap(), "source"]);
+    cluster.connect("postgres").batch_execute("CREATE DATABASE copy").unwrap();
+    run_quietly("pg_restore", &cluster, &["-d", "copy", dump.to_str().unwrap()]);
+
+    // The server accepts now and the copy's rows are due: a copy that
+    // took the original's mail as its own would send them.
+    server.set(Behaviour::Accept);
+    let mut copy = cluster.connect("copy");
+    copy.batch_execute("SELECT email_accounts.retry(outbox_id) FROM email_accounts.outbox").unwrap();
+    wait_until("the copy's workers to hold off", LIMIT, || {
+        let held: i64 = copy
+            .query_one(
+                "SELECT count(*) FROM email_accounts.worker_status()
+                  WHERE database = current_database() AND state LIKE 'held: a copy%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (held == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.distinct_messages(), 0, "the copy sent nothing");
+
+    // The original sends its mail, once.
+    source.batch_execute("SELECT email_accounts.retry(outbox_id) FROM email_accounts.outbox").unwrap();
+    wait_until("the original to send", LIMIT, || (server.distinct_messages() == 5).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!((server.distinct_messages(), server.duplicates()), (5, 0));
+    assert_eq!(sent_with(&mut copy, "status = 'sent'"), 0);
+}
+
+fn sent_with(client: &mut postgres::Client, condition: &str) -> i64 {
+    client.query_one(&format!("SELECT count(*) FROM email_accounts.outbox WHERE {condition}"), &[]).unwrap().get(0)
+}

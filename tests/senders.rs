@@ -165,7 +165,13 @@ fn a_sender_that_stops_or_dies_leaves_the_others_sending() {
     let third = sender_pid(&mut client, "email_accounts sender 3");
     drop(client);
     assert!(std::process::Command::new("kill").args(["-KILL", &third.to_string()]).status().unwrap().success());
-    let (mut client, ()) = cluster.reconnect_until("the server to be back", |_| Ok(Some(())));
+    wait_until("the crash restart", LIMIT, || {
+        cluster.server_log().contains("all server processes terminated; reinitializing").then_some(())
+    });
+    let (mut client, ()) = cluster.reconnect_until("the server to be back", |client| {
+        client.query_one("SELECT 1", &[])?;
+        Ok(Some(()))
+    });
     wait_until("every row to be sent after the crash", LIMIT, || {
         let done = count(&mut client, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'");
         (done == 3_000).then_some(())

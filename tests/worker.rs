@@ -208,6 +208,28 @@ fn every_database_with_the_extension_gets_workers_and_database_ddl_still_works()
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(server.distinct_messages(), 100, "a copy sends nothing while the original is served");
     assert!(cluster.server_log().contains("is a copy of database \"shop\""));
+    // Somebody who may not rename, drop or copy crm stops nothing by trying.
+    client.batch_execute("CREATE ROLE intruder LOGIN CREATEDB").unwrap();
+    let crm_workers = workers_by_database(&mut client);
+    let pids_before = worker_pids(&mut client);
+    let mut intruder = postgres::Client::connect(
+        &cluster.connection_string("postgres").replace("user=postgres", "user=intruder"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    for attempt in ["ALTER DATABASE crm RENAME TO taken", "DROP DATABASE crm", "CREATE DATABASE stolen TEMPLATE crm"] {
+        let error = intruder.batch_execute(attempt).expect_err(attempt);
+        assert_eq!(error.as_db_error().unwrap().code().code(), "42501", "{attempt}");
+    }
+    assert_eq!(worker_pids(&mut client), pids_before, "nobody's workers were stopped");
+    assert_eq!(workers_by_database(&mut client), crm_workers);
+    // A DROP DATABASE that fails (someone is connected) gives the workers back.
+    let mut connected = cluster.connect("crm");
+    let error = client.batch_execute("DROP DATABASE crm").expect_err("crm is in use");
+    assert_eq!(error.as_db_error().unwrap().code().code(), "55006");
+    wait_until("crm's workers back", LIMIT, || (workers_by_database(&mut client) == crm_workers).then_some(()));
+    connected.batch_execute("SELECT 1").unwrap();
+    drop(connected);
     client.batch_execute("ALTER DATABASE crm RENAME TO customers").unwrap();
     expected = [pair("customers"), pair("shop"), pair("shop_copy")].concat();
     wait_until("workers back in the renamed database", LIMIT, || {

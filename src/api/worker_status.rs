@@ -35,7 +35,12 @@ fn worker_status() -> TableIterator<
         vec![row(None, Role::Launcher.label(), Role::Launcher.worker_name().to_owned(), board::read_launcher())];
     let here = board::my_database();
     let mut entries = board::entries();
-    entries.retain(|entry| entry.oid == here || entry.extension == Extension::Present);
+    // Other databases' workers only for those who may watch the whole cluster.
+    let sees_cluster = unsafe {
+        pg_sys::superuser()
+            || pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_MONITOR))
+    };
+    entries.retain(|entry| entry.oid == here || (sees_cluster && entry.extension == Extension::Present));
     entries.sort_by_key(|entry| (entry.oid != here, entry.oid));
     if entries.first().is_none_or(|entry| entry.oid != here) {
         // No entry yet (the launcher has not started them): listed all the same.

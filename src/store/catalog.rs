@@ -112,9 +112,14 @@ pub struct Database {
 /// Every database of the cluster (pg_database is a shared catalog: readable
 /// by the launcher, which is connected to no database).
 pub fn databases() -> Result<Vec<Database>, StoreError> {
-    // SAFETY: inside a transaction; every tuple is copied out before the
-    // next one is read, and the scan and relation are closed before returning.
-    in_transaction(|| unsafe {
+    in_transaction(databases_now)
+}
+
+/// The same, in the caller's transaction.
+pub fn databases_now() -> Vec<Database> {
+    // SAFETY: the caller is in a transaction; every tuple is copied out before
+    // the next one is read, and the scan and relation are closed before returning.
+    unsafe {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
         let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
@@ -136,5 +141,5 @@ pub fn databases() -> Result<Vec<Database>, StoreError> {
         pg_sys::table_endscan(scan);
         pg_sys::table_close(relation, lock);
         databases
-    })
+    }
 }

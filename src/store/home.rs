@@ -1,45 +1,67 @@
 //! The home row (sql/home.sql): whether the database a worker runs in is the
 //! one whose mail this is, or a copy of a database the cluster still serves.
 
+use super::catalog::Database;
+use super::kept_plans;
 use super::transaction::{try_in_transaction, StoreError};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
 /// What the home row says about the worker's database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Home {
     /// This database's mail (the row names it, or now does).
     Here,
-    /// A copy of this database (by oid) of the same cluster, which still serves it.
-    CopyOf(u32),
+    /// A copy: the original (oid, name) is a database of this cluster.
+    CopyOf(u32, String),
 }
 
-/// Reads the home row; unless it names another database of this cluster
-/// for which `still_served` holds, makes it name this one.
-pub fn check(still_served: impl Fn(u32) -> bool) -> Result<Home, StoreError> {
+/// Reads the home row and decides; a database that may take the mail over
+/// writes its own row. A copy is a database whose row names another one
+/// that still exists in this cluster and is not a template (templates are
+/// there to be copied): by oid in the same cluster (a rename is no copy); in
+/// another cluster (pg_upgrade keeps oids and names, a restore elsewhere
+/// does not) by oid and name.
+pub fn check(databases: impl Fn() -> Vec<Database>) -> Result<Home, StoreError> {
     try_in_transaction(std::panic::AssertUnwindSafe(|| -> Result<Home, SpiError> {
         let system = unsafe { pg_sys::GetSystemIdentifier() }.to_string();
         let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        let row = Spi::connect(|client| -> Result<Option<(i64, String)>, SpiError> {
-            let table =
-                client.select("SELECT database_oid::bigint, system_identifier FROM email_accounts.home", None, &[])?;
-            let mut rows = table.into_iter();
-            match rows.next() {
-                Some(row) => Ok(Some((row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default()))),
+        let row = Spi::connect(|client| -> Result<Option<(i64, String, String)>, SpiError> {
+            let rows = kept_plans::select(
+                client,
+                "SELECT database_oid::bigint, database_name, system_identifier FROM email_accounts.home",
+                &[],
+            )?;
+            match rows.first() {
+                Some(row) => Ok(Some((
+                    row.get(1)?.unwrap_or_default(),
+                    row.get(2)?.unwrap_or_default(),
+                    row.get(3)?.unwrap_or_default(),
+                ))),
                 None => Ok(None),
             }
         })?;
-        match row {
-            Some((database, cluster)) if database == i64::from(here) && cluster == system => return Ok(Home::Here),
-            Some((database, cluster)) if cluster == system && still_served(database as u32) => {
-                return Ok(Home::CopyOf(database as u32));
+        if let Some((database, name, cluster)) = &row {
+            if *database == i64::from(here) && *cluster == system {
+                return Ok(Home::Here);
             }
-            _ => {}
+            let same_cluster = *cluster == system;
+            let original = databases().into_iter().find(|candidate| {
+                i64::from(candidate.oid) == *database
+                    && candidate.oid != here
+                    && !candidate.is_template
+                    && (same_cluster || candidate.name == *name)
+            });
+            if let Some(original) = original {
+                return Ok(Home::CopyOf(original.oid, original.name));
+            }
         }
         Spi::run_with_args(
-            "INSERT INTO email_accounts.home (database_oid, system_identifier) VALUES ($1::bigint::oid, $2)
+            "INSERT INTO email_accounts.home (database_oid, database_name, system_identifier)
+             SELECT database.oid, database.datname, $2 FROM pg_catalog.pg_database AS database WHERE database.oid = $1::bigint::oid
              ON CONFLICT (only_row) DO UPDATE
-                SET database_oid = excluded.database_oid, system_identifier = excluded.system_identifier, adopted_at = now()",
+                SET database_oid = excluded.database_oid, database_name = excluded.database_name,
+                    system_identifier = excluded.system_identifier, adopted_at = now()",
             &[i64::from(here).into(), system.into()],
         )?;
         Ok(Home::Here)

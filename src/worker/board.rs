@@ -17,11 +17,15 @@ pub const DATABASE_SLOTS: usize = 128;
 /// Worker slots of one database: the receiver, then the senders.
 pub const WORKERS_PER_DATABASE: usize = 1 + MAX_SENDERS;
 
+/// Commands that can hold one database's workers off at once.
+pub const PAUSE_SLOTS: usize = 8;
+
 /// Databases the board remembers as being without the extension.
 pub const ABSENT_SLOTS: usize = 1024;
 
-/// Accounts the senders of one database can hold at once (one sender each).
-pub const ACCOUNT_SLOTS: usize = 256;
+/// Accounts the senders of all databases can hold at once (each on one
+/// sender): a sender holds at most batch_size + smtp_connections.
+pub const ACCOUNT_SLOTS: usize = 4096;
 
 /// What a worker is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,9 +99,10 @@ pub enum Extension {
     Absent,
 }
 
-/// An account one sender of the database is sending through.
+/// An account one sender of a database is sending through.
 #[derive(Debug, Clone, Copy, Default)]
 struct HeldAccount {
+    database: u32,
     account_id: i64,
     /// The holding sender's process id (0: a free slot); a held account
     /// whose sender is no longer in its slot is free.
@@ -114,16 +119,16 @@ pub struct DatabaseEntry {
     /// Counts changes of `extension` by committed DDL, so a worker's
     /// conclusion from an older look at the catalog cannot undo a newer one.
     pub generation: u64,
-    /// Utility commands (DROP DATABASE, CREATE DATABASE … TEMPLATE, ALTER
-    /// DATABASE … RENAME) that need the database without connections.
-    pub paused: u32,
+    /// The backends running utility commands (DROP DATABASE, CREATE DATABASE
+    /// … TEMPLATE, ALTER DATABASE … RENAME) that need the database without
+    /// connections (0: a free slot); their exit clears them.
+    paused_by: [i32; PAUSE_SLOTS],
     /// The account whose routing code the receiver is running now (0: none).
     /// Still set when a new receiver starts: the old one was stopped inside it.
     routing_account: i64,
     /// The sender a commit wakes next (round robin).
     next_sender: u32,
     pub workers: [WorkerSlot; WORKERS_PER_DATABASE],
-    held_accounts: [HeldAccount; ACCOUNT_SLOTS],
 }
 
 impl Default for DatabaseEntry {
@@ -132,11 +137,10 @@ impl Default for DatabaseEntry {
             oid: 0,
             extension: Extension::Unknown,
             generation: 0,
-            paused: 0,
+            paused_by: [0; PAUSE_SLOTS],
             routing_account: 0,
             next_sender: 0,
             workers: [WorkerSlot::default(); WORKERS_PER_DATABASE],
-            held_accounts: [HeldAccount::default(); ACCOUNT_SLOTS],
         }
     }
 }
@@ -185,6 +189,7 @@ pub struct WorkerBoard {
     overflowed: bool,
     /// Databases whose first worker found no extension (0: a free slot).
     absent: [u32; ABSENT_SLOTS],
+    held_accounts: [HeldAccount; ACCOUNT_SLOTS],
     sync_requests: [SyncRequest; SYNC_REQUEST_SLOTS],
     suspensions: [RoutingSuspension; SUSPENSION_SLOTS],
 }
@@ -196,6 +201,7 @@ impl Default for WorkerBoard {
             databases: [DatabaseEntry::default(); DATABASE_SLOTS],
             overflowed: false,
             absent: [0; ABSENT_SLOTS],
+            held_accounts: [HeldAccount::default(); ACCOUNT_SLOTS],
             sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS],
             suspensions: [RoutingSuspension::default(); SUSPENSION_SLOTS],
         }
@@ -203,6 +209,18 @@ impl Default for WorkerBoard {
 }
 
 impl WorkerBoard {
+    fn release_accounts_of(&mut self, pid: i32) {
+        for held in self.held_accounts.iter_mut().filter(|held| held.pid == pid && pid != 0) {
+            *held = HeldAccount::default();
+        }
+    }
+
+    /// Whether the sender holding `held` is still in its slot.
+    fn live(&self, held: &HeldAccount) -> bool {
+        self.entry(held.database)
+            .is_some_and(|entry| entry.workers[WorkerId::sender(held.database, held.instance).slot()].pid == held.pid)
+    }
+
     fn entry(&self, database: u32) -> Option<&DatabaseEntry> {
         self.databases.iter().find(|entry| entry.oid == database && database != 0)
     }
@@ -294,23 +312,32 @@ pub fn update(id: WorkerId, change: impl FnOnce(&mut WorkerSlot)) {
     }
 }
 
-/// The slot a worker fills in when it starts.
-pub fn started(id: WorkerId, fallback_poll_interval_ms: i64) {
-    update(id, |slot| *slot = fresh_slot(WorkerState::Starting, fallback_poll_interval_ms));
+/// The slot a worker fills in when it starts; false when another live
+/// process has it (a worker of the same slot still finishing).
+pub fn started(id: WorkerId, fallback_poll_interval_ms: i64, alive: impl Fn(i32) -> bool) -> bool {
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(id.database) else { return false };
+    let slot = &mut entry.workers[id.slot()];
+    if slot.pid != 0 && slot.pid != unsafe { pg_sys::MyProcPid } && alive(slot.pid) {
+        return false;
+    }
+    *slot = fresh_slot(WorkerState::Starting, fallback_poll_interval_ms);
+    true
 }
 
-/// A worker that leaves: its slot says stopped, its accounts are free.
+/// A worker that leaves (also on an error exit): its slot, if still its
+/// own, says stopped, and its accounts are free.
 pub fn stopped(id: WorkerId) {
+    let me = unsafe { pg_sys::MyProcPid };
     let mut board = WORKER_BOARD.exclusive();
     if let Some(entry) = board.entry_mut(id.database) {
         let slot = &mut entry.workers[id.slot()];
-        let pid = slot.pid;
-        slot.state = WorkerState::Stopped;
-        slot.pid = 0;
-        for held in entry.held_accounts.iter_mut().filter(|held| held.pid == pid && pid != 0) {
-            *held = HeldAccount::default();
+        if slot.pid == me {
+            slot.state = WorkerState::Stopped;
+            slot.pid = 0;
         }
     }
+    board.release_accounts_of(me);
 }
 
 // ---- waking --------------------------------------------------------------
@@ -411,6 +438,15 @@ fn wake_where(database: u32, choose: impl FnOnce(&mut DatabaseEntry) -> Vec<usiz
 /// commit: never raises an error.
 pub fn publish_extension(database: u32, present: bool, wake: bool) {
     let state = if present { Extension::Present } else { Extension::Absent };
+    // Most DDL of the cluster changes nothing here: a shared look first.
+    if !wake {
+        let board = WORKER_BOARD.share();
+        match board.entry(database).map(|entry| entry.extension) {
+            None if !present => return,
+            Some(extension) if extension == state => return,
+            _ => {}
+        }
+    }
     let woken = {
         let mut board = WORKER_BOARD.exclusive();
         let known = board.entry(database).map(|entry| entry.extension);
@@ -501,6 +537,7 @@ pub fn take_overflow() -> bool {
 pub struct EntryView {
     pub oid: u32,
     pub extension: Extension,
+    pub generation: u64,
     pub paused: bool,
     pub workers: [WorkerSlot; WORKERS_PER_DATABASE],
 }
@@ -515,7 +552,8 @@ pub fn entries() -> Vec<EntryView> {
         .map(|entry| EntryView {
             oid: entry.oid,
             extension: entry.extension,
-            paused: entry.paused > 0,
+            generation: entry.generation,
+            paused: entry.paused_by.iter().any(|pid| *pid != 0),
             workers: entry.workers,
         })
         .collect()
@@ -534,6 +572,25 @@ pub fn remove_database(database: u32) {
     }
 }
 
+/// Forgets a database as the launcher saw it: only if no DDL published
+/// anything since (`generation`); remembered as without the extension when
+/// it was. False when the entry changed meanwhile (it is looked at again).
+pub fn forget_database(database: u32, generation: u64) -> bool {
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(database) else { return true };
+    if entry.generation != generation {
+        return false;
+    }
+    let absent = entry.extension == Extension::Absent;
+    *entry = DatabaseEntry::default();
+    if absent && !board.absent.contains(&database) {
+        if let Some(index) = board.absent.iter().position(|slot| *slot == 0) {
+            board.absent[index] = database;
+        }
+    }
+    true
+}
+
 /// A worker process that ended without saying so (an error, or the
 /// launcher saw its handle stop): its slot is cleared and its accounts freed.
 pub fn worker_gone(id: WorkerId) {
@@ -544,25 +601,35 @@ pub fn worker_gone(id: WorkerId) {
         if slot.state != WorkerState::NotStarted && slot.state != WorkerState::NoWorkerProcess {
             slot.state = WorkerState::Stopped;
         }
-        for held in entry.held_accounts.iter_mut().filter(|held| held.pid == pid && pid != 0) {
-            *held = HeldAccount::default();
-        }
+        board.release_accounts_of(pid);
     }
 }
 
 // ---- holding a database's workers off for DDL that needs it empty --------
 
-/// Holds the database's workers off; returns the process ids to stop.
-pub fn pause(database: u32) -> Vec<i32> {
+/// Holds the database's workers off for the calling backend; the process
+/// ids to stop, or None when it has no entry or too many commands hold it.
+pub fn pause(database: u32) -> Option<Vec<i32>> {
+    let me = unsafe { pg_sys::MyProcPid };
     let mut board = WORKER_BOARD.exclusive();
-    let Some(entry) = board.entry_mut(database) else { return Vec::new() };
-    entry.paused += 1;
-    entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect()
+    let entry = board.entry_mut(database)?;
+    let free = entry.paused_by.iter().position(|pid| *pid == 0)?;
+    entry.paused_by[free] = me;
+    Some(entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect())
+}
+
+/// The process ids of the database's running workers.
+pub fn worker_pids(database: u32) -> Vec<i32> {
+    WORKER_BOARD
+        .share()
+        .entry(database)
+        .map(|entry| entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect())
+        .unwrap_or_default()
 }
 
 /// Whether DDL holds the database's workers off (or it has no entry).
 pub fn paused(database: u32) -> bool {
-    WORKER_BOARD.share().entry(database).is_none_or(|entry| entry.paused > 0)
+    WORKER_BOARD.share().entry(database).is_none_or(|entry| entry.paused_by.iter().any(|pid| *pid != 0))
 }
 
 /// Whether any worker of the database still runs.
@@ -570,11 +637,28 @@ pub fn any_worker_running(database: u32) -> bool {
     WORKER_BOARD.share().entry(database).is_some_and(|entry| entry.workers.iter().any(|slot| slot.pid != 0))
 }
 
+/// The calling backend's hold on the database ends.
 pub fn resume(database: u32) {
+    let me = unsafe { pg_sys::MyProcPid };
     if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
-        entry.paused = entry.paused.saturating_sub(1);
+        if let Some(slot) = entry.paused_by.iter_mut().find(|pid| **pid == me) {
+            *slot = 0;
+        }
     }
     wake_launcher();
+}
+
+/// Holds of backends for which `gone` says they have exited (a FATAL
+/// between pause and resume) end; returns whether any did.
+pub fn end_pauses_of(gone: impl Fn(i32) -> bool) -> bool {
+    let mut ended = false;
+    for entry in WORKER_BOARD.exclusive().databases.iter_mut().filter(|entry| entry.oid != 0) {
+        for pid in entry.paused_by.iter_mut().filter(|pid| **pid != 0 && gone(**pid)) {
+            *pid = 0;
+            ended = true;
+        }
+    }
+    ended
 }
 
 // ---- accounts held by one sender of several --------------------------------
@@ -582,38 +666,36 @@ pub fn resume(database: u32) {
 /// Accounts other live senders of the database are sending through.
 pub fn accounts_held_by_others(id: WorkerId) -> Vec<i64> {
     let board = WORKER_BOARD.share();
-    let Some(entry) = board.entry(id.database) else { return Vec::new() };
     let me = unsafe { pg_sys::MyProcPid };
-    entry
+    board
         .held_accounts
         .iter()
-        .filter(|held| held.pid != 0 && held.pid != me && live(entry, held))
+        .filter(|held| held.pid != 0 && held.pid != me && held.database == id.database && board.live(held))
         .map(|held| held.account_id)
         .collect()
-}
-
-fn live(entry: &DatabaseEntry, held: &HeldAccount) -> bool {
-    entry.workers[WorkerId::sender(entry.oid, held.instance).slot()].pid == held.pid
 }
 
 /// The sender takes the accounts it claimed rows of. Returns those another
 /// live sender took first (or that found no free slot): their rows go back.
 pub fn hold_accounts(id: WorkerId, accounts: &[i64]) -> Vec<i64> {
     let mut board = WORKER_BOARD.exclusive();
-    let Some(entry) = board.entry_mut(id.database) else { return accounts.to_vec() };
     let me = unsafe { pg_sys::MyProcPid };
     let mut refused = Vec::new();
     for &account_id in accounts {
-        let current = entry.held_accounts.iter().position(|held| held.pid != 0 && held.account_id == account_id);
+        let current = board
+            .held_accounts
+            .iter()
+            .position(|held| held.pid != 0 && held.database == id.database && held.account_id == account_id);
         match current {
-            Some(index) if entry.held_accounts[index].pid == me => {}
-            Some(index) if live(entry, &entry.held_accounts[index]) => refused.push(account_id),
+            Some(index) if board.held_accounts[index].pid == me => {}
+            Some(index) if board.live(&board.held_accounts[index]) => refused.push(account_id),
             _ => {
                 let free =
-                    current.or_else(|| entry.held_accounts.iter().position(|held| held.pid == 0 || !live(entry, held)));
+                    current.or_else(|| board.held_accounts.iter().position(|held| held.pid == 0 || !board.live(held)));
                 match free {
                     Some(index) => {
-                        entry.held_accounts[index] = HeldAccount { account_id, pid: me, instance: id.instance }
+                        board.held_accounts[index] =
+                            HeldAccount { database: id.database, account_id, pid: me, instance: id.instance }
                     }
                     None => refused.push(account_id),
                 }
@@ -626,10 +708,9 @@ pub fn hold_accounts(id: WorkerId, accounts: &[i64]) -> Vec<i64> {
 /// The sender keeps only `accounts` (those on the wire or waiting to go).
 pub fn keep_accounts(id: WorkerId, accounts: &[i64]) {
     let mut board = WORKER_BOARD.exclusive();
-    let Some(entry) = board.entry_mut(id.database) else { return };
     let me = unsafe { pg_sys::MyProcPid };
-    for held in entry.held_accounts.iter_mut() {
-        if held.pid == me && !accounts.contains(&held.account_id) {
+    for held in board.held_accounts.iter_mut() {
+        if held.pid == me && held.database == id.database && !accounts.contains(&held.account_id) {
             *held = HeldAccount::default();
         }
     }

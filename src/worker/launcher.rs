@@ -89,6 +89,12 @@ impl Launcher {
     /// Brings the running workers in line with the databases; returns when
     /// to look again at the latest (a restart that has to wait).
     fn step(&mut self) -> Duration {
+        // pg_upgrade's servers run no workers.
+        if unsafe { pg_sys::IsBinaryUpgrade } {
+            return settings::fallback_poll_interval();
+        }
+        // Holds of backends that ended in a FATAL between pause and resume.
+        board::end_pauses_of(|pid| !super::main_loop::process_alive(pid));
         if board::take_overflow() && !self.reported_overflow {
             self.reported_overflow = true;
             warning!(
@@ -111,12 +117,13 @@ impl Launcher {
         let mut looking = 0;
         for entry in board::entries() {
             let keep = served.contains_key(&entry.oid) && entry.extension != Extension::Absent;
-            if !keep {
+            // (Unless DDL published something since this look: then next time.)
+            if !keep && board::forget_database(entry.oid, entry.generation) {
                 self.stop_database(entry.oid);
-                board::remove_database(entry.oid);
-                if entry.extension == Extension::Absent {
-                    board::mark_absent(entry.oid);
-                }
+                continue;
+            }
+            if !keep {
+                look_again = Duration::ZERO;
                 continue;
             }
             if entry.paused {
@@ -240,10 +247,9 @@ impl Launcher {
                 let _ = started.handle.terminate();
             }
         }
-        for pid in board::pause(database) {
+        for pid in board::worker_pids(database) {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        board::resume(database);
     }
 }
 
@@ -256,7 +262,7 @@ pub fn served(database: &Database) -> bool {
 /// launcher was restarted without the postmaster's crash restart).
 fn running_unknown_to_us(id: WorkerId) -> bool {
     let Some(slot) = board::read(id) else { return false };
-    slot.pid != 0 && unsafe { libc::kill(slot.pid, 0) } == 0
+    slot.pid != 0 && super::main_loop::process_alive(slot.pid)
 }
 
 impl Role {

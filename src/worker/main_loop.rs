@@ -70,8 +70,6 @@ pub fn reload_configuration_if_asked() -> bool {
 struct RestoreWatch {
     /// The restoring session seen last time.
     restoring: Option<i32>,
-    /// A restore ended since the home row was last looked at.
-    ended: bool,
 }
 
 impl RestoreWatch {
@@ -94,7 +92,6 @@ impl RestoreWatch {
             }
             (Some(_), None) => {
                 log!("{}: the restore has ended", id.name());
-                self.ended = true;
                 board::update(id, |slot| slot.state = WorkerState::Idle);
                 duty.restore_ended();
             }
@@ -111,53 +108,33 @@ impl RestoreWatch {
 }
 
 /// Whether this database's mail is this database's to send and receive, or
-/// it is a copy of one the cluster still serves (store/home.rs).
+/// it is a copy (store/home.rs). Looked at before every step (one small
+/// statement): a restore can replace the home row at any time.
 #[derive(Default)]
 struct HomeWatch {
-    /// Settled: this database is home (until a restore replaces the row).
-    here: bool,
     /// The original this copy was last reported holding off for.
     reported: Option<u32>,
 }
 
 impl HomeWatch {
-    /// Whether the worker may work; looks at the home row until it may.
+    /// Whether the worker may work now.
     fn settled(&mut self, id: WorkerId, database: &str) -> bool {
-        if self.here {
-            return true;
-        }
-        let databases = match catalog::databases() {
-            Ok(databases) => databases,
-            Err(error) => {
-                log!("{}: cannot read pg_database: {}", id.name(), error);
-                return false;
-            }
-        };
-        let live: Vec<u32> = databases
-            .iter()
-            .filter(|candidate| super::launcher::served(candidate) && !board::is_absent(candidate.oid))
-            .map(|candidate| candidate.oid)
-            .collect();
-        match home::check(move |original| live.contains(&original)) {
+        match home::check(catalog::databases_now) {
             Ok(Home::Here) => {
                 if self.reported.take().is_some() {
                     log!("{}: database \"{}\" now sends and receives its own mail", id.name(), database);
+                    board::update(id, |slot| slot.state = WorkerState::Idle);
                 }
-                self.here = true;
                 true
             }
-            Ok(Home::CopyOf(original)) => {
+            Ok(Home::CopyOf(original, name)) => {
                 if self.reported != Some(original) {
-                    let name = databases
-                        .iter()
-                        .find(|candidate| candidate.oid == original)
-                        .map(|candidate| candidate.name.as_str());
                     warning!(
-                        "{}: database \"{}\" is a copy of database \"{}\", which this cluster serves: its mail is not sent or received here. \
+                        "{}: database \"{}\" is a copy of database \"{}\" of this cluster: its mail is not sent or received here. \
                          Run SELECT email_accounts.adopt_database() in \"{}\" to change that, or drop the original.",
                         id.name(),
                         database,
-                        name.unwrap_or("?"),
+                        name,
                         database
                     );
                     self.reported = Some(original);
@@ -201,6 +178,18 @@ fn extension_still_there(id: WorkerId, generation: u64, version: &Option<String>
     now == Extension::Present
 }
 
+/// Whether a process of this pid exists.
+pub fn process_alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn leave_the_board(_code: i32, argument: pg_sys::Datum) {
+    if let Some(id) = WorkerId::from_argument(argument.value() as u64) {
+        board::stopped(id);
+    }
+}
+
 /// Connects, then steps the duty whenever there is news, until SIGTERM or
 /// until the extension is gone from the database.
 fn run(duty: &mut dyn Duty) {
@@ -213,7 +202,12 @@ fn run(duty: &mut dyn Duty) {
     // Errors with FATAL if the database is gone; the launcher notices.
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(id.database)), None);
     settings::pin_worker_session();
-    board::started(id, settings::fallback_poll_interval().as_millis() as i64);
+    if !board::started(id, settings::fallback_poll_interval().as_millis() as i64, process_alive) {
+        log!("{}: the previous process of this worker is still running; leaving", id.name());
+        return;
+    }
+    // Also when the worker ends in an error: its slot and held accounts are freed.
+    unsafe { pg_sys::before_shmem_exit(Some(leave_the_board), pg_sys::Datum::from(id.to_argument())) };
     let database = catalog::database_name().unwrap_or_default();
     log!("{} started in database \"{}\"", id.name(), database);
 
@@ -231,8 +225,12 @@ fn run(duty: &mut dyn Duty) {
         let version = match catalog::installed_version() {
             Ok(version) => version,
             Err(error) => {
+                // Nothing concluded from a failed look: again in a second.
                 log!("{}: could not look up the extension: {}", id.name(), error);
-                None
+                if shutdown_requested() || wait_for_latch(Duration::from_secs(1), None).postmaster_died {
+                    break;
+                }
+                continue;
             }
         };
         let still_there = generation.is_some_and(|generation| extension_still_there(id, generation, &version));
@@ -268,22 +266,13 @@ fn run(duty: &mut dyn Duty) {
         }
 
         let mut sleep = settings::fallback_poll_interval();
-        if installed && !home.settled(id, &database) {
-            // A copy: nothing of its mail is touched; look again in a while.
-            sleep = sleep.min(HELD_COPY_LOOKS_AGAIN);
-        } else if installed {
-            if home.reported.is_none() && board::read(id).is_some_and(|slot| slot.state == WorkerState::HeldAsCopy) {
-                board::update(id, |slot| slot.state = WorkerState::Idle);
-            }
+        if installed {
             let changes = duty.changes();
             match idle.skip(changes, woken_by_latch || duty.asked()) {
                 Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
                 None if restore.holds(duty) => sleep = sleep.min(Duration::from_secs(1)),
-                // A restored home row may name another database: look again first.
-                None if std::mem::take(&mut restore.ended) => {
-                    home = HomeWatch::default();
-                    sleep = Duration::ZERO;
-                }
+                // A copy: nothing of its mail is touched; look again in a while.
+                None if !home.settled(id, &database) => sleep = sleep.min(HELD_COPY_LOOKS_AGAIN),
                 None => {
                     let next_due = duty.step();
                     sleep = sleep.min(next_due.unwrap_or(sleep));

@@ -27,6 +27,7 @@ static mut PREVIOUS_HOOK: pg_sys::ProcessUtility_hook_type = None;
 // DDL asks for at commit (LOOK at the extension, WAKE the database's workers
 // even if nothing changed, e.g. ALTER EXTENSION UPDATE, wake the LAUNCHER).
 static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+static EXIT_CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 static AT_COMMIT: AtomicU8 = AtomicU8::new(0);
 // What the pre-commit look found (bit 0 valid, bit 1 present).
 static FOUND: AtomicU8 = AtomicU8::new(0);
@@ -80,23 +81,30 @@ unsafe extern "C-unwind" fn process_utility(
     if ddl.databases_changed {
         look_at_commit(LAUNCHER);
     }
-    match ddl.database_to_empty {
-        Some(database) if board::extension_of(database).is_some() => {
-            stop_workers_of(database);
-            PgTryBuilder::new(run)
-                .catch_others(|error| {
-                    board::resume(database);
-                    error.rethrow()
-                })
-                .execute();
+    // Only for a command that may go ahead: PostgreSQL checks ownership
+    // inside it, and anybody may try (it would stop the workers for nothing).
+    let to_empty = ddl
+        .database_to_empty
+        .filter(|&database| board::extension_of(database).is_some() && may_run(database, ddl.needs_createdb));
+    match to_empty {
+        Some(database) => {
+            PgTryBuilder::new(|| {
+                stop_workers_of(database);
+                run()
+            })
+            .catch_others(|error| {
+                board::resume(database);
+                error.rethrow()
+            })
+            .execute();
             if !ddl.database_dropped {
                 board::resume(database);
             }
         }
-        _ => run(),
+        None => run(),
     }
     // Gone at commit: the launcher must not look at it meanwhile.
-    if let (true, Some(database)) = (ddl.database_dropped, ddl.database_to_empty) {
+    if let (true, Some(database)) = (ddl.database_dropped, to_empty) {
         board::remove_database(database);
         board::mark_absent(database);
     }
@@ -110,6 +118,8 @@ struct Ddl {
     /// A database that must have no connections while the command runs.
     database_to_empty: Option<u32>,
     database_dropped: bool,
+    /// CREATE DATABASE: the caller also needs CREATEDB.
+    needs_createdb: bool,
     /// pg_database changed (the launcher looks at it again).
     databases_changed: bool,
 }
@@ -159,7 +169,7 @@ unsafe fn classify(node: *mut pg_sys::Node) -> Ddl {
                     .find(|option: &*mut pg_sys::DefElem| CStr::from_ptr((**option).defname).to_bytes() == b"template")
                     .filter(|option| !(**option).arg.is_null())
                     .and_then(|option| database(pg_sys::defGetString(option)));
-                Ddl { database_to_empty: template, databases_changed: true, ..Ddl::default() }
+                Ddl { database_to_empty: template, needs_createdb: true, databases_changed: true, ..Ddl::default() }
             }
             T_RenameStmt if (*(node as *mut pg_sys::RenameStmt)).renameType == pg_sys::ObjectType::OBJECT_DATABASE => {
                 let statement = node as *mut pg_sys::RenameStmt;
@@ -183,11 +193,27 @@ unsafe fn classify(node: *mut pg_sys::Node) -> Ddl {
     }
 }
 
+/// Whether the calling role may run the command on the database (it owns
+/// it, and for CREATE DATABASE may create databases): served databases are
+/// never templates, so copying one needs its ownership.
+fn may_run(database: u32, needs_createdb: bool) -> bool {
+    unsafe {
+        let role = pg_sys::GetUserId();
+        pg_sys::pg_database_ownercheck(pg_sys::Oid::from(database), role)
+            && (!needs_createdb || pg_sys::have_createdb_privilege())
+    }
+}
+
 /// Stops the database's workers (SIGTERM: they hand back what they have
 /// not sent) and waits a while for them to leave; the launcher starts none
-/// there until `board::resume`.
+/// there until `board::resume` (or this backend's exit: a FATAL meanwhile).
 fn stop_workers_of(database: u32) {
-    for pid in board::pause(database) {
+    if !EXIT_CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
+        unsafe { pg_sys::before_shmem_exit(Some(end_pauses_at_exit), pg_sys::Datum::from(0)) };
+    }
+    // No room for another hold: go ahead; PostgreSQL says if connections remain.
+    let Some(pids) = board::pause(database) else { return };
+    for pid in pids {
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
     let deadline = Instant::now() + STOP_WAIT;
@@ -198,6 +224,14 @@ fn stop_workers_of(database: u32) {
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
         pg_sys::check_for_interrupts!();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn end_pauses_at_exit(_code: i32, _argument: pg_sys::Datum) {
+    let me = unsafe { pg_sys::MyProcPid };
+    if board::end_pauses_of(|pid| pid == me) {
+        board::wake_launcher();
     }
 }
 

@@ -124,6 +124,10 @@ fn held_rounds(id: WorkerId, rounds: Vec<claim::AccountRound>) -> Vec<claim::Acc
         return rounds;
     }
     let (refused, held): (Vec<_>, Vec<_>) = rounds.into_iter().partition(|round| refused.contains(&round.account_id));
+    // Their OAuth2 renewal leases go back too, so the account's token is renewed.
+    let leases: Vec<(i64, String)> =
+        refused.iter().filter_map(|round| round.renewal_lease.clone().map(|lease| (round.account_id, lease))).collect();
+    record::release_renewal_leases(&id.name(), &leases);
     let tokens = refused.into_iter().flat_map(|round| round.tokens).collect();
     record::hand_back(&id.name(), tokens);
     held

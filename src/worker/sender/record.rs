@@ -68,6 +68,23 @@ fn record_token_reports(role_name: &str, reports: &[(i64, TokenReport, Option<St
     }
 }
 
+/// Gives back OAuth2 renewal leases of rounds that never went out (one
+/// transaction); if that fails they lapse by themselves.
+pub fn release_renewal_leases(role_name: &str, leases: &[(i64, String)]) {
+    if leases.is_empty() {
+        return;
+    }
+    let released = try_in_transaction(|| -> Result<(), oauth::OAuthStoreError> {
+        for (account_id, lease) in leases {
+            oauth::record_report(*account_id, &TokenReport::default(), Some(lease))?;
+        }
+        Ok(())
+    });
+    if let Err(error) = released {
+        log!("{role_name}: cannot give back {} OAuth2 renewal lease(s): {error}", leases.len());
+    }
+}
+
 /// Puts claimed rows that never went on the wire back in the queue (one
 /// transaction); logged if that fails (they are then taken back when the
 /// next sender starts, or after their lease).
