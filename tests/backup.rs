@@ -9,7 +9,9 @@
 
 mod harness;
 
-use harness::{add_account_without_login, wait_until, Behaviour, MailServers, Postgres, SmtpResponder};
+use harness::{
+    add_account_without_login, wait_until, wait_until_held_as_copy, Behaviour, MailServers, Postgres, SmtpResponder,
+};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -155,17 +157,7 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
     admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     for database in ["from_custom", "from_plain"] {
         let mut restored = cluster.connect(database);
-        wait_until("the copy's workers to hold off", LIMIT, || {
-            let held: i64 = restored
-                .query_one(
-                    "SELECT count(*) FROM email_accounts.worker_status()
-                      WHERE database = current_database() AND state LIKE 'held: a copy%'",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            (held == 2).then_some(())
-        });
+        wait_until_held_as_copy(&mut restored);
         let home: i64 = restored
             .query_one(
                 "SELECT count(*) FROM email_accounts.home JOIN pg_database ON pg_database.oid = home.database_oid
@@ -380,17 +372,7 @@ fn a_dump_restored_next_to_its_served_original_sends_nothing_of_it() {
     server.set(Behaviour::Accept);
     let mut copy = cluster.connect("copy");
     copy.batch_execute("SELECT email_accounts.retry(outbox_id) FROM email_accounts.outbox").unwrap();
-    wait_until("the copy's workers to hold off", LIMIT, || {
-        let held: i64 = copy
-            .query_one(
-                "SELECT count(*) FROM email_accounts.worker_status()
-                  WHERE database = current_database() AND state LIKE 'held: a copy%'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (held == 2).then_some(())
-    });
+    wait_until_held_as_copy(&mut copy);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(server.distinct_messages(), 0, "the copy sent nothing");
 

@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::{add_account_without_login, wait_until, Behaviour, Postgres, SmtpResponder};
+use harness::{add_account_without_login, wait_until, wait_until_held_as_copy, Behaviour, Postgres, SmtpResponder};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -189,17 +189,7 @@ fn every_database_with_the_extension_gets_workers_and_database_ddl_still_works()
     wait_until("workers in the copy too", LIMIT, || (workers_by_database(&mut client) == expected).then_some(()));
     // The copy's workers hold off while shop is served: its mail is shop's.
     let mut copy = cluster.connect("shop_copy");
-    wait_until("the copy's workers to hold off", LIMIT, || {
-        let held: i64 = copy
-            .query_one(
-                "SELECT count(*) FROM email_accounts.worker_status()
-                  WHERE database = 'shop_copy' AND state LIKE 'held: a copy%'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (held == 2).then_some(())
-    });
+    wait_until_held_as_copy(&mut copy);
     copy.execute(
         "SELECT email_accounts.send(\"to\" => '{copied@example.test}', account => 'out') FROM generate_series(1, 5)",
         &[],
@@ -477,4 +467,41 @@ fn the_sender_is_woken_once_per_committed_transaction_and_never_on_rollback() {
     let flushed: bool = client.query_one("SELECT email_accounts.flush()", &[]).unwrap().get(0);
     assert!(flushed);
     woken_once_since(&mut client, after_second_commit, "flush() to wake the sender");
+}
+
+#[test]
+fn a_database_without_a_free_worker_process_says_so_and_gets_one_when_one_is_free() {
+    // The launcher and one database's two workers: nothing left for a second database.
+    let cluster = Postgres::start(&[
+        FAST_POLL,
+        "max_worker_processes = 3",
+        "max_parallel_workers = 0",
+        // (The logical replication launcher would take one of the three.)
+        "max_logical_replication_workers = 0",
+        "email_accounts.worker_restart_interval = 1",
+    ]);
+    let mut client = cluster.connect("postgres");
+    client.batch_execute("CREATE DATABASE first").unwrap();
+    client.batch_execute("CREATE DATABASE second").unwrap();
+    cluster.connect("first").batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    wait_until("first's workers", LIMIT, || (workers_by_database(&mut client) == pair("first")).then_some(()));
+    let mut second = cluster.connect("second");
+    second.batch_execute("CREATE EXTENSION email_accounts").unwrap();
+    wait_until("second to say it has no worker process", LIMIT, || {
+        let short: i64 = second
+            .query_one(
+                "SELECT count(*) FROM email_accounts.worker_status()
+                  WHERE database = 'second' AND state LIKE 'no background worker process free%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (short >= 1).then_some(())
+    });
+    assert!(cluster.server_log().contains("no background worker process free"));
+    assert!(cluster.server_log().contains("database \"second\""));
+
+    // first gives its processes up; second gets them.
+    cluster.connect("first").batch_execute("DROP EXTENSION email_accounts").unwrap();
+    wait_until("second's workers", LIMIT, || (workers_by_database(&mut client) == pair("second")).then_some(()));
 }

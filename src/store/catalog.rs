@@ -66,7 +66,7 @@ pub fn database_name() -> Result<String, StoreError> {
 /// from the cumulative statistics (shared memory, no SQL statement): lets an
 /// idle worker's fallback poll notice changes that did not wake it. `None`
 /// when the extension is not installed.
-fn changes_to(tables: &[&CStr]) -> Result<Option<i64>, StoreError> {
+fn changes_to(tables: &[&CStr], count_deletes: bool) -> Result<Option<i64>, StoreError> {
     in_transaction(|| unsafe {
         let schema = pg_sys::get_namespace_oid(c"email_accounts".as_ptr(), true);
         if schema == pg_sys::InvalidOid {
@@ -82,7 +82,10 @@ fn changes_to(tables: &[&CStr]) -> Result<Option<i64>, StoreError> {
             }
             let entry = pg_sys::pgstat_fetch_stat_tabentry(relation);
             if !entry.is_null() {
-                changes += (*entry).tuples_inserted + (*entry).tuples_updated + (*entry).tuples_deleted;
+                changes += (*entry).tuples_inserted + (*entry).tuples_updated;
+                if count_deletes {
+                    changes += (*entry).tuples_deleted;
+                }
             }
         }
         Some(changes)
@@ -91,13 +94,15 @@ fn changes_to(tables: &[&CStr]) -> Result<Option<i64>, StoreError> {
 
 /// Changes to the outbox: rows the sender might have to send.
 pub fn outbox_changes() -> Result<Option<i64>, StoreError> {
-    changes_to(&[c"outbox"])
+    // (A deleted row never makes mail due.)
+    changes_to(&[c"outbox"], false)
 }
 
 /// Changes to what decides when an account is synced: accounts, their
 /// domains and presets, and the folders' sync state.
 pub fn receiving_changes() -> Result<Option<i64>, StoreError> {
-    changes_to(&[c"account", c"domain", c"provider", c"sync_state"])
+    // (A deleted sync_state row makes its folder sync from the start.)
+    changes_to(&[c"account", c"domain", c"provider", c"sync_state"], true)
 }
 
 /// One row of pg_database, as the launcher needs it.

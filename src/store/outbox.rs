@@ -123,12 +123,14 @@ WITH allowance AS (
 ), due AS (
     -- Only the rows taken are locked; one another sender holds is skipped,
     -- one it claimed meanwhile no longer matches (rechecked under the lock).
+    -- (= ANY (ARRAY(…)): through the primary key. A join let the generic
+    -- plan hash the whole outbox on every claim: 30 ms at 20,000 queued.)
     SELECT outbox.outbox_id
       FROM email_accounts.outbox
-      JOIN candidate USING (outbox_id)
-     WHERE (outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
-        OR (outbox.status = 'sending' AND outbox.lease_until < now()
-            AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[])))
+     WHERE outbox.outbox_id = ANY (ARRAY(SELECT candidate.outbox_id FROM candidate))
+       AND ((outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now())
+            OR (outbox.status = 'sending' AND outbox.lease_until < now()
+                AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[]))))
        FOR UPDATE OF outbox SKIP LOCKED
 )
 UPDATE email_accounts.outbox
@@ -137,8 +139,7 @@ UPDATE email_accounts.outbox
        sender_process_id = pg_catalog.pg_backend_pid(),
        sender_started_at = (SELECT activity.backend_start
                               FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS activity)
-  FROM due
- WHERE outbox.outbox_id = due.outbox_id
+ WHERE outbox.outbox_id = ANY (ARRAY(SELECT due.outbox_id FROM due))
 RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.sender, outbox.to_addresses,
           outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
           outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",

@@ -1,7 +1,10 @@
 //! Skipping a worker's run on a timeout wake-up when nothing changed: the
 //! change count of the tables it reads (cumulative statistics, no
-//! statement) is what it was before its last run, and the next due time
-//! that run reported has not come. A latch wake-up always runs.
+//! statement) is what it was after its last run (its own writes flushed and
+//! counted: they make no work), and the next due time that run reported has
+//! not come. A latch wake-up always runs. (A change by a plain UPDATE, which
+//! wakes nobody, whose statistics land while a run is under way is seen at
+//! the next change or wake-up instead: retry() and inserts wake the sender.)
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +24,7 @@ impl IdleSkip {
         quiet.then(|| due_at.map(|due_at| due_at - now))
     }
 
-    /// A run happened; `changes` is the count read before it.
+    /// A run happened; `changes` is the count read after it.
     pub fn ran(&mut self, changes: Option<i64>, next_due: Option<Duration>) {
         let due_at = next_due.map(|next_due| Instant::now() + next_due);
         self.last_run = changes.map(|changes| (changes, due_at));

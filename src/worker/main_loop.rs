@@ -276,9 +276,11 @@ fn run(duty: &mut dyn Duty) {
                 None => {
                     let next_due = duty.step();
                     sleep = sleep.min(next_due.unwrap_or(sleep));
-                    idle.ran(changes, next_due);
-                    // Background workers flush their statistics themselves.
+                    // Background workers flush their statistics themselves;
+                    // then the count includes the step's own writes, which
+                    // must not make the next timeout wake-up look again.
                     unsafe { pg_sys::pgstat_report_stat(true) };
+                    idle.ran(duty.changes().or(changes), next_due);
                 }
             }
             if let Some(look_again) = duty.tidy() {
