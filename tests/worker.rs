@@ -138,9 +138,25 @@ fn the_launcher_starts_workers_where_the_extension_is_created_and_stops_them_whe
         client.batch_execute("DROP EXTENSION email_accounts").unwrap();
         client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     }
-    wait_until("both workers to run after the last CREATE EXTENSION", LIMIT, || {
-        both_running(&mut client).and_then(|_| states_are(&mut client, "idle"))
-    });
+    let deadline = std::time::Instant::now() + LIMIT;
+    while both_running(&mut client).and_then(|_| states_are(&mut client, "idle")).is_none() {
+        if std::time::Instant::now() > deadline {
+            let status: Vec<String> = client
+                .query(
+                    "SELECT concat_ws(' ', database, worker_name, pid, state) FROM email_accounts.worker_status()",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            panic!(
+                "both workers to run after the last CREATE EXTENSION: processes {:?}, worker_status {status:?}",
+                worker_pids(&mut client)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(worker_errors(&cluster.server_log()), Vec::<&str>::new());
 }
 

@@ -325,6 +325,25 @@ pub fn started(id: WorkerId, fallback_poll_interval_ms: i64, alive: impl Fn(i32)
     true
 }
 
+/// Whether the worker still has its slot, taking it again when its
+/// database's entry was made anew meanwhile (the extension dropped and
+/// created again while it ran): false when another live process has it.
+pub fn keep_slot(id: WorkerId, alive: impl Fn(i32) -> bool) -> bool {
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(id.database) else { return false };
+    let slot = &mut entry.workers[id.slot()];
+    if slot.pid == me {
+        return true;
+    }
+    if slot.pid != 0 && alive(slot.pid) {
+        return false;
+    }
+    let interval = slot.fallback_poll_interval_ms;
+    *slot = fresh_slot(WorkerState::Idle, interval);
+    true
+}
+
 /// A worker that leaves (also on an error exit): its slot, if still its
 /// own, says stopped, and its accounts are free.
 pub fn stopped(id: WorkerId) {

@@ -234,7 +234,7 @@ fn run(duty: &mut dyn Duty) {
             }
         };
         let still_there = generation.is_some_and(|generation| extension_still_there(id, generation, &version));
-        if !still_there || board::paused(id.database) {
+        if !still_there || board::paused(id.database) || !board::keep_slot(id, process_alive) {
             if version.is_none() {
                 log!("{}: the extension is not created in database \"{}\"; stopping", id.name(), database);
             }
