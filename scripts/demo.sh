@@ -71,11 +71,11 @@ wait_until_sent() {
 "${psql[@]}" -c "CREATE EXTENSION email_accounts"
 echo "==> waiting for the background workers to pick up the extension"
 for _ in $(seq 1 100); do
-  idle=$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.worker_status() WHERE state = 'idle'")
+  idle=$("${psql[@]}" -tAc "SELECT count(*) FROM email_accounts.worker_status() WHERE database = current_database() AND state = 'idle' AND pid IS NOT NULL")
   [ "$idle" = 2 ] && break
   sleep 0.1
 done
-"${psql[@]}" -P pager=off -c "SELECT role, pid, state, started_at FROM email_accounts.worker_status()"
+"${psql[@]}" -P pager=off -c "SELECT database, worker_name, pid, state, started_at FROM email_accounts.worker_status()"
 
 echo "==> an account on the local mail servers, through its domain"
 "${psql[@]}" -v ca="$(cat "$demo/certificates/ca.pem")" <<SQL

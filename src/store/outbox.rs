@@ -74,10 +74,34 @@ UPDATE email_accounts.outbox
         OR (lease_until < now()
             AND NOT (sender_process_id = pg_catalog.pg_backend_pid() AND account_id = ANY ($1::bigint[]))))";
 
-// Each ready account may send what its rate limits leave: its limit minus
-// the rows it sent (or has in flight) in the last minute, hour and day.
+// At most $5 accounts, those whose mail has waited longest (a claim over
+// every account would let one sender hold them all while the others idle).
+// Each may send what its rate limits leave: its limit minus the rows it
+// sent (or has in flight) in the last minute, hour and day.
 const CLAIM: &str = "
-WITH allowance AS (
+WITH chosen AS (
+    SELECT settings.account_id
+      FROM email_accounts.account_settings AS settings
+     CROSS JOIN LATERAL (
+         (SELECT outbox.priority, outbox.next_attempt_at
+            FROM email_accounts.outbox
+           WHERE outbox.account_id = settings.account_id
+             AND outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now()
+           ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
+           LIMIT 1)
+         UNION ALL
+         (SELECT 0, outbox.lease_until
+            FROM email_accounts.outbox
+           WHERE outbox.account_id = settings.account_id
+             AND outbox.status = 'sending' AND outbox.lease_until < now()
+           LIMIT 1)
+         LIMIT 1
+     ) AS first_due
+     WHERE settings.ready_to_send
+       AND settings.account_id <> ALL ($3::bigint[])
+     ORDER BY first_due.priority DESC, first_due.next_attempt_at
+     LIMIT $5
+), allowance AS (
     SELECT settings.account_id,
            greatest(0, least($1::bigint,
                              coalesce(settings.send_limit_per_minute - recent.last_minute, $1::bigint),
@@ -93,8 +117,8 @@ WITH allowance AS (
             AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
             AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
      ) AS recent
-     WHERE settings.ready_to_send
-       AND settings.account_id <> ALL ($3::bigint[])  -- accounts that already have a round waiting
+     WHERE settings.account_id IN (SELECT chosen.account_id FROM chosen)
+       AND settings.ready_to_send
 ), candidate AS (
     -- Per account, its due rows in claim order (an index walk that stops at
     -- the allowance), then rows whose claim lapsed (another sender died).
@@ -166,6 +190,7 @@ pub fn claim(
     lease_seconds: i32,
     skip_accounts: &[i64],
     on_wire: &[i64],
+    max_accounts: i64,
 ) -> Result<Vec<ClaimedRow>, SpiError> {
     // Nothing is expired or claimed while a dump is being restored (its rows
     // may lack their recipients yet); otherwise no restore starts until this
@@ -181,7 +206,13 @@ pub fn claim(
         let table = kept_plans::update(
             client,
             CLAIM,
-            &[limit.into(), (lease_seconds as f64).into(), skip_accounts.to_vec().into(), on_wire.to_vec().into()],
+            &[
+                limit.into(),
+                (lease_seconds as f64).into(),
+                skip_accounts.to_vec().into(),
+                on_wire.to_vec().into(),
+                max_accounts.into(),
+            ],
         )?;
         table
             .into_iter()

@@ -51,12 +51,17 @@ pub struct AccountRound {
     pub batch: AccountBatch,
 }
 
-/// Claims up to `batch_size` due rows of accounts not in `skip_accounts`
-/// (one transaction) and composes them.
-pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64]) -> Result<Option<Claimed>, StoreError> {
+/// Claims up to `batch_size` due rows of at most `max_accounts` accounts not
+/// in `skip_accounts` (one transaction) and composes them.
+pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) -> Result<Option<Claimed>, StoreError> {
     let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
-        let mut rows =
-            outbox::claim(settings::batch_size(), settings::lease_duration_seconds(), skip_accounts, on_wire)?;
+        let mut rows = outbox::claim(
+            settings::batch_size(),
+            settings::lease_duration_seconds(),
+            skip_accounts,
+            on_wire,
+            max_accounts as i64,
+        )?;
         let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
         account_ids.sort_unstable();
         account_ids.dedup();

@@ -84,7 +84,8 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
         // Accounts another sender is sending through are left to it.
         let mut skip = lanes.accounts_waiting();
         skip.extend(board::accounts_held_by_others(id));
-        match claim::claim_round(&skip, &lanes.accounts_on_wire()) {
+        // No more accounts than connections: the others are left to other senders.
+        match claim::claim_round(&skip, &lanes.accounts_on_wire(), parallel) {
             Ok(Some(claimed)) => {
                 lanes.add(held_rounds(id, claimed.rounds));
                 lanes.launch_waiting(parallel);
