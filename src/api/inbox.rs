@@ -56,7 +56,7 @@ fn sync_now(
             Some("Call email_accounts.set_password() first."),
         );
     }
-    let receiver = board::read(WorkerId::receiver(board::my_database())).unwrap_or_default();
+    let receiver = receiver_when_ready();
     if receiver.pid == 0 || receiver.state != board::WorkerState::Idle {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -85,6 +85,26 @@ fn sync_now(
     .execute();
     let rows = inbox::folder_results(visible.account_id).unwrap_or_else(|error| internal(error));
     TableIterator::new(rows)
+}
+
+/// The receiver's slot once it is idle, waiting a few seconds for one the
+/// launcher is starting (right after CREATE EXTENSION, or a restart).
+fn receiver_when_ready() -> board::WorkerSlot {
+    let id = WorkerId::receiver(board::my_database());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let receiver = board::read(id).unwrap_or_default();
+        let starting = matches!(receiver.state, board::WorkerState::NotStarted | board::WorkerState::Starting);
+        if !starting || std::time::Instant::now() > deadline {
+            return receiver;
+        }
+        unsafe {
+            let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+            pg_sys::WaitLatch(pg_sys::MyLatch, events as i32, 50, pg_sys::PG_WAIT_EXTENSION);
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
 }
 
 /// The caller must see the message (row-level security, as itself); the
