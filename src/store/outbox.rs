@@ -80,7 +80,7 @@ UPDATE email_accounts.outbox
 // sent (or has in flight) in the last minute, hour and day.
 const CLAIM: &str = "
 WITH chosen AS (
-    SELECT settings.account_id
+    SELECT settings.account_id, settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day
       FROM email_accounts.account_settings AS settings
      CROSS JOIN LATERAL (
          (SELECT outbox.priority, outbox.next_attempt_at
@@ -94,6 +94,7 @@ WITH chosen AS (
             FROM email_accounts.outbox
            WHERE outbox.account_id = settings.account_id
              AND outbox.status = 'sending' AND outbox.lease_until < now()
+             AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[]))
            LIMIT 1)
          LIMIT 1
      ) AS first_due
@@ -107,7 +108,7 @@ WITH chosen AS (
                              coalesce(settings.send_limit_per_minute - recent.last_minute, $1::bigint),
                              coalesce(settings.send_limit_per_hour - recent.last_hour, $1::bigint),
                              coalesce(settings.send_limit_per_day - recent.last_day, $1::bigint))) AS rows
-      FROM email_accounts.account_settings AS settings
+      FROM chosen AS settings
      CROSS JOIN LATERAL (
          SELECT count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 minute') AS last_minute,
                 count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 hour') AS last_hour,
@@ -117,8 +118,6 @@ WITH chosen AS (
             AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
             AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
      ) AS recent
-     WHERE settings.account_id IN (SELECT chosen.account_id FROM chosen)
-       AND settings.ready_to_send
 ), candidate AS (
     -- Per account, its due rows in claim order (an index walk that stops at
     -- the allowance), then rows whose claim lapsed (another sender died).

@@ -39,14 +39,13 @@ thread_local! {
 /// rounds on the wire, until the doorbell rings or the fallback poll;
 /// otherwise until the next row is due (`None`: nothing is waiting).
 fn step(id: WorkerId) -> Option<Duration> {
-    let role_name = &id.name();
     LANES.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
             match Lanes::new() {
                 Ok(lanes) => *cell = Some(lanes),
                 Err(error) => {
-                    log!("{role_name}: cannot create the delivery doorbell and will try again: {error}");
+                    log!("{}: cannot create the delivery doorbell and will try again: {error}", id.name());
                     return Some(Duration::from_secs(1));
                 }
             }
@@ -71,7 +70,9 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
         let any_came_back = !came_back.is_empty();
         failed |= !recorded(role_name, came_back);
         // An account whose rounds are all recorded is free for the other senders.
-        board::keep_accounts(id, &lanes.accounts());
+        if any_came_back {
+            board::keep_accounts(id, &lanes.accounts());
+        }
         if failed || super::signals::shutdown_requested() {
             break;
         }
@@ -104,7 +105,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
         return None;
     }
     // More is waiting than this sender took on: another sender helps.
-    if more_waiting && settings::senders() > 1 {
+    if more_waiting {
         board::wake_other_sender(id);
     }
     if failed {
@@ -128,9 +129,10 @@ fn held_rounds(id: WorkerId, rounds: Vec<claim::AccountRound>) -> Vec<claim::Acc
     // Their OAuth2 renewal leases go back too, so the account's token is renewed.
     let leases: Vec<(i64, String)> =
         refused.iter().filter_map(|round| round.renewal_lease.clone().map(|lease| (round.account_id, lease))).collect();
-    record::release_renewal_leases(&id.name(), &leases);
+    let role_name = id.name();
+    record::release_renewal_leases(&role_name, &leases);
     let tokens = refused.into_iter().flat_map(|round| round.tokens).collect();
-    record::hand_back(&id.name(), tokens);
+    record::hand_back(&role_name, tokens);
     held
 }
 
