@@ -69,8 +69,6 @@ COMMENT ON FUNCTION email_accounts.mark_opened(text) IS
 
 COMMENT ON FUNCTION email_accounts.random_bytes(integer) IS 'That many random bytes from the operating system (at most 1024).';
 
--- The workers notice the new extension at commit, not at their next poll.
-SELECT email_accounts.wake_workers_at_commit();
 COMMENT ON FUNCTION email_accounts.restoring() IS
   'True while a superuser session writes after SET row_security = off, as pg_restore and plain dump scripts do (not when row_security comes from ALTER DATABASE/ROLE, and not for code running as another user): the triggers then take rows as they were dumped (see README "Backups").';
 COMMENT ON FUNCTION email_accounts.current_user_is_superuser() IS

@@ -1466,8 +1466,8 @@ $$;
 CREATE INDEX message_auto_reply_outbox ON email_accounts.message (auto_reply_outbox_id) WHERE auto_reply_outbox_id IS NOT NULL;
 CREATE INDEX suppression_outbox ON email_accounts.suppression (outbox_id) WHERE outbox_id IS NOT NULL;
 
--- The workers of the new library wait for this update; wake them now.
-SELECT email_accounts.wake_workers_at_commit();
+-- (The workers of the new library wait for this update; the library's
+-- utility hook wakes them when it commits.)
 
 -- Issue 18: one launcher serves every database; worker_status() names each worker's database.
 DROP FUNCTION email_accounts.worker_status();

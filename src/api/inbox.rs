@@ -73,12 +73,7 @@ fn sync_now(
     PgTryBuilder::new(|| {
         board::wake_receiver(board::my_database());
         while board::sync_request_state(slot) != SyncRequestState::Done {
-            let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
-            unsafe {
-                pg_sys::WaitLatch(pg_sys::MyLatch, events as i32, 1000, pg_sys::PG_WAIT_EXTENSION);
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            }
-            pg_sys::check_for_interrupts!();
+            crate::worker::nap(1000);
         }
     })
     .finally(|| board::release_sync_request(slot))
@@ -98,12 +93,7 @@ fn receiver_when_ready() -> board::WorkerSlot {
         if !starting || std::time::Instant::now() > deadline {
             return receiver;
         }
-        unsafe {
-            let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
-            pg_sys::WaitLatch(pg_sys::MyLatch, events as i32, 50, pg_sys::PG_WAIT_EXTENSION);
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pg_sys::check_for_interrupts!();
+        crate::worker::nap(50);
     }
 }
 

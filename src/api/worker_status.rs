@@ -4,10 +4,10 @@
 //! databases the launcher serves.
 
 use crate::settings;
+use crate::store::catalog;
 use crate::worker::board::{self, Extension, WorkerSlot};
 use crate::worker::role::{Role, WorkerId};
 use pgrx::prelude::*;
-use std::ffi::CStr;
 
 type Row =
     (Option<String>, String, String, Option<i32>, String, Option<TimestampWithTimeZone>, i64, i64, i64, i64, i64);
@@ -55,7 +55,7 @@ fn worker_status() -> TableIterator<
 
 /// The receiver and the senders of one database.
 fn workers_of(database: u32, slots: &[WorkerSlot; board::WORKERS_PER_DATABASE]) -> Vec<Row> {
-    let name = database_name(database);
+    let name = catalog::database_name_of(database);
     let ids = std::iter::once(WorkerId::receiver(database))
         .chain((0..settings::MAX_SENDERS).map(|instance| WorkerId::sender(database, instance as u8)));
     ids.filter(|id| {
@@ -80,14 +80,6 @@ fn row(database: Option<String>, role: &str, worker_name: String, slot: WorkerSl
         slot.latch_wakeups,
         slot.timeouts,
     )
-}
-
-fn database_name(database: u32) -> Option<String> {
-    // SAFETY: a syscache look-up in the caller's transaction; the name is copied.
-    unsafe {
-        let name = pg_sys::get_database_name(pg_sys::Oid::from(database));
-        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
-    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

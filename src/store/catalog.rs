@@ -52,14 +52,16 @@ pub fn installed_version() -> Result<Option<String>, StoreError> {
 
 /// The name of the database this process is connected to.
 pub fn database_name() -> Result<String, StoreError> {
-    // SAFETY: inside a transaction; the name is copied out before it ends.
-    in_transaction(|| unsafe {
-        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        if name.is_null() {
-            return String::new();
-        }
-        CStr::from_ptr(name).to_string_lossy().into_owned()
-    })
+    in_transaction(|| database_name_of(unsafe { pg_sys::MyDatabaseId }.to_u32()).unwrap_or_default())
+}
+
+/// The name of a database, in the caller's transaction (`None`: no such database).
+pub fn database_name_of(database: u32) -> Option<String> {
+    // SAFETY: a syscache look-up; the name is copied out.
+    unsafe {
+        let name = pg_sys::get_database_name(pg_sys::Oid::from(database));
+        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
 }
 
 /// Rows ever inserted, updated or deleted in these tables of the extension,

@@ -24,7 +24,7 @@ pub const PAUSE_SLOTS: usize = 8;
 pub const ABSENT_SLOTS: usize = 1024;
 
 /// Accounts the senders of all databases can hold at once (each on one
-/// sender): a sender holds at most batch_size + smtp_connections.
+/// sender): a sender holds about twice smtp_connections (on the wire, waiting).
 pub const ACCOUNT_SLOTS: usize = 4096;
 
 /// What a worker is doing right now.
@@ -209,6 +209,16 @@ impl Default for WorkerBoard {
 }
 
 impl WorkerBoard {
+    /// Remembers a database as being without the extension (if there is room).
+    fn remember_absent(&mut self, database: u32) {
+        if self.absent.contains(&database) {
+            return;
+        }
+        if let Some(index) = self.absent.iter().position(|slot| *slot == 0) {
+            self.absent[index] = database;
+        }
+    }
+
     fn release_accounts_of(&mut self, pid: i32) {
         for held in self.held_accounts.iter_mut().filter(|held| held.pid == pid && pid != 0) {
             *held = HeldAccount::default();
@@ -286,8 +296,18 @@ pub fn read_launcher() -> WorkerSlot {
     WORKER_BOARD.share().launcher
 }
 
-pub fn update_launcher(change: impl FnOnce(&mut WorkerSlot)) {
-    change(&mut WORKER_BOARD.exclusive().launcher);
+/// Changes a slot under the exclusive lock: a database worker's (if its
+/// database has an entry), or with `None` the launcher's.
+pub fn update_slot(worker: Option<WorkerId>, change: impl FnOnce(&mut WorkerSlot)) {
+    let mut board = WORKER_BOARD.exclusive();
+    match worker {
+        None => change(&mut board.launcher),
+        Some(id) => {
+            if let Some(entry) = board.entry_mut(id.database) {
+                change(&mut entry.workers[id.slot()]);
+            }
+        }
+    }
 }
 
 /// Sets the launcher's latch (after DDL that may change what it serves).
@@ -307,40 +327,25 @@ pub fn read(id: WorkerId) -> Option<WorkerSlot> {
 
 /// Changes one worker's slot under the exclusive lock (if its database has an entry).
 pub fn update(id: WorkerId, change: impl FnOnce(&mut WorkerSlot)) {
-    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(id.database) {
-        change(&mut entry.workers[id.slot()]);
-    }
+    update_slot(Some(id), change);
 }
 
-/// The slot a worker fills in when it starts; false when another live
-/// process has it (a worker of the same slot still finishing).
-pub fn started(id: WorkerId, fallback_poll_interval_ms: i64, alive: impl Fn(i32) -> bool) -> bool {
-    let mut board = WORKER_BOARD.exclusive();
-    let Some(entry) = board.entry_mut(id.database) else { return false };
-    let slot = &mut entry.workers[id.slot()];
-    if slot.pid != 0 && slot.pid != unsafe { pg_sys::MyProcPid } && alive(slot.pid) {
-        return false;
-    }
-    *slot = fresh_slot(WorkerState::Starting, fallback_poll_interval_ms);
-    true
-}
-
-/// Whether the worker still has its slot, taking it again when its
-/// database's entry was made anew meanwhile (the extension dropped and
-/// created again while it ran): false when another live process has it.
-pub fn keep_slot(id: WorkerId, alive: impl Fn(i32) -> bool) -> bool {
+/// Takes the worker's slot for the calling process: when it starts
+/// (`fresh`), and again on every wake-up, for when its database's entry was
+/// made anew while it ran (the extension dropped and created again). False
+/// when another live process has the slot (a worker of it still finishing).
+pub fn take_slot(id: WorkerId, fresh: bool, fallback_poll_interval_ms: i64, alive: impl Fn(i32) -> bool) -> bool {
     let me = unsafe { pg_sys::MyProcPid };
     let mut board = WORKER_BOARD.exclusive();
     let Some(entry) = board.entry_mut(id.database) else { return false };
     let slot = &mut entry.workers[id.slot()];
-    if slot.pid == me {
+    if slot.pid == me && !fresh {
         return true;
     }
-    if slot.pid != 0 && alive(slot.pid) {
+    if slot.pid != 0 && slot.pid != me && alive(slot.pid) {
         return false;
     }
-    let interval = slot.fallback_poll_interval_ms;
-    *slot = fresh_slot(WorkerState::Idle, interval);
+    *slot = fresh_slot(if fresh { WorkerState::Starting } else { WorkerState::Idle }, fallback_poll_interval_ms);
     true
 }
 
@@ -379,32 +384,26 @@ pub fn wake_receiver(database: u32) -> bool {
 /// Wakes one running sender of the database, each call the next one
 /// (they share the outbox; one that finds more than it can take wakes another).
 pub fn wake_sender(database: u32) -> bool {
+    wake_next_sender(database, None)
+}
+
+/// Wakes the next running sender other than `me` (one that found more
+/// waiting than it could take on).
+pub fn wake_other_sender(me: WorkerId) -> bool {
+    wake_next_sender(me.database, Some(me.slot()))
+}
+
+fn wake_next_sender(database: u32, except: Option<usize>) -> bool {
     wake_where(database, |entry| {
         let running: Vec<usize> = (0..MAX_SENDERS)
             .map(|instance| WorkerId::sender(entry.oid, instance as u8).slot())
-            .filter(|&slot| entry.workers[slot].pid != 0)
+            .filter(|&slot| entry.workers[slot].pid != 0 && Some(slot) != except)
             .collect();
         if running.is_empty() {
             return Vec::new();
         }
         entry.next_sender = entry.next_sender.wrapping_add(1);
         vec![running[entry.next_sender as usize % running.len()]]
-    })
-}
-
-/// Wakes the next running sender other than `me` (one that found more
-/// waiting than it could take on).
-pub fn wake_other_sender(me: WorkerId) -> bool {
-    wake_where(me.database, |entry| {
-        let others: Vec<usize> = (0..MAX_SENDERS)
-            .map(|instance| WorkerId::sender(entry.oid, instance as u8).slot())
-            .filter(|&slot| entry.workers[slot].pid != 0 && slot != me.slot())
-            .collect();
-        if others.is_empty() {
-            return Vec::new();
-        }
-        entry.next_sender = entry.next_sender.wrapping_add(1);
-        vec![others[entry.next_sender as usize % others.len()]]
     })
 }
 
@@ -505,29 +504,15 @@ pub fn extension_of(database: u32) -> Option<(Extension, u64)> {
 
 /// A worker looked at the catalog after reading `generation`: records what
 /// it found unless committed DDL published something newer meanwhile.
-/// Returns the state now on the board.
-pub fn extension_seen(database: u32, generation: u64, present: bool) -> Extension {
+/// Returns the state on the board before and after.
+pub fn extension_seen(database: u32, generation: u64, present: bool) -> (Extension, Extension) {
     let mut board = WORKER_BOARD.exclusive();
-    let Some(entry) = board.entry_mut(database) else { return Extension::Absent };
+    let Some(entry) = board.entry_mut(database) else { return (Extension::Absent, Extension::Absent) };
+    let was = entry.extension;
     if entry.generation == generation {
         entry.extension = if present { Extension::Present } else { Extension::Absent };
     }
-    entry.extension
-}
-
-/// The launcher learnt that a database has no extension (false: no room to remember it).
-pub fn mark_absent(database: u32) -> bool {
-    let mut board = WORKER_BOARD.exclusive();
-    if board.absent.contains(&database) {
-        return true;
-    }
-    match board.absent.iter().position(|slot| *slot == 0) {
-        Some(index) => {
-            board.absent[index] = database;
-            true
-        }
-        None => false,
-    }
+    (was, entry.extension)
 }
 
 /// Whether a database is known to be without the extension.
@@ -584,30 +569,33 @@ pub fn add_database(database: u32) -> bool {
     WORKER_BOARD.exclusive().entry_or_new(database).is_some()
 }
 
-/// Forgets a database (dropped, not served, or without the extension).
-pub fn remove_database(database: u32) {
-    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
+/// DROP DATABASE is about to commit: the database is forgotten, and
+/// remembered as without the extension until its oid is gone from pg_database.
+pub fn database_dropped(database: u32) {
+    let mut board = WORKER_BOARD.exclusive();
+    if let Some(entry) = board.entry_mut(database) {
         *entry = DatabaseEntry::default();
     }
+    board.remember_absent(database);
 }
 
 /// Forgets a database as the launcher saw it: only if no DDL published
 /// anything since (`generation`); remembered as without the extension when
-/// it was. False when the entry changed meanwhile (it is looked at again).
-pub fn forget_database(database: u32, generation: u64) -> bool {
+/// it was. The process ids of the workers it had, to be stopped; `None`
+/// when the entry changed meanwhile (it is looked at again).
+pub fn forget_database(database: u32, generation: u64) -> Option<Vec<i32>> {
     let mut board = WORKER_BOARD.exclusive();
-    let Some(entry) = board.entry_mut(database) else { return true };
+    let Some(entry) = board.entry_mut(database) else { return Some(Vec::new()) };
     if entry.generation != generation {
-        return false;
+        return None;
     }
     let absent = entry.extension == Extension::Absent;
+    let pids = entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect();
     *entry = DatabaseEntry::default();
-    if absent && !board.absent.contains(&database) {
-        if let Some(index) = board.absent.iter().position(|slot| *slot == 0) {
-            board.absent[index] = database;
-        }
+    if absent {
+        board.remember_absent(database);
     }
-    true
+    Some(pids)
 }
 
 /// A worker process that ended without saying so (an error, or the
@@ -626,15 +614,15 @@ pub fn worker_gone(id: WorkerId) {
 
 // ---- holding a database's workers off for DDL that needs it empty --------
 
-/// Holds the database's workers off for the calling backend; the process
-/// ids to stop, or None when it has no entry or too many commands hold it.
-pub fn pause(database: u32) -> Option<Vec<i32>> {
+/// Holds the database's workers off for the calling backend; false when it
+/// has no entry or too many commands hold it already.
+pub fn pause(database: u32) -> bool {
     let me = unsafe { pg_sys::MyProcPid };
     let mut board = WORKER_BOARD.exclusive();
-    let entry = board.entry_mut(database)?;
-    let free = entry.paused_by.iter().position(|pid| *pid == 0)?;
+    let Some(entry) = board.entry_mut(database) else { return false };
+    let Some(free) = entry.paused_by.iter().position(|pid| *pid == 0) else { return false };
     entry.paused_by[free] = me;
-    Some(entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect())
+    true
 }
 
 /// The process ids of the database's running workers.
@@ -649,11 +637,6 @@ pub fn worker_pids(database: u32) -> Vec<i32> {
 /// Whether DDL holds the database's workers off (or it has no entry).
 pub fn paused(database: u32) -> bool {
     WORKER_BOARD.share().entry(database).is_none_or(|entry| entry.paused_by.iter().any(|pid| *pid != 0))
-}
-
-/// Whether any worker of the database still runs.
-pub fn any_worker_running(database: u32) -> bool {
-    WORKER_BOARD.share().entry(database).is_some_and(|entry| entry.workers.iter().any(|slot| slot.pid != 0))
 }
 
 /// The calling backend's hold on the database ends.

@@ -9,7 +9,7 @@
 //! extension is not there.
 
 use super::board::{self, Extension, WorkerState};
-use super::main_loop::{reload_configuration_if_asked, wait_for_latch};
+use super::main_loop::{after_wakeup, wait_for_latch};
 use super::role::{Role, WorkerId};
 use super::signals::shutdown_requested;
 use crate::settings;
@@ -26,14 +26,10 @@ use std::time::{Duration, Instant};
 /// so a cluster of many databases does not take every worker process.
 const LOOKS_AT_ONCE: usize = 4;
 
-/// A worker the launcher started.
-struct Started {
-    handle: DynamicBackgroundWorker,
-}
-
 #[derive(Default)]
 struct Launcher {
-    started: HashMap<WorkerId, Started>,
+    /// The workers it started, by their handles.
+    started: HashMap<WorkerId, DynamicBackgroundWorker>,
     /// When each worker was last started: restarts wait worker_restart_interval.
     last_start: HashMap<WorkerId, Instant>,
     /// Databases already reported as having no worker process free.
@@ -59,26 +55,13 @@ pub extern "C-unwind" fn email_accounts_launcher_main(_argument: pg_sys::Datum) 
         if woken_by.postmaster_died || shutdown_requested() {
             break;
         }
-        board::update_launcher(|slot| {
-            if woken_by.latch {
-                slot.latch_wakeups += 1;
-            } else {
-                slot.timeouts += 1;
-            }
-        });
-        if reload_configuration_if_asked() {
-            let interval = settings::fallback_poll_interval().as_millis() as i64;
-            board::update_launcher(|slot| {
-                slot.config_reloads += 1;
-                slot.fallback_poll_interval_ms = interval;
-            });
-        }
+        after_wakeup(None, &woken_by);
     }
     // The workers stop with it; the next launcher starts them again.
-    for (_, started) in launcher.started.drain() {
-        let _ = started.handle.terminate();
+    for (_, handle) in launcher.started.drain() {
+        let _ = handle.terminate();
     }
-    board::update_launcher(|slot| {
+    board::update_slot(None, |slot| {
         slot.state = WorkerState::Stopped;
         slot.pid = 0;
     });
@@ -117,13 +100,12 @@ impl Launcher {
         let mut looking = 0;
         for entry in board::entries() {
             let keep = served.contains_key(&entry.oid) && entry.extension != Extension::Absent;
-            // (Unless DDL published something since this look: then next time.)
-            if !keep && board::forget_database(entry.oid, entry.generation) {
-                self.stop_database(entry.oid);
-                continue;
-            }
             if !keep {
-                look_again = Duration::ZERO;
+                // (Unless DDL published something since this look: then next time.)
+                match board::forget_database(entry.oid, entry.generation) {
+                    Some(pids) => self.stop_database(entry.oid, pids),
+                    None => look_again = Duration::ZERO,
+                }
                 continue;
             }
             if entry.paused {
@@ -148,8 +130,8 @@ impl Launcher {
             let extra: Vec<WorkerId> =
                 self.started.keys().filter(|id| id.database == entry.oid && !wanted.contains(id)).copied().collect();
             for id in extra {
-                if let Some(started) = self.started.remove(&id) {
-                    let _ = started.handle.terminate();
+                if let Some(handle) = self.started.remove(&id) {
+                    let _ = handle.terminate();
                 }
             }
         }
@@ -177,11 +159,8 @@ impl Launcher {
         let gone: Vec<WorkerId> = self
             .started
             .iter()
-            .filter(|(_, started)| {
-                matches!(
-                    started.handle.pid(),
-                    Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
-                )
+            .filter(|(_, handle)| {
+                matches!(handle.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -221,7 +200,7 @@ impl Launcher {
             Ok(handle) => {
                 board::update(id, |slot| slot.state = WorkerState::Starting);
                 self.reported_short.remove(&id.database);
-                self.started.insert(id, Started { handle });
+                self.started.insert(id, handle);
                 None
             }
             Err(_) => {
@@ -239,15 +218,17 @@ impl Launcher {
         }
     }
 
-    /// Stops every worker of a database the launcher no longer serves.
-    fn stop_database(&mut self, database: u32) {
+    /// Stops every worker of a database the launcher no longer serves: those
+    /// it started by their handles, and by process id (`pids`, from the board)
+    /// those a previous launcher started.
+    fn stop_database(&mut self, database: u32, pids: Vec<i32>) {
         let ids: Vec<WorkerId> = self.started.keys().filter(|id| id.database == database).copied().collect();
         for id in ids {
-            if let Some(started) = self.started.remove(&id) {
-                let _ = started.handle.terminate();
+            if let Some(handle) = self.started.remove(&id) {
+                let _ = handle.terminate();
             }
         }
-        for pid in board::worker_pids(database) {
+        for pid in pids {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }

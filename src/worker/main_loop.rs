@@ -1,8 +1,8 @@
 //! The main loop every database worker runs: connect, wait on the latch,
 //! reload the configuration on SIGHUP, leave cleanly on SIGTERM or when the
 //! extension is dropped. What a role does in it is its `Duty` (duty.rs);
-//! the loop names no role. The launcher (launcher/) shares its waiting and
-//! reloading.
+//! the loop names no role. The launcher (launcher.rs) shares its waiting,
+//! counting of wake-ups and reloading.
 
 use super::board::{self, Extension, WorkerState};
 use super::duty::Duty;
@@ -55,13 +55,24 @@ pub fn wait_for_latch(timeout: std::time::Duration, socket: Option<std::os::fd::
     }
 }
 
-/// After SIGHUP: re-reads the configuration (the flag alone changes nothing).
-pub fn reload_configuration_if_asked() -> bool {
-    if !BackgroundWorker::sighup_received() {
-        return false;
+/// After a wake-up: counts it on the worker's slot (`None`: the launcher's)
+/// and, after SIGHUP, re-reads the configuration (the flag alone changes nothing).
+pub fn after_wakeup(worker: Option<WorkerId>, woken_by: &Wakeup) {
+    board::update_slot(worker, |slot| {
+        if woken_by.latch {
+            slot.latch_wakeups += 1;
+        } else if !woken_by.socket {
+            slot.timeouts += 1;
+        }
+    });
+    if BackgroundWorker::sighup_received() {
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        let interval = settings::fallback_poll_interval().as_millis() as i64;
+        board::update_slot(worker, |slot| {
+            slot.config_reloads += 1;
+            slot.fallback_poll_interval_ms = interval;
+        });
     }
-    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-    true
 }
 
 /// A dump being restored into the database holds the worker off (the claim
@@ -169,10 +180,9 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
 /// Whether the worker may go on: the extension is there (at any version),
 /// as the catalog says now, unless committed DDL published otherwise since.
 fn extension_still_there(id: WorkerId, generation: u64, version: &Option<String>) -> bool {
-    let was = board::extension_of(id.database).map(|(extension, _)| extension);
-    let now = board::extension_seen(id.database, generation, version.is_some());
+    let (was, now) = board::extension_seen(id.database, generation, version.is_some());
     // The launcher's first worker found the extension: the others may start.
-    if was == Some(Extension::Unknown) && now == Extension::Present {
+    if was == Extension::Unknown && now == Extension::Present {
         board::wake_launcher();
     }
     now == Extension::Present
@@ -202,7 +212,8 @@ fn run(duty: &mut dyn Duty) {
     // Errors with FATAL if the database is gone; the launcher notices.
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(id.database)), None);
     settings::pin_worker_session();
-    if !board::started(id, settings::fallback_poll_interval().as_millis() as i64, process_alive) {
+    let interval = settings::fallback_poll_interval().as_millis() as i64;
+    if !board::take_slot(id, true, interval, process_alive) {
         log!("{}: the previous process of this worker is still running; leaving", id.name());
         return;
     }
@@ -234,7 +245,8 @@ fn run(duty: &mut dyn Duty) {
             }
         };
         let still_there = generation.is_some_and(|generation| extension_still_there(id, generation, &version));
-        if !still_there || board::paused(id.database) || !board::keep_slot(id, process_alive) {
+        let interval = settings::fallback_poll_interval().as_millis() as i64;
+        if !still_there || board::paused(id.database) || !board::take_slot(id, false, interval, process_alive) {
             if version.is_none() {
                 log!("{}: the extension is not created in database \"{}\"; stopping", id.name(), database);
             }
@@ -302,20 +314,7 @@ fn run(duty: &mut dyn Duty) {
         }
         // A round coming back counts as news, like a commit.
         woken_by_latch = woken_by.latch || woken_by.socket;
-        board::update(id, |slot| {
-            if woken_by.latch {
-                slot.latch_wakeups += 1;
-            } else if !woken_by.socket {
-                slot.timeouts += 1;
-            }
-        });
-        if reload_configuration_if_asked() {
-            let interval = settings::fallback_poll_interval().as_millis() as i64;
-            board::update(id, |slot| {
-                slot.config_reloads += 1;
-                slot.fallback_poll_interval_ms = interval;
-            });
-        }
+        after_wakeup(Some(id), &woken_by);
     }
 
     if !postmaster_died {

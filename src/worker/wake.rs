@@ -1,45 +1,54 @@
-//! Waking workers when a transaction commits: once per transaction, never
-//! on rollback. `wake_sender_at_commit()` is called by the outbox's
-//! statement trigger (one sender of the database is woken),
-//! `wake_workers_at_commit()` by account changes; `flush()` wakes every
-//! sender immediately. Whether the extension itself came or went is the
-//! utility hook's business (utility_hook.rs).
+//! What a transaction asks to happen when it commits: once per transaction,
+//! never on rollback, through one transaction callback per backend.
+//! `wake_sender_at_commit()` is called by the outbox's statement trigger
+//! (one sender of the database is woken), `wake_workers_at_commit()` by
+//! account changes, and the utility hook (utility_hook.rs) asks for a look at
+//! whether the extension is (still) there and for the launcher to be woken.
+//! `flush()` wakes every sender immediately.
 
 use super::board;
-use super::role::Role;
 use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-// Per backend: whether our callback is registered, and which roles the
-// current transaction wants woken (one bit per role index).
-static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
-static WAKE_AT_COMMIT: AtomicU32 = AtomicU32::new(0);
+/// Wake one sender of the database.
+pub const SENDER: u32 = 1;
+/// Wake the database's receiver.
+pub const RECEIVER: u32 = 2;
+/// Look (before the commit, in the catalog) whether `email_accounts` is
+/// there, and publish it on the board (waking the launcher and the
+/// database's workers when that changed).
+pub const EXTENSION: u32 = 4;
+/// With EXTENSION: wake the database's workers even if nothing changed
+/// (ALTER EXTENSION UPDATE).
+pub const EXTENSION_CHANGED: u32 = 8;
+/// Wake the launcher (pg_database changed).
+pub const LAUNCHER: u32 = 16;
 
-fn wake_at_commit(roles: &[Role]) {
+// Per backend: whether our callback is registered, what the current
+// transaction asked for, and what the pre-commit look found.
+static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+static AT_COMMIT: AtomicU32 = AtomicU32::new(0);
+static FOUND: AtomicU32 = AtomicU32::new(0);
+const FOUND_LOOKED: u32 = 1;
+const FOUND_PRESENT: u32 = 2;
+
+/// Asks for `what` (the constants above) when the current transaction commits.
+pub fn at_commit(what: u32) {
     if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
         unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
     }
-    let bits = roles.iter().fold(0, |bits, role| bits | 1 << role_bit(*role));
-    WAKE_AT_COMMIT.fetch_or(bits, Ordering::Relaxed);
-}
-
-fn role_bit(role: Role) -> u32 {
-    match role {
-        Role::Launcher => 0,
-        Role::Sender => 1,
-        Role::Receiver => 2,
-    }
+    AT_COMMIT.fetch_or(what, Ordering::Relaxed);
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn wake_sender_at_commit() {
-    wake_at_commit(&[Role::Sender]);
+    at_commit(SENDER);
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn wake_workers_at_commit() {
-    wake_at_commit(&[Role::Sender, Role::Receiver]);
+    at_commit(SENDER | RECEIVER);
 }
 
 /// Wakes the sender now (e.g. after changing accounts or retrying rows by hand).
@@ -51,20 +60,36 @@ fn flush() -> bool {
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _argument: *mut c_void) {
     match event {
+        // Still inside the transaction: the catalog says what it leaves behind.
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if AT_COMMIT.load(Ordering::Relaxed) & EXTENSION != 0 => {
+            let present = unsafe { pg_sys::get_extension_oid(c"email_accounts".as_ptr(), true) } != pg_sys::InvalidOid;
+            FOUND.store(FOUND_LOOKED | if present { FOUND_PRESENT } else { 0 }, Ordering::Relaxed);
+        }
+        // Committed and visible to new snapshots (never raises from here on).
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
-            let bits = WAKE_AT_COMMIT.swap(0, Ordering::Relaxed);
+            let asked = AT_COMMIT.swap(0, Ordering::Relaxed);
+            let found = FOUND.swap(0, Ordering::Relaxed);
             let database = board::my_database();
-            if bits & 1 << role_bit(Role::Sender) != 0 {
+            if found & FOUND_LOOKED != 0 {
+                board::publish_extension(database, found & FOUND_PRESENT != 0, asked & EXTENSION_CHANGED != 0);
+            }
+            if asked & SENDER != 0 {
                 board::wake_sender(database);
             }
-            if bits & 1 << role_bit(Role::Receiver) != 0 {
+            if asked & RECEIVER != 0 {
                 board::wake_receiver(database);
+            }
+            if asked & LAUNCHER != 0 {
+                board::wake_launcher();
             }
         }
         // A prepared transaction commits elsewhere; the fallback poll finds it.
         pg_sys::XactEvent::XACT_EVENT_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
-        | pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.store(0, Ordering::Relaxed),
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            AT_COMMIT.store(0, Ordering::Relaxed);
+            FOUND.store(0, Ordering::Relaxed);
+        }
         _ => {}
     }
 }
