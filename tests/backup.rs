@@ -310,11 +310,7 @@ fn a_restoring_session_holds_the_workers_off_until_it_ends_and_nobody_else_can()
     wait_until("the queued mail to be sent after the restore", LIMIT, || (sent(&mut client) == 5).then_some(()));
 
     // Anyone may take the same advisory lock; a role that is not a superuser stops nothing.
-    let mut tenant = postgres::Client::connect(
-        &cluster.connection_string("postgres").replace("user=postgres", "user=tenant_app"),
-        postgres::NoTls,
-    )
-    .unwrap();
+    let mut tenant = cluster.connect_as("postgres", "tenant_app");
     tenant.batch_execute("SELECT pg_advisory_lock_shared(1835100524, 1)").unwrap();
     client
         .batch_execute(

@@ -58,17 +58,14 @@ fn deployment() -> Deployment {
 
 impl Deployment {
     fn connect_as(&self, role: &str) -> postgres::Client {
-        let options = self.cluster.connection_string("postgres").replace("user=postgres", &format!("user={role}"));
-        postgres::Client::connect(&options, postgres::NoTls)
-            .unwrap_or_else(|error| panic!("connect as {role}: {error}"))
+        self.cluster.connect_as("postgres", role)
     }
 
     /// A connection as `role` that keeps the NOTICEs the server sends it.
     fn connect_keeping_notices(&self, role: &str) -> (postgres::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = notices.clone();
-        let options = self.cluster.connection_string("postgres").replace("user=postgres", &format!("user={role}"));
-        let mut config: postgres::Config = options.parse().unwrap();
+        let mut config: postgres::Config = self.cluster.connection_string_as("postgres", role).parse().unwrap();
         config.notice_callback(move |notice| sink.lock().unwrap().push(notice.message().to_owned()));
         (config.connect(postgres::NoTls).unwrap(), notices)
     }

@@ -7,7 +7,7 @@
 
 mod harness;
 
-use harness::{add_account_without_login, wait_until, Behaviour, Postgres, SmtpResponder};
+use harness::{add_account_without_login, wait_until, workers_here, Behaviour, Postgres, SmtpResponder};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -26,15 +26,7 @@ fn cluster_with_senders(senders: usize, extra: &[&str]) -> (Postgres, postgres::
     let mut client = cluster.connect("postgres");
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     wait_until("every sender and the receiver to be idle", LIMIT, || {
-        let idle: i64 = client
-            .query_one(
-                "SELECT count(*) FROM email_accounts.worker_status()
-                  WHERE database = current_database() AND state = 'idle' AND pid IS NOT NULL",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (idle == senders as i64 + 1).then_some(())
+        (workers_here(&mut client, "idle") == senders as i64 + 1).then_some(())
     });
     (cluster, client)
 }

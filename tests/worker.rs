@@ -8,7 +8,9 @@
 
 mod harness;
 
-use harness::{add_account_without_login, wait_until, wait_until_held_as_copy, Behaviour, Postgres, SmtpResponder};
+use harness::{
+    add_account_without_login, wait_until, wait_until_held_as_copy, workers_here, Behaviour, Postgres, SmtpResponder,
+};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -221,11 +223,7 @@ fn every_database_with_the_extension_gets_workers_and_database_ddl_still_works()
     client.batch_execute("CREATE ROLE intruder LOGIN CREATEDB").unwrap();
     let crm_workers = workers_by_database(&mut client);
     let pids_before = worker_pids(&mut client);
-    let mut intruder = postgres::Client::connect(
-        &cluster.connection_string("postgres").replace("user=postgres", "user=intruder"),
-        postgres::NoTls,
-    )
-    .unwrap();
+    let mut intruder = cluster.connect_as("postgres", "intruder");
     for attempt in ["ALTER DATABASE crm RENAME TO taken", "DROP DATABASE crm", "CREATE DATABASE stolen TEMPLATE crm"] {
         let error = intruder.batch_execute(attempt).expect_err(attempt);
         assert_eq!(error.as_db_error().unwrap().code().code(), "42501", "{attempt}");
@@ -507,15 +505,7 @@ fn a_database_without_a_free_worker_process_says_so_and_gets_one_when_one_is_fre
     let mut second = cluster.connect("second");
     second.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     wait_until("second to say it has no worker process", LIMIT, || {
-        let short: i64 = second
-            .query_one(
-                "SELECT count(*) FROM email_accounts.worker_status()
-                  WHERE database = 'second' AND state LIKE 'no background worker process free%'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (short >= 1).then_some(())
+        (workers_here(&mut second, "no background worker process free%") >= 1).then_some(())
     });
     assert!(cluster.server_log().contains("no background worker process free"));
     assert!(cluster.server_log().contains("database \"second\""));

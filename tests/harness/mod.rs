@@ -137,17 +137,20 @@ pub fn add_account_without_login(client: &mut ::postgres::Client, name: &str, po
         .expect("INSERT INTO email_accounts.account");
 }
 
+/// This database's workers whose state (worker_status()) is LIKE `state`.
+pub fn workers_here(client: &mut ::postgres::Client, state: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM email_accounts.worker_status() WHERE database = current_database() AND state LIKE $1",
+            &[&state],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// Waits until both workers of the client's database hold off as a copy of another database.
 pub fn wait_until_held_as_copy(client: &mut ::postgres::Client) {
     wait_until("the copy's workers to hold off", std::time::Duration::from_secs(60), || {
-        let held: i64 = client
-            .query_one(
-                "SELECT count(*) FROM email_accounts.worker_status()
-                  WHERE database = current_database() AND state LIKE 'held: a copy%'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (held == 2).then_some(())
+        (workers_here(client, "held: a copy%") == 2).then_some(())
     });
 }

@@ -35,12 +35,20 @@ impl Postgres {
     }
 
     pub fn connection_string(&self, database: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={database} connect_timeout=10", self.port)
+        self.connection_string_as(database, "postgres")
+    }
+
+    pub fn connection_string_as(&self, database: &str, role: &str) -> String {
+        format!("host=127.0.0.1 port={} user={role} dbname={database} connect_timeout=10", self.port)
     }
 
     pub fn connect(&self, database: &str) -> postgres::Client {
-        postgres::Client::connect(&self.connection_string(database), postgres::NoTls)
-            .unwrap_or_else(|error| panic!("cannot connect to {database} on port {}: {error}", self.port))
+        self.connect_as(database, "postgres")
+    }
+
+    pub fn connect_as(&self, database: &str, role: &str) -> postgres::Client {
+        postgres::Client::connect(&self.connection_string_as(database, role), postgres::NoTls)
+            .unwrap_or_else(|error| panic!("cannot connect to {database} as {role} on port {}: {error}", self.port))
     }
 
     /// Connects, retrying while the server restarts (e.g. after a crash).
