@@ -1539,12 +1539,6 @@ CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.home
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.home', '');
 
--- This database is home from the start: a dump restored into it brings the
--- original's row, which replaces this one.
-INSERT INTO email_accounts.home (database_oid, database_name, system_identifier)
-SELECT database.oid, database.datname, (SELECT control.system_identifier::text FROM pg_catalog.pg_control_system() AS control)
-  FROM pg_catalog.pg_database AS database WHERE database.datname = pg_catalog.current_database();
-
 REVOKE ALL ON email_accounts.home FROM PUBLIC;
 
 CREATE FUNCTION email_accounts.adopt_database() RETURNS void
@@ -1563,3 +1557,7 @@ COMMENT ON FUNCTION email_accounts.adopt_database() IS
   'Superusers only: this database sends and receives its mail from now on, also while the database it was copied from is served in the same cluster (both then send what both have queued: clear one outbox first).';
 
 REVOKE EXECUTE ON FUNCTION email_accounts.adopt_database() FROM PUBLIC;
+
+-- This database is home from the start: a dump restored into it brings the
+-- original's row, which replaces this one.
+SELECT email_accounts.adopt_database();

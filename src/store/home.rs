@@ -56,14 +56,7 @@ pub fn check(databases: impl Fn() -> Vec<Database>) -> Result<Home, StoreError> 
                 return Ok(Home::CopyOf(original.oid, original.name));
             }
         }
-        Spi::run_with_args(
-            "INSERT INTO email_accounts.home (database_oid, database_name, system_identifier)
-             SELECT database.oid, database.datname, $2 FROM pg_catalog.pg_database AS database WHERE database.oid = $1::bigint::oid
-             ON CONFLICT (only_row) DO UPDATE
-                SET database_oid = excluded.database_oid, database_name = excluded.database_name,
-                    system_identifier = excluded.system_identifier, adopted_at = now()",
-            &[i64::from(here).into(), system.into()],
-        )?;
+        Spi::run("SELECT email_accounts.adopt_database()")?;
         Ok(Home::Here)
     }))
 }

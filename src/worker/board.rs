@@ -131,6 +131,18 @@ pub struct DatabaseEntry {
     pub workers: [WorkerSlot; WORKERS_PER_DATABASE],
 }
 
+impl DatabaseEntry {
+    /// Whether DDL holds the database's workers off.
+    fn is_paused(&self) -> bool {
+        self.paused_by.iter().any(|pid| *pid != 0)
+    }
+
+    /// The process ids of its running workers.
+    fn worker_pids(&self) -> Vec<i32> {
+        self.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect()
+    }
+}
+
 impl Default for DatabaseEntry {
     fn default() -> Self {
         DatabaseEntry {
@@ -557,7 +569,7 @@ pub fn entries() -> Vec<EntryView> {
             oid: entry.oid,
             extension: entry.extension,
             generation: entry.generation,
-            paused: entry.paused_by.iter().any(|pid| *pid != 0),
+            paused: entry.is_paused(),
             workers: entry.workers,
         })
         .collect()
@@ -590,7 +602,7 @@ pub fn forget_database(database: u32, generation: u64) -> Option<Vec<i32>> {
         return None;
     }
     let absent = entry.extension == Extension::Absent;
-    let pids = entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect();
+    let pids = entry.worker_pids();
     *entry = DatabaseEntry::default();
     if absent {
         board.remember_absent(database);
@@ -627,16 +639,12 @@ pub fn pause(database: u32) -> bool {
 
 /// The process ids of the database's running workers.
 pub fn worker_pids(database: u32) -> Vec<i32> {
-    WORKER_BOARD
-        .share()
-        .entry(database)
-        .map(|entry| entry.workers.iter().map(|slot| slot.pid).filter(|&pid| pid != 0).collect())
-        .unwrap_or_default()
+    WORKER_BOARD.share().entry(database).map(DatabaseEntry::worker_pids).unwrap_or_default()
 }
 
 /// Whether DDL holds the database's workers off (or it has no entry).
 pub fn paused(database: u32) -> bool {
-    WORKER_BOARD.share().entry(database).is_none_or(|entry| entry.paused_by.iter().any(|pid| *pid != 0))
+    WORKER_BOARD.share().entry(database).is_none_or(DatabaseEntry::is_paused)
 }
 
 /// The calling backend's hold on the database ends.
