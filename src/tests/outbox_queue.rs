@@ -214,4 +214,46 @@ mod tests {
         assert_fails("SELECT email_accounts.cancel(1)", "42501", "cancel");
         Spi::run("RESET ROLE").unwrap();
     }
+
+    /// The sender's sleep: the earliest waiting row of a ready account over
+    /// every priority, or the earliest lapse of a claim; accounts that are
+    /// not ready and rows already settled do not count.
+    #[pg_test]
+    fn the_next_due_row_is_found_over_every_priority() {
+        Spi::run(
+            "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security, no_smtp_authentication, awaiting_password)
+             VALUES ('ready', 'ready@example.com', true, '127.0.0.1', 25, 'none', true, false),
+                    ('not ready', 'waiting@example.com', true, '127.0.0.1', 25, 'starttls', false, true)",
+        )
+        .unwrap();
+        let next_due = || crate::store::outbox::seconds_until_next_due().unwrap();
+        assert_eq!(next_due(), None);
+        let queue = |account: &str, priority: i32, seconds: i32| {
+            Spi::get_one::<i64>(&format!(
+                "SELECT email_accounts.send(\"to\" => '{{a@example.net}}', account => '{account}', priority => {priority}::smallint,
+                                            send_after => now() + interval '{seconds} seconds')"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        queue("ready", 5, 3600);
+        queue("ready", -2, 7200);
+        let soonest = queue("ready", 0, 100);
+        queue("not ready", 0, 5);
+        assert_eq!(next_due().map(f64::round), Some(100.0));
+        // A row already sent is history, however early it was due.
+        let sent = queue("ready", 9, 1);
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET status = 'sent', sent_at = now() WHERE outbox_id = {sent}"
+        ))
+        .unwrap();
+        assert_eq!(next_due().map(f64::round), Some(100.0));
+        // A claim lapsing sooner wakes the sender sooner.
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET status = 'sending', lease_until = now() + interval '30 seconds'
+              WHERE outbox_id = {soonest}"
+        ))
+        .unwrap();
+        assert_eq!(next_due().map(f64::round), Some(30.0));
+    }
 }
