@@ -42,6 +42,8 @@ fn step(id: WorkerId) -> Option<Duration> {
     LANES.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
+            // Once, between transactions (see the function).
+            crate::store::transaction::prefer_indexes_for_this_session();
             match Lanes::new() {
                 Ok(lanes) => *cell = Some(lanes),
                 Err(error) => {
