@@ -385,3 +385,22 @@ pub fn pin_worker_session() {
         }
     }
 }
+
+/// For the sender's session: plans that never read a whole table when an
+/// index reaches the rows. Its statements all go through indexes and it runs
+/// no code of a tenant's; a plan kept from a moment the outbox looked empty
+/// (just after a purge or a VACUUM) read the whole outbox per statement once
+/// rows came, and the two- and three-sender drains of make bench ran at
+/// 831 and 584 msg/s instead of 7,115 and 6,511. (Where no index fits, a
+/// whole index is walked instead: about the cost of the scan it replaces.)
+pub fn prefer_indexes() {
+    // SAFETY: NUL-terminated strings that outlive the call; a valid value.
+    unsafe {
+        pgrx::pg_sys::SetConfigOption(
+            c"enable_seqscan".as_ptr(),
+            c"off".as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_SUSET,
+            pgrx::pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}

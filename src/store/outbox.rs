@@ -395,15 +395,15 @@ pub struct RowResult<'a> {
 pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_seconds: i32) -> Result<(), SpiError> {
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();
-    let ours: HashSet<i64> = Spi::connect_mut(|client| {
+    // Each row's token is its own random UUID: the tokens are matched as a
+    // set (= ANY, not a join with the pairs: a plan made while the outbox
+    // looked empty walked its whole primary key per round, 0.6 s at 20,000
+    // rows; made uuids once, not once per row: 10 ms a round), and the pairs
+    // are checked here.
+    let ours: HashSet<(i64, String)> = Spi::connect_mut(|client| {
         let table = kept_plans::update(
             client,
-            // Every claimed row has a token of its own (a random UUID), so a
-            // row whose token is among ours is ours. (= ANY, not a join with
-            // the pairs: a plan made while the outbox looked empty walked
-            // its whole primary key per round, 0.6 s at 20,000 rows. The
-            // tokens are made uuids once, not once per row: 10 ms a round.)
-            "SELECT outbox.outbox_id FROM email_accounts.outbox
+            "SELECT outbox.outbox_id, outbox.claim_token::text FROM email_accounts.outbox
               WHERE outbox.outbox_id = ANY ($1::bigint[])
                 AND outbox.claim_token = ANY (ARRAY(SELECT token::uuid FROM unnest($2::text[]) AS token))
                 FOR UPDATE OF outbox",
@@ -411,10 +411,11 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
         )?;
         table
             .into_iter()
-            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
-            .collect::<Result<HashSet<i64>, SpiError>>()
+            .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+            .collect::<Result<HashSet<(i64, String)>, SpiError>>()
     })?;
-    let rows: Vec<&RowResult<'_>> = rows.iter().filter(|row| ours.contains(&row.outbox_id)).collect();
+    let rows: Vec<&RowResult<'_>> =
+        rows.iter().filter(|row| ours.contains(&(row.outbox_id, row.claim_token.to_owned()))).collect();
     if rows.is_empty() {
         return Ok(());
     }

@@ -59,16 +59,6 @@ pub(crate) fn set_setting(name: &std::ffi::CStr, value: &std::ffi::CStr, action:
     }
 }
 
-/// For the rest of the session (call it outside a transaction): plans that
-/// never read a whole table when an index reaches the rows. For the sender,
-/// whose statements all go through indexes and run no code of a tenant's: a
-/// plan kept from a moment the outbox looked empty (just after a purge or a
-/// VACUUM) read the whole outbox per statement once rows came, and
-/// several-sender drains ran at 600–800 msg/s instead of 6,000 (make bench).
-pub fn prefer_indexes_for_this_session() {
-    set_setting(c"enable_seqscan", c"off", pg_sys::GucAction::GUC_ACTION_SET);
-}
-
 fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
     set_setting(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL);
 }

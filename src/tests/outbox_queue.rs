@@ -215,45 +215,121 @@ mod tests {
         Spi::run("RESET ROLE").unwrap();
     }
 
-    /// The sender's sleep: the earliest waiting row of a ready account over
-    /// every priority, or the earliest lapse of a claim; accounts that are
-    /// not ready and rows already settled do not count.
-    #[pg_test]
-    fn the_next_due_row_is_found_over_every_priority() {
+    fn sending_accounts() {
         Spi::run(
             "INSERT INTO email_accounts.account (name, address, enable_outgoing, smtp_host, smtp_port, smtp_security, no_smtp_authentication, awaiting_password)
              VALUES ('ready', 'ready@example.com', true, '127.0.0.1', 25, 'none', true, false),
+                    ('also ready', 'also@example.com', true, '127.0.0.1', 25, 'none', true, false),
                     ('not ready', 'waiting@example.com', true, '127.0.0.1', 25, 'starttls', false, true)",
         )
         .unwrap();
-        let next_due = || crate::store::outbox::seconds_until_next_due().unwrap();
+    }
+
+    fn queue(account: &str, priority: i32, seconds: i32) -> i64 {
+        Spi::get_one::<i64>(&format!(
+            "SELECT email_accounts.send(\"to\" => '{{a@example.net}}', account => '{account}', priority => {priority}::smallint,
+                                        send_after => now() + interval '{seconds} seconds')"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    /// The sender's sleep: the earliest waiting row of a ready account over
+    /// every priority (negative ones too), or the earliest lapse of a claim;
+    /// accounts that are not ready and rows already settled do not count.
+    /// (With seq scans off, as the sender plans.)
+    #[pg_test]
+    fn the_next_due_row_is_found_over_every_priority() {
+        sending_accounts();
+        Spi::run("SET enable_seqscan = off").unwrap();
+        let next_due = || crate::store::outbox::seconds_until_next_due().unwrap().map(f64::round);
         assert_eq!(next_due(), None);
-        let queue = |account: &str, priority: i32, seconds: i32| {
-            Spi::get_one::<i64>(&format!(
-                "SELECT email_accounts.send(\"to\" => '{{a@example.net}}', account => '{account}', priority => {priority}::smallint,
-                                            send_after => now() + interval '{seconds} seconds')"
-            ))
-            .unwrap()
-            .unwrap()
-        };
         queue("ready", 5, 3600);
-        queue("ready", -2, 7200);
-        let soonest = queue("ready", 0, 100);
+        queue("ready", 0, 7200);
+        queue("also ready", 3, 5000);
+        let lowest = queue("also ready", -2, 300);
         queue("not ready", 0, 5);
-        assert_eq!(next_due().map(f64::round), Some(100.0));
+        assert_eq!(next_due(), Some(300.0));
+        // A row waiting to be tried again counts like a queued one.
+        let retried = queue("ready", 1, 9000);
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET status = 'retry', next_attempt_at = now() + interval '200 seconds'
+              WHERE outbox_id = {retried}"
+        ))
+        .unwrap();
+        assert_eq!(next_due(), Some(200.0));
         // A row already sent is history, however early it was due.
         let sent = queue("ready", 9, 1);
         Spi::run(&format!(
             "UPDATE email_accounts.outbox SET status = 'sent', sent_at = now() WHERE outbox_id = {sent}"
         ))
         .unwrap();
-        assert_eq!(next_due().map(f64::round), Some(100.0));
-        // A claim lapsing sooner wakes the sender sooner.
+        assert_eq!(next_due(), Some(200.0));
+        // A claim lapsing sooner wakes the sender sooner, but not one of an
+        // account that is not ready.
+        let waiting = queue("not ready", 0, 1);
         Spi::run(&format!(
-            "UPDATE email_accounts.outbox SET status = 'sending', lease_until = now() + interval '30 seconds'
-              WHERE outbox_id = {soonest}"
+            "UPDATE email_accounts.outbox SET status = 'sending', lease_until = now() + interval '10 seconds'
+              WHERE outbox_id = {waiting}"
         ))
         .unwrap();
-        assert_eq!(next_due().map(f64::round), Some(30.0));
+        assert_eq!(next_due(), Some(200.0));
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET status = 'sending', lease_until = now() + interval '30 seconds'
+              WHERE outbox_id = {lowest}"
+        ))
+        .unwrap();
+        assert_eq!(next_due(), Some(30.0));
+    }
+
+    /// A round's results are recorded only under the claim that is still
+    /// current, token and row together: a stale token or another row's
+    /// token records nothing.
+    #[pg_test]
+    fn results_are_recorded_only_under_the_rows_own_claim() {
+        use email_accounts_mail::delivery::{RecipientStatus, RowSummary};
+        sending_accounts();
+        let (first, second) = (queue("ready", 0, 0), queue("ready", 0, 0));
+        let token = |id: i64| format!("00000000-0000-4000-8000-{id:012}");
+        for id in [first, second] {
+            Spi::run(&format!(
+                "UPDATE email_accounts.outbox SET status = 'sending', attempts = 1, claim_token = '{}',
+                        lease_until = now() + interval '1 minute'
+                  WHERE outbox_id = {id}",
+                token(id)
+            ))
+            .unwrap();
+        }
+        let sent = RowSummary {
+            recipients: vec![("a@example.net".to_owned(), RecipientStatus::Sent, "250 ok".to_owned())],
+            ..RowSummary::default()
+        };
+        let record = |pairs: &[(i64, String)]| {
+            let rows: Vec<crate::store::outbox::RowResult<'_>> = pairs
+                .iter()
+                .map(|(id, claim_token)| crate::store::outbox::RowResult {
+                    outbox_id: *id,
+                    claim_token,
+                    summary: &sent,
+                })
+                .collect();
+            crate::store::outbox::record_all(&rows, 5, 60).unwrap();
+        };
+        let statuses = || {
+            Spi::get_two::<String, String>(&format!(
+                "SELECT (SELECT status FROM email_accounts.outbox WHERE outbox_id = {first}),
+                        (SELECT status FROM email_accounts.outbox WHERE outbox_id = {second})"
+            ))
+            .unwrap()
+        };
+        record(&[(first, token(second)), (second, token(first))]);
+        record(&[(first, "00000000-0000-4000-8000-999999999999".to_owned())]);
+        assert_eq!(statuses(), (Some("sending".to_owned()), Some("sending".to_owned())));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM email_accounts.outbox_recipient WHERE status <> 'pending'"),
+            Ok(Some(0))
+        );
+        record(&[(first, token(first))]);
+        assert_eq!(statuses(), (Some("sent".to_owned()), Some("sending".to_owned())));
     }
 }

@@ -42,8 +42,6 @@ fn step(id: WorkerId) -> Option<Duration> {
     LANES.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            // Once, between transactions (see the function).
-            crate::store::transaction::prefer_indexes_for_this_session();
             match Lanes::new() {
                 Ok(lanes) => *cell = Some(lanes),
                 Err(error) => {
@@ -187,6 +185,10 @@ impl super::duty::Duty for Sender {
     }
 
     /// Rows that stopped senders had claimed go out now, not after their lease.
+    fn start(&mut self) {
+        settings::prefer_indexes();
+    }
+
     fn installed(&mut self) {
         take_back_abandoned(&self.id.name());
     }
