@@ -243,6 +243,9 @@ mod tests {
         sending_accounts();
         Spi::run("SET enable_seqscan = off").unwrap();
         let next_due = || crate::store::outbox::seconds_until_next_due().unwrap().map(f64::round);
+        let set = |id: i64, changes: &str| {
+            Spi::run(&format!("UPDATE email_accounts.outbox SET {changes} WHERE outbox_id = {id}")).unwrap()
+        };
         assert_eq!(next_due(), None);
         queue("ready", 5, 3600);
         queue("ready", 0, 7200);
@@ -251,34 +254,16 @@ mod tests {
         queue("not ready", 0, 5);
         assert_eq!(next_due(), Some(300.0));
         // A row waiting to be tried again counts like a queued one.
-        let retried = queue("ready", 1, 9000);
-        Spi::run(&format!(
-            "UPDATE email_accounts.outbox SET status = 'retry', next_attempt_at = now() + interval '200 seconds'
-              WHERE outbox_id = {retried}"
-        ))
-        .unwrap();
+        set(queue("ready", 1, 9000), "status = 'retry', next_attempt_at = now() + interval '200 seconds'");
         assert_eq!(next_due(), Some(200.0));
         // A row already sent is history, however early it was due.
-        let sent = queue("ready", 9, 1);
-        Spi::run(&format!(
-            "UPDATE email_accounts.outbox SET status = 'sent', sent_at = now() WHERE outbox_id = {sent}"
-        ))
-        .unwrap();
+        set(queue("ready", 9, 1), "status = 'sent', sent_at = now()");
         assert_eq!(next_due(), Some(200.0));
         // A claim lapsing sooner wakes the sender sooner, but not one of an
         // account that is not ready.
-        let waiting = queue("not ready", 0, 1);
-        Spi::run(&format!(
-            "UPDATE email_accounts.outbox SET status = 'sending', lease_until = now() + interval '10 seconds'
-              WHERE outbox_id = {waiting}"
-        ))
-        .unwrap();
+        set(queue("not ready", 0, 1), "status = 'sending', lease_until = now() + interval '10 seconds'");
         assert_eq!(next_due(), Some(200.0));
-        Spi::run(&format!(
-            "UPDATE email_accounts.outbox SET status = 'sending', lease_until = now() + interval '30 seconds'
-              WHERE outbox_id = {lowest}"
-        ))
-        .unwrap();
+        set(lowest, "status = 'sending', lease_until = now() + interval '30 seconds'");
         assert_eq!(next_due(), Some(30.0));
     }
 
