@@ -374,15 +374,21 @@ pub fn pin_worker_session() {
         (c"search_path", crate::store::transaction::PINNED_SEARCH_PATH),
     ];
     for (name, value) in pinned {
-        // SAFETY: NUL-terminated strings that outlive the call; valid values.
-        unsafe {
-            pgrx::pg_sys::SetConfigOption(
-                name.as_ptr(),
-                value.as_ptr(),
-                pgrx::pg_sys::GucContext::PGC_SUSET,
-                pgrx::pg_sys::GucSource::PGC_S_OVERRIDE,
-            );
-        }
+        override_setting(name, value);
+    }
+}
+
+/// Sets a setting for the rest of the worker's session, above whatever
+/// `ALTER DATABASE … SET` or `ALTER ROLE … SET` say.
+fn override_setting(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: NUL-terminated strings that outlive the call; valid values.
+    unsafe {
+        pgrx::pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_SUSET,
+            pgrx::pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
     }
 }
 
@@ -394,13 +400,5 @@ pub fn pin_worker_session() {
 /// 831 and 584 msg/s instead of 7,115 and 6,511. (Where no index fits, a
 /// whole index is walked instead: about the cost of the scan it replaces.)
 pub fn prefer_indexes() {
-    // SAFETY: NUL-terminated strings that outlive the call; a valid value.
-    unsafe {
-        pgrx::pg_sys::SetConfigOption(
-            c"enable_seqscan".as_ptr(),
-            c"off".as_ptr(),
-            pgrx::pg_sys::GucContext::PGC_SUSET,
-            pgrx::pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
+    override_setting(c"enable_seqscan", c"off");
 }

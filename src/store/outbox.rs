@@ -7,7 +7,7 @@ use email_accounts_mail::compose::Attachment;
 use email_accounts_mail::delivery::RowSummary;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// An outbox row claimed for sending.
 #[derive(Debug, Clone)]
@@ -400,7 +400,7 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
     // looked empty walked its whole primary key per round, 0.6 s at 20,000
     // rows; made uuids once, not once per row: 10 ms a round), and the pairs
     // are checked here.
-    let ours: HashSet<(i64, String)> = Spi::connect_mut(|client| {
+    let ours: HashMap<i64, String> = Spi::connect_mut(|client| {
         let table = kept_plans::update(
             client,
             "SELECT outbox.outbox_id, outbox.claim_token::text FROM email_accounts.outbox
@@ -412,10 +412,10 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
         table
             .into_iter()
             .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
-            .collect::<Result<HashSet<(i64, String)>, SpiError>>()
+            .collect::<Result<HashMap<i64, String>, SpiError>>()
     })?;
     let rows: Vec<&RowResult<'_>> =
-        rows.iter().filter(|row| ours.contains(&(row.outbox_id, row.claim_token.to_owned()))).collect();
+        rows.iter().filter(|row| ours.get(&row.outbox_id).is_some_and(|token| token == row.claim_token)).collect();
     if rows.is_empty() {
         return Ok(());
     }
@@ -580,29 +580,24 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
         "WITH RECURSIVE ready AS (
             SELECT settings.account_id FROM email_accounts.account_settings AS settings WHERE settings.ready_to_send
         ), levels AS (
-            -- Per ready account, the priorities of its waiting rows, highest first:
-            -- one index probe each (a loose scan), however many rows wait.
-            SELECT ready.account_id,
-                   (SELECT outbox.priority FROM email_accounts.outbox
-                     WHERE outbox.account_id = ready.account_id AND outbox.status IN ('queued', 'retry')
-                     ORDER BY outbox.priority DESC LIMIT 1) AS priority
-              FROM ready
+            -- Per ready account, per priority of its waiting rows (highest
+            -- first), the earliest due: one index probe each (a loose scan,
+            -- the index is in this order), however many rows wait.
+            SELECT ready.account_id, first.priority, first.next_attempt_at
+              FROM ready CROSS JOIN LATERAL (
+                  SELECT outbox.priority, outbox.next_attempt_at FROM email_accounts.outbox
+                   WHERE outbox.account_id = ready.account_id AND outbox.status IN ('queued', 'retry')
+                   ORDER BY outbox.priority DESC, outbox.next_attempt_at LIMIT 1) AS first
             UNION ALL
-            SELECT levels.account_id,
-                   (SELECT outbox.priority FROM email_accounts.outbox
-                     WHERE outbox.account_id = levels.account_id AND outbox.status IN ('queued', 'retry')
-                       AND outbox.priority < levels.priority
-                     ORDER BY outbox.priority DESC LIMIT 1)
-              FROM levels
-             WHERE levels.priority IS NOT NULL
+            SELECT levels.account_id, lower.priority, lower.next_attempt_at
+              FROM levels CROSS JOIN LATERAL (
+                  SELECT outbox.priority, outbox.next_attempt_at FROM email_accounts.outbox
+                   WHERE outbox.account_id = levels.account_id AND outbox.status IN ('queued', 'retry')
+                     AND outbox.priority < levels.priority
+                   ORDER BY outbox.priority DESC, outbox.next_attempt_at LIMIT 1) AS lower
         )
         SELECT extract(epoch FROM min(due.at) - now())::float8
-          FROM (SELECT (SELECT outbox.next_attempt_at FROM email_accounts.outbox
-                         WHERE outbox.account_id = levels.account_id AND outbox.status IN ('queued', 'retry')
-                           AND outbox.priority = levels.priority
-                         ORDER BY outbox.priority DESC, outbox.next_attempt_at LIMIT 1)
-                  FROM levels
-                 WHERE levels.priority IS NOT NULL
+          FROM (SELECT levels.next_attempt_at FROM levels
                 UNION ALL
                 SELECT (SELECT min(outbox.lease_until) FROM email_accounts.outbox
                          WHERE outbox.account_id = ready.account_id AND outbox.status = 'sending')

@@ -129,8 +129,7 @@ impl Lanes {
     }
 
     /// Hands a round to a free courier, or to a new one.
-    fn dispatch(&mut self, errand: Errand) {
-        let mut errand = errand;
+    fn dispatch(&mut self, mut errand: Errand) {
         while let Some(courier) = self.free_couriers.pop() {
             let Some(errands) = &self.couriers[courier] else { continue };
             match errands.send(errand) {

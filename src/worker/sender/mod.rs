@@ -184,11 +184,12 @@ impl super::duty::Duty for Sender {
         self.id
     }
 
-    /// Rows that stopped senders had claimed go out now, not after their lease.
+    /// Its statements are planned through indexes (see the setting).
     fn start(&mut self) {
         settings::prefer_indexes();
     }
 
+    /// Rows that stopped senders had claimed go out now, not after their lease.
     fn installed(&mut self) {
         take_back_abandoned(&self.id.name());
     }
