@@ -57,8 +57,8 @@ SELECT
     -- password (not awaited) or a connected OAuth2 grant, unless the side needs none.
     account.enable_outgoing
         AND (account.no_smtp_authentication
-             OR CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
-                ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END) AS ready_to_send,
+             OR CASE smtp_signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
+                ELSE NOT account.awaiting_password AND account.smtp_password_set_at IS NOT NULL END) AS ready_to_send,
     account.enable_incoming
         AND CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
             ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END AS ready_to_receive,
@@ -71,7 +71,7 @@ SELECT
         AS oauth_device_authorization_endpoint,
     preset.oauth_scopes,
     preset.oauth_client_credentials_scopes,
-    CASE WHEN signing_in.auth_method <> 'oauth2' THEN NULL
+    CASE WHEN signing_in.auth_method <> 'oauth2' AND smtp_signing_in.auth_method <> 'oauth2' THEN NULL
          WHEN oauth.account_id IS NULL THEN 'not connected'
          WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
          ELSE oauth.state END AS oauth_state,
@@ -79,7 +79,12 @@ SELECT
     account.reply_to_document_address,
     account.signed_envelope_sender,
     account.soft_bounce_limit,
-    account.soft_bounce_days
+    account.soft_bounce_days,
+    account.visibility,
+    account.shared_with,
+    coalesce(account.smtp_login_id, account.login_id, account.address) AS smtp_login_id,
+    smtp_signing_in.auth_method AS smtp_auth_method,
+    account.smtp_password_set_at IS NOT NULL AS smtp_password_is_set
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
@@ -92,14 +97,15 @@ CROSS JOIN LATERAL (
            domain.oauth_client_id IS NOT NULL AS client_of_domain,
            CASE WHEN domain.oauth_client_id IS NOT NULL THEN coalesce(domain.oauth_tenant, preset.oauth_tenant)
                 ELSE preset.oauth_tenant END AS oauth_tenant
-) AS signing_in;
+) AS signing_in
+CROSS JOIN LATERAL (
+    SELECT coalesce(account.smtp_auth_method, signing_in.auth_method) AS auth_method
+) AS smtp_signing_in;
 
 COMMENT ON VIEW email_accounts.account_settings IS
   'Effective settings of each account: its own values, else its domain''s, else its provider''s. Never shows a password (password_is_set only says whether one is stored). Row-level security of account applies.';
-COMMENT ON COLUMN email_accounts.account_settings.login_id IS 'Login name actually used: login_id, else the address.';
 COMMENT ON COLUMN email_accounts.account_settings.domain IS 'The domain row the account inherits from, if any.';
 COMMENT ON COLUMN email_accounts.account_settings.provider IS 'The provider preset in effect: the account''s, else its domain''s.';
-COMMENT ON COLUMN email_accounts.account_settings.password_is_set IS 'Whether set_password() has stored a password.';
 COMMENT ON COLUMN email_accounts.account_settings.incoming_protocol IS 'Effective imap or pop3.';
 COMMENT ON COLUMN email_accounts.account_settings.incoming_host IS 'Effective incoming server (the provider''s IMAP or POP3 host, by protocol).';
 COMMENT ON COLUMN email_accounts.account_settings.incoming_port IS 'Effective incoming port.';
@@ -107,11 +113,6 @@ COMMENT ON COLUMN email_accounts.account_settings.incoming_security IS 'Effectiv
 COMMENT ON COLUMN email_accounts.account_settings.smtp_host IS 'Effective SMTP server.';
 COMMENT ON COLUMN email_accounts.account_settings.smtp_port IS 'Effective SMTP port.';
 COMMENT ON COLUMN email_accounts.account_settings.smtp_security IS 'Effective SMTP security.';
-COMMENT ON COLUMN email_accounts.account_settings.ready_to_send IS
-  'Outgoing is enabled and the account can sign in (a stored password it is not awaiting, or with oauth2 a connected grant), or SMTP needs no sign-in: the sender worker uses only such accounts.';
-COMMENT ON COLUMN email_accounts.account_settings.ready_to_receive IS
-  'Incoming is enabled and the account can sign in (a stored password it is not awaiting, or with oauth2 a connected grant): the receiver worker syncs only such accounts.';
-COMMENT ON COLUMN email_accounts.account_settings.auth_method IS 'Effective password or oauth2: the account''s, else its domain''s, else its provider''s, else password.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_client_id IS 'The OAuth2 client in effect: the domain''s when it names one, else the provider''s.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_client_source IS 'Where the OAuth2 client (and its secret) comes from: domain or provider.';
 COMMENT ON COLUMN email_accounts.account_settings.oauth_tenant IS 'The tenant put into the endpoints: the client''s domain''s oauth_tenant, else the provider''s.';
@@ -127,6 +128,18 @@ COMMENT ON COLUMN email_accounts.account_settings.soft_bounce_days IS 'See accou
 COMMENT ON COLUMN email_accounts.account_settings.oauth_state IS
   'With auth_method oauth2: not connected, waiting for approval (a device login), connected, or consent needed: <reason> (the grant was revoked or expired, the user declined, or the servers or OAuth2 client changed; connect again). NULL for password accounts.';
 COMMENT ON COLUMN email_accounts.account_settings.extra_ca_certificate IS 'Effective extra CA: the account''s, else its domain''s.';
+COMMENT ON COLUMN email_accounts.account_settings.login_id IS 'Login name of the incoming side (and of SMTP unless smtp_login_id is set): login_id, else the address.';
+COMMENT ON COLUMN email_accounts.account_settings.password_is_set IS 'Whether set_password() has stored the incoming side''s password (side both or incoming).';
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_send IS
+  'Outgoing is enabled and the SMTP side can sign in (its own stored password, which the account is not awaiting, or with smtp_auth_method oauth2 a connected grant), or SMTP needs no sign-in: the sender worker uses only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_receive IS
+  'Incoming is enabled and the incoming side can sign in (its stored password, which the account is not awaiting, or with auth_method oauth2 a connected grant): the receiver worker syncs only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.auth_method IS 'Effective password or oauth2 of the incoming side (and of SMTP unless smtp_auth_method says otherwise): the account''s, else its domain''s, else its provider''s, else password.';
+COMMENT ON COLUMN email_accounts.account_settings.visibility IS 'See account.visibility.';
+COMMENT ON COLUMN email_accounts.account_settings.shared_with IS 'See account.shared_with.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_login_id IS 'Login name the SMTP side uses: smtp_login_id, else login_id, else the address.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_auth_method IS 'Effective password or oauth2 of the SMTP side: the account''s smtp_auth_method, else auth_method.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_password_is_set IS 'Whether set_password() has stored the SMTP side''s password (side both or smtp).';
 
 -- What is wrong with a protocol/port/security combination, or NULL. Only the
 -- well-known ports are judged: anything else may be a deliberate choice.
@@ -294,7 +307,8 @@ BEGIN
         END IF;
     END IF;
 
-    IF settings.auth_method = 'oauth2' AND (settings.enable_incoming OR (settings.enable_outgoing AND NOT settings.no_smtp_authentication)) THEN
+    IF (settings.auth_method = 'oauth2' AND settings.enable_incoming)
+       OR (settings.smtp_auth_method = 'oauth2' AND settings.enable_outgoing AND NOT settings.no_smtp_authentication) THEN
         IF settings.oauth_token_endpoint IS NULL THEN
             PERFORM email_accounts.raise_setting_error(settings.name, 'oauth_token_endpoint',
                 'auth_method is oauth2 but the account''s provider has no oauth_token_endpoint (name a provider that has one, e.g. office365)');
@@ -387,6 +401,18 @@ BEGIN
             END IF;
         END IF;
     END IF;
+    -- Sharing names roles that exist; the group roles would share with
+    -- every tenant's roles, which is what visibility tenant is for.
+    IF TG_OP = 'INSERT' OR NEW.shared_with IS DISTINCT FROM OLD.shared_with THEN
+        SELECT reader INTO problem FROM unnest(NEW.shared_with) AS reader
+         WHERE to_regrole(quote_ident(reader)) IS NULL OR reader IN ('email_accounts_admin', 'email_accounts_sender')
+         LIMIT 1;
+        IF FOUND THEN
+            PERFORM email_accounts.raise_setting_error(NEW.name, 'shared_with',
+                format('%s is not a role it can be shared with (an existing role other than the email_accounts group roles)',
+                       quote_ident(problem)));
+        END IF;
+    END IF;
     -- Checked when named (not on every later check: deleting the template
     -- must not block the account's, or its domain's, other changes).
     IF NEW.auto_reply_template IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.auto_reply_template IS DISTINCT FROM OLD.auto_reply_template)
@@ -427,14 +453,19 @@ COMMENT ON FUNCTION email_accounts.server_binding(bigint) IS
 CREATE FUNCTION email_accounts.oauth_binding(bound_account_id bigint) RETURNS text
 LANGUAGE sql STABLE
 RETURN (
-    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to((pg_catalog.jsonb_build_array(
                email_accounts.server_binding(bound_account_id), settings.oauth_token_endpoint,
-               settings.oauth_client_id, settings.oauth_client_source, settings.login_id)::text, 'UTF8')), 'hex')
+               settings.oauth_client_id, settings.oauth_client_source, settings.login_id)
+               -- An SMTP login of its own is bound too (left out when the same, so
+               -- the bindings of accounts connected before smtp_login_id stay).
+               OPERATOR(pg_catalog.||) CASE WHEN settings.smtp_login_id OPERATOR(pg_catalog.<>) settings.login_id
+                                            THEN pg_catalog.jsonb_build_array(settings.smtp_login_id)
+                                            ELSE '[]'::jsonb END)::text, 'UTF8')), 'hex')
       FROM email_accounts.account_settings AS settings
      WHERE settings.account_id = bound_account_id);
 
 COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
-  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the login (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
+  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the logins (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
 
 -- An account whose servers changed since its password was stored awaits a
 -- new one, and one connected by OAuth2 needs consent again: whoever may

@@ -86,7 +86,17 @@ CREATE TABLE email_accounts.account (
                      CONSTRAINT "soft_bounce_days must be between 1 and 365" CHECK (soft_bounce_days BETWEEN 1 AND 365),
     on_bounce_function regprocedure,
     auto_reply_template text,
+    visibility  text NOT NULL DEFAULT 'tenant'
+                CONSTRAINT "visibility must be tenant, private or shared" CHECK (visibility IN ('tenant', 'private', 'shared')),
+    shared_with name[] NOT NULL DEFAULT '{}'
+                CONSTRAINT "shared_with must not contain empty or NULL role names"
+                CHECK (array_position(shared_with, NULL) IS NULL AND array_position(shared_with, '') IS NULL),
+    smtp_login_id        text CONSTRAINT "smtp_login_id must not be empty or contain control characters" CHECK (smtp_login_id ~ '^[^[:cntrl:]]+$'),
+    smtp_auth_method     text CONSTRAINT "smtp_auth_method must be password or oauth2" CHECK (smtp_auth_method IN ('password', 'oauth2')),
+    smtp_password_set_at timestamptz,
 
+    CONSTRAINT "visibility shared needs at least one role in shared_with"
+        CHECK (visibility <> 'shared' OR cardinality(shared_with) >= 1),
     CONSTRAINT "pop3_delete_after_days is required when pop3_retrieval is delete_after_days"
         CHECK (pop3_retrieval <> 'delete_after_days' OR pop3_delete_after_days IS NOT NULL),
     CONSTRAINT "auto_reply_message or auto_reply_template is required when enable_auto_reply is on"
@@ -124,10 +134,10 @@ COMMENT ON COLUMN email_accounts.account.tenant IS 'Customer or contract the acc
 COMMENT ON COLUMN email_accounts.account.address IS 'The account''s email address, bare (no display name); unique within its tenant.';
 COMMENT ON COLUMN email_accounts.account.provider IS 'Provider preset whose server settings fill whatever the account and its domain leave NULL.';
 COMMENT ON COLUMN email_accounts.account.owner_role IS 'Role that owns the account: its members may call set_password() and test_account() for it, and append_to_table, on_receive_function and on_bounce_function run as it. Never one of the email_accounts group roles; with routing set, neither a superuser nor a role bound to no tenant of the account. Only its members may name it.';
-COMMENT ON COLUMN email_accounts.account.login_id IS 'Login name when it differs from the address; NULL logs in with the address.';
-COMMENT ON COLUMN email_accounts.account.awaiting_password IS 'The password will be given later: workers skip the account until set_password() is called, which clears this.';
+COMMENT ON COLUMN email_accounts.account.login_id IS 'Login name when it differs from the address (for both sides, unless smtp_login_id is set); NULL logs in with the address.';
+COMMENT ON COLUMN email_accounts.account.awaiting_password IS 'The password will be given later: workers skip the account until set_password() is called, which clears this (once no stored password of either side is bound to other servers).';
 COMMENT ON COLUMN email_accounts.account.ascii_encode_password IS 'Send the password as plain ASCII bytes (as ERPNext does); set_password() then refuses passwords with non-ASCII characters.';
-COMMENT ON COLUMN email_accounts.account.password_set_at IS 'When set_password() last stored a password; NULL when none is stored. Not a secret.';
+COMMENT ON COLUMN email_accounts.account.password_set_at IS 'When set_password() last stored the incoming side''s password (side both or incoming); NULL when none is stored. Not a secret.';
 COMMENT ON COLUMN email_accounts.account.allow_plaintext_authentication IS 'Allow sending the password over a connection without TLS (security none). Off by default, and the clients refuse such logins unless it is on.';
 COMMENT ON COLUMN email_accounts.account.extra_ca_certificate IS 'Extra trusted CA certificate(s), PEM, for mail servers with a private CA; NULL inherits the domain''s. Certificates are always verified.';
 COMMENT ON COLUMN email_accounts.account.enable_incoming IS 'Fetch incoming mail from this account.';
@@ -175,6 +185,11 @@ COMMENT ON COLUMN email_accounts.account.soft_bounce_limit IS 'Suppress an addre
 COMMENT ON COLUMN email_accounts.account.soft_bounce_days IS 'The window of soft_bounce_limit, in days.';
 COMMENT ON COLUMN email_accounts.account.on_bounce_function IS 'Function (outbox_id bigint, address text) called as owner_role for each recipient a delivery report or complaint recorded (outbox_recipient.report says what came back), in the transaction that stores the report; an error there is recorded on the report and stops nothing else.';
 COMMENT ON COLUMN email_accounts.account.auto_reply_template IS 'A template (see the template table) the automatic reply is made from instead of auto_reply_message, over the incoming message''s fields: from (Name <address>), subject, reply_subject (Re: …), received_at, account, account_address.';
+COMMENT ON COLUMN email_accounts.account.visibility IS 'Who sees the account''s mail (message, inbox, sync_status, its outbox rows and their recipients and attachments) and may send through it or sync it: tenant (every role of the tenant), private (members of owner_role), shared (members of owner_role or of a role in shared_with). email_accounts_admin members of the tenant and superusers always do. The account row itself stays visible to the tenant, and set_password() and test_account() stay with owner_role members and admins. Only admins change it.';
+COMMENT ON COLUMN email_accounts.account.shared_with IS 'With visibility shared: the roles (and their members) that see the account''s mail and may send through it, besides owner_role. Existing roles, not the email_accounts group roles.';
+COMMENT ON COLUMN email_accounts.account.smtp_login_id IS 'Login name of the SMTP side when it differs from the incoming side''s (a relay with credentials of its own); NULL uses login_id, else the address.';
+COMMENT ON COLUMN email_accounts.account.smtp_auth_method IS 'password or oauth2 for the SMTP side when it differs from the incoming side''s; NULL uses the effective auth_method.';
+COMMENT ON COLUMN email_accounts.account.smtp_password_set_at IS 'When set_password() last stored the SMTP side''s password (side both or smtp); NULL when none is stored. Not a secret.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
 
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.account', '');

@@ -19,8 +19,8 @@ COMMENT ON FUNCTION email_accounts.tagged_address(text, text, text) IS
 COMMENT ON FUNCTION email_accounts.is_valid_certificate(text) IS
   'True when the text is one or more PEM certificates (BEGIN CERTIFICATE blocks) that TLS can trust.';
 
-COMMENT ON FUNCTION email_accounts.set_password(text, text, text) IS
-  'Stores the password of an account (by name; in tenant, when names are ambiguous), encrypted with AES-256-GCM under the current key of the key file email_accounts.keys and bound to the account''s current servers; ends awaiting_password. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members bound to the account''s tenant, judged for the current role (also inside security-restricted code). Pass the password as a bind parameter so it never appears in query text.';
+COMMENT ON FUNCTION email_accounts.set_password(text, text, text, text) IS
+  'Stores the password of an account (by name; in tenant, when names are ambiguous) for side both (the default), incoming (IMAP/POP3 and the Sent folder copy) or smtp, encrypted with AES-256-GCM under the current key of the key file email_accounts.keys and bound to the account''s current servers; ends awaiting_password. The other side''s password is left as it is. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members bound to the account''s tenant, judged for the current role (also inside security-restricted code). Pass the password as a bind parameter so it never appears in query text.';
 
 COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS
   'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password, OAuth2 token and OAuth2 client secret with it, keeps the older keys (other databases of the cluster and restored dumps may still need them), and returns the new key id.';

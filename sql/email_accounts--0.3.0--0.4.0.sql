@@ -53,6 +53,17 @@ ALTER TABLE email_accounts.account
                CONSTRAINT "soft_bounce_days must be between 1 and 365" CHECK (soft_bounce_days BETWEEN 1 AND 365),
     ADD COLUMN on_bounce_function regprocedure,
     ADD COLUMN auto_reply_template text,
+    -- Issue 19: who may read a mailbox, and SMTP credentials of its own.
+    ADD COLUMN visibility  text NOT NULL DEFAULT 'tenant'
+               CONSTRAINT "visibility must be tenant, private or shared" CHECK (visibility IN ('tenant', 'private', 'shared')),
+    ADD COLUMN shared_with name[] NOT NULL DEFAULT '{}'
+               CONSTRAINT "shared_with must not contain empty or NULL role names"
+               CHECK (array_position(shared_with, NULL) IS NULL AND array_position(shared_with, '') IS NULL),
+    ADD COLUMN smtp_login_id text CONSTRAINT "smtp_login_id must not be empty or contain control characters" CHECK (smtp_login_id ~ '^[^[:cntrl:]]+$'),
+    ADD COLUMN smtp_auth_method text CONSTRAINT "smtp_auth_method must be password or oauth2" CHECK (smtp_auth_method IN ('password', 'oauth2')),
+    ADD COLUMN smtp_password_set_at timestamptz,
+    ADD CONSTRAINT "visibility shared needs at least one role in shared_with"
+        CHECK (visibility <> 'shared' OR cardinality(shared_with) >= 1),
     ADD CONSTRAINT "signed_envelope_sender needs an address whose local part has at most 24 characters"
         CHECK (NOT signed_envelope_sender OR octet_length(split_part(address, '@', 1)) <= 24),
     DROP CONSTRAINT "auto_reply_message is required when enable_auto_reply is on",
@@ -68,6 +79,24 @@ COMMENT ON COLUMN email_accounts.account.on_bounce_function IS 'Function (outbox
 COMMENT ON COLUMN email_accounts.account.auto_reply_template IS 'A template (see the template table) the automatic reply is made from instead of auto_reply_message, over the incoming message''s fields: from (Name <address>), subject, reply_subject (Re: …), received_at, account, account_address.';
 COMMENT ON COLUMN email_accounts.account.owner_role IS 'Role that owns the account: its members may call set_password() and test_account() for it, and append_to_table, on_receive_function and on_bounce_function run as it. Never one of the email_accounts group roles; with routing set, neither a superuser nor a role bound to no tenant of the account. Only its members may name it.';
 COMMENT ON COLUMN email_accounts.account.auth_method IS 'password (set_password()) or oauth2 (an access token by SASL XOAUTH2/OAUTHBEARER: oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials()); NULL inherits the domain''s, then the provider''s, else password.';
+
+COMMENT ON COLUMN email_accounts.account.visibility IS 'Who sees the account''s mail (message, inbox, sync_status, its outbox rows and their recipients and attachments) and may send through it or sync it: tenant (every role of the tenant), private (members of owner_role), shared (members of owner_role or of a role in shared_with). email_accounts_admin members of the tenant and superusers always do. The account row itself stays visible to the tenant, and set_password() and test_account() stay with owner_role members and admins. Only admins change it.';
+COMMENT ON COLUMN email_accounts.account.shared_with IS 'With visibility shared: the roles (and their members) that see the account''s mail and may send through it, besides owner_role. Existing roles, not the email_accounts group roles.';
+COMMENT ON COLUMN email_accounts.account.smtp_login_id IS 'Login name of the SMTP side when it differs from the incoming side''s (a relay with credentials of its own); NULL uses login_id, else the address.';
+COMMENT ON COLUMN email_accounts.account.smtp_auth_method IS 'password or oauth2 for the SMTP side when it differs from the incoming side''s; NULL uses the effective auth_method.';
+COMMENT ON COLUMN email_accounts.account.smtp_password_set_at IS 'When set_password() last stored the SMTP side''s password (side both or smtp); NULL when none is stored. Not a secret.';
+COMMENT ON COLUMN email_accounts.account.password_set_at IS 'When set_password() last stored the incoming side''s password (side both or incoming); NULL when none is stored. Not a secret.';
+COMMENT ON COLUMN email_accounts.account.login_id IS 'Login name when it differs from the address (for both sides, unless smtp_login_id is set); NULL logs in with the address.';
+COMMENT ON COLUMN email_accounts.account.awaiting_password IS 'The password will be given later: workers skip the account until set_password() is called, which clears this (once no stored password of either side is bound to other servers).';
+
+-- Passwords per side (sql/secrets.sql): the stored one serves both sides, as before.
+ALTER TABLE email_accounts.account_secret
+    ADD COLUMN side text NOT NULL DEFAULT 'incoming' CONSTRAINT "side must be incoming or smtp" CHECK (side IN ('incoming', 'smtp')),
+    DROP CONSTRAINT account_secret_pkey,
+    ADD PRIMARY KEY (account_id, side);
+COMMENT ON TABLE email_accounts.account_secret IS
+  'Encrypted account passwords, one per side (incoming, smtp). Readable by no role but superusers (and useless without the key file email_accounts.keys in the data directory). Written only by set_password() and rotate_encryption_key().';
+COMMENT ON COLUMN email_accounts.account_secret.side IS 'Which side signs in with it: incoming (IMAP or POP3, and the Sent folder copy) or smtp. set_password(side => both) writes one row of each.';
 
 -- The data changes below are not checked again by the triggers (an
 -- account that no longer passes today's checks must not stop the update),
@@ -108,6 +137,11 @@ UPDATE email_accounts.provider
    SET oauth_token_endpoint = 'https://oauth2.googleapis.com/token',
        oauth_scopes = ARRAY['https://mail.google.com/']
  WHERE built_in AND name = 'gmail';
+
+-- Each stored password now serves the SMTP side under a row of its own.
+INSERT INTO email_accounts.account_secret (account_id, key_id, nonce, ciphertext, updated_at, bound_servers, side)
+SELECT account_id, key_id, nonce, ciphertext, updated_at, bound_servers, 'smtp' FROM email_accounts.account_secret;
+UPDATE email_accounts.account SET smtp_password_set_at = password_set_at WHERE password_set_at IS NOT NULL;
 
 ALTER TABLE email_accounts.account ENABLE TRIGGER check_settings, ENABLE TRIGGER touch,
     ENABLE TRIGGER require_password_for_new_servers;
@@ -268,8 +302,8 @@ SELECT
     -- password (not awaited) or a connected OAuth2 grant, unless the side needs none.
     account.enable_outgoing
         AND (account.no_smtp_authentication
-             OR CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
-                ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END) AS ready_to_send,
+             OR CASE smtp_signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
+                ELSE NOT account.awaiting_password AND account.smtp_password_set_at IS NOT NULL END) AS ready_to_send,
     account.enable_incoming
         AND CASE signing_in.auth_method WHEN 'oauth2' THEN oauth.state IS NOT DISTINCT FROM 'connected'
             ELSE NOT account.awaiting_password AND account.password_set_at IS NOT NULL END AS ready_to_receive,
@@ -282,7 +316,7 @@ SELECT
         AS oauth_device_authorization_endpoint,
     preset.oauth_scopes,
     preset.oauth_client_credentials_scopes,
-    CASE WHEN signing_in.auth_method <> 'oauth2' THEN NULL
+    CASE WHEN signing_in.auth_method <> 'oauth2' AND smtp_signing_in.auth_method <> 'oauth2' THEN NULL
          WHEN oauth.account_id IS NULL THEN 'not connected'
          WHEN oauth.state = 'consent needed' THEN 'consent needed: ' || coalesce(oauth.problem, 'connect the account again')
          ELSE oauth.state END AS oauth_state,
@@ -290,7 +324,12 @@ SELECT
     account.reply_to_document_address,
     account.signed_envelope_sender,
     account.soft_bounce_limit,
-    account.soft_bounce_days
+    account.soft_bounce_days,
+    account.visibility,
+    account.shared_with,
+    coalesce(account.smtp_login_id, account.login_id, account.address) AS smtp_login_id,
+    smtp_signing_in.auth_method AS smtp_auth_method,
+    account.smtp_password_set_at IS NOT NULL AS smtp_password_is_set
 FROM email_accounts.account
 LEFT JOIN email_accounts.domain ON domain.domain_name = lower(split_part(account.address, '@', 2))
 LEFT JOIN email_accounts.provider AS preset ON preset.name = coalesce(account.provider, domain.provider)
@@ -303,7 +342,10 @@ CROSS JOIN LATERAL (
            domain.oauth_client_id IS NOT NULL AS client_of_domain,
            CASE WHEN domain.oauth_client_id IS NOT NULL THEN coalesce(domain.oauth_tenant, preset.oauth_tenant)
                 ELSE preset.oauth_tenant END AS oauth_tenant
-) AS signing_in;
+) AS signing_in
+CROSS JOIN LATERAL (
+    SELECT coalesce(account.smtp_auth_method, signing_in.auth_method) AS auth_method
+) AS smtp_signing_in;
 
 COMMENT ON COLUMN email_accounts.account_settings.ready_to_send IS
   'Outgoing is enabled and the account can sign in (a stored password it is not awaiting, or with oauth2 a connected grant), or SMTP needs no sign-in: the sender worker uses only such accounts.';
@@ -375,7 +417,8 @@ BEGIN
         END IF;
     END IF;
 
-    IF settings.auth_method = 'oauth2' AND (settings.enable_incoming OR (settings.enable_outgoing AND NOT settings.no_smtp_authentication)) THEN
+    IF (settings.auth_method = 'oauth2' AND settings.enable_incoming)
+       OR (settings.smtp_auth_method = 'oauth2' AND settings.enable_outgoing AND NOT settings.no_smtp_authentication) THEN
         IF settings.oauth_token_endpoint IS NULL THEN
             PERFORM email_accounts.raise_setting_error(settings.name, 'oauth_token_endpoint',
                 'auth_method is oauth2 but the account''s provider has no oauth_token_endpoint (name a provider that has one, e.g. office365)');
@@ -418,14 +461,19 @@ $$;
 CREATE FUNCTION email_accounts.oauth_binding(bound_account_id bigint) RETURNS text
 LANGUAGE sql STABLE
 RETURN (
-    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to((pg_catalog.jsonb_build_array(
                email_accounts.server_binding(bound_account_id), settings.oauth_token_endpoint,
-               settings.oauth_client_id, settings.oauth_client_source, settings.login_id)::text, 'UTF8')), 'hex')
+               settings.oauth_client_id, settings.oauth_client_source, settings.login_id)
+               -- An SMTP login of its own is bound too (left out when the same, so
+               -- the bindings of accounts connected before smtp_login_id stay).
+               OPERATOR(pg_catalog.||) CASE WHEN settings.smtp_login_id OPERATOR(pg_catalog.<>) settings.login_id
+                                            THEN pg_catalog.jsonb_build_array(settings.smtp_login_id)
+                                            ELSE '[]'::jsonb END)::text, 'UTF8')), 'hex')
       FROM email_accounts.account_settings AS settings
      WHERE settings.account_id = bound_account_id);
 
 COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
-  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the login (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
+  'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the logins (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
 
 -- An account whose servers changed since its password was stored awaits a
 -- new one, and one connected by OAuth2 needs consent again: whoever may
@@ -1010,6 +1058,18 @@ BEGIN
             END IF;
         END IF;
     END IF;
+    -- Sharing names roles that exist; the group roles would share with
+    -- every tenant's roles, which is what visibility tenant is for.
+    IF TG_OP = 'INSERT' OR NEW.shared_with IS DISTINCT FROM OLD.shared_with THEN
+        SELECT reader INTO problem FROM unnest(NEW.shared_with) AS reader
+         WHERE to_regrole(quote_ident(reader)) IS NULL OR reader IN ('email_accounts_admin', 'email_accounts_sender')
+         LIMIT 1;
+        IF FOUND THEN
+            PERFORM email_accounts.raise_setting_error(NEW.name, 'shared_with',
+                format('%s is not a role it can be shared with (an existing role other than the email_accounts group roles)',
+                       quote_ident(problem)));
+        END IF;
+    END IF;
     -- Checked when named (not on every later check: deleting the template
     -- must not block the account's, or its domain's, other changes).
     IF NEW.auto_reply_template IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.auto_reply_template IS DISTINCT FROM OLD.auto_reply_template)
@@ -1107,6 +1167,11 @@ BEGIN
               FROM email_accounts.global_default_outgoing() AS fallback;
         END IF;
         NEW.tenant := coalesce(NEW.tenant, account_tenant);
+        -- A mailbox private to others (sql/mailbox_visibility.sql): said
+        -- here, naming it, rather than by the row-level check's generic error.
+        IF NEW.account_id = ANY (email_accounts.hidden_mailboxes()) THEN
+            PERFORM email_accounts.raise_mailbox_hidden(NEW.account);
+        END IF;
     END IF;
 
     NEW.attempts := 0;
@@ -1561,3 +1626,114 @@ REVOKE EXECUTE ON FUNCTION email_accounts.adopt_database() FROM PUBLIC;
 -- This database is home from the start: a dump restored into it brings the
 -- original's row, which replaces this one.
 SELECT email_accounts.adopt_database();
+
+-- Issue 19: who may read a mailbox (sql/mailbox_visibility.sql, sql/security.sql).
+
+-- Runs as the caller (current_user, so after SET ROLE the role set), under
+-- the account table's own row-level security: accounts of tenants it cannot
+-- see are not listed, their rows are hidden by the tenant check already.
+-- Called once per query, as (SELECT email_accounts.hidden_mailboxes()).
+CREATE FUNCTION email_accounts.hidden_mailboxes() RETURNS bigint[]
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN (
+    SELECT coalesce(pg_catalog.array_agg(account.account_id), '{}')
+      FROM email_accounts.account
+     WHERE account.visibility OPERATOR(pg_catalog.<>) 'tenant'
+       AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole('email_accounts_admin'), 'MEMBER'), false)
+       AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role)), 'MEMBER'), false)
+       AND NOT (account.visibility OPERATOR(pg_catalog.=) 'shared'
+                AND EXISTS (SELECT FROM pg_catalog.unnest(account.shared_with) AS reader (role_name)
+                             WHERE coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(reader.role_name)), 'MEMBER'), false))));
+
+COMMENT ON FUNCTION email_accounts.hidden_mailboxes() IS
+  'The accounts of the current role''s tenants whose mail it may not see or send: visibility private or shared, and it is neither a member of owner_role, nor (for shared) of a role in shared_with, nor of email_accounts_admin. Superusers see everything (row-level security does not apply to them).';
+
+-- The error send() and sync_now() give, naming the account (anyone may
+-- raise it: it says nothing the caller cannot see).
+CREATE FUNCTION email_accounts.raise_mailbox_hidden(account_name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'account %: its mail is private to the members of its owner role (and the roles it is shared with)', quote_literal(account_name)
+        USING ERRCODE = 'insufficient_privilege', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'visibility',
+              HINT = 'Send through another account, or ask an email_accounts admin to share it (visibility, shared_with).';
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.raise_mailbox_hidden(text) IS
+  'Raises insufficient_privilege (42501) naming an account whose visibility excludes the current role.';
+
+
+DROP POLICY tenant_rows ON email_accounts.outbox;
+DROP POLICY tenant_rows ON email_accounts.message;
+DROP POLICY rows_of_visible_accounts ON email_accounts.sync_state;
+CREATE POLICY rows_of_visible_mailboxes ON email_accounts.outbox
+    USING (email_accounts.tenant_is_visible(tenant)
+           AND (account_id IS NULL OR account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])))
+    WITH CHECK (email_accounts.tenant_is_visible(tenant)
+                AND (account_id IS NULL OR account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])));
+CREATE POLICY rows_of_visible_mailboxes ON email_accounts.message
+    USING (email_accounts.tenant_is_visible(tenant) AND account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[]));
+CREATE POLICY rows_of_visible_mailboxes ON email_accounts.sync_state
+    USING (EXISTS (SELECT FROM email_accounts.account WHERE account.account_id = sync_state.account_id)
+           AND account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[]));
+
+CREATE OR REPLACE VIEW email_accounts.sync_status WITH (security_invoker = true) AS
+SELECT settings.name AS account,
+       settings.incoming_protocol AS protocol,
+       folders.folder,
+       CASE
+           WHEN NOT settings.enable_incoming THEN 'disabled'
+           WHEN NOT settings.ready_to_receive THEN 'awaiting password'
+           WHEN state.last_sync_at IS NULL THEN 'never synced'
+           WHEN state.last_error IS NOT NULL THEN 'failing'
+           ELSE 'ok'
+       END AS state,
+       state.last_sync_at,
+       state.last_success_at,
+       state.last_new_messages,
+       state.messages_stored,
+       state.consecutive_failures,
+       state.last_error_kind,
+       state.last_error,
+       state.next_attempt_at,
+       state.uidvalidity,
+       state.last_uid
+  FROM email_accounts.account_settings AS settings
+ CROSS JOIN LATERAL unnest(settings.folders) AS folders(folder)
+  LEFT JOIN email_accounts.sync_state AS state ON state.account_id = settings.account_id AND state.folder = folders.folder
+ WHERE settings.enable_incoming
+   AND settings.account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])
+ ORDER BY settings.name, folders.folder;
+
+COMMENT ON VIEW email_accounts.sync_status IS 'One row per incoming account and folder (of the mailboxes whose mail the role sees, see account.visibility): ok, failing (with why), never synced or awaiting password; when it last synced and tries next.';
+
+-- Issue 19: the effective settings say what each side signs in with (sql/account_settings.sql).
+COMMENT ON COLUMN email_accounts.account_settings.login_id IS 'Login name of the incoming side (and of SMTP unless smtp_login_id is set): login_id, else the address.';
+COMMENT ON COLUMN email_accounts.account_settings.password_is_set IS 'Whether set_password() has stored the incoming side''s password (side both or incoming).';
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_send IS
+  'Outgoing is enabled and the SMTP side can sign in (its own stored password, which the account is not awaiting, or with smtp_auth_method oauth2 a connected grant), or SMTP needs no sign-in: the sender worker uses only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.ready_to_receive IS
+  'Incoming is enabled and the incoming side can sign in (its stored password, which the account is not awaiting, or with auth_method oauth2 a connected grant): the receiver worker syncs only such accounts.';
+COMMENT ON COLUMN email_accounts.account_settings.auth_method IS 'Effective password or oauth2 of the incoming side (and of SMTP unless smtp_auth_method says otherwise): the account''s, else its domain''s, else its provider''s, else password.';
+COMMENT ON COLUMN email_accounts.account_settings.visibility IS 'See account.visibility.';
+COMMENT ON COLUMN email_accounts.account_settings.shared_with IS 'See account.shared_with.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_login_id IS 'Login name the SMTP side uses: smtp_login_id, else login_id, else the address.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_auth_method IS 'Effective password or oauth2 of the SMTP side: the account''s smtp_auth_method, else auth_method.';
+COMMENT ON COLUMN email_accounts.account_settings.smtp_password_is_set IS 'Whether set_password() has stored the SMTP side''s password (side both or smtp).';
+
+-- Issue 19: set_password(side => both | incoming | smtp) (src/api/password.rs).
+DROP FUNCTION email_accounts.set_password(text, text, text);
+CREATE FUNCTION email_accounts."set_password"(
+	"account" TEXT, /* & str */
+	"password" TEXT, /* & str */
+	"tenant" TEXT DEFAULT NULL, /* Option < & str > */
+	"side" TEXT DEFAULT 'both' /* & str */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_password_of_side_wrapper';
+
+COMMENT ON FUNCTION email_accounts.set_password(text, text, text, text) IS
+  'Stores the password of an account (by name; in tenant, when names are ambiguous) for side both (the default), incoming (IMAP/POP3 and the Sent folder copy) or smtp, encrypted with AES-256-GCM under the current key of the key file email_accounts.keys and bound to the account''s current servers; ends awaiting_password. The other side''s password is left as it is. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members bound to the account''s tenant, judged for the current role (also inside security-restricted code). Pass the password as a bind parameter so it never appears in query text.';

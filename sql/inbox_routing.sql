@@ -241,7 +241,8 @@ SELECT settings.name AS account,
  CROSS JOIN LATERAL unnest(settings.folders) AS folders(folder)
   LEFT JOIN email_accounts.sync_state AS state ON state.account_id = settings.account_id AND state.folder = folders.folder
  WHERE settings.enable_incoming
+   AND settings.account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])
  ORDER BY settings.name, folders.folder;
 
-COMMENT ON VIEW email_accounts.sync_status IS 'One row per incoming account and folder: ok, failing (with why), never synced or awaiting password; when it last synced and tries next.';
+COMMENT ON VIEW email_accounts.sync_status IS 'One row per incoming account and folder (of the mailboxes whose mail the role sees, see account.visibility): ok, failing (with why), never synced or awaiting password; when it last synced and tries next.';
 COMMENT ON COLUMN email_accounts.sync_status.state IS 'ok, failing, never synced, awaiting password or disabled.';

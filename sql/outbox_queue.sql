@@ -199,6 +199,11 @@ BEGIN
               FROM email_accounts.global_default_outgoing() AS fallback;
         END IF;
         NEW.tenant := coalesce(NEW.tenant, account_tenant);
+        -- A mailbox private to others (sql/mailbox_visibility.sql): said
+        -- here, naming it, rather than by the row-level check's generic error.
+        IF NEW.account_id = ANY (email_accounts.hidden_mailboxes()) THEN
+            PERFORM email_accounts.raise_mailbox_hidden(NEW.account);
+        END IF;
     END IF;
 
     NEW.attempts := 0;

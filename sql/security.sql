@@ -50,7 +50,8 @@ CREATE POLICY roles_of_every_tenant_change ON email_accounts.provider
     USING (email_accounts.bound_to_every_tenant())
     WITH CHECK (email_accounts.bound_to_every_tenant());
 
--- The outbox: senders queue and read their tenant's mail; admins also cancel and retry.
+-- The outbox: senders queue and read their tenant's mail (not through
+-- mailboxes private to others); admins also cancel and retry.
 GRANT SELECT, INSERT ON email_accounts.outbox, email_accounts.outbox_attachment TO email_accounts_sender, email_accounts_admin;
 -- Admins steer delivery (cancel, retry, reschedule), never what a row is,
 -- whose it is, or a worker's claim on it.
@@ -63,10 +64,14 @@ GRANT EXECUTE ON FUNCTION email_accounts.global_default_outgoing() TO email_acco
 REVOKE EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bigint), email_accounts.flush() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bigint), email_accounts.flush() TO email_accounts_admin;
 
+-- Rows of the tenant, but not of the mailboxes private to others
+-- (sql/mailbox_visibility.sql; the subquery is evaluated once per query).
 ALTER TABLE email_accounts.outbox ENABLE ROW LEVEL SECURITY;
-CREATE POLICY tenant_rows ON email_accounts.outbox
-    USING (email_accounts.tenant_is_visible(tenant))
-    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+CREATE POLICY rows_of_visible_mailboxes ON email_accounts.outbox
+    USING (email_accounts.tenant_is_visible(tenant)
+           AND (account_id IS NULL OR account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])))
+    WITH CHECK (email_accounts.tenant_is_visible(tenant)
+                AND (account_id IS NULL OR account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])));
 ALTER TABLE email_accounts.outbox_recipient ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mail ON email_accounts.outbox_recipient
     USING (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_recipient.outbox_id));
@@ -93,8 +98,9 @@ GRANT EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint), email_a
 REVOKE EXECUTE ON FUNCTION email_accounts.require_password_if_servers_changed(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.inherited_settings_changed() FROM PUBLIC;
 
--- The inbox: senders and admins read their tenant's messages and sync state;
--- the receiver worker writes them. sync_now() checks the account is visible.
+-- The inbox: senders and admins read their tenant's messages and sync state
+-- (not those of mailboxes private to others); the receiver worker writes
+-- them. sync_now() checks the account is visible.
 GRANT SELECT ON email_accounts.message, email_accounts.message_attachment, email_accounts.sync_state,
                 email_accounts.inbox, email_accounts.sync_status
     TO email_accounts_sender, email_accounts_admin;
@@ -104,12 +110,13 @@ REVOKE EXECUTE ON FUNCTION email_accounts.reparse(bigint), email_accounts.link_r
 GRANT EXECUTE ON FUNCTION email_accounts.reparse(bigint) TO email_accounts_admin;
 
 ALTER TABLE email_accounts.message ENABLE ROW LEVEL SECURITY;
-CREATE POLICY tenant_rows ON email_accounts.message
-    USING (email_accounts.tenant_is_visible(tenant));
+CREATE POLICY rows_of_visible_mailboxes ON email_accounts.message
+    USING (email_accounts.tenant_is_visible(tenant) AND account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[]));
 ALTER TABLE email_accounts.message_attachment ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mail ON email_accounts.message_attachment
     USING (EXISTS (SELECT FROM email_accounts.message WHERE message.message_id = message_attachment.message_id));
 ALTER TABLE email_accounts.sync_state ENABLE ROW LEVEL SECURITY;
-CREATE POLICY rows_of_visible_accounts ON email_accounts.sync_state
-    USING (EXISTS (SELECT FROM email_accounts.account WHERE account.account_id = sync_state.account_id));
+CREATE POLICY rows_of_visible_mailboxes ON email_accounts.sync_state
+    USING (EXISTS (SELECT FROM email_accounts.account WHERE account.account_id = sync_state.account_id)
+           AND account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[]));
 REVOKE EXECUTE ON FUNCTION email_accounts.record_sync(bigint, text, integer, text, text, integer) FROM PUBLIC;

@@ -26,6 +26,7 @@ pgrx::extension_sql_file!(
     requires = ["domains", "tenants", is_valid_address, is_valid_certificate]
 );
 pgrx::extension_sql_file!("../sql/secrets.sql", name = "secrets", requires = ["accounts"]);
+pgrx::extension_sql_file!("../sql/mailbox_visibility.sql", name = "mailbox_visibility", requires = ["accounts"]);
 pgrx::extension_sql_file!("../sql/oauth.sql", name = "oauth", requires = ["accounts"]);
 pgrx::extension_sql_file!(
     "../sql/account_settings.sql",
@@ -41,14 +42,21 @@ pgrx::extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["acc
 pgrx::extension_sql_file!(
     "../sql/outbox_queue.sql",
     name = "outbox_queue",
-    requires = ["outbox", header_problem, mailbox_address, wake_sender_at_commit, current_user_is_superuser]
+    requires = [
+        "outbox",
+        "mailbox_visibility",
+        header_problem,
+        mailbox_address,
+        wake_sender_at_commit,
+        current_user_is_superuser
+    ]
 );
 pgrx::extension_sql_file!("../sql/outbox_admin.sql", name = "outbox_admin", requires = ["outbox_queue"]);
 pgrx::extension_sql_file!("../sql/inbox.sql", name = "inbox", requires = ["outbox"]);
 pgrx::extension_sql_file!(
     "../sql/inbox_routing.sql",
     name = "inbox_routing",
-    requires = ["inbox", "outbox_queue", "account_settings", mailbox_address]
+    requires = ["inbox", "outbox_queue", "account_settings", "mailbox_visibility", mailbox_address]
 );
 pgrx::extension_sql_file!("../sql/suppression.sql", name = "suppression", requires = ["outbox", random_bytes]);
 pgrx::extension_sql_file!("../sql/outbox_claims.sql", name = "outbox_claims", requires = ["suppression"]);
@@ -84,12 +92,13 @@ pgrx::extension_sql_file!(
     requires = [
         "account_tests",
         "secrets",
+        "mailbox_visibility",
         "outbox_admin",
         "suppression",
         "outbox_claims",
         "inbox_routing",
         "document_links",
-        set_password,
+        set_password_of_side,
         sync_now,
         reparse,
         rotate_encryption_key,

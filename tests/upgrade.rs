@@ -111,7 +111,28 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
             .into_iter()
             .filter(|(table, _)| rows_before.iter().any(|(before, _)| before == table))
             .collect();
-        assert_eq!(rows_after, rows_before, "from {version}: every row is kept");
+        // 0.4.0 keeps a password per side: each stored one now serves both.
+        let expected: Vec<(String, i64)> = rows_before
+            .iter()
+            .map(|(table, rows)| (table.clone(), if table == "account_secret" { rows * 2 } else { *rows }))
+            .collect();
+        assert_eq!(rows_after, expected, "from {version}: every row is kept");
+        let sides: Vec<(String, i64)> = upgraded
+            .query("SELECT side, count(*) FROM email_accounts.account_secret GROUP BY side ORDER BY side", &[])
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let secrets = rows_before.iter().find(|(table, _)| table == "account_secret").map_or(0, |(_, rows)| *rows);
+        assert_eq!(sides, [("incoming".to_owned(), secrets), ("smtp".to_owned(), secrets)], "from {version}");
+        let unset: i64 = upgraded
+            .query_one(
+                "SELECT count(*) FROM email_accounts.account WHERE smtp_password_set_at IS DISTINCT FROM password_set_at",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(unset, 0, "from {version}: the SMTP side's password counts as set where the password was");
 
         if *version == "0.1.0" {
             let row = upgraded
@@ -127,8 +148,9 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
                 .unwrap();
             let counts: (i64, String, i64, i64, i64, i64) =
                 (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
-            // ... and 0.1.0's link key is key 1, so links in mail already sent keep working.
-            assert_eq!(counts, (2, "01:00:00".to_owned(), 2, 1, 1, 1));
+            // ... (two passwords, one row per side each), and 0.1.0's link key
+            // is key 1, so links in mail already sent keep working.
+            assert_eq!(counts, (2, "01:00:00".to_owned(), 4, 1, 1, 1));
             // The passwords stored by 0.1.0 stay usable where they were set.
             let ready: i64 = upgraded
                 .query_one("SELECT count(*) FROM email_accounts.account_settings WHERE ready_to_send", &[])

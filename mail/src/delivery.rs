@@ -25,11 +25,17 @@ pub struct Job {
 }
 
 /// Where copies of sent mail go: an IMAP folder of the account, signed in
-/// to like the SMTP server (with the access token SMTP used, when OAuth2).
+/// to with the incoming side's credential.
 #[derive(Debug, Clone)]
 pub struct SentFolder {
     pub endpoint: Endpoint,
     pub folder: String,
+    /// The incoming side's login name.
+    pub user: String,
+    /// The incoming side's own sign-in; `None` signs in as `user` with the
+    /// SMTP sign-in's credential (one OAuth2 access token serves both sides,
+    /// and SMTP has just made sure it is valid).
+    pub sign_in: Option<SignIn>,
 }
 
 /// An account's server and login, and its messages.
@@ -231,11 +237,16 @@ fn append_sent_copies(
     let failed = |problem: String| -> Vec<(i64, JobOutcome)> {
         copies.iter().map(|(outbox_id, _)| (*outbox_id, JobOutcome::SentCopyFailed(problem.clone()))).collect()
     };
-    let sent_folder = match sent_folder {
+    let mut sent_folder = match sent_folder {
         Ok(sent_folder) => sent_folder,
         Err(problem) => return failed(problem),
     };
-    let Some(sign_in) = sign_in else {
+    let mut borrowed = sign_in.filter(|_| sent_folder.sign_in.is_none()).map(|smtp| {
+        let mut borrowed = smtp.without_renewal();
+        borrowed.login.user = sent_folder.user.clone();
+        borrowed
+    });
+    let Some(sign_in) = sent_folder.sign_in.as_mut().or(borrowed.as_mut()) else {
         return failed(format!("cannot copy to {}: the account has no password", sent_folder.folder));
     };
     let mut session = match sign_in.connect(|login| crate::imap_client::connect(&sent_folder.endpoint, login)) {

@@ -42,6 +42,9 @@ fn sync_now(
         [visible] => visible.clone(),
         _ => raise_access(AccountAccessError::Ambiguous(account.to_owned())),
     };
+    if visible.hidden {
+        inbox::raise_mailbox_hidden(account).unwrap_or_else(|error| internal(error));
+    }
     if !visible.enable_incoming {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -72,11 +72,11 @@ fn oauth_account(account: &str, tenant: Option<&str>, caller: pg_sys::Oid) -> (M
     let settings = account_settings::load_with_sign_in(managed.account_id)
         .unwrap_or_else(|error| internal(error))
         .unwrap_or_else(|| raise_access(accounts::AccountAccessError::Unknown(account.to_owned())));
-    if !settings.oauth2 {
+    if !settings.oauth2 && !settings.smtp_oauth2 {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("account {account:?} signs in with a password, not OAuth2"),
-            Some("Set auth_method = 'oauth2' on the account (or its domain or provider) first."),
+            Some("Set auth_method (or smtp_auth_method) = 'oauth2' on the account, or auth_method on its domain or provider, first."),
         );
     }
     let client = oauth::client_for(managed.account_id).unwrap_or_else(|error| raise_store(error));

@@ -5,20 +5,55 @@
 
 use super::errors::{internal, raise, raise_access, raise_secret};
 use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
+use crate::store::secrets::Side;
 use crate::store::{accounts, privileged, secrets};
 use pgrx::prelude::*;
 
-/// Stores the account's password, encrypted and bound to the account's
-/// servers as they are now; ends awaiting_password.
-#[pg_extern(volatile, parallel_unsafe)]
+/// set_password(account, password, tenant) of the 0.1.0–0.3.0 schemas, under
+/// its old C symbol: it keeps working between installing this library and
+/// ALTER EXTENSION UPDATE (those schemas keep one password for both sides).
+/// Not in the 0.4.0 schema.
+#[pg_extern(volatile, parallel_unsafe, sql = false)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_password(account: &str, password: &str, tenant: default!(Option<&str>, "NULL")) {
     let caller = privileged::caller();
-    privileged::as_extension_owner(|| set_password_as_owner(account, password, tenant, caller))
+    privileged::as_extension_owner(|| set_password_as_owner(account, password, tenant, None, caller))
         .unwrap_or_else(|error| internal(error))
 }
 
-fn set_password_as_owner(account: &str, password: &str, tenant: Option<&str>, caller: pg_sys::Oid) {
+/// Stores the password of one side of the account (or both), encrypted and
+/// bound to the account's servers as they are now; ends awaiting_password.
+#[pg_extern(volatile, parallel_unsafe, name = "set_password")]
+#[search_path(pg_catalog, pg_temp)]
+fn set_password_of_side(
+    account: &str,
+    password: &str,
+    tenant: default!(Option<&str>, "NULL"),
+    side: default!(&str, "'both'"),
+) {
+    let sides: &[Side] = match side {
+        "both" => &[Side::Incoming, Side::Smtp],
+        "incoming" => &[Side::Incoming],
+        "smtp" => &[Side::Smtp],
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("side must be both, incoming or smtp, not {side:?}"),
+            None,
+        ),
+    };
+    let caller = privileged::caller();
+    privileged::as_extension_owner(|| set_password_as_owner(account, password, tenant, Some(sides), caller))
+        .unwrap_or_else(|error| internal(error))
+}
+
+/// `sides`: `None` on a schema before 0.4.0 (one password, both sides).
+fn set_password_as_owner(
+    account: &str,
+    password: &str,
+    tenant: Option<&str>,
+    sides: Option<&[Side]>,
+    caller: pg_sys::Oid,
+) {
     let managed = accounts::managed_by(account, tenant, caller).unwrap_or_else(|error| raise_access(error));
     if password.is_empty() {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "password must not be empty", None);
@@ -37,17 +72,22 @@ fn set_password_as_owner(account: &str, password: &str, tenant: Option<&str>, ca
             Some("Turn ascii_encode_password off to send the password as UTF-8."),
         );
     }
-    secrets::store_password(managed.account_id, password).unwrap_or_else(|error| raise_secret(error));
+    let stored = match sides {
+        Some(sides) => secrets::store_password(managed.account_id, sides, password),
+        None => secrets::store_password_before_0_4(managed.account_id, password),
+    };
+    stored.unwrap_or_else(|error| raise_secret(error));
+    let sides = sides.unwrap_or(&[Side::Incoming, Side::Smtp]);
     // Whoever types the password sees where it will go: an admin who may
     // change the servers made the account await it, so look before trusting.
     if let Ok(Some(settings)) = account_settings::load(managed.account_id) {
-        notice!("email_accounts: the password of account {:?} is for {}", managed.name, destinations(&settings));
+        notice!("email_accounts: the password of account {:?} is for {}", managed.name, destinations(&settings, sides));
     }
 }
 
 /// "SMTP smtp.example.com:587 (starttls), IMAP imap.example.com:993 (ssl)"
 /// for the servers the account's password is now bound to.
-fn destinations(settings: &EffectiveAccount) -> String {
+fn destinations(settings: &EffectiveAccount, sides: &[Side]) -> String {
     let describe = |protocol: &str, server: &ServerSettings| {
         format!(
             "{protocol} {}:{} ({})",
@@ -56,18 +96,18 @@ fn destinations(settings: &EffectiveAccount) -> String {
             server.security.as_deref().unwrap_or("?")
         )
     };
-    let mut sides = Vec::new();
-    if settings.outgoing.host.is_some() {
-        sides.push(describe("SMTP", &settings.outgoing));
+    let mut servers = Vec::new();
+    if settings.outgoing.host.is_some() && sides.contains(&Side::Smtp) {
+        servers.push(describe("SMTP", &settings.outgoing));
     }
-    if settings.incoming.host.is_some() {
+    if settings.incoming.host.is_some() && sides.contains(&Side::Incoming) {
         let protocol = settings.incoming.protocol.as_deref().unwrap_or("incoming").to_uppercase();
-        sides.push(describe(&protocol, &settings.incoming));
+        servers.push(describe(&protocol, &settings.incoming));
     }
-    if sides.is_empty() {
+    if servers.is_empty() {
         "no server yet".to_owned()
     } else {
-        sides.join(", ")
+        servers.join(", ")
     }
 }
 

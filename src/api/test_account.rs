@@ -5,6 +5,7 @@
 use super::errors::{internal, raise_access, raise_secret};
 use crate::store::account_settings::{self, EffectiveAccount, ServerSettings};
 use crate::store::oauth::{self, OAuthStoreError, WorkerCredential};
+use crate::store::secrets::Side;
 use crate::store::{accounts, privileged};
 use crate::threads;
 use email_accounts_mail::connection::ConnectionError;
@@ -19,24 +20,36 @@ const RENEWAL_LEASE_SECONDS: i64 = 120;
 /// What the account signs in with, or why it cannot.
 type Credential = Result<Option<WorkerCredential>, ConnectionError>;
 
+/// What each side signs in with: the OAuth2 token (one per account, asked
+/// for when a side uses it) and each password side's own password.
+struct Credentials {
+    token: Option<Credential>,
+    incoming_password: Credential,
+    smtp_password: Credential,
+}
+
 /// Not SECURITY DEFINER: decides for the role really calling, then reads the
-/// settings and the credential as the extension owner (see store::privileged).
+/// settings and the credentials as the extension owner (see store::privileged).
 /// A renewed access token is stored in the caller's transaction; inside a
 /// transaction block the stored token is used as it is, never renewed.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::JsonB {
     let caller = privileged::caller();
-    let (settings, credential) = privileged::as_extension_owner(|| {
+    let (settings, credentials) = privileged::as_extension_owner(|| {
         let managed = accounts::managed_by(account, tenant, caller).unwrap_or_else(|error| raise_access(error));
         let settings = account_settings::load_with_sign_in(managed.account_id)
             .unwrap_or_else(|error| internal(error))
             .unwrap_or_else(|| raise_access(accounts::AccountAccessError::Unknown(account.to_owned())));
-        (settings.clone(), credential(&settings))
+        let credentials = credentials(&settings);
+        (settings, credentials)
     })
     .unwrap_or_else(|error| internal(error));
-    let lease = credential.as_ref().ok().and_then(|credential| credential.as_ref()?.renewal_lease());
-    let (answer, sign_in) = report(&settings, credential);
+    let lease = match &credentials.token {
+        Some(Ok(Some(credential))) => credential.renewal_lease(),
+        _ => None,
+    };
+    let (answer, sign_in) = report(&settings, credentials);
     if let Some(sign_in) = sign_in {
         privileged::as_extension_owner(|| oauth::record_report(settings.account_id, &sign_in.report, lease.as_deref()))
             .unwrap_or_else(|error| internal(error))
@@ -45,15 +58,28 @@ fn test_account(account: &str, tenant: default!(Option<&str>, "NULL")) -> pgrx::
     pgrx::JsonB(answer)
 }
 
-fn credential(settings: &EffectiveAccount) -> Credential {
-    if !settings.oauth2 && settings.awaiting_password {
-        return Ok(None);
-    }
+fn credentials(settings: &EffectiveAccount) -> Credentials {
+    let smtp_signs_in = settings.enable_outgoing && !settings.no_smtp_authentication;
+    let token_needed = (settings.enable_incoming && settings.oauth2) || (smtp_signs_in && settings.smtp_oauth2);
+    let password = |wanted: bool, side: Side| -> Credential {
+        if !wanted || settings.awaiting_password {
+            return Ok(None);
+        }
+        stored_credential(settings.account_id, side, false, None)
+    };
     // Renewing stores a rotated refresh token in the caller's transaction: not
     // inside a transaction block, whose rollback would lose it.
     let in_block = unsafe { pg_sys::IsTransactionBlock() };
     let lease = (!in_block).then_some(RENEWAL_LEASE_SECONDS);
-    match oauth::worker_credential(settings.account_id, settings.oauth2, lease) {
+    Credentials {
+        token: token_needed.then(|| stored_credential(settings.account_id, Side::Incoming, true, lease)),
+        incoming_password: password(settings.enable_incoming && !settings.oauth2, Side::Incoming),
+        smtp_password: password(smtp_signs_in && !settings.smtp_oauth2, Side::Smtp),
+    }
+}
+
+fn stored_credential(account_id: i64, side: Side, oauth2: bool, lease: Option<i64>) -> Credential {
+    match oauth::worker_credential(account_id, side, oauth2, lease) {
         Ok(credential) => Ok(credential),
         Err(OAuthStoreError::Secret(error)) => raise_secret(error),
         Err(error @ OAuthStoreError::ConsentNeeded { .. }) => Err(ConnectionError::OAuth(error.to_string())),
@@ -61,67 +87,120 @@ fn credential(settings: &EffectiveAccount) -> Credential {
     }
 }
 
-/// Probes every enabled side of the account and assembles the jsonb answer;
-/// also returns the OAuth2 sign-in (with what happened to its token).
-fn report(settings: &EffectiveAccount, credential: Credential) -> (Value, Option<SignIn>) {
-    let mut answer = Map::new();
-    answer.insert("account".to_owned(), json!(settings.name));
-    answer.insert("auth_method".to_owned(), json!(if settings.oauth2 { "oauth2" } else { "password" }));
-    if !settings.enable_incoming && !settings.enable_outgoing {
-        answer.insert("ok".to_owned(), json!(false));
-        answer.insert("message".to_owned(), json!("neither enable_incoming nor enable_outgoing is on"));
-        return (Value::Object(answer), None);
-    }
-    let (mut sign_in, mut missing) = match credential {
+/// One side's sign-in, or why it has none.
+type SideSignIn = (Option<SignIn>, Option<ConnectionError>);
+
+/// A password side's sign-in as `user`.
+fn password_sign_in(settings: &EffectiveAccount, user: &str, password: Credential, side: Side) -> SideSignIn {
+    match password {
         Ok(Some(credential)) => {
-            (Some(credential.sign_in(settings.login_id.clone(), settings.allow_plaintext_authentication)), None)
+            (Some(credential.sign_in(user.to_owned(), settings.allow_plaintext_authentication)), None)
         }
-        Ok(None) if settings.oauth2 => (
-            None,
-            Some(ConnectionError::OAuth(
-                "the account is not connected: call email_accounts.oauth_device_login() or set_oauth_refresh_token() first"
-                    .to_owned(),
-            )),
-        ),
         Ok(None) if settings.awaiting_password => (
             None,
             Some(ConnectionError::Auth(
                 "the account is awaiting its password: call email_accounts.set_password() first".to_owned(),
             )),
         ),
-        Ok(None) => {
-            (None, Some(ConnectionError::Auth("no password is set: call email_accounts.set_password() first".to_owned())))
-        }
+        Ok(None) => (
+            None,
+            Some(ConnectionError::Auth(format!(
+                "no password is set for the {} side: call email_accounts.set_password() first (side => '{}' or 'both')",
+                side.as_str(),
+                side.as_str()
+            ))),
+        ),
         Err(error) => (None, Some(error)),
-    };
-    // One token for every side: renewed here (on a thread) when needed.
-    let mut token_sign_in = None;
-    if let Some(bearer) = sign_in.take_if(|sign_in| sign_in.login.is_bearer()) {
-        let (bearer, outcome) = threads::run_one(move || {
-            let mut bearer = bearer;
-            let outcome = bearer.ensure_token();
-            (bearer, outcome)
-        });
-        answer.insert("oauth".to_owned(), oauth_report(settings, &bearer));
-        match outcome {
-            Ok(()) => sign_in = Some(bearer.without_renewal()),
-            Err(error) => missing = Some(error),
-        }
-        token_sign_in = Some(bearer);
-    } else if settings.oauth2 {
-        answer.insert("oauth".to_owned(), json!({ "state": settings.oauth_state }));
     }
+}
+
+/// An OAuth2 side's sign-in as `user`, with the token made sure of once.
+fn token_sign_in(token: &Option<Result<SignIn, ConnectionError>>, user: &str) -> SideSignIn {
+    match token {
+        Some(Ok(bearer)) => {
+            let mut sign_in = bearer.without_renewal();
+            sign_in.login.user = user.to_owned();
+            (Some(sign_in), None)
+        }
+        Some(Err(error)) => (None, Some(error.clone())),
+        None => (None, Some(ConnectionError::OAuth("no access token".to_owned()))),
+    }
+}
+
+/// Probes every enabled side of the account and assembles the jsonb answer;
+/// also returns the OAuth2 sign-in (with what happened to its token).
+fn report(settings: &EffectiveAccount, credentials: Credentials) -> (Value, Option<SignIn>) {
+    let mut answer = Map::new();
+    let method = |oauth2: bool| if oauth2 { "oauth2" } else { "password" };
+    answer.insert("account".to_owned(), json!(settings.name));
+    answer.insert("auth_method".to_owned(), json!(method(settings.oauth2)));
+    if settings.smtp_oauth2 != settings.oauth2 {
+        answer.insert("smtp_auth_method".to_owned(), json!(method(settings.smtp_oauth2)));
+    }
+    if settings.smtp_login_id != settings.login_id {
+        answer.insert("smtp_login_id".to_owned(), json!(settings.smtp_login_id));
+    }
+    if !settings.enable_incoming && !settings.enable_outgoing {
+        answer.insert("ok".to_owned(), json!(false));
+        answer.insert("message".to_owned(), json!("neither enable_incoming nor enable_outgoing is on"));
+        return (Value::Object(answer), None);
+    }
+    // One token for every OAuth2 side: renewed here (on a thread) when needed.
+    let mut renewed_sign_in = None;
+    let token = credentials.token.map(|token| match token {
+        Ok(Some(credential)) => {
+            let bearer = credential.sign_in(settings.login_id.clone(), settings.allow_plaintext_authentication);
+            let (bearer, outcome) = threads::run_one(move || {
+                let mut bearer = bearer;
+                let outcome = bearer.ensure_token();
+                (bearer, outcome)
+            });
+            answer.insert("oauth".to_owned(), oauth_report(settings, &bearer));
+            let usable = outcome.map(|()| bearer.without_renewal());
+            renewed_sign_in = Some(bearer);
+            usable
+        }
+        Ok(None) => {
+            answer.insert("oauth".to_owned(), json!({ "state": settings.oauth_state }));
+            Err(ConnectionError::OAuth(
+                "the account is not connected: call email_accounts.oauth_device_login() or set_oauth_refresh_token() first"
+                    .to_owned(),
+            ))
+        }
+        Err(error) => {
+            answer.insert("oauth".to_owned(), json!({ "state": settings.oauth_state }));
+            Err(error)
+        }
+    });
+    let (smtp_sign_in, smtp_missing) = if settings.smtp_oauth2 {
+        token_sign_in(&token, &settings.smtp_login_id)
+    } else {
+        password_sign_in(settings, &settings.smtp_login_id, credentials.smtp_password, Side::Smtp)
+    };
+    let (incoming_sign_in, incoming_missing) = if settings.oauth2 {
+        token_sign_in(&token, &settings.login_id)
+    } else {
+        password_sign_in(settings, &settings.login_id, credentials.incoming_password, Side::Incoming)
+    };
 
     let mut jobs: Vec<Box<dyn FnOnce() -> ProbeReport + Send>> = Vec::new();
     let mut sides = Vec::new();
     if settings.enable_outgoing {
         let needs_login = !settings.no_smtp_authentication;
-        sides.push(plan(Protocol::Smtp, &settings.outgoing, settings, needs_login, &sign_in, &missing, &mut jobs));
+        sides.push(plan(
+            Protocol::Smtp,
+            &settings.outgoing,
+            settings,
+            needs_login,
+            &smtp_sign_in,
+            &smtp_missing,
+            &mut jobs,
+        ));
     }
     if settings.enable_incoming {
         let protocol =
             if settings.incoming.protocol.as_deref() == Some("pop3") { Protocol::Pop3 } else { Protocol::Imap };
-        sides.push(plan(protocol, &settings.incoming, settings, true, &sign_in, &missing, &mut jobs));
+        sides.push(plan(protocol, &settings.incoming, settings, true, &incoming_sign_in, &incoming_missing, &mut jobs));
     }
     let mut probed = threads::run_all(jobs).into_iter();
     let mut all_ok = true;
@@ -135,7 +214,7 @@ fn report(settings: &EffectiveAccount, credential: Credential) -> (Value, Option
         );
     }
     answer.insert("ok".to_owned(), json!(all_ok));
-    (Value::Object(answer), token_sign_in)
+    (Value::Object(answer), renewed_sign_in)
 }
 
 /// The token state for the answer: never a token.

@@ -42,8 +42,13 @@ pub struct EffectiveAccount {
     pub enable_outgoing: bool,
     pub outgoing: ServerSettings,
     pub no_smtp_authentication: bool,
-    /// Signs in with an OAuth2 access token.
+    /// The incoming side signs in with an OAuth2 access token.
     pub oauth2: bool,
+    /// The SMTP side's login, sign-in and whether its password is stored
+    /// (load_with_sign_in; the incoming side's until then).
+    pub smtp_login_id: String,
+    pub smtp_oauth2: bool,
+    pub smtp_password_is_set: bool,
     /// account_settings.oauth_state (NULL for password accounts).
     pub oauth_state: Option<String>,
 }
@@ -55,17 +60,28 @@ SELECT account_id, name, login_id, awaiting_password, password_is_set, allow_pla
   FROM email_accounts.account_settings
  WHERE account_id = $1";
 
-/// The settings with how the account signs in (auth_method, oauth_state:
-/// 0.4.0 columns, asked for separately so set_password() still works on an
-/// older schema until ALTER EXTENSION UPDATE).
+/// The settings with how each side signs in (auth_method, oauth_state and the
+/// SMTP side's: 0.4.0 columns, asked for separately so set_password() still
+/// works on an older schema until ALTER EXTENSION UPDATE).
 pub fn load_with_sign_in(account_id: i64) -> Result<Option<EffectiveAccount>, SpiError> {
     let Some(mut settings) = load(account_id)? else { return Ok(None) };
-    let row = Spi::get_two_with_args::<bool, String>(
-        "SELECT auth_method = 'oauth2', oauth_state FROM email_accounts.account_settings WHERE account_id = $1",
-        &[account_id.into()],
-    )?;
-    settings.oauth2 = row.0.unwrap_or(false);
-    settings.oauth_state = row.1;
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT auth_method = 'oauth2', oauth_state, smtp_login_id, smtp_auth_method = 'oauth2', smtp_password_is_set
+               FROM email_accounts.account_settings WHERE account_id = $1",
+            Some(1),
+            &[account_id.into()],
+        )?;
+        if !table.is_empty() {
+            let row = table.first();
+            settings.oauth2 = row.get::<bool>(1)?.unwrap_or(false);
+            settings.oauth_state = row.get::<String>(2)?;
+            settings.smtp_login_id = row.get::<String>(3)?.unwrap_or_else(|| settings.login_id.clone());
+            settings.smtp_oauth2 = row.get::<bool>(4)?.unwrap_or(false);
+            settings.smtp_password_is_set = row.get::<bool>(5)?.unwrap_or(false);
+        }
+        Ok::<_, SpiError>(())
+    })?;
     Ok(Some(settings))
 }
 
@@ -100,6 +116,9 @@ pub fn load(account_id: i64) -> Result<Option<EffectiveAccount>, SpiError> {
             },
             no_smtp_authentication: row.get::<bool>(17)?.unwrap_or_default(),
             oauth2: false,
+            smtp_login_id: row.get::<String>(3)?.unwrap_or_default(),
+            smtp_oauth2: false,
+            smtp_password_is_set: row.get::<bool>(5)?.unwrap_or_default(),
             oauth_state: None,
         }))
     })

@@ -479,13 +479,16 @@ pub struct VisibleAccount {
     pub account_id: i64,
     pub enable_incoming: bool,
     pub ready_to_receive: bool,
+    /// Its visibility keeps its mail from the caller (hidden_mailboxes()).
+    pub hidden: bool,
 }
 
 pub fn visible_accounts(name: &str, tenant: Option<&str>) -> Result<Vec<VisibleAccount>, SpiError> {
     Spi::connect(|client| {
         client
             .select(
-                "SELECT account_id, enable_incoming, ready_to_receive FROM email_accounts.account_settings
+                "SELECT account_id, enable_incoming, ready_to_receive, account_id = ANY (email_accounts.hidden_mailboxes())
+                   FROM email_accounts.account_settings
                   WHERE name = $1 AND ($2::text IS NULL OR tenant = $2)",
                 Some(2),
                 &[name.into(), tenant.into()],
@@ -495,10 +498,17 @@ pub fn visible_accounts(name: &str, tenant: Option<&str>) -> Result<Vec<VisibleA
                     account_id: row.get(1)?.unwrap_or_default(),
                     enable_incoming: row.get(2)?.unwrap_or_default(),
                     ready_to_receive: row.get(3)?.unwrap_or_default(),
+                    hidden: row.get(4)?.unwrap_or(true),
                 })
             })
             .collect()
     })
+}
+
+/// Raises the 42501 of an account whose mail the caller may not see
+/// (email_accounts.raise_mailbox_hidden(), which send() raises too).
+pub fn raise_mailbox_hidden(name: &str) -> Result<(), SpiError> {
+    Spi::run_with_args("SELECT email_accounts.raise_mailbox_hidden($1)", &[name.into()])
 }
 
 /// Whether the current role sees the message (row-level security applies).

@@ -286,7 +286,8 @@ impl WorkerCredential {
     }
 }
 
-/// What a worker signs in with: the password, or the OAuth2 access token.
+/// What a worker signs in with on one side: that side's password, or the
+/// OAuth2 access token (one per account, for whichever side uses OAuth2).
 /// For OAuth2 with `lease_seconds`, the worker takes the account's renewal
 /// lease for that long when no other worker holds it: it then gets a
 /// `Renewal` (a token request may follow: at once when the access token
@@ -295,11 +296,12 @@ impl WorkerCredential {
 /// and none once that has (nearly) expired. An IDLE watcher asks without.
 pub fn worker_credential(
     account_id: i64,
+    side: secrets::Side,
     oauth2: bool,
     lease_seconds: Option<i64>,
 ) -> Result<Option<WorkerCredential>, OAuthStoreError> {
     if !oauth2 {
-        return Ok(secrets::read_password(account_id)?.map(WorkerCredential::Password));
+        return Ok(secrets::read_password(account_id, side)?.map(WorkerCredential::Password));
     }
     // A row another transaction holds (a tenant's open transaction too) is
     // skipped, never waited for: that account waits, the others go on.

@@ -42,6 +42,7 @@ pub struct SendingSettings {
     pub account_id: i64,
     pub name: String,
     pub address: String,
+    /// The SMTP side's login (smtp_login_id, else login_id, else the address).
     pub login_id: String,
     pub smtp: ServerSettings,
     pub extra_ca_certificate: Option<String>,
@@ -57,8 +58,11 @@ pub struct SendingSettings {
     pub sent_folder: Option<String>,
     /// The account's incoming server when it is IMAP.
     pub imap: Option<ServerSettings>,
-    /// It signs in with an OAuth2 access token rather than a password.
+    /// The SMTP side signs in with an OAuth2 access token rather than a password.
     pub oauth2: bool,
+    /// The incoming side's login and sign-in, for the Sent folder copy.
+    pub incoming_login_id: String,
+    pub incoming_oauth2: bool,
     /// MAIL FROM is a signed sub-address naming the row (bounces verified by it).
     pub signed_envelope_sender: bool,
 }
@@ -321,7 +325,7 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
     Spi::connect(|client| {
         let table = kept_plans::select(
             client,
-            "SELECT settings.account_id, settings.name, settings.address, settings.login_id, settings.smtp_host,
+            "SELECT settings.account_id, settings.name, settings.address, settings.smtp_login_id, settings.smtp_host,
                     settings.smtp_port, settings.smtp_security, settings.extra_ca_certificate,
                     settings.allow_plaintext_authentication, settings.no_smtp_authentication,
                     CASE WHEN settings.add_signature THEN settings.signature END,
@@ -331,8 +335,8 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     settings.send_unsubscribe_message, settings.track_email_status,
                     CASE WHEN settings.append_to_sent_folder THEN settings.sent_folder END,
                     CASE WHEN settings.incoming_protocol = 'imap' THEN settings.incoming_host END,
-                    settings.incoming_port, settings.incoming_security, settings.auth_method = 'oauth2',
-                    settings.signed_envelope_sender
+                    settings.incoming_port, settings.incoming_security, settings.smtp_auth_method = 'oauth2',
+                    settings.signed_envelope_sender, settings.login_id, settings.auth_method = 'oauth2'
                FROM email_accounts.account_settings AS settings
               WHERE settings.account_id = ANY ($1)",
             &[account_ids.to_vec().into()],
@@ -372,6 +376,8 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     },
                     oauth2: row.get(21)?.unwrap_or_default(),
                     signed_envelope_sender: row.get(22)?.unwrap_or_default(),
+                    incoming_login_id: row.get(23)?.unwrap_or_default(),
+                    incoming_oauth2: row.get(24)?.unwrap_or_default(),
                 })
             })
             .collect()

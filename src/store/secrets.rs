@@ -24,6 +24,24 @@ pub enum SecretStoreError {
     Spi(#[from] SpiError),
 }
 
+/// Which side of an account signs in with a password: each has its own
+/// (account_secret.side), written together by set_password(side => both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// IMAP or POP3, and the copy to the Sent folder.
+    Incoming,
+    Smtp,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Incoming => "incoming",
+            Side::Smtp => "smtp",
+        }
+    }
+}
+
 /// A sealed secret read from three columns (key_id, nonce, ciphertext) of a
 /// row, starting at column `first` (1-based, as SPI counts).
 pub fn sealed_at(row: &pgrx::spi::SpiHeapTupleData<'_>, first: usize) -> Result<Sealed, SpiError> {
@@ -58,10 +76,50 @@ pub fn open(associated: &[u8], sealed: &Sealed, what: &'static str) -> Result<St
     ring.open_for(associated, sealed).map_err(|source| SecretStoreError::DecryptOther { what, source })
 }
 
-/// Encrypts and stores `password` for the account, bound to the account's
-/// servers as they are now (server_binding()), and records that a password
-/// is set (which also ends awaiting_password).
-pub fn store_password(account_id: i64, password: &str) -> Result<(), SecretStoreError> {
+/// Encrypts and stores `password` for the given sides of the account, bound
+/// to the account's servers as they are now (server_binding()), and records
+/// when each side's password was set. awaiting_password ends unless a side
+/// not written now still holds a password bound to other servers.
+pub fn store_password(account_id: i64, sides: &[Side], password: &str) -> Result<(), SecretStoreError> {
+    lock_key_ring()?;
+    let ring = {
+        let _cluster_wide = key_file::lock_cluster_wide()?;
+        key_file::load_or_create()?
+    };
+    for side in sides {
+        // A nonce of its own per row: the same password sealed twice.
+        let sealed = ring.seal(account_id, password).map_err(SecretStoreError::Encrypt)?;
+        Spi::run_with_args(
+            "INSERT INTO email_accounts.account_secret AS secret (account_id, side, key_id, nonce, ciphertext, bound_servers)
+             VALUES ($1, $2, $3, $4, $5, email_accounts.server_binding($1))
+             ON CONFLICT (account_id, side) DO UPDATE
+                SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+                    bound_servers = excluded.bound_servers, updated_at = now()",
+            &[
+                account_id.into(),
+                side.as_str().into(),
+                (sealed.key_id as i32).into(),
+                sealed.nonce.into(),
+                sealed.ciphertext.into(),
+            ],
+        )?;
+    }
+    Spi::run_with_args(
+        "UPDATE email_accounts.account
+            SET password_set_at = CASE WHEN 'incoming' = ANY ($2) THEN now() ELSE password_set_at END,
+                smtp_password_set_at = CASE WHEN 'smtp' = ANY ($2) THEN now() ELSE smtp_password_set_at END,
+                awaiting_password = EXISTS (SELECT FROM email_accounts.account_secret AS secret
+                                             WHERE secret.account_id = $1
+                                               AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding($1))
+          WHERE account_id = $1",
+        &[account_id.into(), sides.iter().map(|side| side.as_str()).collect::<Vec<_>>().into()],
+    )?;
+    Ok(())
+}
+
+/// `store_password` on a schema before 0.4.0 (one password per account):
+/// set_password() works there until ALTER EXTENSION UPDATE.
+pub fn store_password_before_0_4(account_id: i64, password: &str) -> Result<(), SecretStoreError> {
     lock_key_ring()?;
     let ring = {
         let _cluster_wide = key_file::lock_cluster_wide()?;
@@ -83,16 +141,17 @@ pub fn store_password(account_id: i64, password: &str) -> Result<(), SecretStore
     Ok(())
 }
 
-/// The decrypted password of an account, or `None` if none is stored. A
-/// password whose account now points at other servers than when it was set
-/// is refused: whoever may change an account's servers must not receive it.
-pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError> {
+/// The decrypted password of one side of an account, or `None` if none is
+/// stored. A password whose account now points at other servers than when
+/// it was set is refused: whoever may change an account's servers must not
+/// receive it.
+pub fn read_password(account_id: i64, side: Side) -> Result<Option<String>, SecretStoreError> {
     let sealed = Spi::connect(|client| -> Result<Option<(Sealed, bool)>, SpiError> {
         let table = super::kept_plans::select(
             client,
             "SELECT key_id, nonce, ciphertext, bound_servers = email_accounts.server_binding(account_id)
-               FROM email_accounts.account_secret WHERE account_id = $1",
-            &[account_id.into()],
+               FROM email_accounts.account_secret WHERE account_id = $1 AND side = $2",
+            &[account_id.into(), side.as_str().into()],
         )?;
         let Some(row) = table.first() else { return Ok(None) };
         let sealed = sealed_at(row, 1)?;
@@ -111,13 +170,22 @@ pub fn read_password(account_id: i64) -> Result<Option<String>, SecretStoreError
 /// Returns the new key id and how many secrets were re-encrypted.
 pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
     lock_key_ring()?;
-    let rows = Spi::connect(|client| -> Result<Vec<(i64, Sealed)>, SpiError> {
+    let rows = Spi::connect(|client| -> Result<Vec<(i64, String, Sealed)>, SpiError> {
         let table = client.select(
-            "SELECT account_id, key_id, nonce, ciphertext FROM email_accounts.account_secret ORDER BY account_id FOR UPDATE",
+            "SELECT account_id, side, key_id, nonce, ciphertext FROM email_accounts.account_secret
+              ORDER BY account_id, side FOR UPDATE",
             None,
             &[],
         )?;
-        table.map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), sealed_at(&row, 2)?))).collect()
+        table
+            .map(|row| {
+                Ok((
+                    row.get::<i64>(1)?.unwrap_or_default(),
+                    row.get::<String>(2)?.unwrap_or_default(),
+                    sealed_at(&row, 3)?,
+                ))
+            })
+            .collect()
     })?;
     // Old keys stay in the file: the other databases of the cluster (a
     // restored copy among them) seal with the same file, and a rolled-back
@@ -130,15 +198,21 @@ pub fn rotate_key() -> Result<(u32, i64), SecretStoreError> {
         key_file::save(&ring)?;
         (ring, new_key)
     };
-    for (account_id, sealed) in &rows {
+    for (account_id, side, sealed) in &rows {
         let password = ring
             .open(*account_id, sealed)
             .map_err(|source| SecretStoreError::Decrypt { account_id: *account_id, source })?;
         let resealed = ring.seal(*account_id, &password).map_err(SecretStoreError::Encrypt)?;
         Spi::run_with_args(
-            "UPDATE email_accounts.account_secret SET key_id = $2, nonce = $3, ciphertext = $4, updated_at = now()
-              WHERE account_id = $1",
-            &[(*account_id).into(), (resealed.key_id as i32).into(), resealed.nonce.into(), resealed.ciphertext.into()],
+            "UPDATE email_accounts.account_secret SET key_id = $3, nonce = $4, ciphertext = $5, updated_at = now()
+              WHERE account_id = $1 AND side = $2",
+            &[
+                (*account_id).into(),
+                side.as_str().into(),
+                (resealed.key_id as i32).into(),
+                resealed.nonce.into(),
+                resealed.ciphertext.into(),
+            ],
         )?;
     }
     let others = super::oauth::reseal_all(&ring)?;

@@ -163,8 +163,10 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-            let password = crate::store::secrets::read_password(id).unwrap();
-            assert_eq!(password.as_deref(), Some(PASSWORD));
+            for side in [crate::store::secrets::Side::Incoming, crate::store::secrets::Side::Smtp] {
+                let password = crate::store::secrets::read_password(id, side).unwrap();
+                assert_eq!(password.as_deref(), Some(PASSWORD), "{side:?}");
+            }
         }
     }
 }

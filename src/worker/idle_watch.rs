@@ -6,6 +6,7 @@
 
 use crate::store::inbox::ReceivingAccount;
 use crate::store::oauth::{self, WorkerCredential};
+use crate::store::secrets::Side;
 use crate::store::transaction::in_transaction;
 use crate::threads;
 use email_accounts_mail::receive::idle;
@@ -51,7 +52,8 @@ impl IdleWatchers {
             }
             // An OAuth2 watcher uses the stored access token; the regular
             // sync renews it, which changes the fingerprint and restarts this.
-            let credential = in_transaction(|| oauth::worker_credential(account_id, account.oauth2, None));
+            let credential =
+                in_transaction(|| oauth::worker_credential(account_id, Side::Incoming, account.oauth2, None));
             let Ok(Ok(Some(credential))) = credential else { continue };
             if matches!(credential, WorkerCredential::Bearer { access_token: None, .. }) {
                 continue;

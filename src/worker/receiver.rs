@@ -12,6 +12,7 @@ use crate::settings;
 use crate::store::inbox::{self, ReceivingAccount};
 use crate::store::oauth::{self, OAuthStoreError};
 use crate::store::restore;
+use crate::store::secrets::Side;
 use crate::store::transaction::{in_transaction, try_in_transaction, StoreError};
 use crate::threads;
 use email_accounts_mail::connection::{ConnectionError, Login};
@@ -112,6 +113,7 @@ fn prepare(accounts: Vec<ReceivingAccount>) -> Result<PreparedAccounts, StoreErr
         for account in accounts {
             let credential = match oauth::worker_credential(
                 account.account_id,
+                Side::Incoming,
                 account.oauth2,
                 Some(renewal_lease_seconds()),
             ) {

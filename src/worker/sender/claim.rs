@@ -7,6 +7,7 @@ use crate::settings;
 use crate::store::links;
 use crate::store::oauth::{self, WorkerCredential};
 use crate::store::outbox::{self, ClaimedRow, SendingSettings};
+use crate::store::secrets::Side;
 use crate::store::transaction::{in_transaction, StoreError};
 use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::ConnectionError;
@@ -25,11 +26,19 @@ const WAIT_FOR_TOKEN_SECONDS: f64 = 5.0;
 struct Claim {
     rows: Vec<ClaimedRow>,
     link_key: LinkKey,
-    accounts: Vec<(SendingSettings, Option<WorkerCredential>)>,
+    accounts: Vec<ClaimedAccount>,
     /// Accounts that cannot sign in now, and what their rows come to:
     /// not attempted (no password, consent needed) or not started (another
     /// worker is renewing the access token: back in the queue uncounted).
     unusable_accounts: HashMap<i64, JobOutcome>,
+}
+
+/// An account of the claim with what its SMTP side signs in with, and what
+/// its Sent folder copy signs in with when that is not the SMTP sign-in.
+struct ClaimedAccount {
+    settings: SendingSettings,
+    credential: Option<WorkerCredential>,
+    sent_folder_credential: Option<Result<WorkerCredential, String>>,
 }
 
 /// What a claim came to: each account's share, composed, and the outcomes
@@ -70,24 +79,32 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
         let mut waiting_accounts = Vec::new();
         if !rows.is_empty() {
             for account in outbox::sending_settings(&account_ids)? {
+                let sent_folder_credential = sent_folder_credential(&account);
                 if account.no_smtp_authentication {
-                    accounts.push((account, None));
+                    accounts.push(ClaimedAccount { settings: account, credential: None, sent_folder_credential });
                     continue;
                 }
                 let lease = i64::from(settings::lease_duration_seconds());
-                let unusable = match oauth::worker_credential(account.account_id, account.oauth2, Some(lease)) {
+                let unusable = match oauth::worker_credential(account.account_id, Side::Smtp, account.oauth2, Some(lease))
+                {
                     Ok(Some(credential)) if credential.must_wait() => {
                         waiting_accounts.push(account.account_id);
                         continue;
                     }
                     Ok(Some(credential)) => {
-                        accounts.push((account, Some(credential)));
+                        accounts.push(ClaimedAccount {
+                            settings: account,
+                            credential: Some(credential),
+                            sent_folder_credential,
+                        });
                         continue;
                     }
                     Ok(None) if account.oauth2 => JobOutcome::NotAttempted(ConnectionError::OAuth(
                         "the account is not connected: call email_accounts.oauth_device_login() or set_oauth_refresh_token()".to_owned(),
                     )),
-                    Ok(None) => JobOutcome::NotAttempted(ConnectionError::Auth("no password is set for the account".to_owned())),
+                    Ok(None) => JobOutcome::NotAttempted(ConnectionError::Auth(
+                        "no password is set for the account's SMTP side".to_owned(),
+                    )),
                     Err(error @ oauth::OAuthStoreError::ConsentNeeded { .. }) => {
                         JobOutcome::NotAttempted(ConnectionError::OAuth(error.to_string()))
                     }
@@ -136,18 +153,36 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
     let rounds = claim
         .accounts
         .into_iter()
-        .filter_map(|(account, credential)| {
+        .filter_map(|ClaimedAccount { settings: account, credential, sent_folder_credential }| {
             let rows = by_account.remove(&account.account_id)?;
             let tokens = rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
             Some(AccountRound {
                 account_id: account.account_id,
                 tokens,
                 renewal_lease: credential.as_ref().and_then(WorkerCredential::renewal_lease),
-                batch: batch(&account, credential, rows, &links, start_no_message_after),
+                batch: batch(&account, credential, sent_folder_credential, rows, &links, start_no_message_after),
             })
         })
         .collect();
     Ok(Some(Claimed { full, known, rounds }))
+}
+
+/// The incoming side's credential for the Sent folder copy, when the account
+/// keeps one. `None`: the copy signs in with the SMTP side's access token
+/// (both sides use OAuth2, one token per account). A password, or a stored
+/// token when only the incoming side uses OAuth2 (the receiver renews it).
+fn sent_folder_credential(account: &SendingSettings) -> Option<Result<WorkerCredential, String>> {
+    account.sent_folder.as_ref()?;
+    account.imap.as_ref()?;
+    if account.incoming_oauth2 && account.oauth2 && !account.no_smtp_authentication {
+        return None;
+    }
+    Some(match oauth::worker_credential(account.account_id, Side::Incoming, account.incoming_oauth2, None) {
+        Ok(Some(credential)) => Ok(credential),
+        Ok(None) if account.incoming_oauth2 => Err("the account is not connected (OAuth2)".to_owned()),
+        Ok(None) => Err("no password is set for the account's incoming side".to_owned()),
+        Err(error) => Err(error.to_string()),
+    })
 }
 
 /// Where personal links point, the key that makes them and when they expire.
@@ -169,6 +204,7 @@ fn nonce() -> [u8; 12] {
 fn batch(
     account: &SendingSettings,
     credential: Option<WorkerCredential>,
+    sent_folder_credential: Option<Result<WorkerCredential, String>>,
     rows: Vec<ClaimedRow>,
     links: &Links,
     start_no_message_after: Instant,
@@ -258,12 +294,24 @@ fn batch(
             jobs.push(Job { outbox_id: row.outbox_id, envelope_from, recipients: vec![recipient], message: copy });
         }
     }
-    let sent_folder = account.sent_folder.as_ref().map(|folder| match (&account.imap, &sign_in) {
-        (Some(imap), Some(_)) => {
-            Ok(SentFolder { endpoint: imap.endpoint(account.extra_ca_certificate.clone()), folder: folder.clone() })
-        }
-        (None, _) => Err(format!("cannot copy to {folder}: the account has no IMAP incoming server")),
-        (_, None) => Err(format!("cannot copy to {folder}: the account has no password")),
+    let sent_folder = account.sent_folder.as_ref().map(|folder| {
+        let Some(imap) = &account.imap else {
+            return Err(format!("cannot copy to {folder}: the account has no IMAP incoming server"));
+        };
+        let own_sign_in = match sent_folder_credential {
+            Some(Ok(credential)) => {
+                Some(credential.sign_in(account.incoming_login_id.clone(), account.allow_plaintext_authentication))
+            }
+            Some(Err(problem)) => return Err(format!("cannot copy to {folder}: {problem}")),
+            None if sign_in.is_none() => return Err(format!("cannot copy to {folder}: the account has no password")),
+            None => None,
+        };
+        Ok(SentFolder {
+            endpoint: imap.endpoint(account.extra_ca_certificate.clone()),
+            folder: folder.clone(),
+            user: account.incoming_login_id.clone(),
+            sign_in: own_sign_in,
+        })
     });
     AccountBatch { account_id: account.account_id, start_no_message_after, endpoint, sign_in, jobs, sent_folder }
 }
