@@ -409,7 +409,7 @@ BEGIN
          LIMIT 1;
         IF FOUND THEN
             PERFORM email_accounts.raise_setting_error(NEW.name, 'shared_with',
-                format('%s is not a role it can be shared with (an existing role other than the email_accounts group roles)',
+                format('shared_with names %s, which is not a role it can be shared with (an existing role other than the email_accounts group roles)',
                        quote_ident(problem)));
         END IF;
     END IF;

@@ -9,7 +9,7 @@
 
 mod harness;
 
-use harness::{wait_until, Behaviour, MailServers, Postgres, SmtpResponder};
+use harness::{failure, wait_until, Behaviour, MailServers, Postgres, SmtpResponder};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -83,17 +83,6 @@ impl Deployment {
                 .get(0);
             (status == wanted).then_some(())
         });
-    }
-}
-
-/// SQLSTATE and message of a statement that must fail (empty when it succeeded).
-fn failure(client: &mut postgres::Client, statement: &str) -> (String, String) {
-    match client.batch_execute(statement) {
-        Ok(()) => (String::new(), String::new()),
-        Err(error) => {
-            let database = error.as_db_error().unwrap_or_else(|| panic!("{statement}: {error}"));
-            (database.code().code().to_owned(), database.message().to_owned())
-        }
     }
 }
 

@@ -24,6 +24,17 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// SQLSTATE and message of a statement that must fail (empty when it succeeded).
+pub fn failure(client: &mut ::postgres::Client, statement: &str) -> (String, String) {
+    match client.batch_execute(statement) {
+        Ok(()) => (String::new(), String::new()),
+        Err(error) => {
+            let database = error.as_db_error().unwrap_or_else(|| panic!("{statement}: {error}"));
+            (database.code().code().to_owned(), database.message().to_owned())
+        }
+    }
+}
+
 /// A port on 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> u16 {
     let [port] = free_ports();
