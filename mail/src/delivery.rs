@@ -33,8 +33,7 @@ pub struct SentFolder {
     /// The incoming side's login name.
     pub user: String,
     /// The incoming side's own sign-in; `None` signs in as `user` with the
-    /// SMTP sign-in's credential (one OAuth2 access token serves both sides,
-    /// and SMTP has just made sure it is valid).
+    /// SMTP sign-in (one OAuth2 access token serves both sides).
     pub sign_in: Option<SignIn>,
 }
 
@@ -241,25 +240,31 @@ fn append_sent_copies(
         Ok(sent_folder) => sent_folder,
         Err(problem) => return failed(problem),
     };
-    let mut borrowed = sign_in.filter(|_| sent_folder.sign_in.is_none()).map(|smtp| {
-        let mut borrowed = smtp.without_renewal();
-        borrowed.login.user = sent_folder.user.clone();
-        borrowed
-    });
-    let Some(sign_in) = sent_folder.sign_in.as_mut().or(borrowed.as_mut()) else {
+    let mut own = sent_folder.sign_in.take();
+    let Some(signing_in) = own.as_mut().or(sign_in) else {
         return failed(format!("cannot copy to {}: the account has no password", sent_folder.folder));
     };
-    let mut session = match sign_in.connect(|login| crate::imap_client::connect(&sent_folder.endpoint, login)) {
-        Ok((session, _)) => session,
-        Err(error) => return failed(format!("copy to {}: {error}", sent_folder.folder)),
-    };
-    let mut outcomes = Vec::new();
-    for (outbox_id, bytes) in &copies {
-        if let Err(error) = session.append(&sent_folder.folder, bytes).flag(imap::types::Flag::Seen).finish() {
-            outcomes.push((*outbox_id, JobOutcome::SentCopyFailed(format!("copy to {}: {error}", sent_folder.folder))));
+    // A borrowed SMTP sign-in signs in as the incoming side's user for the
+    // copy (renewing the shared token if the server refuses it), then is
+    // given back as it was.
+    let smtp_user = std::mem::replace(&mut signing_in.login.user, sent_folder.user.clone());
+    let outcomes = match signing_in.connect(|login| crate::imap_client::connect(&sent_folder.endpoint, login)) {
+        Ok((mut session, _)) => {
+            let mut outcomes = Vec::new();
+            for (outbox_id, bytes) in &copies {
+                if let Err(error) = session.append(&sent_folder.folder, bytes).flag(imap::types::Flag::Seen).finish() {
+                    outcomes.push((
+                        *outbox_id,
+                        JobOutcome::SentCopyFailed(format!("copy to {}: {error}", sent_folder.folder)),
+                    ));
+                }
+            }
+            let _ = session.logout();
+            outcomes
         }
-    }
-    let _ = session.logout();
+        Err(error) => failed(format!("copy to {}: {error}", sent_folder.folder)),
+    };
+    signing_in.login.user = smtp_user;
     outcomes
 }
 
