@@ -406,10 +406,11 @@ BEGIN
     IF TG_OP = 'INSERT' OR NEW.shared_with IS DISTINCT FROM OLD.shared_with THEN
         SELECT reader INTO problem FROM unnest(NEW.shared_with) AS reader
          WHERE to_regrole(quote_ident(reader)) IS NULL OR reader IN ('email_accounts_admin', 'email_accounts_sender')
+            OR reader LIKE 'pg\_%'
          LIMIT 1;
         IF FOUND THEN
             PERFORM email_accounts.raise_setting_error(NEW.name, 'shared_with',
-                format('shared_with names %s, which is not a role it can be shared with (an existing role other than the email_accounts group roles)',
+                format('shared_with names %s, which is not a role it can be shared with (an existing role other than the email_accounts group roles and the predefined pg_ roles)',
                        quote_ident(problem)));
         END IF;
     END IF;
@@ -467,6 +468,26 @@ RETURN (
 COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
   'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the logins (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
 
+-- Whether a password that a side of the account signs in with was stored
+-- for other servers than those now in effect. A side that signs in with no
+-- password (not enabled, no SMTP authentication, OAuth2) does not count: its
+-- stale row must not keep the account awaiting a password it never uses.
+CREATE FUNCTION email_accounts.password_bound_elsewhere(checked_account_id bigint) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN EXISTS (
+    SELECT FROM email_accounts.account_secret AS secret
+      JOIN email_accounts.account_settings AS settings ON settings.account_id = secret.account_id
+     WHERE secret.account_id = checked_account_id
+       AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id)
+       AND CASE secret.side
+               WHEN 'incoming' THEN (settings.enable_incoming OR (settings.enable_outgoing AND settings.append_to_sent_folder))
+                                    AND settings.auth_method = 'password'
+               ELSE settings.enable_outgoing AND NOT settings.no_smtp_authentication AND settings.smtp_auth_method = 'password'
+           END);
+
+COMMENT ON FUNCTION email_accounts.password_bound_elsewhere(bigint) IS
+  'True when a stored password of a side that signs in with one (incoming: IMAP/POP3 or the Sent folder copy; smtp) was set for other servers than the account''s current ones (server_binding()).';
+
 -- An account whose servers changed since its password was stored awaits a
 -- new one, and one connected by OAuth2 needs consent again: whoever may
 -- redirect an account must not receive its password or tokens.
@@ -475,9 +496,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     UPDATE email_accounts.account SET awaiting_password = true
      WHERE account.account_id = checked_account_id AND NOT account.awaiting_password
-       AND EXISTS (SELECT FROM email_accounts.account_secret AS secret
-                    WHERE secret.account_id = checked_account_id
-                      AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id));
+       AND email_accounts.password_bound_elsewhere(checked_account_id);
     UPDATE email_accounts.account_oauth
        SET state = 'consent needed', refreshing_until = NULL, refresh_lease = NULL, updated_at = now(),
            problem = 'the account''s servers, login or OAuth2 client changed since it was connected; connect it again'
@@ -499,6 +518,25 @@ $$;
 
 COMMENT ON FUNCTION email_accounts.account_servers_changed() IS
   'Trigger: an account whose servers changed since its password was set awaits its password again (unless set_password follows in the same transaction).';
+
+-- The outbox rows of a deleted account lose it (ON DELETE SET NULL), and with
+-- it their visibility: those of a mailbox private to some would become the
+-- whole tenant's. Such an account goes once its outbox rows are gone.
+CREATE FUNCTION email_accounts.account_keeps_private_mail_private() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF OLD.visibility <> 'tenant' AND EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.account_id = OLD.account_id) THEN
+        RAISE EXCEPTION 'account %: its outbox rows would become visible to the whole tenant once it is deleted', quote_literal(OLD.name)
+            USING ERRCODE = 'dependent_objects_still_exist', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'visibility',
+                  HINT = 'Delete the account''s outbox rows first, or set its visibility to tenant.';
+    END IF;
+    RETURN OLD;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.account_keeps_private_mail_private() IS
+  'Trigger: refuses to delete an account whose visibility is private or shared while outbox rows refer to it (SQLSTATE 2BP01): they would lose their account and become the whole tenant''s.';
 
 -- Outbox rows and messages carry the account's tenant: moving the account
 -- to another tenant would make them point across tenants.
@@ -569,6 +607,8 @@ CREATE TRIGGER touch BEFORE UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_touched();
 CREATE TRIGGER keep_tenant BEFORE UPDATE OF tenant ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_keeps_its_tenant();
+CREATE TRIGGER keep_private_mail_private BEFORE DELETE ON email_accounts.account
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.account_keeps_private_mail_private();
 -- (Not on INSERT: a new account has no password yet.)
 CREATE TRIGGER require_password_for_new_servers AFTER UPDATE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_servers_changed();

@@ -475,6 +475,27 @@ RETURN (
 COMMENT ON FUNCTION email_accounts.oauth_binding(bigint) IS
   'SHA-256 (hex) of what an account''s OAuth2 tokens are bound to: server_binding() plus the token endpoint, the OAuth2 client and the logins (an app-only token opens whichever mailbox is named). When it changes the account needs consent again.';
 
+-- Issue 19: stale rows of sides that sign in with no password do not count (sql/account_settings.sql).
+-- Whether a password that a side of the account signs in with was stored
+-- for other servers than those now in effect. A side that signs in with no
+-- password (not enabled, no SMTP authentication, OAuth2) does not count: its
+-- stale row must not keep the account awaiting a password it never uses.
+CREATE FUNCTION email_accounts.password_bound_elsewhere(checked_account_id bigint) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN EXISTS (
+    SELECT FROM email_accounts.account_secret AS secret
+      JOIN email_accounts.account_settings AS settings ON settings.account_id = secret.account_id
+     WHERE secret.account_id = checked_account_id
+       AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id)
+       AND CASE secret.side
+               WHEN 'incoming' THEN (settings.enable_incoming OR (settings.enable_outgoing AND settings.append_to_sent_folder))
+                                    AND settings.auth_method = 'password'
+               ELSE settings.enable_outgoing AND NOT settings.no_smtp_authentication AND settings.smtp_auth_method = 'password'
+           END);
+
+COMMENT ON FUNCTION email_accounts.password_bound_elsewhere(bigint) IS
+  'True when a stored password of a side that signs in with one (incoming: IMAP/POP3 or the Sent folder copy; smtp) was set for other servers than the account''s current ones (server_binding()).';
+
 -- An account whose servers changed since its password was stored awaits a
 -- new one, and one connected by OAuth2 needs consent again: whoever may
 -- redirect an account must not receive its password or tokens.
@@ -483,9 +504,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     UPDATE email_accounts.account SET awaiting_password = true
      WHERE account.account_id = checked_account_id AND NOT account.awaiting_password
-       AND EXISTS (SELECT FROM email_accounts.account_secret AS secret
-                    WHERE secret.account_id = checked_account_id
-                      AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding(checked_account_id));
+       AND email_accounts.password_bound_elsewhere(checked_account_id);
     UPDATE email_accounts.account_oauth
        SET state = 'consent needed', refreshing_until = NULL, refresh_lease = NULL, updated_at = now(),
            problem = 'the account''s servers, login or OAuth2 client changed since it was connected; connect it again'
@@ -1063,10 +1082,11 @@ BEGIN
     IF TG_OP = 'INSERT' OR NEW.shared_with IS DISTINCT FROM OLD.shared_with THEN
         SELECT reader INTO problem FROM unnest(NEW.shared_with) AS reader
          WHERE to_regrole(quote_ident(reader)) IS NULL OR reader IN ('email_accounts_admin', 'email_accounts_sender')
+            OR reader LIKE 'pg\_%'
          LIMIT 1;
         IF FOUND THEN
             PERFORM email_accounts.raise_setting_error(NEW.name, 'shared_with',
-                format('shared_with names %s, which is not a role it can be shared with (an existing role other than the email_accounts group roles)',
+                format('shared_with names %s, which is not a role it can be shared with (an existing role other than the email_accounts group roles and the predefined pg_ roles)',
                        quote_ident(problem)));
         END IF;
     END IF;
@@ -1737,3 +1757,104 @@ AS 'MODULE_PATHNAME', 'set_password_of_side_wrapper';
 
 COMMENT ON FUNCTION email_accounts.set_password(text, text, text, text) IS
   'Stores the password of an account (by name; in tenant, when names are ambiguous) for side both (the default), incoming (IMAP/POP3 and the Sent folder copy) or smtp, encrypted with AES-256-GCM under the current key of the key file email_accounts.keys and bound to the account''s current servers; ends awaiting_password. The other side''s password is left as it is. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members bound to the account''s tenant, judged for the current role (also inside security-restricted code). Pass the password as a bind parameter so it never appears in query text.';
+
+-- Issue 19: deleting a private or shared account would give its outbox rows to the whole tenant (sql/account_settings.sql).
+-- The outbox rows of a deleted account lose it (ON DELETE SET NULL), and with
+-- it their visibility: those of a mailbox private to some would become the
+-- whole tenant's. Such an account goes once its outbox rows are gone.
+CREATE FUNCTION email_accounts.account_keeps_private_mail_private() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF OLD.visibility <> 'tenant' AND EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.account_id = OLD.account_id) THEN
+        RAISE EXCEPTION 'account %: its outbox rows would become visible to the whole tenant once it is deleted', quote_literal(OLD.name)
+            USING ERRCODE = 'dependent_objects_still_exist', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'visibility',
+                  HINT = 'Delete the account''s outbox rows first, or set its visibility to tenant.';
+    END IF;
+    RETURN OLD;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.account_keeps_private_mail_private() IS
+  'Trigger: refuses to delete an account whose visibility is private or shared while outbox rows refer to it (SQLSTATE 2BP01): they would lose their account and become the whole tenant''s.';
+
+CREATE TRIGGER keep_private_mail_private BEFORE DELETE ON email_accounts.account
+    FOR EACH ROW EXECUTE FUNCTION email_accounts.account_keeps_private_mail_private();
+
+-- Issue 19: replies link only to mail their readers may see (sql/inbox_routing.sql).
+-- A reply in one mailbox may point at mail of another (reply_to_outbox_id,
+-- reply_to_message_id, and the reference it copies) only when whoever sees
+-- the reply sees that mail too: the same account, an account the whole
+-- tenant sees, or a private mailbox's own owner role receiving it privately.
+CREATE FUNCTION email_accounts.mail_may_be_linked(original_account_id bigint, reply_account_id bigint) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN original_account_id IS NULL
+    OR original_account_id = reply_account_id
+    OR EXISTS (SELECT FROM email_accounts.account AS original
+                WHERE original.account_id = original_account_id
+                  AND (original.visibility = 'tenant'
+                       OR EXISTS (SELECT FROM email_accounts.account AS reply
+                                   WHERE reply.account_id = reply_account_id AND reply.visibility = 'private'
+                                     AND reply.owner_role = original.owner_role)));
+
+COMMENT ON FUNCTION email_accounts.mail_may_be_linked(bigint, bigint) IS
+  'Whether a message received by one account may be linked to mail of another: no account, the same one, one of visibility tenant, or a private reply mailbox of the same owner_role (whoever sees the reply sees the original).';
+
+REVOKE EXECUTE ON FUNCTION email_accounts.mail_may_be_linked(bigint, bigint) FROM PUBLIC;
+
+-- Links a message to the mail it answers, found in one look-up: In-Reply-To
+-- first, then the References from the newest; for each id an outbox mail
+-- before an earlier incoming message. Only within the message's tenant, and
+-- only to mail that everyone who sees this message may see too (see
+-- mail_may_be_linked()). Returns whether it linked.
+CREATE OR REPLACE FUNCTION email_accounts.link_reply(linked_message_id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    incoming email_accounts.message;
+    answered record;
+BEGIN
+    SELECT * INTO incoming FROM email_accounts.message WHERE message_id = linked_message_id;
+    SELECT found.* INTO answered
+      FROM (SELECT incoming.in_reply_to AS id, 0 AS rank
+            UNION ALL
+            SELECT reference, position FROM unnest(incoming."references") WITH ORDINALITY AS refs(reference, position)
+           ) AS ids
+     CROSS JOIN LATERAL (
+            SELECT 0 AS source, outbox.outbox_id, NULL::bigint AS message_id, outbox.reference_table, outbox.reference_id
+              FROM email_accounts.outbox
+             WHERE outbox.message_id = ids.id AND outbox.tenant IS NOT DISTINCT FROM incoming.tenant
+               AND email_accounts.mail_may_be_linked(outbox.account_id, incoming.account_id)
+            UNION ALL
+            (SELECT 1, NULL, earlier.message_id, earlier.reference_table, earlier.reference_id
+               FROM email_accounts.message AS earlier
+              WHERE earlier.internet_message_id = ids.id AND earlier.message_id <> linked_message_id
+                AND earlier.tenant IS NOT DISTINCT FROM incoming.tenant
+                AND email_accounts.mail_may_be_linked(earlier.account_id, incoming.account_id)
+              ORDER BY earlier.message_id
+              LIMIT 1)
+           ) AS found
+     WHERE ids.id IS NOT NULL
+     ORDER BY ids.rank = 0 DESC, ids.rank DESC, found.source
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE email_accounts.message
+       SET reply_to_outbox_id = answered.outbox_id,
+           reply_to_message_id = answered.message_id,
+           reference_table = coalesce(answered.reference_table, message.reference_table),
+           reference_id = CASE WHEN answered.reference_table IS NOT NULL THEN answered.reference_id ELSE message.reference_id END
+     WHERE message_id = linked_message_id;
+    RETURN true;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.link_reply(bigint) IS
+  'Links an incoming message to the mail it answers (In-Reply-To, else References newest first; outbox mail before earlier incoming messages; same tenant only, and not to mail of a mailbox private to others than those who see this one) and copies that mail''s reference_table/reference_id. Returns whether a link was found.';
+
+-- Issue 19 (sql/security.sql).
+-- A suppression that mail of a mailbox private to others caused does not
+-- show whom that mailbox wrote to (the sender still honours it).
+CREATE POLICY rows_of_visible_mail ON email_accounts.suppression AS RESTRICTIVE FOR SELECT
+    USING (outbox_id IS NULL OR EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = suppression.outbox_id));

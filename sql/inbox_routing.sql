@@ -52,10 +52,31 @@ RETURN (
 
 COMMENT ON FUNCTION email_accounts.primary_key_column(regclass) IS 'The column of a table''s single-column primary key, or NULL when it has none (or a composite one).';
 
+-- A reply in one mailbox may point at mail of another (reply_to_outbox_id,
+-- reply_to_message_id, and the reference it copies) only when whoever sees
+-- the reply sees that mail too: the same account, an account the whole
+-- tenant sees, or a private mailbox's own owner role receiving it privately.
+CREATE FUNCTION email_accounts.mail_may_be_linked(original_account_id bigint, reply_account_id bigint) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN original_account_id IS NULL
+    OR original_account_id = reply_account_id
+    OR EXISTS (SELECT FROM email_accounts.account AS original
+                WHERE original.account_id = original_account_id
+                  AND (original.visibility = 'tenant'
+                       OR EXISTS (SELECT FROM email_accounts.account AS reply
+                                   WHERE reply.account_id = reply_account_id AND reply.visibility = 'private'
+                                     AND reply.owner_role = original.owner_role)));
+
+COMMENT ON FUNCTION email_accounts.mail_may_be_linked(bigint, bigint) IS
+  'Whether a message received by one account may be linked to mail of another: no account, the same one, one of visibility tenant, or a private reply mailbox of the same owner_role (whoever sees the reply sees the original).';
+
+REVOKE EXECUTE ON FUNCTION email_accounts.mail_may_be_linked(bigint, bigint) FROM PUBLIC;
+
 -- Links a message to the mail it answers, found in one look-up: In-Reply-To
 -- first, then the References from the newest; for each id an outbox mail
--- before an earlier incoming message. Only within the message's tenant.
--- Returns whether it linked.
+-- before an earlier incoming message. Only within the message's tenant, and
+-- only to mail that everyone who sees this message may see too (see
+-- mail_may_be_linked()). Returns whether it linked.
 CREATE FUNCTION email_accounts.link_reply(linked_message_id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -73,11 +94,13 @@ BEGIN
             SELECT 0 AS source, outbox.outbox_id, NULL::bigint AS message_id, outbox.reference_table, outbox.reference_id
               FROM email_accounts.outbox
              WHERE outbox.message_id = ids.id AND outbox.tenant IS NOT DISTINCT FROM incoming.tenant
+               AND email_accounts.mail_may_be_linked(outbox.account_id, incoming.account_id)
             UNION ALL
             (SELECT 1, NULL, earlier.message_id, earlier.reference_table, earlier.reference_id
                FROM email_accounts.message AS earlier
               WHERE earlier.internet_message_id = ids.id AND earlier.message_id <> linked_message_id
                 AND earlier.tenant IS NOT DISTINCT FROM incoming.tenant
+                AND email_accounts.mail_may_be_linked(earlier.account_id, incoming.account_id)
               ORDER BY earlier.message_id
               LIMIT 1)
            ) AS found
@@ -98,7 +121,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.link_reply(bigint) IS
-  'Links an incoming message to the mail it answers (In-Reply-To, else References newest first; outbox mail before earlier incoming messages; same tenant only) and copies that mail''s reference_table/reference_id. Returns whether a link was found.';
+  'Links an incoming message to the mail it answers (In-Reply-To, else References newest first; outbox mail before earlier incoming messages; same tenant only, and not to mail of a mailbox private to others than those who see this one) and copies that mail''s reference_table/reference_id. Returns whether a link was found.';
 
 -- The INSERT that appends a message to its account's append_to_table; run
 -- by the worker as the account's owner role with $1 = append_to_values().

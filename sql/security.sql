@@ -87,6 +87,10 @@ ALTER TABLE email_accounts.suppression ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_rows ON email_accounts.suppression
     USING (email_accounts.tenant_is_visible(tenant))
     WITH CHECK (email_accounts.tenant_is_visible(tenant));
+-- A suppression that mail of a mailbox private to others caused does not
+-- show whom that mailbox wrote to (the sender still honours it).
+CREATE POLICY rows_of_visible_mail ON email_accounts.suppression AS RESTRICTIVE FOR SELECT
+    USING (outbox_id IS NULL OR EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = suppression.outbox_id));
 
 -- Functions that read secrets check the caller themselves (superuser, the
 -- account's owner role, or an admin who may see the account's tenant).

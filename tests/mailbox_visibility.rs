@@ -234,6 +234,54 @@ fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
     let cancelled: bool =
         tenant_admin.query_one(&format!("SELECT email_accounts.cancel({alice_outbox})"), &[]).unwrap().get(0);
     assert!(cancelled);
+    // A reply links to mail its readers may see: one in carol's mailbox
+    // (the tenant's) to alice's sent mail stays unlinked; one in alice's own is linked.
+    let alice_sent: String = admin
+        .query_one(
+            "SELECT message_id FROM email_accounts.outbox WHERE account = 'alice' ORDER BY outbox_id LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for (mailbox, subject) in [("carol", "reply-in-carol"), ("alice", "reply-in-alice")] {
+        let raw = format!(
+            "From: x@elsewhere.test\r\nTo: {mailbox}@example.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@elsewhere.test>\r\n\
+             In-Reply-To: {alice_sent}\r\n\r\nanswer\r\n"
+        );
+        servers.append(&format!("{mailbox}@example.test"), "INBOX", &[(raw.into_bytes(), false)]);
+        admin.query("SELECT * FROM email_accounts.sync_now($1)", &[&mailbox]).unwrap();
+    }
+    let links: Vec<(String, bool)> = admin
+        .query(
+            "SELECT subject, reply_to_outbox_id IS NOT NULL FROM email_accounts.message WHERE subject LIKE 'reply-in-%' ORDER BY subject",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(links, [("reply-in-alice".to_owned(), true), ("reply-in-carol".to_owned(), false)]);
+
+    // A suppression that alice's mail caused does not tell the tenant whom alice wrote to.
+    admin
+        .batch_execute(
+            "INSERT INTO email_accounts.suppression (tenant, address, outbox_id)
+             SELECT 'acme', to_addresses[1], outbox_id FROM email_accounts.outbox WHERE account IN ('alice', 'carol') AND status = 'sent'",
+        )
+        .unwrap();
+    let suppressed = |client: &mut postgres::Client| -> String {
+        client
+            .query_one("SELECT string_agg(address, ',' ORDER BY address) FROM email_accounts.suppression", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(suppressed(&mut intern), "carol@elsewhere.test");
+    assert_eq!(suppressed(&mut owner), "alice@elsewhere.test,carol@elsewhere.test");
+
+    // Deleting a private mailbox would hand its outbox rows to the whole tenant: refused while they exist.
+    let (code, message) = failure(&mut admin, "DELETE FROM email_accounts.account WHERE name = 'alice'");
+    assert_eq!(code, "2BP01", "{message}");
+
     // Only admins change who sees a mailbox, and the change holds at once.
     for client in [&mut owner, &mut colleague] {
         let (code, message) =

@@ -534,7 +534,7 @@ fn nobody_borrows_the_workers_superuser() {
     dbowner.batch_execute(SHADOWS).unwrap();
     drop(dbowner);
     let globex_secret: Vec<u8> =
-        deployment.value("SELECT ciphertext FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
+        deployment.value("SELECT string_agg(ciphertext, '' ORDER BY side) FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
     deployment
         .admin
         .batch_execute(
@@ -622,7 +622,7 @@ fn nobody_borrows_the_workers_superuser() {
     assert!(text.contains("mark sent: status: a row that is"), "{text}");
     assert!(!text.contains("re-pointed") && !text.contains("marked acme mail sent"), "{text}");
     let unchanged: Vec<u8> =
-        deployment.value("SELECT ciphertext FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
+        deployment.value("SELECT string_agg(ciphertext, '' ORDER BY side) FROM email_accounts.account_secret JOIN email_accounts.account USING (account_id) WHERE name = 'Globex'");
     assert_eq!(unchanged, globex_secret, "Globex's password was not touched");
     let errors: i64 = deployment.value("SELECT count(*) FROM email_accounts.message WHERE routing_error IS NOT NULL");
     assert_eq!(errors, 0);

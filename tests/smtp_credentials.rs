@@ -155,6 +155,24 @@ fn each_side_signs_in_with_its_own_login_and_password() {
     let unchanged = send(&mut client, "incoming password changed");
     assert_eq!(settled(&mut client, unchanged).0, "sent");
 
+    // A side that signs in with no password does not keep the account
+    // awaiting one: sending off, the servers change, the incoming side's new
+    // password is all it needs (the SMTP side's row stays bound to the old ones).
+    client
+        .batch_execute(
+            "UPDATE email_accounts.account SET enable_outgoing = false, smtp_host = '127.0.0.1' WHERE name = 'Erin'",
+        )
+        .unwrap();
+    let awaiting: bool = client
+        .query_one("SELECT awaiting_password FROM email_accounts.account WHERE name = 'Erin'", &[])
+        .unwrap()
+        .get(0);
+    assert!(awaiting, "the servers changed: the passwords are not sent to them");
+    client.execute("SELECT email_accounts.set_password('Erin', 'erin-password', side => 'incoming')", &[]).unwrap();
+    assert_eq!(readiness(&mut client), (true, true, true, false));
+    servers.append("erin@example.test", "INBOX", &[incoming("third")]);
+    assert_eq!(messages_of_erin(&mut client), 3);
+
     let (code, message) = failure(&mut client, "SELECT email_accounts.set_password('Erin', 'x', side => 'imap')");
     assert_eq!(code, "22023", "{message}");
     assert!(message.contains("side"), "{message}");

@@ -79,7 +79,7 @@ pub fn open(associated: &[u8], sealed: &Sealed, what: &'static str) -> Result<St
 /// Encrypts and stores `password` for the given sides of the account, bound
 /// to the account's servers as they are now (server_binding()), and records
 /// when each side's password was set. awaiting_password ends unless a side
-/// not written now still holds a password bound to other servers.
+/// not written now still signs in with a password bound to other servers.
 pub fn store_password(account_id: i64, sides: &[Side], password: &str) -> Result<(), SecretStoreError> {
     lock_key_ring()?;
     let ring = {
@@ -108,9 +108,7 @@ pub fn store_password(account_id: i64, sides: &[Side], password: &str) -> Result
         "UPDATE email_accounts.account
             SET password_set_at = CASE WHEN 'incoming' = ANY ($2) THEN now() ELSE password_set_at END,
                 smtp_password_set_at = CASE WHEN 'smtp' = ANY ($2) THEN now() ELSE smtp_password_set_at END,
-                awaiting_password = EXISTS (SELECT FROM email_accounts.account_secret AS secret
-                                             WHERE secret.account_id = $1
-                                               AND secret.bound_servers IS DISTINCT FROM email_accounts.server_binding($1))
+                awaiting_password = email_accounts.password_bound_elsewhere($1)
           WHERE account_id = $1",
         &[account_id.into(), sides.iter().map(|side| side.as_str()).collect::<Vec<_>>().into()],
     )?;
