@@ -86,7 +86,8 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
         .batch_execute(concat!(
             include_str!("backup/fill.sql"),
             include_str!("backup/fill_oauth.sql"),
-            include_str!("backup/fill_templates.sql")
+            include_str!("backup/fill_templates.sql"),
+            include_str!("backup/fill_mailboxes.sql")
         ))
         .unwrap();
     // (What its workers would do when they first run there.)
@@ -143,7 +144,19 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
             .query_one("SELECT count(*) FROM email_accounts.account_settings WHERE ready_to_send", &[])
             .unwrap()
             .get(0);
-        assert_eq!(ready, 5, "{database}");
+        assert_eq!(ready, 7, "{database}");
+        // Private and shared mailboxes stay so, and hide their mail from the tenant's other roles.
+        restored.batch_execute("GRANT email_accounts_sender TO backup_app; SET ROLE backup_app").unwrap();
+        let hidden: Vec<i64> = restored.query_one("SELECT email_accounts.hidden_mailboxes()", &[]).unwrap().get(0);
+        restored.batch_execute("RESET ROLE").unwrap();
+        let expected: Vec<i64> = restored
+            .query_one(
+                "SELECT array_agg(account_id ORDER BY account_id) FROM email_accounts.account WHERE name IN ('Private', 'Sales')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(hidden, expected, "{database}");
         let state: String = restored
             .query_one("SELECT oauth_state FROM email_accounts.account_settings WHERE name = 'Tokens'", &[])
             .unwrap()

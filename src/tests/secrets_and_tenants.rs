@@ -74,7 +74,8 @@ mod tests {
                 .map(|row| row.get::<String>(1).unwrap().unwrap())
                 .collect()
         });
-        assert_eq!(ciphertexts.len(), 3);
+        // Three passwords, one row per side each.
+        assert_eq!(ciphertexts.len(), 6);
         for role in
             ["email_accounts_admin", "email_accounts_sender", "test_admin_a", "test_sender_a", "test_global_admin"]
         {
