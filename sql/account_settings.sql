@@ -521,22 +521,20 @@ COMMENT ON FUNCTION email_accounts.account_servers_changed() IS
 
 -- The outbox rows of a deleted account lose it (ON DELETE SET NULL), and with
 -- it their visibility: those of a mailbox private to some would become the
--- whole tenant's. Such an account goes once its outbox rows are gone.
+-- whole tenant's. So they go with the account, as its messages do.
 CREATE FUNCTION email_accounts.account_keeps_private_mail_private() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF OLD.visibility <> 'tenant' AND EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.account_id = OLD.account_id) THEN
-        RAISE EXCEPTION 'account %: its outbox rows would become visible to the whole tenant once it is deleted', quote_literal(OLD.name)
-            USING ERRCODE = 'dependent_objects_still_exist', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'visibility',
-                  HINT = 'Delete the account''s outbox rows first, or set its visibility to tenant.';
+    IF OLD.visibility <> 'tenant' THEN
+        DELETE FROM email_accounts.outbox WHERE outbox.account_id = OLD.account_id;
     END IF;
     RETURN OLD;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.account_keeps_private_mail_private() IS
-  'Trigger: refuses to delete an account whose visibility is private or shared while outbox rows refer to it (SQLSTATE 2BP01): they would lose their account and become the whole tenant''s.';
+  'Trigger: deleting an account whose visibility is private or shared deletes its outbox rows too (as its messages are): without their account they would become the whole tenant''s.';
 
 -- Outbox rows and messages carry the account's tenant: moving the account
 -- to another tenant would make them point across tenants.

@@ -1656,7 +1656,7 @@ SELECT email_accounts.adopt_database();
 CREATE FUNCTION email_accounts.hidden_mailboxes() RETURNS bigint[]
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN (
-    SELECT coalesce(pg_catalog.array_agg(account.account_id), '{}')
+    SELECT coalesce(pg_catalog.array_agg(account.account_id ORDER BY account.account_id), '{}')
       FROM email_accounts.account
      WHERE account.visibility OPERATOR(pg_catalog.<>) 'tenant'
        AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole('email_accounts_admin'), 'MEMBER'), false)
@@ -1758,25 +1758,23 @@ AS 'MODULE_PATHNAME', 'set_password_of_side_wrapper';
 COMMENT ON FUNCTION email_accounts.set_password(text, text, text, text) IS
   'Stores the password of an account (by name; in tenant, when names are ambiguous) for side both (the default), incoming (IMAP/POP3 and the Sent folder copy) or smtp, encrypted with AES-256-GCM under the current key of the key file email_accounts.keys and bound to the account''s current servers; ends awaiting_password. The other side''s password is left as it is. Callable by superusers, members of the account''s owner_role, and email_accounts_admin members bound to the account''s tenant, judged for the current role (also inside security-restricted code). Pass the password as a bind parameter so it never appears in query text.';
 
--- Issue 19: deleting a private or shared account would give its outbox rows to the whole tenant (sql/account_settings.sql).
+-- Issue 19: a private or shared account's outbox rows go with it (sql/account_settings.sql).
 -- The outbox rows of a deleted account lose it (ON DELETE SET NULL), and with
 -- it their visibility: those of a mailbox private to some would become the
--- whole tenant's. Such an account goes once its outbox rows are gone.
+-- whole tenant's. So they go with the account, as its messages do.
 CREATE FUNCTION email_accounts.account_keeps_private_mail_private() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF OLD.visibility <> 'tenant' AND EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.account_id = OLD.account_id) THEN
-        RAISE EXCEPTION 'account %: its outbox rows would become visible to the whole tenant once it is deleted', quote_literal(OLD.name)
-            USING ERRCODE = 'dependent_objects_still_exist', SCHEMA = 'email_accounts', TABLE = 'account', COLUMN = 'visibility',
-                  HINT = 'Delete the account''s outbox rows first, or set its visibility to tenant.';
+    IF OLD.visibility <> 'tenant' THEN
+        DELETE FROM email_accounts.outbox WHERE outbox.account_id = OLD.account_id;
     END IF;
     RETURN OLD;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.account_keeps_private_mail_private() IS
-  'Trigger: refuses to delete an account whose visibility is private or shared while outbox rows refer to it (SQLSTATE 2BP01): they would lose their account and become the whole tenant''s.';
+  'Trigger: deleting an account whose visibility is private or shared deletes its outbox rows too (as its messages are): without their account they would become the whole tenant''s.';
 
 CREATE TRIGGER keep_private_mail_private BEFORE DELETE ON email_accounts.account
     FOR EACH ROW EXECUTE FUNCTION email_accounts.account_keeps_private_mail_private();
@@ -1858,3 +1856,4 @@ COMMENT ON FUNCTION email_accounts.link_reply(bigint) IS
 -- show whom that mailbox wrote to (the sender still honours it).
 CREATE POLICY rows_of_visible_mail ON email_accounts.suppression AS RESTRICTIVE FOR SELECT
     USING (outbox_id IS NULL OR EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = suppression.outbox_id));
+REVOKE EXECUTE ON FUNCTION email_accounts.password_bound_elsewhere(bigint) FROM PUBLIC;

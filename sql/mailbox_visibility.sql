@@ -9,7 +9,7 @@
 CREATE FUNCTION email_accounts.hidden_mailboxes() RETURNS bigint[]
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN (
-    SELECT coalesce(pg_catalog.array_agg(account.account_id), '{}')
+    SELECT coalesce(pg_catalog.array_agg(account.account_id ORDER BY account.account_id), '{}')
       FROM email_accounts.account
      WHERE account.visibility OPERATOR(pg_catalog.<>) 'tenant'
        AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole('email_accounts_admin'), 'MEMBER'), false)

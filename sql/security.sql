@@ -100,6 +100,7 @@ REVOKE EXECUTE ON FUNCTION email_accounts.rotate_encryption_key() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint), email_accounts.check_routing(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint), email_accounts.check_routing(bigint) TO email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.require_password_if_servers_changed(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION email_accounts.password_bound_elsewhere(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.inherited_settings_changed() FROM PUBLIC;
 
 -- The inbox: senders and admins read their tenant's messages and sync state

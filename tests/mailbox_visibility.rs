@@ -234,33 +234,49 @@ fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
     let cancelled: bool =
         tenant_admin.query_one(&format!("SELECT email_accounts.cancel({alice_outbox})"), &[]).unwrap().get(0);
     assert!(cancelled);
-    // A reply links to mail its readers may see: one in carol's mailbox
-    // (the tenant's) to alice's sent mail stays unlinked; one in alice's own is linked.
-    let alice_sent: String = admin
-        .query_one(
-            "SELECT message_id FROM email_accounts.outbox WHERE account = 'alice' ORDER BY outbox_id LIMIT 1",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    for (mailbox, subject) in [("carol", "reply-in-carol"), ("alice", "reply-in-alice")] {
+    // A reply links to mail its readers may see: one in carol's mailbox (the
+    // tenant's) to alice's sent mail stays unlinked, one in alice's own is
+    // linked; one in alice's (private to acme_owner) to bob's (acme_owner's,
+    // shared) is linked, one in bob's to alice's is not (acme_sales sees bob).
+    let mut sent_by = |account: &str| -> String {
+        admin
+            .query_one(
+                "SELECT message_id FROM email_accounts.outbox WHERE account = $1 ORDER BY outbox_id LIMIT 1",
+                &[&account],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let (alice_sent, bob_sent) = (sent_by("alice"), sent_by("bob"));
+    for (mailbox, subject, answered) in [
+        ("carol", "reply-1-in-carol-to-alice", &alice_sent),
+        ("alice", "reply-2-in-alice-to-alice", &alice_sent),
+        ("alice", "reply-3-in-alice-to-bob", &bob_sent),
+        ("bob", "reply-4-in-bob-to-alice", &alice_sent),
+    ] {
         let raw = format!(
             "From: x@elsewhere.test\r\nTo: {mailbox}@example.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@elsewhere.test>\r\n\
-             In-Reply-To: {alice_sent}\r\n\r\nanswer\r\n"
+             In-Reply-To: {answered}\r\n\r\nanswer\r\n"
         );
         servers.append(&format!("{mailbox}@example.test"), "INBOX", &[(raw.into_bytes(), false)]);
         admin.query("SELECT * FROM email_accounts.sync_now($1)", &[&mailbox]).unwrap();
     }
     let links: Vec<(String, bool)> = admin
         .query(
-            "SELECT subject, reply_to_outbox_id IS NOT NULL FROM email_accounts.message WHERE subject LIKE 'reply-in-%' ORDER BY subject",
+            "SELECT subject, reply_to_outbox_id IS NOT NULL FROM email_accounts.message WHERE subject LIKE 'reply-%' ORDER BY subject",
             &[],
         )
         .unwrap()
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-    assert_eq!(links, [("reply-in-alice".to_owned(), true), ("reply-in-carol".to_owned(), false)]);
+    let expected = [
+        ("reply-1-in-carol-to-alice", false),
+        ("reply-2-in-alice-to-alice", true),
+        ("reply-3-in-alice-to-bob", true),
+        ("reply-4-in-bob-to-alice", false),
+    ];
+    assert_eq!(links, expected.map(|(subject, linked)| (subject.to_owned(), linked)));
 
     // A suppression that alice's mail caused does not tell the tenant whom alice wrote to.
     admin
@@ -277,10 +293,10 @@ fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
     };
     assert_eq!(suppressed(&mut intern), "carol@elsewhere.test");
     assert_eq!(suppressed(&mut owner), "alice@elsewhere.test,carol@elsewhere.test");
-
-    // Deleting a private mailbox would hand its outbox rows to the whole tenant: refused while they exist.
-    let (code, message) = failure(&mut admin, "DELETE FROM email_accounts.account WHERE name = 'alice'");
-    assert_eq!(code, "2BP01", "{message}");
+    assert_eq!(suppressed(&mut tenant_admin), "alice@elsewhere.test,carol@elsewhere.test");
+    let unsuppressed: i32 =
+        tenant_admin.query_one("SELECT email_accounts.unsuppress('alice@elsewhere.test')", &[]).unwrap().get(0);
+    assert_eq!(unsuppressed, 1, "admins maintain every suppression of their tenant");
 
     // Only admins change who sees a mailbox, and the change holds at once.
     for client in [&mut owner, &mut colleague] {
@@ -293,6 +309,11 @@ fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
         "UPDATE email_accounts.account SET visibility = 'shared', shared_with = '{no_such_role}' WHERE name = 'alice'",
     );
     assert_eq!((code.as_str(), message.contains("shared_with")), ("23514", true), "{message}");
+    let (code, message) = failure(
+        &mut tenant_admin,
+        "UPDATE email_accounts.account SET visibility = 'shared', shared_with = '{pg_read_all_data}' WHERE name = 'alice'",
+    );
+    assert_eq!((code.as_str(), message.contains("shared_with")), ("23514", true), "not a predefined role: {message}");
     let (code, message) =
         failure(&mut tenant_admin, "UPDATE email_accounts.account SET visibility = 'shared' WHERE name = 'alice'");
     assert_eq!(code, "23514", "shared with nobody: {message}");
@@ -303,4 +324,17 @@ fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
         .unwrap();
     assert_eq!(seen(&mut intern), everywhere("alice"), "made private: carol's mail is gone from the intern's view");
     assert_eq!(seen(&mut owner), everywhere("alice,bob,carol"));
+
+    // Deleted, a private mailbox takes its outbox rows along (without their
+    // account they would be the whole tenant's); a tenant one leaves them.
+    let outbox_of = |client: &mut postgres::Client, account: &str| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM email_accounts.outbox WHERE subject = 'from ' || $1", &[&account])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!((outbox_of(&mut admin, "carol"), outbox_of(&mut admin, "alice")), (2, 2));
+    tenant_admin.batch_execute("DELETE FROM email_accounts.account WHERE name IN ('carol', 'alice')").unwrap();
+    assert_eq!(outbox_of(&mut admin, "carol"), 0, "carol was private");
+    assert_eq!(outbox_of(&mut intern, "alice"), 2, "alice was the tenant's: her rows stay, without account");
 }

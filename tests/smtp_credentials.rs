@@ -172,6 +172,11 @@ fn each_side_signs_in_with_its_own_login_and_password() {
     assert_eq!(readiness(&mut client), (true, true, true, false));
     servers.append("erin@example.test", "INBOX", &[incoming("third")]);
     assert_eq!(messages_of_erin(&mut client), 3);
+    // Sending on again: its password is for the old servers, so the account awaits one.
+    client.batch_execute("UPDATE email_accounts.account SET enable_outgoing = true WHERE name = 'Erin'").unwrap();
+    assert_eq!(readiness(&mut client), (true, true, false, false));
+    client.execute("SELECT email_accounts.set_password('Erin', 'relay-password', side => 'smtp')", &[]).unwrap();
+    assert_eq!(readiness(&mut client), (true, true, true, true));
 
     let (code, message) = failure(&mut client, "SELECT email_accounts.set_password('Erin', 'x', side => 'imap')");
     assert_eq!(code, "22023", "{message}");
