@@ -1718,7 +1718,8 @@ SELECT settings.name AS account,
        state.last_error,
        state.next_attempt_at,
        state.uidvalidity,
-       state.last_uid
+       state.last_uid,
+       settings.account_id
   FROM email_accounts.account_settings AS settings
  CROSS JOIN LATERAL unnest(settings.folders) AS folders(folder)
   LEFT JOIN email_accounts.sync_state AS state ON state.account_id = settings.account_id AND state.folder = folders.folder
@@ -1727,6 +1728,8 @@ SELECT settings.name AS account,
  ORDER BY settings.name, folders.folder;
 
 COMMENT ON VIEW email_accounts.sync_status IS 'One row per incoming account and folder (of the mailboxes whose mail the role sees, see account.visibility): ok, failing (with why), never synced or awaiting password; when it last synced and tries next.';
+
+COMMENT ON COLUMN email_accounts.sync_status.account_id IS 'The account (names are unique only per tenant).';
 
 -- Issue 19: the effective settings say what each side signs in with (sql/account_settings.sql).
 COMMENT ON COLUMN email_accounts.account_settings.login_id IS 'Login name of the incoming side (and of SMTP unless smtp_login_id is set): login_id, else the address.';

@@ -337,4 +337,19 @@ fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
     tenant_admin.batch_execute("DELETE FROM email_accounts.account WHERE name IN ('carol', 'alice')").unwrap();
     assert_eq!(outbox_of(&mut admin, "carol"), 0, "carol was private");
     assert_eq!(outbox_of(&mut intern, "alice"), 2, "alice was the tenant's: her rows stay, without account");
+
+    // Names are unique per tenant only: sync_now() of acme's bob answers for
+    // acme's bob alone, also to a role that sees another tenant's bob.
+    admin
+        .batch_execute(
+            "INSERT INTO email_accounts.account (name, tenant, address, owner_role, enable_incoming, poll_interval)
+             VALUES ('bob', 'globex', 'bob@example.test', 'globex_app', true, '1 hour');
+             SELECT email_accounts.set_password('bob', 'bob-password', 'globex');",
+        )
+        .unwrap();
+    let folders: i64 = admin
+        .query_one("SELECT count(*) FROM email_accounts.sync_now('bob', tenant => 'acme')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(folders, 1, "one folder (INBOX) of one account");
 }

@@ -367,6 +367,7 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         names,
         [
             "account_keeps_its_tenant",
+            "account_keeps_private_mail_private",
             "account_servers_changed",
             "forget_deleted_replies",
             "global_default_outgoing",

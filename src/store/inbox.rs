@@ -530,8 +530,7 @@ pub fn folder_results(account_id: i64) -> Result<Vec<FolderResult>, SpiError> {
         let table = client.update(
             "SELECT status.folder, coalesce(status.last_new_messages, 0), status.state, status.last_error_kind, status.last_error
                FROM email_accounts.sync_status AS status
-               JOIN email_accounts.account ON account.name = status.account
-              WHERE account.account_id = $1
+              WHERE status.account_id = $1
               ORDER BY status.folder",
             None,
             &[account_id.into()],
