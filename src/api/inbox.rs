@@ -85,11 +85,12 @@ fn sync_now(
     TableIterator::new(rows)
 }
 
-/// The receiver's slot once it is idle, waiting a few seconds for one the
-/// launcher is starting (right after CREATE EXTENSION, or a restart).
+/// The receiver's slot once it is idle, waiting up to 30 s for one the
+/// launcher is starting (right after CREATE EXTENSION, or a restart: on a
+/// busy server a start took over 10 s, the bound before).
 fn receiver_when_ready() -> board::WorkerSlot {
     let id = WorkerId::receiver(board::my_database());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let receiver = board::read(id).unwrap_or_default();
         let starting = matches!(receiver.state, board::WorkerState::NotStarted | board::WorkerState::Starting);
