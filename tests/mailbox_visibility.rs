@@ -9,7 +9,7 @@
 
 mod harness;
 
-use harness::{failure, MailServers, Postgres};
+use harness::{failure, MailServers};
 
 /// The tables and views of mail, each with a query naming the accounts (or,
 /// for attachments and recipients, the marks of the accounts) whose rows a role sees.
@@ -58,10 +58,7 @@ fn message(account: &str) -> Vec<u8> {
 #[test]
 fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
     let servers = MailServers::start();
-    let cluster = Postgres::start(&["email_accounts.fallback_poll_interval = '1h'", "email_accounts.imap_idle = off"]);
-    let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE EXTENSION email_accounts").unwrap();
-    servers.add_example_domain(&mut admin);
+    let (cluster, mut admin) = servers.quiet_cluster();
     // Accounts are named after their mailbox's local part, so what a role
     // sees can be told by name, attachment or recipient.
     admin
@@ -347,9 +344,7 @@ fn private_and_shared_mailboxes_show_their_mail_only_to_whom_they_belong() {
              SELECT email_accounts.set_password('bob', 'bob-password', 'globex');",
         )
         .unwrap();
-    let folders: i64 = admin
-        .query_one("SELECT count(*) FROM email_accounts.sync_now('bob', tenant => 'acme')", &[])
-        .unwrap()
-        .get(0);
+    let folders: i64 =
+        admin.query_one("SELECT count(*) FROM email_accounts.sync_now('bob', tenant => 'acme')", &[]).unwrap().get(0);
     assert_eq!(folders, 1, "one folder (INBOX) of one account");
 }

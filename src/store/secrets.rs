@@ -4,7 +4,7 @@
 //! in memory.
 
 use super::key_file::{self, KeyFileError};
-use email_accounts_mail::secret::{Sealed, SecretError};
+use email_accounts_mail::secret::{KeyRing, Sealed, SecretError};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
@@ -59,14 +59,18 @@ fn lock_key_ring() -> Result<(), SpiError> {
     Spi::run("LOCK TABLE email_accounts.account_secret IN SHARE UPDATE EXCLUSIVE MODE")
 }
 
+/// The key ring to seal with (the key file is created on first use), with
+/// the key-ring lock held: sealing is serialised with key rotation.
+fn current_ring() -> Result<KeyRing, SecretStoreError> {
+    lock_key_ring()?;
+    let _cluster_wide = key_file::lock_cluster_wide()?;
+    Ok(key_file::load_or_create()?)
+}
+
 /// Seals `plain` bound to `associated` with the current key (creating the
 /// key file on first use); serialised with key rotation.
 pub fn seal(associated: &[u8], plain: &str) -> Result<Sealed, SecretStoreError> {
-    lock_key_ring()?;
-    let ring = {
-        let _cluster_wide = key_file::lock_cluster_wide()?;
-        key_file::load_or_create()?
-    };
+    let ring = current_ring()?;
     ring.seal_for(associated, plain).map_err(SecretStoreError::Encrypt)
 }
 
@@ -81,11 +85,7 @@ pub fn open(associated: &[u8], sealed: &Sealed, what: &'static str) -> Result<St
 /// when each side's password was set. awaiting_password ends unless a side
 /// not written now still signs in with a password bound to other servers.
 pub fn store_password(account_id: i64, sides: &[Side], password: &str) -> Result<(), SecretStoreError> {
-    lock_key_ring()?;
-    let ring = {
-        let _cluster_wide = key_file::lock_cluster_wide()?;
-        key_file::load_or_create()?
-    };
+    let ring = current_ring()?;
     for side in sides {
         // A nonce of its own per row: the same password sealed twice.
         let sealed = ring.seal(account_id, password).map_err(SecretStoreError::Encrypt)?;
@@ -118,11 +118,7 @@ pub fn store_password(account_id: i64, sides: &[Side], password: &str) -> Result
 /// `store_password` on a schema before 0.4.0 (one password per account):
 /// set_password() works there until ALTER EXTENSION UPDATE.
 pub fn store_password_before_0_4(account_id: i64, password: &str) -> Result<(), SecretStoreError> {
-    lock_key_ring()?;
-    let ring = {
-        let _cluster_wide = key_file::lock_cluster_wide()?;
-        key_file::load_or_create()?
-    };
+    let ring = current_ring()?;
     let sealed = ring.seal(account_id, password).map_err(SecretStoreError::Encrypt)?;
     Spi::run_with_args(
         "INSERT INTO email_accounts.account_secret AS secret (account_id, key_id, nonce, ciphertext, bound_servers)
