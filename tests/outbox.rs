@@ -271,6 +271,44 @@ fn unsubscribe_links_suppress_later_mail_and_opens_are_counted() {
     assert_eq!(bob_status, "suppressed");
     wait_until("carol's second copy", LIMIT, || (setup.servers.mailbox("carol@example.test").len() == 2).then_some(()));
     assert_eq!(setup.servers.mailbox("bob@example.test").len(), 1, "bob received nothing more");
+
+    // The list is per tenant and ignores case: another tenant's entry for
+    // carol does not stop this tenant's mail to her; an entry for Erin@ does.
+    setup
+        .client
+        .batch_execute(
+            "INSERT INTO email_accounts.suppression (tenant, address, reason)
+             VALUES ('another tenant', 'carol@example.test', 'unsubscribed'), (NULL, 'Erin@Example.test', 'by hand')",
+        )
+        .unwrap();
+    let third: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{carol@example.test, erin@example.test}', subject => 'Newsletter 3')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    wait_until("the third newsletter to be sent", LIMIT, || {
+        (status_of(&mut setup.client, third).0 == "sent").then_some(())
+    });
+    let statuses: Vec<(String, String, Option<String>)> = setup
+        .client
+        .query(
+            "SELECT address, status, reply FROM email_accounts.outbox_recipient WHERE outbox_id = $1 ORDER BY address",
+            &[&third],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(statuses[0].0, "carol@example.test");
+    assert_eq!(statuses[0].1, "sent");
+    assert_eq!(
+        (statuses[1].0.as_str(), statuses[1].1.as_str(), statuses[1].2.as_deref()),
+        ("erin@example.test", "suppressed", Some("on the suppression list: by hand"))
+    );
+    wait_until("carol's third copy", LIMIT, || (setup.servers.mailbox("carol@example.test").len() == 3).then_some(()));
 }
 
 #[test]
