@@ -125,6 +125,12 @@ CREATE UNIQUE INDEX "one default_outgoing account per tenant"
     ON email_accounts.account (tenant) NULLS NOT DISTINCT WHERE default_outgoing;
 CREATE INDEX account_tenant ON email_accounts.account (tenant);
 CREATE INDEX account_address_domain ON email_accounts.account (lower(split_part(address, '@', 2)));
+-- Choosing an outbox row's account by name or by the sender's address, and
+-- the few accounts not visible to their whole tenant (hidden_mailboxes(),
+-- on every send): probes rather than reads of every account.
+CREATE INDEX account_name ON email_accounts.account (name);
+CREATE INDEX account_address ON email_accounts.account (lower(address));
+CREATE INDEX account_private_or_shared ON email_accounts.account (account_id) WHERE visibility <> 'tenant';
 
 COMMENT ON TABLE email_accounts.account IS
   'Email accounts (ERPNext "Email Account"). Server settings left NULL are inherited from the domain of the address, then from the provider (the account''s, else the domain''s); see account_settings for the effective values. Passwords are not here: they are written with set_password() and stored encrypted where no role can read them.';

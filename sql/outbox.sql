@@ -61,6 +61,10 @@ CREATE INDEX outbox_expiring ON email_accounts.outbox (expires_at)
 CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
 CREATE INDEX outbox_account_sent_at ON email_accounts.outbox (account_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;
+-- The automatic replies an account sent (auto_reply() looks for one to the
+-- same sender within auto_reply_interval, for every message it answers).
+CREATE INDEX outbox_auto_replies ON email_accounts.outbox (account_id, created_at)
+    WHERE (headers ->> 'Auto-Submitted') = 'auto-replied';
 
 COMMENT ON TABLE email_accounts.outbox IS
   'Mail to send. Insert rows (or call send()) in your own transaction: the sender worker is woken at commit and delivers them; a rollback sends nothing. Logged, never UNLOGGED: a queued message survives a crash.';

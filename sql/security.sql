@@ -33,8 +33,8 @@ CREATE POLICY rows_of_visible_accounts ON email_accounts.account_oauth
 -- Accounts: a role sees and changes only the tenants it is bound to (none if bound to none).
 ALTER TABLE email_accounts.account ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_rows ON email_accounts.account
-    USING (email_accounts.tenant_is_visible(tenant))
-    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+    USING (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())))
+    WITH CHECK (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())));
 
 -- Domains and presets are shared: everyone reads them, only roles bound to
 -- every tenant ('*') change them (a tenant must not rewire another's servers).
@@ -68,9 +68,9 @@ GRANT EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bi
 -- (sql/mailbox_visibility.sql; the subquery is evaluated once per query).
 ALTER TABLE email_accounts.outbox ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mailboxes ON email_accounts.outbox
-    USING (email_accounts.tenant_is_visible(tenant)
+    USING (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants()))
            AND (account_id IS NULL OR account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])))
-    WITH CHECK (email_accounts.tenant_is_visible(tenant)
+    WITH CHECK (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants()))
                 AND (account_id IS NULL OR account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[])));
 ALTER TABLE email_accounts.outbox_recipient ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mail ON email_accounts.outbox_recipient
@@ -85,8 +85,8 @@ GRANT SELECT ON email_accounts.suppression TO email_accounts_sender, email_accou
 GRANT INSERT, UPDATE, DELETE ON email_accounts.suppression TO email_accounts_admin;
 ALTER TABLE email_accounts.suppression ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_rows ON email_accounts.suppression
-    USING (email_accounts.tenant_is_visible(tenant))
-    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+    USING (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())))
+    WITH CHECK (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())));
 -- A suppression that mail of a mailbox private to others caused does not
 -- show whom that mailbox wrote to (the sender still honours it).
 CREATE POLICY rows_of_visible_mail ON email_accounts.suppression AS RESTRICTIVE FOR SELECT
@@ -116,7 +116,7 @@ GRANT EXECUTE ON FUNCTION email_accounts.reparse(bigint) TO email_accounts_admin
 
 ALTER TABLE email_accounts.message ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mailboxes ON email_accounts.message
-    USING (email_accounts.tenant_is_visible(tenant) AND account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[]));
+    USING (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())) AND account_id <> ALL ((SELECT email_accounts.hidden_mailboxes())::bigint[]));
 ALTER TABLE email_accounts.message_attachment ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mail ON email_accounts.message_attachment
     USING (EXISTS (SELECT FROM email_accounts.message WHERE message.message_id = message_attachment.message_id));

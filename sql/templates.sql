@@ -207,11 +207,11 @@ CREATE TRIGGER attach_template_files AFTER INSERT ON email_accounts.outbox
 ALTER TABLE email_accounts.template ENABLE ROW LEVEL SECURITY;
 -- Shared templates: for roles bound to some tenant (a role bound to none sees nothing).
 CREATE POLICY readable ON email_accounts.template FOR SELECT
-    USING (email_accounts.tenant_is_visible(tenant)
-           OR (tenant IS NULL AND cardinality(email_accounts.current_tenants()) > 0));
+    USING (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants()))
+           OR (tenant IS NULL AND cardinality((SELECT email_accounts.current_tenants())) > 0));
 CREATE POLICY tenant_rows ON email_accounts.template
-    USING (email_accounts.tenant_is_visible(tenant))
-    WITH CHECK (email_accounts.tenant_is_visible(tenant));
+    USING (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())))
+    WITH CHECK (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())));
 GRANT SELECT ON email_accounts.template TO email_accounts_sender, email_accounts_admin;
 GRANT INSERT, UPDATE, DELETE ON email_accounts.template TO email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.render_chosen_template(bigint, jsonb, text, text, text) FROM PUBLIC;

@@ -46,15 +46,19 @@ COMMENT ON FUNCTION email_accounts.current_tenants() IS
   'The tenants the current role (current_user, so after SET ROLE the role set) is bound to; {*} when bound to every tenant; empty when bound to none.';
 
 -- Whether a role bound to these tenants may see a row of this tenant. Rows
--- without tenant belong to the whole database: only '*' sees them.
+-- without tenant belong to the whole database: only '*' sees them (a NULL
+-- element overlaps nothing). `tenants` is used once, so the planner inlines
+-- the function around the policies' (SELECT current_tenants()), which is
+-- then evaluated once per query rather than once per row.
 CREATE FUNCTION email_accounts.tenant_is_among(tenant text, tenants text[]) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN '*' OPERATOR(pg_catalog.=) ANY (tenants) OR coalesce(tenant OPERATOR(pg_catalog.=) ANY (tenants), false);
+RETURN tenants OPERATOR(pg_catalog.&&) ARRAY['*', tenant];
 
 COMMENT ON FUNCTION email_accounts.tenant_is_among(text, text[]) IS
   'True when a row of this tenant is visible to a role bound to these tenants: one of them is the row''s tenant, or * (every tenant, and rows without tenant).';
 
--- Used by the row-level security policies of tenant-keyed tables.
+-- For one-off checks; the row-level security policies call tenant_is_among
+-- with (SELECT current_tenants()) so that it is evaluated once per query.
 CREATE FUNCTION email_accounts.tenant_is_visible(tenant text) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN email_accounts.tenant_is_among(tenant, email_accounts.current_tenants());

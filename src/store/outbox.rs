@@ -368,8 +368,11 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
                     settings.allow_plaintext_authentication, settings.no_smtp_authentication,
                     CASE WHEN settings.add_signature THEN settings.signature END,
                     settings.always_use_account_address_as_sender, settings.always_use_account_name_as_sender_name,
-                    (SELECT incoming.address FROM email_accounts.account AS incoming
-                      WHERE incoming.default_incoming AND incoming.tenant IS NOT DISTINCT FROM settings.tenant),
+                    -- (Two probes of the unique index of defaults: IS NOT DISTINCT FROM cannot use it.)
+                    coalesce((SELECT incoming.address FROM email_accounts.account AS incoming
+                               WHERE incoming.default_incoming AND incoming.tenant = settings.tenant),
+                             (SELECT incoming.address FROM email_accounts.account AS incoming
+                               WHERE incoming.default_incoming AND incoming.tenant IS NULL AND settings.tenant IS NULL)),
                     settings.send_unsubscribe_message, settings.track_email_status,
                     CASE WHEN settings.append_to_sent_folder THEN settings.sent_folder END,
                     CASE WHEN settings.incoming_protocol = 'imap' THEN settings.incoming_host END,

@@ -145,6 +145,30 @@ mod tests {
         Spi::run("RESET ROLE").unwrap();
     }
 
+    /// The tenant check of row-level security looks up the caller's tenants
+    /// once per query (an InitPlan), not once per row: per row it read every
+    /// tenant binding each time (2.8 s for 20,000 rows and 21 bindings).
+    #[pg_test]
+    fn the_tenant_check_runs_once_per_query() {
+        setup_roles_and_accounts();
+        for table in ["account", "outbox", "suppression", "message", "template"] {
+            Spi::run("SET LOCAL ROLE test_admin_a").unwrap();
+            let plan: Vec<String> = Spi::connect(|client| {
+                client
+                    .select(&format!("EXPLAIN (VERBOSE, COSTS OFF) SELECT * FROM email_accounts.{table}"), None, &[])
+                    .unwrap()
+                    .map(|row| row.get::<String>(1).unwrap().unwrap_or_default())
+                    .collect()
+            });
+            Spi::run("RESET ROLE").unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains("InitPlan"), "{table}: {plan}");
+            for line in plan.lines().filter(|line| line.trim_start().starts_with("Filter:")) {
+                assert!(!line.contains("current_tenants") && !line.contains("tenants_of"), "{table}, per row: {line}");
+            }
+        }
+    }
+
     #[pg_test]
     fn rotation_keeps_every_password_readable() {
         setup_roles_and_accounts();
