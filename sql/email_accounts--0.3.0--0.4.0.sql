@@ -1873,6 +1873,8 @@ ALTER POLICY tenant_rows ON email_accounts.account
 ALTER POLICY tenant_rows ON email_accounts.suppression
     USING (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())))
     WITH CHECK (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())));
+COMMENT ON FUNCTION email_accounts.tenant_is_visible(text) IS
+  'True when the current role may see rows of this tenant: it is bound to it or to *; a role bound to no tenant sees nothing. The row-level security policies ask the same with the role''s tenants looked up once per query.';
 
 -- Choosing an outbox row's account by name or by the sender's address, and
 -- the few accounts not visible to their whole tenant (hidden_mailboxes(),

@@ -64,7 +64,7 @@ LANGUAGE sql STABLE PARALLEL SAFE
 RETURN email_accounts.tenant_is_among(tenant, email_accounts.current_tenants());
 
 COMMENT ON FUNCTION email_accounts.tenant_is_visible(text) IS
-  'True when the current role may see rows of this tenant: it is bound to it or to *. Used by row-level security; a role bound to no tenant sees nothing.';
+  'True when the current role may see rows of this tenant: it is bound to it or to *; a role bound to no tenant sees nothing. The row-level security policies ask the same with the role''s tenants looked up once per query.';
 
 CREATE FUNCTION email_accounts.bound_to_every_tenant() RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE

@@ -87,10 +87,13 @@ WITH chosen AS (
     SELECT settings.account_id, settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day
       FROM email_accounts.account_settings AS settings
      CROSS JOIN LATERAL (
+         -- (Not rows past expires_at: they may wait up to a second to be marked
+         -- expired, and must not take an account's place in the claim meanwhile.)
          (SELECT outbox.priority, outbox.next_attempt_at
             FROM email_accounts.outbox
            WHERE outbox.account_id = settings.account_id
              AND outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now()
+             AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
            ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
            LIMIT 1)
          UNION ALL
@@ -99,6 +102,7 @@ WITH chosen AS (
            WHERE outbox.account_id = settings.account_id
              AND outbox.status = 'sending' AND outbox.lease_until < now()
              AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[]))
+             AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
            LIMIT 1)
          LIMIT 1
      ) AS first_due
@@ -192,9 +196,11 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
 /// When this process started, as `pg_stat_get_activity()` reports it
 /// (`take_back_abandoned` compares the two). Passed in rather than read
 /// there: that function reads every backend's entry, 0.1 ms of every claim.
-fn process_started_at() -> Option<pgrx::datum::TimestampWithTimeZone> {
-    // SAFETY: set once when the process started, never changed.
-    pgrx::datum::TimestampWithTimeZone::try_from(unsafe { pg_sys::MyStartTimestamp }).ok()
+pub(crate) fn process_started_at() -> pgrx::datum::TimestampWithTimeZone {
+    // SAFETY: set once when the process started, never changed. (Never NULL:
+    // a claim without it would look abandoned to every other sender.)
+    pgrx::datum::TimestampWithTimeZone::try_from(unsafe { pg_sys::MyStartTimestamp })
+        .expect("a process starts at a finite time")
 }
 
 /// Claims up to `limit` due rows for `lease_seconds`, leaving out the

@@ -46,7 +46,8 @@ const RESTORE_LOCK: i32 = 1835100524;
 /// (`pg_try_advisory_xact_lock(1835100524, worker)`).
 fn holds_off_restores(worker: Worker) -> bool {
     // SAFETY: a built-in function called with two int4 arguments inside a
-    // transaction; it returns a bool datum and raises nothing for these.
+    // transaction; it returns a bool datum (an error, such as running out of
+    // lock memory, is raised as a PostgreSQL error the transaction catches).
     unsafe {
         pg_sys::DirectFunctionCall2Coll(
             Some(pg_try_advisory_xact_lock_int4),

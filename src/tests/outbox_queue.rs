@@ -317,4 +317,57 @@ mod tests {
         record(&[(first, token(first))]);
         assert_eq!(statuses(), (Some("sent".to_owned()), Some("sending".to_owned())));
     }
+
+    /// The claim leaves out the recipients on the suppression list of the
+    /// row's own tenant (not another tenant's, not the list of mail without
+    /// tenant), whatever the case, and marks them suppressed.
+    #[pg_test]
+    fn a_claim_leaves_out_the_addresses_its_tenant_suppressed() {
+        sending_accounts();
+        Spi::run(
+            "INSERT INTO email_accounts.account (name, tenant, address, enable_outgoing, smtp_host, smtp_port, smtp_security, no_smtp_authentication)
+             VALUES ('acme ready', 'acme', 'ready@acme.example', true, '127.0.0.1', 25, 'none', true);
+             INSERT INTO email_accounts.suppression (tenant, address, reason)
+             VALUES ('acme', 'Gone@Example.net', 'unsubscribed'), (NULL, 'untenanted@example.net', 'by hand'),
+                    ('globex', 'kept@example.net', 'unsubscribed')",
+        )
+        .unwrap();
+        let to = "'{gone@example.net, untenanted@example.net, kept@example.net}'";
+        let acme = Spi::get_one::<i64>(&format!("SELECT email_accounts.send(\"to\" => {to}, account => 'acme ready')"))
+            .unwrap()
+            .unwrap();
+        let untenanted =
+            Spi::get_one::<i64>(&format!("SELECT email_accounts.send(\"to\" => {to}, account => 'ready')"))
+                .unwrap()
+                .unwrap();
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, true).unwrap();
+        let recipients_of = |id: i64| claimed.iter().find(|row| row.outbox_id == id).unwrap().recipients.clone();
+        assert_eq!(recipients_of(acme), ["kept@example.net", "untenanted@example.net"]);
+        assert_eq!(recipients_of(untenanted), ["gone@example.net", "kept@example.net"]);
+        let suppressed = Spi::get_one::<String>(
+            "SELECT string_agg(outbox_id || ' ' || address || ': ' || reply, ', ' ORDER BY outbox_id, address)
+               FROM email_accounts.outbox_recipient WHERE status = 'suppressed'",
+        )
+        .unwrap()
+        .unwrap_or_default();
+        assert_eq!(
+            suppressed,
+            format!(
+                "{acme} gone@example.net: on the suppression list: unsubscribed, \
+                 {untenanted} untenanted@example.net: on the suppression list: by hand"
+            )
+        );
+    }
+
+    /// The claim names its sender by the start time pg_stat_get_activity()
+    /// reports, which is what take_back_abandoned() compares.
+    #[pg_test]
+    fn the_claims_start_time_is_the_one_the_activity_view_reports() {
+        let reported = Spi::get_one::<bool>(&format!(
+            "SELECT backend_start = '{}'::timestamptz FROM pg_stat_get_activity(pg_backend_pid())",
+            crate::store::outbox::process_started_at()
+        ));
+        assert_eq!(reported, Ok(Some(true)));
+    }
 }
