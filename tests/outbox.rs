@@ -186,6 +186,16 @@ fn header_value(raw: &str, name: &str) -> Option<String> {
     parsed.header_raw(name).map(|value| value.trim().to_owned())
 }
 
+/// Sends `subject` to the recipients and waits until the row is sent.
+fn send_and_wait_until_sent(client: &mut postgres::Client, to: &[&str], subject: &str) -> i64 {
+    let id: i64 = client
+        .query_one("SELECT email_accounts.send(\"to\" => $1::text[], subject => $2)", &[&to, &subject])
+        .unwrap()
+        .get(0);
+    wait_until(&format!("{subject} to be sent"), LIMIT, || (status_of(client, id).0 == "sent").then_some(()));
+    id
+}
+
 fn token_in(url: &str) -> String {
     url.split("token=").nth(1).unwrap().trim_end_matches('>').split(['"', '&']).next().unwrap().to_owned()
 }
@@ -249,17 +259,8 @@ fn unsubscribe_links_suppress_later_mail_and_opens_are_counted() {
     assert_eq!(wrong_purpose.as_db_error().unwrap().code().code(), "22023");
 
     // The next mail skips bob and reaches carol.
-    let second: i64 = setup
-        .client
-        .query_one(
-            "SELECT email_accounts.send(\"to\" => '{bob@example.test, carol@example.test}', subject => 'Newsletter 2')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    wait_until("the second newsletter to be sent", LIMIT, || {
-        (status_of(&mut setup.client, second).0 == "sent").then_some(())
-    });
+    let second =
+        send_and_wait_until_sent(&mut setup.client, &["bob@example.test", "carol@example.test"], "Newsletter 2");
     let bob_status: String = setup
         .client
         .query_one(
@@ -281,17 +282,8 @@ fn unsubscribe_links_suppress_later_mail_and_opens_are_counted() {
              VALUES ('another tenant', 'carol@example.test', 'unsubscribed'), (NULL, 'Erin@Example.test', 'by hand')",
         )
         .unwrap();
-    let third: i64 = setup
-        .client
-        .query_one(
-            "SELECT email_accounts.send(\"to\" => '{carol@example.test, erin@example.test}', subject => 'Newsletter 3')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    wait_until("the third newsletter to be sent", LIMIT, || {
-        (status_of(&mut setup.client, third).0 == "sent").then_some(())
-    });
+    let third =
+        send_and_wait_until_sent(&mut setup.client, &["carol@example.test", "erin@example.test"], "Newsletter 3");
     let statuses: Vec<(String, String, Option<String>)> = setup
         .client
         .query(
