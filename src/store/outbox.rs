@@ -346,15 +346,12 @@ pub fn claim(
         Ok(())
     })?;
     if !suppressed_ids.is_empty() {
-        kept_plans::run(
-            "UPDATE email_accounts.outbox_recipient AS recipient
-                SET status = 'suppressed', reply = 'on the suppression list: ' || suppressed.reason, updated_at = now()
-               FROM unnest($1::bigint[], $2::text[], $3::text[]) AS suppressed (outbox_id, address, reason)
-              CROSS JOIN LATERAL (
-                  SELECT ctid AS row_ctid FROM email_accounts.outbox_recipient AS one
-                   WHERE one.outbox_id = suppressed.outbox_id AND one.address = suppressed.address OFFSET 0) AS found
-              WHERE recipient.ctid = found.row_ctid AND recipient.status IN ('pending', 'deferred')",
-            &[suppressed_ids.into(), suppressed_addresses.into(), reasons.into()],
+        let replies: Vec<String> = reasons.iter().map(|reason| format!("on the suppression list: {reason}")).collect();
+        set_recipient_statuses(
+            suppressed_ids,
+            suppressed_addresses.iter().map(String::as_str).collect(),
+            vec!["suppressed"; replies.len()],
+            replies.iter().map(String::as_str).collect(),
         )?;
     }
     for row in &mut rows {
@@ -486,17 +483,7 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
             problems.push(problem.as_str());
         }
     }
-    kept_plans::run(
-        // Each answer finds its row through the primary key (see `claim`).
-        "UPDATE email_accounts.outbox_recipient AS recipient
-            SET status = answer.status, reply = answer.reply, updated_at = now()
-           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS answer (outbox_id, address, status, reply)
-          CROSS JOIN LATERAL (
-              SELECT ctid AS row_ctid FROM email_accounts.outbox_recipient AS one
-               WHERE one.outbox_id = answer.outbox_id AND one.address = answer.address OFFSET 0) AS found
-          WHERE recipient.ctid = found.row_ctid",
-        &[answer_ids.into(), addresses.into(), statuses.into(), replies.into()],
-    )?;
+    set_recipient_statuses(answer_ids, addresses, statuses, replies)?;
     if !unsendable_ids.is_empty() {
         kept_plans::run(
             "UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', reply = problem.reply, updated_at = now()
@@ -548,6 +535,27 @@ pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_se
           -- (= ANY as well as the join: through the primary key whatever the statistics say.)
           WHERE row.outbox_id = results.outbox_id AND row.outbox_id = ANY ($1)",
         &[ids.into(), errors.into(), max_attempts.into(), (retry_base_delay_seconds as f64).into()],
+    )
+}
+
+/// Sets the status and reply of recipients, each named by (outbox_id,
+/// address): the answers a round got, and suppressed addresses at the claim.
+fn set_recipient_statuses(
+    outbox_ids: Vec<i64>,
+    addresses: Vec<&str>,
+    statuses: Vec<&str>,
+    replies: Vec<&str>,
+) -> Result<(), SpiError> {
+    kept_plans::run(
+        // Each finds its row through the primary key (see `claim`).
+        "UPDATE email_accounts.outbox_recipient AS recipient
+            SET status = answer.status, reply = answer.reply, updated_at = now()
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS answer (outbox_id, address, status, reply)
+          CROSS JOIN LATERAL (
+              SELECT ctid AS row_ctid FROM email_accounts.outbox_recipient AS one
+               WHERE one.outbox_id = answer.outbox_id AND one.address = answer.address OFFSET 0) AS found
+          WHERE recipient.ctid = found.row_ctid",
+        &[outbox_ids.into(), addresses.into(), statuses.into(), replies.into()],
     )
 }
 

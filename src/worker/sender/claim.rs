@@ -96,8 +96,8 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
         let mut waiting_accounts = Vec::new();
         if !rows.is_empty() {
             for account in outbox::sending_settings(&account_ids)? {
-                let sent_folder_credential = sent_folder_credential(&account);
                 if account.no_smtp_authentication {
+                    let sent_folder_credential = sent_folder_credential(&account);
                     accounts.push(ClaimedAccount { settings: account, credential: None, sent_folder_credential });
                     continue;
                 }
@@ -109,6 +109,8 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
                         continue;
                     }
                     Ok(Some(credential)) => {
+                        // (Read only for accounts that send now.)
+                        let sent_folder_credential = sent_folder_credential(&account);
                         accounts.push(ClaimedAccount {
                             settings: account,
                             credential: Some(credential),
