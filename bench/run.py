@@ -40,6 +40,7 @@ SENDER_ACCOUNTS = int(os.environ.get("BENCH_SENDER_ACCOUNTS", "12"))
 # The databases the multi-database and idle parts use besides postgres.
 OTHER_DATABASES = ["bench_two", "bench_three"]
 TEMPLATE_ROWS = int(os.environ.get("BENCH_TEMPLATE_ROWS", "20000"))
+TENANT_QUEUE_ROWS = int(os.environ.get("BENCH_TENANT_QUEUE_ROWS", "2000"))
 # A comma-separated subset of parts, for profiling one of them:
 # outbox, latency, ingest, templates, senders, databases, idle.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "outbox,latency,ingest,templates,senders,databases,idle").split(",")))
@@ -113,8 +114,8 @@ class Run:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
-    def connect(self, autocommit=True, database="postgres"):
-        return psycopg.connect(host="127.0.0.1", port=self.pg_port, user="postgres", dbname=database,
+    def connect(self, autocommit=True, database="postgres", user="postgres"):
+        return psycopg.connect(host="127.0.0.1", port=self.pg_port, user=user, dbname=database,
                                autocommit=autocommit)
 
     def query_one(self, sql, *parameters, database="postgres"):
@@ -598,12 +599,47 @@ def template_rates(run):
     return renders, inserts["plain"], inserts["template"]
 
 
+def tenant_queueing(run):
+    """What an application pays to queue one message as a web request does: a
+    role bound to one tenant (of 21), one INSERT per transaction, through an
+    account that is not sending (awaiting its password), so that only the
+    queueing is timed. Mean milliseconds per transaction, client round trip
+    and commit included."""
+    with run.connect() as db:
+        db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_application') THEN"
+                   " CREATE ROLE bench_application LOGIN; END IF; END $$")
+        db.execute("GRANT email_accounts_sender TO bench_application")
+        db.execute("INSERT INTO email_accounts.tenant_member (role_name, tenant)"
+                   " SELECT 'bench_application', 'bench_tenant' UNION ALL"
+                   " SELECT 'bench_other_' || n, 'bench_other_' || n FROM generate_series(1, 20) AS n ON CONFLICT DO NOTHING")
+        db.execute("INSERT INTO email_accounts.account (name, address, tenant, enable_outgoing, awaiting_password,"
+                   " smtp_host, smtp_port, smtp_security, allow_plaintext_authentication)"
+                   " VALUES ('tenant_queue', 'queue@tenant.example.test', 'bench_tenant', true, true, '127.0.0.1', %s,"
+                   " 'none', true) ON CONFLICT DO NOTHING", (run.sink_port,))
+    with run.connect(user="bench_application") as db:
+        insert = ("INSERT INTO email_accounts.outbox (account, to_addresses, subject, body_text)"
+                  " VALUES ('tenant_queue', ARRAY['customer@example.test'], 'Your order', %s)")
+        for _ in range(20):
+            db.execute(insert, (ORDER_TEXT,))
+        started = time.monotonic()
+        for _ in range(TENANT_QUEUE_ROWS):
+            db.execute(insert, (ORDER_TEXT,))
+        elapsed = time.monotonic() - started
+    with run.connect() as db:
+        clean_up(db, "DELETE FROM email_accounts.outbox WHERE account = 'tenant_queue'", OUTBOX_TABLES)
+    return 1000 * elapsed / TENANT_QUEUE_ROWS
+
+
 def bench_templates(run, results):
     print(f"==> templates: {TEMPLATE_ROWS} renders, {TEMPLATE_ROWS} outbox inserts with and without a template", flush=True)
     rates = [template_rates(run) for _ in range(REPEAT)]
     record_runs(results, "template_renders_per_s", [renders for renders, _, _ in rates])
     record_runs(results, "outbox_inserts_plain_per_s", [plain for _, plain, _ in rates])
     record_runs(results, "outbox_inserts_templated_per_s", [templated for _, _, templated in rates])
+    print(f"==> queueing: {TENANT_QUEUE_ROWS} single-row transactions of a tenant's role", flush=True)
+    queueing = [tenant_queueing(run) for _ in range(REPEAT)]
+    results["tenant_queue_ms_runs"] = [round(ms, 3) for ms in queueing]
+    results["tenant_queue_ms"] = round(median(queueing), 3)
 
 
 def top_statements(run, part):
@@ -641,6 +677,7 @@ def table(results):
         ("outbox inserts without a template (rows/s)", get("outbox_inserts_plain_per_s"), get("outbox_inserts_plain_per_s_runs")),
         ("outbox inserts with a template (rows/s)", get("outbox_inserts_templated_per_s"),
          get("outbox_inserts_templated_per_s_runs")),
+        ("queueing one message per transaction as a tenant's role (ms)", get("tenant_queue_ms"), get("tenant_queue_ms_runs")),
         (f"outbox drain, 1 sender, {SENDER_ACCOUNTS} accounts (msg/s)", get("outbox_1_senders_msgs_per_s"),
          get("outbox_1_senders_msgs_per_s_runs")),
         (f"outbox drain, 2 senders, {SENDER_ACCOUNTS} accounts (msg/s)", get("outbox_2_senders_msgs_per_s"),

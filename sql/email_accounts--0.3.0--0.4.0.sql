@@ -1653,17 +1653,22 @@ SELECT email_accounts.adopt_database();
 -- the account table's own row-level security: accounts of tenants it cannot
 -- see are not listed, their rows are hidden by the tenant check already.
 -- Called once per query, as (SELECT email_accounts.hidden_mailboxes()).
+-- PL/pgSQL for its kept plan (see tenants_of() in sql/tenants.sql).
 CREATE FUNCTION email_accounts.hidden_mailboxes() RETURNS bigint[]
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN (
-    SELECT coalesce(pg_catalog.array_agg(account.account_id ORDER BY account.account_id), '{}')
-      FROM email_accounts.account
-     WHERE account.visibility OPERATOR(pg_catalog.<>) 'tenant'
-       AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole('email_accounts_admin'), 'MEMBER'), false)
-       AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role)), 'MEMBER'), false)
-       AND NOT (account.visibility OPERATOR(pg_catalog.=) 'shared'
-                AND EXISTS (SELECT FROM pg_catalog.unnest(account.shared_with) AS reader (role_name)
-                             WHERE coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(reader.role_name)), 'MEMBER'), false))));
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce(array_agg(account.account_id ORDER BY account.account_id), '{}')
+          FROM email_accounts.account
+         WHERE account.visibility <> 'tenant'
+           AND NOT coalesce(pg_has_role(current_user, to_regrole('email_accounts_admin'), 'MEMBER'), false)
+           AND NOT coalesce(pg_has_role(current_user, to_regrole(quote_ident(account.owner_role)), 'MEMBER'), false)
+           AND NOT (account.visibility = 'shared'
+                    AND EXISTS (SELECT FROM unnest(account.shared_with) AS reader (role_name)
+                                 WHERE coalesce(pg_has_role(current_user, to_regrole(quote_ident(reader.role_name)), 'MEMBER'), false))));
+END;
+$$;
 
 COMMENT ON FUNCTION email_accounts.hidden_mailboxes() IS
   'The accounts of the current role''s tenants whose mail it may not see or send: visibility private or shared, and it is neither a member of owner_role, nor (for shared) of a role in shared_with, nor of email_accounts_admin. Superusers see everything (row-level security does not apply to them).';
@@ -1875,6 +1880,36 @@ ALTER POLICY tenant_rows ON email_accounts.suppression
     WITH CHECK (email_accounts.tenant_is_among(tenant, (SELECT email_accounts.current_tenants())));
 COMMENT ON FUNCTION email_accounts.tenant_is_visible(text) IS
   'True when the current role may see rows of this tenant: it is bound to it or to *; a role bound to no tenant sees nothing. The row-level security policies ask the same with the role''s tenants looked up once per query.';
+
+-- The tenants a role is bound to. Evaluated for an explicit role because
+-- SECURITY DEFINER code (set_password, the workers) asks on a caller's
+-- behalf. A superuser counts as bound to '*' (row-level security never
+-- applies to it anyway); pg_has_role would otherwise make it a member of
+-- every bound role. PL/pgSQL, as is current_tenants(): PostgreSQL 15 plans
+-- the body of an SQL function that reads a table afresh wherever a query
+-- starts it, so every policy check and every row a tenant's role queued
+-- planned both (0.3 ms each, six times per INSERT into the outbox);
+-- PL/pgSQL keeps its plans for the session.
+CREATE OR REPLACE FUNCTION email_accounts.tenants_of(member oid) RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (SELECT role.rolsuper FROM pg_roles AS role WHERE role.oid = member) THEN
+        RETURN ARRAY['*'];
+    END IF;
+    RETURN (SELECT coalesce(array_agg(DISTINCT binding.tenant ORDER BY binding.tenant), '{}')
+              FROM email_accounts.tenant_member AS binding
+             WHERE coalesce(pg_has_role(member, to_regrole(quote_ident(binding.role_name)), 'MEMBER'), false));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION email_accounts.current_tenants() RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN email_accounts.tenants_of((SELECT role.oid FROM pg_roles AS role WHERE role.rolname = current_user));
+END;
+$$;
 
 -- Choosing an outbox row's account by name or by the sender's address, and
 -- the few accounts not visible to their whole tenant (hidden_mailboxes(),

@@ -6,17 +6,22 @@
 -- the account table's own row-level security: accounts of tenants it cannot
 -- see are not listed, their rows are hidden by the tenant check already.
 -- Called once per query, as (SELECT email_accounts.hidden_mailboxes()).
+-- PL/pgSQL for its kept plan (see tenants_of() in sql/tenants.sql).
 CREATE FUNCTION email_accounts.hidden_mailboxes() RETURNS bigint[]
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN (
-    SELECT coalesce(pg_catalog.array_agg(account.account_id ORDER BY account.account_id), '{}')
-      FROM email_accounts.account
-     WHERE account.visibility OPERATOR(pg_catalog.<>) 'tenant'
-       AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole('email_accounts_admin'), 'MEMBER'), false)
-       AND NOT coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role)), 'MEMBER'), false)
-       AND NOT (account.visibility OPERATOR(pg_catalog.=) 'shared'
-                AND EXISTS (SELECT FROM pg_catalog.unnest(account.shared_with) AS reader (role_name)
-                             WHERE coalesce(pg_catalog.pg_has_role(current_user, pg_catalog.to_regrole(pg_catalog.quote_ident(reader.role_name)), 'MEMBER'), false))));
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce(array_agg(account.account_id ORDER BY account.account_id), '{}')
+          FROM email_accounts.account
+         WHERE account.visibility <> 'tenant'
+           AND NOT coalesce(pg_has_role(current_user, to_regrole('email_accounts_admin'), 'MEMBER'), false)
+           AND NOT coalesce(pg_has_role(current_user, to_regrole(quote_ident(account.owner_role)), 'MEMBER'), false)
+           AND NOT (account.visibility = 'shared'
+                    AND EXISTS (SELECT FROM unnest(account.shared_with) AS reader (role_name)
+                                 WHERE coalesce(pg_has_role(current_user, to_regrole(quote_ident(reader.role_name)), 'MEMBER'), false))));
+END;
+$$;
 
 COMMENT ON FUNCTION email_accounts.hidden_mailboxes() IS
   'The accounts of the current role''s tenants whose mail it may not see or send: visibility private or shared, and it is neither a member of owner_role, nor (for shared) of a role in shared_with, nor of email_accounts_admin. Superusers see everything (row-level security does not apply to them).';
