@@ -169,6 +169,48 @@ mod tests {
         }
     }
 
+    /// The tenant functions keep their plans for the session (PL/pgSQL):
+    /// each answer is still the role's of the moment, after SET ROLE to a
+    /// member or a group, back, and with a temporary `pg_roles` in front of
+    /// the search path; missing and NULL roles are bound to nothing.
+    #[pg_test]
+    fn the_tenants_of_a_session_follow_its_role() {
+        Spi::run(
+            "CREATE ROLE test_member; CREATE ROLE test_group; CREATE ROLE \"Test Mixed Case\";
+             GRANT test_group TO test_member; GRANT \"Test Mixed Case\" TO test_group;
+             GRANT email_accounts_sender TO \"Test Mixed Case\";
+             INSERT INTO email_accounts.tenant_member (role_name, tenant)
+                  VALUES ('test_member', 'acme'), ('test_group', 'beta'), ('Test Mixed Case', 'gamma')",
+        )
+        .unwrap();
+        let tenants = || Spi::get_one::<Vec<String>>("SELECT email_accounts.current_tenants()").unwrap().unwrap();
+        let strings = |tenants: &[&str]| tenants.iter().map(|tenant| tenant.to_string()).collect::<Vec<_>>();
+        assert_eq!(tenants(), strings(&["*"]));
+        for _ in 0..2 {
+            Spi::run("SET LOCAL ROLE test_member").unwrap();
+            assert_eq!(tenants(), strings(&["acme", "beta", "gamma"]));
+            Spi::run("SET LOCAL ROLE test_group").unwrap();
+            assert_eq!(tenants(), strings(&["beta", "gamma"]));
+            Spi::run("SET LOCAL ROLE \"Test Mixed Case\"").unwrap();
+            assert_eq!(tenants(), strings(&["gamma"]));
+            Spi::run("RESET ROLE").unwrap();
+            assert_eq!(tenants(), strings(&["*"]));
+        }
+        for role in ["NULL", "0"] {
+            let bound = Spi::get_one::<Vec<String>>(&format!("SELECT email_accounts.tenants_of({role})")).unwrap();
+            assert_eq!(bound, Some(Vec::new()), "tenants_of({role})");
+        }
+        // A role's own temporary pg_roles saying it is a superuser changes nothing.
+        Spi::run("SET LOCAL ROLE test_member").unwrap();
+        Spi::run(
+            "CREATE TEMP TABLE pg_roles AS SELECT oid, true AS rolsuper, rolname FROM pg_catalog.pg_roles;
+             SET LOCAL search_path = pg_temp, public",
+        )
+        .unwrap();
+        assert_eq!(tenants(), strings(&["acme", "beta", "gamma"]));
+        Spi::run("RESET ROLE").unwrap();
+    }
+
     #[pg_test]
     fn rotation_keeps_every_password_readable() {
         setup_roles_and_accounts();

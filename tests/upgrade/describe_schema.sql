@@ -7,13 +7,14 @@ WITH extension_objects AS (
      WHERE refclassid = 'pg_catalog.pg_extension'::regclass AND deptype = 'e'
        AND refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'email_accounts')
 ), relations AS (
-    SELECT class.oid, class.relname, class.relkind, class.relacl, class.relrowsecurity, class.relforcerowsecurity
+    SELECT class.oid, class.relname, class.relkind, class.relacl, class.relrowsecurity, class.relforcerowsecurity,
+           class.reloptions
       FROM pg_catalog.pg_class AS class
       JOIN extension_objects ON classid = 'pg_catalog.pg_class'::regclass AND objid = class.oid
 )
 SELECT fact FROM (
-    SELECT format('relation %s kind %s acl %s rls %s/%s comment %s', relname, relkind, relacl, relrowsecurity,
-                  relforcerowsecurity, pg_catalog.obj_description(oid, 'pg_class')) AS fact FROM relations
+    SELECT format('relation %s kind %s acl %s rls %s/%s options %s comment %s', relname, relkind, relacl, relrowsecurity,
+                  relforcerowsecurity, reloptions, pg_catalog.obj_description(oid, 'pg_class')) AS fact FROM relations
     UNION ALL
     SELECT format('column %s.%s %s notnull %s default %s acl %s compression %s comment %s', relations.relname, attribute.attname,
                   pg_catalog.format_type(attribute.atttypid, attribute.atttypmod), attribute.attnotnull,
