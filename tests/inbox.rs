@@ -376,6 +376,51 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
     assert!(setup.servers.mailbox("carol@example.test").is_empty());
     assert_eq!(setup.servers.mailbox("erin@example.test").len(), 2, "the message stored 3 days ago is deleted");
     assert_eq!(setup.subjects("Erin").len(), 3);
+
+    // Years of mail kept in the database, a near-empty mailbox on the server:
+    // a sync reads only what the server lists, not every stored UIDL.
+    setup
+        .client
+        .batch_execute(
+            "INSERT INTO email_accounts.message (account_id, folder, unique_id, size, raw, raw_sha256)
+             SELECT account_id, 'INBOX', 'archived-' || n, 1, 'x', sha256('x') FROM email_accounts.account, generate_series(1, 30000) AS n
+              WHERE name = 'Carol';
+             SELECT pg_stat_force_next_flush();",
+        )
+        .unwrap();
+    setup.servers.append("carol@example.test", "INBOX", &[(message("after the archive", ""), false)]);
+    let (rows_read, syncs) = (message_rows_read(&mut setup.client), sync_state_writes(&mut setup.client));
+    assert_eq!(setup.sync_now("Carol")[0].2, "ok");
+    // The receiver flushes its statistics after its step: the read counts are in once its sync_state write is.
+    wait_until("the receiver's statistics", LIMIT, || (sync_state_writes(&mut setup.client) > syncs).then_some(()));
+    let read = message_rows_read(&mut setup.client) - rows_read;
+    assert!(read < 100, "the sync read {read} stored messages for one new message on the server");
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message WHERE subject = 'after the archive'"), 1);
+    assert!(setup.servers.mailbox("carol@example.test").is_empty());
+}
+
+/// Rows of email_accounts.message read so far (sequential and through indexes).
+fn message_rows_read(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::bigint FROM pg_stat_user_tables
+              WHERE schemaname = 'email_accounts' AND relname = 'message'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Rows of email_accounts.sync_state written so far.
+fn sync_state_writes(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT (n_tup_ins + n_tup_upd)::bigint FROM pg_stat_user_tables
+              WHERE schemaname = 'email_accounts' AND relname = 'sync_state'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
 }
 
 #[test]

@@ -160,32 +160,47 @@ pub fn folder_states(account_id: i64, folders: &[String]) -> Result<Vec<FolderSt
     })
 }
 
-/// What the database knows of a POP3 mailbox: stored UIDLs and their age, skipped UIDLs.
+/// What the database knows of a POP3 mailbox before a sync: whether it was
+/// ever synced, and the UIDLs the initial sync count skipped. (Which UIDLs
+/// are stored is asked for the server's listing: `stored_unique_ids`.)
 pub fn pop3_state(account_id: i64, folder: &str) -> Result<Pop3State, SpiError> {
     Spi::connect(|client| {
         let mut state = Pop3State { folder: folder.to_owned(), ..Pop3State::default() };
-        let table = client.select(
-            "SELECT unique_id, extract(epoch FROM now() - received_at)::float8 / 86400
-               FROM email_accounts.message WHERE account_id = $1 AND unique_id IS NOT NULL",
-            None,
-            &[account_id.into()],
-        )?;
-        for row in table {
-            state.stored.insert(row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or(0.0));
-        }
-        let table = client.select(
-            "SELECT skipped_unique_ids, last_success_at IS NOT NULL FROM email_accounts.sync_state
-              WHERE account_id = $1 AND folder = $2",
-            None,
+        let table = kept_plans::select(
+            client,
+            "SELECT state.skipped_unique_ids, state.last_success_at IS NOT NULL,
+                    EXISTS (SELECT FROM email_accounts.message
+                             WHERE message.account_id = $1 AND message.unique_id IS NOT NULL)
+               FROM (SELECT) AS one
+               LEFT JOIN email_accounts.sync_state AS state ON state.account_id = $1 AND state.folder = $2",
             &[account_id.into(), folder.into()],
         )?;
-        let mut synced_before = false;
+        let (mut synced_before, mut any_stored) = (false, false);
         for row in table {
             state.skipped = row.get::<Vec<String>>(1)?.unwrap_or_default().into_iter().collect();
             synced_before = row.get(2)?.unwrap_or(false);
+            any_stored = row.get(3)?.unwrap_or(false);
         }
-        state.first_sync = !synced_before && state.stored.is_empty() && state.skipped.is_empty();
+        state.first_sync = !synced_before && !any_stored && state.skipped.is_empty();
         Ok(state)
+    })
+}
+
+/// Which of the `listed` UIDLs of a POP3 account are stored, each with the
+/// age of the stored copy in days: probes of the account's UIDL index for
+/// what the server lists (the whole stored history was read on every sync).
+pub fn stored_unique_ids(account_id: i64, listed: &[String]) -> Result<HashMap<String, f64>, SpiError> {
+    Spi::connect(|client| {
+        kept_plans::select(
+            client,
+            "SELECT message.unique_id, extract(epoch FROM now() - message.received_at)::float8 / 86400
+               FROM email_accounts.message
+              WHERE message.account_id = $1 AND message.unique_id = ANY ($2)",
+            &[account_id.into(), listed.to_vec().into()],
+        )?
+        .into_iter()
+        .map(|row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<f64>(2)?.unwrap_or(0.0))))
+        .collect()
     })
 }
 

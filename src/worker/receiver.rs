@@ -33,6 +33,12 @@ enum Report {
         batch: Batch,
         reply: mpsc::Sender<Result<StoreReceipt, String>>,
     },
+    /// Which of the UIDLs a POP3 server lists are stored already.
+    StoredUniqueIds {
+        account_index: usize,
+        listed: Vec<String>,
+        reply: mpsc::Sender<Result<HashMap<String, f64>, String>>,
+    },
     /// A token request just ended: what it obtained, to store at once.
     Tokens {
         account_index: usize,
@@ -66,6 +72,13 @@ impl BatchStore for MainThreadStore {
     fn receipt(&mut self) -> Result<StoreReceipt, String> {
         let answer = self.pending.take().ok_or_else(|| "no batch was submitted".to_owned())?;
         answer.recv().map_err(|_| "the receiver stopped before committing".to_owned())?
+    }
+
+    fn stored_unique_ids(&mut self, _folder: &str, listed: &[String]) -> Result<HashMap<String, f64>, String> {
+        let (reply, answer) = mpsc::channel();
+        let report = Report::StoredUniqueIds { account_index: self.account_index, listed: listed.to_vec(), reply };
+        self.reports.send(report).map_err(|_| "the receiver stopped".to_owned())?;
+        answer.recv().map_err(|_| "the receiver stopped before it answered".to_owned())?
     }
 }
 
@@ -410,6 +423,11 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
                     Err(error) => Err(error.to_string()),
                 };
                 let _ = reply.send(answer);
+            }
+            Ok(Report::StoredUniqueIds { account_index, listed, reply }) => {
+                let account_id = accounts[account_index].account_id;
+                let stored = try_in_transaction(|| inbox::stored_unique_ids(account_id, &listed));
+                let _ = reply.send(stored.map_err(|error| error.to_string()));
             }
             Ok(Report::Tokens { account_index, tokens }) => {
                 let tokens = merge(unstored.remove(&account_index).unwrap_or_default(), tokens);

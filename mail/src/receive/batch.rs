@@ -2,6 +2,7 @@
 //! the cursor that may advance once they are committed.
 
 use crate::parse::{parse, ParseError, ParsedMessage};
+use std::collections::HashMap;
 
 /// Size limits of one account's sync.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +76,11 @@ pub trait BatchStore {
 
     /// Waits until the batch submitted last is committed (or refused).
     fn receipt(&mut self) -> Result<StoreReceipt, String>;
+
+    /// Which of these POP3 unique ids are stored for the folder, each with
+    /// the age of its stored copy in days: asked for exactly what the server
+    /// lists, so the look-up does not grow with the mail kept over the years.
+    fn stored_unique_ids(&mut self, folder: &str, listed: &[String]) -> Result<HashMap<String, f64>, String>;
 
     /// Submits and waits.
     fn store(&mut self, batch: Batch) -> Result<StoreReceipt, String> {

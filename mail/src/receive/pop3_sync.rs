@@ -24,8 +24,6 @@ pub struct Pop3State {
     pub folder: String,
     /// No sync has happened yet: the initial sync count applies.
     pub first_sync: bool,
-    /// UIDLs already stored, with the age of the stored copy in days.
-    pub stored: HashMap<String, f64>,
     /// UIDLs the initial sync count left on the server.
     pub skipped: HashSet<String>,
 }
@@ -77,11 +75,13 @@ fn sync_mailbox(
     outcome: &mut FolderOutcome,
 ) -> Result<usize, SyncError> {
     let listing = client.unique_ids().map_err(|error| failed(error, "listing unique ids"))?;
+    let listed: Vec<String> = listing.iter().map(|(_, id)| id.clone()).collect();
+    let stored = store.stored_unique_ids(&state.folder, &listed).map_err(SyncError::Store)?;
     let sizes: HashMap<u32, u64> =
         client.sizes().map_err(|error| failed(error, "listing sizes"))?.into_iter().collect();
     let mut new: Vec<(u32, &str)> = listing
         .iter()
-        .filter(|(_, id)| !state.stored.contains_key(id) && !state.skipped.contains(id))
+        .filter(|(_, id)| !stored.contains_key(id) && !state.skipped.contains(id))
         .map(|(number, id)| (*number, id.as_str()))
         .collect();
     let mut skipped = Vec::new();
@@ -92,7 +92,7 @@ fn sync_mailbox(
 
     let mut to_delete: Vec<u32> = Vec::new();
     for (number, id) in &listing {
-        let due = match (options.retrieval, state.stored.get(id)) {
+        let due = match (options.retrieval, stored.get(id)) {
             (Retrieval::DeleteAfterStore, Some(_)) => true,
             (Retrieval::DeleteAfterDays(days), Some(age)) => *age >= days as f64,
             _ => false,
