@@ -207,6 +207,10 @@ CREATE TABLE email_accounts.account_oauth (
     refreshed_at timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+-- The device logins waiting for approval, which the receiver looks at on
+-- every round (three statements): not a read of every OAuth2 account.
+CREATE INDEX account_oauth_waiting ON email_accounts.account_oauth (next_request_at)
+    WHERE state = 'waiting for approval';
 
 COMMENT ON TABLE email_accounts.account_oauth IS
   'OAuth2 state of each account that was connected (or is being connected) with oauth_device_login(), set_oauth_refresh_token() or connect_oauth_client_credentials(). The tokens themselves are in account_oauth_token. account_settings.oauth_state says the same in words.';
