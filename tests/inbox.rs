@@ -389,6 +389,12 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
         )
         .unwrap();
     setup.servers.append("carol@example.test", "INBOX", &[(message("after the archive", ""), false)]);
+    // The earlier syncs' statistics all in first (a late flush would count for this sync's wait below).
+    wait_until("the receiver's statistics to settle", LIMIT, || {
+        let before = sync_state_writes(&mut setup.client);
+        std::thread::sleep(Duration::from_millis(1500));
+        (sync_state_writes(&mut setup.client) == before).then_some(())
+    });
     let (rows_read, syncs) = (message_rows_read(&mut setup.client), sync_state_writes(&mut setup.client));
     assert_eq!(setup.sync_now("Carol")[0].2, "ok");
     // The receiver flushes its statistics after its step: the read counts are in once its sync_state write is.

@@ -168,9 +168,12 @@ pub fn pop3_state(account_id: i64, folder: &str) -> Result<Pop3State, SpiError> 
         let mut state = Pop3State { folder: folder.to_owned(), ..Pop3State::default() };
         let table = kept_plans::select(
             client,
+            // (Whether anything is stored matters only before the first
+            // sync: not asked after it, when it could read every message.)
             "SELECT state.skipped_unique_ids, state.last_success_at IS NOT NULL,
-                    EXISTS (SELECT FROM email_accounts.message
-                             WHERE message.account_id = $1 AND message.unique_id IS NOT NULL)
+                    CASE WHEN state.last_success_at IS NULL
+                         THEN EXISTS (SELECT FROM email_accounts.message
+                                       WHERE message.account_id = $1 AND message.unique_id IS NOT NULL) END
                FROM (SELECT) AS one
                LEFT JOIN email_accounts.sync_state AS state ON state.account_id = $1 AND state.folder = $2",
             &[account_id.into(), folder.into()],

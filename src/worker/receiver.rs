@@ -426,8 +426,16 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
             }
             Ok(Report::StoredUniqueIds { account_index, listed, reply }) => {
                 let account_id = accounts[account_index].account_id;
-                let stored = try_in_transaction(|| inbox::stored_unique_ids(account_id, &listed));
-                let _ = reply.send(stored.map_err(|error| error.to_string()));
+                let stored = in_transaction(AssertUnwindSafe(|| -> Result<_, String> {
+                    // (As for a batch: a dump being restored has no say yet, and is held off meanwhile.)
+                    if let Some(process) =
+                        restore::in_progress(restore::Worker::Receiver).map_err(|error| error.to_string())?
+                    {
+                        return Err(format!("a dump is being restored into this database (process {process})"));
+                    }
+                    inbox::stored_unique_ids(account_id, &listed).map_err(|error| error.to_string())
+                }));
+                let _ = reply.send(stored.map_err(|error| error.to_string()).and_then(|answer| answer));
             }
             Ok(Report::Tokens { account_index, tokens }) => {
                 let tokens = merge(unstored.remove(&account_index).unwrap_or_default(), tokens);

@@ -77,8 +77,8 @@ pub trait BatchStore {
     /// Waits until the batch submitted last is committed (or refused).
     fn receipt(&mut self) -> Result<StoreReceipt, String>;
 
-    /// Which of these POP3 unique ids are stored for the folder, each with
-    /// the age of its stored copy in days: asked for exactly what the server
+    /// Which of these POP3 unique ids the account has stored, each with the
+    /// age of its stored copy in days: asked for exactly what the server
     /// lists, so the look-up does not grow with the mail kept over the years.
     fn stored_unique_ids(&mut self, folder: &str, listed: &[String]) -> Result<HashMap<String, f64>, String>;
 

@@ -66,6 +66,53 @@ pub fn sync(
     outcome
 }
 
+/// UIDLs asked for at once: a server may list hundreds of thousands, and
+/// each question holds the database's main thread, which other accounts'
+/// batches wait for.
+const LOOKED_UP_AT_ONCE: usize = 10_000;
+
+/// Which of the listed UIDLs are stored (each once, in slices).
+fn stored_of(
+    listing: &[(u32, String)],
+    folder: &str,
+    store: &mut dyn BatchStore,
+) -> Result<HashMap<String, f64>, SyncError> {
+    let mut distinct: Vec<String> = listing.iter().map(|(_, id)| id.clone()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut stored = HashMap::new();
+    for slice in distinct.chunks(LOOKED_UP_AT_ONCE) {
+        stored.extend(store.stored_unique_ids(folder, slice).map_err(SyncError::Store)?);
+    }
+    Ok(stored)
+}
+
+/// The UIDLs the server lists once. One it lists twice names two messages
+/// of which only one can be stored: neither is ever deleted (the stored copy
+/// could be the other's).
+fn listed_once(listing: &[(u32, String)]) -> HashSet<&str> {
+    let mut times_listed: HashMap<&str, usize> = HashMap::new();
+    for (_, id) in listing {
+        *times_listed.entry(id.as_str()).or_default() += 1;
+    }
+    times_listed.into_iter().filter(|(_, times)| *times == 1).map(|(id, _)| id).collect()
+}
+
+/// The messages already stored that the account's policy deletes now.
+fn stored_and_due(listing: &[(u32, String)], stored: &HashMap<String, f64>, retrieval: Retrieval) -> Vec<u32> {
+    let once = listed_once(listing);
+    listing
+        .iter()
+        .filter(|(_, id)| once.contains(id.as_str()))
+        .filter(|(_, id)| match (retrieval, stored.get(id)) {
+            (Retrieval::DeleteAfterStore, Some(_)) => true,
+            (Retrieval::DeleteAfterDays(days), Some(age)) => *age >= days as f64,
+            _ => false,
+        })
+        .map(|(number, _)| *number)
+        .collect()
+}
+
 /// Fetches and stores new messages, marks deletions; returns how many were marked.
 fn sync_mailbox(
     client: &mut Pop3Client<MailStream>,
@@ -75,8 +122,8 @@ fn sync_mailbox(
     outcome: &mut FolderOutcome,
 ) -> Result<usize, SyncError> {
     let listing = client.unique_ids().map_err(|error| failed(error, "listing unique ids"))?;
-    let listed: Vec<String> = listing.iter().map(|(_, id)| id.clone()).collect();
-    let stored = store.stored_unique_ids(&state.folder, &listed).map_err(SyncError::Store)?;
+    let stored = stored_of(&listing, &state.folder, store)?;
+    let listed_once = listed_once(&listing);
     let sizes: HashMap<u32, u64> =
         client.sizes().map_err(|error| failed(error, "listing sizes"))?.into_iter().collect();
     let mut new: Vec<(u32, &str)> = listing
@@ -90,17 +137,7 @@ fn sync_mailbox(
         skipped = new.drain(..keep_from).map(|(_, id)| id.to_owned()).collect();
     }
 
-    let mut to_delete: Vec<u32> = Vec::new();
-    for (number, id) in &listing {
-        let due = match (options.retrieval, stored.get(id)) {
-            (Retrieval::DeleteAfterStore, Some(_)) => true,
-            (Retrieval::DeleteAfterDays(days), Some(age)) => *age >= days as f64,
-            _ => false,
-        };
-        if due {
-            to_delete.push(*number);
-        }
-    }
+    let mut to_delete = stored_and_due(&listing, &stored, options.retrieval);
 
     let limits = &options.limits;
     let size_of = |number: u32| sizes.get(&number).copied().unwrap_or(0);
@@ -130,8 +167,13 @@ fn sync_mailbox(
         outcome.already_stored += receipt.already_stored;
         if options.retrieval == Retrieval::DeleteAfterStore {
             let committed: HashSet<&str> = receipt.committed_unique_ids.iter().map(String::as_str).collect();
-            to_delete
-                .extend(group.iter().map(|&index| new[index]).filter(|(_, id)| committed.contains(id)).map(|(n, _)| n));
+            to_delete.extend(
+                group
+                    .iter()
+                    .map(|&index| new[index])
+                    .filter(|(_, id)| committed.contains(id) && listed_once.contains(id))
+                    .map(|(n, _)| n),
+            );
         }
         if let Some((which, why)) = receipt.failed.first() {
             // Keep going with the others; this one stays on the server.
@@ -147,4 +189,25 @@ fn sync_mailbox(
         client.delete(*number).map_err(|error| failed(error, &format!("deleting message {number}")))?;
     }
     Ok(to_delete.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(ids: &[&str]) -> Vec<(u32, String)> {
+        ids.iter().zip(1..).map(|(id, number)| (number, id.to_string())).collect()
+    }
+
+    #[test]
+    fn only_stored_messages_listed_once_are_deleted_as_the_policy_says() {
+        let listed = listing(&["a", "b", "twice", "c", "twice"]);
+        let stored: HashMap<String, f64> =
+            [("a", 0.5), ("b", 3.0), ("twice", 9.0)].into_iter().map(|(id, age)| (id.to_owned(), age)).collect();
+        assert_eq!(stored_and_due(&listed, &stored, Retrieval::Keep), Vec::<u32>::new());
+        // "c" is not stored; "twice" is stored but listed twice.
+        assert_eq!(stored_and_due(&listed, &stored, Retrieval::DeleteAfterStore), vec![1, 2]);
+        assert_eq!(stored_and_due(&listed, &stored, Retrieval::DeleteAfterDays(2)), vec![2]);
+        assert_eq!(listed_once(&listed), ["a", "b", "c"].into_iter().collect());
+    }
 }
