@@ -354,17 +354,21 @@ COMMENT ON FUNCTION email_accounts.check_account_settings(bigint) IS
 -- role, or as a role that is not bound to the account's tenant. The receiver
 -- asks again before each run (role attributes and bindings change).
 CREATE FUNCTION email_accounts.owner_role_problem(owner oid, account_tenant text) RETURNS text
-LANGUAGE sql STABLE
-RETURN CASE
-    WHEN owner IS NULL THEN 'the role does not exist'
-    WHEN (SELECT role.rolsuper FROM pg_catalog.pg_roles AS role WHERE role.oid = owner)
-        THEN 'it is a superuser, and code never runs as one'
-    WHEN (SELECT role.rolname FROM pg_catalog.pg_roles AS role WHERE role.oid = owner)
-             OPERATOR(pg_catalog.=) ANY (ARRAY['email_accounts_admin', 'email_accounts_sender']::name[])
-        THEN 'it is an email_accounts group role'
-    WHEN NOT email_accounts.tenant_is_among(account_tenant, email_accounts.tenants_of(owner))
-        THEN 'it is not bound to the account''s tenant (see tenant_member)'
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN CASE
+        WHEN owner IS NULL THEN 'the role does not exist'
+        WHEN (SELECT role.rolsuper FROM pg_catalog.pg_roles AS role WHERE role.oid = owner)
+            THEN 'it is a superuser, and code never runs as one'
+        WHEN (SELECT role.rolname FROM pg_catalog.pg_roles AS role WHERE role.oid = owner)
+                 OPERATOR(pg_catalog.=) ANY (ARRAY['email_accounts_admin', 'email_accounts_sender']::name[])
+            THEN 'it is an email_accounts group role'
+        WHEN NOT email_accounts.tenant_is_among(account_tenant, email_accounts.tenants_of(owner))
+            THEN 'it is not bound to the account''s tenant (see tenant_member)'
+    END;
 END;
+$$;
 
 COMMENT ON FUNCTION email_accounts.owner_role_problem(oid, text) IS
   'Why this role may not run the append_to_table / on_receive_function code of an account of this tenant (a superuser, a group role, a role not bound to the tenant), or NULL when it may.';
