@@ -170,7 +170,12 @@ fn execute<'conn>(
             // A transaction id marks the transaction as writing, for pgrx's later statements.
             pg_sys::GetCurrentTransactionId();
         }
-        let read_only = !writes && pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId;
+        // Read-only (no new snapshot, no command counter step) only while the
+        // whole transaction has written nothing: the top-level transaction's
+        // id, not the current subtransaction's, which a fresh subtransaction
+        // inside a writing one lacks (it then missed the rows its parent had
+        // just stored).
+        let read_only = !writes && pg_sys::GetTopTransactionIdIfAny() == pg_sys::InvalidTransactionId;
         pg_sys::SPI_tuptable = std::ptr::null_mut();
         let status = pg_sys::SPI_execute_plan(plan.as_ptr(), values.as_mut_ptr(), nulls.as_ptr(), read_only, 0);
         Spi::check_status(status)?;
@@ -274,6 +279,17 @@ mod tests {
         assert_eq!(plans_made(), before + 2);
         assert_eq!(get_one::<i64>(FIND, &[vec!["2".to_owned()].into()]).unwrap(), Some(1));
         assert_eq!(plans_made(), before + 2);
+    }
+
+    /// A reading statement in a fresh subtransaction of a transaction that
+    /// has written sees what it wrote (the receiver's routing steps each run
+    /// in a subtransaction after the messages were stored).
+    #[pg_test]
+    fn a_read_in_a_subtransaction_sees_what_the_transaction_wrote() {
+        Spi::run("CREATE TABLE growing (id bigint PRIMARY KEY)").unwrap();
+        Spi::run("INSERT INTO growing VALUES (1), (2)").unwrap();
+        let seen = crate::store::transaction::in_subtransaction(count).unwrap();
+        assert_eq!(seen, Some(2));
     }
 
     #[pg_test]
