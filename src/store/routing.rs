@@ -5,6 +5,7 @@
 //! automatic reply. Each step runs in its own subtransaction: an error is
 //! recorded on the message and never loses it.
 
+use super::kept_plans;
 use super::transaction::{in_subtransaction, set_setting, StoreError, PINNED_SEARCH_PATH};
 use email_accounts_mail::receive::auto_reply::{auto_reply_recipient, auto_reply_subject};
 use email_accounts_mail::receive::FetchedMessage;
@@ -452,21 +453,19 @@ fn link_document(message_id: i64, account_id: i64, recipients: &[String]) -> Res
     let Some(key) = key else {
         return not_linked("there is no such row".to_owned());
     };
-    Spi::run_with_args(
-        "UPDATE email_accounts.message SET reference_table = $2, reference_id = $3 WHERE message_id = $1",
-        &[message_id.into(), relation.into(), key.into()],
-    )?;
+    kept_plans::run(LINK_TO_ROW, &[message_id.into(), relation.into(), key.into()])?;
     Ok(true)
 }
 
 /// Creates the append_to row as the owner role and links the message to it.
 fn append_to(message_id: i64, table: pg_sys::Oid, owner: pg_sys::Oid) -> Result<(), SpiError> {
-    let statement = Spi::get_one_with_args::<String>(
+    // (Kept plans: these run for every message routed.)
+    let statement = kept_plans::get_one::<String>(
         "SELECT email_accounts.append_to_statement(account_id) FROM email_accounts.message WHERE message_id = $1",
         &[message_id.into()],
     )?
     .unwrap_or_default();
-    let values = Spi::get_one_with_args::<JsonB>("SELECT email_accounts.append_to_values($1)", &[message_id.into()])?;
+    let values = kept_plans::get_one::<JsonB>("SELECT email_accounts.append_to_values($1)", &[message_id.into()])?;
     let key = as_role(owner, || {
         Spi::connect_mut(|client| {
             let inserted = client.update(&statement, Some(1), &[values.into()])?;
@@ -476,11 +475,12 @@ fn append_to(message_id: i64, table: pg_sys::Oid, owner: pg_sys::Oid) -> Result<
             inserted.first().get::<String>(1)
         })
     })?;
-    Spi::run_with_args(
-        "UPDATE email_accounts.message SET reference_table = $2, reference_id = $3 WHERE message_id = $1",
-        &[message_id.into(), table.into(), key.into()],
-    )
+    kept_plans::run(LINK_TO_ROW, &[message_id.into(), table.into(), key.into()])
 }
+
+/// Links a message to the application row it was appended to or is about.
+const LINK_TO_ROW: &str =
+    "UPDATE email_accounts.message SET reference_table = $2, reference_id = $3 WHERE message_id = $1";
 
 fn auto_reply(message_id: i64, message: &FetchedMessage, settings: &RoutingSettings) -> Result<(), SpiError> {
     let (recipient, refusal, subject) = match &message.parsed {
@@ -494,7 +494,7 @@ fn auto_reply(message_id: i64, message: &FetchedMessage, settings: &RoutingSetti
         }
         Err(error) => (None, Some(format!("the message could not be parsed: {error}")), auto_reply_subject(None)),
     };
-    Spi::run_with_args(
+    kept_plans::run(
         "SELECT email_accounts.auto_reply($1, $2, $3, $4)",
         &[message_id.into(), recipient.into(), subject.into(), refusal.into()],
     )
