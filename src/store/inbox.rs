@@ -125,15 +125,15 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
     })
 }
 
+const SECONDS_UNTIL_NEXT_SYNC: &str = "
+SELECT extract(epoch FROM min(schedule.next_sync_at) - now())::float8
+  FROM email_accounts.account_settings AS settings
+ CROSS JOIN LATERAL email_accounts.next_sync_at(settings.account_id, settings.folders) AS schedule
+ WHERE settings.ready_to_receive";
+
 /// Seconds until the next account is due (0 when one is due now); `None` when no account receives.
 pub fn seconds_until_next_sync() -> Result<Option<f64>, SpiError> {
-    kept_plans::get_one::<f64>(
-        "SELECT extract(epoch FROM min(schedule.next_sync_at) - now())::float8
-           FROM email_accounts.account_settings AS settings
-          CROSS JOIN LATERAL email_accounts.next_sync_at(settings.account_id, settings.folders) AS schedule
-          WHERE settings.ready_to_receive",
-        &[],
-    )
+    kept_plans::get_one::<f64>(SECONDS_UNTIL_NEXT_SYNC, &[])
 }
 
 /// Where each IMAP folder of the account stands.
@@ -609,4 +609,33 @@ pub fn replace_parsed(message_id: i64, parsed: Result<&ParsedMessage, String>) -
     Spi::run_with_args("DELETE FROM email_accounts.message_attachment WHERE message_id = $1", &[message_id.into()])?;
     insert_attachments(&[(message_id, fields)])?;
     Spi::run_with_args("SELECT email_accounts.link_reply($1)", &[message_id.into()])
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::{RECEIVING_ACCOUNTS, SECONDS_UNTIL_NEXT_SYNC};
+    use pgrx::prelude::*;
+
+    /// The receiver's looks at every account read each account's schedule
+    /// inside their own plan: next_sync_at() is inlined, not a function run
+    /// (and planned) once per account (35 ms instead of 12 at 5,000 accounts).
+    #[pg_test]
+    fn the_receivers_schedule_is_inlined_into_its_statements() {
+        for (statement, arguments) in
+            [(RECEIVING_ACCOUNTS, vec![Vec::<i64>::new().into()]), (SECONDS_UNTIL_NEXT_SYNC, Vec::new())]
+        {
+            // (EXPLAIN through `update`: SPI refuses it in read-only mode.)
+            let plan: Vec<String> = Spi::connect_mut(|client| {
+                client
+                    .update(&format!("EXPLAIN (VERBOSE, COSTS OFF) {statement}"), None, &arguments)
+                    .unwrap()
+                    .map(|row| row.get::<String>(1).unwrap().unwrap_or_default())
+                    .collect()
+            });
+            let plan = plan.join("\n");
+            assert!(plan.contains("sync_state"), "the schedule reads sync_state in the plan itself: {plan}");
+            assert!(!plan.contains("next_sync_at("), "next_sync_at() is called, not inlined: {plan}");
+        }
+    }
 }
