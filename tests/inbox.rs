@@ -407,23 +407,23 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
 
 /// Rows of email_accounts.message read so far (sequential and through indexes).
 fn message_rows_read(client: &mut postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::bigint FROM pg_stat_user_tables
-              WHERE schemaname = 'email_accounts' AND relname = 'message'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
+    table_statistic(client, "message", "seq_tup_read + idx_tup_fetch")
 }
 
 /// Rows of email_accounts.sync_state written so far.
 fn sync_state_writes(client: &mut postgres::Client) -> i64 {
+    table_statistic(client, "sync_state", "n_tup_ins + n_tup_upd")
+}
+
+/// A sum of pg_stat_user_tables counters of one of the extension's tables.
+fn table_statistic(client: &mut postgres::Client, table: &str, counters: &str) -> i64 {
     client
         .query_one(
-            "SELECT (n_tup_ins + n_tup_upd)::bigint FROM pg_stat_user_tables
-              WHERE schemaname = 'email_accounts' AND relname = 'sync_state'",
-            &[],
+            &format!(
+                "SELECT coalesce({counters}, 0)::bigint FROM pg_stat_user_tables
+                  WHERE schemaname = 'email_accounts' AND relname = $1"
+            ),
+            &[&table],
         )
         .unwrap()
         .get(0)

@@ -74,7 +74,7 @@ impl BatchStore for MainThreadStore {
         answer.recv().map_err(|_| "the receiver stopped before committing".to_owned())?
     }
 
-    fn stored_unique_ids(&mut self, _folder: &str, listed: &[String]) -> Result<HashMap<String, f64>, String> {
+    fn stored_unique_ids(&mut self, listed: &[String]) -> Result<HashMap<String, f64>, String> {
         let (reply, answer) = mpsc::channel();
         let report = Report::StoredUniqueIds { account_index: self.account_index, listed: listed.to_vec(), reply };
         self.reports.send(report).map_err(|_| "the receiver stopped".to_owned())?;
@@ -405,37 +405,19 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
         match incoming.recv_timeout(Duration::from_millis(100)) {
             Ok(Report::Batch { account_index, batch, reply }) => {
                 let account = &accounts[account_index];
-                let stored = in_transaction(AssertUnwindSafe(|| -> Result<_, String> {
-                    // Nothing is stored while a dump is restored (its rows would collide).
-                    if let Some(process) =
-                        restore::in_progress(restore::Worker::Receiver).map_err(|error| error.to_string())?
-                    {
-                        return Err(format!("a dump is being restored into this database (process {process})"));
-                    }
-                    inbox::store_batch(account, &batch).map_err(|error| error.to_string())
-                }));
-                let answer = match stored {
-                    Ok(Ok(receipt)) => {
-                        *new_messages.entry(account_index).or_default() += receipt.new_messages;
-                        Ok(receipt)
-                    }
-                    Ok(Err(error)) => Err(error),
-                    Err(error) => Err(error.to_string()),
-                };
+                let answer =
+                    unless_restoring(|| inbox::store_batch(account, &batch).map_err(|error| error.to_string()));
+                if let Ok(receipt) = &answer {
+                    *new_messages.entry(account_index).or_default() += receipt.new_messages;
+                }
                 let _ = reply.send(answer);
             }
             Ok(Report::StoredUniqueIds { account_index, listed, reply }) => {
                 let account_id = accounts[account_index].account_id;
-                let stored = in_transaction(AssertUnwindSafe(|| -> Result<_, String> {
-                    // (As for a batch: a dump being restored has no say yet, and is held off meanwhile.)
-                    if let Some(process) =
-                        restore::in_progress(restore::Worker::Receiver).map_err(|error| error.to_string())?
-                    {
-                        return Err(format!("a dump is being restored into this database (process {process})"));
-                    }
+                let answer = unless_restoring(|| {
                     inbox::stored_unique_ids(account_id, &listed).map_err(|error| error.to_string())
-                }));
-                let _ = reply.send(stored.map_err(|error| error.to_string()).and_then(|answer| answer));
+                });
+                let _ = reply.send(answer);
             }
             Ok(Report::Tokens { account_index, tokens }) => {
                 let tokens = merge(unstored.remove(&account_index).unwrap_or_default(), tokens);
@@ -475,6 +457,20 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
         }
     }
     renewing_elsewhere > 0
+}
+
+/// Answers a sync thread in a transaction of its own, unless a dump is being
+/// restored into the database: then nothing is stored or read for it (the
+/// restored rows would collide, or are not all there yet), and the restore
+/// is held off until the transaction ends.
+fn unless_restoring<T>(body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let answer = in_transaction(AssertUnwindSafe(|| -> Result<T, String> {
+        if let Some(process) = restore::in_progress(restore::Worker::Receiver).map_err(|error| error.to_string())? {
+            return Err(format!("a dump is being restored into this database (process {process})"));
+        }
+        body()
+    }));
+    answer.map_err(|error| error.to_string()).and_then(|answer| answer)
 }
 
 /// Time until the next account is due; a failed look-up is retried in a second.

@@ -80,7 +80,7 @@ pub trait BatchStore {
     /// Which of these POP3 unique ids the account has stored, each with the
     /// age of its stored copy in days: asked for exactly what the server
     /// lists, so the look-up does not grow with the mail kept over the years.
-    fn stored_unique_ids(&mut self, folder: &str, listed: &[String]) -> Result<HashMap<String, f64>, String>;
+    fn stored_unique_ids(&mut self, listed: &[String]) -> Result<HashMap<String, f64>, String>;
 
     /// Submits and waits.
     fn store(&mut self, batch: Batch) -> Result<StoreReceipt, String> {

@@ -72,17 +72,13 @@ pub fn sync(
 const LOOKED_UP_AT_ONCE: usize = 10_000;
 
 /// Which of the listed UIDLs are stored (each once, in slices).
-fn stored_of(
-    listing: &[(u32, String)],
-    folder: &str,
-    store: &mut dyn BatchStore,
-) -> Result<HashMap<String, f64>, SyncError> {
+fn stored_of(listing: &[(u32, String)], store: &mut dyn BatchStore) -> Result<HashMap<String, f64>, SyncError> {
     let mut distinct: Vec<String> = listing.iter().map(|(_, id)| id.clone()).collect();
     distinct.sort_unstable();
     distinct.dedup();
     let mut stored = HashMap::new();
     for slice in distinct.chunks(LOOKED_UP_AT_ONCE) {
-        stored.extend(store.stored_unique_ids(folder, slice).map_err(SyncError::Store)?);
+        stored.extend(store.stored_unique_ids(slice).map_err(SyncError::Store)?);
     }
     Ok(stored)
 }
@@ -98,9 +94,14 @@ fn listed_once(listing: &[(u32, String)]) -> HashSet<&str> {
     times_listed.into_iter().filter(|(_, times)| *times == 1).map(|(id, _)| id).collect()
 }
 
-/// The messages already stored that the account's policy deletes now.
-fn stored_and_due(listing: &[(u32, String)], stored: &HashMap<String, f64>, retrieval: Retrieval) -> Vec<u32> {
-    let once = listed_once(listing);
+/// The messages already stored that the account's policy deletes now (of
+/// those the server lists once).
+fn stored_and_due(
+    listing: &[(u32, String)],
+    once: &HashSet<&str>,
+    stored: &HashMap<String, f64>,
+    retrieval: Retrieval,
+) -> Vec<u32> {
     listing
         .iter()
         .filter(|(_, id)| once.contains(id.as_str()))
@@ -122,7 +123,7 @@ fn sync_mailbox(
     outcome: &mut FolderOutcome,
 ) -> Result<usize, SyncError> {
     let listing = client.unique_ids().map_err(|error| failed(error, "listing unique ids"))?;
-    let stored = stored_of(&listing, &state.folder, store)?;
+    let stored = stored_of(&listing, store)?;
     let listed_once = listed_once(&listing);
     let sizes: HashMap<u32, u64> =
         client.sizes().map_err(|error| failed(error, "listing sizes"))?.into_iter().collect();
@@ -137,7 +138,7 @@ fn sync_mailbox(
         skipped = new.drain(..keep_from).map(|(_, id)| id.to_owned()).collect();
     }
 
-    let mut to_delete = stored_and_due(&listing, &stored, options.retrieval);
+    let mut to_delete = stored_and_due(&listing, &listed_once, &stored, options.retrieval);
 
     let limits = &options.limits;
     let size_of = |number: u32| sizes.get(&number).copied().unwrap_or(0);
@@ -204,10 +205,11 @@ mod tests {
         let listed = listing(&["a", "b", "twice", "c", "twice"]);
         let stored: HashMap<String, f64> =
             [("a", 0.5), ("b", 3.0), ("twice", 9.0)].into_iter().map(|(id, age)| (id.to_owned(), age)).collect();
-        assert_eq!(stored_and_due(&listed, &stored, Retrieval::Keep), Vec::<u32>::new());
+        let once = listed_once(&listed);
+        assert_eq!(once, ["a", "b", "c"].into_iter().collect());
+        assert_eq!(stored_and_due(&listed, &once, &stored, Retrieval::Keep), Vec::<u32>::new());
         // "c" is not stored; "twice" is stored but listed twice.
-        assert_eq!(stored_and_due(&listed, &stored, Retrieval::DeleteAfterStore), vec![1, 2]);
-        assert_eq!(stored_and_due(&listed, &stored, Retrieval::DeleteAfterDays(2)), vec![2]);
-        assert_eq!(listed_once(&listed), ["a", "b", "c"].into_iter().collect());
+        assert_eq!(stored_and_due(&listed, &once, &stored, Retrieval::DeleteAfterStore), vec![1, 2]);
+        assert_eq!(stored_and_due(&listed, &once, &stored, Retrieval::DeleteAfterDays(2)), vec![2]);
     }
 }
