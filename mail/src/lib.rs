@@ -16,6 +16,7 @@ pub mod pop3;
 pub mod probe;
 pub mod receive;
 pub mod return_path;
+pub mod row_status;
 pub mod sasl;
 pub mod secret;
 pub mod smtp_client;

@@ -4,10 +4,10 @@
 use super::account_settings::ServerSettings;
 use super::kept_plans;
 use email_accounts_mail::compose::Attachment;
-use email_accounts_mail::delivery::RowSummary;
+use email_accounts_mail::row_status::{RecipientUpdate, RowStatus};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// An outbox row claimed for sending.
 #[derive(Debug, Clone)]
@@ -31,9 +31,13 @@ pub struct ClaimedRow {
     /// The application row (schema-qualified table, key) whose document
     /// address is to be the Reply-To (automatic linking).
     pub document: Option<(String, String)>,
-    /// Recipients not yet accepted (pending or deferred).
+    /// Recipients not yet accepted (pending or deferred), suppressed ones left out.
     pub recipients: Vec<String>,
     pub attachments: Vec<Attachment>,
+    /// Delivery attempts, this claim's included.
+    pub attempts: i32,
+    /// A recipient was accepted in an earlier attempt.
+    pub accepted_before: bool,
 }
 
 /// What sending through an account needs.
@@ -191,7 +195,7 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
                         AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
                         AND coalesce(outbox.reply_to_document,
                                      account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)) END,
-          outbox.reference_id, outbox.tenant";
+          outbox.reference_id, outbox.tenant, outbox.attempts";
 
 /// When this process started, as `pg_stat_get_activity()` reports it
 /// (`take_back_abandoned` compares the two). Passed in rather than read
@@ -272,6 +276,8 @@ pub fn claim(
                     },
                     recipients: Vec::new(),
                     attachments: Vec::new(),
+                    attempts: row.get(20)?.unwrap_or_default(),
+                    accepted_before: false,
                 };
                 Ok((claimed, row.get::<String>(19)?))
             })
@@ -282,32 +288,35 @@ pub fn claim(
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut accepted_before: HashSet<i64> = HashSet::new();
     let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
     // Unsubscribed addresses are never sent to: they are marked suppressed.
     let (mut suppressed_ids, mut suppressed_addresses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
     Spi::connect(|client| -> Result<(), SpiError> {
         // Per claimed row through the primary key (OFFSET 0 keeps the
         // planner from turning it into a scan of the whole table, which it
-        // does when the statistics are stale after a burst of inserts). The
-        // suppression list is probed through its unique index on (tenant,
+        // does when the statistics are stale after a burst of inserts): its
+        // open recipients, and whether one was accepted before (recording
+        // decides the row's status from both). The suppression list is
+        // probed for open recipients through its unique index on (tenant,
         // lower(address)), NULL tenants by a probe of their own: a join on
         // `tenant IS NOT DISTINCT FROM` cannot use the index and walked all
         // of it per recipient (93 ms a round of 200 with 20,000 suppressions).
         let table = kept_plans::select(
             client,
-            "SELECT claimed.outbox_id, recipient.address, suppressed.reason
+            "SELECT claimed.outbox_id, recipient.address, recipient.status = 'sent', suppressed.reason
                FROM unnest($1::bigint[], $2::text[]) AS claimed (outbox_id, tenant)
               CROSS JOIN LATERAL (
-                  SELECT address FROM email_accounts.outbox_recipient
-                   WHERE outbox_recipient.outbox_id = claimed.outbox_id AND status IN ('pending', 'deferred')
+                  SELECT address, status FROM email_accounts.outbox_recipient
+                   WHERE outbox_recipient.outbox_id = claimed.outbox_id AND status IN ('pending', 'deferred', 'sent')
                    ORDER BY address OFFSET 0) AS recipient
                LEFT JOIN LATERAL (
                   (SELECT suppression.reason FROM email_accounts.suppression
-                    WHERE suppression.tenant = claimed.tenant
+                    WHERE recipient.status <> 'sent' AND suppression.tenant = claimed.tenant
                       AND lower(suppression.address) = lower(recipient.address))
                   UNION ALL
                   (SELECT suppression.reason FROM email_accounts.suppression
-                    WHERE claimed.tenant IS NULL AND suppression.tenant IS NULL
+                    WHERE recipient.status <> 'sent' AND claimed.tenant IS NULL AND suppression.tenant IS NULL
                       AND lower(suppression.address) = lower(recipient.address))
                   LIMIT 1) AS suppressed ON true",
             &[ids.clone().into(), tenants.into()],
@@ -315,7 +324,11 @@ pub fn claim(
         for row in table {
             let outbox_id: i64 = row.get(1)?.unwrap_or_default();
             let address: String = row.get(2)?.unwrap_or_default();
-            match row.get::<String>(3)? {
+            if row.get::<bool>(3)?.unwrap_or_default() {
+                accepted_before.insert(outbox_id);
+                continue;
+            }
+            match row.get::<String>(4)? {
                 Some(reason) => {
                     suppressed_ids.push(outbox_id);
                     suppressed_addresses.push(address);
@@ -357,6 +370,7 @@ pub fn claim(
     for row in &mut rows {
         row.recipients = recipients.remove(&row.outbox_id).unwrap_or_default();
         row.attachments = attachments.remove(&row.outbox_id).unwrap_or_default();
+        row.accepted_before = accepted_before.contains(&row.outbox_id);
     }
     Ok(rows)
 }
@@ -428,113 +442,80 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
     })
 }
 
-/// One claimed row's result, for [`record_all`].
+/// One claimed row's outcome, for [`record_all`] (decided by
+/// `email_accounts_mail::row_status::verdict` from what the claim read).
 pub struct RowResult<'a> {
     pub outbox_id: i64,
     pub claim_token: &'a str,
-    pub summary: &'a RowSummary,
+    pub status: RowStatus,
+    pub last_error: Option<&'a str>,
+    pub recipients: &'a [RecipientUpdate],
 }
 
 /// Records what a round came to for the claimed rows whose claim is still
 /// ours (a lapsed lease lets another sender take a row: then its claim
-/// records), in four set-based statements whatever the number of rows.
-/// Recipients accepted are never sent to again; 4xx answers and unreachable
-/// servers retry with exponential backoff and jitter until `max_attempts`;
-/// 5xx answers fail that recipient. The caller falls back to one row per call
-/// if a whole round cannot be recorded.
-pub fn record_all(rows: &[RowResult<'_>], max_attempts: i32, retry_base_delay_seconds: i32) -> Result<(), SpiError> {
+/// records), in one statement whatever the number of rows: each row's
+/// status, and its recipients' only where the row's was recorded. A retry
+/// waits with exponential backoff and jitter. The caller falls back to one
+/// row per call if a whole round cannot be recorded.
+pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Result<(), SpiError> {
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();
-    // Each row's token is its own random UUID: the tokens are matched as a
-    // set (= ANY, not a join with the pairs: a plan made while the outbox
-    // looked empty walked its whole primary key per round, 0.6 s at 20,000
-    // rows; made uuids once, not once per row: 10 ms a round), and the pairs
-    // are checked here.
-    let ours: HashMap<i64, String> = Spi::connect_mut(|client| {
-        let table = kept_plans::update(
-            client,
-            "SELECT outbox.outbox_id, outbox.claim_token::text FROM email_accounts.outbox
-              WHERE outbox.outbox_id = ANY ($1::bigint[])
-                AND outbox.claim_token = ANY (ARRAY(SELECT token::uuid FROM unnest($2::text[]) AS token))
-                FOR UPDATE OF outbox",
-            &[ids.into(), tokens.into()],
-        )?;
-        table
-            .into_iter()
-            .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
-            .collect::<Result<HashMap<i64, String>, SpiError>>()
-    })?;
-    let rows: Vec<&RowResult<'_>> =
-        rows.iter().filter(|row| ours.get(&row.outbox_id).is_some_and(|token| token == row.claim_token)).collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let (mut answer_ids, mut addresses, mut statuses, mut replies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut unsendable_ids, mut problems) = (Vec::new(), Vec::new());
-    for row in &rows {
-        for (address, status, reply) in &row.summary.recipients {
+    let statuses: Vec<&str> = rows.iter().map(|row| row.status.label()).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|row| row.last_error).collect();
+    let (mut answer_ids, mut addresses, mut answers, mut replies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        for update in row.recipients {
             answer_ids.push(row.outbox_id);
-            addresses.push(address.as_str());
-            statuses.push(status.label());
-            replies.push(reply.as_str());
-        }
-        if let Some(problem) = &row.summary.unsendable {
-            unsendable_ids.push(row.outbox_id);
-            problems.push(problem.as_str());
+            addresses.push(update.address.as_str());
+            answers.push(update.status.label());
+            replies.push(update.reply.as_deref());
         }
     }
-    set_recipient_statuses(answer_ids, addresses, statuses, replies)?;
-    if !unsendable_ids.is_empty() {
-        kept_plans::run(
-            "UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', reply = problem.reply, updated_at = now()
-               FROM unnest($1::bigint[], $2::text[]) AS problem (outbox_id, reply)
-              WHERE recipient.outbox_id = problem.outbox_id AND recipient.status IN ('pending', 'deferred')",
-            &[unsendable_ids.into(), problems.into()],
-        )?;
-    }
-    let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
-    let errors: Vec<Option<String>> = rows.iter().map(|row| row.summary.last_error.clone()).collect();
-    // (The columns naming the claim's sender are cleared with the claim.)
+    // The row's token is checked by the UPDATE itself, under its row lock
+    // (a claim taken over meanwhile has another token, and the row is left
+    // alone). (= ANY as well as the join: through the primary key whatever
+    // the statistics say; a plan made while the outbox looked empty otherwise
+    // walked its whole primary key per round.) The columns naming the
+    // claim's sender are cleared with the claim.
     kept_plans::run(
-        "WITH results AS MATERIALIZED (
-             -- Per row, its recipients counted through their primary key (no
-             -- plan that reads the whole table when its statistics are stale
-             -- after a burst), and once: not inlined, where a plan made while
-             -- the outbox looked empty counted every row's recipients again
-             -- for every row, 0.3 s for a round of 200.
-             SELECT result.outbox_id, result.last_error, per_row.remaining, per_row.accepted
-               FROM unnest($1::bigint[], $2::text[]) AS result (outbox_id, last_error)
-              CROSS JOIN LATERAL (
-                   SELECT count(*) FILTER (WHERE status IN ('pending', 'deferred')) AS remaining,
-                          count(*) FILTER (WHERE status = 'sent') AS accepted
-                     FROM email_accounts.outbox_recipient AS recipient
-                    WHERE recipient.outbox_id = result.outbox_id
-               ) AS per_row
-         ), gave_up AS (
-             UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
-               FROM email_accounts.outbox AS given_up
-              WHERE recipient.outbox_id = given_up.outbox_id AND given_up.outbox_id = ANY ($1)
-                AND recipient.status IN ('pending', 'deferred') AND given_up.attempts >= $3
+        "WITH recorded AS (
+             UPDATE email_accounts.outbox AS row
+                SET status = result.status,
+                    next_attempt_at = CASE WHEN result.status = 'retry'
+                        THEN now() + make_interval(secs => least(3600, $5 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
+                        ELSE row.next_attempt_at END,
+                    sent_at = CASE WHEN result.status = 'sent' THEN now() END,
+                    last_error = result.last_error,
+                    lease_until = NULL,
+                    claim_token = NULL,
+                    sender_process_id = NULL,
+                    sender_started_at = NULL
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS result (outbox_id, claim_token, status, last_error)
+              WHERE row.outbox_id = result.outbox_id AND row.outbox_id = ANY ($1)
+                AND row.claim_token = result.claim_token::uuid
+          RETURNING row.outbox_id
          )
-         UPDATE email_accounts.outbox AS row
-            SET status = CASE
-                    WHEN results.remaining > 0 AND row.attempts < $3 THEN 'retry'
-                    WHEN results.remaining > 0 THEN 'failed'
-                    WHEN results.accepted > 0 THEN 'sent'
-                    ELSE 'failed' END,
-                next_attempt_at = CASE WHEN results.remaining > 0
-                    THEN now() + make_interval(secs => least(3600, $4 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
-                    ELSE row.next_attempt_at END,
-                sent_at = CASE WHEN results.remaining = 0 AND results.accepted > 0 THEN now() END,
-                last_error = results.last_error,
-                lease_until = NULL,
-                claim_token = NULL,
-                sender_process_id = NULL,
-                sender_started_at = NULL
-           FROM results
-          -- (= ANY as well as the join: through the primary key whatever the statistics say.)
-          WHERE row.outbox_id = results.outbox_id AND row.outbox_id = ANY ($1)",
-        &[ids.into(), errors.into(), max_attempts.into(), (retry_base_delay_seconds as f64).into()],
+         UPDATE email_accounts.outbox_recipient AS recipient
+            SET status = answer.status, reply = coalesce(answer.reply, recipient.reply), updated_at = now()
+           FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[]) AS answer (outbox_id, address, status, reply)
+          -- (Each through the primary key, see `claim`.)
+          CROSS JOIN LATERAL (
+              SELECT ctid AS row_ctid FROM email_accounts.outbox_recipient AS one
+               WHERE one.outbox_id = answer.outbox_id AND one.address = answer.address OFFSET 0) AS found
+          WHERE recipient.ctid = found.row_ctid
+            AND answer.outbox_id = ANY (ARRAY(SELECT recorded.outbox_id FROM recorded))",
+        &[
+            ids.into(),
+            tokens.into(),
+            statuses.into(),
+            errors.into(),
+            (retry_base_delay_seconds as f64).into(),
+            answer_ids.into(),
+            addresses.into(),
+            answers.into(),
+            replies.into(),
+        ],
     )
 }
 

@@ -272,7 +272,8 @@ mod tests {
     /// token records nothing.
     #[pg_test]
     fn results_are_recorded_only_under_the_rows_own_claim() {
-        use email_accounts_mail::delivery::{RecipientStatus, RowSummary};
+        use email_accounts_mail::delivery::RecipientStatus;
+        use email_accounts_mail::row_status::{RecipientUpdate, RowStatus};
         sending_accounts();
         let (first, second) = (queue("ready", 0, 0), queue("ready", 0, 0));
         let token = |id: i64| format!("00000000-0000-4000-8000-{id:012}");
@@ -285,20 +286,23 @@ mod tests {
             ))
             .unwrap();
         }
-        let sent = RowSummary {
-            recipients: vec![("a@example.net".to_owned(), RecipientStatus::Sent, "250 ok".to_owned())],
-            ..RowSummary::default()
-        };
+        let sent = [RecipientUpdate {
+            address: "a@example.net".to_owned(),
+            status: RecipientStatus::Sent,
+            reply: Some("250 ok".to_owned()),
+        }];
         let record = |pairs: &[(i64, String)]| {
             let rows: Vec<crate::store::outbox::RowResult<'_>> = pairs
                 .iter()
                 .map(|(id, claim_token)| crate::store::outbox::RowResult {
                     outbox_id: *id,
                     claim_token,
-                    summary: &sent,
+                    status: RowStatus::Sent,
+                    last_error: None,
+                    recipients: &sent,
                 })
                 .collect();
-            crate::store::outbox::record_all(&rows, 5, 60).unwrap();
+            crate::store::outbox::record_all(&rows, 60).unwrap();
         };
         let statuses = || {
             Spi::get_two::<String, String>(&format!(

@@ -2,7 +2,7 @@
 //! transaction), then composed per account with its server, login and
 //! personal links, ready for the wire.
 
-use super::record::Delivered;
+use super::record::{Delivered, RowClaim};
 use crate::settings;
 use crate::store::links;
 use crate::store::oauth::{self, WorkerCredential};
@@ -68,8 +68,8 @@ pub struct Claimed {
 /// One account's share of a claim, ready for the wire.
 pub struct AccountRound {
     pub account_id: i64,
-    /// Each row's claim token: results are recorded only under it.
-    pub tokens: HashMap<i64, String>,
+    /// Each row's claim: results are recorded only under its token.
+    pub claims: HashMap<i64, RowClaim>,
     /// The account's token renewal lease the round holds (it must report under it).
     pub renewal_lease: Option<String>,
     pub batch: AccountBatch,
@@ -157,7 +157,7 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
     let mut by_account: HashMap<i64, Vec<ClaimedRow>> = HashMap::new();
     for row in claim.rows {
         if let Some(outcome) = claim.unusable_accounts.get(&row.account_id) {
-            known.tokens.insert(row.outbox_id, row.claim_token.clone());
+            known.claims.insert(row.outbox_id, RowClaim::of(&row));
             known.results.push((row.outbox_id, outcome.clone()));
         } else {
             by_account.entry(row.account_id).or_default().push(row);
@@ -177,10 +177,10 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
         .into_iter()
         .filter_map(|ClaimedAccount { settings: account, credential, sent_folder_credential }| {
             let rows = by_account.remove(&account.account_id)?;
-            let tokens = rows.iter().map(|row| (row.outbox_id, row.claim_token.clone())).collect();
+            let claims = rows.iter().map(|row| (row.outbox_id, RowClaim::of(row))).collect();
             Some(AccountRound {
                 account_id: account.account_id,
-                tokens,
+                claims,
                 renewal_lease: credential.as_ref().and_then(WorkerCredential::renewal_lease),
                 batch: batch(&account, credential, sent_folder_credential, rows, &links, start_no_message_after),
             })

@@ -8,7 +8,7 @@
 
 use super::claim::AccountRound;
 use super::connections;
-use super::record::Delivered;
+use super::record::{Delivered, RowClaim};
 use crate::threads;
 use email_accounts_mail::connection::ConnectionError;
 use email_accounts_mail::delivery::{deliver_account, AccountBatch, ConnectionPool, JobOutcome, RoundResult};
@@ -30,9 +30,9 @@ type Finished = (i64, Option<RoundResult>, usize);
 type Errand = (AccountBatch, Arc<ConnectionPool>);
 
 pub struct Lanes {
-    /// Accounts on the wire: the claim tokens of their rows, and the
-    /// account's access-token renewal lease the round holds.
-    on_wire: HashMap<i64, (HashMap<i64, String>, Option<String>)>,
+    /// Accounts on the wire: the claims of their rows, and the account's
+    /// access-token renewal lease the round holds.
+    on_wire: HashMap<i64, (HashMap<i64, RowClaim>, Option<String>)>,
     /// Claimed rounds waiting for their account (or a connection) to be free.
     waiting: Vec<AccountRound>,
     finished_sender: mpsc::Sender<Finished>,
@@ -111,7 +111,7 @@ impl Lanes {
             }
             let account_id = round.account_id;
             self.dispatch((round.batch, connections::pool()));
-            self.on_wire.insert(account_id, (round.tokens, round.renewal_lease));
+            self.on_wire.insert(account_id, (round.claims, round.renewal_lease));
         }
         self.waiting = still_waiting;
         self.retire_couriers(parallel);
@@ -177,11 +177,11 @@ impl Lanes {
     /// On shutdown: tells the delivery threads to start no further message,
     /// returns the waiting rounds' claims (never on the wire: to be handed
     /// back) and what the accounts on the wire report within `limit`.
-    pub fn finish(&mut self, limit: Duration) -> (HashMap<i64, String>, Delivered) {
+    pub fn finish(&mut self, limit: Duration) -> (HashMap<i64, RowClaim>, Delivered) {
         self.stopping.store(true, Ordering::Relaxed);
         let mut never_started = HashMap::new();
         for round in self.waiting.drain(..) {
-            never_started.extend(round.tokens);
+            never_started.extend(round.claims);
             if round.renewal_lease.is_some() {
                 // Its lease lapses by itself; nobody renews meanwhile.
                 log!(
@@ -206,7 +206,7 @@ impl Lanes {
         let mut delivered = Delivered::default();
         for (account_id, round, courier) in reports {
             self.free_couriers.push(courier);
-            let (tokens, lease) = self.on_wire.remove(&account_id).unwrap_or_default();
+            let (claims, lease) = self.on_wire.remove(&account_id).unwrap_or_default();
             let round = round.unwrap_or_else(|| {
                 warning!(
                     "email_accounts sender: the delivery thread of account {account_id} failed; its rows are retried"
@@ -214,7 +214,7 @@ impl Lanes {
                 // They may have gone out: retried (attempt counted), as after a crash.
                 let failure = ConnectionError::Protocol("the delivery thread failed; sent again".to_owned());
                 let outcomes =
-                    tokens.keys().map(|outbox_id| (*outbox_id, JobOutcome::NotAttempted(failure.clone()))).collect();
+                    claims.keys().map(|outbox_id| (*outbox_id, JobOutcome::NotAttempted(failure.clone()))).collect();
                 RoundResult { outcomes, tokens: Default::default() }
             });
             let token_reports = if lease.is_some() || round.tokens != Default::default() {
@@ -222,7 +222,7 @@ impl Lanes {
             } else {
                 Vec::new()
             };
-            delivered.extend(Delivered { tokens, results: round.outcomes, token_reports });
+            delivered.extend(Delivered { claims, results: round.outcomes, token_reports });
         }
         if !delivered.is_empty() {
             connections::used_now();

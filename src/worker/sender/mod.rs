@@ -131,8 +131,8 @@ fn held_rounds(id: WorkerId, rounds: Vec<claim::AccountRound>) -> Vec<claim::Acc
         refused.iter().filter_map(|round| round.renewal_lease.clone().map(|lease| (round.account_id, lease))).collect();
     let role_name = id.name();
     record::release_renewal_leases(&role_name, &leases);
-    let tokens = refused.into_iter().flat_map(|round| round.tokens).collect();
-    record::hand_back(&role_name, tokens);
+    let claims = refused.into_iter().flat_map(|round| round.claims).collect();
+    record::hand_back(&role_name, claims);
     held
 }
 

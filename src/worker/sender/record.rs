@@ -1,20 +1,43 @@
 //! Recording what the servers answered (one transaction per call): a row's
-//! result is stored only under the claim token it was sent with.
+//! result is stored only under the claim token it was sent with, its status
+//! decided from what the claim read (`row_status::verdict`).
 
 use crate::settings;
 use crate::store::oauth;
-use crate::store::outbox::{self, RowResult};
+use crate::store::outbox::{self, ClaimedRow, RowResult};
 use crate::store::transaction::{in_subtransaction, in_transaction, try_in_transaction, StoreError};
-use email_accounts_mail::delivery::{summarize, JobOutcome, RowSummary};
+use email_accounts_mail::delivery::{summarize, JobOutcome};
 use email_accounts_mail::oauth::TokenReport;
+use email_accounts_mail::row_status::{verdict, ClaimedState, RowVerdict};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
-/// Rows' outcomes, to be recorded under their claim tokens.
+/// A claimed row as recording needs it: the claim's token and what the
+/// claim read of the row.
+#[derive(Debug, Clone, Default)]
+pub struct RowClaim {
+    pub token: String,
+    pub state: ClaimedState,
+}
+
+impl RowClaim {
+    pub fn of(row: &ClaimedRow) -> RowClaim {
+        RowClaim {
+            token: row.claim_token.clone(),
+            state: ClaimedState {
+                attempts: row.attempts,
+                open_recipients: row.recipients.clone(),
+                accepted_before: row.accepted_before,
+            },
+        }
+    }
+}
+
+/// Rows' outcomes, to be recorded under their claims.
 #[derive(Default)]
 pub struct Delivered {
-    pub tokens: HashMap<i64, String>,
+    pub claims: HashMap<i64, RowClaim>,
     pub results: Vec<(i64, JobOutcome)>,
     /// What happened to accounts' OAuth2 tokens: (account, report, the
     /// renewal lease the round held).
@@ -27,7 +50,7 @@ impl Delivered {
     }
 
     pub fn extend(&mut self, other: Delivered) {
-        self.tokens.extend(other.tokens);
+        self.claims.extend(other.claims);
         self.results.extend(other.results);
         self.token_reports.extend(other.token_reports);
     }
@@ -88,18 +111,18 @@ pub fn release_renewal_leases(role_name: &str, leases: &[(i64, String)]) {
 /// Puts claimed rows that never went on the wire back in the queue (one
 /// transaction); logged if that fails (they are then taken back when the
 /// next sender starts, or after their lease).
-pub fn hand_back(role_name: &str, claims: HashMap<i64, String>) {
+pub fn hand_back(role_name: &str, claims: HashMap<i64, RowClaim>) {
     if claims.is_empty() {
         return;
     }
-    let (ids, tokens): (Vec<i64>, Vec<&str>) = claims.iter().map(|(id, token)| (*id, token.as_str())).unzip();
+    let (ids, tokens): (Vec<i64>, Vec<&str>) = claims.iter().map(|(id, claim)| (*id, claim.token.as_str())).unzip();
     if let Err(error) = try_in_transaction(|| outbox::hand_back(&ids, &tokens)) {
         log!("{role_name}: cannot hand back {} claimed row(s) that were not sent: {error}", ids.len());
     }
 }
 
 fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
-    let Delivered { mut tokens, results, token_reports } = delivered;
+    let Delivered { mut claims, results, token_reports } = delivered;
     record_token_reports(role_name, &token_reports);
     let max_attempts = settings::max_attempts();
     let retry_base_delay = settings::retry_base_delay_seconds();
@@ -108,35 +131,45 @@ fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
         by_row.entry(*outbox_id).or_default().push(outcome);
     }
     // Rows none of whose messages was started go back to the queue uncounted.
-    let not_started: HashMap<i64, String> = by_row
+    let not_started: HashMap<i64, RowClaim> = by_row
         .iter()
         .filter(|(_, outcomes)| outcomes.iter().all(|outcome| matches!(outcome, JobOutcome::NotStarted)))
-        .filter_map(|(outbox_id, _)| tokens.remove_entry(outbox_id))
+        .filter_map(|(outbox_id, _)| claims.remove_entry(outbox_id))
         .collect();
     by_row.retain(|outbox_id, _| !not_started.contains_key(outbox_id));
     // (If that fails, they are taken back after their lease or when the next
     // sender starts; what did go out is recorded all the same.)
     hand_back(role_name, not_started);
-    let summaries: Vec<(i64, RowSummary)> =
-        by_row.into_iter().map(|(outbox_id, outcomes)| (outbox_id, summarize(outcomes))).collect();
+    // (Rows without a claim here are not this sender's to record.)
+    let outcomes: Vec<(i64, &RowClaim, Option<String>, RowVerdict)> = by_row
+        .into_iter()
+        .filter_map(|(outbox_id, outcomes)| {
+            let claim = claims.get(&outbox_id)?;
+            let summary = summarize(outcomes);
+            let verdict = verdict(&claim.state, &summary, max_attempts);
+            Some((outbox_id, claim, summary.last_error, verdict))
+        })
+        .collect();
     in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
-        let rows: Vec<RowResult<'_>> = summaries
+        let rows: Vec<RowResult<'_>> = outcomes
             .iter()
-            .filter_map(|(outbox_id, summary)| {
-                tokens.get(outbox_id).map(|token| RowResult { outbox_id: *outbox_id, claim_token: token, summary })
+            .map(|(outbox_id, claim, last_error, verdict)| RowResult {
+                outbox_id: *outbox_id,
+                claim_token: &claim.token,
+                status: verdict.status,
+                last_error: last_error.as_deref(),
+                recipients: &verdict.recipients,
             })
             .collect();
         // The whole round in a few statements; if that fails, row by row, so
         // one row that cannot be recorded keeps its lease (and is retried when
         // it lapses) while the others are recorded all the same.
-        let together =
-            in_subtransaction(AssertUnwindSafe(|| outbox::record_all(&rows, max_attempts, retry_base_delay)));
+        let together = in_subtransaction(AssertUnwindSafe(|| outbox::record_all(&rows, retry_base_delay)));
         if matches!(together, Ok(Ok(()))) {
             return Ok(());
         }
         for row in rows.chunks(1) {
-            let recorded =
-                in_subtransaction(AssertUnwindSafe(|| outbox::record_all(row, max_attempts, retry_base_delay)));
+            let recorded = in_subtransaction(AssertUnwindSafe(|| outbox::record_all(row, retry_base_delay)));
             let error = match recorded {
                 Ok(Ok(())) => continue,
                 Ok(Err(error)) => error.to_string(),
