@@ -35,6 +35,8 @@ MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "4"))
 LATENCY_SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "500"))
 IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "600"))
+# The workers' fallback poll in the bench's cluster.
+FALLBACK_POLL_SECONDS = 60
 # Accounts the multi-sender part spreads its rows over (a sender takes smtp_connections at once).
 SENDER_ACCOUNTS = int(os.environ.get("BENCH_SENDER_ACCOUNTS", "12"))
 # The databases the multi-database and idle parts use besides postgres.
@@ -89,7 +91,7 @@ class Run:
                 "track_commit_timestamp = on",
                 "shared_preload_libraries = 'email_accounts,pg_stat_statements'",
                 "pg_stat_statements.track = 'all'",
-                "email_accounts.fallback_poll_interval = '60s'",
+                f"email_accounts.fallback_poll_interval = '{FALLBACK_POLL_SECONDS}s'",
                 # IDLE would start syncs of its own while a run resets its tables.
                 "email_accounts.imap_idle = off",
                 # Extra settings for profiling, e.g. auto_explain: "a = 1;b = 2".
@@ -425,23 +427,50 @@ def wal_bytes(run):
     return run.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
 
 
+def settle_before_idle(run):
+    """The idle window starts once the parts before are over for the workers
+    too: autovacuum done with their writes, and one fallback poll after that.
+    A session's statistics reach the shared counters up to seconds after its
+    writes, so a worker's fallback poll can see the last part's writes late
+    and look once; that look belongs to the part that wrote, not to idling."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") > 0:
+        time.sleep(1)
+    time.sleep(FALLBACK_POLL_SECONDS + 5)
+
+
+def maintenance_runs(run, databases):
+    """Autovacuum and autoanalyze runs in the databases, and checkpoints: what
+    writes WAL in an idle cluster besides the workers."""
+    vacuums = sum(run.query_one(
+        "SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint FROM pg_stat_all_tables",
+        database=database) for database in databases)
+    checkpoints = run.query_one("SELECT (checkpoints_timed + checkpoints_req)::bigint FROM pg_stat_bgwriter")
+    return vacuums, checkpoints
+
+
 def idle_cost(run):
     """CPU per worker, statements and WAL of the whole cluster over IDLE_SECONDS with three
-    databases served, accounts configured and empty queues."""
-    other_databases(run)
-    time.sleep(5)
+    databases served, accounts configured and empty queues; and the autovacuum
+    runs and checkpoints in that window (the WAL's other writers)."""
+    databases = other_databases(run)
+    settle_before_idle(run)
     pids = run.worker_pids()
     calls = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
     before_calls = run.query_one(calls)
     before_wal = wal_bytes(run)
     before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before_maintenance = maintenance_runs(run, databases)
     time.sleep(IDLE_SECONDS)
     after_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     # The measuring queries count (the first ran before the window): the calls and WAL look-ups.
     after_calls = run.query_one(calls) - 2
     after_wal = wal_bytes(run)
+    after_maintenance = maintenance_runs(run, databases)
     per_worker = {name: round(after_cpu[name] - before_cpu[name], 3) for name in pids}
-    return per_worker, after_calls - before_calls, after_wal - before_wal
+    maintenance = [after - before for after, before in zip(after_maintenance, before_maintenance)]
+    return per_worker, after_calls - before_calls, after_wal - before_wal, maintenance
 
 
 # --- report -----------------------------------------------------------------
@@ -511,11 +540,13 @@ def bench_ingest(run, results):
 
 def bench_idle(run, results):
     print(f"==> idle: {IDLE_SECONDS} s, 3 databases with accounts configured and empty queues", flush=True)
-    per_worker, statements, wal = idle_cost(run)
+    per_worker, statements, wal, (vacuums, checkpoints) = idle_cost(run)
     results["idle_cpu_seconds"] = round(sum(per_worker.values()), 3)
     results["idle_cpu_seconds_per_worker"] = per_worker
     results["idle_statements"] = statements
     results["idle_wal_bytes"] = wal
+    results["idle_autovacuum_runs"] = vacuums
+    results["idle_checkpoints"] = checkpoints
 
 
 def bench_senders(run, results):
@@ -690,6 +721,8 @@ def table(results):
          json.dumps(get("idle_cpu_seconds_per_worker"))),
         (f"idle statements, 3 databases, {IDLE_SECONDS} s", get("idle_statements"), ""),
         (f"idle WAL, 3 databases, {IDLE_SECONDS} s (bytes)", get("idle_wal_bytes"), ""),
+        ("autovacuum / autoanalyze runs and checkpoints in that window", get("idle_autovacuum_runs"),
+         f"checkpoints: {get('idle_checkpoints')}"),
     ] + [(f"CPU time stolen by the host during the {part} part (%)", get(f"{part}_cpu_steal_percent"), "")
          for part in ["outbox", "latency", "ingest", "templates", "senders", "databases", "idle"]]
     lines = ["| figure | value | runs |", "|---|---|---|"]

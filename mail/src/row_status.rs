@@ -44,6 +44,10 @@ pub struct RecipientUpdate {
     pub address: String,
     pub status: RecipientStatus,
     pub reply: Option<String>,
+    /// The server answered for it this round. Otherwise (given up, or the
+    /// message cannot be sent) it is stored only over a recipient still
+    /// pending or deferred: not over a status someone set meanwhile.
+    pub answered: bool,
 }
 
 /// A row's outcome after a round.
@@ -64,11 +68,16 @@ pub fn verdict(claimed: &ClaimedState, summary: &RowSummary, max_attempts: i32) 
             address: address.clone(),
             status: *status,
             reply: Some(reply.clone()),
+            answered: true,
         })
         .collect();
     let answered: HashMap<&str, usize> =
         summary.recipients.iter().enumerate().map(|(index, (address, _, _))| (address.as_str(), index)).collect();
-    let accepted = claimed.accepted_before || recipients.iter().any(|update| update.status == RecipientStatus::Sent);
+    // (Only answers for the row's own open recipients count.)
+    let accepted = claimed.accepted_before
+        || claimed.open_recipients.iter().any(|address| {
+            answered.get(address.as_str()).is_some_and(|index| recipients[*index].status == RecipientStatus::Sent)
+        });
     // Open recipients the round left open: not answered, or deferred.
     let still_open: Vec<(&str, Option<usize>)> = claimed
         .open_recipients
@@ -93,6 +102,7 @@ pub fn verdict(claimed: &ClaimedState, summary: &RowSummary, max_attempts: i32) 
                     address: (*address).to_owned(),
                     status: RecipientStatus::Failed,
                     reply: reply.clone(),
+                    answered: false,
                 }),
             }
         }
@@ -204,6 +214,21 @@ mod tests {
         );
         // What was accepted before still counts.
         assert_eq!(super::verdict(&claimed(1, &["b@x"], true), &summary, 5).status, RowStatus::Sent);
+    }
+
+    #[test]
+    fn an_answer_for_an_address_the_row_does_not_have_makes_nothing_sent() {
+        let round = answers(&[("stranger@x", RecipientStatus::Sent), ("a@x", RecipientStatus::Failed)]);
+        assert_eq!(verdict(&claimed(1, &["a@x"], false), &round, 5).status, RowStatus::Failed);
+    }
+
+    #[test]
+    fn only_server_answers_are_marked_answered() {
+        let round = answers(&[("a@x", RecipientStatus::Deferred)]);
+        let given_up = verdict(&claimed(5, &["a@x", "b@x"], false), &round, 5);
+        let answered: Vec<(&str, bool)> =
+            given_up.recipients.iter().map(|update| (update.address.as_str(), update.answered)).collect();
+        assert_eq!(answered, vec![("a@x", true), ("b@x", false)]);
     }
 
     #[test]

@@ -464,12 +464,14 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
     let statuses: Vec<&str> = rows.iter().map(|row| row.status.label()).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|row| row.last_error).collect();
     let (mut answer_ids, mut addresses, mut answers, mut replies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut answered = Vec::new();
     for row in rows {
         for update in row.recipients {
             answer_ids.push(row.outbox_id);
             addresses.push(update.address.as_str());
             answers.push(update.status.label());
             replies.push(update.reply.as_deref());
+            answered.push(update.answered);
         }
     }
     // The row's token is checked by the UPDATE itself, under its row lock
@@ -498,13 +500,17 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
          )
          UPDATE email_accounts.outbox_recipient AS recipient
             SET status = answer.status, reply = coalesce(answer.reply, recipient.reply), updated_at = now()
-           FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[]) AS answer (outbox_id, address, status, reply)
+           FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::boolean[])
+                AS answer (outbox_id, address, status, reply, answered)
           -- (Each through the primary key, see `claim`.)
           CROSS JOIN LATERAL (
               SELECT ctid AS row_ctid FROM email_accounts.outbox_recipient AS one
                WHERE one.outbox_id = answer.outbox_id AND one.address = answer.address OFFSET 0) AS found
           WHERE recipient.ctid = found.row_ctid
-            AND answer.outbox_id = ANY (ARRAY(SELECT recorded.outbox_id FROM recorded))",
+            AND answer.outbox_id = ANY (ARRAY(SELECT recorded.outbox_id FROM recorded))
+            -- (A recipient given up on, not answered, only if still open: not
+            -- over a status someone set while the row was being sent.)
+            AND (answer.answered OR recipient.status IN ('pending', 'deferred'))",
         &[
             ids.into(),
             tokens.into(),
@@ -515,6 +521,7 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
             addresses.into(),
             answers.into(),
             replies.into(),
+            answered.into(),
         ],
     )
 }

@@ -290,6 +290,7 @@ mod tests {
             address: "a@example.net".to_owned(),
             status: RecipientStatus::Sent,
             reply: Some("250 ok".to_owned()),
+            answered: true,
         }];
         let record = |pairs: &[(i64, String)]| {
             let rows: Vec<crate::store::outbox::RowResult<'_>> = pairs
@@ -320,6 +321,87 @@ mod tests {
         );
         record(&[(first, token(first))]);
         assert_eq!(statuses(), (Some("sent".to_owned()), Some("sending".to_owned())));
+        assert_eq!(
+            Spi::get_one::<String>(&format!(
+                "SELECT string_agg(status, ',') FROM email_accounts.outbox_recipient WHERE outbox_id = {second}"
+            )),
+            Ok(Some("pending".to_owned()))
+        );
+    }
+
+    /// Giving up on a recipient (no answer from the server) stores `failed`
+    /// only over one still open: not over a status set while the row was out.
+    #[pg_test]
+    fn giving_up_leaves_alone_a_recipient_changed_while_the_row_was_out() {
+        use email_accounts_mail::delivery::RecipientStatus;
+        use email_accounts_mail::row_status::{RecipientUpdate, RowStatus};
+        sending_accounts();
+        let id = Spi::get_one::<i64>(
+            "SELECT email_accounts.send(\"to\" => '{open@example.net, changed@example.net}', account => 'ready')",
+        )
+        .unwrap()
+        .unwrap();
+        let token = "00000000-0000-4000-8000-000000000001";
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET status = 'sending', attempts = 5, claim_token = '{token}',
+                    lease_until = now() + interval '1 minute' WHERE outbox_id = {id};
+             UPDATE email_accounts.outbox_recipient SET status = 'suppressed', reply = 'by hand'
+              WHERE outbox_id = {id} AND address = 'changed@example.net'"
+        ))
+        .unwrap();
+        let given_up = |address: &str| RecipientUpdate {
+            address: address.to_owned(),
+            status: RecipientStatus::Failed,
+            reply: None,
+            answered: false,
+        };
+        let updates = [given_up("open@example.net"), given_up("changed@example.net")];
+        let row = crate::store::outbox::RowResult {
+            outbox_id: id,
+            claim_token: token,
+            status: RowStatus::Failed,
+            last_error: Some("gave up"),
+            recipients: &updates,
+        };
+        crate::store::outbox::record_all(&[row], 60).unwrap();
+        assert_eq!(
+            Spi::get_one::<String>(&format!(
+                "SELECT string_agg(address || ' ' || status, ', ' ORDER BY address)
+                   FROM email_accounts.outbox_recipient WHERE outbox_id = {id}"
+            )),
+            Ok(Some("changed@example.net suppressed, open@example.net failed".to_owned()))
+        );
+    }
+
+    /// What recording decides a row's status from is read by the claim: the
+    /// attempts (this one counted), the recipients still open (not those
+    /// accepted, failed or suppressed) and whether one was accepted before.
+    #[pg_test]
+    fn a_claim_reads_the_attempts_the_open_recipients_and_what_was_accepted_before() {
+        sending_accounts();
+        Spi::run("INSERT INTO email_accounts.suppression (tenant, address, reason) VALUES (NULL, 'gone@example.net', 'by hand')")
+            .unwrap();
+        let to = "'{sent@example.net, later@example.net, gone@example.net, rejected@example.net, new@example.net}'";
+        let partly = Spi::get_one::<i64>(&format!("SELECT email_accounts.send(\"to\" => {to}, account => 'ready')"))
+            .unwrap()
+            .unwrap();
+        let fresh = queue("ready", 0, 0);
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET status = 'retry', attempts = 2 WHERE outbox_id = {partly};
+             UPDATE email_accounts.outbox_recipient SET status = 'sent' WHERE outbox_id = {partly} AND address = 'sent@example.net';
+             UPDATE email_accounts.outbox_recipient SET status = 'deferred' WHERE outbox_id = {partly} AND address = 'later@example.net';
+             UPDATE email_accounts.outbox_recipient SET status = 'failed' WHERE outbox_id = {partly} AND address = 'rejected@example.net';"
+        ))
+        .unwrap();
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, true).unwrap();
+        let row = |id: i64| claimed.iter().find(|row| row.outbox_id == id).unwrap();
+        assert_eq!(row(partly).attempts, 3);
+        assert!(row(partly).accepted_before);
+        assert_eq!(row(partly).recipients, ["later@example.net", "new@example.net"]);
+        assert_eq!(row(fresh).attempts, 1);
+        assert!(!row(fresh).accepted_before);
+        assert_eq!(row(fresh).recipients, ["a@example.net"]);
     }
 
     /// The claim leaves out the recipients on the suppression list of the
