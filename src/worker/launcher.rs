@@ -184,6 +184,10 @@ impl Launcher {
             }
         }
         self.last_start.insert(id, Instant::now());
+        // Said before the request, never after: a worker the postmaster
+        // starts at once may reach "idle" before this process runs again, and
+        // "starting" written then would stay (it reports its state on change).
+        board::update(id, |slot| slot.state = WorkerState::Starting);
         let name = format!("{} in {}", id.name(), database_name);
         let started = BackgroundWorkerBuilder::new(&name)
             .set_type(id.role.worker_name())
@@ -198,7 +202,6 @@ impl Launcher {
             .load_dynamic();
         match started {
             Ok(handle) => {
-                board::update(id, |slot| slot.state = WorkerState::Starting);
                 self.reported_short.remove(&id.database);
                 self.started.insert(id, handle);
                 None
