@@ -174,7 +174,10 @@ CREATE FUNCTION email_accounts.next_sync_at(synced_account_id bigint, account_fo
 RETURNS TABLE (next_sync_at timestamptz)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT CASE WHEN count(*) < cardinality(account_folders) THEN now() ELSE min(state.next_attempt_at) END
+    -- (Folders counted once each: a name listed twice has one state, and
+    -- must not leave the account due for ever.)
+    SELECT CASE WHEN count(*) < cardinality(ARRAY(SELECT DISTINCT folder FROM unnest(account_folders) AS folder))
+                THEN now() ELSE min(state.next_attempt_at) END
       FROM email_accounts.sync_state AS state
      WHERE state.account_id = synced_account_id AND state.folder = ANY (account_folders);
 END;

@@ -101,7 +101,7 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
                     port: row.get(8)?,
                     security: row.get(9)?,
                 },
-                folders: row.get::<Vec<String>>(10)?.unwrap_or_default(),
+                folders: once_each(row.get::<Vec<String>>(10)?.unwrap_or_default()),
                 unseen_only: row.get(11)?.unwrap_or_default(),
                 initial_sync_count: row.get::<i32>(12)?.unwrap_or(1).max(1) as u32,
                 attachment_size_limit: row.get::<i64>(13)?.unwrap_or(0).max(0) as u64,
@@ -123,6 +123,14 @@ pub fn receiving_accounts(requested: &[i64]) -> Result<Vec<ReceivingAccount>, Sp
         }
         Ok(accounts)
     })
+}
+
+/// The folders in their order, a name listed twice kept once (it is one
+/// folder: synced twice a round it would be fetched twice).
+fn once_each(mut folders: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    folders.retain(|folder| seen.insert(folder.clone()));
+    folders
 }
 
 const SECONDS_UNTIL_NEXT_SYNC: &str = "
@@ -637,5 +645,37 @@ mod tests {
             assert!(plan.contains("sync_state"), "the schedule reads sync_state in the plan itself: {plan}");
             assert!(!plan.contains("next_sync_at("), "next_sync_at() is called, not inlined: {plan}");
         }
+    }
+
+    /// An account whose folders name one folder twice is due when that
+    /// folder is, not at every look (it was: two names, one stored state).
+    #[pg_test]
+    fn a_folder_named_twice_is_due_when_the_folder_is() {
+        let due = |folders: &str| {
+            Spi::get_one::<bool>(&format!(
+                "SELECT schedule.next_sync_at > now()
+                   FROM email_accounts.account
+                  CROSS JOIN LATERAL email_accounts.next_sync_at(account.account_id, '{folders}') AS schedule
+                  WHERE account.name = 'twice'"
+            ))
+            .unwrap()
+            .map(|later| !later)
+        };
+        Spi::run(
+            "INSERT INTO email_accounts.account (name, address, folders) VALUES ('twice', 'twice@example.com', '{INBOX,INBOX}');
+             INSERT INTO email_accounts.sync_state (account_id, folder, next_attempt_at)
+             SELECT account_id, 'INBOX', now() + interval '1 hour' FROM email_accounts.account WHERE name = 'twice'",
+        )
+        .unwrap();
+        assert_eq!(due("{INBOX,INBOX}"), Some(false));
+        assert_eq!(due("{INBOX}"), Some(false));
+        // A folder never synced is due at once, listed twice or not.
+        assert_eq!(due("{INBOX,Support,Support}"), Some(true));
+    }
+
+    #[test]
+    fn each_folder_is_synced_once_in_its_order() {
+        let folders = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>();
+        assert_eq!(super::once_each(folders(&["INBOX", "Support", "INBOX"])), folders(&["INBOX", "Support"]));
     }
 }
