@@ -458,10 +458,11 @@ def idle_cost(run):
     settle_before_idle(run)
     pids = run.worker_pids()
     calls = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
+    # (Before the statement count starts: these are the bench's own statements.)
+    before_maintenance = maintenance_runs(run, databases)
     before_calls = run.query_one(calls)
     before_wal = wal_bytes(run)
     before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    before_maintenance = maintenance_runs(run, databases)
     time.sleep(IDLE_SECONDS)
     after_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     # The measuring queries count (the first ran before the window): the calls and WAL look-ups.
