@@ -108,13 +108,17 @@ pub fn verdict(claimed: &ClaimedState, summary: &RowSummary, max_attempts: i32) 
         }
         recipients.extend(added);
     }
-    let status = if still_open.is_empty() || fail_open {
-        match (still_open.is_empty(), summary.unsendable.is_some(), accepted) {
-            // (Out of attempts with recipients left: failed, whatever went out.)
-            (false, false, _) => RowStatus::Failed,
-            (_, _, true) => RowStatus::Sent,
-            (_, _, false) => RowStatus::Failed,
+    // Nothing left open (an unsendable message leaves nothing): sent if
+    // anything was accepted. Recipients left: retried while attempts last,
+    // then failed, whatever went out.
+    let status = if still_open.is_empty() || summary.unsendable.is_some() {
+        if accepted {
+            RowStatus::Sent
+        } else {
+            RowStatus::Failed
         }
+    } else if out_of_attempts {
+        RowStatus::Failed
     } else {
         RowStatus::Retry
     };

@@ -359,13 +359,7 @@ pub fn claim(
         Ok(())
     })?;
     if !suppressed_ids.is_empty() {
-        let replies: Vec<String> = reasons.iter().map(|reason| format!("on the suppression list: {reason}")).collect();
-        set_recipient_statuses(
-            suppressed_ids,
-            suppressed_addresses.iter().map(String::as_str).collect(),
-            vec!["suppressed"; replies.len()],
-            replies.iter().map(String::as_str).collect(),
-        )?;
+        mark_suppressed(suppressed_ids, suppressed_addresses, reasons)?;
     }
     for row in &mut rows {
         row.recipients = recipients.remove(&row.outbox_id).unwrap_or_default();
@@ -526,24 +520,19 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
     )
 }
 
-/// Sets the status and reply of recipients, each named by (outbox_id,
-/// address): the answers a round got, and suppressed addresses at the claim.
-fn set_recipient_statuses(
-    outbox_ids: Vec<i64>,
-    addresses: Vec<&str>,
-    statuses: Vec<&str>,
-    replies: Vec<&str>,
-) -> Result<(), SpiError> {
+/// Marks recipients on the suppression list suppressed, each named by
+/// (outbox_id, address), with the list's reason as their reply.
+fn mark_suppressed(outbox_ids: Vec<i64>, addresses: Vec<String>, reasons: Vec<String>) -> Result<(), SpiError> {
     kept_plans::run(
         // Each finds its row through the primary key (see `claim`).
         "UPDATE email_accounts.outbox_recipient AS recipient
-            SET status = answer.status, reply = answer.reply, updated_at = now()
-           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS answer (outbox_id, address, status, reply)
+            SET status = 'suppressed', reply = 'on the suppression list: ' || listed.reason, updated_at = now()
+           FROM unnest($1::bigint[], $2::text[], $3::text[]) AS listed (outbox_id, address, reason)
           CROSS JOIN LATERAL (
               SELECT ctid AS row_ctid FROM email_accounts.outbox_recipient AS one
-               WHERE one.outbox_id = answer.outbox_id AND one.address = answer.address OFFSET 0) AS found
+               WHERE one.outbox_id = listed.outbox_id AND one.address = listed.address OFFSET 0) AS found
           WHERE recipient.ctid = found.row_ctid",
-        &[outbox_ids.into(), addresses.into(), statuses.into(), replies.into()],
+        &[outbox_ids.into(), addresses.into(), reasons.into()],
     )
 }
 
