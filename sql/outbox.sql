@@ -50,9 +50,15 @@ CREATE TABLE email_accounts.outbox (
     CONSTRAINT "reference_id needs reference_table" CHECK (reference_id IS NULL OR reference_table IS NOT NULL)
 );
 
--- (The indexes the sender claims and expires rows by, and the table of
--- claimed rounds, are in sql/outbox_rounds.sql: they use a column added
--- after the others.)
+-- What the sender claims next: per account, already in claim order, so a
+-- claim reads only the rows it takes (not every waiting row, then a sort).
+CREATE INDEX outbox_claim_order ON email_accounts.outbox (account_id, priority DESC, next_attempt_at, outbox_id)
+    WHERE status IN ('queued', 'retry');
+-- Rows that may expire before they are sent (most have no expiry at all).
+CREATE INDEX outbox_expiring ON email_accounts.outbox (expires_at)
+    WHERE expires_at IS NOT NULL AND status IN ('queued', 'retry', 'sending');
+-- Lapsed claims, rate-limit counts, and how replies find the mail they answer.
+CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
 CREATE INDEX outbox_account_sent_at ON email_accounts.outbox (account_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;
 -- The automatic replies an account sent (auto_reply() looks for one to the
@@ -87,7 +93,7 @@ COMMENT ON COLUMN email_accounts.outbox.status IS 'queued, sending (claimed by a
 COMMENT ON COLUMN email_accounts.outbox.attempts IS 'Delivery attempts so far.';
 COMMENT ON COLUMN email_accounts.outbox.next_attempt_at IS 'When the row is next due.';
 COMMENT ON COLUMN email_accounts.outbox.lease_until IS 'While sending: when the claim lapses and another worker may take the row again.';
-COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'While sending: the token of the claim (one per account and claim, see outbox_round); results are recorded only under the claim that is still current, so a worker whose lease lapsed cannot overwrite another''s.';
+COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'While sending: the token of the claim; results are recorded only under the claim that is still current, so a worker whose lease lapsed cannot overwrite another''s.';
 COMMENT ON COLUMN email_accounts.outbox.last_error IS 'The last failure, in the server''s own words where it gave any.';
 COMMENT ON COLUMN email_accounts.outbox.created_at IS 'When the row was queued.';
 COMMENT ON COLUMN email_accounts.outbox.sent_at IS 'When the server accepted the message for the last recipient.';

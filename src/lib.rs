@@ -86,8 +86,6 @@ pgrx::extension_sql_file!(
         restoring
     ]
 );
-// After every column of the outbox (its new column comes last, as the upgrade adds it).
-pgrx::extension_sql_file!("../sql/outbox_rounds.sql", name = "outbox_rounds", requires = ["templates"]);
 pgrx::extension_sql_file!(
     "../sql/security.sql",
     name = "security",

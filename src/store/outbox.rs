@@ -71,20 +71,11 @@ pub struct SendingSettings {
     pub signed_envelope_sender: bool,
 }
 
-// Also drops lapsed rounds none of whose rows is still claimed (their rows
-// were expired, taken over by another claim, or deleted with their account;
-// recording and handing back end their rounds themselves).
 const EXPIRE: &str = "
-WITH ended AS (
-    DELETE FROM email_accounts.outbox_round AS round
-     WHERE round.lease_until < now()
-       AND NOT EXISTS (SELECT FROM email_accounts.outbox
-                        WHERE outbox.outbox_id = ANY (round.outbox_ids) AND outbox.claim_token = round.claim_token)
-)
 UPDATE email_accounts.outbox
    SET status = 'expired', lease_until = NULL, claim_token = NULL, sender_process_id = NULL, sender_started_at = NULL,
        last_error = pg_catalog.format('expired at %s before it could be delivered', expires_at)
- WHERE expires_at IS NOT NULL AND expires_at <= now() AND unfinished
+ WHERE expires_at IS NOT NULL AND expires_at <= now()
    AND status IN ('queued', 'retry', 'sending')
    -- (Not this sender's own rows of accounts on the wire: their round records them.)
    AND (status <> 'sending'
@@ -104,16 +95,15 @@ WITH chosen AS (
          -- expired, and must not take an account's place in the claim meanwhile.)
          (SELECT outbox.priority, outbox.next_attempt_at
             FROM email_accounts.outbox
-           WHERE outbox.account_id = settings.account_id AND outbox.unfinished
+           WHERE outbox.account_id = settings.account_id
              AND outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now()
              AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
            ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
            LIMIT 1)
          UNION ALL
          (SELECT 0, outbox.lease_until
-            FROM email_accounts.outbox_round AS round
-            JOIN email_accounts.outbox ON outbox.outbox_id = ANY (round.outbox_ids) AND outbox.claim_token = round.claim_token
-           WHERE round.account_id = settings.account_id AND round.lease_until < now()
+            FROM email_accounts.outbox
+           WHERE outbox.account_id = settings.account_id
              AND outbox.status = 'sending' AND outbox.lease_until < now()
              AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[]))
              AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
@@ -127,28 +117,19 @@ WITH chosen AS (
 ), allowance AS (
     SELECT settings.account_id,
            greatest(0, least($1::bigint,
-                             coalesce(settings.send_limit_per_minute - recent.last_minute - in_flight.rows, $1::bigint),
-                             coalesce(settings.send_limit_per_hour - recent.last_hour - in_flight.rows, $1::bigint),
-                             coalesce(settings.send_limit_per_day - recent.last_day - in_flight.rows, $1::bigint))) AS rows
+                             coalesce(settings.send_limit_per_minute - recent.last_minute, $1::bigint),
+                             coalesce(settings.send_limit_per_hour - recent.last_hour, $1::bigint),
+                             coalesce(settings.send_limit_per_day - recent.last_day, $1::bigint))) AS rows
       FROM chosen AS settings
      CROSS JOIN LATERAL (
-         SELECT count(*) FILTER (WHERE sent.sent_at > now() - interval '1 minute') AS last_minute,
-                count(*) FILTER (WHERE sent.sent_at > now() - interval '1 hour') AS last_hour,
+         SELECT count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 minute') AS last_minute,
+                count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 hour') AS last_hour,
                 count(*) AS last_day
            FROM email_accounts.outbox AS sent
           WHERE sent.account_id = settings.account_id
             AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
-            AND sent.sent_at > now() - interval '1 day'
+            AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
      ) AS recent
-     CROSS JOIN LATERAL (
-         -- Its rows out for delivery, found through their rounds.
-         SELECT count(*) AS rows
-           FROM email_accounts.outbox_round AS round
-           JOIN email_accounts.outbox AS out ON out.outbox_id = ANY (round.outbox_ids) AND out.claim_token = round.claim_token
-          WHERE round.account_id = settings.account_id
-            AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
-            AND out.status = 'sending'
-     ) AS in_flight
 ), candidate AS (
     -- Per account, its due rows in claim order (an index walk that stops at
     -- the allowance), then rows whose claim lapsed (another sender died).
@@ -157,16 +138,15 @@ WITH chosen AS (
      CROSS JOIN LATERAL (
          (SELECT outbox.outbox_id, outbox.priority, outbox.next_attempt_at
             FROM email_accounts.outbox
-           WHERE outbox.account_id = allowance.account_id AND outbox.unfinished
+           WHERE outbox.account_id = allowance.account_id
              AND outbox.status IN ('queued', 'retry') AND outbox.next_attempt_at <= now()
              AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
            ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
            LIMIT allowance.rows)
          UNION ALL
          (SELECT outbox.outbox_id, outbox.priority, outbox.next_attempt_at
-            FROM email_accounts.outbox_round AS round
-            JOIN email_accounts.outbox ON outbox.outbox_id = ANY (round.outbox_ids) AND outbox.claim_token = round.claim_token
-           WHERE round.account_id = allowance.account_id AND round.lease_until < now()
+            FROM email_accounts.outbox
+           WHERE outbox.account_id = allowance.account_id
              AND outbox.status = 'sending' AND outbox.lease_until < now()
              -- Not this sender's own rows of accounts it has on the wire: they are being sent.
              AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[]))
@@ -192,44 +172,30 @@ WITH chosen AS (
                    AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($4::bigint[]))
                ELSE false END
        FOR UPDATE OF outbox SKIP LOCKED
-), token AS (
-    -- One claim token per account (and so one round): a HOT update writes no
-    -- index, so the rows out for delivery are found through their round.
-    SELECT allowance.account_id, gen_random_uuid() AS claim_token FROM allowance
-), claimed AS (
-    UPDATE email_accounts.outbox
-       SET status = 'sending', attempts = attempts + 1, claim_token = token.claim_token,
-           lease_until = now() + make_interval(secs => $2),
-           sender_process_id = pg_catalog.pg_backend_pid(),
-           sender_started_at = $6
-      FROM token
-     WHERE outbox.outbox_id = ANY (ARRAY(SELECT due.outbox_id FROM due)) AND token.account_id = outbox.account_id
-    RETURNING outbox.*
-), round AS (
-    INSERT INTO email_accounts.outbox_round (claim_token, account_id, sender_process_id, sender_started_at, lease_until, outbox_ids)
-    SELECT claimed.claim_token, claimed.account_id, pg_catalog.pg_backend_pid(), $6, min(claimed.lease_until),
-           array_agg(claimed.outbox_id ORDER BY claimed.outbox_id)
-      FROM claimed
-     GROUP BY claimed.claim_token, claimed.account_id
 )
-SELECT claimed.outbox_id, claimed.claim_token::text, claimed.account_id, claimed.sender, claimed.to_addresses,
-       claimed.cc_addresses, claimed.bcc_addresses, claimed.reply_to, claimed.subject, claimed.body_text,
-       claimed.body_html, claimed.headers, claimed.message_id, claimed.in_reply_to, claimed.\"references\",
-       (extract(epoch FROM claimed.created_at) * 1000)::bigint,
-       -- The row's table, schema-qualified, when Reply-To is to be its
-       -- document address: an account of the mail's own tenant with
-       -- automatic linking, asked for on the mail or by the account's
-       -- default when the mail names no Reply-To of its own.
-       CASE WHEN claimed.reference_table IS NOT NULL AND claimed.reference_id IS NOT NULL
-            THEN (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
-                    FROM email_accounts.account, pg_catalog.pg_class AS class
-                    JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
-                   WHERE account.account_id = claimed.account_id AND class.oid = claimed.reference_table
-                     AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM claimed.tenant
-                     AND coalesce(claimed.reply_to_document,
-                                  account.reply_to_document_address AND pg_catalog.cardinality(claimed.reply_to) = 0)) END,
-       claimed.reference_id, claimed.tenant, claimed.attempts
-  FROM claimed";
+UPDATE email_accounts.outbox
+   SET status = 'sending', attempts = attempts + 1, claim_token = gen_random_uuid(),
+       lease_until = now() + make_interval(secs => $2),
+       sender_process_id = pg_catalog.pg_backend_pid(),
+       sender_started_at = $6
+ WHERE outbox.outbox_id = ANY (ARRAY(SELECT due.outbox_id FROM due))
+RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.sender, outbox.to_addresses,
+          outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
+          outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
+          (extract(epoch FROM outbox.created_at) * 1000)::bigint,
+          -- The row's table, schema-qualified, when Reply-To is to be its
+          -- document address: an account of the mail's own tenant with
+          -- automatic linking, asked for on the mail or by the account's
+          -- default when the mail names no Reply-To of its own.
+          CASE WHEN outbox.reference_table IS NOT NULL AND outbox.reference_id IS NOT NULL
+               THEN (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
+                       FROM email_accounts.account, pg_catalog.pg_class AS class
+                       JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
+                      WHERE account.account_id = outbox.account_id AND class.oid = outbox.reference_table
+                        AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
+                        AND coalesce(outbox.reply_to_document,
+                                     account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)) END,
+          outbox.reference_id, outbox.tenant, outbox.attempts";
 
 /// When this process started, as `pg_stat_get_activity()` reports it
 /// (`take_back_abandoned` compares the two). Passed in rather than read
@@ -470,29 +436,6 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
     })
 }
 
-/// A CTE `ended` that deletes the rounds (of the claim tokens in `$2`) none
-/// of whose rows still holds the claim once the rows `$done` returns are
-/// released: the others were released or taken over before.
-macro_rules! end_rounds {
-    ($done:literal) => {
-        concat!(
-            "ended AS (
-             DELETE FROM email_accounts.outbox_round AS round
-              WHERE round.claim_token = ANY ($2::uuid[])
-                AND NOT EXISTS (
-                    SELECT FROM unnest(round.outbox_ids) AS claimed (outbox_id)
-                      JOIN email_accounts.outbox AS held ON held.outbox_id = claimed.outbox_id
-                     WHERE claimed.outbox_id NOT IN (SELECT ",
-            $done,
-            ".outbox_id FROM ",
-            $done,
-            ")
-                       AND held.claim_token = round.claim_token)
-         )"
-        )
-    };
-}
-
 /// One claimed row's outcome, for [`record_all`] (decided by
 /// `email_accounts_mail::row_status::verdict` from what the claim read).
 pub struct RowResult<'a> {
@@ -532,8 +475,7 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
     // walked its whole primary key per round.) The columns naming the
     // claim's sender are cleared with the claim.
     kept_plans::run(
-        concat!(
-            "WITH recorded AS (
+        "WITH recorded AS (
              UPDATE email_accounts.outbox AS row
                 SET status = result.status,
                     next_attempt_at = CASE WHEN result.status = 'retry'
@@ -549,9 +491,7 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
               WHERE row.outbox_id = result.outbox_id AND row.outbox_id = ANY ($1)
                 AND row.claim_token = result.claim_token::uuid
           RETURNING row.outbox_id
-         ), ",
-        end_rounds!("recorded"),
-        "
+         )
          UPDATE email_accounts.outbox_recipient AS recipient
             SET status = answer.status, reply = coalesce(answer.reply, recipient.reply), updated_at = now()
            FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::boolean[])
@@ -564,8 +504,7 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
             AND answer.outbox_id = ANY (ARRAY(SELECT recorded.outbox_id FROM recorded))
             -- (A recipient given up on, not answered, only if still open: not
             -- over a status someone set while the row was being sent.)
-            AND (answer.answered OR recipient.status IN ('pending', 'deferred'))"
-        ),
+            AND (answer.answered OR recipient.status IN ('pending', 'deferred'))",
         &[
             ids.into(),
             tokens.into(),
@@ -610,9 +549,7 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
     Spi::connect_mut(|client| {
         let rows = kept_plans::update(
             client,
-            concat!(
-                "WITH handed AS (
-             UPDATE email_accounts.outbox AS row
+            "UPDATE email_accounts.outbox AS row
                 SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END,
                     attempts = row.attempts - 1, lease_until = NULL, claim_token = NULL,
                     sender_process_id = NULL, sender_started_at = NULL,
@@ -621,12 +558,7 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
                FROM unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token)
               WHERE row.outbox_id = mine.outbox_id AND row.claim_token = mine.claim_token::uuid
                 AND row.outbox_id = ANY ($1)
-          RETURNING row.outbox_id
-         ), ",
-                end_rounds!("handed"),
-                "
-         SELECT handed.outbox_id FROM handed"
-            ),
+          RETURNING row.outbox_id",
             &[outbox_ids.to_vec().into(), claim_tokens.to_vec().into(), delay_seconds.into()],
         )?;
         Ok(rows.len() as i64)
@@ -639,15 +571,13 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
 /// once), failed once `max_attempts` is reached (a message that kills the
 /// sender every time must not loop). Rows of a sender still running, and
 /// rows claimed before 0.3.0 (no process recorded), wait for their lease.
-/// Then brings `outbox_round` in step (see `rebuild_outbox_rounds()`).
 /// Returns how many rows were taken back.
 pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
     let rows = Spi::connect_mut(|client| {
         client.update(
             "WITH abandoned AS (
-                 -- (Through the claim order: the rows still to be delivered, not the history.)
                  SELECT outbox.outbox_id FROM email_accounts.outbox
-                  WHERE outbox.unfinished AND outbox.status = 'sending' AND outbox.sender_process_id IS NOT NULL
+                  WHERE outbox.status = 'sending' AND outbox.sender_process_id IS NOT NULL
                     AND NOT EXISTS (
                         SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
                          WHERE activity.backend_start = outbox.sender_started_at
@@ -674,9 +604,6 @@ pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
         )
         .map(|table| table.len() as i64)
     })?;
-    // Their rounds go; claimed rows without a round (claimed before 0.4.0,
-    // or set so by hand) get one.
-    Spi::get_one::<i64>("SELECT email_accounts.rebuild_outbox_rounds()")?;
     Ok(rows)
 }
 
@@ -697,25 +624,21 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
             SELECT ready.account_id, first.priority, first.next_attempt_at
               FROM ready CROSS JOIN LATERAL (
                   SELECT outbox.priority, outbox.next_attempt_at FROM email_accounts.outbox
-                   WHERE outbox.account_id = ready.account_id AND outbox.unfinished AND outbox.status IN ('queued', 'retry')
+                   WHERE outbox.account_id = ready.account_id AND outbox.status IN ('queued', 'retry')
                    ORDER BY outbox.priority DESC, outbox.next_attempt_at LIMIT 1) AS first
             UNION ALL
             SELECT levels.account_id, lower.priority, lower.next_attempt_at
               FROM levels CROSS JOIN LATERAL (
                   SELECT outbox.priority, outbox.next_attempt_at FROM email_accounts.outbox
-                   WHERE outbox.account_id = levels.account_id AND outbox.unfinished AND outbox.status IN ('queued', 'retry')
+                   WHERE outbox.account_id = levels.account_id AND outbox.status IN ('queued', 'retry')
                      AND outbox.priority < levels.priority
                    ORDER BY outbox.priority DESC, outbox.next_attempt_at LIMIT 1) AS lower
         )
         SELECT extract(epoch FROM min(due.at) - now())::float8
           FROM (SELECT levels.next_attempt_at FROM levels
                 UNION ALL
-                -- (Rows out for delivery are found through their rounds.)
-                SELECT (SELECT min(round.lease_until) FROM email_accounts.outbox_round AS round
-                         WHERE round.account_id = ready.account_id
-                           AND EXISTS (SELECT FROM email_accounts.outbox
-                                        WHERE outbox.outbox_id = ANY (round.outbox_ids)
-                                          AND outbox.claim_token = round.claim_token AND outbox.status = 'sending'))
+                SELECT (SELECT min(outbox.lease_until) FROM email_accounts.outbox
+                         WHERE outbox.account_id = ready.account_id AND outbox.status = 'sending')
                   FROM ready) AS due (at)",
         &[],
     )

@@ -3,7 +3,6 @@
 mod account_rules;
 mod links;
 mod outbox_queue;
-mod outbox_rounds;
 mod secrets_and_tenants;
 
 use pgrx::prelude::*;
