@@ -446,6 +446,74 @@ mod tests {
         );
     }
 
+    fn record_sent(rows: &[crate::store::outbox::ClaimedRow]) {
+        use email_accounts_mail::delivery::RecipientStatus;
+        use email_accounts_mail::row_status::{RecipientUpdate, RowStatus};
+        let sent = [RecipientUpdate {
+            address: "a@example.net".to_owned(),
+            status: RecipientStatus::Sent,
+            reply: Some("250 ok".to_owned()),
+            answered: true,
+        }];
+        let results: Vec<crate::store::outbox::RowResult<'_>> = rows
+            .iter()
+            .map(|row| crate::store::outbox::RowResult {
+                outbox_id: row.outbox_id,
+                claim_token: &row.claim_token,
+                status: RowStatus::Sent,
+                last_error: None,
+                recipients: &sent,
+            })
+            .collect();
+        crate::store::outbox::record_all(&results, 60).unwrap();
+    }
+
+    /// Rows whose claim lapsed are taken by the next claim (a new token, the
+    /// attempt counted), but not by the sender that has their account on
+    /// the wire; rows under a live lease are left alone.
+    #[pg_test]
+    fn a_lapsed_claim_is_taken_back_by_the_next_claim() {
+        use crate::store::outbox::claim;
+        sending_accounts();
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        let (first, second) = (queue("ready", 0, 0), queue("ready", 0, 0));
+        let claimed = claim(200, 60, &[], &[], 10, true).unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 0, "the lease is live");
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET lease_until = now() - interval '1 second' WHERE outbox_id IN ({first}, {second})"
+        ))
+        .unwrap();
+        let account = claimed[0].account_id;
+        assert_eq!(claim(200, 60, &[], &[account], 10, true).unwrap().len(), 0, "its own account on the wire");
+        let again = claim(200, 60, &[], &[], 10, true).unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|row| row.attempts == 2));
+        assert!(again.iter().all(|row| claimed.iter().all(|old| old.claim_token != row.claim_token)));
+    }
+
+    /// An account's rows out for delivery count against its rate limits, and
+    /// so do the rows it sent.
+    #[pg_test]
+    fn rows_in_flight_count_against_the_rate_limit() {
+        use crate::store::outbox::claim;
+        sending_accounts();
+        Spi::run(
+            "SET LOCAL enable_seqscan = off;
+             UPDATE email_accounts.account SET send_limit_per_minute = 3 WHERE name = 'ready'",
+        )
+        .unwrap();
+        for _ in 0..5 {
+            queue("ready", 0, 0);
+        }
+        let claimed = claim(2, 60, &[], &[], 10, true).unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 1, "3 a minute, 2 in flight");
+        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 0);
+        record_sent(&claimed);
+        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 0, "sent in the last minute");
+    }
+
     /// The claim names its sender by the start time pg_stat_get_activity()
     /// reports, which is what take_back_abandoned() compares.
     #[pg_test]
