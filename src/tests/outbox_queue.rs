@@ -259,12 +259,12 @@ mod tests {
         // A row already sent is history, however early it was due.
         set(queue("ready", 9, 1), "status = 'sent', sent_at = now()");
         assert_eq!(next_due(), Some(200.0));
-        // A claim lapsing sooner wakes the sender sooner, but not one of an
-        // account that is not ready.
-        set(queue("not ready", 0, 1), "status = 'sending', lease_until = now() + interval '10 seconds'");
-        assert_eq!(next_due(), Some(200.0));
+        // A claim lapsing sooner wakes the sender sooner, also one of an
+        // account that is not ready (its rows are put back in the queue).
         set(lowest, "status = 'sending', lease_until = now() + interval '30 seconds'");
         assert_eq!(next_due(), Some(30.0));
+        set(queue("not ready", 0, 1), "status = 'sending', lease_until = now() + interval '10 seconds'");
+        assert_eq!(next_due(), Some(10.0));
     }
 
     /// A round's results are recorded only under the claim that is still
@@ -468,9 +468,10 @@ mod tests {
         crate::store::outbox::record_all(&results, 60).unwrap();
     }
 
-    /// Rows whose claim lapsed are taken by the next claim (a new token, the
-    /// attempt counted), but not by the sender that has their account on
-    /// the wire; rows under a live lease are left alone.
+    /// Rows whose claim lapsed are put back in the queue by the next claim's
+    /// expiry pass and taken by it (a new token, the attempt counted), but
+    /// not by the sender that has their account on the wire; rows under a
+    /// live lease are left alone.
     #[pg_test]
     fn a_lapsed_claim_is_taken_back_by_the_next_claim() {
         use crate::store::outbox::claim;
@@ -486,8 +487,16 @@ mod tests {
         .unwrap();
         let account = claimed[0].account_id;
         assert_eq!(claim(200, 60, &[], &[account], 10, true).unwrap().len(), 0, "its own account on the wire");
+        assert_eq!(claim(200, 60, &[], &[], 10, false).unwrap().len(), 0, "only the expiry pass takes them back");
         let again = claim(200, 60, &[], &[], 10, true).unwrap();
         assert_eq!(again.len(), 2);
+        assert_eq!(
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM email_accounts.outbox
+                  WHERE outbox_id IN ({first}, {second}) AND status = 'sending' AND last_error LIKE 'the claim of sender process % lapsed%'"
+            )),
+            Ok(Some(2))
+        );
         assert!(again.iter().all(|row| row.attempts == 2));
         assert!(again.iter().all(|row| claimed.iter().all(|old| old.claim_token != row.claim_token)));
     }
