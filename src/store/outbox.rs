@@ -122,7 +122,7 @@ WITH RECURSIVE waiting (account_id) AS (
           ORDER BY outbox.priority DESC, outbox.next_attempt_at, outbox.outbox_id
           LIMIT 1
      ) AS first_due
-     WHERE settings.account_id <> ALL ($3::bigint[])
+     WHERE waiting.account_id <> ALL ($3::bigint[])
      ORDER BY first_due.priority DESC, first_due.next_attempt_at
      LIMIT $4
 ), allowance AS (
@@ -200,8 +200,10 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
 // Rows whose claim lapsed (their sender is alive but stuck, or its lease
 // ran out on a slow server) go back to the queue, due at once; not this
 // sender's own rows of accounts it has on the wire ($1: they are being
-// sent). Run with the expiry, at most once a second: it looks at every
-// account (one index probe each).
+// sent), nor rows of the accounts it skips ($2: those another sender holds,
+// whose round may still be on the wire there and is recorded by it). Run
+// with the expiry, at most once a second: it looks at every account (one
+// index probe each).
 const TAKE_BACK_LAPSED: &str = "
 WITH lapsed AS (
     SELECT outbox.outbox_id
@@ -214,6 +216,7 @@ WITH lapsed AS (
                        AND outbox.status = 'sending' AND outbox.lease_until < now()) AS held))
        AND outbox.status = 'sending' AND outbox.lease_until < now()
        AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($1::bigint[]))
+       AND outbox.account_id <> ALL ($2::bigint[])
        FOR UPDATE OF outbox SKIP LOCKED
 )
 UPDATE email_accounts.outbox AS row
@@ -237,7 +240,8 @@ pub(crate) fn process_started_at() -> pgrx::datum::TimestampWithTimeZone {
 /// accounts in `skip_accounts`. First, when `expire`, marks overdue rows
 /// expired (the claim never takes one either way) and puts rows whose claim
 /// lapsed back in the queue, never this sender's own rows of the accounts
-/// in `on_wire` (their round is out).
+/// in `on_wire` (their round is out) nor rows of `skip_accounts` (another
+/// sender's round may be out).
 pub fn claim(
     limit: i64,
     lease_seconds: i32,
@@ -257,7 +261,7 @@ pub fn claim(
     // that crashes the worker from being retried forever.
     if expire {
         kept_plans::run(EXPIRE, &[on_wire.to_vec().into()])?;
-        kept_plans::run(TAKE_BACK_LAPSED, &[on_wire.to_vec().into()])?;
+        kept_plans::run(TAKE_BACK_LAPSED, &[on_wire.to_vec().into(), skip_accounts.to_vec().into()])?;
     }
     let (mut rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
         let table = kept_plans::update(

@@ -470,8 +470,9 @@ mod tests {
 
     /// Rows whose claim lapsed are put back in the queue by the next claim's
     /// expiry pass and taken by it (a new token, the attempt counted), but
-    /// not by the sender that has their account on the wire; rows under a
-    /// live lease are left alone.
+    /// not by the sender that has their account on the wire, nor while
+    /// another sender holds the account (its round may be on the wire
+    /// there); rows under a live lease are left alone.
     #[pg_test]
     fn a_lapsed_claim_is_taken_back_by_the_next_claim() {
         use crate::store::outbox::claim;
@@ -487,6 +488,7 @@ mod tests {
         .unwrap();
         let account = claimed[0].account_id;
         assert_eq!(claim(200, 60, &[], &[account], 10, true).unwrap().len(), 0, "its own account on the wire");
+        assert_eq!(claim(200, 60, &[account], &[], 10, true).unwrap().len(), 0, "an account another sender holds");
         assert_eq!(claim(200, 60, &[], &[], 10, false).unwrap().len(), 0, "only the expiry pass takes them back");
         let again = claim(200, 60, &[], &[], 10, true).unwrap();
         assert_eq!(again.len(), 2);
