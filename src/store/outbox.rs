@@ -82,16 +82,12 @@ UPDATE email_accounts.outbox
         OR (lease_until < now()
             AND NOT (sender_process_id = pg_catalog.pg_backend_pid() AND account_id = ANY ($1::bigint[]))))";
 
-// At most $4 accounts, those whose mail has waited longest (a claim over
-// every account would let one sender hold them all while the others idle).
-// Each may send what its rate limits leave: its limit minus the rows it
-// sent (or has in flight) in the last minute, hour and day. Only accounts
-// with rows waiting are looked at (one index probe each, found by a loose
-// scan of the claim order): the claim had looked at every ready account,
-// 11 ms a claim with 5,000 of them. Rows whose claim lapsed are put back
-// in the queue by TAKE_BACK_LAPSED, not claimed here.
-const CLAIM: &str = "
-WITH RECURSIVE waiting (account_id) AS (
+/// The start of a statement: `WITH RECURSIVE waiting (account_id)`, the
+/// accounts with rows queued or to retry, by a loose scan of the claim
+/// order (one index probe each), not a look at every account.
+macro_rules! with_waiting_accounts {
+    () => {
+        "WITH RECURSIVE waiting (account_id) AS (
     (SELECT outbox.account_id FROM email_accounts.outbox
       WHERE outbox.status IN ('queued', 'retry') AND outbox.account_id IS NOT NULL
       ORDER BY outbox.account_id LIMIT 1)
@@ -101,7 +97,21 @@ WITH RECURSIVE waiting (account_id) AS (
              ORDER BY outbox.account_id LIMIT 1)
       FROM waiting
      WHERE waiting.account_id IS NOT NULL
-), chosen AS (
+)"
+    };
+}
+
+// At most $4 accounts, those whose mail has waited longest (a claim over
+// every account would let one sender hold them all while the others idle).
+// Each may send what its rate limits leave: its limit minus the rows it
+// sent (or has in flight) in the last minute, hour and day. Only accounts
+// with rows waiting are looked at (one index probe each, found by a loose
+// scan of the claim order): the claim had looked at every ready account,
+// 11 ms a claim with 5,000 of them. Rows whose claim lapsed are put back
+// in the queue by TAKE_BACK_LAPSED, not claimed here.
+const CLAIM: &str = concat!(
+    with_waiting_accounts!(),
+    ", chosen AS (
     SELECT settings.account_id, settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day
       FROM waiting
      CROSS JOIN LATERAL (
@@ -195,7 +205,8 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
                         AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
                         AND coalesce(outbox.reply_to_document,
                                      account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)) END,
-          outbox.reference_id, outbox.tenant, outbox.attempts";
+          outbox.reference_id, outbox.tenant, outbox.attempts"
+);
 
 // Rows whose claim lapsed (their sender is alive but stuck, or its lease
 // ran out on a slow server) go back to the queue, due at once; not this
@@ -647,19 +658,9 @@ pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
 /// account for the leases.
 pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
     kept_plans::get_one::<f64>(
-        "WITH RECURSIVE waiting (account_id) AS (
-            -- The accounts with rows waiting: a loose scan of the claim order
-            -- (one index probe each), not a look at every account.
-            (SELECT outbox.account_id FROM email_accounts.outbox
-              WHERE outbox.status IN ('queued', 'retry') AND outbox.account_id IS NOT NULL
-              ORDER BY outbox.account_id LIMIT 1)
-            UNION ALL
-            SELECT (SELECT outbox.account_id FROM email_accounts.outbox
-                     WHERE outbox.status IN ('queued', 'retry') AND outbox.account_id > waiting.account_id
-                     ORDER BY outbox.account_id LIMIT 1)
-              FROM waiting
-             WHERE waiting.account_id IS NOT NULL
-        ), ready AS (
+        concat!(
+            with_waiting_accounts!(),
+            ", ready AS (
             -- (OFFSET 0: a probe of each, never a hash of every account's settings.)
             SELECT settings.account_id FROM waiting
              CROSS JOIN LATERAL (
@@ -689,7 +690,8 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
                 -- (Claims of every account: a lapsed one is put back in the queue.)
                 SELECT (SELECT min(outbox.lease_until) FROM email_accounts.outbox
                          WHERE outbox.account_id = account.account_id AND outbox.status = 'sending')
-                  FROM email_accounts.account) AS due (at)",
+                  FROM email_accounts.account) AS due (at)"
+        ),
         &[],
     )
 }
