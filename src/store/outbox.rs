@@ -208,16 +208,46 @@ RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.
           outbox.reference_id, outbox.tenant, outbox.attempts"
 );
 
+/// A statement that takes back the claimed rows `$selection` picks (a
+/// SELECT of outbox rows, locked here) and returns their ids: due at once,
+/// the attempt counted (they may have gone out: delivery is at least once),
+/// failed once `max_attempts` ($1) is reached, so that a message whose
+/// claim never comes back cannot loop; `$reason` formats `last_error` from
+/// the claim's sender process id.
+macro_rules! take_back_rows {
+    ($selection:literal, $reason:literal) => {
+        concat!(
+            "WITH taken AS (",
+            $selection,
+            "
+       FOR UPDATE OF outbox SKIP LOCKED
+), given_up AS (
+    UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
+     WHERE recipient.outbox_id = ANY (ARRAY(SELECT taken.outbox_id FROM taken WHERE taken.attempts >= $1))
+       AND recipient.status IN ('pending', 'deferred')
+)
+UPDATE email_accounts.outbox AS row
+   SET status = CASE WHEN row.attempts >= $1 THEN 'failed' ELSE 'retry' END,
+       next_attempt_at = now(), lease_until = NULL, claim_token = NULL,
+       last_error = pg_catalog.format(",
+            $reason,
+            ", row.sender_process_id),
+       sender_process_id = NULL, sender_started_at = NULL
+ WHERE row.outbox_id = ANY (ARRAY(SELECT taken.outbox_id FROM taken))
+RETURNING row.outbox_id"
+        )
+    };
+}
+
 // Rows whose claim lapsed (their sender is alive but stuck, or its lease
-// ran out on a slow server) go back to the queue, due at once; not this
-// sender's own rows of accounts it has on the wire ($1: they are being
-// sent), nor rows of the accounts it skips ($2: those another sender holds,
-// whose round may still be on the wire there and is recorded by it). Run
-// with the expiry, at most once a second: it looks at every account (one
-// index probe each).
-const TAKE_BACK_LAPSED: &str = "
-WITH lapsed AS (
-    SELECT outbox.outbox_id
+// ran out on a slow server); not this sender's own rows of accounts it has
+// on the wire ($2: they are being sent), nor rows of the accounts it skips
+// ($3: those another sender holds, whose round may still be on the wire
+// there and is recorded by it). Run with the expiry, at most once a second:
+// it looks at every account (one index probe each).
+const TAKE_BACK_LAPSED: &str = take_back_rows!(
+    "
+    SELECT outbox.outbox_id, outbox.attempts
       FROM email_accounts.outbox
      WHERE outbox.outbox_id = ANY (ARRAY(
                SELECT held.outbox_id FROM email_accounts.account
@@ -226,16 +256,24 @@ WITH lapsed AS (
                      WHERE outbox.account_id = account.account_id
                        AND outbox.status = 'sending' AND outbox.lease_until < now()) AS held))
        AND outbox.status = 'sending' AND outbox.lease_until < now()
-       AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($1::bigint[]))
-       AND outbox.account_id <> ALL ($2::bigint[])
-       FOR UPDATE OF outbox SKIP LOCKED
-)
-UPDATE email_accounts.outbox AS row
-   SET status = 'retry', next_attempt_at = now(), lease_until = NULL, claim_token = NULL,
-       last_error = pg_catalog.format('the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice',
-                                      row.sender_process_id),
-       sender_process_id = NULL, sender_started_at = NULL
- WHERE row.outbox_id = ANY (ARRAY(SELECT lapsed.outbox_id FROM lapsed))";
+       AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($2::bigint[]))
+       AND outbox.account_id <> ALL ($3::bigint[])",
+    "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
+);
+
+// Rows claimed by sender processes that no longer run in this database.
+const TAKE_BACK_ABANDONED: &str = take_back_rows!(
+    "
+    SELECT outbox.outbox_id, outbox.attempts
+      FROM email_accounts.outbox
+     WHERE outbox.status = 'sending' AND outbox.sender_process_id IS NOT NULL
+       AND NOT EXISTS (
+           SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
+            WHERE activity.backend_start = outbox.sender_started_at
+              AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
+                                     WHERE database.datname = pg_catalog.current_database()))",
+    "'the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice'"
+);
 
 /// When this process started, as `pg_stat_get_activity()` reports it
 /// (`take_back_abandoned` compares the two). Passed in rather than read
@@ -247,19 +285,26 @@ pub(crate) fn process_started_at() -> pgrx::datum::TimestampWithTimeZone {
         .expect("a process starts at a finite time")
 }
 
+/// The expiry pass a claim may run first (at most once a second).
+#[derive(Clone, Copy)]
+pub struct ExpiryPass {
+    /// Rows whose claim lapsed at this many attempts fail instead.
+    pub max_attempts: i32,
+}
+
 /// Claims up to `limit` due rows for `lease_seconds`, leaving out the
-/// accounts in `skip_accounts`. First, when `expire`, marks overdue rows
-/// expired (the claim never takes one either way) and puts rows whose claim
-/// lapsed back in the queue, never this sender's own rows of the accounts
-/// in `on_wire` (their round is out) nor rows of `skip_accounts` (another
-/// sender's round may be out).
+/// accounts in `skip_accounts`. First, with `expire`, marks overdue rows
+/// expired (the claim never takes one either way) and takes back the rows
+/// whose claim lapsed (`take_back_rows!`), never this sender's own rows of
+/// the accounts in `on_wire` (their round is out) nor rows of
+/// `skip_accounts` (another sender's round may be out).
 pub fn claim(
     limit: i64,
     lease_seconds: i32,
     skip_accounts: &[i64],
     on_wire: &[i64],
     max_accounts: i64,
-    expire: bool,
+    expire: Option<ExpiryPass>,
 ) -> Result<Vec<ClaimedRow>, SpiError> {
     // Nothing is expired or claimed while a dump is being restored (its rows
     // may lack their recipients yet); otherwise no restore starts until this
@@ -270,9 +315,12 @@ pub fn claim(
     // The claim stays synchronous although its loss in a crash would only
     // make the rows due again: its `attempts` count is what stops a message
     // that crashes the worker from being retried forever.
-    if expire {
+    if let Some(ExpiryPass { max_attempts }) = expire {
         kept_plans::run(EXPIRE, &[on_wire.to_vec().into()])?;
-        kept_plans::run(TAKE_BACK_LAPSED, &[on_wire.to_vec().into(), skip_accounts.to_vec().into()])?;
+        kept_plans::run(
+            TAKE_BACK_LAPSED,
+            &[max_attempts.into(), on_wire.to_vec().into(), skip_accounts.to_vec().into()],
+        )?;
     }
     let (mut rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
         let table = kept_plans::update(
@@ -608,45 +656,15 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
 }
 
 /// Takes back the rows claimed by sender processes that no longer run in
-/// this database (a restart, crash, failover or restore ended them): due at
-/// once, the attempt counted (they may have gone out: delivery is at least
-/// once), failed once `max_attempts` is reached (a message that kills the
-/// sender every time must not loop). Rows of a sender still running, and
-/// rows claimed before 0.3.0 (no process recorded), wait for their lease.
-/// Returns how many rows were taken back.
+/// this database (a restart, crash, failover or restore ended them), as
+/// `take_back_rows!` says: a message that kills the sender every time fails
+/// at `max_attempts`. Rows of a sender still running wait for their lease,
+/// and rows claimed before 0.3.0 (no process recorded) too. Returns how
+/// many rows were taken back.
 pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
-    let rows = Spi::connect_mut(|client| {
-        client.update(
-            "WITH abandoned AS (
-                 SELECT outbox.outbox_id FROM email_accounts.outbox
-                  WHERE outbox.status = 'sending' AND outbox.sender_process_id IS NOT NULL
-                    AND NOT EXISTS (
-                        SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
-                         WHERE activity.backend_start = outbox.sender_started_at
-                           AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
-                                                  WHERE database.datname = pg_catalog.current_database()))
-                    FOR UPDATE SKIP LOCKED
-             ), given_up AS (
-                 UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
-                   FROM email_accounts.outbox AS row JOIN abandoned USING (outbox_id)
-                  WHERE recipient.outbox_id = row.outbox_id AND row.attempts >= $1
-                    AND recipient.status IN ('pending', 'deferred')
-             )
-             UPDATE email_accounts.outbox AS row
-                SET status = CASE WHEN row.attempts >= $1 THEN 'failed' ELSE 'retry' END,
-                    next_attempt_at = now(), lease_until = NULL, claim_token = NULL,
-                    last_error = pg_catalog.format('the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice',
-                                                   row.sender_process_id),
-                    sender_process_id = NULL, sender_started_at = NULL
-               FROM abandoned
-              WHERE row.outbox_id = abandoned.outbox_id
-          RETURNING row.outbox_id",
-            None,
-            &[max_attempts.into()],
-        )
-        .map(|table| table.len() as i64)
-    })?;
-    Ok(rows)
+    Spi::connect_mut(|client| {
+        client.update(TAKE_BACK_ABANDONED, None, &[max_attempts.into()]).map(|table| table.len() as i64)
+    })
 }
 
 /// Seconds until the next row of a ready account becomes due (or a claim

@@ -394,7 +394,7 @@ mod tests {
         ))
         .unwrap();
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
-        let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, true).unwrap();
+        let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, PASS).unwrap();
         let row = |id: i64| claimed.iter().find(|row| row.outbox_id == id).unwrap();
         assert_eq!(row(partly).attempts, 3);
         assert!(row(partly).accepted_before);
@@ -427,7 +427,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
-        let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, true).unwrap();
+        let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, PASS).unwrap();
         let recipients_of = |id: i64| claimed.iter().find(|row| row.outbox_id == id).unwrap().recipients.clone();
         assert_eq!(recipients_of(acme), ["kept@example.net", "untenanted@example.net"]);
         assert_eq!(recipients_of(untenanted), ["gone@example.net", "kept@example.net"]);
@@ -445,6 +445,9 @@ mod tests {
             )
         );
     }
+
+    /// The claim's expiry pass, with the default `max_attempts`.
+    const PASS: Option<crate::store::outbox::ExpiryPass> = Some(crate::store::outbox::ExpiryPass { max_attempts: 10 });
 
     fn record_sent(rows: &[crate::store::outbox::ClaimedRow]) {
         use email_accounts_mail::delivery::RecipientStatus;
@@ -472,25 +475,26 @@ mod tests {
     /// expiry pass and taken by it (a new token, the attempt counted), but
     /// not by the sender that has their account on the wire, nor while
     /// another sender holds the account (its round may be on the wire
-    /// there); rows under a live lease are left alone.
+    /// there); rows under a live lease are left alone; at `max_attempts` a
+    /// lapsed claim fails.
     #[pg_test]
     fn a_lapsed_claim_is_taken_back_by_the_next_claim() {
         use crate::store::outbox::claim;
         sending_accounts();
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
         let (first, second) = (queue("ready", 0, 0), queue("ready", 0, 0));
-        let claimed = claim(200, 60, &[], &[], 10, true).unwrap();
+        let claimed = claim(200, 60, &[], &[], 10, PASS).unwrap();
         assert_eq!(claimed.len(), 2);
-        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 0, "the lease is live");
+        assert_eq!(claim(200, 60, &[], &[], 10, PASS).unwrap().len(), 0, "the lease is live");
         Spi::run(&format!(
             "UPDATE email_accounts.outbox SET lease_until = now() - interval '1 second' WHERE outbox_id IN ({first}, {second})"
         ))
         .unwrap();
         let account = claimed[0].account_id;
-        assert_eq!(claim(200, 60, &[], &[account], 10, true).unwrap().len(), 0, "its own account on the wire");
-        assert_eq!(claim(200, 60, &[account], &[], 10, true).unwrap().len(), 0, "an account another sender holds");
-        assert_eq!(claim(200, 60, &[], &[], 10, false).unwrap().len(), 0, "only the expiry pass takes them back");
-        let again = claim(200, 60, &[], &[], 10, true).unwrap();
+        assert_eq!(claim(200, 60, &[], &[account], 10, PASS).unwrap().len(), 0, "its own account on the wire");
+        assert_eq!(claim(200, 60, &[account], &[], 10, PASS).unwrap().len(), 0, "an account another sender holds");
+        assert_eq!(claim(200, 60, &[], &[], 10, None).unwrap().len(), 0, "only the expiry pass takes them back");
+        let again = claim(200, 60, &[], &[], 10, PASS).unwrap();
         assert_eq!(again.len(), 2);
         assert_eq!(
             Spi::get_one::<i64>(&format!(
@@ -501,6 +505,20 @@ mod tests {
         );
         assert!(again.iter().all(|row| row.attempts == 2));
         assert!(again.iter().all(|row| claimed.iter().all(|old| old.claim_token != row.claim_token)));
+        // A claim that lapses at `max_attempts` fails, its open recipients with it.
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET lease_until = now() - interval '1 second' WHERE outbox_id IN ({first}, {second})"
+        ))
+        .unwrap();
+        let last = Some(crate::store::outbox::ExpiryPass { max_attempts: 2 });
+        assert_eq!(claim(200, 60, &[], &[], 10, last).unwrap().len(), 0);
+        assert_eq!(
+            Spi::get_two::<i64, i64>(&format!(
+                "SELECT (SELECT count(*) FROM email_accounts.outbox WHERE outbox_id IN ({first}, {second}) AND status = 'failed'),
+                        (SELECT count(*) FROM email_accounts.outbox_recipient WHERE outbox_id IN ({first}, {second}) AND status = 'failed')"
+            )),
+            Ok((Some(2), Some(2)))
+        );
     }
 
     /// An account's rows out for delivery count against its rate limits, and
@@ -517,12 +535,12 @@ mod tests {
         for _ in 0..5 {
             queue("ready", 0, 0);
         }
-        let claimed = claim(2, 60, &[], &[], 10, true).unwrap();
+        let claimed = claim(2, 60, &[], &[], 10, PASS).unwrap();
         assert_eq!(claimed.len(), 2);
-        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 1, "3 a minute, 2 in flight");
-        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 0);
+        assert_eq!(claim(200, 60, &[], &[], 10, PASS).unwrap().len(), 1, "3 a minute, 2 in flight");
+        assert_eq!(claim(200, 60, &[], &[], 10, PASS).unwrap().len(), 0);
         record_sent(&claimed);
-        assert_eq!(claim(200, 60, &[], &[], 10, true).unwrap().len(), 0, "sent in the last minute");
+        assert_eq!(claim(200, 60, &[], &[], 10, PASS).unwrap().len(), 0, "sent in the last minute");
     }
 
     /// The claim names its sender by the start time pg_stat_get_activity()

@@ -86,7 +86,7 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
             skip_accounts,
             on_wire,
             max_accounts as i64,
-            expire,
+            expire.then(|| outbox::ExpiryPass { max_attempts: settings::max_attempts() }),
         )?;
         let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
         account_ids.sort_unstable();
