@@ -5,11 +5,12 @@ use pgrx::pg_sys;
 use std::ffi::CStr;
 
 /// The version of `email_accounts` created in the worker's database (`None`
-/// before CREATE EXTENSION), read as get_extension_oid() reads pg_extension.
-pub fn installed_version() -> Result<Option<String>, StoreError> {
-    // SAFETY: inside a transaction; the scan and the relation are closed
-    // before returning, and the version is copied out first.
-    in_transaction(|| unsafe {
+/// before CREATE EXTENSION), read as get_extension_oid() reads pg_extension,
+/// in the caller's transaction.
+pub fn installed_version_now() -> Option<String> {
+    // SAFETY: the caller is in a transaction; the scan and the relation are
+    // closed before returning, and the version is copied out first.
+    unsafe {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let relation = pg_sys::table_open(pg_sys::ExtensionRelationId, lock);
         let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
@@ -47,7 +48,7 @@ pub fn installed_version() -> Result<Option<String>, StoreError> {
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(relation, lock);
         version
-    })
+    }
 }
 
 /// The name of the database this process is connected to.
@@ -64,47 +65,66 @@ pub fn database_name_of(database: u32) -> Option<String> {
     }
 }
 
-/// Rows ever inserted, updated or deleted in these tables of the extension,
-/// from the cumulative statistics (shared memory, no SQL statement): lets an
-/// idle worker's fallback poll notice changes that did not wake it. `None`
-/// when the extension is not installed.
-fn changes_to(tables: &[&CStr], count_deletes: bool) -> Result<Option<i64>, StoreError> {
-    in_transaction(|| unsafe {
+/// Changes to the outbox: rows the sender might have to send (in the
+/// caller's transaction).
+pub fn outbox_changes_now() -> Option<i64> {
+    // (A deleted row never makes mail due.)
+    changes_now(&[c"outbox"], false)
+}
+
+/// Changes to what decides when an account is synced: accounts, their
+/// domains and presets, and the folders' sync state (in the caller's
+/// transaction).
+pub fn receiving_changes_now() -> Option<i64> {
+    // (A deleted sync_state row makes its folder sync from the start.)
+    changes_now(&[c"account", c"domain", c"provider", c"sync_state"], true)
+}
+
+/// The home row's table and the rows ever written to it (in the caller's
+/// transaction): while both are what they were, the home row is too, as far
+/// as the statistics have been flushed (a restore, which the workers wait
+/// for, is looked at afresh). The table's oid tells a table created again
+/// by DROP and CREATE EXTENSION, whose count starts over.
+pub fn home_changes_now() -> Option<(u32, i64)> {
+    let relation = extension_table(c"home")?;
+    Some((relation.to_u32(), changes_now(&[c"home"], true)?))
+}
+
+/// An extension table's oid, in the caller's transaction.
+fn extension_table(table: &CStr) -> Option<pg_sys::Oid> {
+    // SAFETY: catalog look-ups by name, in the caller's transaction.
+    unsafe {
         let schema = pg_sys::get_namespace_oid(c"email_accounts".as_ptr(), true);
         if schema == pg_sys::InvalidOid {
             return None;
         }
-        // A fresh snapshot of the statistics, not the one cached earlier.
-        pg_sys::pgstat_clear_snapshot();
-        let mut changes = 0;
-        for table in tables {
-            let relation = pg_sys::get_relname_relid(table.as_ptr(), schema);
-            if relation == pg_sys::InvalidOid {
-                return None;
-            }
-            let entry = pg_sys::pgstat_fetch_stat_tabentry(relation);
-            if !entry.is_null() {
-                changes += (*entry).tuples_inserted + (*entry).tuples_updated;
-                if count_deletes {
-                    changes += (*entry).tuples_deleted;
-                }
+        let relation = pg_sys::get_relname_relid(table.as_ptr(), schema);
+        (relation != pg_sys::InvalidOid).then_some(relation)
+    }
+}
+
+/// Rows ever inserted, updated or deleted in these tables of the extension,
+/// from the cumulative statistics (shared memory, no SQL statement): lets an
+/// idle worker's fallback poll notice changes that did not wake it. `None`
+/// when the extension is not installed. In the caller's transaction.
+fn changes_now(tables: &[&CStr], count_deletes: bool) -> Option<i64> {
+    // A fresh snapshot of the statistics, not the one cached earlier.
+    unsafe { pg_sys::pgstat_clear_snapshot() };
+    let mut changes = 0;
+    for table in tables {
+        let relation = extension_table(table)?;
+        // SAFETY: the entry is read before the next fetch (statistics are
+        // fetched into the transaction's snapshot, cleared above).
+        let entry = unsafe { pg_sys::pgstat_fetch_stat_tabentry(relation) };
+        if !entry.is_null() {
+            let entry = unsafe { &*entry };
+            changes += entry.tuples_inserted + entry.tuples_updated;
+            if count_deletes {
+                changes += entry.tuples_deleted;
             }
         }
-        Some(changes)
-    })
-}
-
-/// Changes to the outbox: rows the sender might have to send.
-pub fn outbox_changes() -> Result<Option<i64>, StoreError> {
-    // (A deleted row never makes mail due.)
-    changes_to(&[c"outbox"], false)
-}
-
-/// Changes to what decides when an account is synced: accounts, their
-/// domains and presets, and the folders' sync state.
-pub fn receiving_changes() -> Result<Option<i64>, StoreError> {
-    // (A deleted sync_state row makes its folder sync from the start.)
-    changes_to(&[c"account", c"domain", c"provider", c"sync_state"], true)
+    }
+    Some(changes)
 }
 
 /// One row of pg_database, as the launcher needs it.

@@ -3,7 +3,6 @@
 
 use super::catalog::Database;
 use super::kept_plans;
-use super::transaction::{try_in_transaction, StoreError};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
@@ -22,8 +21,9 @@ pub enum Home {
 /// there to be copied): by oid in the same cluster (a rename is no copy); in
 /// another cluster (pg_upgrade keeps oids and names, a restore elsewhere
 /// does not) by oid and name.
-pub fn check(databases: impl Fn() -> Vec<Database>) -> Result<Home, StoreError> {
-    try_in_transaction(std::panic::AssertUnwindSafe(|| -> Result<Home, SpiError> {
+/// In the caller's transaction.
+pub fn check_now(databases: impl Fn() -> Vec<Database>) -> Result<Home, SpiError> {
+    {
         let system = unsafe { pg_sys::GetSystemIdentifier() }.to_string();
         let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
         let row = Spi::connect(|client| -> Result<Option<(i64, String, String)>, SpiError> {
@@ -58,5 +58,5 @@ pub fn check(databases: impl Fn() -> Vec<Database>) -> Result<Home, StoreError> 
         }
         Spi::run("SELECT email_accounts.adopt_database()")?;
         Ok(Home::Here)
-    }))
+    }
 }

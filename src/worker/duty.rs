@@ -20,7 +20,8 @@ pub trait Duty {
     fn not_installed(&mut self) {}
 
     /// The change count of the tables it reads (cumulative statistics, no
-    /// statement): a timeout wake-up without changes skips the step.
+    /// statement), in the caller's transaction: a timeout wake-up without
+    /// changes skips the step.
     fn changes(&self) -> Option<i64>;
 
     /// Whether something besides the latch asked for a step now.

@@ -12,9 +12,11 @@ use crate::settings;
 use crate::store::catalog;
 use crate::store::home::{self, Home};
 use crate::store::restore;
-use crate::store::transaction::try_in_transaction;
+use crate::store::transaction::{in_transaction, try_in_transaction};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 /// How often the workers of a copy look whether they may work.
@@ -84,16 +86,10 @@ struct RestoreWatch {
 }
 
 impl RestoreWatch {
-    /// Whether a restore is in progress; says so when one starts and ends.
-    fn holds(&mut self, duty: &mut dyn Duty) -> bool {
+    /// Whether a restore is in progress (`now`: the restoring process, as
+    /// just looked up); says so when one starts and ends.
+    fn holds(&mut self, duty: &mut dyn Duty, now: Option<i32>) -> bool {
         let id = duty.id();
-        let now = match try_in_transaction(|| restore::in_progress(id.role.restore_lock())) {
-            Ok(restoring) => restoring,
-            Err(error) => {
-                log!("{}: cannot tell whether a dump is being restored: {}", id.name(), error);
-                return true;
-            }
-        };
         match (self.restoring, now) {
             (previous, Some(process)) => {
                 if previous != Some(process) {
@@ -119,26 +115,39 @@ impl RestoreWatch {
 }
 
 /// Whether this database's mail is this database's to send and receive, or
-/// it is a copy (store/home.rs). Looked at before every step (one small
-/// statement): a restore can replace the home row at any time.
+/// it is a copy (store/home.rs). Looked at before every step, by a statement
+/// only when the home table changed since it said "here" (a restore, which
+/// can replace the home row, is always followed by a statement).
 #[derive(Default)]
 struct HomeWatch {
     /// The original this copy was last reported holding off for.
     reported: Option<u32>,
+    /// The home table's oid and change count when its row last said "here".
+    here_at: Option<(u32, i64)>,
 }
 
 impl HomeWatch {
-    /// Whether the worker may work now.
-    fn settled(&mut self, id: WorkerId, database: &str) -> bool {
-        match home::check(catalog::databases_now) {
-            Ok(Home::Here) => {
+    /// In the caller's transaction: where the mail belongs, from the home
+    /// row, or from the last look while its table is unchanged.
+    fn look_now(&self, table_changes: Option<(u32, i64)>, after_restore: bool) -> Result<Home, SpiError> {
+        if !after_restore && table_changes.is_some() && self.here_at == table_changes {
+            return Ok(Home::Here);
+        }
+        home::check_now(catalog::databases_now)
+    }
+
+    /// Whether the worker may work now, after `look_now` said `home`.
+    fn settled(&mut self, id: WorkerId, database: &str, home: Home, table_changes: Option<(u32, i64)>) -> bool {
+        self.here_at = (home == Home::Here).then_some(table_changes).flatten();
+        match home {
+            Home::Here => {
                 if self.reported.take().is_some() {
                     log!("{}: database \"{}\" now sends and receives its own mail", id.name(), database);
                     board::update(id, |slot| slot.state = WorkerState::Idle);
                 }
                 true
             }
-            Ok(Home::CopyOf(original, name)) => {
+            Home::CopyOf(original, name) => {
                 if self.reported != Some(original) {
                     warning!(
                         "{}: database \"{}\" is a copy of database \"{}\" of this cluster: its mail is not sent or received here. \
@@ -153,11 +162,47 @@ impl HomeWatch {
                 board::update(id, |slot| slot.state = WorkerState::HeldAsCopy);
                 false
             }
-            Err(error) => {
-                log!("{}: cannot read email_accounts.home: {}", id.name(), error);
-                false
-            }
         }
+    }
+}
+
+/// Why a worker may not step now.
+enum HeldOff {
+    /// A dump is being restored, or whether one is could not be told.
+    Restore,
+    /// The database is a copy, or whose mail it is could not be told.
+    Copy,
+}
+
+/// Whether the worker may step: no dump is being restored into the
+/// database and its mail is its own. One transaction for both looks.
+fn may_step(
+    duty: &mut dyn Duty,
+    database: &str,
+    restore: &mut RestoreWatch,
+    home: &mut HomeWatch,
+    home_changes: Option<(u32, i64)>,
+) -> Result<(), HeldOff> {
+    let id = duty.id();
+    let after_restore = restore.waiting();
+    let looked = try_in_transaction(AssertUnwindSafe(|| -> Result<_, SpiError> {
+        let restoring = restore::in_progress(id.role.restore_lock())?;
+        let mail = if restoring.is_none() { Some(home.look_now(home_changes, after_restore)?) } else { None };
+        Ok((restoring, mail))
+    }));
+    let (restoring, mail) = match looked {
+        Ok(looked) => looked,
+        Err(error) => {
+            log!("{}: cannot tell whether a dump is being restored or whose mail this is: {}", id.name(), error);
+            return Err(HeldOff::Restore);
+        }
+    };
+    if restore.holds(duty, restoring) {
+        return Err(HeldOff::Restore);
+    }
+    match mail {
+        Some(mail) => home.settled(id, database, mail, home_changes).then_some(()).ok_or(HeldOff::Copy),
+        None => Err(HeldOff::Copy),
     }
 }
 
@@ -233,8 +278,19 @@ fn run(duty: &mut dyn Duty) {
     loop {
         // Read the board's generation before the catalog (extension_still_there).
         let generation = board::extension_of(id.database).map(|(_, generation)| generation);
-        let version = match catalog::installed_version() {
-            Ok(version) => version,
+        // The wake-up's look, one transaction and no statement: the
+        // extension's version, the change counts of the tables the duty reads
+        // (idle.rs) and of the home table.
+        let looked = in_transaction(AssertUnwindSafe(|| {
+            let version = catalog::installed_version_now();
+            // (Another version's tables may not be the ones this library reads.)
+            let installed = version.as_deref() == Some(LIBRARY_VERSION);
+            let changes = if installed { duty.changes() } else { None };
+            let home_changes = if installed { catalog::home_changes_now() } else { None };
+            (version, changes, home_changes)
+        }));
+        let (version, changes, home_changes) = match looked {
+            Ok(looked) => looked,
             Err(error) => {
                 // Nothing concluded from a failed look: again in a second.
                 log!("{}: could not look up the extension: {}", id.name(), error);
@@ -279,21 +335,23 @@ fn run(duty: &mut dyn Duty) {
 
         let mut sleep = settings::fallback_poll_interval();
         if installed {
-            let changes = duty.changes();
             match idle.skip(changes, woken_by_latch || duty.asked()) {
                 Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
-                None if restore.holds(duty) => sleep = sleep.min(Duration::from_secs(1)),
-                // A copy: nothing of its mail is touched; look again in a while.
-                None if !home.settled(id, &database) => sleep = sleep.min(HELD_COPY_LOOKS_AGAIN),
-                None => {
-                    let next_due = duty.step();
-                    sleep = sleep.min(next_due.unwrap_or(sleep));
-                    // Background workers flush their statistics themselves;
-                    // then the count includes the step's own writes, which
-                    // must not make the next timeout wake-up look again.
-                    unsafe { pg_sys::pgstat_report_stat(true) };
-                    idle.ran(duty.changes().or(changes), next_due);
-                }
+                None => match may_step(duty, &database, &mut restore, &mut home, home_changes) {
+                    Err(HeldOff::Restore) => sleep = sleep.min(Duration::from_secs(1)),
+                    // A copy: nothing of its mail is touched; look again in a while.
+                    Err(HeldOff::Copy) => sleep = sleep.min(HELD_COPY_LOOKS_AGAIN),
+                    Ok(()) => {
+                        let next_due = duty.step();
+                        sleep = sleep.min(next_due.unwrap_or(sleep));
+                        // Background workers flush their statistics themselves;
+                        // then the count includes the step's own writes, which
+                        // must not make the next timeout wake-up look again.
+                        unsafe { pg_sys::pgstat_report_stat(true) };
+                        let changes_after = in_transaction(AssertUnwindSafe(|| duty.changes())).ok().flatten();
+                        idle.ran(changes_after.or(changes), next_due);
+                    }
+                },
             }
             if let Some(look_again) = duty.tidy() {
                 sleep = sleep.min(look_again);

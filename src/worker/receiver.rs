@@ -318,7 +318,7 @@ impl super::duty::Duty for Receiver {
     }
 
     fn changes(&self) -> Option<i64> {
-        crate::store::catalog::receiving_changes().ok().flatten()
+        crate::store::catalog::receiving_changes_now()
     }
 
     /// sync_now() asks through the board, not (only) the latch.

@@ -195,7 +195,7 @@ impl super::duty::Duty for Sender {
     }
 
     fn changes(&self) -> Option<i64> {
-        catalog::outbox_changes().ok().flatten()
+        catalog::outbox_changes_now()
     }
 
     fn step(&mut self) -> Option<Duration> {
