@@ -80,16 +80,6 @@ pub fn receiving_changes_now() -> Option<i64> {
     changes_now(&[c"account", c"domain", c"provider", c"sync_state"], true)
 }
 
-/// The home row's table and the rows ever written to it (in the caller's
-/// transaction): while both are what they were, the home row is too, as far
-/// as the statistics have been flushed (a restore, which the workers wait
-/// for, is looked at afresh). The table's oid tells a table created again
-/// by DROP and CREATE EXTENSION, whose count starts over.
-pub fn home_changes_now() -> Option<(u32, i64)> {
-    let relation = extension_table(c"home")?;
-    Some((relation.to_u32(), changes_now(&[c"home"], true)?))
-}
-
 /// An extension table's oid, in the caller's transaction.
 fn extension_table(table: &CStr) -> Option<pg_sys::Oid> {
     // SAFETY: catalog look-ups by name, in the caller's transaction.

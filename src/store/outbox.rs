@@ -244,12 +244,13 @@ RETURNING row.outbox_id"
 // on the wire ($2: they are being sent), nor rows of the accounts it skips
 // ($3: those another sender holds, whose round may still be on the wire
 // there and is recorded by it). Run with the expiry, at most once a second:
-// a range of outbox_sending, the claims out for delivery.
+// it reads outbox_sending, the claims out for delivery. (A row whose account
+// was deleted while it was out is left alone, as before.)
 const TAKE_BACK_LAPSED: &str = take_back_rows!(
     "
     SELECT outbox.outbox_id, outbox.attempts
       FROM email_accounts.outbox
-     WHERE outbox.status = 'sending' AND outbox.lease_until < now()
+     WHERE outbox.status = 'sending' AND outbox.lease_until < now() AND outbox.account_id IS NOT NULL
        AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($2::bigint[]))
        AND outbox.account_id <> ALL ($3::bigint[])",
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
@@ -700,8 +701,10 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
           FROM (SELECT levels.next_attempt_at FROM levels
                 UNION ALL
                 -- (Claims of every account: a lapsed one is put back in the
-                -- queue. The first lease to lapse, from outbox_sending.)
-                SELECT min(outbox.lease_until) FROM email_accounts.outbox WHERE outbox.status = 'sending') AS due (at)"
+                -- queue. The first lease to lapse, from outbox_sending. A row
+                -- whose account was deleted while it was out is left alone.)
+                SELECT min(outbox.lease_until) FROM email_accounts.outbox
+                 WHERE outbox.status = 'sending' AND outbox.account_id IS NOT NULL) AS due (at)"
         ),
         &[],
     )

@@ -86,9 +86,9 @@ struct RestoreWatch {
 }
 
 impl RestoreWatch {
-    /// Whether a restore is in progress (`now`: the restoring process, as
-    /// just looked up); says so when one starts and ends.
-    fn holds(&mut self, duty: &mut dyn Duty, now: Option<i32>) -> bool {
+    /// Takes note of what the look found (`now`: the restoring process);
+    /// says so when a restore starts and ends, and tells the duty it ended.
+    fn saw(&mut self, duty: &mut dyn Duty, now: Option<i32>) {
         let id = duty.id();
         match (self.restoring, now) {
             (previous, Some(process)) => {
@@ -105,7 +105,6 @@ impl RestoreWatch {
             _ => {}
         }
         self.restoring = now;
-        now.is_some()
     }
 
     /// Whether the last look found a restore in progress.
@@ -115,30 +114,17 @@ impl RestoreWatch {
 }
 
 /// Whether this database's mail is this database's to send and receive, or
-/// it is a copy (store/home.rs). Looked at before every step, by a statement
-/// only when the home table changed since it said "here" (a restore, which
-/// can replace the home row, is always followed by a statement).
+/// it is a copy (store/home.rs). Looked at before every step (one small
+/// statement): a restore can replace the home row at any time.
 #[derive(Default)]
 struct HomeWatch {
     /// The original this copy was last reported holding off for.
     reported: Option<u32>,
-    /// The home table's oid and change count when its row last said "here".
-    here_at: Option<(u32, i64)>,
 }
 
 impl HomeWatch {
-    /// In the caller's transaction: where the mail belongs, from the home
-    /// row, or from the last look while its table is unchanged.
-    fn look_now(&self, table_changes: Option<(u32, i64)>, after_restore: bool) -> Result<Home, SpiError> {
-        if !after_restore && table_changes.is_some() && self.here_at == table_changes {
-            return Ok(Home::Here);
-        }
-        home::check_now(catalog::databases_now)
-    }
-
-    /// Whether the worker may work now, after `look_now` said `home`.
-    fn settled(&mut self, id: WorkerId, database: &str, home: Home, table_changes: Option<(u32, i64)>) -> bool {
-        self.here_at = (home == Home::Here).then_some(table_changes).flatten();
+    /// Whether the worker may work now, the home row having said `home`.
+    fn settled(&mut self, id: WorkerId, database: &str, home: Home) -> bool {
         match home {
             Home::Here => {
                 if self.reported.take().is_some() {
@@ -168,10 +154,19 @@ impl HomeWatch {
 
 /// Why a worker may not step now.
 enum HeldOff {
-    /// A dump is being restored, or whether one is could not be told.
+    /// A dump is being restored, or what the look before a step needs
+    /// could not be read.
     Restore,
-    /// The database is a copy, or whose mail it is could not be told.
+    /// The database is a copy.
     Copy,
+}
+
+/// What the look before a step found.
+enum Looked {
+    /// This process is restoring a dump into the database.
+    Restoring(i32),
+    /// No restore; the home row says this.
+    Mail(Home),
 }
 
 /// Whether the worker may step: no dump is being restored into the
@@ -181,28 +176,39 @@ fn may_step(
     database: &str,
     restore: &mut RestoreWatch,
     home: &mut HomeWatch,
-    home_changes: Option<(u32, i64)>,
 ) -> Result<(), HeldOff> {
     let id = duty.id();
-    let after_restore = restore.waiting();
-    let looked = try_in_transaction(AssertUnwindSafe(|| -> Result<_, SpiError> {
-        let restoring = restore::in_progress(id.role.restore_lock())?;
-        let mail = if restoring.is_none() { Some(home.look_now(home_changes, after_restore)?) } else { None };
-        Ok((restoring, mail))
+    let looked = try_in_transaction(AssertUnwindSafe(|| -> Result<Looked, SpiError> {
+        if let Some(process) = restore::in_progress(id.role.restore_lock())? {
+            return Ok(Looked::Restoring(process));
+        }
+        // The home row under the restore lock, with a snapshot taken after
+        // it: a restore that committed before the lock was taken is seen.
+        // SAFETY: pushed and popped in this transaction; an error aborts it,
+        // which clears the stack.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        let mail = home::check_now(catalog::databases_now)?;
+        unsafe { pg_sys::PopActiveSnapshot() };
+        Ok(Looked::Mail(mail))
     }));
-    let (restoring, mail) = match looked {
-        Ok(looked) => looked,
+    match looked {
         Err(error) => {
             log!("{}: cannot tell whether a dump is being restored or whose mail this is: {}", id.name(), error);
-            return Err(HeldOff::Restore);
+            Err(HeldOff::Restore)
         }
-    };
-    if restore.holds(duty, restoring) {
-        return Err(HeldOff::Restore);
-    }
-    match mail {
-        Some(mail) => home.settled(id, database, mail, home_changes).then_some(()).ok_or(HeldOff::Copy),
-        None => Err(HeldOff::Copy),
+        Ok(Looked::Restoring(process)) => {
+            restore.saw(duty, Some(process));
+            Err(HeldOff::Restore)
+        }
+        Ok(Looked::Mail(mail)) => {
+            // (Outside the transaction: the duty is told a restore ended.)
+            restore.saw(duty, None);
+            if home.settled(id, database, mail) {
+                Ok(())
+            } else {
+                Err(HeldOff::Copy)
+            }
+        }
     }
 }
 
@@ -279,21 +285,20 @@ fn run(duty: &mut dyn Duty) {
         // Read the board's generation before the catalog (extension_still_there).
         let generation = board::extension_of(id.database).map(|(_, generation)| generation);
         // The wake-up's look, one transaction and no statement: the
-        // extension's version, the change counts of the tables the duty reads
-        // (idle.rs) and of the home table.
+        // extension's version and the change counts of the tables the duty
+        // reads (idle.rs).
         let looked = in_transaction(AssertUnwindSafe(|| {
             let version = catalog::installed_version_now();
             // (Another version's tables may not be the ones this library reads.)
             let installed = version.as_deref() == Some(LIBRARY_VERSION);
             let changes = if installed { duty.changes() } else { None };
-            let home_changes = if installed { catalog::home_changes_now() } else { None };
-            (version, changes, home_changes)
+            (version, changes)
         }));
-        let (version, changes, home_changes) = match looked {
+        let (version, changes) = match looked {
             Ok(looked) => looked,
             Err(error) => {
                 // Nothing concluded from a failed look: again in a second.
-                log!("{}: could not look up the extension: {}", id.name(), error);
+                log!("{}: could not look up the extension or its change counts: {}", id.name(), error);
                 if shutdown_requested() || wait_for_latch(Duration::from_secs(1), None).postmaster_died {
                     break;
                 }
@@ -337,7 +342,7 @@ fn run(duty: &mut dyn Duty) {
         if installed {
             match idle.skip(changes, woken_by_latch || duty.asked()) {
                 Some(until_due) => sleep = sleep.min(until_due.unwrap_or(sleep)),
-                None => match may_step(duty, &database, &mut restore, &mut home, home_changes) {
+                None => match may_step(duty, &database, &mut restore, &mut home) {
                     Err(HeldOff::Restore) => sleep = sleep.min(Duration::from_secs(1)),
                     // A copy: nothing of its mail is touched; look again in a while.
                     Err(HeldOff::Copy) => sleep = sleep.min(HELD_COPY_LOOKS_AGAIN),
