@@ -142,7 +142,14 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
             outbox::hand_back_after(&ids, &tokens, WAIT_FOR_TOKEN_SECONDS)?;
             rows = claimed;
         }
-        let link_key = if rows.is_empty() { LinkKey { id: 0, secret: Vec::new() } } else { links::current_link_key()? };
+        // The key signs personal links and signed envelope senders: read
+        // only when a claimed account makes one (a statement less per claim).
+        let base_url = settings::public_base_url();
+        let signs = accounts.iter().any(|ClaimedAccount { settings: account, .. }| {
+            account.signed_envelope_sender
+                || (base_url.is_some() && (account.send_unsubscribe_message || account.track_email_status))
+        });
+        let link_key = if signs { links::current_link_key()? } else { LinkKey { id: 0, secret: Vec::new() } };
         Ok(Claim { rows, link_key, accounts, unusable_accounts })
     }))??;
     if expire {
