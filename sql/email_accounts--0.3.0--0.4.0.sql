@@ -1939,9 +1939,8 @@ ALTER TABLE email_accounts.outbox_recipient SET (fillfactor = 70);
 -- Issue 18: claims by the time their lease lapses (sql/outbox.sql).
 -- The rows out for delivery and when their claim's lease lapses: the
 -- sender's sleep looks for the first, the lapsed-claim pass for those past
--- it (both had probed every account: 9 ms a look with 5,000 accounts), the
--- rate limits count an account's. Only a claim's row version has an entry;
--- the recording's does not.
+-- it (both had probed every account: 9 ms a look with 5,000 accounts).
+-- Only a claim's row version has an entry; the recording's does not.
 CREATE INDEX outbox_sending ON email_accounts.outbox (account_id, lease_until) WHERE status = 'sending';
 
 -- Issue 18: the receiver's schedule is inlined into its statements (sql/inbox.sql).

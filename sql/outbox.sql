@@ -57,13 +57,13 @@ CREATE INDEX outbox_claim_order ON email_accounts.outbox (account_id, priority D
 -- Rows that may expire before they are sent (most have no expiry at all).
 CREATE INDEX outbox_expiring ON email_accounts.outbox (expires_at)
     WHERE expires_at IS NOT NULL AND status IN ('queued', 'retry', 'sending');
--- Lapsed claims, rate-limit counts, and how replies find the mail they answer.
+-- An account's rows (its deletion sets their account_id NULL), rate-limit
+-- counts, and how replies find the mail they answer.
 CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
 -- The rows out for delivery and when their claim's lease lapses: the
 -- sender's sleep looks for the first, the lapsed-claim pass for those past
--- it (both had probed every account: 9 ms a look with 5,000 accounts), the
--- rate limits count an account's. Only a claim's row version has an entry;
--- the recording's does not.
+-- it (both had probed every account: 9 ms a look with 5,000 accounts).
+-- Only a claim's row version has an entry; the recording's does not.
 CREATE INDEX outbox_sending ON email_accounts.outbox (account_id, lease_until) WHERE status = 'sending';
 CREATE INDEX outbox_account_sent_at ON email_accounts.outbox (account_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;

@@ -80,41 +80,36 @@ pub fn receiving_changes_now() -> Option<i64> {
     changes_now(&[c"account", c"domain", c"provider", c"sync_state"], true)
 }
 
-/// An extension table's oid, in the caller's transaction.
-fn extension_table(table: &CStr) -> Option<pg_sys::Oid> {
-    // SAFETY: catalog look-ups by name, in the caller's transaction.
-    unsafe {
-        let schema = pg_sys::get_namespace_oid(c"email_accounts".as_ptr(), true);
-        if schema == pg_sys::InvalidOid {
-            return None;
-        }
-        let relation = pg_sys::get_relname_relid(table.as_ptr(), schema);
-        (relation != pg_sys::InvalidOid).then_some(relation)
-    }
-}
-
 /// Rows ever inserted, updated or deleted in these tables of the extension,
 /// from the cumulative statistics (shared memory, no SQL statement): lets an
 /// idle worker's fallback poll notice changes that did not wake it. `None`
 /// when the extension is not installed. In the caller's transaction.
 fn changes_now(tables: &[&CStr], count_deletes: bool) -> Option<i64> {
-    // A fresh snapshot of the statistics, not the one cached earlier.
-    unsafe { pg_sys::pgstat_clear_snapshot() };
-    let mut changes = 0;
-    for table in tables {
-        let relation = extension_table(table)?;
-        // SAFETY: the entry is read before the next fetch (statistics are
-        // fetched into the transaction's snapshot, cleared above).
-        let entry = unsafe { pg_sys::pgstat_fetch_stat_tabentry(relation) };
-        if !entry.is_null() {
-            let entry = unsafe { &*entry };
-            changes += entry.tuples_inserted + entry.tuples_updated;
-            if count_deletes {
-                changes += entry.tuples_deleted;
+    // SAFETY: catalog look-ups by name in the caller's transaction; each
+    // statistics entry is read before the next fetch.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"email_accounts".as_ptr(), true);
+        if schema == pg_sys::InvalidOid {
+            return None;
+        }
+        // A fresh snapshot of the statistics, not the one cached earlier.
+        pg_sys::pgstat_clear_snapshot();
+        let mut changes = 0;
+        for table in tables {
+            let relation = pg_sys::get_relname_relid(table.as_ptr(), schema);
+            if relation == pg_sys::InvalidOid {
+                return None;
+            }
+            let entry = pg_sys::pgstat_fetch_stat_tabentry(relation);
+            if !entry.is_null() {
+                changes += (*entry).tuples_inserted + (*entry).tuples_updated;
+                if count_deletes {
+                    changes += (*entry).tuples_deleted;
+                }
             }
         }
+        Some(changes)
     }
-    Some(changes)
 }
 
 /// One row of pg_database, as the launcher needs it.

@@ -23,40 +23,38 @@ pub enum Home {
 /// does not) by oid and name.
 /// In the caller's transaction.
 pub fn check_now(databases: impl Fn() -> Vec<Database>) -> Result<Home, SpiError> {
-    {
-        let system = unsafe { pg_sys::GetSystemIdentifier() }.to_string();
-        let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        let row = Spi::connect(|client| -> Result<Option<(i64, String, String)>, SpiError> {
-            let rows = kept_plans::select(
-                client,
-                "SELECT database_oid::bigint, database_name, system_identifier FROM email_accounts.home",
-                &[],
-            )?;
-            match rows.first() {
-                Some(row) => Ok(Some((
-                    row.get(1)?.unwrap_or_default(),
-                    row.get(2)?.unwrap_or_default(),
-                    row.get(3)?.unwrap_or_default(),
-                ))),
-                None => Ok(None),
-            }
-        })?;
-        if let Some((database, name, cluster)) = &row {
-            if *database == i64::from(here) && *cluster == system {
-                return Ok(Home::Here);
-            }
-            let same_cluster = *cluster == system;
-            let original = databases().into_iter().find(|candidate| {
-                i64::from(candidate.oid) == *database
-                    && candidate.oid != here
-                    && !candidate.is_template
-                    && (same_cluster || candidate.name == *name)
-            });
-            if let Some(original) = original {
-                return Ok(Home::CopyOf(original.oid, original.name));
-            }
+    let system = unsafe { pg_sys::GetSystemIdentifier() }.to_string();
+    let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let row = Spi::connect(|client| -> Result<Option<(i64, String, String)>, SpiError> {
+        let rows = kept_plans::select(
+            client,
+            "SELECT database_oid::bigint, database_name, system_identifier FROM email_accounts.home",
+            &[],
+        )?;
+        match rows.first() {
+            Some(row) => Ok(Some((
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or_default(),
+                row.get(3)?.unwrap_or_default(),
+            ))),
+            None => Ok(None),
         }
-        Spi::run("SELECT email_accounts.adopt_database()")?;
-        Ok(Home::Here)
+    })?;
+    if let Some((database, name, cluster)) = &row {
+        if *database == i64::from(here) && *cluster == system {
+            return Ok(Home::Here);
+        }
+        let same_cluster = *cluster == system;
+        let original = databases().into_iter().find(|candidate| {
+            i64::from(candidate.oid) == *database
+                && candidate.oid != here
+                && !candidate.is_template
+                && (same_cluster || candidate.name == *name)
+        });
+        if let Some(original) = original {
+            return Ok(Home::CopyOf(original.oid, original.name));
+        }
     }
+    Spi::run("SELECT email_accounts.adopt_database()")?;
+    Ok(Home::Here)
 }

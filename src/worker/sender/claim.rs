@@ -79,6 +79,7 @@ pub struct AccountRound {
 /// in `skip_accounts` (one transaction) and composes them.
 pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) -> Result<Option<Claimed>, StoreError> {
     let expire = expiry_due();
+    let base_url = settings::public_base_url();
     let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
         let mut rows = outbox::claim(
             settings::batch_size(),
@@ -144,7 +145,6 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
         }
         // The key signs personal links and signed envelope senders: read
         // only when a claimed account makes one (a statement less per claim).
-        let base_url = settings::public_base_url();
         let signs = accounts.iter().any(|ClaimedAccount { settings: account, .. }| {
             account.signed_envelope_sender
                 || (base_url.is_some() && (account.send_unsubscribe_message || account.track_email_status))
@@ -174,11 +174,8 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
     // being sent when it ends (every read and write is bounded by connect_timeout).
     let start_no_message_after =
         Instant::now() + Duration::from_secs(settings::lease_duration_seconds().max(2) as u64 / 2);
-    let links = Links {
-        base_url: settings::public_base_url(),
-        key: claim.link_key,
-        expires_at: unix_now() + settings::link_token_lifetime_seconds(),
-    };
+    let links =
+        Links { base_url, key: claim.link_key, expires_at: unix_now() + settings::link_token_lifetime_seconds() };
     let rounds = claim
         .accounts
         .into_iter()
