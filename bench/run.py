@@ -131,6 +131,12 @@ class Run:
                 "SELECT coalesce(database || ' ', '') || replace(worker_name, 'email_accounts ', ''), pid"
                 " FROM email_accounts.worker_status() WHERE pid IS NOT NULL").fetchall())
 
+    def set_setting(self, name, value):
+        with self.connect() as db:
+            db.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            db.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+
     def set_senders(self, senders):
         with self.connect() as db:
             db.execute(f"ALTER SYSTEM SET email_accounts.senders = {int(senders)}")
@@ -516,6 +522,14 @@ def bench_latency(run, results):
     results["latency_p50_ms"] = round(p50, 2)
     results["latency_p99_ms"] = round(p99, 2)
     results["latency_sender_cpu_us_per_message"] = round(1e6 * (cpu_seconds(sender) - cpu_before) / LATENCY_SAMPLES)
+    # The same without claim_on_insert (the sender claims every row in a
+    # transaction of its own, with a flush before the wire), then with it
+    # again, so the two are compared in the same minutes of this host.
+    for setting, key in (("off", "latency_claim_on_insert_off"), ("on", "latency_again")):
+        run.set_setting("email_accounts.claim_on_insert", setting)
+        p50, p99 = latency(run)
+        results[f"{key}_p50_ms"] = round(p50, 2)
+        results[f"{key}_p99_ms"] = round(p99, 2)
 
 
 def bench_ingest(run, results):
@@ -701,6 +715,10 @@ def table(results):
         ("latency p50 (ms)", get("latency_p50_ms"), ""),
         ("latency p99 (ms)", get("latency_p99_ms"), ""),
         ("sender CPU per message during the latency part (µs)", get("latency_sender_cpu_us_per_message"), ""),
+        ("latency p50 / p99 with claim_on_insert off, right after (ms)",
+         f"{get('latency_claim_on_insert_off_p50_ms')} / {get('latency_claim_on_insert_off_p99_ms')}", ""),
+        ("latency p50 / p99 with claim_on_insert on again (ms)",
+         f"{get('latency_again_p50_ms')} / {get('latency_again_p99_ms')}", ""),
         ("ingest (msg/s)", get("ingest_msgs_per_s"), get("ingest_msgs_per_s_runs")),
         ("raw fetch of the same mailbox, no parsing, no database (msg/s)", get("raw_fetch_msgs_per_s"), get("raw_fetch_msgs_per_s_runs")),
         ("ingest as a share of the raw fetch (%)", get("ingest_share_of_raw_fetch_percent"), ""),

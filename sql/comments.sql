@@ -55,6 +55,12 @@ COMMENT ON FUNCTION email_accounts.mailbox_address(text) IS
 COMMENT ON FUNCTION email_accounts.wake_sender_at_commit() IS
   'Asks for the sender worker to be woken when the current transaction commits (once per transaction; nothing on rollback). Called by the outbox''s insert trigger.';
 
+COMMENT ON FUNCTION email_accounts.sender_for_new_mail() IS
+  'One row or none: the idle sender worker a new outbox row is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is told at commit.';
+
+COMMENT ON FUNCTION email_accounts.sender_running(integer, timestamp with time zone) IS
+  'Whether the sender worker process with this process id and start time still runs in this database (from the worker board, so any role may ask). A row claimed on insert that such a sender has not taken (no claim token) has not gone out.';
+
 COMMENT ON FUNCTION email_accounts.flush() IS
   'Wakes the sender worker now; false when it is not running.';
 

@@ -1137,6 +1137,33 @@ $$;
 COMMENT ON FUNCTION email_accounts.queuing_tenant(text) IS
   'The tenant of mail being queued: the one given, else the caller''s only tenant, else NULL.';
 
+-- email_accounts.claim_on_insert (src/worker/new_mail.rs): the idle sender
+-- a new outbox row is claimed for by its inserting transaction.
+CREATE  FUNCTION "sender_for_new_mail"() RETURNS TABLE (
+	"sender_process_id" INT,  /* i32 */
+	"sender_started_at" timestamp with time zone,  /* TimestampWithTimeZone */
+	"lease_until" timestamp with time zone  /* TimestampWithTimeZone */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'sender_for_new_mail_wrapper';
+
+CREATE  FUNCTION "sender_running"(
+	"sender_process_id" INT, /* i32 */
+	"sender_started_at" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'sender_running_wrapper';
+
+COMMENT ON FUNCTION email_accounts.sender_running(integer, timestamp with time zone) IS
+  'Whether the sender worker process with this process id and start time still runs in this database (from the worker board, so any role may ask). A row claimed on insert that such a sender has not taken (no claim token) has not gone out.';
+
+COMMENT ON FUNCTION email_accounts.sender_for_new_mail() IS
+  'One row or none: the idle sender worker a new outbox row is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is told at commit.';
+
 CREATE OR REPLACE FUNCTION email_accounts.outbox_before_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1201,6 +1228,8 @@ BEGIN
     NEW.attempts := 0;
     NEW.lease_until := NULL;
     NEW.claim_token := NULL;
+    NEW.sender_process_id := NULL;
+    NEW.sender_started_at := NULL;
     NEW.sent_at := NULL;
     NEW.next_attempt_at := greatest(NEW.send_after, now());
     IF NEW.account_id IS NULL THEN
@@ -1209,6 +1238,20 @@ BEGIN
     ELSE
         NEW.status := 'queued';
         NEW.last_error := NULL;
+        -- email_accounts.claim_on_insert: a row due now is claimed here for
+        -- an idle sender (the attempt counted, without a token: the sender
+        -- gives it one when it takes the row). This transaction's commit
+        -- makes the claim durable, so the sender needs no flush of its own
+        -- before the wire.
+        IF NEW.next_attempt_at <= now() AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
+            SELECT taker.sender_process_id, taker.sender_started_at, taker.lease_until
+              INTO NEW.sender_process_id, NEW.sender_started_at, NEW.lease_until
+              FROM email_accounts.sender_for_new_mail() AS taker;
+            IF NEW.sender_process_id IS NOT NULL THEN
+                NEW.status := 'sending';
+                NEW.attempts := 1;
+            END IF;
+        END IF;
     END IF;
     IF NEW.in_reply_to IS NOT NULL AND cardinality(NEW."references") = 0 THEN
         NEW."references" := ARRAY[NEW.in_reply_to];
@@ -1942,6 +1985,79 @@ ALTER TABLE email_accounts.outbox_recipient SET (fillfactor = 70);
 -- it (both had probed every account: 9 ms a look with 5,000 accounts).
 -- Only a claim's row version has an entry; the recording's does not.
 CREATE INDEX outbox_sending ON email_accounts.outbox (account_id, lease_until) WHERE status = 'sending';
+
+-- Issue 18: a row claimed on insert and not yet taken by its sender can be
+-- cancelled (sql/outbox_queue.sql, sql/outbox_admin.sql).
+CREATE OR REPLACE FUNCTION email_accounts.outbox_before_update() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant
+       OR (NEW.status IN ('queued', 'retry') AND NEW.status IS DISTINCT FROM OLD.status) THEN
+        PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status
+       AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
+       -- (Claimed on insert, not yet taken by its sender: see cancel().)
+       AND NOT (NEW.status = 'cancelled' AND OLD.status = 'sending' AND OLD.claim_token IS NULL AND NEW.claim_token IS NULL
+                AND email_accounts.sender_running(OLD.sender_process_id, OLD.sender_started_at) IS TRUE)
+       AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
+        PERFORM email_accounts.raise_outbox_error('status',
+            format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',
+                   OLD.status, NEW.status),
+            'insufficient_privilege');
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- (The claim of a row claimed on insert goes in trigger cancel_untaken_claim.)
+    UPDATE email_accounts.outbox SET status = 'cancelled'
+     WHERE outbox_id = id
+       AND (status IN ('queued', 'retry', 'error')
+            OR (status = 'sending' AND claim_token IS NULL
+                AND email_accounts.sender_running(sender_process_id, sender_started_at) IS TRUE));
+    RETURN FOUND;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.cancel(bigint) IS
+  'Cancels a row that is queued, waiting to retry, in error, or claimed on insert and not yet taken by its sender; false if it is already being sent or done.';
+
+-- A row claimed on insert (email_accounts.claim_on_insert) and cancelled
+-- before its sender took it, by cancel(): the claim goes with it, its
+-- attempt uncounted. For every role (admins may not write a worker's
+-- claim, so cancel() cannot); the sender never cancels a row.
+CREATE FUNCTION email_accounts.outbox_cancel_untaken_claim() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.attempts := OLD.attempts - 1;
+    NEW.lease_until := NULL;
+    NEW.sender_process_id := NULL;
+    NEW.sender_started_at := NULL;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.outbox_cancel_untaken_claim() IS
+  'Trigger: a row claimed on insert and cancelled before its sender took it loses the claim, its attempt uncounted.';
+
+CREATE TRIGGER cancel_untaken_claim BEFORE UPDATE OF status ON email_accounts.outbox
+    FOR EACH ROW WHEN (OLD.status = 'sending' AND NEW.status = 'cancelled' AND OLD.claim_token IS NULL)
+    EXECUTE FUNCTION email_accounts.outbox_cancel_untaken_claim();
+
+-- Issue 18: claims made by the inserting transaction (sql/outbox_claims.sql).
+-- Rows claimed by their inserting transaction for a sender that has not
+-- taken them yet (email_accounts.claim_on_insert): the sender looks for its
+-- own when a commit tells it. An entry lives from the INSERT until the
+-- sender gives the row its token, a millisecond later.
+CREATE INDEX outbox_claimed_on_insert ON email_accounts.outbox (sender_process_id)
+    WHERE status = 'sending' AND claim_token IS NULL;
 
 -- Issue 18: the receiver's schedule is inlined into its statements (sql/inbox.sql).
 DROP FUNCTION email_accounts.next_sync_at(bigint, text[]);

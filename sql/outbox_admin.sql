@@ -22,18 +22,29 @@ COMMENT ON COLUMN email_accounts.outbox_status.oldest_age IS 'How long ago that 
 COMMENT ON COLUMN email_accounts.outbox_status.next_due_at IS 'For queued and retry rows: the earliest next attempt.';
 COMMENT ON COLUMN email_accounts.outbox_status.latest_error IS 'The last_error of the newest row that has one.';
 
+-- A row claimed on insert (email_accounts.claim_on_insert) that its running
+-- sender has not taken yet (no token) is cancelled too, its attempt
+-- uncounted: it has not gone out (in its own inserting transaction, or in
+-- the moment before the sender takes it). The sender's take locks the row,
+-- so one of the two finds it changed and leaves it. A row claimed for a
+-- sender that no longer runs may have gone out: it is not cancelled here
+-- (the next sender takes it back, then it can be).
 CREATE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- (The claim of a row claimed on insert goes in trigger cancel_untaken_claim.)
     UPDATE email_accounts.outbox SET status = 'cancelled'
-     WHERE outbox_id = id AND status IN ('queued', 'retry', 'error');
+     WHERE outbox_id = id
+       AND (status IN ('queued', 'retry', 'error')
+            OR (status = 'sending' AND claim_token IS NULL
+                AND email_accounts.sender_running(sender_process_id, sender_started_at) IS TRUE));
     RETURN FOUND;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.cancel(bigint) IS
-  'Cancels a row that is queued, waiting to retry, or in error; false if it is already being sent or done.';
+  'Cancels a row that is queued, waiting to retry, in error, or claimed on insert and not yet taken by its sender; false if it is already being sent or done.';
 
 CREATE FUNCTION email_accounts.retry(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp

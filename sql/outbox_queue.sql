@@ -209,6 +209,8 @@ BEGIN
     NEW.attempts := 0;
     NEW.lease_until := NULL;
     NEW.claim_token := NULL;
+    NEW.sender_process_id := NULL;
+    NEW.sender_started_at := NULL;
     NEW.sent_at := NULL;
     NEW.next_attempt_at := greatest(NEW.send_after, now());
     IF NEW.account_id IS NULL THEN
@@ -217,6 +219,20 @@ BEGIN
     ELSE
         NEW.status := 'queued';
         NEW.last_error := NULL;
+        -- email_accounts.claim_on_insert: a row due now is claimed here for
+        -- an idle sender (the attempt counted, without a token: the sender
+        -- gives it one when it takes the row). This transaction's commit
+        -- makes the claim durable, so the sender needs no flush of its own
+        -- before the wire.
+        IF NEW.next_attempt_at <= now() AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
+            SELECT taker.sender_process_id, taker.sender_started_at, taker.lease_until
+              INTO NEW.sender_process_id, NEW.sender_started_at, NEW.lease_until
+              FROM email_accounts.sender_for_new_mail() AS taker;
+            IF NEW.sender_process_id IS NOT NULL THEN
+                NEW.status := 'sending';
+                NEW.attempts := 1;
+            END IF;
+        END IF;
     END IF;
     IF NEW.in_reply_to IS NOT NULL AND cardinality(NEW."references") = 0 THEN
         NEW."references" := ARRAY[NEW.in_reply_to];
@@ -248,9 +264,12 @@ BEGIN
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
+       -- (Claimed on insert, not yet taken by its sender: see cancel().)
+       AND NOT (NEW.status = 'cancelled' AND OLD.status = 'sending' AND OLD.claim_token IS NULL AND NEW.claim_token IS NULL
+                AND email_accounts.sender_running(OLD.sender_process_id, OLD.sender_started_at) IS TRUE)
        AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
         PERFORM email_accounts.raise_outbox_error('status',
-            format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled; retry, failed, expired, cancelled or error to queued)',
+            format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',
                    OLD.status, NEW.status),
             'insufficient_privilege');
     END IF;
@@ -300,6 +319,29 @@ CREATE TRIGGER check_and_resolve BEFORE INSERT ON email_accounts.outbox
 CREATE TRIGGER check_account BEFORE UPDATE ON email_accounts.outbox
     FOR EACH ROW WHEN (NOT email_accounts.current_user_is_superuser())
     EXECUTE FUNCTION email_accounts.outbox_before_update();
+
+-- A row claimed on insert (email_accounts.claim_on_insert) and cancelled
+-- before its sender took it, by cancel(): the claim goes with it, its
+-- attempt uncounted. For every role (admins may not write a worker's
+-- claim, so cancel() cannot); the sender never cancels a row.
+CREATE FUNCTION email_accounts.outbox_cancel_untaken_claim() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.attempts := OLD.attempts - 1;
+    NEW.lease_until := NULL;
+    NEW.sender_process_id := NULL;
+    NEW.sender_started_at := NULL;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.outbox_cancel_untaken_claim() IS
+  'Trigger: a row claimed on insert and cancelled before its sender took it loses the claim, its attempt uncounted.';
+
+CREATE TRIGGER cancel_untaken_claim BEFORE UPDATE OF status ON email_accounts.outbox
+    FOR EACH ROW WHEN (OLD.status = 'sending' AND NEW.status = 'cancelled' AND OLD.claim_token IS NULL)
+    EXECUTE FUNCTION email_accounts.outbox_cancel_untaken_claim();
 
 -- The system's default account sends for tenants without a mailbox as
 -- itself: no tenant sends as another's domain through the operator's server.

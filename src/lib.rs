@@ -48,6 +48,8 @@ pgrx::extension_sql_file!(
         header_problem,
         mailbox_address,
         wake_sender_at_commit,
+        sender_for_new_mail,
+        sender_running,
         current_user_is_superuser
     ]
 );
@@ -144,7 +146,9 @@ pub mod pg_test {
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
         // The launcher starts workers where the extension is created (the
-        // test database too: they find nothing to send).
-        vec!["shared_preload_libraries = 'email_accounts'"]
+        // test database too: they find nothing to send). Rows are not
+        // claimed on insert for that idle sender, so a test's rows stay
+        // queued for the statements it calls (tests/outbox.rs covers the claim on insert).
+        vec!["shared_preload_libraries = 'email_accounts'", "email_accounts.claim_on_insert = off"]
     }
 }

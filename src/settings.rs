@@ -36,6 +36,8 @@ pub static PUBLIC_BASE_URL: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
 /// SMTP connections (accounts in parallel) per sender batch.
 pub static SMTP_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// The inserting transaction claims a new row for an idle sender.
+pub static CLAIM_ON_INSERT: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// How long a claim on outbox rows holds, in seconds.
 pub static LEASE_DURATION: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// First retry delay in seconds; it doubles with every attempt (capped at an hour).
@@ -202,6 +204,14 @@ fn register_sender() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"email_accounts.claim_on_insert",
+        c"An outbox row inserted while a sender is idle is claimed for it by the inserting transaction.",
+        c"Its commit makes the claim durable, so the sender needs no transaction of its own with a flush before sending: lower latency. The row reads 'sending' from its INSERT on.",
+        &CLAIM_ON_INSERT,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"email_accounts.lease_duration",
         c"How long the sender's claim on outbox rows holds; after that another sender may take them again.",
@@ -335,6 +345,10 @@ pub fn max_message_size_bytes() -> u64 {
 
 pub fn receive_max_backoff_seconds() -> i32 {
     RECEIVE_MAX_BACKOFF.get().max(10)
+}
+
+pub fn claim_on_insert() -> bool {
+    CLAIM_ON_INSERT.get()
 }
 
 pub fn imap_idle() -> bool {

@@ -79,8 +79,11 @@ fn queued_mail_is_delivered_after_commit_and_rolled_back_mail_never() {
         )
         .unwrap()
         .get(0);
-    // Nothing is sent before the commit.
-    assert_eq!(status_of(&mut transaction, id).0, "queued");
+    // Nothing is sent before the commit (the row may already be claimed for
+    // an idle sender: email_accounts.claim_on_insert).
+    let status = status_of(&mut transaction, id).0;
+    assert!(status == "queued" || status == "sending", "{status}");
+    assert!(setup.servers.mailbox("bob@example.test").is_empty());
     transaction.commit().unwrap();
 
     wait_until("the row to be sent", LIMIT, || {
@@ -610,4 +613,220 @@ fn an_idle_sender_runs_no_statements_but_its_poll_still_finds_rows_that_did_not_
     wait_until("the poll to find and send the row", LIMIT, || {
         (status_of(&mut setup.client, id).0 == "sent").then_some(())
     });
+}
+
+/// Waits until the sender takes new rows as they are inserted (after its
+/// look at the queue that the last commit woke it for): asked twice, 200 ms
+/// apart, in transactions that are rolled back.
+fn wait_for_a_sender_taking_new_mail(client: &mut postgres::Client) {
+    let taking = |client: &mut postgres::Client| {
+        let mut transaction = client.transaction().unwrap();
+        let takers: i64 =
+            transaction.query_one("SELECT count(*) FROM email_accounts.sender_for_new_mail()", &[]).unwrap().get(0);
+        transaction.rollback().unwrap();
+        takers == 1
+    };
+    wait_until("the sender to take new mail on insert", LIMIT, || {
+        if !taking(client) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        taking(client).then_some(())
+    });
+}
+
+fn send(client: &mut impl postgres::GenericClient, subject: &str) -> i64 {
+    client
+        .query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => $1)", &[&subject])
+        .unwrap()
+        .get(0)
+}
+
+fn claim_of(client: &mut impl postgres::GenericClient, id: i64) -> (String, i32, Option<i32>, bool) {
+    let row = client
+        .query_one(
+            "SELECT status, attempts, sender_process_id, claim_token IS NOT NULL FROM email_accounts.outbox WHERE outbox_id = $1",
+            &[&id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+#[test]
+fn a_row_claimed_by_its_inserting_transaction_goes_out_once_at_commit() {
+    let mut setup = setup_with(&["email_accounts.claim_on_insert = on"]);
+    let sender: i32 = setup
+        .client
+        .query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+        .unwrap()
+        .get(0);
+
+    // Claimed in the inserting transaction: the attempt counted, the sender
+    // named, no token until the sender takes it; nothing goes out before the commit.
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let id = send(&mut transaction, "claimed on insert");
+    assert_eq!(claim_of(&mut transaction, id), ("sending".to_owned(), 1, Some(sender), false));
+    transaction.commit().unwrap();
+    wait_until("the row to be sent", LIMIT, || (status_of(&mut setup.client, id).0 == "sent").then_some(()));
+    assert_eq!(claim_of(&mut setup.client, id).1, 1, "one attempt, counted on insert");
+
+    // A rollback leaves nothing; a row cancelled in its own transaction is
+    // cancelled, its attempt uncounted, and never sent.
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let rolled_back = send(&mut transaction, "rolled back");
+    transaction.rollback().unwrap();
+    let mut transaction = setup.client.transaction().unwrap();
+    let cancelled = send(&mut transaction, "cancelled");
+    assert_eq!(claim_of(&mut transaction, cancelled).0, "sending");
+    let was_cancelled: bool = transaction.query_one("SELECT email_accounts.cancel($1)", &[&cancelled]).unwrap().get(0);
+    assert!(was_cancelled);
+    transaction.commit().unwrap();
+    assert_eq!(claim_of(&mut setup.client, cancelled), ("cancelled".to_owned(), 0, None, false));
+    // The same for an admin who is no superuser (the claim is dropped by a
+    // trigger: admins may not write a worker's claim themselves).
+    setup
+        .client
+        .batch_execute(
+            "CREATE ROLE mail_admin LOGIN; GRANT email_accounts_admin TO mail_admin;
+             INSERT INTO email_accounts.tenant_member (role_name, tenant) VALUES ('mail_admin', '*');",
+        )
+        .unwrap();
+    // (The role's commits wake the sender, which takes no new mail while it
+    // looks: the insert is tried until the idle sender gets it.)
+    let mut tries = 0;
+    let cancelled_by_admin = loop {
+        tries += 1;
+        assert!(tries <= 50, "no row claimed on insert");
+        wait_for_a_sender_taking_new_mail(&mut setup.client);
+        let mut transaction = setup.client.transaction().unwrap();
+        transaction.batch_execute("SET LOCAL ROLE mail_admin").unwrap();
+        let id = send(&mut transaction, "cancelled");
+        if claim_of(&mut transaction, id).0 != "sending" {
+            transaction.rollback().unwrap();
+            continue;
+        }
+        let was_cancelled: bool = transaction.query_one("SELECT email_accounts.cancel($1)", &[&id]).unwrap().get(0);
+        assert!(was_cancelled);
+        transaction.commit().unwrap();
+        break id;
+    };
+    assert_eq!(claim_of(&mut setup.client, cancelled_by_admin), ("cancelled".to_owned(), 0, None, false));
+
+    // One transaction claims ten rows at most; the rest queue. Every row goes out once.
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let many: Vec<i64> = (0..12).map(|n| send(&mut transaction, &format!("many {n}"))).collect();
+    let claimed = many.iter().filter(|id| claim_of(&mut transaction, **id).0 == "sending").count();
+    assert_eq!(claimed, 10);
+    transaction.commit().unwrap();
+    for id in &many {
+        wait_until("every row to be sent", LIMIT, || (status_of(&mut setup.client, *id).0 == "sent").then_some(()));
+        assert_eq!(claim_of(&mut setup.client, *id).1, 1);
+    }
+
+    // An account with a rate limit: its row goes back to the queue
+    // (uncounted) and the claim, which keeps the limits, sends it.
+    setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET send_limit_per_hour = 100 WHERE name = 'Alice at Example'")
+        .unwrap();
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let limited = send(&mut transaction, "rate limited");
+    assert_eq!(claim_of(&mut transaction, limited).0, "sending");
+    transaction.commit().unwrap();
+    wait_until("the limited row to be sent", LIMIT, || {
+        (status_of(&mut setup.client, limited).0 == "sent").then_some(())
+    });
+    assert_eq!(claim_of(&mut setup.client, limited).1, 1, "the give-back uncounted the attempt, the claim counted it");
+
+    let messages = wait_until("every message in bob's mailbox", LIMIT, || {
+        let messages = setup.servers.mailbox("bob@example.test");
+        (messages.len() >= 14).then_some(messages)
+    });
+    let subjects: Vec<String> = messages
+        .iter()
+        .map(|raw| mail_parser::MessageParser::default().parse(raw.as_bytes()).unwrap().subject().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages.len(), 14, "each row once: {subjects:?}");
+    // (A second copy would come moments after the first.)
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(setup.servers.mailbox("bob@example.test").len(), 14, "still each row once");
+    assert!(!subjects.iter().any(|subject| subject == "rolled back" || subject == "cancelled"));
+    let left: i64 = setup
+        .client
+        .query_one("SELECT count(*) FROM email_accounts.outbox WHERE outbox_id = $1", &[&rolled_back])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+/// A row claimed on insert for a sender that stops before the inserting
+/// transaction commits is taken back by the sender that took its place,
+/// told by the commit (the attempt counted), and sent long before the
+/// lease lapses.
+#[test]
+fn a_row_claimed_for_a_sender_that_stopped_is_taken_back_and_sent() {
+    let mut setup = setup_with(&["email_accounts.claim_on_insert = on"]);
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let id: i64 = transaction
+        .query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'orphan')", &[])
+        .unwrap()
+        .get(0);
+    let (status, _, claimed_for, _) = claim_of(&mut transaction, id);
+    assert_eq!(status, "sending");
+    let mut other = setup._cluster.connect("postgres");
+    let stopped: bool = other.query_one("SELECT pg_terminate_backend($1)", &[&claimed_for.unwrap()]).unwrap().get(0);
+    assert!(stopped);
+    wait_until("a new sender", LIMIT, || {
+        let pid: Option<i32> = other
+            .query_one("SELECT pid FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+            .unwrap()
+            .get(0);
+        pid.filter(|pid| Some(*pid) != claimed_for).map(|_| ())
+    });
+    transaction.commit().unwrap();
+    // (The lease is 5 minutes; LIMIT is one.)
+    wait_until("the row to be sent", LIMIT, || (status_of(&mut setup.client, id).0 == "sent").then_some(()));
+    assert_eq!(claim_of(&mut setup.client, id).1, 2, "the stopped sender's claim counts as an attempt");
+    let messages = wait_until("the message", LIMIT, || {
+        let messages = setup.servers.mailbox("bob@example.test");
+        (!messages.is_empty()).then_some(messages)
+    });
+    assert_eq!(messages.len(), 1);
+}
+
+/// A prepared transaction's rows claimed on insert: its COMMIT PREPARED (in
+/// another session) tells no sender, so they wait for their lease; then,
+/// never taken by a sender that still runs, they go back to the queue with
+/// their attempt uncounted and are sent once.
+#[test]
+fn rows_claimed_by_a_prepared_transaction_go_back_uncounted_when_their_lease_lapses() {
+    let mut setup = setup_with(&[
+        "email_accounts.claim_on_insert = on",
+        "email_accounts.lease_duration = 10",
+        "max_prepared_transactions = 2",
+        // (Nothing wakes the sender for a prepared transaction: its poll looks.)
+        "email_accounts.fallback_poll_interval = '2s'",
+    ]);
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    setup.client.batch_execute("BEGIN").unwrap();
+    let id = send(&mut setup.client, "prepared");
+    assert_eq!(claim_of(&mut setup.client, id).0, "sending");
+    setup.client.batch_execute("PREPARE TRANSACTION 'mail'").unwrap();
+    setup.client.batch_execute("COMMIT PREPARED 'mail'").unwrap();
+    wait_until("the row to be sent", LIMIT, || (status_of(&mut setup.client, id).0 == "sent").then_some(()));
+    let row = setup
+        .client
+        .query_one("SELECT attempts, last_error FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, Option<String>>(1)), (1, None), "never sent before: one attempt");
+    let messages = wait_until("the message", LIMIT, || {
+        let messages = setup.servers.mailbox("bob@example.test");
+        (!messages.is_empty()).then_some(messages)
+    });
+    assert_eq!(messages.len(), 1);
 }

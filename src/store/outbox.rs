@@ -101,6 +101,30 @@ macro_rules! with_waiting_accounts {
     };
 }
 
+/// What CLAIM and TAKE_NEW_MAIL return of each row they give the sender
+/// (`claimed_row` reads it).
+macro_rules! claimed_columns {
+    () => {
+        "outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.sender, outbox.to_addresses,
+          outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
+          outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
+          (extract(epoch FROM outbox.created_at) * 1000)::bigint,
+          -- The row's table, schema-qualified, when Reply-To is to be its
+          -- document address: an account of the mail's own tenant with
+          -- automatic linking, asked for on the mail or by the account's
+          -- default when the mail names no Reply-To of its own.
+          CASE WHEN outbox.reference_table IS NOT NULL AND outbox.reference_id IS NOT NULL
+               THEN (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
+                       FROM email_accounts.account, pg_catalog.pg_class AS class
+                       JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
+                      WHERE account.account_id = outbox.account_id AND class.oid = outbox.reference_table
+                        AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
+                        AND coalesce(outbox.reply_to_document,
+                                     account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)) END,
+          outbox.reference_id, outbox.tenant, outbox.attempts"
+    };
+}
+
 // At most $4 accounts, those whose mail has waited longest (a claim over
 // every account would let one sender hold them all while the others idle).
 // Each may send what its rate limits leave: its limit minus the rows it
@@ -189,23 +213,58 @@ UPDATE email_accounts.outbox
        sender_process_id = pg_catalog.pg_backend_pid(),
        sender_started_at = $5
  WHERE outbox.outbox_id = ANY (ARRAY(SELECT due.outbox_id FROM due))
-RETURNING outbox.outbox_id, outbox.claim_token::text, outbox.account_id, outbox.sender, outbox.to_addresses,
-          outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
-          outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
-          (extract(epoch FROM outbox.created_at) * 1000)::bigint,
-          -- The row's table, schema-qualified, when Reply-To is to be its
-          -- document address: an account of the mail's own tenant with
-          -- automatic linking, asked for on the mail or by the account's
-          -- default when the mail names no Reply-To of its own.
-          CASE WHEN outbox.reference_table IS NOT NULL AND outbox.reference_id IS NOT NULL
-               THEN (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
-                       FROM email_accounts.account, pg_catalog.pg_class AS class
-                       JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
-                      WHERE account.account_id = outbox.account_id AND class.oid = outbox.reference_table
-                        AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
-                        AND coalesce(outbox.reply_to_document,
-                                     account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)) END,
-          outbox.reference_id, outbox.tenant, outbox.attempts"
+RETURNING ",
+    claimed_columns!()
+);
+
+// Rows inserting transactions claimed for this sender (claim_on_insert,
+// worker/new_mail.rs): `sending`, this process, no token yet. Those due
+// and not expired, of accounts that can send now without rate limits, not
+// in $1 (accounts with a round waiting here, or held by another sender),
+// with at least $2 seconds of lease left get a token: the sender takes
+// them, and a row with a token is never taken twice. The others go back to
+// the queue, uncounted, for the claim (its order and rate limits decide for
+// them). A row another transaction has locked (an attachment being added,
+// a cancel()) is skipped, never waited for; `left` counts such rows, for
+// the next take. Each row taken comes with the transaction that last wrote
+// it (`written_by`): its commit may still have to be flushed.
+const TAKE_NEW_MAIL: &str = concat!(
+    "WITH arrived AS (
+    SELECT outbox.outbox_id, outbox.xmin AS written_by,
+           outbox.account_id <> ALL ($1::bigint[])
+           AND outbox.lease_until > now() + pg_catalog.make_interval(secs => $2)
+           AND outbox.next_attempt_at <= now() AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
+           AND EXISTS (SELECT FROM email_accounts.account_settings AS settings
+                        WHERE settings.account_id = outbox.account_id AND settings.ready_to_send
+                          AND settings.send_limit_per_minute IS NULL AND settings.send_limit_per_hour IS NULL
+                          AND settings.send_limit_per_day IS NULL) AS takes
+      FROM email_accounts.outbox
+     WHERE outbox.status = 'sending' AND outbox.claim_token IS NULL AND outbox.account_id IS NOT NULL
+       AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3
+     ORDER BY outbox.priority DESC, outbox.outbox_id
+     LIMIT $4
+       FOR NO KEY UPDATE OF outbox SKIP LOCKED
+), given_back AS (
+    UPDATE email_accounts.outbox AS row
+       SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
+           lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
+     WHERE row.outbox_id = ANY (ARRAY(SELECT arrived.outbox_id FROM arrived WHERE NOT arrived.takes))
+), taken AS (
+    UPDATE email_accounts.outbox
+       SET claim_token = gen_random_uuid()
+      FROM arrived
+     WHERE outbox.outbox_id = arrived.outbox_id AND arrived.takes
+    RETURNING ",
+    claimed_columns!(),
+    ", arrived.written_by::text
+)
+SELECT taken.*,
+       (SELECT count(*) FROM email_accounts.outbox
+         WHERE outbox.status = 'sending' AND outbox.claim_token IS NULL AND outbox.account_id IS NOT NULL
+           AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3)
+       - (SELECT count(*) FROM arrived) AS left,
+       (SELECT count(*) FROM arrived WHERE NOT arrived.takes) AS given_back
+  FROM (SELECT) AS one LEFT JOIN taken ON true"
 );
 
 /// A statement that takes back the claimed rows `$selection` picks (a
@@ -252,9 +311,27 @@ const TAKE_BACK_LAPSED: &str = take_back_rows!(
       FROM email_accounts.outbox
      WHERE outbox.status = 'sending' AND outbox.lease_until < now() AND outbox.account_id IS NOT NULL
        AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($2::bigint[]))
-       AND outbox.account_id <> ALL ($3::bigint[])",
+       AND outbox.account_id <> ALL ($3::bigint[])
+       -- (Claimed on insert and never taken by a sender that still runs: GIVE_BACK_UNTAKEN.)
+       AND (outbox.claim_token IS NOT NULL
+            OR email_accounts.sender_running(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)",
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
+
+// Rows claimed on insert whose lease lapsed before their sender, which
+// still runs, took them (a transaction that stayed open past the lease, a
+// prepared transaction committed elsewhere, a sender that was held off):
+// never sent, so back in the queue uncounted. (A row a running sender took
+// has a token; one whose sender stopped is taken back counted.)
+const GIVE_BACK_UNTAKEN: &str = "
+UPDATE email_accounts.outbox AS row
+   SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
+       lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
+ WHERE row.outbox_id = ANY (ARRAY(
+       SELECT outbox.outbox_id FROM email_accounts.outbox
+        WHERE outbox.status = 'sending' AND outbox.claim_token IS NULL AND outbox.lease_until < now()
+          AND email_accounts.sender_running(outbox.sender_process_id, outbox.sender_started_at) IS TRUE
+          FOR NO KEY UPDATE OF outbox SKIP LOCKED))";
 
 // Rows claimed by sender processes that no longer run in this database.
 const TAKE_BACK_ABANDONED: &str = take_back_rows!(
@@ -316,8 +393,9 @@ pub fn claim(
             TAKE_BACK_LAPSED,
             &[max_attempts.into(), on_wire.to_vec().into(), skip_accounts.to_vec().into()],
         )?;
+        kept_plans::run(GIVE_BACK_UNTAKEN, &[])?;
     }
-    let (mut rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
+    let (rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
         let table = kept_plans::update(
             client,
             CLAIM,
@@ -329,45 +407,54 @@ pub fn claim(
                 process_started_at().into(),
             ],
         )?;
-        table
-            .into_iter()
-            .map(|row| {
-                let headers: Option<pgrx::JsonB> = row.get(12)?;
-                let claimed = ClaimedRow {
-                    outbox_id: row.get(1)?.unwrap_or_default(),
-                    claim_token: row.get(2)?.unwrap_or_default(),
-                    account_id: row.get(3)?.unwrap_or_default(),
-                    sender: row.get(4)?,
-                    to: row.get(5)?.unwrap_or_default(),
-                    cc: row.get(6)?.unwrap_or_default(),
-                    bcc: row.get(7)?.unwrap_or_default(),
-                    reply_to: row.get(8)?.unwrap_or_default(),
-                    subject: row.get(9)?.unwrap_or_default(),
-                    body_text: row.get(10)?,
-                    body_html: row.get(11)?,
-                    headers: headers
-                        .and_then(|headers| headers.0.as_object().cloned())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(name, value)| (name, value.as_str().unwrap_or_default().to_owned()))
-                        .collect(),
-                    message_id: row.get(13)?.unwrap_or_default(),
-                    in_reply_to: row.get(14)?,
-                    references: row.get(15)?.unwrap_or_default(),
-                    created_at_millis: row.get(16)?.unwrap_or_default(),
-                    document: match (row.get::<String>(17)?, row.get::<String>(18)?) {
-                        (Some(table), Some(id)) => Some((table, id)),
-                        _ => None,
-                    },
-                    recipients: Vec::new(),
-                    attachments: Vec::new(),
-                    attempts: row.get(20)?.unwrap_or_default(),
-                    accepted_before: false,
-                };
-                Ok((claimed, row.get::<String>(19)?))
-            })
-            .collect::<Result<_, SpiError>>()
+        table.into_iter().map(claimed_row).collect::<Result<_, SpiError>>()
     })?;
+    with_recipients_and_attachments(rows, tenants)
+}
+
+/// A row as CLAIM and TAKE_NEW_MAIL return it, and its tenant.
+fn claimed_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Result<(ClaimedRow, Option<String>), SpiError> {
+    let headers: Option<pgrx::JsonB> = row.get(12)?;
+    let claimed = ClaimedRow {
+        outbox_id: row.get(1)?.unwrap_or_default(),
+        claim_token: row.get(2)?.unwrap_or_default(),
+        account_id: row.get(3)?.unwrap_or_default(),
+        sender: row.get(4)?,
+        to: row.get(5)?.unwrap_or_default(),
+        cc: row.get(6)?.unwrap_or_default(),
+        bcc: row.get(7)?.unwrap_or_default(),
+        reply_to: row.get(8)?.unwrap_or_default(),
+        subject: row.get(9)?.unwrap_or_default(),
+        body_text: row.get(10)?,
+        body_html: row.get(11)?,
+        headers: headers
+            .and_then(|headers| headers.0.as_object().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name, value.as_str().unwrap_or_default().to_owned()))
+            .collect(),
+        message_id: row.get(13)?.unwrap_or_default(),
+        in_reply_to: row.get(14)?,
+        references: row.get(15)?.unwrap_or_default(),
+        created_at_millis: row.get(16)?.unwrap_or_default(),
+        document: match (row.get::<String>(17)?, row.get::<String>(18)?) {
+            (Some(table), Some(id)) => Some((table, id)),
+            _ => None,
+        },
+        recipients: Vec::new(),
+        attachments: Vec::new(),
+        attempts: row.get(20)?.unwrap_or_default(),
+        accepted_before: false,
+    };
+    Ok((claimed, row.get::<String>(19)?))
+}
+
+/// Claimed rows with their open recipients (unsubscribed ones marked
+/// suppressed), what was accepted before, and their attachments.
+fn with_recipients_and_attachments(
+    mut rows: Vec<ClaimedRow>,
+    tenants: Vec<Option<String>>,
+) -> Result<Vec<ClaimedRow>, SpiError> {
     if rows.is_empty() {
         return Ok(rows);
     }
@@ -452,6 +539,64 @@ pub fn claim(
         row.accepted_before = accepted_before.contains(&row.outbox_id);
     }
     Ok(rows)
+}
+
+/// What a take of rows claimed on insert came to.
+pub struct NewMail {
+    pub rows: Vec<ClaimedRow>,
+    /// Rows claimed for this sender that were left (locked by another
+    /// transaction, or past the take's limit): the next take looks again.
+    pub left: bool,
+    /// Rows went back to the queue, for the claim.
+    pub given_back: bool,
+    /// The latest commit of a transaction that wrote a taken row and that
+    /// may not be flushed yet (committed with synchronous_commit off).
+    pub flush_to: pg_sys::XLogRecPtr,
+}
+
+/// Takes up to `limit` rows inserting transactions claimed for this sender
+/// (TAKE_NEW_MAIL), leaving out the accounts in `skip_accounts` and rows
+/// with less than `lease_left_seconds` of their lease left (both go back
+/// to the queue).
+///
+/// Their claim, the attempt counted, is the inserting transaction's: on
+/// disk once its commit is (the caller flushes up to `flush_to` before the
+/// wire, for a transaction committed without waiting for its flush), and
+/// lost in a crash only together with the row. So this transaction, which
+/// only gives them a token, commits without waiting for its flush (lost in a
+/// crash, the rows are taken back as any claim of a stopped sender): no
+/// flush on the way of the message.
+pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64) -> Result<NewMail, SpiError> {
+    if super::restore::in_progress(super::restore::Worker::Sender)?.is_some() {
+        return Ok(NewMail { rows: Vec::new(), left: true, given_back: false, flush_to: 0 });
+    }
+    super::transaction::set_setting(c"synchronous_commit", c"off", pg_sys::GucAction::GUC_ACTION_LOCAL);
+    let (mut left, mut given_back) = (false, false);
+    let mut flush_to: pg_sys::XLogRecPtr = 0;
+    let (rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
+        let table = kept_plans::update(
+            client,
+            TAKE_NEW_MAIL,
+            &[skip_accounts.to_vec().into(), lease_left_seconds.into(), process_started_at().into(), limit.into()],
+        )?;
+        let mut taken = Vec::new();
+        for row in table {
+            left |= row.get::<i64>(22)?.unwrap_or(0) > 0;
+            given_back |= row.get::<i64>(23)?.unwrap_or(0) > 0;
+            if row.get::<i64>(1)?.is_none() {
+                continue;
+            }
+            if let Some(xid) = row.get::<String>(21)?.and_then(|xid| xid.parse::<u32>().ok()) {
+                // SAFETY: a commit log look-up of a transaction this snapshot sees as committed.
+                let lsn = unsafe { pg_sys::TransactionIdGetCommitLSN(pg_sys::TransactionId::from_inner(xid)) };
+                flush_to = flush_to.max(lsn);
+            }
+            taken.push(claimed_row(row)?);
+        }
+        Ok::<_, SpiError>(taken.into_iter().unzip())
+    })?;
+    let rows = with_recipients_and_attachments(rows, tenants)?;
+    Ok(NewMail { rows, left, given_back, flush_to })
 }
 
 /// The sending settings of the given accounts.

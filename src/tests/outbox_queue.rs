@@ -600,6 +600,89 @@ mod tests {
         assert_eq!(claim(200, 60, &[], &[], 10, PASS).unwrap().len(), 0, "sent in the last minute");
     }
 
+    /// Rows claimed on insert (claim_on_insert) as the sender takes them:
+    /// its own untaken rows of a ready account without rate limits get a
+    /// token, at most `limit` a take (the rest is said to be left); rows of
+    /// a rate-limited account, a skipped account, past `expires_at`, or with
+    /// less lease left than asked go back to the queue uncounted; rows of
+    /// another process, and rows already taken, are left alone. The claim
+    /// never takes a row claimed on insert. (This backend plays the sender:
+    /// rows are made its own by hand.)
+    #[pg_test]
+    fn rows_claimed_on_insert_are_taken_once_by_their_own_sender() {
+        use crate::store::outbox::{claim, process_started_at, take_new_mail};
+        sending_accounts();
+        Spi::run(
+            "SET LOCAL enable_seqscan = off;
+             UPDATE email_accounts.account SET send_limit_per_day = 1000 WHERE name = 'also ready'",
+        )
+        .unwrap();
+        let started_at = process_started_at();
+        let claimed_on_insert = |account: &str, process: &str, lease_seconds: i32| -> i64 {
+            let id = queue(account, 0, 0);
+            Spi::run(&format!(
+                "UPDATE email_accounts.outbox
+                    SET status = 'sending', attempts = 1, sender_process_id = {process},
+                        sender_started_at = '{started_at}', lease_until = now() + interval '{lease_seconds} seconds'
+                  WHERE outbox_id = {id}"
+            ))
+            .unwrap();
+            id
+        };
+        let mine = claimed_on_insert("ready", "pg_backend_pid()", 300);
+        let limited = claimed_on_insert("also ready", "pg_backend_pid()", 300);
+        let short_lease = claimed_on_insert("ready", "pg_backend_pid()", 100);
+        let others = claimed_on_insert("ready", "pg_backend_pid() + 1", 300);
+        assert_eq!(claim(200, 60, &[], &[], 10, None).unwrap().len(), 0, "the claim leaves them to their sender");
+
+        let expired = claimed_on_insert("ready", "pg_backend_pid()", 300);
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET send_after = now() - interval '1 minute', expires_at = now()
+              WHERE outbox_id = {expired}"
+        ))
+        .unwrap();
+        let taken = take_new_mail(&[], 200.0, 200).unwrap();
+        assert!(!taken.left && taken.given_back);
+        let taken = taken.rows;
+        assert_eq!(taken.iter().map(|row| row.outbox_id).collect::<Vec<_>>(), [mine]);
+        assert_eq!(taken[0].attempts, 1);
+        assert_eq!(taken[0].recipients, ["a@example.net"]);
+        let state = |id: i64| {
+            Spi::get_three::<String, i32, bool>(&format!(
+                "SELECT status, attempts, claim_token IS NOT NULL FROM email_accounts.outbox WHERE outbox_id = {id}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(state(mine), (Some("sending".into()), Some(1), Some(true)));
+        assert_eq!(state(limited), (Some("queued".into()), Some(0), Some(false)), "rate limits: the claim decides");
+        assert_eq!(state(short_lease), (Some("queued".into()), Some(0), Some(false)), "too little lease left");
+        assert_eq!(state(expired), (Some("queued".into()), Some(0), Some(false)), "expired: the claim leaves it");
+        assert_eq!(state(others), (Some("sending".into()), Some(1), Some(false)), "another process's");
+        assert_eq!(take_new_mail(&[], 200.0, 200).unwrap().rows.len(), 0, "taken once");
+        // At most `limit` a take; the rest is left for the next one.
+        let (first, second) =
+            (claimed_on_insert("ready", "pg_backend_pid()", 300), claimed_on_insert("ready", "pg_backend_pid()", 300));
+        let one = take_new_mail(&[], 200.0, 1).unwrap();
+        assert_eq!((one.rows.len(), one.left), (1, true));
+        let other = take_new_mail(&[], 200.0, 1).unwrap();
+        assert_eq!((other.rows.len(), other.left), (1, false));
+        assert_eq!(
+            [one.rows[0].outbox_id, other.rows[0].outbox_id].into_iter().collect::<std::collections::BTreeSet<_>>(),
+            [first, second].into_iter().collect()
+        );
+
+        let ready =
+            Spi::get_one::<i64>("SELECT account_id FROM email_accounts.account WHERE name = 'ready'").unwrap().unwrap();
+        let skipped = claimed_on_insert("ready", "pg_backend_pid()", 300);
+        assert_eq!(take_new_mail(&[ready], 200.0, 200).unwrap().rows.len(), 0);
+        assert_eq!(state(skipped), (Some("queued".into()), Some(0), Some(false)), "a skipped account's row");
+        // What went back is claimed the usual way, its attempt counted then
+        // (the expired row is left to the expiry pass).
+        let claimed = claim(200, 60, &[], &[], 10, None).unwrap();
+        assert_eq!(claimed.len(), 3);
+        assert!(claimed.iter().all(|row| row.attempts == 1));
+    }
+
     /// The claim names its sender by the start time pg_stat_get_activity()
     /// reports, which is what take_back_abandoned() compares.
     #[pg_test]

@@ -86,6 +86,18 @@ pub struct WorkerSlot {
     pub timeouts: i64,
     /// The worker's PGPROC number, so other backends can set its latch.
     pub process_number: i32,
+    /// `MyStartTimestamp` of the worker's process: what `pg_stat_activity`
+    /// says it started at, stamped on the rows it claims.
+    pub process_started_at: i64,
+    /// A sender with nothing to send (email_accounts.claim_on_insert): the
+    /// inserting transaction may claim its new rows for it.
+    pub takes_new_mail: bool,
+    /// A committed transaction claimed rows for this sender on insert.
+    pub new_mail: bool,
+    /// ... and queued others (past its share of claims on insert).
+    pub new_mail_queued_too: bool,
+    /// ... for the sender that had this slot before: this one takes them back.
+    pub predecessors_new_mail: bool,
 }
 
 /// Whether a database has the extension, as far as the board knows.
@@ -294,6 +306,7 @@ fn fresh_slot(state: WorkerState, fallback_poll_interval_ms: i64) -> WorkerSlot 
         started_at: now(),
         fallback_poll_interval_ms,
         process_number: unsafe { (*pg_sys::MyProc).pgprocno },
+        process_started_at: unsafe { pg_sys::MyStartTimestamp },
         ..WorkerSlot::default()
     }
 }
@@ -669,6 +682,102 @@ pub fn end_pauses_of(gone: impl Fn(i32) -> bool) -> bool {
         }
     }
     ended
+}
+
+// ---- rows claimed by the inserting transaction --------------------------------
+
+/// A sender of the database that takes new mail as it is inserted (idle,
+/// nothing held off): its slot, process id and process start.
+pub fn sender_taking_new_mail(database: u32) -> Option<(usize, i32, i64)> {
+    let board = WORKER_BOARD.share();
+    let entry = board.entry(database)?;
+    (0..MAX_SENDERS).map(|instance| WorkerId::sender(database, instance as u8).slot()).find_map(|slot| {
+        let worker = &entry.workers[slot];
+        (worker.pid != 0 && worker.takes_new_mail && worker.state == WorkerState::Idle).then_some((
+            slot,
+            worker.pid,
+            worker.process_started_at,
+        ))
+    })
+}
+
+/// Whether the sender process `pid` that started at `started_at` is in one
+/// of the database's sender slots.
+pub fn sender_running(database: u32, pid: i32, started_at: i64) -> bool {
+    let board = WORKER_BOARD.share();
+    board.entry(database).is_some_and(|entry| {
+        (0..MAX_SENDERS)
+            .map(|instance| &entry.workers[WorkerId::sender(database, instance as u8).slot()])
+            .any(|worker| worker.pid == pid && pid != 0 && worker.process_started_at == started_at)
+    })
+}
+
+/// Whether the sender takes new mail as it is inserted (said after each step).
+pub fn set_takes_new_mail(id: WorkerId, takes: bool) {
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut board = WORKER_BOARD.exclusive();
+    if let Some(slot) = board.entry_mut(id.database).map(|entry| &mut entry.workers[id.slot()]) {
+        if slot.pid == me {
+            slot.takes_new_mail = takes;
+        }
+    }
+}
+
+/// At commit of a transaction that claimed rows on insert for the sender
+/// in `slot` (process `pid`): it is told and woken (this is the
+/// transaction's one wake-up request). False when no sender runs in that
+/// slot. Never raises.
+pub fn new_mail_committed(database: u32, slot: usize, pid: i32, started_at: i64, queued_too: bool) -> bool {
+    let process_number = {
+        let mut board = WORKER_BOARD.exclusive();
+        let Some(entry) = board.entry_mut(database) else { return false };
+        let worker = &entry.workers[slot];
+        let same = worker.pid == pid && worker.process_started_at == started_at;
+        // It stopped: its successor takes the rows back now, or, with no
+        // successor in its slot (fewer senders now), any running sender.
+        let teller = if same || worker.pid != 0 {
+            slot
+        } else {
+            match (0..MAX_SENDERS)
+                .map(|instance| WorkerId::sender(database, instance as u8).slot())
+                .find(|&other| entry.workers[other].pid != 0)
+            {
+                Some(other) => other,
+                None => return false,
+            }
+        };
+        let worker = &mut entry.workers[teller];
+        if same {
+            worker.new_mail = true;
+            worker.new_mail_queued_too |= queued_too;
+        } else {
+            worker.predecessors_new_mail = true;
+        }
+        worker.wake_requests += 1;
+        worker.process_number
+    };
+    set_latch_of(process_number);
+    true
+}
+
+/// Since the sender last asked: whether rows were claimed on insert for
+/// it, whether those transactions queued others too, and whether rows were
+/// claimed for a sender that stopped (this one takes them back).
+pub fn take_new_mail(id: WorkerId) -> (bool, bool, bool) {
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut board = WORKER_BOARD.exclusive();
+    board
+        .entry_mut(id.database)
+        .map(|entry| &mut entry.workers[id.slot()])
+        .filter(|slot| slot.pid == me)
+        .map(|slot| {
+            (
+                std::mem::take(&mut slot.new_mail),
+                std::mem::take(&mut slot.new_mail_queued_too),
+                std::mem::take(&mut slot.predecessors_new_mail),
+            )
+        })
+        .unwrap_or_default()
 }
 
 // ---- accounts held by one sender of several --------------------------------

@@ -9,6 +9,7 @@ mod idle;
 mod idle_watch;
 mod launcher;
 mod main_loop;
+mod new_mail;
 mod receiver;
 pub mod role;
 mod sender;

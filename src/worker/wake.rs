@@ -24,6 +24,8 @@ pub const EXTENSION: u32 = 4;
 pub const EXTENSION_CHANGED: u32 = 8;
 /// Wake the launcher (pg_database changed).
 pub const LAUNCHER: u32 = 16;
+/// Tell the sender the transaction claimed rows for it (new_mail.rs).
+pub const NEW_MAIL: u32 = 32;
 
 // Per backend: whether our callback is registered, what the current
 // transaction asked for, and what the pre-commit look found.
@@ -73,7 +75,9 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             if found & FOUND_LOOKED != 0 {
                 board::publish_extension(database, found & FOUND_PRESENT != 0, asked & EXTENSION_CHANGED != 0);
             }
-            if asked & SENDER != 0 {
+            // The sender rows were claimed for on insert is the one woken.
+            let told = asked & NEW_MAIL != 0 && super::new_mail::committed(database);
+            if asked & SENDER != 0 && !told {
                 board::wake_sender(database);
             }
             if asked & RECEIVER != 0 {
@@ -87,7 +91,9 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         pg_sys::XactEvent::XACT_EVENT_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
-            AT_COMMIT.store(0, Ordering::Relaxed);
+            if AT_COMMIT.swap(0, Ordering::Relaxed) & NEW_MAIL != 0 {
+                super::new_mail::forget();
+            }
             FOUND.store(0, Ordering::Relaxed);
         }
         _ => {}

@@ -15,6 +15,7 @@ use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::return_path;
 use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
+use pgrx::pg_sys;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -79,16 +80,66 @@ pub struct AccountRound {
 /// in `skip_accounts` (one transaction) and composes them.
 pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) -> Result<Option<Claimed>, StoreError> {
     let expire = expiry_due();
-    let base_url = settings::public_base_url();
-    let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
-        let mut rows = outbox::claim(
+    // Half the lease for starting messages leaves the other half for the one
+    // being sent when it ends (every read and write is bounded by connect_timeout).
+    let start_window = Duration::from_secs(settings::lease_duration_seconds().max(2) as u64 / 2);
+    let claimed = round(start_window, || {
+        Ok(outbox::claim(
             settings::batch_size(),
             settings::lease_duration_seconds(),
             skip_accounts,
             on_wire,
             max_accounts as i64,
             expire.then(|| outbox::ExpiryPass { max_attempts: settings::max_attempts() }),
-        )?;
+        )?)
+    })?;
+    if expire {
+        LAST_EXPIRY.with(|last| last.set(Some(Instant::now())));
+    }
+    Ok(claimed)
+}
+
+/// Takes the rows inserting transactions claimed for this sender
+/// (`claim_on_insert`), except those of `skip_accounts`, and composes them.
+/// Their lease began at the INSERT: only rows with three quarters of it
+/// left are taken (the others go back to the queue), and messages start in
+/// the first quarter, so the last half of the lease is left for the one on
+/// the wire when it ends, as for a claim.
+///
+/// A transaction that claimed rows and committed without waiting for its
+/// flush (`synchronous_commit = off`) is flushed here before they go out:
+/// the claim is on disk before the wire, as with any claim. Returns what was
+/// taken, whether rows were left for the next take, and whether rows went
+/// back to the queue.
+pub fn take_new_mail(skip_accounts: &[i64]) -> Result<(Option<Claimed>, bool, bool), StoreError> {
+    let lease = settings::lease_duration_seconds().max(4) as f64;
+    let (left, given_back, flush_to) = (Cell::new(false), Cell::new(false), Cell::new(0));
+    let taken = round(Duration::from_secs_f64(lease / 4.0), || {
+        let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size())?;
+        left.set(taken.left);
+        given_back.set(taken.given_back);
+        flush_to.set(taken.flush_to);
+        Ok(taken.rows)
+    })?;
+    // SAFETY: WAL positions from the commit log; outside a transaction, as
+    // the checkpointer flushes. (Nothing to do when already on disk.)
+    unsafe {
+        if flush_to.get() != 0 && pg_sys::XLogNeedsFlush(flush_to.get()) {
+            pg_sys::XLogFlush(flush_to.get());
+        }
+    }
+    Ok((taken, left.get(), given_back.get()))
+}
+
+/// Rows taken by `take` (in a transaction) with their accounts' settings and
+/// credentials, composed per account; messages start within `start_window`.
+fn round(
+    start_window: Duration,
+    take: impl FnOnce() -> Result<Vec<ClaimedRow>, StoreError>,
+) -> Result<Option<Claimed>, StoreError> {
+    let base_url = settings::public_base_url();
+    let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
+        let mut rows = take()?;
         let mut account_ids: Vec<i64> = rows.iter().map(|row| row.account_id).collect();
         account_ids.sort_unstable();
         account_ids.dedup();
@@ -152,9 +203,6 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
         let link_key = if signs { links::current_link_key()? } else { LinkKey { id: 0, secret: Vec::new() } };
         Ok(Claim { rows, link_key, accounts, unusable_accounts })
     }))??;
-    if expire {
-        LAST_EXPIRY.with(|last| last.set(Some(Instant::now())));
-    }
     if claim.rows.is_empty() {
         return Ok(None);
     }
@@ -170,10 +218,7 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
             by_account.entry(row.account_id).or_default().push(row);
         }
     }
-    // Half the lease for starting messages leaves the other half for the one
-    // being sent when it ends (every read and write is bounded by connect_timeout).
-    let start_no_message_after =
-        Instant::now() + Duration::from_secs(settings::lease_duration_seconds().max(2) as u64 / 2);
+    let start_no_message_after = Instant::now() + start_window;
     let links =
         Links { base_url, key: claim.link_key, expires_at: unix_now() + settings::link_token_lifetime_seconds() };
     let rounds = claim

@@ -60,9 +60,15 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
     let parallel = settings::smtp_connections();
     let mut failed = false;
     let mut more_waiting = false;
+    // New rows are claimed on insert only for a sender with nothing to do
+    // (claim_on_insert), said again at the end of the step.
+    board::set_takes_new_mail(id, false);
     // Every wake-up looks for due mail once; a full claim or a round that
-    // came back (its account may have more) looks again.
-    let mut claim = true;
+    // came back (its account may have more) looks again. Rows claimed on
+    // insert go out first, and the look waits until their round is back:
+    // a claim now would hold the main loop while the round is on the wire.
+    let mut claim = !take_new_mail(id, lanes, parallel, &mut failed);
+    let mut nothing_claimable = false;
     loop {
         let came_back = lanes.collect_finished();
         // The account's next round goes out before this one is recorded.
@@ -94,7 +100,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
                 claim = claimed.full;
                 more_waiting = claimed.full;
             }
-            Ok(None) => {}
+            Ok(None) => nothing_claimable = true,
             Err(error) => {
                 log!("{role_name}: claiming a sending round failed and will be retried: {error}");
                 failed = true;
@@ -104,17 +110,60 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
     if super::signals::shutdown_requested() {
         return None;
     }
+    if nothing_claimable && !failed && lanes.is_empty() {
+        board::set_takes_new_mail(id, true);
+    }
     // More is waiting than this sender took on: another sender helps.
     if more_waiting {
         board::wake_other_sender(id);
     }
-    if failed {
+    if failed || NEW_MAIL_LEFT.with(|left| left.get()) {
         return Some(Duration::from_secs(1));
     }
     if !lanes.is_empty() {
         return Some(settings::fallback_poll_interval());
     }
     next_due()
+}
+
+thread_local! {
+    /// Rows claimed on insert for this sender wait to be taken (a take failed).
+    static NEW_MAIL_LEFT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Takes the rows inserting transactions claimed for this sender, if a
+/// commit said there are any, and puts them on the wire. True when the
+/// step's claim may wait until their round is back (nothing else is known
+/// to wait: a claim now would hold the main loop while the round is out).
+fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut bool) -> bool {
+    let (mine, queued_too, predecessors) = board::take_new_mail(id);
+    // Rows claimed for the sender this one replaced: taken back (the
+    // attempt counted), as at a start, rather than when their lease lapses.
+    if predecessors {
+        take_back_abandoned(&id.name());
+    }
+    if !(mine || NEW_MAIL_LEFT.with(|left| left.replace(false))) {
+        return false;
+    }
+    let mut skip = lanes.accounts_waiting();
+    skip.extend(board::accounts_held_by_others(id));
+    match claim::take_new_mail(&skip) {
+        Ok((taken, left, given_back)) => {
+            NEW_MAIL_LEFT.with(|cell| cell.set(left));
+            let Some(taken) = taken else { return false };
+            lanes.add(held_rounds(id, taken.rounds));
+            lanes.launch_waiting(parallel);
+            *failed |= !recorded(&id.name(), taken.known);
+            // Rows left, given back, or queued by the same transactions: the claim looks at once.
+            !(left || given_back || queued_too)
+        }
+        // (The claim still runs: what is queued goes out meanwhile.)
+        Err(error) => {
+            log!("{}: taking the rows claimed for it on insert failed and will be retried: {error}", id.name());
+            NEW_MAIL_LEFT.with(|cell| cell.set(true));
+            false
+        }
+    }
 }
 
 /// The rounds of accounts this sender could take; the rows of accounts
@@ -217,6 +266,7 @@ impl super::duty::Duty for Sender {
     }
 
     fn stop(&mut self) {
+        board::set_takes_new_mail(self.id, false);
         stop(&self.id.name());
     }
 }
