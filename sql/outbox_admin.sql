@@ -22,13 +22,14 @@ COMMENT ON COLUMN email_accounts.outbox_status.oldest_age IS 'How long ago that 
 COMMENT ON COLUMN email_accounts.outbox_status.next_due_at IS 'For queued and retry rows: the earliest next attempt.';
 COMMENT ON COLUMN email_accounts.outbox_status.latest_error IS 'The last_error of the newest row that has one.';
 
--- A row claimed on insert (email_accounts.claim_on_insert) that its running
--- sender has not taken yet (no token) is cancelled too, its attempt
--- uncounted: it has not gone out (in its own inserting transaction, or in
--- the moment before the sender takes it). The sender's take locks the row,
--- so one of the two finds it changed and leaves it. A row claimed for a
--- sender that no longer runs may have gone out: it is not cancelled here
--- (the next sender takes it back, then it can be).
+-- A row claimed on insert (email_accounts.claim_on_insert) that its sender
+-- has not taken (no token) is cancelled too, its attempt uncounted: it has
+-- not gone out (in its own inserting transaction, or in the moment before
+-- the sender takes it). The sender's take locks the row, so one of the two
+-- finds it changed and leaves it. After a crash the token of a row that did
+-- go out may be lost: claim_never_taken() is false for the senders that ran
+-- before it, and such a row is not cancelled here (the next sender takes
+-- it back, then it can be).
 CREATE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -38,7 +39,7 @@ BEGIN
      WHERE outbox_id = id
        AND (status IN ('queued', 'retry', 'error')
             OR (status = 'sending' AND claim_token IS NULL
-                AND email_accounts.sender_running(sender_process_id, sender_started_at) IS TRUE));
+                AND email_accounts.claim_never_taken(sender_started_at) IS TRUE));
     RETURN FOUND;
 END;
 $$;

@@ -13,8 +13,9 @@ COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While sending: the
 COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While sending: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
 
 -- Rows claimed by their inserting transaction for a sender that has not
--- taken them yet (email_accounts.claim_on_insert): the sender looks for its
--- own when a commit tells it. An entry lives from the INSERT until the
+-- taken them yet (email_accounts.claim_on_insert), in the order it takes
+-- them: it looks for its own when a commit tells it. Only such a claim
+-- names a sender without a token. An entry lives from the INSERT until the
 -- sender gives the row its token, a millisecond later.
-CREATE INDEX outbox_claimed_on_insert ON email_accounts.outbox (sender_process_id)
-    WHERE status = 'sending' AND claim_token IS NULL;
+CREATE INDEX outbox_claimed_on_insert ON email_accounts.outbox (sender_process_id, priority DESC, outbox_id)
+    WHERE claim_token IS NULL AND sender_process_id IS NOT NULL;

@@ -49,7 +49,7 @@ pgrx::extension_sql_file!(
         mailbox_address,
         wake_sender_at_commit,
         sender_for_new_mail,
-        sender_running,
+        claim_never_taken,
         current_user_is_superuser
     ]
 );

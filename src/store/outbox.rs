@@ -224,14 +224,19 @@ RETURNING ",
 // with at least $2 seconds of lease left get a token: the sender takes
 // them, and a row with a token is never taken twice. The others go back to
 // the queue, uncounted, for the claim (its order and rate limits decide for
-// them). A row another transaction has locked (an attachment being added,
+// them; a row whose account was deleted too, and stays queued without one,
+// as any). Found through outbox_claimed_on_insert: only a claim on insert
+// leaves a sender without a token (so `status` is not in the selection, or
+// the planner could walk outbox_sending, every row out, instead). A row another
+// transaction has locked (an attachment being added,
 // a cancel()) is skipped, never waited for; `left` counts such rows, for
 // the next take. Each row taken comes with the transaction that last wrote
 // it (`written_by`): its commit may still have to be flushed.
 const TAKE_NEW_MAIL: &str = concat!(
     "WITH arrived AS (
-    SELECT outbox.outbox_id, outbox.xmin AS written_by,
-           outbox.account_id <> ALL ($1::bigint[])
+    SELECT outbox.outbox_id, outbox.xmin AS written_by, outbox.status = 'sending' AS sending,
+           outbox.status = 'sending'
+           AND outbox.account_id <> ALL ($1::bigint[])
            AND outbox.lease_until > now() + pg_catalog.make_interval(secs => $2)
            AND outbox.next_attempt_at <= now() AND (outbox.expires_at IS NULL OR outbox.expires_at > now())
            AND EXISTS (SELECT FROM email_accounts.account_settings AS settings
@@ -239,31 +244,33 @@ const TAKE_NEW_MAIL: &str = concat!(
                           AND settings.send_limit_per_minute IS NULL AND settings.send_limit_per_hour IS NULL
                           AND settings.send_limit_per_day IS NULL) AS takes
       FROM email_accounts.outbox
-     WHERE outbox.status = 'sending' AND outbox.claim_token IS NULL AND outbox.account_id IS NOT NULL
+     WHERE outbox.claim_token IS NULL
        AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3
-     ORDER BY outbox.priority DESC, outbox.outbox_id
+     ORDER BY outbox.sender_process_id, outbox.priority DESC, outbox.outbox_id
      LIMIT $4
        FOR NO KEY UPDATE OF outbox SKIP LOCKED
 ), given_back AS (
     UPDATE email_accounts.outbox AS row
        SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
            lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
-     WHERE row.outbox_id = ANY (ARRAY(SELECT arrived.outbox_id FROM arrived WHERE NOT arrived.takes))
+     WHERE row.outbox_id = ANY (ARRAY(SELECT arrived.outbox_id FROM arrived WHERE arrived.sending AND NOT arrived.takes))
 ), taken AS (
+    -- (= ANY (ARRAY(…)) as well: through the primary key, never a hash of the outbox.)
     UPDATE email_accounts.outbox
        SET claim_token = gen_random_uuid()
       FROM arrived
      WHERE outbox.outbox_id = arrived.outbox_id AND arrived.takes
+       AND outbox.outbox_id = ANY (ARRAY(SELECT arrived.outbox_id FROM arrived WHERE arrived.takes))
     RETURNING ",
     claimed_columns!(),
     ", arrived.written_by::text
 )
 SELECT taken.*,
        (SELECT count(*) FROM email_accounts.outbox
-         WHERE outbox.status = 'sending' AND outbox.claim_token IS NULL AND outbox.account_id IS NOT NULL
+         WHERE outbox.claim_token IS NULL
            AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3)
        - (SELECT count(*) FROM arrived) AS left,
-       (SELECT count(*) FROM arrived WHERE NOT arrived.takes) AS given_back
+       (SELECT count(*) FROM arrived WHERE arrived.sending AND NOT arrived.takes) AS given_back
   FROM (SELECT) AS one LEFT JOIN taken ON true"
 );
 
@@ -312,25 +319,32 @@ const TAKE_BACK_LAPSED: &str = take_back_rows!(
      WHERE outbox.status = 'sending' AND outbox.lease_until < now() AND outbox.account_id IS NOT NULL
        AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($2::bigint[]))
        AND outbox.account_id <> ALL ($3::bigint[])
-       -- (Claimed on insert and never taken by a sender that still runs: GIVE_BACK_UNTAKEN.)
-       AND (outbox.claim_token IS NOT NULL
-            OR email_accounts.sender_running(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)",
+       -- (Claimed on insert and never taken: GIVE_BACK_UNTAKEN.)
+       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_started_at) IS NOT TRUE)",
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
-// Rows claimed on insert whose lease lapsed before their sender, which
-// still runs, took them (a transaction that stayed open past the lease, a
-// prepared transaction committed elsewhere, a sender that was held off):
-// never sent, so back in the queue uncounted. (A row a running sender took
-// has a token; one whose sender stopped is taken back counted.)
+// Rows claimed on insert that their sender never took, whose lease lapsed
+// (a transaction that stayed open past the lease, a prepared transaction
+// committed elsewhere, a sender held off) or whose sender stopped: never
+// sent, so back in the queue uncounted. Never taken: no token, and the
+// sender started after the last server start or crash restart (a take
+// commits the token; only a crash loses it, and then they are taken back
+// counted, as any claim). Run by the expiry pass and when a sender starts.
 const GIVE_BACK_UNTAKEN: &str = "
 UPDATE email_accounts.outbox AS row
    SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
        lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
  WHERE row.outbox_id = ANY (ARRAY(
        SELECT outbox.outbox_id FROM email_accounts.outbox
-        WHERE outbox.status = 'sending' AND outbox.claim_token IS NULL AND outbox.lease_until < now()
-          AND email_accounts.sender_running(outbox.sender_process_id, outbox.sender_started_at) IS TRUE
+        WHERE outbox.claim_token IS NULL AND outbox.sender_process_id IS NOT NULL AND outbox.status = 'sending'
+          AND email_accounts.claim_never_taken(outbox.sender_started_at) IS TRUE
+          AND (outbox.lease_until < now()
+               OR NOT EXISTS (
+                   SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
+                    WHERE activity.backend_start = outbox.sender_started_at
+                      AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
+                                             WHERE database.datname = pg_catalog.current_database())))
           FOR NO KEY UPDATE OF outbox SKIP LOCKED))";
 
 // Rows claimed by sender processes that no longer run in this database.
@@ -343,7 +357,9 @@ const TAKE_BACK_ABANDONED: &str = take_back_rows!(
            SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
             WHERE activity.backend_start = outbox.sender_started_at
               AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
-                                     WHERE database.datname = pg_catalog.current_database()))",
+                                     WHERE database.datname = pg_catalog.current_database()))
+       -- (Claimed on insert and never taken: GIVE_BACK_UNTAKEN.)
+       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_started_at) IS NOT TRUE)",
     "'the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
@@ -549,9 +565,13 @@ pub struct NewMail {
     pub left: bool,
     /// Rows went back to the queue, for the claim.
     pub given_back: bool,
-    /// The latest commit of a transaction that wrote a taken row and that
-    /// may not be flushed yet (committed with synchronous_commit off).
-    pub flush_to: pg_sys::XLogRecPtr,
+}
+
+/// Whether commits wait for synchronous standbys (`synchronous_standby_names` set).
+fn synchronous_standbys() -> bool {
+    // SAFETY: reads a setting's current value; the string is PostgreSQL's.
+    let names = unsafe { pg_sys::GetConfigOption(c"synchronous_standby_names".as_ptr(), true, false) };
+    !names.is_null() && !unsafe { std::ffi::CStr::from_ptr(names) }.to_bytes().iter().all(u8::is_ascii_whitespace)
 }
 
 /// Takes up to `limit` rows inserting transactions claimed for this sender
@@ -560,17 +580,15 @@ pub struct NewMail {
 /// to the queue).
 ///
 /// Their claim, the attempt counted, is the inserting transaction's: on
-/// disk once its commit is (the caller flushes up to `flush_to` before the
-/// wire, for a transaction committed without waiting for its flush), and
-/// lost in a crash only together with the row. So this transaction, which
-/// only gives them a token, commits without waiting for its flush (lost in a
-/// crash, the rows are taken back as any claim of a stopped sender): no
-/// flush on the way of the message.
+/// disk once its commit is, and lost in a crash only together with the row.
+/// So this transaction, which only gives them a token, commits without
+/// waiting for its flush when their commits are on disk and no synchronous
+/// standby waits (lost in a crash, the rows are taken back as any claim of
+/// a stopped sender): no flush on the way of the message.
 pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64) -> Result<NewMail, SpiError> {
     if super::restore::in_progress(super::restore::Worker::Sender)?.is_some() {
-        return Ok(NewMail { rows: Vec::new(), left: true, given_back: false, flush_to: 0 });
+        return Ok(NewMail { rows: Vec::new(), left: true, given_back: false });
     }
-    super::transaction::set_setting(c"synchronous_commit", c"off", pg_sys::GucAction::GUC_ACTION_LOCAL);
     let (mut left, mut given_back) = (false, false);
     let mut flush_to: pg_sys::XLogRecPtr = 0;
     let (rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
@@ -596,7 +614,19 @@ pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64)
         Ok::<_, SpiError>(taken.into_iter().unzip())
     })?;
     let rows = with_recipients_and_attachments(rows, tenants)?;
-    Ok(NewMail { rows, left, given_back, flush_to })
+    // The take commits without waiting for its flush only when the rows'
+    // claims are already where a claim must be before the wire: on disk
+    // (their transactions' commits flushed) and, with synchronous standbys,
+    // there too (this process cannot tell for a commit made with
+    // synchronous_commit local or off). Otherwise it commits as a claim
+    // does, which flushes and waits for the standbys up to its own commit,
+    // after theirs.
+    // SAFETY: a WAL position from the commit log; reads shared WAL state.
+    let on_disk = flush_to == 0 || !unsafe { pg_sys::XLogNeedsFlush(flush_to) };
+    if on_disk && !synchronous_standbys() {
+        super::transaction::set_setting(c"synchronous_commit", c"off", pg_sys::GucAction::GUC_ACTION_LOCAL);
+    }
+    Ok(NewMail { rows, left, given_back })
 }
 
 /// The sending settings of the given accounts.
@@ -803,6 +833,8 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
 /// many rows were taken back.
 pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
     Spi::connect_mut(|client| {
+        // Rows claimed on insert that the stopped sender never took go back uncounted.
+        client.update(GIVE_BACK_UNTAKEN, None, &[])?;
         client.update(TAKE_BACK_ABANDONED, None, &[max_attempts.into()]).map(|table| table.len() as i64)
     })
 }

@@ -216,6 +216,9 @@ pub struct WorkerBoard {
     held_accounts: [HeldAccount; ACCOUNT_SLOTS],
     sync_requests: [SyncRequest; SYNC_REQUEST_SLOTS],
     suspensions: [RoutingSuspension; SUSPENSION_SLOTS],
+    /// When the first launcher since shared memory was made started (0:
+    /// none yet): at server start, and again after a crash restart.
+    initialized_at: i64,
 }
 
 impl Default for WorkerBoard {
@@ -228,6 +231,7 @@ impl Default for WorkerBoard {
             held_accounts: [HeldAccount::default(); ACCOUNT_SLOTS],
             sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS],
             suspensions: [RoutingSuspension::default(); SUSPENSION_SLOTS],
+            initialized_at: 0,
         }
     }
 }
@@ -314,7 +318,11 @@ fn fresh_slot(state: WorkerState, fallback_poll_interval_ms: i64) -> WorkerSlot 
 // ---- the launcher's own slot -------------------------------------------
 
 pub fn launcher_started(fallback_poll_interval_ms: i64) {
-    WORKER_BOARD.exclusive().launcher = fresh_slot(WorkerState::Idle, fallback_poll_interval_ms);
+    let mut board = WORKER_BOARD.exclusive();
+    board.launcher = fresh_slot(WorkerState::Idle, fallback_poll_interval_ms);
+    if board.initialized_at == 0 {
+        board.initialized_at = now();
+    }
 }
 
 pub fn read_launcher() -> WorkerSlot {
@@ -701,15 +709,13 @@ pub fn sender_taking_new_mail(database: u32) -> Option<(usize, i32, i64)> {
     })
 }
 
-/// Whether the sender process `pid` that started at `started_at` is in one
-/// of the database's sender slots.
-pub fn sender_running(database: u32, pid: i32, started_at: i64) -> bool {
-    let board = WORKER_BOARD.share();
-    board.entry(database).is_some_and(|entry| {
-        (0..MAX_SENDERS)
-            .map(|instance| &entry.workers[WorkerId::sender(database, instance as u8).slot()])
-            .any(|worker| worker.pid == pid && pid != 0 && worker.process_started_at == started_at)
-    })
+/// Whether a sender process that started at `started_at` started after
+/// the last server start or crash restart (the board is made anew by both).
+/// Such a sender's claim without a token was never taken: a take commits
+/// the token (without waiting for its flush), and only a crash loses that.
+pub fn started_since_last_crash(started_at: i64) -> bool {
+    let initialized_at = WORKER_BOARD.share().initialized_at;
+    initialized_at != 0 && started_at >= initialized_at
 }
 
 /// Whether the sender takes new mail as it is inserted (said after each step).

@@ -56,7 +56,11 @@ fn sender_for_new_mail() -> TableIterator<
         return TableIterator::new(None);
     };
     // One transaction tells one sender: its later rows go to the same one or queue.
-    if chosen != 0 && (chosen != slot as u32 + 1 || PROCESS.load(Ordering::Relaxed) != process) {
+    if chosen != 0
+        && (chosen != slot as u32 + 1
+            || PROCESS.load(Ordering::Relaxed) != process
+            || STARTED_AT.load(Ordering::Relaxed) != started_at)
+    {
         QUEUED_TOO.store(true, Ordering::Relaxed);
         return TableIterator::new(None);
     }
@@ -76,16 +80,15 @@ fn sender_for_new_mail() -> TableIterator<
     TableIterator::once((process, started_at, lease_until))
 }
 
-/// Whether the sender process `sender_process_id` that started at
-/// `sender_started_at` still runs in this database (the worker board, so
-/// any role may ask: `pg_stat_activity` hides other roles' start times).
-/// A row claimed on insert and not taken by a running sender has not gone
-/// out: a sender that took it has given it a token, visible at once.
+/// Whether a claim made on insert for the sender process that started at
+/// `sender_started_at` and that has no token was never taken, so its mail
+/// has not gone out: true when that sender started after the last server
+/// start or crash restart (the worker board says; any role may ask). A take
+/// commits the token, and only a crash can lose a committed transaction.
 #[pg_extern(volatile, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn sender_running(sender_process_id: i32, sender_started_at: TimestampWithTimeZone) -> bool {
-    let started_at: i64 = sender_started_at.into_inner();
-    board::sender_running(board::my_database(), sender_process_id, started_at)
+fn claim_never_taken(sender_started_at: TimestampWithTimeZone) -> bool {
+    board::started_since_last_crash(sender_started_at.into_inner())
 }
 
 /// At commit (from wake.rs, never raises): the sender is told and woken.

@@ -15,7 +15,6 @@ use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::return_path;
 use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
-use pgrx::pg_sys;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -106,28 +105,20 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
 /// the first quarter, so the last half of the lease is left for the one on
 /// the wire when it ends, as for a claim.
 ///
-/// A transaction that claimed rows and committed without waiting for its
-/// flush (`synchronous_commit = off`) is flushed here before they go out:
-/// the claim is on disk before the wire, as with any claim. Returns what was
-/// taken, whether rows were left for the next take, and whether rows went
-/// back to the queue.
+/// The take commits synchronously when a transaction that claimed the rows
+/// committed without waiting for its flush, or synchronous standbys are
+/// configured: the claim is on disk before the wire, as with any claim.
+/// Returns what was taken, whether rows were left for the next take, and
+/// whether rows went back to the queue.
 pub fn take_new_mail(skip_accounts: &[i64]) -> Result<(Option<Claimed>, bool, bool), StoreError> {
     let lease = settings::lease_duration_seconds().max(4) as f64;
-    let (left, given_back, flush_to) = (Cell::new(false), Cell::new(false), Cell::new(0));
+    let (left, given_back) = (Cell::new(false), Cell::new(false));
     let taken = round(Duration::from_secs_f64(lease / 4.0), || {
         let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size())?;
         left.set(taken.left);
         given_back.set(taken.given_back);
-        flush_to.set(taken.flush_to);
         Ok(taken.rows)
     })?;
-    // SAFETY: WAL positions from the commit log; outside a transaction, as
-    // the checkpointer flushes. (Nothing to do when already on disk.)
-    unsafe {
-        if flush_to.get() != 0 && pg_sys::XLogNeedsFlush(flush_to.get()) {
-            pg_sys::XLogFlush(flush_to.get());
-        }
-    }
     Ok((taken, left.get(), given_back.get()))
 }
 

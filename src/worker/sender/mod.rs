@@ -151,11 +151,19 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut 
         Ok((taken, left, given_back)) => {
             NEW_MAIL_LEFT.with(|cell| cell.set(left));
             let Some(taken) = taken else { return false };
-            lanes.add(held_rounds(id, taken.rounds));
+            // No more waiting rounds than connections, as a claim: a burst
+            // over many accounts is not held by one sender (the rest goes
+            // back to the queue, for the claims of every sender).
+            let mut rounds = taken.rounds;
+            let room = parallel.saturating_sub(lanes.accounts_waiting().len());
+            let over = rounds.split_off(room.min(rounds.len()));
+            let gave_back_rounds = !over.is_empty();
+            give_back(id, over);
+            lanes.add(held_rounds(id, rounds));
             lanes.launch_waiting(parallel);
             *failed |= !recorded(&id.name(), taken.known);
             // Rows left, given back, or queued by the same transactions: the claim looks at once.
-            !(left || given_back || queued_too)
+            !(left || given_back || gave_back_rounds || queued_too)
         }
         // (The claim still runs: what is queued goes out meanwhile.)
         Err(error) => {
@@ -175,14 +183,19 @@ fn held_rounds(id: WorkerId, rounds: Vec<claim::AccountRound>) -> Vec<claim::Acc
         return rounds;
     }
     let (refused, held): (Vec<_>, Vec<_>) = rounds.into_iter().partition(|round| refused.contains(&round.account_id));
-    // Their OAuth2 renewal leases go back too, so the account's token is renewed.
+    give_back(id, refused);
+    held
+}
+
+/// Rounds that will not go out from here: their rows back to the queue
+/// (uncounted), their OAuth2 renewal leases too, so the token is renewed.
+fn give_back(id: WorkerId, rounds: Vec<claim::AccountRound>) {
     let leases: Vec<(i64, String)> =
-        refused.iter().filter_map(|round| round.renewal_lease.clone().map(|lease| (round.account_id, lease))).collect();
+        rounds.iter().filter_map(|round| round.renewal_lease.clone().map(|lease| (round.account_id, lease))).collect();
     let role_name = id.name();
     record::release_renewal_leases(&role_name, &leases);
-    let claims = refused.into_iter().flat_map(|round| round.claims).collect();
+    let claims = rounds.into_iter().flat_map(|round| round.claims).collect();
     record::hand_back(&role_name, claims);
-    held
 }
 
 /// The socket that becomes readable when a round comes back, while any is out.
