@@ -831,3 +831,57 @@ fn rows_claimed_by_a_prepared_transaction_go_back_uncounted_when_their_lease_lap
     });
     assert_eq!(messages.len(), 1);
 }
+
+/// A row claimed on insert that another transaction holds locked (an
+/// attachment being added to it, a cancel() under way) is skipped by the
+/// take, never waited for: other mail goes out meanwhile, and the row once
+/// the lock is gone, with one attempt. (A restore holds the sender off
+/// while the lock is taken, so the take cannot come first.)
+#[test]
+fn a_locked_row_claimed_on_insert_holds_up_nothing_and_goes_out_once_free() {
+    let mut setup = setup_with(&["email_accounts.claim_on_insert = on"]);
+    setup.client.batch_execute("CREATE ROLE restored_role").unwrap();
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let locked = send(&mut transaction, "locked");
+    assert_eq!(claim_of(&mut transaction, locked).0, "sending");
+
+    // A session writing as a restore does: the sender waits for it to end.
+    let mut restoring = setup._cluster.connect("postgres");
+    restoring
+        .batch_execute(
+            "SET row_security = off;
+             INSERT INTO email_accounts.tenant_member (role_name, tenant) VALUES ('restored_role', 'acme');",
+        )
+        .unwrap();
+    let mut watcher = setup._cluster.connect("postgres");
+    wait_until("the sender to wait for the restore", LIMIT, || {
+        // (Woken, it looks and finds the restore.)
+        watcher.batch_execute("SELECT email_accounts.flush()").unwrap();
+        let state: String = watcher
+            .query_one("SELECT state FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+            .unwrap()
+            .get(0);
+        (state == "waiting for a restore to end").then_some(())
+    });
+    transaction.commit().unwrap();
+    let mut locker = setup._cluster.connect("postgres");
+    locker.batch_execute("BEGIN").unwrap();
+    locker.execute("SELECT FROM email_accounts.outbox WHERE outbox_id = $1 FOR SHARE", &[&locked]).unwrap();
+    let other = send(&mut setup.client, "other");
+    drop(restoring);
+
+    wait_until("the other row to be sent", LIMIT, || (status_of(&mut setup.client, other).0 == "sent").then_some(()));
+    assert_eq!(claim_of(&mut setup.client, locked).0, "sending");
+    assert!(!claim_of(&mut setup.client, locked).3, "not taken while locked");
+    locker.batch_execute("COMMIT").unwrap();
+    wait_until("the locked row to be sent", LIMIT, || (status_of(&mut setup.client, locked).0 == "sent").then_some(()));
+    assert_eq!(claim_of(&mut setup.client, locked).1, 1);
+    let messages = wait_until("both messages", LIMIT, || {
+        let messages = setup.servers.mailbox("bob@example.test");
+        (messages.len() >= 2).then_some(messages)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(messages.len(), 2);
+    assert_eq!(setup.servers.mailbox("bob@example.test").len(), 2, "each once");
+}

@@ -137,8 +137,8 @@ thread_local! {
 /// to wait: a claim now would hold the main loop while the round is out).
 fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut bool) -> bool {
     let (mine, queued_too, predecessors) = board::take_new_mail(id);
-    // Rows claimed for the sender this one replaced: taken back (the
-    // attempt counted), as at a start, rather than when their lease lapses.
+    // Rows claimed for the sender this one replaced: given back (never
+    // taken: uncounted), as at a start, rather than when their lease lapses.
     if predecessors {
         take_back_abandoned(&id.name());
     }
