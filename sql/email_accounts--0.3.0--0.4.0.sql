@@ -1150,6 +1150,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'sender_for_new_mail_wrapper';
 
 CREATE  FUNCTION "claim_never_taken"(
+	"sender_process_id" INT, /* i32 */
 	"sender_started_at" timestamp with time zone /* TimestampWithTimeZone */
 ) RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL SAFE
@@ -1157,8 +1158,8 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'claim_never_taken_wrapper';
 
-COMMENT ON FUNCTION email_accounts.claim_never_taken(timestamp with time zone) IS
-  'Whether an outbox row claimed on insert for the sender process that started at this time, and still without a claim token, was never taken by it (so its mail has not gone out): true when that sender started after the last server start or crash restart, since a take commits the token and only a crash loses a committed transaction. From the worker board; any role may ask.';
+COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with time zone) IS
+  'Whether an outbox row claimed on insert for the sender process with this process id and start, and still without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart, since a take commits the token and only a crash loses a committed transaction. From the worker board; any role may ask.';
 
 COMMENT ON FUNCTION email_accounts.sender_for_new_mail() IS
   'One row or none: the idle sender worker a new outbox row is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is told at commit.';
@@ -1999,7 +2000,7 @@ BEGIN
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
        -- (Claimed on insert, not yet taken by its sender: see cancel().)
        AND NOT (NEW.status = 'cancelled' AND OLD.status = 'sending' AND OLD.claim_token IS NULL AND NEW.claim_token IS NULL
-                AND email_accounts.claim_never_taken(OLD.sender_started_at) IS TRUE)
+                AND email_accounts.claim_never_taken(OLD.sender_process_id, OLD.sender_started_at) IS TRUE)
        AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
         PERFORM email_accounts.raise_outbox_error('status',
             format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',
@@ -2019,7 +2020,7 @@ BEGIN
      WHERE outbox_id = id
        AND (status IN ('queued', 'retry', 'error')
             OR (status = 'sending' AND claim_token IS NULL
-                AND email_accounts.claim_never_taken(sender_started_at) IS TRUE));
+                AND email_accounts.claim_never_taken(sender_process_id, sender_started_at) IS TRUE));
     RETURN FOUND;
 END;
 $$;

@@ -28,8 +28,8 @@ COMMENT ON COLUMN email_accounts.outbox_status.latest_error IS 'The last_error o
 -- the sender takes it). The sender's take locks the row, so one of the two
 -- finds it changed and leaves it. After a crash the token of a row that did
 -- go out may be lost: claim_never_taken() is false for the senders that ran
--- before it, and such a row is not cancelled here (the next sender takes
--- it back, then it can be).
+-- before it (and for rows of a restored dump), and such a row is not
+-- cancelled here (the next sender takes it back, then it can be).
 CREATE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -39,7 +39,7 @@ BEGIN
      WHERE outbox_id = id
        AND (status IN ('queued', 'retry', 'error')
             OR (status = 'sending' AND claim_token IS NULL
-                AND email_accounts.claim_never_taken(sender_started_at) IS TRUE));
+                AND email_accounts.claim_never_taken(sender_process_id, sender_started_at) IS TRUE));
     RETURN FOUND;
 END;
 $$;

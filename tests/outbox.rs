@@ -769,7 +769,7 @@ fn a_row_claimed_by_its_inserting_transaction_goes_out_once_at_commit() {
 /// uncounted, since the stopped sender never took it (no crash since it
 /// started, so a take would have left its token).
 #[test]
-fn a_row_claimed_for_a_sender_that_stopped_is_taken_back_and_sent() {
+fn a_row_claimed_for_a_sender_that_stopped_is_given_back_and_sent() {
     let mut setup = setup_with(&["email_accounts.claim_on_insert = on"]);
     wait_for_a_sender_taking_new_mail(&mut setup.client);
     let mut transaction = setup.client.transaction().unwrap();

@@ -320,7 +320,7 @@ const TAKE_BACK_LAPSED: &str = take_back_rows!(
        AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($2::bigint[]))
        AND outbox.account_id <> ALL ($3::bigint[])
        -- (Claimed on insert and never taken: GIVE_BACK_UNTAKEN.)
-       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_started_at) IS NOT TRUE)",
+       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)",
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
@@ -338,13 +338,26 @@ UPDATE email_accounts.outbox AS row
  WHERE row.outbox_id = ANY (ARRAY(
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id IS NOT NULL AND outbox.status = 'sending'
-          AND email_accounts.claim_never_taken(outbox.sender_started_at) IS TRUE
+          AND email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS TRUE
           AND (outbox.lease_until < now()
                OR NOT EXISTS (
                    SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
                     WHERE activity.backend_start = outbox.sender_started_at
                       AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
                                              WHERE database.datname = pg_catalog.current_database())))
+          FOR NO KEY UPDATE OF outbox SKIP LOCKED))";
+
+// This sender's rows claimed on insert that it has not taken, when it stops:
+// back in the queue uncounted, for the next sender's claim (after a restart
+// they would look like rows of an earlier server, and count).
+const GIVE_BACK_MINE: &str = "
+UPDATE email_accounts.outbox AS row
+   SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
+       lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
+ WHERE row.outbox_id = ANY (ARRAY(
+       SELECT outbox.outbox_id FROM email_accounts.outbox
+        WHERE outbox.claim_token IS NULL AND outbox.sender_process_id = pg_catalog.pg_backend_pid()
+          AND outbox.sender_started_at = $1 AND outbox.status = 'sending'
           FOR NO KEY UPDATE OF outbox SKIP LOCKED))";
 
 // Rows claimed by sender processes that no longer run in this database.
@@ -359,7 +372,7 @@ const TAKE_BACK_ABANDONED: &str = take_back_rows!(
               AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
                                      WHERE database.datname = pg_catalog.current_database()))
        -- (Claimed on insert and never taken: GIVE_BACK_UNTAKEN.)
-       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_started_at) IS NOT TRUE)",
+       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)",
     "'the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
@@ -822,6 +835,14 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
             &[outbox_ids.to_vec().into(), claim_tokens.to_vec().into(), delay_seconds.into()],
         )?;
         Ok(rows.len() as i64)
+    })
+}
+
+/// When the sender stops: its rows claimed on insert and not taken go back
+/// to the queue uncounted (GIVE_BACK_MINE). Returns how many.
+pub fn give_back_untaken_on_stop() -> Result<i64, SpiError> {
+    Spi::connect_mut(|client| {
+        client.update(GIVE_BACK_MINE, None, &[process_started_at().into()]).map(|table| table.len() as i64)
     })
 }
 

@@ -216,10 +216,25 @@ pub struct WorkerBoard {
     held_accounts: [HeldAccount; ACCOUNT_SLOTS],
     sync_requests: [SyncRequest; SYNC_REQUEST_SLOTS],
     suspensions: [RoutingSuspension; SUSPENSION_SLOTS],
-    /// When the first launcher since shared memory was made started (0:
-    /// none yet): at server start, and again after a crash restart.
-    initialized_at: i64,
+    /// The sender processes started since shared memory was made (at
+    /// server start, and anew after a crash restart), the oldest forgotten
+    /// first: a claim on insert for one of them without a token was never
+    /// taken (see `sender_started_here`).
+    senders_started: [SenderStart; SENDER_STARTS],
+    next_sender_start: usize,
 }
+
+/// One sender process: its database, process id and start (MyStartTimestamp).
+#[derive(Debug, Clone, Copy, Default)]
+struct SenderStart {
+    database: u32,
+    pid: i32,
+    started_at: i64,
+}
+
+/// Sender processes the board remembers (a ring; forgetting one only makes
+/// its never-taken claims count as attempts, the safe side).
+pub const SENDER_STARTS: usize = 1024;
 
 impl Default for WorkerBoard {
     fn default() -> Self {
@@ -231,7 +246,8 @@ impl Default for WorkerBoard {
             held_accounts: [HeldAccount::default(); ACCOUNT_SLOTS],
             sync_requests: [SyncRequest::default(); SYNC_REQUEST_SLOTS],
             suspensions: [RoutingSuspension::default(); SUSPENSION_SLOTS],
-            initialized_at: 0,
+            senders_started: [SenderStart::default(); SENDER_STARTS],
+            next_sender_start: 0,
         }
     }
 }
@@ -318,11 +334,7 @@ fn fresh_slot(state: WorkerState, fallback_poll_interval_ms: i64) -> WorkerSlot 
 // ---- the launcher's own slot -------------------------------------------
 
 pub fn launcher_started(fallback_poll_interval_ms: i64) {
-    let mut board = WORKER_BOARD.exclusive();
-    board.launcher = fresh_slot(WorkerState::Idle, fallback_poll_interval_ms);
-    if board.initialized_at == 0 {
-        board.initialized_at = now();
-    }
+    WORKER_BOARD.exclusive().launcher = fresh_slot(WorkerState::Idle, fallback_poll_interval_ms);
 }
 
 pub fn read_launcher() -> WorkerSlot {
@@ -379,6 +391,17 @@ pub fn take_slot(id: WorkerId, fresh: bool, fallback_poll_interval_ms: i64, aliv
         return false;
     }
     *slot = fresh_slot(if fresh { WorkerState::Starting } else { WorkerState::Idle }, fallback_poll_interval_ms);
+    if id.role == super::role::Role::Sender {
+        let started = SenderStart { database: id.database, pid: me, started_at: slot.process_started_at };
+        let known = board.senders_started.iter().any(|known| {
+            known.database == started.database && known.pid == started.pid && known.started_at == started.started_at
+        });
+        if !known {
+            let next = board.next_sender_start;
+            board.senders_started[next] = started;
+            board.next_sender_start = (next + 1) % SENDER_STARTS;
+        }
+    }
     true
 }
 
@@ -709,13 +732,18 @@ pub fn sender_taking_new_mail(database: u32) -> Option<(usize, i32, i64)> {
     })
 }
 
-/// Whether a sender process that started at `started_at` started after
-/// the last server start or crash restart (the board is made anew by both).
+/// Whether the sender process `pid` that started at `started_at` started in
+/// `database` since shared memory was made (server start or crash restart).
 /// Such a sender's claim without a token was never taken: a take commits
 /// the token (without waiting for its flush), and only a crash loses that.
-pub fn started_since_last_crash(started_at: i64) -> bool {
-    let initialized_at = WORKER_BOARD.share().initialized_at;
-    initialized_at != 0 && started_at >= initialized_at
+/// A process of an earlier incarnation of the server, of another cluster (a
+/// restored dump) or one forgotten is not: its claims count as attempts.
+pub fn sender_started_here(database: u32, pid: i32, started_at: i64) -> bool {
+    WORKER_BOARD
+        .share()
+        .senders_started
+        .iter()
+        .any(|known| known.pid != 0 && known.database == database && known.pid == pid && known.started_at == started_at)
 }
 
 /// Whether the sender takes new mail as it is inserted (said after each step).

@@ -80,15 +80,16 @@ fn sender_for_new_mail() -> TableIterator<
     TableIterator::once((process, started_at, lease_until))
 }
 
-/// Whether a claim made on insert for the sender process that started at
-/// `sender_started_at` and that has no token was never taken, so its mail
-/// has not gone out: true when that sender started after the last server
-/// start or crash restart (the worker board says; any role may ask). A take
+/// Whether a claim made on insert for the sender process
+/// `sender_process_id` that started at `sender_started_at`, and that has no
+/// token, was never taken, so its mail has not gone out: true when that
+/// sender started in this database since the last server start or crash
+/// restart (the worker board remembers them; any role may ask). A take
 /// commits the token, and only a crash can lose a committed transaction.
 #[pg_extern(volatile, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn claim_never_taken(sender_started_at: TimestampWithTimeZone) -> bool {
-    board::started_since_last_crash(sender_started_at.into_inner())
+fn claim_never_taken(sender_process_id: i32, sender_started_at: TimestampWithTimeZone) -> bool {
+    board::sender_started_here(board::my_database(), sender_process_id, sender_started_at.into_inner())
 }
 
 /// At commit (from wake.rs, never raises): the sender is told and woken.

@@ -281,6 +281,13 @@ impl super::duty::Duty for Sender {
     fn stop(&mut self) {
         board::set_takes_new_mail(self.id, false);
         stop(&self.id.name());
+        // Rows claimed for it on insert that it never took (uncounted).
+        if let Err(error) = try_in_transaction(outbox::give_back_untaken_on_stop) {
+            log!(
+                "{}: cannot give back the rows claimed for it on insert (the next sender does): {error}",
+                self.id.name()
+            );
+        }
     }
 }
 
