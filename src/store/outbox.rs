@@ -324,18 +324,34 @@ const TAKE_BACK_LAPSED: &str = take_back_rows!(
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
+/// A statement that puts back in the queue, uncounted, the rows claimed on
+/// insert that `$selection` picks (a SELECT of outbox ids, locked here,
+/// skipping locked ones): never taken, so never sent.
+macro_rules! give_back_untaken_rows {
+    ($selection:literal) => {
+        concat!(
+            "
+UPDATE email_accounts.outbox AS row
+   SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
+       lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
+ WHERE row.outbox_id = ANY (ARRAY(",
+            $selection,
+            "
+          FOR NO KEY UPDATE OF outbox SKIP LOCKED))"
+        )
+    };
+}
+
 // Rows claimed on insert that their sender never took, whose lease lapsed
 // (a transaction that stayed open past the lease, a prepared transaction
 // committed elsewhere, a sender held off) or whose sender stopped: never
 // sent, so back in the queue uncounted. Never taken: no token, and the
-// sender started after the last server start or crash restart (a take
-// commits the token; only a crash loses it, and then they are taken back
-// counted, as any claim). Run by the expiry pass and when a sender starts.
-const GIVE_BACK_UNTAKEN: &str = "
-UPDATE email_accounts.outbox AS row
-   SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
-       lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
- WHERE row.outbox_id = ANY (ARRAY(
+// worker board saw the sender start since the last server start or crash
+// restart (a take commits the token; only a crash loses it, and then they
+// are taken back counted, as any claim). Run by the expiry pass and when a
+// sender starts.
+const GIVE_BACK_UNTAKEN: &str = give_back_untaken_rows!(
+    "
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id IS NOT NULL AND outbox.status = 'sending'
           AND email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS TRUE
@@ -344,21 +360,18 @@ UPDATE email_accounts.outbox AS row
                    SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
                     WHERE activity.backend_start = outbox.sender_started_at
                       AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
-                                             WHERE database.datname = pg_catalog.current_database())))
-          FOR NO KEY UPDATE OF outbox SKIP LOCKED))";
+                                             WHERE database.datname = pg_catalog.current_database())))"
+);
 
 // This sender's rows claimed on insert that it has not taken, when it stops:
 // back in the queue uncounted, for the next sender's claim (after a restart
 // they would look like rows of an earlier server, and count).
-const GIVE_BACK_MINE: &str = "
-UPDATE email_accounts.outbox AS row
-   SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
-       lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
- WHERE row.outbox_id = ANY (ARRAY(
+const GIVE_BACK_MINE: &str = give_back_untaken_rows!(
+    "
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id = pg_catalog.pg_backend_pid()
-          AND outbox.sender_started_at = $1 AND outbox.status = 'sending'
-          FOR NO KEY UPDATE OF outbox SKIP LOCKED))";
+          AND outbox.sender_started_at = $1 AND outbox.status = 'sending'"
+);
 
 // Rows claimed by sender processes that no longer run in this database.
 const TAKE_BACK_ABANDONED: &str = take_back_rows!(
