@@ -373,10 +373,11 @@ mod tests {
 
 /// What `ALTER DATABASE … SET` (which a database owner may run) would change
 /// about the workers' own sessions, put back: they run read-write, READ
-/// COMMITTED, without statement or idle timeouts, and with the pinned
-/// search_path, whatever the database says.
+/// COMMITTED, without statement or idle timeouts, and with the settings
+/// every worker transaction runs with (the pinned search_path, lock_timeout,
+/// jit), whatever the database says.
 pub fn pin_worker_session() {
-    let pinned: [(&std::ffi::CStr, &std::ffi::CStr); 7] = [
+    let pinned: [(&std::ffi::CStr, &std::ffi::CStr); 6] = [
         // Off, a superuser's writes look like a restore to the triggers
         // (email_accounts.restoring()), and a database owner may set it.
         (c"row_security", c"on"),
@@ -385,9 +386,9 @@ pub fn pin_worker_session() {
         (c"default_transaction_deferrable", c"off"),
         (c"statement_timeout", c"0"),
         (c"idle_in_transaction_session_timeout", c"0"),
-        (c"search_path", crate::store::transaction::PINNED_SEARCH_PATH),
     ];
-    for (name, value) in pinned {
+    // (With the settings every transaction runs with: each then finds them so.)
+    for (name, value) in pinned.into_iter().chain(crate::store::transaction::TRANSACTION_SETTINGS) {
         override_setting(name, value);
     }
 }

@@ -125,6 +125,16 @@ macro_rules! claimed_columns {
     };
 }
 
+/// The SET clause (of an UPDATE of the outbox as `row`) that puts a claimed
+/// row back in the queue as if it had not been claimed: its attempt
+/// uncounted, no lease, token or sender.
+macro_rules! back_in_the_queue {
+    () => {
+        "status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
+       lease_until = NULL, claim_token = NULL, sender_process_id = NULL, sender_started_at = NULL"
+    };
+}
+
 // At most $4 accounts, those whose mail has waited longest (a claim over
 // every account would let one sender hold them all while the others idle).
 // Each may send what its rate limits leave: its limit minus the rows it
@@ -251,8 +261,9 @@ const TAKE_NEW_MAIL: &str = concat!(
        FOR NO KEY UPDATE OF outbox SKIP LOCKED
 ), given_back AS (
     UPDATE email_accounts.outbox AS row
-       SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
-           lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
+       SET ",
+    back_in_the_queue!(),
+    "
      WHERE row.outbox_id = ANY (ARRAY(SELECT arrived.outbox_id FROM arrived WHERE arrived.sending AND NOT arrived.takes))
 ), taken AS (
     -- (= ANY (ARRAY(…)) as well: through the primary key, never a hash of the outbox.)
@@ -332,8 +343,9 @@ macro_rules! give_back_untaken_rows {
         concat!(
             "
 UPDATE email_accounts.outbox AS row
-   SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END, attempts = row.attempts - 1,
-       lease_until = NULL, sender_process_id = NULL, sender_started_at = NULL
+   SET ",
+            back_in_the_queue!(),
+            "
  WHERE row.outbox_id = ANY (ARRAY(",
             $selection,
             "
@@ -835,16 +847,18 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
     Spi::connect_mut(|client| {
         let rows = kept_plans::update(
             client,
-            "UPDATE email_accounts.outbox AS row
-                SET status = CASE WHEN row.attempts > 1 THEN 'retry' ELSE 'queued' END,
-                    attempts = row.attempts - 1, lease_until = NULL, claim_token = NULL,
-                    sender_process_id = NULL, sender_started_at = NULL,
+            concat!(
+                "UPDATE email_accounts.outbox AS row
+                SET ",
+                back_in_the_queue!(),
+                ",
                     next_attempt_at = CASE WHEN $3 > 0 THEN greatest(row.next_attempt_at, now() + pg_catalog.make_interval(secs => $3))
                                            ELSE row.next_attempt_at END
                FROM unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token)
               WHERE row.outbox_id = mine.outbox_id AND row.claim_token = mine.claim_token::uuid
                 AND row.outbox_id = ANY ($1)
-          RETURNING row.outbox_id",
+          RETURNING row.outbox_id"
+            ),
             &[outbox_ids.to_vec().into(), claim_tokens.to_vec().into(), delay_seconds.into()],
         )?;
         Ok(rows.len() as i64)

@@ -59,8 +59,32 @@ pub(crate) fn set_setting(name: &std::ffi::CStr, value: &std::ffi::CStr, action:
     }
 }
 
-fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
-    set_setting(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL);
+/// What every worker transaction runs with (the worker's session is set
+/// so at its start, settings.rs).
+pub const TRANSACTION_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 3] = [
+    // Whatever ALTER DATABASE ... SET search_path or earlier code left.
+    (c"search_path", PINNED_SEARCH_PATH),
+    // (See in_transaction.)
+    (c"lock_timeout", c"200ms"),
+    // The workers' statements are small; after a burst the planner's
+    // estimates can pass jit_above_cost, and compiling then took ~80 ms
+    // of every claim (make bench: p50 latency 6 -> 140 ms).
+    (c"jit", c"off"),
+];
+
+/// Sets `TRANSACTION_SETTINGS` for the current transaction where they differ:
+/// code run by an earlier transaction (a trigger's session-wide SET) can
+/// have changed them. Setting one that is already so would cost its assign
+/// hooks twice a transaction (search_path: the namespace look-ups again).
+fn pin_transaction_settings() {
+    for (name, value) in TRANSACTION_SETTINGS {
+        // SAFETY: a NUL-terminated name of a setting that exists; the value
+        // it returns is a string GUC owns, read at once.
+        let current = unsafe { pg_sys::GetConfigOption(name.as_ptr(), false, false) };
+        if current.is_null() || unsafe { std::ffi::CStr::from_ptr(current) } != value {
+            set_setting(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL);
+        }
+    }
 }
 
 /// Runs `body` in its own transaction with a snapshot and commits it; on any
@@ -76,13 +100,7 @@ pub fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     PgTryBuilder::new(|| {
-        // Whatever ALTER DATABASE ... SET search_path or earlier code left.
-        set_local(c"search_path", PINNED_SEARCH_PATH);
-        set_local(c"lock_timeout", c"200ms");
-        // The workers' statements are small; after a burst the planner's
-        // estimates can pass jit_above_cost, and compiling then took ~80 ms
-        // of every claim (make bench: p50 latency 6 -> 140 ms).
-        set_local(c"jit", c"off");
+        pin_transaction_settings();
         let result = body();
         unsafe {
             pg_sys::PopActiveSnapshot();

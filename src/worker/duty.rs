@@ -24,6 +24,9 @@ pub trait Duty {
     /// changes skips the step.
     fn changes(&self) -> Option<i64>;
 
+    /// The latch woke the worker (a commit, a wake-up request, a signal).
+    fn woken_by_latch(&mut self) {}
+
     /// Whether something besides the latch asked for a step now.
     fn asked(&self) -> bool {
         false

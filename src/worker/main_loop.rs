@@ -375,6 +375,9 @@ fn run(duty: &mut dyn Duty) {
             postmaster_died = woken_by.postmaster_died;
             break;
         }
+        if woken_by.latch {
+            duty.woken_by_latch();
+        }
         // A round coming back counts as news, like a commit.
         woken_by_latch = woken_by.latch || woken_by.socket;
         after_wakeup(Some(id), &woken_by);

@@ -11,20 +11,26 @@ use super::wake;
 use crate::settings;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, Ordering};
+use std::cell::Cell;
 
 /// Rows one transaction claims this way at most. A bulk insert queues the
 /// rest, which the sender's claim orders by priority and rate limits.
 const ROWS_PER_TRANSACTION: u32 = 10;
 
-// Per backend, for the current transaction: rows claimed so far, the
-// sender they were claimed for (its board slot + 1, its process id and
-// start), and whether a row was queued past them.
-static ROWS: AtomicU32 = AtomicU32::new(0);
-static SLOT: AtomicU32 = AtomicU32::new(0);
-static PROCESS: AtomicI32 = AtomicI32::new(0);
-static STARTED_AT: AtomicI64 = AtomicI64::new(0);
-static QUEUED_TOO: AtomicBool = AtomicBool::new(false);
+/// What the current transaction of this backend claimed on insert.
+#[derive(Clone, Copy, Default)]
+struct Claimed {
+    /// Rows claimed so far.
+    rows: u32,
+    /// The sender they were claimed for: its board slot, process id and start.
+    sender: Option<(usize, i32, i64)>,
+    /// A row was queued past them.
+    queued_too: bool,
+}
+
+thread_local! {
+    static CLAIMED: Cell<Claimed> = const { Cell::new(Claimed { rows: 0, sender: None, queued_too: false }) };
+}
 
 /// One row (or none): the idle sender a new outbox row is claimed for, and
 /// the lease of that claim. None when `claim_on_insert` is off, no sender
@@ -43,41 +49,38 @@ fn sender_for_new_mail() -> TableIterator<
     if !settings::claim_on_insert() {
         return TableIterator::new(None);
     }
-    let chosen = SLOT.load(Ordering::Relaxed);
-    // Past its share, a transaction's rows queue (and the sender is told so).
-    if ROWS.load(Ordering::Relaxed) >= ROWS_PER_TRANSACTION {
-        QUEUED_TOO.store(true, Ordering::Relaxed);
-        return TableIterator::new(None);
-    }
-    let Some((slot, process, started_at)) = board::sender_taking_new_mail(board::my_database()) else {
-        if chosen != 0 {
-            QUEUED_TOO.store(true, Ordering::Relaxed);
-        }
-        return TableIterator::new(None);
+    let mut claimed = CLAIMED.with(Cell::get);
+    let queue = |mut claimed: Claimed| {
+        // (Told to the sender at commit, if one was chosen.)
+        claimed.queued_too |= claimed.sender.is_some();
+        CLAIMED.with(|cell| cell.set(claimed));
+        TableIterator::new(None)
     };
-    // One transaction tells one sender: its later rows go to the same one or queue.
-    if chosen != 0
-        && (chosen != slot as u32 + 1
-            || PROCESS.load(Ordering::Relaxed) != process
-            || STARTED_AT.load(Ordering::Relaxed) != started_at)
-    {
-        QUEUED_TOO.store(true, Ordering::Relaxed);
-        return TableIterator::new(None);
+    // Past its share, a transaction's rows queue (and the sender is told so).
+    if claimed.rows >= ROWS_PER_TRANSACTION {
+        return queue(claimed);
     }
+    let Some(sender) = board::sender_taking_new_mail(board::my_database()) else {
+        return queue(claimed);
+    };
+    // One transaction tells one sender (the same incarnation): its later
+    // rows go to the same one or queue.
+    if claimed.sender.is_some_and(|chosen| chosen != sender) {
+        return queue(claimed);
+    }
+    let (_, _, started_at) = sender;
     let lease_microseconds = i64::from(settings::lease_duration_seconds()) * 1_000_000;
     let lease_until = unsafe { pg_sys::GetCurrentTimestamp() } + lease_microseconds;
-    let started_at_raw = started_at;
     let (Ok(started_at), Ok(lease_until)) =
         (TimestampWithTimeZone::try_from(started_at), TimestampWithTimeZone::try_from(lease_until))
     else {
         return TableIterator::new(None);
     };
-    ROWS.fetch_add(1, Ordering::Relaxed);
-    SLOT.store(slot as u32 + 1, Ordering::Relaxed);
-    PROCESS.store(process, Ordering::Relaxed);
-    STARTED_AT.store(started_at_raw, Ordering::Relaxed);
+    claimed.rows += 1;
+    claimed.sender = Some(sender);
+    CLAIMED.with(|cell| cell.set(claimed));
     wake::at_commit(wake::NEW_MAIL);
-    TableIterator::once((process, started_at, lease_until))
+    TableIterator::once((sender.1, started_at, lease_until))
 }
 
 /// Whether a claim made on insert for the sender process
@@ -95,20 +98,14 @@ fn claim_never_taken(sender_process_id: i32, sender_started_at: TimestampWithTim
 /// At commit (from wake.rs, never raises): the sender is told and woken.
 /// False when it could not be (the transaction's wake-up goes to any sender).
 pub fn committed(database: u32) -> bool {
-    let slot = SLOT.swap(0, Ordering::Relaxed);
-    let process = PROCESS.swap(0, Ordering::Relaxed);
-    let started_at = STARTED_AT.swap(0, Ordering::Relaxed);
-    let queued_too = QUEUED_TOO.swap(false, Ordering::Relaxed);
-    ROWS.store(0, Ordering::Relaxed);
-    slot != 0 && board::new_mail_committed(database, slot as usize - 1, process, started_at, queued_too)
+    let claimed = CLAIMED.with(|cell| cell.take());
+    claimed.sender.is_some_and(|(slot, process, started_at)| {
+        board::new_mail_committed(database, slot, process, started_at, claimed.queued_too)
+    })
 }
 
 /// At rollback or PREPARE TRANSACTION: nothing to tell. (A prepared
 /// transaction's rows are taken back when their lease lapses.)
 pub fn forget() {
-    SLOT.store(0, Ordering::Relaxed);
-    PROCESS.store(0, Ordering::Relaxed);
-    STARTED_AT.store(0, Ordering::Relaxed);
-    QUEUED_TOO.store(false, Ordering::Relaxed);
-    ROWS.store(0, Ordering::Relaxed);
+    CLAIMED.with(|cell| cell.take());
 }

@@ -22,7 +22,7 @@ use crate::store::transaction::{in_transaction, try_in_transaction};
 use lanes::Lanes;
 use pgrx::prelude::*;
 use record::recorded;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -38,7 +38,8 @@ thread_local! {
 /// Runs once per wake-up. Returns how long the worker may sleep: with
 /// rounds on the wire, until the doorbell rings or the fallback poll;
 /// otherwise until the next row is due (`None`: nothing is waiting).
-fn step(id: WorkerId) -> Option<Duration> {
+/// `latched`: the latch woke the sender since its last step.
+fn step(id: WorkerId, latched: bool) -> Option<Duration> {
     LANES.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
@@ -51,11 +52,11 @@ fn step(id: WorkerId) -> Option<Duration> {
             }
         }
         let lanes = cell.as_mut().expect("lanes were just created");
-        step_with(id, lanes)
+        step_with(id, lanes, latched)
     })
 }
 
-fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
+fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration> {
     let role_name = &id.name();
     let parallel = settings::smtp_connections();
     let mut failed = false;
@@ -69,11 +70,25 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
     // a claim now would hold the main loop while the round is on the wire.
     let mut claim = !take_new_mail(id, lanes, parallel, &mut failed);
     let mut nothing_claimable = false;
+    // Where the last look found nothing to claim and no commit has woken the
+    // sender since (a round came back, as after every single message), the
+    // next due time is read first and the claim runs only if a row is due:
+    // one statement instead of a claim and that read. A commit's wake-up
+    // claims at once, as that is what it usually brings.
+    let mut due_first = !latched && QUEUE_LOOKED_EMPTY.with(Cell::get);
+    // What this step's last look found: nothing to claim (`true`), or rows.
+    let mut last_look = None;
+    // Seconds until the next row is due (`None`: none waits), as read by
+    // the step's last statement: the step's sleep without reading it again.
+    let mut due_read: Option<Option<f64>> = None;
     loop {
         let came_back = lanes.collect_finished();
         // The account's next round goes out before this one is recorded.
         lanes.launch_waiting(parallel);
         let any_came_back = !came_back.is_empty();
+        if any_came_back {
+            due_read = None;
+        }
         failed |= !recorded(role_name, came_back);
         // An account whose rounds are all recorded is free for the other senders.
         if any_came_back {
@@ -88,24 +103,45 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
             break;
         }
         claim = false;
+        if due_first {
+            match in_transaction(outbox::seconds_until_next_due) {
+                Ok(Ok(due)) if due.is_none_or(|seconds| seconds > 0.0) => {
+                    nothing_claimable = true;
+                    last_look = Some(true);
+                    due_read = Some(due);
+                    continue;
+                }
+                // A row is due (or the read failed): the claim decides.
+                _ => {}
+            }
+        }
         // Accounts another sender is sending through are left to it.
         let mut skip = lanes.accounts_waiting();
         skip.extend(board::accounts_held_by_others(id));
         // No more accounts than connections: the others are left to other senders.
         match claim::claim_round(&skip, &lanes.accounts_on_wire(), parallel) {
             Ok(Some(claimed)) => {
+                due_first = false;
+                last_look = Some(false);
                 lanes.add(held_rounds(id, claimed.rounds));
                 lanes.launch_waiting(parallel);
                 failed |= !recorded(role_name, claimed.known);
                 claim = claimed.full;
                 more_waiting = claimed.full;
             }
-            Ok(None) => nothing_claimable = true,
+            Ok(None) => {
+                nothing_claimable = true;
+                due_first = true;
+                last_look = Some(true);
+            }
             Err(error) => {
                 log!("{role_name}: claiming a sending round failed and will be retried: {error}");
                 failed = true;
             }
         }
+    }
+    if let Some(found_nothing) = last_look {
+        QUEUE_LOOKED_EMPTY.with(|cell| cell.set(found_nothing));
     }
     if super::signals::shutdown_requested() {
         return None;
@@ -123,12 +159,17 @@ fn step_with(id: WorkerId, lanes: &mut Lanes) -> Option<Duration> {
     if !lanes.is_empty() {
         return Some(settings::fallback_poll_interval());
     }
-    next_due()
+    match due_read {
+        Some(due) => due.map(until_due),
+        None => next_due(),
+    }
 }
 
 thread_local! {
     /// Rows claimed on insert for this sender wait to be taken (a take failed).
-    static NEW_MAIL_LEFT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static NEW_MAIL_LEFT: Cell<bool> = const { Cell::new(false) };
+    /// The sender's last look at the queue found nothing to claim.
+    static QUEUE_LOOKED_EMPTY: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Takes the rows inserting transactions claimed for this sender, if a
@@ -233,11 +274,13 @@ fn take_back_abandoned(role_name: &str) {
 /// The sender's part in the workers' loop.
 pub struct Sender {
     id: WorkerId,
+    /// The latch woke it since its last step.
+    latched: bool,
 }
 
 impl Sender {
     pub fn new(id: WorkerId) -> Sender {
-        Sender { id }
+        Sender { id, latched: true }
     }
 }
 
@@ -260,8 +303,12 @@ impl super::duty::Duty for Sender {
         catalog::outbox_changes_now()
     }
 
+    fn woken_by_latch(&mut self) {
+        self.latched = true;
+    }
+
     fn step(&mut self) -> Option<Duration> {
-        step(self.id)
+        step(self.id, std::mem::take(&mut self.latched))
     }
 
     /// SMTP connections kept open after a burst close once idle (no statements).
@@ -296,8 +343,13 @@ impl super::duty::Duty for Sender {
 /// `None` means nothing is waiting; a failed look-up is tried again in a second.
 fn next_due() -> Option<Duration> {
     match in_transaction(outbox::seconds_until_next_due) {
-        Ok(Ok(None)) => None,
-        Ok(Ok(Some(seconds))) => Some(Duration::from_secs_f64(seconds.max(1.0))),
+        Ok(Ok(due)) => due.map(until_due),
         Ok(Err(_)) | Err(_) => Some(Duration::from_secs(1)),
     }
+}
+
+/// The sleep until a row due in `seconds` (at least a second: one due now
+/// was not claimable).
+fn until_due(seconds: f64) -> Duration {
+    Duration::from_secs_f64(seconds.max(1.0))
 }
