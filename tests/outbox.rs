@@ -74,7 +74,8 @@ fn queued_mail_is_delivered_after_commit_and_rolled_back_mail_never() {
                  body_html => '<p>Please find it <b>attached</b>.</p>',
                  sender => 'Billing <billing@example.test>',
                  headers => '{\"X-Invoice\": \"42\"}',
-                 attachments => ARRAY[ROW('invoice.pdf', 'application/pdf', '%PDF-1.4 test'::bytea, NULL)]::email_accounts.attachment[])",
+                 attachments => ARRAY[ROW('invoice.pdf', 'application/pdf', '%PDF-1.4 test'::bytea, NULL),
+                                      ROW('a-terms.txt', 'text/plain', 'Terms'::bytea, NULL)]::email_accounts.attachment[])",
             &[],
         )
         .unwrap()
@@ -131,7 +132,9 @@ fn queued_mail_is_delivered_after_commit_and_rolled_back_mail_never() {
         assert_eq!(reply_to.address(), Some("support@example.test"), "replies go to the default incoming account");
         assert!(parsed.body_text(0).unwrap().contains("Please find it attached.\r\n\r\n-- \r\nAlice"), "signature");
         assert!(parsed.body_html(0).unwrap().contains("<b>attached</b>"));
+        // In the order given (not by name).
         assert_eq!(parsed.attachment(0).and_then(|part| part.attachment_name()), Some("invoice.pdf"));
+        assert_eq!(parsed.attachment(1).and_then(|part| part.attachment_name()), Some("a-terms.txt"));
         assert!(raw.contains("X-Invoice: 42"));
         assert!(!raw.to_lowercase().contains("\r\nbcc:"), "no Bcc header");
         if reader != "dave@other.test" {
