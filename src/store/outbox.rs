@@ -893,12 +893,15 @@ pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
 }
 
 /// Seconds until the next row of a ready account becomes due (or a claim
-/// of any account lapses): the sender sleeps until then instead of its
-/// fallback poll. Rows of accounts that are not ready wait for the account
-/// change that wakes it. A few index probes per account with rows waiting,
-/// however many rows wait or were ever sent (it had read the whole outbox:
-/// 43 ms at 20,000 rows, on every idle step of the sender), and one for the
-/// leases (outbox_sending; it had probed every account: 9 ms with 5,000).
+/// of any account lapses, or a waiting row of any account expires): the
+/// sender sleeps until then instead of its fallback poll, and claims only
+/// when it is 0 or less (its claim takes no row this does not count). Rows
+/// of accounts that are not ready wait for the account change that wakes
+/// it. A few index probes per account with rows waiting, however many rows
+/// wait or were ever sent (it had read the whole outbox: 43 ms at 20,000
+/// rows, on every idle step of the sender), one for the leases
+/// (outbox_sending; it had probed every account: 9 ms with 5,000) and one
+/// for expiry (outbox_expiring).
 pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
     kept_plans::get_one::<f64>(
         concat!(
@@ -934,7 +937,12 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
                 -- queue. The first lease to lapse, from outbox_sending. A row
                 -- whose account was deleted while it was out is left alone.)
                 SELECT min(outbox.lease_until) FROM email_accounts.outbox
-                 WHERE outbox.status = 'sending' AND outbox.account_id IS NOT NULL) AS due (at)"
+                 WHERE outbox.status = 'sending' AND outbox.account_id IS NOT NULL
+                UNION ALL
+                -- (The first waiting row to expire, whatever its account: the
+                -- claim's expiry pass marks it. From outbox_expiring.)
+                SELECT min(outbox.expires_at) FROM email_accounts.outbox
+                 WHERE outbox.expires_at IS NOT NULL AND outbox.status IN ('queued', 'retry')) AS due (at)"
         ),
         &[],
     )

@@ -64,8 +64,8 @@ pub(crate) fn set_setting(name: &std::ffi::CStr, value: &std::ffi::CStr, action:
 pub const TRANSACTION_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 3] = [
     // Whatever ALTER DATABASE ... SET search_path or earlier code left.
     (c"search_path", PINNED_SEARCH_PATH),
-    // (See in_transaction.)
-    (c"lock_timeout", c"200ms"),
+    // (See in_transaction.) In milliseconds, as GetConfigOption shows it.
+    (c"lock_timeout", c"200"),
     // The workers' statements are small; after a burst the planner's
     // estimates can pass jit_above_cost, and compiling then took ~80 ms
     // of every claim (make bench: p50 latency 6 -> 140 ms).

@@ -103,6 +103,9 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
             break;
         }
         claim = false;
+        // A row due now that the claim then does not take (rate limits,
+        // another sender's account, a locked row): the read is the step's sleep.
+        let mut due_now = None;
         if due_first {
             match in_transaction(outbox::seconds_until_next_due) {
                 Ok(Ok(due)) if due.is_none_or(|seconds| seconds > 0.0) => {
@@ -112,6 +115,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
                     continue;
                 }
                 // A row is due (or the read failed): the claim decides.
+                Ok(Ok(due)) => due_now = Some(due),
                 _ => {}
             }
         }
@@ -133,6 +137,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
                 nothing_claimable = true;
                 due_first = true;
                 last_look = Some(true);
+                due_read = due_now;
             }
             Err(error) => {
                 log!("{role_name}: claiming a sending round failed and will be retried: {error}");
@@ -159,16 +164,23 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     if !lanes.is_empty() {
         return Some(settings::fallback_poll_interval());
     }
-    match due_read {
-        Some(due) => due.map(until_due),
-        None => next_due(),
-    }
+    let due = match due_read {
+        Some(due) => due,
+        None => match in_transaction(outbox::seconds_until_next_due) {
+            Ok(Ok(due)) => due,
+            // Looked at again in a second.
+            Ok(Err(_)) | Err(_) => return Some(Duration::from_secs(1)),
+        },
+    };
+    // A row due now that could not be claimed: the next step claims first.
+    QUEUE_LOOKED_EMPTY.with(|cell| cell.set(due.is_none_or(|seconds| seconds > 0.0)));
+    due.map(until_due)
 }
 
 thread_local! {
     /// Rows claimed on insert for this sender wait to be taken (a take failed).
     static NEW_MAIL_LEFT: Cell<bool> = const { Cell::new(false) };
-    /// The sender's last look at the queue found nothing to claim.
+    /// The sender's last look at the queue found nothing due to claim.
     static QUEUE_LOOKED_EMPTY: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -338,18 +350,9 @@ impl super::duty::Duty for Sender {
     }
 }
 
-/// Time until the next waiting row is due; rows due now but not claimable
-/// (their account is not ready or at its rate limit) are looked at again in a second.
-/// `None` means nothing is waiting; a failed look-up is tried again in a second.
-fn next_due() -> Option<Duration> {
-    match in_transaction(outbox::seconds_until_next_due) {
-        Ok(Ok(due)) => due.map(until_due),
-        Ok(Err(_)) | Err(_) => Some(Duration::from_secs(1)),
-    }
-}
-
-/// The sleep until a row due in `seconds` (at least a second: one due now
-/// was not claimable).
+/// The sleep until a row due in `seconds`: rows due now but not claimable
+/// (their account is at its rate limit, held by another sender) are looked
+/// at again in a second.
 fn until_due(seconds: f64) -> Duration {
     Duration::from_secs_f64(seconds.max(1.0))
 }
