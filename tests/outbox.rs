@@ -514,6 +514,49 @@ fn mail_not_sent_before_expires_at_expires() {
     assert!(setup.servers.mailbox("bob@example.test").is_empty());
 }
 
+/// A row past its expiry that another transaction holds locked is skipped
+/// by the claim's expiry pass, not waited for (a wait past lock_timeout
+/// ended the whole claim, so nothing went out while the lock was held); it
+/// expires once the lock is gone.
+#[test]
+fn a_locked_row_past_its_expiry_holds_up_nothing() {
+    // (Every row through the claim, whose expiry pass is what is tested.)
+    let mut setup = setup_with(&["email_accounts.claim_on_insert = off"]);
+    setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'Alice at Example'")
+        .unwrap();
+    let expiring: i64 = setup
+        .client
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'too late',
+                                        expires_at => now() + interval '1 second')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // Locked before it expires (the sender wakes at its expiry to mark it).
+    let mut locker = setup._cluster.connect("postgres");
+    locker.batch_execute("BEGIN").unwrap();
+    locker.execute("SELECT FROM email_accounts.outbox WHERE outbox_id = $1 FOR SHARE", &[&expiring]).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let alice = setup.servers.user("alice@example.test").password.clone();
+    setup.client.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&alice]).unwrap();
+    let other = send(&mut setup.client, "in time");
+
+    wait_until("the other row to be sent", LIMIT, || (status_of(&mut setup.client, other).0 == "sent").then_some(()));
+    assert_eq!(status_of(&mut setup.client, expiring).0, "queued", "left alone while locked");
+    locker.batch_execute("COMMIT").unwrap();
+    // (Nothing wakes the sender for it: it looks again each second while a
+    // row past its expiry waits.)
+    wait_until("the locked row to expire", LIMIT, || {
+        (status_of(&mut setup.client, expiring).0 == "expired").then_some(())
+    });
+    let messages = setup.servers.mailbox("bob@example.test");
+    assert_eq!(messages.len(), 1, "only the row in time went out");
+    assert!(messages[0].contains("in time"));
+}
+
 /// Points Alice's account at another SMTP port; the password is bound to its
 /// servers, so it is given again in the same transaction.
 fn move_smtp(client: &mut postgres::Client, port: u16, password: &str) {

@@ -71,16 +71,23 @@ pub struct SendingSettings {
     pub signed_envelope_sender: bool,
 }
 
+// Rows past expires_at, marked expired. A row another transaction has
+// locked (an attachment being added, a cancel()) is skipped, never waited
+// for: a wait past lock_timeout would end the whole claim, for every
+// account, as long as the lock is held. It is marked by a later pass.
 const EXPIRE: &str = "
-UPDATE email_accounts.outbox
+UPDATE email_accounts.outbox AS row
    SET status = 'expired', lease_until = NULL, claim_token = NULL, sender_process_id = NULL, sender_started_at = NULL,
-       last_error = pg_catalog.format('expired at %s before it could be delivered', expires_at)
- WHERE expires_at IS NOT NULL AND expires_at <= now()
-   AND status IN ('queued', 'retry', 'sending')
-   -- (Not this sender's own rows of accounts on the wire: their round records them.)
-   AND (status <> 'sending'
-        OR (lease_until < now()
-            AND NOT (sender_process_id = pg_catalog.pg_backend_pid() AND account_id = ANY ($1::bigint[]))))";
+       last_error = pg_catalog.format('expired at %s before it could be delivered', row.expires_at)
+ WHERE row.outbox_id = ANY (ARRAY(
+       SELECT outbox.outbox_id FROM email_accounts.outbox
+        WHERE outbox.expires_at IS NOT NULL AND outbox.expires_at <= now()
+          AND outbox.status IN ('queued', 'retry', 'sending')
+          -- (Not this sender's own rows of accounts on the wire: their round records them.)
+          AND (outbox.status <> 'sending'
+               OR (outbox.lease_until < now()
+                   AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($1::bigint[]))))
+          FOR NO KEY UPDATE OF outbox SKIP LOCKED))";
 
 /// The start of a statement: `WITH RECURSIVE waiting (account_id)`, the
 /// accounts with rows queued or to retry, by a loose scan of the claim

@@ -103,9 +103,6 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
             break;
         }
         claim = false;
-        // A row due now that the claim then does not take (rate limits,
-        // another sender's account, a locked row): the read is the step's sleep.
-        let mut due_now = None;
         if due_first {
             match in_transaction(outbox::seconds_until_next_due) {
                 Ok(Ok(due)) if due.is_none_or(|seconds| seconds > 0.0) => {
@@ -114,8 +111,9 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
                     due_read = Some(due);
                     continue;
                 }
-                // A row is due (or the read failed): the claim decides.
-                Ok(Ok(due)) => due_now = Some(due),
+                // A row is due (or the read failed): the claim decides. (If
+                // it takes nothing, the step reads again at its end: the
+                // claim's expiry pass or hand-backs may have changed what is due.)
                 _ => {}
             }
         }
@@ -137,7 +135,6 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
                 nothing_claimable = true;
                 due_first = true;
                 last_look = Some(true);
-                due_read = due_now;
             }
             Err(error) => {
                 log!("{role_name}: claiming a sending round failed and will be retried: {error}");
