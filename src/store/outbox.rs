@@ -902,7 +902,9 @@ pub fn take_back_abandoned(max_attempts: i32) -> Result<i64, SpiError> {
 /// Seconds until the next row of a ready account becomes due (or a claim
 /// of any account lapses, or a waiting row of any account expires): the
 /// sender sleeps until then instead of its fallback poll, and claims only
-/// when it is 0 or less (its claim takes no row this does not count). Rows
+/// when it is 0 or less (its claim takes no row this does not count, but
+/// for rows claimed on insert for a sender that stopped, which the claim's
+/// expiry pass gives back and this counts by their lease only). Rows
 /// of accounts that are not ready wait for the account change that wakes
 /// it. A few index probes per account with rows waiting, however many rows
 /// wait or were ever sent (it had read the whole outbox: 43 ms at 20,000
