@@ -489,26 +489,37 @@ fn a_row_that_cannot_be_recorded_does_not_hold_up_the_others() {
     );
 }
 
-#[test]
-fn mail_not_sent_before_expires_at_expires() {
-    let mut setup = setup();
-    // The account waits for its password, so nothing can go out yet.
+/// Makes Alice's account wait for its password (nothing of it can go out)
+/// and queues mail to Bob that expires in a second.
+fn queue_expiring_while_alice_waits(setup: &mut Setup, subject: &str) -> i64 {
     setup
         .client
         .batch_execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'Alice at Example'")
         .unwrap();
-    let id: i64 = setup
+    setup
         .client
         .query_one(
-            "SELECT email_accounts.send(\"to\" => '{bob@example.test}', expires_at => now() + interval '1 second')",
-            &[],
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => $1,
+                                        expires_at => now() + interval '1 second')",
+            &[&subject],
         )
         .unwrap()
-        .get(0);
-    std::thread::sleep(Duration::from_millis(1500));
+        .get(0)
+}
+
+/// Alice's account gets its password back (which wakes the sender).
+fn give_alice_her_password(setup: &mut Setup) {
     let alice = setup.servers.user("alice@example.test").password.clone();
-    // Setting the password wakes the sender: the row is past its expiry.
     setup.client.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&alice]).unwrap();
+}
+
+#[test]
+fn mail_not_sent_before_expires_at_expires() {
+    let mut setup = setup();
+    let id = queue_expiring_while_alice_waits(&mut setup, "expiring");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Past its expiry before the account could send it.
+    give_alice_her_password(&mut setup);
     wait_until("the row to expire", LIMIT, || (status_of(&mut setup.client, id).0 == "expired").then_some(()));
     assert!(status_of(&mut setup.client, id).1.unwrap().contains("expired at"));
     assert!(setup.servers.mailbox("bob@example.test").is_empty());
@@ -522,26 +533,13 @@ fn mail_not_sent_before_expires_at_expires() {
 fn a_locked_row_past_its_expiry_holds_up_nothing() {
     // (Every row through the claim, whose expiry pass is what is tested.)
     let mut setup = setup_with(&["email_accounts.claim_on_insert = off"]);
-    setup
-        .client
-        .batch_execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'Alice at Example'")
-        .unwrap();
-    let expiring: i64 = setup
-        .client
-        .query_one(
-            "SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'too late',
-                                        expires_at => now() + interval '1 second')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let expiring = queue_expiring_while_alice_waits(&mut setup, "too late");
     // Locked before it expires (the sender wakes at its expiry to mark it).
     let mut locker = setup._cluster.connect("postgres");
     locker.batch_execute("BEGIN").unwrap();
     locker.execute("SELECT FROM email_accounts.outbox WHERE outbox_id = $1 FOR SHARE", &[&expiring]).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    let alice = setup.servers.user("alice@example.test").password.clone();
-    setup.client.execute("SELECT email_accounts.set_password('Alice at Example', $1)", &[&alice]).unwrap();
+    give_alice_her_password(&mut setup);
     let other = send(&mut setup.client, "in time");
 
     wait_until("the other row to be sent", LIMIT, || (status_of(&mut setup.client, other).0 == "sent").then_some(()));

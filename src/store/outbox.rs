@@ -299,7 +299,7 @@ SELECT taken.*,
 /// claim never comes back cannot loop; `$reason` formats `last_error` from
 /// the claim's sender process id.
 macro_rules! take_back_rows {
-    ($selection:literal, $reason:literal) => {
+    ($selection:expr, $reason:literal) => {
         concat!(
             "WITH taken AS (",
             $selection,
@@ -342,11 +342,23 @@ const TAKE_BACK_LAPSED: &str = take_back_rows!(
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
+/// Whether the sender process named by an outbox row's claim
+/// (`sender_process_id`, `sender_started_at`) no longer runs in this database.
+macro_rules! sender_gone {
+    () => {
+        "NOT EXISTS (
+           SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
+            WHERE activity.backend_start = outbox.sender_started_at
+              AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
+                                     WHERE database.datname = pg_catalog.current_database()))"
+    };
+}
+
 /// A statement that puts back in the queue, uncounted, the rows claimed on
 /// insert that `$selection` picks (a SELECT of outbox ids, locked here,
 /// skipping locked ones): never taken, so never sent.
 macro_rules! give_back_untaken_rows {
-    ($selection:literal) => {
+    ($selection:expr) => {
         concat!(
             "
 UPDATE email_accounts.outbox AS row
@@ -369,18 +381,15 @@ UPDATE email_accounts.outbox AS row
 // restart (a take commits the token; only a crash loses it, and then they
 // are taken back counted, as any claim). Run by the expiry pass and when a
 // sender starts.
-const GIVE_BACK_UNTAKEN: &str = give_back_untaken_rows!(
+const GIVE_BACK_UNTAKEN: &str = give_back_untaken_rows!(concat!(
     "
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id IS NOT NULL AND outbox.status = 'sending'
           AND email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS TRUE
-          AND (outbox.lease_until < now()
-               OR NOT EXISTS (
-                   SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
-                    WHERE activity.backend_start = outbox.sender_started_at
-                      AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
-                                             WHERE database.datname = pg_catalog.current_database())))"
-);
+          AND (outbox.lease_until < now() OR ",
+    sender_gone!(),
+    ")"
+));
 
 // This sender's rows claimed on insert that it has not taken, when it stops:
 // back in the queue uncounted, for the next sender's claim (after a restart
@@ -394,17 +403,16 @@ const GIVE_BACK_MINE: &str = give_back_untaken_rows!(
 
 // Rows claimed by sender processes that no longer run in this database.
 const TAKE_BACK_ABANDONED: &str = take_back_rows!(
-    "
+    concat!(
+        "
     SELECT outbox.outbox_id, outbox.attempts
       FROM email_accounts.outbox
-     WHERE outbox.status = 'sending' AND outbox.sender_process_id IS NOT NULL
-       AND NOT EXISTS (
-           SELECT FROM pg_catalog.pg_stat_get_activity(outbox.sender_process_id) AS activity
-            WHERE activity.backend_start = outbox.sender_started_at
-              AND activity.datid = (SELECT database.oid FROM pg_catalog.pg_database AS database
-                                     WHERE database.datname = pg_catalog.current_database()))
+     WHERE outbox.status = 'sending' AND outbox.sender_process_id IS NOT NULL AND ",
+    sender_gone!(),
+    "
        -- (Claimed on insert and never taken: GIVE_BACK_UNTAKEN.)
-       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)",
+       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)"
+    ),
     "'the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 

@@ -225,7 +225,7 @@ pub struct WorkerBoard {
 }
 
 /// One sender process: its database, process id and start (MyStartTimestamp).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct SenderStart {
     database: u32,
     pid: i32,
@@ -393,10 +393,7 @@ pub fn take_slot(id: WorkerId, fresh: bool, fallback_poll_interval_ms: i64, aliv
     *slot = fresh_slot(if fresh { WorkerState::Starting } else { WorkerState::Idle }, fallback_poll_interval_ms);
     if id.role == super::role::Role::Sender {
         let started = SenderStart { database: id.database, pid: me, started_at: slot.process_started_at };
-        let known = board.senders_started.iter().any(|known| {
-            known.database == started.database && known.pid == started.pid && known.started_at == started.started_at
-        });
-        if !known {
+        if !board.senders_started.contains(&started) {
             let next = board.next_sender_start;
             board.senders_started[next] = started;
             board.next_sender_start = (next + 1) % SENDER_STARTS;
@@ -739,11 +736,7 @@ pub fn sender_taking_new_mail(database: u32) -> Option<(usize, i32, i64)> {
 /// A process of an earlier incarnation of the server, of another cluster (a
 /// restored dump) or one forgotten is not: its claims count as attempts.
 pub fn sender_started_here(database: u32, pid: i32, started_at: i64) -> bool {
-    WORKER_BOARD
-        .share()
-        .senders_started
-        .iter()
-        .any(|known| known.pid != 0 && known.database == database && known.pid == pid && known.started_at == started_at)
+    pid != 0 && WORKER_BOARD.share().senders_started.contains(&SenderStart { database, pid, started_at })
 }
 
 /// Whether the sender takes new mail as it is inserted (said after each step).

@@ -18,7 +18,7 @@ use std::cell::Cell;
 const ROWS_PER_TRANSACTION: u32 = 10;
 
 /// What the current transaction of this backend claimed on insert.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Claimed {
     /// Rows claimed so far.
     rows: u32,
@@ -28,8 +28,11 @@ struct Claimed {
     queued_too: bool,
 }
 
+/// Nothing claimed (a transaction's start).
+const NOTHING: Claimed = Claimed { rows: 0, sender: None, queued_too: false };
+
 thread_local! {
-    static CLAIMED: Cell<Claimed> = const { Cell::new(Claimed { rows: 0, sender: None, queued_too: false }) };
+    static CLAIMED: Cell<Claimed> = const { Cell::new(NOTHING) };
 }
 
 /// One row (or none): the idle sender a new outbox row is claimed for, and
@@ -98,7 +101,7 @@ fn claim_never_taken(sender_process_id: i32, sender_started_at: TimestampWithTim
 /// At commit (from wake.rs, never raises): the sender is told and woken.
 /// False when it could not be (the transaction's wake-up goes to any sender).
 pub fn committed(database: u32) -> bool {
-    let claimed = CLAIMED.with(|cell| cell.take());
+    let claimed = CLAIMED.with(|cell| cell.replace(NOTHING));
     claimed.sender.is_some_and(|(slot, process, started_at)| {
         board::new_mail_committed(database, slot, process, started_at, claimed.queued_too)
     })
@@ -107,5 +110,5 @@ pub fn committed(database: u32) -> bool {
 /// At rollback or PREPARE TRANSACTION: nothing to tell. (A prepared
 /// transaction's rows are taken back when their lease lapses.)
 pub fn forget() {
-    CLAIMED.with(|cell| cell.take());
+    CLAIMED.with(|cell| cell.set(NOTHING));
 }

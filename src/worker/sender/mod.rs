@@ -69,13 +69,12 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     // insert go out first, and the look waits until their round is back:
     // a claim now would hold the main loop while the round is on the wire.
     let mut claim = !take_new_mail(id, lanes, parallel, &mut failed);
-    let mut nothing_claimable = false;
     // Where the last look found nothing to claim and no commit has woken the
     // sender since (a round came back, as after every single message), the
     // next due time is read first and the claim runs only if a row is due:
     // one statement instead of a claim and that read. A commit's wake-up
     // claims at once, as that is what it usually brings.
-    let mut due_first = !latched && QUEUE_LOOKED_EMPTY.with(Cell::get);
+    let looked_empty_before = !latched && QUEUE_LOOKED_EMPTY.with(Cell::get);
     // What this step's last look found: nothing to claim (`true`), or rows.
     let mut last_look = None;
     // Seconds until the next row is due (`None`: none waits), as read by
@@ -103,10 +102,9 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
             break;
         }
         claim = false;
-        if due_first {
+        if last_look.unwrap_or(looked_empty_before) {
             match in_transaction(outbox::seconds_until_next_due) {
                 Ok(Ok(due)) if due.is_none_or(|seconds| seconds > 0.0) => {
-                    nothing_claimable = true;
                     last_look = Some(true);
                     due_read = Some(due);
                     continue;
@@ -123,7 +121,6 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
         // No more accounts than connections: the others are left to other senders.
         match claim::claim_round(&skip, &lanes.accounts_on_wire(), parallel) {
             Ok(Some(claimed)) => {
-                due_first = false;
                 last_look = Some(false);
                 lanes.add(held_rounds(id, claimed.rounds));
                 lanes.launch_waiting(parallel);
@@ -131,11 +128,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
                 claim = claimed.full;
                 more_waiting = claimed.full;
             }
-            Ok(None) => {
-                nothing_claimable = true;
-                due_first = true;
-                last_look = Some(true);
-            }
+            Ok(None) => last_look = Some(true),
             Err(error) => {
                 log!("{role_name}: claiming a sending round failed and will be retried: {error}");
                 failed = true;
@@ -148,7 +141,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     if super::signals::shutdown_requested() {
         return None;
     }
-    if nothing_claimable && !failed && lanes.is_empty() {
+    if last_look == Some(true) && !failed && lanes.is_empty() {
         board::set_takes_new_mail(id, true);
     }
     // More is waiting than this sender took on: another sender helps.
