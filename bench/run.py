@@ -250,9 +250,12 @@ def python_outbox(run, account):
 
 
 def latency(run):
-    """Commit of one message → commit of its `sent` status, on an idle queue
-    (commit timestamps, so the polling here does not add to the figure)."""
-    samples = []
+    """Two figures per single message on an idle queue, from the commit of its
+    insert (commit timestamps, so the polling here does not add to them):
+    until the server's 250 (`sent_at`, taken by the sender's delivery thread
+    when the answer came) and until the commit of its `sent` status (what
+    the application can see). Returns their (p50, p99) in ms."""
+    to_accepted, to_recorded = [], []
     with run.connect(autocommit=True) as db, run.connect(autocommit=True) as watcher:
         for n in range(LATENCY_SAMPLES):
             outbox_id, xid = db.execute(
@@ -260,15 +263,21 @@ def latency(run):
                 " VALUES ('lat0', '{rcpt@example.test}', %s, %s) RETURNING outbox_id, pg_current_xact_id()::text",
                 (f"latency {n}", BODY)).fetchone()
             while True:
-                status, sent_xid = watcher.execute(
-                    "SELECT status, xmin::text FROM email_accounts.outbox WHERE outbox_id = %s", (outbox_id,)).fetchone()
+                status, sent_xid, sent_at = watcher.execute(
+                    "SELECT status, xmin::text, extract(epoch FROM sent_at)::float8"
+                    " FROM email_accounts.outbox WHERE outbox_id = %s", (outbox_id,)).fetchone()
                 if status == "sent":
                     break
                 time.sleep(0.001)
-            samples.append((commit_time(watcher, sent_xid) - commit_time(watcher, xid)) * 1000)
+            committed = commit_time(watcher, xid)
+            to_accepted.append((sent_at - committed) * 1000)
+            to_recorded.append((commit_time(watcher, sent_xid) - committed) * 1000)
         clean_up(db, "DELETE FROM email_accounts.outbox", OUTBOX_TABLES)
-    samples.sort()
-    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+    def p50_p99(samples):
+        samples = sorted(samples)
+        return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return p50_p99(to_accepted), p50_p99(to_recorded)
 
 
 # --- ingest -----------------------------------------------------------------
@@ -519,7 +528,7 @@ def worker_statements(run):
         "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
         " WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         "   AND query NOT LIKE ALL (ARRAY['INSERT INTO email_accounts.outbox (account, to_addresses%%',"
-        "                                 'SELECT status, xmin::text FROM email_accounts.outbox%%',"
+        "                                 'SELECT status, xmin::text, extract(%%',"
         "                                 '%%pg_xact_commit_timestamp%%', '%%pg_stat_statements%%',"
         "                                 'DELETE FROM email_accounts.outbox%%', 'VACUUM%%'])")
 
@@ -532,7 +541,10 @@ def bench_latency(run, results):
     sender = run.worker_pids()["postgres sender"]
     cpu_before = cpu_seconds(sender)
     statements_before = worker_statements(run)
-    p50, p99 = latency(run)
+    (accepted_p50, accepted_p99), (p50, p99) = latency(run)
+    # Commit → the server's 250 (the target's figure), and commit → `sent` recorded.
+    results["latency_250_ok_p50_ms"] = round(accepted_p50, 2)
+    results["latency_250_ok_p99_ms"] = round(accepted_p99, 2)
     results["latency_p50_ms"] = round(p50, 2)
     results["latency_p99_ms"] = round(p99, 2)
     results["latency_sender_cpu_us_per_message"] = round(1e6 * (cpu_seconds(sender) - cpu_before) / LATENCY_SAMPLES)
@@ -544,7 +556,9 @@ def bench_latency(run, results):
     # again, so the two are compared in the same minutes of this host.
     for setting, key in (("off", "latency_claim_on_insert_off"), ("on", "latency_again")):
         run.set_setting("email_accounts.claim_on_insert", setting)
-        p50, p99 = latency(run)
+        (accepted_p50, accepted_p99), (p50, p99) = latency(run)
+        results[f"{key}_250_ok_p50_ms"] = round(accepted_p50, 2)
+        results[f"{key}_250_ok_p99_ms"] = round(accepted_p99, 2)
         results[f"{key}_p50_ms"] = round(p50, 2)
         results[f"{key}_p99_ms"] = round(p99, 2)
 
@@ -729,13 +743,17 @@ def table(results):
         ("outbox drain (msg/s)", get("outbox_msgs_per_s"), get("outbox_msgs_per_s_runs")),
         (f"smtp-source, {SESSIONS} sessions (msg/s)", get("smtp_source_msgs_per_s"), get("smtp_source_msgs_per_s_runs")),
         ("Python baseline (msg/s)", get("python_baseline_msgs_per_s"), get("python_baseline_msgs_per_s_runs")),
-        ("latency p50 (ms)", get("latency_p50_ms"), ""),
-        ("latency p99 (ms)", get("latency_p99_ms"), ""),
+        ("latency, commit → the server's 250, p50 (ms)", get("latency_250_ok_p50_ms"), ""),
+        ("latency, commit → the server's 250, p99 (ms)", get("latency_250_ok_p99_ms"), ""),
+        ("latency, commit → `sent` recorded, p50 (ms)", get("latency_p50_ms"), ""),
+        ("latency, commit → `sent` recorded, p99 (ms)", get("latency_p99_ms"), ""),
         ("sender CPU per message during the latency part (µs)", get("latency_sender_cpu_us_per_message"), ""),
         ("workers' statements per message during the latency part", get("latency_worker_statements_per_message"), ""),
-        ("latency p50 / p99 with claim_on_insert off, right after (ms)",
+        ("latency p50 / p99 with claim_on_insert off, right after: to 250; to recorded (ms)",
+         f"{get('latency_claim_on_insert_off_250_ok_p50_ms')} / {get('latency_claim_on_insert_off_250_ok_p99_ms')}; "
          f"{get('latency_claim_on_insert_off_p50_ms')} / {get('latency_claim_on_insert_off_p99_ms')}", ""),
-        ("latency p50 / p99 with claim_on_insert on again (ms)",
+        ("latency p50 / p99 with claim_on_insert on again: to 250; to recorded (ms)",
+         f"{get('latency_again_250_ok_p50_ms')} / {get('latency_again_250_ok_p99_ms')}; "
          f"{get('latency_again_p50_ms')} / {get('latency_again_p99_ms')}", ""),
         ("ingest (msg/s)", get("ingest_msgs_per_s"), get("ingest_msgs_per_s_runs")),
         ("raw fetch of the same mailbox, no parsing, no database (msg/s)", get("raw_fetch_msgs_per_s"), get("raw_fetch_msgs_per_s_runs")),

@@ -97,6 +97,18 @@ fn queued_mail_is_delivered_after_commit_and_rolled_back_mail_never() {
         .query_one("SELECT message_id FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
         .unwrap()
         .get(0);
+    // sent_at is the server's 250, which came before the round was recorded.
+    let accepted_before_recorded: bool = setup
+        .client
+        .query_one(
+            "SELECT outbox.created_at < outbox.sent_at AND outbox.sent_at < min(recipient.updated_at)
+               FROM email_accounts.outbox JOIN email_accounts.outbox_recipient AS recipient USING (outbox_id)
+              WHERE outbox_id = $1 GROUP BY outbox.outbox_id",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(accepted_before_recorded, "sent_at lies between the row's creation and its recording");
     let recipients: Vec<(String, String)> = setup
         .client
         .query(

@@ -11,7 +11,7 @@ use lettre::Address;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// One message to deliver through an account.
 #[derive(Debug, Clone)]
@@ -55,8 +55,13 @@ pub struct AccountBatch {
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
-    /// The server answered for each recipient (RCPT) and for the message (DATA).
-    Answered { recipients: Vec<(String, RecipientOutcome)>, data: Option<Result<String, RecipientOutcome>> },
+    /// The server answered for each recipient (RCPT) and for the message
+    /// (DATA), its last answer at `at`.
+    Answered {
+        recipients: Vec<(String, RecipientOutcome)>,
+        data: Option<Result<String, RecipientOutcome>>,
+        at: SystemTime,
+    },
     /// The message could not be composed: it will never go out as stored.
     Unsendable(String),
     /// The connection failed before the server answered for this message.
@@ -182,6 +187,7 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
             };
             match connection.send(&from, &recipients, &bytes) {
                 Ok(delivery) => {
+                    let at = SystemTime::now();
                     pooled = false;
                     if connection.is_closing() {
                         // 421: the server hung up; the next message opens a new connection.
@@ -198,6 +204,7 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                             .map(|(address, outcome)| (address.to_string(), outcome))
                             .collect(),
                         data: delivery.data,
+                        at,
                     };
                 }
                 Err(_) if pooled => {
@@ -311,6 +318,8 @@ pub struct RowSummary {
     pub unsendable: Option<String>,
     /// The last problem, in the server's words, for last_error.
     pub last_error: Option<String>,
+    /// When a server last accepted the message (its answer to DATA).
+    pub accepted_at: Option<SystemTime>,
 }
 
 /// Merges the outcomes of a row's jobs (one, or one per recipient when
@@ -319,7 +328,10 @@ pub fn summarize<'a>(outcomes: impl IntoIterator<Item = &'a JobOutcome>) -> RowS
     let mut summary = RowSummary::default();
     for outcome in outcomes {
         match outcome {
-            JobOutcome::Answered { recipients, data } => {
+            JobOutcome::Answered { recipients, data, at } => {
+                if matches!(data, Some(Ok(_))) {
+                    summary.accepted_at = summary.accepted_at.max(Some(*at));
+                }
                 for (address, answer) in recipients {
                     let (status, reply) = match (answer, data) {
                         (RecipientOutcome::Accepted, Some(Ok(reply))) => (RecipientStatus::Sent, reply.clone()),
@@ -366,10 +378,12 @@ mod tests {
                 ("c@x.com".to_owned(), RecipientOutcome::Deferred("451 4.3.0 later".to_owned())),
             ],
             data: Some(Ok("250 2.0.0 queued".to_owned())),
+            at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2),
         };
         let second = JobOutcome::Answered {
             recipients: vec![("d@x.com".to_owned(), RecipientOutcome::Accepted)],
             data: Some(Err(RecipientOutcome::Deferred("452 4.3.1 full".to_owned()))),
+            at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3),
         };
         let summary = summarize([&first, &second]);
         let statuses: Vec<(&str, RecipientStatus)> =
@@ -386,6 +400,8 @@ mod tests {
         assert_eq!(summary.recipients[0].2, "250 2.0.0 queued");
         assert_eq!(summary.last_error.as_deref(), Some("d@x.com: 452 4.3.1 full"));
         assert_eq!(summary.unsendable, None);
+        // Accepted by the first answer only: the second deferred its message.
+        assert_eq!(summary.accepted_at, Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2)));
     }
 
     fn batch_to_nowhere(start_no_message_after: Instant) -> AccountBatch {

@@ -206,6 +206,7 @@ mod tests {
             recipients: vec![("a@x".to_owned(), RecipientStatus::Deferred, "451 later".to_owned())],
             unsendable: Some("the attachment is too large".to_owned()),
             last_error: Some("the attachment is too large".to_owned()),
+            accepted_at: None,
         };
         let verdict = verdict(&claimed(1, &["a@x", "b@x"], false), &summary, 5);
         assert_eq!(verdict.status, RowStatus::Failed);

@@ -8,6 +8,7 @@ use email_accounts_mail::row_status::{RecipientUpdate, RowStatus};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 use std::collections::{HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// An outbox row claimed for sending.
 #[derive(Debug, Clone)]
@@ -762,6 +763,8 @@ pub struct RowResult<'a> {
     pub status: RowStatus,
     pub last_error: Option<&'a str>,
     pub recipients: &'a [RecipientUpdate],
+    /// When the server accepted the message (the courier's clock), for `sent_at`.
+    pub accepted_at: Option<SystemTime>,
 }
 
 /// Records what a round came to for the claimed rows whose claim is still
@@ -775,6 +778,8 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
     let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();
     let statuses: Vec<&str> = rows.iter().map(|row| row.status.label()).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|row| row.last_error).collect();
+    let accepted_at: Vec<Option<TimestampWithTimeZone>> =
+        rows.iter().map(|row| row.accepted_at.and_then(postgres_timestamp)).collect();
     let (mut answer_ids, mut addresses, mut answers, mut replies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut answered = Vec::new();
     for row in rows {
@@ -799,13 +804,16 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
                     next_attempt_at = CASE WHEN result.status = 'retry'
                         THEN now() + make_interval(secs => least(3600, $5 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
                         ELSE row.next_attempt_at END,
-                    sent_at = CASE WHEN result.status = 'sent' THEN now() END,
+                    -- (When the server said 250, not when this transaction began:
+                    -- a round's rows are recorded together, after it.)
+                    sent_at = CASE WHEN result.status = 'sent' THEN coalesce(result.accepted_at, now()) END,
                     last_error = result.last_error,
                     lease_until = NULL,
                     claim_token = NULL,
                     sender_process_id = NULL,
                     sender_started_at = NULL
-               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS result (outbox_id, claim_token, status, last_error)
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $11::timestamptz[])
+                    AS result (outbox_id, claim_token, status, last_error, accepted_at)
               WHERE row.outbox_id = result.outbox_id AND row.outbox_id = ANY ($1)
                 AND row.claim_token = result.claim_token::uuid
           RETURNING row.outbox_id
@@ -834,8 +842,16 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
             answers.into(),
             replies.into(),
             answered.into(),
+            accepted_at.into(),
         ],
     )
+}
+
+/// A point in time as PostgreSQL stores it (microseconds since 2000-01-01).
+fn postgres_timestamp(at: SystemTime) -> Option<TimestampWithTimeZone> {
+    const POSTGRES_EPOCH_IN_UNIX_MICROSECONDS: i64 = 946_684_800_000_000;
+    let unix_microseconds = i64::try_from(at.duration_since(UNIX_EPOCH).ok()?.as_micros()).ok()?;
+    TimestampWithTimeZone::try_from(unix_microseconds - POSTGRES_EPOCH_IN_UNIX_MICROSECONDS).ok()
 }
 
 /// Marks recipients on the suppression list suppressed, each named by

@@ -301,6 +301,7 @@ mod tests {
                     status: RowStatus::Sent,
                     last_error: None,
                     recipients: &sent,
+                    accepted_at: Some(std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_800_000_000_123_456)),
                 })
                 .collect();
             crate::store::outbox::record_all(&rows, 60).unwrap();
@@ -321,6 +322,13 @@ mod tests {
         );
         record(&[(first, token(first))]);
         assert_eq!(statuses(), (Some("sent".to_owned()), Some("sending".to_owned())));
+        // sent_at is when the server accepted it, not when the round was recorded.
+        assert_eq!(
+            Spi::get_one::<bool>(&format!(
+                "SELECT sent_at = to_timestamp(1800000000.123456) FROM email_accounts.outbox WHERE outbox_id = {first}"
+            )),
+            Ok(Some(true))
+        );
         assert_eq!(
             Spi::get_one::<String>(&format!(
                 "SELECT string_agg(status, ',') FROM email_accounts.outbox_recipient WHERE outbox_id = {second}"
@@ -362,6 +370,7 @@ mod tests {
             status: RowStatus::Failed,
             last_error: Some("gave up"),
             recipients: &updates,
+            accepted_at: None,
         };
         crate::store::outbox::record_all(&[row], 60).unwrap();
         assert_eq!(
@@ -466,6 +475,7 @@ mod tests {
                 status: RowStatus::Sent,
                 last_error: None,
                 recipients: &sent,
+                accepted_at: None,
             })
             .collect();
         crate::store::outbox::record_all(&results, 60).unwrap();

@@ -6,7 +6,7 @@ use crate::settings;
 use crate::store::oauth;
 use crate::store::outbox::{self, ClaimedRow, RowResult};
 use crate::store::transaction::{in_subtransaction, in_transaction, try_in_transaction, StoreError};
-use email_accounts_mail::delivery::{summarize, JobOutcome};
+use email_accounts_mail::delivery::{summarize, JobOutcome, RowSummary};
 use email_accounts_mail::oauth::TokenReport;
 use email_accounts_mail::row_status::{verdict, ClaimedState, RowVerdict};
 use pgrx::prelude::*;
@@ -141,24 +141,25 @@ fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
     // sender starts; what did go out is recorded all the same.)
     hand_back(role_name, not_started);
     // (Rows without a claim here are not this sender's to record.)
-    let outcomes: Vec<(i64, &RowClaim, Option<String>, RowVerdict)> = by_row
+    let outcomes: Vec<(i64, &RowClaim, RowSummary, RowVerdict)> = by_row
         .into_iter()
         .filter_map(|(outbox_id, outcomes)| {
             let claim = claims.get(&outbox_id)?;
             let summary = summarize(outcomes);
             let verdict = verdict(&claim.state, &summary, max_attempts);
-            Some((outbox_id, claim, summary.last_error, verdict))
+            Some((outbox_id, claim, summary, verdict))
         })
         .collect();
     in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
         let rows: Vec<RowResult<'_>> = outcomes
             .iter()
-            .map(|(outbox_id, claim, last_error, verdict)| RowResult {
+            .map(|(outbox_id, claim, summary, verdict)| RowResult {
                 outbox_id: *outbox_id,
                 claim_token: &claim.token,
                 status: verdict.status,
-                last_error: last_error.as_deref(),
+                last_error: summary.last_error.as_deref(),
                 recipients: &verdict.recipients,
+                accepted_at: summary.accepted_at,
             })
             .collect();
         // The whole round in a few statements; if that fails, row by row, so
