@@ -798,18 +798,44 @@ fn a_row_claimed_by_its_inserting_transaction_goes_out_once_at_commit() {
     });
     assert_eq!(claim_of(&mut setup.client, limited).1, 1, "the give-back uncounted the attempt, the claim counted it");
 
+    // An account that cannot send when the sender takes the row (it stops
+    // here in the inserting transaction): the row goes back to the queue,
+    // uncounted, waits while the account cannot send, and goes out once it can.
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let not_ready = send(&mut transaction, "not ready");
+    assert_eq!(claim_of(&mut transaction, not_ready).0, "sending");
+    transaction
+        .execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'Alice at Example'", &[])
+        .unwrap();
+    transaction.commit().unwrap();
+    wait_until("the row to go back to the queue", LIMIT, || {
+        (claim_of(&mut setup.client, not_ready).0 == "queued").then_some(())
+    });
+    assert_eq!(claim_of(&mut setup.client, not_ready), ("queued".to_owned(), 0, None, false), "uncounted");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status_of(&mut setup.client, not_ready).0, "queued", "not sent while the account cannot send");
+    setup
+        .client
+        .batch_execute("UPDATE email_accounts.account SET awaiting_password = false WHERE name = 'Alice at Example'")
+        .unwrap();
+    wait_until("the row to be sent once the account can send", LIMIT, || {
+        (status_of(&mut setup.client, not_ready).0 == "sent").then_some(())
+    });
+    assert_eq!(claim_of(&mut setup.client, not_ready).1, 1);
+
     let messages = wait_until("every message in bob's mailbox", LIMIT, || {
         let messages = setup.servers.mailbox("bob@example.test");
-        (messages.len() >= 14).then_some(messages)
+        (messages.len() >= 15).then_some(messages)
     });
     let subjects: Vec<String> = messages
         .iter()
         .map(|raw| mail_parser::MessageParser::default().parse(raw.as_bytes()).unwrap().subject().unwrap().to_owned())
         .collect();
-    assert_eq!(messages.len(), 14, "each row once: {subjects:?}");
+    assert_eq!(messages.len(), 15, "each row once: {subjects:?}");
     // (A second copy would come moments after the first.)
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(setup.servers.mailbox("bob@example.test").len(), 14, "still each row once");
+    assert_eq!(setup.servers.mailbox("bob@example.test").len(), 15, "still each row once");
     assert!(!subjects.iter().any(|subject| subject == "rolled back" || subject == "cancelled"));
     let left: i64 = setup
         .client

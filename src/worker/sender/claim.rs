@@ -46,6 +46,8 @@ struct Claim {
     /// not attempted (no password, consent needed) or not started (another
     /// worker is renewing the access token: back in the queue uncounted).
     unusable_accounts: HashMap<i64, JobOutcome>,
+    /// Rows of refused accounts went back to the queue.
+    handed_back: bool,
 }
 
 /// An account of the claim with what its SMTP side signs in with, and what
@@ -82,16 +84,21 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
     // Half the lease for starting messages leaves the other half for the one
     // being sent when it ends (every read and write is bounded by connect_timeout).
     let start_window = Duration::from_secs(settings::lease_duration_seconds().max(2) as u64 / 2);
-    let claimed = round(start_window, || {
-        Ok(outbox::claim(
-            settings::batch_size(),
-            settings::lease_duration_seconds(),
-            skip_accounts,
-            on_wire,
-            max_accounts as i64,
-            expire.then(|| outbox::ExpiryPass { max_attempts: settings::max_attempts() }),
-        )?)
-    })?;
+    // (The claim itself takes only rows of accounts ready to send, within their limits.)
+    let (claimed, _) = round(
+        start_window,
+        |_| true,
+        || {
+            Ok(outbox::claim(
+                settings::batch_size(),
+                settings::lease_duration_seconds(),
+                skip_accounts,
+                on_wire,
+                max_accounts as i64,
+                expire.then(|| outbox::ExpiryPass { max_attempts: settings::max_attempts() }),
+            )?)
+        },
+    )?;
     if expire {
         LAST_EXPIRY.with(|last| last.set(Some(Instant::now())));
     }
@@ -113,21 +120,28 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
 pub fn take_new_mail(skip_accounts: &[i64]) -> Result<(Option<Claimed>, bool, bool), StoreError> {
     let lease = settings::lease_duration_seconds().max(4) as f64;
     let (left, given_back) = (Cell::new(false), Cell::new(false));
-    let taken = round(Duration::from_secs_f64(lease / 4.0), || {
+    // Rows of accounts that cannot send now, or have rate limits (which only
+    // the claim applies), go back to the queue.
+    let may_take = |account: &SendingSettings| account.ready_to_send && !account.rate_limited;
+    let (taken, handed_back) = round(Duration::from_secs_f64(lease / 4.0), may_take, || {
         let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size())?;
         left.set(taken.left);
         given_back.set(taken.given_back);
         Ok(taken.rows)
     })?;
-    Ok((taken, left.get(), given_back.get()))
+    Ok((taken, left.get(), given_back.get() || handed_back))
 }
 
 /// Rows taken by `take` (in a transaction) with their accounts' settings and
 /// credentials, composed per account; messages start within `start_window`.
+/// Rows of accounts `may_send` refuses, or whose settings are gone, go back
+/// to the queue uncounted in the same transaction (the second value says
+/// whether any did).
 fn round(
     start_window: Duration,
+    may_send: impl Fn(&SendingSettings) -> bool,
     take: impl FnOnce() -> Result<Vec<ClaimedRow>, StoreError>,
-) -> Result<Option<Claimed>, StoreError> {
+) -> Result<(Option<Claimed>, bool), StoreError> {
     let base_url = settings::public_base_url();
     let claim = in_transaction(AssertUnwindSafe(|| -> Result<Claim, StoreError> {
         let mut rows = take()?;
@@ -137,8 +151,14 @@ fn round(
         let mut accounts = Vec::new();
         let mut unusable_accounts = HashMap::new();
         let mut waiting_accounts = Vec::new();
+        // Until their settings are read, every account is refused.
+        let mut refused_accounts = account_ids.clone();
         if !rows.is_empty() {
             for account in outbox::sending_settings(&account_ids)? {
+                if !may_send(&account) {
+                    continue;
+                }
+                refused_accounts.retain(|refused| *refused != account.account_id);
                 if account.no_smtp_authentication {
                     let sent_folder_credential = sent_folder_credential(&account);
                     accounts.push(ClaimedAccount { settings: account, credential: None, sent_folder_credential });
@@ -175,6 +195,15 @@ fn round(
                 unusable_accounts.insert(account.account_id, unusable);
             }
         }
+        let handed_back = rows.iter().any(|row| refused_accounts.contains(&row.account_id));
+        if handed_back {
+            let (refused, claimed): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+                rows.into_iter().partition(|row| refused_accounts.contains(&row.account_id));
+            let ids: Vec<i64> = refused.iter().map(|row| row.outbox_id).collect();
+            let tokens: Vec<&str> = refused.iter().map(|row| row.claim_token.as_str()).collect();
+            outbox::hand_back(&ids, &tokens)?;
+            rows = claimed;
+        }
         // Accounts whose access token another worker renews (or whose token
         // requests back off): their rows go back, due again in a few seconds.
         if !waiting_accounts.is_empty() {
@@ -192,10 +221,10 @@ fn round(
                 || (base_url.is_some() && (account.send_unsubscribe_message || account.track_email_status))
         });
         let link_key = if signs { links::current_link_key()? } else { LinkKey { id: 0, secret: Vec::new() } };
-        Ok(Claim { rows, link_key, accounts, unusable_accounts })
+        Ok(Claim { rows, link_key, accounts, unusable_accounts, handed_back })
     }))??;
     if claim.rows.is_empty() {
-        return Ok(None);
+        return Ok((None, claim.handed_back));
     }
     let full = claim.rows.len() as i64 >= settings::batch_size();
 
@@ -226,7 +255,7 @@ fn round(
             })
         })
         .collect();
-    Ok(Some(Claimed { full, known, rounds }))
+    Ok((Some(Claimed { full, known, rounds }), claim.handed_back))
 }
 
 /// The incoming side's credential for the Sent folder copy, when the account
