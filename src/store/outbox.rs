@@ -629,7 +629,7 @@ pub struct NewMail {
 }
 
 /// Whether commits wait for synchronous standbys (`synchronous_standby_names` set).
-fn synchronous_standbys() -> bool {
+pub fn synchronous_standbys() -> bool {
     // SAFETY: reads a setting's current value; the string is PostgreSQL's.
     let names = unsafe { pg_sys::GetConfigOption(c"synchronous_standby_names".as_ptr(), true, false) };
     !names.is_null() && !unsafe { std::ffi::CStr::from_ptr(names) }.to_bytes().iter().all(u8::is_ascii_whitespace)

@@ -6,10 +6,12 @@
 
 use super::role::WorkerId;
 use crate::settings::MAX_SENDERS;
+use pgrx::atomics::PgAtomic;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Databases the launcher can serve at once.
 pub const DATABASE_SLOTS: usize = 128;
@@ -98,6 +100,9 @@ pub struct WorkerSlot {
     pub new_mail_queued_too: bool,
     /// ... for the sender that had this slot before: this one takes them back.
     pub predecessors_new_mail: bool,
+    /// A transaction that claimed rows for this sender is committing: it
+    /// woke the sender before its commit's flush (new_mail_committing).
+    pub new_mail_committing: bool,
 }
 
 /// Whether a database has the extension, as far as the board knows.
@@ -305,8 +310,16 @@ pub static WORKER_BOARD: PgLwLock<WorkerBoard> =
     // SAFETY: the name is unique to this extension and the lock is initialised in _PG_init.
     unsafe { PgLwLock::new(c"email_accounts_worker_board") };
 
+/// Counts the commits that told a sender of rows claimed for it, bumped
+/// after the board says so: a sender woken before such a commit ended
+/// watches it without a lock (new_mail_told).
+static NEW_MAIL_TOLD: PgAtomic<AtomicU64> =
+    // SAFETY: the name is unique to this extension and the atomic is initialised in _PG_init.
+    unsafe { PgAtomic::new(c"email_accounts_new_mail_told") };
+
 pub fn initialize_shared_memory() {
     pgrx::pg_shmem_init!(WORKER_BOARD);
+    pgrx::pg_shmem_init!(NEW_MAIL_TOLD);
 }
 
 /// The database this process is connected to.
@@ -784,25 +797,68 @@ pub fn new_mail_committed(database: u32, slot: usize, pid: i32, started_at: i64,
         worker.process_number
     };
     set_latch_of(process_number);
+    // (After the latch: a sender that sees the count move may reset it.)
+    NEW_MAIL_TOLD.get().fetch_add(1, Ordering::Release);
     true
 }
 
-/// Since the sender last asked: whether rows were claimed on insert for
-/// it, whether those transactions queued others too, and whether rows were
-/// claimed for a sender that stopped (this one takes them back).
-pub fn take_new_mail(id: WorkerId) -> (bool, bool, bool) {
+/// Before the commit of a transaction that claimed rows on insert for the
+/// sender in `slot` (process `pid`), ahead of its flush: the sender is woken
+/// now, so that its wake-up and its look before a step overlap the flush
+/// (the commit tells it as ever; new_mail_committed). Never raises.
+pub fn new_mail_committing(database: u32, slot: usize, pid: i32, started_at: i64) {
+    let process_number = {
+        let mut board = WORKER_BOARD.exclusive();
+        let Some(worker) = board.entry_mut(database).map(|entry| &mut entry.workers[slot]) else { return };
+        if worker.pid != pid || worker.process_started_at != started_at {
+            return;
+        }
+        worker.new_mail_committing = true;
+        worker.process_number
+    };
+    set_latch_of(process_number);
+}
+
+/// How many commits have told a sender of rows claimed for it so far.
+pub fn new_mail_told() -> u64 {
+    NEW_MAIL_TOLD.get().load(Ordering::Acquire)
+}
+
+/// What the board says of rows claimed on insert for a sender since it last asked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewMailNews {
+    /// Rows were claimed on insert for it and committed.
+    pub mine: bool,
+    /// ... and those transactions queued others too.
+    pub queued_too: bool,
+    /// Rows were claimed for a sender that stopped (this one takes them back).
+    pub predecessors: bool,
+    /// A transaction that claimed rows for it was committing when it woke it.
+    pub committing: bool,
+}
+
+impl NewMailNews {
+    pub fn add(&mut self, later: NewMailNews) {
+        self.mine |= later.mine;
+        self.queued_too |= later.queued_too;
+        self.predecessors |= later.predecessors;
+        self.committing |= later.committing;
+    }
+}
+
+/// Since the sender last asked: what it has been told of rows claimed on insert.
+pub fn take_new_mail(id: WorkerId) -> NewMailNews {
     let me = unsafe { pg_sys::MyProcPid };
     let mut board = WORKER_BOARD.exclusive();
     board
         .entry_mut(id.database)
         .map(|entry| &mut entry.workers[id.slot()])
         .filter(|slot| slot.pid == me)
-        .map(|slot| {
-            (
-                std::mem::take(&mut slot.new_mail),
-                std::mem::take(&mut slot.new_mail_queued_too),
-                std::mem::take(&mut slot.predecessors_new_mail),
-            )
+        .map(|slot| NewMailNews {
+            mine: std::mem::take(&mut slot.new_mail),
+            queued_too: std::mem::take(&mut slot.new_mail_queued_too),
+            predecessors: std::mem::take(&mut slot.predecessors_new_mail),
+            committing: std::mem::take(&mut slot.new_mail_committing),
         })
         .unwrap_or_default()
 }

@@ -107,6 +107,19 @@ pub fn committed(database: u32) -> bool {
     })
 }
 
+/// Before the commit (from wake.rs, never raises): the sender rows were
+/// claimed for is woken ahead of the commit's flush, unless the commit
+/// waits for synchronous standbys (it could take long; the sender would
+/// watch for it in vain).
+pub fn committing(database: u32) {
+    let claimed = CLAIMED.with(Cell::get);
+    if let Some((slot, process, started_at)) = claimed.sender {
+        if !crate::store::outbox::synchronous_standbys() {
+            board::new_mail_committing(database, slot, process, started_at);
+        }
+    }
+}
+
 /// At rollback or PREPARE TRANSACTION: nothing to tell. (A prepared
 /// transaction's rows are taken back when their lease lapses.)
 pub fn forget() {

@@ -4,7 +4,10 @@
 //! (one sender of the database is woken), `wake_workers_at_commit()` by
 //! account changes, and the utility hook (utility_hook.rs) asks for a look at
 //! whether the extension is (still) there and for the launcher to be woken.
-//! `flush()` wakes every sender immediately.
+//! `flush()` wakes every sender immediately. One wake-up comes before the
+//! commit: the sender of rows claimed on insert is woken ahead of the
+//! commit's flush, to be awake when it ends (new_mail.rs; if the commit
+//! fails after all, the sender finds nothing new).
 
 use super::board;
 use pgrx::prelude::*;
@@ -62,10 +65,18 @@ fn flush() -> bool {
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _argument: *mut c_void) {
     match event {
-        // Still inside the transaction: the catalog says what it leaves behind.
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if AT_COMMIT.load(Ordering::Relaxed) & EXTENSION != 0 => {
-            let present = unsafe { pg_sys::get_extension_oid(c"email_accounts".as_ptr(), true) } != pg_sys::InvalidOid;
-            FOUND.store(FOUND_LOOKED | if present { FOUND_PRESENT } else { 0 }, Ordering::Relaxed);
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            let asked = AT_COMMIT.load(Ordering::Relaxed);
+            // Still inside the transaction: the catalog says what it leaves behind.
+            if asked & EXTENSION != 0 {
+                let present =
+                    unsafe { pg_sys::get_extension_oid(c"email_accounts".as_ptr(), true) } != pg_sys::InvalidOid;
+                FOUND.store(FOUND_LOOKED | if present { FOUND_PRESENT } else { 0 }, Ordering::Relaxed);
+            }
+            // The sender of rows claimed on insert wakes during the commit's flush.
+            if asked & NEW_MAIL != 0 {
+                super::new_mail::committing(board::my_database());
+            }
         }
         // Committed and visible to new snapshots (never raises from here on).
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {

@@ -179,7 +179,7 @@ thread_local! {
 /// step's claim may wait until their round is back (nothing else is known
 /// to wait: a claim now would hold the main loop while the round is out).
 fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut bool) -> bool {
-    let (mine, queued_too, predecessors) = board::take_new_mail(id);
+    let board::NewMailNews { mine, queued_too, predecessors, .. } = new_mail_news(id);
     // Rows claimed for the sender this one replaced: given back (never
     // taken: uncounted), as at a start, rather than when their lease lapses.
     if predecessors {
@@ -215,6 +215,34 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut 
             false
         }
     }
+}
+
+/// How long a sender woken ahead of a commit of rows claimed for it
+/// watches for the commit's end (its flush) before it sleeps until then.
+const WATCH_FOR_COMMIT: Duration = Duration::from_millis(2);
+
+/// What the board says of rows claimed on insert for this sender. Woken
+/// ahead of such a commit (new_mail.rs), the sender has spent its wake-up and
+/// its look before a step during the commit's flush; it watches the board's
+/// count of commits told for the end (no lock: the committing process takes
+/// the board's lock to tell it), then takes the rows at once. The commit set
+/// the latch before it counted: reset, it does not wake the sender again.
+fn new_mail_news(id: WorkerId) -> board::NewMailNews {
+    let mut told = board::new_mail_told();
+    let mut news = board::take_new_mail(id);
+    let watching_since = std::time::Instant::now();
+    while news.committing && !news.mine && watching_since.elapsed() < WATCH_FOR_COMMIT {
+        let now_told = board::new_mail_told();
+        if now_told == told {
+            // (Whoever else needs this core, the committing process included, runs.)
+            std::thread::yield_now();
+            continue;
+        }
+        told = now_told;
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        news.add(board::take_new_mail(id));
+    }
+    news
 }
 
 /// The rounds of accounts this sender could take; the rows of accounts
