@@ -32,6 +32,9 @@ pub struct ClaimedRow {
     /// The application row (schema-qualified table, key) whose document
     /// address is to be the Reply-To (automatic linking).
     pub document: Option<(String, String)>,
+    /// The key of the application row the mail names, if it names one: its
+    /// `document`, when there is to be one, is read with the recipients.
+    pub document_key: Option<String>,
     /// Recipients not yet accepted (pending or deferred), suppressed ones left out.
     pub recipients: Vec<String>,
     pub attachments: Vec<Attachment>,
@@ -121,18 +124,9 @@ macro_rules! claimed_columns {
           outbox.cc_addresses, outbox.bcc_addresses, outbox.reply_to, outbox.subject, outbox.body_text,
           outbox.body_html, outbox.headers, outbox.message_id, outbox.in_reply_to, outbox.\"references\",
           (extract(epoch FROM outbox.created_at) * 1000)::bigint,
-          -- The row's table, schema-qualified, when Reply-To is to be its
-          -- document address: an account of the mail's own tenant with
-          -- automatic linking, asked for on the mail or by the account's
-          -- default when the mail names no Reply-To of its own.
-          CASE WHEN outbox.reference_table IS NOT NULL AND outbox.reference_id IS NOT NULL
-               THEN (SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname)
-                       FROM email_accounts.account, pg_catalog.pg_class AS class
-                       JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
-                      WHERE account.account_id = outbox.account_id AND class.oid = outbox.reference_table
-                        AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
-                        AND coalesce(outbox.reply_to_document,
-                                     account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)) END,
+          -- The row names an application row (whether its document address
+          -- is to be the Reply-To is read with the recipients, DOCUMENTS).
+          outbox.reference_table IS NOT NULL AND outbox.reference_id IS NOT NULL,
           outbox.reference_id, outbox.tenant, outbox.attempts"
     };
 }
@@ -509,10 +503,8 @@ fn claimed_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Result<(ClaimedRow, Opti
         in_reply_to: row.get(14)?,
         references: row.get(15)?.unwrap_or_default(),
         created_at_millis: row.get(16)?.unwrap_or_default(),
-        document: match (row.get::<String>(17)?, row.get::<String>(18)?) {
-            (Some(table), Some(id)) => Some((table, id)),
-            _ => None,
-        },
+        document: None,
+        document_key: row.get::<bool>(17)?.unwrap_or_default().then(|| row.get::<String>(18)).transpose()?.flatten(),
         recipients: Vec::new(),
         attachments: Vec::new(),
         attempts: row.get(20)?.unwrap_or_default(),
@@ -521,40 +513,27 @@ fn claimed_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Result<(ClaimedRow, Opti
     Ok((claimed, row.get::<String>(19)?))
 }
 
-/// Claimed rows with their open recipients (unsubscribed ones marked
-/// suppressed), what was accepted before, and their attachments.
-fn with_recipients_and_attachments(
-    mut rows: Vec<ClaimedRow>,
-    tenants: Vec<Option<String>>,
-) -> Result<Vec<ClaimedRow>, SpiError> {
-    if rows.is_empty() {
-        return Ok(rows);
-    }
-    let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
-    let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
-    let mut accepted_before: HashSet<i64> = HashSet::new();
-    let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
-    // Unsubscribed addresses are never sent to: they are marked suppressed.
-    let (mut suppressed_ids, mut suppressed_addresses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
-    Spi::connect(|client| -> Result<(), SpiError> {
-        // One statement for both (a statement's fixed cost was most of
-        // either read for a single message). Rows come in each part's order:
-        // the parts run one after the other (kept plans are never parallel),
-        // and no sort copies the attachments' content.
-        //
-        // Recipients: per claimed row through the primary key (OFFSET 0
-        // keeps the planner from turning it into a scan of the whole table,
-        // which it does when the statistics are stale after a burst of
-        // inserts): its open recipients, and whether one was accepted before
-        // (recording decides the row's status from both). The suppression
-        // list is probed for open recipients through its unique index on
-        // (tenant, lower(address)), NULL tenants by a probe of their own: a
-        // join on `tenant IS NOT DISTINCT FROM` cannot use the index and
-        // walked all of it per recipient (93 ms a round of 200 with 20,000
-        // suppressions). Attachments: per claimed row, in their order.
-        let table = kept_plans::select(
-            client,
-            "SELECT claimed.outbox_id, false AS attachment, recipient.address, recipient.status = 'sent',
+/// What a row of RECIPIENTS_AND_ATTACHMENTS is (its second column; 0: a recipient).
+const ATTACHMENT: i16 = 1;
+const DOCUMENT: i16 = 2;
+
+// One statement for recipients and attachments (a statement's fixed cost
+// was most of either read for a single message). Rows come in each part's
+// order: the parts run one after the other (kept plans are never parallel),
+// and no sort copies the attachments' content.
+//
+// Recipients: per claimed row through the primary key (OFFSET 0 keeps the
+// planner from turning it into a scan of the whole table, which it does
+// when the statistics are stale after a burst of inserts): its open
+// recipients, and whether one was accepted before (recording decides the
+// row's status from both). The suppression list is probed for open
+// recipients through its unique index on (tenant, lower(address)), NULL
+// tenants by a probe of their own: a join on `tenant IS NOT DISTINCT FROM`
+// cannot use the index and walked all of it per recipient (93 ms a round
+// of 200 with 20,000 suppressions). Attachments: per claimed row, in their order.
+macro_rules! recipients_and_attachments {
+    () => {
+        "SELECT claimed.outbox_id, 0::smallint AS part, recipient.address, recipient.status = 'sent',
                     suppressed.reason, NULL::text, NULL::bytea, NULL::text
                FROM unnest($1::bigint[], $2::text[]) AS claimed (outbox_id, tenant)
               CROSS JOIN LATERAL (
@@ -571,18 +550,75 @@ fn with_recipients_and_attachments(
                       AND lower(suppression.address) = lower(recipient.address))
                   LIMIT 1) AS suppressed ON true
              UNION ALL
-             SELECT claimed.outbox_id, true, attachment.filename, NULL, NULL, attachment.content_type,
+             SELECT claimed.outbox_id, 1::smallint, attachment.filename, NULL, NULL, attachment.content_type,
                     attachment.content, attachment.content_id
                FROM unnest($1::bigint[]) AS claimed (outbox_id)
               CROSS JOIN LATERAL (
                   SELECT filename, content_type, content, content_id FROM email_accounts.outbox_attachment
                    WHERE outbox_attachment.outbox_id = claimed.outbox_id
-                   ORDER BY position OFFSET 0) AS attachment",
+                   ORDER BY position OFFSET 0) AS attachment"
+    };
+}
+const RECIPIENTS_AND_ATTACHMENTS: &str = recipients_and_attachments!();
+
+// The same, and for claimed rows that name an application row, the row's
+// table, schema-qualified, when Reply-To is to be its document address: an
+// account of the mail's own tenant with automatic linking, asked for on the
+// mail or by the account's default when the mail names no Reply-To of its
+// own. (Only when a claimed row names one: this part's plan was an eighth of
+// a single message's take, set up on every call.)
+const RECIPIENTS_ATTACHMENTS_AND_DOCUMENTS: &str = concat!(
+    recipients_and_attachments!(),
+    "
+             UNION ALL
+             SELECT claimed.outbox_id, 2::smallint, document.table_name, NULL, NULL, NULL, NULL, NULL
+               FROM unnest($1::bigint[]) AS claimed (outbox_id)
+              CROSS JOIN LATERAL (
+                  SELECT pg_catalog.format('%I.%I', namespace.nspname, class.relname) AS table_name
+                    FROM email_accounts.outbox, email_accounts.account, pg_catalog.pg_class AS class
+                    JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
+                   WHERE outbox.outbox_id = claimed.outbox_id AND outbox.reference_id IS NOT NULL
+                     AND account.account_id = outbox.account_id AND class.oid = outbox.reference_table
+                     AND account.enable_automatic_linking AND account.tenant IS NOT DISTINCT FROM outbox.tenant
+                     AND coalesce(outbox.reply_to_document,
+                                  account.reply_to_document_address AND pg_catalog.cardinality(outbox.reply_to) = 0)
+                  OFFSET 0) AS document"
+);
+
+/// Claimed rows with their open recipients (unsubscribed ones marked
+/// suppressed), what was accepted before, their attachments, and the
+/// application row whose document address is to be their Reply-To.
+fn with_recipients_and_attachments(
+    mut rows: Vec<ClaimedRow>,
+    tenants: Vec<Option<String>>,
+) -> Result<Vec<ClaimedRow>, SpiError> {
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
+    let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut accepted_before: HashSet<i64> = HashSet::new();
+    let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
+    let mut document_tables: HashMap<i64, String> = HashMap::new();
+    // Unsubscribed addresses are never sent to: they are marked suppressed.
+    let (mut suppressed_ids, mut suppressed_addresses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+    Spi::connect(|client| -> Result<(), SpiError> {
+        let names_documents = rows.iter().any(|row| row.document_key.is_some());
+        let table = kept_plans::select(
+            client,
+            if names_documents { RECIPIENTS_ATTACHMENTS_AND_DOCUMENTS } else { RECIPIENTS_AND_ATTACHMENTS },
             &[ids.into(), tenants.into()],
         )?;
         for row in table {
             let outbox_id: i64 = row.get(1)?.unwrap_or_default();
-            if row.get::<bool>(2)?.unwrap_or_default() {
+            let part: i16 = row.get(2)?.unwrap_or_default();
+            if part == DOCUMENT {
+                if let Some(table) = row.get::<String>(3)? {
+                    document_tables.insert(outbox_id, table);
+                }
+                continue;
+            }
+            if part == ATTACHMENT {
                 attachments.entry(outbox_id).or_default().push(Attachment {
                     filename: row.get(3)?.unwrap_or_default(),
                     content_type: row.get(6)?.unwrap_or_default(),
@@ -614,6 +650,7 @@ fn with_recipients_and_attachments(
         row.recipients = recipients.remove(&row.outbox_id).unwrap_or_default();
         row.attachments = attachments.remove(&row.outbox_id).unwrap_or_default();
         row.accepted_before = accepted_before.contains(&row.outbox_id);
+        row.document = document_tables.remove(&row.outbox_id).zip(row.document_key.clone());
     }
     Ok(rows)
 }
