@@ -845,6 +845,58 @@ fn a_row_claimed_by_its_inserting_transaction_goes_out_once_at_commit() {
     assert_eq!(left, 0);
 }
 
+/// A transaction that claims a row on insert wakes its sender ahead of its
+/// commit's flush. When the commit then fails after all (here SERIALIZABLE's
+/// check at commit, which runs after that wake-up), nothing goes out, and
+/// the sender goes on taking mail claimed on insert.
+#[test]
+fn a_commit_that_fails_after_waking_the_sender_sends_nothing() {
+    let mut setup = setup_with(&["email_accounts.claim_on_insert = on"]);
+    setup
+        .client
+        .batch_execute(
+            "CREATE TABLE on_call (doctor text, on_duty boolean); INSERT INTO on_call VALUES ('a', true), ('b', true)",
+        )
+        .unwrap();
+    let mut other = setup._cluster.connect("postgres");
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    // Write skew: each reads both rows and takes one doctor off duty.
+    let mut first = on_call_serializably(&mut other);
+    let mut second = on_call_serializably(&mut setup.client);
+    first.execute("UPDATE on_call SET on_duty = false WHERE doctor = 'a'", &[]).unwrap();
+    second.execute("UPDATE on_call SET on_duty = false WHERE doctor = 'b'", &[]).unwrap();
+    let doomed = send(&mut second, "never committed");
+    assert_eq!(claim_of(&mut second, doomed).0, "sending", "claimed on insert");
+    first.commit().unwrap();
+    let error = second.commit().expect_err("the second commit breaks serializability");
+    assert_eq!(error.code(), Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE), "{error}");
+
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    let next = send(&mut transaction, "committed");
+    assert_eq!(claim_of(&mut transaction, next).0, "sending", "claimed on insert");
+    transaction.commit().unwrap();
+    wait_until("the next row to be sent", LIMIT, || (status_of(&mut setup.client, next).0 == "sent").then_some(()));
+    let subjects: Vec<String> = setup
+        .servers
+        .mailbox("bob@example.test")
+        .iter()
+        .map(|raw| mail_parser::MessageParser::default().parse(raw.as_bytes()).unwrap().subject().unwrap().to_owned())
+        .collect();
+    assert_eq!(subjects, ["committed"]);
+    let rows: i64 = setup.client.query_one("SELECT count(*) FROM email_accounts.outbox", &[]).unwrap().get(0);
+    assert_eq!(rows, 1);
+}
+
+/// A SERIALIZABLE transaction that has read who is on call.
+fn on_call_serializably(client: &mut postgres::Client) -> postgres::Transaction<'_> {
+    let mut transaction =
+        client.build_transaction().isolation_level(postgres::IsolationLevel::Serializable).start().unwrap();
+    let on_duty: i64 = transaction.query_one("SELECT count(*) FROM on_call WHERE on_duty", &[]).unwrap().get(0);
+    assert_eq!(on_duty, 2);
+    transaction
+}
+
 /// A row claimed on insert for a sender that stops before the inserting
 /// transaction commits is given back by the sender that took its place,
 /// told by the commit, and sent long before the lease lapses: its attempt

@@ -42,6 +42,8 @@ pub struct ClaimedRow {
     pub attempts: i32,
     /// A recipient was accepted in an earlier attempt.
     pub accepted_before: bool,
+    /// The row's tenant (whose suppression list applies).
+    pub tenant: Option<String>,
 }
 
 /// What sending through an account needs.
@@ -254,7 +256,7 @@ const TAKE_NEW_MAIL: &str = concat!(
     "WITH arrived AS (
     SELECT outbox.outbox_id, outbox.xmin AS written_by, outbox.status = 'sending' AS sending,
            outbox.status = 'sending'
-           AND outbox.account_id <> ALL ($1::bigint[])
+           AND outbox.account_id IS NOT NULL AND outbox.account_id <> ALL ($1::bigint[])
            AND outbox.lease_until > now() + pg_catalog.make_interval(secs => $2)
            AND outbox.next_attempt_at <= now() AND (outbox.expires_at IS NULL OR outbox.expires_at > now()) AS takes
       FROM email_accounts.outbox
@@ -435,7 +437,9 @@ pub struct ExpiryPass {
 /// expired (the claim never takes one either way) and takes back the rows
 /// whose claim lapsed (`take_back_rows!`), never this sender's own rows of
 /// the accounts in `on_wire` (their round is out) nor rows of
-/// `skip_accounts` (another sender's round may be out).
+/// `skip_accounts` (another sender's round may be out). The rows come
+/// without their recipients and attachments: `with_recipients_and_attachments`
+/// reads them for the rows that stay claimed.
 pub fn claim(
     limit: i64,
     lease_seconds: i32,
@@ -461,7 +465,7 @@ pub fn claim(
         )?;
         kept_plans::run(GIVE_BACK_UNTAKEN, &[])?;
     }
-    let (rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
+    Spi::connect_mut(|client| {
         let table = kept_plans::update(
             client,
             CLAIM,
@@ -474,12 +478,12 @@ pub fn claim(
             ],
         )?;
         table.into_iter().map(claimed_row).collect::<Result<_, SpiError>>()
-    })?;
-    with_recipients_and_attachments(rows, tenants)
+    })
 }
 
-/// A row as CLAIM and TAKE_NEW_MAIL return it, and its tenant.
-fn claimed_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Result<(ClaimedRow, Option<String>), SpiError> {
+/// A row as CLAIM and TAKE_NEW_MAIL return it (its recipients and
+/// attachments are read by `with_recipients_and_attachments`).
+fn claimed_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Result<ClaimedRow, SpiError> {
     let headers: Option<pgrx::JsonB> = row.get(12)?;
     let claimed = ClaimedRow {
         outbox_id: row.get(1)?.unwrap_or_default(),
@@ -509,8 +513,9 @@ fn claimed_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Result<(ClaimedRow, Opti
         attachments: Vec::new(),
         attempts: row.get(20)?.unwrap_or_default(),
         accepted_before: false,
+        tenant: row.get(19)?,
     };
-    Ok((claimed, row.get::<String>(19)?))
+    Ok(claimed)
 }
 
 /// What a row of RECIPIENTS_AND_ATTACHMENTS is (its second column; 0: a recipient).
@@ -588,14 +593,12 @@ const RECIPIENTS_ATTACHMENTS_AND_DOCUMENTS: &str = concat!(
 /// Claimed rows with their open recipients (unsubscribed ones marked
 /// suppressed), what was accepted before, their attachments, and the
 /// application row whose document address is to be their Reply-To.
-fn with_recipients_and_attachments(
-    mut rows: Vec<ClaimedRow>,
-    tenants: Vec<Option<String>>,
-) -> Result<Vec<ClaimedRow>, SpiError> {
+pub fn with_recipients_and_attachments(mut rows: Vec<ClaimedRow>) -> Result<Vec<ClaimedRow>, SpiError> {
     if rows.is_empty() {
         return Ok(rows);
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
+    let tenants: Vec<Option<String>> = rows.iter().map(|row| row.tenant.clone()).collect();
     let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
     let mut accepted_before: HashSet<i64> = HashSet::new();
     let mut attachments: HashMap<i64, Vec<Attachment>> = HashMap::new();
@@ -689,7 +692,7 @@ pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64)
     }
     let (mut left, mut given_back) = (false, false);
     let mut flush_to: pg_sys::XLogRecPtr = 0;
-    let (rows, tenants): (Vec<ClaimedRow>, Vec<Option<String>>) = Spi::connect_mut(|client| {
+    let rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
         let table = kept_plans::update(
             client,
             TAKE_NEW_MAIL,
@@ -709,9 +712,8 @@ pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64)
             }
             taken.push(claimed_row(row)?);
         }
-        Ok::<_, SpiError>(taken.into_iter().unzip())
+        Ok::<_, SpiError>(taken)
     })?;
-    let rows = with_recipients_and_attachments(rows, tenants)?;
     // The take commits without waiting for its flush only when the rows'
     // claims are already where a claim must be before the wire: on disk
     // (their transactions' commits flushed) and, with synchronous standbys,
@@ -848,9 +850,14 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
                     next_attempt_at = CASE WHEN result.status = 'retry'
                         THEN now() + make_interval(secs => least(3600, $5 * 2 ^ (row.attempts - 1)) * (0.8 + random() * 0.4))
                         ELSE row.next_attempt_at END,
-                    -- (When the server said 250, not when this transaction began:
-                    -- a round's rows are recorded together, after it.)
-                    sent_at = CASE WHEN result.status = 'sent' THEN coalesce(result.accepted_at, now()) END,
+                    -- When the server said 250, not when this transaction began (a
+                    -- round's rows are recorded together, after it); for a row
+                    -- accepted in an earlier attempt only, when that was recorded.
+                    sent_at = CASE WHEN result.status = 'sent' THEN coalesce(
+                        result.accepted_at,
+                        (SELECT max(recipient.updated_at) FROM email_accounts.outbox_recipient AS recipient
+                          WHERE recipient.outbox_id = row.outbox_id AND recipient.status = 'sent'),
+                        now()) END,
                     last_error = result.last_error,
                     lease_until = NULL,
                     claim_token = NULL,

@@ -404,6 +404,7 @@ mod tests {
         .unwrap();
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
         let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, PASS).unwrap();
+        let claimed = crate::store::outbox::with_recipients_and_attachments(claimed).unwrap();
         let row = |id: i64| claimed.iter().find(|row| row.outbox_id == id).unwrap();
         assert_eq!(row(partly).attempts, 3);
         assert!(row(partly).accepted_before);
@@ -437,6 +438,7 @@ mod tests {
                 .unwrap();
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
         let claimed = crate::store::outbox::claim(200, 60, &[], &[], 10, PASS).unwrap();
+        let claimed = crate::store::outbox::with_recipients_and_attachments(claimed).unwrap();
         let recipients_of = |id: i64| claimed.iter().find(|row| row.outbox_id == id).unwrap().recipients.clone();
         assert_eq!(recipients_of(acme), ["kept@example.net", "untenanted@example.net"]);
         assert_eq!(recipients_of(untenanted), ["gone@example.net", "kept@example.net"]);
@@ -611,10 +613,10 @@ mod tests {
     }
 
     /// Rows claimed on insert (claim_on_insert) as the sender takes them:
-    /// its own untaken rows of a ready account without rate limits get a
-    /// token, at most `limit` a take (the rest is said to be left); rows of
-    /// a skipped account, past `expires_at`, or with less lease left than
-    /// asked go back to the queue uncounted; rows of another process, and
+    /// its own untaken rows get a token, at most `limit` a take (the rest is
+    /// said to be left); rows of a skipped account, of a deleted one, past
+    /// `expires_at`, or with less lease left than asked go back to the queue
+    /// uncounted; rows of another process, and
     /// rows already taken, are left alone. Whether the account can send
     /// without rate limits is for the sender to decide from its settings
     /// (claim.rs; tests/outbox.rs). The claim never takes a row claimed on
@@ -654,7 +656,7 @@ mod tests {
         .unwrap();
         let taken = take_new_mail(&[], 200.0, 200).unwrap();
         assert!(!taken.left && taken.given_back);
-        let taken = taken.rows;
+        let taken = crate::store::outbox::with_recipients_and_attachments(taken.rows).unwrap();
         let mut taken_ids: Vec<i64> = taken.iter().map(|row| row.outbox_id).collect();
         taken_ids.sort_unstable();
         assert_eq!(taken_ids, [mine, limited]);
@@ -688,6 +690,12 @@ mod tests {
         let skipped = claimed_on_insert("ready", "pg_backend_pid()", 300);
         assert_eq!(take_new_mail(&[ready], 200.0, 200).unwrap().rows.len(), 0);
         assert_eq!(state(skipped), (Some("queued".into()), Some(0), Some(false)), "a skipped account's row");
+        // Also while accounts are skipped (`NULL <> ALL (…)` is no answer).
+        let orphan = claimed_on_insert("ready", "pg_backend_pid()", 300);
+        Spi::run(&format!("UPDATE email_accounts.outbox SET account_id = NULL WHERE outbox_id = {orphan}")).unwrap();
+        let taken = take_new_mail(&[ready], 200.0, 200).unwrap();
+        assert!(taken.rows.is_empty() && taken.given_back);
+        assert_eq!(state(orphan), (Some("queued".into()), Some(0), Some(false)), "a deleted account's row");
         // What went back is claimed the usual way, its attempt counted then
         // (the expired row is left to the expiry pass).
         let claimed = claim(200, 60, &[], &[], 10, None).unwrap();

@@ -103,6 +103,8 @@ pub struct WorkerSlot {
     /// A transaction that claimed rows for this sender is committing: it
     /// woke the sender before its commit's flush (new_mail_committing).
     pub new_mail_committing: bool,
+    /// Of `wake_requests`, those that told of rows claimed on insert.
+    pub new_mail_tells: i64,
 }
 
 /// Whether a database has the extension, as far as the board knows.
@@ -753,13 +755,13 @@ pub fn sender_started_here(database: u32, pid: i32, started_at: i64) -> bool {
 }
 
 /// Whether the sender takes new mail as it is inserted (said after each step).
-pub fn set_takes_new_mail(id: WorkerId, takes: bool) {
+/// Returns what it said before.
+pub fn set_takes_new_mail(id: WorkerId, takes: bool) -> bool {
     let me = unsafe { pg_sys::MyProcPid };
     let mut board = WORKER_BOARD.exclusive();
-    if let Some(slot) = board.entry_mut(id.database).map(|entry| &mut entry.workers[id.slot()]) {
-        if slot.pid == me {
-            slot.takes_new_mail = takes;
-        }
+    match board.entry_mut(id.database).map(|entry| &mut entry.workers[id.slot()]) {
+        Some(slot) if slot.pid == me => std::mem::replace(&mut slot.takes_new_mail, takes),
+        _ => false,
     }
 }
 
@@ -794,6 +796,7 @@ pub fn new_mail_committed(database: u32, slot: usize, pid: i32, started_at: i64,
             worker.predecessors_new_mail = true;
         }
         worker.wake_requests += 1;
+        worker.new_mail_tells += 1;
         worker.process_number
     };
     set_latch_of(process_number);
@@ -835,6 +838,8 @@ pub struct NewMailNews {
     pub predecessors: bool,
     /// A transaction that claimed rows for it was committing when it woke it.
     pub committing: bool,
+    /// How many times it was asked to wake for anything else (ever).
+    pub other_wake_requests: i64,
 }
 
 impl NewMailNews {
@@ -843,7 +848,20 @@ impl NewMailNews {
         self.queued_too |= later.queued_too;
         self.predecessors |= later.predecessors;
         self.committing |= later.committing;
+        self.other_wake_requests = later.other_wake_requests;
     }
+}
+
+/// How many times the worker was asked to wake for anything but rows
+/// claimed on insert (ever; `None` when the slot is not its own).
+pub fn other_wake_requests(id: WorkerId) -> Option<i64> {
+    let me = unsafe { pg_sys::MyProcPid };
+    let board = WORKER_BOARD.share();
+    board
+        .entry(id.database)
+        .map(|entry| &entry.workers[id.slot()])
+        .filter(|slot| slot.pid == me)
+        .map(|slot| slot.wake_requests - slot.new_mail_tells)
 }
 
 /// Since the sender last asked: what it has been told of rows claimed on insert.
@@ -859,6 +877,7 @@ pub fn take_new_mail(id: WorkerId) -> NewMailNews {
             queued_too: std::mem::take(&mut slot.new_mail_queued_too),
             predecessors: std::mem::take(&mut slot.predecessors_new_mail),
             committing: std::mem::take(&mut slot.new_mail_committing),
+            other_wake_requests: slot.wake_requests - slot.new_mail_tells,
         })
         .unwrap_or_default()
 }

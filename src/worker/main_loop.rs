@@ -67,6 +67,11 @@ pub fn after_wakeup(worker: Option<WorkerId>, woken_by: &Wakeup) {
             slot.timeouts += 1;
         }
     });
+    reload_configuration_if_asked(worker);
+}
+
+/// After SIGHUP: re-reads the configuration (also where a duty resets its latch).
+pub fn reload_configuration_if_asked(worker: Option<WorkerId>) {
     if BackgroundWorker::sighup_received() {
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         let interval = settings::fallback_poll_interval().as_millis() as i64;

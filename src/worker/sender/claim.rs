@@ -214,6 +214,8 @@ fn round(
             outbox::hand_back_after(&ids, &tokens, WAIT_FOR_TOKEN_SECONDS)?;
             rows = claimed;
         }
+        // What is sent, read only for the rows kept.
+        let rows = outbox::with_recipients_and_attachments(rows)?;
         // The key signs personal links and signed envelope senders: read
         // only when a claimed account makes one (a statement less per claim).
         let signs = accounts.iter().any(|ClaimedAccount { settings: account, .. }| {

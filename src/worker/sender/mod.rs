@@ -52,7 +52,9 @@ fn step(id: WorkerId, latched: bool) -> Option<Duration> {
             }
         }
         let lanes = cell.as_mut().expect("lanes were just created");
-        step_with(id, lanes, latched)
+        let next_due = step_with(id, lanes, latched);
+        note_other_wake_requests(id);
+        next_due
     })
 }
 
@@ -63,7 +65,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     let mut more_waiting = false;
     // New rows are claimed on insert only for a sender with nothing to do
     // (claim_on_insert), said again at the end of the step.
-    board::set_takes_new_mail(id, false);
+    let was_taking_new_mail = board::set_takes_new_mail(id, false);
     // Every wake-up looks for due mail once; a full claim or a round that
     // came back (its account may have more) looks again. Rows claimed on
     // insert go out first, and the look waits until their round is back:
@@ -141,7 +143,9 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     if super::signals::shutdown_requested() {
         return None;
     }
-    if last_look == Some(true) && !failed && lanes.is_empty() {
+    // (A step that looked at nothing, as one woken ahead of a commit that
+    // has not told it yet, leaves the sender as it was.)
+    if last_look.unwrap_or(was_taking_new_mail) && !failed && lanes.is_empty() {
         board::set_takes_new_mail(id, true);
     }
     // More is waiting than this sender took on: another sender helps.
@@ -179,14 +183,17 @@ thread_local! {
 /// step's claim may wait until their round is back (nothing else is known
 /// to wait: a claim now would hold the main loop while the round is out).
 fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut bool) -> bool {
-    let board::NewMailNews { mine, queued_too, predecessors, .. } = new_mail_news(id);
+    let News { board: board::NewMailNews { mine, queued_too, predecessors, .. }, commit_pending, others_asked } =
+        new_mail_news(id);
     // Rows claimed for the sender this one replaced: given back (never
     // taken: uncounted), as at a start, rather than when their lease lapses.
     if predecessors {
         take_back_abandoned(&id.name());
     }
     if !(mine || NEW_MAIL_LEFT.with(|left| left.replace(false))) {
-        return false;
+        // Woken ahead of a commit that has not told it (the watch ran out or
+        // was skipped): no claim for that wake-up; the commit wakes it.
+        return commit_pending && !others_asked;
     }
     let mut skip = lanes.accounts_waiting();
     skip.extend(board::accounts_held_by_others(id));
@@ -221,17 +228,49 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut 
 /// watches for the commit's end (its flush) before it sleeps until then.
 const WATCH_FOR_COMMIT: Duration = Duration::from_millis(2);
 
-/// What the board says of rows claimed on insert for this sender. Woken
-/// ahead of such a commit (new_mail.rs), the sender has spent its wake-up and
-/// its look before a step during the commit's flush; it watches the board's
-/// count of commits told for the end (no lock: the committing process takes
-/// the board's lock to tell it), then takes the rows at once. The commit set
-/// the latch before it counted: reset, it does not wake the sender again.
-fn new_mail_news(id: WorkerId) -> board::NewMailNews {
+/// Early wake-ups after a watch that ran out (a slow flush, or commits that
+/// fail after waking the sender) on which the sender does not watch.
+const WATCHES_SKIPPED_AFTER_A_MISS: u32 = 32;
+
+thread_local! {
+    /// The board's count of other wake requests when the last step ended
+    /// (`None`: no step yet).
+    static OTHER_WAKE_REQUESTS_BEFORE_WAIT: Cell<Option<i64>> = const { Cell::new(None) };
+    static WATCHES_TO_SKIP: Cell<u32> = const { Cell::new(0) };
+}
+
+/// What the board says of rows claimed on insert for this sender.
+struct News {
+    board: board::NewMailNews,
+    /// Woken ahead of a commit that has not told it yet: the commit wakes it.
+    commit_pending: bool,
+    /// Something else asked it to wake since its last step.
+    others_asked: bool,
+}
+
+/// Reads the board's news. Woken ahead of a commit of rows claimed for it
+/// (new_mail.rs), the sender has spent its wake-up and its look before a
+/// step during the commit's flush; it watches the board's count of commits
+/// told for the end (no lock: the committing process takes the board's lock
+/// to tell it), then takes the rows at once. The commit set the latch before
+/// it counted, so the latch is reset, not to wake the sender a second time;
+/// whatever else set it since the last step (a queued row's commit, flush(),
+/// an account change: counted on the board) sets it again, and a SIGHUP is
+/// handled here.
+fn new_mail_news(id: WorkerId) -> News {
     let mut told = board::new_mail_told();
     let mut news = board::take_new_mail(id);
+    let before_wait = OTHER_WAKE_REQUESTS_BEFORE_WAIT.with(Cell::get);
+    let watch = news.committing && !news.mine && WATCHES_TO_SKIP.with(|skip| skip.get() == 0);
+    if news.committing && !news.mine && !watch {
+        WATCHES_TO_SKIP.with(|skip| skip.set(skip.get() - 1));
+    }
     let watching_since = std::time::Instant::now();
-    while news.committing && !news.mine && watching_since.elapsed() < WATCH_FOR_COMMIT {
+    while watch && !news.mine {
+        if watching_since.elapsed() >= WATCH_FOR_COMMIT {
+            WATCHES_TO_SKIP.with(|skip| skip.set(WATCHES_SKIPPED_AFTER_A_MISS));
+            break;
+        }
         let now_told = board::new_mail_told();
         if now_told == told {
             // (Whoever else needs this core, the committing process included, runs.)
@@ -241,8 +280,21 @@ fn new_mail_news(id: WorkerId) -> board::NewMailNews {
         told = now_told;
         unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
         news.add(board::take_new_mail(id));
+        if before_wait != Some(news.other_wake_requests) {
+            unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
+        }
+        super::main_loop::reload_configuration_if_asked(Some(id));
     }
-    news
+    News {
+        board: news,
+        commit_pending: news.committing && !news.mine,
+        others_asked: before_wait != Some(news.other_wake_requests),
+    }
+}
+
+/// At the end of a step: the count new_mail_news compares with.
+fn note_other_wake_requests(id: WorkerId) {
+    OTHER_WAKE_REQUESTS_BEFORE_WAIT.with(|cell| cell.set(board::other_wake_requests(id)));
 }
 
 /// The rounds of accounts this sender could take; the rows of accounts
@@ -356,7 +408,7 @@ impl super::duty::Duty for Sender {
     }
 
     fn stop(&mut self) {
-        board::set_takes_new_mail(self.id, false);
+        let _ = board::set_takes_new_mail(self.id, false);
         stop(&self.id.name());
         // Rows claimed for it on insert that it never took (uncounted).
         if let Err(error) = try_in_transaction(outbox::give_back_untaken_on_stop) {
