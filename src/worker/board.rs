@@ -770,7 +770,7 @@ pub fn set_takes_new_mail(id: WorkerId, takes: bool) -> bool {
 /// transaction's one wake-up request). False when no sender runs in that
 /// slot. Never raises.
 pub fn new_mail_committed(database: u32, slot: usize, pid: i32, started_at: i64, queued_too: bool) -> bool {
-    let process_number = {
+    {
         let mut board = WORKER_BOARD.exclusive();
         let Some(entry) = board.entry_mut(database) else { return false };
         let worker = &entry.workers[slot];
@@ -797,10 +797,11 @@ pub fn new_mail_committed(database: u32, slot: usize, pid: i32, started_at: i64,
         }
         worker.wake_requests += 1;
         worker.new_mail_tells += 1;
-        worker.process_number
-    };
-    set_latch_of(process_number);
-    // (After the latch: a sender that sees the count move may reset it.)
+        // Under the lock: a sender woken ahead of this commit that reads its
+        // news may reset its latch, which this has set.
+        set_latch_of(worker.process_number);
+    }
+    // Ends the watch of a sender woken ahead of this commit.
     NEW_MAIL_TOLD.get().fetch_add(1, Ordering::Release);
     true
 }

@@ -24,7 +24,7 @@ use pgrx::prelude::*;
 use record::recorded;
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a stopping sender waits for the rounds on the wire, so their
 /// results are recorded rather than retried after their lease.
@@ -158,6 +158,13 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     if !lanes.is_empty() {
         return Some(settings::fallback_poll_interval());
     }
+    // Woken ahead of a commit that has not told it, and asked for nothing
+    // else: the queue is as the last reading left it.
+    if last_look.is_none() && WAITING_FOR_A_COMMIT.with(Cell::get) {
+        return NEXT_DUE
+            .with(Cell::get)
+            .map(|at| until_due(at.saturating_duration_since(Instant::now()).as_secs_f64()));
+    }
     let due = match due_read {
         Some(due) => due,
         None => match in_transaction(outbox::seconds_until_next_due) {
@@ -168,6 +175,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     };
     // A row due now that could not be claimed: the next step claims first.
     QUEUE_LOOKED_EMPTY.with(|cell| cell.set(due.is_none_or(|seconds| seconds > 0.0)));
+    NEXT_DUE.with(|cell| cell.set(due.map(|seconds| Instant::now() + Duration::from_secs_f64(seconds.max(0.0)))));
     due.map(until_due)
 }
 
@@ -176,6 +184,10 @@ thread_local! {
     static NEW_MAIL_LEFT: Cell<bool> = const { Cell::new(false) };
     /// The sender's last look at the queue found nothing due to claim.
     static QUEUE_LOOKED_EMPTY: Cell<bool> = const { Cell::new(false) };
+    /// When the next row is due, as the last reading said (`None`: none waits).
+    static NEXT_DUE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// This step was woken ahead of a commit that has not told it yet.
+    static WAITING_FOR_A_COMMIT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Takes the rows inserting transactions claimed for this sender, if a
@@ -183,6 +195,7 @@ thread_local! {
 /// step's claim may wait until their round is back (nothing else is known
 /// to wait: a claim now would hold the main loop while the round is out).
 fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut bool) -> bool {
+    WAITING_FOR_A_COMMIT.with(|cell| cell.set(false));
     let News { board: board::NewMailNews { mine, queued_too, predecessors, .. }, commit_pending, others_asked } =
         new_mail_news(id);
     // Rows claimed for the sender this one replaced: given back (never
@@ -193,7 +206,9 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut 
     if !(mine || NEW_MAIL_LEFT.with(|left| left.replace(false))) {
         // Woken ahead of a commit that has not told it (the watch ran out or
         // was skipped): no claim for that wake-up; the commit wakes it.
-        return commit_pending && !others_asked;
+        let waiting = commit_pending && !others_asked;
+        WAITING_FOR_A_COMMIT.with(|cell| cell.set(waiting));
+        return waiting;
     }
     let mut skip = lanes.accounts_waiting();
     skip.extend(board::accounts_held_by_others(id));
@@ -228,15 +243,18 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut 
 /// watches for the commit's end (its flush) before it sleeps until then.
 const WATCH_FOR_COMMIT: Duration = Duration::from_millis(2);
 
-/// Early wake-ups after a watch that ran out (a slow flush, or commits that
-/// fail after waking the sender) on which the sender does not watch.
-const WATCHES_SKIPPED_AFTER_A_MISS: u32 = 32;
+/// After this many watches in a row ran out (flushes slower than the watch,
+/// or commits that fail after waking the sender), the sender does not
+/// watch on the next `UNWATCHED_AFTER_MISSES` early wake-ups.
+const MISSES_IN_A_ROW: u32 = 3;
+const UNWATCHED_AFTER_MISSES: u32 = 64;
 
 thread_local! {
     /// The board's count of other wake requests when the last step ended
     /// (`None`: no step yet).
     static OTHER_WAKE_REQUESTS_BEFORE_WAIT: Cell<Option<i64>> = const { Cell::new(None) };
-    static WATCHES_TO_SKIP: Cell<u32> = const { Cell::new(0) };
+    /// Watches that ran out in a row, and early wake-ups left unwatched.
+    static WATCH_MISSES: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
 }
 
 /// What the board says of rows claimed on insert for this sender.
@@ -252,23 +270,28 @@ struct News {
 /// (new_mail.rs), the sender has spent its wake-up and its look before a
 /// step during the commit's flush; it watches the board's count of commits
 /// told for the end (no lock: the committing process takes the board's lock
-/// to tell it), then takes the rows at once. The commit set the latch before
-/// it counted, so the latch is reset, not to wake the sender a second time;
-/// whatever else set it since the last step (a queued row's commit, flush(),
-/// an account change: counted on the board) sets it again, and a SIGHUP is
-/// handled here.
+/// to tell it), then takes the rows at once. The commit set the latch when
+/// it told the board, so once the sender has read that, the latch is reset,
+/// not to wake it a second time (whether the commit told it before or after
+/// it woke); whatever else set it since the last step (a queued row's
+/// commit, flush(), an account change: counted on the board) sets it again,
+/// and a SIGHUP is handled here.
 fn new_mail_news(id: WorkerId) -> News {
     let mut told = board::new_mail_told();
     let mut news = board::take_new_mail(id);
     let before_wait = OTHER_WAKE_REQUESTS_BEFORE_WAIT.with(Cell::get);
-    let watch = news.committing && !news.mine && WATCHES_TO_SKIP.with(|skip| skip.get() == 0);
-    if news.committing && !news.mine && !watch {
-        WATCHES_TO_SKIP.with(|skip| skip.set(skip.get() - 1));
+    let mut watch = news.committing && !news.mine;
+    if let (true, (_, unwatched @ 1..)) = (watch, WATCH_MISSES.with(Cell::get)) {
+        WATCH_MISSES.with(|cell| cell.set((0, unwatched - 1)));
+        watch = false;
     }
-    let watching_since = std::time::Instant::now();
+    let watching_since = Instant::now();
     while watch && !news.mine {
         if watching_since.elapsed() >= WATCH_FOR_COMMIT {
-            WATCHES_TO_SKIP.with(|skip| skip.set(WATCHES_SKIPPED_AFTER_A_MISS));
+            let (misses, _) = WATCH_MISSES.with(Cell::get);
+            let misses = misses + 1;
+            let unwatched = if misses >= MISSES_IN_A_ROW { UNWATCHED_AFTER_MISSES } else { 0 };
+            WATCH_MISSES.with(|cell| cell.set((if unwatched > 0 { 0 } else { misses }, unwatched)));
             break;
         }
         let now_told = board::new_mail_told();
@@ -278,6 +301,14 @@ fn new_mail_news(id: WorkerId) -> News {
             continue;
         }
         told = now_told;
+        news.add(board::take_new_mail(id));
+    }
+    // The commit it was woken ahead of has told it (and set its latch,
+    // under the board's lock, before it could read so).
+    if watch && news.mine {
+        WATCH_MISSES.with(|cell| cell.set((0, 0)));
+    }
+    if news.committing && news.mine {
         unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
         news.add(board::take_new_mail(id));
         if before_wait != Some(news.other_wake_requests) {
