@@ -445,10 +445,19 @@ fn an_account_sends_no_more_than_its_rate_limit() {
         .client
         .batch_execute("UPDATE email_accounts.account SET send_limit_per_minute = 2 WHERE name = 'Alice at Example'")
         .unwrap();
-    setup
-        .client
+    // Claimed on insert for the idle sender (claim_on_insert is on by
+    // default), which leaves rows of accounts with rate limits to the claim.
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    transaction
         .batch_execute("SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => 'n' || n) FROM generate_series(1, 5) AS n")
         .unwrap();
+    let claimed: i64 = transaction
+        .query_one("SELECT count(*) FROM email_accounts.outbox WHERE status = 'sending'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(claimed, 5, "claimed on insert");
+    transaction.commit().unwrap();
     let count = |client: &mut postgres::Client, status: &str| -> i64 {
         client.query_one("SELECT count(*) FROM email_accounts.outbox WHERE status = $1", &[&status]).unwrap().get(0)
     };

@@ -852,12 +852,8 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
                         ELSE row.next_attempt_at END,
                     -- When the server said 250, not when this transaction began (a
                     -- round's rows are recorded together, after it); for a row
-                    -- accepted in an earlier attempt only, when that was recorded.
-                    sent_at = CASE WHEN result.status = 'sent' THEN coalesce(
-                        result.accepted_at,
-                        (SELECT max(recipient.updated_at) FROM email_accounts.outbox_recipient AS recipient
-                          WHERE recipient.outbox_id = row.outbox_id AND recipient.status = 'sent'),
-                        now()) END,
+                    -- accepted in an earlier attempt only, this recording's time.
+                    sent_at = CASE WHEN result.status = 'sent' THEN coalesce(result.accepted_at, now()) END,
                     last_error = result.last_error,
                     lease_until = NULL,
                     claim_token = NULL,

@@ -482,37 +482,31 @@ pub fn wake_senders(database: u32) -> bool {
     })
 }
 
-/// Wakes every worker of the database (the extension changed).
-fn wake_all(entry: &mut DatabaseEntry) -> Vec<i32> {
-    let mut woken = Vec::new();
+/// Wakes every worker of the database (the extension changed). Latches are
+/// set with the board's lock held, as every wake request counted on it: a
+/// sender may reset its latch once it has read the board (sender/mod.rs).
+fn wake_all(entry: &mut DatabaseEntry) {
     for slot in entry.workers.iter_mut().filter(|slot| slot.pid != 0) {
         slot.wake_requests += 1;
-        woken.push(slot.process_number);
+        set_latch_of(slot.process_number);
     }
-    woken
 }
 
-/// Sets the latches of the running workers `choose` names; true when any was.
+/// Sets the latches of the running workers `choose` names (with the board's
+/// lock held, see `wake_all`); true when any was.
 fn wake_where(database: u32, choose: impl FnOnce(&mut DatabaseEntry) -> Vec<usize>) -> bool {
-    let process_numbers: Vec<i32> = {
-        let mut board = WORKER_BOARD.exclusive();
-        let Some(entry) = board.entry_mut(database) else { return false };
-        let chosen = choose(entry);
-        chosen
-            .into_iter()
-            .filter_map(|index| {
-                let slot = &mut entry.workers[index];
-                (slot.pid != 0).then(|| {
-                    slot.wake_requests += 1;
-                    slot.process_number
-                })
-            })
-            .collect()
-    };
-    for &process_number in &process_numbers {
-        set_latch_of(process_number);
+    let mut board = WORKER_BOARD.exclusive();
+    let Some(entry) = board.entry_mut(database) else { return false };
+    let mut woken = false;
+    for index in choose(entry) {
+        let slot = &mut entry.workers[index];
+        if slot.pid != 0 {
+            slot.wake_requests += 1;
+            set_latch_of(slot.process_number);
+            woken = true;
+        }
     }
-    !process_numbers.is_empty()
+    woken
 }
 
 // ---- whether a database has the extension -------------------------------
@@ -533,7 +527,7 @@ pub fn publish_extension(database: u32, present: bool, wake: bool) {
             _ => {}
         }
     }
-    let woken = {
+    {
         let mut board = WORKER_BOARD.exclusive();
         let known = board.entry(database).map(|entry| entry.extension);
         match known {
@@ -551,16 +545,10 @@ pub fn publish_extension(database: u32, present: bool, wake: bool) {
             Some(entry) => {
                 entry.extension = state;
                 entry.generation += 1;
-                wake_all(entry)
+                wake_all(entry);
             }
-            None => {
-                board.overflowed = true;
-                Vec::new()
-            }
+            None => board.overflowed = true,
         }
-    };
-    for process_number in woken {
-        set_latch_of(process_number);
     }
     wake_launcher();
 }

@@ -70,7 +70,10 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     // came back (its account may have more) looks again. Rows claimed on
     // insert go out first, and the look waits until their round is back:
     // a claim now would hold the main loop while the round is on the wire.
-    let mut claim = !take_new_mail(id, lanes, parallel, &mut failed);
+    // (When the next row is due, as the last step's reading said, if it
+    // ended with one: valid for this step only.)
+    let next_due_read_last = NEXT_DUE.with(|cell| cell.take());
+    let mut claim = !take_new_mail(id, lanes, parallel, latched, &mut failed);
     // Where the last look found nothing to claim and no commit has woken the
     // sender since (a round came back, as after every single message), the
     // next due time is read first and the claim runs only if a row is due:
@@ -160,10 +163,9 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     }
     // Woken ahead of a commit that has not told it, and asked for nothing
     // else: the queue is as the last reading left it.
-    if last_look.is_none() && WAITING_FOR_A_COMMIT.with(Cell::get) {
-        return NEXT_DUE
-            .with(Cell::get)
-            .map(|at| until_due(at.saturating_duration_since(Instant::now()).as_secs_f64()));
+    if let (None, true, Some(next_due)) = (last_look, WAITING_FOR_A_COMMIT.with(Cell::get), next_due_read_last) {
+        NEXT_DUE.with(|cell| cell.set(Some(next_due)));
+        return next_due.map(|at| until_due(at.saturating_duration_since(Instant::now()).as_secs_f64()));
     }
     let due = match due_read {
         Some(due) => due,
@@ -175,7 +177,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     };
     // A row due now that could not be claimed: the next step claims first.
     QUEUE_LOOKED_EMPTY.with(|cell| cell.set(due.is_none_or(|seconds| seconds > 0.0)));
-    NEXT_DUE.with(|cell| cell.set(due.map(|seconds| Instant::now() + Duration::from_secs_f64(seconds.max(0.0)))));
+    NEXT_DUE.with(|cell| cell.set(Some(due.map(|seconds| Instant::now() + Duration::from_secs_f64(seconds.max(0.0))))));
     due.map(until_due)
 }
 
@@ -184,8 +186,9 @@ thread_local! {
     static NEW_MAIL_LEFT: Cell<bool> = const { Cell::new(false) };
     /// The sender's last look at the queue found nothing due to claim.
     static QUEUE_LOOKED_EMPTY: Cell<bool> = const { Cell::new(false) };
-    /// When the next row is due, as the last reading said (`None`: none waits).
-    static NEXT_DUE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When the next row is due (`Some(None)`: none waits), as the reading
+    /// the last step ended with said; `None` if it ended otherwise.
+    static NEXT_DUE: Cell<Option<Option<Instant>>> = const { Cell::new(None) };
     /// This step was woken ahead of a commit that has not told it yet.
     static WAITING_FOR_A_COMMIT: Cell<bool> = const { Cell::new(false) };
 }
@@ -194,10 +197,10 @@ thread_local! {
 /// commit said there are any, and puts them on the wire. True when the
 /// step's claim may wait until their round is back (nothing else is known
 /// to wait: a claim now would hold the main loop while the round is out).
-fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut bool) -> bool {
+fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, latched: bool, failed: &mut bool) -> bool {
     WAITING_FOR_A_COMMIT.with(|cell| cell.set(false));
     let News { board: board::NewMailNews { mine, queued_too, predecessors, .. }, commit_pending, others_asked } =
-        new_mail_news(id);
+        new_mail_news(id, latched);
     // Rows claimed for the sender this one replaced: given back (never
     // taken: uncounted), as at a start, rather than when their lease lapses.
     if predecessors {
@@ -205,8 +208,9 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, failed: &mut 
     }
     if !(mine || NEW_MAIL_LEFT.with(|left| left.replace(false))) {
         // Woken ahead of a commit that has not told it (the watch ran out or
-        // was skipped): no claim for that wake-up; the commit wakes it.
-        let waiting = commit_pending && !others_asked;
+        // was skipped), and by nothing else: no claim for that wake-up; the
+        // commit wakes it.
+        let waiting = commit_pending && !others_asked && !predecessors;
         WAITING_FOR_A_COMMIT.with(|cell| cell.set(waiting));
         return waiting;
     }
@@ -276,9 +280,12 @@ struct News {
 /// it woke); whatever else set it since the last step (a queued row's
 /// commit, flush(), an account change: counted on the board) sets it again,
 /// and a SIGHUP is handled here.
-fn new_mail_news(id: WorkerId) -> News {
+fn new_mail_news(id: WorkerId, latched: bool) -> News {
     let mut told = board::new_mail_told();
     let mut news = board::take_new_mail(id);
+    // (Only a latch wakes it ahead of a commit; on another wake-up the mark
+    // is one left by a commit that then failed.)
+    news.committing &= latched;
     let before_wait = OTHER_WAKE_REQUESTS_BEFORE_WAIT.with(Cell::get);
     let mut watch = news.committing && !news.mine;
     if let (true, (_, unwatched @ 1..)) = (watch, WATCH_MISSES.with(Cell::get)) {
@@ -375,6 +382,8 @@ fn stop(role_name: &str) {
 /// that senders no longer running had claimed, so they go out now rather
 /// than when their lease lapses.
 fn take_back_abandoned(role_name: &str) {
+    // (Rows taken back may be due: the last reading of when is no longer good.)
+    NEXT_DUE.with(|cell| cell.set(None));
     match try_in_transaction(|| outbox::take_back_abandoned(settings::max_attempts())) {
         Ok(0) => {}
         Ok(rows) => log!("{role_name}: took back {rows} outbox row(s) claimed by a sender that is no longer running"),
