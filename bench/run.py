@@ -533,6 +533,16 @@ def worker_statements(run):
         "                                 'DELETE FROM email_accounts.outbox%%', 'VACUUM%%'])")
 
 
+def record_latency(results, key, figures):
+    """Stores what `latency` returned: commit → the server's 250 (the
+    target's figure) and commit → `sent` recorded, p50 and p99."""
+    (accepted_p50, accepted_p99), (p50, p99) = figures
+    results[f"{key}_250_ok_p50_ms"] = round(accepted_p50, 2)
+    results[f"{key}_250_ok_p99_ms"] = round(accepted_p99, 2)
+    results[f"{key}_p50_ms"] = round(p50, 2)
+    results[f"{key}_p99_ms"] = round(p99, 2)
+
+
 def bench_latency(run, results):
     print(f"==> latency: {LATENCY_SAMPLES} single-message transactions", flush=True)
     # The sender's CPU per message (all its threads, /proc): the fixed cost of
@@ -541,12 +551,7 @@ def bench_latency(run, results):
     sender = run.worker_pids()["postgres sender"]
     cpu_before = cpu_seconds(sender)
     statements_before = worker_statements(run)
-    (accepted_p50, accepted_p99), (p50, p99) = latency(run)
-    # Commit → the server's 250 (the target's figure), and commit → `sent` recorded.
-    results["latency_250_ok_p50_ms"] = round(accepted_p50, 2)
-    results["latency_250_ok_p99_ms"] = round(accepted_p99, 2)
-    results["latency_p50_ms"] = round(p50, 2)
-    results["latency_p99_ms"] = round(p99, 2)
+    record_latency(results, "latency", latency(run))
     results["latency_sender_cpu_us_per_message"] = round(1e6 * (cpu_seconds(sender) - cpu_before) / LATENCY_SAMPLES)
     # Unlike CPU time, a count the host's noise does not move.
     results["latency_worker_statements_per_message"] = round(
@@ -556,11 +561,7 @@ def bench_latency(run, results):
     # again, so the two are compared in the same minutes of this host.
     for setting, key in (("off", "latency_claim_on_insert_off"), ("on", "latency_again")):
         run.set_setting("email_accounts.claim_on_insert", setting)
-        (accepted_p50, accepted_p99), (p50, p99) = latency(run)
-        results[f"{key}_250_ok_p50_ms"] = round(accepted_p50, 2)
-        results[f"{key}_250_ok_p99_ms"] = round(accepted_p99, 2)
-        results[f"{key}_p50_ms"] = round(p50, 2)
-        results[f"{key}_p99_ms"] = round(p99, 2)
+        record_latency(results, key, latency(run))
 
 
 def bench_ingest(run, results):

@@ -355,6 +355,14 @@ pub fn imap_idle() -> bool {
     IMAP_IDLE.get()
 }
 
+/// Whether commits wait for synchronous standbys (PostgreSQL's
+/// `synchronous_standby_names` is set).
+pub fn synchronous_standbys() -> bool {
+    // SAFETY: reads a setting's current value; the string is PostgreSQL's.
+    let names = unsafe { pgrx::pg_sys::GetConfigOption(c"synchronous_standby_names".as_ptr(), true, false) };
+    !names.is_null() && !unsafe { std::ffi::CStr::from_ptr(names) }.to_bytes().iter().all(u8::is_ascii_whitespace)
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {

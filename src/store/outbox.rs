@@ -668,13 +668,6 @@ pub struct NewMail {
     pub given_back: bool,
 }
 
-/// Whether commits wait for synchronous standbys (`synchronous_standby_names` set).
-pub fn synchronous_standbys() -> bool {
-    // SAFETY: reads a setting's current value; the string is PostgreSQL's.
-    let names = unsafe { pg_sys::GetConfigOption(c"synchronous_standby_names".as_ptr(), true, false) };
-    !names.is_null() && !unsafe { std::ffi::CStr::from_ptr(names) }.to_bytes().iter().all(u8::is_ascii_whitespace)
-}
-
 /// Takes up to `limit` rows inserting transactions claimed for this sender
 /// (TAKE_NEW_MAIL), leaving out the accounts in `skip_accounts` and rows
 /// with less than `lease_left_seconds` of their lease left (both go back
@@ -723,7 +716,7 @@ pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64)
     // after theirs.
     // SAFETY: a WAL position from the commit log; reads shared WAL state.
     let on_disk = flush_to == 0 || !unsafe { pg_sys::XLogNeedsFlush(flush_to) };
-    if on_disk && !synchronous_standbys() {
+    if on_disk && !crate::settings::synchronous_standbys() {
         super::transaction::set_setting(c"synchronous_commit", c"off", pg_sys::GucAction::GUC_ACTION_LOCAL);
     }
     Ok(NewMail { rows, left, given_back })

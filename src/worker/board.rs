@@ -107,6 +107,14 @@ pub struct WorkerSlot {
     pub new_mail_tells: i64,
 }
 
+impl WorkerSlot {
+    /// How many times the worker was asked to wake for anything but rows
+    /// claimed on insert (ever).
+    fn other_wake_requests(&self) -> i64 {
+        self.wake_requests - self.new_mail_tells
+    }
+}
+
 /// Whether a database has the extension, as far as the board knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -850,7 +858,7 @@ pub fn other_wake_requests(id: WorkerId) -> Option<i64> {
         .entry(id.database)
         .map(|entry| &entry.workers[id.slot()])
         .filter(|slot| slot.pid == me)
-        .map(|slot| slot.wake_requests - slot.new_mail_tells)
+        .map(WorkerSlot::other_wake_requests)
 }
 
 /// Since the sender last asked: what it has been told of rows claimed on insert.
@@ -866,7 +874,7 @@ pub fn take_new_mail(id: WorkerId) -> NewMailNews {
             queued_too: std::mem::take(&mut slot.new_mail_queued_too),
             predecessors: std::mem::take(&mut slot.predecessors_new_mail),
             committing: std::mem::take(&mut slot.new_mail_committing),
-            other_wake_requests: slot.wake_requests - slot.new_mail_tells,
+            other_wake_requests: slot.other_wake_requests(),
         })
         .unwrap_or_default()
 }

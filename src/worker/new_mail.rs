@@ -114,7 +114,7 @@ pub fn committed(database: u32) -> bool {
 pub fn committing(database: u32) {
     let claimed = CLAIMED.with(Cell::get);
     if let Some((slot, process, started_at)) = claimed.sender {
-        if !crate::store::outbox::synchronous_standbys() {
+        if !settings::synchronous_standbys() {
             board::new_mail_committing(database, slot, process, started_at);
         }
     }

@@ -195,25 +195,10 @@ fn round(
                 unusable_accounts.insert(account.account_id, unusable);
             }
         }
-        let handed_back = rows.iter().any(|row| refused_accounts.contains(&row.account_id));
-        if handed_back {
-            let (refused, claimed): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
-                rows.into_iter().partition(|row| refused_accounts.contains(&row.account_id));
-            let ids: Vec<i64> = refused.iter().map(|row| row.outbox_id).collect();
-            let tokens: Vec<&str> = refused.iter().map(|row| row.claim_token.as_str()).collect();
-            outbox::hand_back(&ids, &tokens)?;
-            rows = claimed;
-        }
+        let handed_back = hand_back_rows_of(&mut rows, &refused_accounts, 0.0)?;
         // Accounts whose access token another worker renews (or whose token
         // requests back off): their rows go back, due again in a few seconds.
-        if !waiting_accounts.is_empty() {
-            let (waiting, claimed): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
-                rows.into_iter().partition(|row| waiting_accounts.contains(&row.account_id));
-            let ids: Vec<i64> = waiting.iter().map(|row| row.outbox_id).collect();
-            let tokens: Vec<&str> = waiting.iter().map(|row| row.claim_token.as_str()).collect();
-            outbox::hand_back_after(&ids, &tokens, WAIT_FOR_TOKEN_SECONDS)?;
-            rows = claimed;
-        }
+        hand_back_rows_of(&mut rows, &waiting_accounts, WAIT_FOR_TOKEN_SECONDS)?;
         // What is sent, read only for the rows kept.
         let rows = outbox::with_recipients_and_attachments(rows)?;
         // The key signs personal links and signed envelope senders: read
@@ -258,6 +243,22 @@ fn round(
         })
         .collect();
     Ok((Some(Claimed { full, known, rounds }), claim.handed_back))
+}
+
+/// Puts the claimed rows of `accounts` back in the queue, uncounted and due
+/// again in `delay_seconds` (within the claim's transaction), and leaves
+/// the others in `rows`. True when any went back.
+fn hand_back_rows_of(rows: &mut Vec<ClaimedRow>, accounts: &[i64], delay_seconds: f64) -> Result<bool, StoreError> {
+    if !rows.iter().any(|row| accounts.contains(&row.account_id)) {
+        return Ok(false);
+    }
+    let (back, kept): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+        std::mem::take(rows).into_iter().partition(|row| accounts.contains(&row.account_id));
+    let ids: Vec<i64> = back.iter().map(|row| row.outbox_id).collect();
+    let tokens: Vec<&str> = back.iter().map(|row| row.claim_token.as_str()).collect();
+    outbox::hand_back_after(&ids, &tokens, delay_seconds)?;
+    *rows = kept;
+    Ok(true)
 }
 
 /// The incoming side's credential for the Sent folder copy, when the account

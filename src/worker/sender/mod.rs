@@ -73,7 +73,8 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     // (When the next row is due, as the last step's reading said, if it
     // ended with one: valid for this step only.)
     let next_due_read_last = NEXT_DUE.with(|cell| cell.take());
-    let mut claim = !take_new_mail(id, lanes, parallel, latched, &mut failed);
+    let after_take = take_new_mail(id, lanes, parallel, latched, &mut failed);
+    let mut claim = after_take == AfterTake::Claim;
     // Where the last look found nothing to claim and no commit has woken the
     // sender since (a round came back, as after every single message), the
     // next due time is read first and the claim runs only if a row is due:
@@ -163,7 +164,7 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     }
     // Woken ahead of a commit that has not told it, and asked for nothing
     // else: the queue is as the last reading left it.
-    if let (None, true, Some(next_due)) = (last_look, WAITING_FOR_A_COMMIT.with(Cell::get), next_due_read_last) {
+    if let (None, AfterTake::WaitForTheCommit, Some(next_due)) = (last_look, after_take, next_due_read_last) {
         NEXT_DUE.with(|cell| cell.set(Some(next_due)));
         return next_due.map(|at| until_due(at.saturating_duration_since(Instant::now()).as_secs_f64()));
     }
@@ -189,16 +190,24 @@ thread_local! {
     /// When the next row is due (`Some(None)`: none waits), as the reading
     /// the last step ended with said; `None` if it ended otherwise.
     static NEXT_DUE: Cell<Option<Option<Instant>>> = const { Cell::new(None) };
-    /// This step was woken ahead of a commit that has not told it yet.
-    static WAITING_FOR_A_COMMIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// What the step does after taking the rows claimed on insert for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterTake {
+    /// Look at the queue now.
+    Claim,
+    /// Look when the round taken is back: nothing else is known to wait (a
+    /// claim now would hold the main loop while the round is out).
+    ClaimWhenBack,
+    /// Nothing: woken ahead of a commit that has not told it yet, and by
+    /// nothing else; the commit wakes it.
+    WaitForTheCommit,
 }
 
 /// Takes the rows inserting transactions claimed for this sender, if a
-/// commit said there are any, and puts them on the wire. True when the
-/// step's claim may wait until their round is back (nothing else is known
-/// to wait: a claim now would hold the main loop while the round is out).
-fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, latched: bool, failed: &mut bool) -> bool {
-    WAITING_FOR_A_COMMIT.with(|cell| cell.set(false));
+/// commit said there are any, and puts them on the wire.
+fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, latched: bool, failed: &mut bool) -> AfterTake {
     let News { board: board::NewMailNews { mine, queued_too, predecessors, .. }, commit_pending, others_asked } =
         new_mail_news(id, latched);
     // Rows claimed for the sender this one replaced: given back (never
@@ -207,19 +216,18 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, latched: bool
         take_back_abandoned(&id.name());
     }
     if !(mine || NEW_MAIL_LEFT.with(|left| left.replace(false))) {
-        // Woken ahead of a commit that has not told it (the watch ran out or
-        // was skipped), and by nothing else: no claim for that wake-up; the
-        // commit wakes it.
-        let waiting = commit_pending && !others_asked && !predecessors;
-        WAITING_FOR_A_COMMIT.with(|cell| cell.set(waiting));
-        return waiting;
+        // (The watch ran out or was skipped.)
+        return match commit_pending && !others_asked && !predecessors {
+            true => AfterTake::WaitForTheCommit,
+            false => AfterTake::Claim,
+        };
     }
     let mut skip = lanes.accounts_waiting();
     skip.extend(board::accounts_held_by_others(id));
     match claim::take_new_mail(&skip) {
         Ok((taken, left, given_back)) => {
             NEW_MAIL_LEFT.with(|cell| cell.set(left));
-            let Some(taken) = taken else { return false };
+            let Some(taken) = taken else { return AfterTake::Claim };
             // No more waiting rounds than connections, as a claim: a burst
             // over many accounts is not held by one sender (the rest goes
             // back to the queue, for the claims of every sender).
@@ -232,13 +240,16 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, latched: bool
             lanes.launch_waiting(parallel);
             *failed |= !recorded(&id.name(), taken.known);
             // Rows left, given back, or queued by the same transactions: the claim looks at once.
-            !(left || given_back || gave_back_rounds || queued_too)
+            match left || given_back || gave_back_rounds || queued_too {
+                true => AfterTake::Claim,
+                false => AfterTake::ClaimWhenBack,
+            }
         }
         // (The claim still runs: what is queued goes out meanwhile.)
         Err(error) => {
             log!("{}: taking the rows claimed for it on insert failed and will be retried: {error}", id.name());
             NEW_MAIL_LEFT.with(|cell| cell.set(true));
-            false
+            AfterTake::Claim
         }
     }
 }
@@ -257,8 +268,32 @@ thread_local! {
     /// The board's count of other wake requests when the last step ended
     /// (`None`: no step yet).
     static OTHER_WAKE_REQUESTS_BEFORE_WAIT: Cell<Option<i64>> = const { Cell::new(None) };
-    /// Watches that ran out in a row, and early wake-ups left unwatched.
-    static WATCH_MISSES: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    static WATCH_MISSES: Cell<WatchMisses> = const { Cell::new(WatchMisses { in_a_row: 0, unwatched_left: 0 }) };
+}
+
+/// Watches that ran out in a row, and early wake-ups left unwatched.
+#[derive(Clone, Copy)]
+struct WatchMisses {
+    in_a_row: u32,
+    unwatched_left: u32,
+}
+
+impl WatchMisses {
+    /// Whether this early wake-up is watched.
+    fn watches(&mut self) -> bool {
+        if self.unwatched_left == 0 {
+            return true;
+        }
+        self.unwatched_left -= 1;
+        false
+    }
+
+    fn missed(&mut self) {
+        self.in_a_row += 1;
+        if self.in_a_row >= MISSES_IN_A_ROW {
+            *self = WatchMisses { in_a_row: 0, unwatched_left: UNWATCHED_AFTER_MISSES };
+        }
+    }
 }
 
 /// What the board says of rows claimed on insert for this sender.
@@ -287,18 +322,12 @@ fn new_mail_news(id: WorkerId, latched: bool) -> News {
     // is one left by a commit that then failed.)
     news.committing &= latched;
     let before_wait = OTHER_WAKE_REQUESTS_BEFORE_WAIT.with(Cell::get);
-    let mut watch = news.committing && !news.mine;
-    if let (true, (_, unwatched @ 1..)) = (watch, WATCH_MISSES.with(Cell::get)) {
-        WATCH_MISSES.with(|cell| cell.set((0, unwatched - 1)));
-        watch = false;
-    }
+    let mut misses = WATCH_MISSES.with(Cell::get);
+    let watch = news.committing && !news.mine && misses.watches();
     let watching_since = Instant::now();
     while watch && !news.mine {
         if watching_since.elapsed() >= WATCH_FOR_COMMIT {
-            let (misses, _) = WATCH_MISSES.with(Cell::get);
-            let misses = misses + 1;
-            let unwatched = if misses >= MISSES_IN_A_ROW { UNWATCHED_AFTER_MISSES } else { 0 };
-            WATCH_MISSES.with(|cell| cell.set((if unwatched > 0 { 0 } else { misses }, unwatched)));
+            misses.missed();
             break;
         }
         let now_told = board::new_mail_told();
@@ -313,8 +342,9 @@ fn new_mail_news(id: WorkerId, latched: bool) -> News {
     // The commit it was woken ahead of has told it (and set its latch,
     // under the board's lock, before it could read so).
     if watch && news.mine {
-        WATCH_MISSES.with(|cell| cell.set((0, 0)));
+        misses.in_a_row = 0;
     }
+    WATCH_MISSES.with(|cell| cell.set(misses));
     if news.committing && news.mine {
         unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
         news.add(board::take_new_mail(id));
