@@ -1139,7 +1139,9 @@ COMMENT ON FUNCTION email_accounts.queuing_tenant(text) IS
 
 -- email_accounts.claim_on_insert (src/worker/new_mail.rs): the idle sender
 -- a new outbox row is claimed for by its inserting transaction.
-CREATE  FUNCTION "sender_for_new_mail"() RETURNS TABLE (
+CREATE  FUNCTION "sender_for_new_mail"(
+	"account_id" bigint /* i64 */
+) RETURNS TABLE (
 	"sender_process_id" INT,  /* i32 */
 	"sender_started_at" timestamp with time zone,  /* TimestampWithTimeZone */
 	"lease_until" timestamp with time zone  /* TimestampWithTimeZone */
@@ -1161,8 +1163,43 @@ AS 'MODULE_PATHNAME', 'claim_never_taken_wrapper';
 COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with time zone) IS
   'Whether an outbox row claimed on insert for the sender process with this process id and start, and still without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart, since a take commits the token and only a crash loses a committed transaction. From the worker board; any role may ask.';
 
-COMMENT ON FUNCTION email_accounts.sender_for_new_mail() IS
-  'One row or none: the idle sender worker a new outbox row is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is told at commit.';
+COMMENT ON FUNCTION email_accounts.sender_for_new_mail(bigint) IS
+  'One row or none: the idle sender worker a new outbox row of the given account is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is woken with the rows'' accounts ahead of the commit''s flush (it reads their settings meanwhile) and told at commit.';
+
+-- A domain or provider change re-checks every account that inherits from it,
+-- and wakes the workers at commit as an account change does.
+CREATE OR REPLACE FUNCTION email_accounts.inherited_settings_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    affected bigint;
+    changed_names text[];
+BEGIN
+    IF TG_TABLE_NAME = 'domain' THEN
+        changed_names := ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.domain_name END, CASE WHEN TG_OP <> 'DELETE' THEN NEW.domain_name END];
+        FOR affected IN
+            SELECT account_id FROM email_accounts.account WHERE lower(split_part(address, '@', 2)) = ANY (changed_names)
+        LOOP
+            PERFORM email_accounts.check_account_settings(affected);
+            PERFORM email_accounts.require_password_if_servers_changed(affected);
+        END LOOP;
+    ELSE
+        changed_names := ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.name END, CASE WHEN TG_OP <> 'DELETE' THEN NEW.name END];
+        FOR affected IN
+            SELECT account_settings.account_id FROM email_accounts.account_settings WHERE provider = ANY (changed_names)
+        LOOP
+            PERFORM email_accounts.check_account_settings(affected);
+            PERFORM email_accounts.require_password_if_servers_changed(affected);
+        END LOOP;
+    END IF;
+    -- Mail may have waited for these settings; and a sender must not use
+    -- settings it read ahead of this commit (src/worker/wake.rs SETTINGS).
+    PERFORM email_accounts.wake_workers_at_commit();
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.inherited_settings_changed() IS 'Trigger: re-checks the accounts that inherit from a changed domain or provider, and wakes the workers at commit.';
 
 CREATE OR REPLACE FUNCTION email_accounts.outbox_before_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -1246,7 +1283,7 @@ BEGIN
         IF NEW.next_attempt_at <= now() AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
             SELECT taker.sender_process_id, taker.sender_started_at, taker.lease_until
               INTO NEW.sender_process_id, NEW.sender_started_at, NEW.lease_until
-              FROM email_accounts.sender_for_new_mail() AS taker;
+              FROM email_accounts.sender_for_new_mail(NEW.account_id) AS taker;
             IF NEW.sender_process_id IS NOT NULL THEN
                 NEW.status := 'sending';
                 NEW.attempts := 1;

@@ -227,7 +227,7 @@ BEGIN
         IF NEW.next_attempt_at <= now() AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
             SELECT taker.sender_process_id, taker.sender_started_at, taker.lease_until
               INTO NEW.sender_process_id, NEW.sender_started_at, NEW.lease_until
-              FROM email_accounts.sender_for_new_mail() AS taker;
+              FROM email_accounts.sender_for_new_mail(NEW.account_id) AS taker;
             IF NEW.sender_process_id IS NOT NULL THEN
                 NEW.status := 'sending';
                 NEW.attempts := 1;

@@ -687,7 +687,7 @@ fn wait_for_a_sender_taking_new_mail(client: &mut postgres::Client) {
     let taking = |client: &mut postgres::Client| {
         let mut transaction = client.transaction().unwrap();
         let takers: i64 =
-            transaction.query_one("SELECT count(*) FROM email_accounts.sender_for_new_mail()", &[]).unwrap().get(0);
+            transaction.query_one("SELECT count(*) FROM email_accounts.sender_for_new_mail(0)", &[]).unwrap().get(0);
         transaction.rollback().unwrap();
         takers == 1
     };
@@ -895,6 +895,48 @@ fn a_commit_that_fails_after_waking_the_sender_sends_nothing() {
     assert_eq!(subjects, ["committed"]);
     let rows: i64 = setup.client.query_one("SELECT count(*) FROM email_accounts.outbox", &[]).unwrap().get(0);
     assert_eq!(rows, 1);
+}
+
+/// The sender woken ahead of a commit of rows claimed for it reads their
+/// accounts' settings during the commit's flush. A transaction that changes
+/// the account itself (here: it stops it sending) is not seen by that read:
+/// whatever the flush's length, its own mail goes by the settings it
+/// committed (back to the queue, uncounted), never by those read ahead.
+#[test]
+fn settings_read_during_the_commit_never_hide_the_inserting_transactions_own_change() {
+    // A flush that takes commit_delay (the harness's clusters run without fsync).
+    let mut setup = setup_with(&["email_accounts.claim_on_insert = on", "fsync = on"]);
+    let mut rows = Vec::new();
+    for delay_microseconds in [500, 1_000, 2_000, 3_000, 4_000, 6_000] {
+        wait_for_a_sender_taking_new_mail(&mut setup.client);
+        let mut transaction = setup.client.transaction().unwrap();
+        transaction
+            .batch_execute(&format!("SET LOCAL commit_siblings = 0; SET LOCAL commit_delay = {delay_microseconds}"))
+            .unwrap();
+        let id = send(&mut transaction, &format!("flush of {delay_microseconds} µs"));
+        assert_eq!(claim_of(&mut transaction, id).0, "sending", "claimed on insert");
+        transaction
+            .execute("UPDATE email_accounts.account SET awaiting_password = true WHERE name = 'Alice at Example'", &[])
+            .unwrap();
+        transaction.commit().unwrap();
+        wait_until("the row to go back to the queue", LIMIT, || {
+            (claim_of(&mut setup.client, id).0 != "sending").then_some(())
+        });
+        assert_eq!(claim_of(&mut setup.client, id), ("queued".to_owned(), 0, None, false), "{delay_microseconds} µs");
+        setup
+            .client
+            .batch_execute(
+                "UPDATE email_accounts.account SET awaiting_password = false WHERE name = 'Alice at Example'",
+            )
+            .unwrap();
+        wait_until("the row to be sent once the account can send", LIMIT, || {
+            (status_of(&mut setup.client, id).0 == "sent").then_some(())
+        });
+        rows.push(id);
+    }
+    for id in rows {
+        assert_eq!(claim_of(&mut setup.client, id).1, 1, "sent once, by the claim");
+    }
 }
 
 /// A SERIALIZABLE transaction that has read who is on call.

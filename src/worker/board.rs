@@ -105,6 +105,26 @@ pub struct WorkerSlot {
     pub new_mail_committing: bool,
     /// Of `wake_requests`, those that told of rows claimed on insert.
     pub new_mail_tells: i64,
+    /// The accounts of the rows those committing transactions claimed for
+    /// it (0: a free place; more are not told): the sender reads their
+    /// settings during the commit's flush.
+    pub new_mail_accounts: [i64; ACCOUNTS_TOLD],
+}
+
+/// Accounts a sender is told ahead of commits, at most.
+pub const ACCOUNTS_TOLD: usize = 4;
+
+/// Adds `accounts` to `into` while there is room (0 is no account).
+fn add_accounts(into: &mut [i64; ACCOUNTS_TOLD], accounts: &[i64]) {
+    for &account in accounts.iter().filter(|&&account| account != 0) {
+        if into.contains(&account) {
+            continue;
+        }
+        match into.iter_mut().find(|place| **place == 0) {
+            Some(place) => *place = account,
+            None => return,
+        }
+    }
 }
 
 impl WorkerSlot {
@@ -155,6 +175,13 @@ pub struct DatabaseEntry {
     routing_account: i64,
     /// The sender a commit wakes next (round robin).
     next_sender: u32,
+    /// Transactions that change what the sender reads of accounts (their
+    /// settings), between their PRE_COMMIT and their end; and how many such
+    /// changes ever began. A sender's read of settings ahead of a commit is
+    /// good for its take only if none was under way when the read began and
+    /// none began since (settings_changes).
+    settings_changes_under_way: u32,
+    settings_changes_begun: u64,
     pub workers: [WorkerSlot; WORKERS_PER_DATABASE],
 }
 
@@ -179,6 +206,8 @@ impl Default for DatabaseEntry {
             paused_by: [0; PAUSE_SLOTS],
             routing_account: 0,
             next_sender: 0,
+            settings_changes_under_way: 0,
+            settings_changes_begun: 0,
             workers: [WorkerSlot::default(); WORKERS_PER_DATABASE],
         }
     }
@@ -806,7 +835,7 @@ pub fn new_mail_committed(database: u32, slot: usize, pid: i32, started_at: i64,
 /// sender in `slot` (process `pid`), ahead of its flush: the sender is woken
 /// now, so that its wake-up and its look before a step overlap the flush
 /// (the commit tells it as ever; new_mail_committed). Never raises.
-pub fn new_mail_committing(database: u32, slot: usize, pid: i32, started_at: i64) {
+pub fn new_mail_committing(database: u32, slot: usize, pid: i32, started_at: i64, accounts: &[i64]) {
     let process_number = {
         let mut board = WORKER_BOARD.exclusive();
         let Some(worker) = board.entry_mut(database).map(|entry| &mut entry.workers[slot]) else { return };
@@ -814,9 +843,38 @@ pub fn new_mail_committing(database: u32, slot: usize, pid: i32, started_at: i64
             return;
         }
         worker.new_mail_committing = true;
+        add_accounts(&mut worker.new_mail_accounts, accounts);
         worker.process_number
     };
     set_latch_of(process_number);
+}
+
+/// A transaction that changes accounts' settings is about to commit (its
+/// PRE_COMMIT); `settings_change_ends` follows when it has committed or
+/// aborted. Never raises.
+pub fn settings_change_begins(database: u32) {
+    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
+        entry.settings_changes_under_way += 1;
+        entry.settings_changes_begun += 1;
+    }
+}
+
+/// Never raises.
+pub fn settings_change_ends(database: u32) {
+    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
+        entry.settings_changes_under_way = entry.settings_changes_under_way.saturating_sub(1);
+    }
+}
+
+/// How many settings changes have begun in the database; `None` while one
+/// is under way. Settings read in a snapshot taken after this said `Some(n)`
+/// are those of a later snapshot too, as long as it still says `Some(n)`:
+/// a change visible there but not here began its commit since (n grew) or
+/// was under way here (`None`).
+pub fn settings_changes(database: u32) -> Option<u64> {
+    let board = WORKER_BOARD.share();
+    let entry = board.entry(database)?;
+    (entry.settings_changes_under_way == 0).then_some(entry.settings_changes_begun)
 }
 
 /// How many commits have told a sender of rows claimed for it so far.
@@ -835,6 +893,8 @@ pub struct NewMailNews {
     pub predecessors: bool,
     /// A transaction that claimed rows for it was committing when it woke it.
     pub committing: bool,
+    /// The accounts of the rows such transactions claimed (0: none).
+    pub accounts: [i64; ACCOUNTS_TOLD],
     /// How many times it was asked to wake for anything else (ever).
     pub other_wake_requests: i64,
 }
@@ -845,6 +905,7 @@ impl NewMailNews {
         self.queued_too |= later.queued_too;
         self.predecessors |= later.predecessors;
         self.committing |= later.committing;
+        add_accounts(&mut self.accounts, &later.accounts);
         self.other_wake_requests = later.other_wake_requests;
     }
 }
@@ -874,6 +935,7 @@ pub fn take_new_mail(id: WorkerId) -> NewMailNews {
             queued_too: std::mem::take(&mut slot.new_mail_queued_too),
             predecessors: std::mem::take(&mut slot.predecessors_new_mail),
             committing: std::mem::take(&mut slot.new_mail_committing),
+            accounts: std::mem::take(&mut slot.new_mail_accounts),
             other_wake_requests: slot.other_wake_requests(),
         })
         .unwrap_or_default()

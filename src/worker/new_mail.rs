@@ -26,22 +26,27 @@ struct Claimed {
     sender: Option<(usize, i32, i64)>,
     /// A row was queued past them.
     queued_too: bool,
+    /// Their accounts (0: a free place), told ahead of the commit.
+    accounts: [i64; board::ACCOUNTS_TOLD],
 }
 
 /// Nothing claimed (a transaction's start).
-const NOTHING: Claimed = Claimed { rows: 0, sender: None, queued_too: false };
+const NOTHING: Claimed = Claimed { rows: 0, sender: None, queued_too: false, accounts: [0; board::ACCOUNTS_TOLD] };
 
 thread_local! {
     static CLAIMED: Cell<Claimed> = const { Cell::new(NOTHING) };
 }
 
-/// One row (or none): the idle sender a new outbox row is claimed for, and
-/// the lease of that claim. None when `claim_on_insert` is off, no sender
-/// of this database is idle, or the transaction claimed its share already.
+/// One row (or none): the idle sender a new outbox row of `account_id` is
+/// claimed for, and the lease of that claim. None when `claim_on_insert` is
+/// off, no sender of this database is idle, or the transaction claimed its
+/// share already.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn sender_for_new_mail() -> TableIterator<
+fn sender_for_new_mail(
+    account_id: i64,
+) -> TableIterator<
     'static,
     (
         name!(sender_process_id, i32),
@@ -81,6 +86,9 @@ fn sender_for_new_mail() -> TableIterator<
     };
     claimed.rows += 1;
     claimed.sender = Some(sender);
+    if let Some(place) = claimed.accounts.iter_mut().find(|place| **place == 0 || **place == account_id) {
+        *place = account_id;
+    }
     CLAIMED.with(|cell| cell.set(claimed));
     wake::at_commit(wake::NEW_MAIL);
     TableIterator::once((sender.1, started_at, lease_until))
@@ -108,14 +116,15 @@ pub fn committed(database: u32) -> bool {
 }
 
 /// Before the commit (from wake.rs, never raises): the sender rows were
-/// claimed for is woken ahead of the commit's flush, unless the commit
-/// waits for synchronous standbys (it could take long; the sender would
-/// watch for it in vain).
+/// claimed for is woken ahead of the commit's flush, and told their
+/// accounts (it reads their settings meanwhile), unless the commit waits
+/// for synchronous standbys (it could take long; the sender would watch
+/// for it in vain).
 pub fn committing(database: u32) {
     let claimed = CLAIMED.with(Cell::get);
     if let Some((slot, process, started_at)) = claimed.sender {
         if !settings::synchronous_standbys() {
-            board::new_mail_committing(database, slot, process, started_at);
+            board::new_mail_committing(database, slot, process, started_at, &claimed.accounts);
         }
     }
 }

@@ -8,7 +8,9 @@
 //! - before DROP DATABASE, CREATE DATABASE … TEMPLATE, ALTER DATABASE …
 //!   RENAME / SET TABLESPACE (which need the database without connections)
 //!   stops that database's workers and holds them off until the command ends;
-//! - after CREATE / DROP DATABASE wakes the launcher.
+//! - after CREATE / DROP DATABASE wakes the launcher;
+//! - counts COMMIT PREPARED as a settings change under way while it runs
+//!   (wake.rs SETTINGS: what a prepared transaction changed is not known).
 
 use super::board;
 use super::wake::{self, at_commit};
@@ -65,6 +67,12 @@ unsafe extern "C-unwind" fn process_utility(
             ),
         }
     };
+    if unsafe { commits_prepared(node) } {
+        let database = board::my_database();
+        board::settings_change_begins(database);
+        PgTryBuilder::new(run).finally(|| board::settings_change_ends(database)).execute();
+        return;
+    }
     let ddl = unsafe { classify(node) };
     if ddl.at_commit != 0 {
         at_commit(ddl.at_commit);
@@ -115,6 +123,14 @@ unsafe fn option(options: *mut pg_sys::List, name: &[u8]) -> Option<*mut pg_sys:
     let options = unsafe { PgList::<pg_sys::DefElem>::from_pg(options) };
     let found = options.iter_ptr().find(|option| unsafe { CStr::from_ptr((**option).defname) }.to_bytes() == name);
     found
+}
+
+/// COMMIT PREPARED.
+unsafe fn commits_prepared(node: *mut pg_sys::Node) -> bool {
+    !node.is_null()
+        && unsafe { (*node).type_ } == pg_sys::NodeTag::T_TransactionStmt
+        && unsafe { (*(node as *mut pg_sys::TransactionStmt)).kind }
+            == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED
 }
 
 unsafe fn classify(node: *mut pg_sys::Node) -> Ddl {

@@ -29,12 +29,18 @@ pub const EXTENSION_CHANGED: u32 = 8;
 pub const LAUNCHER: u32 = 16;
 /// Tell the sender the transaction claimed rows for it (new_mail.rs).
 pub const NEW_MAIL: u32 = 32;
+/// The transaction changes what the workers read of accounts: from its
+/// PRE_COMMIT until it ends, the board counts it as under way (a sender
+/// uses no settings read ahead of a commit across it).
+pub const SETTINGS: u32 = 64;
 
 // Per backend: whether our callback is registered, what the current
 // transaction asked for, and what the pre-commit look found.
 static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 static AT_COMMIT: AtomicU32 = AtomicU32::new(0);
 static FOUND: AtomicU32 = AtomicU32::new(0);
+/// The current transaction's settings change is counted as under way.
+static SETTINGS_CHANGE_UNDER_WAY: AtomicBool = AtomicBool::new(false);
 const FOUND_LOOKED: u32 = 1;
 const FOUND_PRESENT: u32 = 2;
 
@@ -53,7 +59,7 @@ fn wake_sender_at_commit() {
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn wake_workers_at_commit() {
-    at_commit(SENDER | RECEIVER);
+    at_commit(SENDER | RECEIVER | SETTINGS);
 }
 
 /// Wakes the sender now (e.g. after changing accounts or retrying rows by hand).
@@ -73,6 +79,10 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
                     unsafe { pg_sys::get_extension_oid(c"email_accounts".as_ptr(), true) } != pg_sys::InvalidOid;
                 FOUND.store(FOUND_LOOKED | if present { FOUND_PRESENT } else { 0 }, Ordering::Relaxed);
             }
+            // (Before the sender below is woken: it must see this change under way.)
+            if asked & SETTINGS != 0 && !SETTINGS_CHANGE_UNDER_WAY.swap(true, Ordering::Relaxed) {
+                board::settings_change_begins(board::my_database());
+            }
             // The sender of rows claimed on insert wakes during the commit's flush.
             if asked & NEW_MAIL != 0 {
                 super::new_mail::committing(board::my_database());
@@ -83,6 +93,9 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             let asked = AT_COMMIT.swap(0, Ordering::Relaxed);
             let found = FOUND.swap(0, Ordering::Relaxed);
             let database = board::my_database();
+            if SETTINGS_CHANGE_UNDER_WAY.swap(false, Ordering::Relaxed) {
+                board::settings_change_ends(database);
+            }
             if found & FOUND_LOOKED != 0 {
                 board::publish_extension(database, found & FOUND_PRESENT != 0, asked & EXTENSION_CHANGED != 0);
             }
@@ -104,6 +117,9 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             if AT_COMMIT.swap(0, Ordering::Relaxed) & NEW_MAIL != 0 {
                 super::new_mail::forget();
+            }
+            if SETTINGS_CHANGE_UNDER_WAY.swap(false, Ordering::Relaxed) {
+                board::settings_change_ends(board::my_database());
             }
             FOUND.store(0, Ordering::Relaxed);
         }

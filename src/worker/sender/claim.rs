@@ -9,13 +9,14 @@ use crate::store::oauth::{self, WorkerCredential};
 use crate::store::outbox::{self, ClaimedRow, SendingSettings};
 use crate::store::secrets::Side;
 use crate::store::transaction::{in_transaction, StoreError};
+use crate::worker::board;
 use email_accounts_mail::compose::OutgoingMessage;
 use email_accounts_mail::connection::ConnectionError;
 use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::return_path;
 use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -154,7 +155,7 @@ fn round(
         // Until their settings are read, every account is refused.
         let mut refused_accounts = account_ids.clone();
         if !rows.is_empty() {
-            for account in outbox::sending_settings(&account_ids)? {
+            for account in sending_settings(&account_ids)? {
                 if !may_send(&account) {
                     continue;
                 }
@@ -243,6 +244,57 @@ fn round(
         })
         .collect();
     Ok((Some(Claimed { full, known, rounds }), claim.handed_back))
+}
+
+/// Settings read during the flush of a commit that claimed rows on insert,
+/// for the take that follows (new_mail_news), and the board's count of
+/// settings changes they were read after.
+struct ReadAhead {
+    settings_changes: u64,
+    accounts: Vec<SendingSettings>,
+}
+
+thread_local! {
+    static READ_AHEAD: RefCell<Option<ReadAhead>> = const { RefCell::new(None) };
+}
+
+/// Reads the sending settings of `account_ids` ahead of the take, in a
+/// transaction of its own, unless a settings change is under way (then the
+/// take reads them, as it does when this fails).
+pub fn read_ahead(database: u32, account_ids: &[i64]) {
+    let account_ids: Vec<i64> = account_ids.iter().copied().filter(|&account| account != 0).collect();
+    if account_ids.is_empty() {
+        return;
+    }
+    let Some(settings_changes) = board::settings_changes(database) else { return };
+    if let Ok(Ok(accounts)) = in_transaction(|| outbox::sending_settings(&account_ids)) {
+        READ_AHEAD.with(|cell| *cell.borrow_mut() = Some(ReadAhead { settings_changes, accounts }));
+    }
+}
+
+/// At the end of a step: settings read ahead are for its take only.
+pub fn forget_read_ahead() {
+    READ_AHEAD.with(|cell| cell.borrow_mut().take());
+}
+
+/// The sending settings of the accounts: those read ahead when no settings
+/// change began since (or was under way then: board::settings_changes),
+/// the others read now.
+fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, StoreError> {
+    let read_ahead = READ_AHEAD.with(|cell| cell.borrow_mut().take());
+    let mut settings: Vec<SendingSettings> = read_ahead
+        .filter(|ahead| board::settings_changes(board::my_database()) == Some(ahead.settings_changes))
+        .map(|ahead| ahead.accounts.into_iter().filter(|account| account_ids.contains(&account.account_id)).collect())
+        .unwrap_or_default();
+    let missing: Vec<i64> = account_ids
+        .iter()
+        .copied()
+        .filter(|&wanted| !settings.iter().any(|account| account.account_id == wanted))
+        .collect();
+    if !missing.is_empty() {
+        settings.extend(outbox::sending_settings(&missing)?);
+    }
+    Ok(settings)
 }
 
 /// Puts the claimed rows of `accounts` back in the queue, uncounted and due

@@ -53,6 +53,7 @@ fn step(id: WorkerId, latched: bool) -> Option<Duration> {
         }
         let lanes = cell.as_mut().expect("lanes were just created");
         let next_due = step_with(id, lanes, latched);
+        claim::forget_read_ahead();
         note_other_wake_requests(id);
         next_due
     })
@@ -307,7 +308,8 @@ struct News {
 
 /// Reads the board's news. Woken ahead of a commit of rows claimed for it
 /// (new_mail.rs), the sender has spent its wake-up and its look before a
-/// step during the commit's flush; it watches the board's count of commits
+/// step during the commit's flush, reads the settings of the rows' accounts
+/// for the take (claim.rs read_ahead), then watches the board's count of commits
 /// told for the end (no lock: the committing process takes the board's lock
 /// to tell it), then takes the rows at once. The commit set the latch when
 /// it told the board, so once the sender has read that, the latch is reset,
@@ -324,6 +326,10 @@ fn new_mail_news(id: WorkerId, latched: bool) -> News {
     let before_wait = OTHER_WAKE_REQUESTS_BEFORE_WAIT.with(Cell::get);
     let mut misses = WATCH_MISSES.with(Cell::get);
     let watch = news.committing && !news.mine && misses.watches();
+    // The flush leaves time to read the settings of the rows' accounts.
+    if watch {
+        claim::read_ahead(id.database, &news.accounts);
+    }
     let watching_since = Instant::now();
     while watch && !news.mine {
         if watching_since.elapsed() >= WATCH_FOR_COMMIT {
