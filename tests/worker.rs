@@ -101,6 +101,11 @@ fn the_launcher_starts_workers_where_the_extension_is_created_and_stops_them_whe
         cluster.server_log().contains("the extension is not created in database \"postgres\"").then_some(())
     });
     assert_eq!(worker_pids(&mut client), Vec::new(), "no workers where the extension is not created");
+    // Leaving, it touched nothing of the extension (there is none).
+    wait_until("the sender to have stopped", LIMIT, || {
+        cluster.server_log().contains("email_accounts sender stopped").then_some(())
+    });
+    assert!(!cluster.server_log().contains("cannot give back"), "{}", cluster.server_log());
 
     client.batch_execute("CREATE EXTENSION email_accounts").unwrap();
     let pids = wait_until("both workers to start", LIMIT, || both_running(&mut client));

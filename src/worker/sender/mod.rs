@@ -434,11 +434,13 @@ pub struct Sender {
     id: WorkerId,
     /// The latch woke it since its last step.
     latched: bool,
+    /// The extension this library is for is in its database (the outbox is there).
+    installed: bool,
 }
 
 impl Sender {
     pub fn new(id: WorkerId) -> Sender {
-        Sender { id, latched: true }
+        Sender { id, latched: true, installed: false }
     }
 }
 
@@ -454,7 +456,12 @@ impl super::duty::Duty for Sender {
 
     /// Rows that stopped senders had claimed go out now, not after their lease.
     fn installed(&mut self) {
+        self.installed = true;
         take_back_abandoned(&self.id.name());
+    }
+
+    fn not_installed(&mut self) {
+        self.installed = false;
     }
 
     fn changes(&self) -> Option<i64> {
@@ -486,7 +493,11 @@ impl super::duty::Duty for Sender {
     fn stop(&mut self) {
         let _ = board::set_takes_new_mail(self.id, false);
         stop(&self.id.name());
-        // Rows claimed for it on insert that it never took (uncounted).
+        // Rows claimed for it on insert that it never took (uncounted); none
+        // without the extension (or while it waits for ALTER EXTENSION UPDATE).
+        if !self.installed {
+            return;
+        }
         if let Err(error) = try_in_transaction(outbox::give_back_untaken_on_stop) {
             log!(
                 "{}: cannot give back the rows claimed for it on insert (the next sender does): {error}",
