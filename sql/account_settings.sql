@@ -595,8 +595,7 @@ BEGIN
             PERFORM email_accounts.require_password_if_servers_changed(affected);
         END LOOP;
     END IF;
-    -- Mail may have waited for these settings; and a sender must not use
-    -- settings it read ahead of this commit (src/worker/wake.rs SETTINGS).
+    -- Mail may have waited for these settings.
     PERFORM email_accounts.wake_workers_at_commit();
     RETURN NULL;
 END;
@@ -622,3 +621,30 @@ CREATE TRIGGER check_inheriting_accounts AFTER INSERT OR UPDATE OR DELETE ON ema
     FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();
 CREATE TRIGGER check_inheriting_accounts AFTER UPDATE OR DELETE ON email_accounts.provider
     FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.inherited_settings_changed();
+
+-- Any write to a table the sending settings come from counts as a settings
+-- change from its transaction's commit until it ends (src/worker/wake.rs
+-- SETTINGS): a sender never uses settings it read during the flush of
+-- another commit across such a change. Every statement, deletes and
+-- TRUNCATE included, and while restoring (the row triggers above leave
+-- those out).
+CREATE FUNCTION email_accounts.sending_settings_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM email_accounts.settings_change_at_commit();
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.sending_settings_changed() IS
+  'Statement trigger of account, domain, provider and account_oauth: the transaction counts as a change of sending settings when it commits.';
+
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.account
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.domain
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.provider
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.account_oauth
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();

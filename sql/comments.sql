@@ -64,6 +64,9 @@ COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with tim
 COMMENT ON FUNCTION email_accounts.flush() IS
   'Wakes the sender worker now; false when it is not running.';
 
+COMMENT ON FUNCTION email_accounts.settings_change_at_commit() IS
+  'Counts the current transaction as a change of sending settings from its commit until it ends: a sender does not use settings it read during another commit''s flush across it. Called by the statement triggers of the tables those settings come from.';
+
 COMMENT ON FUNCTION email_accounts.wake_workers_at_commit() IS
   'Asks for every email_accounts worker to be woken when the current transaction commits; CREATE EXTENSION calls it so the workers start at once.';
 

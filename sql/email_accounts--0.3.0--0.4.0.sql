@@ -1166,6 +1166,42 @@ COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with tim
 COMMENT ON FUNCTION email_accounts.sender_for_new_mail(bigint) IS
   'One row or none: the idle sender worker a new outbox row of the given account is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is woken with the rows'' accounts ahead of the commit''s flush (it reads their settings meanwhile) and told at commit.';
 
+-- src/worker/wake.rs: a change of sending settings, counted at commit.
+CREATE  FUNCTION "settings_change_at_commit"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'settings_change_at_commit_wrapper';
+
+COMMENT ON FUNCTION email_accounts.settings_change_at_commit() IS
+  'Counts the current transaction as a change of sending settings from its commit until it ends: a sender does not use settings it read during another commit''s flush across it. Called by the statement triggers of the tables those settings come from.';
+
+-- Any write to a table the sending settings come from counts as a settings
+-- change from its transaction's commit until it ends (src/worker/wake.rs
+-- SETTINGS): a sender never uses settings it read during the flush of
+-- another commit across such a change. Every statement, deletes and
+-- TRUNCATE included, and while restoring (the row triggers above leave
+-- those out).
+CREATE FUNCTION email_accounts.sending_settings_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM email_accounts.settings_change_at_commit();
+    RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.sending_settings_changed() IS
+  'Statement trigger of account, domain, provider and account_oauth: the transaction counts as a change of sending settings when it commits.';
+
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.account
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.domain
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.provider
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
+CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.account_oauth
+    FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
+
 -- A domain or provider change re-checks every account that inherits from it,
 -- and wakes the workers at commit as an account change does.
 CREATE OR REPLACE FUNCTION email_accounts.inherited_settings_changed() RETURNS trigger
@@ -1192,8 +1228,7 @@ BEGIN
             PERFORM email_accounts.require_password_if_servers_changed(affected);
         END LOOP;
     END IF;
-    -- Mail may have waited for these settings; and a sender must not use
-    -- settings it read ahead of this commit (src/worker/wake.rs SETTINGS).
+    -- Mail may have waited for these settings.
     PERFORM email_accounts.wake_workers_at_commit();
     RETURN NULL;
 END;

@@ -31,7 +31,7 @@ pgrx::extension_sql_file!("../sql/oauth.sql", name = "oauth", requires = ["accou
 pgrx::extension_sql_file!(
     "../sql/account_settings.sql",
     name = "account_settings",
-    requires = ["accounts", "secrets", "oauth", wake_workers_at_commit]
+    requires = ["accounts", "secrets", "oauth", wake_workers_at_commit, settings_change_at_commit]
 );
 pgrx::extension_sql_file!(
     "../sql/account_tests.sql",

@@ -904,10 +904,12 @@ fn a_commit_that_fails_after_waking_the_sender_sends_nothing() {
 /// committed (back to the queue, uncounted), never by those read ahead.
 #[test]
 fn settings_read_during_the_commit_never_hide_the_inserting_transactions_own_change() {
-    // A flush that takes commit_delay (the harness's clusters run without fsync).
+    // A flush that takes commit_delay (the harness's clusters run without
+    // fsync); each shorter than the sender's watch for it (2 ms), so the
+    // sender takes the rows in the step it read ahead in.
     let mut setup = setup_with(&["email_accounts.claim_on_insert = on", "fsync = on"]);
     let mut rows = Vec::new();
-    for delay_microseconds in [500, 1_000, 2_000, 3_000, 4_000, 6_000] {
+    for delay_microseconds in [250, 500, 750, 1_000, 1_500] {
         wait_for_a_sender_taking_new_mail(&mut setup.client);
         let mut transaction = setup.client.transaction().unwrap();
         transaction
@@ -937,6 +939,53 @@ fn settings_read_during_the_commit_never_hide_the_inserting_transactions_own_cha
     for id in rows {
         assert_eq!(claim_of(&mut setup.client, id).1, 1, "sent once, by the claim");
     }
+
+    // Mail sent as someone else answers to the default incoming account;
+    // one deleted by the inserting transaction is no longer named (a delete
+    // counts as a settings change, as every write to the account table).
+    assert_eq!(reply_to_of_mail_as_carol(&mut setup, None, 500).as_deref(), Some("support@example.test"));
+    assert_eq!(reply_to_of_mail_as_carol(&mut setup, Some("Support"), 250), None);
+    for delay_microseconds in [500, 750, 1_000, 1_500] {
+        setup
+            .client
+            .batch_execute(&format!(
+                "INSERT INTO email_accounts.account (name, address, enable_incoming, default_incoming)
+                 VALUES ('Support {delay_microseconds}', 'support{delay_microseconds}@example.test', true, true)"
+            ))
+            .unwrap();
+        let deleted = format!("Support {delay_microseconds}");
+        assert_eq!(reply_to_of_mail_as_carol(&mut setup, Some(&deleted), delay_microseconds), None);
+    }
+}
+
+/// Sends mail as Carol through Alice's account in a transaction that first
+/// deletes the account named `delete` and flushes for `delay_microseconds`;
+/// returns the Reply-To bob got.
+fn reply_to_of_mail_as_carol(setup: &mut Setup, delete: Option<&str>, delay_microseconds: u32) -> Option<String> {
+    let subject = format!("as carol, deleting {}, flush of {delay_microseconds} us", delete.unwrap_or("none"));
+    wait_for_a_sender_taking_new_mail(&mut setup.client);
+    let mut transaction = setup.client.transaction().unwrap();
+    transaction
+        .batch_execute(&format!("SET LOCAL commit_siblings = 0; SET LOCAL commit_delay = {delay_microseconds}"))
+        .unwrap();
+    if let Some(name) = delete {
+        transaction.execute("DELETE FROM email_accounts.account WHERE name = $1", &[&name]).unwrap();
+    }
+    let id: i64 = transaction
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{bob@example.test}', subject => $1,
+                                        sender => 'Carol <carol@example.test>')",
+            &[&subject],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(claim_of(&mut transaction, id).0, "sending", "claimed on insert");
+    transaction.commit().unwrap();
+    wait_until("the row to be sent", LIMIT, || (status_of(&mut setup.client, id).0 == "sent").then_some(()));
+    let message = wait_until("carol's message at bob's", LIMIT, || {
+        setup.servers.mailbox("bob@example.test").into_iter().find(|raw| raw.contains(&subject))
+    });
+    header_value(&message, "Reply-To")
 }
 
 /// A SERIALIZABLE transaction that has read who is on call.

@@ -412,6 +412,7 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
             "mailbox_address",
             "random_bytes",
             "restoring",
+            "settings_change_at_commit",
             "wake_sender_at_commit",
             "wake_workers_at_commit",
             "worker_status"

@@ -115,7 +115,7 @@ pub struct WorkerSlot {
 pub const ACCOUNTS_TOLD: usize = 4;
 
 /// Adds `accounts` to `into` while there is room (0 is no account).
-fn add_accounts(into: &mut [i64; ACCOUNTS_TOLD], accounts: &[i64]) {
+pub fn add_accounts(into: &mut [i64; ACCOUNTS_TOLD], accounts: &[i64]) {
     for &account in accounts.iter().filter(|&&account| account != 0) {
         if into.contains(&account) {
             continue;
@@ -175,13 +175,6 @@ pub struct DatabaseEntry {
     routing_account: i64,
     /// The sender a commit wakes next (round robin).
     next_sender: u32,
-    /// Transactions that change what the sender reads of accounts (their
-    /// settings), between their PRE_COMMIT and their end; and how many such
-    /// changes ever began. A sender's read of settings ahead of a commit is
-    /// good for its take only if none was under way when the read began and
-    /// none began since (settings_changes).
-    settings_changes_under_way: u32,
-    settings_changes_begun: u64,
     pub workers: [WorkerSlot; WORKERS_PER_DATABASE],
 }
 
@@ -206,8 +199,6 @@ impl Default for DatabaseEntry {
             paused_by: [0; PAUSE_SLOTS],
             routing_account: 0,
             next_sender: 0,
-            settings_changes_under_way: 0,
-            settings_changes_begun: 0,
             workers: [WorkerSlot::default(); WORKERS_PER_DATABASE],
         }
     }
@@ -266,6 +257,15 @@ pub struct WorkerBoard {
     /// taken (see `sender_started_here`).
     senders_started: [SenderStart; SENDER_STARTS],
     next_sender_start: usize,
+    /// Transactions that change what the sender reads of accounts (their
+    /// settings), in any database, between their PRE_COMMIT and their end;
+    /// and how many such changes ever began. A sender's read of settings
+    /// ahead of a commit is good for its take only if none was under way
+    /// when the read began and none began since (settings_changes). Kept
+    /// for the whole cluster, so that no database entry coming or going
+    /// between a change's beginning and its end unbalances them.
+    settings_changes_under_way: u32,
+    settings_changes_begun: u64,
 }
 
 /// One sender process: its database, process id and start (MyStartTimestamp).
@@ -292,6 +292,8 @@ impl Default for WorkerBoard {
             suspensions: [RoutingSuspension::default(); SUSPENSION_SLOTS],
             senders_started: [SenderStart::default(); SENDER_STARTS],
             next_sender_start: 0,
+            settings_changes_under_way: 0,
+            settings_changes_begun: 0,
         }
     }
 }
@@ -852,29 +854,26 @@ pub fn new_mail_committing(database: u32, slot: usize, pid: i32, started_at: i64
 /// A transaction that changes accounts' settings is about to commit (its
 /// PRE_COMMIT); `settings_change_ends` follows when it has committed or
 /// aborted. Never raises.
-pub fn settings_change_begins(database: u32) {
-    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
-        entry.settings_changes_under_way += 1;
-        entry.settings_changes_begun += 1;
-    }
+pub fn settings_change_begins() {
+    let mut board = WORKER_BOARD.exclusive();
+    board.settings_changes_under_way += 1;
+    board.settings_changes_begun += 1;
 }
 
 /// Never raises.
-pub fn settings_change_ends(database: u32) {
-    if let Some(entry) = WORKER_BOARD.exclusive().entry_mut(database) {
-        entry.settings_changes_under_way = entry.settings_changes_under_way.saturating_sub(1);
-    }
+pub fn settings_change_ends() {
+    let mut board = WORKER_BOARD.exclusive();
+    board.settings_changes_under_way = board.settings_changes_under_way.saturating_sub(1);
 }
 
-/// How many settings changes have begun in the database; `None` while one
-/// is under way. Settings read in a snapshot taken after this said `Some(n)`
-/// are those of a later snapshot too, as long as it still says `Some(n)`:
-/// a change visible there but not here began its commit since (n grew) or
-/// was under way here (`None`).
-pub fn settings_changes(database: u32) -> Option<u64> {
+/// How many settings changes have begun; `None` while one is under way.
+/// Settings read in a snapshot taken after this said `Some(n)` are those of
+/// a later snapshot too, as long as it still says `Some(n)`: a change
+/// visible there but not here began its commit since (n grew) or was under
+/// way here (`None`).
+pub fn settings_changes() -> Option<u64> {
     let board = WORKER_BOARD.share();
-    let entry = board.entry(database)?;
-    (entry.settings_changes_under_way == 0).then_some(entry.settings_changes_begun)
+    (board.settings_changes_under_way == 0).then_some(board.settings_changes_begun)
 }
 
 /// How many commits have told a sender of rows claimed for it so far.

@@ -86,9 +86,7 @@ fn sender_for_new_mail(
     };
     claimed.rows += 1;
     claimed.sender = Some(sender);
-    if let Some(place) = claimed.accounts.iter_mut().find(|place| **place == 0 || **place == account_id) {
-        *place = account_id;
-    }
+    board::add_accounts(&mut claimed.accounts, &[account_id]);
     CLAIMED.with(|cell| cell.set(claimed));
     wake::at_commit(wake::NEW_MAIL);
     TableIterator::once((sender.1, started_at, lease_until))

@@ -9,8 +9,9 @@
 //!   RENAME / SET TABLESPACE (which need the database without connections)
 //!   stops that database's workers and holds them off until the command ends;
 //! - after CREATE / DROP DATABASE wakes the launcher;
-//! - counts COMMIT PREPARED as a settings change under way while it runs
-//!   (wake.rs SETTINGS: what a prepared transaction changed is not known).
+//! - counts COMMIT PREPARED as a settings change under way until its
+//!   transaction ends (wake.rs SETTINGS: what a prepared transaction
+//!   changed is not known).
 
 use super::board;
 use super::wake::{self, at_commit};
@@ -68,10 +69,7 @@ unsafe extern "C-unwind" fn process_utility(
         }
     };
     if unsafe { commits_prepared(node) } {
-        let database = board::my_database();
-        board::settings_change_begins(database);
-        PgTryBuilder::new(run).finally(|| board::settings_change_ends(database)).execute();
-        return;
+        wake::settings_change_begins_now();
     }
     let ddl = unsafe { classify(node) };
     if ddl.at_commit != 0 {

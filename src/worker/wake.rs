@@ -52,6 +52,25 @@ pub fn at_commit(what: u32) {
     AT_COMMIT.fetch_or(what, Ordering::Relaxed);
 }
 
+/// Counts the current transaction as a settings change under way, from now
+/// until it ends (its commit or abort ends it, FATAL included). At
+/// PRE_COMMIT for SETTINGS; and before COMMIT PREPARED (utility_hook.rs),
+/// whose prepared transaction becomes visible before the PRE_COMMIT of the
+/// transaction that runs it.
+pub fn settings_change_begins_now() {
+    at_commit(0);
+    if !SETTINGS_CHANGE_UNDER_WAY.swap(true, Ordering::Relaxed) {
+        board::settings_change_begins();
+    }
+}
+
+/// For statement triggers of the tables the sending settings come from
+/// (sql/account_settings.sql): counted as a settings change at commit.
+#[pg_extern(volatile, parallel_unsafe)]
+fn settings_change_at_commit() {
+    at_commit(SETTINGS);
+}
+
 #[pg_extern(volatile, parallel_unsafe)]
 fn wake_sender_at_commit() {
     at_commit(SENDER);
@@ -80,8 +99,8 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
                 FOUND.store(FOUND_LOOKED | if present { FOUND_PRESENT } else { 0 }, Ordering::Relaxed);
             }
             // (Before the sender below is woken: it must see this change under way.)
-            if asked & SETTINGS != 0 && !SETTINGS_CHANGE_UNDER_WAY.swap(true, Ordering::Relaxed) {
-                board::settings_change_begins(board::my_database());
+            if asked & SETTINGS != 0 {
+                settings_change_begins_now();
             }
             // The sender of rows claimed on insert wakes during the commit's flush.
             if asked & NEW_MAIL != 0 {
@@ -94,7 +113,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             let found = FOUND.swap(0, Ordering::Relaxed);
             let database = board::my_database();
             if SETTINGS_CHANGE_UNDER_WAY.swap(false, Ordering::Relaxed) {
-                board::settings_change_ends(database);
+                board::settings_change_ends();
             }
             if found & FOUND_LOOKED != 0 {
                 board::publish_extension(database, found & FOUND_PRESENT != 0, asked & EXTENSION_CHANGED != 0);
@@ -119,7 +138,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
                 super::new_mail::forget();
             }
             if SETTINGS_CHANGE_UNDER_WAY.swap(false, Ordering::Relaxed) {
-                board::settings_change_ends(board::my_database());
+                board::settings_change_ends();
             }
             FOUND.store(0, Ordering::Relaxed);
         }

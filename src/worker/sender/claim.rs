@@ -89,6 +89,7 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
     let (claimed, _) = round(
         start_window,
         |_| true,
+        None,
         || {
             Ok(outbox::claim(
                 settings::batch_size(),
@@ -124,7 +125,8 @@ pub fn take_new_mail(skip_accounts: &[i64]) -> Result<(Option<Claimed>, bool, bo
     // Rows of accounts that cannot send now, or have rate limits (which only
     // the claim applies), go back to the queue.
     let may_take = |account: &SendingSettings| account.ready_to_send && !account.rate_limited;
-    let (taken, handed_back) = round(Duration::from_secs_f64(lease / 4.0), may_take, || {
+    let read_ahead = READ_AHEAD.with(|cell| cell.borrow_mut().take());
+    let (taken, handed_back) = round(Duration::from_secs_f64(lease / 4.0), may_take, read_ahead, || {
         let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size())?;
         left.set(taken.left);
         given_back.set(taken.given_back);
@@ -133,7 +135,8 @@ pub fn take_new_mail(skip_accounts: &[i64]) -> Result<(Option<Claimed>, bool, bo
     Ok((taken, left.get(), given_back.get() || handed_back))
 }
 
-/// Rows taken by `take` (in a transaction) with their accounts' settings and
+/// Rows taken by `take` (in a transaction) with their accounts' settings
+/// (those `read_ahead` has, if still good, and the others read now) and
 /// credentials, composed per account; messages start within `start_window`.
 /// Rows of accounts `may_send` refuses, or whose settings are gone, go back
 /// to the queue uncounted in the same transaction (the second value says
@@ -141,6 +144,7 @@ pub fn take_new_mail(skip_accounts: &[i64]) -> Result<(Option<Claimed>, bool, bo
 fn round(
     start_window: Duration,
     may_send: impl Fn(&SendingSettings) -> bool,
+    read_ahead: Option<ReadAhead>,
     take: impl FnOnce() -> Result<Vec<ClaimedRow>, StoreError>,
 ) -> Result<(Option<Claimed>, bool), StoreError> {
     let base_url = settings::public_base_url();
@@ -155,7 +159,7 @@ fn round(
         // Until their settings are read, every account is refused.
         let mut refused_accounts = account_ids.clone();
         if !rows.is_empty() {
-            for account in sending_settings(&account_ids)? {
+            for account in sending_settings(&account_ids, read_ahead)? {
                 if !may_send(&account) {
                     continue;
                 }
@@ -247,8 +251,10 @@ fn round(
 }
 
 /// Settings read during the flush of a commit that claimed rows on insert,
-/// for the take that follows (new_mail_news), and the board's count of
-/// settings changes they were read after.
+/// for the take of those rows that follows in the same step (new_mail_news;
+/// never for a claim: rows queued later may come from transactions that
+/// began after the read), and the board's count of settings changes they
+/// were read after.
 struct ReadAhead {
     settings_changes: u64,
     accounts: Vec<SendingSettings>,
@@ -261,12 +267,13 @@ thread_local! {
 /// Reads the sending settings of `account_ids` ahead of the take, in a
 /// transaction of its own, unless a settings change is under way (then the
 /// take reads them, as it does when this fails).
-pub fn read_ahead(database: u32, account_ids: &[i64]) {
+pub fn read_ahead(account_ids: &[i64]) {
+    forget_read_ahead();
     let account_ids: Vec<i64> = account_ids.iter().copied().filter(|&account| account != 0).collect();
     if account_ids.is_empty() {
         return;
     }
-    let Some(settings_changes) = board::settings_changes(database) else { return };
+    let Some(settings_changes) = board::settings_changes() else { return };
     if let Ok(Ok(accounts)) = in_transaction(|| outbox::sending_settings(&account_ids)) {
         READ_AHEAD.with(|cell| *cell.borrow_mut() = Some(ReadAhead { settings_changes, accounts }));
     }
@@ -280,10 +287,9 @@ pub fn forget_read_ahead() {
 /// The sending settings of the accounts: those read ahead when no settings
 /// change began since (or was under way then: board::settings_changes),
 /// the others read now.
-fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, StoreError> {
-    let read_ahead = READ_AHEAD.with(|cell| cell.borrow_mut().take());
+fn sending_settings(account_ids: &[i64], read_ahead: Option<ReadAhead>) -> Result<Vec<SendingSettings>, StoreError> {
     let mut settings: Vec<SendingSettings> = read_ahead
-        .filter(|ahead| board::settings_changes(board::my_database()) == Some(ahead.settings_changes))
+        .filter(|ahead| board::settings_changes() == Some(ahead.settings_changes))
         .map(|ahead| ahead.accounts.into_iter().filter(|account| account_ids.contains(&account.account_id)).collect())
         .unwrap_or_default();
     let missing: Vec<i64> = account_ids

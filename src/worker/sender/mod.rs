@@ -328,7 +328,7 @@ fn new_mail_news(id: WorkerId, latched: bool) -> News {
     let watch = news.committing && !news.mine && misses.watches();
     // The flush leaves time to read the settings of the rows' accounts.
     if watch {
-        claim::read_ahead(id.database, &news.accounts);
+        claim::read_ahead(&news.accounts);
     }
     let watching_since = Instant::now();
     while watch && !news.mine {
