@@ -569,8 +569,7 @@ BEGIN
 END;
 $$;
 
--- A domain or provider change re-checks every account that inherits from it,
--- and wakes the workers at commit as an account change does.
+-- A domain or provider change re-checks every account that inherits from it.
 CREATE FUNCTION email_accounts.inherited_settings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -595,15 +594,13 @@ BEGIN
             PERFORM email_accounts.require_password_if_servers_changed(affected);
         END LOOP;
     END IF;
-    -- Mail may have waited for these settings.
-    PERFORM email_accounts.wake_workers_at_commit();
     RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.account_changed() IS 'Trigger: checks an account''s effective settings after it is inserted or updated.';
 COMMENT ON FUNCTION email_accounts.account_touched() IS 'Trigger: keeps account.updated_at current.';
-COMMENT ON FUNCTION email_accounts.inherited_settings_changed() IS 'Trigger: re-checks the accounts that inherit from a changed domain or provider, and wakes the workers at commit.';
+COMMENT ON FUNCTION email_accounts.inherited_settings_changed() IS 'Trigger: re-checks the accounts that inherit from a changed domain or provider.';
 
 -- A restore takes rows as they were dumped (see sql/restore.sql).
 CREATE TRIGGER check_settings AFTER INSERT OR UPDATE ON email_accounts.account

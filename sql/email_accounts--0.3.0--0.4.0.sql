@@ -1202,40 +1202,6 @@ CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCAT
 CREATE TRIGGER count_settings_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON email_accounts.account_oauth
     FOR EACH STATEMENT EXECUTE FUNCTION email_accounts.sending_settings_changed();
 
--- A domain or provider change re-checks every account that inherits from it,
--- and wakes the workers at commit as an account change does.
-CREATE OR REPLACE FUNCTION email_accounts.inherited_settings_changed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    affected bigint;
-    changed_names text[];
-BEGIN
-    IF TG_TABLE_NAME = 'domain' THEN
-        changed_names := ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.domain_name END, CASE WHEN TG_OP <> 'DELETE' THEN NEW.domain_name END];
-        FOR affected IN
-            SELECT account_id FROM email_accounts.account WHERE lower(split_part(address, '@', 2)) = ANY (changed_names)
-        LOOP
-            PERFORM email_accounts.check_account_settings(affected);
-            PERFORM email_accounts.require_password_if_servers_changed(affected);
-        END LOOP;
-    ELSE
-        changed_names := ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.name END, CASE WHEN TG_OP <> 'DELETE' THEN NEW.name END];
-        FOR affected IN
-            SELECT account_settings.account_id FROM email_accounts.account_settings WHERE provider = ANY (changed_names)
-        LOOP
-            PERFORM email_accounts.check_account_settings(affected);
-            PERFORM email_accounts.require_password_if_servers_changed(affected);
-        END LOOP;
-    END IF;
-    -- Mail may have waited for these settings.
-    PERFORM email_accounts.wake_workers_at_commit();
-    RETURN NULL;
-END;
-$$;
-
-COMMENT ON FUNCTION email_accounts.inherited_settings_changed() IS 'Trigger: re-checks the accounts that inherit from a changed domain or provider, and wakes the workers at commit.';
-
 CREATE OR REPLACE FUNCTION email_accounts.outbox_before_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$

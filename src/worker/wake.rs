@@ -29,9 +29,10 @@ pub const EXTENSION_CHANGED: u32 = 8;
 pub const LAUNCHER: u32 = 16;
 /// Tell the sender the transaction claimed rows for it (new_mail.rs).
 pub const NEW_MAIL: u32 = 32;
-/// The transaction changes what the workers read of accounts: from its
-/// PRE_COMMIT until it ends, the board counts it as under way (a sender
-/// uses no settings read ahead of a commit across it).
+/// The transaction changes what the workers read of accounts (the
+/// statement triggers `count_settings_change` say so): from its PRE_COMMIT
+/// until it ends, the board counts it as under way (a sender uses no
+/// settings read ahead of a commit across it).
 pub const SETTINGS: u32 = 64;
 
 // Per backend: whether our callback is registered, what the current
@@ -78,7 +79,7 @@ fn wake_sender_at_commit() {
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn wake_workers_at_commit() {
-    at_commit(SENDER | RECEIVER | SETTINGS);
+    at_commit(SENDER | RECEIVER);
 }
 
 /// Wakes the sender now (e.g. after changing accounts or retrying rows by hand).

@@ -16,7 +16,7 @@ use email_accounts_mail::delivery::{AccountBatch, Job, JobOutcome, SentFolder};
 use email_accounts_mail::identity::{identity, SendingAccount};
 use email_accounts_mail::return_path;
 use email_accounts_mail::token::{sign, unix_now, LinkKey, Purpose};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -118,14 +118,17 @@ pub fn claim_round(skip_accounts: &[i64], on_wire: &[i64], max_accounts: usize) 
 /// committed without waiting for its flush, or synchronous standbys are
 /// configured: the claim is on disk before the wire, as with any claim.
 /// Returns what was taken, whether rows were left for the next take, and
-/// whether rows went back to the queue.
-pub fn take_new_mail(skip_accounts: &[i64]) -> Result<(Option<Claimed>, bool, bool), StoreError> {
+/// whether rows went back to the queue. `read_ahead`: the settings read
+/// during the flush of the commit that told the sender (new_mail_news).
+pub fn take_new_mail(
+    skip_accounts: &[i64],
+    read_ahead: Option<ReadAhead>,
+) -> Result<(Option<Claimed>, bool, bool), StoreError> {
     let lease = settings::lease_duration_seconds().max(4) as f64;
     let (left, given_back) = (Cell::new(false), Cell::new(false));
     // Rows of accounts that cannot send now, or have rate limits (which only
     // the claim applies), go back to the queue.
     let may_take = |account: &SendingSettings| account.ready_to_send && !account.rate_limited;
-    let read_ahead = READ_AHEAD.with(|cell| cell.borrow_mut().take());
     let (taken, handed_back) = round(Duration::from_secs_f64(lease / 4.0), may_take, read_ahead, || {
         let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size())?;
         left.set(taken.left);
@@ -255,33 +258,22 @@ fn round(
 /// never for a claim: rows queued later may come from transactions that
 /// began after the read), and the board's count of settings changes they
 /// were read after.
-struct ReadAhead {
+pub struct ReadAhead {
     settings_changes: u64,
     accounts: Vec<SendingSettings>,
-}
-
-thread_local! {
-    static READ_AHEAD: RefCell<Option<ReadAhead>> = const { RefCell::new(None) };
 }
 
 /// Reads the sending settings of `account_ids` ahead of the take, in a
 /// transaction of its own, unless a settings change is under way (then the
 /// take reads them, as it does when this fails).
-pub fn read_ahead(account_ids: &[i64]) {
-    forget_read_ahead();
+pub fn read_ahead(account_ids: &[i64]) -> Option<ReadAhead> {
     let account_ids: Vec<i64> = account_ids.iter().copied().filter(|&account| account != 0).collect();
     if account_ids.is_empty() {
-        return;
+        return None;
     }
-    let Some(settings_changes) = board::settings_changes() else { return };
-    if let Ok(Ok(accounts)) = in_transaction(|| outbox::sending_settings(&account_ids)) {
-        READ_AHEAD.with(|cell| *cell.borrow_mut() = Some(ReadAhead { settings_changes, accounts }));
-    }
-}
-
-/// At the end of a step: settings read ahead are for its take only.
-pub fn forget_read_ahead() {
-    READ_AHEAD.with(|cell| cell.borrow_mut().take());
+    let settings_changes = board::settings_changes()?;
+    let accounts = in_transaction(|| outbox::sending_settings(&account_ids)).ok()?.ok()?;
+    Some(ReadAhead { settings_changes, accounts })
 }
 
 /// The sending settings of the accounts: those read ahead when no settings

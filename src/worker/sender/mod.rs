@@ -53,7 +53,6 @@ fn step(id: WorkerId, latched: bool) -> Option<Duration> {
         }
         let lanes = cell.as_mut().expect("lanes were just created");
         let next_due = step_with(id, lanes, latched);
-        claim::forget_read_ahead();
         note_other_wake_requests(id);
         next_due
     })
@@ -209,8 +208,12 @@ enum AfterTake {
 /// Takes the rows inserting transactions claimed for this sender, if a
 /// commit said there are any, and puts them on the wire.
 fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, latched: bool, failed: &mut bool) -> AfterTake {
-    let News { board: board::NewMailNews { mine, queued_too, predecessors, .. }, commit_pending, others_asked } =
-        new_mail_news(id, latched);
+    let News {
+        board: board::NewMailNews { mine, queued_too, predecessors, .. },
+        commit_pending,
+        others_asked,
+        read_ahead,
+    } = new_mail_news(id, latched);
     // Rows claimed for the sender this one replaced: given back (never
     // taken: uncounted), as at a start, rather than when their lease lapses.
     if predecessors {
@@ -225,7 +228,7 @@ fn take_new_mail(id: WorkerId, lanes: &mut Lanes, parallel: usize, latched: bool
     }
     let mut skip = lanes.accounts_waiting();
     skip.extend(board::accounts_held_by_others(id));
-    match claim::take_new_mail(&skip) {
+    match claim::take_new_mail(&skip, read_ahead) {
         Ok((taken, left, given_back)) => {
             NEW_MAIL_LEFT.with(|cell| cell.set(left));
             let Some(taken) = taken else { return AfterTake::Claim };
@@ -304,6 +307,9 @@ struct News {
     commit_pending: bool,
     /// Something else asked it to wake since its last step.
     others_asked: bool,
+    /// The settings of the rows' accounts, read during the commit's flush,
+    /// for this step's take only.
+    read_ahead: Option<claim::ReadAhead>,
 }
 
 /// Reads the board's news. Woken ahead of a commit of rows claimed for it
@@ -327,9 +333,7 @@ fn new_mail_news(id: WorkerId, latched: bool) -> News {
     let mut misses = WATCH_MISSES.with(Cell::get);
     let watch = news.committing && !news.mine && misses.watches();
     // The flush leaves time to read the settings of the rows' accounts.
-    if watch {
-        claim::read_ahead(&news.accounts);
-    }
+    let read_ahead = if watch { claim::read_ahead(&news.accounts) } else { None };
     let watching_since = Instant::now();
     while watch && !news.mine {
         if watching_since.elapsed() >= WATCH_FOR_COMMIT {
@@ -363,6 +367,7 @@ fn new_mail_news(id: WorkerId, latched: bool) -> News {
         board: news,
         commit_pending: news.committing && !news.mine,
         others_asked: before_wait != Some(news.other_wake_requests),
+        read_ahead,
     }
 }
 
