@@ -255,6 +255,53 @@ fn odd_messages_and_the_attachment_limit_are_all_stored() {
     );
 }
 
+/// Lists with every character SQL array literals quote, and a cursor lost
+/// while the messages stay: the batch that meets stored messages is stored
+/// again skipping them, and the new ones behind them in it are kept.
+#[test]
+fn address_and_reference_lists_keep_every_character_and_a_lost_cursor_stores_nothing_twice() {
+    let mut setup = setup(&[]);
+    let odd = format!(
+        "From: Bob <bob@example.test>\r\nSubject: odd lists\r\nMessage-ID: <odd@example.test>\r\n{}\r\nBody.\r\n",
+        "To: \"Smith, \\\"Jr\\\" {x} \\\\ y\" <smith@example.test>, NULL <null@example.test>\r\n\
+         Cc: \"a,b\" <ab@example.test>\r\n\
+         References: <a\"b\\c@example.test> <{x},NULL@example.test>\r\n",
+    )
+    .into_bytes();
+    let mut first = vec![(odd.clone(), false)];
+    first.extend(numbered("before", 0..4));
+    setup.servers.append("support@example.test", "INBOX", &first);
+    setup.account("Support", "support@example.test", "sync_option = 'all'");
+    assert_eq!(setup.sync_now("Support")[0].2, "ok");
+
+    let parsed = email_accounts_mail::parse::parse(&odd, u64::MAX).unwrap();
+    assert!(parsed.to.len() == 2 && parsed.references.len() == 2, "{parsed:?}");
+    assert!(parsed.to[0].contains('"') && parsed.references[0].contains('\\'), "{parsed:?}");
+    let row = setup
+        .client
+        .query_one(
+            "SELECT to_addresses, cc_addresses, \"references\", reply_to FROM email_accounts.message
+              WHERE subject = 'odd lists'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), parsed.to);
+    assert_eq!(row.get::<_, Vec<String>>(1), parsed.cc);
+    assert_eq!(row.get::<_, Vec<String>>(2), parsed.references);
+    assert_eq!(row.get::<_, Vec<String>>(3), Vec::<String>::new());
+
+    // The cursor is lost; three new messages come behind the stored ones.
+    setup.servers.append("support@example.test", "INBOX", &numbered("after", 0..3));
+    setup.client.batch_execute("DELETE FROM email_accounts.sync_state").unwrap();
+    let result = setup.sync_now("Support");
+    assert_eq!(result[0].2, "ok", "{result:?}");
+    assert_eq!(result[0].1, 3, "only the new messages count: {result:?}");
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message"), 8);
+    assert_eq!(setup.count("SELECT count(DISTINCT uid) FROM email_accounts.message"), 8);
+    assert_eq!(setup.count("SELECT count(*) FROM email_accounts.message WHERE subject LIKE 'after%'"), 3);
+    assert_eq!(setup.count("SELECT max(last_uid) FROM email_accounts.sync_state"), 8);
+}
+
 #[test]
 fn a_corpus_of_broken_messages_is_stored_once_each_byte_for_byte_and_the_receiver_keeps_going() {
     let mut setup = setup(&[]);

@@ -215,29 +215,39 @@ pub fn stored_unique_ids(account_id: i64, listed: &[String]) -> Result<HashMap<S
     })
 }
 
-/// Messages in one statement, a whole batch or one of it; the array lists of
-/// each message come as jsonb (SQL arrays of arrays must be rectangular).
-const INSERT_MESSAGES: &str = "
+/// Messages in one statement, a whole batch or one of it. The parameters
+/// are unnested in the select list, not in FROM: a function scan would first
+/// copy every raw message into a tuplestore. The rows come out, and take
+/// their ids, in the arrays' order. Each message's address and reference
+/// lists come as array literals (SQL arrays of arrays must be rectangular).
+/// Without ON CONFLICT: a batch never holds stored messages unless a cursor
+/// was lost, and speculative insertion costs every row a unique-index probe
+/// and a second WAL record; `store_batch` retries a refused batch with it.
+macro_rules! insert_messages {
+    () => {
+        "
 INSERT INTO email_accounts.message
        (account_id, tenant, folder, uidvalidity, uid, unique_id, internet_message_id, in_reply_to, \"references\",
         from_address, to_addresses, cc_addresses, reply_to, subject, sent_at, body_text, body_html, headers, size,
         seen, raw, raw_sha256, headers_only, parse_error)
-SELECT $1, account.tenant, $2, $3, m.uid, m.unique_id, m.internet_message_id, m.in_reply_to,
-       ARRAY(SELECT jsonb_array_elements_text(m.refs)), m.from_address,
-       ARRAY(SELECT jsonb_array_elements_text(m.to_addresses)), ARRAY(SELECT jsonb_array_elements_text(m.cc_addresses)),
-       ARRAY(SELECT jsonb_array_elements_text(m.reply_to)), m.subject, to_timestamp(m.sent_at), m.body_text,
-       m.body_html, m.headers, m.size, m.seen, m.raw, sha256(m.raw), m.headers_only, m.parse_error
-  FROM email_accounts.account,
-       unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::jsonb[], $11::jsonb[],
-              $12::jsonb[], $13::text[], $14::float8[], $15::text[], $16::text[], $17::jsonb[], $18::bigint[],
-              $19::boolean[], $20::bytea[], $21::boolean[], $22::text[])
-         WITH ORDINALITY AS m (uid, unique_id, internet_message_id, in_reply_to, refs, from_address, to_addresses,
-                               cc_addresses, reply_to, subject, sent_at, body_text, body_html, headers, size, seen,
-                               raw, headers_only, parse_error, position)
- WHERE account.account_id = $1
- ORDER BY m.position
-ON CONFLICT DO NOTHING
-RETURNING message_id, uid, unique_id";
+SELECT $1, (SELECT tenant FROM email_accounts.account WHERE account_id = $1), $2, $3, m.uid, m.unique_id,
+       m.internet_message_id, m.in_reply_to, m.refs::text[], m.from_address, m.to_addresses::text[],
+       m.cc_addresses::text[], m.reply_to::text[], m.subject, to_timestamp(m.sent_at), m.body_text, m.body_html,
+       m.headers, m.size, m.seen, m.raw, sha256(m.raw), m.headers_only, m.parse_error
+  FROM (SELECT unnest($4::bigint[]) AS uid, unnest($5::text[]) AS unique_id, unnest($6::text[]) AS internet_message_id,
+               unnest($7::text[]) AS in_reply_to, unnest($8::text[]) AS refs, unnest($9::text[]) AS from_address,
+               unnest($10::text[]) AS to_addresses, unnest($11::text[]) AS cc_addresses,
+               unnest($12::text[]) AS reply_to, unnest($13::text[]) AS subject, unnest($14::float8[]) AS sent_at,
+               unnest($15::text[]) AS body_text, unnest($16::text[]) AS body_html, unnest($17::jsonb[]) AS headers,
+               unnest($18::bigint[]) AS size, unnest($19::boolean[]) AS seen, unnest($20::bytea[]) AS raw,
+               unnest($21::boolean[]) AS headers_only, unnest($22::text[]) AS parse_error) AS m
+ WHERE EXISTS (SELECT FROM email_accounts.account WHERE account_id = $1)"
+    };
+}
+const INSERT_MESSAGES: &str = concat!(insert_messages!(), "\nRETURNING message_id, uid, unique_id");
+/// The same, skipping messages already stored (one by one, or a batch refused without it).
+const INSERT_NEW_MESSAGES: &str =
+    concat!(insert_messages!(), "\nON CONFLICT DO NOTHING\nRETURNING message_id, uid, unique_id");
 
 /// After a UIDVALIDITY change: the same content already stored from this folder takes the new UID.
 const REBIND_MESSAGE: &str = "
@@ -320,7 +330,7 @@ fn insert_message(account_id: i64, batch: &Batch, message: &FetchedMessage) -> R
             return Ok(None);
         }
     }
-    let stored = insert_messages(account_id, batch, std::slice::from_ref(message))?;
+    let stored = insert_messages(account_id, batch, std::slice::from_ref(message), true)?;
     Ok(stored.first().map(|(message_id, _)| *message_id))
 }
 
@@ -350,10 +360,38 @@ fn insert_attachments(messages: &[(i64, &ParsedMessage)]) -> Result<(), SpiError
     )
 }
 
+/// An SQL array literal of `values` (every element quoted, so any text is
+/// kept as it is).
+fn array_literal(values: &[String]) -> String {
+    let mut literal = String::with_capacity(2 + values.iter().map(|value| value.len() + 3).sum::<usize>());
+    literal.push('{');
+    for (index, value) in values.iter().enumerate() {
+        if index > 0 {
+            literal.push(',');
+        }
+        literal.push('"');
+        for character in value.chars() {
+            if character == '"' || character == '\\' {
+                literal.push('\\');
+            }
+            literal.push(character);
+        }
+        literal.push('"');
+    }
+    literal.push('}');
+    literal
+}
+
 /// `messages` (of `batch`) and their attachments in two statements. Returns
-/// the new messages' ids with their place in `messages`; those already
-/// stored are not in it.
-fn insert_messages(account_id: i64, batch: &Batch, messages: &[FetchedMessage]) -> Result<Vec<(i64, usize)>, SpiError> {
+/// the new messages' ids with their place in `messages`; with
+/// `skip_stored`, those already stored are skipped and not in it (without,
+/// one of them fails the statement).
+fn insert_messages(
+    account_id: i64,
+    batch: &Batch,
+    messages: &[FetchedMessage],
+    skip_stored: bool,
+) -> Result<Vec<(i64, usize)>, SpiError> {
     let empty = ParsedMessage::default();
     let parsed: Vec<(&ParsedMessage, Option<String>)> = messages
         .iter()
@@ -362,24 +400,24 @@ fn insert_messages(account_id: i64, batch: &Batch, messages: &[FetchedMessage]) 
             Err(error) => (&empty, Some(error.to_string())),
         })
         .collect();
-    let list = |values: &[String]| JsonB(serde_json::json!(values));
+    let list = |values: &[String]| array_literal(values);
     let arguments: Vec<DatumWithOid<'_>> = vec![
         account_id.into(),
         batch.folder.as_str().into(),
         batch.uidvalidity.map(i64::from).into(),
         messages.iter().map(|message| message.uid.map(i64::from)).collect::<Vec<_>>().into(),
-        messages.iter().map(|message| message.unique_id.clone()).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| parsed.message_id.clone()).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| parsed.in_reply_to.clone()).collect::<Vec<_>>().into(),
+        messages.iter().map(|message| message.unique_id.as_deref()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.message_id.as_deref()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.in_reply_to.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| list(&parsed.references)).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| parsed.from.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.from.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| list(&parsed.to)).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| list(&parsed.cc)).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| list(&parsed.reply_to)).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| parsed.subject.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.subject.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.date.map(|seconds| seconds as f64)).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| parsed.text_body.clone()).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| parsed.html_body.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.text_body.as_deref()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| parsed.html_body.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| JsonB(headers_json(parsed))).collect::<Vec<_>>().into(),
         messages
             .iter()
@@ -389,10 +427,11 @@ fn insert_messages(account_id: i64, batch: &Batch, messages: &[FetchedMessage]) 
         messages.iter().map(|message| message.seen).collect::<Vec<_>>().into(),
         messages.iter().map(|message| message.raw.as_slice()).collect::<Vec<_>>().into(),
         messages.iter().map(|message| message.headers_only).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(_, error)| error.clone()).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(_, error)| error.as_deref()).collect::<Vec<_>>().into(),
     ];
     let inserted: Vec<(i64, Option<i64>, Option<String>)> = Spi::connect_mut(|client| {
-        kept_plans::update(client, INSERT_MESSAGES, &arguments)?
+        let statement = if skip_stored { INSERT_NEW_MESSAGES } else { INSERT_MESSAGES };
+        kept_plans::update(client, statement, &arguments)?
             .into_iter()
             .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get(2)?, row.get(3)?)))
             .collect::<Result<_, SpiError>>()
@@ -422,17 +461,17 @@ pub fn store_batch(account: &ReceivingAccount, batch: &Batch) -> Result<StoreRec
     let mut receipt = StoreReceipt::default();
     let mut new_messages: Vec<(i64, &FetchedMessage)> = Vec::new();
     let mut first_failed_uid: Option<u32> = None;
-    // The whole batch in two statements; message by message (each in its
-    // own subtransaction) only after a UIDVALIDITY change, which matches
+    // The whole batch in two statements, again skipping stored messages if
+    // one was there (a lost cursor); message by message (each in its own
+    // subtransaction) only after a UIDVALIDITY change, which matches
     // contents one by one, or when the database refuses the batch, to find
     // the messages it refuses.
-    let together = if batch.resync {
-        None
-    } else {
-        in_subtransaction(AssertUnwindSafe(|| insert_messages(account.account_id, batch, &batch.messages)))
+    let together = |skip_stored| {
+        in_subtransaction(AssertUnwindSafe(|| insert_messages(account.account_id, batch, &batch.messages, skip_stored)))
             .ok()
             .and_then(Result::ok)
     };
+    let together = if batch.resync { None } else { together(false).or_else(|| together(true)) };
     if let Some(stored) = &together {
         new_messages = stored.iter().map(|(message_id, index)| (*message_id, &batch.messages[*index])).collect();
         receipt.already_stored = batch.messages.len() - new_messages.len();
