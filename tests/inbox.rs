@@ -369,8 +369,16 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
     setup
         .client
         .batch_execute(
-            "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN IF NEW.subject = 'refuse me' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF; RETURN NEW; END $$;
+            "CREATE SEQUENCE public.refusals;
+             GRANT USAGE ON SEQUENCE public.refusals TO PUBLIC;
+             CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.subject = 'refuse me' THEN
+                 PERFORM nextval('public.refusals');  -- counted also when rolled back
+                 RAISE EXCEPTION 'refused by a test trigger';
+               END IF;
+               RETURN NEW;
+             END $$;
              CREATE TRIGGER refuse BEFORE INSERT ON email_accounts.message FOR EACH ROW EXECUTE FUNCTION public.refuse();",
         )
         .unwrap();
@@ -392,8 +400,13 @@ fn pop3_keeps_or_deletes_messages_only_after_they_are_committed() {
     let left = setup.servers.mailbox("carol@example.test");
     assert_eq!(left.len(), 1, "only the refused message stays");
     assert!(left[0].contains("refuse me"));
+    let refusals = |setup: &mut Setup| setup.count("SELECT last_value FROM public.refusals");
+    let refused_before = refusals(&mut setup);
     let carol = setup.sync_now("Carol");
     assert_eq!(carol[0].2, "failing", "{carol:?}");
+    // Tried once in the batch, once alone: a refusal that is no duplicate
+    // key is not tried again as a batch that skips stored messages.
+    assert_eq!(refusals(&mut setup) - refused_before, 2);
     assert!(carol[0].3.as_deref().unwrap_or_default().contains("refused by a test trigger"), "{carol:?}");
     // Failures in a row: the next attempt backs off to at least 2 × poll_interval (1 hour), capped at 4 hours.
     assert_eq!(

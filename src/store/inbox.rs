@@ -5,7 +5,7 @@
 use super::account_settings::ServerSettings;
 use super::kept_plans;
 use super::routing::{self, RoutingSettings};
-use super::transaction::in_subtransaction;
+use super::transaction::try_in_subtransaction;
 use email_accounts_mail::parse::{ParsedAttachment, ParsedMessage};
 use email_accounts_mail::receive::imap_sync::FolderState;
 use email_accounts_mail::receive::pop3_sync::{Pop3State, Retrieval};
@@ -436,12 +436,11 @@ fn insert_messages(
             .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get(2)?, row.get(3)?)))
             .collect::<Result<_, SpiError>>()
     })?;
-    // A folder's UIDs and a mailbox's UIDLs are unique within a batch.
-    let place: HashMap<(Option<i64>, Option<&str>), usize> = messages
-        .iter()
-        .enumerate()
-        .map(|(index, message)| ((message.uid.map(i64::from), message.unique_id.as_deref()), index))
-        .collect();
+    // A server may list a UID or UIDL twice; the first is the one stored.
+    let mut place: HashMap<(Option<i64>, Option<&str>), usize> = HashMap::new();
+    for (index, message) in messages.iter().enumerate() {
+        place.entry((message.uid.map(i64::from), message.unique_id.as_deref())).or_insert(index);
+    }
     let new: Vec<(i64, usize)> = inserted
         .iter()
         .filter_map(|(message_id, uid, unique_id)| {
@@ -462,33 +461,40 @@ pub fn store_batch(account: &ReceivingAccount, batch: &Batch) -> Result<StoreRec
     let mut new_messages: Vec<(i64, &FetchedMessage)> = Vec::new();
     let mut first_failed_uid: Option<u32> = None;
     // The whole batch in two statements, again skipping stored messages if
-    // one was there (a lost cursor); message by message (each in its own
-    // subtransaction) only after a UIDVALIDITY change, which matches
-    // contents one by one, or when the database refuses the batch, to find
-    // the messages it refuses.
+    // it met one (a duplicate key: a lost cursor); message by message (each
+    // in its own subtransaction) only after a UIDVALIDITY change, which
+    // matches contents one by one, or when the database refuses the batch
+    // otherwise, to find the messages it refuses.
     let together = |skip_stored| {
-        in_subtransaction(AssertUnwindSafe(|| insert_messages(account.account_id, batch, &batch.messages, skip_stored)))
-            .ok()
-            .and_then(Result::ok)
+        try_in_subtransaction(AssertUnwindSafe(|| {
+            insert_messages(account.account_id, batch, &batch.messages, skip_stored)
+        }))
     };
-    let together = if batch.resync { None } else { together(false).or_else(|| together(true)) };
+    let together = if batch.resync {
+        None
+    } else {
+        match together(false) {
+            Ok(stored) => Some(stored),
+            Err(error) if error.is_unique_violation() => together(true).ok(),
+            Err(_) => None,
+        }
+    };
     if let Some(stored) = &together {
         new_messages = stored.iter().map(|(message_id, index)| (*message_id, &batch.messages[*index])).collect();
         receipt.already_stored = batch.messages.len() - new_messages.len();
         receipt.committed_unique_ids = batch.messages.iter().filter_map(|message| message.unique_id.clone()).collect();
     }
     for message in batch.messages.iter().filter(|_| together.is_none()) {
-        let stored = in_subtransaction(AssertUnwindSafe(|| insert_message(account.account_id, batch, message)));
+        let stored = try_in_subtransaction(AssertUnwindSafe(|| insert_message(account.account_id, batch, message)));
         let error = match stored {
-            Ok(Ok(Some(message_id))) => {
+            Ok(Some(message_id)) => {
                 new_messages.push((message_id, message));
                 None
             }
-            Ok(Ok(None)) => {
+            Ok(None) => {
                 receipt.already_stored += 1;
                 None
             }
-            Ok(Err(error)) => Some(error.to_string()),
             Err(error) => Some(error.to_string()),
         };
         match error {

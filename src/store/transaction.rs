@@ -2,6 +2,7 @@
 //! transaction is rolled back, and the worker carries on.
 
 use pgrx::pg_sys;
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
 
@@ -10,27 +11,38 @@ use pgrx::PgTryBuilder;
 #[error("{message}")]
 pub struct StoreError {
     pub message: String,
+    /// The error's SQLSTATE, when PostgreSQL raised it.
+    pub code: Option<PgSqlErrorCode>,
+}
+
+impl StoreError {
+    /// A duplicate key in a unique index (SQLSTATE 23505).
+    pub fn is_unique_violation(&self) -> bool {
+        self.code == Some(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION)
+    }
 }
 
 impl From<pgrx::spi::SpiError> for StoreError {
     fn from(error: pgrx::spi::SpiError) -> Self {
-        StoreError { message: error.to_string() }
+        StoreError { message: error.to_string(), code: None }
     }
 }
 
 impl From<super::oauth::OAuthStoreError> for StoreError {
     fn from(error: super::oauth::OAuthStoreError) -> Self {
-        StoreError { message: error.to_string() }
+        StoreError { message: error.to_string(), code: None }
     }
 }
 
 impl From<CaughtError> for StoreError {
     fn from(error: CaughtError) -> Self {
-        let message = match error {
-            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report.message().to_owned(),
-            CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+        let (message, code) = match error {
+            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+                (report.message().to_owned(), report.sql_error_code())
+            }
+            CaughtError::RustPanic { ereport, .. } => (ereport.message().to_owned(), ereport.sql_error_code()),
         };
-        StoreError { message }
+        StoreError { message, code: Some(code) }
     }
 }
 
@@ -126,28 +138,43 @@ pub fn try_in_transaction<T, E: Into<StoreError>>(
 /// the subtransaction is rolled back, and the caller carries on (as a
 /// PL/pgSQL exception block does). Used so one bad row never undoes the rest.
 pub fn in_subtransaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, StoreError> {
+    subtransaction(|| Ok::<R, StoreError>(body()))
+}
+
+/// `in_subtransaction` for a body that can fail by itself: when it returns
+/// an error, what it did is rolled back too, not kept half done.
+pub fn try_in_subtransaction<T, E: Into<StoreError>>(
+    body: impl FnOnce() -> Result<T, E> + std::panic::UnwindSafe,
+) -> Result<T, StoreError> {
+    subtransaction(|| body().map_err(Into::into))
+}
+
+/// Commits the subtransaction when `body` returns `Ok`, rolls it back when
+/// it returns an error or raises one.
+fn subtransaction<T>(body: impl FnOnce() -> Result<T, StoreError> + std::panic::UnwindSafe) -> Result<T, StoreError> {
     let memory_context = unsafe { pg_sys::CurrentMemoryContext };
     let resource_owner = unsafe { pg_sys::CurrentResourceOwner };
+    let end = |commit: bool| unsafe {
+        pg_sys::MemoryContextSwitchTo(memory_context);
+        if commit {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(memory_context);
+        pg_sys::CurrentResourceOwner = resource_owner;
+    };
     unsafe {
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(memory_context);
     }
     PgTryBuilder::new(|| {
         let result = body();
-        unsafe {
-            pg_sys::ReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(memory_context);
-            pg_sys::CurrentResourceOwner = resource_owner;
-        }
-        Ok(result)
+        end(result.is_ok());
+        result
     })
     .catch_others(|error| {
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(memory_context);
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(memory_context);
-            pg_sys::CurrentResourceOwner = resource_owner;
-        }
+        end(false);
         Err(StoreError::from(error))
     })
     .execute()

@@ -332,15 +332,27 @@ impl super::duty::Duty for Receiver {
     }
 }
 
-/// Lets malloc keep what a batch frees for the next one. A batch's arrays
-/// (raw messages, bodies) are hundreds of kilobytes: by default malloc maps
-/// each afresh and gives it back when freed, and the page faults of touching
-/// them again were 5–7 % of the receiver's CPU in the ingest bench.
+/// Lets malloc keep what a batch frees for the next one while a sync runs.
+/// A batch's arrays (raw messages, bodies) are hundreds of kilobytes: by
+/// default malloc maps each afresh and gives it back when freed, and the
+/// page faults of touching them again were 5–7 % of the receiver's CPU in
+/// the ingest bench. `give_back_freed_memory` returns it after each round.
 fn keep_freed_memory() {
     // SAFETY: mallopt only tunes this process's allocator.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+/// Hands the memory a round freed (in every thread's arena) back to the
+/// system, so an idle receiver holds no more than it did before the round.
+fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory of this process's allocator.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -367,7 +379,12 @@ fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
     } else {
         watchers.stop_all();
     }
-    let waiting_for_renewal = sync_accounts(accounts.into_iter().filter(|account| account.due).collect());
+    let due: Vec<ReceivingAccount> = accounts.into_iter().filter(|account| account.due).collect();
+    let synced = !due.is_empty();
+    let waiting_for_renewal = sync_accounts(due);
+    if synced {
+        give_back_freed_memory();
+    }
     for (slot, _) in requests {
         board::finish_sync_request(slot);
     }
