@@ -3,6 +3,7 @@
 //! and recording how a sync ended.
 
 use super::account_settings::ServerSettings;
+use super::jsonb::HeaderList;
 use super::kept_plans;
 use super::routing::{self, RoutingSettings};
 use super::transaction::try_in_subtransaction;
@@ -13,7 +14,6 @@ use email_accounts_mail::receive::{Batch, FetchedMessage, FolderOutcome, StoreRe
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
-use pgrx::JsonB;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
@@ -274,12 +274,6 @@ ON CONFLICT (account_id, folder) DO UPDATE
        skipped_unique_ids = state.skipped_unique_ids || excluded.skipped_unique_ids,
        messages_stored = state.messages_stored + excluded.messages_stored";
 
-fn headers_json(parsed: &ParsedMessage) -> serde_json::Value {
-    serde_json::Value::Array(
-        parsed.headers.iter().map(|(name, value)| serde_json::json!({ "name": name, "value": value })).collect(),
-    )
-}
-
 /// The parsed fields, in the order replace_parsed() takes them ($2–$13).
 fn parsed_arguments(parsed: &ParsedMessage) -> [DatumWithOid<'static>; 12] {
     [
@@ -294,7 +288,7 @@ fn parsed_arguments(parsed: &ParsedMessage) -> [DatumWithOid<'static>; 12] {
         parsed.date.map(|seconds| seconds as f64).into(),
         parsed.text_body.clone().into(),
         parsed.html_body.clone().into(),
-        JsonB(headers_json(parsed)).into(),
+        HeaderList(&parsed.headers).into(),
     ]
 }
 
@@ -418,7 +412,7 @@ fn insert_messages(
         parsed.iter().map(|(parsed, _)| parsed.date.map(|seconds| seconds as f64)).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.text_body.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.html_body.as_deref()).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| JsonB(headers_json(parsed))).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| HeaderList(&parsed.headers)).collect::<Vec<_>>().into(),
         messages
             .iter()
             .map(|message| message.server_size.max(message.raw.len() as u64) as i64)

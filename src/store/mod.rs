@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod catalog;
 pub mod home;
 pub mod inbox;
+pub mod jsonb;
 pub mod kept_plans;
 pub mod key_file;
 pub mod links;
