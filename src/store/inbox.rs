@@ -394,7 +394,6 @@ fn insert_messages(
             Err(error) => (&empty, Some(error.to_string())),
         })
         .collect();
-    let list = |values: &[String]| array_literal(values);
     let arguments: Vec<DatumWithOid<'_>> = vec![
         account_id.into(),
         batch.folder.as_str().into(),
@@ -403,11 +402,11 @@ fn insert_messages(
         messages.iter().map(|message| message.unique_id.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.message_id.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.in_reply_to.as_deref()).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| list(&parsed.references)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| array_literal(&parsed.references)).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.from.as_deref()).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| list(&parsed.to)).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| list(&parsed.cc)).collect::<Vec<_>>().into(),
-        parsed.iter().map(|(parsed, _)| list(&parsed.reply_to)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| array_literal(&parsed.to)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| array_literal(&parsed.cc)).collect::<Vec<_>>().into(),
+        parsed.iter().map(|(parsed, _)| array_literal(&parsed.reply_to)).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.subject.as_deref()).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.date.map(|seconds| seconds as f64)).collect::<Vec<_>>().into(),
         parsed.iter().map(|(parsed, _)| parsed.text_body.as_deref()).collect::<Vec<_>>().into(),

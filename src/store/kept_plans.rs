@@ -288,7 +288,9 @@ mod tests {
     fn a_read_in_a_subtransaction_sees_what_the_transaction_wrote() {
         Spi::run("CREATE TABLE growing (id bigint PRIMARY KEY)").unwrap();
         Spi::run("INSERT INTO growing VALUES (1), (2)").unwrap();
-        let seen = crate::store::transaction::in_subtransaction(count).unwrap();
+        let seen =
+            crate::store::transaction::try_in_subtransaction(|| get_one::<i64>(COUNT, &[vec![1_i64, 2, 3].into()]))
+                .unwrap();
         assert_eq!(seen, Some(2));
     }
 

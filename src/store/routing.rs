@@ -6,7 +6,7 @@
 //! recorded on the message and never loses it.
 
 use super::kept_plans;
-use super::transaction::{in_subtransaction, set_setting, StoreError, PINNED_SEARCH_PATH};
+use super::transaction::{set_setting, try_in_subtransaction, StoreError, PINNED_SEARCH_PATH};
 use email_accounts_mail::receive::auto_reply::{auto_reply_recipient, auto_reply_subject};
 use email_accounts_mail::receive::FetchedMessage;
 use pgrx::prelude::*;
@@ -117,7 +117,7 @@ fn user_code_step(account_id: i64, message_id: i64, name: &str, body: impl FnOnc
     let timeout = crate::settings::routing_timeout_milliseconds();
     let watchdog = watchdog();
     crate::worker::board::set_routing_account(Some(account_id));
-    let outcome = in_subtransaction(AssertUnwindSafe(|| {
+    let outcome = try_in_subtransaction(AssertUnwindSafe(|| {
         unsafe {
             enable_timeout_after(STATEMENT_TIMEOUT, timeout);
             enable_timeout_after(watchdog, timeout.saturating_add(GRACE_AFTER_CANCEL_MS));
@@ -145,17 +145,14 @@ fn user_code_step(account_id: i64, message_id: i64, name: &str, body: impl FnOnc
 
 /// Runs one step in a subtransaction; an error is recorded on the message.
 fn step(message_id: i64, name: &str, body: impl FnOnce() -> Result<(), SpiError>) {
-    record_failure(message_id, name, in_subtransaction(AssertUnwindSafe(body)));
+    record_failure(message_id, name, try_in_subtransaction(AssertUnwindSafe(body)));
 }
 
 /// Records how a step's subtransaction failed, if it did.
-fn record_failure(message_id: i64, name: &str, outcome: Result<Result<(), SpiError>, StoreError>) {
-    let error = match outcome {
-        Ok(Ok(())) => return,
-        Ok(Err(error)) => error.to_string(),
-        Err(error) => error.to_string(),
-    };
-    record_routing_error(message_id, name, &error);
+fn record_failure(message_id: i64, name: &str, outcome: Result<(), StoreError>) {
+    if let Err(error) = outcome {
+        record_routing_error(message_id, name, &error.to_string());
+    }
 }
 
 pub fn route(message_id: i64, message: &FetchedMessage, settings: &RoutingSettings) {

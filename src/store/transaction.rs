@@ -134,24 +134,13 @@ pub fn try_in_transaction<T, E: Into<StoreError>>(
     in_transaction(body)?.map_err(Into::into)
 }
 
-/// Runs `body` in a subtransaction of the current transaction: on error only
-/// the subtransaction is rolled back, and the caller carries on (as a
+/// Runs `body` in a subtransaction of the current transaction: when it
+/// raises an error or returns one, only the subtransaction is rolled back
+/// (nothing it did is kept half done), and the caller carries on (as a
 /// PL/pgSQL exception block does). Used so one bad row never undoes the rest.
-pub fn in_subtransaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, StoreError> {
-    subtransaction(|| Ok::<R, StoreError>(body()))
-}
-
-/// `in_subtransaction` for a body that can fail by itself: when it returns
-/// an error, what it did is rolled back too, not kept half done.
 pub fn try_in_subtransaction<T, E: Into<StoreError>>(
     body: impl FnOnce() -> Result<T, E> + std::panic::UnwindSafe,
 ) -> Result<T, StoreError> {
-    subtransaction(|| body().map_err(Into::into))
-}
-
-/// Commits the subtransaction when `body` returns `Ok`, rolls it back when
-/// it returns an error or raises one.
-fn subtransaction<T>(body: impl FnOnce() -> Result<T, StoreError> + std::panic::UnwindSafe) -> Result<T, StoreError> {
     let memory_context = unsafe { pg_sys::CurrentMemoryContext };
     let resource_owner = unsafe { pg_sys::CurrentResourceOwner };
     let end = |commit: bool| unsafe {
@@ -169,7 +158,7 @@ fn subtransaction<T>(body: impl FnOnce() -> Result<T, StoreError> + std::panic::
         pg_sys::MemoryContextSwitchTo(memory_context);
     }
     PgTryBuilder::new(|| {
-        let result = body();
+        let result = body().map_err(Into::into);
         end(result.is_ok());
         result
     })

@@ -379,12 +379,7 @@ fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
     } else {
         watchers.stop_all();
     }
-    let due: Vec<ReceivingAccount> = accounts.into_iter().filter(|account| account.due).collect();
-    let synced = !due.is_empty();
-    let waiting_for_renewal = sync_accounts(due);
-    if synced {
-        give_back_freed_memory();
-    }
+    let waiting_for_renewal = sync_accounts(accounts.into_iter().filter(|account| account.due).collect());
     for (slot, _) in requests {
         board::finish_sync_request(slot);
     }
@@ -486,6 +481,7 @@ fn sync_accounts(accounts: Vec<ReceivingAccount>) -> bool {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    give_back_freed_memory();
     renewing_elsewhere > 0
 }
 

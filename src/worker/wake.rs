@@ -47,10 +47,15 @@ const FOUND_PRESENT: u32 = 2;
 
 /// Asks for `what` (the constants above) when the current transaction commits.
 pub fn at_commit(what: u32) {
+    register_callback();
+    AT_COMMIT.fetch_or(what, Ordering::Relaxed);
+}
+
+/// Once per backend: at_transaction_end runs at every transaction's end.
+fn register_callback() {
     if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
         unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
     }
-    AT_COMMIT.fetch_or(what, Ordering::Relaxed);
 }
 
 /// Counts the current transaction as a settings change under way, from now
@@ -59,7 +64,7 @@ pub fn at_commit(what: u32) {
 /// whose prepared transaction becomes visible before the PRE_COMMIT of the
 /// transaction that runs it.
 pub fn settings_change_begins_now() {
-    at_commit(0);
+    register_callback();
     if !SETTINGS_CHANGE_UNDER_WAY.swap(true, Ordering::Relaxed) {
         board::settings_change_begins();
     }

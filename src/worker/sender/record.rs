@@ -5,7 +5,7 @@
 use crate::settings;
 use crate::store::oauth;
 use crate::store::outbox::{self, ClaimedRow, RowResult};
-use crate::store::transaction::{in_subtransaction, in_transaction, try_in_transaction, StoreError};
+use crate::store::transaction::{in_transaction, try_in_subtransaction, try_in_transaction, StoreError};
 use email_accounts_mail::delivery::{summarize, JobOutcome, RowSummary};
 use email_accounts_mail::oauth::TokenReport;
 use email_accounts_mail::row_status::{verdict, ClaimedState, RowVerdict};
@@ -77,13 +77,10 @@ fn record_token_reports(role_name: &str, reports: &[(i64, TokenReport, Option<St
     let recorded = in_transaction(AssertUnwindSafe(|| {
         for (account_id, report, lease) in reports {
             let stored =
-                in_subtransaction(AssertUnwindSafe(|| oauth::record_report(*account_id, report, lease.as_deref())));
-            let error = match stored {
-                Ok(Ok(())) => continue,
-                Ok(Err(error)) => error.to_string(),
-                Err(error) => error.to_string(),
-            };
-            log!("{role_name}: cannot store the OAuth2 tokens of account {account_id}: {error}");
+                try_in_subtransaction(AssertUnwindSafe(|| oauth::record_report(*account_id, report, lease.as_deref())));
+            if let Err(error) = stored {
+                log!("{role_name}: cannot store the OAuth2 tokens of account {account_id}: {error}");
+            }
         }
     }));
     if let Err(error) = recorded {
@@ -165,18 +162,15 @@ fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
         // The whole round in a few statements; if that fails, row by row, so
         // one row that cannot be recorded keeps its lease (and is retried when
         // it lapses) while the others are recorded all the same.
-        let together = in_subtransaction(AssertUnwindSafe(|| outbox::record_all(&rows, retry_base_delay)));
-        if matches!(together, Ok(Ok(()))) {
+        let together = try_in_subtransaction(AssertUnwindSafe(|| outbox::record_all(&rows, retry_base_delay)));
+        if together.is_ok() {
             return Ok(());
         }
         for row in rows.chunks(1) {
-            let recorded = in_subtransaction(AssertUnwindSafe(|| outbox::record_all(row, retry_base_delay)));
-            let error = match recorded {
-                Ok(Ok(())) => continue,
-                Ok(Err(error)) => error.to_string(),
-                Err(error) => error.to_string(),
-            };
-            warning!("email_accounts sender: cannot record outbox row {}: {error}", row[0].outbox_id);
+            let recorded = try_in_subtransaction(AssertUnwindSafe(|| outbox::record_all(row, retry_base_delay)));
+            if let Err(error) = recorded {
+                warning!("email_accounts sender: cannot record outbox row {}: {error}", row[0].outbox_id);
+            }
         }
         Ok(())
     }))?
