@@ -185,13 +185,25 @@ const CLAIM: &str = concat!(
                              coalesce(settings.send_limit_per_day - recent.last_day, $1::bigint))) AS rows
       FROM chosen AS settings
      CROSS JOIN LATERAL (
-         SELECT count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 minute') AS last_minute,
-                count(*) FILTER (WHERE sent.status = 'sending' OR sent.sent_at > now() - interval '1 hour') AS last_hour,
+         -- The rows in flight (from outbox_sending) and those sent in the
+         -- last day (from outbox_account_sent_at), each through its own
+         -- index: an OR of the two would need a bitmap scan, which the
+         -- sender does not plan (settings.rs, prefer_indexes), and read
+         -- every row the account ever sent instead.
+         SELECT count(*) FILTER (WHERE recent.in_flight OR recent.sent_at > now() - interval '1 minute') AS last_minute,
+                count(*) FILTER (WHERE recent.in_flight OR recent.sent_at > now() - interval '1 hour') AS last_hour,
                 count(*) AS last_day
-           FROM email_accounts.outbox AS sent
-          WHERE sent.account_id = settings.account_id
-            AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
-            AND (sent.status = 'sending' OR sent.sent_at > now() - interval '1 day')
+           FROM (SELECT true AS in_flight, NULL::timestamptz AS sent_at
+                   FROM email_accounts.outbox AS sent
+                  WHERE sent.account_id = settings.account_id AND sent.status = 'sending'
+                    AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
+                 UNION ALL
+                 SELECT false, sent.sent_at
+                   FROM email_accounts.outbox AS sent
+                  WHERE sent.account_id = settings.account_id AND sent.sent_at > now() - interval '1 day'
+                    AND sent.status <> 'sending'
+                    AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
+                ) AS recent
      ) AS recent
 ), candidate AS (
     -- Per account, its due rows in claim order (an index walk that stops at

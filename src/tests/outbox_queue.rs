@@ -612,6 +612,48 @@ mod tests {
         assert_eq!(claim(200, 60, &[], &[], 10, PASS).unwrap().len(), 0, "sent in the last minute");
     }
 
+    /// The rate limits' count reads the rows in flight and those sent in the
+    /// last day, each through its own index, as the sender plans (neither
+    /// seq nor bitmap scans): never the account's older history, which grows
+    /// for as long as the outbox is kept.
+    #[pg_test]
+    fn the_rate_limit_count_reads_no_older_history() {
+        use crate::store::outbox::claim;
+        sending_accounts();
+        Spi::run(
+            "SET LOCAL enable_seqscan = off;
+             SET LOCAL enable_bitmapscan = off;
+             UPDATE email_accounts.account SET send_limit_per_day = 100 WHERE name = 'ready';
+             INSERT INTO email_accounts.outbox (account, to_addresses) SELECT 'ready', '{a@example.net}' FROM generate_series(1, 2003);
+             UPDATE email_accounts.outbox SET status = 'sent', sent_at = now() - interval '7 days';
+             UPDATE email_accounts.outbox SET sent_at = now() - interval '1 hour'
+              WHERE outbox_id IN (SELECT outbox_id FROM email_accounts.outbox ORDER BY outbox_id LIMIT 3);",
+        )
+        .unwrap();
+        let in_flight = queue("ready", 0, 0);
+        assert_eq!(claim(1, 60, &[], &[], 10, PASS).unwrap().len(), 1);
+        for _ in 0..100 {
+            queue("ready", 0, 0);
+        }
+        // (The indexes that reach an account's sent rows; the others still
+        // hold this transaction's versions of the 2,003 rows while queued.)
+        let index_reads = || {
+            Spi::get_one::<i64>(
+                "SELECT (pg_stat_get_xact_tuples_returned('email_accounts.outbox_account_status'::regclass)
+                         + pg_stat_get_xact_tuples_returned('email_accounts.outbox_account_sent_at'::regclass)
+                         + pg_stat_get_xact_tuples_returned('email_accounts.outbox_sending'::regclass))::bigint",
+            )
+            .unwrap()
+            .unwrap_or(0)
+        };
+        let before = index_reads();
+        let claimed = claim(200, 60, &[], &[], 10, PASS).unwrap();
+        let read = index_reads() - before;
+        assert_eq!(claimed.len(), 96, "100 a day: 3 sent in the last day, 1 in flight");
+        assert!(!claimed.iter().any(|row| row.outbox_id == in_flight));
+        assert!(read < 100, "{read} entries of the sent rows' indexes read: the 2,000 sent a week ago among them");
+    }
+
     /// Rows claimed on insert (claim_on_insert) as the sender takes them:
     /// its own untaken rows get a token, at most `limit` a take (the rest is
     /// said to be left); rows of a skipped account, of a deleted one, past
