@@ -654,6 +654,32 @@ mod tests {
         assert!(read < 100, "{read} entries of the sent rows' indexes read: the 2,000 sent a week ago among them");
     }
 
+    /// A claim's rows share one token, a version 4 UUID the sender makes
+    /// (not one gen_random_uuid() per row); the next claim's is another.
+    #[pg_test]
+    fn a_claim_gives_its_rows_one_token_and_the_next_claim_another() {
+        use crate::store::outbox::claim;
+        sending_accounts();
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        for _ in 0..3 {
+            queue("ready", 0, 0);
+        }
+        let first = claim(2, 60, &[], &[], 10, PASS).unwrap();
+        let second = claim(2, 60, &[], &[], 10, PASS).unwrap();
+        assert_eq!((first.len(), second.len()), (2, 1));
+        assert_eq!(first[0].claim_token, first[1].claim_token);
+        assert_ne!(first[0].claim_token, second[0].claim_token);
+        let stored = Spi::get_one::<String>(&format!(
+            "SELECT claim_token::text FROM email_accounts.outbox WHERE outbox_id = {}",
+            second[0].outbox_id
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(stored, second[0].claim_token);
+        let (version, variant) = (&stored[14..15], &stored[19..20]);
+        assert!(version == "4" && "89ab".contains(variant), "{stored}: a version 4, variant 1 UUID");
+    }
+
     /// Rows claimed on insert (claim_on_insert) as the sender takes them:
     /// its own untaken rows get a token, at most `limit` a take (the rest is
     /// said to be left); rows of a skipped account, of a deleted one, past
