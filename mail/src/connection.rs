@@ -248,8 +248,8 @@ pub fn tls_connector_trusting(extra_ca_pem: Option<&str>) -> Result<TlsConnector
 }
 
 /// Performs the TLS handshake over an open TCP stream, verifying the host name.
-pub fn start_tls(endpoint: &Endpoint, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ConnectionError> {
-    tls_connector(endpoint)?.connect(&endpoint.host, tcp).map_err(|error| match error {
+pub fn start_tls(endpoint: &Endpoint, tcp: TcpStream) -> Result<TlsStream<ReadAhead>, ConnectionError> {
+    tls_connector(endpoint)?.connect(&endpoint.host, ReadAhead::new(tcp)).map_err(|error| match error {
         native_tls::HandshakeError::Failure(error) => ConnectionError::Tls(error.to_string()),
         native_tls::HandshakeError::WouldBlock(_) => {
             ConnectionError::Timeout { during: "the TLS handshake".to_owned() }
@@ -257,10 +257,48 @@ pub fn start_tls(endpoint: &Endpoint, tcp: TcpStream) -> Result<TlsStream<TcpStr
     })
 }
 
+/// Bytes a TLS connection reads from its socket at a time, at most.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// The TCP side of a TLS connection, read ahead. OpenSSL reads each TLS
+/// record in two calls (its 5-byte header, then the rest): a mailbox
+/// fetched as a stream of ~3 KB records took two `recvfrom` calls a message
+/// (the receiver during an ingest of 20,000: 37,790). From this buffer a
+/// call takes whatever has arrived, up to 64 KB. Writes go straight through.
+#[derive(Debug)]
+pub struct ReadAhead(io::BufReader<TcpStream>);
+
+impl ReadAhead {
+    pub fn new(tcp: TcpStream) -> ReadAhead {
+        ReadAhead(io::BufReader::with_capacity(READ_AHEAD_BYTES, tcp))
+    }
+
+    /// The TCP stream underneath (its timeouts apply to every read).
+    pub fn tcp(&self) -> &TcpStream {
+        self.0.get_ref()
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buffer)
+    }
+}
+
+impl Write for ReadAhead {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        self.0.get_mut().write(buffer)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.get_mut().flush()
+    }
+}
+
 /// A connection that is either plain or TLS, so protocol clients need one type.
 pub enum MailStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead>>),
 }
 
 impl MailStream {
@@ -307,6 +345,41 @@ pub fn check_plaintext(encrypted: bool, login: &Login) -> Result<(), ConnectionE
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    #[test]
+    fn read_ahead_hands_on_every_byte_in_order_and_writes_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            // Two writes that arrive as one read, then an answer to what the client wrote.
+            peer.write_all(b"* OK hello\r\n").unwrap();
+            peer.write_all(&[7u8; 100_000]).unwrap();
+            let mut asked = [0u8; 4];
+            peer.read_exact(&mut asked).unwrap();
+            peer.write_all(if &asked == b"ping" { b"pong" } else { b"what" }).unwrap();
+        });
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut stream = ReadAhead::new(tcp);
+        // In pieces smaller and larger than the buffer, as OpenSSL reads records.
+        let mut greeting = [0u8; 12];
+        stream.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting, b"* OK hello\r\n");
+        let mut body = vec![0u8; 100_000];
+        stream.read_exact(&mut body[..5]).unwrap();
+        stream.read_exact(&mut body[5..]).unwrap();
+        assert!(body.iter().all(|&byte| byte == 7));
+        stream.write_all(b"ping").unwrap();
+        stream.flush().unwrap();
+        let mut answer = [0u8; 4];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"pong");
+        server.join().unwrap();
+        // The end of the stream reaches the reader.
+        assert_eq!(stream.read(&mut answer).unwrap(), 0);
+        assert_eq!(stream.tcp().peer_addr().unwrap().port(), port);
+    }
 
     fn endpoint(host: &str, port: u16) -> Endpoint {
         Endpoint {

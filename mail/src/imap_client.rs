@@ -28,7 +28,7 @@ impl SetReadTimeout for MailStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> imap::Result<()> {
         match self {
             MailStream::Plain(stream) => TcpStream::set_read_timeout(stream, timeout),
-            MailStream::Tls(stream) => TcpStream::set_read_timeout(stream.get_ref(), timeout),
+            MailStream::Tls(stream) => TcpStream::set_read_timeout(stream.get_ref().tcp(), timeout),
         }
         .map_err(imap::Error::Io)
     }
