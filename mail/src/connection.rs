@@ -346,15 +346,20 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    /// Bytes whose order shows: 0, 1, ... 250, 0, 1, ...
+    fn pattern(length: usize) -> Vec<u8> {
+        (0..length).map(|index| (index % 251) as u8).collect()
+    }
+
     #[test]
     fn read_ahead_hands_on_every_byte_in_order_and_writes_through() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut peer, _) = listener.accept().unwrap();
-            // Two writes that arrive as one read, then an answer to what the client wrote.
+            // Two writes (often one read on the other side), then an answer to what the client wrote.
             peer.write_all(b"* OK hello\r\n").unwrap();
-            peer.write_all(&[7u8; 100_000]).unwrap();
+            peer.write_all(&pattern(100_000)).unwrap();
             let mut asked = [0u8; 4];
             peer.read_exact(&mut asked).unwrap();
             peer.write_all(if &asked == b"ping" { b"pong" } else { b"what" }).unwrap();
@@ -369,7 +374,7 @@ mod tests {
         let mut body = vec![0u8; 100_000];
         stream.read_exact(&mut body[..5]).unwrap();
         stream.read_exact(&mut body[5..]).unwrap();
-        assert!(body.iter().all(|&byte| byte == 7));
+        assert_eq!(body, pattern(100_000), "every byte, in order");
         stream.write_all(b"ping").unwrap();
         stream.flush().unwrap();
         let mut answer = [0u8; 4];

@@ -25,12 +25,22 @@ pub struct ImapHello {
 }
 
 impl SetReadTimeout for MailStream {
+    /// The `imap` crate asks for no read timeout at all once an IDLE wait
+    /// ends: the next IDLE's `+`, its DONE and the logout would then wait
+    /// without bound on a connection a NAT dropped silently (about 15
+    /// minutes of TCP retransmits, the watcher deaf to its stop flag). No
+    /// timeout means the connection's own bound instead, which its write
+    /// timeout still holds (`connect_tcp` set both; the crate changes reads only).
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> imap::Result<()> {
-        match self {
-            MailStream::Plain(stream) => TcpStream::set_read_timeout(stream, timeout),
-            MailStream::Tls(stream) => TcpStream::set_read_timeout(stream.get_ref().tcp(), timeout),
-        }
-        .map_err(imap::Error::Io)
+        let tcp = match self {
+            MailStream::Plain(stream) => &*stream,
+            MailStream::Tls(stream) => stream.get_ref().tcp(),
+        };
+        let timeout = match timeout {
+            Some(timeout) => Some(timeout),
+            None => tcp.write_timeout().map_err(imap::Error::Io)?,
+        };
+        TcpStream::set_read_timeout(tcp, timeout).map_err(imap::Error::Io)
     }
 }
 
@@ -179,5 +189,30 @@ pub fn classify(error: imap::Error, during: &str) -> ConnectionError {
         imap::Error::Bye(bye) => ConnectionError::Protocol(format!("BYE {} ({during})", bye.information)),
         imap::Error::ConnectionLost => ConnectionError::Protocol(format!("connection lost {during}")),
         other => ConnectionError::Protocol(format!("{other} ({during})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn no_read_timeout_asked_for_means_the_connections_own() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let own = Some(Duration::from_secs(7));
+        // As connect_tcp leaves every connection.
+        tcp.set_read_timeout(own).unwrap();
+        tcp.set_write_timeout(own).unwrap();
+        let mut stream = MailStream::Plain(tcp);
+        // An IDLE wait's own timeout is kept as asked...
+        SetReadTimeout::set_read_timeout(&mut stream, Some(Duration::from_secs(600))).unwrap();
+        let MailStream::Plain(tcp) = &stream else { unreachable!() };
+        assert_eq!(tcp.read_timeout().unwrap(), Some(Duration::from_secs(600)));
+        // ... and "none" after it is the connection's bound, never an endless wait.
+        SetReadTimeout::set_read_timeout(&mut stream, None).unwrap();
+        let MailStream::Plain(tcp) = &stream else { unreachable!() };
+        assert_eq!(tcp.read_timeout().unwrap(), own);
     }
 }

@@ -269,7 +269,8 @@ mod tests {
 
     /// A round's results are recorded only under the claim that is still
     /// current, token and row together: a stale token or another row's
-    /// token records nothing.
+    /// token records nothing. (The rows of one claim share its token, so
+    /// between them the row decides.)
     #[pg_test]
     fn results_are_recorded_only_under_the_rows_own_claim() {
         use email_accounts_mail::delivery::RecipientStatus;
