@@ -6,7 +6,7 @@
 use crate::compose::{compose, OutgoingMessage};
 use crate::connection::{ConnectionError, Endpoint, Login};
 use crate::oauth::{SignIn, TokenReport};
-use crate::smtp_client::{self, RecipientOutcome, SmtpClient};
+use crate::smtp_client::{self, Outgoing, RecipientOutcome, SmtpClient};
 use lettre::Address;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,12 +139,35 @@ fn open(endpoint: &Endpoint, sign_in: Option<&mut SignIn>) -> Result<SmtpClient,
     .map(|(client, _)| client)
 }
 
+/// A job ready for the wire (composed, its envelope parsed), or why it
+/// will never be.
+struct Prepared {
+    bytes: Vec<u8>,
+    from: Address,
+    recipients: Vec<Address>,
+}
+
+fn prepare(job: &Job) -> Result<Prepared, String> {
+    let composed = compose(&job.message).map_err(|error| error.to_string())?;
+    let (from, recipients) = envelope(job)?;
+    Ok(Prepared { bytes: composed.bytes, from, recipients })
+}
+
+impl Prepared {
+    fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing { from: &self.from, recipients: &self.recipients, message: &self.bytes }
+    }
+}
+
 /// All messages of one account over one connection, reconnecting once after
 /// a broken connection (a pooled connection the server closed meanwhile
 /// does not count). Once the server cannot be reached, the account's
 /// remaining messages are not attempted (they wait for the next try). Once
 /// `stopping` is set or the batch's time is up, the messages not yet started
-/// are reported `NotStarted`.
+/// are reported `NotStarted`. Each message's content goes out with the next
+/// one's envelope (`SmtpClient::send_ahead`): the next is then started, and
+/// is sent even if the round stops meanwhile. Messages are composed one
+/// ahead, never the whole batch at once.
 pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &AtomicBool) -> RoundResult {
     let mut sign_in = batch.sign_in;
     let mut outcomes = Vec::with_capacity(batch.jobs.len());
@@ -154,24 +177,23 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
     let mut server_down: Option<ConnectionError> = None;
     let mut reconnects_left = 1;
     let mut sent_copies: Vec<(i64, Vec<u8>)> = Vec::new();
-    for job in batch.jobs {
-        if stopping.load(Ordering::Relaxed) || Instant::now() >= batch.start_no_message_after {
-            outcomes.push((job.outbox_id, JobOutcome::NotStarted));
+    let may_start = || !stopping.load(Ordering::Relaxed) && Instant::now() < batch.start_no_message_after;
+    let mut jobs = batch.jobs.iter().map(|job| (job.outbox_id, prepare(job))).peekable();
+    while let Some((outbox_id, prepared)) = jobs.next() {
+        let started = client.as_ref().is_some_and(SmtpClient::has_envelope_ahead);
+        if !started && !may_start() {
+            outcomes.push((outbox_id, JobOutcome::NotStarted));
             continue;
         }
-        let prepared = compose(&job.message).map_err(|error| error.to_string()).and_then(|composed| {
-            let (from, recipients) = envelope(&job)?;
-            Ok((composed.bytes, from, recipients))
-        });
-        let (bytes, from, recipients) = match prepared {
+        let prepared = match prepared {
             Ok(prepared) => prepared,
             Err(problem) => {
-                outcomes.push((job.outbox_id, JobOutcome::Unsendable(problem)));
+                outcomes.push((outbox_id, JobOutcome::Unsendable(problem)));
                 continue;
             }
         };
         if let Some(error) = &server_down {
-            outcomes.push((job.outbox_id, JobOutcome::NotAttempted(error.clone())));
+            outcomes.push((outbox_id, JobOutcome::NotAttempted(error.clone())));
             continue;
         }
         let outcome = loop {
@@ -185,7 +207,11 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                     }
                 },
             };
-            match connection.send(&from, &recipients, &bytes) {
+            let next = match jobs.peek() {
+                Some((_, Ok(next))) if may_start() => Some(next.outgoing()),
+                _ => None,
+            };
+            match connection.send_ahead(prepared.outgoing(), next) {
                 Ok(delivery) => {
                     let at = SystemTime::now();
                     pooled = false;
@@ -194,8 +220,8 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                         client = None;
                     }
                     let accepted = matches!(delivery.data, Some(Ok(_)));
-                    if accepted && !sent_copies.iter().any(|(outbox_id, _)| *outbox_id == job.outbox_id) {
-                        sent_copies.push((job.outbox_id, bytes.clone()));
+                    if accepted && !sent_copies.iter().any(|(sent, _)| *sent == outbox_id) {
+                        sent_copies.push((outbox_id, prepared.bytes.clone()));
                     }
                     break JobOutcome::Answered {
                         recipients: delivery
@@ -222,9 +248,11 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                 }
             }
         };
-        outcomes.push((job.outbox_id, outcome));
+        outcomes.push((outbox_id, outcome));
     }
-    if let Some(client) = client {
+    // (A connection with an envelope ahead and no message to follow it is
+    // dropped: the server ends that transaction without a message.)
+    if let Some(client) = client.filter(|client| !client.has_envelope_ahead()) {
         pool.give_back(batch.account_id, batch.endpoint, login(&sign_in), client);
     }
     if let Some(sent_folder) = batch.sent_folder.filter(|_| !sent_copies.is_empty()) {
@@ -404,8 +432,8 @@ mod tests {
         assert_eq!(summary.accepted_at, Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2)));
     }
 
-    fn batch_to_nowhere(start_no_message_after: Instant) -> AccountBatch {
-        let message = OutgoingMessage {
+    fn message() -> OutgoingMessage {
+        OutgoingMessage {
             message_id: "<1@example.test>".to_owned(),
             from: "a@example.test".to_owned(),
             reply_to: Vec::new(),
@@ -423,26 +451,33 @@ mod tests {
             signature: None,
             unsubscribe_url: None,
             tracking_pixel_url: None,
-        };
+        }
+    }
+
+    /// Two messages to port 1 of this host, where nothing listens.
+    fn batch_to_nowhere(start_no_message_after: Instant) -> AccountBatch {
+        batch_to(1, start_no_message_after, 2)
+    }
+
+    fn batch_to(port: u16, start_no_message_after: Instant, messages: i64) -> AccountBatch {
         let job = |outbox_id| Job {
             outbox_id,
-            message: message.clone(),
+            message: message(),
             envelope_from: "a@example.test".to_owned(),
             recipients: vec!["b@example.test".to_owned()],
         };
         AccountBatch {
             account_id: 1,
             start_no_message_after,
-            // Nothing listens on port 1: a started message would be NotAttempted.
             endpoint: Endpoint {
                 host: "127.0.0.1".to_owned(),
-                port: 1,
+                port,
                 security: crate::connection::Security::None,
                 extra_ca_pem: None,
                 timeout: std::time::Duration::from_secs(1),
             },
             sign_in: None,
-            jobs: vec![job(1), job(2)],
+            jobs: (1..=messages).map(job).collect(),
             sent_folder: None,
         }
     }
@@ -459,6 +494,37 @@ mod tests {
         let outcomes = deliver_account(batch_to_nowhere(later), &pool, &AtomicBool::new(false)).outcomes;
         assert!(outcomes.iter().all(|(_, outcome)| matches!(outcome, JobOutcome::NotAttempted(_))), "{outcomes:?}");
         assert_eq!(summarize([&JobOutcome::NotStarted]), RowSummary::default());
+    }
+
+    #[test]
+    fn a_message_whose_envelope_went_ahead_is_sent_after_the_round_ran_out_of_time() {
+        // Each message's content goes out with the next one's envelope. The
+        // server answers the first content only after the round's time is
+        // up: the second message is started by then, and is sent; the third
+        // is not started.
+        let content_lines =
+            smtp_client::dot_stuff(&compose(&message()).unwrap().bytes).split(|&byte| byte == b'\n').count() - 1;
+        let (port, server) = crate::scripted_server::scripted_server(vec![
+            (1, 0, "250-scripted\r\n250 PIPELINING"),
+            (3, 0, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
+            (content_lines + 3, 600, "250 2.0.0 one\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
+            (content_lines, 0, "250 2.0.0 two"),
+        ]);
+        let round_ends = Instant::now() + std::time::Duration::from_millis(300);
+        let pool = ConnectionPool::default();
+        let outcomes = deliver_account(batch_to(port, round_ends, 3), &pool, &AtomicBool::new(false)).outcomes;
+        let answers: Vec<(i64, Option<String>)> = outcomes
+            .iter()
+            .map(|(outbox_id, outcome)| match outcome {
+                JobOutcome::Answered { data: Some(Ok(reply)), .. } => (*outbox_id, Some(reply.clone())),
+                JobOutcome::NotStarted => (*outbox_id, None),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(answers, [(1, Some("250 2.0.0 one".to_owned())), (2, Some("250 2.0.0 two".to_owned())), (3, None)]);
+        // Nothing is ahead on the connection kept for the next round.
+        assert_eq!(pool.open_connections(), 1);
+        assert_eq!(server.join().unwrap().iter().filter(|line| *line == "DATA").count(), 2);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod receive;
 pub mod return_path;
 pub mod row_status;
 pub mod sasl;
+#[cfg(test)]
+mod scripted_server;
 pub mod secret;
 pub mod smtp_client;
 pub mod template;

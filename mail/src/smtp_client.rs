@@ -48,6 +48,17 @@ pub struct SmtpClient {
     server: (String, u16),
     /// The server answered 421: it is closing the connection.
     closing: bool,
+    /// The envelope (MAIL FROM, RCPT TO, DATA) of the next message, written
+    /// after the last message's content and not yet answered (`send_ahead`).
+    envelope_ahead: Option<String>,
+}
+
+/// One message as the server gets it: envelope and content.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub from: &'a Address,
+    pub recipients: &'a [Address],
+    pub message: &'a [u8],
 }
 
 impl SmtpClient {
@@ -80,6 +91,13 @@ impl SmtpClient {
     /// The server said 421 (service closing): do not use this connection again.
     pub fn is_closing(&self) -> bool {
         self.closing
+    }
+
+    /// The next message's envelope is on the wire: that message is started
+    /// and must be sent next on this connection (or the connection dropped,
+    /// which ends the server's transaction without a message).
+    pub fn has_envelope_ahead(&self) -> bool {
+        self.envelope_ahead.is_some()
     }
 
     /// QUIT, ignoring what the server does next.
@@ -219,6 +237,7 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient
         auth_mechanisms: Vec::new(),
         server: (endpoint.host.clone(), endpoint.port),
         closing: false,
+        envelope_ahead: None,
     };
     let banner = read_response(&mut client.stream, "reading the greeting")?;
     expect_positive(&banner, "the greeting")?;
@@ -303,15 +322,37 @@ impl SmtpClient {
         recipients: &[Address],
         message: &[u8],
     ) -> Result<Delivery, ConnectionError> {
-        let mut parameters = Vec::new();
-        if !message.is_ascii() && self.server_info.supports_feature(Extension::EightBitMime) {
-            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-        }
-        let mail = Mail::new(Some(from.clone()), parameters);
-        let rcpts = recipients.iter().map(|recipient| Rcpt::new(recipient.clone(), Vec::new()));
+        self.send_ahead(Outgoing { from, recipients, message }, None)
+    }
+
+    /// `send`, and when the server pipelines, `next`'s envelope goes out in
+    /// the same write as this message's content (RFC 2920 allows content
+    /// first in a group): the server answers the end of this message and the
+    /// next envelope together, one round trip a message instead of two. The
+    /// next call must send `next` (checked: any other message is refused
+    /// with `Protocol`, and the connection must then be dropped).
+    pub fn send_ahead(&mut self, outgoing: Outgoing, next: Option<Outgoing>) -> Result<Delivery, ConnectionError> {
+        let Outgoing { recipients, message, .. } = outgoing;
         let (mail, mut results, go_ahead) = if self.pipelining {
-            self.envelope_pipelined(mail, rcpts, recipients)?
+            let group = self.envelope_group(&outgoing);
+            match self.envelope_ahead.take() {
+                None => {
+                    let stream = self.stream.get_mut();
+                    stream
+                        .write_all(group.as_bytes())
+                        .map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
+                    stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
+                }
+                Some(ahead) if ahead == group => {}
+                Some(_) => {
+                    return Err(ConnectionError::Protocol(
+                        "the envelope sent ahead on this connection is another message's".to_owned(),
+                    ))
+                }
+            }
+            self.envelope_replies(recipients)?
         } else {
+            let (mail, rcpts) = self.envelope_commands(&outgoing);
             self.envelope_one_by_one(mail, rcpts, recipients)?
         };
         if self.closing && !results.is_empty() {
@@ -345,13 +386,40 @@ impl SmtpClient {
         if !go_ahead.has_code(354) {
             return Ok(Delivery { recipients: results, data: Some(Err(outcome(&go_ahead))) });
         }
-        let payload = dot_stuff(message);
+        let mut payload = dot_stuff(message);
+        let ahead = next.filter(|_| self.pipelining).map(|next| self.envelope_group(&next));
+        if let Some(ahead) = &ahead {
+            payload.extend_from_slice(ahead.as_bytes());
+        }
         let stream = self.stream.get_mut();
         stream.write_all(&payload).map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
         stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
+        self.envelope_ahead = ahead;
         let end = self.reply("waiting for the end-of-data reply")?;
         let data = if end.is_positive() { Ok(reply_text(&end)) } else { Err(outcome(&end)) };
         Ok(Delivery { recipients: results, data: Some(data) })
+    }
+
+    /// MAIL FROM (8BITMIME when the content needs it and the server takes
+    /// it) and one RCPT TO per recipient.
+    fn envelope_commands<'a>(&self, outgoing: &Outgoing<'a>) -> (Mail, impl Iterator<Item = Rcpt> + 'a) {
+        let mut parameters = Vec::new();
+        if !outgoing.message.is_ascii() && self.server_info.supports_feature(Extension::EightBitMime) {
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mail = Mail::new(Some(outgoing.from.clone()), parameters);
+        (mail, outgoing.recipients.iter().map(|recipient| Rcpt::new(recipient.clone(), Vec::new())))
+    }
+
+    /// MAIL FROM, every RCPT TO and DATA, as one pipelined group.
+    fn envelope_group(&self, outgoing: &Outgoing) -> String {
+        let (mail, rcpts) = self.envelope_commands(outgoing);
+        let mut group = mail.to_string();
+        for rcpt in rcpts {
+            group.push_str(&rcpt.to_string());
+        }
+        group.push_str(&Data.to_string());
+        group
     }
 }
 
@@ -360,22 +428,10 @@ impl SmtpClient {
 type Envelope = (Response, Vec<(Address, RecipientOutcome)>, Option<Response>);
 
 impl SmtpClient {
-    /// MAIL FROM, every RCPT TO and DATA in one write, then their replies in
-    /// order (RFC 2920): one round trip instead of two plus one per recipient.
-    fn envelope_pipelined(
-        &mut self,
-        mail: Mail,
-        rcpts: impl Iterator<Item = Rcpt>,
-        recipients: &[Address],
-    ) -> Result<Envelope, ConnectionError> {
-        let mut group = mail.to_string();
-        for rcpt in rcpts {
-            group.push_str(&rcpt.to_string());
-        }
-        group.push_str(&Data.to_string());
-        let stream = self.stream.get_mut();
-        stream.write_all(group.as_bytes()).map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
-        stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
+    /// The replies to a pipelined envelope (written by the caller, or ahead
+    /// with the last message), in order (RFC 2920): one round trip instead
+    /// of two plus one per recipient.
+    fn envelope_replies(&mut self, recipients: &[Address]) -> Result<Envelope, ConnectionError> {
         let mail = self.reply("waiting for the MAIL FROM reply")?;
         let mut results = Vec::with_capacity(recipients.len());
         for recipient in recipients {
@@ -448,6 +504,123 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::{Endpoint, Security};
+    use crate::scripted_server::scripted_server;
+    use std::time::Duration;
+
+    fn client_of(port: u16) -> SmtpClient {
+        let endpoint = Endpoint {
+            host: "127.0.0.1".to_owned(),
+            port,
+            security: Security::None,
+            extra_ca_pem: None,
+            timeout: Duration::from_secs(5),
+        };
+        connect(&endpoint, None).unwrap().0
+    }
+
+    fn address(text: &str) -> Address {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_next_envelope_goes_out_with_the_content_and_each_reply_reaches_its_message() {
+        // The server answers the first message's content only once the second
+        // envelope has arrived: a client that waited for that answer first
+        // would never get it.
+        let (port, server) = scripted_server(vec![
+            (1, 0, "250-scripted\r\n250 PIPELINING"),
+            (3, 0, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
+            (4 + 4, 0, "250 2.0.0 queued one\r\n250 2.1.0 ok\r\n550 5.1.1 unknown\r\n250 2.1.5 ok\r\n354 go ahead"),
+            (4, 0, "250 2.0.0 queued two"),
+        ]);
+        let mut client = client_of(port);
+        let from = address("a@example.test");
+        let first_to = [address("b@example.test")];
+        let second_to = [address("nobody@example.test"), address("c@example.test")];
+        let first = Outgoing { from: &from, recipients: &first_to, message: b"Subject: one\r\n\r\nbody\r\n" };
+        let second = Outgoing { from: &from, recipients: &second_to, message: b"Subject: two\r\n\r\nbody\r\n" };
+
+        let delivery = client.send_ahead(first, Some(second)).unwrap();
+        assert_eq!(delivery.recipients, [(first_to[0].clone(), RecipientOutcome::Accepted)]);
+        assert_eq!(delivery.data, Some(Ok("250 2.0.0 queued one".to_owned())));
+        assert!(client.has_envelope_ahead());
+
+        let delivery = client.send_ahead(second, None).unwrap();
+        assert_eq!(
+            delivery.recipients,
+            [
+                (second_to[0].clone(), RecipientOutcome::Rejected("550 5.1.1 unknown".to_owned())),
+                (second_to[1].clone(), RecipientOutcome::Accepted)
+            ]
+        );
+        assert_eq!(delivery.data, Some(Ok("250 2.0.0 queued two".to_owned())));
+        assert!(!client.has_envelope_ahead());
+        drop(client);
+        let read = server.join().unwrap();
+        assert_eq!(
+            read[1..],
+            [
+                "MAIL FROM:<a@example.test>",
+                "RCPT TO:<b@example.test>",
+                "DATA",
+                "Subject: one",
+                "",
+                "body",
+                ".",
+                "MAIL FROM:<a@example.test>",
+                "RCPT TO:<nobody@example.test>",
+                "RCPT TO:<c@example.test>",
+                "DATA",
+                "Subject: two",
+                "",
+                "body",
+                "."
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_message_whose_envelope_went_ahead_may_follow() {
+        let (port, server) = scripted_server(vec![
+            (1, 0, "250-scripted\r\n250 PIPELINING"),
+            (3, 0, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
+            (2 + 3, 0, "250 2.0.0 queued one\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
+        ]);
+        let mut client = client_of(port);
+        let from = address("a@example.test");
+        let to = [address("b@example.test")];
+        let other_to = [address("c@example.test")];
+        let first = Outgoing { from: &from, recipients: &to, message: b"one\r\n" };
+        let announced = Outgoing { from: &from, recipients: &to, message: b"two\r\n" };
+        let another = Outgoing { from: &from, recipients: &other_to, message: b"three\r\n" };
+        client.send_ahead(first, Some(announced)).unwrap();
+        let error = client.send_ahead(another, None).unwrap_err();
+        assert!(matches!(error, ConnectionError::Protocol(_)), "{error}");
+        drop(client);
+        // Nothing of the other message reached the server.
+        assert!(!server.join().unwrap().iter().any(|line| line.contains("c@example.test") || line == "three"));
+    }
+
+    #[test]
+    fn without_pipelining_nothing_goes_ahead() {
+        let (port, server) = scripted_server(vec![
+            (1, 0, "250 scripted"),
+            (1, 0, "250 2.1.0 ok"),
+            (1, 0, "250 2.1.5 ok"),
+            (1, 0, "354 go ahead"),
+            (2, 0, "250 2.0.0 queued one"),
+        ]);
+        let mut client = client_of(port);
+        let from = address("a@example.test");
+        let to = [address("b@example.test")];
+        let first = Outgoing { from: &from, recipients: &to, message: b"one\r\n" };
+        let delivery = client.send_ahead(first, Some(first)).unwrap();
+        assert_eq!(delivery.data, Some(Ok("250 2.0.0 queued one".to_owned())));
+        assert!(!client.has_envelope_ahead());
+        drop(client);
+        assert_eq!(server.join().unwrap().len(), 1 + 3 + 2);
+    }
 
     #[test]
     fn dot_stuffing_and_terminator() {
