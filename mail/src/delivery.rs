@@ -165,9 +165,11 @@ impl Prepared {
 /// remaining messages are not attempted (they wait for the next try). Once
 /// `stopping` is set or the batch's time is up, the messages not yet started
 /// are reported `NotStarted`. Each message's content goes out with the next
-/// one's envelope (`SmtpClient::send_ahead`): the next is then started, and
-/// is sent even if the round stops meanwhile. Messages are composed one
-/// ahead, never the whole batch at once.
+/// one's envelope (`SmtpClient::send_ahead`) if the next may start then; a
+/// message is started only when its content goes out, so one whose envelope
+/// went ahead is still not started if the round stops meanwhile (its
+/// connection is dropped, not pooled). Messages are composed when they are
+/// about to go out (the next one a step ahead), never the whole batch.
 pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &AtomicBool) -> RoundResult {
     let mut sign_in = batch.sign_in;
     let mut outcomes = Vec::with_capacity(batch.jobs.len());
@@ -178,13 +180,19 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
     let mut reconnects_left = 1;
     let mut sent_copies: Vec<(i64, Vec<u8>)> = Vec::new();
     let may_start = || !stopping.load(Ordering::Relaxed) && Instant::now() < batch.start_no_message_after;
-    let mut jobs = batch.jobs.iter().map(|job| (job.outbox_id, prepare(job))).peekable();
-    while let Some((outbox_id, prepared)) = jobs.next() {
-        let started = client.as_ref().is_some_and(SmtpClient::has_envelope_ahead);
-        if !started && !may_start() {
+    let mut jobs = batch.jobs.iter().peekable();
+    // The next job, composed when its envelope went ahead.
+    let mut composed_ahead: Option<(i64, Result<Prepared, String>)> = None;
+    while let Some(job) = jobs.next() {
+        let outbox_id = job.outbox_id;
+        if !may_start() {
             outcomes.push((outbox_id, JobOutcome::NotStarted));
             continue;
         }
+        let prepared = match composed_ahead.take() {
+            Some((ahead, prepared)) if ahead == outbox_id => prepared,
+            _ => prepare(job),
+        };
         let prepared = match prepared {
             Ok(prepared) => prepared,
             Err(problem) => {
@@ -196,6 +204,7 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
             outcomes.push((outbox_id, JobOutcome::NotAttempted(error.clone())));
             continue;
         }
+        let next_job = jobs.peek().copied();
         let outcome = loop {
             let connection = match client.as_mut() {
                 Some(connection) => connection,
@@ -207,9 +216,17 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                     }
                 },
             };
-            let next = match jobs.peek() {
-                Some((_, Ok(next))) if may_start() => Some(next.outgoing()),
-                _ => None,
+            // Asked when this message's content is written: the next one's
+            // envelope goes with it if the next may start then.
+            let ahead = &mut composed_ahead;
+            let next = move || {
+                let ahead = ahead; // (moved in: a FnOnce, so the message it composes can be lent out)
+                let job = next_job.filter(|_| may_start())?;
+                if ahead.as_ref().is_none_or(|(composed, _)| *composed != job.outbox_id) {
+                    *ahead = Some((job.outbox_id, prepare(job)));
+                }
+                let ahead: &Option<(i64, Result<Prepared, String>)> = ahead;
+                ahead.as_ref().and_then(|(_, prepared)| prepared.as_ref().ok()).map(Prepared::outgoing)
             };
             match connection.send_ahead(prepared.outgoing(), next) {
                 Ok(delivery) => {
@@ -250,8 +267,8 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
         };
         outcomes.push((outbox_id, outcome));
     }
-    // (A connection with an envelope ahead and no message to follow it is
-    // dropped: the server ends that transaction without a message.)
+    // (A connection with an envelope ahead, its message not started after
+    // all, is dropped: the server ends that transaction without a message.)
     if let Some(client) = client.filter(|client| !client.has_envelope_ahead()) {
         pool.give_back(batch.account_id, batch.endpoint, login(&sign_in), client);
     }
@@ -474,13 +491,15 @@ mod tests {
                 port,
                 security: crate::connection::Security::None,
                 extra_ca_pem: None,
-                timeout: std::time::Duration::from_secs(1),
+                timeout: std::time::Duration::from_secs(5),
             },
             sign_in: None,
             jobs: (1..=messages).map(job).collect(),
             sent_folder: None,
         }
     }
+
+    use crate::scripted_server::{scripted_connections, scripted_server, Step};
 
     #[test]
     fn no_message_is_started_once_the_sender_stops_or_the_round_is_out_of_time() {
@@ -496,35 +515,109 @@ mod tests {
         assert_eq!(summarize([&JobOutcome::NotStarted]), RowSummary::default());
     }
 
+    /// Each message's outcome in a word and the server's reply.
+    fn answers(outcomes: &[(i64, JobOutcome)]) -> Vec<(i64, String)> {
+        outcomes
+            .iter()
+            .map(|(outbox_id, outcome)| {
+                let said = match outcome {
+                    JobOutcome::Answered { data: Some(Ok(reply)), .. } => format!("sent: {reply}"),
+                    JobOutcome::Answered { data: Some(Err(RecipientOutcome::Deferred(reply))), .. } => {
+                        format!("deferred: {reply}")
+                    }
+                    JobOutcome::NotStarted => "not started".to_owned(),
+                    other => format!("{other:?}"),
+                };
+                (*outbox_id, said)
+            })
+            .collect()
+    }
+
+    /// Lines of the test message's content as the server reads them (its terminator included).
+    fn content_lines() -> usize {
+        smtp_client::dot_stuff(&compose(&message()).unwrap().bytes).split(|&byte| byte == b'\n').count() - 1
+    }
+
+    const EHLO: Step = (1, 0, "250-scripted\r\n250 PIPELINING");
+    const ENVELOPE: Step = (3, 0, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead");
+    /// The answer to the first content and to the second envelope that went with it.
+    const ONE_AND_ENVELOPE: &str = "250 2.0.0 one\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead";
+
     #[test]
-    fn a_message_whose_envelope_went_ahead_is_sent_after_the_round_ran_out_of_time() {
-        // Each message's content goes out with the next one's envelope. The
-        // server answers the first content only after the round's time is
-        // up: the second message is started by then, and is sent; the third
-        // is not started.
-        let content_lines =
-            smtp_client::dot_stuff(&compose(&message()).unwrap().bytes).split(|&byte| byte == b'\n').count() - 1;
-        let (port, server) = crate::scripted_server::scripted_server(vec![
-            (1, 0, "250-scripted\r\n250 PIPELINING"),
-            (3, 0, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
-            (content_lines + 3, 600, "250 2.0.0 one\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
-            (content_lines, 0, "250 2.0.0 two"),
+    fn the_next_envelope_goes_ahead_only_if_the_next_message_may_start_when_the_content_goes_out() {
+        // The round's time runs out while the server takes its time over the
+        // first envelope: nothing goes ahead with the first content, and the
+        // connection is kept (QUIT is what the server reads next).
+        let (port, server) = scripted_server(vec![
+            EHLO,
+            (3, 2000, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead"),
+            (content_lines(), 0, "250 2.0.0 one"),
+            (1, 0, "221 bye"),
         ]);
-        let round_ends = Instant::now() + std::time::Duration::from_millis(300);
+        let round_ends = Instant::now() + std::time::Duration::from_secs(1);
+        let pool = ConnectionPool::default();
+        let outcomes = deliver_account(batch_to(port, round_ends, 2), &pool, &AtomicBool::new(false)).outcomes;
+        assert_eq!(answers(&outcomes), [(1, "sent: 250 2.0.0 one".to_owned()), (2, "not started".to_owned())]);
+        assert_eq!(pool.open_connections(), 1);
+        pool.close_all();
+        let read = server.join().unwrap();
+        assert_eq!(read[read.len() - 2..], [".", "QUIT"]);
+    }
+
+    #[test]
+    fn a_message_whose_envelope_went_ahead_is_not_started_once_the_round_is_out_of_time() {
+        // The second envelope went out with the first content; the round's
+        // time runs out before the server answers: the second message is not
+        // started (its content never goes) and the connection is dropped.
+        let (port, server) = scripted_server(vec![EHLO, ENVELOPE, (content_lines() + 3, 2000, ONE_AND_ENVELOPE)]);
+        let round_ends = Instant::now() + std::time::Duration::from_secs(1);
         let pool = ConnectionPool::default();
         let outcomes = deliver_account(batch_to(port, round_ends, 3), &pool, &AtomicBool::new(false)).outcomes;
-        let answers: Vec<(i64, Option<String>)> = outcomes
-            .iter()
-            .map(|(outbox_id, outcome)| match outcome {
-                JobOutcome::Answered { data: Some(Ok(reply)), .. } => (*outbox_id, Some(reply.clone())),
-                JobOutcome::NotStarted => (*outbox_id, None),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(answers, [(1, Some("250 2.0.0 one".to_owned())), (2, Some("250 2.0.0 two".to_owned())), (3, None)]);
-        // Nothing is ahead on the connection kept for the next round.
-        assert_eq!(pool.open_connections(), 1);
-        assert_eq!(server.join().unwrap().iter().filter(|line| *line == "DATA").count(), 2);
+        assert_eq!(
+            answers(&outcomes),
+            [(1, "sent: 250 2.0.0 one".to_owned()), (2, "not started".to_owned()), (3, "not started".to_owned())]
+        );
+        assert_eq!(pool.open_connections(), 0, "a connection with an envelope ahead is not kept");
+        let read = server.join().unwrap();
+        assert_eq!(read.iter().filter(|line| *line == "DATA").count(), 2);
+        assert_eq!(read.iter().filter(|line| *line == ".").count(), 1, "{read:?}");
+    }
+
+    #[test]
+    fn a_connection_lost_before_the_end_of_data_reply_sends_that_message_again_and_the_next_afresh() {
+        let lines = content_lines();
+        let (port, server) = scripted_connections(vec![
+            vec![EHLO, ENVELOPE, (lines + 3, 0, "")],
+            vec![EHLO, ENVELOPE, (lines + 3, 0, ONE_AND_ENVELOPE), (lines, 0, "250 2.0.0 two")],
+        ]);
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let pool = ConnectionPool::default();
+        let outcomes = deliver_account(batch_to(port, later, 2), &pool, &AtomicBool::new(false)).outcomes;
+        assert_eq!(answers(&outcomes), [(1, "sent: 250 2.0.0 one".to_owned()), (2, "sent: 250 2.0.0 two".to_owned())]);
+        drop(pool);
+        let connections = server.join().unwrap();
+        // The second connection starts with the first message's envelope, not the one that went ahead.
+        assert_eq!(connections[1][1], "MAIL FROM:<a@example.test>");
+        assert_eq!(connections[1].iter().filter(|line| *line == ".").count(), 2);
+    }
+
+    #[test]
+    fn a_421_to_the_end_of_data_defers_that_message_and_the_next_goes_out_on_a_new_connection() {
+        let lines = content_lines();
+        let (port, server) = scripted_connections(vec![
+            vec![EHLO, ENVELOPE, (lines + 3, 0, "421 4.3.2 closing")],
+            vec![EHLO, ENVELOPE, (lines, 0, "250 2.0.0 two")],
+        ]);
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let pool = ConnectionPool::default();
+        let outcomes = deliver_account(batch_to(port, later, 2), &pool, &AtomicBool::new(false)).outcomes;
+        assert_eq!(
+            answers(&outcomes),
+            [(1, "deferred: 421 4.3.2 closing".to_owned()), (2, "sent: 250 2.0.0 two".to_owned())]
+        );
+        drop(pool);
+        let connections = server.join().unwrap();
+        assert_eq!(connections[1].iter().filter(|line| *line == ".").count(), 1);
     }
 
     #[test]

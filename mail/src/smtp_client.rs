@@ -322,20 +322,28 @@ impl SmtpClient {
         recipients: &[Address],
         message: &[u8],
     ) -> Result<Delivery, ConnectionError> {
-        self.send_ahead(Outgoing { from, recipients, message }, None)
+        self.send_ahead(Outgoing { from, recipients, message }, || None)
     }
 
-    /// `send`, and when the server pipelines, `next`'s envelope goes out in
-    /// the same write as this message's content (RFC 2920 allows content
-    /// first in a group): the server answers the end of this message and the
-    /// next envelope together, one round trip a message instead of two. The
-    /// next call must send `next` (checked: any other message is refused
-    /// with `Protocol`, and the connection must then be dropped).
-    pub fn send_ahead(&mut self, outgoing: Outgoing, next: Option<Outgoing>) -> Result<Delivery, ConnectionError> {
+    /// `send`, and when the server pipelines, the envelope of the message
+    /// `next` gives goes out in the same write as this message's content
+    /// (RFC 2920 allows content first in a group): the server answers the
+    /// end of this message and the next envelope together, one round trip a
+    /// message instead of two. `next` is asked only then, when the content is
+    /// written (`None`: nothing follows, or no message may start now). The
+    /// next call must send that message; a message with another envelope is
+    /// refused with `Protocol` (the connection must then be dropped). Until
+    /// that call the connection has an envelope ahead: dropping it ends the
+    /// server's transaction without a message.
+    pub fn send_ahead<'next>(
+        &mut self,
+        outgoing: Outgoing,
+        next: impl FnOnce() -> Option<Outgoing<'next>>,
+    ) -> Result<Delivery, ConnectionError> {
         let Outgoing { recipients, message, .. } = outgoing;
         let (mail, mut results, go_ahead) = if self.pipelining {
             let group = self.envelope_group(&outgoing);
-            match self.envelope_ahead.take() {
+            match self.envelope_ahead.as_deref() {
                 None => {
                     let stream = self.stream.get_mut();
                     stream
@@ -343,7 +351,8 @@ impl SmtpClient {
                         .map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
                     stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
                 }
-                Some(ahead) if ahead == group => {}
+                Some(ahead) if ahead == group => self.envelope_ahead = None,
+                // (Left as it is: the connection still has that envelope ahead.)
                 Some(_) => {
                     return Err(ConnectionError::Protocol(
                         "the envelope sent ahead on this connection is another message's".to_owned(),
@@ -387,7 +396,7 @@ impl SmtpClient {
             return Ok(Delivery { recipients: results, data: Some(Err(outcome(&go_ahead))) });
         }
         let mut payload = dot_stuff(message);
-        let ahead = next.filter(|_| self.pipelining).map(|next| self.envelope_group(&next));
+        let ahead = if self.pipelining { next().map(|next| self.envelope_group(&next)) } else { None };
         if let Some(ahead) = &ahead {
             payload.extend_from_slice(ahead.as_bytes());
         }
@@ -541,12 +550,12 @@ mod tests {
         let first = Outgoing { from: &from, recipients: &first_to, message: b"Subject: one\r\n\r\nbody\r\n" };
         let second = Outgoing { from: &from, recipients: &second_to, message: b"Subject: two\r\n\r\nbody\r\n" };
 
-        let delivery = client.send_ahead(first, Some(second)).unwrap();
+        let delivery = client.send_ahead(first, || Some(second)).unwrap();
         assert_eq!(delivery.recipients, [(first_to[0].clone(), RecipientOutcome::Accepted)]);
         assert_eq!(delivery.data, Some(Ok("250 2.0.0 queued one".to_owned())));
         assert!(client.has_envelope_ahead());
 
-        let delivery = client.send_ahead(second, None).unwrap();
+        let delivery = client.send_ahead(second, || None).unwrap();
         assert_eq!(
             delivery.recipients,
             [
@@ -594,11 +603,12 @@ mod tests {
         let first = Outgoing { from: &from, recipients: &to, message: b"one\r\n" };
         let announced = Outgoing { from: &from, recipients: &to, message: b"two\r\n" };
         let another = Outgoing { from: &from, recipients: &other_to, message: b"three\r\n" };
-        client.send_ahead(first, Some(announced)).unwrap();
-        let error = client.send_ahead(another, None).unwrap_err();
-        assert!(matches!(error, ConnectionError::Protocol(_)), "{error}");
+        client.send_ahead(first, || Some(announced)).unwrap();
+        let error = client.send_ahead(another, || None).unwrap_err();
+        assert!(matches!(&error, ConnectionError::Protocol(text) if text.contains("another message's")), "{error}");
+        assert!(client.has_envelope_ahead(), "the announced envelope is still unanswered");
         drop(client);
-        // Nothing of the other message reached the server.
+        // Nothing of the other message reached the server (it reads until the client hangs up).
         assert!(!server.join().unwrap().iter().any(|line| line.contains("c@example.test") || line == "three"));
     }
 
@@ -615,10 +625,11 @@ mod tests {
         let from = address("a@example.test");
         let to = [address("b@example.test")];
         let first = Outgoing { from: &from, recipients: &to, message: b"one\r\n" };
-        let delivery = client.send_ahead(first, Some(first)).unwrap();
+        let delivery = client.send_ahead(first, || Some(first)).unwrap();
         assert_eq!(delivery.data, Some(Ok("250 2.0.0 queued one".to_owned())));
         assert!(!client.has_envelope_ahead());
         drop(client);
+        // (The server reads until the client hangs up: no envelope followed the content.)
         assert_eq!(server.join().unwrap().len(), 1 + 3 + 2);
     }
 
