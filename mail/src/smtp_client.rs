@@ -46,7 +46,8 @@ pub struct SmtpClient {
     auth_mechanisms: Vec<String>,
     /// Host name and port, as OAUTHBEARER names them.
     server: (String, u16),
-    /// The server answered 421: it is closing the connection.
+    /// The server answered 421 (it is closing the connection), or ending a
+    /// transaction without a message failed: not to be used again.
     closing: bool,
     /// The envelope (MAIL FROM, RCPT TO, DATA) of the next message, written
     /// after the last message's content and not yet answered (`send_ahead`).
@@ -88,7 +89,8 @@ impl SmtpClient {
         self.stream.get_ref().is_encrypted()
     }
 
-    /// The server said 421 (service closing): do not use this connection again.
+    /// The server said 421 (service closing), or ending a transaction
+    /// without a message failed: do not use this connection again.
     pub fn is_closing(&self) -> bool {
         self.closing
     }
@@ -373,10 +375,8 @@ impl SmtpClient {
             mail.is_positive() && results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted);
         if !any_accepted && go_ahead.as_ref().is_some_and(|reply| reply.has_code(354)) {
             // A server that says 354 to a refused envelope: end the empty message, which goes nowhere.
-            let stream = self.stream.get_mut();
-            stream.write_all(b".\r\n").map_err(|error| ConnectionError::from_io(&error, "ending DATA"))?;
-            stream.flush().map_err(|error| ConnectionError::from_io(&error, "ending DATA"))?;
-            self.reply("waiting for the end-of-data reply")?;
+            let ended = self.command(".\r\n", "ending the empty message");
+            self.closing |= ended.is_err();
         }
         if !mail.is_positive() {
             let refusal = outcome(&mail);
@@ -386,9 +386,12 @@ impl SmtpClient {
             });
         }
         let Some(go_ahead) = go_ahead.filter(|_| any_accepted) else {
-            // No recipient took it: nothing to send; start the next transaction clean.
+            // No recipient took it: nothing to send; start the next transaction
+            // clean. (The answers read stand whatever RSET does: a connection
+            // that cannot reset is not used again.)
             if !self.closing {
-                self.command(Rset, "resetting")?;
+                let reset = self.command(Rset, "resetting");
+                self.closing |= !reset.is_ok_and(|reply| reply.is_positive());
             }
             return Ok(Delivery { recipients: results, data: None });
         };
@@ -631,6 +634,28 @@ mod tests {
         drop(client);
         // (The server reads until the client hangs up: no envelope followed the content.)
         assert_eq!(server.join().unwrap().len(), 1 + 3 + 2);
+    }
+
+    #[test]
+    fn the_answers_stand_when_the_reset_after_a_refused_envelope_fails() {
+        // Every recipient refused; the server hangs up instead of answering RSET.
+        let (port, server) = scripted_server(vec![
+            (1, 0, "250-scripted\r\n250 PIPELINING"),
+            (3, 0, "250 2.1.0 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients"),
+            (1, 0, ""),
+        ]);
+        let mut client = client_of(port);
+        let from = address("a@example.test");
+        let nobody = [address("nobody@example.test")];
+        let delivery = client.send(&from, &nobody, b"one\r\n").unwrap();
+        assert_eq!(
+            delivery.recipients,
+            [(nobody[0].clone(), RecipientOutcome::Rejected("550 5.1.1 unknown".to_owned()))]
+        );
+        assert_eq!(delivery.data, None);
+        assert!(client.is_closing(), "a connection that could not reset is not used again");
+        drop(client);
+        assert_eq!(server.join().unwrap().last().map(String::as_str), Some("RSET"));
     }
 
     #[test]
