@@ -15,7 +15,7 @@ use crate::sasl;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::commands::{Auth, Data, Ehlo, Mail, Quit, Rcpt, Rset, Starttls};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo};
-use lettre::transport::smtp::response::Response;
+use lettre::transport::smtp::response::{Response, Severity};
 use lettre::Address;
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -303,14 +303,22 @@ pub struct Delivery {
     pub data: Option<Result<String, RecipientOutcome>>,
 }
 
+/// A 2xx: what MAIL FROM, RCPT TO, the end of data and RSET must get
+/// (lettre's `is_positive` also counts 3xx, which no server says to them
+/// but a broken or hostile one).
+fn completed(response: &Response) -> bool {
+    response.code().severity == Severity::PositiveCompletion
+}
+
+/// 2xx accepted, 5xx rejected; 4xx, and an answer that makes no sense at
+/// this step (3xx), deferred: tried again later.
 fn outcome(response: &Response) -> RecipientOutcome {
-    let text = reply_text(response);
-    if response.is_positive() {
-        RecipientOutcome::Accepted
-    } else if text.starts_with('4') {
-        RecipientOutcome::Deferred(text)
-    } else {
-        RecipientOutcome::Rejected(text)
+    match response.code().severity {
+        Severity::PositiveCompletion => RecipientOutcome::Accepted,
+        Severity::PermanentNegativeCompletion => RecipientOutcome::Rejected(reply_text(response)),
+        Severity::TransientNegativeCompletion | Severity::PositiveIntermediate => {
+            RecipientOutcome::Deferred(reply_text(response))
+        }
     }
 }
 
@@ -371,14 +379,13 @@ impl SmtpClient {
             let closing = results[results.len() - 1].1.clone();
             results.extend(recipients[results.len()..].iter().map(|to| (to.clone(), closing.clone())));
         }
-        let any_accepted =
-            mail.is_positive() && results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted);
+        let any_accepted = completed(&mail) && results.iter().any(|(_, result)| *result == RecipientOutcome::Accepted);
         if !any_accepted && go_ahead.as_ref().is_some_and(|reply| reply.has_code(354)) {
             // A server that says 354 to a refused envelope: end the empty message, which goes nowhere.
             let ended = self.command(".\r\n", "ending the empty message");
             self.closing |= ended.is_err();
         }
-        if !mail.is_positive() {
+        if !completed(&mail) {
             let refusal = outcome(&mail);
             return Ok(Delivery {
                 recipients: recipients.iter().map(|to| (to.clone(), refusal.clone())).collect(),
@@ -391,7 +398,7 @@ impl SmtpClient {
             // that cannot reset is not used again.)
             if !self.closing {
                 let reset = self.command(Rset, "resetting");
-                self.closing |= !reset.is_ok_and(|reply| reply.is_positive());
+                self.closing |= !reset.is_ok_and(|reply| completed(&reply));
             }
             return Ok(Delivery { recipients: results, data: None });
         };
@@ -408,7 +415,7 @@ impl SmtpClient {
         stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
         self.envelope_ahead = ahead;
         let end = self.reply("waiting for the end-of-data reply")?;
-        let data = if end.is_positive() { Ok(reply_text(&end)) } else { Err(outcome(&end)) };
+        let data = if completed(&end) { Ok(reply_text(&end)) } else { Err(outcome(&end)) };
         Ok(Delivery { recipients: results, data: Some(data) })
     }
 
@@ -470,7 +477,7 @@ impl SmtpClient {
     ) -> Result<Envelope, ConnectionError> {
         let mail = self.command(mail, "sending MAIL FROM")?;
         let mut results = Vec::with_capacity(recipients.len());
-        if !mail.is_positive() {
+        if !completed(&mail) {
             return Ok((mail, results, None));
         }
         for (recipient, rcpt) in recipients.iter().zip(rcpts) {
@@ -656,6 +663,31 @@ mod tests {
         assert!(client.is_closing(), "a connection that could not reset is not used again");
         drop(client);
         assert_eq!(server.join().unwrap().last().map(String::as_str), Some("RSET"));
+    }
+
+    #[test]
+    fn a_3xx_where_a_2xx_belongs_is_no_acceptance() {
+        // 354 to a RCPT TO and to the end of data: neither recipient nor
+        // message counts as accepted, both are tried again later.
+        let (port, server) = scripted_server(vec![
+            (1, 0, "250-scripted\r\n250 PIPELINING"),
+            (4, 0, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 odd\r\n354 go ahead"),
+            (2, 0, "354 odd"),
+        ]);
+        let mut client = client_of(port);
+        let from = address("a@example.test");
+        let to = [address("b@example.test"), address("c@example.test")];
+        let delivery = client.send(&from, &to, b"one\r\n").unwrap();
+        assert_eq!(
+            delivery.recipients,
+            [
+                (to[0].clone(), RecipientOutcome::Accepted),
+                (to[1].clone(), RecipientOutcome::Deferred("354 odd".to_owned()))
+            ]
+        );
+        assert_eq!(delivery.data, Some(Err(RecipientOutcome::Deferred("354 odd".to_owned()))));
+        drop(client);
+        server.join().unwrap();
     }
 
     #[test]
