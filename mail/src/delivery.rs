@@ -229,6 +229,12 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                 ahead.as_ref().and_then(|(_, prepared)| prepared.as_ref().ok()).map(Prepared::outgoing)
             };
             match connection.send_ahead(prepared.outgoing(), next) {
+                Ok(delivery) if pooled && closed_before_answering(&delivery) => {
+                    // The server closed the connection while it sat in the pool,
+                    // and said so (421) first: a new one, as for a silent close.
+                    client = None;
+                    pooled = false;
+                }
                 Ok(delivery) => {
                     let at = SystemTime::now();
                     pooled = false;
@@ -276,6 +282,18 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
         outcomes.extend(append_sent_copies(sent_folder, sign_in.as_mut(), sent_copies));
     }
     RoundResult { outcomes, tokens: sign_in.map(|sign_in| sign_in.report).unwrap_or_default() }
+}
+
+/// Every recipient got the 421 of a server closing the connection, and no
+/// message went: what a server that timed out an idle connection answers
+/// to the next MAIL FROM (its 421 was waiting in the socket).
+fn closed_before_answering(delivery: &smtp_client::Delivery) -> bool {
+    delivery.data.is_none()
+        && !delivery.recipients.is_empty()
+        && delivery
+            .recipients
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, RecipientOutcome::Deferred(reply) if reply.starts_with("421")))
 }
 
 /// Appends the copies over one IMAP session, marked \Seen; failures are
@@ -618,6 +636,25 @@ mod tests {
         drop(pool);
         let connections = server.join().unwrap();
         assert_eq!(connections[1].iter().filter(|line| *line == ".").count(), 1);
+    }
+
+    #[test]
+    fn a_pooled_connection_the_server_closed_with_a_421_is_replaced_without_deferring_the_message() {
+        let lines = content_lines();
+        let (port, server) = scripted_connections(vec![
+            // The first round; then, idle in the pool, the server times the connection out.
+            vec![EHLO, ENVELOPE, (lines, 0, "250 2.0.0 one"), (3, 0, "421 4.4.2 idle too long")],
+            vec![EHLO, ENVELOPE, (lines, 0, "250 2.0.0 two")],
+        ]);
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let pool = ConnectionPool::default();
+        let first = deliver_account(batch_to(port, later, 1), &pool, &AtomicBool::new(false)).outcomes;
+        assert_eq!(answers(&first), [(1, "sent: 250 2.0.0 one".to_owned())]);
+        assert_eq!(pool.open_connections(), 1);
+        let second = deliver_account(batch_to(port, later, 1), &pool, &AtomicBool::new(false)).outcomes;
+        assert_eq!(answers(&second), [(1, "sent: 250 2.0.0 two".to_owned())]);
+        drop(pool);
+        assert_eq!(server.join().unwrap().len(), 2);
     }
 
     #[test]
