@@ -178,22 +178,22 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
     let mut pooled = client.is_some();
     let mut server_down: Option<ConnectionError> = None;
     let mut reconnects_left = 1;
+    // (Only kept when they go to a Sent folder: a copy of every message otherwise.)
+    let keep_copies = batch.sent_folder.is_some();
     let mut sent_copies: Vec<(i64, Vec<u8>)> = Vec::new();
     let may_start = || !stopping.load(Ordering::Relaxed) && Instant::now() < batch.start_no_message_after;
     let mut jobs = batch.jobs.iter().peekable();
-    // The next job, composed when its envelope went ahead.
-    let mut composed_ahead: Option<(i64, Result<Prepared, String>)> = None;
+    // The next job, composed when its envelope went ahead with this one
+    // (taken by the next turn, whatever that turn does).
+    let mut composed_ahead: Option<Result<Prepared, String>> = None;
     while let Some(job) = jobs.next() {
         let outbox_id = job.outbox_id;
+        let composed = composed_ahead.take();
         if !may_start() {
             outcomes.push((outbox_id, JobOutcome::NotStarted));
             continue;
         }
-        let prepared = match composed_ahead.take() {
-            Some((ahead, prepared)) if ahead == outbox_id => prepared,
-            _ => prepare(job),
-        };
-        let prepared = match prepared {
+        let prepared = match composed.unwrap_or_else(|| prepare(job)) {
             Ok(prepared) => prepared,
             Err(problem) => {
                 outcomes.push((outbox_id, JobOutcome::Unsendable(problem)));
@@ -219,14 +219,12 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
             // Asked when this message's content is written: the next one's
             // envelope goes with it if the next may start then.
             let ahead = &mut composed_ahead;
+            // (Composed once, also when a reconnect asks again.)
             let next = move || {
-                let ahead = ahead; // (moved in: a FnOnce, so the message it composes can be lent out)
+                let ahead = ahead; // (moved in: a FnOnce, so what it composes can be lent out)
                 let job = next_job.filter(|_| may_start())?;
-                if ahead.as_ref().is_none_or(|(composed, _)| *composed != job.outbox_id) {
-                    *ahead = Some((job.outbox_id, prepare(job)));
-                }
-                let ahead: &Option<(i64, Result<Prepared, String>)> = ahead;
-                ahead.as_ref().and_then(|(_, prepared)| prepared.as_ref().ok()).map(Prepared::outgoing)
+                let composed: &Result<Prepared, String> = ahead.get_or_insert_with(|| prepare(job));
+                composed.as_ref().ok().map(Prepared::outgoing)
             };
             match connection.send_ahead(prepared.outgoing(), next) {
                 Ok(delivery) if pooled && closed_before_answering(&delivery) => {
@@ -241,10 +239,6 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                     if connection.is_closing() {
                         // 421: the server hung up; the next message opens a new connection.
                         client = None;
-                    }
-                    let accepted = matches!(delivery.data, Some(Ok(_)));
-                    if accepted && !sent_copies.iter().any(|(sent, _)| *sent == outbox_id) {
-                        sent_copies.push((outbox_id, prepared.bytes.clone()));
                     }
                     break JobOutcome::Answered {
                         recipients: delivery
@@ -271,6 +265,9 @@ pub fn deliver_account(batch: AccountBatch, pool: &ConnectionPool, stopping: &At
                 }
             }
         };
+        if keep_copies && matches!(outcome, JobOutcome::Answered { data: Some(Ok(_)), .. }) {
+            sent_copies.push((outbox_id, prepared.bytes));
+        }
         outcomes.push((outbox_id, outcome));
     }
     // (A connection with an envelope ahead, its message not started after

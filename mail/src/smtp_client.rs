@@ -65,11 +65,15 @@ pub struct Outgoing<'a> {
 impl SmtpClient {
     /// Sends one command (lettre's commands end with CRLF) and reads the reply.
     pub fn command(&mut self, command: impl Display, during: &str) -> Result<Response, ConnectionError> {
-        let text = command.to_string();
-        let stream = self.stream.get_mut();
-        stream.write_all(text.as_bytes()).map_err(|error| ConnectionError::from_io(&error, during))?;
-        stream.flush().map_err(|error| ConnectionError::from_io(&error, during))?;
+        self.write(command.to_string().as_bytes(), during)?;
         self.reply(during)
+    }
+
+    /// Writes and flushes: nothing waits in a buffer while we wait for a reply.
+    fn write(&mut self, bytes: &[u8], during: &str) -> Result<(), ConnectionError> {
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes).map_err(|error| ConnectionError::from_io(&error, during))?;
+        stream.flush().map_err(|error| ConnectionError::from_io(&error, during))
     }
 
     /// Reads one reply, noting a 421 (the server closes the connection after it).
@@ -95,9 +99,10 @@ impl SmtpClient {
         self.closing
     }
 
-    /// The next message's envelope is on the wire: that message is started
-    /// and must be sent next on this connection (or the connection dropped,
-    /// which ends the server's transaction without a message).
+    /// The next message's envelope is on the wire, unanswered: only that
+    /// message may be sent next on this connection; if it is not, the
+    /// connection is to be dropped (which ends the server's transaction
+    /// without a message), never pooled.
     pub fn has_envelope_ahead(&self) -> bool {
         self.envelope_ahead.is_some()
     }
@@ -354,13 +359,7 @@ impl SmtpClient {
         let (mail, mut results, go_ahead) = if self.pipelining {
             let group = self.envelope_group(&outgoing);
             match self.envelope_ahead.as_deref() {
-                None => {
-                    let stream = self.stream.get_mut();
-                    stream
-                        .write_all(group.as_bytes())
-                        .map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
-                    stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the envelope"))?;
-                }
+                None => self.write(group.as_bytes(), "sending the envelope")?,
                 Some(ahead) if ahead == group => self.envelope_ahead = None,
                 // (Left as it is: the connection still has that envelope ahead.)
                 Some(_) => {
@@ -410,9 +409,7 @@ impl SmtpClient {
         if let Some(ahead) = &ahead {
             payload.extend_from_slice(ahead.as_bytes());
         }
-        let stream = self.stream.get_mut();
-        stream.write_all(&payload).map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
-        stream.flush().map_err(|error| ConnectionError::from_io(&error, "sending the message"))?;
+        self.write(&payload, "sending the message")?;
         self.envelope_ahead = ahead;
         let end = self.reply("waiting for the end-of-data reply")?;
         let data = if completed(&end) { Ok(reply_text(&end)) } else { Err(outcome(&end)) };
