@@ -58,8 +58,8 @@ COMMENT ON FUNCTION email_accounts.wake_sender_at_commit() IS
 COMMENT ON FUNCTION email_accounts.sender_for_new_mail(bigint) IS
   'One row or none: the idle sender worker a new outbox row of the given account is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is woken with the rows'' accounts ahead of the commit''s flush (it reads their settings meanwhile) and told at commit.';
 
-COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with time zone) IS
-  'Whether an outbox row claimed on insert for the sender process with this process id and start, and still without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart, since a take commits the token and only a crash loses a committed transaction. From the worker board; any role may ask.';
+COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with time zone, bigint) IS
+  'Whether the outbox row with this id, claimed on insert for the sender process with this process id and start and without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart and does not list the row as taken. A take writes nothing to the row; it lists it on the worker board while it holds the row''s lock, so an answer given under the row''s lock stays true. From the worker board; any role may ask.';
 
 COMMENT ON FUNCTION email_accounts.flush() IS
   'Wakes the sender worker now; false when it is not running.';

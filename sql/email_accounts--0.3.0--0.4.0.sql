@@ -1153,15 +1153,16 @@ AS 'MODULE_PATHNAME', 'sender_for_new_mail_wrapper';
 
 CREATE  FUNCTION "claim_never_taken"(
 	"sender_process_id" INT, /* i32 */
-	"sender_started_at" timestamp with time zone /* TimestampWithTimeZone */
+	"sender_started_at" timestamp with time zone, /* TimestampWithTimeZone */
+	"outbox_id" bigint /* i64 */
 ) RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'claim_never_taken_wrapper';
 
-COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with time zone) IS
-  'Whether an outbox row claimed on insert for the sender process with this process id and start, and still without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart, since a take commits the token and only a crash loses a committed transaction. From the worker board; any role may ask.';
+COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with time zone, bigint) IS
+  'Whether the outbox row with this id, claimed on insert for the sender process with this process id and start and without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart and does not list the row as taken. A take writes nothing to the row; it lists it on the worker board while it holds the row''s lock, so an answer given under the row''s lock stays true. From the worker board; any role may ask.';
 
 COMMENT ON FUNCTION email_accounts.sender_for_new_mail(bigint) IS
   'One row or none: the idle sender worker a new outbox row of the given account is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is woken with the rows'' accounts ahead of the commit''s flush (it reads their settings meanwhile) and told at commit.';
@@ -2038,7 +2039,7 @@ BEGIN
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
        -- (Claimed on insert, not yet taken by its sender: see cancel().)
        AND NOT (NEW.status = 'cancelled' AND OLD.status = 'sending' AND OLD.claim_token IS NULL AND NEW.claim_token IS NULL
-                AND email_accounts.claim_never_taken(OLD.sender_process_id, OLD.sender_started_at) IS TRUE)
+                AND email_accounts.claim_never_taken(OLD.sender_process_id, OLD.sender_started_at, OLD.outbox_id) IS TRUE)
        AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
         PERFORM email_accounts.raise_outbox_error('status',
             format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',
@@ -2049,16 +2050,25 @@ BEGIN
 END;
 $$;
 
+-- Claims on insert keep no token once taken (src/store/outbox.rs TAKE_NEW_MAIL).
+COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'While sending: the token of the claim; results are recorded only under the claim that is still current, so a worker whose lease lapsed cannot overwrite another''s. None for a row claimed on insert (email_accounts.claim_on_insert): its sender takes it without writing to it, and records it only while the row is still claimed for that very process.';
+
+-- (Locked first, then judged: see sql/outbox_admin.sql.)
 CREATE OR REPLACE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    row email_accounts.outbox;
 BEGIN
+    SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id FOR UPDATE;
+    IF NOT FOUND
+       OR NOT (row.status IN ('queued', 'retry', 'error')
+               OR (row.status = 'sending' AND row.claim_token IS NULL
+                   AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
+        RETURN false;
+    END IF;
     -- (The claim of a row claimed on insert goes in trigger cancel_untaken_claim.)
-    UPDATE email_accounts.outbox SET status = 'cancelled'
-     WHERE outbox_id = id
-       AND (status IN ('queued', 'retry', 'error')
-            OR (status = 'sending' AND claim_token IS NULL
-                AND email_accounts.claim_never_taken(sender_process_id, sender_started_at) IS TRUE));
+    UPDATE email_accounts.outbox SET status = 'cancelled' WHERE outbox_id = id;
     RETURN FOUND;
 END;
 $$;

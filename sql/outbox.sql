@@ -99,7 +99,7 @@ COMMENT ON COLUMN email_accounts.outbox.status IS 'queued, sending (claimed by a
 COMMENT ON COLUMN email_accounts.outbox.attempts IS 'Delivery attempts so far.';
 COMMENT ON COLUMN email_accounts.outbox.next_attempt_at IS 'When the row is next due.';
 COMMENT ON COLUMN email_accounts.outbox.lease_until IS 'While sending: when the claim lapses and another worker may take the row again.';
-COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'While sending: the token of the claim; results are recorded only under the claim that is still current, so a worker whose lease lapsed cannot overwrite another''s.';
+COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'While sending: the token of the claim; results are recorded only under the claim that is still current, so a worker whose lease lapsed cannot overwrite another''s. None for a row claimed on insert (email_accounts.claim_on_insert): its sender takes it without writing to it, and records it only while the row is still claimed for that very process.';
 COMMENT ON COLUMN email_accounts.outbox.last_error IS 'The last failure, in the server''s own words where it gave any.';
 COMMENT ON COLUMN email_accounts.outbox.created_at IS 'When the row was queued.';
 COMMENT ON COLUMN email_accounts.outbox.sent_at IS 'When the server accepted the message for the last recipient.';

@@ -23,23 +23,30 @@ COMMENT ON COLUMN email_accounts.outbox_status.next_due_at IS 'For queued and re
 COMMENT ON COLUMN email_accounts.outbox_status.latest_error IS 'The last_error of the newest row that has one.';
 
 -- A row claimed on insert (email_accounts.claim_on_insert) that its sender
--- has not taken (no token) is cancelled too, its attempt uncounted: it has
--- not gone out (in its own inserting transaction, or in the moment before
--- the sender takes it). The sender's take locks the row, so one of the two
--- finds it changed and leaves it. After a crash the token of a row that did
--- go out may be lost: claim_never_taken() is false for the senders that ran
--- before it (and for rows of a restored dump), and such a row is not
--- cancelled here (the next sender takes it back, then it can be).
+-- has not taken is cancelled too, its attempt uncounted: it has not gone
+-- out (in its own inserting transaction, or in the moment before the
+-- sender takes it). A take writes nothing to the row: the sender lists it
+-- on the worker board while it holds the row's lock. So the row is locked
+-- here first and judged after: either the take skips it (locked) or the
+-- board lists it. After a crash the board is made anew: claim_never_taken()
+-- is false for the senders that ran before it (and for rows of a restored
+-- dump), and such a row is not cancelled here (the next sender takes it
+-- back, then it can be).
 CREATE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    row email_accounts.outbox;
 BEGIN
+    SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id FOR UPDATE;
+    IF NOT FOUND
+       OR NOT (row.status IN ('queued', 'retry', 'error')
+               OR (row.status = 'sending' AND row.claim_token IS NULL
+                   AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
+        RETURN false;
+    END IF;
     -- (The claim of a row claimed on insert goes in trigger cancel_untaken_claim.)
-    UPDATE email_accounts.outbox SET status = 'cancelled'
-     WHERE outbox_id = id
-       AND (status IN ('queued', 'retry', 'error')
-            OR (status = 'sending' AND claim_token IS NULL
-                AND email_accounts.claim_never_taken(sender_process_id, sender_started_at) IS TRUE));
+    UPDATE email_accounts.outbox SET status = 'cancelled' WHERE outbox_id = id;
     RETURN FOUND;
 END;
 $$;

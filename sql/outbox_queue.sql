@@ -266,7 +266,7 @@ BEGIN
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
        -- (Claimed on insert, not yet taken by its sender: see cancel().)
        AND NOT (NEW.status = 'cancelled' AND OLD.status = 'sending' AND OLD.claim_token IS NULL AND NEW.claim_token IS NULL
-                AND email_accounts.claim_never_taken(OLD.sender_process_id, OLD.sender_started_at) IS TRUE)
+                AND email_accounts.claim_never_taken(OLD.sender_process_id, OLD.sender_started_at, OLD.outbox_id) IS TRUE)
        AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
         PERFORM email_accounts.raise_outbox_error('status',
             format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',

@@ -189,6 +189,78 @@ fn a_server_that_never_answers_holds_up_only_its_own_account() {
     assert_eq!(silent.duplicates() + healthy.duplicates(), 0);
 }
 
+/// A row claimed on insert keeps no token when its sender takes it: the
+/// worker board lists it as taken. While the server holds it, cancel()
+/// refuses it (the mail may be going out) and it is not given back to the
+/// queue; once it comes back from the wire it can be cancelled.
+#[test]
+fn a_row_taken_on_insert_is_not_cancelled_while_it_is_out() {
+    let (_cluster, mut client) =
+        cluster(&["email_accounts.claim_on_insert = on", "email_accounts.connect_timeout = '6s'"]);
+    let silent = SmtpResponder::start(None, Behaviour::Silent, true);
+    add_account_without_login(&mut client, "silent", silent.port);
+    let started = std::time::Instant::now();
+    let id: i64 = loop {
+        assert!(started.elapsed() < LIMIT, "no row was claimed on insert");
+        let mut transaction = client.transaction().unwrap();
+        let id: i64 = transaction
+            .query_one(
+                "INSERT INTO email_accounts.outbox (account, to_addresses, subject, body_text)
+                 VALUES ('silent', '{held@example.test}', 'held', 'held') RETURNING outbox_id",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let claimed: bool = transaction
+            .query_one("SELECT status = 'sending' FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
+            .unwrap()
+            .get(0);
+        if claimed {
+            transaction.commit().unwrap();
+            break id;
+        }
+        // (The sender was busy looking; it takes new mail again in a moment.)
+        transaction.rollback().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let never_taken = |client: &mut postgres::Client| -> bool {
+        client
+            .query_one(
+                "SELECT email_accounts.claim_never_taken(sender_process_id, sender_started_at, outbox_id)
+                   FROM email_accounts.outbox WHERE outbox_id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false)
+    };
+    let started = std::time::Instant::now();
+    while never_taken(&mut client) {
+        assert!(started.elapsed() < LIMIT, "the sender never took the row");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, token): (String, bool) = client
+        .query_one("SELECT status, claim_token IS NOT NULL FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!((status.as_str(), token), ("sending", false), "taken on the wire, without a token");
+    let cancelled: bool = client.query_one("SELECT email_accounts.cancel($1)", &[&id]).unwrap().get(0);
+    assert!(!cancelled, "a row on the wire is not cancelled");
+    assert_eq!(count(&mut client, &format!("outbox_id = {id} AND status = 'sending'")), 1);
+
+    // The server never answers: after the timeout the row is back from the
+    // wire, and can be cancelled.
+    wait_for_rows(
+        &mut client,
+        "the row to come back from the wire",
+        &format!("outbox_id = {id} AND status <> 'sending'"),
+        1,
+    );
+    let cancelled: bool = client.query_one("SELECT email_accounts.cancel($1)", &[&id]).unwrap().get(0);
+    assert!(cancelled);
+    assert_eq!(silent.distinct_messages(), 0);
+}
+
 /// An outgoing account on 127.0.0.1:`port` with this security, a login and
 /// password, and optionally an extra CA to trust.
 fn secured_account(client: &mut postgres::Client, name: &str, port: u16, security: &str, ca: Option<&str>) {

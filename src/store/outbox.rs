@@ -143,6 +143,27 @@ macro_rules! back_in_the_queue {
     };
 }
 
+/// The condition (on an UPDATE of the outbox as `row`) that a claim is
+/// still the one this sender sent under: `$mine.claim_token` is its token
+/// as text, '' for a row claimed on insert and taken without one (still
+/// `sending` for this very process, started at `$started`). A claim taken
+/// back meanwhile has another token, or another sender, or none.
+macro_rules! still_ours {
+    ($mine:literal, $started:literal) => {
+        concat!(
+            "(row.claim_token = NULLIF(",
+            $mine,
+            ".claim_token, '')::uuid
+                 OR (",
+            $mine,
+            ".claim_token = '' AND row.claim_token IS NULL AND row.status = 'sending'
+                     AND row.sender_process_id = pg_catalog.pg_backend_pid() AND row.sender_started_at = ",
+            $started,
+            "))"
+        )
+    };
+}
+
 // At most $4 accounts, those whose mail has waited longest (a claim over
 // every account would let one sender hold them all while the others idle).
 // Each may send what its rate limits leave: its limit minus the rows it
@@ -248,25 +269,29 @@ RETURNING ",
 );
 
 // Rows inserting transactions claimed for this sender (claim_on_insert,
-// worker/new_mail.rs): `sending`, this process, no token yet. Those due
-// and not expired, not in $1 (accounts with a round waiting here, or held
-// by another sender), with at least $2 seconds of lease left get a token:
-// the sender takes them, and a row with a token is never taken twice. The
-// others go back to the queue, uncounted, for the claim (its order and
-// rate limits decide for them). Whether their accounts can send now without
-// rate limits is read with the accounts' settings, in the same transaction
-// (claim.rs): rows of accounts that cannot go back from there. (Read here,
-// the view's plan was a quarter of this statement's 0.4 ms, most of it
-// set up again on every call.) Found through outbox_claimed_on_insert: only a claim on insert
-// leaves a sender without a token (so `status` is not in the selection, or
-// the planner could walk outbox_sending, every row out, instead). A row another
-// transaction has locked (an attachment being added,
-// a cancel()) is skipped, never waited for; `left` counts such rows, for
-// the next take. Each row taken comes with the transaction that last wrote
-// it (`written_by`): its commit may still have to be flushed.
+// worker/new_mail.rs): `sending`, this process, no token, not among the
+// rows it has already taken ($6). Those due and not expired, not in $1
+// (accounts with a round waiting here, or held by another sender), with at
+// least $2 seconds of lease left are taken, the first $7 of them (the room
+// left on the worker board's list of rows taken): read under their row
+// locks, and written nothing (the sender lists them on the board before
+// this transaction commits; their claim, the attempt counted, is the
+// inserting transaction's). The others go back to the queue, uncounted,
+// for the claim (its order and rate limits decide for them). Whether their
+// accounts can send now without rate limits is read with the accounts'
+// settings, in the same transaction (claim.rs): rows of accounts that
+// cannot go back from there. (Read here, the view's plan was a quarter of
+// this statement's 0.4 ms, most of it set up again on every call.) Found
+// through outbox_claimed_on_insert: only a claim on insert leaves a sender
+// without a token (so `status` is not in the selection, or the planner
+// could walk outbox_sending, every row out, instead). A row another
+// transaction has locked (an attachment being added, a cancel()) is
+// skipped, never waited for; `left` counts such rows, for the next take.
+// Each row taken comes with the transaction that last wrote it
+// (`written_by`): its commit may still have to be flushed.
 const TAKE_NEW_MAIL: &str = concat!(
     "WITH arrived AS (
-    SELECT outbox.outbox_id, outbox.xmin AS written_by, outbox.status = 'sending' AS sending,
+    SELECT outbox.outbox_id, outbox.xmin AS written_by, outbox.priority, outbox.status = 'sending' AS sending,
            outbox.status = 'sending'
            AND outbox.account_id IS NOT NULL AND outbox.account_id <> ALL ($1::bigint[])
            AND outbox.lease_until > now() + pg_catalog.make_interval(secs => $2)
@@ -274,32 +299,36 @@ const TAKE_NEW_MAIL: &str = concat!(
       FROM email_accounts.outbox
      WHERE outbox.claim_token IS NULL
        AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3
+       AND outbox.outbox_id <> ALL ($5::bigint[])
      ORDER BY outbox.sender_process_id, outbox.priority DESC, outbox.outbox_id
      LIMIT $4
        FOR NO KEY UPDATE OF outbox SKIP LOCKED
+), chosen AS (
+    -- (A window function cannot go with the row locks above.)
+    SELECT arrived.outbox_id, arrived.written_by, arrived.sending,
+           arrived.takes AND pg_catalog.row_number() OVER (ORDER BY NOT arrived.takes, arrived.priority DESC, arrived.outbox_id) <= $6 AS taken
+      FROM arrived
 ), given_back AS (
     UPDATE email_accounts.outbox AS row
        SET ",
     back_in_the_queue!(),
     "
-     WHERE row.outbox_id = ANY (ARRAY(SELECT arrived.outbox_id FROM arrived WHERE arrived.sending AND NOT arrived.takes))
+     WHERE row.outbox_id = ANY (ARRAY(SELECT chosen.outbox_id FROM chosen WHERE chosen.sending AND NOT chosen.taken))
 ), taken AS (
     -- (= ANY (ARRAY(…)) as well: through the primary key, never a hash of the outbox.)
-    UPDATE email_accounts.outbox
-       SET claim_token = $5
-      FROM arrived
-     WHERE outbox.outbox_id = arrived.outbox_id AND arrived.takes
-       AND outbox.outbox_id = ANY (ARRAY(SELECT arrived.outbox_id FROM arrived WHERE arrived.takes))
-    RETURNING ",
+    SELECT ",
     claimed_columns!(),
-    ", arrived.written_by::text
+    ", chosen.written_by::text
+      FROM email_accounts.outbox JOIN chosen ON outbox.outbox_id = chosen.outbox_id
+     WHERE chosen.taken AND outbox.outbox_id = ANY (ARRAY(SELECT chosen.outbox_id FROM chosen WHERE chosen.taken))
 )
 SELECT taken.*,
        (SELECT count(*) FROM email_accounts.outbox
          WHERE outbox.claim_token IS NULL
-           AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3)
+           AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3
+           AND outbox.outbox_id <> ALL ($5::bigint[]))
        - (SELECT count(*) FROM arrived) AS left,
-       (SELECT count(*) FROM arrived WHERE arrived.sending AND NOT arrived.takes) AS given_back
+       (SELECT count(*) FROM chosen WHERE chosen.sending AND NOT chosen.taken) AS given_back
   FROM (SELECT) AS one LEFT JOIN taken ON true"
 );
 
@@ -349,7 +378,7 @@ const TAKE_BACK_LAPSED: &str = take_back_rows!(
        AND NOT (outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.account_id = ANY ($2::bigint[]))
        AND outbox.account_id <> ALL ($3::bigint[])
        -- (Claimed on insert and never taken: GIVE_BACK_UNTAKEN.)
-       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)",
+       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at, outbox.outbox_id) IS NOT TRUE)",
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
@@ -389,27 +418,31 @@ UPDATE email_accounts.outbox AS row
 // committed elsewhere, a sender held off) or whose sender stopped: never
 // sent, so back in the queue uncounted. Never taken: no token, and the
 // worker board saw the sender start since the last server start or crash
-// restart (a take commits the token; only a crash loses it, and then they
-// are taken back counted, as any claim). Run by the expiry pass and when a
-// sender starts.
+// restart and does not list the row as taken (a crash loses the board, and
+// then they are taken back counted, as any claim). Run by the expiry pass
+// and when a sender starts. (The board is read before the row is locked;
+// the take of a row whose lease lapsed, or whose sender is gone, cannot
+// come in between: a take needs three quarters of the lease left and is
+// its own sender's.)
 const GIVE_BACK_UNTAKEN: &str = give_back_untaken_rows!(concat!(
     "
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id IS NOT NULL AND outbox.status = 'sending'
-          AND email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS TRUE
+          AND email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at, outbox.outbox_id) IS TRUE
           AND (outbox.lease_until < now() OR ",
     sender_gone!(),
     ")"
 ));
 
-// This sender's rows claimed on insert that it has not taken, when it stops:
-// back in the queue uncounted, for the next sender's claim (after a restart
-// they would look like rows of an earlier server, and count).
+// This sender's rows claimed on insert that it has not taken ($2: those it
+// has), when it stops: back in the queue uncounted, for the next sender's
+// claim (after a restart they would look like rows of an earlier server,
+// and count).
 const GIVE_BACK_MINE: &str = give_back_untaken_rows!(
     "
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id = pg_catalog.pg_backend_pid()
-          AND outbox.sender_started_at = $1 AND outbox.status = 'sending'"
+          AND outbox.sender_started_at = $1 AND outbox.status = 'sending' AND outbox.outbox_id <> ALL ($2::bigint[])"
 );
 
 // Rows claimed by sender processes that no longer run in this database.
@@ -422,7 +455,7 @@ const TAKE_BACK_ABANDONED: &str = take_back_rows!(
     sender_gone!(),
     "
        -- (Claimed on insert and never taken: GIVE_BACK_UNTAKEN.)
-       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at) IS NOT TRUE)"
+       AND (outbox.claim_token IS NOT NULL OR email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at, outbox.outbox_id) IS NOT TRUE)"
     ),
     "'the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
@@ -695,17 +728,27 @@ pub struct NewMail {
 }
 
 /// Takes up to `limit` rows inserting transactions claimed for this sender
-/// (TAKE_NEW_MAIL), leaving out the accounts in `skip_accounts` and rows
-/// with less than `lease_left_seconds` of their lease left (both go back
-/// to the queue).
+/// (TAKE_NEW_MAIL), at most `room` of them, never one of `already_taken`,
+/// leaving out the accounts in `skip_accounts` and rows with less than
+/// `lease_left_seconds` of their lease left (those go back to the queue, as
+/// do the rows past `room`). The caller lists the rows taken on the worker
+/// board before this transaction commits (they keep no token).
 ///
 /// Their claim, the attempt counted, is the inserting transaction's: on
 /// disk once its commit is, and lost in a crash only together with the row.
-/// So this transaction, which only gives them a token, commits without
-/// waiting for its flush when their commits are on disk and no synchronous
-/// standby waits (lost in a crash, the rows are taken back as any claim of
-/// a stopped sender): no flush on the way of the message.
-pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64) -> Result<NewMail, SpiError> {
+/// So this transaction, which writes nothing to the rows it takes but their
+/// locks, commits without waiting for its flush when their commits are on
+/// disk and no synchronous standby waits: no flush on the way of the
+/// message. (After a crash the board is made anew, so the rows of every
+/// earlier sender count as taken: taken back, counted, as any claim of a
+/// stopped sender.)
+pub fn take_new_mail(
+    skip_accounts: &[i64],
+    lease_left_seconds: f64,
+    limit: i64,
+    already_taken: &[i64],
+    room: usize,
+) -> Result<NewMail, SpiError> {
     if super::restore::in_progress(super::restore::Worker::Sender)?.is_some() {
         return Ok(NewMail { rows: Vec::new(), left: true, given_back: false });
     }
@@ -720,7 +763,8 @@ pub fn take_new_mail(skip_accounts: &[i64], lease_left_seconds: f64, limit: i64)
                 lease_left_seconds.into(),
                 process_started_at().into(),
                 limit.into(),
-                new_claim_token().into(),
+                already_taken.to_vec().into(),
+                (room as i64).into(),
             ],
         )?;
         let mut taken = Vec::new();
@@ -869,7 +913,8 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
     // walked its whole primary key per round.) The columns naming the
     // claim's sender are cleared with the claim.
     kept_plans::run(
-        "WITH recorded AS (
+        concat!(
+            "WITH recorded AS (
              UPDATE email_accounts.outbox AS row
                 SET status = result.status,
                     next_attempt_at = CASE WHEN result.status = 'retry'
@@ -887,7 +932,9 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
                FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $11::timestamptz[])
                     AS result (outbox_id, claim_token, status, last_error, accepted_at)
               WHERE row.outbox_id = result.outbox_id AND row.outbox_id = ANY ($1)
-                AND row.claim_token = result.claim_token::uuid
+                AND ",
+            still_ours!("result", "$12"),
+            "
           RETURNING row.outbox_id
          )
          UPDATE email_accounts.outbox_recipient AS recipient
@@ -902,7 +949,8 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
             AND answer.outbox_id = ANY (ARRAY(SELECT recorded.outbox_id FROM recorded))
             -- (A recipient given up on, not answered, only if still open: not
             -- over a status someone set while the row was being sent.)
-            AND (answer.answered OR recipient.status IN ('pending', 'deferred'))",
+            AND (answer.answered OR recipient.status IN ('pending', 'deferred'))"
+        ),
         &[
             ids.into(),
             tokens.into(),
@@ -915,6 +963,7 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
             replies.into(),
             answered.into(),
             accepted_at.into(),
+            process_started_at().into(),
         ],
     )
 }
@@ -963,21 +1012,30 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
                     next_attempt_at = CASE WHEN $3 > 0 THEN greatest(row.next_attempt_at, now() + pg_catalog.make_interval(secs => $3))
                                            ELSE row.next_attempt_at END
                FROM unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token)
-              WHERE row.outbox_id = mine.outbox_id AND row.claim_token = mine.claim_token::uuid
-                AND row.outbox_id = ANY ($1)
+              WHERE row.outbox_id = mine.outbox_id AND row.outbox_id = ANY ($1)
+                AND ",
+                still_ours!("mine", "$4"),
+                "
           RETURNING row.outbox_id"
             ),
-            &[outbox_ids.to_vec().into(), claim_tokens.to_vec().into(), delay_seconds.into()],
+            &[
+                outbox_ids.to_vec().into(),
+                claim_tokens.to_vec().into(),
+                delay_seconds.into(),
+                process_started_at().into(),
+            ],
         )?;
         Ok(rows.len() as i64)
     })
 }
 
-/// When the sender stops: its rows claimed on insert and not taken go back
-/// to the queue uncounted (GIVE_BACK_MINE). Returns how many.
-pub fn give_back_untaken_on_stop() -> Result<i64, SpiError> {
+/// When the sender stops: its rows claimed on insert and not taken (not in
+/// `taken`) go back to the queue uncounted (GIVE_BACK_MINE). Returns how many.
+pub fn give_back_untaken_on_stop(taken: &[i64]) -> Result<i64, SpiError> {
     Spi::connect_mut(|client| {
-        client.update(GIVE_BACK_MINE, None, &[process_started_at().into()]).map(|table| table.len() as i64)
+        client
+            .update(GIVE_BACK_MINE, None, &[process_started_at().into(), taken.to_vec().into()])
+            .map(|table| table.len() as i64)
     })
 }
 

@@ -682,11 +682,13 @@ mod tests {
     }
 
     /// Rows claimed on insert (claim_on_insert) as the sender takes them:
-    /// its own untaken rows get a token, at most `limit` a take (the rest is
-    /// said to be left); rows of a skipped account, of a deleted one, past
+    /// its own untaken rows are read and written nothing (no token: the
+    /// sender lists them on the worker board), at most `limit` a take (the
+    /// rest is said to be left) and `room` (the rest goes back to the queue
+    /// uncounted); rows of a skipped account, of a deleted one, past
     /// `expires_at`, or with less lease left than asked go back to the queue
     /// uncounted; rows of another process, and
-    /// rows already taken, are left alone. Whether the account can send
+    /// rows already taken (named by the sender), are left alone. Whether the account can send
     /// without rate limits is for the sender to decide from its settings
     /// (claim.rs; tests/outbox.rs). The claim never takes a row claimed on
     /// insert. (This backend plays the sender: rows are made its own by hand.)
@@ -723,7 +725,7 @@ mod tests {
               WHERE outbox_id = {expired}"
         ))
         .unwrap();
-        let taken = take_new_mail(&[], 200.0, 200).unwrap();
+        let taken = take_new_mail(&[], 200.0, 200, &[], 32).unwrap();
         assert!(!taken.left && taken.given_back);
         let taken = crate::store::outbox::with_recipients_and_attachments(taken.rows).unwrap();
         let mut taken_ids: Vec<i64> = taken.iter().map(|row| row.outbox_id).collect();
@@ -736,39 +738,55 @@ mod tests {
             ))
             .unwrap()
         };
-        assert_eq!(state(mine), (Some("sending".into()), Some(1), Some(true)));
-        assert_eq!(state(limited), (Some("sending".into()), Some(1), Some(true)), "the sender reads its limits");
+        assert_eq!(state(mine), (Some("sending".into()), Some(1), Some(false)));
+        assert_eq!(state(limited), (Some("sending".into()), Some(1), Some(false)), "the sender reads its limits");
         assert_eq!(state(short_lease), (Some("queued".into()), Some(0), Some(false)), "too little lease left");
         assert_eq!(state(expired), (Some("queued".into()), Some(0), Some(false)), "expired: the claim leaves it");
         assert_eq!(state(others), (Some("sending".into()), Some(1), Some(false)), "another process's");
-        assert_eq!(take_new_mail(&[], 200.0, 200).unwrap().rows.len(), 0, "taken once");
+        let mut out = vec![mine, limited];
+        let again = take_new_mail(&[], 200.0, 200, &out, 30).unwrap();
+        assert_eq!((again.rows.len(), again.left, again.given_back), (0, false, false), "taken once");
         // At most `limit` a take; the rest is left for the next one.
         let (first, second) =
             (claimed_on_insert("ready", "pg_backend_pid()", 300), claimed_on_insert("ready", "pg_backend_pid()", 300));
-        let one = take_new_mail(&[], 200.0, 1).unwrap();
+        let one = take_new_mail(&[], 200.0, 1, &out, 30).unwrap();
         assert_eq!((one.rows.len(), one.left), (1, true));
-        let other = take_new_mail(&[], 200.0, 1).unwrap();
+        out.push(one.rows[0].outbox_id);
+        let other = take_new_mail(&[], 200.0, 1, &out, 29).unwrap();
         assert_eq!((other.rows.len(), other.left), (1, false));
+        out.push(other.rows[0].outbox_id);
         assert_eq!(
             [one.rows[0].outbox_id, other.rows[0].outbox_id].into_iter().collect::<std::collections::BTreeSet<_>>(),
             [first, second].into_iter().collect()
         );
+        // At most `room`: the rest goes back to the queue, uncounted, for the claim.
+        let (roomy, crowded) =
+            (claimed_on_insert("ready", "pg_backend_pid()", 300), claimed_on_insert("ready", "pg_backend_pid()", 300));
+        let squeezed = take_new_mail(&[], 200.0, 200, &out, 1).unwrap();
+        assert_eq!(squeezed.rows.iter().map(|row| row.outbox_id).collect::<Vec<_>>(), [roomy], "in their order");
+        assert!(!squeezed.left && squeezed.given_back);
+        assert_eq!(state(crowded), (Some("queued".into()), Some(0), Some(false)), "no room on the board");
+        out.push(roomy);
+        Spi::run(&format!("UPDATE email_accounts.outbox SET status = 'cancelled' WHERE outbox_id = {crowded}"))
+            .unwrap();
 
         let ready =
             Spi::get_one::<i64>("SELECT account_id FROM email_accounts.account WHERE name = 'ready'").unwrap().unwrap();
         let skipped = claimed_on_insert("ready", "pg_backend_pid()", 300);
-        assert_eq!(take_new_mail(&[ready], 200.0, 200).unwrap().rows.len(), 0);
+        assert_eq!(take_new_mail(&[ready], 200.0, 200, &out, 32).unwrap().rows.len(), 0);
         assert_eq!(state(skipped), (Some("queued".into()), Some(0), Some(false)), "a skipped account's row");
         // Also while accounts are skipped (`NULL <> ALL (…)` is no answer).
         let orphan = claimed_on_insert("ready", "pg_backend_pid()", 300);
         Spi::run(&format!("UPDATE email_accounts.outbox SET account_id = NULL WHERE outbox_id = {orphan}")).unwrap();
-        let taken = take_new_mail(&[ready], 200.0, 200).unwrap();
+        let taken = take_new_mail(&[ready], 200.0, 200, &out, 32).unwrap();
         assert!(taken.rows.is_empty() && taken.given_back);
         assert_eq!(state(orphan), (Some("queued".into()), Some(0), Some(false)), "a deleted account's row");
         // What went back is claimed the usual way, its attempt counted then
         // (the expired row is left to the expiry pass).
         let claimed = claim(200, 60, &[], &[], 10, None).unwrap();
-        assert_eq!(claimed.len(), 2);
+        let mut claimed_ids: Vec<i64> = claimed.iter().map(|row| row.outbox_id).collect();
+        claimed_ids.sort_unstable();
+        assert_eq!(claimed_ids, [short_lease, skipped]);
         assert!(claimed.iter().all(|row| row.attempts == 1));
     }
 

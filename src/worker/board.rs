@@ -253,8 +253,8 @@ pub struct WorkerBoard {
     suspensions: [RoutingSuspension; SUSPENSION_SLOTS],
     /// The sender processes started since shared memory was made (at
     /// server start, and anew after a crash restart), the oldest forgotten
-    /// first: a claim on insert for one of them without a token was never
-    /// taken (see `sender_started_here`).
+    /// first, each with the rows it has taken: a claim on insert for one of
+    /// them that it does not list was never taken (see `claim_never_taken`).
     senders_started: [SenderStart; SENDER_STARTS],
     next_sender_start: usize,
     /// Transactions that change what the sender reads of accounts (their
@@ -268,13 +268,28 @@ pub struct WorkerBoard {
     settings_changes_begun: u64,
 }
 
-/// One sender process: its database, process id and start (MyStartTimestamp).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// One sender process: its database, process id and start (MyStartTimestamp),
+/// and the rows claimed on insert it has taken and not yet recorded or
+/// handed back (0: a free place). A take writes nothing to such a row (it
+/// keeps no token): this list is what tells it apart from one never taken.
+#[derive(Debug, Clone, Copy, Default)]
 struct SenderStart {
     database: u32,
     pid: i32,
     started_at: i64,
+    taken: [i64; TAKEN_WITHOUT_TOKEN],
 }
+
+impl SenderStart {
+    fn is(&self, database: u32, pid: i32, started_at: i64) -> bool {
+        self.database == database && self.pid == pid && self.started_at == started_at
+    }
+}
+
+/// Rows claimed on insert one sender can have taken at once (each inserting
+/// transaction claims at most 10; a take that finds more gives the rest
+/// back to the queue, for the claim).
+pub const TAKEN_WITHOUT_TOKEN: usize = 32;
 
 /// Sender processes the board remembers (a ring; forgetting one only makes
 /// its never-taken claims count as attempts, the safe side).
@@ -446,10 +461,11 @@ pub fn take_slot(id: WorkerId, fresh: bool, fallback_poll_interval_ms: i64, aliv
     }
     *slot = fresh_slot(if fresh { WorkerState::Starting } else { WorkerState::Idle }, fallback_poll_interval_ms);
     if id.role == super::role::Role::Sender {
-        let started = SenderStart { database: id.database, pid: me, started_at: slot.process_started_at };
-        if !board.senders_started.contains(&started) {
+        let started_at = slot.process_started_at;
+        if !board.senders_started.iter().any(|start| start.is(id.database, me, started_at)) {
             let next = board.next_sender_start;
-            board.senders_started[next] = started;
+            board.senders_started[next] =
+                SenderStart { database: id.database, pid: me, started_at, ..SenderStart::default() };
             board.next_sender_start = (next + 1) % SENDER_STARTS;
         }
     }
@@ -771,14 +787,72 @@ pub fn sender_taking_new_mail(database: u32) -> Option<(usize, i32, i64)> {
     })
 }
 
-/// Whether the sender process `pid` that started at `started_at` started in
-/// `database` since shared memory was made (server start or crash restart).
-/// Such a sender's claim without a token was never taken: a take commits
-/// the token (without waiting for its flush), and only a crash loses that.
-/// A process of an earlier incarnation of the server, of another cluster (a
-/// restored dump) or one forgotten is not: its claims count as attempts.
-pub fn sender_started_here(database: u32, pid: i32, started_at: i64) -> bool {
-    pid != 0 && WORKER_BOARD.share().senders_started.contains(&SenderStart { database, pid, started_at })
+/// Whether the row `outbox_id`, claimed on insert for the sender process
+/// `pid` that started at `started_at` and without a token, was never taken
+/// by it: that sender started in `database` since shared memory was made
+/// (server start or crash restart) and does not list the row as taken. A
+/// process of an earlier incarnation of the server, of another cluster (a
+/// restored dump) or one forgotten is not known: its claims count as
+/// attempts, the safe side (a crash loses the lists with the board).
+pub fn claim_never_taken(database: u32, pid: i32, started_at: i64, outbox_id: i64) -> bool {
+    pid != 0
+        && WORKER_BOARD
+            .share()
+            .senders_started
+            .iter()
+            .find(|start| start.is(database, pid, started_at))
+            .is_some_and(|start| !start.taken.contains(&outbox_id))
+}
+
+/// The calling sender's entry among the senders started, if remembered.
+fn my_start(board: &mut WorkerBoard) -> Option<&mut SenderStart> {
+    let (database, pid, started_at) =
+        (my_database(), unsafe { pg_sys::MyProcPid }, unsafe { pg_sys::MyStartTimestamp });
+    board.senders_started.iter_mut().find(|start| start.is(database, pid, started_at))
+}
+
+/// The rows claimed on insert this sender has taken and not yet recorded or
+/// handed back, and how many more it may take. No room when the board has
+/// forgotten this sender (its claims already count as taken).
+pub fn taken_without_token() -> (Vec<i64>, usize) {
+    let mut board = WORKER_BOARD.exclusive();
+    match my_start(&mut board) {
+        Some(start) => {
+            let taken: Vec<i64> = start.taken.iter().copied().filter(|&id| id != 0).collect();
+            let room = TAKEN_WITHOUT_TOKEN - taken.len();
+            (taken, room)
+        }
+        None => (Vec::new(), 0),
+    }
+}
+
+/// Lists rows as taken by this sender. Called by its take while the rows'
+/// locks are held, before it commits: cancel() locks a row before it asks
+/// claim_never_taken, so it sees either the row not taken or the list.
+/// (They fit: the take asked for room first, and only this sender writes
+/// its list. A sender the board forgot has no list: its claims all count
+/// as taken.)
+pub fn mark_taken(outbox_ids: &[i64]) {
+    let mut board = WORKER_BOARD.exclusive();
+    if let Some(start) = my_start(&mut board) {
+        for (place, &outbox_id) in start.taken.iter_mut().filter(|id| **id == 0).zip(outbox_ids) {
+            *place = outbox_id;
+        }
+    }
+}
+
+/// Rows no longer out for this sender: their result or their hand-back has
+/// committed (or the take that listed them did not). Unlisted ids are ignored.
+pub fn unmark_taken(outbox_ids: &[i64]) {
+    if outbox_ids.is_empty() {
+        return;
+    }
+    let mut board = WORKER_BOARD.exclusive();
+    if let Some(start) = my_start(&mut board) {
+        for id in start.taken.iter_mut().filter(|id| **id != 0 && outbox_ids.contains(id)) {
+            *id = 0;
+        }
+    }
 }
 
 /// Whether the sender takes new mail as it is inserted (said after each step).

@@ -92,16 +92,18 @@ fn sender_for_new_mail(
     TableIterator::once((sender.1, started_at, lease_until))
 }
 
-/// Whether a claim made on insert for the sender process
-/// `sender_process_id` that started at `sender_started_at`, and that has no
-/// token, was never taken, so its mail has not gone out: true when that
-/// sender started in this database since the last server start or crash
-/// restart (the worker board remembers them; any role may ask). A take
-/// commits the token, and only a crash can lose a committed transaction.
+/// Whether the outbox row `outbox_id`, claimed on insert for the sender
+/// process `sender_process_id` that started at `sender_started_at`, and
+/// without a token, was never taken, so its mail has not gone out: true
+/// when that sender started in this database since the last server start
+/// or crash restart and does not list the row as taken (the worker board
+/// keeps both; any role may ask). A take writes nothing to the row: it
+/// lists it on the board while it holds the row's lock, so a caller that
+/// locked the row first (cancel()) gets an answer that stays true.
 #[pg_extern(volatile, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn claim_never_taken(sender_process_id: i32, sender_started_at: TimestampWithTimeZone) -> bool {
-    board::sender_started_here(board::my_database(), sender_process_id, sender_started_at.into_inner())
+fn claim_never_taken(sender_process_id: i32, sender_started_at: TimestampWithTimeZone, outbox_id: i64) -> bool {
+    board::claim_never_taken(board::my_database(), sender_process_id, sender_started_at.into_inner(), outbox_id)
 }
 
 /// At commit (from wake.rs, never raises): the sender is told and woken.

@@ -129,12 +129,33 @@ pub fn take_new_mail(
     // Rows of accounts that cannot send now, or have rate limits (which only
     // the claim applies), go back to the queue.
     let may_take = |account: &SendingSettings| account.ready_to_send && !account.rate_limited;
-    let (taken, handed_back) = round(Duration::from_secs_f64(lease / 4.0), may_take, read_ahead, || {
-        let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size())?;
+    let (already_taken, room) = board::taken_without_token();
+    let listed = std::cell::RefCell::new(Vec::new());
+    let round = round(Duration::from_secs_f64(lease / 4.0), may_take, read_ahead, || {
+        let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size(), &already_taken, room)?;
+        // Listed before the take commits, while it holds the rows' locks:
+        // the take writes nothing to them, the list is what says they are taken.
+        let ids: Vec<i64> = taken.rows.iter().map(|row| row.outbox_id).collect();
+        board::mark_taken(&ids);
+        *listed.borrow_mut() = ids;
         left.set(taken.left);
         given_back.set(taken.given_back);
         Ok(taken.rows)
-    })?;
+    });
+    // Rows handed back in the take's transaction, or all of them if it did
+    // not commit, were not taken after all.
+    let kept: Vec<i64> = match &round {
+        Ok((Some(claimed), _)) => claimed
+            .known
+            .claims
+            .keys()
+            .chain(claimed.rounds.iter().flat_map(|round| round.claims.keys()))
+            .copied()
+            .collect(),
+        _ => Vec::new(),
+    };
+    board::unmark_taken(&listed.take().into_iter().filter(|id| !kept.contains(id)).collect::<Vec<_>>());
+    let (taken, handed_back) = round?;
     Ok((taken, left.get(), given_back.get() || handed_back))
 }
 

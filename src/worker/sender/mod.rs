@@ -503,7 +503,10 @@ impl super::duty::Duty for Sender {
         if !self.installed {
             return;
         }
-        if let Err(error) = try_in_transaction(outbox::give_back_untaken_on_stop) {
+        // (Rows it took and did not record stay listed on the board as
+        // taken: the next sender takes them back, counted.)
+        let (taken, _) = board::taken_without_token();
+        if let Err(error) = try_in_transaction(|| outbox::give_back_untaken_on_stop(&taken)) {
             log!(
                 "{}: cannot give back the rows claimed for it on insert (the next sender does): {error}",
                 self.id.name()

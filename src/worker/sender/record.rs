@@ -6,6 +6,7 @@ use crate::settings;
 use crate::store::oauth;
 use crate::store::outbox::{self, ClaimedRow, RowResult};
 use crate::store::transaction::{in_transaction, try_in_subtransaction, try_in_transaction, StoreError};
+use crate::worker::board;
 use email_accounts_mail::delivery::{summarize, JobOutcome, RowSummary};
 use email_accounts_mail::oauth::TokenReport;
 use email_accounts_mail::row_status::{verdict, ClaimedState, RowVerdict};
@@ -113,8 +114,9 @@ pub fn hand_back(role_name: &str, claims: HashMap<i64, RowClaim>) {
         return;
     }
     let (ids, tokens): (Vec<i64>, Vec<&str>) = claims.iter().map(|(id, claim)| (*id, claim.token.as_str())).unzip();
-    if let Err(error) = try_in_transaction(|| outbox::hand_back(&ids, &tokens)) {
-        log!("{role_name}: cannot hand back {} claimed row(s) that were not sent: {error}", ids.len());
+    match try_in_transaction(|| outbox::hand_back(&ids, &tokens)) {
+        Ok(_) => board::unmark_taken(&ids),
+        Err(error) => log!("{role_name}: cannot hand back {} claimed row(s) that were not sent: {error}", ids.len()),
     }
 }
 
@@ -147,7 +149,7 @@ fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
             Some((outbox_id, claim, summary, verdict))
         })
         .collect();
-    in_transaction(AssertUnwindSafe(|| -> Result<(), StoreError> {
+    let not_recorded = in_transaction(AssertUnwindSafe(|| -> Vec<i64> {
         let rows: Vec<RowResult<'_>> = outcomes
             .iter()
             .map(|(outbox_id, claim, summary, verdict)| RowResult {
@@ -164,14 +166,23 @@ fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
         // it lapses) while the others are recorded all the same.
         let together = try_in_subtransaction(AssertUnwindSafe(|| outbox::record_all(&rows, retry_base_delay)));
         if together.is_ok() {
-            return Ok(());
+            return Vec::new();
         }
+        let mut not_recorded = Vec::new();
         for row in rows.chunks(1) {
             let recorded = try_in_subtransaction(AssertUnwindSafe(|| outbox::record_all(row, retry_base_delay)));
             if let Err(error) = recorded {
                 warning!("email_accounts sender: cannot record outbox row {}: {error}", row[0].outbox_id);
+                not_recorded.push(row[0].outbox_id);
             }
         }
-        Ok(())
-    }))?
+        not_recorded
+    }))?;
+    // Rows taken without a token leave the board's list once their result
+    // has committed; one that could not be recorded stays on it (it may have
+    // gone out: whoever takes it back after its lease counts the attempt).
+    let resolved: Vec<i64> =
+        outcomes.iter().map(|(outbox_id, ..)| *outbox_id).filter(|id| !not_recorded.contains(id)).collect();
+    board::unmark_taken(&resolved);
+    Ok(())
 }
