@@ -328,7 +328,14 @@ SELECT taken.*,
            AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3
            AND outbox.outbox_id <> ALL ($5::bigint[]))
        - (SELECT count(*) FROM arrived) AS left,
-       (SELECT count(*) FROM chosen WHERE chosen.sending AND NOT chosen.taken) AS given_back
+       (SELECT count(*) FROM chosen WHERE chosen.sending AND NOT chosen.taken) AS given_back,
+       -- Rows of $5 no longer out for this sender (taken back after a
+       -- recording that failed, deleted): the board's list lets them go.
+       ARRAY(SELECT listed.outbox_id FROM unnest($5::bigint[]) AS listed (outbox_id)
+              WHERE NOT EXISTS (
+                    SELECT FROM email_accounts.outbox
+                     WHERE outbox.outbox_id = listed.outbox_id AND outbox.status = 'sending' AND outbox.claim_token IS NULL
+                       AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3)) AS gone
   FROM (SELECT) AS one LEFT JOIN taken ON true"
 );
 
@@ -725,6 +732,8 @@ pub struct NewMail {
     pub left: bool,
     /// Rows went back to the queue, for the claim.
     pub given_back: bool,
+    /// Rows of `already_taken` that are no longer out for this sender.
+    pub gone: Vec<i64>,
 }
 
 /// Takes up to `limit` rows inserting transactions claimed for this sender
@@ -750,9 +759,9 @@ pub fn take_new_mail(
     room: usize,
 ) -> Result<NewMail, SpiError> {
     if super::restore::in_progress(super::restore::Worker::Sender)?.is_some() {
-        return Ok(NewMail { rows: Vec::new(), left: true, given_back: false });
+        return Ok(NewMail { rows: Vec::new(), left: true, given_back: false, gone: Vec::new() });
     }
-    let (mut left, mut given_back) = (false, false);
+    let (mut left, mut given_back, mut gone) = (false, false, Vec::new());
     let mut flush_to: pg_sys::XLogRecPtr = 0;
     let rows: Vec<ClaimedRow> = Spi::connect_mut(|client| {
         let table = kept_plans::update(
@@ -771,6 +780,7 @@ pub fn take_new_mail(
         for row in table {
             left |= row.get::<i64>(22)?.unwrap_or(0) > 0;
             given_back |= row.get::<i64>(23)?.unwrap_or(0) > 0;
+            gone = row.get::<Vec<i64>>(24)?.unwrap_or_default();
             if row.get::<i64>(1)?.is_none() {
                 continue;
             }
@@ -795,7 +805,7 @@ pub fn take_new_mail(
     if on_disk && !crate::settings::synchronous_standbys() {
         super::transaction::set_setting(c"synchronous_commit", c"off", pg_sys::GucAction::GUC_ACTION_LOCAL);
     }
-    Ok(NewMail { rows, left, given_back })
+    Ok(NewMail { rows, left, given_back, gone })
 }
 
 /// The sending settings of the given accounts.

@@ -746,6 +746,17 @@ mod tests {
         let mut out = vec![mine, limited];
         let again = take_new_mail(&[], 200.0, 200, &out, 30).unwrap();
         assert_eq!((again.rows.len(), again.left, again.given_back), (0, false, false), "taken once");
+        assert!(again.gone.is_empty(), "both still out for this sender");
+        // A listed row no longer out for this sender (taken back after a
+        // recording that failed, say) is said to be gone: off the list.
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox SET status = 'retry', sender_process_id = NULL, sender_started_at = NULL
+              WHERE outbox_id = {limited}"
+        ))
+        .unwrap();
+        assert_eq!(take_new_mail(&[], 200.0, 200, &out, 30).unwrap().gone, [limited]);
+        Spi::run(&format!("UPDATE email_accounts.outbox SET status = 'cancelled' WHERE outbox_id = {limited}"))
+            .unwrap();
         // At most `limit` a take; the rest is left for the next one.
         let (first, second) =
             (claimed_on_insert("ready", "pg_backend_pid()", 300), claimed_on_insert("ready", "pg_backend_pid()", 300));

@@ -136,6 +136,7 @@ pub fn take_new_mail(
         // Listed before the take commits, while it holds the rows' locks:
         // the take writes nothing to them, the list is what says they are taken.
         let ids: Vec<i64> = taken.rows.iter().map(|row| row.outbox_id).collect();
+        board::unmark_taken(&taken.gone);
         board::mark_taken(&ids);
         *listed.borrow_mut() = ids;
         left.set(taken.left);

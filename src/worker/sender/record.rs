@@ -180,7 +180,8 @@ fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
     }))?;
     // Rows taken without a token leave the board's list once their result
     // has committed; one that could not be recorded stays on it (it may have
-    // gone out: whoever takes it back after its lease counts the attempt).
+    // gone out: whoever takes it back after its lease counts the attempt)
+    // until a take finds it no longer out for this sender.
     let resolved: Vec<i64> =
         outcomes.iter().map(|(outbox_id, ..)| *outbox_id).filter(|id| !not_recorded.contains(id)).collect();
     board::unmark_taken(&resolved);
