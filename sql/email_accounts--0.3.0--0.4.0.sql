@@ -1162,7 +1162,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'claim_never_taken_wrapper';
 
 COMMENT ON FUNCTION email_accounts.claim_never_taken(integer, timestamp with time zone, bigint) IS
-  'Whether the outbox row with this id, claimed on insert for the sender process with this process id and start and without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart and does not list the row as taken. A take writes nothing to the row; it lists it on the worker board while it holds the row''s lock, so an answer given under the row''s lock stays true. From the worker board; any role may ask.';
+  'Whether the outbox row with this id, claimed on insert for the sender process with this process id and start and without a claim token, was never taken by it (so its mail has not gone out): true when that sender started in this database since the last server start or crash restart and does not list the row as taken. A take writes nothing to the row; it lists it on the worker board while it holds the row''s lock, so an answer given under the row''s lock stays true. From the worker board; a role that is not a superuser gets true only for a row it can see claimed that way.';
 
 COMMENT ON FUNCTION email_accounts.sender_for_new_mail(bigint) IS
   'One row or none: the idle sender worker a new outbox row of the given account is claimed for (its process id and start), and the claim''s lease. None unless email_accounts.claim_on_insert is on and a sender of this database has nothing to do; at most 10 rows of one transaction. Called by the outbox''s insert trigger; the sender is woken with the rows'' accounts ahead of the commit''s flush (it reads their settings meanwhile) and told at commit.';
@@ -1279,7 +1279,7 @@ BEGIN
         NEW.last_error := NULL;
         -- email_accounts.claim_on_insert: a row due now is claimed here for
         -- an idle sender (the attempt counted, without a token: the sender
-        -- gives it one when it takes the row). This transaction's commit
+        -- takes the row without writing to it). This transaction's commit
         -- makes the claim durable, so the sender needs no flush of its own
         -- before the wire.
         IF NEW.next_attempt_at <= now() AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
@@ -2104,7 +2104,8 @@ CREATE TRIGGER cancel_untaken_claim BEFORE UPDATE OF status ON email_accounts.ou
 -- taken them yet (email_accounts.claim_on_insert), in the order it takes
 -- them: it looks for its own when a commit tells it. Only such a claim
 -- names a sender without a token. An entry lives from the INSERT until the
--- sender gives the row its token, a millisecond later.
+-- row's result is recorded (the sender takes the row without writing to
+-- it, so at most a round's rows of each sender are here once taken).
 CREATE INDEX outbox_claimed_on_insert ON email_accounts.outbox (sender_process_id, priority DESC, outbox_id)
     WHERE claim_token IS NULL AND sender_process_id IS NOT NULL;
 

@@ -16,6 +16,7 @@ COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While sending: whe
 -- taken them yet (email_accounts.claim_on_insert), in the order it takes
 -- them: it looks for its own when a commit tells it. Only such a claim
 -- names a sender without a token. An entry lives from the INSERT until the
--- sender gives the row its token, a millisecond later.
+-- row's result is recorded (the sender takes the row without writing to
+-- it, so at most a round's rows of each sender are here once taken).
 CREATE INDEX outbox_claimed_on_insert ON email_accounts.outbox (sender_process_id, priority DESC, outbox_id)
     WHERE claim_token IS NULL AND sender_process_id IS NOT NULL;

@@ -221,7 +221,7 @@ BEGIN
         NEW.last_error := NULL;
         -- email_accounts.claim_on_insert: a row due now is claimed here for
         -- an idle sender (the attempt counted, without a token: the sender
-        -- gives it one when it takes the row). This transaction's commit
+        -- takes the row without writing to it). This transaction's commit
         -- makes the claim durable, so the sender needs no flush of its own
         -- before the wire.
         IF NEW.next_attempt_at <= now() AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN

@@ -291,7 +291,7 @@ RETURNING ",
 // (`written_by`): its commit may still have to be flushed.
 const TAKE_NEW_MAIL: &str = concat!(
     "WITH arrived AS (
-    SELECT outbox.outbox_id, outbox.xmin AS written_by, outbox.priority, outbox.status = 'sending' AS sending,
+    SELECT outbox.outbox_id, outbox.xmin AS written_by, outbox.priority, outbox AS locked, outbox.status = 'sending' AS sending,
            outbox.status = 'sending'
            AND outbox.account_id IS NOT NULL AND outbox.account_id <> ALL ($1::bigint[])
            AND outbox.lease_until > now() + pg_catalog.make_interval(secs => $2)
@@ -305,7 +305,7 @@ const TAKE_NEW_MAIL: &str = concat!(
        FOR NO KEY UPDATE OF outbox SKIP LOCKED
 ), chosen AS (
     -- (A window function cannot go with the row locks above.)
-    SELECT arrived.outbox_id, arrived.written_by, arrived.sending,
+    SELECT arrived.outbox_id, arrived.written_by, arrived.locked, arrived.sending,
            arrived.takes AND pg_catalog.row_number() OVER (ORDER BY NOT arrived.takes, arrived.priority DESC, arrived.outbox_id) <= $6 AS taken
       FROM arrived
 ), given_back AS (
@@ -315,12 +315,13 @@ const TAKE_NEW_MAIL: &str = concat!(
     "
      WHERE row.outbox_id = ANY (ARRAY(SELECT chosen.outbox_id FROM chosen WHERE chosen.sending AND NOT chosen.taken))
 ), taken AS (
-    -- (= ANY (ARRAY(…)) as well: through the primary key, never a hash of the outbox.)
+    -- (The row as locked: its newest version, which this statement's
+    -- snapshot may not show when a change committed in between.)
     SELECT ",
     claimed_columns!(),
     ", chosen.written_by::text
-      FROM email_accounts.outbox JOIN chosen ON outbox.outbox_id = chosen.outbox_id
-     WHERE chosen.taken AND outbox.outbox_id = ANY (ARRAY(SELECT chosen.outbox_id FROM chosen WHERE chosen.taken))
+      FROM chosen CROSS JOIN LATERAL (SELECT (chosen.locked).*) AS outbox
+     WHERE chosen.taken
 )
 SELECT taken.*,
        (SELECT count(*) FROM email_accounts.outbox
@@ -415,7 +416,12 @@ UPDATE email_accounts.outbox AS row
  WHERE row.outbox_id = ANY (ARRAY(",
             $selection,
             "
-          FOR NO KEY UPDATE OF outbox SKIP LOCKED))"
+          FOR NO KEY UPDATE OF outbox SKIP LOCKED))
+   -- Judged again now that the row is locked: a take lists a row while it
+   -- holds the row's lock, and writes nothing that would make the lock
+   -- above look again.
+   AND row.status = 'sending' AND row.claim_token IS NULL
+   AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE"
         )
     };
 }
@@ -427,10 +433,7 @@ UPDATE email_accounts.outbox AS row
 // worker board saw the sender start since the last server start or crash
 // restart and does not list the row as taken (a crash loses the board, and
 // then they are taken back counted, as any claim). Run by the expiry pass
-// and when a sender starts. (The board is read before the row is locked;
-// the take of a row whose lease lapsed, or whose sender is gone, cannot
-// come in between: a take needs three quarters of the lease left and is
-// its own sender's.)
+// and when a sender starts.
 const GIVE_BACK_UNTAKEN: &str = give_back_untaken_rows!(concat!(
     "
        SELECT outbox.outbox_id FROM email_accounts.outbox
@@ -1037,6 +1040,23 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
         )?;
         Ok(rows.len() as i64)
     })
+}
+
+/// Whether the current role sees the outbox row `outbox_id` claimed for the
+/// sender process `sender_process_id` that started at `sender_started_at`
+/// (row-level security decides, as for any of its reads).
+pub fn sees_claim(
+    outbox_id: i64,
+    sender_process_id: i32,
+    sender_started_at: pgrx::datum::TimestampWithTimeZone,
+) -> Result<bool, SpiError> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM email_accounts.outbox
+                         WHERE outbox.outbox_id = $1 AND outbox.sender_process_id = $2
+                           AND outbox.sender_started_at = $3)",
+        &[outbox_id.into(), sender_process_id.into(), sender_started_at.into()],
+    )
+    .map(|seen| seen.unwrap_or(false))
 }
 
 /// When the sender stops: its rows claimed on insert and not taken (not in

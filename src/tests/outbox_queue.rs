@@ -801,6 +801,70 @@ mod tests {
         assert!(claimed.iter().all(|row| row.attempts == 1));
     }
 
+    /// The worker board's list of rows a sender took without a token: what
+    /// claim_never_taken() answers from it, any id (0 and negative ones
+    /// too), 32 places, a sender it does not know counting as having taken
+    /// everything; and a role that is not a superuser hears only about rows
+    /// it can see. (This backend plays the sender.)
+    #[pg_test]
+    fn the_board_lists_the_rows_a_sender_took_without_a_token() {
+        use crate::worker::board;
+        let started_at = crate::store::outbox::process_started_at();
+        let never_taken = |process: &str, id: i64| {
+            Spi::get_one::<bool>(&format!("SELECT email_accounts.claim_never_taken({process}, '{started_at}', {id})"))
+                .unwrap()
+                .unwrap()
+        };
+        assert!(!never_taken("pg_backend_pid() + 1", 5), "a sender the board does not know: taken");
+        board::remember_this_backend_as_a_sender();
+        let (listed, room) = board::taken_without_token().unwrap();
+        board::unmark_taken(&listed);
+        assert_eq!(board::taken_without_token(), Some((vec![], 32)));
+        assert!(never_taken("pg_backend_pid()", 5) && never_taken("pg_backend_pid()", 0));
+        assert_eq!(room + listed.len(), 32);
+
+        board::mark_taken(&[5, 0, -3]);
+        assert!(!never_taken("pg_backend_pid()", 5) && !never_taken("pg_backend_pid()", 0));
+        assert!(!never_taken("pg_backend_pid()", -3) && never_taken("pg_backend_pid()", 6));
+        assert_eq!(board::taken_without_token(), Some((vec![5, 0, -3], 29)));
+        let many: Vec<i64> = (100..130).collect();
+        board::mark_taken(&many);
+        assert_eq!(board::taken_without_token().unwrap().1, 0, "32 places");
+        assert!(!never_taken("pg_backend_pid()", 128) && never_taken("pg_backend_pid()", 129), "only those fit");
+        assert!(never_taken("pg_backend_pid()", 6), "a full list lists nothing else");
+        board::unmark_taken(&[0, 5, 7]);
+        assert!(never_taken("pg_backend_pid()", 0) && never_taken("pg_backend_pid()", 5));
+        assert!(!never_taken("pg_backend_pid()", -3));
+        board::mark_taken(&[200, 201, 202]);
+        let (listed, room) = board::taken_without_token().unwrap();
+        assert_eq!((listed.len(), room), (32, 0));
+        assert!(listed.contains(&200) && listed.contains(&201) && !listed.contains(&202));
+        board::unmark_taken(&listed);
+
+        // A role that is not a superuser hears only about a row it can see.
+        sending_accounts();
+        let id = queue("ready", 0, 0);
+        Spi::run(&format!(
+            "UPDATE email_accounts.outbox
+                SET tenant = 'acme', status = 'sending', attempts = 1, sender_process_id = pg_backend_pid(),
+                    sender_started_at = '{started_at}', lease_until = now() + interval '5 minutes'
+              WHERE outbox_id = {id};
+             CREATE ROLE acme_reader IN ROLE email_accounts_sender;
+             CREATE ROLE globex_reader IN ROLE email_accounts_sender;
+             INSERT INTO email_accounts.tenant_member VALUES ('acme_reader', 'acme'), ('globex_reader', 'globex')"
+        ))
+        .unwrap();
+        let as_role = |role: &str| {
+            Spi::run(&format!("SET LOCAL ROLE {role}")).unwrap();
+            let answer = never_taken("pg_backend_pid()", id);
+            Spi::run("RESET ROLE").unwrap();
+            answer
+        };
+        assert!(never_taken("pg_backend_pid()", id));
+        assert!(as_role("acme_reader"), "its own tenant's row");
+        assert!(!as_role("globex_reader"), "another tenant's row: no answer");
+    }
+
     /// The claim names its sender by the start time pg_stat_get_activity()
     /// reports, which is what take_back_abandoned() compares.
     #[pg_test]

@@ -270,29 +270,60 @@ pub struct WorkerBoard {
 
 /// One sender process: its database, process id and start (MyStartTimestamp),
 /// and the rows claimed on insert it has taken and not yet recorded or
-/// handed back (0: a free place). A take writes nothing to such a row (it
-/// keeps no token): this list is what tells it apart from one never taken.
+/// handed back (the places `listed` marks; any id may be listed, 0 too). A
+/// take writes nothing to such a row (it keeps no token): this list is what
+/// tells it apart from one never taken.
 #[derive(Debug, Clone, Copy, Default)]
 struct SenderStart {
     database: u32,
     pid: i32,
     started_at: i64,
     taken: [i64; TAKEN_WITHOUT_TOKEN],
+    listed: u32,
 }
 
 impl SenderStart {
     fn is(&self, database: u32, pid: i32, started_at: i64) -> bool {
         self.database == database && self.pid == pid && self.started_at == started_at
     }
+
+    fn listed_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        (0..TAKEN_WITHOUT_TOKEN).filter(|place| self.listed & (1 << place) != 0).map(|place| self.taken[place])
+    }
+
+    fn lists(&self, outbox_id: i64) -> bool {
+        self.listed_ids().any(|listed| listed == outbox_id)
+    }
+
+    /// Lists the ids in free places (as many as fit).
+    fn list(&mut self, outbox_ids: &[i64]) {
+        let mut ids = outbox_ids.iter();
+        for place in 0..TAKEN_WITHOUT_TOKEN {
+            if self.listed & (1 << place) == 0 {
+                let Some(&outbox_id) = ids.next() else { return };
+                self.taken[place] = outbox_id;
+                self.listed |= 1 << place;
+            }
+        }
+    }
+
+    fn unlist(&mut self, outbox_ids: &[i64]) {
+        for place in 0..TAKEN_WITHOUT_TOKEN {
+            if self.listed & (1 << place) != 0 && outbox_ids.contains(&self.taken[place]) {
+                self.listed &= !(1 << place);
+            }
+        }
+    }
 }
 
 /// Rows claimed on insert one sender can have taken at once (each inserting
 /// transaction claims at most 10; a take that finds more gives the rest
-/// back to the queue, for the claim).
+/// back to the queue, for the claim). At most 32: the places `listed` marks.
 pub const TAKEN_WITHOUT_TOKEN: usize = 32;
 
-/// Sender processes the board remembers (a ring; forgetting one only makes
-/// its never-taken claims count as attempts, the safe side).
+/// Sender processes the board remembers (a ring that passes over senders
+/// still running; forgetting one that stopped only makes its never-taken
+/// claims count as attempts, the safe side).
 pub const SENDER_STARTS: usize = 1024;
 
 impl Default for WorkerBoard {
@@ -314,6 +345,28 @@ impl Default for WorkerBoard {
 }
 
 impl WorkerBoard {
+    /// Remembers a sender that starts, in the ring's next place that holds
+    /// no sender still running (whose list of rows taken must not be lost:
+    /// a stop gives back, uncounted, the claims it does not list).
+    fn remember_sender_start(&mut self, started: SenderStart) {
+        let running = |start: &SenderStart| {
+            start.pid != 0
+                && self.databases.iter().any(|entry| {
+                    entry.oid == start.database
+                        && entry
+                            .workers
+                            .iter()
+                            .any(|worker| worker.pid == start.pid && worker.process_started_at == start.started_at)
+                })
+        };
+        let place = (0..SENDER_STARTS)
+            .map(|step| (self.next_sender_start + step) % SENDER_STARTS)
+            .find(|&place| !running(&self.senders_started[place]))
+            .unwrap_or(self.next_sender_start);
+        self.senders_started[place] = started;
+        self.next_sender_start = (place + 1) % SENDER_STARTS;
+    }
+
     /// Remembers a database as being without the extension (if there is room).
     fn remember_absent(&mut self, database: u32) {
         if self.absent.contains(&database) {
@@ -463,10 +516,12 @@ pub fn take_slot(id: WorkerId, fresh: bool, fallback_poll_interval_ms: i64, aliv
     if id.role == super::role::Role::Sender {
         let started_at = slot.process_started_at;
         if !board.senders_started.iter().any(|start| start.is(id.database, me, started_at)) {
-            let next = board.next_sender_start;
-            board.senders_started[next] =
-                SenderStart { database: id.database, pid: me, started_at, ..SenderStart::default() };
-            board.next_sender_start = (next + 1) % SENDER_STARTS;
+            board.remember_sender_start(SenderStart {
+                database: id.database,
+                pid: me,
+                started_at,
+                ..SenderStart::default()
+            });
         }
     }
     true
@@ -801,28 +856,50 @@ pub fn claim_never_taken(database: u32, pid: i32, started_at: i64, outbox_id: i6
             .senders_started
             .iter()
             .find(|start| start.is(database, pid, started_at))
-            .is_some_and(|start| !start.taken.contains(&outbox_id))
+            .is_some_and(|start| !start.lists(outbox_id))
 }
 
-/// The calling sender's entry among the senders started, if remembered.
+thread_local! {
+    /// Where this sender's entry was last found among the senders started.
+    static MY_START_PLACE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling sender's entry among the senders started, if remembered
+/// (looked for where it was last found first).
 fn my_start(board: &mut WorkerBoard) -> Option<&mut SenderStart> {
     let (database, pid, started_at) =
         (my_database(), unsafe { pg_sys::MyProcPid }, unsafe { pg_sys::MyStartTimestamp });
-    board.senders_started.iter_mut().find(|start| start.is(database, pid, started_at))
+    let last = MY_START_PLACE.with(std::cell::Cell::get);
+    let place = if board.senders_started[last].is(database, pid, started_at) {
+        last
+    } else {
+        let found = board.senders_started.iter().position(|start| start.is(database, pid, started_at))?;
+        MY_START_PLACE.with(|cell| cell.set(found));
+        found
+    };
+    Some(&mut board.senders_started[place])
 }
 
 /// The rows claimed on insert this sender has taken and not yet recorded or
-/// handed back, and how many more it may take. No room when the board has
-/// forgotten this sender (its claims already count as taken).
-pub fn taken_without_token() -> (Vec<i64>, usize) {
+/// handed back, and how many more it may take; None when the board has
+/// forgotten this sender (then its claims all count as taken, and it may
+/// take none without a token).
+pub fn taken_without_token() -> Option<(Vec<i64>, usize)> {
     let mut board = WORKER_BOARD.exclusive();
-    match my_start(&mut board) {
-        Some(start) => {
-            let taken: Vec<i64> = start.taken.iter().copied().filter(|&id| id != 0).collect();
-            let room = TAKEN_WITHOUT_TOKEN - taken.len();
-            (taken, room)
-        }
-        None => (Vec::new(), 0),
+    let start = my_start(&mut board)?;
+    let taken: Vec<i64> = start.listed_ids().collect();
+    let room = TAKEN_WITHOUT_TOKEN - taken.len();
+    Some((taken, room))
+}
+
+/// For tests: the calling backend is remembered as a sender that started here.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn remember_this_backend_as_a_sender() {
+    let (database, pid, started_at) =
+        (my_database(), unsafe { pg_sys::MyProcPid }, unsafe { pg_sys::MyStartTimestamp });
+    let mut board = WORKER_BOARD.exclusive();
+    if !board.senders_started.iter().any(|start| start.is(database, pid, started_at)) {
+        board.remember_sender_start(SenderStart { database, pid, started_at, ..SenderStart::default() });
     }
 }
 
@@ -835,9 +912,7 @@ pub fn taken_without_token() -> (Vec<i64>, usize) {
 pub fn mark_taken(outbox_ids: &[i64]) {
     let mut board = WORKER_BOARD.exclusive();
     if let Some(start) = my_start(&mut board) {
-        for (place, &outbox_id) in start.taken.iter_mut().filter(|id| **id == 0).zip(outbox_ids) {
-            *place = outbox_id;
-        }
+        start.list(outbox_ids);
     }
 }
 
@@ -849,9 +924,7 @@ pub fn unmark_taken(outbox_ids: &[i64]) {
     }
     let mut board = WORKER_BOARD.exclusive();
     if let Some(start) = my_start(&mut board) {
-        for id in start.taken.iter_mut().filter(|id| **id != 0 && outbox_ids.contains(id)) {
-            *id = 0;
-        }
+        start.unlist(outbox_ids);
     }
 }
 

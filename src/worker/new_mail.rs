@@ -100,10 +100,17 @@ fn sender_for_new_mail(
 /// keeps both; any role may ask). A take writes nothing to the row: it
 /// lists it on the board while it holds the row's lock, so a caller that
 /// locked the row first (cancel()) gets an answer that stays true.
+///
+/// A role that is not a superuser gets an answer only about a row it can
+/// see claimed that way (false otherwise): what another tenant's mail is
+/// doing is not its business.
 #[pg_extern(volatile, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn claim_never_taken(sender_process_id: i32, sender_started_at: TimestampWithTimeZone, outbox_id: i64) -> bool {
-    board::claim_never_taken(board::my_database(), sender_process_id, sender_started_at.into_inner(), outbox_id)
+    // SAFETY: reads the current user's role.
+    let superuser = unsafe { pg_sys::superuser() };
+    (superuser || crate::store::outbox::sees_claim(outbox_id, sender_process_id, sender_started_at).unwrap_or(false))
+        && board::claim_never_taken(board::my_database(), sender_process_id, sender_started_at.into_inner(), outbox_id)
 }
 
 /// At commit (from wake.rs, never raises): the sender is told and woken.

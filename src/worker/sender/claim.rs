@@ -71,7 +71,8 @@ pub struct Claimed {
 /// One account's share of a claim, ready for the wire.
 pub struct AccountRound {
     pub account_id: i64,
-    /// Each row's claim: results are recorded only under its token.
+    /// Each row's claim: results are recorded only under it (its token, or
+    /// none for a row taken on insert: `still_ours!` in store/outbox.rs).
     pub claims: HashMap<i64, RowClaim>,
     /// The account's token renewal lease the round holds (it must report under it).
     pub renewal_lease: Option<String>,
@@ -129,7 +130,7 @@ pub fn take_new_mail(
     // Rows of accounts that cannot send now, or have rate limits (which only
     // the claim applies), go back to the queue.
     let may_take = |account: &SendingSettings| account.ready_to_send && !account.rate_limited;
-    let (already_taken, room) = board::taken_without_token();
+    let (already_taken, room) = board::taken_without_token().unwrap_or_default();
     let listed = std::cell::RefCell::new(Vec::new());
     let round = round(Duration::from_secs_f64(lease / 4.0), may_take, read_ahead, || {
         let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size(), &already_taken, room)?;

@@ -1,6 +1,7 @@
 //! Recording what the servers answered (one transaction per call): a row's
-//! result is stored only under the claim token it was sent with, its status
-//! decided from what the claim read (`row_status::verdict`).
+//! result is stored only under the claim it was sent with (its token, or
+//! for a row taken on insert without one, this very sender process), its
+//! status decided from what the claim read (`row_status::verdict`).
 
 use crate::settings;
 use crate::store::oauth;
