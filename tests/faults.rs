@@ -191,12 +191,14 @@ fn a_server_that_never_answers_holds_up_only_its_own_account() {
 
 /// A row claimed on insert keeps no token when its sender takes it: the
 /// worker board lists it as taken. While the server holds it, cancel()
-/// refuses it (the mail may be going out) and it is not given back to the
-/// queue; once it comes back from the wire it can be cancelled.
+/// refuses it (the mail may be going out), and when the sender is stopped
+/// with it still on the wire it is not given back uncounted: the next
+/// sender takes it back with its attempt counted, and claims it again.
 #[test]
 fn a_row_taken_on_insert_is_not_cancelled_while_it_is_out() {
+    // (The server holds the connection longer than a stopping sender waits.)
     let (_cluster, mut client) =
-        cluster(&["email_accounts.claim_on_insert = on", "email_accounts.connect_timeout = '6s'"]);
+        cluster(&["email_accounts.claim_on_insert = on", "email_accounts.connect_timeout = '30s'"]);
     let silent = SmtpResponder::start(None, Behaviour::Silent, true);
     add_account_without_login(&mut client, "silent", silent.port);
     let started = std::time::Instant::now();
@@ -248,16 +250,22 @@ fn a_row_taken_on_insert_is_not_cancelled_while_it_is_out() {
     assert!(!cancelled, "a row on the wire is not cancelled");
     assert_eq!(count(&mut client, &format!("outbox_id = {id} AND status = 'sending'")), 1);
 
-    // The server never answers: after the timeout the row is back from the
-    // wire, and can be cancelled.
+    // Stopped with the row on the wire, the sender leaves it listed; the
+    // next sender takes it back counted (it may have gone out) and claims
+    // it again: its second attempt. (Given back uncounted, it would be on
+    // its first again.)
+    client
+        .execute("SELECT pg_terminate_backend(pid) FROM email_accounts.worker_status() WHERE role = 'sender'", &[])
+        .unwrap();
     wait_for_rows(
         &mut client,
-        "the row to come back from the wire",
-        &format!("outbox_id = {id} AND status <> 'sending'"),
+        "the row to be claimed again, counted",
+        &format!("outbox_id = {id} AND attempts = 2"),
         1,
     );
-    let cancelled: bool = client.query_one("SELECT email_accounts.cancel($1)", &[&id]).unwrap().get(0);
-    assert!(cancelled);
+    let last_error: String =
+        client.query_one("SELECT last_error FROM email_accounts.outbox WHERE outbox_id = $1", &[&id]).unwrap().get(0);
+    assert!(last_error.contains("stopped before it recorded"), "{last_error}");
     assert_eq!(silent.distinct_messages(), 0);
 }
 
