@@ -1156,7 +1156,7 @@ CREATE  FUNCTION "claim_never_taken"(
 	"sender_started_at" timestamp with time zone, /* TimestampWithTimeZone */
 	"outbox_id" bigint /* i64 */
 ) RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL SAFE
+STRICT VOLATILE PARALLEL SAFE COST 1000
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'claim_never_taken_wrapper';

@@ -326,6 +326,10 @@ pub const TAKEN_WITHOUT_TOKEN: usize = 32;
 /// claims count as attempts, the safe side).
 pub const SENDER_STARTS: usize = 1024;
 
+// More places than senders can run at once: the ring always finds one that
+// holds no running sender (the starting one is not in it yet).
+const _: () = assert!(SENDER_STARTS >= DATABASE_SLOTS * MAX_SENDERS);
+
 impl Default for WorkerBoard {
     fn default() -> Self {
         WorkerBoard {
@@ -362,6 +366,8 @@ impl WorkerBoard {
         let place = (0..SENDER_STARTS)
             .map(|step| (self.next_sender_start + step) % SENDER_STARTS)
             .find(|&place| !running(&self.senders_started[place]))
+            // (Unreachable: see SENDER_STARTS. Forgotten, a sender takes no
+            // new mail, and its claims count as taken.)
             .unwrap_or(self.next_sender_start);
         self.senders_started[place] = started;
         self.next_sender_start = (place + 1) % SENDER_STARTS;
@@ -930,9 +936,12 @@ pub fn unmark_taken(outbox_ids: &[i64]) {
 
 /// Whether the sender takes new mail as it is inserted (said after each step).
 /// Returns what it said before.
+/// (Never while the board has forgotten this sender: it could not list
+/// what it takes.)
 pub fn set_takes_new_mail(id: WorkerId, takes: bool) -> bool {
     let me = unsafe { pg_sys::MyProcPid };
     let mut board = WORKER_BOARD.exclusive();
+    let takes = takes && my_start(&mut board).is_some();
     match board.entry_mut(id.database).map(|entry| &mut entry.workers[id.slot()]) {
         Some(slot) if slot.pid == me => std::mem::replace(&mut slot.takes_new_mail, takes),
         _ => false,

@@ -104,7 +104,10 @@ fn sender_for_new_mail(
 /// A role that is not a superuser gets an answer only about a row it can
 /// see claimed that way (false otherwise): what another tenant's mail is
 /// doing is not its business.
-#[pg_extern(volatile, parallel_safe)]
+///
+/// Costly to the planner on purpose: where it filters locked rows, every
+/// cheaper condition (the lock's subquery) goes first.
+#[pg_extern(volatile, parallel_safe, cost = 1000)]
 #[search_path(pg_catalog, pg_temp)]
 fn claim_never_taken(sender_process_id: i32, sender_started_at: TimestampWithTimeZone, outbox_id: i64) -> bool {
     // SAFETY: reads the current user's role.

@@ -130,7 +130,13 @@ pub fn take_new_mail(
     // Rows of accounts that cannot send now, or have rate limits (which only
     // the claim applies), go back to the queue.
     let may_take = |account: &SendingSettings| account.ready_to_send && !account.rate_limited;
-    let (already_taken, room) = board::taken_without_token().unwrap_or_default();
+    // A sender the board forgot takes none: it could not list what it took,
+    // and the take would give back, uncounted, rows it has on the wire. (It
+    // is then no longer offered new mail; rows claimed for it wait for their
+    // lease, and are taken back counted.)
+    let Some((already_taken, room)) = board::taken_without_token() else {
+        return Ok((None, false, false));
+    };
     let listed = std::cell::RefCell::new(Vec::new());
     let round = round(Duration::from_secs_f64(lease / 4.0), may_take, read_ahead, || {
         let taken = outbox::take_new_mail(skip_accounts, lease * 0.75, settings::batch_size(), &already_taken, room)?;
