@@ -270,9 +270,9 @@ RETURNING ",
 
 // Rows inserting transactions claimed for this sender (claim_on_insert,
 // worker/new_mail.rs): `sending`, this process, no token, not among the
-// rows it has already taken ($6). Those due and not expired, not in $1
+// rows it has already taken ($5). Those due and not expired, not in $1
 // (accounts with a round waiting here, or held by another sender), with at
-// least $2 seconds of lease left are taken, the first $7 of them (the room
+// least $2 seconds of lease left are taken, the first $6 of them (the room
 // left on the worker board's list of rows taken): read under their row
 // locks, and written nothing (the sender lists them on the board before
 // this transaction commits; their claim, the attempt counted, is the
@@ -322,21 +322,19 @@ const TAKE_NEW_MAIL: &str = concat!(
     ", chosen.written_by::text
       FROM chosen CROSS JOIN LATERAL (SELECT (chosen.locked).*) AS outbox
      WHERE chosen.taken
+), mine AS (
+    -- Every row claimed on insert for this sender, taken or not.
+    SELECT outbox.outbox_id, outbox.status FROM email_accounts.outbox
+     WHERE outbox.claim_token IS NULL
+       AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3
 )
 SELECT taken.*,
-       (SELECT count(*) FROM email_accounts.outbox
-         WHERE outbox.claim_token IS NULL
-           AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3
-           AND outbox.outbox_id <> ALL ($5::bigint[]))
-       - (SELECT count(*) FROM arrived) AS left,
+       (SELECT count(*) FROM mine WHERE mine.outbox_id <> ALL ($5::bigint[])) - (SELECT count(*) FROM arrived) AS left,
        (SELECT count(*) FROM chosen WHERE chosen.sending AND NOT chosen.taken) AS given_back,
        -- Rows of $5 no longer out for this sender (taken back after a
        -- recording that failed, deleted): the board's list lets them go.
        ARRAY(SELECT listed.outbox_id FROM unnest($5::bigint[]) AS listed (outbox_id)
-              WHERE NOT EXISTS (
-                    SELECT FROM email_accounts.outbox
-                     WHERE outbox.outbox_id = listed.outbox_id AND outbox.status = 'sending' AND outbox.claim_token IS NULL
-                       AND outbox.sender_process_id = pg_catalog.pg_backend_pid() AND outbox.sender_started_at = $3)) AS gone
+              WHERE listed.outbox_id NOT IN (SELECT mine.outbox_id FROM mine WHERE mine.status = 'sending')) AS gone
   FROM (SELECT) AS one LEFT JOIN taken ON true"
 );
 
@@ -432,27 +430,27 @@ UPDATE email_accounts.outbox AS row
 // sent, so back in the queue uncounted. Never taken: no token, and the
 // worker board saw the sender start since the last server start or crash
 // restart and does not list the row as taken (a crash loses the board, and
-// then they are taken back counted, as any claim). Run by the expiry pass
-// and when a sender starts.
+// then they are taken back counted, as any claim: give_back_untaken_rows!
+// asks the board once the row is locked). Run by the expiry pass and when a
+// sender starts.
 const GIVE_BACK_UNTAKEN: &str = give_back_untaken_rows!(concat!(
     "
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id IS NOT NULL AND outbox.status = 'sending'
-          AND email_accounts.claim_never_taken(outbox.sender_process_id, outbox.sender_started_at, outbox.outbox_id) IS TRUE
           AND (outbox.lease_until < now() OR ",
     sender_gone!(),
     ")"
 ));
 
-// This sender's rows claimed on insert that it has not taken ($2: those it
-// has), when it stops: back in the queue uncounted, for the next sender's
-// claim (after a restart they would look like rows of an earlier server,
-// and count).
+// This sender's rows claimed on insert that it has not taken (the board
+// lists those it has: give_back_untaken_rows!), when it stops: back in the
+// queue uncounted, for the next sender's claim (after a restart they would
+// look like rows of an earlier server, and count).
 const GIVE_BACK_MINE: &str = give_back_untaken_rows!(
     "
        SELECT outbox.outbox_id FROM email_accounts.outbox
         WHERE outbox.claim_token IS NULL AND outbox.sender_process_id = pg_catalog.pg_backend_pid()
-          AND outbox.sender_started_at = $1 AND outbox.status = 'sending' AND outbox.outbox_id <> ALL ($2::bigint[])"
+          AND outbox.sender_started_at = $1 AND outbox.status = 'sending'"
 );
 
 // Rows claimed by sender processes that no longer run in this database.
@@ -1059,13 +1057,11 @@ pub fn sees_claim(
     .map(|seen| seen.unwrap_or(false))
 }
 
-/// When the sender stops: its rows claimed on insert and not taken (not in
-/// `taken`) go back to the queue uncounted (GIVE_BACK_MINE). Returns how many.
-pub fn give_back_untaken_on_stop(taken: &[i64]) -> Result<i64, SpiError> {
+/// When the sender stops: its rows claimed on insert and not taken go back
+/// to the queue uncounted (GIVE_BACK_MINE). Returns how many.
+pub fn give_back_untaken_on_stop() -> Result<i64, SpiError> {
     Spi::connect_mut(|client| {
-        client
-            .update(GIVE_BACK_MINE, None, &[process_started_at().into(), taken.to_vec().into()])
-            .map(|table| table.len() as i64)
+        client.update(GIVE_BACK_MINE, None, &[process_started_at().into()]).map(|table| table.len() as i64)
     })
 }
 

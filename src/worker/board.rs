@@ -870,11 +870,15 @@ thread_local! {
     static MY_START_PLACE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// This process as a sender start names it: database, process id, start.
+fn this_process() -> (u32, i32, i64) {
+    (my_database(), unsafe { pg_sys::MyProcPid }, unsafe { pg_sys::MyStartTimestamp })
+}
+
 /// The calling sender's entry among the senders started, if remembered
 /// (looked for where it was last found first).
 fn my_start(board: &mut WorkerBoard) -> Option<&mut SenderStart> {
-    let (database, pid, started_at) =
-        (my_database(), unsafe { pg_sys::MyProcPid }, unsafe { pg_sys::MyStartTimestamp });
+    let (database, pid, started_at) = this_process();
     let last = MY_START_PLACE.with(std::cell::Cell::get);
     let place = if board.senders_started[last].is(database, pid, started_at) {
         last
@@ -901,8 +905,7 @@ pub fn taken_without_token() -> Option<(Vec<i64>, usize)> {
 /// For tests: the calling backend is remembered as a sender that started here.
 #[cfg(any(test, feature = "pg_test"))]
 pub fn remember_this_backend_as_a_sender() {
-    let (database, pid, started_at) =
-        (my_database(), unsafe { pg_sys::MyProcPid }, unsafe { pg_sys::MyStartTimestamp });
+    let (database, pid, started_at) = this_process();
     let mut board = WORKER_BOARD.exclusive();
     if !board.senders_started.iter().any(|start| start.is(database, pid, started_at)) {
         board.remember_sender_start(SenderStart { database, pid, started_at, ..SenderStart::default() });

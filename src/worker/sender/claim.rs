@@ -150,19 +150,11 @@ pub fn take_new_mail(
         given_back.set(taken.given_back);
         Ok(taken.rows)
     });
-    // Rows handed back in the take's transaction, or all of them if it did
-    // not commit, were not taken after all.
-    let kept: Vec<i64> = match &round {
-        Ok((Some(claimed), _)) => claimed
-            .known
-            .claims
-            .keys()
-            .chain(claimed.rounds.iter().flat_map(|round| round.claims.keys()))
-            .copied()
-            .collect(),
-        _ => Vec::new(),
-    };
-    board::unmark_taken(&listed.take().into_iter().filter(|id| !kept.contains(id)).collect::<Vec<_>>());
+    // A take that did not commit took nothing. (Rows it handed back in its
+    // transaction are in the queue: the next take reports them gone.)
+    if round.is_err() {
+        board::unmark_taken(&listed.take());
+    }
     let (taken, handed_back) = round?;
     Ok((taken, left.get(), given_back.get() || handed_back))
 }

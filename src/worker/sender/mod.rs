@@ -504,10 +504,9 @@ impl super::duty::Duty for Sender {
             return;
         }
         // (Rows it took and did not record stay listed on the board as
-        // taken: the next sender takes them back, counted. Forgotten by the
-        // board, it cannot tell which it took: the next sender counts all.)
-        let Some((taken, _)) = board::taken_without_token() else { return };
-        if let Err(error) = try_in_transaction(|| outbox::give_back_untaken_on_stop(&taken)) {
+        // taken, so they stay: the next sender takes them back, counted.
+        // Forgotten by the board, it gives back none: the next counts all.)
+        if let Err(error) = try_in_transaction(outbox::give_back_untaken_on_stop) {
             log!(
                 "{}: cannot give back the rows claimed for it on insert (the next sender does): {error}",
                 self.id.name()
