@@ -2219,3 +2219,13 @@ BEGIN
          WHERE message.message_id = wanted_message_id);
 END;
 $$;
+
+-- Issue 18: mail content compressed with lz4 (sql/outbox.sql, sql/inbox.sql).
+-- Only the method for new values: nothing stored is rewritten, and rows
+-- stored before keep pglz.
+ALTER TABLE email_accounts.outbox
+    ALTER COLUMN body_text SET COMPRESSION lz4,
+    ALTER COLUMN body_html SET COMPRESSION lz4,
+    ALTER COLUMN headers SET COMPRESSION lz4;
+ALTER TABLE email_accounts.outbox_attachment ALTER COLUMN content SET COMPRESSION lz4;
+ALTER TABLE email_accounts.message_attachment ALTER COLUMN content SET COMPRESSION lz4;

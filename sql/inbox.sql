@@ -119,6 +119,9 @@ CREATE TABLE email_accounts.message_attachment (
     UNIQUE (message_id, position)
 );
 
+-- (lz4, as the message's own large values above.)
+ALTER TABLE email_accounts.message_attachment ALTER COLUMN content SET COMPRESSION lz4;
+
 COMMENT ON TABLE email_accounts.message_attachment IS 'Attachments and inline parts of incoming messages.';
 COMMENT ON COLUMN email_accounts.message_attachment.attachment_id IS 'Surrogate key.';
 COMMENT ON COLUMN email_accounts.message_attachment.message_id IS 'The message the part belongs to.';
