@@ -112,6 +112,36 @@ fn two_and_three_senders_send_every_row_once_one_account_on_one_sender() {
     }
 }
 
+/// One commit of a burst wakes one sender. That sender's step goes on as
+/// long as rounds come back, which in a drain is until the outbox is
+/// empty: the other senders are woken by its first full claim, not at the
+/// end of its step (then they slept through the whole burst).
+#[test]
+fn every_sender_takes_part_in_a_burst_queued_by_one_commit() {
+    let (_cluster, mut client) = cluster_with_senders(
+        2,
+        &[
+            "email_accounts.smtp_connections = 4",
+            "email_accounts.batch_size = 200",
+            "email_accounts.claim_on_insert = off",
+        ],
+    );
+    let _servers = accounts_on_servers(&mut client, Behaviour::Accept);
+    queue(&mut client, ROWS);
+    let mut claimants = HashSet::new();
+    wait_until("every row to be sent", LIMIT, || {
+        for row in client
+            .query("SELECT DISTINCT sender_process_id FROM email_accounts.outbox WHERE status = 'sending'", &[])
+            .unwrap()
+        {
+            claimants.insert(row.get::<_, Option<i32>>(0));
+        }
+        (count(&mut client, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'") == ROWS).then_some(())
+    });
+    claimants.remove(&None);
+    assert_eq!(claimants.len(), 2, "both senders took part ({claimants:?})");
+}
+
 #[test]
 fn a_sender_that_stops_or_dies_leaves_the_others_sending() {
     // A slow restart, so the time without the stopped sender can be seen.

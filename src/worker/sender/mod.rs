@@ -62,7 +62,6 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     let role_name = &id.name();
     let parallel = settings::smtp_connections();
     let mut failed = false;
-    let mut more_waiting = false;
     // New rows are claimed on insert only for a sender with nothing to do
     // (claim_on_insert), said again at the end of the step.
     let was_taking_new_mail = board::set_takes_new_mail(id, false);
@@ -132,7 +131,13 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
                 lanes.launch_waiting(parallel);
                 failed |= !recorded(role_name, claimed.known);
                 claim = claimed.full;
-                more_waiting = claimed.full;
+                // More is waiting than this sender took on: another sender
+                // helps, woken now. (While rounds keep coming back this step
+                // does not end: woken at its end, a sender started just
+                // before a burst slept through all of it.)
+                if claimed.full {
+                    board::wake_other_sender(id);
+                }
             }
             Ok(None) => last_look = Some(true),
             Err(error) => {
@@ -151,10 +156,6 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     // has not told it yet, leaves the sender as it was.)
     if last_look.unwrap_or(was_taking_new_mail) && !failed && lanes.is_empty() {
         board::set_takes_new_mail(id, true);
-    }
-    // More is waiting than this sender took on: another sender helps.
-    if more_waiting {
-        board::wake_other_sender(id);
     }
     if failed || NEW_MAIL_LEFT.with(|left| left.get()) {
         return Some(Duration::from_secs(1));
