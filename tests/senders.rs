@@ -57,6 +57,22 @@ fn count(client: &mut postgres::Client, query: &str) -> i64 {
     client.query_one(query, &[]).unwrap().get(0)
 }
 
+/// The senders (process ids) seen holding claims while the outbox drains,
+/// until `sent` rows are sent.
+fn claimants_until_sent(client: &mut postgres::Client, sent: i64) -> HashSet<i32> {
+    let mut claimants = HashSet::new();
+    wait_until("every row to be sent", LIMIT, || {
+        for row in client
+            .query("SELECT DISTINCT sender_process_id FROM email_accounts.outbox WHERE status = 'sending'", &[])
+            .unwrap()
+        {
+            claimants.extend(row.get::<_, Option<i32>>(0));
+        }
+        (count(client, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'") == sent).then_some(())
+    });
+    claimants
+}
+
 #[test]
 fn two_and_three_senders_send_every_row_once_one_account_on_one_sender() {
     for senders in [2, 3] {
@@ -76,18 +92,7 @@ fn two_and_three_senders_send_every_row_once_one_account_on_one_sender() {
             .unwrap();
         queue(&mut client, ROWS);
 
-        // Which senders hold claims, seen while the outbox drains.
-        let mut claimants = HashSet::new();
-        wait_until("every row to be sent", LIMIT, || {
-            for row in client
-                .query("SELECT DISTINCT sender_process_id FROM email_accounts.outbox WHERE status = 'sending'", &[])
-                .unwrap()
-            {
-                claimants.insert(row.get::<_, Option<i32>>(0));
-            }
-            let sent = count(&mut client, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'");
-            (sent == ROWS + 30).then_some(())
-        });
+        let claimants = claimants_until_sent(&mut client, ROWS + 30);
         let sent: usize = servers.iter().map(SmtpResponder::distinct_messages).sum();
         let duplicates: usize = servers.iter().map(SmtpResponder::duplicates).sum();
         assert_eq!((sent, duplicates), (ROWS as usize, 0), "{senders} senders: every row once");
@@ -98,7 +103,6 @@ fn two_and_three_senders_send_every_row_once_one_account_on_one_sender() {
                 "{senders} senders: account{index} used by one at a time"
             );
         }
-        claimants.remove(&None);
         assert!(claimants.len() >= 2, "{senders} senders: several took part ({claimants:?})");
 
         // The rate limit held across the senders: 30 sent, the rest waits.
@@ -128,17 +132,7 @@ fn every_sender_takes_part_in_a_burst_queued_by_one_commit() {
     );
     let _servers = accounts_on_servers(&mut client, Behaviour::Accept);
     queue(&mut client, ROWS);
-    let mut claimants = HashSet::new();
-    wait_until("every row to be sent", LIMIT, || {
-        for row in client
-            .query("SELECT DISTINCT sender_process_id FROM email_accounts.outbox WHERE status = 'sending'", &[])
-            .unwrap()
-        {
-            claimants.insert(row.get::<_, Option<i32>>(0));
-        }
-        (count(&mut client, "SELECT count(*) FROM email_accounts.outbox WHERE status = 'sent'") == ROWS).then_some(())
-    });
-    claimants.remove(&None);
+    let claimants = claimants_until_sent(&mut client, ROWS);
     assert_eq!(claimants.len(), 2, "both senders took part ({claimants:?})");
 }
 

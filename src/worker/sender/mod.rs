@@ -62,6 +62,10 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
     let role_name = &id.name();
     let parallel = settings::smtp_connections();
     let mut failed = false;
+    // Other senders woken by this step's full claims: each at most once (a
+    // sender holding every account with mail would otherwise wake an idle
+    // one after each claim, for a claim that finds nothing).
+    let mut others_woken = 0;
     // New rows are claimed on insert only for a sender with nothing to do
     // (claim_on_insert), said again at the end of the step.
     let was_taking_new_mail = board::set_takes_new_mail(id, false);
@@ -135,8 +139,9 @@ fn step_with(id: WorkerId, lanes: &mut Lanes, latched: bool) -> Option<Duration>
                 // helps, woken now. (While rounds keep coming back this step
                 // does not end: woken at its end, a sender started just
                 // before a burst slept through all of it.)
-                if claimed.full {
+                if claimed.full && others_woken + 1 < settings::senders() {
                     board::wake_other_sender(id);
+                    others_woken += 1;
                 }
             }
             Ok(None) => last_look = Some(true),
