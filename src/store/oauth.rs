@@ -253,7 +253,8 @@ pub enum WorkerCredential {
     /// right to renew it.
     Bearer {
         access_token: Option<String>,
-        renewal: Option<Renewal>,
+        /// (Boxed: a client's settings, several times the other variant.)
+        renewal: Option<Box<Renewal>>,
         lease: Option<String>,
     },
 }
@@ -280,7 +281,7 @@ impl WorkerCredential {
                 SignIn::with_password(Login::with_password(user, password, allow_plaintext))
             }
             WorkerCredential::Bearer { access_token, renewal, .. } => {
-                SignIn::with_token(user, access_token, renewal, allow_plaintext)
+                SignIn::with_token(user, access_token, renewal.map(|renewal| *renewal), allow_plaintext)
             }
         }
     }
@@ -352,29 +353,41 @@ fn release_lease(account_id: i64, lease: &str) -> Result<(), SpiError> {
     )
 }
 
+/// An account's OAuth2 connection as `bearer_credential` reads it.
+struct OAuthState {
+    grant_type: String,
+    state: String,
+    problem: Option<String>,
+    /// The servers, login and client are those it was connected with.
+    binding_holds: bool,
+    /// The access token lasts USABLE_FOR_AT_LEAST_SECONDS more: good to use.
+    usable: bool,
+    /// It lasts RENEW_BEFORE_SECONDS more: not to be renewed yet.
+    fresh: bool,
+}
+
 fn bearer_credential(account_id: i64, lease: Option<String>) -> Result<Option<WorkerCredential>, OAuthStoreError> {
-    let state =
-        Spi::connect(|client| -> Result<Option<(String, String, Option<String>, bool, bool, bool)>, SpiError> {
-            let table = super::kept_plans::select(
-                client,
-                "SELECT oauth.grant_type, oauth.state, oauth.problem,
+    let state = Spi::connect(|client| -> Result<Option<OAuthState>, SpiError> {
+        let table = super::kept_plans::select(
+            client,
+            "SELECT oauth.grant_type, oauth.state, oauth.problem,
                     oauth.bound_settings = email_accounts.oauth_binding(oauth.account_id),
                     coalesce(oauth.access_token_expires_at > now() + pg_catalog.make_interval(secs => $2), false),
                     coalesce(oauth.access_token_expires_at > now() + pg_catalog.make_interval(secs => $3), false)
                FROM email_accounts.account_oauth AS oauth WHERE oauth.account_id = $1",
-                &[account_id.into(), (USABLE_FOR_AT_LEAST_SECONDS as f64).into(), (RENEW_BEFORE_SECONDS as f64).into()],
-            )?;
-            let Some(row) = table.first() else { return Ok(None) };
-            Ok(Some((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<String>(2)?.unwrap_or_default(),
-                row.get::<String>(3)?,
-                row.get::<bool>(4)?.unwrap_or(false),
-                row.get::<bool>(5)?.unwrap_or(false),
-                row.get::<bool>(6)?.unwrap_or(false),
-            )))
-        })?;
-    let Some((grant_type, state, problem, binding_holds, usable, fresh)) = state else { return Ok(None) };
+            &[account_id.into(), (USABLE_FOR_AT_LEAST_SECONDS as f64).into(), (RENEW_BEFORE_SECONDS as f64).into()],
+        )?;
+        let Some(row) = table.first() else { return Ok(None) };
+        Ok(Some(OAuthState {
+            grant_type: row.get::<String>(1)?.unwrap_or_default(),
+            state: row.get::<String>(2)?.unwrap_or_default(),
+            problem: row.get::<String>(3)?,
+            binding_holds: row.get::<bool>(4)?.unwrap_or(false),
+            usable: row.get::<bool>(5)?.unwrap_or(false),
+            fresh: row.get::<bool>(6)?.unwrap_or(false),
+        }))
+    })?;
+    let Some(OAuthState { grant_type, state, problem, binding_holds, usable, fresh }) = state else { return Ok(None) };
     let consent = |problem: String| OAuthStoreError::ConsentNeeded { account: account_id.to_string(), problem };
     if state != "connected" {
         return Err(consent(problem.unwrap_or_else(|| format!("the account is {state}"))));
@@ -406,7 +419,7 @@ fn bearer_credential(account_id: i64, lease: Option<String>) -> Result<Option<Wo
     }
     // Only with the lease and a grant to renew with: a token about to expire is renewed before use.
     let (renewal, lease) = match (grant, lease) {
-        (Some(grant), Some(lease)) => (Some(Renewal { client: client_for(account_id)?, grant }), Some(lease)),
+        (Some(grant), Some(lease)) => (Some(Box::new(Renewal { client: client_for(account_id)?, grant })), Some(lease)),
         (None, Some(lease)) => {
             release_lease(account_id, &lease)?;
             (None, None)

@@ -384,9 +384,7 @@ fn run(watchers: &mut IdleWatchers) -> Option<Duration> {
         board::finish_sync_request(slot);
     }
     let device_logins = device_logins::poll_due();
-    let next =
-        [next_sync(), device_logins, waiting_for_renewal.then_some(Duration::from_secs(1))].into_iter().flatten().min();
-    next
+    [next_sync(), device_logins, waiting_for_renewal.then_some(Duration::from_secs(1))].into_iter().flatten().min()
 }
 
 /// Syncs the accounts; true when some were left for a moment because
