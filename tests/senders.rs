@@ -133,10 +133,9 @@ fn every_sender_takes_part_in_a_burst_queued_by_one_commit() {
     );
     // Each recording takes 50 ms more (as on a busy database): the rounds
     // on the wire meanwhile are back at every turn of the step, so the step
-    // lasts the whole drain. Without it the couriers of a debug build are
-    // slow enough to end the step now and then, and a sender woken only at
-    // the step's end took part as well (the old rule passed here; in a
-    // release build it failed in 2 of 3 runs).
+    // lasts the whole drain. Without it a debug build's slow couriers end
+    // the step now and then, and the old rule (wake at the step's end)
+    // passed here too.
     client
         .batch_execute(
             "CREATE FUNCTION public.slow_recording() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -146,8 +145,9 @@ fn every_sender_takes_part_in_a_burst_queued_by_one_commit() {
         )
         .unwrap();
     let _servers = accounts_on_servers(&mut client, Behaviour::Accept);
-    queue(&mut client, 4_000);
-    let claimants = claimants_until_sent(&mut client, 4_000);
+    let burst = 4_000;
+    queue(&mut client, burst);
+    let claimants = claimants_until_sent(&mut client, burst);
     assert_eq!(claimants.len(), 2, "both senders took part ({claimants:?})");
 }
 
