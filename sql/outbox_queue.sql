@@ -250,6 +250,21 @@ $$;
 COMMENT ON FUNCTION email_accounts.outbox_before_insert() IS
   'Trigger: checks a new outbox row (addresses, recipients, headers, account), chooses its account (of the row''s tenant, or the global default), and fixes its Message-ID and initial status.';
 
+-- Whether the outbox row is out for delivery under a sender's claim
+-- (outbox_claim), for roles that cannot read the claims: the row is named
+-- by its id and its Message-ID, so a role learns nothing of rows whose
+-- Message-ID it does not know.
+CREATE FUNCTION email_accounts.being_sent(id bigint, row_message_id text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM email_accounts.outbox_claim AS claim
+                     JOIN email_accounts.outbox ON outbox.outbox_id = claim.outbox_id
+                    WHERE claim.outbox_id = id AND outbox.message_id = row_message_id)
+$$;
+
+COMMENT ON FUNCTION email_accounts.being_sent(bigint, text) IS
+  'True when the outbox row with this id and Message-ID is claimed by a sender worker (out for delivery): cancel(), retry() and the update check refuse such a row.';
+
 -- Admins may re-point a row (retry() does), but never across tenants, and
 -- they steer only what cancel() and retry() steer: a row that is being sent
 -- or was sent is the sender's (a fake 'sending' row would count against the
@@ -271,6 +286,12 @@ BEGIN
         PERFORM email_accounts.raise_outbox_error('status',
             format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',
                    OLD.status, NEW.status),
+            'insufficient_privilege');
+    END IF;
+    -- (Claimed by the sender: its status is the sender's until recorded.)
+    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id, OLD.message_id) THEN
+        PERFORM email_accounts.raise_outbox_error('status',
+            format('a row that is being sent cannot be made %s: its sender records what the server answered', NEW.status),
             'insufficient_privilege');
     END IF;
     RETURN NEW;
