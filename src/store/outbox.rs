@@ -993,6 +993,8 @@ pub fn sending_settings(account_ids: &[i64]) -> Result<Vec<SendingSettings>, Spi
 pub struct RowResult<'a> {
     pub outbox_id: i64,
     pub claim_token: &'a str,
+    /// Delivery attempts, this claim's included (as the claim read them).
+    pub attempts: i32,
     pub status: RowStatus,
     pub last_error: Option<&'a str>,
     pub recipients: &'a [RecipientUpdate],
@@ -1009,6 +1011,7 @@ pub struct RowResult<'a> {
 pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Result<(), SpiError> {
     let ids: Vec<i64> = rows.iter().map(|row| row.outbox_id).collect();
     let tokens: Vec<&str> = rows.iter().map(|row| row.claim_token).collect();
+    let attempts: Vec<i32> = rows.iter().map(|row| row.attempts).collect();
     let statuses: Vec<&str> = rows.iter().map(|row| row.status.label()).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|row| row.last_error).collect();
     let accepted_at: Vec<Option<TimestampWithTimeZone>> =
@@ -1039,14 +1042,15 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
               USING unnest($1::bigint[], $2::text[]) AS result (outbox_id, claim_token)
               WHERE claim.outbox_id = result.outbox_id AND claim.outbox_id = ANY ($1)
                 AND claim.claim_token = NULLIF(result.claim_token, '')::uuid
-          RETURNING claim.outbox_id, claim.attempt
+          RETURNING claim.outbox_id
          ), recorded AS (
              UPDATE email_accounts.outbox AS row
                 SET status = result.status,
-                    attempts = coalesce(released.attempt, row.attempts),
+                    -- (The claim's attempt, as it read it: a claim of outbox_claim
+                    -- counts it only now; a claim on insert counted it already.)
+                    attempts = result.attempts,
                     next_attempt_at = CASE WHEN result.status = 'retry'
-                        THEN now() + make_interval(secs => least(3600, $5 * 2 ^ (coalesce(released.attempt, row.attempts) - 1))
-                                                           * (0.8 + random() * 0.4))
+                        THEN now() + make_interval(secs => least(3600, $5 * 2 ^ (result.attempts - 1)) * (0.8 + random() * 0.4))
                         ELSE row.next_attempt_at END,
                     -- When the server said 250, not when this transaction began (a
                     -- round's rows are recorded together, after it); for a row
@@ -1057,13 +1061,18 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
                     claim_token = NULL,
                     sender_process_id = NULL,
                     sender_started_at = NULL
-               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $11::timestamptz[])
-                    AS result (outbox_id, claim_token, status, last_error, accepted_at)
-               LEFT JOIN released ON released.outbox_id = result.outbox_id
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $11::timestamptz[], $13::integer[])
+                    AS result (outbox_id, claim_token, status, last_error, accepted_at, attempts)
               WHERE row.outbox_id = result.outbox_id AND row.outbox_id = ANY ($1)
-                AND (released.outbox_id IS NOT NULL OR ",
+                -- (A list, not a join: the planner cannot know how many rows
+                -- the DELETE returns, and a nested loop over them cost 50 µs a
+                -- row. A CASE on the result, not an OR: an OR went down to the
+                -- outbox's scan, whose estimate of one row then made a nested
+                -- loop over the unnest.)
+                AND CASE WHEN result.claim_token = '' THEN ",
             still_ours_on_insert!("result", "$12"),
-            ")
+            "
+                         ELSE row.outbox_id = ANY (ARRAY(SELECT released.outbox_id FROM released)) END
           RETURNING row.outbox_id
          )
          UPDATE email_accounts.outbox_recipient AS recipient
@@ -1093,6 +1102,7 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
             answered.into(),
             accepted_at.into(),
             process_started_at().into(),
+            attempts.into(),
         ],
     )
 }
