@@ -598,7 +598,6 @@ COMMENT ON FUNCTION email_accounts.set_oauth_client_secret(text, text, text) IS
 COMMENT ON FUNCTION email_accounts.rotate_encryption_key() IS
   'Superusers only: adds a new current encryption key to email_accounts.keys, re-encrypts every stored password, OAuth2 token and OAuth2 client secret with it, keeps the older keys (other databases of the cluster and restored dumps may still need them), and returns the new key id.';
 
-
 -- Automatic linking (sql/document_links.sql): document addresses, Reply-To to them, send(reply_to_document).
 CREATE  FUNCTION "tagged_address"(
 	"address" TEXT, /* & str */
@@ -1112,7 +1111,6 @@ BEGIN
     RETURN NULL;
 END;
 $$;
-
 
 -- Email templates (sql/templates.sql).
 -- What the tenant of mail being queued is, before its account is chosen:
@@ -1774,7 +1772,6 @@ $$;
 COMMENT ON FUNCTION email_accounts.raise_mailbox_hidden(text) IS
   'Raises insufficient_privilege (42501) naming an account whose visibility excludes the current role.';
 
-
 DROP POLICY tenant_rows ON email_accounts.outbox;
 DROP POLICY tenant_rows ON email_accounts.message;
 DROP POLICY rows_of_visible_accounts ON email_accounts.sync_state;
@@ -2046,12 +2043,18 @@ BEGIN
                    OLD.status, NEW.status),
             'insufficient_privilege');
     END IF;
+    -- (Claimed by the sender: its status is the sender's until recorded.)
+    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id, OLD.message_id) THEN
+        PERFORM email_accounts.raise_outbox_error('status',
+            format('a row that is being sent cannot be made %s: its sender records what the server answered', NEW.status),
+            'insufficient_privilege');
+    END IF;
     RETURN NEW;
 END;
 $$;
 
 -- Claims on insert keep no token once taken (src/store/outbox.rs TAKE_NEW_MAIL).
-COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'While sending: the token of the claim; results are recorded only under the claim that is still current, so a worker whose lease lapsed cannot overwrite another''s. None for a row claimed on insert (email_accounts.claim_on_insert): its sender takes it without writing to it, and records it only while the row is still claimed for that very process.';
+COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'Always NULL since 0.4.0 (a claim''s token is in outbox_claim). A row claimed on insert (email_accounts.claim_on_insert) has none: its sender takes it without writing to it, and records it only while the row is still claimed for that very process.';
 
 -- (Locked first, then judged: see sql/outbox_admin.sql.)
 CREATE OR REPLACE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
@@ -2061,7 +2064,7 @@ DECLARE
     row email_accounts.outbox;
 BEGIN
     SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id FOR UPDATE;
-    IF NOT FOUND
+    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id, row.message_id)
        OR NOT (row.status IN ('queued', 'retry', 'error')
                OR (row.status = 'sending' AND row.claim_token IS NULL
                    AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
@@ -2274,7 +2277,6 @@ CREATE TRIGGER hold_workers_during_restore BEFORE INSERT ON email_accounts.outbo
 COMMENT ON COLUMN email_accounts.outbox.status IS 'queued, sending (claimed on insert for a sender worker, email_accounts.claim_on_insert; a row the sender claimed keeps queued or retry, with a row in outbox_claim, and outbox_status shows it as sending), retry (after a temporary failure), sent, failed (permanently), expired, cancelled, or error (no account could be chosen).';
 COMMENT ON COLUMN email_accounts.outbox.attempts IS 'Delivery attempts so far (an attempt out for delivery counts once recorded; outbox_claim.attempt meanwhile).';
 COMMENT ON COLUMN email_accounts.outbox.lease_until IS 'While claimed on insert: when the claim lapses and another worker may take the row again.';
-COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'Always NULL since 0.4.0 (a claim''s token is in outbox_claim). A row claimed on insert (email_accounts.claim_on_insert) has none: its sender takes it without writing to it, and records it only while the row is still claimed for that very process.';
 COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While claimed on insert: the process id of the sender worker that claimed the row.';
 COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While claimed on insert: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
 
@@ -2288,35 +2290,6 @@ $$;
 
 COMMENT ON FUNCTION email_accounts.being_sent(bigint, text) IS
   'True when the outbox row with this id and Message-ID is claimed by a sender worker (out for delivery): cancel(), retry() and the update check refuse such a row.';
-
-CREATE OR REPLACE FUNCTION email_accounts.outbox_before_update() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant
-       OR (NEW.status IN ('queued', 'retry') AND NEW.status IS DISTINCT FROM OLD.status) THEN
-        PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
-    END IF;
-    IF NEW.status IS DISTINCT FROM OLD.status
-       AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
-       -- (Claimed on insert, not yet taken by its sender: see cancel().)
-       AND NOT (NEW.status = 'cancelled' AND OLD.status = 'sending' AND OLD.claim_token IS NULL AND NEW.claim_token IS NULL
-                AND email_accounts.claim_never_taken(OLD.sender_process_id, OLD.sender_started_at, OLD.outbox_id) IS TRUE)
-       AND NOT (NEW.status IN ('queued', 'error') AND OLD.status IN ('retry', 'failed', 'expired', 'cancelled', 'error')) THEN
-        PERFORM email_accounts.raise_outbox_error('status',
-            format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',
-                   OLD.status, NEW.status),
-            'insufficient_privilege');
-    END IF;
-    -- (Claimed by the sender: its status is the sender's until recorded.)
-    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id, OLD.message_id) THEN
-        PERFORM email_accounts.raise_outbox_error('status',
-            format('a row that is being sent cannot be made %s: its sender records what the server answered', NEW.status),
-            'insufficient_privilege');
-    END IF;
-    RETURN NEW;
-END;
-$$;
 
 CREATE OR REPLACE VIEW email_accounts.outbox_status WITH (security_invoker = true) AS
 SELECT
@@ -2333,25 +2306,6 @@ FROM email_accounts.outbox
 LEFT JOIN email_accounts.account USING (account_id)
 LEFT JOIN email_accounts.outbox_claim AS claim ON claim.outbox_id = outbox.outbox_id
 GROUP BY 1, 2, 3;
-
-CREATE OR REPLACE FUNCTION email_accounts.cancel(id bigint) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    row email_accounts.outbox;
-BEGIN
-    SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id FOR UPDATE;
-    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id, row.message_id)
-       OR NOT (row.status IN ('queued', 'retry', 'error')
-               OR (row.status = 'sending' AND row.claim_token IS NULL
-                   AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
-        RETURN false;
-    END IF;
-    -- (The claim of a row claimed on insert goes in trigger cancel_untaken_claim.)
-    UPDATE email_accounts.outbox SET status = 'cancelled' WHERE outbox_id = id;
-    RETURN FOUND;
-END;
-$$;
 
 CREATE OR REPLACE FUNCTION email_accounts.retry(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp

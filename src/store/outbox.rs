@@ -1258,14 +1258,18 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
               FROM ready CROSS JOIN LATERAL (
                   SELECT outbox.priority, outbox.next_attempt_at FROM email_accounts.outbox
                    WHERE outbox.account_id = ready.account_id AND outbox.status IN ('queued', 'retry')
-                     AND ", not_claimed!("outbox"), "
+                     AND ",
+            not_claimed!("outbox"),
+            "
                    ORDER BY outbox.priority DESC, outbox.next_attempt_at LIMIT 1) AS first
             UNION ALL
             SELECT levels.account_id, lower.priority, lower.next_attempt_at
               FROM levels CROSS JOIN LATERAL (
                   SELECT outbox.priority, outbox.next_attempt_at FROM email_accounts.outbox
                    WHERE outbox.account_id = levels.account_id AND outbox.status IN ('queued', 'retry')
-                     AND outbox.priority < levels.priority AND ", not_claimed!("outbox"), "
+                     AND outbox.priority < levels.priority AND ",
+            not_claimed!("outbox"),
+            "
                    ORDER BY outbox.priority DESC, outbox.next_attempt_at LIMIT 1) AS lower
         )
         SELECT extract(epoch FROM min(due.at) - now())::float8
