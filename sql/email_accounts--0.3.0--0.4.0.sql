@@ -2044,7 +2044,7 @@ BEGIN
             'insufficient_privilege');
     END IF;
     -- (Claimed by the sender: its status is the sender's until recorded.)
-    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id, OLD.message_id) THEN
+    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id) THEN
         PERFORM email_accounts.raise_outbox_error('status',
             format('a row that is being sent cannot be made %s: its sender records what the server answered', NEW.status),
             'insufficient_privilege');
@@ -2064,7 +2064,7 @@ DECLARE
     row email_accounts.outbox;
 BEGIN
     SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id FOR UPDATE;
-    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id, row.message_id)
+    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id)
        OR NOT (row.status IN ('queued', 'retry', 'error')
                OR (row.status = 'sending' AND row.claim_token IS NULL
                    AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
@@ -2280,16 +2280,14 @@ COMMENT ON COLUMN email_accounts.outbox.lease_until IS 'While claimed on insert:
 COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While claimed on insert: the process id of the sender worker that claimed the row.';
 COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While claimed on insert: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
 
-CREATE FUNCTION email_accounts.being_sent(id bigint, row_message_id text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+CREATE FUNCTION email_accounts.being_sent(id bigint) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (SELECT FROM email_accounts.outbox_claim AS claim
-                     JOIN email_accounts.outbox ON outbox.outbox_id = claim.outbox_id
-                    WHERE claim.outbox_id = id AND outbox.message_id = row_message_id)
+    SELECT EXISTS (SELECT FROM email_accounts.outbox_claim AS claim WHERE claim.outbox_id = id)
 $$;
 
-COMMENT ON FUNCTION email_accounts.being_sent(bigint, text) IS
-  'True when the outbox row with this id and Message-ID is claimed by a sender worker (out for delivery): cancel(), retry() and the update check refuse such a row.';
+COMMENT ON FUNCTION email_accounts.being_sent(bigint) IS
+  'True when the outbox row (one the caller can see) is claimed by a sender worker, out for delivery: cancel(), retry() and the update check refuse such a row.';
 
 CREATE OR REPLACE VIEW email_accounts.outbox_status WITH (security_invoker = true) AS
 SELECT
@@ -2316,7 +2314,7 @@ DECLARE
 BEGIN
     SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id AND status IN ('retry', 'failed', 'expired', 'cancelled', 'error')
        FOR UPDATE;
-    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id, row.message_id) THEN
+    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id) THEN
         RETURN false;
     END IF;
     chosen := coalesce(row.account_id, email_accounts.choose_outgoing_account(row.account, row.sender, row.tenant));
@@ -2356,6 +2354,9 @@ SELECT outbox.outbox_id, outbox.account_id, outbox.claim_token, coalesce(outbox.
  WHERE outbox.status = 'sending' AND outbox.claim_token IS NOT NULL AND outbox.account_id IS NOT NULL;
 UPDATE email_accounts.outbox
    SET status = CASE WHEN account_id IS NULL OR attempts > 1 THEN 'retry' ELSE 'queued' END,
+       -- (Not due before the lease lapses: nothing that still claims the old
+       -- way takes it again meanwhile. A take-back makes it due at once.)
+       next_attempt_at = greatest(next_attempt_at, lease_until),
        attempts = CASE WHEN account_id IS NULL THEN attempts ELSE attempts - 1 END,
        last_error = CASE WHEN account_id IS NULL THEN 'its account was deleted while it was being sent' ELSE last_error END,
        lease_until = NULL, claim_token = NULL, sender_process_id = NULL, sender_started_at = NULL

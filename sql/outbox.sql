@@ -60,10 +60,11 @@ CREATE INDEX outbox_expiring ON email_accounts.outbox (expires_at)
 -- An account's rows (its deletion sets their account_id NULL), rate-limit
 -- counts, and how replies find the mail they answer.
 CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
--- The rows out for delivery and when their claim's lease lapses: the
--- sender's sleep looks for the first, the lapsed-claim pass for those past
--- it (both had probed every account: 9 ms a look with 5,000 accounts).
--- Only a claim's row version has an entry; the recording's does not.
+-- The rows claimed on insert and when their claim's lease lapses (the
+-- sender's own claims are in outbox_claim): the sender's sleep looks for
+-- the first, the lapsed-claim pass for those past it (both had probed every
+-- account: 9 ms a look with 5,000 accounts). Only a claim's row version has
+-- an entry; the recording's does not.
 CREATE INDEX outbox_sending ON email_accounts.outbox (account_id, lease_until) WHERE status = 'sending';
 CREATE INDEX outbox_account_sent_at ON email_accounts.outbox (account_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;
@@ -200,5 +201,6 @@ SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_recipient', '');
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_attachment', '');
--- (A restored claim names a sender that no longer runs: taken back, counted.)
+-- (A restored claim names a sender that no longer runs: taken back, counted,
+-- when the restored database's sender starts or the claim's lease lapses.)
 SELECT pg_catalog.pg_extension_config_dump('email_accounts.outbox_claim', '');

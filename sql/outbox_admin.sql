@@ -41,7 +41,7 @@ DECLARE
     row email_accounts.outbox;
 BEGIN
     SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id FOR UPDATE;
-    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id, row.message_id)
+    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id)
        OR NOT (row.status IN ('queued', 'retry', 'error')
                OR (row.status = 'sending' AND row.claim_token IS NULL
                    AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
@@ -65,7 +65,7 @@ DECLARE
 BEGIN
     SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id AND status IN ('retry', 'failed', 'expired', 'cancelled', 'error')
        FOR UPDATE;
-    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id, row.message_id) THEN
+    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id) THEN
         RETURN false;
     END IF;
     chosen := coalesce(row.account_id, email_accounts.choose_outgoing_account(row.account, row.sender, row.tenant));

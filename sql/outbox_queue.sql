@@ -251,19 +251,18 @@ COMMENT ON FUNCTION email_accounts.outbox_before_insert() IS
   'Trigger: checks a new outbox row (addresses, recipients, headers, account), chooses its account (of the row''s tenant, or the global default), and fixes its Message-ID and initial status.';
 
 -- Whether the outbox row is out for delivery under a sender's claim
--- (outbox_claim), for roles that cannot read the claims: the row is named
--- by its id and its Message-ID, so a role learns nothing of rows whose
--- Message-ID it does not know.
-CREATE FUNCTION email_accounts.being_sent(id bigint, row_message_id text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- (outbox_claim). With the caller's rights: row-level security shows a
+-- role only the claims of rows it sees, so it learns nothing of others'.
+-- (A role that may update the outbox without email_accounts_admin's read
+-- of the claims is refused by the update check: permission denied.)
+CREATE FUNCTION email_accounts.being_sent(id bigint) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (SELECT FROM email_accounts.outbox_claim AS claim
-                     JOIN email_accounts.outbox ON outbox.outbox_id = claim.outbox_id
-                    WHERE claim.outbox_id = id AND outbox.message_id = row_message_id)
+    SELECT EXISTS (SELECT FROM email_accounts.outbox_claim AS claim WHERE claim.outbox_id = id)
 $$;
 
-COMMENT ON FUNCTION email_accounts.being_sent(bigint, text) IS
-  'True when the outbox row with this id and Message-ID is claimed by a sender worker (out for delivery): cancel(), retry() and the update check refuse such a row.';
+COMMENT ON FUNCTION email_accounts.being_sent(bigint) IS
+  'True when the outbox row (one the caller can see) is claimed by a sender worker, out for delivery: cancel(), retry() and the update check refuse such a row.';
 
 -- Admins may re-point a row (retry() does), but never across tenants, and
 -- they steer only what cancel() and retry() steer: a row that is being sent
@@ -289,7 +288,7 @@ BEGIN
             'insufficient_privilege');
     END IF;
     -- (Claimed by the sender: its status is the sender's until recorded.)
-    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id, OLD.message_id) THEN
+    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id) THEN
         PERFORM email_accounts.raise_outbox_error('status',
             format('a row that is being sent cannot be made %s: its sender records what the server answered', NEW.status),
             'insufficient_privilege');

@@ -425,21 +425,36 @@ RETURNING row.outbox_id"
     };
 }
 
-/// A statement that takes back the claims of outbox_claim that `$selection`
-/// picks (a SELECT of their outbox ids, locked here, skipping claims being
-/// recorded) and returns the outbox ids: the claim goes, and the outbox row
-/// is due at once with the claim's attempt counted (it may have gone out:
-/// delivery is at least once), or failed once `max_attempts` ($1) is
-/// reached; `$reason` formats `last_error` from the claim's process id.
+/// A statement that takes back the claims of outbox_claim that `$condition`
+/// picks (a condition on `claim`) and returns the outbox ids: the claim
+/// goes, and the outbox row is due at once with the claim's attempt counted
+/// (it may have gone out: delivery is at least once), or failed once
+/// `max_attempts` ($1) is reached; `$reason` formats `last_error` from the
+/// claim's process id. Claims and outbox rows locked elsewhere (a claim
+/// being recorded, a row an open transaction holds) are skipped, never
+/// waited for: a wait past lock_timeout would end the whole claim, for
+/// every account, for as long as the lock is held. A claim whose outbox
+/// row was deleted just goes.
 macro_rules! take_back_claims {
-    ($selection:expr, $reason:literal) => {
+    ($condition:expr, $reason:literal) => {
         concat!(
             "WITH taken AS (
     DELETE FROM email_accounts.outbox_claim AS claim
-     WHERE claim.outbox_id = ANY (ARRAY(",
-            $selection,
+     WHERE claim.outbox_id = ANY (ARRAY(
+           SELECT claim.outbox_id
+             FROM email_accounts.outbox_claim AS claim
+             JOIN email_accounts.outbox ON outbox.outbox_id = claim.outbox_id
+            WHERE ",
+            $condition,
             "
-       FOR UPDATE OF claim SKIP LOCKED))
+              FOR UPDATE OF claim, outbox SKIP LOCKED)
+           || ARRAY(
+           SELECT claim.outbox_id FROM email_accounts.outbox_claim AS claim
+            WHERE ",
+            $condition,
+            "
+              AND NOT EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = claim.outbox_id)
+              FOR UPDATE OF claim SKIP LOCKED))
     RETURNING claim.outbox_id, claim.attempt, claim.sender_process_id
 ), given_up AS (
     UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
@@ -454,6 +469,8 @@ UPDATE email_accounts.outbox AS row
             ", taken.sender_process_id)
   FROM taken
  WHERE row.outbox_id = taken.outbox_id AND row.outbox_id = ANY (ARRAY(SELECT taken.outbox_id FROM taken))
+   -- (Claimed rows keep these; a superuser may have set another meanwhile.)
+   AND row.status IN ('queued', 'retry')
 RETURNING row.outbox_id"
         )
     };
@@ -465,22 +482,15 @@ RETURNING row.outbox_id"
 // sender's, whose round may still be on the wire there). From
 // outbox_claim_lease. Run before the expiry, at most once a second.
 const TAKE_BACK_LAPSED_CLAIMS: &str = take_back_claims!(
-    "
-    SELECT claim.outbox_id FROM email_accounts.outbox_claim AS claim
-     WHERE claim.lease_until < now()
-       AND NOT (claim.sender_process_id = pg_catalog.pg_backend_pid() AND claim.account_id = ANY ($2::bigint[]))
-       AND claim.account_id <> ALL ($3::bigint[])",
+    "claim.lease_until < now()
+              AND NOT (claim.sender_process_id = pg_catalog.pg_backend_pid() AND claim.account_id = ANY ($2::bigint[]))
+              AND claim.account_id <> ALL ($3::bigint[])",
     "'the claim of sender process %s lapsed before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
 // Claims of sender processes that no longer run in this database.
 const TAKE_BACK_ABANDONED_CLAIMS: &str = take_back_claims!(
-    concat!(
-        "
-    SELECT claim.outbox_id FROM email_accounts.outbox_claim AS claim
-     WHERE ",
-        sender_gone!("claim")
-    ),
+    sender_gone!("claim"),
     "'the sender process %s stopped before it recorded what the server answered; sent again, so the recipients may get it twice'"
 );
 
@@ -1285,9 +1295,13 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
                  WHERE outbox.status = 'sending' AND outbox.account_id IS NOT NULL
                 UNION ALL
                 -- (The first waiting row to expire, whatever its account: the
-                -- claim's expiry pass marks it. From outbox_expiring.)
+                -- claim's expiry pass marks it. From outbox_expiring. A row out
+                -- under a claim waits for its recording or its lease.)
                 SELECT min(outbox.expires_at) FROM email_accounts.outbox
-                 WHERE outbox.expires_at IS NOT NULL AND outbox.status IN ('queued', 'retry')) AS due (at)"
+                 WHERE outbox.expires_at IS NOT NULL AND outbox.status IN ('queued', 'retry')
+                   AND ",
+            not_claimed!("outbox"),
+            ") AS due (at)"
         ),
         &[],
     )
