@@ -81,6 +81,22 @@ pub struct SendingSettings {
     pub rate_limited: bool,
 }
 
+/// The CTE `released`: the claims of outbox_claim named by the outbox ids
+/// ($1) and claim tokens as text ($2) of a statement's arguments, deleted
+/// where the token is still theirs ('' never is: a claim on insert has
+/// none), with their outbox ids.
+macro_rules! release_claims {
+    () => {
+        "released AS (
+             DELETE FROM email_accounts.outbox_claim AS claim
+              USING unnest($1::bigint[], $2::text[]) AS listed (outbox_id, claim_token)
+              WHERE claim.outbox_id = listed.outbox_id AND claim.outbox_id = ANY ($1)
+                AND claim.claim_token = NULLIF(listed.claim_token, '')::uuid
+          RETURNING claim.outbox_id
+         )"
+    };
+}
+
 /// The condition that the outbox row `$row` has no claim of the sender's
 /// in outbox_claim (a primary-key probe).
 macro_rules! not_claimed {
@@ -394,6 +410,23 @@ SELECT taken.*,
   FROM (SELECT) AS one LEFT JOIN taken ON true"
 );
 
+/// The CTE `given_up`, after a CTE `taken` of outbox ids whose column
+/// `$attempts` is their attempts: the open recipients of the rows taken
+/// back at `max_attempts` ($1) fail with them.
+macro_rules! given_up_recipients {
+    ($attempts:literal) => {
+        concat!(
+            "given_up AS (
+    UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
+     WHERE recipient.outbox_id = ANY (ARRAY(SELECT taken.outbox_id FROM taken WHERE taken.",
+            $attempts,
+            " >= $1))
+       AND recipient.status IN ('pending', 'deferred')
+)"
+        )
+    };
+}
+
 /// A statement that takes back the claimed rows `$selection` picks (a
 /// SELECT of outbox rows, locked here) and returns their ids: due at once,
 /// the attempt counted (they may have gone out: delivery is at least once),
@@ -407,11 +440,9 @@ macro_rules! take_back_rows {
             $selection,
             "
        FOR UPDATE OF outbox SKIP LOCKED
-), given_up AS (
-    UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
-     WHERE recipient.outbox_id = ANY (ARRAY(SELECT taken.outbox_id FROM taken WHERE taken.attempts >= $1))
-       AND recipient.status IN ('pending', 'deferred')
-)
+), ",
+            given_up_recipients!("attempts"),
+            "
 UPDATE email_accounts.outbox AS row
    SET status = CASE WHEN row.attempts >= $1 THEN 'failed' ELSE 'retry' END,
        next_attempt_at = now(), lease_until = NULL, claim_token = NULL,
@@ -456,11 +487,9 @@ macro_rules! take_back_claims {
               AND NOT EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = claim.outbox_id)
               FOR UPDATE OF claim SKIP LOCKED))
     RETURNING claim.outbox_id, claim.attempt, claim.sender_process_id
-), given_up AS (
-    UPDATE email_accounts.outbox_recipient AS recipient SET status = 'failed', updated_at = now()
-     WHERE recipient.outbox_id = ANY (ARRAY(SELECT taken.outbox_id FROM taken WHERE taken.attempt >= $1))
-       AND recipient.status IN ('pending', 'deferred')
-)
+), ",
+            given_up_recipients!("attempt"),
+            "
 UPDATE email_accounts.outbox AS row
    SET status = CASE WHEN taken.attempt >= $1 THEN 'failed' ELSE 'retry' END,
        attempts = taken.attempt, next_attempt_at = now(),
@@ -1047,13 +1076,9 @@ pub fn record_all(rows: &[RowResult<'_>], retry_base_delay_seconds: i32) -> Resu
     // naming a claim on insert's sender are cleared with it.
     kept_plans::run(
         concat!(
-            "WITH released AS (
-             DELETE FROM email_accounts.outbox_claim AS claim
-              USING unnest($1::bigint[], $2::text[]) AS result (outbox_id, claim_token)
-              WHERE claim.outbox_id = result.outbox_id AND claim.outbox_id = ANY ($1)
-                AND claim.claim_token = NULLIF(result.claim_token, '')::uuid
-          RETURNING claim.outbox_id
-         ), recorded AS (
+            "WITH ",
+            release_claims!(),
+            ", recorded AS (
              UPDATE email_accounts.outbox AS row
                 SET status = result.status,
                     -- (The claim's attempt, as it read it: a claim of outbox_claim
@@ -1156,13 +1181,9 @@ pub fn hand_back_after(outbox_ids: &[i64], claim_tokens: &[&str], delay_seconds:
         let rows = kept_plans::update(
             client,
             concat!(
-                "WITH released AS (
-             DELETE FROM email_accounts.outbox_claim AS claim
-              USING unnest($1::bigint[], $2::text[]) AS mine (outbox_id, claim_token)
-              WHERE claim.outbox_id = mine.outbox_id AND claim.outbox_id = ANY ($1)
-                AND claim.claim_token = NULLIF(mine.claim_token, '')::uuid
-          RETURNING claim.outbox_id
-         ), delayed AS (
+                "WITH ",
+                release_claims!(),
+                ", delayed AS (
              -- (Only rows that are to wait are written.)
              UPDATE email_accounts.outbox AS row
                 SET next_attempt_at = greatest(row.next_attempt_at, now() + pg_catalog.make_interval(secs => $3))

@@ -33,11 +33,9 @@ UPDATE email_accounts.outbox SET status = 'retry', attempts = 3, last_error = '4
                                  next_attempt_at = now() + interval '1 minute'
  WHERE subject = 'queued 3';
 UPDATE email_accounts.outbox SET status = 'failed', attempts = 10, last_error = '550 no such user' WHERE subject = 'queued 4';
--- Out for delivery, claimed by a sender that is gone when the dump is restored.
-INSERT INTO email_accounts.outbox_claim
-       (outbox_id, account_id, claim_token, lease_until, sender_process_id, sender_started_at, attempt)
-SELECT outbox_id, account_id, gen_random_uuid(), now() + interval '5 minutes', 0, '-infinity', 1
-  FROM email_accounts.outbox WHERE subject = 'queued 5';
+UPDATE email_accounts.outbox SET status = 'sending', attempts = 1, claim_token = gen_random_uuid(),
+                                 lease_until = now() + interval '5 minutes'
+ WHERE subject = 'queued 5';
 SELECT email_accounts.cancel(outbox_id) FROM email_accounts.outbox WHERE subject = 'queued 6';
 INSERT INTO email_accounts.suppression (tenant, address, reason, outbox_id)
 SELECT 'acme', 'bob@example.test', 'unsubscribed', outbox_id FROM email_accounts.outbox WHERE subject = 'queued 1';
