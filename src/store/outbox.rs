@@ -465,27 +465,30 @@ RETURNING row.outbox_id"
 /// being recorded, a row an open transaction holds) are skipped, never
 /// waited for: a wait past lock_timeout would end the whole claim, for
 /// every account, for as long as the lock is held. A claim whose outbox
-/// row was deleted just goes.
+/// row was deleted just goes. (The claims first, then their outbox rows
+/// through the primary key: a join let the sender's generic plan walk the
+/// whole outbox, 78 ms a pass at 20,000 rows.)
 macro_rules! take_back_claims {
     ($condition:expr, $reason:literal) => {
         concat!(
-            "WITH taken AS (
+            "WITH picked AS (
+    SELECT claim.outbox_id FROM email_accounts.outbox_claim AS claim
+     WHERE ",
+            $condition,
+            "
+       FOR UPDATE OF claim SKIP LOCKED
+), free AS (
+    SELECT outbox.outbox_id FROM email_accounts.outbox
+     WHERE outbox.outbox_id = ANY (ARRAY(SELECT picked.outbox_id FROM picked))
+       FOR UPDATE OF outbox SKIP LOCKED
+), taken AS (
     DELETE FROM email_accounts.outbox_claim AS claim
      WHERE claim.outbox_id = ANY (ARRAY(
-           SELECT claim.outbox_id
-             FROM email_accounts.outbox_claim AS claim
-             JOIN email_accounts.outbox ON outbox.outbox_id = claim.outbox_id
-            WHERE ",
-            $condition,
-            "
-              FOR UPDATE OF claim, outbox SKIP LOCKED)
-           || ARRAY(
-           SELECT claim.outbox_id FROM email_accounts.outbox_claim AS claim
-            WHERE ",
-            $condition,
-            "
-              AND NOT EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = claim.outbox_id)
-              FOR UPDATE OF claim SKIP LOCKED))
+           SELECT free.outbox_id FROM free
+            UNION ALL
+           SELECT picked.outbox_id FROM picked
+            -- (OFFSET 0: a primary-key probe each, never a hash of the outbox.)
+            WHERE NOT EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = picked.outbox_id OFFSET 0)))
     RETURNING claim.outbox_id, claim.attempt, claim.sender_process_id
 ), ",
             given_up_recipients!("attempt"),
@@ -498,8 +501,10 @@ UPDATE email_accounts.outbox AS row
             ", taken.sender_process_id)
   FROM taken
  WHERE row.outbox_id = taken.outbox_id AND row.outbox_id = ANY (ARRAY(SELECT taken.outbox_id FROM taken))
-   -- (Claimed rows keep these; a superuser may have set another meanwhile.)
-   AND row.status IN ('queued', 'retry')
+   -- (Claimed rows keep these; a superuser may have set another meanwhile.
+   -- A CASE, so that no plan walks the claim order's partial index instead
+   -- of the primary key: 98 ms a pass at 20,000 rows.)
+   AND CASE row.status WHEN 'queued' THEN true WHEN 'retry' THEN true ELSE false END
 RETURNING row.outbox_id"
         )
     };
