@@ -4,14 +4,16 @@ CREATE VIEW email_accounts.outbox_status WITH (security_invoker = true) AS
 SELECT
     coalesce(account.name, outbox.account) AS account,
     outbox.tenant,
-    outbox.status,
+    -- (A row the sender claimed keeps queued or retry in the outbox.)
+    CASE WHEN claim.outbox_id IS NOT NULL THEN 'sending' ELSE outbox.status END AS status,
     count(*) AS messages,
     min(outbox.created_at) AS oldest_created_at,
     now() - min(outbox.created_at) AS oldest_age,
-    min(outbox.next_attempt_at) FILTER (WHERE outbox.status IN ('queued', 'retry')) AS next_due_at,
+    min(outbox.next_attempt_at) FILTER (WHERE outbox.status IN ('queued', 'retry') AND claim.outbox_id IS NULL) AS next_due_at,
     (array_agg(outbox.last_error ORDER BY outbox.outbox_id DESC) FILTER (WHERE outbox.last_error IS NOT NULL))[1] AS latest_error
 FROM email_accounts.outbox
 LEFT JOIN email_accounts.account USING (account_id)
+LEFT JOIN email_accounts.outbox_claim AS claim ON claim.outbox_id = outbox.outbox_id
 GROUP BY 1, 2, 3;
 
 COMMENT ON VIEW email_accounts.outbox_status IS 'Outbox rows by account, tenant and status: how many, the oldest, when the next is due, and the latest error.';
@@ -39,7 +41,7 @@ DECLARE
     row email_accounts.outbox;
 BEGIN
     SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id FOR UPDATE;
-    IF NOT FOUND
+    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id)
        OR NOT (row.status IN ('queued', 'retry', 'error')
                OR (row.status = 'sending' AND row.claim_token IS NULL
                    AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
@@ -63,7 +65,7 @@ DECLARE
 BEGIN
     SELECT * INTO row FROM email_accounts.outbox WHERE outbox_id = id AND status IN ('retry', 'failed', 'expired', 'cancelled', 'error')
        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR email_accounts.being_sent(row.outbox_id) THEN
         RETURN false;
     END IF;
     chosen := coalesce(row.account_id, email_accounts.choose_outgoing_account(row.account, row.sender, row.tenant));

@@ -9,8 +9,8 @@ ALTER TABLE email_accounts.outbox
     ADD COLUMN sender_process_id integer,
     ADD COLUMN sender_started_at timestamptz;
 
-COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While sending: the process id of the sender worker that claimed the row.';
-COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While sending: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
+COMMENT ON COLUMN email_accounts.outbox.sender_process_id IS 'While claimed on insert: the process id of the sender worker that claimed the row.';
+COMMENT ON COLUMN email_accounts.outbox.sender_started_at IS 'While claimed on insert: when that sender process started; with sender_process_id it names one incarnation, so a reused process id is not mistaken for it.';
 
 -- Rows claimed by their inserting transaction for a sender that has not
 -- taken them yet (email_accounts.claim_on_insert), in the order it takes

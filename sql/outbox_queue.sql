@@ -250,6 +250,20 @@ $$;
 COMMENT ON FUNCTION email_accounts.outbox_before_insert() IS
   'Trigger: checks a new outbox row (addresses, recipients, headers, account), chooses its account (of the row''s tenant, or the global default), and fixes its Message-ID and initial status.';
 
+-- Whether the outbox row is out for delivery under a sender's claim
+-- (outbox_claim). With the caller's rights: row-level security shows a
+-- role only the claims of rows it sees, so it learns nothing of others'.
+-- (A role that may update the outbox without email_accounts_admin's read
+-- of the claims is refused by the update check: permission denied.)
+CREATE FUNCTION email_accounts.being_sent(id bigint) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM email_accounts.outbox_claim AS claim WHERE claim.outbox_id = id)
+$$;
+
+COMMENT ON FUNCTION email_accounts.being_sent(bigint) IS
+  'True when the outbox row (one the caller can see) is claimed by a sender worker, out for delivery: cancel(), retry() and the update check refuse such a row.';
+
 -- Admins may re-point a row (retry() does), but never across tenants, and
 -- they steer only what cancel() and retry() steer: a row that is being sent
 -- or was sent is the sender's (a fake 'sending' row would count against the
@@ -271,6 +285,12 @@ BEGIN
         PERFORM email_accounts.raise_outbox_error('status',
             format('a row that is %s cannot be made %s: only cancel() and retry() moves are allowed (queued, retry or error to cancelled, and sending to cancelled before its sender took it; retry, failed, expired, cancelled or error to queued)',
                    OLD.status, NEW.status),
+            'insufficient_privilege');
+    END IF;
+    -- (Claimed by the sender: its status is the sender's until recorded.)
+    IF NEW.status IS DISTINCT FROM OLD.status AND email_accounts.being_sent(OLD.outbox_id) THEN
+        PERFORM email_accounts.raise_outbox_error('status',
+            format('a row that is being sent cannot be made %s: its sender records what the server answered', NEW.status),
             'insufficient_privilege');
     END IF;
     RETURN NEW;

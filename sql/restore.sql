@@ -97,7 +97,7 @@ DECLARE
     restored text;
 BEGIN
     FOREACH restored IN ARRAY ARRAY['provider', 'domain', 'tenant_member', 'account', 'account_secret', 'outbox',
-                                    'outbox_recipient', 'outbox_attachment', 'suppression', 'link_signing_key',
+                                    'outbox_recipient', 'outbox_attachment', 'outbox_claim', 'suppression', 'link_signing_key',
                                     'message', 'message_attachment', 'sync_state', 'oauth_client_secret',
                                     'account_oauth', 'account_oauth_token', 'template'] LOOP
         EXECUTE pg_catalog.format(

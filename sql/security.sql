@@ -59,6 +59,9 @@ GRANT UPDATE (status, account, account_id, priority, send_after, expires_at, nex
     ON email_accounts.outbox TO email_accounts_admin;
 GRANT SELECT ON email_accounts.outbox_recipient, email_accounts.outbox_status TO email_accounts_sender, email_accounts_admin;
 GRANT UPDATE (status, updated_at) ON email_accounts.outbox_recipient TO email_accounts_admin;
+-- Which of their rows are out for delivery (outbox_status reads it), not
+-- the claim's token.
+GRANT SELECT (outbox_id, lease_until, attempt) ON email_accounts.outbox_claim TO email_accounts_sender, email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.global_default_outgoing() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION email_accounts.global_default_outgoing() TO email_accounts_sender, email_accounts_admin;
 REVOKE EXECUTE ON FUNCTION email_accounts.cancel(bigint), email_accounts.retry(bigint), email_accounts.flush() FROM PUBLIC;
@@ -75,6 +78,9 @@ CREATE POLICY rows_of_visible_mailboxes ON email_accounts.outbox
 ALTER TABLE email_accounts.outbox_recipient ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mail ON email_accounts.outbox_recipient
     USING (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_recipient.outbox_id));
+ALTER TABLE email_accounts.outbox_claim ENABLE ROW LEVEL SECURITY;
+CREATE POLICY claims_of_visible_mail ON email_accounts.outbox_claim
+    USING (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_claim.outbox_id));
 ALTER TABLE email_accounts.outbox_attachment ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rows_of_visible_mail ON email_accounts.outbox_attachment
     USING (EXISTS (SELECT FROM email_accounts.outbox WHERE outbox.outbox_id = outbox_attachment.outbox_id))

@@ -87,7 +87,8 @@ fn custom_and_plain_dumps_restore_every_row_into_another_database() {
             include_str!("backup/fill.sql"),
             include_str!("backup/fill_oauth.sql"),
             include_str!("backup/fill_templates.sql"),
-            include_str!("backup/fill_mailboxes.sql")
+            include_str!("backup/fill_mailboxes.sql"),
+            include_str!("backup/fill_claims.sql")
         ))
         .unwrap();
     // (What its workers would do when they first run there.)

@@ -166,7 +166,7 @@ fn a_server_that_never_answers_holds_up_only_its_own_account() {
     assert_eq!(
         count(
             &mut client,
-            "account_id = (SELECT account_id FROM email_accounts.account WHERE name = 'silent') AND status = 'sending'"
+            "account_id = (SELECT account_id FROM email_accounts.account WHERE name = 'silent') AND (status = 'sending' OR outbox_id IN (SELECT outbox_id FROM email_accounts.outbox_claim))"
         ),
         20,
         "the silent account's rows are still on the wire"
@@ -260,7 +260,11 @@ fn a_row_taken_on_insert_is_not_cancelled_while_it_is_out() {
     wait_for_rows(
         &mut client,
         "the row to be claimed again, counted",
-        &format!("outbox_id = {id} AND attempts = 2"),
+        // (Claimed by the claim: the attempt is the claim's until recorded.)
+        &format!(
+            "outbox_id = {id} AND attempts = 1
+             AND EXISTS (SELECT FROM email_accounts.outbox_claim WHERE outbox_id = {id} AND attempt = 2)"
+        ),
         1,
     );
     let last_error: String =
@@ -371,7 +375,10 @@ fn a_crash_mid_batch_loses_nothing_and_repeats_at_most_the_round_on_the_wire() {
         until_sent(&mut client, 300);
 
         let before = sender_pid(&mut client).unwrap().unwrap();
-        let in_flight = count(&mut client, "status = 'sending'");
+        let in_flight = count(
+            &mut client,
+            "status = 'sending' OR outbox_id IN (SELECT outbox_id FROM email_accounts.outbox_claim)",
+        );
         if crash.starts_with("SIGKILL") {
             let killed = std::process::Command::new("kill").args(["-KILL", &before.to_string()]).status().unwrap();
             assert!(killed.success());

@@ -55,7 +55,10 @@ fn a_fast_restart_an_immediate_stop_and_a_killed_sender_hold_no_mail_back() {
         }
 
         let before = sender_pid(&mut client).unwrap().expect("a running sender");
-        let claimed = count(&mut client, "status = 'sending'");
+        let claimed = count(
+            &mut client,
+            "status = 'sending' OR outbox_id IN (SELECT outbox_id FROM email_accounts.outbox_claim)",
+        );
         match stop {
             "pg_ctl restart -m fast" => {
                 cluster.stop("fast");

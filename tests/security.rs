@@ -217,6 +217,18 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         &format!("UPDATE email_accounts.outbox SET lease_until = now() WHERE outbox_id = {own}"),
         "42501",
     );
+    // Nor claims one, nor lets one go.
+    refused(
+        &mut acme_admin,
+        &format!(
+            "INSERT INTO email_accounts.outbox_claim
+                    (outbox_id, account_id, claim_token, lease_until, sender_process_id, sender_started_at, attempt)
+             SELECT outbox_id, account_id, gen_random_uuid(), now() + interval '1 day', 0, now(), 1
+               FROM email_accounts.outbox WHERE outbox_id = {own}"
+        ),
+        "42501",
+    );
+    refused(&mut acme_admin, "DELETE FROM email_accounts.outbox_claim", "42501");
     // Re-pointing its own mail at the system's account does not let it send as anyone.
     acme_admin
         .batch_execute(&format!(

@@ -63,7 +63,11 @@ fn claimants_until_sent(client: &mut postgres::Client, sent: i64) -> HashSet<i32
     let mut claimants = HashSet::new();
     wait_until("every row to be sent", LIMIT, || {
         for row in client
-            .query("SELECT DISTINCT sender_process_id FROM email_accounts.outbox WHERE status = 'sending'", &[])
+            .query(
+                "SELECT sender_process_id FROM email_accounts.outbox_claim
+                  UNION SELECT sender_process_id FROM email_accounts.outbox WHERE status = 'sending'",
+                &[],
+            )
             .unwrap()
         {
             claimants.extend(row.get::<_, Option<i32>>(0));

@@ -133,6 +133,22 @@ fn an_upgraded_database_equals_a_fresh_install_and_keeps_its_rows() {
             .unwrap()
             .get(0);
         assert_eq!(unset, 0, "from {version}: the SMTP side's password counts as set where the password was");
+        if *version != "0.1.0" {
+            // The row out for delivery (fill.sql's 'queued 5', claimed the old
+            // way) keeps its claim in outbox_claim: back to queued with the
+            // attempts before it, not due before the old lease lapses.
+            let row = upgraded
+                .query_one(
+                    "SELECT outbox.status, outbox.attempts, claim.attempt, outbox.claim_token IS NULL,
+                            outbox.next_attempt_at > now() + interval '4 minutes'
+                       FROM email_accounts.outbox JOIN email_accounts.outbox_claim AS claim USING (outbox_id)
+                      WHERE outbox.subject = 'queued 5'",
+                    &[],
+                )
+                .unwrap();
+            let moved: (String, i32, i32, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            assert_eq!(moved, ("queued".to_owned(), 0, 1, true, true), "from {version}: the claim moved");
+        }
 
         if *version == "0.1.0" {
             let row = upgraded

@@ -156,6 +156,7 @@ fn record(role_name: &str, delivered: Delivered) -> Result<(), StoreError> {
             .map(|(outbox_id, claim, summary, verdict)| RowResult {
                 outbox_id: *outbox_id,
                 claim_token: &claim.token,
+                attempts: claim.state.attempts,
                 status: verdict.status,
                 last_error: summary.last_error.as_deref(),
                 recipients: &verdict.recipients,
