@@ -89,8 +89,7 @@ BEGIN
         SELECT outbox.* INTO sent_mail
           FROM email_accounts.outbox JOIN email_accounts.account AS through ON through.account_id = outbox.account_id
          WHERE outbox.message_id = recognised->>'original_message_id'
-           AND through.tenant IS NOT DISTINCT FROM stored.tenant
-         ORDER BY outbox.outbox_id DESC LIMIT 1;
+           AND through.tenant IS NOT DISTINCT FROM stored.tenant;
     END IF;
     IF NOT FOUND THEN
         UPDATE email_accounts.message

@@ -113,11 +113,16 @@ BEGIN
              WHERE outbox.message_id = ids.id AND outbox.tenant IS NOT DISTINCT FROM incoming.tenant
                AND email_accounts.mail_may_be_linked(outbox.account_id, incoming.account_id)
             UNION ALL
+            -- (The messages with that Message-ID found first, then the
+            -- earliest of them: ordered in one query, a plan made while the
+            -- inbox looked empty could walk its whole primary key instead.)
             (SELECT 1, NULL, earlier.message_id, earlier.reference_table, earlier.reference_id
-               FROM email_accounts.message AS earlier
-              WHERE earlier.internet_message_id = ids.id AND earlier.message_id <> linked_message_id
-                AND earlier.tenant IS NOT DISTINCT FROM incoming.tenant
-                AND email_accounts.mail_may_be_linked(earlier.account_id, incoming.account_id)
+               FROM (SELECT same.message_id, same.reference_table, same.reference_id
+                       FROM email_accounts.message AS same
+                      WHERE same.internet_message_id = ids.id AND same.message_id <> linked_message_id
+                        AND same.tenant IS NOT DISTINCT FROM incoming.tenant
+                        AND email_accounts.mail_may_be_linked(same.account_id, incoming.account_id)
+                     OFFSET 0) AS earlier
               ORDER BY earlier.message_id
               LIMIT 1)
            ) AS found

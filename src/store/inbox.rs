@@ -249,12 +249,17 @@ const INSERT_MESSAGES: &str = concat!(insert_messages!(), "\nRETURNING message_i
 const INSERT_NEW_MESSAGES: &str =
     concat!(insert_messages!(), "\nON CONFLICT DO NOTHING\nRETURNING message_id, uid, unique_id");
 
-/// After a UIDVALIDITY change: the same content already stored from this folder takes the new UID.
+/// After a UIDVALIDITY change: the same content already stored from this
+/// folder takes the new UID. (The copies found first, then the earliest:
+/// ordered in one query, a plan made while the inbox looked empty could walk
+/// its whole primary key per message instead.)
 const REBIND_MESSAGE: &str = "
 UPDATE email_accounts.message SET uidvalidity = $3, uid = $4
- WHERE message_id = (SELECT message_id FROM email_accounts.message
-                      WHERE account_id = $1 AND folder = $2 AND raw_sha256 = sha256($5) AND uidvalidity <> $3
-                      ORDER BY message_id LIMIT 1)
+ WHERE message_id = (SELECT same.message_id
+                       FROM (SELECT message_id FROM email_accounts.message
+                              WHERE account_id = $1 AND folder = $2 AND raw_sha256 = sha256($5) AND uidvalidity <> $3
+                             OFFSET 0) AS same
+                      ORDER BY same.message_id LIMIT 1)
 RETURNING message_id";
 
 /// Attachments of one or more messages; `position` counts from 1 per message.
