@@ -1336,9 +1336,10 @@ pub fn seconds_until_next_due() -> Result<Option<f64>, SpiError> {
                 -- (The first waiting row to expire, whatever its account: the
                 -- claim's expiry pass marks it. From outbox_expiring. A row out
                 -- under a claim waits for its recording or its lease. The
-                -- first in outbox_expiring's order, not a min(): that let a
-                -- plan made while the outbox looked empty walk every waiting
-                -- row in the claim order instead.)
+                -- first in outbox_expiring's order, not a min(), which the
+                -- claim order's partial index could serve as well: with
+                -- statistics that say the outbox is empty the two tie, and
+                -- that walk reads every waiting row.)
                 (SELECT outbox.expires_at FROM email_accounts.outbox
                   WHERE outbox.expires_at IS NOT NULL AND outbox.status IN ('queued', 'retry')
                     AND ",
