@@ -241,6 +241,14 @@ fn a_row_taken_on_insert_is_not_cancelled_while_it_is_out() {
         assert!(started.elapsed() < LIMIT, "the sender never took the row");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Taken is not yet on the wire: a round waiting for its delivery thread
+    // is handed back uncounted when the sender stops (it never went out).
+    // On the wire once the server has the connection.
+    let started = std::time::Instant::now();
+    while silent.connections() == 0 {
+        assert!(started.elapsed() < LIMIT, "the sender never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, token): (String, bool) = client
         .query_one("SELECT status, claim_token IS NOT NULL FROM email_accounts.outbox WHERE outbox_id = $1", &[&id])
         .map(|row| (row.get(0), row.get(1)))
