@@ -2026,6 +2026,18 @@ ALTER TABLE email_accounts.outbox_recipient SET (fillfactor = 70);
 -- Only a claim's row version has an entry; the recording's does not.
 CREATE INDEX outbox_sending ON email_accounts.outbox (account_id, lease_until) WHERE status = 'sending';
 
+-- Issue 18: an account's rows by status and what it sent, in one index
+-- (sql/outbox.sql).
+-- An account's rows (its deletion sets their account_id NULL), by status,
+-- and what it sent in the last day (rate limits count it in sent_at order).
+-- One index for both: recording a delivery writes the row anew in every
+-- index its version belongs to (status is indexed: never HOT), and a
+-- second index with sent rows cost the sender ~4-9 µs a message (drains
+-- of 20,000 alternated in one cluster: 12,145 → 13,293 msg/s).
+DROP INDEX email_accounts.outbox_account_status;
+DROP INDEX email_accounts.outbox_account_sent_at;
+CREATE INDEX outbox_account_status_sent_at ON email_accounts.outbox (account_id, status, sent_at);
+
 -- Issue 18: a row claimed on insert and not yet taken by its sender can be
 -- cancelled (sql/outbox_queue.sql, sql/outbox_admin.sql).
 CREATE OR REPLACE FUNCTION email_accounts.outbox_before_update() RETURNS trigger

@@ -57,16 +57,19 @@ CREATE INDEX outbox_claim_order ON email_accounts.outbox (account_id, priority D
 -- Rows that may expire before they are sent (most have no expiry at all).
 CREATE INDEX outbox_expiring ON email_accounts.outbox (expires_at)
     WHERE expires_at IS NOT NULL AND status IN ('queued', 'retry', 'sending');
--- An account's rows (its deletion sets their account_id NULL), rate-limit
--- counts, and how replies find the mail they answer.
-CREATE INDEX outbox_account_status ON email_accounts.outbox (account_id, status);
+-- An account's rows (its deletion sets their account_id NULL), by status,
+-- and what it sent in the last day (rate limits count it in sent_at order).
+-- One index for both: recording a delivery writes the row anew in every
+-- index its version belongs to (status is indexed: never HOT), and a
+-- second index with sent rows cost the sender ~4-9 µs a message (drains
+-- of 20,000 alternated in one cluster: 12,145 → 13,293 msg/s).
+CREATE INDEX outbox_account_status_sent_at ON email_accounts.outbox (account_id, status, sent_at);
 -- The rows claimed on insert and when their claim's lease lapses (the
 -- sender's own claims are in outbox_claim): the sender's sleep looks for
 -- the first, the lapsed-claim pass for those past it (both had probed every
 -- account: 9 ms a look with 5,000 accounts). Only a claim's row version has
 -- an entry; the recording's does not.
 CREATE INDEX outbox_sending ON email_accounts.outbox (account_id, lease_until) WHERE status = 'sending';
-CREATE INDEX outbox_account_sent_at ON email_accounts.outbox (account_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, reference_id) WHERE reference_table IS NOT NULL;
 -- The automatic replies an account sent (auto_reply() looks for one to the
 -- same sender within auto_reply_interval, for every message it answers).

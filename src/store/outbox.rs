@@ -267,10 +267,10 @@ const CLAIM: &str = concat!(
      CROSS JOIN LATERAL (
          -- The rows in flight (claims, from outbox_claim_account, and rows
          -- claimed on insert, from outbox_sending) and those sent in the
-         -- last day (from outbox_account_sent_at), each through its own
-         -- index: an OR of them would need a bitmap scan, which the
-         -- sender does not plan (settings.rs, prefer_indexes), and read
-         -- every row the account ever sent instead.
+         -- last day (sent or bounced since, from outbox_account_status_sent_at),
+         -- each through its own index: an OR of them would need a bitmap
+         -- scan, which the sender does not plan (settings.rs,
+         -- prefer_indexes), and read every row the account ever sent instead.
          SELECT count(*) FILTER (WHERE recent.in_flight OR recent.sent_at > now() - interval '1 minute') AS last_minute,
                 count(*) FILTER (WHERE recent.in_flight OR recent.sent_at > now() - interval '1 hour') AS last_hour,
                 count(*) AS last_day
@@ -284,16 +284,25 @@ const CLAIM: &str = concat!(
                   WHERE sent.account_id = settings.account_id AND sent.status = 'sending'
                     AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
                  UNION ALL
-                 -- (In outbox_account_sent_at's order: with statistics that
-                 -- said the outbox was empty, outbox_account_status tied with
-                 -- it and read every row the account ever sent; it would
-                 -- need a sort for this order.)
+                 -- (Each status in the index's order: with statistics that said
+                 -- the outbox was empty, an index without sent_at tied with it
+                 -- and read every row the account ever sent; it would need a
+                 -- sort for this order. Only a recording of 'sent' sets sent_at;
+                 -- a delivery report may turn it 'bounced', and outbox_before_update
+                 -- lets neither move on.)
                  SELECT false, day.sent_at
                    FROM (SELECT sent.sent_at FROM email_accounts.outbox AS sent
-                          WHERE sent.account_id = settings.account_id AND sent.sent_at > now() - interval '1 day'
-                            AND sent.status <> 'sending'
+                          WHERE sent.account_id = settings.account_id AND sent.status = 'sent'
+                            AND sent.sent_at > now() - interval '1 day'
                             AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
                           ORDER BY sent.sent_at OFFSET 0) AS day
+                 UNION ALL
+                 SELECT false, day.sent_at
+                   FROM (SELECT bounced.sent_at FROM email_accounts.outbox AS bounced
+                          WHERE bounced.account_id = settings.account_id AND bounced.status = 'bounced'
+                            AND bounced.sent_at > now() - interval '1 day'
+                            AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
+                          ORDER BY bounced.sent_at OFFSET 0) AS day
                 ) AS recent
      ) AS recent
 ), candidate AS (
