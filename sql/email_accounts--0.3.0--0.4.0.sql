@@ -2039,7 +2039,8 @@ DROP INDEX email_accounts.outbox_account_sent_at;
 CREATE INDEX outbox_account_status_sent_at ON email_accounts.outbox (account_id, status, sent_at);
 
 -- Issue 18: a row claimed on insert and not yet taken by its sender can be
--- cancelled (sql/outbox_queue.sql, sql/outbox_admin.sql).
+-- cancelled (sql/outbox_queue.sql, sql/outbox_admin.sql), and a sent row
+-- keeps its account (the rate limits count it there).
 CREATE OR REPLACE FUNCTION email_accounts.outbox_before_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2047,6 +2048,15 @@ BEGIN
     IF NEW.account_id IS DISTINCT FROM OLD.account_id OR NEW.tenant IS DISTINCT FROM OLD.tenant
        OR (NEW.status IN ('queued', 'retry') AND NEW.status IS DISTINCT FROM OLD.status) THEN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
+    END IF;
+    -- (Mail that went out stays with the account it went through: the rate
+    -- limits count it there. Re-pointed at the global default, a tenant's
+    -- sent rows would use up that account's limits for every tenant. An
+    -- account's deletion clears it as the table's owner, past this check.)
+    IF NEW.account_id IS DISTINCT FROM OLD.account_id AND OLD.status IN ('sent', 'bounced') THEN
+        PERFORM email_accounts.raise_outbox_error('account_id',
+            format('a row that was %s keeps the account it went through', OLD.status),
+            'insufficient_privilege');
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
@@ -2068,6 +2078,9 @@ BEGIN
     RETURN NEW;
 END;
 $$;
+
+COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
+  'Trigger (for roles other than superusers, the sender among them): an outbox row''s account stays one of its tenant (or the global default) when the row is changed, a sent or bounced row keeps the account it went through, and its status moves only as cancel() and retry() move it (42501).';
 
 -- Claims on insert keep no token once taken (src/store/outbox.rs TAKE_NEW_MAIL).
 COMMENT ON COLUMN email_accounts.outbox.claim_token IS 'Always NULL since 0.4.0 (a claim''s token is in outbox_claim). A row claimed on insert (email_accounts.claim_on_insert) has none: its sender takes it without writing to it, and records it only while the row is still claimed for that very process.';

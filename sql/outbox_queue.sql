@@ -276,6 +276,15 @@ BEGIN
        OR (NEW.status IN ('queued', 'retry') AND NEW.status IS DISTINCT FROM OLD.status) THEN
         PERFORM email_accounts.check_outbox_account(NEW.tenant, NEW.account_id);
     END IF;
+    -- (Mail that went out stays with the account it went through: the rate
+    -- limits count it there. Re-pointed at the global default, a tenant's
+    -- sent rows would use up that account's limits for every tenant. An
+    -- account's deletion clears it as the table's owner, past this check.)
+    IF NEW.account_id IS DISTINCT FROM OLD.account_id AND OLD.status IN ('sent', 'bounced') THEN
+        PERFORM email_accounts.raise_outbox_error('account_id',
+            format('a row that was %s keeps the account it went through', OLD.status),
+            'insufficient_privilege');
+    END IF;
     IF NEW.status IS DISTINCT FROM OLD.status
        AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('queued', 'retry', 'error'))
        -- (Claimed on insert, not yet taken by its sender: see cancel().)
@@ -298,7 +307,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION email_accounts.outbox_before_update() IS
-  'Trigger (for roles other than superusers, the sender among them): an outbox row''s account stays one of its tenant (or the global default) when the row is changed, and its status moves only as cancel() and retry() move it (42501).';
+  'Trigger (for roles other than superusers, the sender among them): an outbox row''s account stays one of its tenant (or the global default) when the row is changed, a sent or bounced row keeps the account it went through, and its status moves only as cancel() and retry() move it (42501).';
 
 CREATE FUNCTION email_accounts.outbox_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp

@@ -426,7 +426,7 @@ fn override_setting(name: &std::ffi::CStr, value: &std::ffi::CStr) {
 /// statistics, read each claimed row's recipients and attachments by a
 /// bitmap scan and a sort, rebuilt per row (8.25 against 5.75 µs of CPU per
 /// row). No statement over the outbox ORs two of its indexes (the rate
-/// limits' count reads its two parts through one index each).
+/// limits' count reads each of its parts through one index).
 pub fn prefer_indexes() {
     override_setting(c"enable_seqscan", c"off");
     override_setting(c"enable_bitmapscan", c"off");

@@ -217,6 +217,31 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         &format!("UPDATE email_accounts.outbox SET lease_until = now() WHERE outbox_id = {own}"),
         "42501",
     );
+    // Mail that went out keeps the account it went through (the rate limits
+    // count it there): not re-pointed at the system's account, whose limits
+    // every tenant shares.
+    let sent: i64 = acme_admin
+        .query_one(
+            "SELECT email_accounts.send(\"to\" => '{carol@example.test}', send_after => now() + interval '1 hour')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    deployment
+        .admin
+        .batch_execute(&format!(
+            "UPDATE email_accounts.outbox SET status = 'sent', sent_at = now() WHERE outbox_id = {sent}"
+        ))
+        .unwrap();
+    let message = refused(
+        &mut acme_admin,
+        &format!(
+            "UPDATE email_accounts.outbox SET account_id = (SELECT account_id FROM email_accounts.global_default_outgoing())
+              WHERE outbox_id = {sent}"
+        ),
+        "42501",
+    );
+    assert!(message.contains("account_id") && message.contains("keeps the account it went through"), "{message}");
     // Nor claims one, nor lets one go.
     refused(
         &mut acme_admin,

@@ -289,7 +289,7 @@ const CLAIM: &str = concat!(
                  -- and read every row the account ever sent; it would need a
                  -- sort for this order. Only a recording of 'sent' sets sent_at;
                  -- a delivery report may turn it 'bounced', and outbox_before_update
-                 -- lets neither move on.)
+                 -- lets no role but a superuser move either on.)
                  SELECT false, day.sent_at
                    FROM (SELECT sent.sent_at FROM email_accounts.outbox AS sent
                           WHERE sent.account_id = settings.account_id AND sent.status = 'sent'
