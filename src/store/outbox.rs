@@ -291,18 +291,13 @@ const CLAIM: &str = concat!(
                  -- a delivery report may turn it 'bounced', and outbox_before_update
                  -- lets no role but a superuser move either on.)
                  SELECT false, day.sent_at
-                   FROM (SELECT sent.sent_at FROM email_accounts.outbox AS sent
-                          WHERE sent.account_id = settings.account_id AND sent.status = 'sent'
-                            AND sent.sent_at > now() - interval '1 day'
-                            AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
-                          ORDER BY sent.sent_at OFFSET 0) AS day
-                 UNION ALL
-                 SELECT false, day.sent_at
-                   FROM (SELECT bounced.sent_at FROM email_accounts.outbox AS bounced
-                          WHERE bounced.account_id = settings.account_id AND bounced.status = 'bounced'
-                            AND bounced.sent_at > now() - interval '1 day'
-                            AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
-                          ORDER BY bounced.sent_at OFFSET 0) AS day
+                   FROM (VALUES ('sent'), ('bounced')) AS went (status)
+                  CROSS JOIN LATERAL (
+                        SELECT sent.sent_at FROM email_accounts.outbox AS sent
+                         WHERE sent.account_id = settings.account_id AND sent.status = went.status
+                           AND sent.sent_at > now() - interval '1 day'
+                           AND coalesce(settings.send_limit_per_minute, settings.send_limit_per_hour, settings.send_limit_per_day) IS NOT NULL
+                         ORDER BY sent.sent_at OFFSET 0) AS day
                 ) AS recent
      ) AS recent
 ), candidate AS (
