@@ -8,7 +8,9 @@
 
 mod harness;
 
-use harness::{add_account_without_login, free_port, make_certificates, Behaviour, Postgres, SmtpResponder};
+use harness::{
+    add_account_without_login, free_port, make_certificates, Behaviour, Postgres, SmtpResponder, OUT_FOR_DELIVERY,
+};
 use std::time::Duration;
 
 const MESSAGES: i64 = 2000;
@@ -166,7 +168,7 @@ fn a_server_that_never_answers_holds_up_only_its_own_account() {
     assert_eq!(
         count(
             &mut client,
-            "account_id = (SELECT account_id FROM email_accounts.account WHERE name = 'silent') AND (status = 'sending' OR outbox_id IN (SELECT outbox_id FROM email_accounts.outbox_claim))"
+            &format!("account_id = (SELECT account_id FROM email_accounts.account WHERE name = 'silent') AND {OUT_FOR_DELIVERY}")
         ),
         20,
         "the silent account's rows are still on the wire"
@@ -383,10 +385,7 @@ fn a_crash_mid_batch_loses_nothing_and_repeats_at_most_the_round_on_the_wire() {
         until_sent(&mut client, 300);
 
         let before = sender_pid(&mut client).unwrap().unwrap();
-        let in_flight = count(
-            &mut client,
-            "status = 'sending' OR outbox_id IN (SELECT outbox_id FROM email_accounts.outbox_claim)",
-        );
+        let in_flight = count(&mut client, OUT_FOR_DELIVERY);
         if crash.starts_with("SIGKILL") {
             let killed = std::process::Command::new("kill").args(["-KILL", &before.to_string()]).status().unwrap();
             assert!(killed.success());

@@ -10,7 +10,7 @@
 
 mod harness;
 
-use harness::{add_account_without_login, Behaviour, Postgres, SmtpResponder};
+use harness::{add_account_without_login, Behaviour, Postgres, SmtpResponder, OUT_FOR_DELIVERY};
 use std::time::{Duration, Instant};
 
 const MESSAGES: i64 = 1000;
@@ -55,10 +55,7 @@ fn a_fast_restart_an_immediate_stop_and_a_killed_sender_hold_no_mail_back() {
         }
 
         let before = sender_pid(&mut client).unwrap().expect("a running sender");
-        let claimed = count(
-            &mut client,
-            "status = 'sending' OR outbox_id IN (SELECT outbox_id FROM email_accounts.outbox_claim)",
-        );
+        let claimed = count(&mut client, OUT_FOR_DELIVERY);
         match stop {
             "pg_ctl restart -m fast" => {
                 cluster.stop("fast");

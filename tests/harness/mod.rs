@@ -24,6 +24,11 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The condition that an outbox row is out for delivery: claimed on insert
+/// (`sending` in the row), or by a sender's claim (`being_sent()`: a row
+/// of outbox_claim; the outbox row keeps `queued` or `retry`).
+pub const OUT_FOR_DELIVERY: &str = "(status = 'sending' OR email_accounts.being_sent(outbox_id))";
+
 /// SQLSTATE and message of a statement that must fail (empty when it succeeded).
 pub fn failure(client: &mut ::postgres::Client, statement: &str) -> (String, String) {
     match client.batch_execute(statement) {
