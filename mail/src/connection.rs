@@ -2,7 +2,7 @@
 //! TLS verified against the system roots plus an account's extra CA, and the
 //! classification of what went wrong.
 
-use native_tls::{Certificate, TlsConnector, TlsStream};
+use native_tls::{Certificate, TlsStream};
 use serde::Serialize;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -227,34 +227,16 @@ pub fn pem_blocks(pem: &str) -> Result<Vec<&str>, ConnectionError> {
     Ok(blocks)
 }
 
-/// A TLS connector that trusts the system roots plus the endpoint's extra CA.
-pub fn tls_connector(endpoint: &Endpoint) -> Result<TlsConnector, ConnectionError> {
-    tls_connector_trusting(endpoint.extra_ca_pem.as_deref())
-}
-
-/// A TLS connector that trusts the system roots plus `extra_ca_pem`.
-pub fn tls_connector_trusting(extra_ca_pem: Option<&str>) -> Result<TlsConnector, ConnectionError> {
-    let blocks = match extra_ca_pem.filter(|pem| !pem.trim().is_empty()) {
-        Some(pem) => pem_blocks(pem)?,
-        None => Vec::new(),
-    };
-    let mut builder = TlsConnector::builder();
-    for block in blocks {
-        let certificate =
-            Certificate::from_pem(block.as_bytes()).map_err(|error| ConnectionError::Tls(error.to_string()))?;
-        builder.add_root_certificate(certificate);
-    }
-    builder.build().map_err(|error| ConnectionError::Tls(error.to_string()))
-}
-
 /// Performs the TLS handshake over an open TCP stream, verifying the host name.
 pub fn start_tls(endpoint: &Endpoint, tcp: TcpStream) -> Result<TlsStream<ReadAhead>, ConnectionError> {
-    tls_connector(endpoint)?.connect(&endpoint.host, ReadAhead::new(tcp)).map_err(|error| match error {
-        native_tls::HandshakeError::Failure(error) => ConnectionError::Tls(error.to_string()),
-        native_tls::HandshakeError::WouldBlock(_) => {
-            ConnectionError::Timeout { during: "the TLS handshake".to_owned() }
-        }
-    })
+    crate::tls_connectors::trusting(endpoint.extra_ca_pem.as_deref())?
+        .connect(&endpoint.host, ReadAhead::new(tcp))
+        .map_err(|error| match error {
+            native_tls::HandshakeError::Failure(error) => ConnectionError::Tls(error.to_string()),
+            native_tls::HandshakeError::WouldBlock(_) => {
+                ConnectionError::Timeout { during: "the TLS handshake".to_owned() }
+            }
+        })
 }
 
 /// Bytes a TLS connection reads from its socket at a time, at most.
@@ -410,7 +392,10 @@ mod tests {
     fn a_bad_extra_ca_is_a_tls_error() {
         let mut bad = endpoint("localhost", 1);
         bad.extra_ca_pem = Some("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_owned());
-        assert_eq!(tls_connector(&bad).err().map(|error| error.kind()), Some(FailureKind::Tls));
+        assert_eq!(
+            crate::tls_connectors::trusting(bad.extra_ca_pem.as_deref()).err().map(|error| error.kind()),
+            Some(FailureKind::Tls)
+        );
     }
 
     #[test]

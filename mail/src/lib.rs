@@ -23,4 +23,5 @@ mod scripted_server;
 pub mod secret;
 pub mod smtp_client;
 pub mod template;
+pub mod tls_connectors;
 pub mod token;

@@ -4,7 +4,7 @@
 //! a given list, never both), every step bounded by the account's timeout,
 //! no redirects (a token request is never re-sent elsewhere).
 
-use crate::connection::tls_connector_trusting;
+use crate::tls_connectors;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ pub struct HttpError(pub String);
 
 impl HttpsClient {
     pub fn new(extra_ca_pem: Option<&str>, timeout: Duration) -> Result<HttpsClient, HttpError> {
-        let connector = tls_connector_trusting(extra_ca_pem).map_err(|error| HttpError(error.to_string()))?;
+        let connector = tls_connectors::trusting(extra_ca_pem).map_err(|error| HttpError(error.to_string()))?;
         let agent = ureq::AgentBuilder::new()
             .tls_connector(Arc::new(connector))
             .timeout_connect(timeout)
