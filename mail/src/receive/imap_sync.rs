@@ -5,7 +5,7 @@
 //! store recognises messages it already has); the first sync takes only the
 //! newest `initial_sync_count`.
 
-use super::batch::split_by_size;
+use super::batch::{split_by_size, FIRST_BATCH_MESSAGES};
 use super::{fetched_message, uid_set, Batch, BatchStore, FolderOutcome, Limits, SyncError};
 use crate::connection::{Endpoint, Login};
 use crate::imap_client::{self, classify, ImapSession};
@@ -120,7 +120,7 @@ fn sync_folder(
     let mut submitted: Option<u32> = None;
     let limits = &options.limits;
     // Sizes and flags first, a chunk at a time, so nothing too large is fetched.
-    for chunk in uids.chunks(limits.batch_messages.max(1) * 10) {
+    for (chunk_index, chunk) in uids.chunks(limits.batch_messages.max(1) * 10).enumerate() {
         let listing = session
             .uid_fetch(uid_set(chunk), "(UID RFC822.SIZE FLAGS)")
             .map_err(|error| imap_failure(error, &during("listing sizes in")))?;
@@ -141,7 +141,8 @@ fn sync_folder(
                 size
             }
         };
-        for group in split_by_size(&present, fetched_size, limits) {
+        let first_at_most = if chunk_index == 0 { FIRST_BATCH_MESSAGES } else { usize::MAX };
+        for group in split_by_size(&present, fetched_size, limits, first_at_most) {
             // Fetched and parsed while the batch before is being committed.
             let fetched = fetch_group(session, &group, &sizes, limits);
             if let Some(cursor) = submitted.take() {
