@@ -230,6 +230,8 @@ pub extern "C-unwind" fn email_accounts_worker_main(argument: pg_sys::Datum) {
         Role::Receiver => Box::new(super::receiver::Receiver::new(id)),
         Role::Launcher => return,
     };
+    // A worker's connections share TLS connectors (a backend's test_account() builds its own).
+    email_accounts_mail::tls_connectors::share_in_this_process();
     run(duty.as_mut());
 }
 
