@@ -9,11 +9,62 @@ use crate::connection::{
 use crate::sasl::{self, BearerMechanism, Refusal};
 use imap::extensions::idle::SetReadTimeout;
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader, Write};
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-pub type ImapSession = imap::Session<MailStream>;
+pub type ImapSession = imap::Session<ImapStream>;
+
+/// Bytes read from the server ahead of the reader.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// The connection under an IMAP session, shared by the `imap` crate and the
+/// sync's bulk FETCH (`receive::bulk_fetch`). The crate is given one line
+/// per read, so its own buffer never holds bytes past the last response it
+/// read: between its commands the connection is free for another reader.
+#[derive(Clone)]
+pub struct ImapStream(Arc<Mutex<BufReader<MailStream>>>);
+
+impl ImapStream {
+    fn new(stream: MailStream) -> ImapStream {
+        ImapStream(Arc::new(Mutex::new(BufReader::with_capacity(READ_AHEAD_BYTES, stream))))
+    }
+
+    /// The buffered connection, for a reader that knows IMAP's framing.
+    pub fn lock(&self) -> MutexGuard<'_, BufReader<MailStream>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for ImapStream {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("ImapStream")
+    }
+}
+
+impl Read for ImapStream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let mut connection = self.lock();
+        let available = connection.fill_buf()?;
+        let line = available.iter().position(|&byte| byte == b'\n').map_or(available.len(), |end| end + 1);
+        let count = line.min(buffer.len());
+        buffer[..count].copy_from_slice(&available[..count]);
+        connection.consume(count);
+        Ok(count)
+    }
+}
+
+impl Write for ImapStream {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        self.lock().get_mut().write(buffer)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.lock().get_mut().flush()
+    }
+}
 
 /// What the server said before we logged in.
 #[derive(Debug, Clone, Default)]
@@ -24,7 +75,7 @@ pub struct ImapHello {
     pub mechanism: &'static str,
 }
 
-impl SetReadTimeout for MailStream {
+impl SetReadTimeout for ImapStream {
     /// The `imap` crate asks for no read timeout at all once an IDLE wait
     /// ends: the next IDLE's `+`, its DONE and the logout would then wait
     /// without bound on a connection a NAT dropped silently (about 15
@@ -32,8 +83,9 @@ impl SetReadTimeout for MailStream {
     /// timeout means the connection's own bound instead, which its write
     /// timeout still holds (`connect_tcp` set both; the crate changes reads only).
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> imap::Result<()> {
-        let tcp = match self {
-            MailStream::Plain(stream) => &*stream,
+        let connection = self.lock();
+        let tcp = match connection.get_ref() {
+            MailStream::Plain(stream) => stream,
             MailStream::Tls(stream) => stream.get_ref().tcp(),
         };
         let timeout = match timeout {
@@ -46,23 +98,29 @@ impl SetReadTimeout for MailStream {
 
 /// Connects, secures and logs in.
 pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<(ImapSession, ImapHello), ConnectionError> {
+    connect_sharing(endpoint, login).map(|(session, hello, _)| (session, hello))
+}
+
+/// The same, with the session's connection for a reader of our own.
+pub fn connect_sharing(
+    endpoint: &Endpoint,
+    login: &Login,
+) -> Result<(ImapSession, ImapHello, ImapStream), ConnectionError> {
     let tcp = connect_tcp(endpoint)?;
-    let (mut client, greeting) = match endpoint.security {
-        Security::Ssl => {
-            let mut client = imap::Client::new(MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)));
-            let greeting = client.read_greeting().map_err(|error| classify(error, "reading the greeting"))?;
-            (client, greeting)
-        }
+    let (stream, greeting) = match endpoint.security {
+        Security::Ssl => (MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)), None),
         Security::Starttls => {
             let greeting = request_starttls(&tcp)?;
             // No second greeting after STARTTLS.
-            (imap::Client::new(MailStream::Tls(Box::new(start_tls(endpoint, tcp)?))), greeting)
+            (MailStream::Tls(Box::new(start_tls(endpoint, tcp)?)), Some(greeting))
         }
-        Security::None => {
-            let mut client = imap::Client::new(MailStream::Plain(tcp));
-            let greeting = client.read_greeting().map_err(|error| classify(error, "reading the greeting"))?;
-            (client, greeting)
-        }
+        Security::None => (MailStream::Plain(tcp), None),
+    };
+    let shared = ImapStream::new(stream);
+    let mut client = imap::Client::new(shared.clone());
+    let greeting = match greeting {
+        Some(greeting) => greeting,
+        None => client.read_greeting().map_err(|error| classify(error, "reading the greeting"))?,
     };
     let capabilities: Vec<String> = client
         .capabilities()
@@ -101,7 +159,7 @@ pub fn connect(endpoint: &Endpoint, login: &Login) -> Result<(ImapSession, ImapH
         }
     };
     let greeting = String::from_utf8_lossy(&greeting).trim_end().to_owned();
-    Ok((session, ImapHello { greeting, capabilities, mechanism }))
+    Ok((session, ImapHello { greeting, capabilities, mechanism }, shared))
 }
 
 /// AUTHENTICATE with an access token: the client response to the first
@@ -205,14 +263,16 @@ mod tests {
         // As connect_tcp leaves every connection.
         tcp.set_read_timeout(own).unwrap();
         tcp.set_write_timeout(own).unwrap();
-        let mut stream = MailStream::Plain(tcp);
+        let mut stream = ImapStream::new(MailStream::Plain(tcp));
+        let read_timeout = |stream: &ImapStream| match stream.lock().get_ref() {
+            MailStream::Plain(tcp) => tcp.read_timeout().unwrap(),
+            MailStream::Tls(_) => unreachable!(),
+        };
         // An IDLE wait's own timeout is kept as asked...
         SetReadTimeout::set_read_timeout(&mut stream, Some(Duration::from_secs(600))).unwrap();
-        let MailStream::Plain(tcp) = &stream else { unreachable!() };
-        assert_eq!(tcp.read_timeout().unwrap(), Some(Duration::from_secs(600)));
+        assert_eq!(read_timeout(&stream), Some(Duration::from_secs(600)));
         // ... and "none" after it is the connection's bound, never an endless wait.
         SetReadTimeout::set_read_timeout(&mut stream, None).unwrap();
-        let MailStream::Plain(tcp) = &stream else { unreachable!() };
-        assert_eq!(tcp.read_timeout().unwrap(), own);
+        assert_eq!(read_timeout(&stream), own);
     }
 }

@@ -6,9 +6,10 @@
 //! newest `initial_sync_count`.
 
 use super::batch::{split_by_size, FIRST_BATCH_MESSAGES};
+use super::bulk_fetch::{self, BulkFetchError};
 use super::{fetched_message, uid_set, Batch, BatchStore, FolderOutcome, Limits, SyncError};
-use crate::connection::{Endpoint, Login};
-use crate::imap_client::{self, classify, ImapSession};
+use crate::connection::{ConnectionError, Endpoint, Login};
+use crate::imap_client::{self, classify, ImapSession, ImapStream};
 use imap::types::Flag;
 use std::collections::HashMap;
 
@@ -49,8 +50,8 @@ pub fn sync(
     options: &ImapOptions,
     store: &mut dyn BatchStore,
 ) -> Vec<FolderOutcome> {
-    let mut session = match imap_client::connect(endpoint, login) {
-        Ok((session, _)) => session,
+    let (mut session, stream) = match imap_client::connect_sharing(endpoint, login) {
+        Ok((session, _, stream)) => (session, stream),
         Err(error) => {
             let error = SyncError::Connection(error);
             return folders.iter().map(|state| FolderOutcome::failed(&state.folder, error.clone())).collect();
@@ -63,7 +64,7 @@ pub fn sync(
             outcome.error = Some(error.clone());
             continue;
         }
-        if let Err(failure) = sync_folder(&mut session, state, options, store, outcome) {
+        if let Err(failure) = sync_folder(&mut session, &stream, state, options, store, outcome) {
             if failure.session_lost {
                 lost = Some(failure.error.clone());
             }
@@ -78,6 +79,7 @@ pub fn sync(
 
 fn sync_folder(
     session: &mut ImapSession,
+    stream: &ImapStream,
     state: &FolderState,
     options: &ImapOptions,
     store: &mut dyn BatchStore,
@@ -144,12 +146,12 @@ fn sync_folder(
         let first_at_most = if chunk_index == 0 { FIRST_BATCH_MESSAGES } else { usize::MAX };
         for group in split_by_size(&present, fetched_size, limits, first_at_most) {
             // Fetched and parsed while the batch before is being committed.
-            let fetched = fetch_group(session, &group, &sizes, limits);
+            let fetched = fetch_group(stream, &group, &sizes, limits);
             if let Some(cursor) = submitted.take() {
                 settle(store, outcome)?;
                 committed_cursor = Some(cursor);
             }
-            let messages = fetched.map_err(|error| imap_failure(error, &during("fetching from")))?;
+            let messages = fetched.map_err(|error| bulk_fetch_failure(error, &during("fetching from")))?;
             let group_cursor = *group.last().expect("groups are never empty");
             let batch = Batch {
                 folder: state.folder.clone(),
@@ -184,13 +186,16 @@ fn sync_folder(
 
 /// Fetches one group: whole messages with BODY.PEEK[], oversized ones headers only.
 fn fetch_group(
-    session: &mut ImapSession,
+    stream: &ImapStream,
     group: &[u32],
     sizes: &HashMap<u32, (u64, bool)>,
     limits: &Limits,
-) -> Result<Vec<super::FetchedMessage>, imap::Error> {
+) -> Result<Vec<super::FetchedMessage>, BulkFetchError> {
     let (whole, oversized): (Vec<u32>, Vec<u32>) =
         group.iter().copied().partition(|uid| sizes[uid].0 <= limits.max_message_size);
+    // What a server may send for one message: what it listed, with room for a
+    // header section or a size that changed; never whatever it announces.
+    let max_literal = limits.max_message_size.saturating_mul(2).saturating_add(1 << 20);
     let mut messages = Vec::with_capacity(group.len());
     for (uids, item, headers_only) in
         [(whole, "(UID BODY.PEEK[])", false), (oversized, "(UID BODY.PEEK[HEADER])", true)]
@@ -198,20 +203,25 @@ fn fetch_group(
         if uids.is_empty() {
             continue;
         }
-        let fetches = session.uid_fetch(uid_set(&uids), item)?;
-        for fetch in fetches.iter() {
-            let Some(uid) = fetch.uid else { continue };
-            let Some(&(server_size, seen)) = sizes.get(&uid) else { continue };
-            let bytes = if headers_only { fetch.header() } else { fetch.body() };
-            let Some(bytes) = bytes else { continue };
-            let mut message = fetched_message(bytes.to_vec(), server_size, headers_only, limits);
-            message.uid = Some(uid);
+        for fetched in bulk_fetch::uid_fetch(stream, &uid_set(&uids), item, max_literal)? {
+            let Some(&(server_size, seen)) = sizes.get(&fetched.uid) else { continue };
+            let mut message = fetched_message(fetched.bytes, server_size, headers_only, limits);
+            message.uid = Some(fetched.uid);
             message.seen = seen;
             messages.push(message);
         }
     }
     messages.sort_by_key(|message| message.uid);
     Ok(messages)
+}
+
+fn bulk_fetch_failure(error: BulkFetchError, during: &str) -> FolderFailure {
+    let session_lost = error.session_lost();
+    let error = match error {
+        BulkFetchError::Io(error) => ConnectionError::from_io(&error, during),
+        other => ConnectionError::Protocol(format!("{other} ({during})")),
+    };
+    FolderFailure { error: SyncError::Connection(error), session_lost }
 }
 
 /// Hands a batch to the store and waits; a message it could not keep stops

@@ -6,6 +6,7 @@
 
 pub mod auto_reply;
 mod batch;
+mod bulk_fetch;
 pub mod delivery_report;
 pub mod idle;
 pub mod imap_sync;
