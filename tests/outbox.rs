@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::{table_scans, wait_until, worker_timeouts, MailServers, Postgres};
+use harness::{table_scans, wait_until, worker_timeouts, MailServers, Postgres, OUT_FOR_DELIVERY};
 use mail_parser::MimeHeaders;
 use std::time::Duration;
 
@@ -598,7 +598,12 @@ fn a_sender_killed_mid_batch_is_replaced_by_one_that_sends_its_row_without_waiti
     move_smtp(&mut setup.client, silent_port, &alice);
     let id: i64 =
         setup.client.query_one("SELECT email_accounts.send(\"to\" => '{bob@example.test}')", &[]).unwrap().get(0);
-    wait_until("the row to be claimed", LIMIT, || (status_of(&mut setup.client, id).0 == "sending").then_some(()));
+    // Claimed by its own insert (`sending`) or, when the sender was not idle yet, by the sender's claim.
+    let out_for_delivery = |client: &mut postgres::Client| -> bool {
+        let query = format!("SELECT {OUT_FOR_DELIVERY} FROM email_accounts.outbox WHERE outbox_id = $1");
+        client.query_one(&query, &[&id]).unwrap().get(0)
+    };
+    wait_until("the row to be claimed", LIMIT, || out_for_delivery(&mut setup.client).then_some(()));
     let _held = silent.accept().unwrap();
 
     let sender: i32 = setup
@@ -608,7 +613,7 @@ fn a_sender_killed_mid_batch_is_replaced_by_one_that_sends_its_row_without_waiti
         .get(0);
     // The stuck sender still talks to the silent server; the next one will use the real one.
     move_smtp(&mut setup.client, setup.servers.smtp, &alice);
-    assert_eq!(status_of(&mut setup.client, id).0, "sending");
+    assert!(out_for_delivery(&mut setup.client));
     assert!(std::process::Command::new("kill").args(["-KILL", &sender.to_string()]).status().unwrap().success());
     // Restarted once a new sender shows in the (reinitialised) shared memory.
     let (mut client, _) = setup._cluster.reconnect_until("a new sender after the crash", |client| {

@@ -17,8 +17,10 @@ use std::time::Duration;
 
 pub type ImapSession = imap::Session<ImapStream>;
 
-/// Bytes read from the server ahead of the reader.
-const READ_AHEAD_BYTES: usize = 64 * 1024;
+/// Bytes read ahead of the reader: one TLS record, the most a read from
+/// a TLS stream returns (larger reads of a literal bypass the buffer). Every
+/// IDLE connection holds one.
+const READ_AHEAD_BYTES: usize = 16 * 1024;
 
 /// The connection under an IMAP session, shared by the `imap` crate and the
 /// sync's bulk FETCH (`receive::bulk_fetch`). The crate is given one line

@@ -9,15 +9,30 @@
 use crate::imap_client::ImapStream;
 use imap_proto::types::{AttributeValue, Response};
 use std::io::{self, BufRead, Read, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Our commands' tag; the `imap` crate's are `a1`, `a2`, ...
-const TAG: &[u8] = b"bulk";
+/// Our commands' tags are `bulk1`, `bulk2`, ...; the `imap` crate's `a1`, `a2`, ...
+const TAG_PREFIX: &str = "bulk";
+static TAGS: AtomicU32 = AtomicU32::new(0);
+
+/// A line longer than this (outside a literal) ends the connection: no
+/// answer to our FETCH has one, and a server must not fill our memory.
+const MAX_LINE_BYTES: u64 = 1 << 20;
 
 /// One message as the server sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedBytes {
     pub uid: u32,
     pub bytes: Vec<u8>,
+}
+
+/// What one FETCH brought.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    pub messages: Vec<FetchedBytes>,
+    /// Messages whose bytes were longer than allowed (a size the server
+    /// listed wrong): read and dropped, so the connection stays usable.
+    pub too_large: Vec<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +43,10 @@ pub enum BulkFetchError {
     No(String),
     #[error("BAD {0}")]
     Bad(String),
-    #[error("the server announced {length} bytes for one message, more than the {limit} it may send")]
-    LiteralTooLarge { length: u64, limit: u64 },
+    #[error("BYE {0}")]
+    Bye(String),
+    #[error("a line of more than {MAX_LINE_BYTES} bytes")]
+    LineTooLong,
     #[error("unreadable response {0:?}")]
     Unparsable(String),
     #[error("connection closed")]
@@ -45,72 +62,101 @@ impl BulkFetchError {
 
 /// `UID FETCH <uid_set> <items>` where `items` names one body section (and
 /// UID); the bytes of that section by UID. A literal longer than
-/// `max_literal` is refused before it is read.
-pub fn uid_fetch(
-    stream: &ImapStream,
-    uid_set: &str,
-    items: &str,
-    max_literal: u64,
-) -> Result<Vec<FetchedBytes>, BulkFetchError> {
+/// `max_literal` is read and dropped, its message listed as too large.
+pub fn uid_fetch(stream: &ImapStream, uid_set: &str, items: &str, max_literal: u64) -> Result<Fetched, BulkFetchError> {
+    let tag = format!("{TAG_PREFIX}{}", TAGS.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
     let mut connection = stream.lock();
-    let command = [TAG, b" UID FETCH ", uid_set.as_bytes(), b" ", items.as_bytes(), b"\r\n"].concat();
-    connection.get_mut().write_all(&command)?;
+    let command = format!("{tag} UID FETCH {uid_set} {items}\r\n");
+    connection.get_mut().write_all(command.as_bytes())?;
     connection.get_mut().flush()?;
-    read_fetched(&mut *connection, max_literal)
+    read_fetched(&mut *connection, &tag, max_literal)
 }
 
-fn read_fetched(connection: &mut impl BufRead, max_literal: u64) -> Result<Vec<FetchedBytes>, BulkFetchError> {
-    let mut fetched = Vec::new();
+fn read_fetched(connection: &mut impl BufRead, tag: &str, max_literal: u64) -> Result<Fetched, BulkFetchError> {
+    let mut fetched = Fetched::default();
     let mut response = Vec::new();
     loop {
         response.clear();
-        read_response(connection, &mut response, max_literal)?;
-        if let Some(status) = response.strip_prefix(TAG).and_then(|rest| rest.strip_prefix(b" ")) {
+        let too_large = read_response(connection, &mut response, max_literal)?;
+        if let Some(status) = response.strip_prefix(tag.as_bytes()).and_then(|rest| rest.strip_prefix(b" ")) {
             let status = String::from_utf8_lossy(status);
             let (word, text) = status.trim_end().split_once(' ').unwrap_or((status.trim_end(), ""));
             return match word.to_ascii_uppercase().as_str() {
                 "OK" => Ok(fetched),
                 "NO" => Err(BulkFetchError::No(text.to_owned())),
-                _ => Err(BulkFetchError::Bad(text.to_owned())),
+                "BAD" => Err(BulkFetchError::Bad(text.to_owned())),
+                _ => Err(BulkFetchError::Unparsable(status.trim_end().to_owned())),
             };
         }
+        let unparsable = || {
+            let start = String::from_utf8_lossy(&response[..response.len().min(120)]).into_owned();
+            BulkFetchError::Unparsable(start)
+        };
         match imap_proto::parser::parse_response(&response) {
+            Ok((rest, _)) if !rest.is_empty() => return Err(unparsable()),
             Ok((_, Response::Fetch(_, attributes))) => {
                 let mut uid = None;
                 let mut bytes = None;
                 for attribute in attributes {
                     match attribute {
                         AttributeValue::Uid(value) => uid = Some(value),
-                        AttributeValue::BodySection { data: Some(data), .. } => bytes = Some(data.into_owned()),
+                        // RFC822 and RFC822.HEADER are the older names of the same sections.
+                        AttributeValue::BodySection { data: Some(data), .. }
+                        | AttributeValue::Rfc822(Some(data))
+                        | AttributeValue::Rfc822Header(Some(data)) => bytes = Some(data.into_owned()),
                         _ => {}
                     }
                 }
                 // A FETCH of flags alone is another client's change: nothing to keep.
-                if let (Some(uid), Some(bytes)) = (uid, bytes) {
-                    fetched.push(FetchedBytes { uid, bytes });
+                match (uid, bytes) {
+                    (Some(uid), Some(_)) if too_large => fetched.too_large.push(uid),
+                    (Some(uid), Some(bytes)) => fetched.messages.push(FetchedBytes { uid, bytes }),
+                    _ => {}
                 }
             }
+            Ok((_, Response::Data { status: imap_proto::types::Status::Bye, information, .. })) => {
+                return Err(BulkFetchError::Bye(information.unwrap_or_default().into_owned()));
+            }
+            // Another command's answer: the connection is out of step.
+            Ok((_, Response::Done { .. })) => return Err(unparsable()),
             // EXISTS, EXPUNGE and the like: nothing the sync needs.
             Ok(_) => {}
-            Err(_) => {
-                let start = String::from_utf8_lossy(&response[..response.len().min(120)]).into_owned();
-                return Err(BulkFetchError::Unparsable(start));
-            }
+            Err(_) => return Err(unparsable()),
         }
     }
 }
 
-/// One whole response: its lines, each literal read in one piece.
-fn read_response(connection: &mut impl BufRead, into: &mut Vec<u8>, max_literal: u64) -> Result<(), BulkFetchError> {
+/// One whole response: its lines, each literal read in one piece. True
+/// when a literal was longer than `max_literal`: its bytes were dropped
+/// and the response holds an empty one instead.
+fn read_response(connection: &mut impl BufRead, into: &mut Vec<u8>, max_literal: u64) -> Result<bool, BulkFetchError> {
+    let mut too_large = false;
     loop {
         let start = into.len();
-        if connection.read_until(b'\n', into)? == 0 {
+        let read = connection.by_ref().take(MAX_LINE_BYTES).read_until(b'\n', into)?;
+        if read == 0 {
             return Err(BulkFetchError::Closed);
         }
-        let Some(length) = literal_length(&into[start..]) else { return Ok(()) };
-        if length > max_literal {
-            return Err(BulkFetchError::LiteralTooLarge { length, limit: max_literal });
+        if into.last() != Some(&b'\n') {
+            return Err(if read as u64 == MAX_LINE_BYTES {
+                BulkFetchError::LineTooLong
+            } else {
+                BulkFetchError::Closed
+            });
         }
+        let Some((length, marker)) = literal_length(&into[start..]) else { return Ok(too_large) };
+        // A complete response that happens to end in "{n}" (an alert's text) announces nothing.
+        if imap_proto::parser::parse_response(into).is_ok() {
+            return Ok(too_large);
+        }
+        if length > max_literal {
+            io::copy(&mut connection.take(length), &mut io::sink())?;
+            into.truncate(start + marker);
+            into.extend_from_slice(b"{0}\r\n");
+            too_large = true;
+            continue;
+        }
+        into.reserve(length as usize);
         if connection.take(length).read_to_end(into)? as u64 != length {
             return Err(BulkFetchError::Closed);
         }
@@ -118,63 +164,82 @@ fn read_response(connection: &mut impl BufRead, into: &mut Vec<u8>, max_literal:
 }
 
 /// `{n}` at the end of a line announces a literal of n bytes (a quoted
-/// string cannot end a line, so this is never inside one).
-fn literal_length(line: &[u8]) -> Option<u64> {
+/// string cannot end a line, so this is never inside one); with where the
+/// `{` is in the line.
+fn literal_length(line: &[u8]) -> Option<(u64, usize)> {
     let line = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))?;
     let inside = line.strip_suffix(b"}")?;
-    let digits = &inside[inside.iter().rposition(|&byte| byte == b'{')? + 1..];
+    let open = inside.iter().rposition(|&byte| byte == b'{')?;
+    let digits = &inside[open + 1..];
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    Some((std::str::from_utf8(digits).ok()?.parse().ok()?, open))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn read(wire: &[u8], max_literal: u64) -> Result<Vec<FetchedBytes>, BulkFetchError> {
-        read_fetched(&mut &wire[..], max_literal)
+    fn read(wire: &[u8], max_literal: u64) -> Result<Fetched, BulkFetchError> {
+        read_fetched(&mut &wire[..], "bulk7", max_literal)
+    }
+
+    fn message(uid: u32, bytes: &[u8]) -> FetchedBytes {
+        FetchedBytes { uid, bytes: bytes.to_vec() }
     }
 
     #[test]
     fn literals_are_read_whole_whatever_lines_they_hold() {
-        let wire = b"* 1 FETCH (UID 7 BODY[] {23}\r\nSubject: a\r\n\r\nbulk OK\r\n)\r\n\
-* 2 FETCH (FLAGS (\\Seen))\r\n* 3 EXISTS\r\n\
-* 2 FETCH (BODY[] {5}\r\nhello UID 9)\r\nbulk OK done\r\n";
+        let wire = b"* 1 FETCH (UID 7 BODY[] {24}\r\nSubject: a\r\n\r\nbulk7 OK\r\n)\r\n\
+* 2 FETCH (FLAGS (\\Seen))\r\n* 3 EXISTS\r\n* OK [ALERT] quota {3}\r\n\
+* 2 FETCH (BODY[] {5}\r\nhello UID 9)\r\n* 3 FETCH (UID 10 RFC822 {2}\r\nhi)\r\nbulk7 OK done\r\n";
         let fetched = read(wire, 100).unwrap();
         assert_eq!(
-            fetched,
-            vec![
-                FetchedBytes { uid: 7, bytes: b"Subject: a\r\n\r\nbulk OK\r\n".to_vec() },
-                FetchedBytes { uid: 9, bytes: b"hello".to_vec() },
-            ],
-            "a tagged line inside a literal is message text, and UID may come after the body"
+            fetched.messages,
+            vec![message(7, b"Subject: a\r\n\r\nbulk7 OK\r\n"), message(9, b"hello"), message(10, b"hi")],
+            "a tagged line inside a literal is message text, UID may come after the body, RFC822 is a body too"
         );
+        assert!(fetched.too_large.is_empty());
+    }
+
+    #[test]
+    fn a_literal_longer_than_allowed_is_dropped_and_the_response_read_on() {
+        let wire = b"* 1 FETCH (UID 7 BODY[] {12}\r\n0123456789\r\n)\r\n\
+* 2 FETCH (UID 8 BODY[] {2}\r\nok)\r\nbulk7 OK\r\n";
+        let fetched = read(wire, 10).unwrap();
+        assert_eq!(fetched, Fetched { messages: vec![message(8, b"ok")], too_large: vec![7] });
     }
 
     #[test]
     fn refusals_and_broken_connections_are_told_apart() {
-        let no = read(b"bulk NO [SERVERBUG] try later\r\n", 100).unwrap_err();
+        let no = read(b"bulk7 NO [SERVERBUG] try later\r\n", 100).unwrap_err();
         assert!(matches!(&no, BulkFetchError::No(text) if text == "[SERVERBUG] try later") && !no.session_lost());
-        assert!(!read(b"bulk BAD what\r\n", 100).unwrap_err().session_lost());
+        assert!(!read(b"bulk7 BAD what\r\n", 100).unwrap_err().session_lost());
+        assert!(read(b"bulk7 BYE going\r\n", 100).unwrap_err().session_lost());
+        let bye = read(b"* BYE shutting down\r\n", 100).unwrap_err();
+        assert!(matches!(bye, BulkFetchError::Bye(_)) && bye.session_lost());
         let cut = read(b"* 1 FETCH (UID 7 BODY[] {24}\r\nSubject", 100).unwrap_err();
         assert!(matches!(cut, BulkFetchError::Closed) && cut.session_lost());
         assert!(matches!(read(b"", 100).unwrap_err(), BulkFetchError::Closed));
-        let garbage = read(b"* 1 FETCH (UID\r\nbulk OK\r\n", 100).unwrap_err();
+        assert!(matches!(read(b"* 1 FETCH (UID 7", 100).unwrap_err(), BulkFetchError::Closed));
+        let garbage = read(b"* 1 FETCH (UID\r\nbulk7 OK\r\n", 100).unwrap_err();
         assert!(matches!(garbage, BulkFetchError::Unparsable(_)) && garbage.session_lost());
+        let stale = read(b"bulk6 OK\r\nbulk7 OK\r\n", 100).unwrap_err();
+        assert!(matches!(stale, BulkFetchError::Unparsable(_)), "another command's answer is not ours");
     }
 
     #[test]
-    fn a_literal_longer_than_allowed_is_refused_before_it_is_read() {
-        let error = read(b"* 1 FETCH (UID 7 BODY[] {99999999999}\r\n", 1000).unwrap_err();
-        assert!(matches!(error, BulkFetchError::LiteralTooLarge { length: 99999999999, limit: 1000 }));
+    fn a_line_without_end_is_not_read_forever() {
+        let mut wire = b"* 1 FETCH (UID 7 FLAGS (".to_vec();
+        wire.resize(MAX_LINE_BYTES as usize + 10, b'x');
+        assert!(matches!(read(&wire, 100).unwrap_err(), BulkFetchError::LineTooLong));
     }
 
     #[test]
     fn only_braces_with_digits_ending_a_line_announce_a_literal() {
-        assert_eq!(literal_length(b"* 1 FETCH (BODY[] {12}\r\n"), Some(12));
-        assert_eq!(literal_length(b"{0}\n"), Some(0));
+        assert_eq!(literal_length(b"* 1 FETCH (BODY[] {12}\r\n"), Some((12, 18)));
+        assert_eq!(literal_length(b"{0}\n"), Some((0, 0)));
         assert_eq!(literal_length(b"* OK {12} later\r\n"), None);
         assert_eq!(literal_length(b"* OK {}\r\n"), None);
         assert_eq!(literal_length(b"* OK {1a}\r\n"), None);

@@ -148,7 +148,11 @@ fn sync_folder(
             // Fetched and parsed while the batch before is being committed.
             let fetched = fetch_group(stream, &group, &sizes, limits);
             if let Some(cursor) = submitted.take() {
-                settle(store, outcome)?;
+                if let Err(mut failure) = settle(store, outcome) {
+                    // A fetch cut off mid-response leaves the connection unusable either way.
+                    failure.session_lost |= fetched.as_ref().is_err_and(BulkFetchError::session_lost);
+                    return Err(failure);
+                }
                 committed_cursor = Some(cursor);
             }
             let messages = fetched.map_err(|error| bulk_fetch_failure(error, &during("fetching from")))?;
@@ -191,25 +195,31 @@ fn fetch_group(
     sizes: &HashMap<u32, (u64, bool)>,
     limits: &Limits,
 ) -> Result<Vec<super::FetchedMessage>, BulkFetchError> {
-    let (whole, oversized): (Vec<u32>, Vec<u32>) =
+    let (whole, mut oversized): (Vec<u32>, Vec<u32>) =
         group.iter().copied().partition(|uid| sizes[uid].0 <= limits.max_message_size);
     // What a server may send for one message: what it listed, with room for a
-    // header section or a size that changed; never whatever it announces.
+    // size listed a little wrong; never whatever it announces.
     let max_literal = limits.max_message_size.saturating_mul(2).saturating_add(1 << 20);
     let mut messages = Vec::with_capacity(group.len());
-    for (uids, item, headers_only) in
-        [(whole, "(UID BODY.PEEK[])", false), (oversized, "(UID BODY.PEEK[HEADER])", true)]
-    {
-        if uids.is_empty() {
-            continue;
-        }
-        for fetched in bulk_fetch::uid_fetch(stream, &uid_set(&uids), item, max_literal)? {
+    let mut keep = |fetched: Vec<bulk_fetch::FetchedBytes>, headers_only: bool| {
+        for fetched in fetched {
             let Some(&(server_size, seen)) = sizes.get(&fetched.uid) else { continue };
             let mut message = fetched_message(fetched.bytes, server_size, headers_only, limits);
             message.uid = Some(fetched.uid);
             message.seen = seen;
             messages.push(message);
         }
+    };
+    if !whole.is_empty() {
+        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&whole), "(UID BODY.PEEK[])", max_literal)?;
+        keep(fetched.messages, false);
+        // Far longer than listed: kept as an oversized message is, headers only.
+        oversized.extend(fetched.too_large);
+    }
+    if !oversized.is_empty() {
+        // A header section longer than that is not kept (the cursor passes it).
+        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&oversized), "(UID BODY.PEEK[HEADER])", max_literal)?;
+        keep(fetched.messages, true);
     }
     messages.sort_by_key(|message| message.uid);
     Ok(messages)
