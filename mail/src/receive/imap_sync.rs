@@ -123,9 +123,16 @@ fn sync_folder(
     let limits = &options.limits;
     // Sizes and flags first, a chunk at a time, so nothing too large is fetched.
     for (chunk_index, chunk) in uids.chunks(limits.batch_messages.max(1) * 10).enumerate() {
-        let listing = session
-            .uid_fetch(uid_set(chunk), "(UID RFC822.SIZE FLAGS)")
-            .map_err(|error| imap_failure(error, &during("listing sizes in")))?;
+        let listing = match session.uid_fetch(uid_set(chunk), "(UID RFC822.SIZE FLAGS)") {
+            Ok(listing) => listing,
+            Err(error) => {
+                // The batch before is committed or refused: its receipt still counts.
+                if submitted.take().is_some() {
+                    settle(store, outcome)?;
+                }
+                return Err(imap_failure(error, &during("listing sizes in")));
+            }
+        };
         let mut sizes: HashMap<u32, (u64, bool)> = HashMap::new();
         for fetch in listing.iter() {
             if let Some(uid) = fetch.uid {
@@ -217,9 +224,11 @@ fn fetch_group(
         oversized.extend(fetched.too_large);
     }
     if !oversized.is_empty() {
-        // A header section longer than that is not kept (the cursor passes it).
         let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&oversized), "(UID BODY.PEEK[HEADER])", max_literal)?;
         keep(fetched.messages, true);
+        // A header section longer than that too: kept empty, headers only, so it shows.
+        let empty = fetched.too_large.into_iter().map(|uid| bulk_fetch::FetchedBytes { uid, bytes: Vec::new() });
+        keep(empty.collect(), true);
     }
     messages.sort_by_key(|message| message.uid);
     Ok(messages)
