@@ -96,7 +96,8 @@ pub trait BatchStore {
 pub const FIRST_BATCH_MESSAGES: usize = 20;
 
 /// Splits `items` (in order) into runs of at most `limits.batch_messages`
-/// items (the first at most `first_at_most`) and about `limits.batch_bytes` bytes.
+/// items (the first at most `first_at_most`; `usize::MAX`: no shorter first
+/// run) and about `limits.batch_bytes` bytes.
 pub(crate) fn split_by_size<T: Copy>(
     items: &[T],
     size_of: impl Fn(T) -> u64,

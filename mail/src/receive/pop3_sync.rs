@@ -145,7 +145,7 @@ fn sync_mailbox(
     let fetched_size = |index: usize| size_of(new[index].0).min(limits.max_message_size);
     let indexes: Vec<usize> = (0..new.len()).collect();
     // POP3 stores each batch before it fetches the next: a shorter first one gains nothing.
-    let groups = split_by_size(&indexes, fetched_size, limits, limits.batch_messages);
+    let groups = split_by_size(&indexes, fetched_size, limits, usize::MAX);
     let mut skipped = Some(skipped);
     for group in &groups {
         let mut messages: Vec<FetchedMessage> = Vec::with_capacity(group.len());
