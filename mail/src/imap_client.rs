@@ -30,7 +30,7 @@ const READ_AHEAD_BYTES: usize = 16 * 1024;
 pub struct ImapStream(Arc<Mutex<BufReader<MailStream>>>);
 
 impl ImapStream {
-    fn new(stream: MailStream) -> ImapStream {
+    pub(crate) fn new(stream: MailStream) -> ImapStream {
         ImapStream(Arc::new(Mutex::new(BufReader::with_capacity(READ_AHEAD_BYTES, stream))))
     }
 

@@ -32,7 +32,14 @@ pub struct Fetched {
     pub messages: Vec<FetchedBytes>,
     /// Messages whose bytes were longer than allowed (a size the server
     /// listed wrong): read and dropped, so the connection stays usable.
-    pub too_large: Vec<u32>,
+    pub too_large: Vec<Dropped>,
+}
+
+/// A message whose bytes were read and dropped: how many there were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub uid: u32,
+    pub length: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +95,14 @@ fn read_fetched(connection: &mut impl BufRead, tag: &str, max_literal: u64) -> R
                 _ => Err(BulkFetchError::Unparsable(status.trim_end().to_owned())),
             };
         }
+        // Alerts and notices: nothing the sync needs, whatever their text
+        // (`imap_proto` parses only ASCII there); BYE ends the connection.
+        if let Some((word, text)) = untagged_status(&response) {
+            if word.eq_ignore_ascii_case(b"BYE") {
+                return Err(BulkFetchError::Bye(String::from_utf8_lossy(text).trim_end().to_owned()));
+            }
+            continue;
+        }
         let unparsable = || {
             let start = String::from_utf8_lossy(&response[..response.len().min(120)]).into_owned();
             BulkFetchError::Unparsable(start)
@@ -108,14 +123,11 @@ fn read_fetched(connection: &mut impl BufRead, tag: &str, max_literal: u64) -> R
                     }
                 }
                 // A FETCH of flags alone is another client's change: nothing to keep.
-                match (uid, bytes) {
-                    (Some(uid), Some(_)) if too_large => fetched.too_large.push(uid),
-                    (Some(uid), Some(bytes)) => fetched.messages.push(FetchedBytes { uid, bytes }),
+                match (uid, bytes, too_large) {
+                    (Some(uid), Some(_), Some(length)) => fetched.too_large.push(Dropped { uid, length }),
+                    (Some(uid), Some(bytes), None) => fetched.messages.push(FetchedBytes { uid, bytes }),
                     _ => {}
                 }
-            }
-            Ok((_, Response::Data { status: imap_proto::types::Status::Bye, information, .. })) => {
-                return Err(BulkFetchError::Bye(information.unwrap_or_default().into_owned()));
             }
             // Another command's answer: the connection is out of step.
             Ok((_, Response::Done { .. })) => return Err(unparsable()),
@@ -126,11 +138,15 @@ fn read_fetched(connection: &mut impl BufRead, tag: &str, max_literal: u64) -> R
     }
 }
 
-/// One whole response: its lines, each literal read in one piece. True
-/// when a literal was longer than `max_literal`: its bytes were dropped
-/// and the response holds an empty one instead.
-fn read_response(connection: &mut impl BufRead, into: &mut Vec<u8>, max_literal: u64) -> Result<bool, BulkFetchError> {
-    let mut too_large = false;
+/// One whole response: its lines, each literal read in one piece. The
+/// length of a literal longer than `max_literal`, if there was one: its
+/// bytes were dropped and the response holds an empty one instead.
+fn read_response(
+    connection: &mut impl BufRead,
+    into: &mut Vec<u8>,
+    max_literal: u64,
+) -> Result<Option<u64>, BulkFetchError> {
+    let mut too_large = None;
     loop {
         let start = into.len();
         let read = connection.by_ref().take(MAX_LINE_BYTES).read_until(b'\n', into)?;
@@ -145,15 +161,15 @@ fn read_response(connection: &mut impl BufRead, into: &mut Vec<u8>, max_literal:
             });
         }
         let Some((length, marker)) = literal_length(&into[start..]) else { return Ok(too_large) };
-        // A complete response that happens to end in "{n}" (an alert's text) announces nothing.
-        if imap_proto::parser::parse_response(into).is_ok() {
+        // A status line's text that happens to end in "{n}" (an alert's) announces nothing.
+        if start == 0 && is_status_line(into) {
             return Ok(too_large);
         }
         if length > max_literal {
             io::copy(&mut connection.take(length), &mut io::sink())?;
             into.truncate(start + marker);
             into.extend_from_slice(b"{0}\r\n");
-            too_large = true;
+            too_large = Some(too_large.unwrap_or(0).max(length));
             continue;
         }
         into.reserve(length as usize);
@@ -161,6 +177,26 @@ fn read_response(connection: &mut impl BufRead, into: &mut Vec<u8>, max_literal:
             return Err(BulkFetchError::Closed);
         }
     }
+}
+
+/// A tagged status, an untagged OK, NO, BAD, BYE or PREAUTH, or a
+/// continuation request: lines whose text is free (any bytes a server puts
+/// there, not only those `imap_proto` parses) and never holds a literal.
+fn is_status_line(line: &[u8]) -> bool {
+    match line.split(|&byte| byte == b' ').next() {
+        Some(b"*") => untagged_status(line).is_some(),
+        Some(first) => !first.is_empty(),
+        None => false,
+    }
+}
+
+/// `* OK`, `NO`, `BAD`, `BYE` or `PREAUTH`: the word and the text after it.
+fn untagged_status(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = line.strip_prefix(b"* ")?;
+    let end = rest.iter().position(|&byte| byte == b' ' || byte == b'\r' || byte == b'\n').unwrap_or(rest.len());
+    let word = &rest[..end];
+    let statuses: [&[u8]; 5] = [b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"];
+    statuses.iter().any(|status| word.eq_ignore_ascii_case(status)).then(|| (word, rest[end..].trim_ascii_start()))
 }
 
 /// `{n}` at the end of a line announces a literal of n bytes (a quoted
@@ -208,7 +244,11 @@ mod tests {
         let wire = b"* 1 FETCH (UID 7 BODY[] {12}\r\n0123456789\r\n)\r\n\
 * 2 FETCH (UID 8 BODY[] {2}\r\nok)\r\nbulk7 OK\r\n";
         let fetched = read(wire, 10).unwrap();
-        assert_eq!(fetched, Fetched { messages: vec![message(8, b"ok")], too_large: vec![7] });
+        assert_eq!(
+            fetched,
+            Fetched { messages: vec![message(8, b"ok")], too_large: vec![Dropped { uid: 7, length: 12 }] },
+            "the dropped message's real length is kept"
+        );
     }
 
     #[test]
@@ -234,6 +274,16 @@ mod tests {
         let mut wire = b"* 1 FETCH (UID 7 FLAGS (".to_vec();
         wire.resize(MAX_LINE_BYTES as usize + 10, b'x');
         assert!(matches!(read(&wire, 100).unwrap_err(), BulkFetchError::LineTooLong));
+    }
+
+    #[test]
+    fn a_status_line_ending_in_braces_announces_nothing_whatever_its_text() {
+        let wire = "* OK [ALERT] Größe überschritten {3}\r\n* NO plein {2}\r\n+ more {1}\r\n\
+* 1 FETCH (UID 7 BODY[] {2}\r\nok)\r\nbulk7 OK fertig {4}\r\n";
+        let fetched = read(wire.as_bytes(), 100).unwrap();
+        assert_eq!(fetched.messages, vec![message(7, b"ok")], "non-ASCII alert text is not a literal's announcement");
+        assert!(is_status_line(b"a12 NO over quota {5}\r\n") && is_status_line(b"* bye now\r\n"));
+        assert!(!is_status_line(b"* 1 FETCH (BODY[] {5}\r\n") && !is_status_line(b"* LIST () \"/\" {3}\r\n"));
     }
 
     #[test]

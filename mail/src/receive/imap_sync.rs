@@ -208,9 +208,13 @@ fn fetch_group(
     // size listed a little wrong; never whatever it announces.
     let max_literal = limits.max_message_size.saturating_mul(2).saturating_add(1 << 20);
     let mut messages = Vec::with_capacity(group.len());
-    let mut keep = |fetched: Vec<bulk_fetch::FetchedBytes>, headers_only: bool| {
+    // Sizes the server listed wrong: at least what it sent (a whole message,
+    // or a header section alone).
+    let mut sent_sizes = HashMap::new();
+    let mut keep = |fetched: Vec<bulk_fetch::FetchedBytes>, headers_only: bool, sent_sizes: &HashMap<u32, u64>| {
         for fetched in fetched {
-            let Some(&(server_size, seen)) = sizes.get(&fetched.uid) else { continue };
+            let Some(&(listed_size, seen)) = sizes.get(&fetched.uid) else { continue };
+            let server_size = sent_sizes.get(&fetched.uid).copied().unwrap_or(0).max(listed_size);
             let mut message = fetched_message(fetched.bytes, server_size, headers_only, limits);
             message.uid = Some(fetched.uid);
             message.seen = seen;
@@ -219,16 +223,25 @@ fn fetch_group(
     };
     if !whole.is_empty() {
         let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&whole), "(UID BODY.PEEK[])", max_literal)?;
-        keep(fetched.messages, false);
-        // Far longer than listed: kept as an oversized message is, headers only.
-        oversized.extend(fetched.too_large);
+        keep(fetched.messages, false, &sent_sizes);
+        // Far longer than listed: kept as an oversized message is, headers
+        // only, with the size it has.
+        for dropped in fetched.too_large {
+            oversized.push(dropped.uid);
+            sent_sizes.insert(dropped.uid, dropped.length);
+        }
     }
     if !oversized.is_empty() {
         let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&oversized), "(UID BODY.PEEK[HEADER])", max_literal)?;
-        keep(fetched.messages, true);
+        keep(fetched.messages, true, &sent_sizes);
         // A header section longer than that too: kept empty, headers only, so it shows.
-        let empty = fetched.too_large.into_iter().map(|uid| bulk_fetch::FetchedBytes { uid, bytes: Vec::new() });
-        keep(empty.collect(), true);
+        let mut empty = Vec::with_capacity(fetched.too_large.len());
+        for dropped in fetched.too_large {
+            let size = sent_sizes.entry(dropped.uid).or_insert(0);
+            *size = (*size).max(dropped.length);
+            empty.push(bulk_fetch::FetchedBytes { uid: dropped.uid, bytes: Vec::new() });
+        }
+        keep(empty, true, &sent_sizes);
     }
     messages.sort_by_key(|message| message.uid);
     Ok(messages)
@@ -263,4 +276,49 @@ fn settle(store: &mut dyn BatchStore, outcome: &mut FolderOutcome) -> Result<(),
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::MailStream;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// A server that answers the n-th command with `answers[n]` and its tag's OK; the commands it read.
+    fn answering(answers: Vec<&'static [u8]>) -> (ImapStream, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut commands = Vec::new();
+            for answer in answers {
+                let mut command = String::new();
+                reader.read_line(&mut command).unwrap();
+                let tag = command.split(' ').next().unwrap().to_owned();
+                reader.get_mut().write_all(answer).unwrap();
+                reader.get_mut().write_all(format!("{tag} OK done\r\n").as_bytes()).unwrap();
+                commands.push(command.trim_end().replacen(&tag, "", 1));
+            }
+            commands
+        });
+        (ImapStream::new(MailStream::Plain(client)), server)
+    }
+
+    #[test]
+    fn a_message_far_longer_than_listed_is_kept_headers_only_with_the_size_it_has() {
+        let limits = Limits { attachment_size_limit: 1 << 20, max_message_size: 10, batch_messages: 10, batch_bytes: 1 << 20 };
+        // Allowed: 2 × 10 + 1 MB. UID 7 sends 1 MB + 30, UID 8 is as listed.
+        let mut long = b"* 1 FETCH (UID 7 BODY[] {1048606}\r\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 1_048_606));
+        long.extend(b")\r\n* 2 FETCH (UID 8 BODY[] {4}\r\nok\r\n)\r\n");
+        let long: &'static [u8] = long.leak();
+        let (stream, server) = answering(vec![long, b"* 1 FETCH (UID 7 BODY[HEADER] {10}\r\nSubject:\r\n)\r\n"]);
+        let sizes = HashMap::from([(7, (5, false)), (8, (4, true))]);
+        let messages = fetch_group(&stream, &[7, 8], &sizes, &limits).unwrap();
+        let kept: Vec<_> = messages.iter().map(|m| (m.uid, m.server_size, m.headers_only, m.raw.len(), m.seen)).collect();
+        assert_eq!(kept, vec![(Some(7), 1_048_606, true, 10, false), (Some(8), 4, false, 4, true)]);
+        assert_eq!(server.join().unwrap(), vec![" UID FETCH 7:8 (UID BODY.PEEK[])", " UID FETCH 7 (UID BODY.PEEK[HEADER])"]);
+    }
 }
