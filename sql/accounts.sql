@@ -26,7 +26,10 @@ CREATE TABLE email_accounts.account (
     ascii_encode_password boolean NOT NULL DEFAULT false,
     password_set_at       timestamptz,
     allow_plaintext_authentication boolean NOT NULL DEFAULT false,
-    extra_ca_certificate  text CONSTRAINT "extra_ca_certificate must be PEM certificates" CHECK (email_accounts.is_valid_certificate(extra_ca_certificate)),
+    -- (The length is checked first, as constraints are in name order: a
+    -- worker parses every certificate on each connection it opens.)
+    extra_ca_certificate  text CONSTRAINT "extra_ca_certificate length must be at most 262144 bytes" CHECK (octet_length(extra_ca_certificate) <= 262144)
+                          CONSTRAINT "extra_ca_certificate must be PEM certificates" CHECK (email_accounts.is_valid_certificate(extra_ca_certificate)),
 
     -- Incoming
     enable_incoming    boolean NOT NULL DEFAULT false,
@@ -145,7 +148,7 @@ COMMENT ON COLUMN email_accounts.account.awaiting_password IS 'The password will
 COMMENT ON COLUMN email_accounts.account.ascii_encode_password IS 'Send the password as plain ASCII bytes (as ERPNext does); set_password() then refuses passwords with non-ASCII characters.';
 COMMENT ON COLUMN email_accounts.account.password_set_at IS 'When set_password() last stored the incoming side''s password (side both or incoming); NULL when none is stored. Not a secret.';
 COMMENT ON COLUMN email_accounts.account.allow_plaintext_authentication IS 'Allow sending the password over a connection without TLS (security none). Off by default, and the clients refuse such logins unless it is on.';
-COMMENT ON COLUMN email_accounts.account.extra_ca_certificate IS 'Extra trusted CA certificate(s), PEM, for mail servers with a private CA; NULL inherits the domain''s. Certificates are always verified.';
+COMMENT ON COLUMN email_accounts.account.extra_ca_certificate IS 'Extra trusted CA certificate(s), PEM, at most 256 KiB, for mail servers with a private CA; NULL inherits the domain''s. Certificates are always verified.';
 COMMENT ON COLUMN email_accounts.account.enable_incoming IS 'Fetch incoming mail from this account.';
 COMMENT ON COLUMN email_accounts.account.incoming_protocol IS 'imap or pop3; NULL inherits.';
 COMMENT ON COLUMN email_accounts.account.incoming_host IS 'IMAP or POP3 server host name; NULL inherits.';

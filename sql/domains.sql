@@ -12,7 +12,8 @@ CREATE TABLE email_accounts.domain (
     smtp_host            text,
     smtp_port            integer CONSTRAINT "domain smtp_port must be between 1 and 65535" CHECK (smtp_port BETWEEN 1 AND 65535),
     smtp_security        text CONSTRAINT "domain smtp_security must be ssl, starttls or none" CHECK (smtp_security IN ('ssl', 'starttls', 'none')),
-    extra_ca_certificate text CONSTRAINT "domain extra_ca_certificate must be PEM certificates" CHECK (email_accounts.is_valid_certificate(extra_ca_certificate)),
+    extra_ca_certificate text CONSTRAINT "domain extra_ca_certificate length must be at most 262144 bytes" CHECK (octet_length(extra_ca_certificate) <= 262144)
+                         CONSTRAINT "domain extra_ca_certificate must be PEM certificates" CHECK (email_accounts.is_valid_certificate(extra_ca_certificate)),
     created_at           timestamptz NOT NULL DEFAULT now(),
     auth_method          text CONSTRAINT "domain auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
     oauth_client_id      text CONSTRAINT "domain oauth_client_id must not be empty or contain blanks" CHECK (oauth_client_id ~ '^[^\s]+$'),
@@ -30,7 +31,7 @@ COMMENT ON COLUMN email_accounts.domain.incoming_security IS 'ssl (TLS from the 
 COMMENT ON COLUMN email_accounts.domain.smtp_host IS 'SMTP server host name.';
 COMMENT ON COLUMN email_accounts.domain.smtp_port IS 'SMTP server port.';
 COMMENT ON COLUMN email_accounts.domain.smtp_security IS 'ssl (TLS from the first byte), starttls, or none.';
-COMMENT ON COLUMN email_accounts.domain.extra_ca_certificate IS 'Extra trusted CA certificate(s), PEM, for mail servers with a private CA; accounts inherit it.';
+COMMENT ON COLUMN email_accounts.domain.extra_ca_certificate IS 'Extra trusted CA certificate(s), PEM, at most 256 KiB, for mail servers with a private CA; accounts inherit it.';
 COMMENT ON COLUMN email_accounts.domain.created_at IS 'When the row was added.';
 COMMENT ON COLUMN email_accounts.domain.auth_method IS 'password or oauth2 for the domain''s accounts that do not choose; NULL inherits the provider''s.';
 COMMENT ON COLUMN email_accounts.domain.oauth_client_id IS 'The organisation''s own OAuth2 client (application) at the provider; when set, the domain''s accounts use it (with its secret from set_oauth_client_secret() and oauth_tenant) instead of the provider''s.';

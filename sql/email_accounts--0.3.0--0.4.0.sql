@@ -43,6 +43,17 @@ COMMENT ON COLUMN email_accounts.domain.auth_method IS 'password or oauth2 for t
 COMMENT ON COLUMN email_accounts.domain.oauth_client_id IS 'The organisation''s own OAuth2 client (application) at the provider; when set, the domain''s accounts use it (with its secret from set_oauth_client_secret() and oauth_tenant) instead of the provider''s.';
 COMMENT ON COLUMN email_accounts.domain.oauth_tenant IS 'Tenant (Microsoft directory id or domain) of the domain''s OAuth2 client, put into the provider''s endpoints; NULL uses the provider''s oauth_tenant.';
 
+-- A worker parses every extra CA certificate on each connection it opens:
+-- their text is limited (a bundle of every public CA is about 220 KB). An
+-- account or domain already holding more stops the update with this
+-- constraint's name; shorten the value and update again.
+ALTER TABLE email_accounts.domain
+    ADD CONSTRAINT "domain extra_ca_certificate length must be at most 262144 bytes" CHECK (octet_length(extra_ca_certificate) <= 262144);
+ALTER TABLE email_accounts.account
+    ADD CONSTRAINT "extra_ca_certificate length must be at most 262144 bytes" CHECK (octet_length(extra_ca_certificate) <= 262144);
+COMMENT ON COLUMN email_accounts.account.extra_ca_certificate IS 'Extra trusted CA certificate(s), PEM, at most 256 KiB, for mail servers with a private CA; NULL inherits the domain''s. Certificates are always verified.';
+COMMENT ON COLUMN email_accounts.domain.extra_ca_certificate IS 'Extra trusted CA certificate(s), PEM, at most 256 KiB, for mail servers with a private CA; accounts inherit it.';
+
 ALTER TABLE email_accounts.account
     ADD COLUMN auth_method text CONSTRAINT "auth_method must be password or oauth2" CHECK (auth_method IN ('password', 'oauth2')),
     ADD COLUMN enable_automatic_linking boolean NOT NULL DEFAULT false,

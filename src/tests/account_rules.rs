@@ -94,6 +94,20 @@ mod tests {
             CHECK,
             "extra_ca_certificate",
         );
+        // Checked before the PEM (constraints run in name order): never parsed.
+        let too_long = assert_fails(
+            "INSERT INTO email_accounts.account (name, address, extra_ca_certificate)
+             VALUES ('a14', 'a14@x.com', repeat('-----BEGIN CERTIFICATE-----', 10000))",
+            CHECK,
+            "extra_ca_certificate",
+        );
+        assert_eq!(too_long.constraint, "extra_ca_certificate length must be at most 262144 bytes");
+        let domain = assert_fails(
+            "INSERT INTO email_accounts.domain (domain_name, extra_ca_certificate) VALUES ('long.test', repeat('x', 262145))",
+            CHECK,
+            "extra_ca_certificate",
+        );
+        assert_eq!(domain.constraint, "domain extra_ca_certificate length must be at most 262144 bytes");
         assert_fails(
             "INSERT INTO email_accounts.account (name, address, send_limit_per_minute) VALUES ('a15', 'a15@x.com', 0)",
             CHECK,
