@@ -308,7 +308,8 @@ mod tests {
 
     #[test]
     fn a_message_far_longer_than_listed_is_kept_headers_only_with_the_size_it_has() {
-        let limits = Limits { attachment_size_limit: 1 << 20, max_message_size: 10, batch_messages: 10, batch_bytes: 1 << 20 };
+        let limits =
+            Limits { attachment_size_limit: 1 << 20, max_message_size: 10, batch_messages: 10, batch_bytes: 1 << 20 };
         // Allowed: 2 × 10 + 1 MB. UID 7 sends 1 MB + 30, UID 8 is as listed.
         let mut long = b"* 1 FETCH (UID 7 BODY[] {1048606}\r\n".to_vec();
         long.extend(std::iter::repeat_n(b'x', 1_048_606));
@@ -317,8 +318,12 @@ mod tests {
         let (stream, server) = answering(vec![long, b"* 1 FETCH (UID 7 BODY[HEADER] {10}\r\nSubject:\r\n)\r\n"]);
         let sizes = HashMap::from([(7, (5, false)), (8, (4, true))]);
         let messages = fetch_group(&stream, &[7, 8], &sizes, &limits).unwrap();
-        let kept: Vec<_> = messages.iter().map(|m| (m.uid, m.server_size, m.headers_only, m.raw.len(), m.seen)).collect();
+        let kept: Vec<_> =
+            messages.iter().map(|m| (m.uid, m.server_size, m.headers_only, m.raw.len(), m.seen)).collect();
         assert_eq!(kept, vec![(Some(7), 1_048_606, true, 10, false), (Some(8), 4, false, 4, true)]);
-        assert_eq!(server.join().unwrap(), vec![" UID FETCH 7:8 (UID BODY.PEEK[])", " UID FETCH 7 (UID BODY.PEEK[HEADER])"]);
+        assert_eq!(
+            server.join().unwrap(),
+            vec![" UID FETCH 7:8 (UID BODY.PEEK[])", " UID FETCH 7 (UID BODY.PEEK[HEADER])"]
+        );
     }
 }
