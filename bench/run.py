@@ -30,6 +30,8 @@ import psycopg
 TOP = pathlib.Path(__file__).resolve().parent.parent
 SERVICES = TOP / "scripts" / "services"
 OUT = TOP / "target" / "bench"
+# The PostgreSQL the service scripts start (pg_waldump reads its WAL).
+PG_CONFIG = "/usr/lib/postgresql/15/bin/pg_config"
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "4"))
@@ -195,17 +197,21 @@ def commit_time(db, xid):
     return float(db.execute("SELECT extract(epoch FROM pg_xact_commit_timestamp(%s::text::xid))", (xid,)).fetchone()[0])
 
 
-def outbox_drain(run, prefix, accounts=SESSIONS, databases=("postgres",)):
+def outbox_drain(run, prefix, accounts=SESSIONS, databases=("postgres",), wal=None):
     """Messages/s from the commit of MESSAGES rows (in each database) to the
     commit of the last row's `sent`, both read from the commit timestamps (so
     the bench's own polling, which is slow on purpose, does not count). With
     several databases the rows are committed in each, one after the other,
-    and the drain runs from the first commit to the last `sent` anywhere."""
+    and the drain runs from the first commit to the last `sent` anywhere.
+    `wal`, a dict: filled with what the WAL from just before the rows'
+    commit to the end of the drain holds (`wal_written`), read before the
+    clean-up's checkpoint recycles it."""
     starts = []
     for database in databases:
         with run.connect(autocommit=False, database=database) as db:
             queue(db, accounts, MESSAGES, prefix)
             xid = db.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+            wal_start = db.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
             db.commit()
             starts.append(commit_time(db, xid))
     finishes, failed = [], 0
@@ -225,8 +231,47 @@ def outbox_drain(run, prefix, accounts=SESSIONS, databases=("postgres",)):
             finishes.append(float(db.execute(
                 "SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) FROM email_accounts.outbox").fetchone()[0]))
             failed += db.execute("SELECT count(*) FROM email_accounts.outbox WHERE status <> 'sent'").fetchone()[0]
+            if wal is not None:
+                wal_end = db.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+                # (pg_waldump reads the files: until the WAL writer has written it out.)
+                wait_for("the WAL on disk", lambda: db.execute(
+                    "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (wal_end,)).fetchone()[0])
+                wal.clear()
+                wal.update(wal_written(run, wal_start, wal_end))
             clean_up(db, "DELETE FROM email_accounts.outbox", OUTBOX_TABLES)
     return len(databases) * MESSAGES / (max(finishes) - min(starts)), failed
+
+
+def wal_written(run, start, end):
+    """What the WAL between two positions holds, by record type (pg_waldump
+    --stats=record): {"Heap/LOCK": (records, bytes with full-page images)}."""
+    waldump = pathlib.Path(subprocess.run([PG_CONFIG, "--bindir"], check=True, capture_output=True,
+                                          text=True).stdout.strip()) / "pg_waldump"
+    out = subprocess.run([str(waldump), "-p", str(run.root / "postgres" / "data" / "pg_wal"), "-s", start, "-e", end,
+                          "--stats=record"], check=True, capture_output=True, text=True).stdout
+    by_type = {}
+    for line in out.splitlines():
+        # "Heap/LOCK   67874 ( 22.38)   3665196 ( 12.38)   0 (  0.00)   3665196 ( 12.38)"
+        fields = line.replace("(", " ").replace(")", " ").split()
+        if len(fields) == 9 and "/" in fields[0] and fields[1].isdigit():
+            by_type[fields[0]] = (int(fields[1]), int(fields[7]))
+    return by_type
+
+
+def record_drain_wal(results, by_type):
+    """Per delivered message, what one drain wrote to the WAL: the figures
+    that say how much the design writes, free of the host's speed."""
+    per_message = lambda *types: round(sum(by_type.get(kind, (0, 0))[0] for kind in types) / MESSAGES, 2)
+    results["outbox_wal_records_per_message"] = round(sum(n for n, _ in by_type.values()) / MESSAGES, 2)
+    results["outbox_wal_bytes_per_message"] = round(sum(size for _, size in by_type.values()) / MESSAGES)
+    results["outbox_wal_row_versions_per_message"] = per_message(
+        "Heap/INSERT", "Heap/INSERT+INIT", "Heap/UPDATE", "Heap/UPDATE+INIT", "Heap/HOT_UPDATE", "Heap/DELETE")
+    results["outbox_wal_row_locks_per_message"] = per_message("Heap/LOCK")
+    results["outbox_wal_index_entries_per_message"] = per_message("Btree/INSERT_LEAF", "Btree/INSERT_POST")
+    lines = ["| record type | per message | bytes per message |", "|---|---|---|"]
+    lines += [f"| {kind} | {count / MESSAGES:.2f} | {size / MESSAGES:.0f} |"
+              for kind, (count, size) in sorted(by_type.items(), key=lambda item: -item[1][1])]
+    (OUT / "wal_outbox.md").write_text("\n".join(lines) + "\n")
 
 
 def smtp_source(run):
@@ -520,9 +565,12 @@ def record_runs(results, key, rates):
 
 def bench_outbox(run, results):
     print(f"==> outbox drain: {MESSAGES} messages, {SESSIONS} accounts/sessions, {REPEAT} runs", flush=True)
-    drains = [outbox_drain(run, "bench") for _ in range(REPEAT)]
+    wal = {}
+    drains = [outbox_drain(run, "bench", wal=wal) for _ in range(REPEAT)]
     record_runs(results, "outbox_msgs_per_s", [rate for rate, _ in drains])
     results["outbox_not_sent"] = sum(failed for _, failed in drains)
+    # The last drain's: the outbox and its indexes are as large as they get.
+    record_drain_wal(results, wal)
     print("==> smtp-source", flush=True)
     sources = [smtp_source(run) for _ in range(REPEAT)]
     record_runs(results, "smtp_source_msgs_per_s", sources)
@@ -754,6 +802,11 @@ def table(results):
     rows = [
         ("outbox drain (msg/s)", get("outbox_msgs_per_s"), get("outbox_msgs_per_s_runs")),
         (f"smtp-source, {SESSIONS} sessions (msg/s)", get("smtp_source_msgs_per_s"), get("smtp_source_msgs_per_s_runs")),
+        ("WAL of a drain per delivered message: records / bytes (pg_waldump, last run; by type in wal_outbox.md)",
+         f"{get('outbox_wal_records_per_message')} / {get('outbox_wal_bytes_per_message')}", ""),
+        ("… of which row versions written / row locks / index entries",
+         f"{get('outbox_wal_row_versions_per_message')} / {get('outbox_wal_row_locks_per_message')} / "
+         f"{get('outbox_wal_index_entries_per_message')}", ""),
         ("Python baseline (msg/s)", get("python_baseline_msgs_per_s"), get("python_baseline_msgs_per_s_runs")),
         ("latency, commit → the server's 250, p50 (ms)", get("latency_250_ok_p50_ms"), ""),
         ("latency, commit → the server's 250, p99 (ms)", get("latency_250_ok_p99_ms"), ""),
