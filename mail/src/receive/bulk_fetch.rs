@@ -52,7 +52,7 @@ pub enum BulkFetchError {
     Bad(String),
     #[error("BYE {0}")]
     Bye(String),
-    #[error("a line of more than {MAX_LINE_BYTES} bytes")]
+    #[error("more than {MAX_LINE_BYTES} bytes of a response outside its literals")]
     LineTooLong,
     #[error("unreadable response {0:?}")]
     Unparsable(String),
@@ -67,24 +67,39 @@ impl BulkFetchError {
     }
 }
 
+/// What one FETCH may bring: no literal longer than `literal`, and no more
+/// than `total` bytes of literals kept in all (a server that sends more
+/// than it listed, however it splits it, cannot fill our memory).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub literal: u64,
+    pub total: u64,
+}
+
 /// `UID FETCH <uid_set> <items>` where `items` names one body section (and
-/// UID); the bytes of that section by UID. A literal longer than
-/// `max_literal` is read and dropped, its message listed as too large.
-pub fn uid_fetch(stream: &ImapStream, uid_set: &str, items: &str, max_literal: u64) -> Result<Fetched, BulkFetchError> {
+/// UID); the bytes of that section by UID. A literal past `limits` is read
+/// and dropped, its message listed as too large.
+pub fn uid_fetch(
+    stream: &ImapStream,
+    uid_set: &str,
+    items: &str,
+    limits: ReadLimits,
+) -> Result<Fetched, BulkFetchError> {
     let tag = format!("{TAG_PREFIX}{}", TAGS.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
     let mut connection = stream.lock();
     let command = format!("{tag} UID FETCH {uid_set} {items}\r\n");
     connection.get_mut().write_all(command.as_bytes())?;
     connection.get_mut().flush()?;
-    read_fetched(&mut *connection, &tag, max_literal)
+    read_fetched(&mut *connection, &tag, limits)
 }
 
-fn read_fetched(connection: &mut impl BufRead, tag: &str, max_literal: u64) -> Result<Fetched, BulkFetchError> {
+fn read_fetched(connection: &mut impl BufRead, tag: &str, limits: ReadLimits) -> Result<Fetched, BulkFetchError> {
     let mut fetched = Fetched::default();
     let mut response = Vec::new();
+    let mut left = limits.total;
     loop {
         response.clear();
-        let too_large = read_response(connection, &mut response, max_literal)?;
+        let too_large = read_response(connection, &mut response, limits.literal, &mut left)?;
         if let Some(status) = response.strip_prefix(tag.as_bytes()).and_then(|rest| rest.strip_prefix(b" ")) {
             let status = String::from_utf8_lossy(status);
             let (word, text) = status.trim_end().split_once(' ').unwrap_or((status.trim_end(), ""));
@@ -139,22 +154,31 @@ fn read_fetched(connection: &mut impl BufRead, tag: &str, max_literal: u64) -> R
 }
 
 /// One whole response: its lines, each literal read in one piece. The
-/// length of a literal longer than `max_literal`, if there was one: its
-/// bytes were dropped and the response holds an empty one instead.
+/// length of a literal longer than `max_literal` or than what is `left` of
+/// the FETCH's allowance, if there was one: its bytes were dropped and the
+/// response holds an empty one instead. The lines outside literals are at
+/// most `MAX_LINE_BYTES` in all.
 fn read_response(
     connection: &mut impl BufRead,
     into: &mut Vec<u8>,
     max_literal: u64,
+    left: &mut u64,
 ) -> Result<Option<u64>, BulkFetchError> {
     let mut too_large = None;
+    let mut line_bytes = 0;
     loop {
         let start = into.len();
-        let read = connection.by_ref().take(MAX_LINE_BYTES).read_until(b'\n', into)?;
+        let read = connection.by_ref().take(MAX_LINE_BYTES - line_bytes).read_until(b'\n', into)? as u64;
         if read == 0 {
-            return Err(BulkFetchError::Closed);
+            return Err(if line_bytes == MAX_LINE_BYTES {
+                BulkFetchError::LineTooLong
+            } else {
+                BulkFetchError::Closed
+            });
         }
+        line_bytes += read;
         if into.last() != Some(&b'\n') {
-            return Err(if read as u64 == MAX_LINE_BYTES {
+            return Err(if line_bytes == MAX_LINE_BYTES {
                 BulkFetchError::LineTooLong
             } else {
                 BulkFetchError::Closed
@@ -165,13 +189,14 @@ fn read_response(
         if start == 0 && is_status_line(into) {
             return Ok(too_large);
         }
-        if length > max_literal {
+        if length > max_literal.min(*left) {
             io::copy(&mut connection.take(length), &mut io::sink())?;
             into.truncate(start + marker);
             into.extend_from_slice(b"{0}\r\n");
             too_large = Some(too_large.unwrap_or(0).max(length));
             continue;
         }
+        *left -= length;
         into.reserve(length as usize);
         if connection.take(length).read_to_end(into)? as u64 != length {
             return Err(BulkFetchError::Closed);
@@ -180,14 +205,23 @@ fn read_response(
 }
 
 /// A tagged status, an untagged OK, NO, BAD, BYE or PREAUTH, or a
-/// continuation request: lines whose text is free (any bytes a server puts
-/// there, not only those `imap_proto` parses) and never holds a literal.
+/// continuation request, complete in this line: its text is free (any
+/// bytes a server puts there, not only those `imap_proto` parses) and holds
+/// no literal. Only a response code can: RFC 3501's `[BADCHARSET (…)]`
+/// takes astrings, so a code still open at the line's end goes on after one.
 fn is_status_line(line: &[u8]) -> bool {
-    match line.split(|&byte| byte == b' ').next() {
-        Some(b"*") => untagged_status(line).is_some(),
-        Some(first) => !first.is_empty(),
-        None => false,
-    }
+    let text = match line.split(|&byte| byte == b' ').next() {
+        Some(b"*") => match untagged_status(line) {
+            Some((_, text)) => text,
+            None => return false,
+        },
+        Some(b"+") => return true,
+        // A tag, its status word, then the text.
+        Some(tag) if !tag.is_empty() => line.splitn(3, |&byte| byte == b' ').nth(2).unwrap_or_default(),
+        _ => return false,
+    };
+    // (A code open at the end: `[` with no `]` after it.)
+    !text.starts_with(b"[") || text.contains(&b']')
 }
 
 /// `* OK`, `NO`, `BAD`, `BYE` or `PREAUTH`: the word and the text after it.
@@ -218,7 +252,7 @@ mod tests {
     use super::*;
 
     fn read(wire: &[u8], max_literal: u64) -> Result<Fetched, BulkFetchError> {
-        read_fetched(&mut &wire[..], "bulk7", max_literal)
+        read_fetched(&mut &wire[..], "bulk7", ReadLimits { literal: max_literal, total: u64::MAX })
     }
 
     fn message(uid: u32, bytes: &[u8]) -> FetchedBytes {
@@ -249,6 +283,21 @@ mod tests {
             Fetched { messages: vec![message(8, b"ok")], too_large: vec![Dropped { uid: 7, length: 12 }] },
             "the dropped message's real length is kept"
         );
+    }
+
+    #[test]
+    fn no_more_than_the_allowance_is_kept_however_it_is_split() {
+        let wire = b"* 1 FETCH (UID 7 BODY[] {4}\r\nabcd)\r\n* 2 FETCH (UID 8 BODY[] {4}\r\nefgh)\r\n\
+* 3 FETCH (UID 9 BODY[] {2}\r\nij)\r\nbulk7 OK\r\n";
+        let fetched = read_fetched(&mut &wire[..], "bulk7", ReadLimits { literal: 10, total: 6 }).unwrap();
+        assert_eq!(fetched.messages, vec![message(7, b"abcd"), message(9, b"ij")]);
+        assert_eq!(fetched.too_large, vec![Dropped { uid: 8, length: 4 }], "past the allowance: dropped");
+        let mut endless = b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (".to_vec();
+        for _ in 0..200_000 {
+            endless.extend_from_slice(b"X {0}\r\n");
+        }
+        let error = read_fetched(&mut &endless[..], "bulk7", ReadLimits { literal: 10, total: 100 }).unwrap_err();
+        assert!(matches!(error, BulkFetchError::LineTooLong), "one response's lines are bounded: {error:?}");
     }
 
     #[test]
@@ -283,6 +332,10 @@ mod tests {
         let fetched = read(wire.as_bytes(), 100).unwrap();
         assert_eq!(fetched.messages, vec![message(7, b"ok")], "non-ASCII alert text is not a literal's announcement");
         assert!(is_status_line(b"a12 NO over quota {5}\r\n") && is_status_line(b"* bye now\r\n"));
+        // RFC 3501's BADCHARSET takes astrings: a code still open goes on after a literal.
+        let badcharset = read(b"* NO [BADCHARSET ({5}\r\nUTF-8)] no such charset\r\nbulk7 OK\r\n", 100).unwrap();
+        assert_eq!(badcharset, Fetched::default());
+        assert!(!is_status_line(b"bulk7 NO [BADCHARSET ({5}\r\n") && is_status_line(b"* OK [ALERT] a [b {3}\r\n"));
         assert!(!is_status_line(b"* 1 FETCH (BODY[] {5}\r\n") && !is_status_line(b"* LIST () \"/\" {3}\r\n"));
     }
 

@@ -11,7 +11,7 @@ use super::{fetched_message, uid_set, Batch, BatchStore, FolderOutcome, Limits, 
 use crate::connection::{ConnectionError, Endpoint, Login};
 use crate::imap_client::{self, classify, ImapSession, ImapStream};
 use imap::types::Flag;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Where a folder's sync stands in the database.
 #[derive(Debug, Clone)]
@@ -195,6 +195,10 @@ fn sync_folder(
     Ok(())
 }
 
+/// What a header section fetched alone may take before it counts as too
+/// large (the FETCH's allowance is this per message, plus one message's).
+const HEADER_SECTION_ALLOWANCE: u64 = 1 << 20;
+
 /// Fetches one group: whole messages with BODY.PEEK[], oversized ones headers only.
 fn fetch_group(
     stream: &ImapStream,
@@ -205,14 +209,28 @@ fn fetch_group(
     let (whole, mut oversized): (Vec<u32>, Vec<u32>) =
         group.iter().copied().partition(|uid| sizes[uid].0 <= limits.max_message_size);
     // What a server may send for one message: what it listed, with room for a
-    // size listed a little wrong; never whatever it announces.
+    // size listed a little wrong; never whatever it announces. For a whole
+    // FETCH: what it listed for them all and that room once.
     let max_literal = limits.max_message_size.saturating_mul(2).saturating_add(1 << 20);
+    let allowance = |uids: &[u32], each: &dyn Fn(u32) -> u64| bulk_fetch::ReadLimits {
+        literal: max_literal,
+        total: uids.iter().map(|&uid| each(uid)).fold(max_literal, u64::saturating_add),
+    };
     let mut messages = Vec::with_capacity(group.len());
     // Sizes the server listed wrong: at least what it sent (a whole message,
     // or a header section alone).
     let mut sent_sizes = HashMap::new();
-    let mut keep = |fetched: Vec<bulk_fetch::FetchedBytes>, headers_only: bool, sent_sizes: &HashMap<u32, u64>| {
+    // Each message once, and only those asked for.
+    let mut kept = HashSet::new();
+    let mut keep = |fetched: Vec<bulk_fetch::FetchedBytes>,
+                    asked: &[u32],
+                    headers_only: bool,
+                    sent_sizes: &HashMap<u32, u64>,
+                    kept: &mut HashSet<u32>| {
         for fetched in fetched {
+            if !asked.contains(&fetched.uid) || !kept.insert(fetched.uid) {
+                continue;
+            }
             let Some(&(listed_size, seen)) = sizes.get(&fetched.uid) else { continue };
             let server_size = sent_sizes.get(&fetched.uid).copied().unwrap_or(0).max(listed_size);
             let mut message = fetched_message(fetched.bytes, server_size, headers_only, limits);
@@ -222,18 +240,23 @@ fn fetch_group(
         }
     };
     if !whole.is_empty() {
-        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&whole), "(UID BODY.PEEK[])", max_literal)?;
-        keep(fetched.messages, false, &sent_sizes);
+        let limits = allowance(&whole, &|uid| sizes[&uid].0);
+        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&whole), "(UID BODY.PEEK[])", limits)?;
+        keep(fetched.messages, &whole, false, &sent_sizes, &mut kept);
         // Far longer than listed: kept as an oversized message is, headers
         // only, with the size it has.
         for dropped in fetched.too_large {
-            oversized.push(dropped.uid);
-            sent_sizes.insert(dropped.uid, dropped.length);
+            if whole.contains(&dropped.uid) && !oversized.contains(&dropped.uid) {
+                oversized.push(dropped.uid);
+                sent_sizes.insert(dropped.uid, dropped.length);
+            }
         }
+        oversized.retain(|uid| !kept.contains(uid));
     }
     if !oversized.is_empty() {
-        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&oversized), "(UID BODY.PEEK[HEADER])", max_literal)?;
-        keep(fetched.messages, true, &sent_sizes);
+        let limits = allowance(&oversized, &|_| HEADER_SECTION_ALLOWANCE);
+        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&oversized), "(UID BODY.PEEK[HEADER])", limits)?;
+        keep(fetched.messages, &oversized, true, &sent_sizes, &mut kept);
         // A header section longer than that too: kept empty, headers only, so it shows.
         let mut empty = Vec::with_capacity(fetched.too_large.len());
         for dropped in fetched.too_large {
@@ -241,7 +264,7 @@ fn fetch_group(
             *size = (*size).max(dropped.length);
             empty.push(bulk_fetch::FetchedBytes { uid: dropped.uid, bytes: Vec::new() });
         }
-        keep(empty, true, &sent_sizes);
+        keep(empty, &oversized, true, &sent_sizes, &mut kept);
     }
     messages.sort_by_key(|message| message.uid);
     Ok(messages)
@@ -325,5 +348,20 @@ mod tests {
             server.join().unwrap(),
             vec![" UID FETCH 7:8 (UID BODY.PEEK[])", " UID FETCH 7 (UID BODY.PEEK[HEADER])"]
         );
+    }
+
+    #[test]
+    fn only_the_messages_asked_for_are_kept_each_once() {
+        let limits =
+            Limits { attachment_size_limit: 1 << 20, max_message_size: 100, batch_messages: 10, batch_bytes: 1 << 20 };
+        let (stream, server) = answering(vec![
+            b"* 1 FETCH (UID 7 BODY[] {2}\r\nok)\r\n* 2 FETCH (UID 7 BODY[] {5}\r\nagain)\r\n\
+* 3 FETCH (UID 99 BODY[] {5}\r\nstray)\r\n",
+        ]);
+        let sizes = HashMap::from([(7, (2, false)), (99, (5, false))]);
+        let messages = fetch_group(&stream, &[7], &sizes, &limits).unwrap();
+        let kept: Vec<_> = messages.iter().map(|m| (m.uid, m.raw.clone())).collect();
+        assert_eq!(kept, vec![(Some(7), b"ok".to_vec())], "neither a second copy nor a message of another group");
+        assert_eq!(server.join().unwrap().len(), 1);
     }
 }
