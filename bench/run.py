@@ -203,14 +203,19 @@ def outbox_drain(run, prefix, accounts=SESSIONS, databases=("postgres",), wal=No
     the bench's own polling, which is slow on purpose, does not count). With
     several databases the rows are committed in each, one after the other,
     and the drain runs from the first commit to the last `sent` anywhere.
-    `wal`, a dict: filled with what the WAL from just before the rows'
-    commit to the end of the drain holds (`wal_written`), read before the
-    clean-up's checkpoint recycles it."""
+    `wal`, a dict (one database only): filled with what the WAL from just
+    before the rows' commit to the end of the drain holds (`wal_written`),
+    kept by a replication slot until it is read."""
+    assert wal is None or len(databases) == 1, "the WAL of one database's drain"
     starts = []
     for database in databases:
         with run.connect(autocommit=False, database=database) as db:
             queue(db, accounts, MESSAGES, prefix)
             xid = db.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+            if wal is not None:
+                # (A checkpoint during the drain must not recycle what pg_waldump reads.)
+                run.query_one("SELECT lsn IS NOT NULL FROM pg_create_physical_replication_slot('bench_wal', true)",
+                              database=database)
             wal_start = db.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
             db.commit()
             starts.append(commit_time(db, xid))
@@ -238,13 +243,16 @@ def outbox_drain(run, prefix, accounts=SESSIONS, databases=("postgres",), wal=No
                     "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (wal_end,)).fetchone()[0])
                 wal.clear()
                 wal.update(wal_written(run, wal_start, wal_end))
+                db.execute("SELECT pg_drop_replication_slot('bench_wal')")
             clean_up(db, "DELETE FROM email_accounts.outbox", OUTBOX_TABLES)
     return len(databases) * MESSAGES / (max(finishes) - min(starts)), failed
 
 
 def wal_written(run, start, end):
     """What the WAL between two positions holds, by record type (pg_waldump
-    --stats=record): {"Heap/LOCK": (records, bytes with full-page images)}."""
+    --stats=record): {"Heap/LOCK": (records, bytes, bytes of full-page
+    images)}. The whole cluster's: a drain's workers, and whatever
+    autovacuum did meanwhile."""
     waldump = pathlib.Path(subprocess.run([PG_CONFIG, "--bindir"], check=True, capture_output=True,
                                           text=True).stdout.strip()) / "pg_waldump"
     out = subprocess.run([str(waldump), "-p", str(run.root / "postgres" / "data" / "pg_wal"), "-s", start, "-e", end,
@@ -254,23 +262,25 @@ def wal_written(run, start, end):
         # "Heap/LOCK   67874 ( 22.38)   3665196 ( 12.38)   0 (  0.00)   3665196 ( 12.38)"
         fields = line.replace("(", " ").replace(")", " ").split()
         if len(fields) == 9 and "/" in fields[0] and fields[1].isdigit():
-            by_type[fields[0]] = (int(fields[1]), int(fields[7]))
+            by_type[fields[0]] = (int(fields[1]), int(fields[3]), int(fields[5]))
     return by_type
 
 
 def record_drain_wal(results, by_type):
     """Per delivered message, what one drain wrote to the WAL: the figures
     that say how much the design writes, free of the host's speed."""
-    per_message = lambda *types: round(sum(by_type.get(kind, (0, 0))[0] for kind in types) / MESSAGES, 2)
-    results["outbox_wal_records_per_message"] = round(sum(n for n, _ in by_type.values()) / MESSAGES, 2)
-    results["outbox_wal_bytes_per_message"] = round(sum(size for _, size in by_type.values()) / MESSAGES)
+    per_message = lambda *types: round(sum(by_type.get(kind, (0, 0, 0))[0] for kind in types) / MESSAGES, 2)
+    results["outbox_wal_records_per_message"] = round(sum(n for n, _, _ in by_type.values()) / MESSAGES, 2)
+    # Without full-page images: how many there are depends on where checkpoints fall.
+    results["outbox_wal_bytes_per_message"] = round(sum(size for _, size, _ in by_type.values()) / MESSAGES)
+    results["outbox_wal_full_page_image_bytes_per_message"] = round(sum(images for _, _, images in by_type.values()) / MESSAGES)
     results["outbox_wal_row_versions_per_message"] = per_message(
         "Heap/INSERT", "Heap/INSERT+INIT", "Heap/UPDATE", "Heap/UPDATE+INIT", "Heap/HOT_UPDATE", "Heap/DELETE")
     results["outbox_wal_row_locks_per_message"] = per_message("Heap/LOCK")
     results["outbox_wal_index_entries_per_message"] = per_message("Btree/INSERT_LEAF", "Btree/INSERT_POST")
-    lines = ["| record type | per message | bytes per message |", "|---|---|---|"]
-    lines += [f"| {kind} | {count / MESSAGES:.2f} | {size / MESSAGES:.0f} |"
-              for kind, (count, size) in sorted(by_type.items(), key=lambda item: -item[1][1])]
+    lines = ["| record type | per message | bytes per message | full-page images, bytes per message |", "|---|---|---|---|"]
+    lines += [f"| {kind} | {count / MESSAGES:.2f} | {size / MESSAGES:.0f} | {images / MESSAGES:.0f} |"
+              for kind, (count, size, images) in sorted(by_type.items(), key=lambda item: -item[1][1])]
     (OUT / "wal_outbox.md").write_text("\n".join(lines) + "\n")
 
 
@@ -803,7 +813,8 @@ def table(results):
         ("outbox drain (msg/s)", get("outbox_msgs_per_s"), get("outbox_msgs_per_s_runs")),
         (f"smtp-source, {SESSIONS} sessions (msg/s)", get("smtp_source_msgs_per_s"), get("smtp_source_msgs_per_s_runs")),
         ("WAL of a drain per delivered message: records / bytes (pg_waldump, last run; by type in wal_outbox.md)",
-         f"{get('outbox_wal_records_per_message')} / {get('outbox_wal_bytes_per_message')}", ""),
+         f"{get('outbox_wal_records_per_message')} / {get('outbox_wal_bytes_per_message')}",
+         f"full-page images: {get('outbox_wal_full_page_image_bytes_per_message')} bytes"),
         ("… of which row versions written / row locks / index entries",
          f"{get('outbox_wal_row_versions_per_message')} / {get('outbox_wal_row_locks_per_message')} / "
          f"{get('outbox_wal_index_entries_per_message')}", ""),
