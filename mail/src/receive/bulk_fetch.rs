@@ -6,8 +6,10 @@
 //! mail. Here a literal is read in one piece, as long as it says it is, and
 //! each response is parsed once, by the crate's own parser (`imap_proto`).
 
+use super::uid_set::uid_set;
 use crate::imap_client::ImapStream;
 use imap_proto::types::{AttributeValue, Response};
+use std::collections::HashSet;
 use std::io::{self, BufRead, Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -30,9 +32,43 @@ pub struct FetchedBytes {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Fetched {
     pub messages: Vec<FetchedBytes>,
-    /// Messages whose bytes were longer than allowed (a size the server
-    /// listed wrong): read and dropped, so the connection stays usable.
+    /// Messages whose bytes were longer than `ReadLimits::literal` (a size
+    /// the server listed wrong): read and dropped, so the connection stays usable.
     pub too_large: Vec<Dropped>,
+    /// Messages whose bytes did not fit in what was left of
+    /// `ReadLimits::total`: read and dropped, to be fetched on their own.
+    pub past_allowance: Vec<u32>,
+}
+
+impl Fetched {
+    /// Fetches each message that was past the allowance again on its own,
+    /// within `alone`; one past it even then is too large.
+    pub fn again_alone(&mut self, stream: &ImapStream, items: &str, alone: ReadLimits) -> Result<(), BulkFetchError> {
+        for uid in std::mem::take(&mut self.past_allowance) {
+            let again = uid_fetch(stream, &[uid], items, alone)?;
+            self.messages.extend(again.messages);
+            self.too_large.extend(again.too_large);
+            self.too_large.extend(again.past_allowance.into_iter().map(|uid| Dropped { uid, length: alone.total }));
+        }
+        Ok(())
+    }
+}
+
+/// Why a response's literal was read and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discarded {
+    /// Longer than any message may be: its length (the longest, if several).
+    TooLong(u64),
+    /// Longer than what was left of the FETCH's allowance.
+    PastAllowance,
+}
+
+/// What `read_response` read besides the response's text.
+#[derive(Debug, Default)]
+struct Literals {
+    dropped: Option<Discarded>,
+    /// The bytes of the literals kept in the response.
+    kept_bytes: u64,
 }
 
 /// A message whose bytes were read and dropped: how many there were.
@@ -68,38 +104,47 @@ impl BulkFetchError {
 }
 
 /// What one FETCH may bring: no literal longer than `literal`, and no more
-/// than `total` bytes of literals kept in all (a server that sends more
-/// than it listed, however it splits it, cannot fill our memory).
+/// than `total` bytes of bodies kept in all, literal or quoted (a server
+/// that sends more than it listed, however it splits it, cannot fill our
+/// memory).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
     pub literal: u64,
     pub total: u64,
 }
 
-/// `UID FETCH <uid_set> <items>` where `items` names one body section (and
-/// UID); the bytes of that section by UID. A literal past `limits` is read
-/// and dropped, its message listed as too large.
+/// `UID FETCH <uids> <items>` where `items` names one body section (and
+/// UID); the bytes of that section by UID, of the messages asked for only,
+/// each once. A literal past `limits` is read and dropped, its message
+/// listed as too large or past the allowance.
 pub fn uid_fetch(
     stream: &ImapStream,
-    uid_set: &str,
+    uids: &[u32],
     items: &str,
     limits: ReadLimits,
 ) -> Result<Fetched, BulkFetchError> {
     let tag = format!("{TAG_PREFIX}{}", TAGS.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
     let mut connection = stream.lock();
-    let command = format!("{tag} UID FETCH {uid_set} {items}\r\n");
+    let command = format!("{tag} UID FETCH {} {items}\r\n", uid_set(uids));
     connection.get_mut().write_all(command.as_bytes())?;
     connection.get_mut().flush()?;
-    read_fetched(&mut *connection, &tag, limits)
+    read_fetched(&mut *connection, &tag, uids, limits)
 }
 
-fn read_fetched(connection: &mut impl BufRead, tag: &str, limits: ReadLimits) -> Result<Fetched, BulkFetchError> {
+fn read_fetched(
+    connection: &mut impl BufRead,
+    tag: &str,
+    asked: &[u32],
+    limits: ReadLimits,
+) -> Result<Fetched, BulkFetchError> {
     let mut fetched = Fetched::default();
+    let asked: HashSet<u32> = asked.iter().copied().collect();
+    let mut answered = HashSet::new();
     let mut response = Vec::new();
     let mut left = limits.total;
     loop {
         response.clear();
-        let too_large = read_response(connection, &mut response, limits.literal, &mut left)?;
+        let literals = read_response(connection, &mut response, limits.literal, &mut left)?;
         if let Some(status) = response.strip_prefix(tag.as_bytes()).and_then(|rest| rest.strip_prefix(b" ")) {
             let status = String::from_utf8_lossy(status);
             let (word, text) = status.trim_end().split_once(' ').unwrap_or((status.trim_end(), ""));
@@ -133,15 +178,27 @@ fn read_fetched(connection: &mut impl BufRead, tag: &str, limits: ReadLimits) ->
                         // RFC822 and RFC822.HEADER are the older names of the same sections.
                         AttributeValue::BodySection { data: Some(data), .. }
                         | AttributeValue::Rfc822(Some(data))
-                        | AttributeValue::Rfc822Header(Some(data)) => bytes = Some(data.into_owned()),
+                        | AttributeValue::Rfc822Header(Some(data)) => bytes = Some(data),
                         _ => {}
                     }
                 }
-                // A FETCH of flags alone is another client's change: nothing to keep.
-                match (uid, bytes, too_large) {
-                    (Some(uid), Some(_), Some(length)) => fetched.too_large.push(Dropped { uid, length }),
-                    (Some(uid), Some(bytes), None) => fetched.messages.push(FetchedBytes { uid, bytes }),
-                    _ => {}
+                // A FETCH of flags alone is another client's change: nothing to
+                // keep. Only messages asked for, each once: what the server sends
+                // cannot make these lists longer than the request.
+                let (Some(uid), Some(bytes)) = (uid, bytes) else { continue };
+                if !asked.contains(&uid) || !answered.insert(uid) {
+                    continue;
+                }
+                // A body sent quoted, not as a literal, counts against the allowance here.
+                let quoted = (bytes.len() as u64).saturating_sub(literals.kept_bytes);
+                match literals.dropped {
+                    Some(Discarded::TooLong(length)) => fetched.too_large.push(Dropped { uid, length }),
+                    Some(Discarded::PastAllowance) => fetched.past_allowance.push(uid),
+                    None if quoted > left => fetched.past_allowance.push(uid),
+                    None => {
+                        left -= quoted;
+                        fetched.messages.push(FetchedBytes { uid, bytes: bytes.into_owned() });
+                    }
                 }
             }
             // Another command's answer: the connection is out of step.
@@ -153,18 +210,17 @@ fn read_fetched(connection: &mut impl BufRead, tag: &str, limits: ReadLimits) ->
     }
 }
 
-/// One whole response: its lines, each literal read in one piece. The
-/// length of a literal longer than `max_literal` or than what is `left` of
-/// the FETCH's allowance, if there was one: its bytes were dropped and the
-/// response holds an empty one instead. The lines outside literals are at
-/// most `MAX_LINE_BYTES` in all.
+/// One whole response: its lines, each literal read in one piece. A
+/// literal longer than `max_literal` or than what is `left` of the FETCH's
+/// allowance is read and dropped (the response holds an empty one instead),
+/// and said so. The lines outside literals are at most `MAX_LINE_BYTES` in all.
 fn read_response(
     connection: &mut impl BufRead,
     into: &mut Vec<u8>,
     max_literal: u64,
     left: &mut u64,
-) -> Result<Option<u64>, BulkFetchError> {
-    let mut too_large = None;
+) -> Result<Literals, BulkFetchError> {
+    let mut literals = Literals::default();
     let mut line_bytes = 0;
     loop {
         let start = into.len();
@@ -184,19 +240,25 @@ fn read_response(
                 BulkFetchError::Closed
             });
         }
-        let Some((length, marker)) = literal_length(&into[start..]) else { return Ok(too_large) };
+        let Some((length, marker)) = literal_length(&into[start..]) else { return Ok(literals) };
         // A status line's text that happens to end in "{n}" (an alert's) announces nothing.
         if start == 0 && is_status_line(into) {
-            return Ok(too_large);
+            return Ok(literals);
         }
         if length > max_literal.min(*left) {
             io::copy(&mut connection.take(length), &mut io::sink())?;
             into.truncate(start + marker);
             into.extend_from_slice(b"{0}\r\n");
-            too_large = Some(too_large.unwrap_or(0).max(length));
+            literals.dropped = Some(match (literals.dropped, length > max_literal) {
+                (Some(Discarded::TooLong(longest)), true) => Discarded::TooLong(longest.max(length)),
+                (Some(Discarded::TooLong(longest)), false) => Discarded::TooLong(longest),
+                (_, true) => Discarded::TooLong(length),
+                (_, false) => Discarded::PastAllowance,
+            });
             continue;
         }
         *left -= length;
+        literals.kept_bytes += length;
         into.reserve(length as usize);
         if connection.take(length).read_to_end(into)? as u64 != length {
             return Err(BulkFetchError::Closed);
@@ -252,7 +314,8 @@ mod tests {
     use super::*;
 
     fn read(wire: &[u8], max_literal: u64) -> Result<Fetched, BulkFetchError> {
-        read_fetched(&mut &wire[..], "bulk7", ReadLimits { literal: max_literal, total: u64::MAX })
+        let asked: Vec<u32> = (1..100).collect();
+        read_fetched(&mut &wire[..], "bulk7", &asked, ReadLimits { literal: max_literal, total: u64::MAX })
     }
 
     fn message(uid: u32, bytes: &[u8]) -> FetchedBytes {
@@ -280,7 +343,11 @@ mod tests {
         let fetched = read(wire, 10).unwrap();
         assert_eq!(
             fetched,
-            Fetched { messages: vec![message(8, b"ok")], too_large: vec![Dropped { uid: 7, length: 12 }] },
+            Fetched {
+                messages: vec![message(8, b"ok")],
+                too_large: vec![Dropped { uid: 7, length: 12 }],
+                past_allowance: vec![]
+            },
             "the dropped message's real length is kept"
         );
     }
@@ -289,14 +356,22 @@ mod tests {
     fn no_more_than_the_allowance_is_kept_however_it_is_split() {
         let wire = b"* 1 FETCH (UID 7 BODY[] {4}\r\nabcd)\r\n* 2 FETCH (UID 8 BODY[] {4}\r\nefgh)\r\n\
 * 3 FETCH (UID 9 BODY[] {2}\r\nij)\r\nbulk7 OK\r\n";
-        let fetched = read_fetched(&mut &wire[..], "bulk7", ReadLimits { literal: 10, total: 6 }).unwrap();
+        let fetched = read_fetched(&mut &wire[..], "bulk7", &[7, 8, 9], ReadLimits { literal: 10, total: 6 }).unwrap();
         assert_eq!(fetched.messages, vec![message(7, b"abcd"), message(9, b"ij")]);
-        assert_eq!(fetched.too_large, vec![Dropped { uid: 8, length: 4 }], "past the allowance: dropped");
+        assert_eq!((fetched.too_large, fetched.past_allowance), (vec![], vec![8]), "past the allowance: dropped");
+        // Quoted bodies count too; messages not asked for, and a second answer, are not kept.
+        let wire = b"* 1 FETCH (UID 7 BODY[] \"abcd\")\r\n* 2 FETCH (UID 8 BODY[] \"efgh\")\r\n\
+* 3 FETCH (UID 7 BODY[] \"again\")\r\n* 4 FETCH (UID 99 BODY[] {2}\r\nxy)\r\nbulk7 OK\r\n";
+        let fetched = read_fetched(&mut &wire[..], "bulk7", &[7, 8], ReadLimits { literal: 10, total: 6 }).unwrap();
+        assert_eq!(
+            fetched,
+            Fetched { messages: vec![message(7, b"abcd")], too_large: vec![], past_allowance: vec![8] }
+        );
         let mut endless = b"* 1 FETCH (UID 7 BODY[HEADER.FIELDS (".to_vec();
         for _ in 0..200_000 {
             endless.extend_from_slice(b"X {0}\r\n");
         }
-        let error = read_fetched(&mut &endless[..], "bulk7", ReadLimits { literal: 10, total: 100 }).unwrap_err();
+        let error = read_fetched(&mut &endless[..], "bulk7", &[7], ReadLimits { literal: 10, total: 100 }).unwrap_err();
         assert!(matches!(error, BulkFetchError::LineTooLong), "one response's lines are bounded: {error:?}");
     }
 

@@ -6,12 +6,12 @@
 //! newest `initial_sync_count`.
 
 use super::batch::{split_by_size, FIRST_BATCH_MESSAGES};
-use super::bulk_fetch::{self, BulkFetchError};
+use super::bulk_fetch::{self, BulkFetchError, FetchedBytes, ReadLimits};
 use super::{fetched_message, uid_set, Batch, BatchStore, FolderOutcome, Limits, SyncError};
 use crate::connection::{ConnectionError, Endpoint, Login};
 use crate::imap_client::{self, classify, ImapSession, ImapStream};
 use imap::types::Flag;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Where a folder's sync stands in the database.
 #[derive(Debug, Clone)]
@@ -195,8 +195,8 @@ fn sync_folder(
     Ok(())
 }
 
-/// What a header section fetched alone may take before it counts as too
-/// large (the FETCH's allowance is this per message, plus one message's).
+/// What a header-section FETCH may bring per message, as if each had
+/// listed this (a header section has no listed size).
 const HEADER_SECTION_ALLOWANCE: u64 = 1 << 20;
 
 /// Fetches one group: whole messages with BODY.PEEK[], oversized ones headers only.
@@ -209,62 +209,56 @@ fn fetch_group(
     let (whole, mut oversized): (Vec<u32>, Vec<u32>) =
         group.iter().copied().partition(|uid| sizes[uid].0 <= limits.max_message_size);
     // What a server may send for one message: what it listed, with room for a
-    // size listed a little wrong; never whatever it announces. For a whole
-    // FETCH: what it listed for them all and that room once.
+    // size listed a little wrong; never whatever it announces. A FETCH of
+    // several may bring twice what was listed for them all and that room
+    // once; a message past that (sizes listed low, or answers not asked for)
+    // is fetched again on its own.
     let max_literal = limits.max_message_size.saturating_mul(2).saturating_add(1 << 20);
-    let allowance = |uids: &[u32], each: &dyn Fn(u32) -> u64| bulk_fetch::ReadLimits {
-        literal: max_literal,
-        total: uids.iter().map(|&uid| each(uid)).fold(max_literal, u64::saturating_add),
-    };
+    let allowance =
+        |listed: u64| ReadLimits { literal: max_literal, total: listed.saturating_mul(2).saturating_add(max_literal) };
+    let alone = ReadLimits { literal: max_literal, total: max_literal };
     let mut messages = Vec::with_capacity(group.len());
     // Sizes the server listed wrong: at least what it sent (a whole message,
     // or a header section alone).
-    let mut sent_sizes = HashMap::new();
-    // Each message once, and only those asked for.
-    let mut kept = HashSet::new();
-    let mut keep = |fetched: Vec<bulk_fetch::FetchedBytes>,
-                    asked: &[u32],
-                    headers_only: bool,
-                    sent_sizes: &HashMap<u32, u64>,
-                    kept: &mut HashSet<u32>| {
+    let mut sent_sizes: HashMap<u32, u64> = HashMap::new();
+    let mut keep = |fetched: Vec<FetchedBytes>, headers_only: bool, sent_sizes: &HashMap<u32, u64>| {
         for fetched in fetched {
-            if !asked.contains(&fetched.uid) || !kept.insert(fetched.uid) {
-                continue;
-            }
             let Some(&(listed_size, seen)) = sizes.get(&fetched.uid) else { continue };
-            let server_size = sent_sizes.get(&fetched.uid).copied().unwrap_or(0).max(listed_size);
-            let mut message = fetched_message(fetched.bytes, server_size, headers_only, limits);
+            let sent = match headers_only {
+                true => sent_sizes.get(&fetched.uid).copied().unwrap_or(0),
+                false => fetched.bytes.len() as u64,
+            };
+            let mut message = fetched_message(fetched.bytes, listed_size.max(sent), headers_only, limits);
             message.uid = Some(fetched.uid);
             message.seen = seen;
             messages.push(message);
         }
     };
     if !whole.is_empty() {
-        let limits = allowance(&whole, &|uid| sizes[&uid].0);
-        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&whole), "(UID BODY.PEEK[])", limits)?;
-        keep(fetched.messages, &whole, false, &sent_sizes, &mut kept);
+        let listed = whole.iter().map(|uid| sizes[uid].0).fold(0, u64::saturating_add);
+        let mut fetched = bulk_fetch::uid_fetch(stream, &whole, "(UID BODY.PEEK[])", allowance(listed))?;
+        fetched.again_alone(stream, "(UID BODY.PEEK[])", alone)?;
+        keep(fetched.messages, false, &sent_sizes);
         // Far longer than listed: kept as an oversized message is, headers
         // only, with the size it has.
         for dropped in fetched.too_large {
-            if whole.contains(&dropped.uid) && !oversized.contains(&dropped.uid) {
-                oversized.push(dropped.uid);
-                sent_sizes.insert(dropped.uid, dropped.length);
-            }
+            oversized.push(dropped.uid);
+            sent_sizes.insert(dropped.uid, dropped.length);
         }
-        oversized.retain(|uid| !kept.contains(uid));
     }
     if !oversized.is_empty() {
-        let limits = allowance(&oversized, &|_| HEADER_SECTION_ALLOWANCE);
-        let fetched = bulk_fetch::uid_fetch(stream, &uid_set(&oversized), "(UID BODY.PEEK[HEADER])", limits)?;
-        keep(fetched.messages, &oversized, true, &sent_sizes, &mut kept);
+        let listed = HEADER_SECTION_ALLOWANCE.saturating_mul(oversized.len() as u64);
+        let mut fetched = bulk_fetch::uid_fetch(stream, &oversized, "(UID BODY.PEEK[HEADER])", allowance(listed))?;
+        fetched.again_alone(stream, "(UID BODY.PEEK[HEADER])", alone)?;
+        keep(fetched.messages, true, &sent_sizes);
         // A header section longer than that too: kept empty, headers only, so it shows.
         let mut empty = Vec::with_capacity(fetched.too_large.len());
         for dropped in fetched.too_large {
             let size = sent_sizes.entry(dropped.uid).or_insert(0);
             *size = (*size).max(dropped.length);
-            empty.push(bulk_fetch::FetchedBytes { uid: dropped.uid, bytes: Vec::new() });
+            empty.push(FetchedBytes { uid: dropped.uid, bytes: Vec::new() });
         }
-        keep(empty, &oversized, true, &sent_sizes, &mut kept);
+        keep(empty, true, &sent_sizes);
     }
     messages.sort_by_key(|message| message.uid);
     Ok(messages)
@@ -363,5 +357,25 @@ mod tests {
         let kept: Vec<_> = messages.iter().map(|m| (m.uid, m.raw.clone())).collect();
         assert_eq!(kept, vec![(Some(7), b"ok".to_vec())], "neither a second copy nor a message of another group");
         assert_eq!(server.join().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_message_past_the_allowance_is_fetched_again_on_its_own() {
+        let limits =
+            Limits { attachment_size_limit: 1 << 20, max_message_size: 1000, batch_messages: 10, batch_bytes: 1 << 20 };
+        // Allowed for both: 2 × 20 listed + 2 × 1000 + 1 MB. Each sends 600,000.
+        let answer = |uid: u32| -> &'static [u8] {
+            let mut wire = format!("* 1 FETCH (UID {uid} BODY[] {{600000}}\r\n").into_bytes();
+            wire.extend(std::iter::repeat_n(b'x', 600_000));
+            wire.extend(b")\r\n");
+            wire.leak()
+        };
+        let both: &'static [u8] = [answer(7), answer(8)].concat().leak();
+        let (stream, server) = answering(vec![both, answer(8)]);
+        let sizes = HashMap::from([(7, (10, false)), (8, (10, false))]);
+        let messages = fetch_group(&stream, &[7, 8], &sizes, &limits).unwrap();
+        let kept: Vec<_> = messages.iter().map(|m| (m.uid, m.server_size, m.headers_only, m.raw.len())).collect();
+        assert_eq!(kept, vec![(Some(7), 600_000, false, 600_000), (Some(8), 600_000, false, 600_000)]);
+        assert_eq!(server.join().unwrap(), vec![" UID FETCH 7:8 (UID BODY.PEEK[])", " UID FETCH 8 (UID BODY.PEEK[])"]);
     }
 }
