@@ -42,13 +42,27 @@ pub struct Fetched {
 
 impl Fetched {
     /// Fetches each message that was past the allowance again on its own,
-    /// within `alone`; one past it even then is too large.
-    pub fn again_alone(&mut self, stream: &ImapStream, items: &str, alone: ReadLimits) -> Result<(), BulkFetchError> {
+    /// no literal longer than `literal`, and all of them within `budget`
+    /// bytes (so the refetches of a FETCH cannot hold more than one more
+    /// message's room); one past what is left is kept as a too large one is.
+    pub fn again_alone(
+        &mut self,
+        stream: &ImapStream,
+        items: &str,
+        literal: u64,
+        mut budget: u64,
+    ) -> Result<(), BulkFetchError> {
         for uid in std::mem::take(&mut self.past_allowance) {
-            let again = uid_fetch(stream, &[uid], items, alone)?;
+            if budget == 0 {
+                self.too_large.push(Dropped { uid, length: 0 });
+                continue;
+            }
+            let again = uid_fetch(stream, &[uid], items, ReadLimits { literal, total: budget.min(literal) })?;
+            let kept: u64 = again.messages.iter().map(|message| message.bytes.len() as u64).sum();
+            budget = budget.saturating_sub(kept);
             self.messages.extend(again.messages);
             self.too_large.extend(again.too_large);
-            self.too_large.extend(again.past_allowance.into_iter().map(|uid| Dropped { uid, length: alone.total }));
+            self.too_large.extend(again.past_allowance.into_iter().map(|uid| Dropped { uid, length: 0 }));
         }
         Ok(())
     }

@@ -212,11 +212,11 @@ fn fetch_group(
     // size listed a little wrong; never whatever it announces. A FETCH of
     // several may bring twice what was listed for them all and that room
     // once; a message past that (sizes listed low, or answers not asked for)
-    // is fetched again on its own.
+    // is fetched again on its own, within that room once more for them all:
+    // a group never holds more than twice its listed sizes and two rooms.
     let max_literal = limits.max_message_size.saturating_mul(2).saturating_add(1 << 20);
     let allowance =
         |listed: u64| ReadLimits { literal: max_literal, total: listed.saturating_mul(2).saturating_add(max_literal) };
-    let alone = ReadLimits { literal: max_literal, total: max_literal };
     let mut messages = Vec::with_capacity(group.len());
     // Sizes the server listed wrong: at least what it sent (a whole message,
     // or a header section alone).
@@ -237,7 +237,7 @@ fn fetch_group(
     if !whole.is_empty() {
         let listed = whole.iter().map(|uid| sizes[uid].0).fold(0, u64::saturating_add);
         let mut fetched = bulk_fetch::uid_fetch(stream, &whole, "(UID BODY.PEEK[])", allowance(listed))?;
-        fetched.again_alone(stream, "(UID BODY.PEEK[])", alone)?;
+        fetched.again_alone(stream, "(UID BODY.PEEK[])", max_literal, max_literal)?;
         keep(fetched.messages, false, &sent_sizes);
         // Far longer than listed: kept as an oversized message is, headers
         // only, with the size it has.
@@ -249,7 +249,7 @@ fn fetch_group(
     if !oversized.is_empty() {
         let listed = HEADER_SECTION_ALLOWANCE.saturating_mul(oversized.len() as u64);
         let mut fetched = bulk_fetch::uid_fetch(stream, &oversized, "(UID BODY.PEEK[HEADER])", allowance(listed))?;
-        fetched.again_alone(stream, "(UID BODY.PEEK[HEADER])", alone)?;
+        fetched.again_alone(stream, "(UID BODY.PEEK[HEADER])", max_literal, max_literal)?;
         keep(fetched.messages, true, &sent_sizes);
         // A header section longer than that too: kept empty, headers only, so it shows.
         let mut empty = Vec::with_capacity(fetched.too_large.len());
@@ -377,5 +377,40 @@ mod tests {
         let kept: Vec<_> = messages.iter().map(|m| (m.uid, m.server_size, m.headers_only, m.raw.len())).collect();
         assert_eq!(kept, vec![(Some(7), 600_000, false, 600_000), (Some(8), 600_000, false, 600_000)]);
         assert_eq!(server.join().unwrap(), vec![" UID FETCH 7:8 (UID BODY.PEEK[])", " UID FETCH 8 (UID BODY.PEEK[])"]);
+    }
+
+    #[test]
+    fn the_refetches_of_a_group_share_one_messages_room() {
+        let limits =
+            Limits { attachment_size_limit: 1 << 20, max_message_size: 1000, batch_messages: 10, batch_bytes: 1 << 20 };
+        // Listed 0 each (allowed: 2 × 1000 + 1 MB for the FETCH, as much
+        // again for the refetches); each sends 700,000.
+        let body = |uid: u32| -> Vec<u8> {
+            let mut wire = format!("* 1 FETCH (UID {uid} BODY[] {{700000}}\r\n").into_bytes();
+            wire.extend(std::iter::repeat_n(b'x', 700_000));
+            wire.extend(b")\r\n");
+            wire
+        };
+        let header = |uid: u32| format!("* 1 FETCH (UID {uid} BODY[HEADER] {{4}}\r\nA:\r\n)\r\n").into_bytes();
+        let answers: Vec<&'static [u8]> =
+            vec![[body(7), body(8), body(9)].concat().leak(), body(8).leak(), body(9).leak(), header(9).leak()];
+        let (stream, server) = answering(answers);
+        let sizes = HashMap::from([(7, (0, false)), (8, (0, false)), (9, (0, false))]);
+        let messages = fetch_group(&stream, &[7, 8, 9], &sizes, &limits).unwrap();
+        let kept: Vec<_> = messages.iter().map(|m| (m.uid, m.headers_only, m.raw.len())).collect();
+        assert_eq!(
+            kept,
+            vec![(Some(7), false, 700_000), (Some(8), false, 700_000), (Some(9), true, 4)],
+            "the room left after 8 is less than 9: read, dropped, kept headers only"
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            vec![
+                " UID FETCH 7:9 (UID BODY.PEEK[])",
+                " UID FETCH 8 (UID BODY.PEEK[])",
+                " UID FETCH 9 (UID BODY.PEEK[])",
+                " UID FETCH 9 (UID BODY.PEEK[HEADER])"
+            ]
+        );
     }
 }
