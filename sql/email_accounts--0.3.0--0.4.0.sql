@@ -2279,6 +2279,11 @@ ALTER TABLE email_accounts.outbox
 ALTER TABLE email_accounts.outbox_attachment ALTER COLUMN content SET COMPRESSION lz4;
 ALTER TABLE email_accounts.message_attachment ALTER COLUMN content SET COMPRESSION lz4;
 
+-- Issue 18: the GIN index of References without its pending list
+-- (sql/inbox.sql); what is in the list now goes into the index here.
+ALTER INDEX email_accounts.message_references SET (fastupdate = off);
+SELECT pg_catalog.gin_clean_pending_list('email_accounts.message_references'::regclass);
+
 -- Issue 18: the sender's claims in a narrow table of their own
 -- (sql/outbox.sql), not in the wide outbox row.
 -- The sender's claims: one narrow row per outbox row out for delivery. The
