@@ -42,22 +42,16 @@ pub struct Fetched {
 
 impl Fetched {
     /// Fetches each message that was past the allowance again on its own,
-    /// no literal longer than `literal`, and all of them within `budget`
-    /// bytes (so the refetches of a FETCH cannot hold more than one more
-    /// message's room); one past what is left is kept as a too large one is.
-    pub fn again_alone(
-        &mut self,
-        stream: &ImapStream,
-        items: &str,
-        literal: u64,
-        mut budget: u64,
-    ) -> Result<(), BulkFetchError> {
+    /// all of them within one message's `room` (no literal longer, and no
+    /// more in all); one past what is left is kept as a too large one is.
+    pub fn again_alone(&mut self, stream: &ImapStream, items: &str, room: u64) -> Result<(), BulkFetchError> {
+        let mut budget = room;
         for uid in std::mem::take(&mut self.past_allowance) {
             if budget == 0 {
                 self.too_large.push(Dropped { uid, length: 0 });
                 continue;
             }
-            let again = uid_fetch(stream, &[uid], items, ReadLimits { literal, total: budget.min(literal) })?;
+            let again = uid_fetch(stream, &[uid], items, ReadLimits { literal: room, total: budget })?;
             let kept: u64 = again.messages.iter().map(|message| message.bytes.len() as u64).sum();
             budget = budget.saturating_sub(kept);
             self.messages.extend(again.messages);
@@ -68,19 +62,13 @@ impl Fetched {
     }
 }
 
-/// Why a response's literal was read and dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Discarded {
-    /// Longer than any message may be: its length (the longest, if several).
-    TooLong(u64),
-    /// Longer than what was left of the FETCH's allowance.
-    PastAllowance,
-}
-
 /// What `read_response` read besides the response's text.
 #[derive(Debug, Default)]
 struct Literals {
-    dropped: Option<Discarded>,
+    /// The longest literal dropped as longer than any message may be.
+    too_long: Option<u64>,
+    /// A literal was dropped as longer than what was left of the allowance.
+    past_allowance: bool,
     /// The bytes of the literals kept in the response.
     kept_bytes: u64,
 }
@@ -205,10 +193,9 @@ fn read_fetched(
                 }
                 // A body sent quoted, not as a literal, counts against the allowance here.
                 let quoted = (bytes.len() as u64).saturating_sub(literals.kept_bytes);
-                match literals.dropped {
-                    Some(Discarded::TooLong(length)) => fetched.too_large.push(Dropped { uid, length }),
-                    Some(Discarded::PastAllowance) => fetched.past_allowance.push(uid),
-                    None if quoted > left => fetched.past_allowance.push(uid),
+                match literals.too_long {
+                    Some(length) => fetched.too_large.push(Dropped { uid, length }),
+                    None if literals.past_allowance || quoted > left => fetched.past_allowance.push(uid),
                     None => {
                         left -= quoted;
                         fetched.messages.push(FetchedBytes { uid, bytes: bytes.into_owned() });
@@ -239,15 +226,8 @@ fn read_response(
     loop {
         let start = into.len();
         let read = connection.by_ref().take(MAX_LINE_BYTES - line_bytes).read_until(b'\n', into)? as u64;
-        if read == 0 {
-            return Err(if line_bytes == MAX_LINE_BYTES {
-                BulkFetchError::LineTooLong
-            } else {
-                BulkFetchError::Closed
-            });
-        }
         line_bytes += read;
-        if into.last() != Some(&b'\n') {
+        if read == 0 || into.last() != Some(&b'\n') {
             return Err(if line_bytes == MAX_LINE_BYTES {
                 BulkFetchError::LineTooLong
             } else {
@@ -263,12 +243,11 @@ fn read_response(
             io::copy(&mut connection.take(length), &mut io::sink())?;
             into.truncate(start + marker);
             into.extend_from_slice(b"{0}\r\n");
-            literals.dropped = Some(match (literals.dropped, length > max_literal) {
-                (Some(Discarded::TooLong(longest)), true) => Discarded::TooLong(longest.max(length)),
-                (Some(Discarded::TooLong(longest)), false) => Discarded::TooLong(longest),
-                (_, true) => Discarded::TooLong(length),
-                (_, false) => Discarded::PastAllowance,
-            });
+            if length > max_literal {
+                literals.too_long = literals.too_long.max(Some(length));
+            } else {
+                literals.past_allowance = true;
+            }
             continue;
         }
         *left -= length;

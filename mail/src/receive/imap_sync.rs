@@ -6,7 +6,7 @@
 //! newest `initial_sync_count`.
 
 use super::batch::{split_by_size, FIRST_BATCH_MESSAGES};
-use super::bulk_fetch::{self, BulkFetchError, FetchedBytes, ReadLimits};
+use super::bulk_fetch::{self, BulkFetchError, ReadLimits};
 use super::{fetched_message, uid_set, Batch, BatchStore, FolderOutcome, Limits, SyncError};
 use crate::connection::{ConnectionError, Endpoint, Login};
 use crate::imap_client::{self, classify, ImapSession, ImapStream};
@@ -218,27 +218,24 @@ fn fetch_group(
     let allowance =
         |listed: u64| ReadLimits { literal: max_literal, total: listed.saturating_mul(2).saturating_add(max_literal) };
     let mut messages = Vec::with_capacity(group.len());
-    // Sizes the server listed wrong: at least what it sent (a whole message,
-    // or a header section alone).
-    let mut sent_sizes: HashMap<u32, u64> = HashMap::new();
-    let mut keep = |fetched: Vec<FetchedBytes>, headers_only: bool, sent_sizes: &HashMap<u32, u64>| {
-        for fetched in fetched {
-            let Some(&(listed_size, seen)) = sizes.get(&fetched.uid) else { continue };
-            let sent = match headers_only {
-                true => sent_sizes.get(&fetched.uid).copied().unwrap_or(0),
-                false => fetched.bytes.len() as u64,
-            };
-            let mut message = fetched_message(fetched.bytes, listed_size.max(sent), headers_only, limits);
-            message.uid = Some(fetched.uid);
-            message.seen = seen;
-            messages.push(message);
-        }
+    // `sent`: what the server sent for it, when it listed less (a whole
+    // message, or at least a header section alone).
+    let mut keep = |uid: u32, bytes: Vec<u8>, sent: u64, headers_only: bool| {
+        let Some(&(listed_size, seen)) = sizes.get(&uid) else { return };
+        let mut message = fetched_message(bytes, listed_size.max(sent), headers_only, limits);
+        message.uid = Some(uid);
+        message.seen = seen;
+        messages.push(message);
     };
+    let mut sent_sizes: HashMap<u32, u64> = HashMap::new();
     if !whole.is_empty() {
         let listed = whole.iter().map(|uid| sizes[uid].0).fold(0, u64::saturating_add);
         let mut fetched = bulk_fetch::uid_fetch(stream, &whole, "(UID BODY.PEEK[])", allowance(listed))?;
-        fetched.again_alone(stream, "(UID BODY.PEEK[])", max_literal, max_literal)?;
-        keep(fetched.messages, false, &sent_sizes);
+        fetched.again_alone(stream, "(UID BODY.PEEK[])", max_literal)?;
+        for message in fetched.messages {
+            let sent = message.bytes.len() as u64;
+            keep(message.uid, message.bytes, sent, false);
+        }
         // Far longer than listed: kept as an oversized message is, headers
         // only, with the size it has.
         for dropped in fetched.too_large {
@@ -249,16 +246,15 @@ fn fetch_group(
     if !oversized.is_empty() {
         let listed = HEADER_SECTION_ALLOWANCE.saturating_mul(oversized.len() as u64);
         let mut fetched = bulk_fetch::uid_fetch(stream, &oversized, "(UID BODY.PEEK[HEADER])", allowance(listed))?;
-        fetched.again_alone(stream, "(UID BODY.PEEK[HEADER])", max_literal, max_literal)?;
-        keep(fetched.messages, true, &sent_sizes);
-        // A header section longer than that too: kept empty, headers only, so it shows.
-        let mut empty = Vec::with_capacity(fetched.too_large.len());
-        for dropped in fetched.too_large {
-            let size = sent_sizes.entry(dropped.uid).or_insert(0);
-            *size = (*size).max(dropped.length);
-            empty.push(FetchedBytes { uid: dropped.uid, bytes: Vec::new() });
+        fetched.again_alone(stream, "(UID BODY.PEEK[HEADER])", max_literal)?;
+        let sent = |uid: u32| sent_sizes.get(&uid).copied().unwrap_or(0);
+        for message in fetched.messages {
+            keep(message.uid, message.bytes, sent(message.uid), true);
         }
-        keep(empty, true, &sent_sizes);
+        // A header section longer than that too: kept empty, headers only, so it shows.
+        for dropped in fetched.too_large {
+            keep(dropped.uid, Vec::new(), sent(dropped.uid).max(dropped.length), true);
+        }
     }
     messages.sort_by_key(|message| message.uid);
     Ok(messages)
