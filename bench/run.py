@@ -216,7 +216,7 @@ def outbox_drain(run, prefix, accounts=SESSIONS, databases=("postgres",), wal=No
                 # (A checkpoint during the drain must not recycle what pg_waldump reads.)
                 run.query_one("SELECT lsn IS NOT NULL FROM pg_create_physical_replication_slot('bench_wal', true)",
                               database=database)
-            wal_start = db.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+                wal_start = db.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
             db.commit()
             starts.append(commit_time(db, xid))
     finishes, failed = [], 0
