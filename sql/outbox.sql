@@ -76,6 +76,19 @@ CREATE INDEX outbox_reference ON email_accounts.outbox (reference_table, referen
 CREATE INDEX outbox_auto_replies ON email_accounts.outbox (account_id, created_at)
     WHERE (headers ->> 'Auto-Submitted') = 'auto-replied';
 
+-- Room on each page for the recording's new version of every row there: it
+-- is not HOT (status is indexed), but on the row's own page PostgreSQL
+-- neither locks the row once more while it looks for room elsewhere nor
+-- dirties a second page, and logs only the changed middle of the row. A
+-- round records a page's rows in one transaction, whose old versions cannot
+-- be pruned before it commits: half the page (as outbox_recipient). Drains
+-- of 20,000, four alternated pairs: row locks 1.8 → 1.0 a message, WAL
+-- 1,289 → 1,022 bytes, 21,346 → 23,195 msg/s (medians); 70 left 0.3 of
+-- the page moves. Bodies and headers past ~2 KB live in the TOAST table,
+-- which this does not touch: 5,000 rows of 2 KB bodies take 11.2 → 12.8 MB
+-- in all (heap 1.45 → 3.01 MB).
+ALTER TABLE email_accounts.outbox SET (fillfactor = 50);
+
 -- lz4 instead of pglz for the large values, as the inbox does: storing a
 -- 4 KB English body took 233 µs a row with pglz and 179 with lz4 (12 KB:
 -- 409 and 215), and the sender reads it back 15-20 % faster; lz4 stores

@@ -47,7 +47,7 @@ BEGIN
                    AND email_accounts.claim_never_taken(row.sender_process_id, row.sender_started_at, row.outbox_id) IS TRUE)) THEN
         RETURN false;
     END IF;
-    -- (The claim of a row claimed on insert goes in trigger cancel_untaken_claim.)
+    -- (The claim of a row claimed on insert goes in trigger release_untaken_claim.)
     UPDATE email_accounts.outbox SET status = 'cancelled' WHERE outbox_id = id;
     RETURN FOUND;
 END;

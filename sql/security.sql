@@ -108,6 +108,17 @@ GRANT EXECUTE ON FUNCTION email_accounts.check_account_settings(bigint), email_a
 REVOKE EXECUTE ON FUNCTION email_accounts.require_password_if_servers_changed(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.password_bound_elsewhere(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION email_accounts.inherited_settings_changed() FROM PUBLIC;
+-- Trigger functions that run as the extension's owner write the rows that
+-- NEW and OLD name: attached to a table of a role's own (a temporary one
+-- will do), they would write any tenant's rows for it. CREATE TRIGGER needs
+-- EXECUTE on the function; firing our own triggers does not.
+REVOKE EXECUTE ON FUNCTION email_accounts.account_keeps_its_tenant(),
+                           email_accounts.account_keeps_private_mail_private(),
+                           email_accounts.account_servers_changed(),
+                           email_accounts.forget_deleted_replies(),
+                           email_accounts.outbox_after_insert(),
+                           email_accounts.outbox_cancel_untaken_claim(),
+                           email_accounts.system_sends_as_itself_after_update() FROM PUBLIC;
 
 -- The inbox: senders and admins read their tenant's messages and sync state
 -- (not those of mailboxes private to others); the receiver worker writes

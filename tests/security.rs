@@ -281,6 +281,11 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
         .unwrap()
         .get(0);
     assert_eq!(sender, None, "From is the system account's own address");
+    let reply_to: Vec<String> = acme_admin
+        .query_one("SELECT reply_to FROM email_accounts.outbox WHERE outbox_id = $1", &[&spoofed])
+        .unwrap()
+        .get(0);
+    assert_eq!(reply_to, ["ceo@bank.example"], "the sender it asked for gets the replies");
     let moved = acme_admin
         .execute("UPDATE email_accounts.outbox SET status = 'queued' WHERE outbox_id = $1", &[&globex_queued])
         .unwrap();
@@ -411,12 +416,37 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
             "inherited_settings_changed",
             "mark_opened",
             "outbox_after_insert",
+            "outbox_cancel_untaken_claim",
+            "system_sends_as_itself_after_update",
             "unsubscribe"
         ]
     );
     for (name, config) in &definers {
         assert_eq!(config.as_deref(), Some(&["search_path=pg_catalog, pg_temp".to_owned()][..]), "{name}");
     }
+    // Those that are trigger functions write the rows NEW and OLD name: no
+    // role may attach one to a table of its own, where it makes up both.
+    let attachable: Vec<String> = deployment
+        .admin
+        .query(
+            "SELECT proname::text FROM pg_catalog.pg_proc
+              WHERE pronamespace = 'email_accounts'::regnamespace AND prosecdef
+                AND prorettype = 'pg_catalog.trigger'::regtype
+                AND has_function_privilege('acme_admin', oid, 'EXECUTE')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(attachable, Vec::<String>::new());
+    refused(
+        &mut acme_admin,
+        "CREATE TEMPORARY TABLE made_up (outbox_id bigint, attempts integer);
+         CREATE TRIGGER made_up AFTER UPDATE ON made_up
+             FOR EACH ROW EXECUTE FUNCTION email_accounts.outbox_cancel_untaken_claim()",
+        "42501",
+    );
 
     // Every function whose SQL is parsed when it runs (PL/pgSQL, SQL with a
     // string body) or that runs SQL from Rust pins its search_path: a caller's

@@ -288,7 +288,7 @@ const CLAIM: &str = concat!(
                  -- the outbox was empty, an index without sent_at tied with it
                  -- and read every row the account ever sent; it would need a
                  -- sort for this order. Only a recording of 'sent' sets sent_at;
-                 -- a delivery report may turn it 'bounced', and outbox_before_update
+                 -- a delivery report may turn it 'bounced', and outbox_check_update
                  -- lets no role but a superuser move either on.)
                  SELECT false, day.sent_at
                    FROM (VALUES ('sent'), ('bounced')) AS went (status)
