@@ -807,11 +807,26 @@ def top_statements(run, part):
     (OUT / f"statements_{part}.md").write_text("\n".join(lines) + "\n")
 
 
+def ratios(results):
+    """Issue 18's ratio figures, from the medians of one run: ours against
+    the references that ran beside it on the same cores."""
+    get = results.get
+    for key, ours, reference, scale in [
+            ("outbox_share_of_smtp_source_percent", "outbox_msgs_per_s", "smtp_source_msgs_per_s", 100),
+            ("outbox_times_python", "outbox_msgs_per_s", "python_baseline_msgs_per_s", 1),
+            ("ingest_times_python", "ingest_msgs_per_s", "python_ingest_baseline_msgs_per_s", 1)]:
+        if get(ours) and get(reference):
+            results[key] = round(scale * get(ours) / get(reference), 1)
+
+
 def table(results):
+    """The figures, each with issue 18's target where it sets one (a fourth field)."""
     get = results.get
     rows = [
-        ("outbox drain (msg/s)", get("outbox_msgs_per_s"), get("outbox_msgs_per_s_runs")),
+        ("outbox drain (msg/s)", get("outbox_msgs_per_s"), get("outbox_msgs_per_s_runs"), "≥ 15,000"),
         (f"smtp-source, {SESSIONS} sessions (msg/s)", get("smtp_source_msgs_per_s"), get("smtp_source_msgs_per_s_runs")),
+        ("outbox drain as a share of smtp-source (%)", get("outbox_share_of_smtp_source_percent"), "", "≥ 70"),
+        ("outbox drain against the Python baseline (×)", get("outbox_times_python"), "", "≥ 20"),
         ("WAL of a drain per delivered message: records / bytes (pg_waldump, last run; by type in wal_outbox.md)",
          f"{get('outbox_wal_records_per_message')} / {get('outbox_wal_bytes_per_message')}",
          f"full-page images: {get('outbox_wal_full_page_image_bytes_per_message')} bytes"),
@@ -819,8 +834,8 @@ def table(results):
          f"{get('outbox_wal_row_versions_per_message')} / {get('outbox_wal_row_locks_per_message')} / "
          f"{get('outbox_wal_index_entries_per_message')}", ""),
         ("Python baseline (msg/s)", get("python_baseline_msgs_per_s"), get("python_baseline_msgs_per_s_runs")),
-        ("latency, commit → the server's 250, p50 (ms)", get("latency_250_ok_p50_ms"), ""),
-        ("latency, commit → the server's 250, p99 (ms)", get("latency_250_ok_p99_ms"), ""),
+        ("latency, commit → the server's 250, p50 (ms)", get("latency_250_ok_p50_ms"), "", "≤ 1"),
+        ("latency, commit → the server's 250, p99 (ms)", get("latency_250_ok_p99_ms"), "", "≤ 3"),
         ("latency, commit → `sent` recorded, p50 (ms)", get("latency_p50_ms"), ""),
         ("latency, commit → `sent` recorded, p99 (ms)", get("latency_p99_ms"), ""),
         ("sender CPU per message during the latency part (µs)", get("latency_sender_cpu_us_per_message"), ""),
@@ -831,17 +846,20 @@ def table(results):
         ("latency p50 / p99 with claim_on_insert on again: to 250; to recorded (ms)",
          f"{get('latency_again_250_ok_p50_ms')} / {get('latency_again_250_ok_p99_ms')}; "
          f"{get('latency_again_p50_ms')} / {get('latency_again_p99_ms')}", ""),
-        ("ingest (msg/s)", get("ingest_msgs_per_s"), get("ingest_msgs_per_s_runs")),
+        ("ingest (msg/s)", get("ingest_msgs_per_s"), get("ingest_msgs_per_s_runs"), "≥ 20,000, or the share below ≥ 70"),
         ("raw fetch of the same mailbox, no parsing, no database (msg/s)", get("raw_fetch_msgs_per_s"), get("raw_fetch_msgs_per_s_runs")),
-        ("ingest as a share of the raw fetch (%)", get("ingest_share_of_raw_fetch_percent"), ""),
+        ("ingest as a share of the raw fetch (%)", get("ingest_share_of_raw_fetch_percent"), "",
+         "≥ 70, or ingest ≥ 20,000"),
         ("Python ingest baseline (msg/s)", get("python_ingest_baseline_msgs_per_s"),
          get("python_ingest_baseline_msgs_per_s_runs")),
+        ("ingest against the Python ingest baseline (×)", get("ingest_times_python"), "", "≥ 10"),
         (f"receiver peak RSS, {MESSAGES} messages (MB)", get("ingest_worker_peak_rss_mb"), ""),
         (f"receiver peak RSS, {2 * MESSAGES} messages (MB)", get("ingest_double_worker_peak_rss_mb"),
          f"{get('ingest_double_msgs_per_s')} msg/s"),
-        (f"receiver peak private memory (RssAnon), {MESSAGES} messages (MB)", get("ingest_worker_peak_private_mb"), ""),
+        (f"receiver peak private memory (RssAnon), {MESSAGES} messages (MB)", get("ingest_worker_peak_private_mb"), "",
+         f"flat with {2 * MESSAGES}"),
         (f"receiver peak private memory (RssAnon), {2 * MESSAGES} messages (MB)",
-         get("ingest_double_worker_peak_private_mb"), ""),
+         get("ingest_double_worker_peak_private_mb"), "", f"flat with {MESSAGES}"),
         ("template renders, order confirmation (renders/s)", get("template_renders_per_s"), get("template_renders_per_s_runs")),
         ("outbox inserts without a template (rows/s)", get("outbox_inserts_plain_per_s"), get("outbox_inserts_plain_per_s_runs")),
         ("outbox inserts with a template (rows/s)", get("outbox_inserts_templated_per_s"),
@@ -857,14 +875,15 @@ def table(results):
          get("outbox_3_databases_msgs_per_s_runs")),
         (f"idle CPU of every worker, 3 databases, {IDLE_SECONDS} s (s)", get("idle_cpu_seconds"),
          json.dumps(get("idle_cpu_seconds_per_worker"))),
-        (f"idle statements, 3 databases, {IDLE_SECONDS} s", get("idle_statements"), ""),
+        (f"idle statements, 3 databases, {IDLE_SECONDS} s", get("idle_statements"), "", "0"),
         (f"idle WAL, 3 databases, {IDLE_SECONDS} s (bytes)", get("idle_wal_bytes"), ""),
         ("autovacuum / autoanalyze runs and checkpoints in that window", get("idle_autovacuum_runs"),
          f"checkpoints: {get('idle_checkpoints')}"),
     ] + [(f"CPU time stolen by the host during the {part} part (%)", get(f"{part}_cpu_steal_percent"), "")
          for part in ["outbox", "latency", "ingest", "templates", "senders", "databases", "idle"]]
-    lines = ["| figure | value | runs |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {runs} |" for name, value, runs in rows if value is not None]
+    lines = ["| figure | value | runs | target |", "|---|---|---|---|"]
+    lines += [f"| {name} | {value} | {runs} | {target[0] if target else ''} |"
+              for name, value, runs, *target in rows if value is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -894,6 +913,7 @@ def main():
     finally:
         run.stop()
 
+    ratios(results)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "results.md").write_text(table(results))
     print(table(results))
