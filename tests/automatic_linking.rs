@@ -120,6 +120,37 @@ fn mail_to_a_rows_address_is_linked_to_it_and_mail_about_it_asks_for_answers_the
     assert_eq!(table, None);
     assert!(error.as_deref().unwrap_or_default().contains("not an application table"), "{error:?}");
 
+    // Whoever sends the mail names the table, and the look-up runs the
+    // table's code as the owner role: a table of a role without the owner
+    // role's rights is not looked up (its row-level security policy would
+    // have run as support_app and linked).
+    setup
+        .client
+        .batch_execute(
+            "CREATE ROLE mallory;
+             CREATE SCHEMA mallory AUTHORIZATION mallory;
+             GRANT USAGE ON SCHEMA mallory TO PUBLIC;
+             SET ROLE mallory;
+             CREATE TABLE mallory.loot (taken_as text);
+             GRANT INSERT ON mallory.loot TO PUBLIC;
+             CREATE FUNCTION mallory.steal() RETURNS boolean LANGUAGE plpgsql
+                 AS $$ BEGIN INSERT INTO mallory.loot VALUES (current_user); RETURN true; END $$;
+             CREATE TABLE mallory.trap (id integer PRIMARY KEY);
+             INSERT INTO mallory.trap VALUES (1);
+             ALTER TABLE mallory.trap ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY everyone ON mallory.trap USING (mallory.steal());
+             GRANT SELECT ON mallory.trap TO PUBLIC;
+             RESET ROLE;",
+        )
+        .unwrap();
+    let trap = setup.document_address("mallory.trap", "1", "Support");
+    setup.send_to(&trap, "to a trap");
+    let (table, _, error) = setup.received("to a trap");
+    assert_eq!(table, None);
+    assert!(error.as_deref().unwrap_or_default().contains("its owner mallory lacks the rights"), "{error:?}");
+    let taken: i64 = setup.client.query_one("SELECT count(*) FROM mallory.loot", &[]).unwrap().get(0);
+    assert_eq!(taken, 0, "mallory's policy never ran as the owner role");
+
     // Another tenant's document address in Support's mailbox links nothing.
     let others = setup
         .client

@@ -381,7 +381,8 @@ fn sub_addressed_recipients(parsed: &email_accounts_mail::parse::ParsedMessage) 
 /// Links the message to the row a document address among `recipients`
 /// names, for an account of the same tenant with automatic linking on; the
 /// row must exist and be readable by that account's owner role (looked up
-/// as it). True when linked; why not is recorded on the message.
+/// as it), in a table whose owner has that role's rights. True when
+/// linked; why not is recorded on the message.
 fn link_document(message_id: i64, account_id: i64, recipients: &[String]) -> Result<bool, SpiError> {
     type Candidate = (String, pg_sys::Oid, Option<String>);
     let candidates: Vec<Candidate> = Spi::connect(|client| {
@@ -418,23 +419,44 @@ fn link_document(message_id: i64, account_id: i64, recipients: &[String]) -> Res
     }
     // The statement that finds the row by its primary key, with the key's
     // type (no typmod: a varchar(n) cast would cut the key short). Only
-    // application tables: never the catalogs or the extension's own.
-    let lookup = Spi::get_three_with_args::<pg_sys::Oid, String, bool>(
-        "SELECT relation.oid,
-                pg_catalog.format('SELECT %I::text FROM %s WHERE %I = $1::%s', key.attname, relation.oid::regclass,
-                                  key.attname, pg_catalog.format_type(key.atttypid, NULL)),
-                namespace.nspname IN ('pg_catalog', 'information_schema', 'email_accounts') OR namespace.nspname LIKE 'pg_toast%'
-           FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS relation
-           LEFT JOIN pg_catalog.pg_class AS class ON class.oid = relation.oid
-           LEFT JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
-           LEFT JOIN pg_catalog.pg_attribute AS key
-                  ON key.attrelid = relation.oid AND key.attname = email_accounts.primary_key_column(relation.oid)",
-        &[table.as_str().into()],
-    );
+    // application tables: never the catalogs or the extension's own. And
+    // only a table whose owner has the owner role's rights: the table is
+    // named by whoever sent the mail, and the look-up runs its code (its
+    // row-level security policies, its key domain's checks) as the owner
+    // role — a table of a role with less would run that role's code with more.
+    let lookup = Spi::connect(|client| {
+        let row = client
+            .select(
+                "SELECT relation.oid,
+                        pg_catalog.format('SELECT %I::text FROM %s WHERE %I = $1::%s', key.attname, relation.oid::regclass,
+                                          key.attname, pg_catalog.format_type(key.atttypid, NULL)),
+                        namespace.nspname IN ('pg_catalog', 'information_schema', 'email_accounts') OR namespace.nspname LIKE 'pg_toast%',
+                        CASE WHEN NOT pg_catalog.pg_has_role(class.relowner, $2, 'USAGE') THEN class.relowner::regrole::text END
+                   FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS relation
+                   LEFT JOIN pg_catalog.pg_class AS class ON class.oid = relation.oid
+                   LEFT JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
+                   LEFT JOIN pg_catalog.pg_attribute AS key
+                          ON key.attrelid = relation.oid AND key.attname = email_accounts.primary_key_column(relation.oid)",
+                Some(1),
+                &[table.as_str().into(), owner.into()],
+            )?
+            .first();
+        Ok::<_, SpiError>((
+            row.get::<pg_sys::Oid>(1)?,
+            row.get::<String>(2)?,
+            row.get::<bool>(3)?,
+            row.get::<String>(4)?,
+        ))
+    });
     let (relation, statement) = match lookup {
-        Ok((Some(_), _, Some(true))) => return not_linked("it is not an application table".to_owned()),
-        Ok((Some(relation), Some(statement), _)) => (relation, statement),
-        Ok((Some(_), None, _)) => return not_linked("the table has no single-column primary key".to_owned()),
+        Ok((Some(_), _, Some(true), _)) => return not_linked("it is not an application table".to_owned()),
+        Ok((Some(_), _, _, Some(table_owner))) => {
+            return not_linked(format!(
+                "its owner {table_owner} lacks the rights of the account's owner_role, as whom the look-up would run the table's code"
+            ))
+        }
+        Ok((Some(relation), Some(statement), _, None)) => (relation, statement),
+        Ok((Some(_), None, _, None)) => return not_linked("the table has no single-column primary key".to_owned()),
         _ => return not_linked("there is no such table".to_owned()),
     };
     // The key as the table spells it (007 is 7 for an integer key).
