@@ -383,9 +383,9 @@ mod tests {
 /// about the workers' own sessions, put back: they run read-write, READ
 /// COMMITTED, without statement or idle timeouts, and with the settings
 /// every worker transaction runs with (the pinned search_path, lock_timeout,
-/// jit), whatever the database says.
+/// jit), and our PL/pgSQL compiled as written, whatever the database says.
 pub fn pin_worker_session() {
-    let pinned: [(&std::ffi::CStr, &std::ffi::CStr); 6] = [
+    let pinned: [(&std::ffi::CStr, &std::ffi::CStr); 9] = [
         // Off, a superuser's writes look like a restore to the triggers
         // (email_accounts.restoring()), and a database owner may set it.
         (c"row_security", c"on"),
@@ -394,6 +394,12 @@ pub fn pin_worker_session() {
         (c"default_transaction_deferrable", c"off"),
         (c"statement_timeout", c"0"),
         (c"idle_in_transaction_session_timeout", c"0"),
+        // (extra_errors 'all', which a database owner may set, turns a
+        // SELECT INTO that finds two rows, or a shadowed variable, into an
+        // error; use_column, a superuser's, changes what a name means.)
+        (c"plpgsql.extra_errors", c"none"),
+        (c"plpgsql.extra_warnings", c"none"),
+        (c"plpgsql.variable_conflict", c"error"),
     ];
     // (With the settings every transaction runs with: each then finds them so.)
     for (name, value) in pinned.into_iter().chain(crate::store::transaction::TRANSACTION_SETTINGS) {

@@ -536,6 +536,10 @@ CREATE FUNCTION public.time_plus(timestamptz, interval) RETURNS timestamptz LANG
 CREATE OPERATOR public.+ (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = public.time_plus);
 ALTER DATABASE postgres SET search_path = public, pg_catalog;
 ALTER DATABASE postgres SET default_transaction_read_only = on;
+-- What our PL/pgSQL means and when it fails. (PL/pgSQL loaded first: until
+-- then its settings are placeholders, which only a superuser may set.)
+DO $$ BEGIN END $$;
+ALTER DATABASE postgres SET plpgsql.extra_errors = 'all';
 -- Off, a superuser's inserts would look like a restore and skip the triggers' checks.
 ALTER DATABASE postgres SET row_security = off;
 ";
