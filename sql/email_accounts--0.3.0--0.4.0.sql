@@ -2187,36 +2187,40 @@ CREATE TRIGGER release_untaken_claim AFTER UPDATE OF status ON email_accounts.ou
     FOR EACH ROW WHEN (OLD.status = 'sending' AND NEW.status = 'cancelled' AND OLD.claim_token IS NULL)
     EXECUTE FUNCTION email_accounts.outbox_cancel_untaken_claim();
 
--- The system's account sending as itself: on insert before, on update after
--- (sql/outbox_queue.sql).
+-- The system's account sending as itself: on insert before the row is
+-- written, on update after it, as the table's owner (sql/outbox_queue.sql).
+CREATE OR REPLACE FUNCTION email_accounts.system_sends_as_itself() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL
+       AND NEW.account_id = (email_accounts.global_default_outgoing()).account_id THEN
+        IF TG_OP = 'INSERT' THEN
+            IF cardinality(NEW.reply_to) = 0 THEN
+                NEW.reply_to := ARRAY[NEW.sender];
+            END IF;
+            NEW.sender := NULL;
+        ELSE
+            UPDATE email_accounts.outbox AS row
+               SET sender = NULL,
+                   reply_to = CASE WHEN cardinality(row.reply_to) = 0 THEN ARRAY[row.sender] ELSE row.reply_to END
+             WHERE row.outbox_id = NEW.outbox_id;
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION email_accounts.system_sends_as_itself() IS
+  'Trigger: a tenant''s row sent through the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
+
 DROP TRIGGER system_sends_as_itself ON email_accounts.outbox;
 CREATE TRIGGER system_sends_as_itself BEFORE INSERT ON email_accounts.outbox
     FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL AND NOT email_accounts.restoring())
     EXECUTE FUNCTION email_accounts.system_sends_as_itself();
-
--- The same for a row re-pointed at that account (retry() does, and admins
--- may): as the table's owner, since the role that re-pointed it may not
--- write the sender or Reply-To. (The re-pointing UPDATE's RETURNING shows
--- the row before this.)
-CREATE FUNCTION email_accounts.system_sends_as_itself_after_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    UPDATE email_accounts.outbox AS row
-       SET sender = NULL,
-           reply_to = CASE WHEN cardinality(row.reply_to) = 0 THEN ARRAY[row.sender] ELSE row.reply_to END
-     WHERE row.outbox_id = NEW.outbox_id AND row.tenant IS NOT NULL AND row.sender IS NOT NULL
-       AND row.account_id = (email_accounts.global_default_outgoing()).account_id;
-    RETURN NULL;
-END;
-$$;
-
-COMMENT ON FUNCTION email_accounts.system_sends_as_itself_after_update() IS
-  'Trigger: a tenant''s row re-pointed at the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
-
 CREATE TRIGGER system_sends_as_itself_after_update AFTER UPDATE OF account_id, tenant, sender ON email_accounts.outbox
     FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL AND NOT email_accounts.restoring())
-    EXECUTE FUNCTION email_accounts.system_sends_as_itself_after_update();
+    EXECUTE FUNCTION email_accounts.system_sends_as_itself();
 
 -- Trigger functions that run as the extension's owner cannot be attached
 -- to a role's own tables (sql/security.sql).
@@ -2226,7 +2230,7 @@ REVOKE EXECUTE ON FUNCTION email_accounts.account_keeps_its_tenant(),
                            email_accounts.forget_deleted_replies(),
                            email_accounts.outbox_after_insert(),
                            email_accounts.outbox_cancel_untaken_claim(),
-                           email_accounts.system_sends_as_itself_after_update() FROM PUBLIC;
+                           email_accounts.system_sends_as_itself() FROM PUBLIC;
 
 -- Issue 18: claims made by the inserting transaction (sql/outbox_claims.sql).
 -- Rows claimed by their inserting transaction for a sender that has not

@@ -389,17 +389,29 @@ CREATE TRIGGER release_untaken_claim AFTER UPDATE OF status ON email_accounts.ou
 
 -- The system's default account sends for tenants without a mailbox as
 -- itself: no tenant sends as another's domain through the operator's server.
--- The sender asked for gets the replies. (Runs after check_and_resolve.)
+-- The sender asked for gets the replies. An inserted row is rewritten before
+-- it is written (runs after check_and_resolve); a row re-pointed at that
+-- account (retry() does, and admins may) is written a second time after
+-- the update, as the table's owner, since the role that re-pointed it may
+-- not write the sender or Reply-To (that UPDATE's RETURNING shows the row
+-- before this).
 CREATE FUNCTION email_accounts.system_sends_as_itself() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL
        AND NEW.account_id = (email_accounts.global_default_outgoing()).account_id THEN
-        IF cardinality(NEW.reply_to) = 0 THEN
-            NEW.reply_to := ARRAY[NEW.sender];
+        IF TG_OP = 'INSERT' THEN
+            IF cardinality(NEW.reply_to) = 0 THEN
+                NEW.reply_to := ARRAY[NEW.sender];
+            END IF;
+            NEW.sender := NULL;
+        ELSE
+            UPDATE email_accounts.outbox AS row
+               SET sender = NULL,
+                   reply_to = CASE WHEN cardinality(row.reply_to) = 0 THEN ARRAY[row.sender] ELSE row.reply_to END
+             WHERE row.outbox_id = NEW.outbox_id;
         END IF;
-        NEW.sender := NULL;
     END IF;
     RETURN NEW;
 END;
@@ -411,30 +423,9 @@ COMMENT ON FUNCTION email_accounts.system_sends_as_itself() IS
 CREATE TRIGGER system_sends_as_itself BEFORE INSERT ON email_accounts.outbox
     FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL AND NOT email_accounts.restoring())
     EXECUTE FUNCTION email_accounts.system_sends_as_itself();
-
--- The same for a row re-pointed at that account (retry() does, and admins
--- may): as the table's owner, since the role that re-pointed it may not
--- write the sender or Reply-To. (The re-pointing UPDATE's RETURNING shows
--- the row before this.)
-CREATE FUNCTION email_accounts.system_sends_as_itself_after_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    UPDATE email_accounts.outbox AS row
-       SET sender = NULL,
-           reply_to = CASE WHEN cardinality(row.reply_to) = 0 THEN ARRAY[row.sender] ELSE row.reply_to END
-     WHERE row.outbox_id = NEW.outbox_id AND row.tenant IS NOT NULL AND row.sender IS NOT NULL
-       AND row.account_id = (email_accounts.global_default_outgoing()).account_id;
-    RETURN NULL;
-END;
-$$;
-
-COMMENT ON FUNCTION email_accounts.system_sends_as_itself_after_update() IS
-  'Trigger: a tenant''s row re-pointed at the global default outgoing account goes out from that account''s own address; the sender it asked for becomes its Reply-To.';
-
 CREATE TRIGGER system_sends_as_itself_after_update AFTER UPDATE OF account_id, tenant, sender ON email_accounts.outbox
     FOR EACH ROW WHEN (NEW.tenant IS NOT NULL AND NEW.sender IS NOT NULL AND NOT email_accounts.restoring())
-    EXECUTE FUNCTION email_accounts.system_sends_as_itself_after_update();
+    EXECUTE FUNCTION email_accounts.system_sends_as_itself();
 CREATE TRIGGER split_recipients AFTER INSERT ON email_accounts.outbox
     FOR EACH ROW WHEN (NOT email_accounts.restoring()) EXECUTE FUNCTION email_accounts.outbox_after_insert();
 CREATE TRIGGER wake_sender AFTER INSERT ON email_accounts.outbox

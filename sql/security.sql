@@ -118,7 +118,7 @@ REVOKE EXECUTE ON FUNCTION email_accounts.account_keeps_its_tenant(),
                            email_accounts.forget_deleted_replies(),
                            email_accounts.outbox_after_insert(),
                            email_accounts.outbox_cancel_untaken_claim(),
-                           email_accounts.system_sends_as_itself_after_update() FROM PUBLIC;
+                           email_accounts.system_sends_as_itself() FROM PUBLIC;
 
 -- The inbox: senders and admins read their tenant's messages and sync state
 -- (not those of mailboxes private to others); the receiver worker writes

@@ -417,7 +417,7 @@ fn tenant_roles_stay_in_their_tenant_whatever_role_they_set() {
             "mark_opened",
             "outbox_after_insert",
             "outbox_cancel_untaken_claim",
-            "system_sends_as_itself_after_update",
+            "system_sends_as_itself",
             "unsubscribe"
         ]
     );
